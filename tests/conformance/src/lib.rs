@@ -1,0 +1,114 @@
+//! The chatsys conformance suite: black-box HTTP cases written once against the API contract and run
+//! against the standalone server, the full stack and a deployed system (see `conformance_suite!`).
+
+pub mod applications;
+pub mod chats;
+pub mod checks;
+pub mod errors;
+pub mod messages;
+pub mod ops;
+pub mod search;
+mod target;
+
+pub use target::{
+    CATCH_UP, HoldsTarget, Reply, Target, application_path, chat_path, chats_path, encode,
+    eventually, message_path, messages_path, number_of, numbers_of, search_path, token_of, unique,
+};
+
+/// Expands to one test per conformance case. `setup` is evaluated in each test and yields something that
+/// holds a [`Target`] (kept alive until the case ends); `attrs` are added to every test.
+///
+/// ```ignore
+/// chatsys_conformance::conformance_suite!(
+///     setup => chatsys_conformance::Target::from_env(),
+///     attrs => [#[ignore = "needs CHATSYS_BASE_URL"]],
+/// );
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    (setup => $setup:expr $(, attrs => $attrs:tt)? $(,)?) => {
+        $crate::conformance_suite!(@modules ($setup) ($($attrs)?) {
+            applications: [
+                create_returns_201_with_the_application,
+                tokens_are_distinct,
+                get_returns_the_application,
+                rename_returns_200_and_is_read_back,
+                valid_names_are_stored_verbatim,
+                invalid_names_are_422,
+                unknown_tokens_are_404,
+                listing_requires_the_admin_key,
+                list_is_in_creation_order_and_paginated,
+            ],
+            chats: [
+                create_returns_201_numbered_from_1,
+                a_new_chat_is_readable_at_once,
+                an_empty_list_is_an_empty_array,
+                list_is_ordered_and_paginated,
+                chats_count_is_exact_after_catch_up,
+                concurrent_creates_get_distinct_numbers,
+                unknown_chats_are_404,
+                chats_of_an_unknown_application_are_404,
+            ],
+            messages: [
+                create_returns_201_numbered_from_1,
+                a_new_message_is_readable_at_once,
+                edit_returns_200_and_is_read_back,
+                the_last_put_wins,
+                list_is_ordered_and_paginated,
+                the_default_page_is_100,
+                concurrent_creates_into_one_chat_get_1_to_200,
+                messages_count_is_exact_after_catch_up,
+                bodies_round_trip_verbatim,
+                body_size_is_bounded,
+                unknown_messages_are_404,
+            ],
+            search: [
+                partial_match_ignores_case,
+                short_queries_match,
+                search_is_scoped_to_the_chat,
+                best_matches_come_first,
+                key_is_an_alias_of_q,
+                results_are_paginated,
+                unicode_queries_match,
+                queries_are_literal,
+                search_follows_edits,
+                an_empty_query_is_400,
+            ],
+            errors: [
+                malformed_json_is_400,
+                invalid_utf8_is_400,
+                content_type_is_not_required,
+                oversized_requests_are_413,
+                unknown_routes_are_404,
+                wrong_methods_are_405,
+                hostile_tokens_are_404,
+                invalid_list_queries_are_400,
+                hostile_queries_are_never_5xx,
+            ],
+            ops: [
+                health_probes_answer_200,
+                metrics_count_requests,
+                openapi_describes_every_route,
+                every_response_has_a_request_id,
+                a_client_request_id_is_echoed,
+            ],
+        });
+    };
+    (@modules $setup:tt $attrs:tt { $($module:ident: [$($case:ident),* $(,)?]),* $(,)? }) => {
+        $(
+            mod $module {
+                #[allow(unused_imports)]
+                use super::*;
+                $($crate::conformance_suite!(@case $setup $attrs $module $case);)*
+            }
+        )*
+    };
+    (@case ($setup:expr) ($([$(#[$attr:meta])*])?) $module:ident $case:ident) => {
+        $($(#[$attr])*)?
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let served = $setup;
+            $crate::$module::$case($crate::HoldsTarget::target(&served)).await;
+        }
+    };
+}

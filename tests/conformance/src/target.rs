@@ -1,0 +1,424 @@
+//! The system under test seen from outside: a base URL, an optional admin key and an HTTP client,
+//! with the few request helpers every case uses.
+
+use std::future::Future;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+
+/// How long the worker-follows guarantees (lists, counts, search) are given before a case fails.
+pub const CATCH_UP: Duration = Duration::from_secs(15);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Target {
+    pub base_url: String,
+    pub admin_key: Option<String>,
+    pub http: reqwest::Client,
+}
+
+/// Anything a test binary's setup returns that gives access to the system under test.
+pub trait HoldsTarget {
+    fn target(&self) -> &Target;
+}
+
+impl HoldsTarget for Target {
+    fn target(&self) -> &Target {
+        self
+    }
+}
+
+/// One HTTP exchange, kept whole so that a failed assertion can say what was asked and answered.
+pub struct Reply {
+    pub method: Method,
+    pub path: String,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl Target {
+    pub fn new(base_url: impl Into<String>, admin_key: Option<String>) -> Self {
+        static CRYPTO_PROVIDER: Once = Once::new();
+        // The workspace builds reqwest without a bundled crypto provider; another crate in the same
+        // process may already have installed one, which is just as good.
+        CRYPTO_PROVIDER.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("build the HTTP client");
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            admin_key,
+            http,
+        }
+    }
+
+    /// The deployed system named by `CHATSYS_BASE_URL` (and `CHATSYS_ADMIN_KEY` when it has one).
+    pub fn from_env() -> Self {
+        let base_url = std::env::var("CHATSYS_BASE_URL").unwrap_or_else(|_| {
+            panic!(
+                "CHATSYS_BASE_URL is not set: point it at a running chatsys API, e.g. \
+                 CHATSYS_BASE_URL=http://127.0.0.1:8080 (and CHATSYS_ADMIN_KEY when the system has one)"
+            )
+        });
+        let admin_key = std::env::var("CHATSYS_ADMIN_KEY")
+            .ok()
+            .filter(|key| !key.is_empty());
+        Self::new(base_url, admin_key)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base_url, path))
+    }
+
+    pub async fn send(&self, request: RequestBuilder) -> Reply {
+        let request = request.build().expect("build the request");
+        let method = request.method().clone();
+        let path = match request.url().query() {
+            Some(query) => format!("{}?{query}", request.url().path()),
+            None => request.url().path().to_owned(),
+        };
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .unwrap_or_else(|error| panic!("{method} {path}: no response: {error:?}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .unwrap_or_else(|error| panic!("{method} {path}: reading the body failed: {error:?}"))
+            .to_vec();
+        Reply {
+            method,
+            path,
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    /// A GET carrying the admin key when the target has one.
+    pub async fn get_as_admin(&self, path: &str) -> Reply {
+        let request = self.request(Method::GET, path);
+        let request = match &self.admin_key {
+            Some(key) => request.header(AUTHORIZATION, format!("Bearer {key}")),
+            None => request,
+        };
+        self.send(request).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send_json(Method::POST, path, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send_json(Method::PUT, path, body).await
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Reply {
+        let request = self
+            .request(method, path)
+            .header(CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).expect("serialize the request body"));
+        self.send(request).await
+    }
+
+    /// Sends bytes exactly as given, with the given Content-Type (or none).
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Vec<u8>>,
+    ) -> Reply {
+        let request = self.request(method, path).body(body.into());
+        let request = match content_type {
+            Some(content_type) => request.header(CONTENT_TYPE, content_type),
+            None => request,
+        };
+        self.send(request).await
+    }
+
+    /// Creates an application with a fresh name and returns its body (asserting the 201).
+    pub async fn create_application(&self) -> Value {
+        let name = unique("conformance app");
+        let reply = self
+            .post("/applications", &serde_json::json!({ "name": name }))
+            .await;
+        reply.expect_status(201);
+        let application = reply.json();
+        assert_eq!(application["name"], name.as_str(), "{}", reply.describe());
+        application
+    }
+
+    /// Creates an application and returns its token.
+    pub async fn create_token(&self) -> String {
+        token_of(&self.create_application().await)
+    }
+
+    /// Creates the next chat of the application and returns its number (asserting the 201).
+    pub async fn create_chat(&self, token: &str) -> u64 {
+        let reply = self
+            .send_raw(
+                Method::POST,
+                &format!("/applications/{token}/chats"),
+                None,
+                "",
+            )
+            .await;
+        reply.expect_status(201);
+        number_of(&reply.json())
+    }
+
+    /// Posts a message and returns its number (asserting the 201).
+    pub async fn create_message(&self, token: &str, chat: u64, body: &str) -> u64 {
+        let reply = self
+            .post(
+                &messages_path(token, chat),
+                &serde_json::json!({ "body": body }),
+            )
+            .await;
+        reply.expect_status(201);
+        let message = reply.json();
+        assert_eq!(message["body"], body, "{}", reply.describe());
+        number_of(&message)
+    }
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|error| panic!("the body is not JSON ({error}): {}", self.describe()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|value| {
+            value.to_str().unwrap_or_else(|_| {
+                panic!("header {name} is not visible ASCII: {}", self.describe())
+            })
+        })
+    }
+
+    /// The request and the response in a few lines, for failure messages.
+    pub fn describe(&self) -> String {
+        const SHOWN: usize = 2000;
+        let text = self.text();
+        let shown: String = text.chars().take(SHOWN).collect();
+        let ellipsis = if shown.len() < text.len() { "…" } else { "" };
+        format!(
+            "{} {} → {} {:?}\n{shown}{ellipsis}",
+            self.method, self.path, self.status, self.headers
+        )
+    }
+
+    pub fn expect_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status: {}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Asserts the status and the error body `{"error":{"code":code,"message":"…"}}`.
+    pub fn expect_error(&self, status: u16, code: &str) -> &Self {
+        self.expect_status(status);
+        let content_type = self.header("content-type").unwrap_or_default();
+        assert!(
+            content_type.starts_with("application/json"),
+            "an error without a JSON Content-Type: {}",
+            self.describe()
+        );
+        let body = self.json();
+        let error = body
+            .get("error")
+            .and_then(Value::as_object)
+            .unwrap_or_else(|| panic!("no error object: {}", self.describe()));
+        assert_eq!(
+            error.get("code"),
+            Some(&Value::from(code)),
+            "{}",
+            self.describe()
+        );
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        assert!(
+            !message.trim().is_empty(),
+            "empty error message: {}",
+            self.describe()
+        );
+        assert_eq!(
+            body.as_object().map(|o| o.len()),
+            Some(1),
+            "{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The message of an error body, lower-cased.
+    pub fn error_message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+    }
+
+    /// Asserts a client mistake: a 4xx carrying the error body.
+    pub fn expect_client_error(&self) -> &Self {
+        assert!(
+            self.status.is_client_error(),
+            "expected a 4xx: {}",
+            self.describe()
+        );
+        let code = self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.expect_error(self.status.as_u16(), &code)
+    }
+
+    /// The target of `Link: <…>; rel="next"`, if the response has one.
+    pub fn next_link(&self) -> Option<String> {
+        let link = self.header("link")?;
+        let next = link.split(',').find_map(|part| {
+            let (target, params) = part.trim().split_once(';')?;
+            let is_next = params.split(';').any(|param| {
+                matches!(
+                    param.trim().replace(' ', "").as_str(),
+                    "rel=\"next\"" | "rel=next"
+                )
+            });
+            is_next.then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+        });
+        let next = next
+            .unwrap_or_else(|| panic!("a Link header without rel=\"next\": {}", self.describe()));
+        assert!(
+            next.starts_with('/'),
+            "the next link is not a relative path: {}",
+            self.describe()
+        );
+        Some(next)
+    }
+
+    /// The body as an array, asserting it is one.
+    pub fn items(&self) -> Vec<Value> {
+        match self.json() {
+            Value::Array(items) => items,
+            _ => panic!("expected a JSON array: {}", self.describe()),
+        }
+    }
+}
+
+/// Polls `probe` until it succeeds or `timeout` passes; fails with the last thing it observed.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last_observed) if Instant::now() >= deadline => {
+                panic!("not within {timeout:?}; last observed: {last_observed}")
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// A string no other case or run uses, so cases can share one deployed system.
+pub fn unique(label: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{label} {}-{nanos:x}-{sequence}", std::process::id())
+}
+
+/// Percent-encodes a query value (everything but the unreserved characters).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+pub fn token_of(application: &Value) -> String {
+    application["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string token in {application}"))
+        .to_owned()
+}
+
+pub fn number_of(item: &Value) -> u64 {
+    item["number"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no unsigned number in {item}"))
+}
+
+pub fn numbers_of(items: &[Value]) -> Vec<u64> {
+    items.iter().map(number_of).collect()
+}
+
+pub fn application_path(token: &str) -> String {
+    format!("/applications/{token}")
+}
+
+pub fn chats_path(token: &str) -> String {
+    format!("/applications/{token}/chats")
+}
+
+pub fn chat_path(token: &str, chat: u64) -> String {
+    format!("/applications/{token}/chats/{chat}")
+}
+
+pub fn messages_path(token: &str, chat: u64) -> String {
+    format!("/applications/{token}/chats/{chat}/messages")
+}
+
+pub fn message_path(token: &str, chat: u64, message: u64) -> String {
+    format!("/applications/{token}/chats/{chat}/messages/{message}")
+}
+
+pub fn search_path(token: &str, chat: u64, query: &str) -> String {
+    format!(
+        "/applications/{token}/chats/{chat}/messages/search?q={}",
+        encode(query)
+    )
+}
