@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# End-to-end test of the whole delivery path, on a throwaway kind cluster:
+#   1. create the cluster from kind-config.yaml (a unique name; deleted on exit, pass or fail);
+#   2. build the api, worker and operator images and load them into the cluster;
+#   3. install ingress-nginx (its kind manifest) and metrics-server (for the HPAs);
+#   4. install the operator's Helm chart;
+#   5. apply tests/e2e/chatsystem.yaml and wait for its Ready condition;
+#   6. check that both HPAs exist and that the API's HPA wants more replicas under a bounded load;
+#   7. run the black-box conformance suite against the API through the ingress (http://localhost);
+#   8. delete the ChatSystem and check that every object it owned is gone.
+# It needs docker with a running engine, kind, kubectl, helm, cargo with cargo-nextest, and curl, and
+# the host's ports 80 and 443 free. Without them it fails at once and says what is missing: it never
+# reports success without having run every step.
+# Environment: E2E_KEEP_CLUSTER=1 keeps the cluster for inspection; KIND_NODE_IMAGE picks the node image.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [[ -d "$repo_root/.tools/bin" ]]; then
+  PATH="$repo_root/.tools/bin:$PATH"
+fi
+
+cluster="chatsys-e2e-$(date +%Y%m%d%H%M%S)-$$"
+operator_namespace=chatsys-system
+namespace=chatsys-e2e
+chatsystem_file="$repo_root/tests/e2e/chatsystem.yaml"
+chatsystem=e2e
+base_url=http://localhost
+ingress_nginx_manifest=https://raw.githubusercontent.com/kubernetes/ingress-nginx/controller-v1.14.3/deploy/static/provider/kind/deploy.yaml
+metrics_server_manifest=https://github.com/kubernetes-sigs/metrics-server/releases/download/v0.8.0/components.yaml
+
+# Every wait is bounded; these are the bounds, in seconds.
+ready_timeout=900
+rollout_timeout=300
+conformance_timeout=1800
+metrics_timeout=300
+load_timeout=300
+deletion_timeout=300
+
+work_dir=$(mktemp -d)
+export KUBECONFIG="$work_dir/kubeconfig"
+cluster_created=false
+load_pid=""
+
+log() {
+  echo "e2e: $*"
+}
+
+die() {
+  echo "e2e: FAILED: $*" >&2
+  exit 1
+}
+
+# Runs "$@" every 5 s until it succeeds or the timeout passes.
+wait_until() {
+  local timeout=$1 description=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      echo "e2e: gave up after ${timeout}s waiting until $description" >&2
+      return 1
+    fi
+    sleep 5
+  done
+  log "$description"
+}
+
+stop_load() {
+  if [[ -n "$load_pid" ]]; then
+    kill "$load_pid" 2>/dev/null || true
+    wait "$load_pid" 2>/dev/null || true
+    load_pid=""
+  fi
+}
+
+dump_diagnostics() {
+  echo "e2e: ---- diagnostics ----" >&2
+  kubectl get chatsystems -A -o yaml >&2 || true
+  kubectl get all,ingresses,hpa,pdb,pvc -n "$namespace" -o wide >&2 || true
+  kubectl get events -n "$namespace" --sort-by=.lastTimestamp >&2 || true
+  kubectl logs -n "$operator_namespace" -l app.kubernetes.io/name=chatsys-operator --tail=200 --prefix >&2 || true
+  echo "e2e: ---- end of diagnostics ----" >&2
+}
+
+on_exit() {
+  local status=$?
+  stop_load
+  if [[ "$cluster_created" == true ]]; then
+    if ((status != 0)); then
+      dump_diagnostics
+    fi
+    if [[ "${E2E_KEEP_CLUSTER:-}" == 1 ]]; then
+      log "keeping cluster $cluster (KUBECONFIG=$KUBECONFIG); delete it with: kind delete cluster --name $cluster"
+    else
+      log "deleting cluster $cluster"
+      kind delete cluster --name "$cluster" >/dev/null 2>&1 || echo "e2e: could not delete cluster $cluster" >&2
+    fi
+  fi
+  if [[ "${E2E_KEEP_CLUSTER:-}" != 1 ]]; then
+    rm -rf "$work_dir"
+  fi
+  if ((status == 0)); then
+    echo "e2e: PASSED"
+  else
+    echo "e2e: FAILED (exit status $status)" >&2
+  fi
+  exit "$status"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+check_prerequisites() {
+  local missing=() tool
+  for tool in docker kind kubectl helm cargo curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if ((${#missing[@]} > 0)); then
+    die "missing on this machine: ${missing[*]}. The end-to-end suite needs Docker, kind, kubectl, helm," \
+      "cargo with cargo-nextest and curl (helm and kubectl: bash .ci/tools.sh). Nothing was tested."
+  fi
+  docker info >/dev/null 2>&1 ||
+    die "docker is installed but no Docker engine answers ('docker info' failed): start it. Nothing was tested."
+  cargo nextest --version >/dev/null 2>&1 ||
+    die "cargo-nextest is missing (cargo install cargo-nextest --locked). Nothing was tested."
+}
+
+workspace_version() {
+  cargo pkgid --manifest-path "$repo_root/Cargo.toml" -p chatsys-api | sed 's/.*[@#]//'
+}
+
+# Builds the conformance suite before any cluster exists, so a compile error costs no cluster, and
+# checks that the test binary aimed at a deployed system has tests in it.
+build_conformance_suite() {
+  log "building the conformance suite"
+  local listing
+  listing=$(cd "$repo_root" && cargo nextest list -p chatsys-conformance --run-ignored ignored-only \
+    -E 'binary(external)' --message-format oneline)
+  [[ -n "$listing" ]] || die "the conformance suite's 'external' binary lists no test"
+  log "conformance suite: $(wc -l <<<"$listing") tests in binary 'external'"
+}
+
+create_cluster() {
+  local image_args=()
+  if [[ -n "${KIND_NODE_IMAGE:-}" ]]; then
+    image_args=(--image "$KIND_NODE_IMAGE")
+  fi
+  log "creating kind cluster $cluster"
+  cluster_created=true
+  kind create cluster --name "$cluster" --config "$repo_root/kind-config.yaml" --kubeconfig "$KUBECONFIG" \
+    --wait "${rollout_timeout}s" "${image_args[@]}"
+}
+
+build_and_load_images() {
+  local version=$1 target images=()
+  for target in api worker operator; do
+    log "building image chatsys/chatsys-$target:$version"
+    docker build --target "$target" --build-arg "VERSION=$version" -t "chatsys/chatsys-$target:$version" "$repo_root"
+    images+=("chatsys/chatsys-$target:$version")
+  done
+  log "loading ${images[*]} into the cluster"
+  kind load docker-image --name "$cluster" "${images[@]}"
+}
+
+install_ingress_controller() {
+  log "installing ingress-nginx"
+  kubectl apply -f "$ingress_nginx_manifest"
+  kubectl -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout="${rollout_timeout}s"
+}
+
+install_metrics_server() {
+  log "installing metrics-server"
+  kubectl apply -f "$metrics_server_manifest"
+  # kind's kubelets serve self-signed certificates.
+  kubectl -n kube-system patch deployment metrics-server --type=json \
+    -p '[{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--kubelet-insecure-tls"}]'
+  kubectl -n kube-system rollout status deployment/metrics-server --timeout="${rollout_timeout}s"
+  wait_until "$metrics_timeout" "the metrics API reports node usage" kubectl top nodes
+}
+
+install_chart() {
+  local version=$1
+  log "installing the chatsys-operator chart"
+  helm install chatsys-operator "$repo_root/charts/chatsys-operator" --namespace "$operator_namespace" \
+    --create-namespace --set "image.tag=$version" --wait --timeout "${rollout_timeout}s"
+  kubectl -n "$operator_namespace" rollout status deployment/chatsys-operator --timeout="${rollout_timeout}s"
+}
+
+apply_chatsystem() {
+  log "applying $chatsystem_file"
+  kubectl create namespace "$namespace"
+  kubectl -n "$namespace" apply -f "$chatsystem_file"
+  log "waiting up to ${ready_timeout}s for chatsystem/$chatsystem to be Ready"
+  kubectl -n "$namespace" wait --for=condition=Ready "chatsystem/$chatsystem" --timeout="${ready_timeout}s"
+  wait_until "$rollout_timeout" "the API answers /readyz through the ingress" curl -fsS --max-time 5 "$base_url/readyz"
+}
+
+run_conformance_suite() {
+  log "running the conformance suite against $base_url"
+  (cd "$repo_root" && CHATSYS_BASE_URL="$base_url" timeout "$conformance_timeout" \
+    cargo nextest run -p chatsys-conformance --run-ignored ignored-only -E 'binary(external)')
+}
+
+component_hpa() {
+  kubectl -n "$namespace" get horizontalpodautoscalers \
+    -l "app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=$1" -o name
+}
+
+hpa_field() {
+  kubectl -n "$namespace" get "$1" -o jsonpath="{$2}"
+}
+
+hpa_has_metrics() {
+  [[ -n "$(hpa_field "$1" '.status.currentMetrics[0].resource.current.averageUtilization')" ]]
+}
+
+hpa_wants_more_than() {
+  local desired
+  desired=$(hpa_field "$1" '.status.desiredReplicas')
+  [[ -n "$desired" ]] && ((desired > $2))
+}
+
+# Bounded load: many concurrent GETs of one application through the ingress, until the deadline or
+# a TERM, which also stops the curl in flight.
+generate_load() {
+  local token=$1 deadline=$((SECONDS + load_timeout)) requests="$work_dir/load.curl" curl_pid="" i
+  for ((i = 0; i < 2000; i++)); do
+    printf 'url = "%s/applications/%s"\noutput = "/dev/null"\n' "$base_url" "$token"
+  done >"$requests"
+  trap 'if [[ -n "$curl_pid" ]]; then kill "$curl_pid" 2>/dev/null; fi; exit 0' TERM
+  while ((SECONDS < deadline)); do
+    curl --silent --no-progress-meter --parallel --parallel-max 32 --max-time 60 --config "$requests" &
+    curl_pid=$!
+    wait "$curl_pid" || true
+  done
+}
+
+check_autoscaling() {
+  local api_hpa worker_hpa
+  api_hpa=$(component_hpa api)
+  worker_hpa=$(component_hpa worker)
+  [[ -n "$api_hpa" ]] || die "no HorizontalPodAutoscaler for the API"
+  [[ -n "$worker_hpa" ]] || die "no HorizontalPodAutoscaler for the worker"
+  log "HPAs exist: $api_hpa, $worker_hpa"
+
+  wait_until "$metrics_timeout" "$api_hpa reads CPU utilisation" hpa_has_metrics "$api_hpa"
+  local baseline
+  baseline=$(hpa_field "$api_hpa" '.status.desiredReplicas')
+  if ((baseline >= $(hpa_field "$api_hpa" '.spec.maxReplicas'))); then
+    die "$api_hpa already wants its maximum of $baseline replicas before any load"
+  fi
+  log "$api_hpa wants $baseline replica(s) at rest; loading the API for up to ${load_timeout}s"
+
+  local application token
+  application=$(curl -fsS --max-time 10 -H 'content-type: application/json' -d '{"name": "e2e load"}' \
+    "$base_url/applications")
+  token=$(sed -nE 's/.*"token"[[:space:]]*:[[:space:]]*"([^"]+)".*/\1/p' <<<"$application")
+  [[ -n "$token" ]] || die "no token in the created application: $application"
+
+  generate_load "$token" &
+  load_pid=$!
+  wait_until "$load_timeout" "$api_hpa wants more than $baseline replica(s) under load" \
+    hpa_wants_more_than "$api_hpa" "$baseline"
+  stop_load
+  log "$api_hpa now wants $(hpa_field "$api_hpa" '.status.desiredReplicas') replica(s)"
+}
+
+owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,pods
+
+owned_objects() {
+  kubectl get "$owned_kinds" --all-namespaces -l "app.kubernetes.io/instance=$chatsystem" -o name
+}
+
+nothing_owned_is_left() {
+  [[ -z "$(owned_objects)" && -z "$(kubectl -n "$namespace" get persistentvolumeclaims -o name)" ]]
+}
+
+check_deletion() {
+  [[ -n "$(owned_objects)" ]] || die "no object carries app.kubernetes.io/instance=$chatsystem before deletion"
+  log "deleting chatsystem/$chatsystem"
+  kubectl -n "$namespace" delete "chatsystem/$chatsystem" --wait=true --timeout="${deletion_timeout}s"
+  if ! wait_until "$deletion_timeout" "every object chatsystem/$chatsystem owned is gone" nothing_owned_is_left; then
+    owned_objects >&2 || true
+    kubectl -n "$namespace" get persistentvolumeclaims >&2 || true
+    die "objects of chatsystem/$chatsystem are left after its deletion"
+  fi
+}
+
+main() {
+  check_prerequisites
+  local version
+  version=$(workspace_version)
+  [[ -n "$version" ]] || die "could not read the workspace version"
+  build_conformance_suite
+  create_cluster
+  build_and_load_images "$version"
+  install_ingress_controller
+  install_metrics_server
+  install_chart "$version"
+  apply_chatsystem
+  # Autoscaling first, while the system is idle: after the conformance suite the HPA may already have
+  # scaled up, and a rise would prove nothing.
+  check_autoscaling
+  run_conformance_suite
+  check_deletion
+}
+
+main "$@"
