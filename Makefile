@@ -1,0 +1,66 @@
+# Everyday commands. `make` alone lists them.
+# Tools installed by .ci/tools.sh (helm, kubectl, the validators) are found in .tools/bin first.
+
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+CARGO ?= cargo
+DOCKER ?= docker
+# The images are tagged with the workspace version, which is also what the operator deploys by default.
+VERSION = $(shell $(CARGO) pkgid -p chatsys-api | sed 's/.*[@#]//')
+IMAGES := api worker operator
+CRD := crds/chatsystems.chatsys.io.yaml
+CHART_CRD := charts/chatsys-operator/crds/chatsystems.chatsys.io.yaml
+RENDERED := target/rendered
+
+.DEFAULT_GOAL := help
+.PHONY: help build test crds render tools chart-lint validate images e2e bench standalone ci
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+build: ## Build every crate of the workspace (debug)
+	$(CARGO) build --workspace
+
+test: ## Run the test suite, as CI does
+	$(CARGO) nextest run --workspace
+
+crds: ## Regenerate the ChatSystem CRD and its copy in the Helm chart
+	mkdir -p $(dir $(CRD))
+	$(CARGO) run -q -p chatsys-operator -- crd > $(CRD).tmp
+	mv $(CRD).tmp $(CRD)
+	cp $(CRD) $(CHART_CRD)
+
+render: ## Print every manifest the operator would apply for each example, into target/rendered/
+	$(CARGO) build -q -p chatsys-operator
+	mkdir -p $(RENDERED)
+	for example in examples/*.yaml; do \
+	  target/debug/chatsys-operator render -f $$example > $(RENDERED)/$$(basename $$example) || exit 1; \
+	  echo "$(RENDERED)/$$(basename $$example)"; \
+	done
+
+tools: ## Install helm, kubectl, kubernetes-validate, shellcheck, yamllint, hadolint into .tools/
+	bash .ci/tools.sh
+
+chart-lint: tools ## Lint the Helm chart, validate its output, lint the YAML, shell scripts and Dockerfile
+	bash scripts/lint-chart.sh
+
+validate: tools ## Validate the rendered examples against the Kubernetes schemas and the CRD
+	bash scripts/validate-manifests.sh
+
+images: ## Build the api, worker and operator images (needs Docker)
+	for image in $(IMAGES); do \
+	  $(DOCKER) build --target $$image --build-arg VERSION=$(VERSION) -t chatsys/chatsys-$$image:$(VERSION) . || exit 1; \
+	done
+
+e2e: ## Run the end-to-end suite on a throwaway kind cluster (needs Docker and kind)
+	bash tests/e2e/run.sh
+
+bench: ## Build the release binaries and run the benchmark
+	$(CARGO) build --release --bins
+	target/release/bench
+
+standalone: ## Run the whole system in one process on 127.0.0.1:8080
+	$(CARGO) run --release --bin chatsys-api -- standalone
+
+ci: ## Run what CI runs
+	bash .ci/run
