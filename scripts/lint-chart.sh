@@ -4,6 +4,7 @@
 #   - helm lint --strict, with the default values and with each values file in the chart's ci/ folder;
 #   - helm template (CRD included) with the same values validates against the Kubernetes 1.33 schemas,
 #     strictly (unknown fields rejected), and renders every kind it should;
+#   - the ChatSystem the e2e suite applies is valid against the CRD's schema, unknown fields rejected;
 #   - yamllint on the chart's values and the other hand-written YAML (kind config, e2e resources);
 #   - shellcheck on every shell script under .ci/, scripts/ and tests/e2e/;
 #   - hadolint on the Dockerfile.
@@ -34,7 +35,7 @@ pass() {
 }
 
 missing=()
-for tool in helm kubernetes-validate yamllint shellcheck hadolint; do
+for tool in helm kubernetes-validate yamllint shellcheck hadolint python3; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]} > 0)); then
@@ -95,6 +96,56 @@ for values in "${values_files[@]}"; do
     done
   fi
 done
+
+# Unknown fields are an error, as with kubectl's default strict field validation; CEL rules are left
+# to the API server.
+if [[ -f "$crd_source" ]]; then
+  if python3 - "$crd_source" tests/e2e/chatsystem.yaml <<'PYTHON'; then
+import sys
+
+import jsonschema
+import yaml
+
+
+def closed(schema):
+    """The schema with additionalProperties false wherever it lists properties and allows no others."""
+    if isinstance(schema, dict):
+        schema = {key: closed(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    return schema
+
+
+with open(sys.argv[1]) as crd_file:
+    crd = yaml.safe_load(crd_file)
+group = crd["spec"]["group"]
+failed = False
+for path in sys.argv[2:]:
+    with open(path) as resource_file:
+        for resource in yaml.safe_load_all(resource_file):
+            version = resource["apiVersion"].removeprefix(group + "/")
+            served = {v["name"]: v for v in crd["spec"]["versions"]}
+            if version not in served or resource["kind"] != crd["spec"]["names"]["kind"]:
+                print(f"{path}: {resource['apiVersion']} {resource['kind']} is not served by the CRD")
+                failed = True
+                continue
+            schema = closed(served[version]["schema"]["openAPIV3Schema"])
+            schema["properties"].update(
+                apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"})
+            for error in jsonschema.Draft7Validator(schema).iter_errors(resource):
+                print(f"{path}: {'.'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}")
+                failed = True
+sys.exit(1 if failed else 0)
+PYTHON
+    pass "tests/e2e/chatsystem.yaml is valid against the CRD schema"
+  else
+    fail "tests/e2e/chatsystem.yaml is not valid against the CRD schema"
+  fi
+fi
 
 yaml_files=("$chart/Chart.yaml" "$chart/values.yaml" "$chart"/ci/*.yaml kind-config.yaml tests/e2e/*.yaml)
 yamllint_config='{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}'
