@@ -33,7 +33,7 @@ crds: ## Regenerate the ChatSystem CRD and its copy in the Helm chart
 render: ## Print every manifest the operator would apply for each example, into target/rendered/
 	$(CARGO) build -q -p chatsys-operator
 	mkdir -p $(RENDERED)
-	for example in examples/*.yaml; do \
+	@for example in examples/*.yaml; do \
 	  target/debug/chatsys-operator render -f $$example > $(RENDERED)/$$(basename $$example) || exit 1; \
 	  echo "$(RENDERED)/$$(basename $$example)"; \
 	done
@@ -48,7 +48,7 @@ validate: tools ## Validate the rendered examples against the Kubernetes schemas
 	bash scripts/validate-manifests.sh
 
 images: ## Build the api, worker and operator images (needs Docker)
-	for image in $(IMAGES); do \
+	@for image in $(IMAGES); do \
 	  $(DOCKER) build --target $$image --build-arg VERSION=$(VERSION) -t chatsys/chatsys-$$image:$(VERSION) . || exit 1; \
 	done
 
