@@ -1,0 +1,1 @@
+//! OpenSearch adapter of the search port.

@@ -1,0 +1,318 @@
+//! Redis: number allocation (atomic across API replicas) and the shared cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use crate::domain::{AppId, Application, Chat, Message};
+use crate::error::{Backend, CoreError, CoreResult};
+use crate::plan::{ChatKey, MessageKey};
+use crate::ports::{Cache, ListEntry, ListScope, NumberFloor, Numbers};
+
+fn unavailable(e: redis::RedisError) -> CoreError {
+    CoreError::unavailable(Backend::Redis, e)
+}
+
+/// Connects to Redis with short timeouts, so a Redis outage turns into a quick 503, and a connection
+/// that reconnects by itself when Redis comes back.
+pub async fn connect(url: &str) -> CoreResult<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, config).await.map_err(unavailable)
+}
+
+/// Key names under one prefix, so several systems (or test runs) can share a Redis.
+#[derive(Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.to_string() }
+    }
+    fn chat_counter(&self, app: AppId) -> String {
+        format!("{}:app:{app}:chats", self.prefix)
+    }
+    fn message_counter_prefix(&self, app: AppId) -> String {
+        format!("{}:chat:{app}:", self.prefix)
+    }
+    fn message_counter(&self, app: AppId, chat: u64) -> String {
+        format!("{}:chat:{app}:{chat}:msgs", self.prefix)
+    }
+    fn version(&self) -> String {
+        format!("{}:version", self.prefix)
+    }
+    fn token(&self, token: &str) -> String {
+        format!("{}:token:{token}", self.prefix)
+    }
+    fn application(&self, app: AppId) -> String {
+        format!("{}:application:{app}", self.prefix)
+    }
+    fn chat(&self, app: AppId, number: u64) -> String {
+        format!("{}:chat:{app}:{number}:stored", self.prefix)
+    }
+    fn pending_chat(&self, app: AppId, number: u64) -> String {
+        format!("{}:chat:{app}:{number}:accepted", self.prefix)
+    }
+    fn message(&self, (app, chat, number): MessageKey) -> String {
+        format!("{}:message:{app}:{chat}:{number}", self.prefix)
+    }
+    fn list_generation(&self, scope: &ListScope) -> String {
+        match scope {
+            ListScope::Chats(app) => format!("{}:generation:chats:{app}", self.prefix),
+            ListScope::Messages(app, chat) => format!("{}:generation:messages:{app}:{chat}", self.prefix),
+        }
+    }
+    fn list_page_prefix(&self, scope: &ListScope) -> String {
+        match scope {
+            ListScope::Chats(app) => format!("{}:list:chats:{app}:", self.prefix),
+            ListScope::Messages(app, chat) => format!("{}:list:messages:{app}:{chat}:", self.prefix),
+        }
+    }
+}
+
+/// Counters live without expiry (an eviction policy of `volatile-*` never evicts them). A counter that
+/// is missing was never started or was lost (Redis restarted or flushed): new applications and chats
+/// start theirs at 0 explicitly, so a missing one is rebuilt from the floor instead of from 1.
+pub struct RedisNumbers {
+    redis: ConnectionManager,
+    keys: Keys,
+    floor: Arc<dyn NumberFloor>,
+}
+
+const NEXT_CHAT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[2] == '' then return -1 end
+  redis.call('SET', KEYS[1], ARGV[2], 'NX')
+end
+local n = redis.call('INCR', KEYS[1])
+redis.call('SET', ARGV[1] .. n .. ':msgs', 0, 'NX')
+return n
+";
+
+const NEXT_MESSAGE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[1] == '' then return -1 end
+  redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+return redis.call('INCR', KEYS[1])
+";
+
+/// Microseconds of Redis' clock, never below the last one handed out: increasing even across a flush.
+const NEXT_VERSION: &str = r"
+local t = redis.call('TIME')
+local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v <= last then v = last + 1 end
+redis.call('SET', KEYS[1], string.format('%.0f', v))
+return v
+";
+
+impl RedisNumbers {
+    pub fn new(redis: ConnectionManager, keys: Keys, floor: Arc<dyn NumberFloor>) -> Self {
+        RedisNumbers { redis, keys, floor }
+    }
+
+    async fn lost_counter(&self, what: &str) {
+        metrics::counter!("chatsys_counter_reseeds_total", "counter" => what.to_string()).increment(1);
+        tracing::warn!(counter = what, "number counter missing from Redis; restarting it above every number handed out");
+    }
+}
+
+#[async_trait]
+impl Numbers for RedisNumbers {
+    async fn ping(&self) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut redis).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn init_application(&self, app: AppId) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        redis.set_nx::<_, _, bool>(self.keys.chat_counter(app), 0).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
+        let script = Script::new(NEXT_CHAT);
+        let mut redis = self.redis.clone();
+        let key = self.keys.chat_counter(app);
+        let prefix = self.keys.message_counter_prefix(app);
+        let n: i64 = script.key(&key).arg(&prefix).arg("").invoke_async(&mut redis).await.map_err(unavailable)?;
+        if n > 0 {
+            return Ok(n as u64);
+        }
+        self.lost_counter("chats").await;
+        let floor = self.floor.chat_floor(app).await?;
+        let n: i64 = script.key(&key).arg(&prefix).arg(floor).invoke_async(&mut redis).await.map_err(unavailable)?;
+        Ok(n as u64)
+    }
+
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+        let script = Script::new(NEXT_MESSAGE);
+        let mut redis = self.redis.clone();
+        let key = self.keys.message_counter(app, chat);
+        let n: i64 = script.key(&key).arg("").invoke_async(&mut redis).await.map_err(unavailable)?;
+        if n > 0 {
+            return Ok(n as u64);
+        }
+        self.lost_counter("messages").await;
+        let floor = self.floor.message_floor(app, chat).await?;
+        let n: i64 = script.key(&key).arg(floor).invoke_async(&mut redis).await.map_err(unavailable)?;
+        Ok(n as u64)
+    }
+
+    async fn next_version(&self) -> CoreResult<u64> {
+        let mut redis = self.redis.clone();
+        let v: i64 = Script::new(NEXT_VERSION).key(self.keys.version()).invoke_async(&mut redis).await.map_err(unavailable)?;
+        Ok(v as u64)
+    }
+}
+
+pub struct RedisCache {
+    redis: ConnectionManager,
+    keys: Keys,
+    ttl_secs: u64,
+}
+
+const PUT_MESSAGE: &str = r"
+local current = redis.call('HGET', KEYS[1], 'v')
+if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+const GET_LIST: &str = r"
+local generation = redis.call('GET', KEYS[1]) or '0'
+return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}
+";
+
+impl RedisCache {
+    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration) -> Self {
+        RedisCache { redis, keys, ttl_secs: ttl.as_secs().max(1) }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> CoreResult<Option<T>> {
+        let mut redis = self.redis.clone();
+        let raw: Option<Vec<u8>> = redis.get(key).await.map_err(unavailable)?;
+        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    async fn put_json<T: serde::Serialize>(&self, key: String, value: &T) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        let bytes = serde_json::to_vec(value).expect("cached values serialise");
+        redis.set_ex::<_, _, ()>(key, bytes, self.ttl_secs).await.map_err(unavailable)
+    }
+
+    async fn delete(&self, keys: Vec<String>) -> CoreResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut redis = self.redis.clone();
+        redis.del::<_, ()>(keys).await.map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>> {
+        let mut redis = self.redis.clone();
+        redis.get(self.keys.token(token)).await.map_err(unavailable)
+    }
+
+    async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        redis.set_ex::<_, _, ()>(self.keys.token(token), app, self.ttl_secs).await.map_err(unavailable)
+    }
+
+    async fn application(&self, app: AppId) -> CoreResult<Option<Application>> {
+        self.get_json(self.keys.application(app)).await
+    }
+
+    async fn put_application(&self, application: &Application) -> CoreResult<()> {
+        self.put_json(self.keys.application(application.id), application).await
+    }
+
+    async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()> {
+        self.delete(apps.iter().map(|app| self.keys.application(*app)).collect()).await
+    }
+
+    async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
+        self.get_json(self.keys.chat(app, number)).await
+    }
+
+    async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
+        self.put_json(self.keys.chat(chat.application_id, chat.number), chat).await
+    }
+
+    async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()> {
+        self.delete(chats.iter().map(|(app, n)| self.keys.chat(*app, *n)).collect()).await
+    }
+
+    async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
+        self.get_json(self.keys.pending_chat(app, number)).await
+    }
+
+    async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()> {
+        self.put_json(self.keys.pending_chat(chat.application_id, chat.number), chat).await
+    }
+
+    async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>> {
+        let mut redis = self.redis.clone();
+        let raw: Option<Vec<u8>> = redis.hget(self.keys.message(key), "d").await.map_err(unavailable)?;
+        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    async fn put_message(&self, message: &Message) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        let key = self.keys.message((message.application_id, message.chat_number, message.number));
+        let bytes = serde_json::to_vec(message).expect("messages serialise");
+        Script::new(PUT_MESSAGE)
+            .key(key)
+            .arg(message.version)
+            .arg(bytes)
+            .arg(self.ttl_secs)
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+
+    async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
+        let mut redis = self.redis.clone();
+        let (generation, body): (u64, Option<Vec<u8>>) = Script::new(GET_LIST)
+            .key(self.keys.list_generation(scope))
+            .arg(self.keys.list_page_prefix(scope))
+            .arg(page)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(ListEntry { generation, body }))
+    }
+
+    async fn put_list(&self, scope: &ListScope, generation: u64, page: &str, body: &[u8]) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        let key = format!("{}{generation}:{page}", self.keys.list_page_prefix(scope));
+        redis.set_ex::<_, _, ()>(key, body, self.ttl_secs).await.map_err(unavailable)
+    }
+
+    async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for scope in scopes {
+            pipe.incr(self.keys.list_generation(scope), 1).ignore();
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis).await.map_err(unavailable)
+    }
+}

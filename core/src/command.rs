@@ -1,0 +1,112 @@
+//! The commands the API publishes and the worker applies. Each one is idempotent and commutative
+//! with the others: applying them twice or in another order gives the same rows.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{self, AppId};
+use crate::error::{CoreError, CoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    CreateChat {
+        application_id: AppId,
+        number: u64,
+        at: DateTime<Utc>,
+    },
+    CreateMessage {
+        application_id: AppId,
+        chat_number: u64,
+        /// Lets a message stored before its chat create that chat row with the right time.
+        chat_created_at: DateTime<Utc>,
+        number: u64,
+        body: String,
+        at: DateTime<Utc>,
+    },
+    EditMessage {
+        application_id: AppId,
+        chat_number: u64,
+        chat_created_at: DateTime<Utc>,
+        number: u64,
+        body: String,
+        version: u64,
+        /// The message's creation time, for an edit applied before its creation.
+        created_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("commands always serialise")
+    }
+
+    /// Decodes and checks a command; a command that fails here can never be applied.
+    pub fn decode(payload: &[u8]) -> CoreResult<Command> {
+        let command: Command = serde_json::from_slice(payload)
+            .map_err(|e| CoreError::Rejected(format!("undecodable command: {e}")))?;
+        command.validate()?;
+        Ok(command)
+    }
+
+    fn validate(&self) -> CoreResult<()> {
+        let reject = |why: &str| Err(CoreError::Rejected(why.to_string()));
+        let in_range = |n: u64| (1..=i64::MAX as u64).contains(&n);
+        match self {
+            Command::CreateChat { application_id, number, .. } => {
+                if !in_range(*application_id) || !in_range(*number) {
+                    return reject("number out of range");
+                }
+            }
+            Command::CreateMessage { application_id, chat_number, number, body, .. }
+            | Command::EditMessage { application_id, chat_number, number, body, .. } => {
+                if !in_range(*application_id) || !in_range(*chat_number) || !in_range(*number) {
+                    return reject("number out of range");
+                }
+                if domain::validate_body(body).is_err() {
+                    return reject("body empty or over the size limit");
+                }
+            }
+        }
+        if let Command::EditMessage { version, .. } = self
+            && (*version == 0 || *version > i64::MAX as u64)
+        {
+            return reject("edit version out of range");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        "2026-11-28T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn commands_round_trip_through_their_encoding() {
+        let command = Command::EditMessage {
+            application_id: 3,
+            chat_number: 2,
+            chat_created_at: at(),
+            number: 9,
+            body: "héllo 😀".into(),
+            version: 17,
+            created_at: at(),
+            at: at(),
+        };
+        assert_eq!(Command::decode(&command.encode()).unwrap(), command);
+    }
+
+    #[test]
+    fn garbage_and_invalid_commands_are_rejected_not_transient() {
+        for payload in [&b"\xff\x00garbage"[..], br#"{"type":"create_chat"}"#, br#"{"type":"create_chat","application_id":1,"number":0,"at":"2026-11-28T00:00:00Z"}"#] {
+            let err = Command::decode(payload).unwrap_err();
+            assert!(matches!(err, CoreError::Rejected(_)), "{err}");
+            assert!(!err.is_transient());
+        }
+    }
+}

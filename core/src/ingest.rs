@@ -1,0 +1,202 @@
+//! The worker's loop, shared by the worker binary (RabbitMQ) and standalone mode (the SQLite queue):
+//! take a batch, apply it in one transaction, index what it stored, refresh the cache, then acknowledge.
+//! A crash anywhere before the acknowledgement means redelivery, and applying again changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::command::Command;
+use crate::error::{CoreError, CoreResult};
+use crate::ports::{Applied, Cache, CommandSource, Delivery, ListScope, Search, Store};
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    /// Tries of a command the store refuses before it goes to the dead-letter queue.
+    pub max_attempts: u32,
+}
+
+#[derive(Clone)]
+pub struct IngestPorts {
+    pub store: Arc<dyn Store>,
+    pub search: Arc<dyn Search>,
+    pub cache: Arc<dyn Cache>,
+}
+
+/// Whether the loop is keeping up; the worker's `/readyz` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct IngestHealth {
+    pub last_error: Option<String>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` turns true; the batch in progress is finished and acknowledged first.
+pub async fn run(
+    source: &mut dyn CommandSource,
+    ports: &IngestPorts,
+    settings: &IngestSettings,
+    mut shutdown: watch::Receiver<bool>,
+    health: watch::Sender<IngestHealth>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        let batch = tokio::select! {
+            batch = source.next_batch(settings.batch_size, settings.batch_wait) => batch,
+            _ = shutdown.changed() => break,
+        };
+        let outcome = match batch {
+            Ok(batch) => process(source, ports, settings, batch, &mut shutdown).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                health.send_if_modified(|h| h.last_error.take().is_some());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
+                health.send_replace(IngestHealth { last_error: Some(e.to_string()) });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::info!("ingest stopped");
+}
+
+async fn process(
+    source: &mut dyn CommandSource,
+    ports: &IngestPorts,
+    settings: &IngestSettings,
+    batch: Vec<Delivery>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> CoreResult<()> {
+    let started = Instant::now();
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut accepted = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        match Command::decode(&delivery.payload) {
+            Ok(command) => {
+                commands.push(command);
+                accepted.push(delivery);
+            }
+            Err(e) => dead_letter(source, &delivery, &e.to_string()).await?,
+        }
+    }
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let (applied, refused) = apply(ports.store.as_ref(), &commands, settings.max_attempts, shutdown).await?;
+    for (index, reason) in &refused {
+        dead_letter(source, &accepted[*index], reason).await?;
+    }
+    retry_transient(shutdown, || ports.search.index(&applied.messages)).await?;
+    refresh_cache(ports.cache.as_ref(), &applied).await;
+    let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+    let done: Vec<Delivery> =
+        accepted.into_iter().enumerate().filter(|(i, _)| !refused.contains(i)).map(|(_, d)| d).collect();
+    source.ack(&done).await?;
+    metrics::counter!("chatsys_worker_commands_total", "result" => "applied").increment(done.len() as u64);
+    metrics::histogram!("chatsys_worker_batch_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("chatsys_worker_batch_size").record(done.len() as f64);
+    Ok(())
+}
+
+async fn dead_letter(source: &mut dyn CommandSource, delivery: &Delivery, reason: &str) -> CoreResult<()> {
+    tracing::error!(reason, tag = delivery.tag, "command moved to the dead-letter queue");
+    metrics::counter!("chatsys_worker_commands_total", "result" => "dead_lettered").increment(1);
+    source.dead_letter(delivery, reason).await
+}
+
+/// Applies the batch; when the store refuses it, applies the commands one by one so that only the
+/// refused ones (returned with their index and reason) are set aside.
+async fn apply(
+    store: &dyn Store,
+    commands: &[Command],
+    max_attempts: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> CoreResult<(Applied, Vec<(usize, String)>)> {
+    match retry_transient(shutdown, || store.apply(commands)).await {
+        Ok(applied) => return Ok((applied, Vec::new())),
+        Err(CoreError::Rejected(reason)) => tracing::warn!(reason, "batch refused; applying its commands one by one"),
+        Err(e) => return Err(e),
+    }
+    let mut applied = Applied::default();
+    let mut refused = Vec::new();
+    for (index, command) in commands.iter().enumerate() {
+        let mut attempt = 1;
+        loop {
+            match retry_transient(shutdown, || store.apply(std::slice::from_ref(command))).await {
+                Ok(one) => {
+                    applied.chats.extend(one.chats);
+                    applied.applications.extend(one.applications);
+                    applied.messages.extend(one.messages);
+                    break;
+                }
+                Err(CoreError::Rejected(reason)) if attempt >= max_attempts => {
+                    refused.push((index, format!("refused {attempt} times: {reason}")));
+                    break;
+                }
+                Err(CoreError::Rejected(_)) => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((applied, refused))
+}
+
+/// Retries an operation while it fails for a transient reason (a backing service down), with backoff,
+/// until it succeeds, fails for good, or the worker is asked to stop.
+async fn retry_transient<T, F, Fut>(shutdown: &mut watch::Receiver<bool>, mut op: F) -> CoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = CoreResult<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "backing service unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => return Err(e),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Write-through of the stored messages, and invalidation of everything whose counts or lists changed.
+/// A cache failure only costs freshness until the entries expire, so it is logged, not retried.
+async fn refresh_cache(cache: &dyn Cache, applied: &Applied) {
+    let mut scopes: Vec<ListScope> = applied.chats.iter().map(|(app, chat)| ListScope::Messages(*app, *chat)).collect();
+    scopes.extend(applied.applications.iter().map(|app| ListScope::Chats(*app)));
+    scopes.extend(applied.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
+    scopes.sort_by_key(|s| format!("{s:?}"));
+    scopes.dedup();
+    let mut result = cache.forget_chats(&applied.chats).await;
+    if result.is_ok() {
+        result = cache.forget_applications(&applied.applications).await;
+    }
+    if result.is_ok() {
+        result = cache.bump_lists(&scopes).await;
+    }
+    for message in &applied.messages {
+        if result.is_err() {
+            break;
+        }
+        result = cache.put_message(message).await;
+    }
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cache refresh failed; entries stay stale until they expire");
+    }
+}

@@ -1,0 +1,16 @@
+//! The chatsys core: domain types, the commands that travel through the queue, one trait per port
+//! (store, numbers, queue, cache, search) with a real and an embedded adapter each, the service that
+//! answers the API, and the ingest loop that the worker runs.
+
+pub mod adapters;
+pub mod command;
+pub mod domain;
+pub mod error;
+pub mod ingest;
+pub mod plan;
+pub mod ports;
+pub mod service;
+pub mod telemetry;
+pub mod view;
+
+pub use error::{CoreError, CoreResult};

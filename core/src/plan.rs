@@ -1,0 +1,177 @@
+//! Batch planning: turns the commands of one batch into the rows to upsert, merging commands that touch
+//! the same row so each row is written once per batch. Pure, so every rule is tested without a database.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::command::Command;
+use crate::domain::AppId;
+
+pub type ChatKey = (AppId, u64);
+pub type MessageKey = (AppId, u64, u64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRow {
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    pub body: String,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Rows keyed and sorted by primary key: every transaction locks rows in the same order, which keeps
+/// concurrent workers from deadlocking on each other.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchPlan {
+    pub chats: BTreeMap<ChatKey, ChatRow>,
+    pub messages: BTreeMap<MessageKey, MessageRow>,
+}
+
+impl BatchPlan {
+    pub fn is_empty(&self) -> bool {
+        self.chats.is_empty() && self.messages.is_empty()
+    }
+
+    pub fn applications(&self) -> Vec<AppId> {
+        let mut apps: Vec<AppId> = self.chats.keys().map(|(app, _)| *app).collect();
+        apps.dedup();
+        apps
+    }
+}
+
+pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    for command in commands {
+        match command {
+            Command::CreateChat { application_id, number, at } => {
+                touch_chat(&mut plan, (*application_id, *number), *at, *at);
+            }
+            Command::CreateMessage { application_id, chat_number, chat_created_at, number, body, at } => {
+                touch_chat(&mut plan, (*application_id, *chat_number), *chat_created_at, *at);
+                merge_message(
+                    &mut plan,
+                    (*application_id, *chat_number, *number),
+                    MessageRow { body: body.clone(), version: 0, created_at: *at, updated_at: *at },
+                );
+            }
+            Command::EditMessage {
+                application_id,
+                chat_number,
+                chat_created_at,
+                number,
+                body,
+                version,
+                created_at,
+                at,
+            } => {
+                touch_chat(&mut plan, (*application_id, *chat_number), *chat_created_at, *created_at);
+                merge_message(
+                    &mut plan,
+                    (*application_id, *chat_number, *number),
+                    MessageRow { body: body.clone(), version: *version, created_at: *created_at, updated_at: *at },
+                );
+            }
+        }
+    }
+    plan
+}
+
+fn touch_chat(plan: &mut BatchPlan, key: ChatKey, created_at: DateTime<Utc>, updated_at: DateTime<Utc>) {
+    plan.chats
+        .entry(key)
+        .and_modify(|row| {
+            row.created_at = row.created_at.min(created_at);
+            row.updated_at = row.updated_at.max(updated_at);
+        })
+        .or_insert(ChatRow { created_at, updated_at });
+}
+
+/// The highest version's body wins; the creation time is the earliest seen.
+fn merge_message(plan: &mut BatchPlan, key: MessageKey, incoming: MessageRow) {
+    plan.messages
+        .entry(key)
+        .and_modify(|row| {
+            let created_at = row.created_at.min(incoming.created_at);
+            if incoming.version > row.version {
+                *row = incoming.clone();
+            }
+            row.created_at = created_at;
+        })
+        .or_insert(incoming);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn create(number: u64, body: &str, at: i64) -> Command {
+        Command::CreateMessage {
+            application_id: 1,
+            chat_number: 1,
+            chat_created_at: t(0),
+            number,
+            body: body.into(),
+            at: t(at),
+        }
+    }
+
+    fn edit(number: u64, body: &str, version: u64, at: i64) -> Command {
+        Command::EditMessage {
+            application_id: 1,
+            chat_number: 1,
+            chat_created_at: t(0),
+            number,
+            body: body.into(),
+            version,
+            created_at: t(1),
+            at: t(at),
+        }
+    }
+
+    #[test]
+    fn the_newest_edit_wins_in_any_order_and_keeps_the_creation_time() {
+        let commands = [create(1, "first", 1), edit(1, "second", 5, 3), edit(1, "third", 9, 4)];
+        let orders = [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]];
+        for order in orders {
+            let plan = plan_batch(order.iter().map(|i| &commands[*i]));
+            let row = &plan.messages[&(1, 1, 1)];
+            assert_eq!(row.body, "third", "order {order:?}");
+            assert_eq!(row.version, 9);
+            assert_eq!(row.created_at, t(1));
+            assert_eq!(row.updated_at, t(4));
+        }
+    }
+
+    #[test]
+    fn a_redelivered_create_never_reverts_an_edit() {
+        let plan = plan_batch(&[edit(1, "edited", 3, 5), create(1, "original", 1)]);
+        assert_eq!(plan.messages[&(1, 1, 1)].body, "edited");
+    }
+
+    #[test]
+    fn messages_also_plan_their_chat_so_a_chat_row_exists_whichever_command_lands_first() {
+        let plan = plan_batch(&[create(1, "a", 2), create(2, "b", 3)]);
+        assert_eq!(plan.chats.len(), 1);
+        assert_eq!(plan.chats[&(1, 1)], ChatRow { created_at: t(0), updated_at: t(3) });
+        assert_eq!(plan.messages.len(), 2);
+        assert_eq!(plan.applications(), vec![1]);
+    }
+
+    #[test]
+    fn rows_come_out_in_key_order() {
+        let commands: Vec<Command> = [5u64, 2, 9, 1].iter().map(|n| create(*n, "x", 1)).collect();
+        let plan = plan_batch(&commands);
+        let numbers: Vec<u64> = plan.messages.keys().map(|k| k.2).collect();
+        assert_eq!(numbers, vec![1, 2, 5, 9]);
+    }
+}

@@ -1,0 +1,150 @@
+//! One trait per port. Each has a real adapter (MySQL, Redis, RabbitMQ, OpenSearch) and an embedded one
+//! (SQLite, in-process, tantivy) in `adapters`, and both pass the same conformance tests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::command::Command;
+use crate::domain::{AppId, Application, Chat, Message, Page};
+use crate::error::CoreResult;
+use crate::plan::{ChatKey, MessageKey};
+
+/// What one applied batch changed, for the cache and the search index.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    pub chats: Vec<ChatKey>,
+    pub applications: Vec<AppId>,
+    /// The stored state of every message the batch touched, after the batch.
+    pub messages: Vec<Message>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn migrate(&self) -> CoreResult<()>;
+    async fn ping(&self) -> CoreResult<()>;
+
+    async fn create_application(&self, token: &str, name: &str, at: DateTime<Utc>) -> CoreResult<Application>;
+    async fn rename_application(&self, id: AppId, name: &str, at: DateTime<Utc>) -> CoreResult<()>;
+    async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>>;
+    async fn application(&self, id: AppId) -> CoreResult<Option<Application>>;
+    /// Applications in creation order, after the one with token `after`.
+    async fn list_applications(&self, after: Option<AppId>, limit: u32) -> CoreResult<Vec<Application>>;
+
+    async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
+    async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>>;
+    async fn message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Option<Message>>;
+    async fn list_messages(&self, app: AppId, chat: u64, page: Page) -> CoreResult<Vec<Message>>;
+
+    /// The highest chat number stored for an application, and the highest message number of a chat.
+    async fn max_chat_number(&self, app: AppId) -> CoreResult<u64>;
+    async fn max_message_number(&self, app: AppId, chat: u64) -> CoreResult<u64>;
+
+    /// Applies a batch in one transaction, idempotently, keeping the counts exact.
+    async fn apply(&self, commands: &[Command]) -> CoreResult<Applied>;
+    /// Recomputes counts that drifted from the rows; returns how many were fixed.
+    async fn repair_counts(&self) -> CoreResult<u64>;
+}
+
+/// Allocates chat numbers, message numbers and edit versions, atomically across every API replica.
+#[async_trait]
+pub trait Numbers: Send + Sync {
+    async fn ping(&self) -> CoreResult<()>;
+    /// Marks a new application's chat counter as started at 0.
+    async fn init_application(&self, app: AppId) -> CoreResult<()>;
+    async fn next_chat(&self, app: AppId) -> CoreResult<u64>;
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64>;
+    /// Strictly increasing over the whole system, so the last edit accepted is the one that wins.
+    async fn next_version(&self) -> CoreResult<u64>;
+}
+
+/// Where a lost counter restarts: above every number that may already have been handed out.
+#[async_trait]
+pub trait NumberFloor: Send + Sync {
+    async fn chat_floor(&self, app: AppId) -> CoreResult<u64>;
+    async fn message_floor(&self, app: AppId, chat: u64) -> CoreResult<u64>;
+}
+
+/// The durable command queue, publishing side.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    async fn ping(&self) -> CoreResult<()>;
+    /// Returns once the broker has durably stored the command.
+    async fn publish(&self, command: &Command) -> CoreResult<()>;
+    /// Commands waiting to be consumed.
+    async fn backlog(&self) -> CoreResult<u64>;
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub tag: u64,
+    pub payload: Vec<u8>,
+    pub redelivered: bool,
+}
+
+/// The durable command queue, consuming side: deliveries stay unacknowledged until `ack`.
+#[async_trait]
+pub trait CommandSource: Send {
+    /// Up to `max` deliveries, waiting at most `wait` for more once the first has arrived.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> CoreResult<Vec<Delivery>>;
+    async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()>;
+    /// Moves one delivery to the dead-letter queue with the reason, then acknowledges it.
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()>;
+}
+
+/// Shared cache: read-your-writes records and hot-path lookups. Every method may fail; callers treat
+/// a failure as a miss.
+#[async_trait]
+pub trait Cache: Send + Sync {
+    async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>>;
+    async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()>;
+    async fn application(&self, app: AppId) -> CoreResult<Option<Application>>;
+    async fn put_application(&self, application: &Application) -> CoreResult<()>;
+    async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()>;
+
+    async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
+    async fn put_chat(&self, chat: &Chat) -> CoreResult<()>;
+    async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()>;
+    /// A chat accepted but maybe not stored yet (read your own write).
+    async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
+    async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()>;
+
+    async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>>;
+    /// Keeps whichever of the cached and the given message has the higher version.
+    async fn put_message(&self, message: &Message) -> CoreResult<()>;
+
+    /// A rendered list page; `scope` names the list, `page` the page within it.
+    async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>>;
+    async fn put_list(&self, scope: &ListScope, generation: u64, page: &str, body: &[u8]) -> CoreResult<()>;
+    /// Makes every cached page of these lists stale.
+    async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListScope {
+    Chats(AppId),
+    Messages(AppId, u64),
+}
+
+/// A cached page, or (body None) the generation a page read now must be stored under.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    pub generation: u64,
+    pub body: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub message: Message,
+    pub score: f32,
+}
+
+#[async_trait]
+pub trait Search: Send + Sync {
+    async fn ping(&self) -> CoreResult<()>;
+    /// Indexes the stored state of these messages, replacing older versions; re-indexing is harmless.
+    async fn index(&self, messages: &[Message]) -> CoreResult<()>;
+    /// Case-insensitive substring matches in one chat, best first, then by number.
+    async fn search(&self, app: AppId, chat: u64, query: &str, window: usize) -> CoreResult<Vec<SearchHit>>;
+}

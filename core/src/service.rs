@@ -1,0 +1,391 @@
+//! The chat service: every operation of the REST API, over the ports. Creation of chats and messages
+//! allocates a number, publishes a durable command and records the new state for read-your-writes; it
+//! never writes to the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use moka::future::Cache as LocalCache;
+use serde::Serialize;
+
+use crate::command::Command;
+use crate::domain::{self, AppId, Chat, Message, Page};
+use crate::error::{CoreError, CoreResult};
+use crate::plan::ChatKey;
+use crate::ports::{self, ListScope, NumberFloor};
+use crate::view::{ApplicationView, ChatView, MessageView};
+
+/// Search pages through at most this many best hits.
+pub const SEARCH_WINDOW: usize = 10_000;
+
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn ports::Store>,
+    pub numbers: Arc<dyn ports::Numbers>,
+    pub queue: Arc<dyn ports::Queue>,
+    pub cache: Arc<dyn ports::Cache>,
+    pub search: Arc<dyn ports::Search>,
+}
+
+/// A rendered page of a list: the JSON array, and the cursor of the next page when there is one.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub json: Vec<u8>,
+    pub next_after: Option<String>,
+}
+
+pub struct ChatService {
+    ports: Ports,
+    /// Facts that never change once true (a token's application id, a chat's creation time), kept
+    /// in process in front of Redis.
+    app_ids: LocalCache<String, AppId>,
+    chat_births: LocalCache<ChatKey, DateTime<Utc>>,
+}
+
+impl ChatService {
+    pub fn new(ports: Ports) -> Self {
+        let idle = Duration::from_secs(600);
+        ChatService {
+            ports,
+            app_ids: LocalCache::builder().max_capacity(100_000).time_to_idle(idle).build(),
+            chat_births: LocalCache::builder().max_capacity(1_000_000).time_to_idle(idle).build(),
+        }
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// Each backing service and whether it answers.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let p = &self.ports;
+        let (store, numbers, queue, search) =
+            tokio::join!(p.store.ping(), p.numbers.ping(), p.queue.ping(), p.search.ping());
+        let show = |r: CoreResult<()>| r.map_err(|e| e.to_string());
+        vec![("database", show(store)), ("redis", show(numbers)), ("queue", show(queue)), ("search", show(search))]
+    }
+
+    // Applications are rare and small: written straight to the store.
+
+    pub async fn create_application(&self, name: &str) -> CoreResult<ApplicationView> {
+        domain::validate_name(name)?;
+        let token = domain::generate_token();
+        let application = self.ports.store.create_application(&token, name, domain::now()).await?;
+        self.ports.numbers.init_application(application.id).await?;
+        self.app_ids.insert(token, application.id).await;
+        Ok(ApplicationView::from(&application))
+    }
+
+    pub async fn rename_application(&self, token: &str, name: &str) -> CoreResult<ApplicationView> {
+        domain::validate_name(name)?;
+        let app = self.resolve(token).await?;
+        self.ports.store.rename_application(app, name, domain::now()).await?;
+        soft(self.ports.cache.forget_applications(&[app]).await);
+        self.application(token).await
+    }
+
+    pub async fn application(&self, token: &str) -> CoreResult<ApplicationView> {
+        let app = self.resolve(token).await?;
+        if let Some(cached) = soft(self.ports.cache.application(app).await) {
+            return Ok(ApplicationView::from(&cached));
+        }
+        let application = self.ports.store.application(app).await?.ok_or(CoreError::NotFound("application"))?;
+        soft(self.ports.cache.put_application(&application).await);
+        Ok(ApplicationView::from(&application))
+    }
+
+    pub async fn list_applications(&self, after: Option<&str>, limit: u32) -> CoreResult<ListPage> {
+        let after_id = match after {
+            None => None,
+            Some(token) => Some(
+                self.resolve(token)
+                    .await
+                    .map_err(|_| CoreError::invalid_query("after", "is not the token of an application"))?,
+            ),
+        };
+        let rows = self.ports.store.list_applications(after_id, limit + 1).await?;
+        Ok(render_page(rows, limit, |a| a.token.clone(), |a| ApplicationView::from(a)))
+    }
+
+    // Chats.
+
+    pub async fn create_chat(&self, token: &str) -> CoreResult<ChatView> {
+        let app = self.resolve(token).await?;
+        let number = self.ports.numbers.next_chat(app).await?;
+        let at = domain::now();
+        self.ports.queue.publish(&Command::CreateChat { application_id: app, number, at }).await?;
+        let chat = Chat { application_id: app, number, messages_count: 0, created_at: at, updated_at: at };
+        soft(self.ports.cache.put_pending_chat(&chat).await);
+        self.chat_births.insert((app, number), at).await;
+        Ok(ChatView::from(&chat))
+    }
+
+    pub async fn chat(&self, token: &str, number: u64) -> CoreResult<ChatView> {
+        let app = self.resolve(token).await?;
+        self.load_chat(app, number).await.map(|chat| ChatView::from(&chat))
+    }
+
+    pub async fn list_chats(&self, token: &str, page: Page) -> CoreResult<ListPage> {
+        let app = self.resolve(token).await?;
+        let store = self.ports.store.clone();
+        self.cached_list(ListScope::Chats(app), page, || async move {
+            let rows = store.list_chats(app, Page { limit: page.limit + 1, ..page }).await?;
+            Ok(render_page(rows, page.limit, |c| c.number.to_string(), |c| ChatView::from(c)))
+        })
+        .await
+    }
+
+    // Messages.
+
+    pub async fn create_message(&self, token: &str, chat: u64, body: &str) -> CoreResult<MessageView> {
+        domain::validate_body(body)?;
+        let app = self.resolve(token).await?;
+        let chat_created_at = self.chat_birth(app, chat).await?;
+        let number = self.ports.numbers.next_message(app, chat).await?;
+        let at = domain::now();
+        let command = Command::CreateMessage {
+            application_id: app,
+            chat_number: chat,
+            chat_created_at,
+            number,
+            body: body.to_string(),
+            at,
+        };
+        self.ports.queue.publish(&command).await?;
+        let message = Message {
+            application_id: app,
+            chat_number: chat,
+            number,
+            body: body.to_string(),
+            version: 0,
+            created_at: at,
+            updated_at: at,
+        };
+        soft(self.ports.cache.put_message(&message).await);
+        Ok(MessageView::from(&message))
+    }
+
+    pub async fn edit_message(&self, token: &str, chat: u64, number: u64, body: &str) -> CoreResult<MessageView> {
+        domain::validate_body(body)?;
+        let app = self.resolve(token).await?;
+        let chat_created_at = self.chat_birth(app, chat).await?;
+        let current = self.load_message(app, chat, number).await?;
+        let version = self.ports.numbers.next_version().await?;
+        let at = domain::now();
+        let command = Command::EditMessage {
+            application_id: app,
+            chat_number: chat,
+            chat_created_at,
+            number,
+            body: body.to_string(),
+            version,
+            created_at: current.created_at,
+            at,
+        };
+        self.ports.queue.publish(&command).await?;
+        let message = Message { body: body.to_string(), version, updated_at: at, ..current };
+        soft(self.ports.cache.put_message(&message).await);
+        Ok(MessageView::from(&message))
+    }
+
+    pub async fn message(&self, token: &str, chat: u64, number: u64) -> CoreResult<MessageView> {
+        let app = self.resolve(token).await?;
+        match self.load_message(app, chat, number).await {
+            Ok(message) => Ok(MessageView::from(&message)),
+            Err(CoreError::NotFound(_)) => {
+                self.chat_birth(app, chat).await?;
+                Err(CoreError::NotFound("message"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list_messages(&self, token: &str, chat: u64, page: Page) -> CoreResult<ListPage> {
+        let app = self.resolve(token).await?;
+        self.chat_birth(app, chat).await?;
+        let store = self.ports.store.clone();
+        self.cached_list(ListScope::Messages(app, chat), page, || async move {
+            let rows = store.list_messages(app, chat, Page { limit: page.limit + 1, ..page }).await?;
+            Ok(render_page(rows, page.limit, |m| m.number.to_string(), |m| MessageView::from(m)))
+        })
+        .await
+    }
+
+    /// Best matches first; `after` is the number of the last message of the previous page.
+    pub async fn search(&self, token: &str, chat: u64, query: &str, page: Page) -> CoreResult<ListPage> {
+        if query.trim().is_empty() {
+            return Err(CoreError::invalid_query("q", "must not be empty"));
+        }
+        let app = self.resolve(token).await?;
+        self.chat_birth(app, chat).await?;
+        let hits = self.ports.search.search(app, chat, query, SEARCH_WINDOW).await?;
+        let start = match page.after {
+            None => 0,
+            Some(after) => hits.iter().position(|h| h.message.number == after).map_or(hits.len(), |i| i + 1),
+        };
+        let rows: Vec<Message> = hits.into_iter().skip(start).take(page.limit as usize + 1).map(|h| h.message).collect();
+        Ok(render_page(rows, page.limit, |m| m.number.to_string(), |m| MessageView::from(m)))
+    }
+
+    // Lookups.
+
+    async fn resolve(&self, token: &str) -> CoreResult<AppId> {
+        if !domain::plausible_token(token) {
+            return Err(CoreError::NotFound("application"));
+        }
+        if let Some(app) = self.app_ids.get(token).await {
+            return Ok(app);
+        }
+        let app = match soft(self.ports.cache.application_id(token).await) {
+            Some(app) => app,
+            None => {
+                let application =
+                    self.ports.store.application_by_token(token).await?.ok_or(CoreError::NotFound("application"))?;
+                soft(self.ports.cache.put_application_id(token, application.id).await);
+                application.id
+            }
+        };
+        self.app_ids.insert(token.to_string(), app).await;
+        Ok(app)
+    }
+
+    async fn load_chat(&self, app: AppId, number: u64) -> CoreResult<Chat> {
+        if let Some(chat) = soft(self.ports.cache.chat(app, number).await) {
+            return Ok(chat);
+        }
+        if let Some(chat) = self.ports.store.chat(app, number).await? {
+            soft(self.ports.cache.put_chat(&chat).await);
+            return Ok(chat);
+        }
+        soft(self.ports.cache.pending_chat(app, number).await).ok_or(CoreError::NotFound("chat"))
+    }
+
+    /// A chat's creation time, which also proves it exists (stored or accepted).
+    async fn chat_birth(&self, app: AppId, number: u64) -> CoreResult<DateTime<Utc>> {
+        if let Some(at) = self.chat_births.get(&(app, number)).await {
+            return Ok(at);
+        }
+        let chat = self.load_chat(app, number).await?;
+        self.chat_births.insert((app, number), chat.created_at).await;
+        Ok(chat.created_at)
+    }
+
+    async fn load_message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Message> {
+        let key = (app, chat, number);
+        if let Some(message) = soft(self.ports.cache.message(key).await) {
+            return Ok(message);
+        }
+        let message = self.ports.store.message(app, chat, number).await?.ok_or(CoreError::NotFound("message"))?;
+        soft(self.ports.cache.put_message(&message).await);
+        Ok(message)
+    }
+
+    async fn cached_list<F, Fut>(&self, scope: ListScope, page: Page, load: F) -> CoreResult<ListPage>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = CoreResult<ListPage>>,
+    {
+        let page_key = format!("{}:{}", page.after.unwrap_or(0), page.limit);
+        let entry = soft(self.ports.cache.list(&scope, &page_key).await);
+        if let Some(body) = entry.as_ref().and_then(|e| e.body.as_deref())
+            && let Some(cached) = decode_cached_page(body)
+        {
+            metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "hit").increment(1);
+            return Ok(cached);
+        }
+        metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "miss").increment(1);
+        let fresh = load().await?;
+        if let Some(entry) = entry {
+            soft(self.ports.cache.put_list(&scope, entry.generation, &page_key, &encode_cached_page(&fresh)).await);
+        }
+        Ok(fresh)
+    }
+}
+
+/// Keeps the rows of one page (the store was asked for one more, to know whether a next page exists).
+fn render_page<T, V: Serialize>(
+    mut rows: Vec<T>,
+    limit: u32,
+    cursor: impl Fn(&T) -> String,
+    view: impl Fn(&T) -> V,
+) -> ListPage {
+    let has_next = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_after = if has_next { rows.last().map(&cursor) } else { None };
+    let views: Vec<V> = rows.iter().map(view).collect();
+    ListPage { json: serde_json::to_vec(&views).expect("views serialise"), next_after }
+}
+
+fn encode_cached_page(page: &ListPage) -> Vec<u8> {
+    let mut out = page.next_after.clone().unwrap_or_default().into_bytes();
+    out.push(b'\n');
+    out.extend_from_slice(&page.json);
+    out
+}
+
+fn decode_cached_page(bytes: &[u8]) -> Option<ListPage> {
+    let split = bytes.iter().position(|b| *b == b'\n')?;
+    let cursor = std::str::from_utf8(&bytes[..split]).ok()?;
+    Some(ListPage {
+        json: bytes[split + 1..].to_vec(),
+        next_after: (!cursor.is_empty()).then(|| cursor.to_string()),
+    })
+}
+
+/// A cache failure is a miss: the store answers instead.
+fn soft<T: Default>(result: CoreResult<T>) -> T {
+    result.unwrap_or_else(|e| {
+        metrics::counter!("chatsys_cache_errors_total").increment(1);
+        tracing::debug!(error = %e, "cache unavailable, using the store");
+        T::default()
+    })
+}
+
+/// Where a counter lost from the number allocator restarts: above the stored maximum, every command
+/// still queued, and a margin for deliveries in flight (unacknowledged or being published).
+pub struct ReseedFloor {
+    pub store: Arc<dyn ports::Store>,
+    pub queue: Arc<dyn ports::Queue>,
+    pub margin: u64,
+}
+
+#[async_trait]
+impl NumberFloor for ReseedFloor {
+    async fn chat_floor(&self, app: AppId) -> CoreResult<u64> {
+        let stored = self.store.max_chat_number(app).await?;
+        Ok(stored + self.queue.backlog().await? + self.margin)
+    }
+
+    async fn message_floor(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+        let stored = self.store.max_message_number(app, chat).await?;
+        Ok(stored + self.queue.backlog().await? + self.margin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_with_one_extra_row_points_at_the_next_page() {
+        let page = render_page(vec![1u64, 2, 3], 2, |n| n.to_string(), |n| *n);
+        assert_eq!(page.json, b"[1,2]");
+        assert_eq!(page.next_after.as_deref(), Some("2"));
+        let last = render_page(vec![1u64, 2], 2, |n| n.to_string(), |n| *n);
+        assert_eq!(last.next_after, None);
+        let empty = render_page(Vec::<u64>::new(), 2, |n| n.to_string(), |n| *n);
+        assert_eq!(empty.json, b"[]");
+    }
+
+    #[test]
+    fn cached_pages_round_trip() {
+        for next_after in [None, Some("42".to_string())] {
+            let page = ListPage { json: b"[{\"a\":\"x\\ny\"}]".to_vec(), next_after };
+            let back = decode_cached_page(&encode_cached_page(&page)).unwrap();
+            assert_eq!(back.json, page.json);
+            assert_eq!(back.next_after, page.next_after);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The JSON shapes clients see. Internal ids never appear here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::{Application, Chat, Message};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApplicationView {
+    /// Generated, unguessable; the application's only identifier.
+    pub token: String,
+    pub name: String,
+    pub chats_count: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatView {
+    /// 1, 2, 3… within the application.
+    pub number: u64,
+    pub messages_count: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    /// 1, 2, 3… within the chat.
+    pub number: u64,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Application> for ApplicationView {
+    fn from(a: &Application) -> Self {
+        ApplicationView {
+            token: a.token.clone(),
+            name: a.name.clone(),
+            chats_count: a.chats_count,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+impl From<&Chat> for ChatView {
+    fn from(c: &Chat) -> Self {
+        ChatView { number: c.number, messages_count: c.messages_count, created_at: c.created_at, updated_at: c.updated_at }
+    }
+}
+
+impl From<&Message> for MessageView {
+    fn from(m: &Message) -> Self {
+        MessageView { number: m.number, body: m.body.clone(), created_at: m.created_at, updated_at: m.updated_at }
+    }
+}
