@@ -1,0 +1,329 @@
+//! The `ChatSystem` custom resource: spec with every default in the schema, and status.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the operator; also the default tag of the API and worker images.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A complete chat system: API, worker and their backing services.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "chatsys.io",
+    version = "v1alpha1",
+    kind = "ChatSystem",
+    plural = "chatsystems",
+    shortname = "chatsys",
+    namespaced,
+    doc = "A chat system: its API, worker and backing services, reconciled by chatsys-operator.",
+    status = "ChatSystemStatus",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ChatSystemSpec {
+    /// When true the operator changes nothing for this resource and only reports status.
+    pub paused: bool,
+    pub api: ApiSpec,
+    pub worker: WorkerSpec,
+    pub mysql: BackingServiceSpec<MysqlDefaults>,
+    pub redis: BackingServiceSpec<RedisDefaults>,
+    pub rabbitmq: BackingServiceSpec<RabbitmqDefaults>,
+    pub opensearch: BackingServiceSpec<OpensearchDefaults>,
+}
+
+/// The HTTP API.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiSpec {
+    pub image: String,
+    /// Fixed replica count; used only when autoscaling is disabled.
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    pub resources: ResourceRequirements,
+    pub autoscaling: Autoscaling,
+    pub ingress: IngressSpec,
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        ApiSpec {
+            image: format!("chatsys/chatsys-api:{VERSION}"),
+            replicas: 2,
+            resources: resources("100m", "128Mi", "512Mi"),
+            autoscaling: Autoscaling::default(),
+            ingress: IngressSpec::default(),
+        }
+    }
+}
+
+/// The queue consumer that writes to MySQL and OpenSearch.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkerSpec {
+    pub image: String,
+    /// Fixed replica count; used only when autoscaling is disabled.
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    pub resources: ResourceRequirements,
+    pub autoscaling: Autoscaling,
+    pub batch: BatchSpec,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            image: format!("chatsys/chatsys-worker:{VERSION}"),
+            replicas: 1,
+            resources: resources("100m", "128Mi", "512Mi"),
+            autoscaling: Autoscaling::default(),
+            batch: BatchSpec::default(),
+        }
+    }
+}
+
+/// A HorizontalPodAutoscaler on CPU utilisation.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.minReplicas <= self.maxReplicas",
+    "message": "minReplicas must not exceed maxReplicas",
+}]))]
+pub struct Autoscaling {
+    pub enabled: bool,
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    #[serde(rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+impl Default for Autoscaling {
+    fn default() -> Self {
+        Autoscaling {
+            enabled: true,
+            min_replicas: 2,
+            max_replicas: 10,
+            target_cpu_utilization_percentage: 70,
+        }
+    }
+}
+
+/// Batching of the worker (see the worker's settings).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BatchSpec {
+    /// Commands written per transaction.
+    #[schemars(range(min = 1, max = 10000))]
+    pub size: i32,
+    /// How long a partial batch waits for more, in milliseconds.
+    #[schemars(range(min = 0, max = 60000))]
+    pub wait_ms: i32,
+    /// Unacknowledged deliveries held.
+    #[schemars(range(min = 1, max = 65535))]
+    pub prefetch: i32,
+    /// Tries before a command goes to the dead-letter queue.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: i32,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            size: 500,
+            wait_ms: 20,
+            prefetch: 2000,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// An Ingress in front of the API.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.enabled || has(self.host)",
+    "message": "ingress.host is required when the ingress is enabled",
+}]))]
+pub struct IngressSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Secret holding the TLS certificate; the API is served over HTTPS when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+}
+
+/// Per-service defaults of a backing service, so one generic spec type serves all four.
+pub trait ServiceDefaults {
+    const IMAGE: &'static str;
+    const STORAGE: &'static str;
+    const CPU_REQUEST: &'static str;
+    const MEMORY_REQUEST: &'static str;
+    const MEMORY_LIMIT: &'static str;
+}
+
+macro_rules! service_defaults {
+    ($name:ident, $image:literal, $storage:literal, $cpu:literal, $mem_req:literal, $mem_lim:literal) => {
+        #[derive(Clone, Debug, Default, PartialEq)]
+        pub struct $name;
+        impl ServiceDefaults for $name {
+            const IMAGE: &'static str = $image;
+            const STORAGE: &'static str = $storage;
+            const CPU_REQUEST: &'static str = $cpu;
+            const MEMORY_REQUEST: &'static str = $mem_req;
+            const MEMORY_LIMIT: &'static str = $mem_lim;
+        }
+    };
+}
+
+service_defaults!(MysqlDefaults, "mysql:8.4", "10Gi", "250m", "512Mi", "1Gi");
+service_defaults!(RedisDefaults, "redis:7.4", "1Gi", "100m", "128Mi", "512Mi");
+service_defaults!(
+    RabbitmqDefaults,
+    "rabbitmq:3.13-management",
+    "2Gi",
+    "200m",
+    "256Mi",
+    "1Gi"
+);
+service_defaults!(
+    OpensearchDefaults,
+    "opensearchproject/opensearch:2.17.1",
+    "10Gi",
+    "500m",
+    "1Gi",
+    "2Gi"
+);
+
+/// A backing service the operator runs as a StatefulSet, unless `external` points at one the user runs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default, bound = "")]
+#[schemars(bound = "D: ServiceDefaults")]
+pub struct BackingServiceSpec<D: ServiceDefaults> {
+    pub image: String,
+    pub resources: ResourceRequirements,
+    pub storage: StorageSpec<D>,
+    /// When set, the operator runs nothing for this service and reads its URL from this Secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalService>,
+    #[serde(skip)]
+    marker: std::marker::PhantomData<D>,
+}
+
+impl<D: ServiceDefaults> Default for BackingServiceSpec<D> {
+    fn default() -> Self {
+        BackingServiceSpec {
+            image: D::IMAGE.to_string(),
+            resources: resources(D::CPU_REQUEST, D::MEMORY_REQUEST, D::MEMORY_LIMIT),
+            storage: StorageSpec::default(),
+            external: None,
+            marker: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The persistent volume of a backing service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default, bound = "")]
+#[schemars(bound = "D: ServiceDefaults")]
+pub struct StorageSpec<D: ServiceDefaults> {
+    pub size: Quantity,
+    /// Storage class of the volume; the cluster's default class when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Delete the volume when the ChatSystem is deleted (kept by default).
+    pub delete_claims_on_removal: bool,
+    #[serde(skip)]
+    marker: std::marker::PhantomData<D>,
+}
+
+impl<D: ServiceDefaults> Default for StorageSpec<D> {
+    fn default() -> Self {
+        StorageSpec {
+            size: Quantity(D::STORAGE.to_string()),
+            storage_class_name: None,
+            delete_claims_on_removal: false,
+            marker: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Connection details of a service the user runs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalService {
+    /// Secret in the ChatSystem's namespace holding the connection URL.
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+    /// Key of the URL in that Secret.
+    #[serde(default = "default_url_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_url_key() -> String {
+    "url".to_string()
+}
+
+fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect::<BTreeMap<_, _>>()
+    };
+    ResourceRequirements {
+        requests: Some(quantities(&[
+            ("cpu", cpu_request),
+            ("memory", memory_request),
+        ])),
+        limits: Some(quantities(&[("memory", memory_limit)])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// What the operator last saw and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatSystemStatus {
+    /// `Ready`, `Progressing`, `Degraded` or `Paused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Ready and desired replicas of each component the operator runs.
+    #[serde(default)]
+    pub components: BTreeMap<String, ComponentStatus>,
+    /// Where clients reach the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub ready_replicas: i32,
+    pub desired_replicas: i32,
+}

@@ -1,0 +1,46 @@
+use crate::manifests::InvalidSpec;
+
+/// Why a reconcile failed; each variant is a label of the error metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] InvalidSpec),
+    #[error("ChatSystem {0} has no namespace")]
+    MissingNamespace(String),
+    #[error("reading {path}: {source}")]
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    ParseYaml {
+        path: String,
+        source: serde_saphyr::Error,
+    },
+    #[error("serialising YAML: {0}")]
+    WriteYaml(#[from] serde_saphyr::SerializeError),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+    #[error("installing the metrics recorder: {0}")]
+    Metrics(String),
+    #[error("lost the leader lease to {0}")]
+    LostLease(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::MissingNamespace(_) => "missing_namespace",
+            Error::ReadFile { .. } | Error::ParseYaml { .. } | Error::WriteYaml(_) => "io",
+            Error::Serve(_) => "serve",
+            Error::Metrics(_) => "metrics",
+            Error::LostLease(_) => "leader_election",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

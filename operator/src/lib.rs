@@ -1,0 +1,17 @@
+//! The chatsys operator: reconciles `ChatSystem` resources into the workloads of a chat system.
+
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod manifests;
+pub mod render;
+pub mod server;
+
+use kube::CustomResourceExt;
+
+/// The CustomResourceDefinition of `ChatSystem`, as committed in `crds/`. Written by an emitter that
+/// quotes what YAML 1.1 readers such as kubectl would take for another type (`yes`, `on`).
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&crd::ChatSystem::crd())
+}

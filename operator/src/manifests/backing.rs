@@ -1,0 +1,346 @@
+//! MySQL, Redis, RabbitMQ and OpenSearch: one StatefulSet, one Service and (except OpenSearch, which runs
+//! without its security plugin inside the cluster) one credentials Secret each.
+
+use super::{
+    ChildKind, Credentials, InvalidSpec, Manifest, child_name, container_security_context,
+    metadata, object, parse_bytes, pod_security_context, secret_env, selector_labels, value_env,
+};
+use crate::crd::{ChatSystem, ChatSystemSpec, ExternalService};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub const MYSQL_DATABASE: &str = "chatsys";
+const MIB: f64 = 1024.0 * 1024.0;
+/// OpenSearch refuses to start usefully below this heap.
+const MIN_OPENSEARCH_MEMORY_MIB: u64 = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackingService {
+    Mysql,
+    Redis,
+    Rabbitmq,
+    Opensearch,
+}
+
+impl BackingService {
+    pub const ALL: [BackingService; 4] = [
+        BackingService::Mysql,
+        BackingService::Redis,
+        BackingService::Rabbitmq,
+        BackingService::Opensearch,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackingService::Mysql => "mysql",
+            BackingService::Redis => "redis",
+            BackingService::Rabbitmq => "rabbitmq",
+            BackingService::Opensearch => "opensearch",
+        }
+    }
+
+    pub fn external(self, spec: &ChatSystemSpec) -> Option<&ExternalService> {
+        match self {
+            BackingService::Mysql => spec.mysql.external.as_ref(),
+            BackingService::Redis => spec.redis.external.as_ref(),
+            BackingService::Rabbitmq => spec.rabbitmq.external.as_ref(),
+            BackingService::Opensearch => spec.opensearch.external.as_ref(),
+        }
+    }
+
+    /// Keys of its credentials Secret; empty for a service without credentials.
+    pub fn credential_keys(self) -> &'static [&'static str] {
+        match self {
+            BackingService::Mysql => &["username", "password", "root-password"],
+            BackingService::Redis => &["password"],
+            BackingService::Rabbitmq => &["username", "password"],
+            BackingService::Opensearch => &[],
+        }
+    }
+
+    pub fn credentials_secret(self, cs: &ChatSystem) -> String {
+        child_name(cs, &format!("{}-credentials", self.name()))
+    }
+
+    /// Name of its StatefulSet and Service.
+    pub fn workload_name(self, cs: &ChatSystem) -> String {
+        child_name(cs, self.name())
+    }
+
+    pub fn port(self) -> i32 {
+        match self {
+            BackingService::Mysql => 3306,
+            BackingService::Redis => 6379,
+            BackingService::Rabbitmq => 5672,
+            BackingService::Opensearch => 9200,
+        }
+    }
+
+    pub fn storage_size(self, spec: &ChatSystemSpec) -> &Quantity {
+        match self {
+            BackingService::Mysql => &spec.mysql.storage.size,
+            BackingService::Redis => &spec.redis.storage.size,
+            BackingService::Rabbitmq => &spec.rabbitmq.storage.size,
+            BackingService::Opensearch => &spec.opensearch.storage.size,
+        }
+    }
+
+    /// The user id the image runs as (each image creates that user).
+    fn uid(self) -> i64 {
+        match self {
+            BackingService::Opensearch => 1000,
+            _ => 999,
+        }
+    }
+
+    fn data_path(self) -> &'static str {
+        match self {
+            BackingService::Mysql => "/var/lib/mysql",
+            BackingService::Redis => "/data",
+            BackingService::Rabbitmq => "/var/lib/rabbitmq",
+            BackingService::Opensearch => "/usr/share/opensearch/data",
+        }
+    }
+}
+
+/// The `(image, resources, storage class, delete claims)` of a service, whatever its defaults type.
+fn settings(
+    spec: &ChatSystemSpec,
+    service: BackingService,
+) -> (&str, &ResourceRequirements, Option<&str>, bool) {
+    macro_rules! of {
+        ($s:expr) => {
+            (
+                &$s.image[..],
+                &$s.resources,
+                $s.storage.storage_class_name.as_deref(),
+                $s.storage.delete_claims_on_removal,
+            )
+        };
+    }
+    match service {
+        BackingService::Mysql => of!(spec.mysql),
+        BackingService::Redis => of!(spec.redis),
+        BackingService::Rabbitmq => of!(spec.rabbitmq),
+        BackingService::Opensearch => of!(spec.opensearch),
+    }
+}
+
+/// Half the memory limit, in MiB: the rest is for Lucene's file cache and the JVM's own memory.
+pub fn opensearch_heap_mib(resources: &ResourceRequirements) -> Result<u64, String> {
+    let limit = resources
+        .limits
+        .as_ref()
+        .and_then(|l| l.get("memory"))
+        .ok_or("opensearch: resources.limits.memory is required to size the heap")?;
+    let bytes = parse_bytes(&limit.0).ok_or(format!(
+        "opensearch: memory limit {} is not a quantity",
+        limit.0
+    ))?;
+    let mib = (bytes / MIB) as u64;
+    if mib < MIN_OPENSEARCH_MEMORY_MIB {
+        return Err(format!(
+            "opensearch: memory limit {} is below {MIN_OPENSEARCH_MEMORY_MIB}Mi",
+            limit.0
+        ));
+    }
+    Ok(mib / 2)
+}
+
+pub fn build(
+    cs: &ChatSystem,
+    service: BackingService,
+    credentials: Option<&Credentials>,
+) -> Result<Vec<Manifest>, InvalidSpec> {
+    let mut manifests = Vec::new();
+    if let Some(Credentials::Generated(values)) = credentials {
+        manifests.push(object(
+            ChildKind::Secret,
+            metadata(cs, &service.credentials_secret(cs), service.name()),
+            json!({ "type": "Opaque", "stringData": values }),
+        ));
+    }
+    manifests.push(headless_service(cs, service));
+    manifests.push(stateful_set(cs, service)?);
+    Ok(manifests)
+}
+
+fn headless_service(cs: &ChatSystem, service: BackingService) -> Manifest {
+    let mut ports = vec![
+        json!({ "name": service.name(), "port": service.port(), "targetPort": service.name() }),
+    ];
+    if service == BackingService::Rabbitmq {
+        ports.push(json!({ "name": "management", "port": 15672, "targetPort": "management" }));
+    }
+    object(
+        ChildKind::Service,
+        metadata(cs, &service.workload_name(cs), service.name()),
+        json!({ "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector_labels(cs, service.name()),
+            "ports": ports,
+        }}),
+    )
+}
+
+fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, InvalidSpec> {
+    let (image, resources, storage_class, delete_claims) = settings(&cs.spec, service);
+    let name = service.workload_name(cs);
+    let mut container = json!({
+        "name": service.name(),
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "resources": resources,
+        "securityContext": container_security_context(false),
+        "volumeMounts": [{ "name": "data", "mountPath": service.data_path() }],
+    });
+    let specifics = container_specifics(cs, service)?;
+    container
+        .as_object_mut()
+        .expect("container")
+        .extend(specifics.as_object().expect("object").clone());
+
+    let mut claim_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": { "requests": { "storage": service.storage_size(&cs.spec) } },
+    });
+    if let Some(class) = storage_class {
+        claim_spec["storageClassName"] = json!(class);
+    }
+    let claim_policy = if delete_claims { "Delete" } else { "Retain" };
+    Ok(object(
+        ChildKind::StatefulSet,
+        metadata(cs, &name, service.name()),
+        json!({ "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": { "matchLabels": selector_labels(cs, service.name()) },
+            "persistentVolumeClaimRetentionPolicy": { "whenDeleted": claim_policy, "whenScaled": "Retain" },
+            "template": {
+                "metadata": { "labels": super::labels(cs, service.name()) },
+                "spec": {
+                    "securityContext": pod_security_context(service.uid()),
+                    "containers": [container],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": { "name": "data", "labels": super::labels(cs, service.name()) },
+                "spec": claim_spec,
+            }],
+        }}),
+    ))
+}
+
+fn exec_probe(command: &str, period: i32, timeout: i32, failures: i32) -> Value {
+    json!({
+        "exec": { "command": ["sh", "-c", command] },
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    })
+}
+
+fn tcp_probe(port: &str, period: i32, failures: i32) -> Value {
+    json!({ "tcpSocket": { "port": port }, "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures })
+}
+
+/// Env, ports, arguments and probes particular to each service. A startup probe gives a first start
+/// (initialising the data directory) time before liveness counts.
+fn container_specifics(cs: &ChatSystem, service: BackingService) -> Result<Value, InvalidSpec> {
+    let secret = service.credentials_secret(cs);
+    let port = json!([{ "name": service.name(), "containerPort": service.port() }]);
+    Ok(match service {
+        BackingService::Mysql => json!({
+            "env": [
+                secret_env("MYSQL_ROOT_PASSWORD", &secret, "root-password"),
+                secret_env("MYSQL_USER", &secret, "username"),
+                secret_env("MYSQL_PASSWORD", &secret, "password"),
+                value_env("MYSQL_DATABASE", MYSQL_DATABASE),
+            ],
+            "ports": port,
+            "startupProbe": exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 30),
+            "livenessProbe": exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 3),
+            "readinessProbe": exec_probe(
+                "MYSQL_PWD=\"$MYSQL_ROOT_PASSWORD\" mysql -h 127.0.0.1 -u root -e 'SELECT 1'", 10, 5, 3),
+        }),
+        BackingService::Redis => json!({
+            "command": ["redis-server"],
+            "args": ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"],
+            "env": [
+                secret_env("REDIS_PASSWORD", &secret, "password"),
+                secret_env("REDISCLI_AUTH", &secret, "password"),
+            ],
+            "ports": port,
+            "startupProbe": tcp_probe(service.name(), 5, 30),
+            "livenessProbe": exec_probe("redis-cli ping", 10, 5, 3),
+            "readinessProbe": exec_probe("redis-cli ping | grep -q PONG", 10, 5, 3),
+        }),
+        BackingService::Rabbitmq => json!({
+            "env": [
+                secret_env("RABBITMQ_DEFAULT_USER", &secret, "username"),
+                secret_env("RABBITMQ_DEFAULT_PASS", &secret, "password"),
+            ],
+            "ports": [
+                { "name": service.name(), "containerPort": service.port() },
+                { "name": "management", "containerPort": 15672 },
+            ],
+            "startupProbe": exec_probe("rabbitmq-diagnostics -q ping", 10, 20, 30),
+            "livenessProbe": exec_probe("rabbitmq-diagnostics -q status", 30, 20, 3),
+            "readinessProbe": exec_probe("rabbitmq-diagnostics -q check_port_connectivity", 10, 20, 3),
+        }),
+        BackingService::Opensearch => {
+            let heap = opensearch_heap_mib(&cs.spec.opensearch.resources)
+                .map_err(|p| InvalidSpec(vec![p]))?;
+            json!({
+                "env": [
+                    value_env("discovery.type", "single-node"),
+                    value_env("DISABLE_SECURITY_PLUGIN", "true"),
+                    value_env("DISABLE_INSTALL_DEMO_CONFIG", "true"),
+                    // Without mmap the node does not need vm.max_map_count raised, so no privileged init container.
+                    value_env("node.store.allow_mmap", "false"),
+                    value_env("OPENSEARCH_JAVA_OPTS", &format!("-Xms{heap}m -Xmx{heap}m")),
+                ],
+                "ports": port,
+                "startupProbe": tcp_probe(service.name(), 10, 30),
+                "livenessProbe": tcp_probe(service.name(), 10, 3),
+                "readinessProbe": {
+                    "httpGet": { "path": "/_cluster/health?local=true", "port": service.name() },
+                    "periodSeconds": 10,
+                    "timeoutSeconds": 5,
+                    "failureThreshold": 3,
+                },
+            })
+        }
+    })
+}
+
+/// Fresh credentials for a service: 32 random alphanumerics (URL-safe, since they go into connection URLs).
+pub fn generate_credentials(service: BackingService) -> BTreeMap<String, String> {
+    service
+        .credential_keys()
+        .iter()
+        .map(|key| {
+            let value = if *key == "username" {
+                "chatsys".to_string()
+            } else {
+                random_password()
+            };
+            (key.to_string(), value)
+        })
+        .collect()
+}
+
+fn random_password() -> String {
+    use rand::RngExt;
+    use rand::distr::Alphanumeric;
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}

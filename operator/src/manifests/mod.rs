@@ -1,0 +1,318 @@
+//! Build: the pure part of the reconcile. From a `ChatSystem` and what `dereference` read, compute every
+//! object the operator applies. No client here, so every rule is unit-tested from YAML fixtures.
+
+mod app;
+mod backing;
+mod quantity;
+
+use crate::crd::{ChatSystem, ExternalService};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::ApiResource;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use app::api_name;
+pub use backing::{BackingService, generate_credentials};
+pub use quantity::parse_bytes;
+
+pub const MANAGER: &str = "chatsys-operator";
+
+/// Every kind of object the operator creates, in the order it applies them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChildKind {
+    Secret,
+    ConfigMap,
+    Service,
+    StatefulSet,
+    Deployment,
+    HorizontalPodAutoscaler,
+    PodDisruptionBudget,
+    Ingress,
+}
+
+impl ChildKind {
+    pub const ALL: [ChildKind; 8] = [
+        ChildKind::Secret,
+        ChildKind::ConfigMap,
+        ChildKind::Service,
+        ChildKind::StatefulSet,
+        ChildKind::Deployment,
+        ChildKind::HorizontalPodAutoscaler,
+        ChildKind::PodDisruptionBudget,
+        ChildKind::Ingress,
+    ];
+
+    pub fn api_resource(self) -> ApiResource {
+        match self {
+            ChildKind::Secret => ApiResource::erase::<Secret>(&()),
+            ChildKind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+            ChildKind::Service => ApiResource::erase::<Service>(&()),
+            ChildKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+            ChildKind::Deployment => ApiResource::erase::<Deployment>(&()),
+            ChildKind::HorizontalPodAutoscaler => {
+                ApiResource::erase::<HorizontalPodAutoscaler>(&())
+            }
+            ChildKind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
+            ChildKind::Ingress => ApiResource::erase::<Ingress>(&()),
+        }
+    }
+
+    /// Whether an object of this kind that the resource no longer needs is deleted. Credentials are kept:
+    /// the volume they unlock is kept too, so turning a service back to managed finds both again.
+    pub fn deleted_when_orphaned(self) -> bool {
+        self != ChildKind::Secret
+    }
+}
+
+/// One object to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub kind: ChildKind,
+    pub object: Value,
+}
+
+impl Manifest {
+    fn new(kind: ChildKind, object: Value) -> Self {
+        Manifest { kind, object }
+    }
+
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+}
+
+/// The credentials Secret of a managed service, as `dereference` found it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Credentials {
+    /// The Secret exists (created by an earlier reconcile or by the user): it is reused as it is.
+    Existing { keys: BTreeSet<String> },
+    /// The Secret is absent: these freshly generated values are written once.
+    Generated(BTreeMap<String, String>),
+}
+
+/// What the resource refers to, read from the cluster by `dereference` (or made up by `render`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    /// Credentials of each managed service that has any.
+    pub credentials: BTreeMap<BackingService, Credentials>,
+    /// Keys of each Secret that an `external` service points at; a missing entry means no such Secret.
+    pub external_secret_keys: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A spec the schema accepted but the operator cannot carry out; reported in status, nothing applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct InvalidSpec(pub Vec<String>);
+
+/// Checks what the schema cannot express: references to Secrets, and quantities the operator computes with.
+pub fn validate(cs: &ChatSystem, inputs: &Inputs) -> Result<(), InvalidSpec> {
+    let mut problems = Vec::new();
+    for service in BackingService::ALL {
+        match service.external(&cs.spec) {
+            Some(ExternalService { secret_name, key }) => {
+                match inputs.external_secret_keys.get(secret_name) {
+                    None => problems.push(format!(
+                        "{}: Secret {secret_name} not found",
+                        service.name()
+                    )),
+                    Some(keys) if !keys.contains(key) => problems.push(format!(
+                        "{}: Secret {secret_name} has no key {key}",
+                        service.name()
+                    )),
+                    Some(_) => {}
+                }
+            }
+            None => {
+                if let Some(Credentials::Existing { keys }) = inputs.credentials.get(&service) {
+                    for key in service.credential_keys() {
+                        if !keys.contains(*key) {
+                            problems.push(format!(
+                                "{}: Secret {} has no key {key}",
+                                service.name(),
+                                service.credentials_secret(cs)
+                            ));
+                        }
+                    }
+                }
+                let size = &service.storage_size(&cs.spec).0;
+                if parse_bytes(size).is_none() {
+                    problems.push(format!(
+                        "{}: storage.size {size} is not a quantity",
+                        service.name()
+                    ));
+                }
+            }
+        }
+    }
+    if cs.spec.opensearch.external.is_none()
+        && let Err(problem) = backing::opensearch_heap_mib(&cs.spec.opensearch.resources)
+    {
+        problems.push(problem);
+    }
+    for (component, resources, autoscaling) in [
+        ("api", &cs.spec.api.resources, &cs.spec.api.autoscaling),
+        (
+            "worker",
+            &cs.spec.worker.resources,
+            &cs.spec.worker.autoscaling,
+        ),
+    ] {
+        let cpu_request = resources.requests.as_ref().and_then(|r| r.get("cpu"));
+        if autoscaling.enabled && cpu_request.is_none() {
+            problems.push(format!(
+                "{component}: autoscaling needs resources.requests.cpu"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec(problems))
+    }
+}
+
+/// Every object the resource needs, in apply order. Call `validate` first.
+pub fn build(cs: &ChatSystem, inputs: &Inputs) -> Result<Vec<Manifest>, InvalidSpec> {
+    validate(cs, inputs)?;
+    let mut manifests = Vec::new();
+    for service in BackingService::ALL {
+        if service.external(&cs.spec).is_none() {
+            manifests.extend(backing::build(
+                cs,
+                service,
+                inputs.credentials.get(&service),
+            )?);
+        }
+    }
+    manifests.extend(app::build(cs));
+    manifests.sort_by_key(|m| m.kind);
+    Ok(manifests)
+}
+
+/// Where clients reach the API.
+pub fn api_url(cs: &ChatSystem) -> String {
+    let ingress = &cs.spec.api.ingress;
+    match (&ingress.host, ingress.enabled) {
+        (Some(host), true) => {
+            let scheme = if ingress.tls_secret_name.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
+        }
+        _ => format!(
+            "http://{}.{}.svc:{}",
+            app::api_name(cs),
+            namespace(cs),
+            app::API_PORT
+        ),
+    }
+}
+
+fn namespace(cs: &ChatSystem) -> String {
+    cs.namespace().unwrap_or_else(|| "default".to_string())
+}
+
+fn child_name(cs: &ChatSystem, suffix: &str) -> String {
+    format!("{}-{suffix}", cs.name_any())
+}
+
+/// Labels that select the pods of one component; never change once deployed.
+fn selector_labels(cs: &ChatSystem, component: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "chatsys",
+        "app.kubernetes.io/instance": cs.name_any(),
+        "app.kubernetes.io/component": component,
+    })
+}
+
+/// The common labels on every object; `instance` and `managed-by` find the children of a resource.
+fn labels(cs: &ChatSystem, component: &str) -> Value {
+    let mut labels = selector_labels(cs, component);
+    let extra = json!({
+        "app.kubernetes.io/managed-by": MANAGER,
+        "app.kubernetes.io/part-of": "chatsys",
+        "app.kubernetes.io/version": crate::crd::VERSION,
+    });
+    labels
+        .as_object_mut()
+        .expect("labels are an object")
+        .extend(extra.as_object().expect("object").clone());
+    labels
+}
+
+/// Label selector listing every object the operator made for this resource.
+pub fn children_selector(cs: &ChatSystem) -> String {
+    format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
+        cs.name_any()
+    )
+}
+
+fn metadata(cs: &ChatSystem, name: &str, component: &str) -> Value {
+    let owner = cs
+        .controller_owner_ref(&())
+        .map(|o| serde_json::to_value(o).expect("owner reference serialises"));
+    json!({
+        "name": name,
+        "namespace": namespace(cs),
+        "labels": labels(cs, component),
+        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+    })
+}
+
+fn object(kind: ChildKind, metadata: Value, body: Value) -> Manifest {
+    let resource = kind.api_resource();
+    let mut object =
+        json!({ "apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata });
+    object
+        .as_object_mut()
+        .expect("object")
+        .extend(body.as_object().expect("body is an object").clone());
+    Manifest::new(kind, object)
+}
+
+/// Restricted container security context; backing services add their image's user at pod level.
+fn container_security_context(read_only_root: bool) -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "runAsNonRoot": true,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+fn pod_security_context(uid: i64) -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+}
+
+fn value_env(name: &str, value: &str) -> Value {
+    json!({ "name": name, "value": value })
+}
+
+/// FNV-1a of a ConfigMap's data, put on pod templates so a settings change rolls the pods.
+fn config_hash(data: &Value) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}

@@ -1,0 +1,52 @@
+//! `render`: the manifests the operator would apply for a ChatSystem file, without a cluster.
+
+use crate::crd::ChatSystem;
+use crate::error::{Error, Result};
+use crate::manifests::{self, BackingService, Credentials, Inputs};
+use std::collections::BTreeSet;
+
+/// Stands in for the uid a cluster would give, so every owner reference is shown.
+const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
+
+pub fn read(path: &str) -> Result<ChatSystem> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: path.to_string(),
+        source,
+    })?;
+    serde_saphyr::from_str(&text).map_err(|source| Error::ParseYaml {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Every manifest as one YAML stream. Credentials are freshly generated and external Secrets are
+/// assumed to hold their keys, since no cluster is there to ask.
+pub fn render(mut cs: ChatSystem) -> Result<String> {
+    cs.metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_string());
+    cs.metadata
+        .uid
+        .get_or_insert_with(|| PLACEHOLDER_UID.to_string());
+    let mut inputs = Inputs::default();
+    for service in BackingService::ALL {
+        if let Some(external) = service.external(&cs.spec) {
+            inputs
+                .external_secret_keys
+                .entry(external.secret_name.clone())
+                .or_insert_with(BTreeSet::new)
+                .insert(external.key.clone());
+        } else if !service.credential_keys().is_empty() {
+            inputs.credentials.insert(
+                service,
+                Credentials::Generated(manifests::generate_credentials(service)),
+            );
+        }
+    }
+    let mut stream = String::new();
+    for manifest in manifests::build(&cs, &inputs)? {
+        stream.push_str("---\n");
+        stream.push_str(&serde_saphyr::to_string(&manifest.object)?);
+    }
+    Ok(stream)
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Validates the operator's output offline:
+#  1. every manifest that `chatsys-operator render` prints for each example, against the Kubernetes 1.33
+#     schemas with strict checking (kubernetes-validate);
+#  2. each example itself, against the openAPIV3Schema of the CRD that `chatsys-operator crd` prints,
+#     with unknown fields under `spec` refused, as the API server's strict field validation does.
+# Needs the `kubernetes-validate` and `jsonschema` Python packages. Exits non-zero on any failure.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+operator="${CHATSYS_OPERATOR:-$root/target/debug/chatsys-operator}"
+kubernetes_version="1.33.0"
+
+if [[ ! -x "$operator" ]]; then
+  echo "operator binary not found at $operator (build it, or set CHATSYS_OPERATOR)" >&2
+  exit 1
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+"$operator" crd > "$work/crd.yaml"
+
+failures=0
+checked=0
+for example in "$root"/examples/*.yaml; do
+  name="$(basename "$example" .yaml)"
+  checked=$((checked + 1))
+  if ! "$operator" render -f "$example" > "$work/$name.rendered.yaml"; then
+    echo "FAIL $name: render failed" >&2
+    failures=$((failures + 1))
+    continue
+  fi
+  documents="$(grep -c '^kind: ' "$work/$name.rendered.yaml" || true)"
+  if kubernetes-validate -k "$kubernetes_version" --strict --quiet "$work/$name.rendered.yaml"; then
+    echo "ok   $name: $documents rendered manifests valid for Kubernetes $kubernetes_version"
+  else
+    echo "FAIL $name: rendered manifests invalid for Kubernetes $kubernetes_version" >&2
+    failures=$((failures + 1))
+  fi
+  if python3 - "$work/crd.yaml" "$example" <<'PYTHON'
+import sys
+
+import jsonschema
+import yaml
+
+
+def refuse_unknown_fields(schema):
+    """Makes every object with declared properties refuse undeclared ones."""
+    if isinstance(schema, dict):
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            refuse_unknown_fields(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            refuse_unknown_fields(value)
+
+
+crd_path, example_path = sys.argv[1], sys.argv[2]
+with open(crd_path) as f:
+    crd = yaml.safe_load(f)
+with open(example_path) as f:
+    resource = yaml.safe_load(f)
+names = crd["spec"]["names"]
+version = crd["spec"]["versions"][0]
+expected = (f"{crd['spec']['group']}/{version['name']}", names["kind"])
+if (resource.get("apiVersion"), resource.get("kind")) != expected:
+    sys.exit(f"{example_path}: not a {expected[1]} of {expected[0]}")
+schema = version["schema"]["openAPIV3Schema"]
+refuse_unknown_fields(schema["properties"]["spec"])
+errors = list(jsonschema.Draft7Validator(schema).iter_errors(resource))
+for error in errors:
+    path = ".".join(str(p) for p in error.absolute_path) or "(root)"
+    print(f"{example_path}: {path}: {error.message}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+PYTHON
+  then
+    echo "ok   $name: valid against the ChatSystem CRD schema"
+  else
+    echo "FAIL $name: invalid against the ChatSystem CRD schema" >&2
+    failures=$((failures + 1))
+  fi
+done
+
+if [[ $checked -eq 0 ]]; then
+  echo "no examples found under $root/examples" >&2
+  exit 1
+fi
+echo "$((checked * 2 - failures)) passed, $failures failed"
+[[ $failures -eq 0 ]]
