@@ -1,0 +1,658 @@
+//! The fault suite of issue 6: each scenario starts chatsys on fresh resources, puts it under a bounded load,
+//! injects one fault, and ends with the check that every acknowledged chat and message is stored exactly once
+//! with its number and body, and that the counts match the rows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chatsys_bench::client::{self, Connection, create_application, create_chat_number};
+use chatsys_bench::ledger::{self, AckedMessage, Ledger};
+use chatsys_bench::raw::amqp_connect;
+use chatsys_bench::services::Service;
+use chatsys_bench::system::{Endpoints, Options, Role, System};
+use clap::{Parser, ValueEnum};
+use http::StatusCode;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use tokio::time::Instant;
+
+/// Injects faults into a running chatsys under load and checks that nothing acknowledged is lost.
+#[derive(Debug, Parser)]
+#[command(name = "faults")]
+struct Args {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Run only this scenario; all of them when absent.
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// Concurrent clients creating chats and messages.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Requests per second of each client, at most.
+    #[arg(long, default_value_t = 100)]
+    client_rate: u32,
+    #[arg(long, default_value_t = 3)]
+    apps: usize,
+    /// Slowest answer allowed while a service is down: the API must answer, not hang.
+    #[arg(long, default_value_t = 6)]
+    max_latency_secs: u64,
+    /// How long the final check waits for the worker to store everything acknowledged.
+    #[arg(long, default_value_t = 120)]
+    drain_secs: u64,
+    /// Keep each scenario's database, queues, Redis keys and process logs.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// The worker killed with SIGKILL twice mid-load, restarted each time.
+    WorkerKill,
+    /// RabbitMQ stopped for a few seconds: 503 with Retry-After meanwhile, then recovery without restarts.
+    RabbitmqRestart,
+    /// MariaDB stopped for a few seconds: creations still accepted, the worker catches up.
+    MariadbRestart,
+    /// Redis restarted without its data: numbering resumes without reusing a number.
+    RedisRestart,
+    /// Redis FLUSHALL mid-load: numbering resumes without reusing a number.
+    RedisFlush,
+    /// The API killed with SIGKILL mid-load and restarted: every 201 it gave is stored.
+    ApiKill,
+    /// Random bytes published to the command queue reach the dead-letter queue; later commands still flow.
+    Poison,
+}
+
+impl Scenario {
+    fn name(self) -> String {
+        self.to_possible_value()
+            .expect("no skipped variants")
+            .get_name()
+            .to_owned()
+    }
+}
+
+/// One request of the load and how it ended.
+#[derive(Debug, Clone)]
+struct Observation {
+    sent: Instant,
+    answered: Instant,
+    /// The HTTP status and whether it carried Retry-After; `None` for a transport error or timeout.
+    status: Option<(u16, bool)>,
+}
+
+/// Clients creating chats and messages until stopped, recording every 201 and every answer.
+struct Load {
+    ledger: Arc<Mutex<Ledger>>,
+    observations: Arc<Mutex<Vec<Observation>>>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(system: &System, args: &Args) -> anyhow::Result<Self> {
+        let mut connection = Connection::new(system.api_addr(), Duration::from_secs(30));
+        let mut ledger = Ledger::default();
+        let mut tokens = Vec::new();
+        for index in 0..args.apps {
+            let token: Arc<str> =
+                Arc::from(create_application(&mut connection, &format!("faults-{index}")).await?);
+            for _ in 0..2 {
+                ledger.chats.push((
+                    token.clone(),
+                    create_chat_number(&mut connection, &token).await?,
+                ));
+            }
+            tokens.push(token);
+        }
+        let load = Self {
+            ledger: Arc::new(Mutex::new(ledger)),
+            observations: Arc::default(),
+            stop: Arc::default(),
+            clients: Vec::new(),
+        };
+        let tokens = Arc::new(tokens);
+        let pause = Duration::from_secs_f64(1.0 / f64::from(args.client_rate.max(1)));
+        let clients = (0..args.clients)
+            .map(|client| {
+                let (ledger, observations, stop, tokens) = (
+                    load.ledger.clone(),
+                    load.observations.clone(),
+                    load.stop.clone(),
+                    tokens.clone(),
+                );
+                let addr = system.api_addr();
+                tokio::spawn(async move {
+                    let mut connection = Connection::new(addr, Duration::from_secs(30));
+                    let mut sequence = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        sequence += 1;
+                        let sent = Instant::now();
+                        let status = if sequence.is_multiple_of(20) {
+                            let token = tokens[rand::random_range(0..tokens.len())].clone();
+                            let response = client::create_chat(&mut connection, &token).await;
+                            if let Ok(response) = &response
+                                && response.status == StatusCode::CREATED
+                                && let Ok(number) = response.number()
+                            {
+                                ledger
+                                    .lock()
+                                    .expect("ledger lock")
+                                    .chats
+                                    .push((token, number));
+                            }
+                            response.ok().map(|response| {
+                                (response.status.as_u16(), response.has_retry_after())
+                            })
+                        } else {
+                            let (token, chat) = {
+                                let ledger = ledger.lock().expect("ledger lock");
+                                ledger.chats[rand::random_range(0..ledger.chats.len())].clone()
+                            };
+                            let body = format!(
+                                "client {client} message {sequence} {:016x} ünïcödé 🦀",
+                                rand::random::<u64>()
+                            );
+                            let response =
+                                client::create_message(&mut connection, &token, chat, &body).await;
+                            if let Ok(response) = &response
+                                && response.status == StatusCode::CREATED
+                                && let Ok(number) = response.number()
+                            {
+                                ledger
+                                    .lock()
+                                    .expect("ledger lock")
+                                    .messages
+                                    .push(AckedMessage {
+                                        token,
+                                        chat,
+                                        number,
+                                        body,
+                                    });
+                            }
+                            response.ok().map(|response| {
+                                (response.status.as_u16(), response.has_retry_after())
+                            })
+                        };
+                        let answered = Instant::now();
+                        observations
+                            .lock()
+                            .expect("observations lock")
+                            .push(Observation {
+                                sent,
+                                answered,
+                                status,
+                            });
+                        tokio::time::sleep(pause.saturating_sub(answered - sent)).await;
+                        if status.is_none() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Self { clients, ..load })
+    }
+
+    fn observations(&self) -> Vec<Observation> {
+        self.observations.lock().expect("observations lock").clone()
+    }
+
+    /// Waits (bounded) for a 201 answered after `since`.
+    async fn wait_for_created(&self, since: Instant, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self
+                .observations()
+                .iter()
+                .any(|observation| observation.answered > since && created(observation))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    async fn stop(self) -> (Ledger, Vec<Observation>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            let _ = client.await;
+        }
+        let ledger = self.ledger.lock().expect("ledger lock").clone();
+        let observations = self.observations.lock().expect("observations lock").clone();
+        (ledger, observations)
+    }
+}
+
+fn created(observation: &Observation) -> bool {
+    matches!(observation.status, Some((201, _)))
+}
+
+/// Problems with the answers given during `[from, until]` (requests sent and answered inside it), where
+/// only `allowed` is acceptable; a 503 must carry Retry-After.
+fn answers_during(
+    observations: &[Observation],
+    from: Instant,
+    until: Instant,
+    what: &str,
+    allowed: impl Fn(u16) -> bool,
+) -> Vec<String> {
+    let inside: Vec<&Observation> = observations
+        .iter()
+        .filter(|observation| observation.sent >= from && observation.answered <= until)
+        .collect();
+    let mut problems = Vec::new();
+    if inside.is_empty() {
+        problems.push(format!("no request was answered {what}"));
+    }
+    let transport = inside
+        .iter()
+        .filter(|observation| observation.status.is_none())
+        .count();
+    if transport > 0 {
+        problems.push(format!("{transport} requests got no HTTP answer {what}"));
+    }
+    let mut refused = std::collections::BTreeMap::new();
+    for observation in &inside {
+        if let Some((status, retry_after)) = observation.status
+            && (!allowed(status) || (status == 503 && !retry_after))
+        {
+            let key = if status == 503 {
+                "503 without Retry-After".to_owned()
+            } else {
+                status.to_string()
+            };
+            *refused.entry(key).or_insert(0u64) += 1;
+        }
+    }
+    if !refused.is_empty() {
+        problems.push(format!(
+            "answers {what} that break the contract: {refused:?} of {}",
+            inside.len()
+        ));
+    }
+    problems
+}
+
+/// No 5xx other than 503, and no answer slower than `max_latency`, over the whole scenario.
+fn no_errors_or_hangs(observations: &[Observation], max_latency: Duration) -> Vec<String> {
+    let mut problems = Vec::new();
+    let server_errors = observations
+        .iter()
+        .filter(|observation| matches!(observation.status, Some((status, _)) if status >= 500 && status != 503))
+        .count();
+    if server_errors > 0 {
+        problems.push(format!("{server_errors} answers were 5xx other than 503"));
+    }
+    let slowest = observations
+        .iter()
+        .map(|observation| observation.answered - observation.sent)
+        .max()
+        .unwrap_or_default();
+    if slowest > max_latency {
+        problems.push(format!(
+            "the slowest request took {slowest:?}, more than {max_latency:?}"
+        ));
+    }
+    problems
+}
+
+/// Scenario-specific problems seen while the fault was injected.
+async fn inject(
+    scenario: Scenario,
+    system: &mut System,
+    load: &Load,
+    args: &Args,
+) -> anyhow::Result<Vec<String>> {
+    let endpoints = &args.endpoints;
+    let max_latency = Duration::from_secs(args.max_latency_secs);
+    let mut problems = Vec::new();
+    match scenario {
+        Scenario::WorkerKill => {
+            for _ in 0..2 {
+                wait_for_progress(system).await?;
+                system.kill(Role::Worker).await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                system.start_role(Role::Worker).await?;
+            }
+        }
+        Scenario::ApiKill => {
+            system.kill(Role::Api).await?;
+            let restarted = Instant::now();
+            system.start_role(Role::Api).await?;
+            if !load
+                .wait_for_created(restarted, Duration::from_secs(30))
+                .await
+            {
+                problems.push("no 201 within 30 s of the API restart".to_owned());
+            }
+        }
+        Scenario::RabbitmqRestart | Scenario::RedisRestart => {
+            let service = if scenario == Scenario::RabbitmqRestart {
+                Service::RabbitMq
+            } else {
+                Service::Redis
+            };
+            service.stop(endpoints).await?;
+            let down = Instant::now();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let starting = Instant::now();
+            service.start(endpoints).await?;
+            let up = Instant::now();
+            let observations = load.observations();
+            let during = format!("while {} was down", service.name());
+            problems.extend(answers_during(
+                &observations,
+                down,
+                starting,
+                &during,
+                |status| status == 201 || status == 503,
+            ));
+            if !observations.iter().any(|o| {
+                o.sent >= down && o.answered <= starting && o.status.is_some_and(|(s, _)| s == 503)
+            }) {
+                problems.push(format!("no 503 {during}"));
+            }
+            if !load.wait_for_created(up, Duration::from_secs(30)).await {
+                problems.push(format!(
+                    "no 201 within 30 s of {} being back",
+                    service.name()
+                ));
+            }
+            problems.extend(no_errors_or_hangs(&load.observations(), max_latency));
+        }
+        Scenario::MariadbRestart => {
+            Service::MariaDb.stop(endpoints).await?;
+            let down = Instant::now();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let starting = Instant::now();
+            Service::MariaDb.start(endpoints).await?;
+            let observations = load.observations();
+            problems.extend(answers_during(
+                &observations,
+                down,
+                starting,
+                "while MariaDB was down",
+                |status| status == 201,
+            ));
+            problems.extend(no_errors_or_hangs(&observations, max_latency));
+            if system.has_exited(Role::Worker) {
+                problems.push("the worker exited instead of retrying".to_owned());
+            }
+        }
+        Scenario::RedisFlush => {
+            for _ in 0..2 {
+                let client = redis::Client::open(endpoints.redis_url.as_str())?;
+                let mut connection = client.get_multiplexed_async_connection().await?;
+                redis::cmd("FLUSHALL")
+                    .query_async::<()>(&mut connection)
+                    .await?;
+                let flushed = Instant::now();
+                if !load
+                    .wait_for_created(flushed, Duration::from_secs(30))
+                    .await
+                {
+                    problems.push("no 201 within 30 s of FLUSHALL".to_owned());
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            problems.extend(no_errors_or_hangs(&load.observations(), max_latency));
+        }
+        Scenario::Poison => {
+            let poisons = 3;
+            publish_random_commands(&args.endpoints.amqp_url, &system.queue, poisons).await?;
+            let published = Instant::now();
+            let dead = format!("{}.dead", system.queue);
+            let dead_lettered = wait_for_queue_depth(
+                &args.endpoints.amqp_url,
+                &dead,
+                poisons,
+                Duration::from_secs(60),
+            )
+            .await?;
+            if dead_lettered < poisons {
+                problems.push(format!(
+                    "{dead_lettered} of {poisons} malformed commands reached {dead} within 60 s"
+                ));
+            }
+            if !load
+                .wait_for_created(published, Duration::from_secs(10))
+                .await
+            {
+                problems.push("no 201 after the malformed commands".to_owned());
+            }
+        }
+    }
+    for role in [Role::Api, Role::Worker] {
+        if system.has_exited(role) {
+            problems.push(format!("{role:?} process exited during the scenario"));
+        }
+    }
+    Ok(problems)
+}
+
+/// Waits until the worker has stored something new, so that a kill lands while it is busy.
+async fn wait_for_progress(system: &System) -> anyhow::Result<()> {
+    let pool = system.pool().await?;
+    let count = || async {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+            .fetch_one(&pool)
+            .await?;
+        anyhow::Ok(count)
+    };
+    let before = count().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count().await? == before {
+        if Instant::now() > deadline {
+            bail!("the worker stored nothing in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn publish_random_commands(amqp_url: &str, queue: &str, count: u32) -> anyhow::Result<()> {
+    let connection = amqp_connect(amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    for _ in 0..count {
+        let mut garbage = vec![0u8; rand::random_range(1..512)];
+        rand::fill(&mut garbage[..]);
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &garbage,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+    }
+    let _ = connection.close(200, "faults done".into()).await;
+    Ok(())
+}
+
+/// The number of ready messages in `queue`, once it reaches `wanted` or when `within` has passed.
+async fn wait_for_queue_depth(
+    amqp_url: &str,
+    queue: &str,
+    wanted: u32,
+    within: Duration,
+) -> anyhow::Result<u32> {
+    let connection = amqp_connect(amqp_url).await?;
+    let deadline = Instant::now() + within;
+    let mut depth = 0;
+    while Instant::now() < deadline {
+        // Passive: only look. A channel is closed by a failed passive declare, so each look gets its own.
+        let channel = connection.create_channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(declared) = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+        {
+            depth = declared.message_count();
+            let _ = channel.close(200, "look".into()).await;
+            if depth >= wanted {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = connection.close(200, "faults done".into()).await;
+    Ok(depth)
+}
+
+/// Waits (bounded) until the stored rows agree with the ledger; the problems left when they never do.
+async fn wait_consistent(
+    system: &System,
+    ledger: &Ledger,
+    within: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let pool = system.pool().await?;
+    let deadline = Instant::now() + within;
+    loop {
+        let problems = ledger::check(ledger, &ledger::read_stored(&pool).await?);
+        if problems.is_empty() || Instant::now() > deadline {
+            pool.close().await;
+            return Ok(problems);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct Verdict {
+    problems: Vec<String>,
+    acknowledged: usize,
+}
+
+async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict> {
+    let mut system = System::start(
+        args.endpoints.clone(),
+        Options {
+            keep: args.keep,
+            env: Vec::new(),
+        },
+    )
+    .await?;
+    let outcome = async {
+        let load = Load::start(&system, args).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let injected = inject(scenario, &mut system, &load, args).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (ledger, _) = load.stop().await;
+        let mut problems = injected?;
+        problems
+            .extend(wait_consistent(&system, &ledger, Duration::from_secs(args.drain_secs)).await?);
+        anyhow::Ok(Verdict {
+            problems,
+            acknowledged: ledger.messages.len() + ledger.chats.len(),
+        })
+    }
+    .await;
+    let mut restore_failures = Vec::new();
+    for service in Service::ALL {
+        if let Err(error) = service.ensure_up(&args.endpoints).await {
+            restore_failures.push(format!("{}: {error:#}", service.name()));
+        }
+    }
+    if let Err(error) = system.shutdown().await {
+        eprintln!("cleanup after {}: {error:#}", scenario.name());
+    }
+    if !restore_failures.is_empty() {
+        bail!("could not restore {}", restore_failures.join("; "));
+    }
+    outcome
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let failed = runtime.block_on(async {
+        tokio::select! {
+            failed = run_all(&args) => failed,
+            _ = tokio::signal::ctrl_c() => {
+                for service in Service::ALL {
+                    let _ = service.ensure_up(&args.endpoints).await;
+                }
+                bail!("interrupted")
+            }
+        }
+    })?;
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run_all(args: &Args) -> anyhow::Result<usize> {
+    args.endpoints.check_loopback()?;
+    for service in Service::ALL {
+        if !service.is_up(&args.endpoints).await {
+            bail!(
+                "{} is not answering; start it before the fault suite",
+                service.name()
+            );
+        }
+    }
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Some(scenario) => vec![scenario],
+        None => Scenario::value_variants().to_vec(),
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for scenario in scenarios {
+        let started = Instant::now();
+        eprintln!("{}: running", scenario.name());
+        match run_scenario(scenario, args)
+            .await
+            .with_context(|| scenario.name())
+        {
+            Ok(verdict) if verdict.problems.is_empty() => {
+                passed += 1;
+                println!(
+                    "PASS {} ({} acknowledged creations checked, {:.1} s)",
+                    scenario.name(),
+                    verdict.acknowledged,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(verdict) => {
+                failed += 1;
+                println!(
+                    "FAIL {} ({} acknowledged creations checked, {:.1} s)\n{}",
+                    scenario.name(),
+                    verdict.acknowledged,
+                    started.elapsed().as_secs_f64(),
+                    indent(&ledger::summarize(&verdict.problems, 15))
+                );
+            }
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "FAIL {}: {}",
+                    scenario.name(),
+                    indent(&format!("{error:#}"))
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed)
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

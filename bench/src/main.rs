@@ -1,0 +1,835 @@
+//! The benchmark of issue 6: throughput and latency of the running system, next to the raw limits of the
+//! services it is built on, measured in one run and reported as ratios.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chatsys_bench::client::{Connection, create_application, create_chat_number};
+use chatsys_bench::load::{self, ChatTarget, Outcome, Pace};
+use chatsys_bench::raw::{self, DatabaseLimits, QueueLimits};
+use chatsys_bench::stats::{LatencySummary, Rate};
+use chatsys_bench::system::{Endpoints, Options, Role, System};
+use clap::Parser;
+use serde::Serialize;
+use sqlx::MySqlPool;
+use tokio::time::Instant;
+
+/// Measures chatsys against the limits of MariaDB, Redis and RabbitMQ on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// The whole pipeline at tiny sizes, in seconds (CI keeps the benchmark working with it).
+    #[arg(long)]
+    smoke: bool,
+    /// Measure only the raw limits of the services, without starting chatsys.
+    #[arg(long)]
+    raw_only: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the database, queues, Redis keys and process logs of the run.
+    #[arg(long)]
+    keep: bool,
+    #[arg(long, default_value_t = 20)]
+    apps: usize,
+    #[arg(long, default_value_t = 10)]
+    chats_per_app: usize,
+    /// Keep-alive connections of the create and read load.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 200)]
+    body_bytes: usize,
+    /// Length of each measured load phase.
+    #[arg(long, default_value_t = 10)]
+    phase_secs: u64,
+    /// Offered rate of the end-to-end visibility phase, messages/s.
+    #[arg(long, default_value_t = 1000.0)]
+    visibility_rate: f64,
+    /// Chats the visibility phase writes to, each watched by one poller.
+    #[arg(long, default_value_t = 20)]
+    visibility_chats: usize,
+    /// Messages queued while the worker is stopped, then drained.
+    #[arg(long, default_value_t = 60_000)]
+    ingest_messages: u64,
+    /// Length of each raw-limit measurement.
+    #[arg(long, default_value_t = 5)]
+    raw_secs: u64,
+    /// Upper bound of raw publishes (and consumes).
+    #[arg(long, default_value_t = 150_000)]
+    raw_publishes: u64,
+}
+
+/// The sizes a run uses: the flags, or the smoke sizes.
+#[derive(Debug, Clone, Serialize)]
+struct Sizes {
+    apps: usize,
+    chats_per_app: usize,
+    connections: usize,
+    body_bytes: usize,
+    phase_secs: f64,
+    visibility_rate: f64,
+    visibility_chats: usize,
+    ingest_messages: u64,
+    raw_secs: f64,
+    raw_publishes: u64,
+}
+
+impl Sizes {
+    fn of(args: &Args) -> Self {
+        if args.smoke {
+            return Self {
+                apps: 2,
+                chats_per_app: 2,
+                connections: 4,
+                body_bytes: args.body_bytes,
+                phase_secs: 1.0,
+                visibility_rate: 50.0,
+                visibility_chats: 2,
+                ingest_messages: 200,
+                raw_secs: 0.5,
+                raw_publishes: 2_000,
+            };
+        }
+        Self {
+            apps: args.apps,
+            chats_per_app: args.chats_per_app,
+            connections: args.connections,
+            body_bytes: args.body_bytes,
+            phase_secs: args.phase_secs as f64,
+            visibility_rate: args.visibility_rate,
+            visibility_chats: args.visibility_chats.min(args.apps * args.chats_per_app),
+            ingest_messages: args.ingest_messages,
+            raw_secs: args.raw_secs as f64,
+            raw_publishes: args.raw_publishes,
+        }
+    }
+
+    fn phase(&self) -> Duration {
+        Duration::from_secs_f64(self.phase_secs)
+    }
+
+    fn raw(&self) -> Duration {
+        Duration::from_secs_f64(self.raw_secs)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    sizes: Option<Sizes>,
+    cpus: usize,
+    raw: RawLimits,
+    create_full_load: Option<LoadFigures>,
+    create_half_rate: Option<LoadFigures>,
+    visibility: Option<VisibilityFigures>,
+    ingest: Option<IngestFigures>,
+    reads_warm: Option<LoadFigures>,
+    reads_cold: Option<LoadFigures>,
+    memory: Option<MemoryFigures>,
+    ratios: BTreeMap<&'static str, f64>,
+    targets: Vec<Target>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct RawLimits {
+    queue: Option<QueueLimits>,
+    database: Option<DatabaseLimits>,
+    redis_get: Option<Rate>,
+    redis_value_bytes: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct LoadFigures {
+    offered_per_second: Option<f64>,
+    rate: Rate,
+    errors: u64,
+    failures: BTreeMap<String, u64>,
+    latency: LatencySummary,
+    mean_response_bytes: f64,
+}
+
+impl LoadFigures {
+    fn of(outcome: Outcome, offered_per_second: Option<f64>) -> Self {
+        let mean_response_bytes = if outcome.ok > 0 {
+            outcome.response_bytes as f64 / outcome.ok as f64
+        } else {
+            0.0
+        };
+        Self {
+            offered_per_second,
+            rate: Rate::new(outcome.ok, outcome.elapsed),
+            errors: outcome.errors(),
+            latency: LatencySummary::of(outcome.latencies),
+            failures: outcome.failures,
+            mean_response_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct VisibilityFigures {
+    create: LoadFigures,
+    /// From the 201 to the first list response that contains the message.
+    latency: LatencySummary,
+    /// Messages that got a 201 but never appeared in their list before the watchers stopped.
+    never_seen: u64,
+    poll_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct IngestFigures {
+    queued: u64,
+    fill: LoadFigures,
+    /// Messages stored per second, from the first stored batch to the last.
+    rate: Rate,
+    /// From starting the worker process to the last message stored.
+    seconds_from_start: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct MemoryFigures {
+    api_peak_mib: f64,
+    worker_peak_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Target {
+    name: &'static str,
+    measured: f64,
+    bound: String,
+    pass: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = run(&args) => result,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+    })
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    args.endpoints.check_loopback()?;
+    let sizes = Sizes::of(args);
+    let mut report = Report {
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        ..Default::default()
+    };
+
+    eprintln!("raw limits: RabbitMQ publish and consume, MariaDB inserts");
+    report.raw.queue = Some(
+        raw::amqp_publish_consume(
+            &args.endpoints.amqp_url,
+            sizes.raw_publishes,
+            150 + sizes.body_bytes,
+            1000,
+            2000,
+            500,
+            sizes.raw(),
+        )
+        .await
+        .context("raw RabbitMQ")?,
+    );
+    report.raw.database = Some(
+        raw::mysql_limits(
+            &args.endpoints,
+            500,
+            sizes.body_bytes,
+            sizes.raw(),
+            2_000_000,
+        )
+        .await
+        .context("raw MariaDB")?,
+    );
+
+    if args.raw_only {
+        report.raw.redis_value_bytes = 100 * (sizes.body_bytes + 100);
+        report.raw.redis_get = Some(redis_get(args, &sizes, report.raw.redis_value_bytes).await?);
+    } else {
+        let mut system = System::start(
+            args.endpoints.clone(),
+            Options {
+                keep: args.keep,
+                env: Vec::new(),
+            },
+        )
+        .await
+        .context("starting chatsys")?;
+        let measured = measure_system(args, &sizes, &mut system, &mut report).await;
+        let shutdown = system.shutdown().await;
+        measured?;
+        shutdown?;
+    }
+
+    report.sizes = Some(sizes);
+    judge(&mut report);
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn redis_get(args: &Args, sizes: &Sizes, value_bytes: usize) -> anyhow::Result<Rate> {
+    eprintln!("raw limits: Redis GET of {value_bytes} bytes");
+    raw::redis_get(
+        &args.endpoints.redis_url,
+        value_bytes,
+        sizes.connections,
+        sizes.raw(),
+    )
+    .await
+    .context("raw Redis")
+}
+
+async fn measure_system(
+    args: &Args,
+    sizes: &Sizes,
+    system: &mut System,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let addr = system.api_addr();
+    let pool = system.pool().await?;
+    let targets = Arc::new(create_chats(system, sizes).await?);
+    let mut created = 0u64;
+
+    let warm_up = Duration::from_secs_f64((sizes.phase_secs / 5.0).min(2.0));
+    eprintln!("warm-up: {warm_up:?}");
+    let outcome = load::create_messages(
+        addr,
+        targets.clone(),
+        sizes.connections,
+        sizes.body_bytes,
+        Pace::Closed {
+            within: warm_up,
+            max_created: u64::MAX,
+        },
+    )
+    .await;
+    created += outcome.ok;
+
+    eprintln!(
+        "create at full load: {} connections, {:?}",
+        sizes.connections,
+        sizes.phase()
+    );
+    let outcome = load::create_messages(
+        addr,
+        targets.clone(),
+        sizes.connections,
+        sizes.body_bytes,
+        Pace::Closed {
+            within: sizes.phase(),
+            max_created: u64::MAX,
+        },
+    )
+    .await;
+    created += outcome.ok;
+    let full = LoadFigures::of(outcome, None);
+    let half_rate = (full.rate.per_second / 2.0).max(1.0);
+    report.create_full_load = Some(full);
+    wait_stored(&pool, created).await?;
+
+    eprintln!("create at a fixed {half_rate:.0}/s");
+    let outcome = load::create_messages(
+        addr,
+        targets.clone(),
+        sizes.connections,
+        sizes.body_bytes,
+        Pace::Open {
+            rate: half_rate,
+            within: sizes.phase(),
+        },
+    )
+    .await;
+    created += outcome.ok;
+    report.create_half_rate = Some(LoadFigures::of(outcome, Some(half_rate)));
+    wait_stored(&pool, created).await?;
+
+    eprintln!(
+        "visibility at {}/s over {} chats",
+        sizes.visibility_rate, sizes.visibility_chats
+    );
+    let visibility =
+        measure_visibility(addr, &pool, &targets[..sizes.visibility_chats], sizes).await?;
+    created += visibility.create.rate.operations;
+    report.visibility = Some(visibility);
+    wait_stored(&pool, created).await?;
+
+    report.ingest = Some(measure_ingest(system, &pool, targets.clone(), sizes, created).await?);
+
+    let (warm_paths, cold_paths) = read_paths(&pool, sizes).await?;
+    eprintln!("warm reads of {} latest pages", warm_paths.len());
+    let warm_paths = Arc::new(warm_paths);
+    load::read_pages(
+        addr,
+        warm_paths.clone(),
+        sizes.connections,
+        Duration::from_secs(3600),
+        false,
+    )
+    .await;
+    let warm = LoadFigures::of(
+        load::read_pages(addr, warm_paths, sizes.connections, sizes.phase(), true).await,
+        None,
+    );
+    eprintln!("cold reads of up to {} distinct pages", cold_paths.len());
+    let cold = LoadFigures::of(
+        load::read_pages(
+            addr,
+            Arc::new(cold_paths),
+            sizes.connections,
+            sizes.phase(),
+            false,
+        )
+        .await,
+        None,
+    );
+    report.raw.redis_value_bytes = warm.mean_response_bytes.round() as usize;
+    report.reads_warm = Some(warm);
+    report.reads_cold = Some(cold);
+
+    report.memory = Some(MemoryFigures {
+        api_peak_mib: system.peak_rss_bytes(Role::Api) as f64 / MIB,
+        worker_peak_mib: system.peak_rss_bytes(Role::Worker) as f64 / MIB,
+    });
+    pool.close().await;
+    report.raw.redis_get = Some(redis_get(args, sizes, report.raw.redis_value_bytes.max(1)).await?);
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Applications and their chats, created through the API; chat `i` of every application comes before chat
+/// `i + 1` of any, so the first targets spread over applications.
+async fn create_chats(system: &System, sizes: &Sizes) -> anyhow::Result<Vec<ChatTarget>> {
+    let mut connection = Connection::new(system.api_addr(), Duration::from_secs(30));
+    let mut tokens = Vec::new();
+    for index in 0..sizes.apps {
+        tokens.push(Arc::<str>::from(
+            create_application(&mut connection, &format!("bench-{index}")).await?,
+        ));
+    }
+    let mut targets = Vec::new();
+    for _ in 0..sizes.chats_per_app {
+        for token in &tokens {
+            let chat = create_chat_number(&mut connection, token).await?;
+            targets.push(ChatTarget {
+                token: token.clone(),
+                chat,
+            });
+        }
+    }
+    Ok(targets)
+}
+
+/// Messages stored so far, from the counts the worker keeps in the same transaction as the rows.
+async fn stored_messages(pool: &MySqlPool) -> anyhow::Result<u64> {
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT CAST(COALESCE(SUM(messages_count), 0) AS SIGNED) FROM chats")
+            .fetch_one(pool)
+            .await?;
+    Ok(stored as u64)
+}
+
+/// Waits until at least `expected` messages are stored (bounded).
+async fn wait_stored(pool: &MySqlPool, expected: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let stored = stored_messages(pool).await?;
+        if stored >= expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {stored} of {expected} messages stored after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn measure_visibility(
+    addr: std::net::SocketAddr,
+    pool: &MySqlPool,
+    targets: &[ChatTarget],
+    sizes: &Sizes,
+) -> anyhow::Result<VisibilityFigures> {
+    let targets = Arc::new(targets.to_vec());
+    let mut floors = Vec::new();
+    for target in targets.iter() {
+        let (highest,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(MAX(m.number), 0) AS SIGNED) FROM messages m \
+             JOIN applications a ON a.id = m.application_id WHERE a.token = ? AND m.chat_number = ?",
+        )
+        .bind(&*target.token)
+        .bind(target.chat)
+        .fetch_one(pool)
+        .await?;
+        floors.push(highest as u64);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sightings, watchers) = load::watch_lists(
+        addr,
+        targets.clone(),
+        floors,
+        Duration::from_millis(10),
+        stop.clone(),
+    );
+    let outcome = load::create_messages(
+        addr,
+        targets,
+        sizes.connections,
+        sizes.body_bytes,
+        Pace::Open {
+            rate: sizes.visibility_rate,
+            within: sizes.phase(),
+        },
+    )
+    .await;
+    let grace = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < grace {
+        let all_seen = {
+            let seen = sightings.lock().expect("sightings lock");
+            outcome
+                .created
+                .iter()
+                .all(|created| seen.contains_key(&(created.target, created.number)))
+        };
+        if all_seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut poll_errors = 0;
+    for watcher in watchers {
+        poll_errors += watcher.await?;
+    }
+    let seen = sightings.lock().expect("sightings lock");
+    let mut latencies = Vec::new();
+    let mut never_seen = 0;
+    for created in &outcome.created {
+        match seen.get(&(created.target, created.number)) {
+            Some(at) => latencies.push(at.saturating_duration_since(created.at)),
+            None => never_seen += 1,
+        }
+    }
+    drop(seen);
+    Ok(VisibilityFigures {
+        create: LoadFigures::of(outcome, Some(sizes.visibility_rate)),
+        latency: LatencySummary::of(latencies),
+        never_seen,
+        poll_errors,
+    })
+}
+
+/// Stops the worker, queues messages through the API, starts the worker and times the drain.
+async fn measure_ingest(
+    system: &mut System,
+    pool: &MySqlPool,
+    targets: Arc<Vec<ChatTarget>>,
+    sizes: &Sizes,
+    stored_before: u64,
+) -> anyhow::Result<IngestFigures> {
+    eprintln!(
+        "ingest: stopping the worker, queueing {} messages",
+        sizes.ingest_messages
+    );
+    system.stop(Role::Worker, Duration::from_secs(30)).await?;
+    let fill = load::create_messages(
+        system.api_addr(),
+        targets,
+        sizes.connections,
+        sizes.body_bytes,
+        Pace::Closed {
+            within: Duration::from_secs(600),
+            max_created: sizes.ingest_messages,
+        },
+    )
+    .await;
+    let expected = stored_before + fill.ok;
+    let baseline = stored_messages(pool).await?;
+    eprintln!(
+        "ingest: starting the worker to drain {} messages",
+        expected.saturating_sub(baseline)
+    );
+    let started = Instant::now();
+    let progress = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let deadline = started + Duration::from_secs(600);
+            let mut first: Option<(Instant, u64)> = None;
+            loop {
+                let stored = stored_messages(&pool).await?;
+                let now = Instant::now();
+                if first.is_none() && stored > baseline {
+                    first = Some((now, stored));
+                }
+                if stored >= expected {
+                    return anyhow::Ok((first.unwrap_or((now, stored)), now));
+                }
+                if now > deadline {
+                    bail!("the worker stored {stored} of {expected} messages in 600 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    system.start_role(Role::Worker).await?;
+    let ((first_at, first_stored), done_at) = progress.await??;
+    Ok(IngestFigures {
+        queued: expected - baseline,
+        fill: LoadFigures::of(fill, None),
+        rate: Rate::new(expected - first_stored, done_at - first_at),
+        seconds_from_start: (done_at - started).as_secs_f64(),
+    })
+}
+
+/// The latest page of 100 of every chat (warm reads), and distinct pages of 100 at every offset of every chat,
+/// shuffled (cold reads: no two requests alike, so no cache can answer them).
+async fn read_paths(pool: &MySqlPool, sizes: &Sizes) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let chats: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a.token, CAST(c.number AS SIGNED), CAST(c.messages_count AS SIGNED) \
+         FROM chats c JOIN applications a ON a.id = c.application_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut warm = Vec::new();
+    let mut cold = Vec::new();
+    for (token, chat, count) in chats {
+        let base = chatsys_bench::client::messages_path(&token, chat as u64);
+        warm.push(format!("{base}?after={}&limit=100", (count - 100).max(0)));
+        for after in 0..(count - 100).max(1) {
+            cold.push(format!("{base}?after={after}&limit=100"));
+        }
+    }
+    for index in (1..cold.len()).rev() {
+        cold.swap(index, rand::random_range(0..=index));
+    }
+    cold.truncate((sizes.phase_secs * 20_000.0) as usize);
+    Ok((warm, cold))
+}
+
+fn judge(report: &mut Report) {
+    let mut ratios = BTreeMap::new();
+    let mut targets = Vec::new();
+    let raw_publish = report.raw.queue.map(|queue| queue.publish.per_second);
+    let raw_consume = report.raw.queue.map(|queue| queue.consume.per_second);
+    let raw_insert = report
+        .raw
+        .database
+        .map(|database| database.multi_row_insert.per_second);
+    let seed = report
+        .raw
+        .database
+        .map(|database| database.seed_design.per_second);
+
+    if let (Some(full), Some(publish)) = (&report.create_full_load, raw_publish) {
+        let ratio = full.rate.per_second / publish;
+        ratios.insert("api_create_over_raw_publish", ratio);
+        targets.push(Target {
+            name: "API create >= 50% of raw confirmed publishes, zero errors",
+            measured: ratio,
+            bound: format!(">= 0.50, errors = 0 (errors: {})", full.errors),
+            pass: ratio >= 0.5 && full.errors == 0,
+        });
+    }
+    if let Some(half) = &report.create_half_rate {
+        targets.push(Target {
+            name: "create p99 at half the full-load rate <= 50 ms",
+            measured: half.latency.p99_ms,
+            bound: "<= 50 ms".to_owned(),
+            pass: half.latency.p99_ms <= 50.0 && half.errors == 0,
+        });
+    }
+    if let (Some(ingest), Some(consume), Some(insert)) = (&report.ingest, raw_consume, raw_insert) {
+        let ratio = ingest.rate.per_second / consume.min(insert);
+        ratios.insert("worker_ingest_over_min_raw_consume_insert", ratio);
+        targets.push(Target {
+            name: "worker ingest >= 50% of min(raw consume, raw insert)",
+            measured: ratio,
+            bound: ">= 0.50".to_owned(),
+            pass: ratio >= 0.5,
+        });
+    }
+    if let (Some(ingest), Some(seed)) = (&report.ingest, seed) {
+        let ratio = ingest.rate.per_second / seed;
+        ratios.insert("worker_ingest_over_seed_design", ratio);
+        targets.push(Target {
+            name: "worker ingest >= 10x the seed design",
+            measured: ratio,
+            bound: ">= 10".to_owned(),
+            pass: ratio >= 10.0,
+        });
+    }
+    if let Some(visibility) = &report.visibility {
+        ratios.insert("visibility_p99_seconds", visibility.latency.p99_ms / 1000.0);
+        targets.push(Target {
+            name: "end-to-end visibility p99 <= 1 s at the offered rate",
+            measured: visibility.latency.p99_ms,
+            bound: format!(
+                "<= 1000 ms at {:.0}/s, none unseen",
+                visibility.create.offered_per_second.unwrap_or(0.0)
+            ),
+            pass: visibility.latency.p99_ms <= 1000.0
+                && visibility.never_seen == 0
+                && visibility.create.errors == 0,
+        });
+    }
+    if let (Some(warm), Some(get)) = (&report.reads_warm, report.raw.redis_get) {
+        let ratio = warm.rate.per_second / get.per_second;
+        ratios.insert("warm_reads_over_raw_redis_get", ratio);
+        targets.push(Target {
+            name: "warm latest-page reads >= 25% of raw Redis GETs",
+            measured: ratio,
+            bound: ">= 0.25".to_owned(),
+            pass: ratio >= 0.25 && warm.errors == 0,
+        });
+        targets.push(Target {
+            name: "warm latest-page reads p99 <= 20 ms",
+            measured: warm.latency.p99_ms,
+            bound: "<= 20 ms".to_owned(),
+            pass: warm.latency.p99_ms <= 20.0,
+        });
+    }
+    if let Some(memory) = &report.memory {
+        ratios.insert("api_peak_rss_mib", memory.api_peak_mib);
+        ratios.insert("worker_peak_rss_mib", memory.worker_peak_mib);
+        targets.push(Target {
+            name: "API peak resident memory <= 100 MiB",
+            measured: memory.api_peak_mib,
+            bound: "<= 100 MiB".to_owned(),
+            pass: memory.api_peak_mib <= 100.0,
+        });
+        targets.push(Target {
+            name: "worker peak resident memory <= 200 MiB",
+            measured: memory.worker_peak_mib,
+            bound: "<= 200 MiB".to_owned(),
+            pass: memory.worker_peak_mib <= 200.0,
+        });
+    }
+    report.ratios = ratios;
+    report.targets = targets;
+}
+
+fn rate_row(name: &str, rate: Rate) -> (String, String) {
+    (
+        name.to_owned(),
+        format!(
+            "{:>10.0}/s  ({} in {:.1} s)",
+            rate.per_second, rate.operations, rate.seconds
+        ),
+    )
+}
+
+fn load_row(name: &str, figures: &LoadFigures) -> (String, String) {
+    let offered = figures
+        .offered_per_second
+        .map(|offered| format!(" offered {offered:.0}/s,"))
+        .unwrap_or_default();
+    let failures = if figures.failures.is_empty() {
+        String::new()
+    } else {
+        format!(" {:?}", figures.failures)
+    };
+    (
+        name.to_owned(),
+        format!(
+            "{:>10.0}/s {offered} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, errors {}{failures}",
+            figures.rate.per_second,
+            figures.latency.p50_ms,
+            figures.latency.p99_ms,
+            figures.latency.p999_ms,
+            figures.errors,
+        ),
+    )
+}
+
+fn print_table(report: &Report) {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(queue) = report.raw.queue {
+        rows.push(rate_row("raw RabbitMQ confirmed publishes", queue.publish));
+        rows.push(rate_row("raw RabbitMQ consumes with acks", queue.consume));
+    }
+    if let Some(database) = report.raw.database {
+        rows.push(rate_row(
+            "raw MariaDB multi-row inserts (rows)",
+            database.multi_row_insert,
+        ));
+        rows.push(rate_row(
+            "raw seed design, 1 tx per message",
+            database.seed_design,
+        ));
+    }
+    if let Some(get) = report.raw.redis_get {
+        rows.push(rate_row(
+            &format!("raw Redis GETs of {} bytes", report.raw.redis_value_bytes),
+            get,
+        ));
+    }
+    if let Some(full) = &report.create_full_load {
+        rows.push(load_row("API create, full load", full));
+    }
+    if let Some(half) = &report.create_half_rate {
+        rows.push(load_row("API create, half the full-load rate", half));
+    }
+    if let Some(visibility) = &report.visibility {
+        rows.push(load_row("API create during visibility", &visibility.create));
+        rows.push((
+            "end-to-end visibility".to_owned(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, never seen {}",
+                visibility.latency.p50_ms, visibility.latency.p99_ms, visibility.never_seen
+            ),
+        ));
+    }
+    if let Some(ingest) = &report.ingest {
+        rows.push(rate_row(
+            &format!("worker ingest of {} queued", ingest.queued),
+            ingest.rate,
+        ));
+    }
+    if let Some(warm) = &report.reads_warm {
+        rows.push(load_row("reads, latest page of 100, warm", warm));
+    }
+    if let Some(cold) = &report.reads_cold {
+        rows.push(load_row("reads, page of 100, cold", cold));
+    }
+    if let Some(memory) = &report.memory {
+        rows.push((
+            "peak RSS".to_owned(),
+            format!(
+                "API {:.1} MiB, worker {:.1} MiB",
+                memory.api_peak_mib, memory.worker_peak_mib
+            ),
+        ));
+    }
+    for (name, ratio) in &report.ratios {
+        rows.push((format!("ratio {name}"), format!("{ratio:.3}")));
+    }
+    for target in &report.targets {
+        rows.push((
+            format!(
+                "{} {}",
+                if target.pass { "PASS" } else { "MISS" },
+                target.name
+            ),
+            format!("{:.3} ({})", target.measured, target.bound),
+        ));
+    }
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, value) in rows {
+        println!("{name:<width$}  {value}");
+    }
+}

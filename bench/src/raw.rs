@@ -1,0 +1,324 @@
+//! The limits of the backing services on this machine, measured with plain clients on scratch resources.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::Serialize;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{AssertSqlSafe, MySql, QueryBuilder};
+
+use crate::stats::Rate;
+use crate::system::{Endpoints, drop_database, unique_name};
+
+pub async fn amqp_connect(url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+const PERSISTENT: u8 = 2;
+
+/// A payload of printable bytes.
+pub fn filler(len: usize) -> String {
+    "chatsys-bench-payload-".chars().cycle().take(len).collect()
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QueueLimits {
+    pub publish: Rate,
+    pub consume: Rate,
+}
+
+/// Confirmed persistent publishes to a durable scratch queue from one channel with up to `outstanding`
+/// unconfirmed, then consumes them with `prefetch` and a multiple-ack every `ack_every`.
+pub async fn amqp_publish_consume(
+    amqp_url: &str,
+    count: u64,
+    payload_len: usize,
+    outstanding: usize,
+    prefetch: u16,
+    ack_every: u64,
+    within: Duration,
+) -> anyhow::Result<QueueLimits> {
+    let connection = amqp_connect(amqp_url).await?;
+    let queue = unique_name("chatsys_bench_raw");
+    let result = publish_then_consume(
+        &connection,
+        &queue,
+        count,
+        payload_len,
+        outstanding,
+        prefetch,
+        ack_every,
+        within,
+    )
+    .await;
+    let cleanup = connection.create_channel().await?;
+    cleanup
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, "bench done".into()).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_then_consume(
+    connection: &Connection,
+    queue: &str,
+    count: u64,
+    payload_len: usize,
+    outstanding: usize,
+    prefetch: u16,
+    ack_every: u64,
+    within: Duration,
+) -> anyhow::Result<QueueLimits> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let payload = filler(payload_len).into_bytes();
+    let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let mut confirmed = 0u64;
+    let mut published = 0u64;
+    while published < count && started.elapsed() < within {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &payload,
+                properties.clone(),
+            )
+            .await?;
+        published += 1;
+        pending.push(confirm);
+        if pending.len() >= outstanding {
+            confirmed += acked(pending.next().await)?;
+        }
+    }
+    while let Some(confirmation) = pending.next().await {
+        confirmed += acked(Some(confirmation))?;
+    }
+    let publish = Rate::new(confirmed, started.elapsed());
+
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut consumed = 0u64;
+    while consumed < published {
+        let delivery = match tokio::time::timeout_at(deadline.into(), consumer.next()).await {
+            Ok(Some(delivery)) => delivery?,
+            Ok(None) => bail!("consumer cancelled after {consumed} deliveries"),
+            Err(_) => break,
+        };
+        consumed += 1;
+        if consumed.is_multiple_of(ack_every) || consumed == published {
+            channel
+                .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    let consume = Rate::new(consumed, started.elapsed());
+    Ok(QueueLimits { publish, consume })
+}
+
+fn acked(confirmation: Option<lapin::Result<lapin::Confirmation>>) -> anyhow::Result<u64> {
+    match confirmation {
+        Some(Ok(confirmation)) if confirmation.is_ack() => Ok(1),
+        Some(Ok(_)) => bail!("the broker refused a publish"),
+        Some(Err(error)) => Err(error.into()),
+        None => Ok(0),
+    }
+}
+
+/// GETs of one value of `value_len` bytes from `connections` connections, one request at a time each.
+pub async fn redis_get(
+    redis_url: &str,
+    value_len: usize,
+    connections: usize,
+    within: Duration,
+) -> anyhow::Result<Rate> {
+    let client = redis::Client::open(redis_url)?;
+    let key = unique_name("chatsys_bench_raw");
+    let mut setup = client.get_multiplexed_async_connection().await?;
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(filler(value_len))
+        .query_async::<()>(&mut setup)
+        .await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut gets = 0u64;
+            while started.elapsed() < within {
+                let value: Vec<u8> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await?;
+                if value.len() != value_len {
+                    bail!("GET returned {} bytes, expected {value_len}", value.len());
+                }
+                gets += 1;
+            }
+            Ok(gets)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    let rate = Rate::new(total, started.elapsed());
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut setup)
+        .await?;
+    Ok(rate)
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DatabaseLimits {
+    pub multi_row_insert: Rate,
+    pub seed_design: Rate,
+}
+
+const MESSAGES_TABLE: &str = "CREATE TABLE messages (
+    application_id BIGINT UNSIGNED NOT NULL,
+    chat_number BIGINT UNSIGNED NOT NULL,
+    number BIGINT UNSIGNED NOT NULL,
+    body MEDIUMTEXT NOT NULL,
+    version BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    created_at DATETIME(6) NOT NULL,
+    updated_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (application_id, chat_number, number)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// On one connection to a scratch database with a `messages` table: multi-row inserts of `rows_per_insert`,
+/// then the seed design's one transaction per message.
+pub async fn mysql_limits(
+    endpoints: &Endpoints,
+    rows_per_insert: usize,
+    body_len: usize,
+    within: Duration,
+    max_rows: u64,
+) -> anyhow::Result<DatabaseLimits> {
+    let database = unique_name("chatsys_bench_raw");
+    let server = endpoints.server_pool().await?;
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE `{database}`")))
+        .execute(&server)
+        .await?;
+    server.close().await;
+    let result = measure_mysql(
+        endpoints,
+        &database,
+        rows_per_insert,
+        body_len,
+        within,
+        max_rows,
+    )
+    .await;
+    drop_database(endpoints, &database).await?;
+    result
+}
+
+async fn measure_mysql(
+    endpoints: &Endpoints,
+    database: &str,
+    rows_per_insert: usize,
+    body_len: usize,
+    within: Duration,
+    max_rows: u64,
+) -> anyhow::Result<DatabaseLimits> {
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&endpoints.database(database))
+        .await?;
+    sqlx::query(MESSAGES_TABLE).execute(&pool).await?;
+    let body = filler(body_len);
+    const CHATS: u64 = 10;
+
+    let started = Instant::now();
+    let mut inserted = 0u64;
+    let mut insert = QueryBuilder::<MySql>::new("");
+    while inserted < max_rows && started.elapsed() < within {
+        insert.reset();
+        insert.push("INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at) ");
+        let first = inserted;
+        insert.push_values(first..first + rows_per_insert as u64, |mut row, index| {
+            row.push_bind(1u64)
+                .push_bind(index % CHATS + 1)
+                .push_bind(index / CHATS + 1)
+                .push_bind(body.as_str())
+                .push_bind(1u64)
+                .push("NOW(6)")
+                .push("NOW(6)");
+        });
+        insert.build().execute(&pool).await?;
+        inserted += rows_per_insert as u64;
+    }
+    let multi_row_insert = Rate::new(inserted, started.elapsed());
+
+    let started = Instant::now();
+    let mut stored = 0u64;
+    while stored < max_rows && started.elapsed() < within {
+        let chat = stored % CHATS + 1;
+        let mut transaction = pool.begin().await?;
+        let (highest,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(MAX(number), 0) AS SIGNED) FROM messages \
+             WHERE application_id = 2 AND chat_number = ? FOR UPDATE",
+        )
+        .bind(chat)
+        .fetch_one(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at) \
+             VALUES (2, ?, ?, ?, 1, NOW(6), NOW(6))",
+        )
+        .bind(chat)
+        .bind(highest + 1)
+        .bind(body.as_str())
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        stored += 1;
+    }
+    let seed_design = Rate::new(stored, started.elapsed());
+    pool.close().await;
+    Ok(DatabaseLimits {
+        multi_row_insert,
+        seed_design,
+    })
+}

@@ -1,0 +1,548 @@
+//! Starts the system under test as real processes on fresh resources, and removes them afterwards.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lapin::options::QueueDeleteOptions;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{AssertSqlSafe, MySqlPool};
+use tokio::process::{Child, Command};
+
+use crate::client;
+
+/// Where the backing services answer. Loopback only: the bench and the fault suite drive local services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// MySQL server, without a database name; each run creates and drops its own database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+}
+
+impl Endpoints {
+    /// The server URL with `database` as its path.
+    pub fn database(&self, database: &str) -> String {
+        let server = match self.database_url.find("://").map(|scheme| scheme + 3) {
+            Some(host_start) => match self.database_url[host_start..].find('/') {
+                Some(path_start) => &self.database_url[..host_start + path_start],
+                None => &self.database_url,
+            },
+            None => &self.database_url,
+        };
+        format!("{server}/{database}")
+    }
+
+    pub fn check_loopback(&self) -> anyhow::Result<()> {
+        for url in [&self.database_url, &self.redis_url, &self.amqp_url] {
+            let host = url.split("://").nth(1).unwrap_or(url);
+            let host = host.rsplit('@').next().unwrap_or(host);
+            if !(host.starts_with("127.")
+                || host.starts_with("localhost")
+                || host.starts_with("[::1]"))
+            {
+                bail!("{url} is not a loopback address");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn server_pool(&self) -> anyhow::Result<MySqlPool> {
+        let url = self.database("");
+        MySqlPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))
+    }
+}
+
+/// A name nobody else uses, e.g. `chatsys_bench_3f9a1c0d`.
+pub fn unique_name(stem: &str) -> String {
+    format!("{stem}_{:08x}", rand::random::<u32>())
+}
+
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+}
+
+impl Role {
+    fn binary(self) -> &'static str {
+        match self {
+            Role::Api => "chatsys-api",
+            Role::Worker => "chatsys-worker",
+        }
+    }
+}
+
+struct Process {
+    listen: SocketAddr,
+    child: Option<Child>,
+    /// Highest VmHWM of the instances already stopped.
+    past_peak_kib: u64,
+    starts: u32,
+}
+
+/// Settings for one system under test.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Keep the database, queues, Redis keys and logs afterwards.
+    pub keep: bool,
+    /// Extra environment for both processes, e.g. a smaller batch size.
+    pub env: Vec<(String, String)>,
+}
+
+/// The API and the worker on their own database, queue, Redis prefix and data directory.
+pub struct System {
+    pub endpoints: Endpoints,
+    pub database: String,
+    pub queue: String,
+    pub redis_prefix: String,
+    pub data_dir: PathBuf,
+    options: Options,
+    api: Process,
+    worker: Process,
+    removed: bool,
+}
+
+const READY_WITHIN: Duration = Duration::from_secs(90);
+
+impl System {
+    pub async fn start(endpoints: Endpoints, options: Options) -> anyhow::Result<Self> {
+        endpoints.check_loopback()?;
+        let database = unique_name("chatsys_bench");
+        let data_dir = std::env::temp_dir().join(&database);
+        std::fs::create_dir_all(&data_dir)?;
+        let server = endpoints.server_pool().await?;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE `{database}`")))
+            .execute(&server)
+            .await?;
+        server.close().await;
+        let mut system = Self {
+            queue: format!("{database}.commands"),
+            redis_prefix: database.clone(),
+            database,
+            data_dir,
+            endpoints,
+            options,
+            api: Process {
+                listen: free_port()?,
+                child: None,
+                past_peak_kib: 0,
+                starts: 0,
+            },
+            worker: Process {
+                listen: free_port()?,
+                child: None,
+                past_peak_kib: 0,
+                starts: 0,
+            },
+            removed: false,
+        };
+        // The API first, so that its migrations are done before the worker starts.
+        system.start_role(Role::Api).await?;
+        system.start_role(Role::Worker).await?;
+        Ok(system)
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.listen
+    }
+
+    pub fn database_url(&self) -> String {
+        self.endpoints.database(&self.database)
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<MySqlPool> {
+        Ok(MySqlPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&self.database_url())
+            .await?)
+    }
+
+    fn process(&mut self, role: Role) -> &mut Process {
+        match role {
+            Role::Api => &mut self.api,
+            Role::Worker => &mut self.worker,
+        }
+    }
+
+    pub fn pid(&self, role: Role) -> Option<u32> {
+        let process = if role == Role::Api {
+            &self.api
+        } else {
+            &self.worker
+        };
+        process.child.as_ref().and_then(Child::id)
+    }
+
+    /// Spawns the process and waits for its `/readyz`.
+    pub async fn start_role(&mut self, role: Role) -> anyhow::Result<()> {
+        let binary = binary_path(role.binary())?;
+        let environment = self.environment(role);
+        let data_dir = self.data_dir.clone();
+        let process = self.process(role);
+        if process.child.is_some() {
+            bail!("{} is already running", role.binary());
+        }
+        process.starts += 1;
+        let log_path = data_dir.join(format!("{}.{}.log", role.binary(), process.starts));
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = Command::new(&binary);
+        if role == Role::Api {
+            command.arg("serve");
+        }
+        command
+            .envs(environment)
+            .env("CHATSYS_LISTEN", process.listen.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it makes the child die with the bench even on SIGKILL.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        process.child = Some(child);
+        let listen = process.listen;
+        let ready = tokio::select! {
+            ready = client::wait_for_ok(listen, "/readyz", READY_WITHIN) => ready,
+            exit = wait_exit(process.child.as_mut().expect("just spawned")) => Err(anyhow::anyhow!("exited with {exit}")),
+        };
+        if let Err(error) = ready {
+            self.kill(role).await?;
+            bail!(
+                "{} did not become ready: {error:#}\n{}",
+                role.binary(),
+                log_tail(&log_path)
+            );
+        }
+        Ok(())
+    }
+
+    fn environment(&self, role: Role) -> Vec<(String, String)> {
+        let mut environment = vec![
+            ("DATABASE_URL".to_owned(), self.database_url()),
+            ("REDIS_URL".to_owned(), self.endpoints.redis_url.clone()),
+            ("AMQP_URL".to_owned(), self.endpoints.amqp_url.clone()),
+            ("CHATSYS_QUEUE".to_owned(), self.queue.clone()),
+            ("CHATSYS_REDIS_PREFIX".to_owned(), self.redis_prefix.clone()),
+            (
+                "CHATSYS_DATA_DIR".to_owned(),
+                self.data_dir.join(role.binary()).display().to_string(),
+            ),
+            ("CHATSYS_LOG_FORMAT".to_owned(), "json".to_owned()),
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ];
+        environment.extend(self.options.env.iter().cloned());
+        environment
+    }
+
+    /// SIGKILL, then reap.
+    pub async fn kill(&mut self, role: Role) -> anyhow::Result<()> {
+        let process = self.process(role);
+        if let Some(mut child) = process.child.take() {
+            process.past_peak_kib = process
+                .past_peak_kib
+                .max(child.id().map_or(0, peak_rss_kib));
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and SIGKILL when it has not exited within `grace`.
+    pub async fn stop(&mut self, role: Role, grace: Duration) -> anyhow::Result<()> {
+        let process = self.process(role);
+        if let Some(child) = process.child.as_mut()
+            && let Some(pid) = child.id()
+        {
+            process.past_peak_kib = process.past_peak_kib.max(peak_rss_kib(pid));
+            // SAFETY: plain kill(2) on our own child's pid, which is not yet reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+                process.child = None;
+            }
+        }
+        self.kill(role).await
+    }
+
+    /// The highest resident set of any instance of `role` so far, in bytes.
+    pub fn peak_rss_bytes(&self, role: Role) -> u64 {
+        let process = if role == Role::Api {
+            &self.api
+        } else {
+            &self.worker
+        };
+        let current = process
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .map_or(0, peak_rss_kib);
+        process.past_peak_kib.max(current) * 1024
+    }
+
+    /// Whether the process has exited on its own.
+    pub fn has_exited(&mut self, role: Role) -> bool {
+        match self.process(role).child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Stops both processes and removes the database, queues, Redis keys and data directory (unless kept).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop(Role::Api, Duration::from_secs(5)).await?;
+        self.stop(Role::Worker, Duration::from_secs(10)).await?;
+        self.removed = true;
+        if self.options.keep {
+            eprintln!(
+                "kept database {}, queue {}, Redis prefix {}, logs in {}",
+                self.database,
+                self.queue,
+                self.redis_prefix,
+                self.data_dir.display()
+            );
+            return Ok(());
+        }
+        remove_resources(
+            &self.endpoints,
+            &self.database,
+            &self.queue,
+            &self.redis_prefix,
+            &self.data_dir,
+        )
+        .await
+    }
+}
+
+impl Drop for System {
+    /// After a panic or an early return: the children die with their handles; the rest is removed here.
+    fn drop(&mut self) {
+        if self.removed || self.options.keep {
+            return;
+        }
+        for process in [&mut self.api, &mut self.worker] {
+            if let Some(child) = process.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        let (endpoints, database, queue, prefix, data_dir) = (
+            self.endpoints.clone(),
+            self.database.clone(),
+            self.queue.clone(),
+            self.redis_prefix.clone(),
+            self.data_dir.clone(),
+        );
+        // A thread of its own: this may run inside the runtime, which cannot be blocked on.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(remove_resources(
+                &endpoints, &database, &queue, &prefix, &data_dir,
+            ))
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("cleanup of {} incomplete: {error:#}", self.database);
+        }
+    }
+}
+
+async fn remove_resources(
+    endpoints: &Endpoints,
+    database: &str,
+    queue: &str,
+    redis_prefix: &str,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    if let Err(error) = drop_database(endpoints, database).await {
+        failures.push(format!("database: {error:#}"));
+    }
+    if let Err(error) = delete_queues(
+        &endpoints.amqp_url,
+        &[queue.to_owned(), format!("{queue}.dead")],
+    )
+    .await
+    {
+        failures.push(format!("queues: {error:#}"));
+    }
+    if let Err(error) = delete_keys(&endpoints.redis_url, redis_prefix).await {
+        failures.push(format!("redis keys: {error:#}"));
+    }
+    let _ = std::fs::remove_dir_all(data_dir);
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!(failures.join("; "))
+    }
+}
+
+pub async fn drop_database(endpoints: &Endpoints, database: &str) -> anyhow::Result<()> {
+    let server = endpoints.server_pool().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{database}`"
+    )))
+    .execute(&server)
+    .await?;
+    server.close().await;
+    Ok(())
+}
+
+pub async fn delete_queues(amqp_url: &str, queues: &[String]) -> anyhow::Result<()> {
+    let connection = crate::raw::amqp_connect(amqp_url).await?;
+    for queue in queues {
+        // A fresh channel each time: deleting a queue that does not exist closes the channel on some brokers.
+        let channel = connection.create_channel().await?;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+/// Deletes every key that starts with `prefix`.
+pub async fn delete_keys(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut connection)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// `chatsys-api` or `chatsys-worker` next to the running executable.
+fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
+    let executable = std::env::current_exe()?;
+    let directory = executable
+        .parent()
+        .context("executable without a directory")?;
+    let path = directory.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (e.g. cargo build --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// VmHWM of a live process in KiB; zero when it cannot be read.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| parse_vm_hwm(&status))
+        .unwrap_or(0)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn wait_exit(child: &mut Child) -> String {
+    match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(error) => error.to_string(),
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(database_url: &str) -> Endpoints {
+        Endpoints {
+            database_url: database_url.to_owned(),
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_database_replaces_any_path_of_the_server_url() {
+        assert_eq!(
+            endpoints("mysql://root@127.0.0.1:3306").database("x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+        assert_eq!(
+            endpoints("mysql://root@127.0.0.1:3306/old").database("x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+    }
+
+    #[test]
+    fn only_loopback_services_are_accepted() {
+        assert!(
+            endpoints("mysql://root@127.0.0.1:3306")
+                .check_loopback()
+                .is_ok()
+        );
+        assert!(
+            endpoints("mysql://root:pw@db.example:3306")
+                .check_loopback()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_kib() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    4242 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(4242));
+    }
+}
