@@ -1,0 +1,92 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chatsys_core::domain;
+use chatsys_core::view::ApplicationView;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{JsonBody, QueryMap};
+use super::{created, list_response, AppState, Shared};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/applications", get(list).post(create))
+        .route("/applications/{token}", get(read).put(rename))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NameBody {
+    /// 1 to 255 characters, not blank.
+    pub name: String,
+}
+
+#[utoipa::path(post, path = "/applications", tag = "applications", request_body = NameBody,
+    responses(
+        (status = 201, description = "Created", body = ApplicationView,
+            headers(("Location" = String, description = "The new application's path"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Request over the size limit", body = ErrorBody),
+        (status = 422, description = "Missing or invalid name", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn create(State(state): Shared, JsonBody(body): JsonBody<NameBody>) -> ApiResult<Response> {
+    let application = state.service.create_application(&body.name).await?;
+    Ok(created(format!("/applications/{}", application.token), application))
+}
+
+#[utoipa::path(get, path = "/applications", tag = "applications",
+    params(("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+           ("after" = Option<String>, Query, description = "Token of the last application of the previous page")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Applications in creation order", body = [ApplicationView],
+            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
+        (status = 400, description = "Bad limit or after", body = ErrorBody),
+        (status = 401, description = "Admin key missing or wrong", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+pub async fn list(State(state): Shared, headers: HeaderMap, query: QueryMap) -> ApiResult<Response> {
+    if let Some(key) = &state.admin_key {
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "listing applications needs the admin key"));
+        }
+    }
+    let limit = domain::parse_page(query.get("limit"), None)?.limit;
+    let page = state.service.list_applications(query.get("after"), limit).await?;
+    Ok(list_response(page, "/applications", limit, &[]))
+}
+
+#[utoipa::path(get, path = "/applications/{token}", tag = "applications",
+    params(("token" = String, Path)),
+    responses((status = 200, description = "The application", body = ApplicationView),
+        (status = 404, description = "Unknown token", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+pub async fn read(State(state): Shared, Path(token): Path<String>) -> ApiResult<Json<ApplicationView>> {
+    Ok(Json(state.service.application(&token).await?))
+}
+
+#[utoipa::path(put, path = "/applications/{token}", tag = "applications", request_body = NameBody,
+    params(("token" = String, Path)),
+    responses((status = 200, description = "Renamed", body = ApplicationView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown token", body = ErrorBody),
+        (status = 413, description = "Request over the size limit", body = ErrorBody),
+        (status = 422, description = "Missing or invalid name", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+pub async fn rename(
+    State(state): Shared,
+    Path(token): Path<String>,
+    JsonBody(body): JsonBody<NameBody>,
+) -> ApiResult<Json<ApplicationView>> {
+    Ok(Json(state.service.rename_application(&token, &body.name).await?))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

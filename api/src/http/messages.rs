@@ -1,0 +1,120 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chatsys_core::domain;
+use chatsys_core::view::MessageView;
+use chatsys_core::CoreError;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{JsonBody, QueryMap};
+use super::{created, list_response, AppState, Shared};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/applications/{token}/chats/{number}/messages", get(list).post(create))
+        .route("/applications/{token}/chats/{number}/messages/search", get(search))
+        .route("/applications/{token}/chats/{number}/messages/{message}", get(read).put(edit))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct BodyBody {
+    /// 1 character to 64 KiB (65,536 bytes of UTF-8).
+    pub body: String,
+}
+
+#[utoipa::path(post, path = "/applications/{token}/chats/{number}/messages", tag = "messages", request_body = BodyBody,
+    params(("token" = String, Path), ("number" = u64, Path)),
+    responses(
+        (status = 201, description = "Accepted and numbered; readable at once, listed and searchable once the worker stored it",
+            body = MessageView, headers(("Location" = String, description = "The new message's path"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown token or chat", body = ErrorBody),
+        (status = 413, description = "Request over the size limit", body = ErrorBody),
+        (status = 422, description = "Missing, empty or oversized body", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn create(
+    State(state): Shared,
+    Path((token, chat)): Path<(String, String)>,
+    JsonBody(body): JsonBody<BodyBody>,
+) -> ApiResult<Response> {
+    let chat = domain::parse_number(&chat, "chat")?;
+    let message = state.service.create_message(&token, chat, &body.body).await?;
+    Ok(created(format!("/applications/{token}/chats/{chat}/messages/{}", message.number), message))
+}
+
+#[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path),
+           ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+           ("after" = Option<u64>, Query, description = "Number of the last message of the previous page")),
+    responses(
+        (status = 200, description = "Messages by number", body = [MessageView],
+            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
+        (status = 400, description = "Bad limit or after", body = ErrorBody),
+        (status = 404, description = "Unknown token or chat", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+pub async fn list(State(state): Shared, Path((token, chat)): Path<(String, String)>, query: QueryMap) -> ApiResult<Response> {
+    let page = query.page()?;
+    let chat = domain::parse_number(&chat, "chat")?;
+    let messages = state.service.list_messages(&token, chat, page).await?;
+    Ok(list_response(messages, &format!("/applications/{token}/chats/{chat}/messages"), page.limit, &[]))
+}
+
+#[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path), ("message" = u64, Path)),
+    responses((status = 200, description = "The message, including one accepted but not stored yet", body = MessageView),
+        (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+pub async fn read(
+    State(state): Shared,
+    Path((token, chat, number)): Path<(String, String, String)>,
+) -> ApiResult<Json<MessageView>> {
+    let chat = domain::parse_number(&chat, "chat")?;
+    let number = domain::parse_number(&number, "message")?;
+    Ok(Json(state.service.message(&token, chat, number).await?))
+}
+
+#[utoipa::path(put, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages", request_body = BodyBody,
+    params(("token" = String, Path), ("number" = u64, Path), ("message" = u64, Path)),
+    responses((status = 200, description = "Edited; the last edit accepted wins", body = MessageView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
+        (status = 413, description = "Request over the size limit", body = ErrorBody),
+        (status = 422, description = "Missing, empty or oversized body", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn edit(
+    State(state): Shared,
+    Path((token, chat, number)): Path<(String, String, String)>,
+    JsonBody(body): JsonBody<BodyBody>,
+) -> ApiResult<Json<MessageView>> {
+    let chat = domain::parse_number(&chat, "chat")?;
+    let number = domain::parse_number(&number, "message")?;
+    Ok(Json(state.service.edit_message(&token, chat, number, &body.body).await?))
+}
+
+#[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/search", tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path),
+           ("q" = String, Query, description = "Text to find anywhere in the body, case-insensitive"),
+           ("key" = Option<String>, Query, description = "Alias of q"),
+           ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+           ("after" = Option<u64>, Query, description = "Number of the last message of the previous page")),
+    responses(
+        (status = 200, description = "Matching messages of this chat, best first", body = [MessageView],
+            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
+        (status = 400, description = "Empty or missing q, bad limit or after", body = ErrorBody),
+        (status = 404, description = "Unknown token or chat", body = ErrorBody),
+        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+pub async fn search(State(state): Shared, Path((token, chat)): Path<(String, String)>, query: QueryMap) -> ApiResult<Response> {
+    let page = query.page()?;
+    let chat = domain::parse_number(&chat, "chat")?;
+    let q = query.get("q").or(query.get("key")).ok_or(CoreError::invalid_query("q", "is required"))?;
+    let hits = state.service.search(&token, chat, q, page).await?;
+    let path = format!("/applications/{token}/chats/{chat}/messages/search");
+    Ok(list_response(hits, &path, page.limit, &[("q", q)]))
+}

@@ -1,0 +1,123 @@
+//! The REST API: one module per resource, each with its `router()`, merged here with the layers every
+//! request goes through (request id, logs, metrics, body limit, JSON errors).
+
+mod applications;
+mod chats;
+pub mod error;
+mod extract;
+mod messages;
+pub mod openapi;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use chatsys_core::service::{ChatService, ListPage};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use error::ApiError;
+
+pub struct AppState {
+    pub service: ChatService,
+    pub admin_key: Option<String>,
+    pub metrics: PrometheusHandle,
+}
+
+pub type Shared = State<Arc<AppState>>;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+pub fn router(state: Arc<AppState>, max_request_bytes: usize) -> Router {
+    Router::new()
+        .merge(applications::router())
+        .merge(chats::router())
+        .merge(messages::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(middleware::from_fn(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(max_request_bytes))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<Body>| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+        .with_state(state)
+}
+
+/// Errors produced outside the handlers (unknown method, body over the limit) get the JSON error body too.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (response.status().is_client_error() || response.status().is_server_error()) && !is_json {
+        let allow = response.headers().get(header::ALLOW).cloned();
+        let mut replaced = ApiError::for_status(response.status()).into_response();
+        if let Some(allow) = allow {
+            replaced.headers_mut().insert(header::ALLOW, allow);
+        }
+        return replaced;
+    }
+    response
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(req).await;
+    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A rendered list with its `Link: <…>; rel="next"` header when there is a next page.
+pub fn list_response(page: ListPage, path: &str, limit: u32, extra: &[(&str, &str)]) -> Response {
+    let mut response = Response::new(Body::from(page.json));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(after) = page.next_after {
+        let mut query = form_pairs(extra);
+        query.push(("limit".to_string(), limit.to_string()));
+        query.push(("after".to_string(), after));
+        let encoded = serde_urlencoded::to_string(&query).unwrap_or_default();
+        if let Ok(link) = HeaderValue::from_str(&format!("<{path}?{encoded}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    response
+}
+
+fn form_pairs(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A 201 with the created resource and its `Location`.
+pub fn created<T: serde::Serialize>(location: String, body: T) -> Response {
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}

@@ -1,0 +1,46 @@
+use clap::Parser;
+
+use chatsys_api::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Openapi => println!("{}", chatsys_api::http::openapi::document()),
+        Command::Migrate(args) => {
+            chatsys_core::telemetry::init_logging(&args.log_format);
+            chatsys_api::migrate(&args).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Serve(args) => {
+            chatsys_core::telemetry::init_logging(&args.log_format);
+            let running = chatsys_api::start(&args).await?;
+            tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), "chatsys API listening");
+            terminated().await;
+            running.stop().await;
+        }
+        Command::Standalone(args) => {
+            chatsys_core::telemetry::init_logging(&args.log_format);
+            let running = chatsys_api::start_standalone(&args).await?;
+            let url = format!("http://{}", running.addr);
+            println!("chatsys standalone listening on {url}");
+            println!("data directory: {}", args.data_dir.display());
+            println!("try: curl -s -X POST {url}/applications -d '{{\"name\":\"my app\"}}'");
+            terminated().await;
+            running.stop().await;
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,137 @@
+//! Every setting is a flag with an environment variable (see docs/settings.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "chatsys-api", version, about = "The chatsys REST API", args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API against MySQL, Redis, RabbitMQ and OpenSearch (the default).
+    Serve(ServeArgs),
+    /// Apply the schema migrations and exit.
+    Migrate(MigrateArgs),
+    /// The whole system in one process, with embedded storage, queue, cache and search.
+    Standalone(StandaloneArgs),
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str> {
+    value.as_deref().ok_or_else(|| anyhow::anyhow!("{name} is required"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// MySQL URL, mysql://user:password@host:3306/database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL, redis://host:6379/0.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// RabbitMQ URL, amqp://user:password@host:5672/%2f.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// OpenSearch URL; when absent, the embedded index under the data directory (written by the worker).
+    #[arg(long, env = "OPENSEARCH_URL", hide_env_values = true)]
+    pub opensearch_url: Option<String>,
+    /// Where the embedded search index lives.
+    #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
+    pub data_dir: PathBuf,
+    /// When set, GET /applications requires `Authorization: Bearer <key>`.
+    #[arg(long, env = "CHATSYS_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// The durable command queue; its dead-letter queue is `<queue>.dead`.
+    #[arg(long, env = "CHATSYS_QUEUE", default_value = "chatsys.commands")]
+    pub queue: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CHATSYS_REDIS_PREFIX", default_value = "chatsys")]
+    pub redis_prefix: String,
+    /// Apply migrations at start (safe with many replicas).
+    #[arg(long, env = "CHATSYS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// MySQL connections.
+    #[arg(long, env = "CHATSYS_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// AMQP channels shared by concurrent requests.
+    #[arg(long, env = "CHATSYS_PUBLISH_CHANNELS", default_value_t = 4)]
+    pub publish_channels: usize,
+    /// A publish not confirmed by then answers 503.
+    #[arg(long, env = "CHATSYS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+    /// Lifetime of cache entries and read-your-writes records.
+    #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// Larger requests get 413.
+    #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
+    pub max_request_bytes: usize,
+    /// Numbers skipped when a counter lost from Redis is rebuilt; must exceed what can be in flight
+    /// (prefetch × workers plus publishes under way).
+    #[arg(long, env = "CHATSYS_RESEED_MARGIN", default_value_t = 10_000)]
+    pub reseed_margin: u64,
+    /// json or text; the level comes from RUST_LOG.
+    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+impl ServeArgs {
+    pub fn database_url(&self) -> anyhow::Result<&str> {
+        required(&self.database_url, "--database-url (DATABASE_URL)")
+    }
+    pub fn redis_url(&self) -> anyhow::Result<&str> {
+        required(&self.redis_url, "--redis-url (REDIS_URL)")
+    }
+    pub fn amqp_url(&self) -> anyhow::Result<&str> {
+        required(&self.amqp_url, "--amqp-url (AMQP_URL)")
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    /// MySQL URL, mysql://user:password@host:3306/database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// json or text.
+    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+impl MigrateArgs {
+    pub fn database_url(&self) -> anyhow::Result<&str> {
+        required(&self.database_url, "--database-url (DATABASE_URL)")
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StandaloneArgs {
+    /// HTTP listen address.
+    #[arg(long, env = "CHATSYS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the database, the queue and the search index live; kept across restarts.
+    #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
+    pub data_dir: PathBuf,
+    /// When set, GET /applications requires `Authorization: Bearer <key>`.
+    #[arg(long, env = "CHATSYS_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Lifetime of cache entries.
+    #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// Larger requests get 413.
+    #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
+    pub max_request_bytes: usize,
+    /// json or text; the level comes from RUST_LOG.
+    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}

@@ -1,0 +1,156 @@
+//! chatsys-worker: consumes the command queue, writes batches to MySQL, indexes them, refreshes the cache,
+//! and only then acknowledges. It also repairs drifted counts now and then.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chatsys_core::adapters::{amqp, mysql, redis};
+use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
+use chatsys_core::ports::Store;
+use clap::Parser;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chatsys-worker", version, about = "Applies queued chat and message commands to MySQL and the search index")]
+pub struct WorkerArgs {
+    /// MySQL URL, mysql://user:password@host:3306/database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Redis URL (the cache the worker refreshes after each batch).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: String,
+    /// OpenSearch URL; when absent, the embedded index under the data directory.
+    #[arg(long, env = "OPENSEARCH_URL", hide_env_values = true)]
+    pub opensearch_url: Option<String>,
+    /// Where the embedded search index lives (one worker writes it).
+    #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
+    pub data_dir: PathBuf,
+    /// The durable command queue; refused commands go to `<queue>.dead`.
+    #[arg(long, env = "CHATSYS_QUEUE", default_value = "chatsys.commands")]
+    pub queue: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CHATSYS_REDIS_PREFIX", default_value = "chatsys")]
+    pub redis_prefix: String,
+    /// Apply migrations at start (safe with many replicas).
+    #[arg(long, env = "CHATSYS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// Health and metrics listen address.
+    #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: SocketAddr,
+    /// Commands written per transaction.
+    #[arg(long, env = "CHATSYS_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// How long a partial batch waits for more commands.
+    #[arg(long, env = "CHATSYS_BATCH_WAIT_MS", default_value_t = 20)]
+    pub batch_wait_ms: u64,
+    /// Unacknowledged deliveries held.
+    #[arg(long, env = "CHATSYS_PREFETCH", default_value_t = 2000)]
+    pub prefetch: u16,
+    /// Tries before a refused command goes to the dead-letter queue.
+    #[arg(long, env = "CHATSYS_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Period of the counts repair.
+    #[arg(long, env = "CHATSYS_REPAIR_INTERVAL_SECS", default_value_t = 300)]
+    pub repair_interval_secs: u64,
+    /// Lifetime of the cache entries the worker writes.
+    #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// json or text; the level comes from RUST_LOG.
+    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+pub struct RunningWorker {
+    pub health_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningWorker {
+    /// Finishes and acknowledges the batch in progress, then stops.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct HealthState {
+    store: Arc<dyn Store>,
+    ingest: watch::Receiver<IngestHealth>,
+}
+
+pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
+    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(&args.database_url, 4)?);
+    if args.migrate {
+        store.migrate().await.context("migrations failed")?;
+    }
+    let redis = redis::connect(&args.redis_url).await.context("cannot connect to Redis")?;
+    let cache = Arc::new(redis::RedisCache::new(redis, redis::Keys::new(&args.redis_prefix), Duration::from_secs(args.cache_ttl_secs)));
+    let search = chatsys_api::open_search(args.opensearch_url.as_deref(), &args.data_dir, true).await?;
+    let ports = IngestPorts { store: store.clone(), search, cache };
+    let settings = IngestSettings {
+        batch_size: args.batch_size.max(1),
+        batch_wait: Duration::from_millis(args.batch_wait_ms),
+        max_attempts: args.max_attempts.max(1),
+    };
+    let (shutdown, stopped) = watch::channel(false);
+    let (health, health_rx) = watch::channel(IngestHealth::default());
+    let mut source = amqp::AmqpSource::new(&args.amqp_url, &args.queue, args.prefetch);
+    let ingest_stop = stopped.clone();
+    let ingest_task = tokio::spawn(async move {
+        ingest::run(&mut source, &ports, &settings, ingest_stop, health).await;
+    });
+    let repair_task = tokio::spawn(chatsys_api::repair_periodically(
+        store.clone(),
+        Duration::from_secs(args.repair_interval_secs.max(1)),
+        stopped.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let health_addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], chatsys_api::metrics_handle().render())
+        }))
+        .with_state(Arc::new(HealthState { store, ingest: health_rx }));
+    let mut http_stop = stopped;
+    let http_task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %e, "health server failed");
+        }
+    });
+    Ok(RunningWorker { health_addr, shutdown, tasks: vec![ingest_task, repair_task, http_task] })
+}
+
+/// Ready when the database answers and the last batch went through.
+async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
+    let database = state.store.ping().await.err().map(|e| e.to_string());
+    let ingest = state.ingest.borrow().last_error.clone();
+    let ready = database.is_none() && ingest.is_none();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": {"database": database.unwrap_or_else(|| "ok".into()), "ingest": ingest.unwrap_or_else(|| "ok".into())},
+    });
+    (status, Json(body)).into_response()
+}
