@@ -459,6 +459,10 @@ async fn wait_stored(pool: &MySqlPool, expected: u64) -> anyhow::Result<()> {
     }
 }
 
+/// Pause between two polls of one watched list: fine enough against a 1 s target, and light enough (one
+/// poller per chat) not to compete much with the load being measured.
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
 async fn measure_visibility(
     addr: std::net::SocketAddr,
     pool: &MySqlPool,
@@ -479,13 +483,8 @@ async fn measure_visibility(
         floors.push(highest as u64);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (sightings, watchers) = load::watch_lists(
-        addr,
-        targets.clone(),
-        floors,
-        Duration::from_millis(10),
-        stop.clone(),
-    );
+    let (sightings, watchers) =
+        load::watch_lists(addr, targets.clone(), floors, WATCH_INTERVAL, stop.clone());
     let outcome = load::create_messages(
         addr,
         targets,

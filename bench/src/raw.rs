@@ -215,16 +215,19 @@ pub struct DatabaseLimits {
     pub seed_design: Rate,
 }
 
+/// The `messages` table of the chatsys schema, so that the raw figures are for the rows the worker writes.
 const MESSAGES_TABLE: &str = "CREATE TABLE messages (
     application_id BIGINT UNSIGNED NOT NULL,
     chat_number BIGINT UNSIGNED NOT NULL,
     number BIGINT UNSIGNED NOT NULL,
     body MEDIUMTEXT NOT NULL,
-    version BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    version BIGINT UNSIGNED NOT NULL,
     created_at DATETIME(6) NOT NULL,
     updated_at DATETIME(6) NOT NULL,
-    PRIMARY KEY (application_id, chat_number, number)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+    inserted_by BIGINT UNSIGNED NOT NULL,
+    PRIMARY KEY (application_id, chat_number, number),
+    KEY messages_inserted_by (inserted_by)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
 
 /// On one connection to a scratch database with a `messages` table: multi-row inserts of `rows_per_insert`,
 /// then the seed design's one transaction per message.
@@ -275,7 +278,11 @@ async fn measure_mysql(
     let mut insert = QueryBuilder::<MySql>::new("");
     while inserted < max_rows && started.elapsed() < within {
         insert.reset();
-        insert.push("INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at) ");
+        insert.push(
+            "INSERT INTO messages \
+             (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) ",
+        );
+        let batch = inserted / rows_per_insert as u64 + 1;
         let first = inserted;
         insert.push_values(first..first + rows_per_insert as u64, |mut row, index| {
             row.push_bind(1u64)
@@ -284,7 +291,8 @@ async fn measure_mysql(
                 .push_bind(body.as_str())
                 .push_bind(1u64)
                 .push("NOW(6)")
-                .push("NOW(6)");
+                .push("NOW(6)")
+                .push_bind(batch);
         });
         insert.build().execute(&pool).await?;
         inserted += rows_per_insert as u64;
@@ -304,12 +312,14 @@ async fn measure_mysql(
         .fetch_one(&mut *transaction)
         .await?;
         sqlx::query(
-            "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at) \
-             VALUES (2, ?, ?, ?, 1, NOW(6), NOW(6))",
+            "INSERT INTO messages \
+             (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) \
+             VALUES (2, ?, ?, ?, 1, NOW(6), NOW(6), ?)",
         )
         .bind(chat)
         .bind(highest + 1)
         .bind(body.as_str())
+        .bind(stored + 1)
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;

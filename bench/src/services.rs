@@ -165,3 +165,30 @@ async fn run(command: &[&str]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Starts every service that does not answer when dropped, so that a scenario that fails or panics never
+/// leaves a shared service stopped.
+pub struct RestoreOnDrop {
+    pub endpoints: Endpoints,
+}
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        let endpoints = self.endpoints.clone();
+        // A thread of its own: this may run inside the runtime, which cannot be blocked on.
+        let restore = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                for service in Service::ALL {
+                    service.ensure_up(&endpoints).await?;
+                }
+                anyhow::Ok(())
+            })
+        });
+        if let Ok(Err(error)) = restore.join() {
+            eprintln!("could not restore a service: {error:#}");
+        }
+    }
+}

@@ -199,7 +199,7 @@ impl System {
     /// Spawns the process and waits for its `/readyz`.
     pub async fn start_role(&mut self, role: Role) -> anyhow::Result<()> {
         let binary = binary_path(role.binary())?;
-        let environment = self.environment(role);
+        let environment = self.environment();
         let data_dir = self.data_dir.clone();
         let process = self.process(role);
         if process.child.is_some() {
@@ -248,16 +248,17 @@ impl System {
         Ok(())
     }
 
-    fn environment(&self, role: Role) -> Vec<(String, String)> {
+    fn environment(&self) -> Vec<(String, String)> {
         let mut environment = vec![
             ("DATABASE_URL".to_owned(), self.database_url()),
             ("REDIS_URL".to_owned(), self.endpoints.redis_url.clone()),
             ("AMQP_URL".to_owned(), self.endpoints.amqp_url.clone()),
             ("CHATSYS_QUEUE".to_owned(), self.queue.clone()),
             ("CHATSYS_REDIS_PREFIX".to_owned(), self.redis_prefix.clone()),
+            // Shared: the API searches the index the worker writes.
             (
                 "CHATSYS_DATA_DIR".to_owned(),
-                self.data_dir.join(role.binary()).display().to_string(),
+                self.data_dir.join("data").display().to_string(),
             ),
             ("CHATSYS_LOG_FORMAT".to_owned(), "json".to_owned()),
             ("RUST_LOG".to_owned(), "warn".to_owned()),

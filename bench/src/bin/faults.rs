@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use chatsys_bench::client::{self, Connection, create_application, create_chat_number};
 use chatsys_bench::ledger::{self, AckedMessage, Ledger};
 use chatsys_bench::raw::amqp_connect;
-use chatsys_bench::services::Service;
+use chatsys_bench::services::{RestoreOnDrop, Service};
 use chatsys_bench::system::{Endpoints, Options, Role, System};
 use clap::{Parser, ValueEnum};
 use http::StatusCode;
@@ -534,6 +534,9 @@ struct Verdict {
 }
 
 async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict> {
+    let _restore = RestoreOnDrop {
+        endpoints: args.endpoints.clone(),
+    };
     let mut system = System::start(
         args.endpoints.clone(),
         Options {
