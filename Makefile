@@ -45,6 +45,7 @@ chart-lint: tools ## Lint the Helm chart, validate its output, lint the YAML, sh
 	bash scripts/lint-chart.sh
 
 validate: tools ## Validate the rendered examples against the Kubernetes schemas and the CRD
+	$(CARGO) build -q -p chatsys-operator
 	bash scripts/validate-manifests.sh
 
 images: ## Build the api, worker and operator images (needs Docker)
