@@ -157,15 +157,6 @@ pub async fn invalid_names_are_422(target: &Target) {
                 .expect_error(422, "invalid_field");
         }
     }
-    for (method, path) in [
-        (Method::POST, "/applications"),
-        (Method::PUT, path.as_str()),
-    ] {
-        target
-            .send_raw(method, path, Some("application/json"), "")
-            .await
-            .expect_error(422, "invalid_field");
-    }
 }
 
 pub async fn unknown_tokens_are_404(target: &Target) {
