@@ -43,17 +43,21 @@ pub async fn read_stored(pool: &MySqlPool) -> anyhow::Result<Stored> {
             .fetch_all(pool)
             .await?;
     let chat_drift: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT a.token, CAST(c.number AS SIGNED), CAST(c.messages_count AS SIGNED), \
-         (SELECT COUNT(*) FROM messages m WHERE m.application_id = c.application_id AND m.chat_number = c.number) AS actual \
-         FROM chats c JOIN applications a ON a.id = c.application_id \
-         HAVING CAST(c.messages_count AS SIGNED) <> actual",
+        "SELECT token, number, counted, actual FROM ( \
+           SELECT a.token, CAST(c.number AS SIGNED) AS number, CAST(c.messages_count AS SIGNED) AS counted, \
+           (SELECT COUNT(*) FROM messages m \
+            WHERE m.application_id = c.application_id AND m.chat_number = c.number) AS actual \
+           FROM chats c JOIN applications a ON a.id = c.application_id) t \
+         WHERE counted <> actual",
     )
     .fetch_all(pool)
     .await?;
     let application_drift: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT a.token, CAST(a.chats_count AS SIGNED), \
-         (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id) AS actual \
-         FROM applications a HAVING CAST(a.chats_count AS SIGNED) <> actual",
+        "SELECT token, counted, actual FROM ( \
+           SELECT a.token, CAST(a.chats_count AS SIGNED) AS counted, \
+           (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id) AS actual \
+           FROM applications a) t \
+         WHERE counted <> actual",
     )
     .fetch_all(pool)
     .await?;

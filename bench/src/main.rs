@@ -12,7 +12,7 @@ use chatsys_bench::client::{Connection, create_application, create_chat_number};
 use chatsys_bench::load::{self, ChatTarget, Outcome, Pace};
 use chatsys_bench::raw::{self, DatabaseLimits, QueueLimits};
 use chatsys_bench::stats::{LatencySummary, Rate};
-use chatsys_bench::system::{Endpoints, Options, Role, System};
+use chatsys_bench::system::{Endpoints, Options, Role, System, parse_env};
 use clap::Parser;
 use serde::Serialize;
 use sqlx::MySqlPool;
@@ -36,6 +36,9 @@ struct Args {
     /// Keep the database, queues, Redis keys and process logs of the run.
     #[arg(long)]
     keep: bool,
+    /// Extra environment for the chatsys processes, e.g. `--env CHATSYS_BATCH_SIZE=100`; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     #[arg(long, default_value_t = 20)]
     apps: usize,
     #[arg(long, default_value_t = 10)]
@@ -185,7 +188,7 @@ struct VisibilityFigures {
 struct IngestFigures {
     queued: u64,
     fill: LoadFigures,
-    /// Messages stored per second, from the first stored batch to the last.
+    /// Messages stored per second, from the last look at the store before the first batch to the last batch.
     rate: Rate,
     /// From starting the worker process to the last message stored.
     seconds_from_start: f64,
@@ -564,19 +567,20 @@ async fn measure_ingest(
         expected.saturating_sub(baseline)
     );
     let started = Instant::now();
+    // Timed from the last look that found nothing new stored, so the worker's start-up is left out.
     let progress = {
         let pool = pool.clone();
         tokio::spawn(async move {
             let deadline = started + Duration::from_secs(600);
-            let mut first: Option<(Instant, u64)> = None;
+            let mut idle_until = started;
             loop {
                 let stored = stored_messages(&pool).await?;
                 let now = Instant::now();
-                if first.is_none() && stored > baseline {
-                    first = Some((now, stored));
+                if stored <= baseline {
+                    idle_until = now;
                 }
                 if stored >= expected {
-                    return anyhow::Ok((first.unwrap_or((now, stored)), now));
+                    return anyhow::Ok((idle_until, now));
                 }
                 if now > deadline {
                     bail!("the worker stored {stored} of {expected} messages in 600 s");
@@ -586,11 +590,11 @@ async fn measure_ingest(
         })
     };
     system.start_role(Role::Worker).await?;
-    let ((first_at, first_stored), done_at) = progress.await??;
+    let (idle_until, done_at) = progress.await??;
     Ok(IngestFigures {
         queued: expected - baseline,
         fill: LoadFigures::of(fill, None),
-        rate: Rate::new(expected - first_stored, done_at - first_at),
+        rate: Rate::new(expected - baseline, done_at - idle_until),
         seconds_from_start: (done_at - started).as_secs_f64(),
     })
 }

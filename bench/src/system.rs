@@ -70,6 +70,14 @@ impl Endpoints {
     }
 }
 
+/// `KEY=VALUE`, for `--env`: extra environment for the chatsys processes.
+pub fn parse_env(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{pair:?} is not KEY=VALUE")),
+    }
+}
+
 /// A name nobody else uses, e.g. `chatsys_bench_3f9a1c0d`.
 pub fn unique_name(stem: &str) -> String {
     format!("{stem}_{:08x}", rand::random::<u32>())
@@ -539,6 +547,13 @@ mod tests {
                 .check_loopback()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn env_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));
+        assert!(parse_env("novalue").is_err());
+        assert!(parse_env("=x").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use chatsys_bench::client::{self, Connection, create_application, create_chat_nu
 use chatsys_bench::ledger::{self, AckedMessage, Ledger};
 use chatsys_bench::raw::amqp_connect;
 use chatsys_bench::services::{RestoreOnDrop, Service};
-use chatsys_bench::system::{Endpoints, Options, Role, System};
+use chatsys_bench::system::{Endpoints, Options, Role, System, parse_env};
 use clap::{Parser, ValueEnum};
 use http::StatusCode;
 use lapin::BasicProperties;
@@ -45,6 +45,9 @@ struct Args {
     /// Keep each scenario's database, queues, Redis keys and process logs.
     #[arg(long)]
     keep: bool,
+    /// Extra environment for the chatsys processes, e.g. `--env CHATSYS_BATCH_SIZE=100`; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -531,6 +534,34 @@ async fn wait_consistent(
 struct Verdict {
     problems: Vec<String>,
     acknowledged: usize,
+    answers: String,
+}
+
+/// How the load's requests were answered, e.g. `201: 950, 503 with Retry-After: 40, slowest 1.2 s`.
+fn describe_answers(observations: &[Observation]) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for observation in observations {
+        let key = match observation.status {
+            Some((503, true)) => "503 with Retry-After".to_owned(),
+            Some((status, _)) => status.to_string(),
+            None => "no answer".to_owned(),
+        };
+        *counts.entry(key).or_insert(0u64) += 1;
+    }
+    let slowest = observations
+        .iter()
+        .map(|observation| observation.answered - observation.sent)
+        .max()
+        .unwrap_or_default();
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(key, count)| format!("{key}: {count}"))
+        .collect();
+    format!(
+        "{}, slowest {:.2} s",
+        counts.join(", "),
+        slowest.as_secs_f64()
+    )
 }
 
 async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict> {
@@ -541,7 +572,7 @@ async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict
         args.endpoints.clone(),
         Options {
             keep: args.keep,
-            env: Vec::new(),
+            env: args.env.clone(),
         },
     )
     .await?;
@@ -550,13 +581,14 @@ async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict
         tokio::time::sleep(Duration::from_secs(2)).await;
         let injected = inject(scenario, &mut system, &load, args).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (ledger, _) = load.stop().await;
+        let (ledger, observations) = load.stop().await;
         let mut problems = injected?;
         problems
             .extend(wait_consistent(&system, &ledger, Duration::from_secs(args.drain_secs)).await?);
         anyhow::Ok(Verdict {
             problems,
             acknowledged: ledger.messages.len() + ledger.chats.len(),
+            answers: describe_answers(&observations),
         })
     }
     .await;
@@ -623,19 +655,21 @@ async fn run_all(args: &Args) -> anyhow::Result<usize> {
             Ok(verdict) if verdict.problems.is_empty() => {
                 passed += 1;
                 println!(
-                    "PASS {} ({} acknowledged creations checked, {:.1} s)",
+                    "PASS {} ({} acknowledged creations checked, {:.1} s; answers {})",
                     scenario.name(),
                     verdict.acknowledged,
-                    started.elapsed().as_secs_f64()
+                    started.elapsed().as_secs_f64(),
+                    verdict.answers
                 );
             }
             Ok(verdict) => {
                 failed += 1;
                 println!(
-                    "FAIL {} ({} acknowledged creations checked, {:.1} s)\n{}",
+                    "FAIL {} ({} acknowledged creations checked, {:.1} s; answers {})\n{}",
                     scenario.name(),
                     verdict.acknowledged,
                     started.elapsed().as_secs_f64(),
+                    verdict.answers,
                     indent(&ledger::summarize(&verdict.problems, 15))
                 );
             }
