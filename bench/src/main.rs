@@ -224,6 +224,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: &Args) -> anyhow::Result<()> {
     args.endpoints.check_loopback()?;
+    if args.apps == 0
+        || args.chats_per_app == 0
+        || args.connections == 0
+        || args.visibility_chats == 0
+    {
+        bail!("--apps, --chats-per-app, --connections and --visibility-chats must be at least 1");
+    }
+    if args.visibility_rate.is_nan() || args.visibility_rate <= 0.0 {
+        bail!("--visibility-rate must be positive");
+    }
     let sizes = Sizes::of(args);
     let mut report = Report {
         cpus: std::thread::available_parallelism().map_or(0, usize::from),
