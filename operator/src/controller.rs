@@ -1,18 +1,18 @@
 //! The reconcile pipeline: dereference → validate → build → apply → delete orphans → status.
 //! Only dereference, apply, orphan deletion and status talk to the API server; build is pure.
 
-use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus};
+use crate::crd::{ChatSystem, ChatSystemStatus};
 use crate::error::{Error, Result};
 use crate::manifests::{
     self, BackingService, ChildKind, Credentials, Inputs, InvalidSpec, MANAGER, Manifest,
 };
+use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -20,8 +20,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -70,21 +70,25 @@ pub async fn run(
 ) {
     let context = Arc::new(Context::new(client.clone(), instance));
     let config = watcher::Config::default().any_semantic();
-    Controller::new(Api::<ChatSystem>::all(client.clone()), config.clone())
-        .owns(Api::<Secret>::all(client.clone()), config.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
-        .owns(Api::<Service>::all(client.clone()), config.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), config.clone())
-        .owns(Api::<Deployment>::all(client.clone()), config.clone())
+    // Children carry the managed-by label: watching only those keeps the caches small in a busy cluster.
+    let children = config
+        .clone()
+        .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(Api::<ChatSystem>::all(client.clone()), config)
+        .owns(Api::<Secret>::all(client.clone()), children.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+        .owns(Api::<Service>::all(client.clone()), children.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+        .owns(Api::<Deployment>::all(client.clone()), children.clone())
         .owns(
             Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            config.clone(),
+            children.clone(),
         )
         .owns(
             Api::<PodDisruptionBudget>::all(client.clone()),
-            config.clone(),
+            children.clone(),
         )
-        .owns(Api::<Ingress>::all(client), config)
+        .owns(Api::<Ingress>::all(client), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -129,7 +133,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         .ok_or_else(|| Error::MissingNamespace(cs.name_any()))?;
     if cs.spec.paused {
         info!(name = %cs.name_any(), %namespace, "reconciliation paused");
-        write_status(&ctx.client, cs, paused_status(cs)).await?;
+        write_status(&ctx.client, cs, status::paused(cs, Timestamp::now())).await?;
         return Ok(Action::await_change());
     }
     let inputs = dereference(&ctx.client, cs, &namespace).await?;
@@ -138,13 +142,18 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         Err(invalid) => {
             warn!(name = %cs.name_any(), %namespace, %invalid, "invalid spec");
             publish_invalid_spec(ctx, cs, &invalid).await?;
-            write_status(&ctx.client, cs, degraded_status(cs, &invalid)).await?;
+            write_status(
+                &ctx.client,
+                cs,
+                status::degraded(cs, &invalid, Timestamp::now()),
+            )
+            .await?;
             return Ok(Action::requeue(INVALID_RECHECK));
         }
     };
     let applied = apply(&ctx.client, &namespace, &manifests).await?;
     delete_orphans(&ctx.client, cs, &namespace, &manifests).await?;
-    let status = observed_status(cs, &applied);
+    let status = status::observed(cs, &applied, Timestamp::now());
     let ready = status.phase.as_deref() == Some("Ready");
     write_status(&ctx.client, cs, status).await?;
     Ok(Action::requeue(if ready {
@@ -272,175 +281,4 @@ async fn write_status(client: &Client, cs: &ChatSystem, status: ChatSystemStatus
     )
     .await?;
     Ok(())
-}
-
-/// Readiness of every Deployment and StatefulSet, from the objects the apply calls returned.
-fn observed_status(cs: &ChatSystem, applied: &[(ChildKind, DynamicObject)]) -> ChatSystemStatus {
-    let mut components = BTreeMap::new();
-    let mut rolled_out = true;
-    for (kind, object) in applied {
-        if !matches!(kind, ChildKind::Deployment | ChildKind::StatefulSet) {
-            continue;
-        }
-        let component = object
-            .labels()
-            .get("app.kubernetes.io/component")
-            .cloned()
-            .unwrap_or_else(|| object.name_any());
-        let (component_status, done) = workload_status(object);
-        rolled_out &= done;
-        components.insert(component, component_status);
-    }
-    let (ready, progressing) = if rolled_out {
-        (
-            condition(
-                cs,
-                "Ready",
-                true,
-                "AllComponentsReady",
-                "every component has its desired replicas ready",
-            ),
-            condition(
-                cs,
-                "Progressing",
-                false,
-                "RolloutComplete",
-                "every component is rolled out",
-            ),
-        )
-    } else {
-        let waiting: Vec<&str> = components
-            .iter()
-            .filter(|(_, c)| c.ready_replicas < c.desired_replicas)
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let message = if waiting.is_empty() {
-            "new versions are rolling out".to_string()
-        } else {
-            format!("waiting for {}", waiting.join(", "))
-        };
-        (
-            condition(cs, "Ready", false, "ComponentsNotReady", &message),
-            condition(cs, "Progressing", true, "RollingOut", &message),
-        )
-    };
-    ChatSystemStatus {
-        phase: Some(if rolled_out { "Ready" } else { "Progressing" }.to_string()),
-        observed_generation: cs.metadata.generation,
-        conditions: vec![
-            ready,
-            progressing,
-            condition(
-                cs,
-                "Degraded",
-                false,
-                "SpecValid",
-                "the spec is valid and applied",
-            ),
-            condition(
-                cs,
-                "ReconciliationPaused",
-                false,
-                "NotPaused",
-                "the operator reconciles this resource",
-            ),
-        ],
-        components,
-        api_url: Some(manifests::api_url(cs)),
-    }
-}
-
-/// `(ready/desired replicas, whether the latest spec is fully rolled out and ready)`.
-fn workload_status(object: &DynamicObject) -> (ComponentStatus, bool) {
-    let int = |value: &Value| value.as_i64().and_then(|v| i32::try_from(v).ok());
-    let spec = &object.data["spec"];
-    let status = &object.data["status"];
-    let desired = int(&spec["replicas"]).unwrap_or(1);
-    let ready = int(&status["readyReplicas"]).unwrap_or(0);
-    let updated = int(&status["updatedReplicas"]).unwrap_or(0);
-    let observed = status["observedGeneration"].as_i64().unwrap_or(0);
-    let generation = object.metadata.generation.unwrap_or(0);
-    let done = ready >= desired && updated >= desired && observed >= generation;
-    (
-        ComponentStatus {
-            ready_replicas: ready,
-            desired_replicas: desired,
-        },
-        done,
-    )
-}
-
-fn degraded_status(cs: &ChatSystem, invalid: &InvalidSpec) -> ChatSystemStatus {
-    let message = invalid.to_string();
-    let previous = cs.status.clone().unwrap_or_default();
-    ChatSystemStatus {
-        phase: Some("Degraded".to_string()),
-        observed_generation: cs.metadata.generation,
-        conditions: vec![
-            condition(cs, "Ready", false, "InvalidSpec", &message),
-            condition(
-                cs,
-                "Progressing",
-                false,
-                "InvalidSpec",
-                "nothing is applied until the spec is fixed",
-            ),
-            condition(cs, "Degraded", true, "InvalidSpec", &message),
-            condition(
-                cs,
-                "ReconciliationPaused",
-                false,
-                "NotPaused",
-                "the operator reconciles this resource",
-            ),
-        ],
-        components: previous.components,
-        api_url: previous.api_url,
-    }
-}
-
-/// Keeps what was last observed, flagging that it is no longer being acted on.
-fn paused_status(cs: &ChatSystem) -> ChatSystemStatus {
-    let previous = cs.status.clone().unwrap_or_default();
-    let mut conditions: Vec<Condition> = previous
-        .conditions
-        .into_iter()
-        .filter(|c| c.type_ != "ReconciliationPaused")
-        .collect();
-    conditions.push(condition(
-        cs,
-        "ReconciliationPaused",
-        true,
-        "Paused",
-        "spec.paused is true: nothing is changed",
-    ));
-    ChatSystemStatus {
-        phase: Some("Paused".to_string()),
-        observed_generation: cs.metadata.generation,
-        conditions,
-        components: previous.components,
-        api_url: previous.api_url,
-    }
-}
-
-/// A condition whose transition time moves only when its status changes, so an unchanged status
-/// applies as a no-op and does not wake the controller again.
-fn condition(cs: &ChatSystem, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
-    let previous = cs
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
-    let last_transition_time = match previous {
-        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    Condition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: cs.metadata.generation,
-        last_transition_time,
-    }
 }

@@ -17,7 +17,7 @@ pub enum Error {
     #[error("parsing {path}: {source}")]
     ParseYaml {
         path: String,
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("serialising YAML: {0}")]
     WriteYaml(#[from] serde_saphyr::SerializeError),

@@ -52,7 +52,7 @@ impl LeaderElection {
     }
 
     /// Takes the lease if it is free, expired or already ours; `false` when another replica holds it.
-    async fn try_acquire_or_renew(&self) -> Result<bool> {
+    pub async fn try_acquire_or_renew(&self) -> Result<bool> {
         let now = Timestamp::now();
         let Some(lease) = self.leases.get_opt(LEASE_NAME).await? else {
             let lease = Lease {

@@ -7,6 +7,7 @@ pub mod leader;
 pub mod manifests;
 pub mod render;
 pub mod server;
+pub mod status;
 
 use kube::CustomResourceExt;
 

@@ -39,6 +39,7 @@ struct RunArgs {
     /// Reconcile only while holding the Lease, so several replicas can run.
     #[arg(long, env = "CHATSYS_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     leader_election: bool,
+    /// Log lines as JSON objects or as plain text; the level comes from RUST_LOG.
     #[arg(long, env = "CHATSYS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     /// Namespace of the Lease: the operator's own.

@@ -15,7 +15,7 @@ pub fn read(path: &str) -> Result<ChatSystem> {
     })?;
     serde_saphyr::from_str(&text).map_err(|source| Error::ParseYaml {
         path: path.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -31,3 +31,45 @@ pub async fn serve(listen: SocketAddr, metrics: PrometheusHandle) -> Result<()> 
         .await
         .map_err(Error::Serve)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tower::ServiceExt;
+
+    async fn get(app: axum::Router, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        let response = app.oneshot(request).await.expect("response");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8(bytes.to_vec()).expect("UTF-8"))
+    }
+
+    #[tokio::test]
+    async fn health_and_metrics_are_served() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let app = router(recorder.handle());
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("chatsys_operator_reconciles_total").increment(3);
+        });
+        assert_eq!(
+            get(app.clone(), "/healthz").await,
+            (StatusCode::OK, "ok".to_string())
+        );
+        assert_eq!(
+            get(app.clone(), "/readyz").await,
+            (StatusCode::OK, "ok".to_string())
+        );
+        let (status, body) = get(app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains("chatsys_operator_reconciles_total 3"),
+            "{body}"
+        );
+    }
+}

@@ -1,0 +1,719 @@
+//! Builder tests: YAML fixtures of the resource in, the manifests the operator would apply out.
+
+mod common;
+
+use chatsys_operator::crd::VERSION;
+use chatsys_operator::manifests::{self, BackingService, ChildKind, Credentials, Inputs};
+use common::{
+    build_fixture, container, containers, env, find, fixture, fresh_inputs, has_env, of_kind,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+const FIXTURES: [&str; 5] = [
+    "defaults",
+    "overrides",
+    "external",
+    "autoscaling-off",
+    "paused",
+];
+
+#[test]
+fn an_empty_spec_yields_every_component_in_apply_order() {
+    let (_, built) = build_fixture("defaults");
+    let listed: Vec<(ChildKind, &str)> = built.iter().map(|m| (m.kind, m.name())).collect();
+    assert_eq!(
+        listed,
+        vec![
+            (ChildKind::Secret, "chat-mysql-credentials"),
+            (ChildKind::Secret, "chat-redis-credentials"),
+            (ChildKind::Secret, "chat-rabbitmq-credentials"),
+            (ChildKind::ConfigMap, "chat-api"),
+            (ChildKind::ConfigMap, "chat-worker"),
+            (ChildKind::Service, "chat-mysql"),
+            (ChildKind::Service, "chat-redis"),
+            (ChildKind::Service, "chat-rabbitmq"),
+            (ChildKind::Service, "chat-opensearch"),
+            (ChildKind::Service, "chat-api"),
+            (ChildKind::StatefulSet, "chat-mysql"),
+            (ChildKind::StatefulSet, "chat-redis"),
+            (ChildKind::StatefulSet, "chat-rabbitmq"),
+            (ChildKind::StatefulSet, "chat-opensearch"),
+            (ChildKind::Deployment, "chat-api"),
+            (ChildKind::Deployment, "chat-worker"),
+            (ChildKind::HorizontalPodAutoscaler, "chat-api"),
+            (ChildKind::HorizontalPodAutoscaler, "chat-worker"),
+            (ChildKind::PodDisruptionBudget, "chat-api"),
+            (ChildKind::PodDisruptionBudget, "chat-worker"),
+        ]
+    );
+}
+
+#[test]
+fn defaults_use_the_operator_version_and_the_documented_settings() {
+    let (cs, built) = build_fixture("defaults");
+    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    assert_eq!(
+        container(api, "api")["image"],
+        format!("chatsys/chatsys-api:{VERSION}")
+    );
+    assert_eq!(
+        container(api, "migrate")["image"],
+        format!("chatsys/chatsys-api:{VERSION}")
+    );
+    assert_eq!(
+        container(worker, "worker")["image"],
+        format!("chatsys/chatsys-worker:{VERSION}")
+    );
+    for workload in [api, worker] {
+        for c in containers(workload) {
+            assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        }
+        assert_eq!(
+            workload["spec"]["replicas"],
+            Value::Null,
+            "the HPA owns the replica count"
+        );
+    }
+    for (name, image) in [
+        ("chat-mysql", "mysql:8.4"),
+        ("chat-redis", "redis:7.4"),
+        ("chat-rabbitmq", "rabbitmq:3.13-management"),
+        ("chat-opensearch", "opensearchproject/opensearch:2.17.1"),
+    ] {
+        let set = find(&built, ChildKind::StatefulSet, name);
+        assert_eq!(containers(set)[0]["image"], image);
+        assert_eq!(
+            set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Retain"
+        );
+        assert_eq!(
+            set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            Value::Null
+        );
+    }
+    let hpa = find(&built, ChildKind::HorizontalPodAutoscaler, "chat-api");
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["maxReplicas"], 10);
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+    assert_eq!(
+        find(&built, ChildKind::ConfigMap, "chat-worker")["data"],
+        json!({
+            "CHATSYS_MIGRATE": "false",
+            "CHATSYS_LOG_FORMAT": "json",
+            "OPENSEARCH_URL": "http://chat-opensearch:9200",
+            "CHATSYS_BATCH_SIZE": "500",
+            "CHATSYS_BATCH_WAIT_MS": "20",
+            "CHATSYS_PREFETCH": "2000",
+            "CHATSYS_MAX_ATTEMPTS": "5",
+        })
+    );
+    assert_eq!(
+        find(&built, ChildKind::ConfigMap, "chat-api")["data"],
+        json!({
+            "CHATSYS_MIGRATE": "false",
+            "CHATSYS_LOG_FORMAT": "json",
+            "OPENSEARCH_URL": "http://chat-opensearch:9200",
+        })
+    );
+    assert_eq!(manifests::api_url(&cs), "http://chat-api.team.svc:8080");
+}
+
+#[test]
+fn backing_services_are_configured_as_their_images_expect() {
+    let (_, built) = build_fixture("defaults");
+    let redis = containers(find(&built, ChildKind::StatefulSet, "chat-redis"))[0];
+    assert_eq!(
+        redis["args"],
+        json!(["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"])
+    );
+    let opensearch = containers(find(&built, ChildKind::StatefulSet, "chat-opensearch"))[0];
+    assert_eq!(
+        env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],
+        "-Xms1024m -Xmx1024m",
+        "half of 2Gi"
+    );
+    assert_eq!(env(opensearch, "discovery.type")["value"], "single-node");
+    assert_eq!(env(opensearch, "DISABLE_SECURITY_PLUGIN")["value"], "true");
+    assert_eq!(env(opensearch, "node.store.allow_mmap")["value"], "false");
+    let mysql = containers(find(&built, ChildKind::StatefulSet, "chat-mysql"))[0];
+    assert_eq!(env(mysql, "MYSQL_DATABASE")["value"], "chatsys");
+    assert_eq!(
+        env(mysql, "MYSQL_ROOT_PASSWORD")["valueFrom"]["secretKeyRef"],
+        json!({ "name": "chat-mysql-credentials", "key": "root-password" })
+    );
+    let rabbitmq = containers(find(&built, ChildKind::StatefulSet, "chat-rabbitmq"))[0];
+    assert_eq!(
+        env(rabbitmq, "RABBITMQ_DEFAULT_PASS")["valueFrom"]["secretKeyRef"],
+        json!({ "name": "chat-rabbitmq-credentials", "key": "password" })
+    );
+    for (name, uid, path) in [
+        ("chat-mysql", 999, "/var/lib/mysql"),
+        ("chat-redis", 999, "/data"),
+        ("chat-rabbitmq", 999, "/var/lib/rabbitmq"),
+        ("chat-opensearch", 1000, "/usr/share/opensearch/data"),
+    ] {
+        let set = find(&built, ChildKind::StatefulSet, name);
+        assert_eq!(
+            set["spec"]["template"]["spec"]["securityContext"]["runAsUser"], uid,
+            "{name}"
+        );
+        assert_eq!(
+            set["spec"]["template"]["spec"]["securityContext"]["fsGroup"], uid,
+            "{name}"
+        );
+        assert_eq!(
+            containers(set)[0]["volumeMounts"],
+            json!([{ "name": "data", "mountPath": path }])
+        );
+        assert_eq!(
+            set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+            "data"
+        );
+    }
+}
+
+#[test]
+fn every_override_reaches_the_manifests() {
+    let (cs, built) = build_fixture("overrides");
+    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    assert_eq!(container(api, "api")["image"], "example.org/api:1.2.3");
+    assert_eq!(container(api, "migrate")["image"], "example.org/api:1.2.3");
+    assert_eq!(
+        container(api, "api")["resources"],
+        json!({ "requests": { "cpu": "300m", "memory": "300Mi" }, "limits": { "cpu": "3", "memory": "3Gi" } })
+    );
+    assert_eq!(
+        container(worker, "worker")["image"],
+        "example.org/worker:1.2.3"
+    );
+    assert_eq!(
+        container(worker, "worker")["resources"]["limits"]["memory"],
+        "4Gi"
+    );
+    for (name, min, max, target) in [("chat-api", 3, 30, 55), ("chat-worker", 2, 9, 65)] {
+        let hpa = find(&built, ChildKind::HorizontalPodAutoscaler, name);
+        assert_eq!(hpa["spec"]["minReplicas"], min);
+        assert_eq!(hpa["spec"]["maxReplicas"], max);
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            target
+        );
+    }
+    let worker_settings = &find(&built, ChildKind::ConfigMap, "chat-worker")["data"];
+    assert_eq!(worker_settings["CHATSYS_BATCH_SIZE"], "1000");
+    assert_eq!(worker_settings["CHATSYS_BATCH_WAIT_MS"], "50");
+    assert_eq!(worker_settings["CHATSYS_PREFETCH"], "4000");
+    assert_eq!(worker_settings["CHATSYS_MAX_ATTEMPTS"], "8");
+
+    for (name, image, size, class, when_deleted) in [
+        (
+            "chat-mysql",
+            "example.org/mysql:8.4.1",
+            "50Gi",
+            json!("fast"),
+            "Delete",
+        ),
+        (
+            "chat-redis",
+            "example.org/redis:7.4.1",
+            "3Gi",
+            json!("fast"),
+            "Retain",
+        ),
+        (
+            "chat-rabbitmq",
+            "example.org/rabbitmq:3.13.7-management",
+            "4Gi",
+            Value::Null,
+            "Retain",
+        ),
+        (
+            "chat-opensearch",
+            "example.org/opensearch:2.17.1",
+            "200Gi",
+            json!("big"),
+            "Retain",
+        ),
+    ] {
+        let set = find(&built, ChildKind::StatefulSet, name);
+        assert_eq!(containers(set)[0]["image"], image);
+        let claim = &set["spec"]["volumeClaimTemplates"][0]["spec"];
+        assert_eq!(claim["resources"]["requests"]["storage"], size, "{name}");
+        assert_eq!(claim["storageClassName"], class, "{name}");
+        assert_eq!(
+            set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            when_deleted
+        );
+    }
+    let mysql = containers(find(&built, ChildKind::StatefulSet, "chat-mysql"))[0];
+    assert_eq!(mysql["resources"]["requests"]["cpu"], "1");
+    let opensearch = containers(find(&built, ChildKind::StatefulSet, "chat-opensearch"))[0];
+    assert_eq!(
+        env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],
+        "-Xms3072m -Xmx3072m",
+        "half of 6Gi"
+    );
+
+    let ingress = find(&built, ChildKind::Ingress, "chat-api");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "chat.example.org");
+    assert_eq!(
+        ingress["spec"]["tls"],
+        json!([{ "hosts": ["chat.example.org"], "secretName": "chat-tls" }])
+    );
+    assert_eq!(manifests::api_url(&cs), "https://chat.example.org");
+}
+
+#[test]
+fn external_services_run_no_workload_and_are_read_from_the_users_secrets() {
+    let (_, built) = build_fixture("external");
+    assert!(of_kind(&built, ChildKind::StatefulSet).is_empty());
+    assert!(
+        of_kind(&built, ChildKind::Secret).is_empty(),
+        "no credentials are generated"
+    );
+    let services: Vec<&Value> = of_kind(&built, ChildKind::Service);
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0]["metadata"]["name"], "chat-api");
+    for (deployment, name) in [
+        ("chat-api", "api"),
+        ("chat-api", "migrate"),
+        ("chat-worker", "worker"),
+    ] {
+        let c = container(find(&built, ChildKind::Deployment, deployment), name);
+        for (var, secret, key) in [
+            ("DATABASE_URL", "db", "url"),
+            ("REDIS_URL", "cache", "url"),
+            ("AMQP_URL", "queue", "amqp"),
+            ("OPENSEARCH_URL", "search", "endpoint"),
+        ] {
+            assert_eq!(
+                env(c, var)["valueFrom"]["secretKeyRef"],
+                json!({ "name": secret, "key": key }),
+                "{name}: {var}"
+            );
+        }
+        for composed in ["MYSQL_PASSWORD", "REDIS_PASSWORD", "AMQP_PASSWORD"] {
+            assert!(!has_env(c, composed), "{name} still composes {composed}");
+        }
+    }
+    for config in ["chat-api", "chat-worker"] {
+        let data = &find(&built, ChildKind::ConfigMap, config)["data"];
+        assert_eq!(
+            data["OPENSEARCH_URL"],
+            Value::Null,
+            "the Secret's URL must not be shadowed"
+        );
+    }
+}
+
+#[test]
+fn autoscaling_off_fixes_the_replicas_and_builds_no_autoscaler() {
+    let (_, built) = build_fixture("autoscaling-off");
+    assert!(of_kind(&built, ChildKind::HorizontalPodAutoscaler).is_empty());
+    assert_eq!(
+        find(&built, ChildKind::Deployment, "chat-api")["spec"]["replicas"],
+        3
+    );
+    assert_eq!(
+        find(&built, ChildKind::Deployment, "chat-worker")["spec"]["replicas"],
+        5
+    );
+    assert_eq!(of_kind(&built, ChildKind::PodDisruptionBudget).len(), 2);
+}
+
+#[test]
+fn a_paused_resource_builds_the_same_as_an_unpaused_one() {
+    let paused = fixture("paused");
+    let mut unpaused = paused.clone();
+    unpaused.spec.paused = false;
+    let inputs = fresh_inputs(&paused);
+    assert_eq!(
+        manifests::build(&paused, &inputs),
+        manifests::build(&unpaused, &inputs)
+    );
+}
+
+#[test]
+fn every_object_carries_the_common_labels_and_a_controller_owner_reference() {
+    for name in FIXTURES {
+        let (cs, built) = build_fixture(name);
+        for manifest in &built {
+            let metadata = &manifest.object["metadata"];
+            let what = format!("{name}: {:?} {}", manifest.kind, manifest.name());
+            assert_eq!(metadata["namespace"], "team", "{what}");
+            let labels = &metadata["labels"];
+            assert_eq!(labels["app.kubernetes.io/name"], "chatsys", "{what}");
+            assert_eq!(labels["app.kubernetes.io/instance"], "chat", "{what}");
+            assert_eq!(
+                labels["app.kubernetes.io/managed-by"], "chatsys-operator",
+                "{what}"
+            );
+            assert_eq!(labels["app.kubernetes.io/part-of"], "chatsys", "{what}");
+            assert_eq!(labels["app.kubernetes.io/version"], VERSION, "{what}");
+            assert!(labels["app.kubernetes.io/component"].is_string(), "{what}");
+            assert_eq!(
+                metadata["ownerReferences"],
+                json!([{
+                    "apiVersion": "chatsys.io/v1alpha1",
+                    "kind": "ChatSystem",
+                    "name": "chat",
+                    "uid": cs.metadata.uid.clone().expect("fixtures have a uid"),
+                    "controller": true,
+                }]),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_container_has_probes_resources_and_a_non_root_security_context() {
+    for name in FIXTURES {
+        let (_, built) = build_fixture(name);
+        let workloads = of_kind(&built, ChildKind::Deployment)
+            .into_iter()
+            .chain(of_kind(&built, ChildKind::StatefulSet));
+        for workload in workloads {
+            let pod = &workload["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_ne!(pod["securityContext"]["runAsUser"], 0);
+            assert!(pod["securityContext"]["runAsUser"].is_i64());
+            let init: Vec<&Value> = pod["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect();
+            for c in containers(workload) {
+                let what = format!("{name}: {} / {}", workload["metadata"]["name"], c["name"]);
+                let requests = &c["resources"]["requests"];
+                assert!(
+                    requests["cpu"].is_string() && requests["memory"].is_string(),
+                    "{what}"
+                );
+                assert!(c["resources"]["limits"]["memory"].is_string(), "{what}");
+                let security = &c["securityContext"];
+                assert_eq!(security["allowPrivilegeEscalation"], false, "{what}");
+                assert_eq!(security["runAsNonRoot"], true, "{what}");
+                assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{what}");
+                assert_ne!(security["privileged"], true, "{what}");
+                // An init container runs to completion; probes are for the long-running ones.
+                if !init.contains(&c) {
+                    assert!(
+                        c["readinessProbe"].is_object(),
+                        "{what} has no readiness probe"
+                    );
+                    assert!(
+                        c["livenessProbe"].is_object(),
+                        "{what} has no liveness probe"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn api_and_worker_probe_their_health_endpoints_and_migrate_before_serving() {
+    let (_, built) = build_fixture("defaults");
+    for (deployment, name, port) in [("chat-api", "api", 8080), ("chat-worker", "worker", 9090)] {
+        let workload = find(&built, ChildKind::Deployment, deployment);
+        let c = container(workload, name);
+        assert_eq!(
+            c["ports"],
+            json!([{ "name": "http", "containerPort": port }])
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            json!({ "path": "/readyz", "port": "http" })
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"],
+            json!({ "path": "/healthz", "port": "http" })
+        );
+        assert_eq!(workload["spec"]["strategy"]["type"], "RollingUpdate");
+        assert_eq!(
+            workload["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            0
+        );
+    }
+    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let init = &api["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(init.as_array().map(Vec::len), Some(1));
+    assert_eq!(init[0]["command"], json!(["/usr/local/bin/chatsys-api"]));
+    assert_eq!(init[0]["args"], json!(["migrate"]));
+    assert_eq!(container(api, "api")["args"], json!(["serve"]));
+    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    assert_eq!(
+        worker["spec"]["template"]["spec"]["initContainers"],
+        Value::Null,
+        "only the API migrates"
+    );
+    assert_eq!(
+        container(worker, "worker")["command"],
+        json!(["/usr/local/bin/chatsys-worker"])
+    );
+}
+
+#[test]
+fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
+    let (_, built) = build_fixture("defaults");
+    let secret_keys = |name: &str| -> BTreeSet<String> {
+        let secret = find(&built, ChildKind::Secret, name);
+        secret["stringData"]
+            .as_object()
+            .expect("stringData")
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for (deployment, name) in [
+        ("chat-api", "api"),
+        ("chat-api", "migrate"),
+        ("chat-worker", "worker"),
+    ] {
+        let workload = find(&built, ChildKind::Deployment, deployment);
+        let c = container(workload, name);
+        assert_eq!(
+            env(c, "DATABASE_URL")["value"],
+            "mysql://$(MYSQL_USERNAME):$(MYSQL_PASSWORD)@chat-mysql:3306/chatsys"
+        );
+        assert_eq!(
+            env(c, "REDIS_URL")["value"],
+            "redis://:$(REDIS_PASSWORD)@chat-redis:6379/0"
+        );
+        assert_eq!(
+            env(c, "AMQP_URL")["value"],
+            "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@chat-rabbitmq:5672/%2f"
+        );
+        let env_list = c["env"].as_array().expect("env");
+        let position = |var: &str| env_list.iter().position(|e| e["name"] == var).expect(var);
+        for (variable, url) in [
+            ("MYSQL_USERNAME", "DATABASE_URL"),
+            ("MYSQL_PASSWORD", "DATABASE_URL"),
+            ("REDIS_PASSWORD", "REDIS_URL"),
+            ("AMQP_USERNAME", "AMQP_URL"),
+            ("AMQP_PASSWORD", "AMQP_URL"),
+        ] {
+            assert!(
+                position(variable) < position(url),
+                "{variable} must precede {url} for $(…) expansion"
+            );
+        }
+        for e in env_list {
+            if let Some(reference) = e["valueFrom"]["secretKeyRef"].as_object() {
+                let secret = reference["name"].as_str().expect("secret name");
+                let key = reference["key"].as_str().expect("key").to_string();
+                assert!(
+                    secret_keys(secret).contains(&key),
+                    "{name}: {secret} has no key {key}"
+                );
+            }
+        }
+        let config = c["envFrom"][0]["configMapRef"]["name"]
+            .as_str()
+            .expect("configMapRef");
+        assert_eq!(
+            config,
+            format!(
+                "chat-{}",
+                if deployment == "chat-api" {
+                    "api"
+                } else {
+                    "worker"
+                }
+            )
+        );
+        find(&built, ChildKind::ConfigMap, config);
+    }
+    // Every URL names a Service that selects the pods listening on that port.
+    for (service, port) in [
+        ("chat-mysql", 3306),
+        ("chat-redis", 6379),
+        ("chat-rabbitmq", 5672),
+        ("chat-opensearch", 9200),
+    ] {
+        let svc = find(&built, ChildKind::Service, service);
+        assert_eq!(svc["spec"]["ports"][0]["port"], port);
+        let set = find(&built, ChildKind::StatefulSet, service);
+        assert_eq!(set["spec"]["serviceName"], service);
+        assert_selects(&svc["spec"]["selector"], set);
+        assert_eq!(containers(set)[0]["ports"][0]["containerPort"], port);
+    }
+    let api_service = find(&built, ChildKind::Service, "chat-api");
+    assert_eq!(api_service["spec"]["ports"][0]["port"], 8080);
+    assert_selects(
+        &api_service["spec"]["selector"],
+        find(&built, ChildKind::Deployment, "chat-api"),
+    );
+    for name in ["chat-api", "chat-worker"] {
+        let deployment = find(&built, ChildKind::Deployment, name);
+        assert_selects(&deployment["spec"]["selector"]["matchLabels"], deployment);
+        let pdb = find(&built, ChildKind::PodDisruptionBudget, name);
+        assert_selects(&pdb["spec"]["selector"]["matchLabels"], deployment);
+        let hpa = find(&built, ChildKind::HorizontalPodAutoscaler, name);
+        assert_eq!(
+            hpa["spec"]["scaleTargetRef"],
+            json!({ "apiVersion": "apps/v1", "kind": "Deployment", "name": name })
+        );
+    }
+    let (_, with_ingress) = build_fixture("overrides");
+    let backend = &find(&with_ingress, ChildKind::Ingress, "chat-api")["spec"]["rules"][0]["http"]
+        ["paths"][0]["backend"];
+    assert_eq!(
+        backend,
+        &json!({ "service": { "name": "chat-api", "port": { "number": 8080 } } })
+    );
+}
+
+fn assert_selects(selector: &Value, workload: &Value) {
+    let labels = &workload["spec"]["template"]["metadata"]["labels"];
+    let selector = selector.as_object().expect("selector");
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        assert_eq!(
+            &labels[key], value,
+            "{} does not carry {key}",
+            workload["metadata"]["name"]
+        );
+    }
+}
+
+#[test]
+fn existing_credentials_are_reused_and_never_regenerated() {
+    let cs = fixture("defaults");
+    let mut inputs = Inputs::default();
+    for service in [
+        BackingService::Mysql,
+        BackingService::Redis,
+        BackingService::Rabbitmq,
+    ] {
+        let keys = service
+            .credential_keys()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        inputs
+            .credentials
+            .insert(service, Credentials::Existing { keys });
+    }
+    let built = manifests::build(&cs, &inputs).expect("builds");
+    assert!(
+        of_kind(&built, ChildKind::Secret).is_empty(),
+        "an existing Secret is never rewritten"
+    );
+    let api = find(&built, ChildKind::Deployment, "chat-api");
+    assert_eq!(
+        env(container(api, "api"), "MYSQL_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
+        "chat-mysql-credentials"
+    );
+}
+
+#[test]
+fn generated_credentials_are_long_random_and_url_safe() {
+    let first = manifests::generate_credentials(BackingService::Mysql);
+    let second = manifests::generate_credentials(BackingService::Mysql);
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        ["password", "root-password", "username"]
+    );
+    assert_eq!(first["username"], "chatsys");
+    for password in [
+        &first["password"],
+        &first["root-password"],
+        &second["password"],
+    ] {
+        assert_eq!(password.len(), 32);
+        assert!(
+            password.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{password}"
+        );
+    }
+    assert_ne!(first["password"], second["password"]);
+    assert_ne!(first["password"], first["root-password"]);
+}
+
+#[test]
+fn a_settings_change_rolls_the_pods() {
+    let (_, before) = build_fixture("defaults");
+    let mut cs = fixture("defaults");
+    cs.spec.worker.batch.size = 900;
+    let after = manifests::build(&cs, &fresh_inputs(&cs)).expect("builds");
+    let hash = |built: &[manifests::Manifest], name: &str| {
+        find(built, ChildKind::Deployment, name)["spec"]["template"]["metadata"]["annotations"]["chatsys.io/config-hash"]
+            .clone()
+    };
+    assert!(hash(&before, "chat-worker").is_string());
+    assert_ne!(hash(&before, "chat-worker"), hash(&after, "chat-worker"));
+    assert_eq!(hash(&before, "chat-api"), hash(&after, "chat-api"));
+}
+
+#[test]
+fn specs_the_schema_cannot_refuse_are_refused_with_a_reason() {
+    let external = fixture("external");
+    let mut inputs = fresh_inputs(&external);
+    inputs.external_secret_keys.remove("db");
+    inputs
+        .external_secret_keys
+        .insert("search".to_string(), BTreeSet::from(["url".to_string()]));
+    let problems = manifests::validate(&external, &inputs)
+        .expect_err("invalid")
+        .0;
+    assert_eq!(
+        problems,
+        [
+            "mysql: Secret db not found",
+            "opensearch: Secret search has no key endpoint"
+        ]
+    );
+
+    let mut cs = fixture("defaults");
+    cs.spec.opensearch.resources.limits = None;
+    cs.spec.api.resources.requests = None;
+    cs.spec.redis.storage.size.0 = "plenty".to_string();
+    let mut inputs = fresh_inputs(&cs);
+    inputs.credentials.insert(
+        BackingService::Mysql,
+        Credentials::Existing {
+            keys: BTreeSet::from(["password".to_string()]),
+        },
+    );
+    let problems = manifests::validate(&cs, &inputs).expect_err("invalid").0;
+    assert_eq!(
+        problems,
+        [
+            "mysql: Secret chat-mysql-credentials has no key username",
+            "mysql: Secret chat-mysql-credentials has no key root-password",
+            "redis: storage.size plenty is not a quantity",
+            "opensearch: resources.limits.memory is required to size the heap",
+            "api: autoscaling needs resources.requests.cpu",
+        ]
+    );
+    assert_eq!(
+        manifests::build(&cs, &inputs).map(|_| ()),
+        Err(manifests::InvalidSpec(problems))
+    );
+
+    let mut small = fixture("defaults");
+    small
+        .spec
+        .opensearch
+        .resources
+        .limits
+        .as_mut()
+        .expect("limits")
+        .insert(
+            "memory".to_string(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("256Mi".to_string()),
+        );
+    let problems = manifests::validate(&small, &fresh_inputs(&small))
+        .expect_err("invalid")
+        .0;
+    assert_eq!(problems, ["opensearch: memory limit 256Mi is below 512Mi"]);
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the operator's test files.
+#![allow(dead_code)] // each test file uses its own subset
+
+use chatsys_operator::crd::ChatSystem;
+use chatsys_operator::manifests::{self, BackingService, ChildKind, Credentials, Inputs, Manifest};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+pub fn fixture(name: &str) -> ChatSystem {
+    let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
+}
+
+/// Inputs as on a cluster where no credentials exist yet and every external Secret holds its key.
+pub fn fresh_inputs(cs: &ChatSystem) -> Inputs {
+    let mut inputs = Inputs::default();
+    for service in BackingService::ALL {
+        if let Some(external) = service.external(&cs.spec) {
+            inputs.external_secret_keys.insert(
+                external.secret_name.clone(),
+                BTreeSet::from([external.key.clone()]),
+            );
+        } else if !service.credential_keys().is_empty() {
+            inputs.credentials.insert(
+                service,
+                Credentials::Generated(manifests::generate_credentials(service)),
+            );
+        }
+    }
+    inputs
+}
+
+pub fn build_fixture(name: &str) -> (ChatSystem, Vec<Manifest>) {
+    let cs = fixture(name);
+    let built = manifests::build(&cs, &fresh_inputs(&cs)).expect("fixture builds");
+    (cs, built)
+}
+
+pub fn find<'a>(manifests: &'a [Manifest], kind: ChildKind, name: &str) -> &'a Value {
+    &manifests
+        .iter()
+        .find(|m| m.kind == kind && m.name() == name)
+        .unwrap_or_else(|| panic!("no {kind:?} {name}"))
+        .object
+}
+
+pub fn of_kind(manifests: &[Manifest], kind: ChildKind) -> Vec<&Value> {
+    manifests
+        .iter()
+        .filter(|m| m.kind == kind)
+        .map(|m| &m.object)
+        .collect()
+}
+
+/// Every container and init container of a workload's pod template.
+pub fn containers(workload: &Value) -> Vec<&Value> {
+    let pod = &workload["spec"]["template"]["spec"];
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|field| pod[field].as_array())
+        .flatten()
+        .collect()
+}
+
+pub fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    containers(workload)
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+pub fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == name))
+        .unwrap_or_else(|| panic!("container {} has no env {name}", container["name"]))
+}
+
+pub fn has_env(container: &Value, name: &str) -> bool {
+    container["env"]
+        .as_array()
+        .is_some_and(|env| env.iter().any(|e| e["name"] == name))
+}

@@ -1,0 +1,160 @@
+//! Leader election against a mock API server: who takes, keeps and yields the Lease.
+
+use chatsys_operator::leader::{LEASE_NAME, LeaderElection};
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LEASE_URI: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+/// One attempt against a server holding `lease` (or none); answers every write with `write_status`.
+async fn attempt(
+    lease: Option<Value>,
+    write_status: StatusCode,
+) -> (bool, Vec<(Method, String, Value)>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let election = LeaderElection::new(
+        Client::new(service, "default"),
+        "ops",
+        "operator-a".to_string(),
+    );
+    let server = tokio::spawn(async move {
+        let mut calls = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let uri = request.uri().to_string();
+            let bytes = request.into_body().collect_bytes().await.expect("body");
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("JSON")
+            };
+            let (status, response) = match (&method, &lease) {
+                (&Method::GET, Some(lease)) => (StatusCode::OK, lease.clone()),
+                (&Method::GET, None) => (
+                    StatusCode::NOT_FOUND,
+                    json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404 }),
+                ),
+                _ if write_status.is_success() => (write_status, body.clone()),
+                _ => (
+                    write_status,
+                    json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "reason": "Conflict", "code": write_status.as_u16() }),
+                ),
+            };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&response).expect("JSON")))
+                    .expect("response"),
+            );
+            calls.push((method, uri, body));
+        }
+        calls
+    });
+    let acquired = tokio::time::timeout(Duration::from_secs(1), election.try_acquire_or_renew())
+        .await
+        .expect("attempt finished within 1 s")
+        .expect("attempt succeeded");
+    drop(election);
+    let calls = tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .expect("mock finished")
+        .expect("mock ran");
+    (acquired, calls)
+}
+
+fn lease(holder: &str, renewed: Timestamp, transitions: i32) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": { "name": LEASE_NAME, "namespace": "ops", "resourceVersion": "41" },
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": 15,
+            "acquireTime": "2026-01-01T00:00:00.000000Z",
+            "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            "leaseTransitions": transitions,
+        },
+    })
+}
+
+fn get() -> (Method, String) {
+    (Method::GET, format!("{LEASE_URI}/{LEASE_NAME}"))
+}
+
+fn methods_and_uris(calls: &[(Method, String, Value)]) -> Vec<(Method, String)> {
+    calls
+        .iter()
+        .map(|(m, u, _)| (m.clone(), u.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_missing_lease_is_created_with_this_replica_as_holder() {
+    let (acquired, calls) = attempt(None, StatusCode::CREATED).await;
+    assert!(acquired);
+    assert_eq!(
+        methods_and_uris(&calls),
+        [get(), (Method::POST, format!("{LEASE_URI}?"))]
+    );
+    let spec = &calls[1].2["spec"];
+    assert_eq!(spec["holderIdentity"], "operator-a");
+    assert_eq!(spec["leaseDurationSeconds"], 15);
+    assert_eq!(spec["leaseTransitions"], 0);
+}
+
+#[tokio::test]
+async fn a_lease_another_replica_renewed_recently_is_left_alone() {
+    let (acquired, calls) = attempt(
+        Some(lease("operator-b", Timestamp::now(), 3)),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(!acquired);
+    assert_eq!(methods_and_uris(&calls), [get()], "no write");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_a_compare_and_swap() {
+    let stale = Timestamp::now() - SignedDuration::from_secs(60);
+    let (acquired, calls) = attempt(Some(lease("operator-b", stale, 3)), StatusCode::OK).await;
+    assert!(acquired);
+    assert_eq!(
+        methods_and_uris(&calls),
+        [get(), (Method::PUT, format!("{LEASE_URI}/{LEASE_NAME}?"))]
+    );
+    let body = &calls[1].2;
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "41",
+        "the write fails if someone else wrote first"
+    );
+    assert_eq!(body["spec"]["holderIdentity"], "operator-a");
+    assert_eq!(body["spec"]["leaseTransitions"], 4);
+    assert_ne!(body["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
+}
+
+#[tokio::test]
+async fn the_holder_renews_keeping_its_acquire_time() {
+    let (acquired, calls) = attempt(
+        Some(lease("operator-a", Timestamp::now(), 2)),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(acquired);
+    let body = &calls[1].2;
+    assert_eq!(calls[1].0, Method::PUT);
+    assert_eq!(body["spec"]["leaseTransitions"], 2);
+    assert_eq!(body["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
+}
+
+#[tokio::test]
+async fn losing_the_race_for_an_expired_lease_is_not_leading() {
+    let stale = Timestamp::now() - SignedDuration::from_secs(60);
+    let (acquired, calls) =
+        attempt(Some(lease("operator-b", stale, 3)), StatusCode::CONFLICT).await;
+    assert!(!acquired);
+    assert_eq!(calls.len(), 2);
+}

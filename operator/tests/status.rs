@@ -1,0 +1,175 @@
+//! Status from what was applied: the conditions `kubectl wait` reads.
+
+mod common;
+
+use chatsys_operator::crd::ComponentStatus;
+use chatsys_operator::manifests::{ChildKind, InvalidSpec};
+use chatsys_operator::status;
+use common::fixture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+use serde_json::json;
+
+fn now() -> Timestamp {
+    "2026-02-02T10:00:00Z".parse().expect("timestamp")
+}
+
+fn workload(kind: &str, component: &str, replicas: i64, ready: i64) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": { "name": format!("chat-{component}"), "generation": 2,
+                      "labels": { "app.kubernetes.io/component": component } },
+        "spec": { "replicas": replicas },
+        "status": { "observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": ready },
+    }))
+    .expect("workload")
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+#[test]
+fn all_components_ready_means_ready_and_not_progressing() {
+    let cs = fixture("defaults");
+    let applied = vec![
+        (ChildKind::Deployment, workload("Deployment", "api", 2, 2)),
+        (
+            ChildKind::StatefulSet,
+            workload("StatefulSet", "mysql", 1, 1),
+        ),
+    ];
+    let observed = status::observed(&cs, &applied, now());
+    assert_eq!(observed.phase.as_deref(), Some("Ready"));
+    assert_eq!(observed.observed_generation, Some(1));
+    assert_eq!(find(&observed.conditions, status::READY).status, "True");
+    assert_eq!(
+        find(&observed.conditions, status::PROGRESSING).status,
+        "False"
+    );
+    assert_eq!(find(&observed.conditions, status::DEGRADED).status, "False");
+    assert_eq!(find(&observed.conditions, status::PAUSED).status, "False");
+    assert_eq!(
+        observed.components["api"],
+        ComponentStatus {
+            ready_replicas: 2,
+            desired_replicas: 2
+        }
+    );
+    assert_eq!(
+        observed.api_url.as_deref(),
+        Some("http://chat-api.team.svc:8080")
+    );
+}
+
+#[test]
+fn a_component_short_of_replicas_is_named_while_progressing() {
+    let cs = fixture("defaults");
+    let applied = vec![
+        (ChildKind::Deployment, workload("Deployment", "api", 3, 1)),
+        (
+            ChildKind::StatefulSet,
+            workload("StatefulSet", "mysql", 1, 1),
+        ),
+    ];
+    let observed = status::observed(&cs, &applied, now());
+    assert_eq!(observed.phase.as_deref(), Some("Progressing"));
+    let ready = find(&observed.conditions, status::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        ("False", "waiting for api")
+    );
+    assert_eq!(
+        find(&observed.conditions, status::PROGRESSING).status,
+        "True"
+    );
+    assert_eq!(
+        observed.components["api"],
+        ComponentStatus {
+            ready_replicas: 1,
+            desired_replicas: 3
+        }
+    );
+}
+
+#[test]
+fn a_transition_time_moves_only_when_the_condition_changes() {
+    let mut cs = fixture("defaults");
+    let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
+    cs.status = Some(status::observed(&cs, &applied, now()));
+    let later: Timestamp = "2026-02-02T11:00:00Z".parse().expect("timestamp");
+    let again = status::observed(&cs, &applied, later);
+    assert_eq!(
+        again,
+        cs.status.clone().expect("status"),
+        "an unchanged status is identical"
+    );
+    let degraded = status::degraded(
+        &cs,
+        &InvalidSpec(vec!["mysql: Secret db not found".into()]),
+        later,
+    );
+    assert_eq!(
+        find(&degraded.conditions, status::DEGRADED)
+            .last_transition_time
+            .0,
+        later
+    );
+    assert_eq!(
+        find(&degraded.conditions, status::PAUSED)
+            .last_transition_time
+            .0,
+        now()
+    );
+}
+
+#[test]
+fn an_invalid_spec_is_degraded_with_the_reason() {
+    let cs = fixture("external");
+    let degraded = status::degraded(
+        &cs,
+        &InvalidSpec(vec!["mysql: Secret db not found".into()]),
+        now(),
+    );
+    assert_eq!(degraded.phase.as_deref(), Some("Degraded"));
+    let condition = find(&degraded.conditions, status::DEGRADED);
+    assert_eq!(condition.status, "True");
+    assert_eq!(condition.reason, "InvalidSpec");
+    assert_eq!(condition.message, "mysql: Secret db not found");
+    assert_eq!(find(&degraded.conditions, status::READY).status, "False");
+    assert_eq!(degraded.observed_generation, Some(2));
+}
+
+#[test]
+fn a_paused_resource_keeps_what_was_observed_and_says_it_is_paused() {
+    let cs = fixture("paused");
+    let previous = cs.status.clone().expect("fixture has a status");
+    let paused = status::paused(&cs, now());
+    assert_eq!(paused.phase.as_deref(), Some("Paused"));
+    assert_eq!(paused.observed_generation, Some(7));
+    assert_eq!(paused.components, previous.components);
+    assert_eq!(paused.api_url, previous.api_url);
+    assert_eq!(
+        find(&paused.conditions, status::READY),
+        find(&previous.conditions, status::READY)
+    );
+    let condition = find(&paused.conditions, status::PAUSED);
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Paused")
+    );
+    assert_eq!(condition.last_transition_time.0, now());
+    assert_eq!(
+        paused
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == status::PAUSED)
+            .count(),
+        1
+    );
+}
