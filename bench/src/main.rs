@@ -124,8 +124,9 @@ impl Sizes {
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
+    smoke: bool,
     sizes: Option<Sizes>,
-    cpus: usize,
+    machine: Machine,
     raw: RawLimits,
     create_full_load: Option<LoadFigures>,
     create_half_rate: Option<LoadFigures>,
@@ -136,6 +137,55 @@ struct Report {
     memory: Option<MemoryFigures>,
     ratios: BTreeMap<&'static str, f64>,
     targets: Vec<Target>,
+}
+
+/// Where the figures were measured.
+#[derive(Debug, Default, Serialize)]
+struct Machine {
+    cpus: usize,
+    memory_mib: u64,
+    mariadb_version: Option<String>,
+    redis_version: Option<String>,
+}
+
+impl Machine {
+    async fn describe(endpoints: &Endpoints) -> Self {
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|meminfo| {
+                let line = meminfo
+                    .lines()
+                    .find(|line| line.starts_with("MemTotal:"))?
+                    .to_owned();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .unwrap_or(0);
+        let mariadb_version = async {
+            let pool = endpoints.server_pool().await?;
+            let (version,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&pool).await?;
+            pool.close().await;
+            anyhow::Ok(version)
+        };
+        let redis_version = async {
+            let client = redis::Client::open(endpoints.redis_url.as_str())?;
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut connection)
+                .await?;
+            let version = info
+                .lines()
+                .find_map(|line| line.strip_prefix("redis_version:"))
+                .map(str::to_owned);
+            anyhow::Ok(version.unwrap_or_default())
+        };
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            memory_mib: memory_kib / 1024,
+            mariadb_version: mariadb_version.await.ok(),
+            redis_version: redis_version.await.ok(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -236,7 +286,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let sizes = Sizes::of(args);
     let mut report = Report {
-        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        smoke: args.smoke,
+        machine: Machine::describe(&args.endpoints).await,
         ..Default::default()
     };
 
@@ -770,6 +821,18 @@ fn load_row(name: &str, figures: &LoadFigures) -> (String, String) {
 }
 
 fn print_table(report: &Report) {
+    if report.smoke {
+        println!(
+            "smoke run: sizes far too small for the figures or the PASS/MISS lines to mean anything"
+        );
+    }
+    println!(
+        "machine: {} CPUs, {} MiB, MariaDB {}, Redis {}",
+        report.machine.cpus,
+        report.machine.memory_mib,
+        report.machine.mariadb_version.as_deref().unwrap_or("?"),
+        report.machine.redis_version.as_deref().unwrap_or("?")
+    );
     let mut rows: Vec<(String, String)> = Vec::new();
     if let Some(queue) = report.raw.queue {
         rows.push(rate_row("raw RabbitMQ confirmed publishes", queue.publish));
