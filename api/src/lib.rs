@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use chatsys_core::adapters::{amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite};
+use chatsys_core::adapters::{
+    amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite,
+};
 use chatsys_core::ingest::{self, IngestPorts, IngestSettings};
 use chatsys_core::ports::{self, Store};
 use chatsys_core::service::{ChatService, Ports, ReseedFloor};
@@ -38,7 +40,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub const SEARCH_INDEX: &str = "chatsys-messages";
 
 /// Opens the search port: OpenSearch when a URL is given, else the embedded index under `data_dir`.
-pub async fn open_search(opensearch_url: Option<&str>, data_dir: &Path, writable: bool) -> anyhow::Result<Arc<dyn ports::Search>> {
+pub async fn open_search(
+    opensearch_url: Option<&str>,
+    data_dir: &Path,
+    writable: bool,
+) -> anyhow::Result<Arc<dyn ports::Search>> {
     Ok(match opensearch_url {
         Some(url) => Arc::new(opensearch::OpenSearchIndex::connect(url, SEARCH_INDEX).await?),
         None => Arc::new(EmbeddedSearch::open(&data_dir.join("search"), writable)?),
@@ -69,16 +75,26 @@ async fn serve(
     max_request_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(http::AppState { service, admin_key, metrics: metrics_handle() });
-    let app = http::router(state, max_request_bytes);
+    let state = Arc::new(http::AppState {
+        service,
+        admin_key,
+        metrics: metrics_handle(),
+        max_request_bytes,
+    });
+    let app = http::router(state);
     let task = tokio::spawn(async move {
         let mut shutdown = shutdown;
         let stopped = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
@@ -94,11 +110,16 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 
 /// The API against MySQL, Redis, RabbitMQ and OpenSearch (or the embedded index).
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
-    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(args.database_url()?, args.db_pool_size)?);
+    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
+        args.database_url()?,
+        args.db_pool_size,
+    )?);
     if args.migrate {
         store.migrate().await.context("migrations failed")?;
     }
-    let redis = redis::connect(args.redis_url()?).await.context("cannot connect to Redis")?;
+    let redis = redis::connect(args.redis_url()?)
+        .await
+        .context("cannot connect to Redis")?;
     let keys = redis::Keys::new(&args.redis_prefix);
     let queue: Arc<dyn ports::Queue> = Arc::new(amqp::AmqpQueue::new(
         args.amqp_url()?,
@@ -106,28 +127,53 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         args.publish_channels,
         Duration::from_millis(args.publish_timeout_ms),
     ));
-    let floor = Arc::new(ReseedFloor { store: store.clone(), queue: queue.clone(), margin: args.reseed_margin });
+    let floor = Arc::new(ReseedFloor {
+        store: store.clone(),
+        queue: queue.clone(),
+        margin: args.reseed_margin,
+    });
     let ports = Ports {
         store,
         numbers: Arc::new(redis::RedisNumbers::new(redis.clone(), keys.clone(), floor)),
         queue,
-        cache: Arc::new(redis::RedisCache::new(redis, keys, Duration::from_secs(args.cache_ttl_secs))),
+        cache: Arc::new(redis::RedisCache::new(
+            redis,
+            keys,
+            Duration::from_secs(args.cache_ttl_secs),
+        )),
         search: open_search(args.opensearch_url.as_deref(), &args.data_dir, false).await?,
     };
     let (shutdown, stopped) = watch::channel(false);
-    let (addr, task) = serve(args.listen, ChatService::new(ports), args.admin_key.clone(), args.max_request_bytes, stopped).await?;
-    Ok(Running { addr, shutdown, tasks: vec![task] })
+    let (addr, task) = serve(
+        args.listen,
+        ChatService::new(ports),
+        args.admin_key.clone(),
+        args.max_request_bytes,
+        stopped,
+    )
+    .await?;
+    Ok(Running {
+        addr,
+        shutdown,
+        tasks: vec![task],
+    })
 }
 
 /// The whole system in one process: SQLite store and queue, in-process numbers and cache, tantivy.
 pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
     let pool = sqlite::open(&args.data_dir.join("chatsys.db")).await?;
     let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
     store.migrate().await.context("migrations failed")?;
     let queue = sqlite::SqliteQueue::new(pool);
-    let cache: Arc<dyn ports::Cache> = Arc::new(memory::MemoryCache::new(Duration::from_secs(args.cache_ttl_secs)));
+    let cache: Arc<dyn ports::Cache> = Arc::new(memory::MemoryCache::new(Duration::from_secs(
+        args.cache_ttl_secs,
+    )));
     let search = open_search(None, &args.data_dir, true).await?;
     let ports = Ports {
         store: store.clone(),
@@ -137,22 +183,48 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
         search: search.clone(),
     };
     let (shutdown, stopped) = watch::channel(false);
-    let ingest_ports = IngestPorts { store: store.clone(), search, cache };
-    let settings = IngestSettings { batch_size: 1000, batch_wait: Duration::from_millis(5), max_attempts: 5 };
+    let ingest_ports = IngestPorts {
+        store: store.clone(),
+        search,
+        cache,
+    };
+    let settings = IngestSettings {
+        batch_size: 1000,
+        batch_wait: Duration::from_millis(5),
+        max_attempts: 5,
+    };
     let mut source = queue.source();
     let ingest_stop = stopped.clone();
     let (health, _) = watch::channel(ingest::IngestHealth::default());
     let ingest_task = tokio::spawn(async move {
         ingest::run(&mut source, &ingest_ports, &settings, ingest_stop, health).await;
     });
-    let repair_task = tokio::spawn(repair_periodically(store, Duration::from_secs(300), stopped.clone()));
-    let (addr, http_task) =
-        serve(args.listen, ChatService::new(ports), args.admin_key.clone(), args.max_request_bytes, stopped).await?;
-    Ok(Running { addr, shutdown, tasks: vec![http_task, ingest_task, repair_task] })
+    let repair_task = tokio::spawn(repair_periodically(
+        store,
+        Duration::from_secs(300),
+        stopped.clone(),
+    ));
+    let (addr, http_task) = serve(
+        args.listen,
+        ChatService::new(ports),
+        args.admin_key.clone(),
+        args.max_request_bytes,
+        stopped,
+    )
+    .await?;
+    Ok(Running {
+        addr,
+        shutdown,
+        tasks: vec![http_task, ingest_task, repair_task],
+    })
 }
 
 /// Recomputes counts from the rows now and then; drift only comes from manual edits or bugs.
-pub async fn repair_periodically(store: Arc<dyn Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn repair_periodically(
+    store: Arc<dyn Store>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

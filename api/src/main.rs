@@ -37,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
 /// SIGTERM (Kubernetes) or Ctrl-C.
 async fn terminated() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "chatsys-api", version, about = "The chatsys REST API", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "chatsys-api",
+    version,
+    about = "The chatsys REST API",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -27,7 +32,9 @@ pub enum Command {
 }
 
 fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str> {
-    value.as_deref().ok_or_else(|| anyhow::anyhow!("{name} is required"))
+    value
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("{name} is required"))
 }
 
 #[derive(Args, Debug, Clone)]

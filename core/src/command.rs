@@ -54,13 +54,29 @@ impl Command {
         let reject = |why: &str| Err(CoreError::Rejected(why.to_string()));
         let in_range = |n: u64| (1..=i64::MAX as u64).contains(&n);
         match self {
-            Command::CreateChat { application_id, number, .. } => {
+            Command::CreateChat {
+                application_id,
+                number,
+                ..
+            } => {
                 if !in_range(*application_id) || !in_range(*number) {
                     return reject("number out of range");
                 }
             }
-            Command::CreateMessage { application_id, chat_number, number, body, .. }
-            | Command::EditMessage { application_id, chat_number, number, body, .. } => {
+            Command::CreateMessage {
+                application_id,
+                chat_number,
+                number,
+                body,
+                ..
+            }
+            | Command::EditMessage {
+                application_id,
+                chat_number,
+                number,
+                body,
+                ..
+            } => {
                 if !in_range(*application_id) || !in_range(*chat_number) || !in_range(*number) {
                     return reject("number out of range");
                 }
@@ -103,7 +119,11 @@ mod tests {
 
     #[test]
     fn garbage_and_invalid_commands_are_rejected_not_transient() {
-        for payload in [&b"\xff\x00garbage"[..], br#"{"type":"create_chat"}"#, br#"{"type":"create_chat","application_id":1,"number":0,"at":"2026-11-28T00:00:00Z"}"#] {
+        for payload in [
+            &b"\xff\x00garbage"[..],
+            br#"{"type":"create_chat"}"#,
+            br#"{"type":"create_chat","application_id":1,"number":0,"at":"2026-11-28T00:00:00Z"}"#,
+        ] {
             let err = Command::decode(payload).unwrap_err();
             assert!(matches!(err, CoreError::Rejected(_)), "{err}");
             assert!(!err.is_transient());

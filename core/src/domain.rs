@@ -71,7 +71,10 @@ pub fn validate_name(name: &str) -> CoreResult<()> {
         return Err(CoreError::invalid("name", "must not be blank"));
     }
     if chars > NAME_MAX_CHARS {
-        return Err(CoreError::invalid("name", format!("must be at most {NAME_MAX_CHARS} characters")));
+        return Err(CoreError::invalid(
+            "name",
+            format!("must be at most {NAME_MAX_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -81,7 +84,10 @@ pub fn validate_body(body: &str) -> CoreResult<()> {
         return Err(CoreError::invalid("body", "must not be empty"));
     }
     if body.len() > BODY_MAX_BYTES {
-        return Err(CoreError::invalid("body", format!("must be at most {BODY_MAX_BYTES} bytes")));
+        return Err(CoreError::invalid(
+            "body",
+            format!("must be at most {BODY_MAX_BYTES} bytes"),
+        ));
     }
     Ok(())
 }
@@ -92,7 +98,12 @@ pub fn parse_page(limit: Option<&str>, after: Option<&str>) -> CoreResult<Page> 
         None => PAGE_DEFAULT,
         Some(raw) => match raw.parse::<u32>() {
             Ok(n) if (1..=PAGE_MAX).contains(&n) => n,
-            _ => return Err(CoreError::invalid_query("limit", format!("must be an integer from 1 to {PAGE_MAX}"))),
+            _ => {
+                return Err(CoreError::invalid_query(
+                    "limit",
+                    format!("must be an integer from 1 to {PAGE_MAX}"),
+                ));
+            }
         },
     };
     let after = match after {
@@ -101,7 +112,9 @@ pub fn parse_page(limit: Option<&str>, after: Option<&str>) -> CoreResult<Page> 
             raw.parse::<u64>()
                 .ok()
                 .filter(|n| *n <= i64::MAX as u64)
-                .ok_or_else(|| CoreError::invalid_query("after", "must be a non-negative integer"))?,
+                .ok_or_else(|| {
+                    CoreError::invalid_query("after", "must be a non-negative integer")
+                })?,
         ),
     };
     Ok(Page { limit, after })
@@ -119,7 +132,9 @@ pub fn parse_number(raw: &str, what: &'static str) -> CoreResult<u64> {
 pub fn plausible_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= TOKEN_MAX_LEN
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// 32 characters of URL-safe base64 over 24 random bytes: 192 bits, unguessable.
@@ -152,8 +167,20 @@ mod tests {
 
     #[test]
     fn pages_default_and_reject_out_of_range_values() {
-        assert_eq!(parse_page(None, None).unwrap(), Page { limit: 100, after: None });
-        assert_eq!(parse_page(Some("1000"), Some("7")).unwrap(), Page { limit: 1000, after: Some(7) });
+        assert_eq!(
+            parse_page(None, None).unwrap(),
+            Page {
+                limit: 100,
+                after: None
+            }
+        );
+        assert_eq!(
+            parse_page(Some("1000"), Some("7")).unwrap(),
+            Page {
+                limit: 1000,
+                after: Some(7)
+            }
+        );
         for bad in ["0", "1001", "-1", "x", ""] {
             assert!(parse_page(Some(bad), None).is_err(), "limit {bad}");
         }
@@ -165,8 +192,17 @@ mod tests {
     #[test]
     fn path_numbers_outside_1_to_i64_max_name_nothing() {
         assert_eq!(parse_number("42", "chat").unwrap(), 42);
-        for bad in ["0", "-3", "abc", "9223372036854775808", "99999999999999999999999"] {
-            assert!(matches!(parse_number(bad, "chat"), Err(CoreError::NotFound("chat"))), "{bad}");
+        for bad in [
+            "0",
+            "-3",
+            "abc",
+            "9223372036854775808",
+            "99999999999999999999999",
+        ] {
+            assert!(
+                matches!(parse_number(bad, "chat"), Err(CoreError::NotFound("chat"))),
+                "{bad}"
+            );
         }
     }
 

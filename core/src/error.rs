@@ -25,9 +25,15 @@ pub enum CoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("invalid query parameter {param}: {message}")]
-    InvalidQuery { param: &'static str, message: String },
+    InvalidQuery {
+        param: &'static str,
+        message: String,
+    },
     #[error("{backend} unavailable: {detail}")]
     Unavailable { backend: Backend, detail: String },
     /// A command the worker can never apply (it goes to the dead-letter queue).
@@ -37,15 +43,24 @@ pub enum CoreError {
 
 impl CoreError {
     pub fn unavailable(backend: Backend, detail: impl fmt::Display) -> Self {
-        CoreError::Unavailable { backend, detail: detail.to_string() }
+        CoreError::Unavailable {
+            backend,
+            detail: detail.to_string(),
+        }
     }
 
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        CoreError::Invalid { field, message: message.into() }
+        CoreError::Invalid {
+            field,
+            message: message.into(),
+        }
     }
 
     pub fn invalid_query(param: &'static str, message: impl Into<String>) -> Self {
-        CoreError::InvalidQuery { param, message: message.into() }
+        CoreError::InvalidQuery {
+            param,
+            message: message.into(),
+        }
     }
 
     /// Transient failures are retried by the worker; the rest go to the dead-letter queue.
@@ -63,8 +78,10 @@ pub fn from_sqlx(err: sqlx::Error) -> CoreError {
         sqlx::Error::Database(db) => {
             // MySQL/MariaDB: 1205 lock wait timeout, 1213 deadlock, 1020 record changed;
             // SQLite: 5 busy, 6 locked.
-            let transient = matches!(db.code().as_deref(), Some("1205" | "1213" | "1020" | "5" | "6" | "517" | "261"))
-                || db.message().contains("database is locked");
+            let transient = matches!(
+                db.code().as_deref(),
+                Some("1205" | "1213" | "1020" | "5" | "6" | "517" | "261")
+            ) || db.message().contains("database is locked");
             if transient {
                 CoreError::unavailable(Backend::Database, err)
             } else {

@@ -59,7 +59,9 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
-                health.send_replace(IngestHealth { last_error: Some(e.to_string()) });
+                health.send_replace(IngestHealth {
+                    last_error: Some(e.to_string()),
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
                     _ = shutdown.changed() => break,
@@ -93,24 +95,43 @@ async fn process(
     if commands.is_empty() {
         return Ok(());
     }
-    let (applied, refused) = apply(ports.store.as_ref(), &commands, settings.max_attempts, shutdown).await?;
+    let (applied, refused) = apply(
+        ports.store.as_ref(),
+        &commands,
+        settings.max_attempts,
+        shutdown,
+    )
+    .await?;
     for (index, reason) in &refused {
         dead_letter(source, &accepted[*index], reason).await?;
     }
     retry_transient(shutdown, || ports.search.index(&applied.messages)).await?;
     refresh_cache(ports.cache.as_ref(), &applied).await;
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
-    let done: Vec<Delivery> =
-        accepted.into_iter().enumerate().filter(|(i, _)| !refused.contains(i)).map(|(_, d)| d).collect();
+    let done: Vec<Delivery> = accepted
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !refused.contains(i))
+        .map(|(_, d)| d)
+        .collect();
     source.ack(&done).await?;
-    metrics::counter!("chatsys_worker_commands_total", "result" => "applied").increment(done.len() as u64);
+    metrics::counter!("chatsys_worker_commands_total", "result" => "applied")
+        .increment(done.len() as u64);
     metrics::histogram!("chatsys_worker_batch_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("chatsys_worker_batch_size").record(done.len() as f64);
     Ok(())
 }
 
-async fn dead_letter(source: &mut dyn CommandSource, delivery: &Delivery, reason: &str) -> CoreResult<()> {
-    tracing::error!(reason, tag = delivery.tag, "command moved to the dead-letter queue");
+async fn dead_letter(
+    source: &mut dyn CommandSource,
+    delivery: &Delivery,
+    reason: &str,
+) -> CoreResult<()> {
+    tracing::error!(
+        reason,
+        tag = delivery.tag,
+        "command moved to the dead-letter queue"
+    );
     metrics::counter!("chatsys_worker_commands_total", "result" => "dead_lettered").increment(1);
     source.dead_letter(delivery, reason).await
 }
@@ -125,7 +146,9 @@ async fn apply(
 ) -> CoreResult<(Applied, Vec<(usize, String)>)> {
     match retry_transient(shutdown, || store.apply(commands)).await {
         Ok(applied) => return Ok((applied, Vec::new())),
-        Err(CoreError::Rejected(reason)) => tracing::warn!(reason, "batch refused; applying its commands one by one"),
+        Err(CoreError::Rejected(reason)) => {
+            tracing::warn!(reason, "batch refused; applying its commands one by one")
+        }
         Err(e) => return Err(e),
     }
     let mut applied = Applied::default();
@@ -154,7 +177,10 @@ async fn apply(
 
 /// Retries an operation while it fails for a transient reason (a backing service down), with backoff,
 /// until it succeeds, fails for good, or the worker is asked to stop.
-async fn retry_transient<T, F, Fut>(shutdown: &mut watch::Receiver<bool>, mut op: F) -> CoreResult<T>
+async fn retry_transient<T, F, Fut>(
+    shutdown: &mut watch::Receiver<bool>,
+    mut op: F,
+) -> CoreResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = CoreResult<T>>,
@@ -178,8 +204,17 @@ where
 /// Write-through of the stored messages, and invalidation of everything whose counts or lists changed.
 /// A cache failure only costs freshness until the entries expire, so it is logged, not retried.
 async fn refresh_cache(cache: &dyn Cache, applied: &Applied) {
-    let mut scopes: Vec<ListScope> = applied.chats.iter().map(|(app, chat)| ListScope::Messages(*app, *chat)).collect();
-    scopes.extend(applied.applications.iter().map(|app| ListScope::Chats(*app)));
+    let mut scopes: Vec<ListScope> = applied
+        .chats
+        .iter()
+        .map(|(app, chat)| ListScope::Messages(*app, *chat))
+        .collect();
+    scopes.extend(
+        applied
+            .applications
+            .iter()
+            .map(|app| ListScope::Chats(*app)),
+    );
     scopes.extend(applied.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
     scopes.sort_by_key(|s| format!("{s:?}"));
     scopes.dedup();

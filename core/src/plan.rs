@@ -49,15 +49,36 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
     let mut plan = BatchPlan::default();
     for command in commands {
         match command {
-            Command::CreateChat { application_id, number, at } => {
+            Command::CreateChat {
+                application_id,
+                number,
+                at,
+            } => {
                 touch_chat(&mut plan, (*application_id, *number), *at, *at);
             }
-            Command::CreateMessage { application_id, chat_number, chat_created_at, number, body, at } => {
-                touch_chat(&mut plan, (*application_id, *chat_number), *chat_created_at, *at);
+            Command::CreateMessage {
+                application_id,
+                chat_number,
+                chat_created_at,
+                number,
+                body,
+                at,
+            } => {
+                touch_chat(
+                    &mut plan,
+                    (*application_id, *chat_number),
+                    *chat_created_at,
+                    *at,
+                );
                 merge_message(
                     &mut plan,
                     (*application_id, *chat_number, *number),
-                    MessageRow { body: body.clone(), version: 0, created_at: *at, updated_at: *at },
+                    MessageRow {
+                        body: body.clone(),
+                        version: 0,
+                        created_at: *at,
+                        updated_at: *at,
+                    },
                 );
             }
             Command::EditMessage {
@@ -70,11 +91,21 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                 created_at,
                 at,
             } => {
-                touch_chat(&mut plan, (*application_id, *chat_number), *chat_created_at, *created_at);
+                touch_chat(
+                    &mut plan,
+                    (*application_id, *chat_number),
+                    *chat_created_at,
+                    *created_at,
+                );
                 merge_message(
                     &mut plan,
                     (*application_id, *chat_number, *number),
-                    MessageRow { body: body.clone(), version: *version, created_at: *created_at, updated_at: *at },
+                    MessageRow {
+                        body: body.clone(),
+                        version: *version,
+                        created_at: *created_at,
+                        updated_at: *at,
+                    },
                 );
             }
         }
@@ -82,14 +113,22 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
     plan
 }
 
-fn touch_chat(plan: &mut BatchPlan, key: ChatKey, created_at: DateTime<Utc>, updated_at: DateTime<Utc>) {
+fn touch_chat(
+    plan: &mut BatchPlan,
+    key: ChatKey,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+) {
     plan.chats
         .entry(key)
         .and_modify(|row| {
             row.created_at = row.created_at.min(created_at);
             row.updated_at = row.updated_at.max(updated_at);
         })
-        .or_insert(ChatRow { created_at, updated_at });
+        .or_insert(ChatRow {
+            created_at,
+            updated_at,
+        });
 }
 
 /// The highest version's body wins; the creation time is the earliest seen.
@@ -140,7 +179,11 @@ mod tests {
 
     #[test]
     fn the_newest_edit_wins_in_any_order_and_keeps_the_creation_time() {
-        let commands = [create(1, "first", 1), edit(1, "second", 5, 3), edit(1, "third", 9, 4)];
+        let commands = [
+            create(1, "first", 1),
+            edit(1, "second", 5, 3),
+            edit(1, "third", 9, 4),
+        ];
         let orders = [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]];
         for order in orders {
             let plan = plan_batch(order.iter().map(|i| &commands[*i]));
@@ -162,7 +205,13 @@ mod tests {
     fn messages_also_plan_their_chat_so_a_chat_row_exists_whichever_command_lands_first() {
         let plan = plan_batch(&[create(1, "a", 2), create(2, "b", 3)]);
         assert_eq!(plan.chats.len(), 1);
-        assert_eq!(plan.chats[&(1, 1)], ChatRow { created_at: t(0), updated_at: t(3) });
+        assert_eq!(
+            plan.chats[&(1, 1)],
+            ChatRow {
+                created_at: t(0),
+                updated_at: t(3)
+            }
+        );
         assert_eq!(plan.messages.len(), 2);
         assert_eq!(plan.applications(), vec![1]);
     }

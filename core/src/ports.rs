@@ -25,12 +25,21 @@ pub trait Store: Send + Sync {
     async fn migrate(&self) -> CoreResult<()>;
     async fn ping(&self) -> CoreResult<()>;
 
-    async fn create_application(&self, token: &str, name: &str, at: DateTime<Utc>) -> CoreResult<Application>;
+    async fn create_application(
+        &self,
+        token: &str,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> CoreResult<Application>;
     async fn rename_application(&self, id: AppId, name: &str, at: DateTime<Utc>) -> CoreResult<()>;
     async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>>;
     async fn application(&self, id: AppId) -> CoreResult<Option<Application>>;
     /// Applications in creation order, after the one with token `after`.
-    async fn list_applications(&self, after: Option<AppId>, limit: u32) -> CoreResult<Vec<Application>>;
+    async fn list_applications(
+        &self,
+        after: Option<AppId>,
+        limit: u32,
+    ) -> CoreResult<Vec<Application>>;
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
     async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>>;
@@ -116,7 +125,13 @@ pub trait Cache: Send + Sync {
 
     /// A rendered list page; `scope` names the list, `page` the page within it.
     async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>>;
-    async fn put_list(&self, scope: &ListScope, generation: u64, page: &str, body: &[u8]) -> CoreResult<()>;
+    async fn put_list(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+        body: &[u8],
+    ) -> CoreResult<()>;
     /// Makes every cached page of these lists stale.
     async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()>;
 }
@@ -146,5 +161,11 @@ pub trait Search: Send + Sync {
     /// Indexes the stored state of these messages, replacing older versions; re-indexing is harmless.
     async fn index(&self, messages: &[Message]) -> CoreResult<()>;
     /// Case-insensitive substring matches in one chat, best first, then by number.
-    async fn search(&self, app: AppId, chat: u64, query: &str, window: usize) -> CoreResult<Vec<SearchHit>>;
+    async fn search(
+        &self,
+        app: AppId,
+        chat: u64,
+        query: &str,
+        window: usize,
+    ) -> CoreResult<Vec<SearchHit>>;
 }

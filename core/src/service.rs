@@ -49,8 +49,14 @@ impl ChatService {
         let idle = Duration::from_secs(600);
         ChatService {
             ports,
-            app_ids: LocalCache::builder().max_capacity(100_000).time_to_idle(idle).build(),
-            chat_births: LocalCache::builder().max_capacity(1_000_000).time_to_idle(idle).build(),
+            app_ids: LocalCache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(idle)
+                .build(),
+            chat_births: LocalCache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(idle)
+                .build(),
         }
     }
 
@@ -61,10 +67,19 @@ impl ChatService {
     /// Each backing service and whether it answers.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
         let p = &self.ports;
-        let (store, numbers, queue, search) =
-            tokio::join!(p.store.ping(), p.numbers.ping(), p.queue.ping(), p.search.ping());
+        let (store, numbers, queue, search) = tokio::join!(
+            p.store.ping(),
+            p.numbers.ping(),
+            p.queue.ping(),
+            p.search.ping()
+        );
         let show = |r: CoreResult<()>| r.map_err(|e| e.to_string());
-        vec![("database", show(store)), ("redis", show(numbers)), ("queue", show(queue)), ("search", show(search))]
+        vec![
+            ("database", show(store)),
+            ("redis", show(numbers)),
+            ("queue", show(queue)),
+            ("search", show(search)),
+        ]
     }
 
     // Applications are rare and small: written straight to the store.
@@ -72,7 +87,11 @@ impl ChatService {
     pub async fn create_application(&self, name: &str) -> CoreResult<ApplicationView> {
         domain::validate_name(name)?;
         let token = domain::generate_token();
-        let application = self.ports.store.create_application(&token, name, domain::now()).await?;
+        let application = self
+            .ports
+            .store
+            .create_application(&token, name, domain::now())
+            .await?;
         self.ports.numbers.init_application(application.id).await?;
         self.app_ids.insert(token, application.id).await;
         Ok(ApplicationView::from(&application))
@@ -81,7 +100,10 @@ impl ChatService {
     pub async fn rename_application(&self, token: &str, name: &str) -> CoreResult<ApplicationView> {
         domain::validate_name(name)?;
         let app = self.resolve(token).await?;
-        self.ports.store.rename_application(app, name, domain::now()).await?;
+        self.ports
+            .store
+            .rename_application(app, name, domain::now())
+            .await?;
         soft(self.ports.cache.forget_applications(&[app]).await);
         self.application(token).await
     }
@@ -91,7 +113,12 @@ impl ChatService {
         if let Some(cached) = soft(self.ports.cache.application(app).await) {
             return Ok(ApplicationView::from(&cached));
         }
-        let application = self.ports.store.application(app).await?.ok_or(CoreError::NotFound("application"))?;
+        let application = self
+            .ports
+            .store
+            .application(app)
+            .await?
+            .ok_or(CoreError::NotFound("application"))?;
         soft(self.ports.cache.put_application(&application).await);
         Ok(ApplicationView::from(&application))
     }
@@ -99,14 +126,21 @@ impl ChatService {
     pub async fn list_applications(&self, after: Option<&str>, limit: u32) -> CoreResult<ListPage> {
         let after_id = match after {
             None => None,
-            Some(token) => Some(
-                self.resolve(token)
-                    .await
-                    .map_err(|_| CoreError::invalid_query("after", "is not the token of an application"))?,
-            ),
+            Some(token) => Some(self.resolve(token).await.map_err(|_| {
+                CoreError::invalid_query("after", "is not the token of an application")
+            })?),
         };
-        let rows = self.ports.store.list_applications(after_id, limit + 1).await?;
-        Ok(render_page(rows, limit, |a| a.token.clone(), |a| ApplicationView::from(a)))
+        let rows = self
+            .ports
+            .store
+            .list_applications(after_id, limit + 1)
+            .await?;
+        Ok(render_page(
+            rows,
+            limit,
+            |a| a.token.clone(),
+            |a| ApplicationView::from(a),
+        ))
     }
 
     // Chats.
@@ -115,8 +149,21 @@ impl ChatService {
         let app = self.resolve(token).await?;
         let number = self.ports.numbers.next_chat(app).await?;
         let at = domain::now();
-        self.ports.queue.publish(&Command::CreateChat { application_id: app, number, at }).await?;
-        let chat = Chat { application_id: app, number, messages_count: 0, created_at: at, updated_at: at };
+        self.ports
+            .queue
+            .publish(&Command::CreateChat {
+                application_id: app,
+                number,
+                at,
+            })
+            .await?;
+        let chat = Chat {
+            application_id: app,
+            number,
+            messages_count: 0,
+            created_at: at,
+            updated_at: at,
+        };
         soft(self.ports.cache.put_pending_chat(&chat).await);
         self.chat_births.insert((app, number), at).await;
         Ok(ChatView::from(&chat))
@@ -124,22 +171,42 @@ impl ChatService {
 
     pub async fn chat(&self, token: &str, number: u64) -> CoreResult<ChatView> {
         let app = self.resolve(token).await?;
-        self.load_chat(app, number).await.map(|chat| ChatView::from(&chat))
+        self.load_chat(app, number)
+            .await
+            .map(|chat| ChatView::from(&chat))
     }
 
     pub async fn list_chats(&self, token: &str, page: Page) -> CoreResult<ListPage> {
         let app = self.resolve(token).await?;
         let store = self.ports.store.clone();
         self.cached_list(ListScope::Chats(app), page, || async move {
-            let rows = store.list_chats(app, Page { limit: page.limit + 1, ..page }).await?;
-            Ok(render_page(rows, page.limit, |c| c.number.to_string(), |c| ChatView::from(c)))
+            let rows = store
+                .list_chats(
+                    app,
+                    Page {
+                        limit: page.limit + 1,
+                        ..page
+                    },
+                )
+                .await?;
+            Ok(render_page(
+                rows,
+                page.limit,
+                |c| c.number.to_string(),
+                |c| ChatView::from(c),
+            ))
         })
         .await
     }
 
     // Messages.
 
-    pub async fn create_message(&self, token: &str, chat: u64, body: &str) -> CoreResult<MessageView> {
+    pub async fn create_message(
+        &self,
+        token: &str,
+        chat: u64,
+        body: &str,
+    ) -> CoreResult<MessageView> {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
@@ -167,7 +234,13 @@ impl ChatService {
         Ok(MessageView::from(&message))
     }
 
-    pub async fn edit_message(&self, token: &str, chat: u64, number: u64, body: &str) -> CoreResult<MessageView> {
+    pub async fn edit_message(
+        &self,
+        token: &str,
+        chat: u64,
+        number: u64,
+        body: &str,
+    ) -> CoreResult<MessageView> {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
@@ -185,7 +258,12 @@ impl ChatService {
             at,
         };
         self.ports.queue.publish(&command).await?;
-        let message = Message { body: body.to_string(), version, updated_at: at, ..current };
+        let message = Message {
+            body: body.to_string(),
+            version,
+            updated_at: at,
+            ..current
+        };
         soft(self.ports.cache.put_message(&message).await);
         Ok(MessageView::from(&message))
     }
@@ -207,26 +285,63 @@ impl ChatService {
         self.chat_birth(app, chat).await?;
         let store = self.ports.store.clone();
         self.cached_list(ListScope::Messages(app, chat), page, || async move {
-            let rows = store.list_messages(app, chat, Page { limit: page.limit + 1, ..page }).await?;
-            Ok(render_page(rows, page.limit, |m| m.number.to_string(), |m| MessageView::from(m)))
+            let rows = store
+                .list_messages(
+                    app,
+                    chat,
+                    Page {
+                        limit: page.limit + 1,
+                        ..page
+                    },
+                )
+                .await?;
+            Ok(render_page(
+                rows,
+                page.limit,
+                |m| m.number.to_string(),
+                |m| MessageView::from(m),
+            ))
         })
         .await
     }
 
     /// Best matches first; `after` is the number of the last message of the previous page.
-    pub async fn search(&self, token: &str, chat: u64, query: &str, page: Page) -> CoreResult<ListPage> {
+    pub async fn search(
+        &self,
+        token: &str,
+        chat: u64,
+        query: &str,
+        page: Page,
+    ) -> CoreResult<ListPage> {
         if query.trim().is_empty() {
             return Err(CoreError::invalid_query("q", "must not be empty"));
         }
         let app = self.resolve(token).await?;
         self.chat_birth(app, chat).await?;
-        let hits = self.ports.search.search(app, chat, query, SEARCH_WINDOW).await?;
+        let hits = self
+            .ports
+            .search
+            .search(app, chat, query, SEARCH_WINDOW)
+            .await?;
         let start = match page.after {
             None => 0,
-            Some(after) => hits.iter().position(|h| h.message.number == after).map_or(hits.len(), |i| i + 1),
+            Some(after) => hits
+                .iter()
+                .position(|h| h.message.number == after)
+                .map_or(hits.len(), |i| i + 1),
         };
-        let rows: Vec<Message> = hits.into_iter().skip(start).take(page.limit as usize + 1).map(|h| h.message).collect();
-        Ok(render_page(rows, page.limit, |m| m.number.to_string(), |m| MessageView::from(m)))
+        let rows: Vec<Message> = hits
+            .into_iter()
+            .skip(start)
+            .take(page.limit as usize + 1)
+            .map(|h| h.message)
+            .collect();
+        Ok(render_page(
+            rows,
+            page.limit,
+            |m| m.number.to_string(),
+            |m| MessageView::from(m),
+        ))
     }
 
     // Lookups.
@@ -241,9 +356,18 @@ impl ChatService {
         let app = match soft(self.ports.cache.application_id(token).await) {
             Some(app) => app,
             None => {
-                let application =
-                    self.ports.store.application_by_token(token).await?.ok_or(CoreError::NotFound("application"))?;
-                soft(self.ports.cache.put_application_id(token, application.id).await);
+                let application = self
+                    .ports
+                    .store
+                    .application_by_token(token)
+                    .await?
+                    .ok_or(CoreError::NotFound("application"))?;
+                soft(
+                    self.ports
+                        .cache
+                        .put_application_id(token, application.id)
+                        .await,
+                );
                 application.id
             }
         };
@@ -268,7 +392,9 @@ impl ChatService {
             return Ok(at);
         }
         let chat = self.load_chat(app, number).await?;
-        self.chat_births.insert((app, number), chat.created_at).await;
+        self.chat_births
+            .insert((app, number), chat.created_at)
+            .await;
         Ok(chat.created_at)
     }
 
@@ -277,12 +403,22 @@ impl ChatService {
         if let Some(message) = soft(self.ports.cache.message(key).await) {
             return Ok(message);
         }
-        let message = self.ports.store.message(app, chat, number).await?.ok_or(CoreError::NotFound("message"))?;
+        let message = self
+            .ports
+            .store
+            .message(app, chat, number)
+            .await?
+            .ok_or(CoreError::NotFound("message"))?;
         soft(self.ports.cache.put_message(&message).await);
         Ok(message)
     }
 
-    async fn cached_list<F, Fut>(&self, scope: ListScope, page: Page, load: F) -> CoreResult<ListPage>
+    async fn cached_list<F, Fut>(
+        &self,
+        scope: ListScope,
+        page: Page,
+        load: F,
+    ) -> CoreResult<ListPage>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = CoreResult<ListPage>>,
@@ -292,13 +428,24 @@ impl ChatService {
         if let Some(body) = entry.as_ref().and_then(|e| e.body.as_deref())
             && let Some(cached) = decode_cached_page(body)
         {
-            metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "hit").increment(1);
+            metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "hit")
+                .increment(1);
             return Ok(cached);
         }
         metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "miss").increment(1);
         let fresh = load().await?;
         if let Some(entry) = entry {
-            soft(self.ports.cache.put_list(&scope, entry.generation, &page_key, &encode_cached_page(&fresh)).await);
+            soft(
+                self.ports
+                    .cache
+                    .put_list(
+                        &scope,
+                        entry.generation,
+                        &page_key,
+                        &encode_cached_page(&fresh),
+                    )
+                    .await,
+            );
         }
         Ok(fresh)
     }
@@ -313,9 +460,16 @@ fn render_page<T, V: Serialize>(
 ) -> ListPage {
     let has_next = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next_after = if has_next { rows.last().map(&cursor) } else { None };
+    let next_after = if has_next {
+        rows.last().map(&cursor)
+    } else {
+        None
+    };
     let views: Vec<V> = rows.iter().map(view).collect();
-    ListPage { json: serde_json::to_vec(&views).expect("views serialise"), next_after }
+    ListPage {
+        json: serde_json::to_vec(&views).expect("views serialise"),
+        next_after,
+    }
 }
 
 fn encode_cached_page(page: &ListPage) -> Vec<u8> {
@@ -382,7 +536,10 @@ mod tests {
     #[test]
     fn cached_pages_round_trip() {
         for next_after in [None, Some("42".to_string())] {
-            let page = ListPage { json: b"[{\"a\":\"x\\ny\"}]".to_vec(), next_after };
+            let page = ListPage {
+                json: b"[{\"a\":\"x\\ny\"}]".to_vec(),
+                next_after,
+            };
             let back = decode_cached_page(&encode_cached_page(&page)).unwrap();
             assert_eq!(back.json, page.json);
             assert_eq!(back.next_after, page.next_after);

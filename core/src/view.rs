@@ -48,12 +48,22 @@ impl From<&Application> for ApplicationView {
 
 impl From<&Chat> for ChatView {
     fn from(c: &Chat) -> Self {
-        ChatView { number: c.number, messages_count: c.messages_count, created_at: c.created_at, updated_at: c.updated_at }
+        ChatView {
+            number: c.number,
+            messages_count: c.messages_count,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
     }
 }
 
 impl From<&Message> for MessageView {
     fn from(m: &Message) -> Self {
-        MessageView { number: m.number, body: m.body.clone(), created_at: m.created_at, updated_at: m.updated_at }
+        MessageView {
+            number: m.number,
+            body: m.body.clone(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
     }
 }

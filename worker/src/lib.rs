@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,7 +21,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "chatsys-worker", version, about = "Applies queued chat and message commands to MySQL and the search index")]
+#[command(
+    name = "chatsys-worker",
+    version,
+    about = "Applies queued chat and message commands to MySQL and the search index"
+)]
 pub struct WorkerArgs {
     /// MySQL URL, mysql://user:password@host:3306/database.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -99,10 +103,21 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
     if args.migrate {
         store.migrate().await.context("migrations failed")?;
     }
-    let redis = redis::connect(&args.redis_url).await.context("cannot connect to Redis")?;
-    let cache = Arc::new(redis::RedisCache::new(redis, redis::Keys::new(&args.redis_prefix), Duration::from_secs(args.cache_ttl_secs)));
-    let search = chatsys_api::open_search(args.opensearch_url.as_deref(), &args.data_dir, true).await?;
-    let ports = IngestPorts { store: store.clone(), search, cache };
+    let redis = redis::connect(&args.redis_url)
+        .await
+        .context("cannot connect to Redis")?;
+    let cache = Arc::new(redis::RedisCache::new(
+        redis,
+        redis::Keys::new(&args.redis_prefix),
+        Duration::from_secs(args.cache_ttl_secs),
+    ));
+    let search =
+        chatsys_api::open_search(args.opensearch_url.as_deref(), &args.data_dir, true).await?;
+    let ports = IngestPorts {
+        store: store.clone(),
+        search,
+        cache,
+    };
     let settings = IngestSettings {
         batch_size: args.batch_size.max(1),
         batch_wait: Duration::from_millis(args.batch_wait_ms),
@@ -121,25 +136,43 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
         stopped.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let health_addr = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async {
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], chatsys_api::metrics_handle().render())
-        }))
-        .with_state(Arc::new(HealthState { store, ingest: health_rx }));
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    chatsys_api::metrics_handle().render(),
+                )
+            }),
+        )
+        .with_state(Arc::new(HealthState {
+            store,
+            ingest: health_rx,
+        }));
     let mut http_stop = stopped;
     let http_task = tokio::spawn(async move {
         let stopped = async move {
             let _ = http_stop.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!(error = %e, "health server failed");
         }
     });
-    Ok(RunningWorker { health_addr, shutdown, tasks: vec![ingest_task, repair_task, http_task] })
+    Ok(RunningWorker {
+        health_addr,
+        shutdown,
+        tasks: vec![ingest_task, repair_task, http_task],
+    })
 }
 
 /// Ready when the database answers and the last batch went through.
@@ -147,7 +180,11 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
     let database = state.store.ping().await.err().map(|e| e.to_string());
     let ingest = state.ingest.borrow().last_error.clone();
     let ready = database.is_none() && ingest.is_none();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "checks": {"database": database.unwrap_or_else(|| "ok".into()), "ingest": ingest.unwrap_or_else(|| "ok".into())},

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,8 +11,8 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{JsonBody, QueryMap};
-use super::{created, list_response, AppState, Shared};
+use super::extract::{JsonBody, PathParams, QueryMap};
+use super::{AppState, Shared, created, list_response};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -35,9 +35,15 @@ pub struct NameBody {
         (status = 422, description = "Missing or invalid name", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait")))))]
-pub async fn create(State(state): Shared, JsonBody(body): JsonBody<NameBody>) -> ApiResult<Response> {
+pub async fn create(
+    State(state): Shared,
+    JsonBody(body): JsonBody<NameBody>,
+) -> ApiResult<Response> {
     let application = state.service.create_application(&body.name).await?;
-    Ok(created(format!("/applications/{}", application.token), application))
+    Ok(created(
+        format!("/applications/{}", application.token),
+        application,
+    ))
 }
 
 #[utoipa::path(get, path = "/applications", tag = "applications",
@@ -49,16 +55,31 @@ pub async fn create(State(state): Shared, JsonBody(body): JsonBody<NameBody>) ->
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
         (status = 400, description = "Bad limit or after", body = ErrorBody),
         (status = 401, description = "Admin key missing or wrong", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
-pub async fn list(State(state): Shared, headers: HeaderMap, query: QueryMap) -> ApiResult<Response> {
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn list(
+    State(state): Shared,
+    headers: HeaderMap,
+    query: QueryMap,
+) -> ApiResult<Response> {
     if let Some(key) = &state.admin_key {
-        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "listing applications needs the admin key"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "listing applications needs the admin key",
+            ));
         }
     }
     let limit = domain::parse_page(query.get("limit"), None)?.limit;
-    let page = state.service.list_applications(query.get("after"), limit).await?;
+    let page = state
+        .service
+        .list_applications(query.get("after"), limit)
+        .await?;
     Ok(list_response(page, "/applications", limit, &[]))
 }
 
@@ -66,8 +87,12 @@ pub async fn list(State(state): Shared, headers: HeaderMap, query: QueryMap) -> 
     params(("token" = String, Path)),
     responses((status = 200, description = "The application", body = ApplicationView),
         (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
-pub async fn read(State(state): Shared, Path(token): Path<String>) -> ApiResult<Json<ApplicationView>> {
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn read(
+    State(state): Shared,
+    PathParams(token): PathParams<String>,
+) -> ApiResult<Json<ApplicationView>> {
     Ok(Json(state.service.application(&token).await?))
 }
 
@@ -78,13 +103,16 @@ pub async fn read(State(state): Shared, Path(token): Path<String>) -> ApiResult<
         (status = 404, description = "Unknown token", body = ErrorBody),
         (status = 413, description = "Request over the size limit", body = ErrorBody),
         (status = 422, description = "Missing or invalid name", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
 pub async fn rename(
     State(state): Shared,
-    Path(token): Path<String>,
+    PathParams(token): PathParams<String>,
     JsonBody(body): JsonBody<NameBody>,
 ) -> ApiResult<Json<ApplicationView>> {
-    Ok(Json(state.service.rename_application(&token, &body.name).await?))
+    Ok(Json(
+        state.service.rename_application(&token, &body.name).await?,
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

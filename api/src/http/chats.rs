@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -8,8 +8,8 @@ use chatsys_core::domain;
 use chatsys_core::view::ChatView;
 
 use super::error::{ApiResult, ErrorBody};
-use super::extract::{OptionalJson, QueryMap};
-use super::{created, list_response, AppState, Shared};
+use super::extract::{OptionalJson, PathParams, QueryMap};
+use super::{AppState, Shared, created, list_response};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -27,9 +27,16 @@ pub fn router() -> Router<Arc<AppState>> {
         (status = 413, description = "Request over the size limit", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait")))))]
-pub async fn create(State(state): Shared, Path(token): Path<String>, _body: OptionalJson) -> ApiResult<Response> {
+pub async fn create(
+    State(state): Shared,
+    PathParams(token): PathParams<String>,
+    _body: OptionalJson,
+) -> ApiResult<Response> {
     let chat = state.service.create_chat(&token).await?;
-    Ok(created(format!("/applications/{token}/chats/{}", chat.number), chat))
+    Ok(created(
+        format!("/applications/{token}/chats/{}", chat.number),
+        chat,
+    ))
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats", tag = "chats",
@@ -41,19 +48,33 @@ pub async fn create(State(state): Shared, Path(token): Path<String>, _body: Opti
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
         (status = 400, description = "Bad limit or after", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
-pub async fn list(State(state): Shared, Path(token): Path<String>, query: QueryMap) -> ApiResult<Response> {
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn list(
+    State(state): Shared,
+    PathParams(token): PathParams<String>,
+    query: QueryMap,
+) -> ApiResult<Response> {
     let page = query.page()?;
     let chats = state.service.list_chats(&token, page).await?;
-    Ok(list_response(chats, &format!("/applications/{token}/chats"), page.limit, &[]))
+    Ok(list_response(
+        chats,
+        &format!("/applications/{token}/chats"),
+        page.limit,
+        &[],
+    ))
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}", tag = "chats",
     params(("token" = String, Path), ("number" = u64, Path)),
     responses((status = 200, description = "The chat", body = ChatView),
         (status = 404, description = "Unknown token or number", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
-pub async fn read(State(state): Shared, Path((token, number)): Path<(String, String)>) -> ApiResult<Json<ChatView>> {
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn read(
+    State(state): Shared,
+    PathParams((token, number)): PathParams<(String, String)>,
+) -> ApiResult<Json<ChatView>> {
     let number = domain::parse_number(&number, "chat")?;
     Ok(Json(state.service.chat(&token, number).await?))
 }

@@ -1,7 +1,7 @@
 //! One error type for the HTTP layer: every failure becomes `{"error":{"code","message"}}` with the
 //! right status. A client's mistake is never a 5xx; internal details are logged, not sent.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::CoreError;
 use serde::Serialize;
@@ -29,15 +29,23 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// The error for a status produced outside the handlers (routing, body limits).
     pub fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status {
             StatusCode::NOT_FOUND => ("not_found", "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
-            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body over the size limit"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method_not_allowed", "method not allowed on this route")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", "request body over the size limit")
+            }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ("malformed_json", "the body must be JSON"),
             StatusCode::REQUEST_TIMEOUT => ("timeout", "request took too long"),
             s if s.is_client_error() => ("bad_request", "bad request"),
@@ -50,20 +58,36 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
-            CoreError::Invalid { field, message } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{field} {message}"))
-            }
-            CoreError::InvalidQuery { param, message } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{param} {message}"))
-            }
+            CoreError::NotFound(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
+            CoreError::Invalid { field, message } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("{field} {message}"),
+            ),
+            CoreError::InvalidQuery { param, message } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("{param} {message}"),
+            ),
             CoreError::Unavailable { backend, detail } => {
                 tracing::warn!(%backend, detail, "backing service unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", format!("{backend} unavailable, retry shortly"))
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    format!("{backend} unavailable, retry shortly"),
+                )
             }
             CoreError::Rejected(detail) => {
                 tracing::error!(detail, "unexpected refusal on the request path");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }
@@ -71,10 +95,17 @@ impl From<CoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -1,24 +1,33 @@
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
+use chatsys_core::CoreError;
 use chatsys_core::domain;
 use chatsys_core::view::MessageView;
-use chatsys_core::CoreError;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiResult, ErrorBody};
-use super::extract::{JsonBody, QueryMap};
-use super::{created, list_response, AppState, Shared};
+use super::extract::{JsonBody, PathParams, QueryMap};
+use super::{AppState, Shared, created, list_response};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/applications/{token}/chats/{number}/messages", get(list).post(create))
-        .route("/applications/{token}/chats/{number}/messages/search", get(search))
-        .route("/applications/{token}/chats/{number}/messages/{message}", get(read).put(edit))
+        .route(
+            "/applications/{token}/chats/{number}/messages",
+            get(list).post(create),
+        )
+        .route(
+            "/applications/{token}/chats/{number}/messages/search",
+            get(search),
+        )
+        .route(
+            "/applications/{token}/chats/{number}/messages/{message}",
+            get(read).put(edit),
+        )
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -40,12 +49,21 @@ pub struct BodyBody {
             headers(("Retry-After" = String, description = "Seconds to wait")))))]
 pub async fn create(
     State(state): Shared,
-    Path((token, chat)): Path<(String, String)>,
+    PathParams((token, chat)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<BodyBody>,
 ) -> ApiResult<Response> {
     let chat = domain::parse_number(&chat, "chat")?;
-    let message = state.service.create_message(&token, chat, &body.body).await?;
-    Ok(created(format!("/applications/{token}/chats/{chat}/messages/{}", message.number), message))
+    let message = state
+        .service
+        .create_message(&token, chat, &body.body)
+        .await?;
+    Ok(created(
+        format!(
+            "/applications/{token}/chats/{chat}/messages/{}",
+            message.number
+        ),
+        message,
+    ))
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
@@ -57,22 +75,33 @@ pub async fn create(
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
         (status = 400, description = "Bad limit or after", body = ErrorBody),
         (status = 404, description = "Unknown token or chat", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
-pub async fn list(State(state): Shared, Path((token, chat)): Path<(String, String)>, query: QueryMap) -> ApiResult<Response> {
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn list(
+    State(state): Shared,
+    PathParams((token, chat)): PathParams<(String, String)>,
+    query: QueryMap,
+) -> ApiResult<Response> {
     let page = query.page()?;
     let chat = domain::parse_number(&chat, "chat")?;
     let messages = state.service.list_messages(&token, chat, page).await?;
-    Ok(list_response(messages, &format!("/applications/{token}/chats/{chat}/messages"), page.limit, &[]))
+    Ok(list_response(
+        messages,
+        &format!("/applications/{token}/chats/{chat}/messages"),
+        page.limit,
+        &[],
+    ))
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path), ("message" = u64, Path)),
     responses((status = 200, description = "The message, including one accepted but not stored yet", body = MessageView),
         (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
 pub async fn read(
     State(state): Shared,
-    Path((token, chat, number)): Path<(String, String, String)>,
+    PathParams((token, chat, number)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<MessageView>> {
     let chat = domain::parse_number(&chat, "chat")?;
     let number = domain::parse_number(&number, "message")?;
@@ -90,12 +119,17 @@ pub async fn read(
             headers(("Retry-After" = String, description = "Seconds to wait")))))]
 pub async fn edit(
     State(state): Shared,
-    Path((token, chat, number)): Path<(String, String, String)>,
+    PathParams((token, chat, number)): PathParams<(String, String, String)>,
     JsonBody(body): JsonBody<BodyBody>,
 ) -> ApiResult<Json<MessageView>> {
     let chat = domain::parse_number(&chat, "chat")?;
     let number = domain::parse_number(&number, "message")?;
-    Ok(Json(state.service.edit_message(&token, chat, number, &body.body).await?))
+    Ok(Json(
+        state
+            .service
+            .edit_message(&token, chat, number, &body.body)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/search", tag = "messages",
@@ -109,11 +143,19 @@ pub async fn edit(
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
         (status = 400, description = "Empty or missing q, bad limit or after", body = ErrorBody),
         (status = 404, description = "Unknown token or chat", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody)))]
-pub async fn search(State(state): Shared, Path((token, chat)): Path<(String, String)>, query: QueryMap) -> ApiResult<Response> {
+        (status = 503, description = "A backing service is down", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+pub async fn search(
+    State(state): Shared,
+    PathParams((token, chat)): PathParams<(String, String)>,
+    query: QueryMap,
+) -> ApiResult<Response> {
     let page = query.page()?;
     let chat = domain::parse_number(&chat, "chat")?;
-    let q = query.get("q").or(query.get("key")).ok_or(CoreError::invalid_query("q", "is required"))?;
+    let q = query
+        .get("q")
+        .or(query.get("key"))
+        .ok_or(CoreError::invalid_query("q", "is required"))?;
     let hits = state.service.search(&token, chat, q, page).await?;
     let path = format!("/applications/{token}/chats/{chat}/messages/search");
     Ok(list_response(hits, &path, page.limit, &[("q", q)]))

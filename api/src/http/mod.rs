@@ -12,15 +12,17 @@ mod ops;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use chatsys_core::service::{ChatService, ListPage};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use error::ApiError;
@@ -29,6 +31,8 @@ pub struct AppState {
     pub service: ChatService,
     pub admin_key: Option<String>,
     pub metrics: PrometheusHandle,
+    /// Larger request bodies are answered 413.
+    pub max_request_bytes: usize,
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -45,7 +49,7 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
-pub fn router(state: Arc<AppState>, max_request_bytes: usize) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(applications::router())
         .merge(chats::router())
@@ -53,7 +57,7 @@ pub fn router(state: Arc<AppState>, max_request_bytes: usize) -> Router {
         .merge(ops::router())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn(json_errors))
-        .layer(axum::extract::DefaultBodyLimit::max(max_request_bytes))
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<Body>| {
@@ -85,18 +89,29 @@ async fn json_errors(req: Request, next: Next) -> Response {
 async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(req).await;
-    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
 /// A rendered list with its `Link: <…>; rel="next"` header when there is a next page.
 pub fn list_response(page: ListPage, path: &str, limit: u32, extra: &[(&str, &str)]) -> Response {
     let mut response = Response::new(Body::from(page.json));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(after) = page.next_after {
         let mut query = form_pairs(extra);
         query.push(("limit".to_string(), limit.to_string()));
@@ -110,7 +125,10 @@ pub fn list_response(page: ListPage, path: &str, limit: u32, extra: &[(&str, &st
 }
 
 fn form_pairs(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A 201 with the created resource and its `Location`.

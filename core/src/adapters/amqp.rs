@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
@@ -33,7 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 async fn connect(url: &str, name: &str) -> CoreResult<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
     tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
         .await
         .map_err(|_| unavailable("timed out connecting to RabbitMQ"))?
@@ -44,7 +45,11 @@ async fn connect(url: &str, name: &str) -> CoreResult<Connection> {
 pub async fn declare(channel: &Channel, queue: &str) -> CoreResult<()> {
     for name in [queue.to_string(), dead_letter_queue(queue)] {
         channel
-            .queue_declare(ShortString::from(name), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await
             .map_err(unavailable)?;
     }
@@ -52,16 +57,26 @@ pub async fn declare(channel: &Channel, queue: &str) -> CoreResult<()> {
 }
 
 fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from("application/json"))
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
 }
 
 /// Publishes with mandatory routing and waits for the broker's confirm: only then is the command durable.
-async fn publish_confirmed(channel: &Channel, queue: &str, payload: &[u8], properties: BasicProperties) -> CoreResult<()> {
+async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> CoreResult<()> {
     let confirm = channel
         .basic_publish(
             ShortString::from(""),
             ShortString::from(queue.to_string()),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             payload,
             properties,
         )
@@ -101,7 +116,10 @@ impl AmqpQueue {
             queue: queue.to_string(),
             channel_count: channel_count.max(1),
             publish_timeout,
-            link: Mutex::new(LinkState::Down { since: Instant::now() - RECONNECT_PAUSE, reason: "not connected".into() }),
+            link: Mutex::new(LinkState::Down {
+                since: Instant::now() - RECONNECT_PAUSE,
+                reason: "not connected".into(),
+            }),
             next_channel: AtomicUsize::new(0),
         }
     }
@@ -111,21 +129,32 @@ impl AmqpQueue {
         let mut channels = Vec::with_capacity(self.channel_count);
         for _ in 0..self.channel_count {
             let channel = connection.create_channel().await.map_err(unavailable)?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
             channels.push(channel);
         }
         declare(&channels[0], &self.queue).await?;
-        Ok(Link { connection, channels })
+        Ok(Link {
+            connection,
+            channels,
+        })
     }
 
     /// The live link, reconnecting when it broke (at most one attempt per pause).
     async fn link(&self) -> CoreResult<std::sync::Arc<Link>> {
         let mut state = self.link.lock().await;
         if let LinkState::Up(link) = &*state {
-            if link.connection.status().connected() && link.channels.iter().all(|c| c.status().connected()) {
+            if link.connection.status().connected()
+                && link.channels.iter().all(|c| c.status().connected())
+            {
                 return Ok(link.clone());
             }
-            *state = LinkState::Down { since: Instant::now() - RECONNECT_PAUSE, reason: "connection lost".into() };
+            *state = LinkState::Down {
+                since: Instant::now() - RECONNECT_PAUSE,
+                reason: "connection lost".into(),
+            };
         }
         if let LinkState::Down { since, reason } = &*state
             && since.elapsed() < RECONNECT_PAUSE
@@ -139,7 +168,10 @@ impl AmqpQueue {
                 Ok(link)
             }
             Err(e) => {
-                *state = LinkState::Down { since: Instant::now(), reason: e.to_string() };
+                *state = LinkState::Down {
+                    since: Instant::now(),
+                    reason: e.to_string(),
+                };
                 Err(e)
             }
         }
@@ -155,7 +187,8 @@ impl Queue for AmqpQueue {
     async fn publish(&self, command: &Command) -> CoreResult<()> {
         let started = Instant::now();
         let link = self.link().await?;
-        let channel = &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
+        let channel =
+            &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
         let result = tokio::time::timeout(
             self.publish_timeout,
             publish_confirmed(channel, &self.queue, &command.encode(), persistent()),
@@ -169,11 +202,18 @@ impl Queue for AmqpQueue {
 
     async fn backlog(&self) -> CoreResult<u64> {
         let link = self.link().await?;
-        let channel = link.connection.create_channel().await.map_err(unavailable)?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         let queue = channel
             .queue_declare(
                 ShortString::from(self.queue.clone()),
-                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::durable() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::durable()
+                },
                 FieldTable::default(),
             )
             .await
@@ -199,15 +239,26 @@ struct SourceLink {
 
 impl AmqpSource {
     pub fn new(url: &str, queue: &str, prefetch: u16) -> Self {
-        AmqpSource { url: url.to_string(), queue: queue.to_string(), prefetch, link: None }
+        AmqpSource {
+            url: url.to_string(),
+            queue: queue.to_string(),
+            prefetch,
+            link: None,
+        }
     }
 
     async fn open(&self) -> CoreResult<SourceLink> {
         let connection = connect(&self.url, "chatsys-worker").await?;
         let channel = connection.create_channel().await.map_err(unavailable)?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
         declare(&channel, &self.queue).await?;
-        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
         let consumer = channel
             .basic_consume(
                 ShortString::from(self.queue.clone()),
@@ -217,7 +268,11 @@ impl AmqpSource {
             )
             .await
             .map_err(unavailable)?;
-        Ok(SourceLink { _connection: connection, channel, consumer })
+        Ok(SourceLink {
+            _connection: connection,
+            channel,
+            consumer,
+        })
     }
 
     fn broken(&mut self, e: impl std::fmt::Display) -> CoreError {
@@ -227,7 +282,11 @@ impl AmqpSource {
 }
 
 fn delivery(d: lapin::message::Delivery) -> Delivery {
-    Delivery { tag: d.delivery_tag, payload: d.data, redelivered: d.redelivered }
+    Delivery {
+        tag: d.delivery_tag,
+        payload: d.data,
+        redelivered: d.redelivered,
+    }
 }
 
 #[async_trait]
@@ -256,23 +315,49 @@ impl CommandSource for AmqpSource {
     }
 
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
-        let Some(last) = deliveries.iter().map(|d| d.tag).max() else { return Ok(()) };
-        let Some(link) = &self.link else { return Err(unavailable("not connected")) };
+        let Some(last) = deliveries.iter().map(|d| d.tag).max() else {
+            return Ok(());
+        };
+        let Some(link) = &self.link else {
+            return Err(unavailable("not connected"));
+        };
         // Tags arrive in order and every earlier one is in this batch or was acked already.
-        let result = link.channel.basic_ack(last, BasicAckOptions { multiple: true }).await;
+        let result = link
+            .channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await;
         result.map_err(|e| self.broken(e))
     }
 
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
-        let Some(link) = &self.link else { return Err(unavailable("not connected")) };
+        let Some(link) = &self.link else {
+            return Err(unavailable("not connected"));
+        };
         let mut headers = FieldTable::default();
-        headers.insert(ShortString::from("x-chatsys-reason"), AMQPValue::LongString(LongString::from(reason.to_string())));
-        headers.insert(ShortString::from("x-chatsys-queue"), AMQPValue::LongString(LongString::from(self.queue.clone())));
-        let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        headers.insert(
+            ShortString::from("x-chatsys-reason"),
+            AMQPValue::LongString(LongString::from(reason.to_string())),
+        );
+        headers.insert(
+            ShortString::from("x-chatsys-queue"),
+            AMQPValue::LongString(LongString::from(self.queue.clone())),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
         let channel = link.channel.clone();
         let result = async {
-            publish_confirmed(&channel, &dead_letter_queue(&self.queue), &delivery.payload, properties).await?;
-            channel.basic_ack(delivery.tag, BasicAckOptions { multiple: false }).await.map_err(unavailable)
+            publish_confirmed(
+                &channel,
+                &dead_letter_queue(&self.queue),
+                &delivery.payload,
+                properties,
+            )
+            .await?;
+            channel
+                .basic_ack(delivery.tag, BasicAckOptions { multiple: false })
+                .await
+                .map_err(unavailable)
         }
         .await;
         result.map_err(|e| self.broken(e))

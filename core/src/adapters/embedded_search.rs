@@ -11,7 +11,8 @@ use chrono::DateTime;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
+    TextOptions, Value,
 };
 use tantivy::tokenizer::{PreTokenizedString, Token};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -41,7 +42,9 @@ struct Fields {
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let grams = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("raw").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = Fields {
         id: builder.add_text_field("id", STRING),
@@ -82,15 +85,30 @@ impl EmbeddedSearch {
         let (schema, fields) = schema();
         let directory = tantivy::directory::MmapDirectory::open(dir).map_err(unavailable)?;
         let index = Index::open_or_create(directory, schema).map_err(unavailable)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into().map_err(unavailable)?;
-        let writer = if writable { Some(Mutex::new(index.writer(50_000_000).map_err(unavailable)?)) } else { None };
-        Ok(Arc::new(EmbeddedSearch { reader, writer, fields }))
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()
+            .map_err(unavailable)?;
+        let writer = if writable {
+            Some(Mutex::new(index.writer(50_000_000).map_err(unavailable)?))
+        } else {
+            None
+        };
+        Ok(Arc::new(EmbeddedSearch {
+            reader,
+            writer,
+            fields,
+        }))
     }
 
     fn document(&self, m: &Message) -> TantivyDocument {
         let f = self.fields;
         let mut doc = TantivyDocument::default();
-        doc.add_text(f.id, format!("{}:{}:{}", m.application_id, m.chat_number, m.number));
+        doc.add_text(
+            f.id,
+            format!("{}:{}:{}", m.application_id, m.chat_number, m.number),
+        );
         doc.add_text(f.chat, chat_key(m.application_id, m.chat_number));
         doc.add_u64(f.app, m.application_id);
         doc.add_u64(f.chat_number, m.chat_number);
@@ -99,9 +117,20 @@ impl EmbeddedSearch {
         let tokens = trigrams(&m.body)
             .into_iter()
             .enumerate()
-            .map(|(position, text)| Token { position, text, position_length: 1, ..Token::default() })
+            .map(|(position, text)| Token {
+                position,
+                text,
+                position_length: 1,
+                ..Token::default()
+            })
             .collect();
-        doc.add_pre_tokenized_text(f.grams, PreTokenizedString { text: String::new(), tokens });
+        doc.add_pre_tokenized_text(
+            f.grams,
+            PreTokenizedString {
+                text: String::new(),
+                tokens,
+            },
+        );
         doc.add_u64(f.version, m.version);
         doc.add_i64(f.created_at, m.created_at.timestamp_micros());
         doc.add_i64(f.updated_at, m.updated_at.timestamp_micros());
@@ -111,7 +140,11 @@ impl EmbeddedSearch {
     fn message(&self, doc: &TantivyDocument) -> Option<Message> {
         let f = self.fields;
         let u = |field| doc.get_first(field).and_then(|v| v.as_u64());
-        let t = |field| doc.get_first(field).and_then(|v| v.as_i64()).and_then(DateTime::from_timestamp_micros);
+        let t = |field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_i64())
+                .and_then(DateTime::from_timestamp_micros)
+        };
         Some(Message {
             application_id: u(f.app)?,
             chat_number: u(f.chat_number)?,
@@ -123,42 +156,82 @@ impl EmbeddedSearch {
         })
     }
 
-    fn search_blocking(&self, app: AppId, chat: u64, query: &str, window: usize) -> CoreResult<Vec<SearchHit>> {
+    fn search_blocking(
+        &self,
+        app: AppId,
+        chat: u64,
+        query: &str,
+        window: usize,
+    ) -> CoreResult<Vec<SearchHit>> {
         let f = self.fields;
         let needle: String = query.chars().flat_map(char::to_lowercase).collect();
-        let in_chat: Box<dyn Query> =
-            Box::new(TermQuery::new(Term::from_field_text(f.chat, &chat_key(app, chat)), IndexRecordOption::Basic));
+        let in_chat: Box<dyn Query> = Box::new(TermQuery::new(
+            Term::from_field_text(f.chat, &chat_key(app, chat)),
+            IndexRecordOption::Basic,
+        ));
         let grams = trigrams(query);
         let (query, limit): (Box<dyn Query>, usize) = match grams.len() {
             0 => (in_chat, usize::MAX),
             1 => {
-                let gram = TermQuery::new(Term::from_field_text(f.grams, &grams[0]), IndexRecordOption::WithFreqs);
-                (Box::new(BooleanQuery::new(vec![(Occur::Must, in_chat), (Occur::Must, Box::new(gram))])), window)
+                let gram = TermQuery::new(
+                    Term::from_field_text(f.grams, &grams[0]),
+                    IndexRecordOption::WithFreqs,
+                );
+                (
+                    Box::new(BooleanQuery::new(vec![
+                        (Occur::Must, in_chat),
+                        (Occur::Must, Box::new(gram)),
+                    ])),
+                    window,
+                )
             }
             _ => {
-                let terms = grams.iter().enumerate().map(|(i, g)| (i, Term::from_field_text(f.grams, g))).collect();
+                let terms = grams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (i, Term::from_field_text(f.grams, g)))
+                    .collect();
                 let phrase = PhraseQuery::new_with_offset(terms);
-                (Box::new(BooleanQuery::new(vec![(Occur::Must, in_chat), (Occur::Must, Box::new(phrase))])), window)
+                (
+                    Box::new(BooleanQuery::new(vec![
+                        (Occur::Must, in_chat),
+                        (Occur::Must, Box::new(phrase)),
+                    ])),
+                    window,
+                )
             }
         };
         let searcher = self.reader.searcher();
         let top = if limit == usize::MAX {
             // Short queries: the chat's documents in number order, filtered below.
-            let count = searcher.search(&query, &tantivy::collector::Count).map_err(unavailable)?;
+            let count = searcher
+                .search(&query, &tantivy::collector::Count)
+                .map_err(unavailable)?;
             searcher
-                .search(&query, &TopDocs::with_limit(count.max(1)).order_by_fast_field::<u64>("number", tantivy::Order::Asc))
+                .search(
+                    &query,
+                    &TopDocs::with_limit(count.max(1))
+                        .order_by_fast_field::<u64>("number", tantivy::Order::Asc),
+                )
                 .map_err(unavailable)?
                 .into_iter()
                 .map(|(_, address)| (0.0f32, address))
                 .collect::<Vec<_>>()
         } else {
-            searcher.search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score()).map_err(unavailable)?
+            searcher
+                .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
+                .map_err(unavailable)?
         };
         let mut hits = Vec::new();
         for (score, address) in top {
             let doc: TantivyDocument = searcher.doc(address).map_err(unavailable)?;
             if let Some(message) = self.message(&doc)
-                && message.body.chars().flat_map(char::to_lowercase).collect::<String>().contains(&needle)
+                && message
+                    .body
+                    .chars()
+                    .flat_map(char::to_lowercase)
+                    .collect::<String>()
+                    .contains(&needle)
             {
                 hits.push(SearchHit { message, score });
             }
@@ -166,7 +239,11 @@ impl EmbeddedSearch {
                 break;
             }
         }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.message.number.cmp(&b.message.number)));
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.message.number.cmp(&b.message.number))
+        });
         Ok(hits)
     }
 }
@@ -184,8 +261,13 @@ impl Search for Arc<EmbeddedSearch> {
         let this = self.clone();
         let messages = messages.to_vec();
         tokio::task::spawn_blocking(move || {
-            let writer = this.writer.as_ref().ok_or_else(|| unavailable("this process opened the index read-only"))?;
-            let mut writer = writer.lock().map_err(|_| unavailable("index writer poisoned"))?;
+            let writer = this
+                .writer
+                .as_ref()
+                .ok_or_else(|| unavailable("this process opened the index read-only"))?;
+            let mut writer = writer
+                .lock()
+                .map_err(|_| unavailable("index writer poisoned"))?;
             for m in &messages {
                 let id = format!("{}:{}:{}", m.application_id, m.chat_number, m.number);
                 writer.delete_term(Term::from_field_text(this.fields.id, &id));
@@ -198,10 +280,18 @@ impl Search for Arc<EmbeddedSearch> {
         .map_err(unavailable)?
     }
 
-    async fn search(&self, app: AppId, chat: u64, query: &str, window: usize) -> CoreResult<Vec<SearchHit>> {
+    async fn search(
+        &self,
+        app: AppId,
+        chat: u64,
+        query: &str,
+        window: usize,
+    ) -> CoreResult<Vec<SearchHit>> {
         let this = self.clone();
         let query = query.to_string();
-        tokio::task::spawn_blocking(move || this.search_blocking(app, chat, &query, window)).await.map_err(unavailable)?
+        tokio::task::spawn_blocking(move || this.search_blocking(app, chat, &query, window))
+            .await
+            .map_err(unavailable)?
     }
 }
 
@@ -211,11 +301,25 @@ mod tests {
 
     fn message(app: AppId, chat: u64, number: u64, body: &str, version: u64) -> Message {
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        Message { application_id: app, chat_number: chat, number, body: body.into(), version, created_at: at, updated_at: at }
+        Message {
+            application_id: app,
+            chat_number: chat,
+            number,
+            body: body.into(),
+            version,
+            created_at: at,
+            updated_at: at,
+        }
     }
 
     async fn numbers(search: &Arc<EmbeddedSearch>, app: AppId, chat: u64, q: &str) -> Vec<u64> {
-        search.search(app, chat, q, 100).await.unwrap().into_iter().map(|h| h.message.number).collect()
+        search
+            .search(app, chat, q, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.message.number)
+            .collect()
     }
 
     #[tokio::test]
@@ -248,9 +352,18 @@ mod tests {
     async fn reindexing_replaces_the_previous_version() {
         let dir = tempfile::tempdir().unwrap();
         let search = EmbeddedSearch::open(dir.path(), true).unwrap();
-        search.index(&[message(1, 1, 1, "first words", 0)]).await.unwrap();
-        search.index(&[message(1, 1, 1, "second words", 5)]).await.unwrap();
-        search.index(&[message(1, 1, 1, "second words", 5)]).await.unwrap();
+        search
+            .index(&[message(1, 1, 1, "first words", 0)])
+            .await
+            .unwrap();
+        search
+            .index(&[message(1, 1, 1, "second words", 5)])
+            .await
+            .unwrap();
+        search
+            .index(&[message(1, 1, 1, "second words", 5)])
+            .await
+            .unwrap();
         assert!(numbers(&search, 1, 1, "first").await.is_empty());
         let hits = search.search(1, 1, "words", 10).await.unwrap();
         assert_eq!(hits.len(), 1);
@@ -262,10 +375,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = EmbeddedSearch::open(dir.path(), true).unwrap();
         let reader = EmbeddedSearch::open(dir.path(), false).unwrap();
-        writer.index(&[message(1, 1, 7, "visible later", 0)]).await.unwrap();
+        writer
+            .index(&[message(1, 1, 7, "visible later", 0)])
+            .await
+            .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while numbers(&reader, 1, 1, "later").await.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "the reader never saw the commit");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader never saw the commit"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(reader.index(&[message(1, 1, 8, "x", 0)]).await.is_err());

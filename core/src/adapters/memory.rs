@@ -101,7 +101,10 @@ impl MemoryCache {
             K: std::hash::Hash + Eq + Send + Sync + 'static,
             V: Clone + Send + Sync + 'static,
         {
-            Moka::builder().max_capacity(capacity).time_to_live(ttl).build()
+            Moka::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build()
         }
         MemoryCache {
             ids: build(ttl, 100_000),
@@ -132,7 +135,9 @@ impl Cache for MemoryCache {
     }
 
     async fn put_application(&self, application: &Application) -> CoreResult<()> {
-        self.applications.insert(application.id, application.clone()).await;
+        self.applications
+            .insert(application.id, application.clone())
+            .await;
         Ok(())
     }
 
@@ -148,7 +153,9 @@ impl Cache for MemoryCache {
     }
 
     async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.chats.insert((chat.application_id, chat.number), chat.clone()).await;
+        self.chats
+            .insert((chat.application_id, chat.number), chat.clone())
+            .await;
         Ok(())
     }
 
@@ -164,7 +171,9 @@ impl Cache for MemoryCache {
     }
 
     async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.pending_chats.insert((chat.application_id, chat.number), chat.clone()).await;
+        self.pending_chats
+            .insert((chat.application_id, chat.number), chat.clone())
+            .await;
         Ok(())
     }
 
@@ -175,22 +184,48 @@ impl Cache for MemoryCache {
     async fn put_message(&self, message: &Message) -> CoreResult<()> {
         let key = (message.application_id, message.chat_number, message.number);
         let _serialised = self.message_writes.lock().await;
-        let newer = self.messages.get(&key).await.is_none_or(|cached| cached.version <= message.version);
+        let newer = self
+            .messages
+            .get(&key)
+            .await
+            .is_none_or(|cached| cached.version <= message.version);
         if newer {
             self.messages.insert(key, message.clone()).await;
         }
         Ok(())
     }
 
-
     async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
-        let generation = self.generations.lock().await.get(scope).copied().unwrap_or(0);
-        let body = self.pages.get(&(scope.clone(), generation, page.to_string())).await;
-        Ok(Some(ListEntry { generation, body: body.map(|b| b.as_ref().clone()) }))
+        let generation = self
+            .generations
+            .lock()
+            .await
+            .get(scope)
+            .copied()
+            .unwrap_or(0);
+        let body = self
+            .pages
+            .get(&(scope.clone(), generation, page.to_string()))
+            .await;
+        Ok(Some(ListEntry {
+            generation,
+            body: body.map(|b| b.as_ref().clone()),
+        }))
     }
 
-    async fn put_list(&self, scope: &ListScope, generation: u64, page: &str, body: &[u8]) -> CoreResult<()> {
-        self.pages.insert((scope.clone(), generation, page.to_string()), Arc::new(body.to_vec())).await;
+    async fn put_list(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+        body: &[u8],
+    ) -> CoreResult<()> {
+        self.pages
+            .insert(
+                (scope.clone(), generation, page.to_string()),
+                Arc::new(body.to_vec()),
+            )
+            .await;
         Ok(())
     }
 

@@ -11,18 +11,27 @@ pub mod sqlite;
 
 use std::borrow::Cow;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Builds a migrator over SQL files compiled into the binary (no files needed at run time).
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = files
         .iter()
         .map(|(version, description, sql)| {
-            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, sql.into_sql_str(), false)
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
         })
         .collect::<Vec<_>>();
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }
 
 /// A random id for one attempt at a batch; rows it inserts carry it.

@@ -10,8 +10,8 @@ use sqlx::{Executor, MySql, QueryBuilder, Row};
 
 use crate::command::Command;
 use crate::domain::{AppId, Application, Chat, Message, Page};
-use crate::error::{from_sqlx, CoreError, CoreResult};
-use crate::plan::{plan_batch, ChatKey, MessageKey};
+use crate::error::{CoreError, CoreResult, from_sqlx};
+use crate::plan::{ChatKey, MessageKey, plan_batch};
 use crate::ports::{Applied, Store};
 
 pub struct MySqlStore {
@@ -22,16 +22,20 @@ impl MySqlStore {
     /// Connects lazily: the pool opens connections on demand, so a database that is down at start
     /// makes requests fail with 503 instead of the process exiting.
     pub fn connect(url: &str, pool_size: u32) -> CoreResult<Self> {
-        let options: MySqlConnectOptions =
-            url.parse().map_err(|e| CoreError::unavailable(crate::error::Backend::Database, e))?;
-        let options = options.timezone(Some("+00:00".to_string())).charset("utf8mb4");
+        let options: MySqlConnectOptions = url
+            .parse()
+            .map_err(|e| CoreError::unavailable(crate::error::Backend::Database, e))?;
+        let options = options
+            .timezone(Some("+00:00".to_string()))
+            .charset("utf8mb4");
         let pool = MySqlPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(3))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Row locks only: no gap locks between workers writing neighbouring rows.
-                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
                     Ok(())
                 })
             })
@@ -83,7 +87,8 @@ fn message_from(row: &MySqlRow) -> Result<Message, sqlx::Error> {
 
 const APPLICATION_COLUMNS: &str = "id, token, name, chats_count, created_at, updated_at";
 const CHAT_COLUMNS: &str = "application_id, number, messages_count, created_at, updated_at";
-const MESSAGE_COLUMNS: &str = "application_id, chat_number, number, body, version, created_at, updated_at";
+const MESSAGE_COLUMNS: &str =
+    "application_id, chat_number, number, body, version, created_at, updated_at";
 
 /// Tries a transaction again when the database chose it as a deadlock victim.
 const DEADLOCK_RETRIES: usize = 5;
@@ -92,17 +97,30 @@ const DEADLOCK_RETRIES: usize = 5;
 impl Store for MySqlStore {
     async fn migrate(&self) -> CoreResult<()> {
         // The migrator holds a MySQL advisory lock, so replicas starting together apply each migration once.
-        super::migrator(&[(1, "schema", include_str!("../../migrations/mysql/0001_schema.sql"))])
-            .run(&self.pool)
-            .await
-            .map_err(|e| CoreError::unavailable(crate::error::Backend::Database, e))
+        super::migrator(&[(
+            1,
+            "schema",
+            include_str!("../../migrations/mysql/0001_schema.sql"),
+        )])
+        .run(&self.pool)
+        .await
+        .map_err(|e| CoreError::unavailable(crate::error::Backend::Database, e))
     }
 
     async fn ping(&self) -> CoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(from_sqlx)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(from_sqlx)
     }
 
-    async fn create_application(&self, token: &str, name: &str, at: DateTime<Utc>) -> CoreResult<Application> {
+    async fn create_application(
+        &self,
+        token: &str,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> CoreResult<Application> {
         let result = sqlx::query(
             "INSERT INTO applications (token, name, chats_count, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
         )
@@ -136,29 +154,53 @@ impl Store for MySqlStore {
 
     async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>> {
         let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE token = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(token).fetch_optional(&self.pool).await.map_err(from_sqlx)?;
-        row.as_ref().map(application_from).transpose().map_err(from_sqlx)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        row.as_ref()
+            .map(application_from)
+            .transpose()
+            .map_err(from_sqlx)
     }
 
     async fn application(&self, id: AppId) -> CoreResult<Option<Application>> {
         let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(from_sqlx)?;
-        row.as_ref().map(application_from).transpose().map_err(from_sqlx)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        row.as_ref()
+            .map(application_from)
+            .transpose()
+            .map_err(from_sqlx)
     }
 
-    async fn list_applications(&self, after: Option<AppId>, limit: u32) -> CoreResult<Vec<Application>> {
-        let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? ORDER BY id LIMIT ?");
+    async fn list_applications(
+        &self,
+        after: Option<AppId>,
+        limit: u32,
+    ) -> CoreResult<Vec<Application>> {
+        let sql = format!(
+            "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? ORDER BY id LIMIT ?"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after.unwrap_or(0))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        rows.iter().map(application_from).collect::<Result<_, _>>().map_err(from_sqlx)
+        rows.iter()
+            .map(application_from)
+            .collect::<Result<_, _>>()
+            .map_err(from_sqlx)
     }
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
-        let sql = format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number = ?");
+        let sql =
+            format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(app)
             .bind(number)
@@ -169,8 +211,9 @@ impl Store for MySqlStore {
     }
 
     async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>> {
-        let sql =
-            format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number > ? ORDER BY number LIMIT ?");
+        let sql = format!(
+            "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number > ? ORDER BY number LIMIT ?"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(app)
             .bind(page.after.unwrap_or(0))
@@ -178,7 +221,10 @@ impl Store for MySqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        rows.iter().map(chat_from).collect::<Result<_, _>>().map_err(from_sqlx)
+        rows.iter()
+            .map(chat_from)
+            .collect::<Result<_, _>>()
+            .map_err(from_sqlx)
     }
 
     async fn message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Option<Message>> {
@@ -192,7 +238,10 @@ impl Store for MySqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        row.as_ref().map(message_from).transpose().map_err(from_sqlx)
+        row.as_ref()
+            .map(message_from)
+            .transpose()
+            .map_err(from_sqlx)
     }
 
     async fn list_messages(&self, app: AppId, chat: u64, page: Page) -> CoreResult<Vec<Message>> {
@@ -208,26 +257,31 @@ impl Store for MySqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        rows.iter().map(message_from).collect::<Result<_, _>>().map_err(from_sqlx)
+        rows.iter()
+            .map(message_from)
+            .collect::<Result<_, _>>()
+            .map_err(from_sqlx)
     }
 
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64> {
-        let max: Option<u64> = sqlx::query_scalar("SELECT MAX(number) FROM chats WHERE application_id = ?")
-            .bind(app)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(from_sqlx)?;
+        let max: Option<u64> =
+            sqlx::query_scalar("SELECT MAX(number) FROM chats WHERE application_id = ?")
+                .bind(app)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
         Ok(max.unwrap_or(0))
     }
 
     async fn max_message_number(&self, app: AppId, chat: u64) -> CoreResult<u64> {
-        let max: Option<u64> =
-            sqlx::query_scalar("SELECT MAX(number) FROM messages WHERE application_id = ? AND chat_number = ?")
-                .bind(app)
-                .bind(chat)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(from_sqlx)?;
+        let max: Option<u64> = sqlx::query_scalar(
+            "SELECT MAX(number) FROM messages WHERE application_id = ? AND chat_number = ?",
+        )
+        .bind(app)
+        .bind(chat)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
         Ok(max.unwrap_or(0))
     }
 
@@ -239,9 +293,14 @@ impl Store for MySqlStore {
         let mut attempt = 0;
         loop {
             match self.apply_once(&plan).await {
-                Err(CoreError::Unavailable { .. }) if attempt < DEADLOCK_RETRIES && self.ping().await.is_ok() => {
+                Err(CoreError::Unavailable { .. })
+                    if attempt < DEADLOCK_RETRIES && self.ping().await.is_ok() =>
+                {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * (1 << attempt) + rand::random::<u64>() % 20)).await;
+                    tokio::time::sleep(Duration::from_millis(
+                        10 * (1 << attempt) + rand::random::<u64>() % 20,
+                    ))
+                    .await;
                 }
                 other => return other,
             }
@@ -345,7 +404,10 @@ impl MySqlStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(from_sqlx)?;
-            new_messages = counted.into_iter().map(|(app, chat, n)| ((app, chat), n)).collect();
+            new_messages = counted
+                .into_iter()
+                .map(|(app, chat, n)| ((app, chat), n))
+                .collect();
         }
 
         let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
@@ -373,7 +435,11 @@ impl MySqlStore {
         .await
         .map_err(from_sqlx)?;
         for (app, count) in &new_chats {
-            let latest = plan.chats.range((*app, 0)..=(*app, u64::MAX)).map(|(_, c)| c.created_at).max();
+            let latest = plan
+                .chats
+                .range((*app, 0)..=(*app, u64::MAX))
+                .map(|(_, c)| c.created_at)
+                .max();
             sqlx::query(
                 "UPDATE applications SET chats_count = chats_count + ?, updated_at = GREATEST(updated_at, ?) WHERE id = ?",
             )
@@ -388,10 +454,18 @@ impl MySqlStore {
         let messages = if plan.messages.is_empty() {
             Vec::new()
         } else {
-            let mut select: QueryBuilder<MySql> = QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
+            let mut select: QueryBuilder<MySql> =
+                QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
             push_message_keys(&mut select, plan.messages.keys());
-            let rows = select.build().fetch_all(&mut *tx).await.map_err(from_sqlx)?;
-            rows.iter().map(message_from).collect::<Result<Vec<_>, _>>().map_err(from_sqlx)?
+            let rows = select
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+            rows.iter()
+                .map(message_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(from_sqlx)?
         };
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Applied {
@@ -404,7 +478,10 @@ impl MySqlStore {
 
 /// `(application_id = ? AND chat_number = ? AND number IN (…)) OR …`, one group per chat, which the
 /// optimiser turns into primary-key ranges.
-fn push_message_keys<'a>(query: &mut QueryBuilder<MySql>, keys: impl Iterator<Item = &'a MessageKey>) {
+fn push_message_keys<'a>(
+    query: &mut QueryBuilder<MySql>,
+    keys: impl Iterator<Item = &'a MessageKey>,
+) {
     let mut by_chat: BTreeMap<ChatKey, Vec<u64>> = BTreeMap::new();
     for (app, chat, number) in keys {
         by_chat.entry((*app, *chat)).or_default().push(*number);
@@ -413,7 +490,12 @@ fn push_message_keys<'a>(query: &mut QueryBuilder<MySql>, keys: impl Iterator<It
         if i > 0 {
             query.push(" OR ");
         }
-        query.push("(application_id = ").push_bind(app).push(" AND chat_number = ").push_bind(chat).push(" AND number IN (");
+        query
+            .push("(application_id = ")
+            .push_bind(app)
+            .push(" AND chat_number = ")
+            .push_bind(chat)
+            .push(" AND number IN (");
         let mut separated = query.separated(", ");
         for number in numbers {
             separated.push_bind(number);

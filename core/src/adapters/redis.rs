@@ -25,7 +25,9 @@ pub async fn connect(url: &str) -> CoreResult<ConnectionManager> {
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_with_config(client, config).await.map_err(unavailable)
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(unavailable)
 }
 
 /// Key names under one prefix, so several systems (or test runs) can share a Redis.
@@ -36,7 +38,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_string() }
+        Keys {
+            prefix: prefix.to_string(),
+        }
     }
     fn chat_counter(&self, app: AppId) -> String {
         format!("{}:app:{app}:chats", self.prefix)
@@ -68,13 +72,17 @@ impl Keys {
     fn list_generation(&self, scope: &ListScope) -> String {
         match scope {
             ListScope::Chats(app) => format!("{}:generation:chats:{app}", self.prefix),
-            ListScope::Messages(app, chat) => format!("{}:generation:messages:{app}:{chat}", self.prefix),
+            ListScope::Messages(app, chat) => {
+                format!("{}:generation:messages:{app}:{chat}", self.prefix)
+            }
         }
     }
     fn list_page_prefix(&self, scope: &ListScope) -> String {
         match scope {
             ListScope::Chats(app) => format!("{}:list:chats:{app}:", self.prefix),
-            ListScope::Messages(app, chat) => format!("{}:list:messages:{app}:{chat}:", self.prefix),
+            ListScope::Messages(app, chat) => {
+                format!("{}:list:messages:{app}:{chat}:", self.prefix)
+            }
         }
     }
 }
@@ -122,8 +130,12 @@ impl RedisNumbers {
     }
 
     async fn lost_counter(&self, what: &str) {
-        metrics::counter!("chatsys_counter_reseeds_total", "counter" => what.to_string()).increment(1);
-        tracing::warn!(counter = what, "number counter missing from Redis; restarting it above every number handed out");
+        metrics::counter!("chatsys_counter_reseeds_total", "counter" => what.to_string())
+            .increment(1);
+        tracing::warn!(
+            counter = what,
+            "number counter missing from Redis; restarting it above every number handed out"
+        );
     }
 }
 
@@ -131,12 +143,20 @@ impl RedisNumbers {
 impl Numbers for RedisNumbers {
     async fn ping(&self) -> CoreResult<()> {
         let mut redis = self.redis.clone();
-        redis::cmd("PING").query_async::<String>(&mut redis).await.map(|_| ()).map_err(unavailable)
+        redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn init_application(&self, app: AppId) -> CoreResult<()> {
         let mut redis = self.redis.clone();
-        redis.set_nx::<_, _, bool>(self.keys.chat_counter(app), 0).await.map(|_| ()).map_err(unavailable)
+        redis
+            .set_nx::<_, _, bool>(self.keys.chat_counter(app), 0)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
@@ -144,13 +164,25 @@ impl Numbers for RedisNumbers {
         let mut redis = self.redis.clone();
         let key = self.keys.chat_counter(app);
         let prefix = self.keys.message_counter_prefix(app);
-        let n: i64 = script.key(&key).arg(&prefix).arg("").invoke_async(&mut redis).await.map_err(unavailable)?;
+        let n: i64 = script
+            .key(&key)
+            .arg(&prefix)
+            .arg("")
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
         if n > 0 {
             return Ok(n as u64);
         }
         self.lost_counter("chats").await;
         let floor = self.floor.chat_floor(app).await?;
-        let n: i64 = script.key(&key).arg(&prefix).arg(floor).invoke_async(&mut redis).await.map_err(unavailable)?;
+        let n: i64 = script
+            .key(&key)
+            .arg(&prefix)
+            .arg(floor)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
         Ok(n as u64)
     }
 
@@ -158,19 +190,33 @@ impl Numbers for RedisNumbers {
         let script = Script::new(NEXT_MESSAGE);
         let mut redis = self.redis.clone();
         let key = self.keys.message_counter(app, chat);
-        let n: i64 = script.key(&key).arg("").invoke_async(&mut redis).await.map_err(unavailable)?;
+        let n: i64 = script
+            .key(&key)
+            .arg("")
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
         if n > 0 {
             return Ok(n as u64);
         }
         self.lost_counter("messages").await;
         let floor = self.floor.message_floor(app, chat).await?;
-        let n: i64 = script.key(&key).arg(floor).invoke_async(&mut redis).await.map_err(unavailable)?;
+        let n: i64 = script
+            .key(&key)
+            .arg(floor)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
         Ok(n as u64)
     }
 
     async fn next_version(&self) -> CoreResult<u64> {
         let mut redis = self.redis.clone();
-        let v: i64 = Script::new(NEXT_VERSION).key(self.keys.version()).invoke_async(&mut redis).await.map_err(unavailable)?;
+        let v: i64 = Script::new(NEXT_VERSION)
+            .key(self.keys.version())
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
         Ok(v as u64)
     }
 }
@@ -196,7 +242,11 @@ return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}
 
 impl RedisCache {
     pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration) -> Self {
-        RedisCache { redis, keys, ttl_secs: ttl.as_secs().max(1) }
+        RedisCache {
+            redis,
+            keys,
+            ttl_secs: ttl.as_secs().max(1),
+        }
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> CoreResult<Option<T>> {
@@ -208,7 +258,10 @@ impl RedisCache {
     async fn put_json<T: serde::Serialize>(&self, key: String, value: &T) -> CoreResult<()> {
         let mut redis = self.redis.clone();
         let bytes = serde_json::to_vec(value).expect("cached values serialise");
-        redis.set_ex::<_, _, ()>(key, bytes, self.ttl_secs).await.map_err(unavailable)
+        redis
+            .set_ex::<_, _, ()>(key, bytes, self.ttl_secs)
+            .await
+            .map_err(unavailable)
     }
 
     async fn delete(&self, keys: Vec<String>) -> CoreResult<()> {
@@ -229,7 +282,10 @@ impl Cache for RedisCache {
 
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {
         let mut redis = self.redis.clone();
-        redis.set_ex::<_, _, ()>(self.keys.token(token), app, self.ttl_secs).await.map_err(unavailable)
+        redis
+            .set_ex::<_, _, ()>(self.keys.token(token), app, self.ttl_secs)
+            .await
+            .map_err(unavailable)
     }
 
     async fn application(&self, app: AppId) -> CoreResult<Option<Application>> {
@@ -237,11 +293,13 @@ impl Cache for RedisCache {
     }
 
     async fn put_application(&self, application: &Application) -> CoreResult<()> {
-        self.put_json(self.keys.application(application.id), application).await
+        self.put_json(self.keys.application(application.id), application)
+            .await
     }
 
     async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()> {
-        self.delete(apps.iter().map(|app| self.keys.application(*app)).collect()).await
+        self.delete(apps.iter().map(|app| self.keys.application(*app)).collect())
+            .await
     }
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
@@ -249,11 +307,18 @@ impl Cache for RedisCache {
     }
 
     async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.put_json(self.keys.chat(chat.application_id, chat.number), chat).await
+        self.put_json(self.keys.chat(chat.application_id, chat.number), chat)
+            .await
     }
 
     async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()> {
-        self.delete(chats.iter().map(|(app, n)| self.keys.chat(*app, *n)).collect()).await
+        self.delete(
+            chats
+                .iter()
+                .map(|(app, n)| self.keys.chat(*app, *n))
+                .collect(),
+        )
+        .await
     }
 
     async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
@@ -261,18 +326,27 @@ impl Cache for RedisCache {
     }
 
     async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.put_json(self.keys.pending_chat(chat.application_id, chat.number), chat).await
+        self.put_json(
+            self.keys.pending_chat(chat.application_id, chat.number),
+            chat,
+        )
+        .await
     }
 
     async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>> {
         let mut redis = self.redis.clone();
-        let raw: Option<Vec<u8>> = redis.hget(self.keys.message(key), "d").await.map_err(unavailable)?;
+        let raw: Option<Vec<u8>> = redis
+            .hget(self.keys.message(key), "d")
+            .await
+            .map_err(unavailable)?;
         Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     async fn put_message(&self, message: &Message) -> CoreResult<()> {
         let mut redis = self.redis.clone();
-        let key = self.keys.message((message.application_id, message.chat_number, message.number));
+        let key = self
+            .keys
+            .message((message.application_id, message.chat_number, message.number));
         let bytes = serde_json::to_vec(message).expect("messages serialise");
         Script::new(PUT_MESSAGE)
             .key(key)
@@ -284,7 +358,6 @@ impl Cache for RedisCache {
             .map(|_| ())
             .map_err(unavailable)
     }
-
 
     async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
         let mut redis = self.redis.clone();
@@ -298,10 +371,19 @@ impl Cache for RedisCache {
         Ok(Some(ListEntry { generation, body }))
     }
 
-    async fn put_list(&self, scope: &ListScope, generation: u64, page: &str, body: &[u8]) -> CoreResult<()> {
+    async fn put_list(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+        body: &[u8],
+    ) -> CoreResult<()> {
         let mut redis = self.redis.clone();
         let key = format!("{}{generation}:{page}", self.keys.list_page_prefix(scope));
-        redis.set_ex::<_, _, ()>(key, body, self.ttl_secs).await.map_err(unavailable)
+        redis
+            .set_ex::<_, _, ()>(key, body, self.ttl_secs)
+            .await
+            .map_err(unavailable)
     }
 
     async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()> {
@@ -313,6 +395,8 @@ impl Cache for RedisCache {
             pipe.incr(self.keys.list_generation(scope), 1).ignore();
         }
         let mut redis = self.redis.clone();
-        pipe.query_async::<()>(&mut redis).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(unavailable)
     }
 }

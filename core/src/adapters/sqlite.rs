@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::command::Command;
 use crate::domain::{AppId, Application, Chat, Message, Page};
-use crate::error::{from_sqlx, Backend, CoreError, CoreResult};
-use crate::plan::{plan_batch, BatchPlan, ChatKey};
+use crate::error::{Backend, CoreError, CoreResult, from_sqlx};
+use crate::plan::{BatchPlan, ChatKey, plan_batch};
 use crate::ports::{Applied, CommandSource, Delivery, NumberFloor, Queue, Store};
 
 pub async fn open(path: &Path) -> CoreResult<SqlitePool> {
@@ -38,7 +41,8 @@ fn micros(t: DateTime<Utc>) -> i64 {
 
 fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
     let us: i64 = row.try_get(column)?;
-    DateTime::from_timestamp_micros(us).ok_or_else(|| sqlx::Error::Decode(format!("bad time in {column}").into()))
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| sqlx::Error::Decode(format!("bad time in {column}").into()))
 }
 
 fn unsigned(row: &SqliteRow, column: &str) -> Result<u64, sqlx::Error> {
@@ -80,7 +84,8 @@ fn message_from(row: &SqliteRow) -> Result<Message, sqlx::Error> {
 
 const APPLICATION_COLUMNS: &str = "id, token, name, chats_count, created_at, updated_at";
 const CHAT_COLUMNS: &str = "application_id, number, messages_count, created_at, updated_at";
-const MESSAGE_COLUMNS: &str = "application_id, chat_number, number, body, version, created_at, updated_at";
+const MESSAGE_COLUMNS: &str =
+    "application_id, chat_number, number, body, version, created_at, updated_at";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -106,13 +111,21 @@ impl SqliteStore {
         row.as_ref().map(map).transpose().map_err(from_sqlx)
     }
 
-    async fn fetch_all<T>(&self, sql: String, binds: &[i64], map: fn(&SqliteRow) -> Result<T, sqlx::Error>) -> CoreResult<Vec<T>> {
+    async fn fetch_all<T>(
+        &self,
+        sql: String,
+        binds: &[i64],
+        map: fn(&SqliteRow) -> Result<T, sqlx::Error>,
+    ) -> CoreResult<Vec<T>> {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in binds {
             query = query.bind(*b);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(from_sqlx)?;
-        rows.iter().map(map).collect::<Result<_, _>>().map_err(from_sqlx)
+        rows.iter()
+            .map(map)
+            .collect::<Result<_, _>>()
+            .map_err(from_sqlx)
     }
 
     async fn apply_plan(&self, plan: &BatchPlan) -> CoreResult<Applied> {
@@ -150,7 +163,10 @@ impl SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(from_sqlx)?;
-            new_messages = counted.into_iter().map(|(a, c, n)| ((a as u64, c as u64), n)).collect();
+            new_messages = counted
+                .into_iter()
+                .map(|(a, c, n)| ((a as u64, c as u64), n))
+                .collect();
         }
         for chunk in plan.chats.iter().collect::<Vec<_>>().chunks(1000) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -179,7 +195,11 @@ impl SqliteStore {
                 .map_err(from_sqlx)?;
         for (app, count) in &new_chats {
             let app = *app as u64;
-            let latest = plan.chats.range((app, 0)..=(app, u64::MAX)).map(|(_, c)| micros(c.created_at)).max();
+            let latest = plan
+                .chats
+                .range((app, 0)..=(app, u64::MAX))
+                .map(|(_, c)| micros(c.created_at))
+                .max();
             sqlx::query("UPDATE applications SET chats_count = chats_count + ?, updated_at = MAX(updated_at, ?) WHERE id = ?")
                 .bind(count)
                 .bind(latest.unwrap_or(0))
@@ -189,7 +209,9 @@ impl SqliteStore {
                 .map_err(from_sqlx)?;
         }
         let mut messages = Vec::with_capacity(plan.messages.len());
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number = ?");
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number = ?"
+        );
         for (app, chat, number) in plan.messages.keys() {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(*app as i64)
@@ -212,17 +234,30 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> CoreResult<()> {
-        super::migrator(&[(1, "schema", include_str!("../../migrations/sqlite/0001_schema.sql"))])
-            .run(&self.pool)
-            .await
-            .map_err(|e| CoreError::unavailable(Backend::Database, e))
+        super::migrator(&[(
+            1,
+            "schema",
+            include_str!("../../migrations/sqlite/0001_schema.sql"),
+        )])
+        .run(&self.pool)
+        .await
+        .map_err(|e| CoreError::unavailable(Backend::Database, e))
     }
 
     async fn ping(&self) -> CoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(from_sqlx)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(from_sqlx)
     }
 
-    async fn create_application(&self, token: &str, name: &str, at: DateTime<Utc>) -> CoreResult<Application> {
+    async fn create_application(
+        &self,
+        token: &str,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> CoreResult<Application> {
         let result =
             sqlx::query("INSERT INTO applications (token, name, chats_count, created_at, updated_at) VALUES (?, ?, 0, ?, ?)")
                 .bind(token)
@@ -255,59 +290,105 @@ impl Store for SqliteStore {
 
     async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>> {
         let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE token = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(token).fetch_optional(&self.pool).await.map_err(from_sqlx)?;
-        row.as_ref().map(application_from).transpose().map_err(from_sqlx)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        row.as_ref()
+            .map(application_from)
+            .transpose()
+            .map_err(from_sqlx)
     }
 
     async fn application(&self, id: AppId) -> CoreResult<Option<Application>> {
-        self.fetch_optional(format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ?"), &[id as i64], application_from)
-            .await
+        self.fetch_optional(
+            format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ?"),
+            &[id as i64],
+            application_from,
+        )
+        .await
     }
 
-    async fn list_applications(&self, after: Option<AppId>, limit: u32) -> CoreResult<Vec<Application>> {
-        let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? ORDER BY id LIMIT ?");
-        self.fetch_all(sql, &[after.unwrap_or(0) as i64, i64::from(limit)], application_from).await
+    async fn list_applications(
+        &self,
+        after: Option<AppId>,
+        limit: u32,
+    ) -> CoreResult<Vec<Application>> {
+        let sql = format!(
+            "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? ORDER BY id LIMIT ?"
+        );
+        self.fetch_all(
+            sql,
+            &[after.unwrap_or(0) as i64, i64::from(limit)],
+            application_from,
+        )
+        .await
     }
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
-        let sql = format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number = ?");
-        self.fetch_optional(sql, &[app as i64, number as i64], chat_from).await
+        let sql =
+            format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number = ?");
+        self.fetch_optional(sql, &[app as i64, number as i64], chat_from)
+            .await
     }
 
     async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>> {
-        let sql = format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number > ? ORDER BY number LIMIT ?");
-        self.fetch_all(sql, &[app as i64, page.after.unwrap_or(0) as i64, i64::from(page.limit)], chat_from).await
+        let sql = format!(
+            "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number > ? ORDER BY number LIMIT ?"
+        );
+        self.fetch_all(
+            sql,
+            &[
+                app as i64,
+                page.after.unwrap_or(0) as i64,
+                i64::from(page.limit),
+            ],
+            chat_from,
+        )
+        .await
     }
 
     async fn message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Option<Message>> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number = ?");
-        self.fetch_optional(sql, &[app as i64, chat as i64, number as i64], message_from).await
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number = ?"
+        );
+        self.fetch_optional(sql, &[app as i64, chat as i64, number as i64], message_from)
+            .await
     }
 
     async fn list_messages(&self, app: AppId, chat: u64, page: Page) -> CoreResult<Vec<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number > ? ORDER BY number LIMIT ?"
         );
-        let binds = [app as i64, chat as i64, page.after.unwrap_or(0) as i64, i64::from(page.limit)];
+        let binds = [
+            app as i64,
+            chat as i64,
+            page.after.unwrap_or(0) as i64,
+            i64::from(page.limit),
+        ];
         self.fetch_all(sql, &binds, message_from).await
     }
 
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64> {
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(number) FROM chats WHERE application_id = ?")
-            .bind(app as i64)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(from_sqlx)?;
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(number) FROM chats WHERE application_id = ?")
+                .bind(app as i64)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
         Ok(max.unwrap_or(0) as u64)
     }
 
     async fn max_message_number(&self, app: AppId, chat: u64) -> CoreResult<u64> {
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(number) FROM messages WHERE application_id = ? AND chat_number = ?")
-            .bind(app as i64)
-            .bind(chat as i64)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(from_sqlx)?;
+        let max: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(number) FROM messages WHERE application_id = ? AND chat_number = ?",
+        )
+        .bind(app as i64)
+        .bind(chat as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
         Ok(max.unwrap_or(0) as u64)
     }
 
@@ -355,19 +436,41 @@ impl SqliteQueue {
         let (writes, receiver) = mpsc::channel(10_000);
         let arrived = Arc::new(Notify::new());
         tokio::spawn(group_commit(pool.clone(), receiver, arrived.clone()));
-        SqliteQueue { pool, writes, arrived }
+        SqliteQueue {
+            pool,
+            writes,
+            arrived,
+        }
     }
 
     pub fn source(&self) -> SqliteSource {
-        SqliteSource { pool: self.pool.clone(), arrived: self.arrived.clone(), seen: 0 }
+        SqliteSource {
+            pool: self.pool.clone(),
+            arrived: self.arrived.clone(),
+            seen: 0,
+        }
     }
 }
 
 fn scope(command: &Command) -> (u64, u64, u64) {
     match command {
-        Command::CreateChat { application_id, number, .. } => (*application_id, *number, 0),
-        Command::CreateMessage { application_id, chat_number, number, .. }
-        | Command::EditMessage { application_id, chat_number, number, .. } => (*application_id, *chat_number, *number),
+        Command::CreateChat {
+            application_id,
+            number,
+            ..
+        } => (*application_id, *number, 0),
+        Command::CreateMessage {
+            application_id,
+            chat_number,
+            number,
+            ..
+        }
+        | Command::EditMessage {
+            application_id,
+            chat_number,
+            number,
+            ..
+        } => (*application_id, *chat_number, *number),
     }
 }
 
@@ -379,18 +482,26 @@ async fn group_commit(
     let mut waiting = Vec::new();
     while receiver.recv_many(&mut waiting, 1000).await > 0 {
         let result = async {
-            let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO command_queue (payload, application_id, chat_number, message_number) ");
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO command_queue (payload, application_id, chat_number, message_number) ",
+            );
             insert.push_values(&waiting, |mut row, (command, _)| {
                 let (app, chat, number) = scope(command);
-                row.push_bind(command.encode()).push_bind(app as i64).push_bind(chat as i64).push_bind(number as i64);
+                row.push_bind(command.encode())
+                    .push_bind(app as i64)
+                    .push_bind(chat as i64)
+                    .push_bind(number as i64);
             });
             insert.build().execute(&pool).await.map(|_| ())
         }
         .await;
         let result = result.map_err(|e| e.to_string());
         for (_, reply) in waiting.drain(..) {
-            let _ = reply.send(result.clone().map_err(|e| CoreError::unavailable(Backend::Queue, e)));
+            let _ = reply.send(
+                result
+                    .clone()
+                    .map_err(|e| CoreError::unavailable(Backend::Queue, e)),
+            );
         }
         arrived.notify_one();
     }
@@ -399,7 +510,11 @@ async fn group_commit(
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn ping(&self) -> CoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(from_sqlx)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(from_sqlx)
     }
 
     async fn publish(&self, command: &Command) -> CoreResult<()> {
@@ -408,11 +523,15 @@ impl Queue for SqliteQueue {
             .send((command.clone(), reply))
             .await
             .map_err(|_| CoreError::unavailable(Backend::Queue, "the queue writer stopped"))?;
-        done.await.map_err(|_| CoreError::unavailable(Backend::Queue, "the queue writer stopped"))?
+        done.await
+            .map_err(|_| CoreError::unavailable(Backend::Queue, "the queue writer stopped"))?
     }
 
     async fn backlog(&self) -> CoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_queue").fetch_one(&self.pool).await.map_err(from_sqlx)?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_queue")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
         Ok(n as u64)
     }
 }
@@ -457,12 +576,14 @@ pub struct SqliteSource {
 impl CommandSource for SqliteSource {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> CoreResult<Vec<Delivery>> {
         loop {
-            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, payload FROM command_queue WHERE id > ? ORDER BY id LIMIT ?")
-                .bind(self.seen)
-                .bind(max as i64)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(from_sqlx)?;
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT id, payload FROM command_queue WHERE id > ? ORDER BY id LIMIT ?",
+            )
+            .bind(self.seen)
+            .bind(max as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
             if rows.is_empty() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.arrived.notified()).await;
                 continue;
@@ -472,7 +593,14 @@ impl CommandSource for SqliteSource {
                 tokio::time::sleep(wait.min(Duration::from_millis(5))).await;
             }
             self.seen = rows.last().map_or(self.seen, |r| r.0);
-            return Ok(rows.into_iter().map(|(id, payload)| Delivery { tag: id as u64, payload, redelivered: false }).collect());
+            return Ok(rows
+                .into_iter()
+                .map(|(id, payload)| Delivery {
+                    tag: id as u64,
+                    payload,
+                    redelivered: false,
+                })
+                .collect());
         }
     }
 
@@ -480,13 +608,19 @@ impl CommandSource for SqliteSource {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let mut delete: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM command_queue WHERE id IN (");
+        let mut delete: QueryBuilder<Sqlite> =
+            QueryBuilder::new("DELETE FROM command_queue WHERE id IN (");
         let mut ids = delete.separated(", ");
         for d in deliveries {
             ids.push_bind(d.tag as i64);
         }
         delete.push(")");
-        delete.build().execute(&self.pool).await.map(|_| ()).map_err(from_sqlx)
+        delete
+            .build()
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(from_sqlx)
     }
 
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
@@ -498,7 +632,11 @@ impl CommandSource for SqliteSource {
             .execute(&mut *tx)
             .await
             .map_err(from_sqlx)?;
-        sqlx::query("DELETE FROM command_queue WHERE id = ?").bind(delivery.tag as i64).execute(&mut *tx).await.map_err(from_sqlx)?;
+        sqlx::query("DELETE FROM command_queue WHERE id = ?")
+            .bind(delivery.tag as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
         tx.commit().await.map_err(from_sqlx)
     }
 }

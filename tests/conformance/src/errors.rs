@@ -166,13 +166,11 @@ pub async fn oversized_requests_are_413(target: &Target) {
         reply.expect_error(422, "invalid_field");
         let over = format!(r#"{{"name":"{}","body":""}}"#, "a".repeat(at_limit + 1));
         let reply = target
-            .send_raw(method.clone(), &path, Some("application/json"), over)
+            .send_unread(method.clone(), &path, over.into_bytes())
             .await;
         reply.expect_error(413, "payload_too_large");
         let far_over = vec![b'a'; 4 * MAX_REQUEST_BYTES];
-        let reply = target
-            .send_raw(method.clone(), &path, Some("application/json"), far_over)
-            .await;
+        let reply = target.send_unread(method.clone(), &path, far_over).await;
         reply.expect_error(413, "payload_too_large");
     }
 }

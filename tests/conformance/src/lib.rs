@@ -5,6 +5,7 @@ pub mod applications;
 pub mod chats;
 pub mod checks;
 pub mod errors;
+pub mod harness;
 pub mod messages;
 pub mod ops;
 pub mod search;

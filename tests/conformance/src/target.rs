@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the worker-follows guarantees (lists, counts, search) are given before a case fails.
 pub const CATCH_UP: Duration = Duration::from_secs(15);
@@ -151,6 +153,56 @@ impl Target {
             None => request,
         };
         self.send(request).await
+    }
+
+    /// Sends a request whose body the server may refuse before reading it whole (413): writes and reads
+    /// at once over a plain HTTP/1.1 connection, so the answer is seen even when the server stops reading
+    /// and closes while the body is still being sent (a client library reports a broken pipe instead).
+    pub async fn send_unread(&self, method: Method, path: &str, body: Vec<u8>) -> Reply {
+        let url = reqwest::Url::parse(&format!("{}{}", self.base_url, path)).expect("a valid URL");
+        if url.scheme() != "http" {
+            return self
+                .send_raw(method, path, Some("application/json"), body)
+                .await;
+        }
+        let host = url.host_str().expect("a host");
+        let port = url.port_or_known_default().expect("a port");
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .unwrap_or_else(|error| panic!("{method} {path}: cannot connect: {error}"));
+        let (mut reader, mut writer) = stream.into_split();
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        // The write half stays open until the answer is read: a server may take a half-closed
+        // connection for an abandoned request and close it without answering.
+        let write = async move {
+            // The server may stop reading and close early; what it answered is what matters.
+            if writer.write_all(head.as_bytes()).await.is_ok() {
+                let _ = writer.write_all(&body).await;
+            }
+            writer
+        };
+        let read = async move {
+            let mut received = Vec::new();
+            let mut chunk = vec![0; 64 * 1024];
+            loop {
+                match reader.read(&mut chunk).await {
+                    Ok(0) => return (received, None),
+                    Err(error) => return (received, Some(error)),
+                    Ok(count) => received.extend_from_slice(&chunk[..count]),
+                }
+            }
+        };
+        let (writer, (received, read_error)) = tokio::join!(write, read);
+        drop(writer);
+        parse_response(method, target, &received, read_error)
     }
 
     /// Creates an application with a fresh name and returns its body (asserting the 201).
@@ -335,6 +387,74 @@ impl Reply {
             _ => panic!("expected a JSON array: {}", self.describe()),
         }
     }
+}
+
+/// Parses an HTTP/1.1 response read to the end of the connection.
+fn parse_response(
+    method: Method,
+    path: String,
+    received: &[u8],
+    read_error: Option<std::io::Error>,
+) -> Reply {
+    let head_end = received
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "{method} {path}: no complete response ({read_error:?}), got {:?}",
+                String::from_utf8_lossy(received)
+            )
+        });
+    let head = String::from_utf8_lossy(&received[..head_end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status line in {head:?}"));
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("a malformed header line {line:?}"));
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes()).expect("a header name"),
+            HeaderValue::from_str(value.trim()).expect("a header value"),
+        );
+    }
+    let body = &received[head_end + 4..];
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let bytes = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Reply {
+        method,
+        path,
+        status,
+        headers,
+        bytes,
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|pair| pair == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&body[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+            .expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        let start = line_end + 2;
+        bytes.extend_from_slice(&body[start..start + size]);
+        body = &body[start + size + 2..];
+    }
+    bytes
 }
 
 /// Polls `probe` until it succeeds or `timeout` passes; fails with the last thing it observed.

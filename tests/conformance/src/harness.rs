@@ -1,0 +1,187 @@
+//! Starts the system under test in this process, on port 0, with its own storage: the standalone server
+//! on a fresh data directory, or the API and the worker on a fresh MySQL database, queue and Redis
+//! prefix. The backing services must be running: when one is missing, setup fails loudly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chatsys_api::{Running, ServeArgs, StandaloneArgs};
+use chatsys_worker::{RunningWorker, WorkerArgs};
+
+use crate::target::{HoldsTarget, Target};
+
+pub const ADMIN_KEY: &str = "conformance-admin-key";
+
+/// MySQL server used by full-stack runs (a database is created per run).
+pub fn mysql_server_url() -> String {
+    std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("CHATSYS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A system started for one test; stopped when the test's process ends.
+pub struct Served {
+    pub target: Target,
+    _api: Running,
+    _worker: Option<RunningWorker>,
+    _data: tempfile::TempDir,
+    _database: Option<TestDatabase>,
+}
+
+impl HoldsTarget for Served {
+    fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("loopback address")
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+pub async fn standalone() -> Served {
+    let data = tempfile::tempdir().expect("temporary data directory");
+    let args = StandaloneArgs {
+        listen: loopback(),
+        data_dir: data.path().to_path_buf(),
+        admin_key: Some(ADMIN_KEY.into()),
+        cache_ttl_secs: 300,
+        max_request_bytes: 1_048_576,
+        log_format: "text".into(),
+    };
+    let api = chatsys_api::start_standalone(&args)
+        .await
+        .expect("start the standalone server");
+    Served {
+        target: Target::new(url(api.addr), Some(ADMIN_KEY.into())),
+        _api: api,
+        _worker: None,
+        _data: data,
+        _database: None,
+    }
+}
+
+pub async fn full_stack() -> Served {
+    let run = unique_name();
+    let database = TestDatabase::create(&run).await;
+    let data = tempfile::tempdir().expect("temporary data directory");
+    let queue = format!("chatsys.test.{run}");
+    let worker_args = WorkerArgs {
+        database_url: database.url.clone(),
+        redis_url: redis_url(),
+        amqp_url: amqp_url(),
+        opensearch_url: None,
+        data_dir: data.path().to_path_buf(),
+        queue: queue.clone(),
+        redis_prefix: run.clone(),
+        migrate: true,
+        listen: loopback(),
+        batch_size: 500,
+        batch_wait_ms: 20,
+        prefetch: 2000,
+        max_attempts: 3,
+        repair_interval_secs: 300,
+        cache_ttl_secs: 300,
+        log_format: "text".into(),
+    };
+    let worker = chatsys_worker::start(&worker_args)
+        .await
+        .expect("start the worker (are MariaDB, Redis and RabbitMQ running?)");
+    let api_args = ServeArgs {
+        listen: loopback(),
+        database_url: Some(database.url.clone()),
+        redis_url: Some(redis_url()),
+        amqp_url: Some(amqp_url()),
+        opensearch_url: None,
+        data_dir: PathBuf::from(data.path()),
+        admin_key: Some(ADMIN_KEY.into()),
+        queue,
+        redis_prefix: run,
+        migrate: false,
+        db_pool_size: 8,
+        publish_channels: 4,
+        publish_timeout_ms: 5000,
+        cache_ttl_secs: 300,
+        max_request_bytes: 1_048_576,
+        reseed_margin: 10_000,
+        log_format: "text".into(),
+    };
+    let api = chatsys_api::start(&api_args)
+        .await
+        .expect("start the API (are MariaDB, Redis and RabbitMQ running?)");
+    Served {
+        target: Target::new(url(api.addr), Some(ADMIN_KEY.into())),
+        _api: api,
+        _worker: Some(worker),
+        _data: data,
+        _database: Some(database),
+    }
+}
+
+/// `t<seconds>_<random>`: unique per run, and old ones can be recognised and removed.
+pub fn unique_name() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    format!("t{now}_{:08x}", rand::random::<u32>())
+}
+
+/// A MySQL database for one run. Databases left by runs over an hour old are dropped on creation.
+pub struct TestDatabase {
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(run: &str) -> TestDatabase {
+        use sqlx::Connection;
+        let server = mysql_server_url();
+        let mut conn = sqlx::MySqlConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB is not reachable at {server}: {e}"));
+        let name = format!("chatsys_{run}");
+        let stale: Vec<(String,)> = sqlx::query_as("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'chatsys\\_t%'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("list test databases");
+        let hour_ago = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            .saturating_sub(3600);
+        for (old,) in stale {
+            let created = old
+                .trim_start_matches("chatsys_t")
+                .split('_')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok());
+            if created.is_some_and(|t| t < hour_ago) {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS `{old}`"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
+        TestDatabase {
+            url: format!("{}/{name}", server.trim_end_matches('/')),
+        }
+    }
+}
