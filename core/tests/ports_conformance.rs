@@ -1,0 +1,279 @@
+//! One conformance suite per port, run against the real adapter (MariaDB, Redis) and the embedded one
+//! (SQLite, in process). The real services must be running: a missing one fails the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatsys_core::adapters::{memory, mysql, redis, sqlite};
+use chatsys_core::command::Command;
+use chatsys_core::domain::{AppId, Message, Page};
+use chatsys_core::ports::{Cache, ListScope, NumberFloor, Numbers, Store};
+use chatsys_core::CoreResult;
+use chrono::{DateTime, Utc};
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+}
+
+fn unique() -> String {
+    format!("{}_{:08x}", chrono::Utc::now().timestamp(), rand::random::<u32>())
+}
+
+async fn mysql_store() -> Arc<dyn Store> {
+    use sqlx::Connection;
+    let server = std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let mut conn = sqlx::MySqlConnection::connect(&server).await.unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
+    let name = format!("chatsys_t{}", unique());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`"))).execute(&mut conn).await.unwrap();
+    let store = mysql::MySqlStore::connect(&format!("{server}/{name}"), 8).unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
+async fn sqlite_store() -> Arc<dyn Store> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let store = sqlite::SqliteStore::new(sqlite::open(&dir.join("chatsys.db")).await.unwrap());
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
+fn create_chat(app: AppId, number: u64) -> Command {
+    Command::CreateChat { application_id: app, number, at: at(number as i64) }
+}
+
+fn create_message(app: AppId, chat: u64, number: u64, body: &str) -> Command {
+    Command::CreateMessage { application_id: app, chat_number: chat, chat_created_at: at(chat as i64), number, body: body.into(), at: at(100 + number as i64) }
+}
+
+fn edit_message(app: AppId, chat: u64, number: u64, body: &str, version: u64) -> Command {
+    Command::EditMessage {
+        application_id: app,
+        chat_number: chat,
+        chat_created_at: at(chat as i64),
+        number,
+        body: body.into(),
+        version,
+        created_at: at(100 + number as i64),
+        at: at(1000 + version as i64),
+    }
+}
+
+async fn messages(store: &dyn Store, app: AppId, chat: u64) -> Vec<Message> {
+    store.list_messages(app, chat, Page::first(1000)).await.unwrap()
+}
+
+async fn app(store: &dyn Store) -> AppId {
+    store.create_application(&chatsys_core::domain::generate_token(), "conformance", at(0)).await.unwrap().id
+}
+
+async fn applying_a_batch_twice_changes_nothing(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    let batch = vec![create_chat(app, 1), create_message(app, 1, 1, "one"), create_message(app, 1, 2, "two"), create_chat(app, 2)];
+    store.apply(&batch).await.unwrap();
+    store.apply(&batch).await.unwrap();
+    store.apply(&batch[1..2]).await.unwrap();
+    assert_eq!(messages(store.as_ref(), app, 1).await.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+    assert_eq!(store.chat(app, 1).await.unwrap().unwrap().messages_count, 2);
+    assert_eq!(store.application(app).await.unwrap().unwrap().chats_count, 2);
+}
+
+async fn commands_commute_and_the_newest_edit_wins(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    // Messages and an edit land before the chat's creation, each in its own batch.
+    store.apply(&[edit_message(app, 1, 1, "edited", 7)]).await.unwrap();
+    store.apply(&[create_message(app, 1, 1, "original"), create_message(app, 1, 2, "second")]).await.unwrap();
+    store.apply(&[edit_message(app, 1, 1, "older edit", 3)]).await.unwrap();
+    store.apply(&[create_chat(app, 1)]).await.unwrap();
+    let stored = messages(store.as_ref(), app, 1).await;
+    assert_eq!(stored[0].body, "edited");
+    assert_eq!(stored[0].version, 7);
+    assert_eq!(stored[0].created_at, at(101));
+    let chat = store.chat(app, 1).await.unwrap().unwrap();
+    assert_eq!(chat.messages_count, 2);
+    assert_eq!(chat.created_at, at(1));
+    assert_eq!(store.application(app).await.unwrap().unwrap().chats_count, 1);
+}
+
+async fn concurrent_batches_keep_counts_exact(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10u64 {
+                // Every worker writes every message once more, as redeliveries across workers would.
+                let batch: Vec<Command> = (1..=20u64)
+                    .map(|n| create_message(app, 1 + (n % 3), n, &format!("m{n}")))
+                    .chain([create_chat(app, 1 + (worker + round) % 3)])
+                    .collect();
+                store.apply(&batch).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut total = 0;
+    for chat in 1..=3 {
+        let stored = messages(store.as_ref(), app, chat).await.len() as u64;
+        assert_eq!(store.chat(app, chat).await.unwrap().unwrap().messages_count, stored, "chat {chat}");
+        total += stored;
+    }
+    assert_eq!(total, 20);
+    assert_eq!(store.application(app).await.unwrap().unwrap().chats_count, 3);
+    assert_eq!(store.repair_counts().await.unwrap(), 0, "nothing drifted");
+}
+
+async fn the_applied_state_is_what_is_stored(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    store.apply(&[edit_message(app, 1, 1, "newest", 9)]).await.unwrap();
+    let applied = store.apply(&[create_message(app, 1, 1, "stale create")]).await.unwrap();
+    assert_eq!(applied.messages.len(), 1);
+    assert_eq!(applied.messages[0].body, "newest", "the index must get the stored body, not the command's");
+    assert_eq!(applied.chats, vec![(app, 1)]);
+    assert_eq!(store.max_message_number(app, 1).await.unwrap(), 1);
+    assert_eq!(store.max_chat_number(app).await.unwrap(), 1);
+}
+
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod store_mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::mysql_store().await).await; })*
+        }
+        mod store_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::sqlite_store().await).await; })*
+        }
+    };
+}
+
+store_suite!(
+    applying_a_batch_twice_changes_nothing,
+    commands_commute_and_the_newest_edit_wins,
+    concurrent_batches_keep_counts_exact,
+    the_applied_state_is_what_is_stored,
+);
+
+/// A floor that says where a lost counter must restart.
+struct FixedFloor(u64);
+
+#[async_trait]
+impl NumberFloor for FixedFloor {
+    async fn chat_floor(&self, _: AppId) -> CoreResult<u64> {
+        Ok(self.0)
+    }
+    async fn message_floor(&self, _: AppId, _: u64) -> CoreResult<u64> {
+        Ok(self.0)
+    }
+}
+
+async fn redis_numbers(floor: u64) -> (Arc<dyn Numbers>, ::redis::aio::ConnectionManager, String) {
+    let url = std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let connection = redis::connect(&url).await.unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    let prefix = format!("chatsys-test-{}", unique());
+    let numbers = redis::RedisNumbers::new(connection.clone(), redis::Keys::new(&prefix), Arc::new(FixedFloor(floor)));
+    (Arc::new(numbers), connection, prefix)
+}
+
+fn local_numbers(floor: u64) -> Arc<dyn Numbers> {
+    Arc::new(memory::LocalNumbers::new(Arc::new(FixedFloor(floor))))
+}
+
+async fn numbers_start_at_1_and_never_repeat(numbers: Arc<dyn Numbers>) {
+    numbers.init_application(1).await.unwrap();
+    assert_eq!(numbers.next_chat(1).await.unwrap(), 1);
+    assert_eq!(numbers.next_chat(1).await.unwrap(), 2);
+    assert_eq!(numbers.next_message(1, 2).await.unwrap(), 1, "a new chat's messages start at 1");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let numbers = numbers.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..25 {
+                got.push(numbers.next_message(1, 2).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (2..=201).collect::<Vec<u64>>());
+    let (a, b) = (numbers.next_version().await.unwrap(), numbers.next_version().await.unwrap());
+    assert!(b > a && a > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_redis_start_at_1_and_never_repeat() {
+    numbers_start_at_1_and_never_repeat(redis_numbers(0).await.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_local_start_at_1_and_never_repeat() {
+    numbers_start_at_1_and_never_repeat(local_numbers(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_lost_from_redis_restarts_above_the_floor_and_versions_keep_rising() {
+    let (numbers, mut connection, prefix) = redis_numbers(500).await;
+    numbers.init_application(7).await.unwrap();
+    assert_eq!(numbers.next_chat(7).await.unwrap(), 1);
+    assert_eq!(numbers.next_message(7, 1).await.unwrap(), 1);
+    let version = numbers.next_version().await.unwrap();
+    // What a FLUSHALL does to this system's keys, without disturbing anyone else's.
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut connection).await.unwrap();
+    let _: () = ::redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
+    assert_eq!(numbers.next_chat(7).await.unwrap(), 501);
+    assert_eq!(numbers.next_message(7, 1).await.unwrap(), 501);
+    assert_eq!(numbers.next_message(7, 501).await.unwrap(), 1, "a chat created after the loss starts at 1");
+    assert!(numbers.next_version().await.unwrap() > version);
+}
+
+async fn redis_cache() -> Arc<dyn Cache> {
+    let url = std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let connection = redis::connect(&url).await.unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    Arc::new(redis::RedisCache::new(connection, redis::Keys::new(&format!("chatsys-test-{}", unique())), Duration::from_secs(60)))
+}
+
+async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>) {
+    let message = |body: &str, version| Message {
+        application_id: 1,
+        chat_number: 1,
+        number: 1,
+        body: body.into(),
+        version,
+        created_at: at(0),
+        updated_at: at(version as i64),
+    };
+    cache.put_message(&message("edit", 5)).await.unwrap();
+    cache.put_message(&message("create", 0)).await.unwrap();
+    assert_eq!(cache.message((1, 1, 1)).await.unwrap().unwrap().body, "edit");
+    cache.put_message(&message("later edit", 6)).await.unwrap();
+    assert_eq!(cache.message((1, 1, 1)).await.unwrap().unwrap().body, "later edit");
+
+    let scope = ListScope::Messages(1, 1);
+    let entry = cache.list(&scope, "0:100").await.unwrap().unwrap();
+    assert!(entry.body.is_none());
+    cache.put_list(&scope, entry.generation, "0:100", b"[1]").await.unwrap();
+    assert_eq!(cache.list(&scope, "0:100").await.unwrap().unwrap().body.as_deref(), Some(&b"[1]"[..]));
+    cache.bump_lists(&[scope.clone()]).await.unwrap();
+    let after = cache.list(&scope, "0:100").await.unwrap().unwrap();
+    assert!(after.body.is_none(), "a bumped list is stale");
+    // A page read before the bump and stored late lands under the old generation, unseen.
+    cache.put_list(&scope, entry.generation, "0:100", b"[stale]").await.unwrap();
+    assert!(cache.list(&scope, "0:100").await.unwrap().unwrap().body.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_keeps_the_newer_message_and_bumps_lists() {
+    the_cache_keeps_the_newer_message_and_bumps_lists(redis_cache().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_keeps_the_newer_message_and_bumps_lists() {
+    the_cache_keeps_the_newer_message_and_bumps_lists(Arc::new(memory::MemoryCache::new(Duration::from_secs(60)))).await;
+}
