@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Validates the operator's output offline:
+#  0. the CustomResourceDefinition that `chatsys-operator crd` prints, against the Kubernetes 1.33 schemas;
 #  1. every manifest that `chatsys-operator render` prints for each example, against the Kubernetes 1.33
 #     schemas with strict checking (kubernetes-validate);
 #  2. each example itself, against the openAPIV3Schema of the CRD that `chatsys-operator crd` prints,
@@ -21,23 +22,26 @@ trap 'rm -rf "$work"' EXIT
 
 "$operator" crd > "$work/crd.yaml"
 
+passed=0
 failures=0
-checked=0
+examples=0
+pass() {
+  echo "ok   $1"
+  passed=$((passed + 1))
+}
+fail() {
+  echo "FAIL $1" >&2
+  failures=$((failures + 1))
+}
+
+if kubernetes-validate -k "$kubernetes_version" --strict --quiet "$work/crd.yaml"; then
+  pass "crd: the CustomResourceDefinition is valid for Kubernetes $kubernetes_version"
+else
+  fail "crd: the CustomResourceDefinition is invalid for Kubernetes $kubernetes_version"
+fi
 for example in "$root"/examples/*.yaml; do
   name="$(basename "$example" .yaml)"
-  checked=$((checked + 1))
-  if ! "$operator" render -f "$example" > "$work/$name.rendered.yaml"; then
-    echo "FAIL $name: render failed" >&2
-    failures=$((failures + 1))
-    continue
-  fi
-  documents="$(grep -c '^kind: ' "$work/$name.rendered.yaml" || true)"
-  if kubernetes-validate -k "$kubernetes_version" --strict --quiet "$work/$name.rendered.yaml"; then
-    echo "ok   $name: $documents rendered manifests valid for Kubernetes $kubernetes_version"
-  else
-    echo "FAIL $name: rendered manifests invalid for Kubernetes $kubernetes_version" >&2
-    failures=$((failures + 1))
-  fi
+  examples=$((examples + 1))
   if python3 - "$work/crd.yaml" "$example" <<'PYTHON'
 import sys
 
@@ -77,16 +81,24 @@ for error in errors:
 sys.exit(1 if errors else 0)
 PYTHON
   then
-    echo "ok   $name: valid against the ChatSystem CRD schema"
+    pass "$name: valid against the ChatSystem CRD schema"
   else
-    echo "FAIL $name: invalid against the ChatSystem CRD schema" >&2
-    failures=$((failures + 1))
+    fail "$name: invalid against the ChatSystem CRD schema"
+  fi
+  if ! "$operator" render -f "$example" > "$work/$name.rendered.yaml"; then
+    fail "$name: render failed"
+    continue
+  fi
+  documents="$(grep -c '^kind: ' "$work/$name.rendered.yaml" || true)"
+  if kubernetes-validate -k "$kubernetes_version" --strict --quiet "$work/$name.rendered.yaml"; then
+    pass "$name: $documents rendered manifests valid for Kubernetes $kubernetes_version"
+  else
+    fail "$name: rendered manifests invalid for Kubernetes $kubernetes_version"
   fi
 done
 
-if [[ $checked -eq 0 ]]; then
-  echo "no examples found under $root/examples" >&2
-  exit 1
+if [[ $examples -eq 0 ]]; then
+  fail "no examples found under $root/examples"
 fi
-echo "$((checked * 2 - failures)) passed, $failures failed"
+echo "$passed passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -46,6 +46,7 @@ pub struct ApiSpec {
     /// Fixed replica count; used only when autoscaling is disabled.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    #[schemars(schema_with = "resources_schema")]
     pub resources: ResourceRequirements,
     pub autoscaling: Autoscaling,
     pub ingress: IngressSpec,
@@ -71,6 +72,7 @@ pub struct WorkerSpec {
     /// Fixed replica count; used only when autoscaling is disabled.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    #[schemars(schema_with = "resources_schema")]
     pub resources: ResourceRequirements,
     pub autoscaling: Autoscaling,
     pub batch: BatchSpec,
@@ -213,6 +215,7 @@ service_defaults!(
 #[schemars(bound = "D: ServiceDefaults")]
 pub struct BackingServiceSpec<D: ServiceDefaults> {
     pub image: String,
+    #[schemars(schema_with = "resources_schema")]
     pub resources: ResourceRequirements,
     pub storage: StorageSpec<D>,
     /// When set, the operator runs nothing for this service and reads its URL from this Secret.
@@ -239,11 +242,14 @@ impl<D: ServiceDefaults> Default for BackingServiceSpec<D> {
 #[serde(rename_all = "camelCase", default, bound = "")]
 #[schemars(bound = "D: ServiceDefaults")]
 pub struct StorageSpec<D: ServiceDefaults> {
+    /// Requested size, a quantity such as `10Gi`.
+    #[schemars(schema_with = "size_schema")]
     pub size: Quantity,
     /// Storage class of the volume; the cluster's default class when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
-    /// Delete the volume when the ChatSystem is deleted (kept by default).
+    /// Delete the volume with the StatefulSet: when the ChatSystem is deleted or this service becomes
+    /// external. By default the volume is kept.
     pub delete_claims_on_removal: bool,
     #[serde(skip)]
     marker: std::marker::PhantomData<D>,
@@ -275,6 +281,37 @@ pub struct ExternalService {
 
 fn default_url_key() -> String {
     "url".to_string()
+}
+
+/// The Kubernetes quantity syntax (`500m`, `1Gi`, `2`), as the API server's own types declare it.
+const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+fn quantity_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "pattern": QUANTITY_PATTERN,
+        "x-kubernetes-int-or-string": true,
+    })
+}
+
+fn size_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "pattern": QUANTITY_PATTERN })
+}
+
+/// Requests and limits of a container, written as in a Pod. A compact schema instead of the full
+/// `ResourceRequirements` one, whose long descriptions would be repeated for every component.
+fn resources_schema(generator: &mut SchemaGenerator) -> Schema {
+    let quantities = json_schema!({
+        "type": "object",
+        "additionalProperties": quantity_schema(generator),
+    });
+    json_schema!({
+        "description": "Compute resources of the containers, as in a Pod: `requests` and `limits` of `cpu` and `memory`.",
+        "type": "object",
+        "properties": {
+            "requests": quantities.clone(),
+            "limits": quantities,
+        },
+    })
 }
 
 fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {

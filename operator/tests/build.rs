@@ -700,6 +700,16 @@ fn specs_the_schema_cannot_refuse_are_refused_with_a_reason() {
         Err(manifests::InvalidSpec(problems))
     );
 
+    let mut no_host = fixture("overrides");
+    no_host.spec.api.ingress.host = None;
+    let problems = manifests::validate(&no_host, &fresh_inputs(&no_host))
+        .expect_err("invalid")
+        .0;
+    assert_eq!(
+        problems,
+        ["api: ingress.host is required when the ingress is enabled"]
+    );
+
     let mut small = fixture("defaults");
     small
         .spec

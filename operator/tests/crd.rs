@@ -97,3 +97,22 @@ fn limits_and_cross_field_rules_are_enforced_by_the_schema() {
     let external = &schema["properties"]["spec"]["properties"]["redis"]["properties"]["external"];
     assert_eq!(external["required"], json!(["secretName"]));
 }
+
+#[test]
+fn quantities_are_checked_by_the_schema_and_kept_compact() {
+    let schema = schema();
+    let mysql = &schema["properties"]["spec"]["properties"]["mysql"]["properties"];
+    let size = &mysql["storage"]["properties"]["size"];
+    assert_eq!(size["type"], "string");
+    let cpu = &mysql["resources"]["properties"]["requests"]["additionalProperties"];
+    assert_eq!(cpu["x-kubernetes-int-or-string"], true);
+    assert_eq!(cpu["pattern"], size["pattern"]);
+    let pattern = size["pattern"].as_str().expect("pattern");
+    assert!(pattern.starts_with('^') && pattern.contains("[KMGTPE]i"));
+    assert_eq!(
+        mysql["resources"]["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["limits".to_string(), "requests".to_string()])
+    );
+}

@@ -169,6 +169,11 @@ pub fn validate(cs: &ChatSystem, inputs: &Inputs) -> Result<(), InvalidSpec> {
             ));
         }
     }
+    let ingress = &cs.spec.api.ingress;
+    if ingress.enabled && ingress.host.as_deref().is_none_or(str::is_empty) {
+        // Also a CEL rule; checked here too for `render`, which has no API server.
+        problems.push("api: ingress.host is required when the ingress is enabled".to_string());
+    }
     if problems.is_empty() {
         Ok(())
     } else {
