@@ -7,7 +7,7 @@ use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
 use serde_json::{Value, json};
 
-use crate::checks::{assert_application, assert_location, walk};
+use crate::checks::{assert_application, assert_location, timestamp, walk};
 use crate::target::{Target, application_path, token_of, unique};
 
 pub async fn create_returns_201_with_the_application(target: &Target) {
@@ -62,12 +62,17 @@ pub async fn rename_returns_200_and_is_read_back(target: &Target) {
         "{}",
         reply.describe()
     );
+    assert!(
+        timestamp(&renamed, "updated_at") >= timestamp(&created, "updated_at"),
+        "updated_at went back: {}",
+        reply.describe()
+    );
     let read = target.get(&path).await;
     read.expect_status(200);
     assert_eq!(
-        read.json()["name"],
-        new_name.as_str(),
-        "{}",
+        read.json(),
+        renamed,
+        "GET after the PUT differs: {}",
         read.describe()
     );
 }
@@ -107,6 +112,7 @@ fn invalid_name_bodies() -> Vec<Value> {
         json!({ "name": "" }),
         json!({ "name": " " }),
         json!({ "name": "\t\n  " }),
+        json!({ "name": "\u{3000}\u{a0}" }),
         json!({ "name": "a".repeat(256) }),
         json!({ "name": "😀".repeat(256) }),
         json!({ "name": null }),

@@ -10,7 +10,7 @@ use crate::target::{Reply, Target};
 /// A walk through a paginated list never takes more pages than this.
 const MAX_PAGES: usize = 200;
 
-fn timestamp(item: &Value, field: &str) -> DateTime<FixedOffset> {
+pub fn timestamp(item: &Value, field: &str) -> DateTime<FixedOffset> {
     let text = item[field]
         .as_str()
         .unwrap_or_else(|| panic!("{field} is not a string in {item}"));

@@ -6,7 +6,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::checks::{assert_chat, assert_location, assert_message, walk};
+use crate::checks::{assert_chat, assert_location, assert_message, timestamp, walk};
 use crate::target::{
     CATCH_UP, Target, chat_path, eventually, message_path, messages_path, number_of, numbers_of,
 };
@@ -152,13 +152,27 @@ pub async fn edit_returns_200_and_is_read_back(target: &Target) {
         "{}",
         reply.describe()
     );
+    assert!(
+        timestamp(&edited, "updated_at") >= timestamp(&original, "updated_at"),
+        "updated_at went back: {}",
+        reply.describe()
+    );
     let read = target.get(&path).await;
     read.expect_status(200);
-    assert_eq!(read.json()["body"], "after", "{}", read.describe());
-    messages_eventually(target, &token, chat, "the edited body listed", |messages| {
+    assert_eq!(
+        read.json(),
+        edited,
+        "GET right after the PUT differs: {}",
+        read.describe()
+    );
+    let listed = messages_eventually(target, &token, chat, "the edited body listed", |messages| {
         bodies_by_number(messages).get(&number).map(String::as_str) == Some("after")
     })
     .await;
+    assert_eq!(
+        listed[0], edited,
+        "the stored edit differs from the PUT answer"
+    );
 }
 
 /// A PUT right after the POST is never lost or overtaken by the creation, and the last of
