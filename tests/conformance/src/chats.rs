@@ -217,6 +217,13 @@ pub async fn unknown_chats_are_404(target: &Target) {
             .await
             .expect_error(404, "not_found");
         target
+            .put(
+                &format!("{chat}/messages/1"),
+                &serde_json::json!({ "body": "hello" }),
+            )
+            .await
+            .expect_error(404, "not_found");
+        target
             .get(&format!("{chat}/messages/search?q=a"))
             .await
             .expect_error(404, "not_found");
