@@ -216,7 +216,7 @@ async fn refresh_cache(cache: &dyn Cache, applied: &Applied) {
             .map(|app| ListScope::Chats(*app)),
     );
     scopes.extend(applied.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
-    scopes.sort_by_key(|s| format!("{s:?}"));
+    scopes.sort();
     scopes.dedup();
     let mut result = cache.forget_chats(&applied.chats).await;
     if result.is_ok() {
@@ -225,11 +225,8 @@ async fn refresh_cache(cache: &dyn Cache, applied: &Applied) {
     if result.is_ok() {
         result = cache.bump_lists(&scopes).await;
     }
-    for message in &applied.messages {
-        if result.is_err() {
-            break;
-        }
-        result = cache.put_message(message).await;
+    if result.is_ok() {
+        result = cache.put_messages(&applied.messages).await;
     }
     if let Err(e) = result {
         tracing::warn!(error = %e, "cache refresh failed; entries stay stale until they expire");

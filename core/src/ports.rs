@@ -122,6 +122,13 @@ pub trait Cache: Send + Sync {
     async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>>;
     /// Keeps whichever of the cached and the given message has the higher version.
     async fn put_message(&self, message: &Message) -> CoreResult<()>;
+    /// The same for many messages at once (the worker's write-through after a batch).
+    async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {
+        for message in messages {
+            self.put_message(message).await?;
+        }
+        Ok(())
+    }
 
     /// A rendered list page; `scope` names the list, `page` the page within it.
     async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>>;
@@ -136,7 +143,7 @@ pub trait Cache: Send + Sync {
     async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()>;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ListScope {
     Chats(AppId),
     Messages(AppId, u64),

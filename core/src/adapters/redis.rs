@@ -1,6 +1,6 @@
 //! Redis: number allocation (atomic across API replicas) and the shared cache.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +11,18 @@ use crate::domain::{AppId, Application, Chat, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{Cache, ListEntry, ListScope, NumberFloor, Numbers};
+
+/// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
+/// does not know them (after a restart).
+fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(source))
+}
+
+static NEXT_CHAT_SCRIPT: OnceLock<Script> = OnceLock::new();
+static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
+static PUT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static GET_LIST_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 fn unavailable(e: redis::RedisError) -> CoreError {
     CoreError::unavailable(Backend::Redis, e)
@@ -160,7 +172,7 @@ impl Numbers for RedisNumbers {
     }
 
     async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
-        let script = Script::new(NEXT_CHAT);
+        let script = script(&NEXT_CHAT_SCRIPT, NEXT_CHAT);
         let mut redis = self.redis.clone();
         let key = self.keys.chat_counter(app);
         let prefix = self.keys.message_counter_prefix(app);
@@ -187,7 +199,7 @@ impl Numbers for RedisNumbers {
     }
 
     async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
-        let script = Script::new(NEXT_MESSAGE);
+        let script = script(&NEXT_MESSAGE_SCRIPT, NEXT_MESSAGE);
         let mut redis = self.redis.clone();
         let key = self.keys.message_counter(app, chat);
         let n: i64 = script
@@ -212,7 +224,7 @@ impl Numbers for RedisNumbers {
 
     async fn next_version(&self) -> CoreResult<u64> {
         let mut redis = self.redis.clone();
-        let v: i64 = Script::new(NEXT_VERSION)
+        let v: i64 = script(&NEXT_VERSION_SCRIPT, NEXT_VERSION)
             .key(self.keys.version())
             .invoke_async(&mut redis)
             .await
@@ -348,7 +360,7 @@ impl Cache for RedisCache {
             .keys
             .message((message.application_id, message.chat_number, message.number));
         let bytes = serde_json::to_vec(message).expect("messages serialise");
-        Script::new(PUT_MESSAGE)
+        script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE)
             .key(key)
             .arg(message.version)
             .arg(bytes)
@@ -359,9 +371,24 @@ impl Cache for RedisCache {
             .map_err(unavailable)
     }
 
+    async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let put = script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE);
+        let mut pipe = redis::pipe();
+        for message in messages {
+            let key = self.keys.message((message.application_id, message.chat_number, message.number));
+            let bytes = serde_json::to_vec(message).expect("messages serialise");
+            pipe.invoke_script(put.key(key).arg(message.version).arg(bytes).arg(self.ttl_secs)).ignore();
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis).await.map_err(unavailable)
+    }
+
     async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
         let mut redis = self.redis.clone();
-        let (generation, body): (u64, Option<Vec<u8>>) = Script::new(GET_LIST)
+        let (generation, body): (u64, Option<Vec<u8>>) = script(&GET_LIST_SCRIPT, GET_LIST)
             .key(self.keys.list_generation(scope))
             .arg(self.keys.list_page_prefix(scope))
             .arg(page)
