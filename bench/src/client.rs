@@ -210,6 +210,22 @@ pub fn listed_numbers(body: &[u8]) -> anyhow::Result<Vec<u64>> {
     Ok(listed.into_iter().map(|message| message.number).collect())
 }
 
+/// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
+pub fn metric_sum(exposition: &str, name: &str) -> Option<f64> {
+    let mut samples = exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        });
+    let first = samples.next()?;
+    Some(samples.fold(first, |sum, value| sum + value))
+}
+
 /// Waits until `GET path` answers 200, checking every 100 ms.
 pub async fn wait_for_ok(addr: SocketAddr, path: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
@@ -240,6 +256,13 @@ mod tests {
     fn listed_numbers_ignore_other_fields() {
         let body = br#"[{"number":1,"body":"a"},{"number":7,"body":"b","created_at":"x"}]"#;
         assert_eq!(listed_numbers(body).unwrap(), vec![1, 7]);
+    }
+
+    #[test]
+    fn metric_sums_add_up_every_label_set() {
+        let exposition = "# TYPE x counter\nx_total{result=\"a\"} 3\nx_total{result=\"b\"} 4.5\nx_total_other 9\n";
+        assert_eq!(metric_sum(exposition, "x_total"), Some(7.5));
+        assert_eq!(metric_sum(exposition, "missing"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chatsys_bench::client::{Connection, create_application, create_chat_number};
+use chatsys_bench::client::{Connection, create_application, create_chat_number, metric_sum};
 use chatsys_bench::load::{self, ChatTarget, Outcome, Pace};
 use chatsys_bench::raw::{self, DatabaseLimits, QueueLimits};
 use chatsys_bench::stats::{LatencySummary, Rate};
@@ -242,6 +242,34 @@ struct IngestFigures {
     rate: Rate,
     /// From starting the worker process to the last message stored.
     seconds_from_start: f64,
+    /// From the worker's own metrics, when it exposes them: its batches while draining.
+    batches: Option<BatchFigures>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchFigures {
+    count: f64,
+    mean_size: f64,
+    mean_seconds: f64,
+}
+
+impl BatchFigures {
+    /// The worker records a batch after acknowledging it, a little after its rows are visible: the
+    /// scrape waits for the last one.
+    async fn scrape(addr: std::net::SocketAddr) -> Option<Self> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut connection = Connection::new(addr, Duration::from_secs(5));
+        let response = connection.get("/metrics").await.ok()?;
+        let exposition = String::from_utf8_lossy(&response.body);
+        let count = metric_sum(&exposition, "chatsys_worker_batch_seconds_count")?;
+        let seconds = metric_sum(&exposition, "chatsys_worker_batch_seconds_sum")?;
+        let size = metric_sum(&exposition, "chatsys_worker_batch_size_sum")?;
+        (count > 0.0).then(|| Self {
+            count,
+            mean_size: size / count,
+            mean_seconds: seconds / count,
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -325,7 +353,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             args.endpoints.clone(),
             Options {
                 keep: args.keep,
-                env: Vec::new(),
+                env: args.env.clone(),
             },
         )
         .await
@@ -653,6 +681,7 @@ async fn measure_ingest(
     system.start_role(Role::Worker).await?;
     let (idle_until, done_at) = progress.await??;
     Ok(IngestFigures {
+        batches: BatchFigures::scrape(system.worker_addr()).await,
         queued: expected - baseline,
         fill: LoadFigures::of(fill, None),
         rate: Rate::new(expected - baseline, done_at - idle_until),
@@ -875,6 +904,17 @@ fn print_table(report: &Report) {
             &format!("worker ingest of {} queued", ingest.queued),
             ingest.rate,
         ));
+        if let Some(batches) = &ingest.batches {
+            rows.push((
+                "worker batches while draining".to_owned(),
+                format!(
+                    "{:.0} batches, mean {:.0} commands, mean {:.1} ms",
+                    batches.count,
+                    batches.mean_size,
+                    batches.mean_seconds * 1000.0
+                ),
+            ));
+        }
     }
     if let Some(warm) = &report.reads_warm {
         rows.push(load_row("reads, latest page of 100, warm", warm));

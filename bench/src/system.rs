@@ -176,6 +176,11 @@ impl System {
         self.api.listen
     }
 
+    /// Where the worker serves `/healthz`, `/readyz` and `/metrics`.
+    pub fn worker_addr(&self) -> SocketAddr {
+        self.worker.listen
+    }
+
     pub fn database_url(&self) -> String {
         self.endpoints.database(&self.database)
     }
