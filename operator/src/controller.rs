@@ -131,6 +131,10 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     let namespace = cs
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(cs.name_any()))?;
+    if cs.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the children; applying them again would fight it.
+        return Ok(Action::await_change());
+    }
     if cs.spec.paused {
         info!(name = %cs.name_any(), %namespace, "reconciliation paused");
         write_status(&ctx.client, cs, status::paused(cs, Timestamp::now())).await?;

@@ -19,15 +19,9 @@ pub fn read(path: &str) -> Result<ChatSystem> {
     })
 }
 
-/// Every manifest as one YAML stream. Credentials are freshly generated and external Secrets are
-/// assumed to hold their keys, since no cluster is there to ask.
-pub fn render(mut cs: ChatSystem) -> Result<String> {
-    cs.metadata
-        .namespace
-        .get_or_insert_with(|| "default".to_string());
-    cs.metadata
-        .uid
-        .get_or_insert_with(|| PLACEHOLDER_UID.to_string());
+/// What `dereference` would read on a cluster where no credentials exist yet and every external
+/// Secret holds its key: the best guess with no cluster to ask.
+pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
     let mut inputs = Inputs::default();
     for service in BackingService::ALL {
         if let Some(external) = service.external(&cs.spec) {
@@ -43,6 +37,19 @@ pub fn render(mut cs: ChatSystem) -> Result<String> {
             );
         }
     }
+    inputs
+}
+
+/// Every manifest as one YAML stream, written so that YAML 1.1 readers (kubectl) read back the same
+/// types. The file's namespace is used, or `default`.
+pub fn render(mut cs: ChatSystem) -> Result<String> {
+    cs.metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_string());
+    cs.metadata
+        .uid
+        .get_or_insert_with(|| PLACEHOLDER_UID.to_string());
+    let inputs = offline_inputs(&cs);
     let mut stream = String::new();
     for manifest in manifests::build(&cs, &inputs)? {
         stream.push_str("---\n");

@@ -466,6 +466,17 @@ async fn a_paused_resource_causes_no_write_but_its_status() {
 }
 
 #[tokio::test]
+async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
+    let mut cs = fixture("defaults");
+    cs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-02-02T10:00:00Z".parse().expect("timestamp"),
+    ));
+    let (result, calls) = reconcile(cs, Cluster::default()).await;
+    assert_eq!(result.expect("reconciled"), Action::await_change());
+    assert!(calls.is_empty(), "{:?}", requests(&calls));
+}
+
+#[tokio::test]
 async fn an_invalid_spec_applies_nothing_and_warns_in_an_event_and_the_status() {
     let cs = fixture("external");
     let mut cluster = Cluster::default();

@@ -16,9 +16,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use app::api_name;
 pub use backing::{BackingService, generate_credentials};
-pub use quantity::parse_bytes;
+use quantity::parse_bytes;
 
 pub const MANAGER: &str = "chatsys-operator";
 

@@ -2,9 +2,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::manifests::{self, BackingService, ChildKind, Credentials, Inputs, Manifest};
+use chatsys_operator::manifests::{self, ChildKind, Inputs, Manifest};
 use serde_json::Value;
-use std::collections::BTreeSet;
 
 pub fn fixture(name: &str) -> ChatSystem {
     let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
@@ -14,21 +13,7 @@ pub fn fixture(name: &str) -> ChatSystem {
 
 /// Inputs as on a cluster where no credentials exist yet and every external Secret holds its key.
 pub fn fresh_inputs(cs: &ChatSystem) -> Inputs {
-    let mut inputs = Inputs::default();
-    for service in BackingService::ALL {
-        if let Some(external) = service.external(&cs.spec) {
-            inputs.external_secret_keys.insert(
-                external.secret_name.clone(),
-                BTreeSet::from([external.key.clone()]),
-            );
-        } else if !service.credential_keys().is_empty() {
-            inputs.credentials.insert(
-                service,
-                Credentials::Generated(manifests::generate_credentials(service)),
-            );
-        }
-    }
-    inputs
+    chatsys_operator::render::offline_inputs(cs)
 }
 
 pub fn build_fixture(name: &str) -> (ChatSystem, Vec<Manifest>) {
