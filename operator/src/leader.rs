@@ -6,14 +6,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use std::time::Duration;
-use tracing::info;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
 
 pub const LEASE_NAME: &str = "chatsys-operator";
 /// A holder that has not renewed for this long has lost the lease.
 const LEASE_DURATION_SECS: i32 = 15;
-/// How often the holder renews and a candidate retries; well inside the lease duration.
-const RETRY_PERIOD: Duration = Duration::from_secs(5);
+/// How often the holder renews and a candidate retries.
+const RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// A holder that could not renew for this long stops: another replica may take over soon after.
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct LeaderElection {
     leases: Api<Lease>,
@@ -39,15 +41,48 @@ impl LeaderElection {
         }
     }
 
-    /// Renews the lease until it is lost; returns only with the reason it was lost.
+    /// Renews the lease until it is lost; returns only with the reason it was lost. A failed renewal is
+    /// retried until the renew deadline, so one dropped request does not cost the leadership.
     pub async fn keep(&self) -> Error {
+        let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(RETRY_PERIOD).await;
             match self.try_acquire_or_renew().await {
-                Ok(true) => {}
+                Ok(true) => renewed = Instant::now(),
                 Ok(false) => return Error::LostLease("another replica".to_string()),
-                Err(error) => return error,
+                Err(error) if renewed.elapsed() >= RENEW_DEADLINE => return error,
+                Err(error) => warn!(%error, "renewing the leader lease failed; retrying"),
             }
+        }
+    }
+
+    /// Gives the lease up on a clean shutdown, so a standby takes over at once rather than after
+    /// the lease expires.
+    pub async fn release(&self) -> Result<()> {
+        let Some(lease) = self.leases.get_opt(LEASE_NAME).await? else {
+            return Ok(());
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        if current.holder_identity.as_deref() != Some(self.holder.as_str()) {
+            return Ok(());
+        }
+        let released = Lease {
+            metadata: lease.metadata,
+            spec: Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..current
+            }),
+        };
+        match self
+            .leases
+            .replace(LEASE_NAME, &PostParams::default(), &released)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -70,7 +105,8 @@ impl LeaderElection {
         };
         let current = lease.spec.clone().unwrap_or_default();
         let ours = current.holder_identity.as_deref() == Some(self.holder.as_str());
-        if !ours && !expired(&current, now) {
+        let free = current.holder_identity.as_deref().is_none_or(str::is_empty);
+        if !ours && !free && !expired(&current, now) {
             return Ok(false);
         }
         let transitions = current.lease_transitions.unwrap_or(0);

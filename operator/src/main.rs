@@ -100,10 +100,16 @@ async fn run_async(args: RunArgs) -> Result<()> {
             () = shutdown_signal() => return Ok(()),
         }
         // Losing the lease ends the process: a restart is the simplest way to stop every reconcile at once.
-        tokio::select! {
+        let outcome = tokio::select! {
             () = controller => Ok(()),
             lost = election.keep() => Err(lost),
+        };
+        if outcome.is_ok()
+            && let Err(error) = election.release().await
+        {
+            error!(%error, "releasing the leader lease");
         }
+        outcome
     } else {
         controller.await;
         Ok(())

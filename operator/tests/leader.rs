@@ -10,11 +10,20 @@ use std::time::Duration;
 
 const LEASE_URI: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
 
-/// One attempt against a server holding `lease` (or none); answers every write with `write_status`.
-async fn attempt(
-    lease: Option<Value>,
-    write_status: StatusCode,
-) -> (bool, Vec<(Method, String, Value)>) {
+type Calls = Vec<(Method, String, Value)>;
+
+/// One attempt to take or renew the lease against a server holding `lease` (or none), answering every
+/// write with `write_status`.
+async fn attempt(lease: Option<Value>, write_status: StatusCode) -> (bool, Calls) {
+    run(lease, write_status, false).await
+}
+
+/// A release against a server holding `lease`.
+async fn release(lease: Option<Value>) -> Calls {
+    run(lease, StatusCode::OK, true).await.1
+}
+
+async fn run(lease: Option<Value>, write_status: StatusCode, release: bool) -> (bool, Calls) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let election = LeaderElection::new(
         Client::new(service, "default"),
@@ -54,10 +63,16 @@ async fn attempt(
         }
         calls
     });
-    let acquired = tokio::time::timeout(Duration::from_secs(1), election.try_acquire_or_renew())
-        .await
-        .expect("attempt finished within 1 s")
-        .expect("attempt succeeded");
+    let acquired = tokio::time::timeout(Duration::from_secs(1), async {
+        if release {
+            election.release().await.map(|()| true)
+        } else {
+            election.try_acquire_or_renew().await
+        }
+    })
+    .await
+    .expect("attempt finished within 1 s")
+    .expect("attempt succeeded");
     drop(election);
     let calls = tokio::time::timeout(Duration::from_secs(1), server)
         .await
@@ -157,4 +172,34 @@ async fn losing_the_race_for_an_expired_lease_is_not_leading() {
         attempt(Some(lease("operator-b", stale, 3)), StatusCode::CONFLICT).await;
     assert!(!acquired);
     assert_eq!(calls.len(), 2);
+}
+
+#[tokio::test]
+async fn a_released_lease_is_taken_at_once() {
+    let mut released = lease("operator-b", Timestamp::now(), 3);
+    released["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("holderIdentity");
+    let (acquired, calls) = attempt(Some(released), StatusCode::OK).await;
+    assert!(acquired);
+    assert_eq!(calls[1].2["spec"]["holderIdentity"], "operator-a");
+    assert_eq!(calls[1].2["spec"]["leaseTransitions"], 4);
+}
+
+#[tokio::test]
+async fn releasing_clears_the_holder_of_its_own_lease_only() {
+    let calls = release(Some(lease("operator-a", Timestamp::now(), 2))).await;
+    assert_eq!(
+        methods_and_uris(&calls),
+        [get(), (Method::PUT, format!("{LEASE_URI}/{LEASE_NAME}?"))]
+    );
+    assert_eq!(calls[1].2["spec"]["holderIdentity"], Value::Null);
+    assert_eq!(calls[1].2["metadata"]["resourceVersion"], "41");
+    let calls = release(Some(lease("operator-b", Timestamp::now(), 2))).await;
+    assert_eq!(
+        methods_and_uris(&calls),
+        [get()],
+        "another replica's lease is not touched"
+    );
 }
