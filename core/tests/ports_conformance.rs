@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatsys_core::CoreResult;
 use chatsys_core::adapters::{memory, mysql, redis, sqlite};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, Message, Page};
 use chatsys_core::ports::{Cache, ListScope, NumberFloor, Numbers, Store};
-use chatsys_core::CoreResult;
 use chrono::{DateTime, Utc};
 
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -17,15 +17,25 @@ fn at(seconds: i64) -> DateTime<Utc> {
 }
 
 fn unique() -> String {
-    format!("{}_{:08x}", chrono::Utc::now().timestamp(), rand::random::<u32>())
+    format!(
+        "{}_{:08x}",
+        chrono::Utc::now().timestamp(),
+        rand::random::<u32>()
+    )
 }
 
 async fn mysql_store() -> Arc<dyn Store> {
     use sqlx::Connection;
-    let server = std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let mut conn = sqlx::MySqlConnection::connect(&server).await.unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
+    let server = std::env::var("CHATSYS_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let mut conn = sqlx::MySqlConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
     let name = format!("chatsys_t{}", unique());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`"))).execute(&mut conn).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let store = mysql::MySqlStore::connect(&format!("{server}/{name}"), 8).unwrap();
     store.migrate().await.unwrap();
     Arc::new(store)
@@ -39,11 +49,22 @@ async fn sqlite_store() -> Arc<dyn Store> {
 }
 
 fn create_chat(app: AppId, number: u64) -> Command {
-    Command::CreateChat { application_id: app, number, at: at(number as i64) }
+    Command::CreateChat {
+        application_id: app,
+        number,
+        at: at(number as i64),
+    }
 }
 
 fn create_message(app: AppId, chat: u64, number: u64, body: &str) -> Command {
-    Command::CreateMessage { application_id: app, chat_number: chat, chat_created_at: at(chat as i64), number, body: body.into(), at: at(100 + number as i64) }
+    Command::CreateMessage {
+        application_id: app,
+        chat_number: chat,
+        chat_created_at: at(chat as i64),
+        number,
+        body: body.into(),
+        at: at(100 + number as i64),
+    }
 }
 
 fn edit_message(app: AppId, chat: u64, number: u64, body: &str, version: u64) -> Command {
@@ -60,30 +81,68 @@ fn edit_message(app: AppId, chat: u64, number: u64, body: &str, version: u64) ->
 }
 
 async fn messages(store: &dyn Store, app: AppId, chat: u64) -> Vec<Message> {
-    store.list_messages(app, chat, Page::first(1000)).await.unwrap()
+    store
+        .list_messages(app, chat, Page::first(1000))
+        .await
+        .unwrap()
 }
 
 async fn app(store: &dyn Store) -> AppId {
-    store.create_application(&chatsys_core::domain::generate_token(), "conformance", at(0)).await.unwrap().id
+    store
+        .create_application(
+            &chatsys_core::domain::generate_token(),
+            "conformance",
+            at(0),
+        )
+        .await
+        .unwrap()
+        .id
 }
 
 async fn applying_a_batch_twice_changes_nothing(store: Arc<dyn Store>) {
     let app = app(store.as_ref()).await;
-    let batch = vec![create_chat(app, 1), create_message(app, 1, 1, "one"), create_message(app, 1, 2, "two"), create_chat(app, 2)];
+    let batch = vec![
+        create_chat(app, 1),
+        create_message(app, 1, 1, "one"),
+        create_message(app, 1, 2, "two"),
+        create_chat(app, 2),
+    ];
     store.apply(&batch).await.unwrap();
     store.apply(&batch).await.unwrap();
     store.apply(&batch[1..2]).await.unwrap();
-    assert_eq!(messages(store.as_ref(), app, 1).await.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+    assert_eq!(
+        messages(store.as_ref(), app, 1)
+            .await
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect::<Vec<_>>(),
+        ["one", "two"]
+    );
     assert_eq!(store.chat(app, 1).await.unwrap().unwrap().messages_count, 2);
-    assert_eq!(store.application(app).await.unwrap().unwrap().chats_count, 2);
+    assert_eq!(
+        store.application(app).await.unwrap().unwrap().chats_count,
+        2
+    );
 }
 
 async fn commands_commute_and_the_newest_edit_wins(store: Arc<dyn Store>) {
     let app = app(store.as_ref()).await;
     // Messages and an edit land before the chat's creation, each in its own batch.
-    store.apply(&[edit_message(app, 1, 1, "edited", 7)]).await.unwrap();
-    store.apply(&[create_message(app, 1, 1, "original"), create_message(app, 1, 2, "second")]).await.unwrap();
-    store.apply(&[edit_message(app, 1, 1, "older edit", 3)]).await.unwrap();
+    store
+        .apply(&[edit_message(app, 1, 1, "edited", 7)])
+        .await
+        .unwrap();
+    store
+        .apply(&[
+            create_message(app, 1, 1, "original"),
+            create_message(app, 1, 2, "second"),
+        ])
+        .await
+        .unwrap();
+    store
+        .apply(&[edit_message(app, 1, 1, "older edit", 3)])
+        .await
+        .unwrap();
     store.apply(&[create_chat(app, 1)]).await.unwrap();
     let stored = messages(store.as_ref(), app, 1).await;
     assert_eq!(stored[0].body, "edited");
@@ -92,7 +151,10 @@ async fn commands_commute_and_the_newest_edit_wins(store: Arc<dyn Store>) {
     let chat = store.chat(app, 1).await.unwrap().unwrap();
     assert_eq!(chat.messages_count, 2);
     assert_eq!(chat.created_at, at(1));
-    assert_eq!(store.application(app).await.unwrap().unwrap().chats_count, 1);
+    assert_eq!(
+        store.application(app).await.unwrap().unwrap().chats_count,
+        1
+    );
 }
 
 async fn concurrent_batches_keep_counts_exact(store: Arc<dyn Store>) {
@@ -117,20 +179,36 @@ async fn concurrent_batches_keep_counts_exact(store: Arc<dyn Store>) {
     let mut total = 0;
     for chat in 1..=3 {
         let stored = messages(store.as_ref(), app, chat).await.len() as u64;
-        assert_eq!(store.chat(app, chat).await.unwrap().unwrap().messages_count, stored, "chat {chat}");
+        assert_eq!(
+            store.chat(app, chat).await.unwrap().unwrap().messages_count,
+            stored,
+            "chat {chat}"
+        );
         total += stored;
     }
     assert_eq!(total, 20);
-    assert_eq!(store.application(app).await.unwrap().unwrap().chats_count, 3);
+    assert_eq!(
+        store.application(app).await.unwrap().unwrap().chats_count,
+        3
+    );
     assert_eq!(store.repair_counts().await.unwrap(), 0, "nothing drifted");
 }
 
 async fn the_applied_state_is_what_is_stored(store: Arc<dyn Store>) {
     let app = app(store.as_ref()).await;
-    store.apply(&[edit_message(app, 1, 1, "newest", 9)]).await.unwrap();
-    let applied = store.apply(&[create_message(app, 1, 1, "stale create")]).await.unwrap();
+    store
+        .apply(&[edit_message(app, 1, 1, "newest", 9)])
+        .await
+        .unwrap();
+    let applied = store
+        .apply(&[create_message(app, 1, 1, "stale create")])
+        .await
+        .unwrap();
     assert_eq!(applied.messages.len(), 1);
-    assert_eq!(applied.messages[0].body, "newest", "the index must get the stored body, not the command's");
+    assert_eq!(
+        applied.messages[0].body, "newest",
+        "the index must get the stored body, not the command's"
+    );
     assert_eq!(applied.chats, vec![(app, 1)]);
     assert_eq!(store.max_message_number(app, 1).await.unwrap(), 1);
     assert_eq!(store.max_chat_number(app).await.unwrap(), 1);
@@ -170,10 +248,17 @@ impl NumberFloor for FixedFloor {
 }
 
 async fn redis_numbers(floor: u64) -> (Arc<dyn Numbers>, ::redis::aio::ConnectionManager, String) {
-    let url = std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let connection = redis::connect(&url).await.unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    let url =
+        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let connection = redis::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
     let prefix = format!("chatsys-test-{}", unique());
-    let numbers = redis::RedisNumbers::new(connection.clone(), redis::Keys::new(&prefix), Arc::new(FixedFloor(floor)));
+    let numbers = redis::RedisNumbers::new(
+        connection.clone(),
+        redis::Keys::new(&prefix),
+        Arc::new(FixedFloor(floor)),
+    );
     (Arc::new(numbers), connection, prefix)
 }
 
@@ -185,7 +270,11 @@ async fn numbers_start_at_1_and_never_repeat(numbers: Arc<dyn Numbers>) {
     numbers.init_application(1).await.unwrap();
     assert_eq!(numbers.next_chat(1).await.unwrap(), 1);
     assert_eq!(numbers.next_chat(1).await.unwrap(), 2);
-    assert_eq!(numbers.next_message(1, 2).await.unwrap(), 1, "a new chat's messages start at 1");
+    assert_eq!(
+        numbers.next_message(1, 2).await.unwrap(),
+        1,
+        "a new chat's messages start at 1"
+    );
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let numbers = numbers.clone();
@@ -203,7 +292,10 @@ async fn numbers_start_at_1_and_never_repeat(numbers: Arc<dyn Numbers>) {
     }
     all.sort_unstable();
     assert_eq!(all, (2..=201).collect::<Vec<u64>>());
-    let (a, b) = (numbers.next_version().await.unwrap(), numbers.next_version().await.unwrap());
+    let (a, b) = (
+        numbers.next_version().await.unwrap(),
+        numbers.next_version().await.unwrap(),
+    );
     assert!(b > a && a > 0);
 }
 
@@ -225,18 +317,37 @@ async fn a_counter_lost_from_redis_restarts_above_the_floor_and_versions_keep_ri
     assert_eq!(numbers.next_message(7, 1).await.unwrap(), 1);
     let version = numbers.next_version().await.unwrap();
     // What a FLUSHALL does to this system's keys, without disturbing anyone else's.
-    let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut connection).await.unwrap();
-    let _: () = ::redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     assert_eq!(numbers.next_chat(7).await.unwrap(), 501);
     assert_eq!(numbers.next_message(7, 1).await.unwrap(), 501);
-    assert_eq!(numbers.next_message(7, 501).await.unwrap(), 1, "a chat created after the loss starts at 1");
+    assert_eq!(
+        numbers.next_message(7, 501).await.unwrap(),
+        1,
+        "a chat created after the loss starts at 1"
+    );
     assert!(numbers.next_version().await.unwrap() > version);
 }
 
 async fn redis_cache() -> Arc<dyn Cache> {
-    let url = std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let connection = redis::connect(&url).await.unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
-    Arc::new(redis::RedisCache::new(connection, redis::Keys::new(&format!("chatsys-test-{}", unique())), Duration::from_secs(60)))
+    let url =
+        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let connection = redis::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    Arc::new(redis::RedisCache::new(
+        connection,
+        redis::Keys::new(&format!("chatsys-test-{}", unique())),
+        Duration::from_secs(60),
+    ))
 }
 
 async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>) {
@@ -251,21 +362,50 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
     };
     cache.put_message(&message("edit", 5)).await.unwrap();
     cache.put_message(&message("create", 0)).await.unwrap();
-    assert_eq!(cache.message((1, 1, 1)).await.unwrap().unwrap().body, "edit");
+    assert_eq!(
+        cache.message((1, 1, 1)).await.unwrap().unwrap().body,
+        "edit"
+    );
     cache.put_message(&message("later edit", 6)).await.unwrap();
-    assert_eq!(cache.message((1, 1, 1)).await.unwrap().unwrap().body, "later edit");
+    assert_eq!(
+        cache.message((1, 1, 1)).await.unwrap().unwrap().body,
+        "later edit"
+    );
 
     let scope = ListScope::Messages(1, 1);
     let entry = cache.list(&scope, "0:100").await.unwrap().unwrap();
     assert!(entry.body.is_none());
-    cache.put_list(&scope, entry.generation, "0:100", b"[1]").await.unwrap();
-    assert_eq!(cache.list(&scope, "0:100").await.unwrap().unwrap().body.as_deref(), Some(&b"[1]"[..]));
+    cache
+        .put_list(&scope, entry.generation, "0:100", b"[1]")
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .list(&scope, "0:100")
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .as_deref(),
+        Some(&b"[1]"[..])
+    );
     cache.bump_lists(&[scope.clone()]).await.unwrap();
     let after = cache.list(&scope, "0:100").await.unwrap().unwrap();
     assert!(after.body.is_none(), "a bumped list is stale");
     // A page read before the bump and stored late lands under the old generation, unseen.
-    cache.put_list(&scope, entry.generation, "0:100", b"[stale]").await.unwrap();
-    assert!(cache.list(&scope, "0:100").await.unwrap().unwrap().body.is_none());
+    cache
+        .put_list(&scope, entry.generation, "0:100", b"[stale]")
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .list(&scope, "0:100")
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,5 +415,8 @@ async fn cache_redis_keeps_the_newer_message_and_bumps_lists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_memory_keeps_the_newer_message_and_bumps_lists() {
-    the_cache_keeps_the_newer_message_and_bumps_lists(Arc::new(memory::MemoryCache::new(Duration::from_secs(60)))).await;
+    the_cache_keeps_the_newer_message_and_bumps_lists(Arc::new(memory::MemoryCache::new(
+        Duration::from_secs(60),
+    )))
+    .await;
 }

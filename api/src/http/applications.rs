@@ -23,6 +23,7 @@ pub fn router() -> Router<Arc<AppState>> {
 #[derive(Deserialize, ToSchema)]
 pub struct NameBody {
     /// 1 to 255 characters, not blank.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub name: String,
 }
 
@@ -47,14 +48,15 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/applications", tag = "applications",
-    params(("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-           ("after" = Option<String>, Query, description = "Token of the last application of the previous page")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+           ("after" = Option<String>, Query, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$", description = "Token of the last application of the previous page")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Applications in creation order", body = [ApplicationView],
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
         (status = 400, description = "Bad limit or after", body = ErrorBody),
         (status = 401, description = "Admin key missing or wrong", body = ErrorBody),
+        (status = 404, description = "No application has the token given as after", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait")))))]
 pub async fn list(
@@ -84,7 +86,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/applications/{token}", tag = "applications",
-    params(("token" = String, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
     responses((status = 200, description = "The application", body = ApplicationView),
         (status = 404, description = "Unknown token", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,
@@ -97,7 +99,7 @@ pub async fn read(
 }
 
 #[utoipa::path(put, path = "/applications/{token}", tag = "applications", request_body = NameBody,
-    params(("token" = String, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
     responses((status = 200, description = "Renamed", body = ApplicationView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),

@@ -18,7 +18,7 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 #[utoipa::path(post, path = "/applications/{token}/chats", tag = "chats",
-    params(("token" = String, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
     responses(
         (status = 201, description = "Accepted and numbered; readable at once, listed once the worker stored it", body = ChatView,
             headers(("Location" = String, description = "The new chat's path"))),
@@ -40,9 +40,9 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats", tag = "chats",
-    params(("token" = String, Path),
-           ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-           ("after" = Option<u64>, Query, description = "Number of the last chat of the previous page")),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+           ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last chat of the previous page")),
     responses(
         (status = 200, description = "Chats by number", body = [ChatView],
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
@@ -66,7 +66,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}", tag = "chats",
-    params(("token" = String, Path), ("number" = u64, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
     responses((status = 200, description = "The chat", body = ChatView),
         (status = 404, description = "Unknown token or number", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,

@@ -32,12 +32,13 @@ pub fn router() -> Router<Arc<AppState>> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct BodyBody {
-    /// 1 character to 64 KiB (65,536 bytes of UTF-8).
+    /// 1 character to 64 KiB (65,536 bytes of UTF-8; the schema can only bound characters).
+    #[schema(min_length = 1, max_length = 65536)]
     pub body: String,
 }
 
 #[utoipa::path(post, path = "/applications/{token}/chats/{number}/messages", tag = "messages", request_body = BodyBody,
-    params(("token" = String, Path), ("number" = u64, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
     responses(
         (status = 201, description = "Accepted and numbered; readable at once, listed and searchable once the worker stored it",
             body = MessageView, headers(("Location" = String, description = "The new message's path"))),
@@ -67,9 +68,9 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
-    params(("token" = String, Path), ("number" = u64, Path),
-           ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-           ("after" = Option<u64>, Query, description = "Number of the last message of the previous page")),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+           ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last message of the previous page")),
     responses(
         (status = 200, description = "Messages by number", body = [MessageView],
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
@@ -94,7 +95,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
-    params(("token" = String, Path), ("number" = u64, Path), ("message" = u64, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64), ("message" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
     responses((status = 200, description = "The message, including one accepted but not stored yet", body = MessageView),
         (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,
@@ -109,7 +110,7 @@ pub async fn read(
 }
 
 #[utoipa::path(put, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages", request_body = BodyBody,
-    params(("token" = String, Path), ("number" = u64, Path), ("message" = u64, Path)),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64), ("message" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
     responses((status = 200, description = "Edited; the last edit accepted wins", body = MessageView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
@@ -133,11 +134,10 @@ pub async fn edit(
 }
 
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/search", tag = "messages",
-    params(("token" = String, Path), ("number" = u64, Path),
-           ("q" = String, Query, description = "Text to find anywhere in the body, case-insensitive"),
-           ("key" = Option<String>, Query, description = "Alias of q"),
-           ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-           ("after" = Option<u64>, Query, description = "Number of the last message of the previous page")),
+    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64),
+           ("q" = String, Query, min_length = 1, pattern = r"\S", description = "Text to find anywhere in the body, case-insensitive; `key` is accepted as an alias"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+           ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last message of the previous page")),
     responses(
         (status = 200, description = "Matching messages of this chat, best first", body = [MessageView],
             headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),

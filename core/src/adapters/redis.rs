@@ -378,12 +378,22 @@ impl Cache for RedisCache {
         let put = script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE);
         let mut pipe = redis::pipe();
         for message in messages {
-            let key = self.keys.message((message.application_id, message.chat_number, message.number));
+            let key =
+                self.keys
+                    .message((message.application_id, message.chat_number, message.number));
             let bytes = serde_json::to_vec(message).expect("messages serialise");
-            pipe.invoke_script(put.key(key).arg(message.version).arg(bytes).arg(self.ttl_secs)).ignore();
+            pipe.invoke_script(
+                put.key(key)
+                    .arg(message.version)
+                    .arg(bytes)
+                    .arg(self.ttl_secs),
+            )
+            .ignore();
         }
         let mut redis = self.redis.clone();
-        pipe.query_async::<()>(&mut redis).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(unavailable)
     }
 
     async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
