@@ -2,7 +2,8 @@
 # Validates the operator's output offline:
 #  0. the CustomResourceDefinition that `chatsys-operator crd` prints, against the Kubernetes 1.33 schemas;
 #  1. every manifest that `chatsys-operator render` prints for each example, against the Kubernetes 1.33
-#     schemas with strict checking (kubernetes-validate);
+#     schemas with strict checking (kubernetes-validate); render itself refuses an example that breaks
+#     the CRD's CEL rules;
 #  2. each example itself, against the openAPIV3Schema of the CRD that `chatsys-operator crd` prints,
 #     with unknown fields under `spec` refused, as the API server's strict field validation does.
 # Needs the `kubernetes-validate` and `jsonschema` Python packages. Exits non-zero on any failure.

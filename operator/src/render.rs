@@ -2,7 +2,7 @@
 
 use crate::crd::ChatSystem;
 use crate::error::{Error, Result};
-use crate::manifests::{self, BackingService, Credentials, Inputs};
+use crate::manifests::{self, BackingService, Credentials, Inputs, InvalidSpec};
 use std::collections::BTreeSet;
 
 /// Stands in for the uid a cluster would give, so every owner reference is shown.
@@ -43,6 +43,7 @@ pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
 /// Every manifest as one YAML stream, written so that YAML 1.1 readers (kubectl) read back the same
 /// types. The file's namespace is used, or `default`.
 pub fn render(mut cs: ChatSystem) -> Result<String> {
+    check_schema_rules(&cs)?;
     cs.metadata
         .namespace
         .get_or_insert_with(|| "default".to_string());
@@ -56,4 +57,13 @@ pub fn render(mut cs: ChatSystem) -> Result<String> {
         stream.push_str(&serde_saphyr::to_string(&manifest.object)?);
     }
     Ok(stream)
+}
+
+/// The CRD's CEL rules (`minReplicas <= maxReplicas`, an Ingress host), evaluated as the API server
+/// would on create, since no API server is there to do it.
+pub fn check_schema_rules(cs: &ChatSystem) -> Result<()> {
+    kube::core::cel::validate_cel(cs).map_err(|errors| {
+        let problems = errors.into_vec().iter().map(ToString::to_string).collect();
+        Error::InvalidSpec(InvalidSpec(problems))
+    })
 }

@@ -77,3 +77,25 @@ fn an_unreadable_or_invalid_file_is_an_error_naming_it() {
         "invalid spec: opensearch: resources.limits.memory is required to size the heap"
     );
 }
+
+#[test]
+fn the_crds_cel_rules_are_enforced_without_an_api_server() {
+    let mut cs = render::read(&example("full")).expect("parses");
+    render::check_schema_rules(&cs).expect("the full example passes the rules");
+    cs.spec.worker.autoscaling.min_replicas = 9;
+    cs.spec.worker.autoscaling.max_replicas = 3;
+    cs.spec.api.ingress.host = None;
+    let refused = render::render(cs).expect_err("rules broken");
+    let message = refused.to_string();
+    assert!(
+        message.contains("minReplicas must not exceed maxReplicas"),
+        "{message}"
+    );
+    assert!(
+        message.contains("ingress.host is required when the ingress is enabled"),
+        "{message}"
+    );
+    for name in ["minimal", "external", "autoscaling-off"] {
+        render::check_schema_rules(&render::read(&example(name)).expect("parses")).expect(name);
+    }
+}
