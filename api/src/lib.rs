@@ -36,9 +36,6 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// The search index name in OpenSearch.
-pub const SEARCH_INDEX: &str = "chatsys-messages";
-
 /// Opens the search port: OpenSearch when a URL is given, else the embedded index under `data_dir`.
 pub async fn open_search(
     opensearch_url: Option<&str>,
@@ -46,7 +43,9 @@ pub async fn open_search(
     writable: bool,
 ) -> anyhow::Result<Arc<dyn ports::Search>> {
     Ok(match opensearch_url {
-        Some(url) => Arc::new(opensearch::OpenSearchIndex::connect(url, SEARCH_INDEX).await?),
+        Some(url) => {
+            Arc::new(opensearch::OpenSearchIndex::connect(url, opensearch::DEFAULT_INDEX).await?)
+        }
         None => Arc::new(EmbeddedSearch::open(&data_dir.join("search"), writable)?),
     })
 }

@@ -110,7 +110,8 @@ impl ChatService {
 
     pub async fn application(&self, token: &str) -> CoreResult<ApplicationView> {
         let app = self.resolve(token).await?;
-        if let Some(cached) = soft(self.ports.cache.application(app).await) {
+        if let Some(cached) = counted("application", soft(self.ports.cache.application(app).await))
+        {
             return Ok(ApplicationView::from(&cached));
         }
         let application = self
@@ -351,7 +352,7 @@ impl ChatService {
         if let Some(app) = self.app_ids.get(token).await {
             return Ok(app);
         }
-        let app = match soft(self.ports.cache.application_id(token).await) {
+        let app = match counted("token", soft(self.ports.cache.application_id(token).await)) {
             Some(app) => app,
             None => {
                 let application = self
@@ -374,7 +375,7 @@ impl ChatService {
     }
 
     async fn load_chat(&self, app: AppId, number: u64) -> CoreResult<Chat> {
-        if let Some(chat) = soft(self.ports.cache.chat(app, number).await) {
+        if let Some(chat) = counted("chat", soft(self.ports.cache.chat(app, number).await)) {
             return Ok(chat);
         }
         if let Some(chat) = self.ports.store.chat(app, number).await? {
@@ -398,7 +399,7 @@ impl ChatService {
 
     async fn load_message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Message> {
         let key = (app, chat, number);
-        if let Some(message) = soft(self.ports.cache.message(key).await) {
+        if let Some(message) = counted("message", soft(self.ports.cache.message(key).await)) {
             return Ok(message);
         }
         let message = self
@@ -423,14 +424,13 @@ impl ChatService {
     {
         let page_key = format!("{}:{}", page.after.unwrap_or(0), page.limit);
         let entry = soft(self.ports.cache.list(&scope, &page_key).await);
-        if let Some(body) = entry.as_ref().and_then(|e| e.body.as_deref())
-            && let Some(cached) = decode_cached_page(body)
-        {
-            metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "hit")
-                .increment(1);
+        let cached = entry
+            .as_ref()
+            .and_then(|e| e.body.as_deref())
+            .and_then(decode_cached_page);
+        if let Some(cached) = counted("list", cached) {
             return Ok(cached);
         }
-        metrics::counter!("chatsys_cache_total", "kind" => "list", "result" => "miss").increment(1);
         let fresh = load().await?;
         if let Some(entry) = entry {
             soft(
@@ -487,6 +487,13 @@ fn decode_cached_page(bytes: &[u8]) -> Option<ListPage> {
 }
 
 /// A cache failure is a miss: the store answers instead.
+/// Counts a cache lookup as a hit or a miss, by kind.
+fn counted<T>(kind: &'static str, found: Option<T>) -> Option<T> {
+    let result = if found.is_some() { "hit" } else { "miss" };
+    metrics::counter!("chatsys_cache_total", "kind" => kind, "result" => result).increment(1);
+    found
+}
+
 fn soft<T: Default>(result: CoreResult<T>) -> T {
     result.unwrap_or_else(|e| {
         metrics::counter!("chatsys_cache_errors_total").increment(1);
