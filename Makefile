@@ -13,7 +13,7 @@ CHART_CRD := charts/chatsys-operator/crds/chatsystems.chatsys.io.yaml
 RENDERED := target/rendered
 
 .DEFAULT_GOAL := help
-.PHONY: help build test crds render tools chart-lint validate images e2e bench standalone ci
+.PHONY: help build test crds render tools chart-lint validate fuzz faults images e2e bench standalone ci
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,14 @@ chart-lint: tools ## Lint the Helm chart, validate its output, lint the YAML, sh
 validate: tools ## Validate the rendered examples against the Kubernetes schemas and the CRD
 	$(CARGO) build -q -p chatsys-operator
 	bash scripts/validate-manifests.sh
+
+fuzz: tools ## Fuzz the API from its /openapi.json (schemathesis), standalone and full stack
+	$(CARGO) build -q -p chatsys-api -p chatsys-worker
+	PATH="$(CURDIR)/.tools/bin:$$PATH" bash scripts/fuzz-api.sh
+
+faults: ## Run the fault suite (restarts the local MariaDB, Redis and RabbitMQ)
+	$(CARGO) build --release --bins
+	target/release/faults
 
 images: ## Build the api, worker and operator images (needs Docker)
 	@for image in $(IMAGES); do \
