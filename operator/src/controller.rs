@@ -103,6 +103,13 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action>
     let started = Instant::now();
     metrics::counter!("chatsys_operator_reconciles_total").increment(1);
     let result = reconcile_pipeline(&cs, &ctx).await;
+    if let Err(error) = &result {
+        // Best effort, so the failure shows in `kubectl get`; error_policy still retries and counts it.
+        let failed = status::failed(&cs, &error.to_string(), Timestamp::now());
+        if let Err(status_error) = write_status(&ctx.client, &cs, failed).await {
+            warn!(%status_error, "recording the failure in the status");
+        }
+    }
     metrics::histogram!("chatsys_operator_reconcile_duration_seconds")
         .record(started.elapsed().as_secs_f64());
     if result.is_ok() {

@@ -150,6 +150,32 @@ pub fn degraded(cs: &ChatSystem, invalid: &InvalidSpec, now: Timestamp) -> ChatS
     }
 }
 
+/// A reconcile that failed part-way (an API call refused or unreachable): `Degraded` says why, and
+/// `Ready` and `Progressing` keep what was last observed, since the running system may be unaffected.
+pub fn failed(cs: &ChatSystem, message: &str, now: Timestamp) -> ChatSystemStatus {
+    let previous = cs.status.clone().unwrap_or_default();
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .into_iter()
+        .filter(|c| c.type_ != DEGRADED)
+        .collect();
+    conditions.push(condition(
+        cs,
+        now,
+        DEGRADED,
+        true,
+        "ReconcileFailed",
+        message,
+    ));
+    ChatSystemStatus {
+        phase: Some("Degraded".to_string()),
+        observed_generation: cs.metadata.generation,
+        conditions,
+        components: previous.components,
+        api_url: previous.api_url,
+    }
+}
+
 /// Keeps what was last observed, flagging that it is no longer being acted on.
 pub fn paused(cs: &ChatSystem, now: Timestamp) -> ChatSystemStatus {
     let previous = cs.status.clone().unwrap_or_default();

@@ -727,3 +727,22 @@ fn specs_the_schema_cannot_refuse_are_refused_with_a_reason() {
         .0;
     assert_eq!(problems, ["opensearch: memory limit 256Mi is below 512Mi"]);
 }
+
+#[test]
+fn database_pods_and_volumes_do_not_change_with_the_operator_version() {
+    let (_, built) = build_fixture("defaults");
+    for set in of_kind(&built, ChildKind::StatefulSet) {
+        let template_labels = &set["spec"]["template"]["metadata"]["labels"];
+        let claim_labels = &set["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"];
+        for labels in [template_labels, claim_labels] {
+            assert_eq!(
+                labels["app.kubernetes.io/version"],
+                Value::Null,
+                "{}",
+                set["metadata"]["name"]
+            );
+            assert_eq!(labels["app.kubernetes.io/instance"], "chat");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "chatsys-operator");
+        }
+    }
+}

@@ -531,11 +531,27 @@ async fn a_failing_call_is_an_error_retried_with_a_growing_backoff_and_counted()
     let (result, calls) = reconcile(cs.clone(), cluster).await;
     let error = result.expect_err("the failed apply fails the reconcile");
     assert_eq!(error.metric_label(), "kube");
+    let mut expected = requests(&calls[..4]);
     assert_eq!(
-        calls.len(),
-        4,
-        "nothing after the failed apply: {:?}",
-        requests(&calls)
+        expected[3],
+        apply(ChildKind::Secret, "chat-mysql-credentials"),
+        "the failed apply"
+    );
+    expected.push(status_patch());
+    assert_eq!(
+        requests(&calls),
+        expected,
+        "nothing but the status after the failed apply"
+    );
+    let status = &calls[4].body;
+    assert_eq!(status["status"]["phase"], "Degraded");
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["reason"], "ReconcileFailed");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Kubernetes API:")),
+        "{status}"
     );
 
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();

@@ -173,3 +173,38 @@ fn a_paused_resource_keeps_what_was_observed_and_says_it_is_paused() {
         1
     );
 }
+
+#[test]
+fn a_failed_reconcile_is_degraded_but_keeps_the_last_readiness() {
+    let mut cs = fixture("defaults");
+    let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
+    cs.status = Some(status::observed(&cs, &applied, now()));
+    let failed = status::failed(&cs, "Kubernetes API: connection refused", now());
+    assert_eq!(failed.phase.as_deref(), Some("Degraded"));
+    let degraded = find(&failed.conditions, status::DEGRADED);
+    assert_eq!(
+        (
+            degraded.status.as_str(),
+            degraded.reason.as_str(),
+            degraded.message.as_str()
+        ),
+        (
+            "True",
+            "ReconcileFailed",
+            "Kubernetes API: connection refused"
+        )
+    );
+    assert_eq!(
+        find(&failed.conditions, status::READY).status,
+        "True",
+        "the system may still serve"
+    );
+    assert_eq!(failed.conditions.len(), 4);
+    assert_eq!(
+        failed.components["api"],
+        ComponentStatus {
+            ready_replicas: 2,
+            desired_replicas: 2
+        }
+    );
+}

@@ -3,9 +3,12 @@
 
 use super::{
     ChildKind, Credentials, InvalidSpec, Manifest, child_name, container_security_context,
-    metadata, object, parse_bytes, pod_security_context, secret_env, selector_labels, value_env,
+    metadata, object, parse_bytes, pod_security_context, secret_env, selector_labels,
+    stable_labels, value_env,
 };
-use crate::crd::{ChatSystem, ChatSystemSpec, ExternalService};
+use crate::crd::{
+    BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, ServiceDefaults,
+};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
@@ -41,13 +44,18 @@ impl BackingService {
         }
     }
 
-    pub fn external(self, spec: &ChatSystemSpec) -> Option<&ExternalService> {
+    /// This service's part of the spec, whatever its defaults type.
+    pub fn spec(self, spec: &ChatSystemSpec) -> ServiceSpec<'_> {
         match self {
-            BackingService::Mysql => spec.mysql.external.as_ref(),
-            BackingService::Redis => spec.redis.external.as_ref(),
-            BackingService::Rabbitmq => spec.rabbitmq.external.as_ref(),
-            BackingService::Opensearch => spec.opensearch.external.as_ref(),
+            BackingService::Mysql => ServiceSpec::of(&spec.mysql),
+            BackingService::Redis => ServiceSpec::of(&spec.redis),
+            BackingService::Rabbitmq => ServiceSpec::of(&spec.rabbitmq),
+            BackingService::Opensearch => ServiceSpec::of(&spec.opensearch),
         }
+    }
+
+    pub fn external(self, spec: &ChatSystemSpec) -> Option<&ExternalService> {
+        self.spec(spec).external
     }
 
     /// Keys of its credentials Secret; empty for a service without credentials.
@@ -78,15 +86,6 @@ impl BackingService {
         }
     }
 
-    pub fn storage_size(self, spec: &ChatSystemSpec) -> &Quantity {
-        match self {
-            BackingService::Mysql => &spec.mysql.storage.size,
-            BackingService::Redis => &spec.redis.storage.size,
-            BackingService::Rabbitmq => &spec.rabbitmq.storage.size,
-            BackingService::Opensearch => &spec.opensearch.storage.size,
-        }
-    }
-
     /// The user id the image runs as (each image creates that user).
     fn uid(self) -> i64 {
         match self {
@@ -105,26 +104,26 @@ impl BackingService {
     }
 }
 
-/// The `(image, resources, storage class, delete claims)` of a service, whatever its defaults type.
-fn settings(
-    spec: &ChatSystemSpec,
-    service: BackingService,
-) -> (&str, &ResourceRequirements, Option<&str>, bool) {
-    macro_rules! of {
-        ($s:expr) => {
-            (
-                &$s.image[..],
-                &$s.resources,
-                $s.storage.storage_class_name.as_deref(),
-                $s.storage.delete_claims_on_removal,
-            )
-        };
-    }
-    match service {
-        BackingService::Mysql => of!(spec.mysql),
-        BackingService::Redis => of!(spec.redis),
-        BackingService::Rabbitmq => of!(spec.rabbitmq),
-        BackingService::Opensearch => of!(spec.opensearch),
+/// The fields of a `BackingServiceSpec`, without its defaults type parameter.
+pub struct ServiceSpec<'a> {
+    pub image: &'a str,
+    pub resources: &'a ResourceRequirements,
+    pub storage_size: &'a Quantity,
+    pub storage_class_name: Option<&'a str>,
+    pub delete_claims_on_removal: bool,
+    pub external: Option<&'a ExternalService>,
+}
+
+impl<'a> ServiceSpec<'a> {
+    fn of<D: ServiceDefaults>(spec: &'a BackingServiceSpec<D>) -> Self {
+        ServiceSpec {
+            image: &spec.image,
+            resources: &spec.resources,
+            storage_size: &spec.storage.size,
+            storage_class_name: spec.storage.storage_class_name.as_deref(),
+            delete_claims_on_removal: spec.storage.delete_claims_on_removal,
+            external: spec.external.as_ref(),
+        }
     }
 }
 
@@ -179,7 +178,6 @@ fn headless_service(cs: &ChatSystem, service: BackingService) -> Manifest {
         metadata(cs, &service.workload_name(cs), service.name()),
         json!({ "spec": {
             "clusterIP": "None",
-            "publishNotReadyAddresses": true,
             "selector": selector_labels(cs, service.name()),
             "ports": ports,
         }}),
@@ -187,13 +185,13 @@ fn headless_service(cs: &ChatSystem, service: BackingService) -> Manifest {
 }
 
 fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, InvalidSpec> {
-    let (image, resources, storage_class, delete_claims) = settings(&cs.spec, service);
+    let settings = service.spec(&cs.spec);
     let name = service.workload_name(cs);
     let mut container = json!({
         "name": service.name(),
-        "image": image,
+        "image": settings.image,
         "imagePullPolicy": "IfNotPresent",
-        "resources": resources,
+        "resources": settings.resources,
         "securityContext": container_security_context(false),
         "volumeMounts": [{ "name": "data", "mountPath": service.data_path() }],
     });
@@ -205,12 +203,16 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
 
     let mut claim_spec = json!({
         "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": service.storage_size(&cs.spec) } },
+        "resources": { "requests": { "storage": settings.storage_size } },
     });
-    if let Some(class) = storage_class {
+    if let Some(class) = settings.storage_class_name {
         claim_spec["storageClassName"] = json!(class);
     }
-    let claim_policy = if delete_claims { "Delete" } else { "Retain" };
+    let claim_policy = if settings.delete_claims_on_removal {
+        "Delete"
+    } else {
+        "Retain"
+    };
     Ok(object(
         ChildKind::StatefulSet,
         metadata(cs, &name, service.name()),
@@ -220,7 +222,7 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
             "selector": { "matchLabels": selector_labels(cs, service.name()) },
             "persistentVolumeClaimRetentionPolicy": { "whenDeleted": claim_policy, "whenScaled": "Retain" },
             "template": {
-                "metadata": { "labels": super::labels(cs, service.name()) },
+                "metadata": { "labels": stable_labels(cs, service.name()) },
                 "spec": {
                     "securityContext": pod_security_context(service.uid()),
                     "containers": [container],
@@ -229,7 +231,7 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
             "volumeClaimTemplates": [{
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
-                "metadata": { "name": "data", "labels": super::labels(cs, service.name()) },
+                "metadata": { "name": "data", "labels": stable_labels(cs, service.name()) },
                 "spec": claim_spec,
             }],
         }}),

@@ -138,7 +138,7 @@ pub fn validate(cs: &ChatSystem, inputs: &Inputs) -> Result<(), InvalidSpec> {
                         }
                     }
                 }
-                let size = &service.storage_size(&cs.spec).0;
+                let size = &service.spec(&cs.spec).storage_size.0;
                 if parse_bytes(size).is_none() {
                     problems.push(format!(
                         "{}: storage.size {size} is not a quantity",
@@ -236,18 +236,26 @@ fn selector_labels(cs: &ChatSystem, component: &str) -> Value {
     })
 }
 
-/// The common labels on every object; `instance` and `managed-by` find the children of a resource.
-fn labels(cs: &ChatSystem, component: &str) -> Value {
+/// Labels that stay the same across operator versions: on the pod templates and claim templates of
+/// the backing services, where a change would restart a database or be refused (claim templates are
+/// immutable).
+fn stable_labels(cs: &ChatSystem, component: &str) -> Value {
     let mut labels = selector_labels(cs, component);
     let extra = json!({
         "app.kubernetes.io/managed-by": MANAGER,
         "app.kubernetes.io/part-of": "chatsys",
-        "app.kubernetes.io/version": crate::crd::VERSION,
     });
     labels
         .as_object_mut()
         .expect("labels are an object")
         .extend(extra.as_object().expect("object").clone());
+    labels
+}
+
+/// The common labels on every object; `instance` and `managed-by` find the children of a resource.
+fn labels(cs: &ChatSystem, component: &str) -> Value {
+    let mut labels = stable_labels(cs, component);
+    labels["app.kubernetes.io/version"] = json!(crate::crd::VERSION);
     labels
 }
 
