@@ -166,6 +166,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     delete_orphans(&ctx.client, cs, &namespace, &manifests).await?;
     let status = status::observed(cs, &applied, Timestamp::now());
     let ready = status.phase.as_deref() == Some("Ready");
+    info!(name = %cs.name_any(), %namespace, phase = ?status.phase, applied = manifests.len(), "reconciled");
     write_status(&ctx.client, cs, status).await?;
     Ok(Action::requeue(if ready {
         READY_RECHECK
