@@ -8,9 +8,29 @@ use std::net::SocketAddr;
 
 /// Installs the global metrics recorder; its handle renders `/metrics`.
 pub fn install_metrics() -> Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| Error::Metrics(e.to_string()))
+        .map_err(|e| Error::Metrics(e.to_string()))?;
+    describe_metrics();
+    Ok(handle)
+}
+
+/// Help texts, and the reconcile counter at zero so a scrape before the first reconcile sees it.
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "chatsys_operator_reconciles_total",
+        "Reconciles of ChatSystem resources started."
+    );
+    metrics::describe_counter!(
+        "chatsys_operator_reconcile_errors_total",
+        "Reconciles that failed, by kind of error."
+    );
+    metrics::describe_histogram!(
+        "chatsys_operator_reconcile_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of each reconcile."
+    );
+    metrics::counter!("chatsys_operator_reconciles_total").absolute(0);
 }
 
 pub fn router(metrics: PrometheusHandle) -> Router {
@@ -55,6 +75,7 @@ mod tests {
         let recorder = PrometheusBuilder::new().build_recorder();
         let app = router(recorder.handle());
         metrics::with_local_recorder(&recorder, || {
+            super::describe_metrics();
             metrics::counter!("chatsys_operator_reconciles_total").increment(3);
         });
         assert_eq!(
