@@ -1,4 +1,4 @@
-//! Every setting is a flag with an environment variable (see docs/settings.md).
+//! Every setting is a flag with an environment variable (the README's "Settings" section lists them all).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -264,6 +264,10 @@ fn every_override_reaches_the_manifests() {
     assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
     assert_eq!(ingress["spec"]["rules"][0]["host"], "chat.example.org");
     assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"], "8m",
+        "requests just over the API's 1 MiB limit must reach the API, which answers its own JSON 413"
+    );
+    assert_eq!(
         ingress["spec"]["tls"],
         json!([{ "hosts": ["chat.example.org"], "secretName": "chat-tls" }])
     );

@@ -304,9 +304,11 @@ fn ingress(cs: &ChatSystem) -> Manifest {
     if let Some(tls) = &ingress.tls_secret_name {
         spec["tls"] = json!([{ "hosts": [host], "secretName": tls }]);
     }
-    object(
-        ChildKind::Ingress,
-        metadata(cs, &api_name(cs), "api"),
-        json!({ "spec": spec }),
-    )
+    let mut metadata = metadata(cs, &api_name(cs), "api");
+    // ingress-nginx refuses bodies over 1 MiB with its own HTML 413; let the API answer its own limit.
+    metadata["annotations"] = json!({ "nginx.ingress.kubernetes.io/proxy-body-size": INGRESS_BODY_LIMIT });
+    object(ChildKind::Ingress, metadata, json!({ "spec": spec }))
 }
+
+/// Above the API's default request limit (1 MiB), so requests just over it reach the API.
+const INGRESS_BODY_LIMIT: &str = "8m";
