@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use settings::{Cli, Command, MigrateArgs, ServeArgs, StandaloneArgs};
+pub use settings::{Backends, Cli, Command, MigrateArgs, ServeArgs, StandaloneArgs};
 
 /// The process-wide Prometheus recorder (one per process, however many servers a test starts).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -110,19 +110,19 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 /// The API against MySQL, Redis, RabbitMQ and OpenSearch (or the embedded index).
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
-        args.database_url()?,
+        args.backends.database_url()?,
         args.db_pool_size,
     )?);
-    if args.migrate {
+    if args.backends.migrate {
         store.migrate().await.context("migrations failed")?;
     }
-    let redis = redis::connect(args.redis_url()?)
+    let redis = redis::connect(args.backends.redis_url()?)
         .await
         .context("cannot connect to Redis")?;
-    let keys = redis::Keys::new(&args.redis_prefix);
+    let keys = redis::Keys::new(&args.backends.redis_prefix);
     let queue: Arc<dyn ports::Queue> = Arc::new(amqp::AmqpQueue::new(
-        args.amqp_url()?,
-        &args.queue,
+        args.backends.amqp_url()?,
+        &args.backends.queue,
         args.publish_channels,
         Duration::from_millis(args.publish_timeout_ms),
     ));
@@ -138,9 +138,14 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         cache: Arc::new(redis::RedisCache::new(
             redis,
             keys,
-            Duration::from_secs(args.cache_ttl_secs),
+            Duration::from_secs(args.backends.cache_ttl_secs),
         )),
-        search: open_search(args.opensearch_url.as_deref(), &args.data_dir, false).await?,
+        search: open_search(
+            args.backends.opensearch_url.as_deref(),
+            &args.backends.data_dir,
+            false,
+        )
+        .await?,
     };
     let (shutdown, stopped) = watch::channel(false);
     let (addr, task) = serve(

@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         Command::Serve(args) => {
-            chatsys_core::telemetry::init_logging(&args.log_format);
+            chatsys_core::telemetry::init_logging(&args.backends.log_format);
             let running = chatsys_api::start(&args).await?;
             tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), "chatsys API listening");
             terminated().await;

@@ -37,11 +37,9 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str
         .ok_or_else(|| anyhow::anyhow!("{name} is required"))
 }
 
+/// Where the backing services are, shared by the API and the worker.
 #[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
-    /// HTTP listen address.
-    #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+pub struct Backends {
     /// MySQL URL, mysql://user:password@host:3306/database.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -51,49 +49,31 @@ pub struct ServeArgs {
     /// RabbitMQ URL, amqp://user:password@host:5672/%2f.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
-    /// OpenSearch URL; when absent, the embedded index under the data directory (written by the worker).
+    /// OpenSearch URL; when absent, the embedded index under the data directory (one worker writes it,
+    /// the API reads it).
     #[arg(long, env = "OPENSEARCH_URL", hide_env_values = true)]
     pub opensearch_url: Option<String>,
     /// Where the embedded search index lives.
     #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
     pub data_dir: PathBuf,
-    /// When set, GET /applications requires `Authorization: Bearer <key>`.
-    #[arg(long, env = "CHATSYS_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
-    /// The durable command queue; its dead-letter queue is `<queue>.dead`.
+    /// The durable command queue; refused commands go to `<queue>.dead`.
     #[arg(long, env = "CHATSYS_QUEUE", default_value = "chatsys.commands")]
     pub queue: String,
-    /// Prefix of every Redis key.
+    /// Prefix of every Redis key (several systems may share one Redis).
     #[arg(long, env = "CHATSYS_REDIS_PREFIX", default_value = "chatsys")]
     pub redis_prefix: String,
     /// Apply migrations at start (safe with many replicas).
     #[arg(long, env = "CHATSYS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
-    /// MySQL connections.
-    #[arg(long, env = "CHATSYS_DB_POOL_SIZE", default_value_t = 16)]
-    pub db_pool_size: u32,
-    /// AMQP channels shared by concurrent requests.
-    #[arg(long, env = "CHATSYS_PUBLISH_CHANNELS", default_value_t = 4)]
-    pub publish_channels: usize,
-    /// A publish not confirmed by then answers 503.
-    #[arg(long, env = "CHATSYS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
-    pub publish_timeout_ms: u64,
     /// Lifetime of cache entries and read-your-writes records.
     #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,
-    /// Larger requests get 413.
-    #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
-    pub max_request_bytes: usize,
-    /// Numbers skipped when a counter lost from Redis is rebuilt; must exceed what can be in flight
-    /// (prefetch × workers plus publishes under way).
-    #[arg(long, env = "CHATSYS_RESEED_MARGIN", default_value_t = 10_000)]
-    pub reseed_margin: u64,
     /// json or text; the level comes from RUST_LOG.
     #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
 }
 
-impl ServeArgs {
+impl Backends {
     pub fn database_url(&self) -> anyhow::Result<&str> {
         required(&self.database_url, "--database-url (DATABASE_URL)")
     }
@@ -103,6 +83,34 @@ impl ServeArgs {
     pub fn amqp_url(&self) -> anyhow::Result<&str> {
         required(&self.amqp_url, "--amqp-url (AMQP_URL)")
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub backends: Backends,
+    /// When set, GET /applications requires `Authorization: Bearer <key>`.
+    #[arg(long, env = "CHATSYS_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// MySQL connections.
+    #[arg(long, env = "CHATSYS_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// AMQP channels shared by concurrent requests.
+    #[arg(long, env = "CHATSYS_PUBLISH_CHANNELS", default_value_t = 4)]
+    pub publish_channels: usize,
+    /// A publish not confirmed by then answers 503.
+    #[arg(long, env = "CHATSYS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+    /// Larger requests get 413.
+    #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
+    pub max_request_bytes: usize,
+    /// Numbers skipped when a counter lost from Redis is rebuilt; must exceed what can be in flight
+    /// (prefetch × workers plus publishes under way).
+    #[arg(long, env = "CHATSYS_RESEED_MARGIN", default_value_t = 10_000)]
+    pub reseed_margin: u64,
 }
 
 #[derive(Args, Debug, Clone)]

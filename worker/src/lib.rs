@@ -2,7 +2,6 @@
 //! and only then acknowledges. It also repairs drifted counts now and then.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use chatsys_api::Backends;
 use chatsys_core::adapters::{amqp, mysql, redis};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::ports::Store;
@@ -27,30 +27,8 @@ use tokio::task::JoinHandle;
     about = "Applies queued chat and message commands to MySQL and the search index"
 )]
 pub struct WorkerArgs {
-    /// MySQL URL, mysql://user:password@host:3306/database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Redis URL (the cache the worker refreshes after each batch).
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: String,
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: String,
-    /// OpenSearch URL; when absent, the embedded index under the data directory.
-    #[arg(long, env = "OPENSEARCH_URL", hide_env_values = true)]
-    pub opensearch_url: Option<String>,
-    /// Where the embedded search index lives (one worker writes it).
-    #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
-    pub data_dir: PathBuf,
-    /// The durable command queue; refused commands go to `<queue>.dead`.
-    #[arg(long, env = "CHATSYS_QUEUE", default_value = "chatsys.commands")]
-    pub queue: String,
-    /// Prefix of every Redis key.
-    #[arg(long, env = "CHATSYS_REDIS_PREFIX", default_value = "chatsys")]
-    pub redis_prefix: String,
-    /// Apply migrations at start (safe with many replicas).
-    #[arg(long, env = "CHATSYS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate: bool,
+    #[command(flatten)]
+    pub backends: Backends,
     /// Health and metrics listen address.
     #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
@@ -69,12 +47,6 @@ pub struct WorkerArgs {
     /// Period of the counts repair.
     #[arg(long, env = "CHATSYS_REPAIR_INTERVAL_SECS", default_value_t = 300)]
     pub repair_interval_secs: u64,
-    /// Lifetime of the cache entries the worker writes.
-    #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
-    pub cache_ttl_secs: u64,
-    /// json or text; the level comes from RUST_LOG.
-    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
-    pub log_format: String,
 }
 
 pub struct RunningWorker {
@@ -99,20 +71,27 @@ struct HealthState {
 }
 
 pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
-    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(&args.database_url, 4)?);
-    if args.migrate {
+    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
+        args.backends.database_url()?,
+        4,
+    )?);
+    if args.backends.migrate {
         store.migrate().await.context("migrations failed")?;
     }
-    let redis = redis::connect(&args.redis_url)
+    let redis = redis::connect(args.backends.redis_url()?)
         .await
         .context("cannot connect to Redis")?;
     let cache = Arc::new(redis::RedisCache::new(
         redis,
-        redis::Keys::new(&args.redis_prefix),
-        Duration::from_secs(args.cache_ttl_secs),
+        redis::Keys::new(&args.backends.redis_prefix),
+        Duration::from_secs(args.backends.cache_ttl_secs),
     ));
-    let search =
-        chatsys_api::open_search(args.opensearch_url.as_deref(), &args.data_dir, true).await?;
+    let search = chatsys_api::open_search(
+        args.backends.opensearch_url.as_deref(),
+        &args.backends.data_dir,
+        true,
+    )
+    .await?;
     let ports = IngestPorts {
         store: store.clone(),
         search,
@@ -125,7 +104,11 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
     };
     let (shutdown, stopped) = watch::channel(false);
     let (health, health_rx) = watch::channel(IngestHealth::default());
-    let mut source = amqp::AmqpSource::new(&args.amqp_url, &args.queue, args.prefetch);
+    let mut source = amqp::AmqpSource::new(
+        args.backends.amqp_url()?,
+        &args.backends.queue,
+        args.prefetch,
+    );
     let ingest_stop = stopped.clone();
     let ingest_task = tokio::spawn(async move {
         ingest::run(&mut source, &ports, &settings, ingest_stop, health).await;

@@ -3,11 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+use chatsys_api::Backends;
 use chatsys_core::command::Command;
 use chatsys_worker::{RunningWorker, WorkerArgs};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::{Connection as _, MySqlConnection};
@@ -27,48 +31,83 @@ async fn setup() -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = env_or("CHATSYS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306");
     let run = format!("t{}_{:08x}", Utc::now().timestamp(), rand::random::<u32>());
-    let mut conn = MySqlConnection::connect(&server).await.unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `chatsys_{run}`"))).execute(&mut conn).await.unwrap();
+    let mut conn = MySqlConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE `chatsys_{run}`"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let database_url = format!("{server}/chatsys_{run}");
     let data = tempfile::tempdir().unwrap();
     let queue = format!("chatsys.test.{run}");
     let args = WorkerArgs {
-        database_url: database_url.clone(),
-        redis_url: env_or("CHATSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-        amqp_url: amqp_url(),
-        opensearch_url: None,
-        data_dir: data.path().to_path_buf(),
-        queue: queue.clone(),
-        redis_prefix: run,
-        migrate: true,
+        backends: Backends {
+            database_url: Some(database_url.clone()),
+            redis_url: Some(env_or("CHATSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379")),
+            amqp_url: Some(amqp_url()),
+            opensearch_url: None,
+            data_dir: data.path().to_path_buf(),
+            queue: queue.clone(),
+            redis_prefix: run,
+            migrate: true,
+            cache_ttl_secs: 60,
+            log_format: "text".into(),
+        },
         listen: "127.0.0.1:0".parse().unwrap(),
         batch_size: 100,
         batch_wait_ms: 10,
         prefetch: 500,
         max_attempts: 2,
         repair_interval_secs: 300,
-        cache_ttl_secs: 60,
-        log_format: "text".into(),
     };
-    Setup { database_url, queue, args, _data: data }
+    Setup {
+        database_url,
+        queue,
+        args,
+        _data: data,
+    }
 }
 
 fn amqp_url() -> String {
-    env_or("CHATSYS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+    env_or(
+        "CHATSYS_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    )
 }
 
 async fn open_channel() -> (Connection, Channel) {
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ is running");
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is running");
     let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     (connection, channel)
 }
 
 async fn publish(channel: &Channel, queue: &str, payloads: &[Vec<u8>]) {
-    channel.queue_declare(ShortString::from(queue), QueueDeclareOptions::durable(), FieldTable::default()).await.unwrap();
+    channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     for payload in payloads {
         let confirm = channel
-            .basic_publish(ShortString::from(""), ShortString::from(queue), BasicPublishOptions::default(), payload, BasicProperties::default().with_delivery_mode(2))
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
             .await
             .unwrap();
         assert!(confirm.await.unwrap().is_ack());
@@ -91,7 +130,15 @@ async fn application(database_url: &str) -> u64 {
 }
 
 fn message(app: u64, number: u64, body: &str) -> Vec<u8> {
-    Command::CreateMessage { application_id: app, chat_number: 1, chat_created_at: at(0), number, body: body.into(), at: at(number as i64) }.encode()
+    Command::CreateMessage {
+        application_id: app,
+        chat_number: 1,
+        chat_created_at: at(0),
+        number,
+        body: body.into(),
+        at: at(number as i64),
+    }
+    .encode()
 }
 
 fn edit(app: u64, number: u64, body: &str, version: u64) -> Vec<u8> {
@@ -109,7 +156,12 @@ fn edit(app: u64, number: u64, body: &str, version: u64) -> Vec<u8> {
 }
 
 fn chat(app: u64) -> Vec<u8> {
-    Command::CreateChat { application_id: app, number: 1, at: at(0) }.encode()
+    Command::CreateChat {
+        application_id: app,
+        number: 1,
+        at: at(0),
+    }
+    .encode()
 }
 
 /// (messages stored, messages_count, chats_count) once they stop changing, or the last seen after 15 s.
@@ -117,9 +169,24 @@ async fn drained(database_url: &str, app: u64, expected_messages: i64) -> (i64, 
     let mut conn = MySqlConnection::connect(database_url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE application_id = ?").bind(app).fetch_one(&mut conn).await.unwrap();
-        let counted: Option<(u64,)> = sqlx::query_as("SELECT messages_count FROM chats WHERE application_id = ? AND number = 1").bind(app).fetch_optional(&mut conn).await.unwrap();
-        let (chats,): (u64,) = sqlx::query_as("SELECT chats_count FROM applications WHERE id = ?").bind(app).fetch_one(&mut conn).await.unwrap();
+        let (stored,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM messages WHERE application_id = ?")
+                .bind(app)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        let counted: Option<(u64,)> = sqlx::query_as(
+            "SELECT messages_count FROM chats WHERE application_id = ? AND number = 1",
+        )
+        .bind(app)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        let (chats,): (u64,) = sqlx::query_as("SELECT chats_count FROM applications WHERE id = ?")
+            .bind(app)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         let state = (stored, counted.map_or(-1, |c| c.0 as i64), chats as i64);
         if (stored == expected_messages && state.1 == stored) || Instant::now() > deadline {
             return state;
@@ -130,17 +197,21 @@ async fn drained(database_url: &str, app: u64, expected_messages: i64) -> (i64, 
 
 async fn body_of(database_url: &str, app: u64, number: u64) -> String {
     let mut conn = MySqlConnection::connect(database_url).await.unwrap();
-    let (body,): (String,) = sqlx::query_as("SELECT body FROM messages WHERE application_id = ? AND chat_number = 1 AND number = ?")
-        .bind(app)
-        .bind(number)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let (body,): (String,) = sqlx::query_as(
+        "SELECT body FROM messages WHERE application_id = ? AND chat_number = 1 AND number = ?",
+    )
+    .bind(app)
+    .bind(number)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     body
 }
 
 async fn start(args: &WorkerArgs) -> RunningWorker {
-    chatsys_worker::start(args).await.expect("the worker starts (are MariaDB, Redis and RabbitMQ running?)")
+    chatsys_worker::start(args)
+        .await
+        .expect("the worker starts (are MariaDB, Redis and RabbitMQ running?)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +220,11 @@ async fn redelivered_and_reordered_commands_are_applied_once_and_never_revert() 
     let worker = start(&s.args).await;
     let app = application(&s.database_url).await;
     let (_connection, channel) = open_channel().await;
-    let mut commands = vec![edit(app, 1, "edited", 5), message(app, 1, "original"), message(app, 2, "two")];
+    let mut commands = vec![
+        edit(app, 1, "edited", 5),
+        message(app, 1, "original"),
+        message(app, 2, "two"),
+    ];
     commands.extend((3..=50).map(|n| message(app, n, &format!("m{n}"))));
     commands.push(chat(app));
     // Every command arrives twice, as after a redelivery, and the creation of message 1 again at the end.
@@ -167,21 +242,34 @@ async fn a_batch_left_unacknowledged_by_a_crash_is_redelivered_and_stored_once()
     let s = setup().await;
     let app = application_after_migration(&s).await;
     let (_connection, channel) = open_channel().await;
-    let commands: Vec<Vec<u8>> = std::iter::once(chat(app)).chain((1..=30).map(|n| message(app, n, &format!("m{n}")))).collect();
+    let commands: Vec<Vec<u8>> = std::iter::once(chat(app))
+        .chain((1..=30).map(|n| message(app, n, &format!("m{n}"))))
+        .collect();
     publish(&channel, &s.queue, &commands).await;
     // A consumer takes the whole batch and dies without acknowledging it.
     {
         let (crashed, channel) = open_channel().await;
-        channel.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+        channel
+            .basic_qos(100, BasicQosOptions::default())
+            .await
+            .unwrap();
         let mut consumer = channel
-            .basic_consume(ShortString::from(s.queue.as_str()), ShortString::from("doomed"), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                ShortString::from(s.queue.as_str()),
+                ShortString::from("doomed"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         for _ in 0..commands.len() {
             consumer.next().await.unwrap().unwrap();
         }
         drop(consumer);
-        crashed.close(320, ShortString::from("simulated crash")).await.unwrap();
+        crashed
+            .close(320, ShortString::from("simulated crash"))
+            .await
+            .unwrap();
     }
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, app, 30).await, (30, 30, 1));
@@ -201,17 +289,48 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
     let worker = start(&s.args).await;
     let app = application(&s.database_url).await;
     let (_connection, channel) = open_channel().await;
-    let invalid = Command::CreateMessage { application_id: app, chat_number: 1, chat_created_at: at(0), number: 3, body: String::new(), at: at(3) }.encode();
-    publish(&channel, &s.queue, &[chat(app), message(app, 1, "before"), b"\xff not a command".to_vec(), invalid, message(app, 2, "after")]).await;
+    let invalid = Command::CreateMessage {
+        application_id: app,
+        chat_number: 1,
+        chat_created_at: at(0),
+        number: 3,
+        body: String::new(),
+        at: at(3),
+    }
+    .encode();
+    publish(
+        &channel,
+        &s.queue,
+        &[
+            chat(app),
+            message(app, 1, "before"),
+            b"\xff not a command".to_vec(),
+            invalid,
+            message(app, 2, "after"),
+        ],
+    )
+    .await;
     assert_eq!(drained(&s.database_url, app, 2).await, (2, 2, 1));
 
     let dead = format!("{}.dead", s.queue);
     let mut reasons = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while reasons.len() < 2 && Instant::now() < deadline {
-        match channel.basic_get(ShortString::from(dead.as_str()), BasicGetOptions { no_ack: true }).await.unwrap() {
+        match channel
+            .basic_get(
+                ShortString::from(dead.as_str()),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
             Some(message) => {
-                let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+                let headers = message
+                    .delivery
+                    .properties
+                    .headers()
+                    .clone()
+                    .unwrap_or_default();
                 match headers.inner().get("x-chatsys-reason") {
                     Some(AMQPValue::LongString(reason)) => reasons.push(reason.to_string()),
                     other => panic!("dead letter without a reason: {other:?}"),
@@ -220,8 +339,15 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    assert_eq!(reasons.len(), 2, "both poison commands are dead-lettered: {reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("undecodable")), "{reasons:?}");
+    assert_eq!(
+        reasons.len(),
+        2,
+        "both poison commands are dead-lettered: {reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("undecodable")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("body")), "{reasons:?}");
     worker.stop().await;
 }

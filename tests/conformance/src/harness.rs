@@ -3,10 +3,9 @@
 //! prefix. The backing services must be running: when one is missing, setup fails loudly.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chatsys_api::{Running, ServeArgs, StandaloneArgs};
+use chatsys_api::{Backends, Running, ServeArgs, StandaloneArgs};
 use chatsys_worker::{RunningWorker, WorkerArgs};
 
 use crate::target::{HoldsTarget, Target};
@@ -76,46 +75,42 @@ pub async fn full_stack() -> Served {
     let run = unique_name();
     let database = TestDatabase::create(&run).await;
     let data = tempfile::tempdir().expect("temporary data directory");
-    let queue = format!("chatsys.test.{run}");
-    let worker_args = WorkerArgs {
-        database_url: database.url.clone(),
-        redis_url: redis_url(),
-        amqp_url: amqp_url(),
+    let backends = Backends {
+        database_url: Some(database.url.clone()),
+        redis_url: Some(redis_url()),
+        amqp_url: Some(amqp_url()),
         opensearch_url: None,
         data_dir: data.path().to_path_buf(),
-        queue: queue.clone(),
-        redis_prefix: run.clone(),
+        queue: format!("chatsys.test.{run}"),
+        redis_prefix: run,
         migrate: true,
+        cache_ttl_secs: 300,
+        log_format: "text".into(),
+    };
+    let worker_args = WorkerArgs {
+        backends: backends.clone(),
         listen: loopback(),
         batch_size: 500,
         batch_wait_ms: 20,
         prefetch: 2000,
         max_attempts: 3,
         repair_interval_secs: 300,
-        cache_ttl_secs: 300,
-        log_format: "text".into(),
     };
     let worker = chatsys_worker::start(&worker_args)
         .await
         .expect("start the worker (are MariaDB, Redis and RabbitMQ running?)");
     let api_args = ServeArgs {
         listen: loopback(),
-        database_url: Some(database.url.clone()),
-        redis_url: Some(redis_url()),
-        amqp_url: Some(amqp_url()),
-        opensearch_url: None,
-        data_dir: PathBuf::from(data.path()),
+        backends: Backends {
+            migrate: false,
+            ..backends
+        },
         admin_key: Some(ADMIN_KEY.into()),
-        queue,
-        redis_prefix: run,
-        migrate: false,
         db_pool_size: 8,
         publish_channels: 4,
         publish_timeout_ms: 5000,
-        cache_ttl_secs: 300,
         max_request_bytes: 1_048_576,
         reseed_margin: 10_000,
-        log_format: "text".into(),
     };
     let api = chatsys_api::start(&api_args)
         .await
