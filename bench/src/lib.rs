@@ -2,6 +2,7 @@
 //! processes on fresh resources, and talk to MariaDB, Redis and RabbitMQ directly for the raw limits and checks.
 
 pub mod client;
+pub mod cpu;
 pub mod ledger;
 pub mod load;
 pub mod raw;

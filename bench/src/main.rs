@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chatsys_bench::client::{Connection, create_application, create_chat_number, metric_sum};
+use chatsys_bench::cpu::{CpuSnapshot, find_processes};
 use chatsys_bench::load::{self, ChatTarget, Outcome, Pace};
 use chatsys_bench::raw::{self, DatabaseLimits, QueueLimits};
 use chatsys_bench::stats::{LatencySummary, Rate};
@@ -204,6 +205,8 @@ struct LoadFigures {
     failures: BTreeMap<String, u64>,
     latency: LatencySummary,
     mean_response_bytes: f64,
+    /// Cores used by each process during the phase.
+    cpu_cores: BTreeMap<String, f64>,
 }
 
 impl LoadFigures {
@@ -220,6 +223,7 @@ impl LoadFigures {
             latency: LatencySummary::of(outcome.latencies),
             failures: outcome.failures,
             mean_response_bytes,
+            cpu_cores: BTreeMap::new(),
         }
     }
 }
@@ -242,6 +246,8 @@ struct IngestFigures {
     rate: Rate,
     /// From starting the worker process to the last message stored.
     seconds_from_start: f64,
+    /// Cores used by each process from starting the worker to the last message stored.
+    cpu_cores: BTreeMap<String, f64>,
     /// From the worker's own metrics, when it exposes them: its batches while draining.
     batches: Option<BatchFigures>,
 }
@@ -417,6 +423,7 @@ async fn measure_system(
         sizes.connections,
         sizes.phase()
     );
+    let before = cpu_snapshot(system);
     let outcome = load::create_messages(
         addr,
         targets.clone(),
@@ -429,12 +436,14 @@ async fn measure_system(
     )
     .await;
     created += outcome.ok;
-    let full = LoadFigures::of(outcome, None);
+    let mut full = LoadFigures::of(outcome, None);
+    full.cpu_cores = cpu_snapshot(system).cores_since(&before);
     let half_rate = (full.rate.per_second / 2.0).max(1.0);
     report.create_full_load = Some(full);
     wait_stored(&pool, created).await?;
 
     eprintln!("create at a fixed {half_rate:.0}/s");
+    let before = cpu_snapshot(system);
     let outcome = load::create_messages(
         addr,
         targets.clone(),
@@ -447,15 +456,19 @@ async fn measure_system(
     )
     .await;
     created += outcome.ok;
-    report.create_half_rate = Some(LoadFigures::of(outcome, Some(half_rate)));
+    let mut half = LoadFigures::of(outcome, Some(half_rate));
+    half.cpu_cores = cpu_snapshot(system).cores_since(&before);
+    report.create_half_rate = Some(half);
     wait_stored(&pool, created).await?;
 
     eprintln!(
         "visibility at {}/s over {} chats",
         sizes.visibility_rate, sizes.visibility_chats
     );
-    let visibility =
+    let before = cpu_snapshot(system);
+    let mut visibility =
         measure_visibility(addr, &pool, &targets[..sizes.visibility_chats], sizes).await?;
+    visibility.create.cpu_cores = cpu_snapshot(system).cores_since(&before);
     created += visibility.create.rate.operations;
     report.visibility = Some(visibility);
     wait_stored(&pool, created).await?;
@@ -473,12 +486,15 @@ async fn measure_system(
         false,
     )
     .await;
-    let warm = LoadFigures::of(
+    let before = cpu_snapshot(system);
+    let mut warm = LoadFigures::of(
         load::read_pages(addr, warm_paths, sizes.connections, sizes.phase(), true).await,
         None,
     );
+    warm.cpu_cores = cpu_snapshot(system).cores_since(&before);
     eprintln!("cold reads of up to {} distinct pages", cold_paths.len());
-    let cold = LoadFigures::of(
+    let before = cpu_snapshot(system);
+    let mut cold = LoadFigures::of(
         load::read_pages(
             addr,
             Arc::new(cold_paths),
@@ -489,6 +505,7 @@ async fn measure_system(
         .await,
         None,
     );
+    cold.cpu_cores = cpu_snapshot(system).cores_since(&before);
     report.raw.redis_value_bytes = warm.mean_response_bytes.round() as usize;
     report.reads_warm = Some(warm);
     report.reads_cold = Some(cold);
@@ -503,6 +520,37 @@ async fn measure_system(
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// CPU time so far of chatsys, the services it uses, and the bench itself (the load generator).
+fn cpu_snapshot(system: &System) -> CpuSnapshot {
+    let mut processes = find_processes(&[
+        ("mariadbd", "MariaDB"),
+        ("redis-server", "Redis"),
+        ("beam.smp", "RabbitMQ"),
+    ]);
+    processes.push(("bench".to_owned(), std::process::id()));
+    for (role, label) in [(Role::Api, "API"), (Role::Worker, "worker")] {
+        if let Some(pid) = system.pid(role) {
+            processes.push((label.to_owned(), pid));
+        }
+    }
+    CpuSnapshot::take(&processes)
+}
+
+fn cpu_row(cores: &BTreeMap<String, f64>) -> Option<(String, String)> {
+    if cores.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = cores
+        .iter()
+        .map(|(label, used)| format!("{label} {used:.2}"))
+        .collect();
+    let total: f64 = cores.values().sum();
+    Some((
+        "  CPU cores used".to_owned(),
+        format!("{} (total {total:.2})", parts.join(", ")),
+    ))
+}
 
 /// Applications and their chats, created through the API; chat `i` of every application comes before chat
 /// `i + 1` of any, so the first targets spread over applications.
@@ -678,14 +726,17 @@ async fn measure_ingest(
             }
         })
     };
+    let before = cpu_snapshot(system);
     system.start_role(Role::Worker).await?;
     let (idle_until, done_at) = progress.await??;
+    let cpu_cores = cpu_snapshot(system).cores_since(&before);
     Ok(IngestFigures {
         batches: BatchFigures::scrape(system.worker_addr()).await,
         queued: expected - baseline,
         fill: LoadFigures::of(fill, None),
         rate: Rate::new(expected - baseline, done_at - idle_until),
         seconds_from_start: (done_at - started).as_secs_f64(),
+        cpu_cores,
     })
 }
 
@@ -826,6 +877,13 @@ fn rate_row(name: &str, rate: Rate) -> (String, String) {
     )
 }
 
+/// The figures of a phase, and the CPU it used when measured.
+fn load_rows(name: &str, figures: &LoadFigures) -> Vec<(String, String)> {
+    std::iter::once(load_row(name, figures))
+        .chain(cpu_row(&figures.cpu_cores))
+        .collect()
+}
+
 fn load_row(name: &str, figures: &LoadFigures) -> (String, String) {
     let offered = figures
         .offered_per_second
@@ -884,13 +942,16 @@ fn print_table(report: &Report) {
         ));
     }
     if let Some(full) = &report.create_full_load {
-        rows.push(load_row("API create, full load", full));
+        rows.extend(load_rows("API create, full load", full));
     }
     if let Some(half) = &report.create_half_rate {
-        rows.push(load_row("API create, half the full-load rate", half));
+        rows.extend(load_rows("API create, half the full-load rate", half));
     }
     if let Some(visibility) = &report.visibility {
-        rows.push(load_row("API create during visibility", &visibility.create));
+        rows.extend(load_rows(
+            "API create during visibility",
+            &visibility.create,
+        ));
         rows.push((
             "end-to-end visibility".to_owned(),
             format!(
@@ -904,6 +965,7 @@ fn print_table(report: &Report) {
             &format!("worker ingest of {} queued", ingest.queued),
             ingest.rate,
         ));
+        rows.extend(cpu_row(&ingest.cpu_cores));
         if let Some(batches) = &ingest.batches {
             rows.push((
                 "worker batches while draining".to_owned(),
@@ -917,10 +979,10 @@ fn print_table(report: &Report) {
         }
     }
     if let Some(warm) = &report.reads_warm {
-        rows.push(load_row("reads, latest page of 100, warm", warm));
+        rows.extend(load_rows("reads, latest page of 100, warm", warm));
     }
     if let Some(cold) = &report.reads_cold {
-        rows.push(load_row("reads, page of 100, cold", cold));
+        rows.extend(load_rows("reads, page of 100, cold", cold));
     }
     if let Some(memory) = &report.memory {
         rows.push((

@@ -1,0 +1,109 @@
+//! CPU time used by the processes on the machine during a phase, to show where the two cores went.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// CPU seconds (user + system) of a live process; `None` when it is gone.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+/// utime + stime from a /proc/<pid>/stat line; the command name may hold spaces and parentheses.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the line, counted from 1; the name is field 2, so here they are 11 and 12.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Processes whose command name is one of `names`, labelled with the label given for that name.
+pub fn find_processes(names: &[(&str, &str)]) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let (_, label) = names.iter().find(|(name, _)| *name == comm.trim())?;
+            Some(((*label).to_owned(), pid))
+        })
+        .collect()
+}
+
+/// CPU seconds per label at one moment.
+#[derive(Debug, Clone)]
+pub struct CpuSnapshot {
+    at: Instant,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl CpuSnapshot {
+    pub fn take(processes: &[(String, u32)]) -> Self {
+        let mut seconds = BTreeMap::new();
+        for (label, pid) in processes {
+            if let Some(used) = process_cpu_seconds(*pid) {
+                *seconds.entry(label.clone()).or_insert(0.0) += used;
+            }
+        }
+        Self {
+            at: Instant::now(),
+            seconds,
+        }
+    }
+
+    /// Cores used per label since `earlier` (a label absent then is a process started since, from zero).
+    pub fn cores_since(&self, earlier: &CpuSnapshot) -> BTreeMap<String, f64> {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64();
+        if wall <= 0.0 {
+            return BTreeMap::new();
+        }
+        self.seconds
+            .iter()
+            .map(|(label, now)| {
+                let before = earlier.seconds.get(label).copied().unwrap_or(0.0);
+                (label.clone(), ((now - before) / wall).max(0.0))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_survive_a_name_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn this_process_uses_some_cpu() {
+        let mut busy = 0u64;
+        for index in 0..5_000_000u64 {
+            busy = busy.wrapping_add(index * index);
+        }
+        assert!(busy > 0);
+        assert!(process_cpu_seconds(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn a_process_started_between_snapshots_counts_from_zero() {
+        let earlier = CpuSnapshot {
+            at: Instant::now(),
+            seconds: BTreeMap::from([("api".to_owned(), 1.0)]),
+        };
+        let later = CpuSnapshot {
+            at: earlier.at + std::time::Duration::from_secs(2),
+            seconds: BTreeMap::from([("api".to_owned(), 2.0), ("worker".to_owned(), 1.0)]),
+        };
+        let cores = later.cores_since(&earlier);
+        assert_eq!(cores["api"], 0.5);
+        assert_eq!(cores["worker"], 0.5);
+    }
+}
