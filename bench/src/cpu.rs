@@ -20,6 +20,33 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The label under which a snapshot records the busy time of the whole machine.
+pub const MACHINE: &str = "all processes";
+
+/// Busy CPU seconds of the whole machine since boot (every state but idle and iowait), from /proc/stat.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks = parse_busy_ticks(stat.lines().next()?)?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+/// user + nice + system + irq + softirq + steal of the `cpu` line of /proc/stat.
+fn parse_busy_ticks(cpu_line: &str) -> Option<u64> {
+    let fields: Vec<u64> = cpu_line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(
+        [0, 1, 2, 5, 6, 7]
+            .iter()
+            .filter_map(|&index| fields.get(index))
+            .sum(),
+    )
+}
+
 /// Processes whose command name is one of `names`, labelled with the label given for that name.
 pub fn find_processes(names: &[(&str, &str)]) -> Vec<(String, u32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -49,6 +76,9 @@ impl CpuSnapshot {
             if let Some(used) = process_cpu_seconds(*pid) {
                 *seconds.entry(label.clone()).or_insert(0.0) += used;
             }
+        }
+        if let Some(busy) = machine_busy_seconds() {
+            seconds.insert(MACHINE.to_owned(), busy);
         }
         Self {
             at: Instant::now(),
@@ -80,6 +110,15 @@ mod tests {
     fn cpu_ticks_survive_a_name_with_spaces_and_parentheses() {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 0 0";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        assert_eq!(
+            parse_busy_ticks("cpu  100 2 30 5000 400 6 7 8 0 0"),
+            Some(100 + 2 + 30 + 6 + 7 + 8)
+        );
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3"), None);
     }
 
     #[test]

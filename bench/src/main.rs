@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chatsys_bench::client::{Connection, create_application, create_chat_number, metric_sum};
-use chatsys_bench::cpu::{CpuSnapshot, find_processes};
+use chatsys_bench::cpu::{CpuSnapshot, MACHINE, find_processes};
 use chatsys_bench::load::{self, ChatTarget, Outcome, Pace};
 use chatsys_bench::raw::{self, DatabaseLimits, QueueLimits};
 use chatsys_bench::stats::{LatencySummary, Rate};
@@ -541,14 +541,19 @@ fn cpu_row(cores: &BTreeMap<String, f64>) -> Option<(String, String)> {
     if cores.is_empty() {
         return None;
     }
-    let parts: Vec<String> = cores
-        .iter()
+    let processes = cores.iter().filter(|(label, _)| label.as_str() != MACHINE);
+    let parts: Vec<String> = processes
+        .clone()
         .map(|(label, used)| format!("{label} {used:.2}"))
         .collect();
-    let total: f64 = cores.values().sum();
+    let together: f64 = processes.map(|(_, used)| used).sum();
+    let machine = cores
+        .get(MACHINE)
+        .map(|busy| format!(" of {busy:.2} busy on the machine"))
+        .unwrap_or_default();
     Some((
         "  CPU cores used".to_owned(),
-        format!("{} (total {total:.2})", parts.join(", ")),
+        format!("{} (together {together:.2}{machine})", parts.join(", ")),
     ))
 }
 
