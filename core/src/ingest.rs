@@ -1,13 +1,14 @@
 //! The worker's loop, shared by the worker binary (RabbitMQ) and standalone mode (the SQLite queue):
-//! take a batch, apply it in one transaction, index what it stored, refresh the cache, then acknowledge.
+//! take a batch, apply it in one transaction, refresh the cache, index what it stored, then acknowledge.
 //! A crash anywhere before the acknowledgement means redelivery, and applying again changes nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
+use crate::domain::Message;
 use crate::error::{CoreError, CoreResult};
 use crate::ports::{Applied, Cache, CommandSource, Delivery, ListScope, Search, Store};
 
@@ -34,7 +35,12 @@ pub struct IngestHealth {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs until `shutdown` turns true; the batch in progress is finished and acknowledged first.
+/// Runs until `shutdown` turns true, then finishes what is in flight and acknowledges it.
+///
+/// Two stages run side by side: this loop takes a batch, applies it and refreshes the cache, then hands
+/// it to the index stage; the index stage indexes everything handed to it since its last commit in one
+/// commit, and hands the deliveries back to be acknowledged. So one index commit covers as many batches
+/// as arrived while the previous commit ran, and nothing is acknowledged before it is stored and indexed.
 pub async fn run(
     source: &mut dyn CommandSource,
     ports: &IngestPorts,
@@ -42,44 +48,107 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     health: watch::Sender<IngestHealth>,
 ) {
+    let (to_index, index_queue) = mpsc::channel::<Stored>(INDEX_QUEUE);
+    let (indexed_tx, mut indexed) = mpsc::unbounded_channel::<Vec<Delivery>>();
+    let indexer = tokio::spawn(index_stage(
+        ports.search.clone(),
+        index_queue,
+        indexed_tx,
+        shutdown.clone(),
+    ));
+    let mut to_index = Some(to_index);
     let mut backoff = Duration::from_millis(100);
-    while !*shutdown.borrow() {
-        let batch = tokio::select! {
-            batch = source.next_batch(settings.batch_size, settings.batch_wait) => batch,
-            _ = shutdown.changed() => break,
-        };
-        let outcome = match batch {
-            Ok(batch) => process(source, ports, settings, batch, &mut shutdown).await,
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => {
-                backoff = Duration::from_millis(100);
-                health.send_if_modified(|h| h.last_error.take().is_some());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
-                health.send_replace(IngestHealth {
-                    last_error: Some(e.to_string()),
-                });
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
-                    _ = shutdown.changed() => break,
+    loop {
+        tokio::select! {
+            biased;
+            done = indexed.recv() => match done {
+                Some(deliveries) => {
+                    if let Err(e) = source.ack(&deliveries).await {
+                        tracing::warn!(error = %e, "acknowledgement failed; those commands will be redelivered");
+                    }
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                None => break,
+            },
+            _ = shutdown.changed(), if to_index.is_some() => {
+                // No new batches; the index stage finishes what it has, then closes `indexed`.
+                to_index = None;
+            }
+            batch = source.next_batch(settings.batch_size, settings.batch_wait), if to_index.is_some() => {
+                let outcome = match batch {
+                    Ok(batch) => store_batch(source, ports, settings, batch, &mut shutdown).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(stored) => {
+                        backoff = Duration::from_millis(100);
+                        health.send_if_modified(|h| h.last_error.take().is_some());
+                        if let (Some(stored), Some(sender)) = (stored, &to_index) {
+                            let _ = sender.send(stored).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
+                        health.send_replace(IngestHealth { last_error: Some(e.to_string()) });
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {},
+                            _ = shutdown.changed() => to_index = None,
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
             }
         }
     }
+    let _ = indexer.await;
     tracing::info!("ingest stopped");
 }
 
-async fn process(
+/// Batches applied but not yet indexed, at most; beyond that the loop waits for the index stage.
+const INDEX_QUEUE: usize = 8;
+
+/// A batch stored in the database, waiting to be indexed and then acknowledged.
+struct Stored {
+    messages: Vec<Message>,
+    deliveries: Vec<Delivery>,
+}
+
+async fn index_stage(
+    search: Arc<dyn Search>,
+    mut queue: mpsc::Receiver<Stored>,
+    indexed: mpsc::UnboundedSender<Vec<Delivery>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            group.push(next);
+        }
+        let started = Instant::now();
+        let messages: Vec<Message> = group
+            .iter()
+            .flat_map(|s| s.messages.iter().cloned())
+            .collect();
+        if let Err(e) = retry_transient(&mut shutdown, || search.index(&messages)).await {
+            tracing::warn!(error = %e, "indexing stopped at shutdown; those commands will be redelivered");
+            continue;
+        }
+        metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "index")
+            .record(started.elapsed().as_secs_f64());
+        let deliveries: Vec<Delivery> = group.into_iter().flat_map(|s| s.deliveries).collect();
+        if indexed.send(deliveries).is_err() {
+            return;
+        }
+    }
+}
+
+/// Decodes, applies and caches one batch; returns what is left to index and acknowledge.
+async fn store_batch(
     source: &mut dyn CommandSource,
     ports: &IngestPorts,
     settings: &IngestSettings,
     batch: Vec<Delivery>,
     shutdown: &mut watch::Receiver<bool>,
-) -> CoreResult<()> {
+) -> CoreResult<Option<Stored>> {
     let started = Instant::now();
     let mut commands = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
@@ -93,8 +162,9 @@ async fn process(
         }
     }
     if commands.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
+    let mut stage = Stages::new();
     let (applied, refused) = apply(
         ports.store.as_ref(),
         &commands,
@@ -105,21 +175,39 @@ async fn process(
     for (index, reason) in &refused {
         dead_letter(source, &accepted[*index], reason).await?;
     }
-    retry_transient(shutdown, || ports.search.index(&applied.messages)).await?;
+    stage.done("apply");
     refresh_cache(ports.cache.as_ref(), &applied).await;
+    stage.done("cache");
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
-    let done: Vec<Delivery> = accepted
+    let deliveries: Vec<Delivery> = accepted
         .into_iter()
         .enumerate()
         .filter(|(i, _)| !refused.contains(i))
         .map(|(_, d)| d)
         .collect();
-    source.ack(&done).await?;
     metrics::counter!("chatsys_worker_commands_total", "result" => "applied")
-        .increment(done.len() as u64);
+        .increment(deliveries.len() as u64);
     metrics::histogram!("chatsys_worker_batch_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("chatsys_worker_batch_size").record(done.len() as f64);
-    Ok(())
+    metrics::histogram!("chatsys_worker_batch_size").record(deliveries.len() as f64);
+    Ok(Some(Stored {
+        messages: applied.messages,
+        deliveries,
+    }))
+}
+
+/// Times the stages of a batch, so `/metrics` shows where a batch spends its time.
+struct Stages(Instant);
+
+impl Stages {
+    fn new() -> Self {
+        Stages(Instant::now())
+    }
+
+    fn done(&mut self, stage: &'static str) {
+        metrics::histogram!("chatsys_worker_stage_seconds", "stage" => stage)
+            .record(self.0.elapsed().as_secs_f64());
+        self.0 = Instant::now();
+    }
 }
 
 async fn dead_letter(

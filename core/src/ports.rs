@@ -88,6 +88,8 @@ pub trait Queue: Send + Sync {
 #[derive(Debug)]
 pub struct Delivery {
     pub tag: u64,
+    /// Which connection of the source delivered it: a tag is only valid on its own connection.
+    pub connection: u64,
     pub payload: Vec<u8>,
     pub redelivered: bool,
 }

@@ -229,6 +229,12 @@ pub struct AmqpSource {
     queue: String,
     prefetch: u16,
     link: Option<SourceLink>,
+    /// Counts connections; a delivery tag only means something on the connection that gave it.
+    connection: u64,
+    /// Deliveries taken from the consumer but not yet returned: `next_batch` may be cancelled while
+    /// it waits for more, and must not lose what it already took.
+    pending: Vec<Delivery>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 struct SourceLink {
@@ -244,6 +250,9 @@ impl AmqpSource {
             queue: queue.to_string(),
             prefetch,
             link: None,
+            connection: 0,
+            pending: Vec::new(),
+            deadline: None,
         }
     }
 
@@ -275,17 +284,21 @@ impl AmqpSource {
         })
     }
 
+    /// Forgets the connection; everything it delivered and nobody acknowledged comes back from the broker.
     fn broken(&mut self, e: impl std::fmt::Display) -> CoreError {
         self.link = None;
+        self.pending.clear();
+        self.deadline = None;
         unavailable(e)
     }
-}
 
-fn delivery(d: lapin::message::Delivery) -> Delivery {
-    Delivery {
-        tag: d.delivery_tag,
-        payload: d.data,
-        redelivered: d.redelivered,
+    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
+        Delivery {
+            tag: d.delivery_tag,
+            connection: self.connection,
+            payload: d.data,
+            redelivered: d.redelivered,
+        }
     }
 }
 
@@ -294,34 +307,62 @@ impl CommandSource for AmqpSource {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> CoreResult<Vec<Delivery>> {
         if self.link.is_none() {
             self.link = Some(self.open().await?);
+            self.connection += 1;
         }
-        let consumer = &mut self.link.as_mut().expect("link was just opened").consumer;
-        let first = match consumer.next().await {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(self.broken(e)),
-            None => return Err(self.broken("the broker cancelled the consumer")),
-        };
-        let mut batch = vec![delivery(first)];
-        let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < max {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(Ok(d))) => batch.push(delivery(d)),
-                // A broken link after the first delivery: process what arrived; acking will fail and
-                // the broker redelivers.
+        if self.pending.is_empty() {
+            let next = self
+                .link
+                .as_mut()
+                .expect("link was just opened")
+                .consumer
+                .next()
+                .await;
+            match next {
+                Some(Ok(d)) => {
+                    let d = self.delivery(d);
+                    self.pending.push(d);
+                    self.deadline = Some(tokio::time::Instant::now() + wait);
+                }
+                Some(Err(e)) => return Err(self.broken(e)),
+                None => return Err(self.broken("the broker cancelled the consumer")),
+            }
+        }
+        let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
+        while self.pending.len() < max {
+            let next = tokio::time::timeout_at(
+                deadline,
+                self.link.as_mut().expect("connected").consumer.next(),
+            )
+            .await;
+            match next {
+                Ok(Some(Ok(d))) => {
+                    let d = self.delivery(d);
+                    self.pending.push(d);
+                }
+                // A broken link after the first delivery: process what arrived; acknowledging will fail
+                // and the broker redelivers.
                 Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
             }
         }
-        Ok(batch)
+        self.deadline = None;
+        Ok(std::mem::take(&mut self.pending))
     }
 
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
-        let Some(last) = deliveries.iter().map(|d| d.tag).max() else {
+        let current = self.connection;
+        let Some(last) = deliveries
+            .iter()
+            .filter(|d| d.connection == current)
+            .map(|d| d.tag)
+            .max()
+        else {
             return Ok(());
         };
         let Some(link) = &self.link else {
             return Err(unavailable("not connected"));
         };
-        // Tags arrive in order and every earlier one is in this batch or was acked already.
+        // Tags arrive in order, and every earlier one of this connection was handed out in an earlier
+        // batch that is acknowledged already, or was dead-lettered.
         let result = link
             .channel
             .basic_ack(last, BasicAckOptions { multiple: true })
@@ -330,6 +371,10 @@ impl CommandSource for AmqpSource {
     }
 
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
+        if delivery.connection != self.connection {
+            // Delivered on a connection that broke: the broker redelivers it, and it is judged again.
+            return Ok(());
+        }
         let Some(link) = &self.link else {
             return Err(unavailable("not connected"));
         };

@@ -596,6 +596,7 @@ impl CommandSource for SqliteSource {
             return Ok(rows
                 .into_iter()
                 .map(|(id, payload)| Delivery {
+                    connection: 0,
                     tag: id as u64,
                     payload,
                     redelivered: false,
