@@ -1,7 +1,8 @@
 //! The embedded search engine (tantivy): standalone mode, and deployments without OpenSearch. Bodies are
-//! indexed as lowercase character trigrams with their positions, so a query of three characters or more
-//! is a phrase of trigrams, which matches exactly the bodies that contain it. Shorter queries scan the
-//! chat's documents. Every candidate is checked against the body before it is returned.
+//! indexed as lowercase character trigrams (with their frequencies, for ranking, but no positions, which
+//! would double the indexing work): a body holding every trigram of a query of three characters or more
+//! is a candidate. Shorter queries scan the chat's documents. Every candidate is checked against the body
+//! before it is returned, so only real substring matches come back.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::DateTime;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions, Value,
@@ -44,7 +45,7 @@ fn schema() -> (Schema, Fields) {
     let grams = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer("raw")
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            .set_index_option(IndexRecordOption::WithFreqs),
     );
     let fields = Fields {
         id: builder.add_text_field("id", STRING),
@@ -170,36 +171,22 @@ impl EmbeddedSearch {
             IndexRecordOption::Basic,
         ));
         let grams = trigrams(query);
-        let (query, limit): (Box<dyn Query>, usize) = match grams.len() {
-            0 => (in_chat, usize::MAX),
-            1 => {
-                let gram = TermQuery::new(
-                    Term::from_field_text(f.grams, &grams[0]),
+        let (query, limit): (Box<dyn Query>, usize) = if grams.is_empty() {
+            (in_chat, usize::MAX)
+        } else {
+            // Every trigram of the query must be in the body; the substring check below does the rest.
+            let mut unique = grams.clone();
+            unique.sort();
+            unique.dedup();
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, in_chat)];
+            clauses.extend(unique.iter().map(|g| {
+                let term = TermQuery::new(
+                    Term::from_field_text(f.grams, g),
                     IndexRecordOption::WithFreqs,
                 );
-                (
-                    Box::new(BooleanQuery::new(vec![
-                        (Occur::Must, in_chat),
-                        (Occur::Must, Box::new(gram)),
-                    ])),
-                    window,
-                )
-            }
-            _ => {
-                let terms = grams
-                    .iter()
-                    .enumerate()
-                    .map(|(i, g)| (i, Term::from_field_text(f.grams, g)))
-                    .collect();
-                let phrase = PhraseQuery::new_with_offset(terms);
-                (
-                    Box::new(BooleanQuery::new(vec![
-                        (Occur::Must, in_chat),
-                        (Occur::Must, Box::new(phrase)),
-                    ])),
-                    window,
-                )
-            }
+                (Occur::Must, Box::new(term) as Box<dyn Query>)
+            }));
+            (Box::new(BooleanQuery::new(clauses)), window)
         };
         let searcher = self.reader.searcher();
         let top = if limit == usize::MAX {
