@@ -132,8 +132,15 @@ pub trait Cache: Send + Sync {
         Ok(())
     }
 
-    /// A rendered list page; `scope` names the list, `page` the page within it.
-    async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>>;
+    /// The generation a list's pages are stored under now; a commit that changes the list bumps it.
+    async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64>;
+    /// A rendered page of a list, stored under that generation; `page` names the page within the list.
+    async fn list_page(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+    ) -> CoreResult<Option<Vec<u8>>>;
     async fn put_list(
         &self,
         scope: &ListScope,
@@ -149,13 +156,6 @@ pub trait Cache: Send + Sync {
 pub enum ListScope {
     Chats(AppId),
     Messages(AppId, u64),
-}
-
-/// A cached page, or (body None) the generation a page read now must be stored under.
-#[derive(Debug, Clone)]
-pub struct ListEntry {
-    pub generation: u64,
-    pub body: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -42,7 +42,11 @@ pub struct ChatService {
     /// in process in front of Redis.
     app_ids: LocalCache<String, AppId>,
     chat_births: LocalCache<ChatKey, DateTime<Utc>>,
+    list_generations: LocalCache<ListScope, u64>,
 }
+
+/// How long a list's generation is trusted in process before Redis is asked again.
+const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
 
 impl ChatService {
     pub fn new(ports: Ports) -> Self {
@@ -56,6 +60,10 @@ impl ChatService {
             chat_births: LocalCache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(idle)
+                .build(),
+            list_generations: LocalCache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LIST_GENERATION_TTL)
                 .build(),
         }
     }
@@ -412,6 +420,26 @@ impl ChatService {
         Ok(message)
     }
 
+    /// The list's current generation, held in process for a moment: a commit shows in lists at most
+    /// `LIST_GENERATION_TTL` later, well within the second the contract allows.
+    async fn list_generation(&self, scope: &ListScope) -> Option<u64> {
+        if let Some(generation) = self.list_generations.get(scope).await {
+            return Some(generation);
+        }
+        match self.ports.cache.list_generation(scope).await {
+            Ok(generation) => {
+                self.list_generations
+                    .insert(scope.clone(), generation)
+                    .await;
+                Some(generation)
+            }
+            Err(e) => {
+                soft::<()>(Err(e));
+                None
+            }
+        }
+    }
+
     async fn cached_list<F, Fut>(
         &self,
         scope: ListScope,
@@ -423,25 +451,26 @@ impl ChatService {
         Fut: std::future::Future<Output = CoreResult<ListPage>>,
     {
         let page_key = format!("{}:{}", page.after.unwrap_or(0), page.limit);
-        let entry = soft(self.ports.cache.list(&scope, &page_key).await);
-        let cached = entry
-            .as_ref()
-            .and_then(|e| e.body.as_deref())
-            .and_then(decode_cached_page);
-        if let Some(cached) = counted("list", cached) {
-            return Ok(cached);
+        let generation = self.list_generation(&scope).await;
+        if let Some(generation) = generation {
+            let cached = soft(
+                self.ports
+                    .cache
+                    .list_page(&scope, generation, &page_key)
+                    .await,
+            )
+            .and_then(|bytes| decode_cached_page(&bytes));
+            if let Some(cached) = counted("list", cached) {
+                return Ok(cached);
+            }
         }
         let fresh = load().await?;
-        if let Some(entry) = entry {
+        if let Some(generation) = generation {
+            let encoded = encode_cached_page(&fresh);
             soft(
                 self.ports
                     .cache
-                    .put_list(
-                        &scope,
-                        entry.generation,
-                        &page_key,
-                        &encode_cached_page(&fresh),
-                    )
+                    .put_list(&scope, generation, &page_key, &encoded)
                     .await,
             );
         }

@@ -373,37 +373,50 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
     );
 
     let scope = ListScope::Messages(1, 1);
-    let entry = cache.list(&scope, "0:100").await.unwrap().unwrap();
-    assert!(entry.body.is_none());
+    let before = cache.list_generation(&scope).await.unwrap();
+    assert!(
+        cache
+            .list_page(&scope, before, "0:100")
+            .await
+            .unwrap()
+            .is_none()
+    );
     cache
-        .put_list(&scope, entry.generation, "0:100", b"[1]")
+        .put_list(&scope, before, "0:100", b"[1]")
         .await
         .unwrap();
     assert_eq!(
         cache
-            .list(&scope, "0:100")
+            .list_page(&scope, before, "0:100")
             .await
             .unwrap()
-            .unwrap()
-            .body
             .as_deref(),
         Some(&b"[1]"[..])
     );
     cache.bump_lists(&[scope.clone()]).await.unwrap();
-    let after = cache.list(&scope, "0:100").await.unwrap().unwrap();
-    assert!(after.body.is_none(), "a bumped list is stale");
+    let after = cache.list_generation(&scope).await.unwrap();
+    assert!(
+        after > before,
+        "a commit moves the list to a new generation"
+    );
+    assert!(
+        cache
+            .list_page(&scope, after, "0:100")
+            .await
+            .unwrap()
+            .is_none(),
+        "a bumped list is stale"
+    );
     // A page read before the bump and stored late lands under the old generation, unseen.
     cache
-        .put_list(&scope, entry.generation, "0:100", b"[stale]")
+        .put_list(&scope, before, "0:100", b"[stale]")
         .await
         .unwrap();
     assert!(
         cache
-            .list(&scope, "0:100")
+            .list_page(&scope, after, "0:100")
             .await
             .unwrap()
-            .unwrap()
-            .body
             .is_none()
     );
 }

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use crate::domain::{AppId, Application, Chat, Message};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Cache, ListEntry, ListScope, NumberFloor, Numbers};
+use crate::ports::{Cache, ListScope, NumberFloor, Numbers};
 
 /// Counters in memory, each loaded on first use from the floor (every number stored or queued), so
 /// a restart continues where the last run stopped.
@@ -195,22 +195,27 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
-    async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
-        let generation = self
+    async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {
+        Ok(self
             .generations
             .lock()
             .await
             .get(scope)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0))
+    }
+
+    async fn list_page(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+    ) -> CoreResult<Option<Vec<u8>>> {
         let body = self
             .pages
             .get(&(scope.clone(), generation, page.to_string()))
             .await;
-        Ok(Some(ListEntry {
-            generation,
-            body: body.map(|b| b.as_ref().clone()),
-        }))
+        Ok(body.map(|b| b.as_ref().clone()))
     }
 
     async fn put_list(

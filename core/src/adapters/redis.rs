@@ -10,7 +10,7 @@ use redis::{AsyncCommands, Script};
 use crate::domain::{AppId, Application, Chat, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Cache, ListEntry, ListScope, NumberFloor, Numbers};
+use crate::ports::{Cache, ListScope, NumberFloor, Numbers};
 
 /// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
 /// does not know them (after a restart).
@@ -22,7 +22,6 @@ static NEXT_CHAT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
-static GET_LIST_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 fn unavailable(e: redis::RedisError) -> CoreError {
     CoreError::unavailable(Backend::Redis, e)
@@ -247,11 +246,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
-const GET_LIST: &str = r"
-local generation = redis.call('GET', KEYS[1]) or '0'
-return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}
-";
-
 impl RedisCache {
     pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration) -> Self {
         RedisCache {
@@ -396,16 +390,24 @@ impl Cache for RedisCache {
             .map_err(unavailable)
     }
 
-    async fn list(&self, scope: &ListScope, page: &str) -> CoreResult<Option<ListEntry>> {
+    async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {
         let mut redis = self.redis.clone();
-        let (generation, body): (u64, Option<Vec<u8>>) = script(&GET_LIST_SCRIPT, GET_LIST)
-            .key(self.keys.list_generation(scope))
-            .arg(self.keys.list_page_prefix(scope))
-            .arg(page)
-            .invoke_async(&mut redis)
+        let generation: Option<u64> = redis
+            .get(self.keys.list_generation(scope))
             .await
             .map_err(unavailable)?;
-        Ok(Some(ListEntry { generation, body }))
+        Ok(generation.unwrap_or(0))
+    }
+
+    async fn list_page(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+    ) -> CoreResult<Option<Vec<u8>>> {
+        let mut redis = self.redis.clone();
+        let key = format!("{}{generation}:{page}", self.keys.list_page_prefix(scope));
+        redis.get(key).await.map_err(unavailable)
     }
 
     async fn put_list(
