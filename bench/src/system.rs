@@ -510,10 +510,22 @@ async fn wait_exit(child: &mut Child) -> String {
     }
 }
 
+/// The last lines of a process log, without the frames of a backtrace (the message comes before them).
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !is_backtrace_frame(line))
+        .collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn is_backtrace_frame(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("at ")
+        || line
+            .split_once(": ")
+            .is_some_and(|(index, _)| index.parse::<u32>().is_ok())
 }
 
 #[cfg(test)]
@@ -559,6 +571,16 @@ mod tests {
         assert_eq!(parse_env("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));
         assert!(parse_env("novalue").is_err());
         assert!(parse_env("=x").is_err());
+    }
+
+    #[test]
+    fn backtrace_frames_are_left_out_of_a_log_tail() {
+        assert!(is_backtrace_frame("   0: anyhow::error::msg"));
+        assert!(is_backtrace_frame("             at /src/lib.rs:10:14"));
+        assert!(!is_backtrace_frame(
+            "Error: search unavailable: Schema error"
+        ));
+        assert!(!is_backtrace_frame(r#"{"level":"WARN","message":"x"}"#));
     }
 
     #[test]
