@@ -50,7 +50,8 @@ pub async fn open_search(
     })
 }
 
-/// A started server: its address, and how to stop it.
+/// A started process part (the API, standalone, or the worker): the address it listens on, and how to
+/// stop it.
 pub struct Running {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -58,7 +59,19 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, finishes requests in flight (and, standalone, the batch being written).
+    pub fn new(
+        addr: SocketAddr,
+        shutdown: watch::Sender<bool>,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> Self {
+        Running {
+            addr,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Stops accepting, finishes requests in flight and the batches being written, then returns.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {

@@ -15,6 +15,14 @@ struct Server {
     base: String,
 }
 
+/// A server left running by a failed assertion is killed with the test.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(data_dir: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatsys-api"))
         .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -34,6 +42,8 @@ fn start(data_dir: &std::path::Path) -> Server {
             };
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the standalone server exited before printing where it listens");
 }
 
@@ -173,7 +183,4 @@ async fn a_sigkill_loses_no_acknowledged_message_and_reuses_no_number() {
         next["number"].as_u64().unwrap() > max_before,
         "numbering continues above {max_before}: {next}"
     );
-    let mut server = server;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
 }

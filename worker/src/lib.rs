@@ -11,14 +11,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chatsys_api::Backends;
+use chatsys_api::{Backends, Running};
 use chatsys_core::adapters::{amqp, mysql, redis};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::ports::Store;
 use clap::Parser;
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -49,28 +48,13 @@ pub struct WorkerArgs {
     pub repair_interval_secs: u64,
 }
 
-pub struct RunningWorker {
-    pub health_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl RunningWorker {
-    /// Finishes and acknowledges the batch in progress, then stops.
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
-
 struct HealthState {
     store: Arc<dyn Store>,
     ingest: watch::Receiver<IngestHealth>,
 }
 
-pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
+/// Starts the worker; the returned address is that of its health and metrics endpoints.
+pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
         args.backends.database_url()?,
         4,
@@ -151,11 +135,11 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<RunningWorker> {
             tracing::error!(error = %e, "health server failed");
         }
     });
-    Ok(RunningWorker {
+    Ok(Running::new(
         health_addr,
         shutdown,
-        tasks: vec![ingest_task, repair_task, http_task],
-    })
+        vec![ingest_task, repair_task, http_task],
+    ))
 }
 
 /// Ready when the database answers and the last batch went through.

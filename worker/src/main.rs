@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     chatsys_core::telemetry::init_logging(&args.backends.log_format);
     let _ = chatsys_api::metrics_handle();
     let worker = chatsys_worker::start(&args).await?;
-    tracing::info!(health = %worker.health_addr, queue = %args.backends.queue, version = env!("CARGO_PKG_VERSION"), "chatsys worker started");
+    tracing::info!(health = %worker.addr, queue = %args.backends.queue, version = env!("CARGO_PKG_VERSION"), "chatsys worker started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

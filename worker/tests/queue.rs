@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chatsys_api::Backends;
 use chatsys_core::command::Command;
-use chatsys_worker::{RunningWorker, WorkerArgs};
+use chatsys_worker::WorkerArgs;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::options::{
@@ -208,7 +208,7 @@ async fn body_of(database_url: &str, app: u64, number: u64) -> String {
     body
 }
 
-async fn start(args: &WorkerArgs) -> RunningWorker {
+async fn start(args: &WorkerArgs) -> chatsys_api::Running {
     chatsys_worker::start(args)
         .await
         .expect("the worker starts (are MariaDB, Redis and RabbitMQ running?)")

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatsys_api::{Backends, Running, ServeArgs, StandaloneArgs};
-use chatsys_worker::{RunningWorker, WorkerArgs};
+use chatsys_worker::WorkerArgs;
 
 use crate::target::{HoldsTarget, Target};
 
@@ -30,7 +30,7 @@ pub fn amqp_url() -> String {
 pub struct Served {
     pub target: Target,
     _api: Running,
-    _worker: Option<RunningWorker>,
+    _worker: Option<chatsys_api::Running>,
     _data: tempfile::TempDir,
     _database: Option<TestDatabase>,
 }
