@@ -1,3 +1,5 @@
+use std::io::Write;
+
 use clap::Parser;
 
 use chatsys_api::{Cli, Command};
@@ -24,9 +26,12 @@ async fn main() -> anyhow::Result<()> {
             chatsys_core::telemetry::init_logging(&args.log_format);
             let running = chatsys_api::start_standalone(&args).await?;
             let url = format!("http://{}", running.addr);
-            println!("chatsys standalone listening on {url}");
-            println!("data directory: {}", args.data_dir.display());
-            println!("try: curl -s -X POST {url}/applications -d '{{\"name\":\"my app\"}}'");
+            // A closed stdout (a supervisor that stopped reading) must not take the server down.
+            let _ = writeln!(
+                std::io::stdout(),
+                "chatsys standalone listening on {url}\ndata directory: {}\ntry: curl -s -X POST {url}/applications -d '{{\"name\":\"my app\"}}'",
+                args.data_dir.display()
+            );
             terminated().await;
             running.stop().await;
         }

@@ -32,10 +32,12 @@ fn start(data_dir: &std::path::Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("start chatsys-api standalone");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    for line in stdout.lines() {
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for line in stdout.by_ref() {
         let line = line.expect("read the banner");
         if let Some(url) = line.strip_prefix("chatsys standalone listening on ") {
+            // Keep reading what the server prints, as a terminal would.
+            std::thread::spawn(move || stdout.for_each(drop));
             return Server {
                 child,
                 base: url.trim().to_string(),
