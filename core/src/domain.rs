@@ -58,6 +58,14 @@ impl Page {
     pub fn first(limit: u32) -> Self {
         Page { limit, after: None }
     }
+
+    /// The same page with one row more, which tells whether a next page exists.
+    pub fn with_lookahead(self) -> Self {
+        Page {
+            limit: self.limit + 1,
+            ..self
+        }
+    }
 }
 
 /// Timestamps are kept to the microsecond, which every store holds exactly.

@@ -187,15 +187,7 @@ impl ChatService {
         let app = self.resolve(token).await?;
         let store = self.ports.store.clone();
         self.cached_list(ListScope::Chats(app), page, || async move {
-            let rows = store
-                .list_chats(
-                    app,
-                    Page {
-                        limit: page.limit + 1,
-                        ..page
-                    },
-                )
-                .await?;
+            let rows = store.list_chats(app, page.with_lookahead()).await?;
             Ok(render_page(
                 rows,
                 page.limit,
@@ -293,14 +285,7 @@ impl ChatService {
         let store = self.ports.store.clone();
         self.cached_list(ListScope::Messages(app, chat), page, || async move {
             let rows = store
-                .list_messages(
-                    app,
-                    chat,
-                    Page {
-                        limit: page.limit + 1,
-                        ..page
-                    },
-                )
+                .list_messages(app, chat, page.with_lookahead())
                 .await?;
             Ok(render_page(
                 rows,

@@ -393,7 +393,10 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
             .as_deref(),
         Some(&b"[1]"[..])
     );
-    cache.bump_lists(std::slice::from_ref(&scope)).await.unwrap();
+    cache
+        .bump_lists(std::slice::from_ref(&scope))
+        .await
+        .unwrap();
     let after = cache.list_generation(&scope).await.unwrap();
     assert!(
         after > before,
