@@ -297,12 +297,7 @@ async fn refresh_cache(cache: &dyn Cache, applied: &Applied) {
         .iter()
         .map(|(app, chat)| ListScope::Messages(*app, *chat))
         .collect();
-    scopes.extend(
-        applied
-            .applications
-            .iter()
-            .map(|app| ListScope::Chats(*app)),
-    );
+    // Every chat the batch touched changes its application's chat list (a new chat, or its counts).
     scopes.extend(applied.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
     scopes.sort();
     scopes.dedup();

@@ -170,16 +170,15 @@ impl EmbeddedSearch {
             Term::from_field_text(f.chat, &chat_key(app, chat)),
             IndexRecordOption::Basic,
         ));
-        let grams = trigrams(query);
+        let mut grams = trigrams(query);
         let (query, limit): (Box<dyn Query>, usize) = if grams.is_empty() {
             (in_chat, usize::MAX)
         } else {
             // Every trigram of the query must be in the body; the substring check below does the rest.
-            let mut unique = grams.clone();
-            unique.sort();
-            unique.dedup();
+            grams.sort_unstable();
+            grams.dedup();
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, in_chat)];
-            clauses.extend(unique.iter().map(|g| {
+            clauses.extend(grams.iter().map(|g| {
                 let term = TermQuery::new(
                     Term::from_field_text(f.grams, g),
                     IndexRecordOption::WithFreqs,

@@ -11,7 +11,7 @@ use sqlx::{Executor, MySql, QueryBuilder, Row};
 use crate::command::Command;
 use crate::domain::{AppId, Application, Chat, Message, Page};
 use crate::error::{CoreError, CoreResult, from_sqlx};
-use crate::plan::{ChatKey, MessageKey, plan_batch};
+use crate::plan::{ChatKey, plan_batch};
 use crate::ports::{Applied, Store};
 
 pub struct MySqlStore {
@@ -456,7 +456,7 @@ impl MySqlStore {
         } else {
             let mut select: QueryBuilder<MySql> =
                 QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
-            push_message_keys(&mut select, plan.messages.keys());
+            super::push_message_keys(&mut select, plan.messages.keys());
             let rows = select
                 .build()
                 .fetch_all(&mut *tx)
@@ -473,33 +473,5 @@ impl MySqlStore {
             applications: new_chats.iter().map(|(app, _)| *app).collect(),
             messages,
         })
-    }
-}
-
-/// `(application_id = ? AND chat_number = ? AND number IN (…)) OR …`, one group per chat, which the
-/// optimiser turns into primary-key ranges.
-fn push_message_keys<'a>(
-    query: &mut QueryBuilder<MySql>,
-    keys: impl Iterator<Item = &'a MessageKey>,
-) {
-    let mut by_chat: BTreeMap<ChatKey, Vec<u64>> = BTreeMap::new();
-    for (app, chat, number) in keys {
-        by_chat.entry((*app, *chat)).or_default().push(*number);
-    }
-    for (i, ((app, chat), numbers)) in by_chat.into_iter().enumerate() {
-        if i > 0 {
-            query.push(" OR ");
-        }
-        query
-            .push("(application_id = ")
-            .push_bind(app)
-            .push(" AND chat_number = ")
-            .push_bind(chat)
-            .push(" AND number IN (");
-        let mut separated = query.separated(", ");
-        for number in numbers {
-            separated.push_bind(number);
-        }
-        query.push("))");
     }
 }

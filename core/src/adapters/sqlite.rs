@@ -208,20 +208,22 @@ impl SqliteStore {
                 .await
                 .map_err(from_sqlx)?;
         }
-        let mut messages = Vec::with_capacity(plan.messages.len());
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number = ?"
-        );
-        for (app, chat, number) in plan.messages.keys() {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(*app as i64)
-                .bind(*chat as i64)
-                .bind(*number as i64)
-                .fetch_one(&mut *tx)
+        let mut select: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
+        let messages = if plan.messages.is_empty() {
+            Vec::new()
+        } else {
+            super::push_message_keys(&mut select, plan.messages.keys());
+            let rows = select
+                .build()
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
-            messages.push(message_from(&row).map_err(from_sqlx)?);
-        }
+            rows.iter()
+                .map(message_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(from_sqlx)?
+        };
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
