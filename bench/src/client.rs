@@ -210,14 +210,19 @@ pub fn listed_numbers(body: &[u8]) -> anyhow::Result<Vec<u64>> {
     Ok(listed.into_iter().map(|message| message.number).collect())
 }
 
-/// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
+/// The sum of every sample of `name` (all label sets) in a Prometheus text exposition; a `name` with
+/// labels (`metric{label="value"}`) matches that one series exactly.
 pub fn metric_sum(exposition: &str, name: &str) -> Option<f64> {
     let mut samples = exposition
         .lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
+            let metric = if name.contains('{') {
+                series
+            } else {
+                series.split('{').next()?
+            };
             (metric == name)
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
@@ -263,6 +268,7 @@ mod tests {
         let exposition = "# TYPE x counter\nx_total{result=\"a\"} 3\nx_total{result=\"b\"} 4.5\nx_total_other 9\n";
         assert_eq!(metric_sum(exposition, "x_total"), Some(7.5));
         assert_eq!(metric_sum(exposition, "missing"), None);
+        assert_eq!(metric_sum(exposition, "x_total{result=\"b\"}"), Some(4.5));
     }
 
     #[test]

@@ -257,6 +257,15 @@ struct BatchFigures {
     count: f64,
     mean_size: f64,
     mean_seconds: f64,
+    /// Seconds spent in each stage (`apply`, `cache`, `index`) over the drain, and how many times it ran:
+    /// apply and cache run once a batch, index once a commit that may cover several batches.
+    stages: BTreeMap<&'static str, StageFigures>,
+}
+
+#[derive(Debug, Serialize)]
+struct StageFigures {
+    runs: f64,
+    seconds: f64,
 }
 
 impl BatchFigures {
@@ -270,10 +279,24 @@ impl BatchFigures {
         let count = metric_sum(&exposition, "chatsys_worker_batch_seconds_count")?;
         let seconds = metric_sum(&exposition, "chatsys_worker_batch_seconds_sum")?;
         let size = metric_sum(&exposition, "chatsys_worker_batch_size_sum")?;
+        let stages = ["apply", "cache", "index"]
+            .into_iter()
+            .filter_map(|stage| {
+                let series = |suffix| format!("chatsys_worker_stage_seconds_{suffix}{{stage=\"{stage}\"}}");
+                Some((
+                    stage,
+                    StageFigures {
+                        runs: metric_sum(&exposition, &series("count"))?,
+                        seconds: metric_sum(&exposition, &series("sum"))?,
+                    },
+                ))
+            })
+            .collect();
         (count > 0.0).then(|| Self {
             count,
             mean_size: size / count,
             mean_seconds: seconds / count,
+            stages,
         })
     }
 }
@@ -981,6 +1004,17 @@ fn print_table(report: &Report) {
                     batches.mean_seconds * 1000.0
                 ),
             ));
+            for (stage, figures) in &batches.stages {
+                rows.push((
+                    format!("worker stage {stage}"),
+                    format!(
+                        "{:.0} runs, {:.2} s in all, mean {:.1} ms",
+                        figures.runs,
+                        figures.seconds,
+                        figures.seconds * 1000.0 / figures.runs.max(1.0)
+                    ),
+                ));
+            }
         }
     }
     if let Some(warm) = &report.reads_warm {
