@@ -15,7 +15,7 @@ use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions, Value,
 };
-use tantivy::tokenizer::{PreTokenizedString, Token};
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::domain::{AppId, Message};
@@ -34,17 +34,24 @@ struct Fields {
     chat_number: Field,
     number: Field,
     body: Field,
-    grams: Field,
     version: Field,
     created_at: Field,
     updated_at: Field,
 }
 
+/// The index writer's memory, on one indexing thread. The worker commits every few hundred documents,
+/// and each commit starts a new segment whose term table is sized from this budget and zeroed and walked
+/// whole: tantivy's smallest budget (and one thread, one segment a commit) keeps that per-commit work small.
+const WRITER_MEMORY_BYTES: usize = 15_000_000;
+
+/// The name the trigram tokenizer is registered under, in every process that opens the index.
+const TRIGRAMS: &str = "chatsys_trigrams";
+
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let grams = TextOptions::default().set_indexing_options(
+    let body = TextOptions::default().set_stored().set_indexing_options(
         TextFieldIndexing::default()
-            .set_tokenizer("raw")
+            .set_tokenizer(TRIGRAMS)
             .set_index_option(IndexRecordOption::WithFreqs),
     );
     let fields = Fields {
@@ -53,8 +60,7 @@ fn schema() -> (Schema, Fields) {
         app: builder.add_u64_field("application_id", STORED),
         chat_number: builder.add_u64_field("chat_number", STORED),
         number: builder.add_u64_field("number", STORED | FAST | INDEXED),
-        body: builder.add_text_field("body", STORED),
-        grams: builder.add_text_field("grams", grams),
+        body: builder.add_text_field("body", body),
         version: builder.add_u64_field("version", STORED),
         created_at: builder.add_i64_field("created_at", STORED),
         updated_at: builder.add_i64_field("updated_at", STORED),
@@ -62,10 +68,67 @@ fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
+/// Splits a text into its lowercase character trigrams, in order. Registered with the index, so the
+/// indexing threads tokenize the body themselves (a pre-tokenized value would travel through the
+/// document as JSON, which cost more than the indexing), and used for queries too, so both sides agree.
+#[derive(Clone, Default)]
+struct TrigramTokenizer {
+    chars: Vec<char>,
+    token: Token,
+}
+
+struct TrigramStream<'a> {
+    chars: &'a [char],
+    next: usize,
+    token: &'a mut Token,
+}
+
+impl Tokenizer for TrigramTokenizer {
+    type TokenStream<'a> = TrigramStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> TrigramStream<'a> {
+        self.chars.clear();
+        self.chars
+            .extend(text.chars().flat_map(char::to_lowercase));
+        self.token.reset();
+        TrigramStream {
+            chars: &self.chars,
+            next: 0,
+            token: &mut self.token,
+        }
+    }
+}
+
+impl TokenStream for TrigramStream<'_> {
+    fn advance(&mut self) -> bool {
+        let Some(window) = self.chars.get(self.next..self.next + 3) else {
+            return false;
+        };
+        self.token.text.clear();
+        self.token.text.extend(window);
+        self.token.position = self.next;
+        self.next += 1;
+        true
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
 /// Lowercase character trigrams of a text, in order.
 fn trigrams(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
-    chars.windows(3).map(|w| w.iter().collect()).collect()
+    let mut tokenizer = TrigramTokenizer::default();
+    let mut stream = tokenizer.token_stream(text);
+    let mut grams = Vec::new();
+    while stream.advance() {
+        grams.push(stream.token().text.clone());
+    }
+    grams
 }
 
 fn chat_key(app: AppId, chat: u64) -> String {
@@ -86,13 +149,20 @@ impl EmbeddedSearch {
         let (schema, fields) = schema();
         let directory = tantivy::directory::MmapDirectory::open(dir).map_err(unavailable)?;
         let index = Index::open_or_create(directory, schema).map_err(unavailable)?;
+        index
+            .tokenizers()
+            .register(TRIGRAMS, TrigramTokenizer::default());
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::OnCommitWithDelay)
             .try_into()
             .map_err(unavailable)?;
         let writer = if writable {
-            Some(Mutex::new(index.writer(50_000_000).map_err(unavailable)?))
+            Some(Mutex::new(
+                index
+                    .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+                    .map_err(unavailable)?,
+            ))
         } else {
             None
         };
@@ -115,23 +185,6 @@ impl EmbeddedSearch {
         doc.add_u64(f.chat_number, m.chat_number);
         doc.add_u64(f.number, m.number);
         doc.add_text(f.body, &m.body);
-        let tokens = trigrams(&m.body)
-            .into_iter()
-            .enumerate()
-            .map(|(position, text)| Token {
-                position,
-                text,
-                position_length: 1,
-                ..Token::default()
-            })
-            .collect();
-        doc.add_pre_tokenized_text(
-            f.grams,
-            PreTokenizedString {
-                text: String::new(),
-                tokens,
-            },
-        );
         doc.add_u64(f.version, m.version);
         doc.add_i64(f.created_at, m.created_at.timestamp_micros());
         doc.add_i64(f.updated_at, m.updated_at.timestamp_micros());
@@ -180,7 +233,7 @@ impl EmbeddedSearch {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, in_chat)];
             clauses.extend(grams.iter().map(|g| {
                 let term = TermQuery::new(
-                    Term::from_field_text(f.grams, g),
+                    Term::from_field_text(f.body, g),
                     IndexRecordOption::WithFreqs,
                 );
                 (Occur::Must, Box::new(term) as Box<dyn Query>)
