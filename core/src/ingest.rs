@@ -1,5 +1,5 @@
 //! The worker's loop, shared by the worker binary (RabbitMQ) and standalone mode (the SQLite queue):
-//! take a batch, apply it in one transaction, refresh the cache, index what it stored, then acknowledge.
+//! take a batch, apply it in one transaction, refresh the cache and index what it stored, then acknowledge.
 //! A crash anywhere before the acknowledgement means redelivery, and applying again changes nothing.
 
 use std::sync::Arc;
@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
-use crate::domain::Message;
 use crate::error::{CoreError, CoreResult};
 use crate::ports::{Applied, Cache, CommandSource, Delivery, ListScope, Search, Store};
 
@@ -37,10 +36,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` turns true, then finishes what is in flight and acknowledges it.
 ///
-/// Two stages run side by side: this loop takes a batch, applies it and refreshes the cache, then hands
-/// it to the index stage; the index stage indexes everything handed to it since its last commit in one
-/// commit, and hands the deliveries back to be acknowledged. So one index commit covers as many batches
-/// as arrived while the previous commit ran, and nothing is acknowledged before it is stored and indexed.
+/// Two stages run side by side: this loop takes a batch and applies it in one transaction, then hands it
+/// to the publish stage; the publish stage takes everything handed to it since it last ran, refreshes the
+/// cache and indexes it (one index commit) at the same time, and hands the deliveries back to be
+/// acknowledged. So the next transaction runs while the previous batches are cached and indexed, one
+/// index commit covers as many batches as arrived meanwhile, and nothing is acknowledged before it is
+/// stored, cached and indexed.
 pub async fn run(
     source: &mut dyn CommandSource,
     ports: &IngestPorts,
@@ -48,20 +49,20 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     health: watch::Sender<IngestHealth>,
 ) {
-    let (to_index, index_queue) = mpsc::channel::<Stored>(INDEX_QUEUE);
-    let (indexed_tx, mut indexed) = mpsc::unbounded_channel::<Vec<Delivery>>();
-    let indexer = tokio::spawn(index_stage(
-        ports.search.clone(),
-        index_queue,
-        indexed_tx,
+    let (to_publish, publish_queue) = mpsc::channel::<Stored>(PUBLISH_QUEUE);
+    let (published_tx, mut published) = mpsc::unbounded_channel::<Vec<Delivery>>();
+    let publisher = tokio::spawn(publish_stage(
+        ports.clone(),
+        publish_queue,
+        published_tx,
         shutdown.clone(),
     ));
-    let mut to_index = Some(to_index);
+    let mut to_publish = Some(to_publish);
     let mut backoff = Duration::from_millis(100);
     loop {
         tokio::select! {
             biased;
-            done = indexed.recv() => match done {
+            done = published.recv() => match done {
                 Some(deliveries) => {
                     if let Err(e) = source.ack(&deliveries).await {
                         tracing::warn!(error = %e, "acknowledgement failed; those commands will be redelivered");
@@ -69,11 +70,11 @@ pub async fn run(
                 }
                 None => break,
             },
-            _ = shutdown.changed(), if to_index.is_some() => {
-                // No new batches; the index stage finishes what it has, then closes `indexed`.
-                to_index = None;
+            _ = shutdown.changed(), if to_publish.is_some() => {
+                // No new batches; the publish stage finishes what it has, then closes `published`.
+                to_publish = None;
             }
-            batch = source.next_batch(settings.batch_size, settings.batch_wait), if to_index.is_some() => {
+            batch = source.next_batch(settings.batch_size, settings.batch_wait), if to_publish.is_some() => {
                 let outcome = match batch {
                     Ok(batch) => store_batch(source, ports, settings, batch, &mut shutdown).await,
                     Err(e) => Err(e),
@@ -82,7 +83,7 @@ pub async fn run(
                     Ok(stored) => {
                         backoff = Duration::from_millis(100);
                         health.send_if_modified(|h| h.last_error.take().is_some());
-                        if let (Some(stored), Some(sender)) = (stored, &to_index) {
+                        if let (Some(stored), Some(sender)) = (stored, &to_publish) {
                             let _ = sender.send(stored).await;
                         }
                     }
@@ -91,7 +92,7 @@ pub async fn run(
                         health.send_replace(IngestHealth { last_error: Some(e.to_string()) });
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {},
-                            _ = shutdown.changed() => to_index = None,
+                            _ = shutdown.changed() => to_publish = None,
                         }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
@@ -99,49 +100,60 @@ pub async fn run(
             }
         }
     }
-    let _ = indexer.await;
+    let _ = publisher.await;
     tracing::info!("ingest stopped");
 }
 
-/// Batches applied but not yet indexed, at most; beyond that the loop waits for the index stage.
-const INDEX_QUEUE: usize = 8;
+/// Batches applied but not yet published, at most; beyond that the loop waits for the publish stage.
+const PUBLISH_QUEUE: usize = 8;
 
-/// A batch stored in the database, waiting to be indexed and then acknowledged.
+/// A batch stored in the database, waiting to be cached and indexed, then acknowledged.
 struct Stored {
-    messages: Vec<Message>,
+    applied: Applied,
     deliveries: Vec<Delivery>,
 }
 
-async fn index_stage(
-    search: Arc<dyn Search>,
+async fn publish_stage(
+    ports: IngestPorts,
     mut queue: mpsc::Receiver<Stored>,
-    indexed: mpsc::UnboundedSender<Vec<Delivery>>,
+    published: mpsc::UnboundedSender<Vec<Delivery>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while let Some(first) = queue.recv().await {
-        let mut group = vec![first];
+        let mut applied = first.applied;
+        let mut deliveries = first.deliveries;
         while let Ok(next) = queue.try_recv() {
-            group.push(next);
+            applied.absorb(next.applied);
+            deliveries.extend(next.deliveries);
         }
-        let started = Instant::now();
-        let messages: Vec<Message> = group
-            .iter()
-            .flat_map(|s| s.messages.iter().cloned())
-            .collect();
-        if let Err(e) = retry_transient(&mut shutdown, || search.index(&messages)).await {
+        let cached = async {
+            let started = Instant::now();
+            refresh_cache(ports.cache.as_ref(), &applied).await;
+            metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "cache")
+                .record(started.elapsed().as_secs_f64());
+        };
+        let indexed = async {
+            let started = Instant::now();
+            let result = retry_transient(&mut shutdown, || {
+                ports.search.index(&applied.messages)
+            })
+            .await;
+            metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "index")
+                .record(started.elapsed().as_secs_f64());
+            result
+        };
+        let ((), indexed) = tokio::join!(cached, indexed);
+        if let Err(e) = indexed {
             tracing::warn!(error = %e, "indexing stopped at shutdown; those commands will be redelivered");
             continue;
         }
-        metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "index")
-            .record(started.elapsed().as_secs_f64());
-        let deliveries: Vec<Delivery> = group.into_iter().flat_map(|s| s.deliveries).collect();
-        if indexed.send(deliveries).is_err() {
+        if published.send(deliveries).is_err() {
             return;
         }
     }
 }
 
-/// Decodes, applies and caches one batch; returns what is left to index and acknowledge.
+/// Decodes and applies one batch; returns what is left to cache, index and acknowledge.
 async fn store_batch(
     source: &mut dyn CommandSource,
     ports: &IngestPorts,
@@ -164,7 +176,6 @@ async fn store_batch(
     if commands.is_empty() {
         return Ok(None);
     }
-    let mut stage = Stages::new();
     let (applied, refused) = apply(
         ports.store.as_ref(),
         &commands,
@@ -175,39 +186,28 @@ async fn store_batch(
     for (index, reason) in &refused {
         dead_letter(source, &accepted[*index], reason).await?;
     }
-    stage.done("apply");
-    refresh_cache(ports.cache.as_ref(), &applied).await;
-    stage.done("cache");
+    metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "apply")
+        .record(started.elapsed().as_secs_f64());
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+    // Only the tags are needed from here on: dropping the payloads keeps a worker holding `prefetch`
+    // deliveries at one copy of each body, whether it waits to be applied or to be acknowledged.
     let deliveries: Vec<Delivery> = accepted
         .into_iter()
         .enumerate()
         .filter(|(i, _)| !refused.contains(i))
-        .map(|(_, d)| d)
+        .map(|(_, delivery)| Delivery {
+            payload: Vec::new(),
+            ..delivery
+        })
         .collect();
     metrics::counter!("chatsys_worker_commands_total", "result" => "applied")
         .increment(deliveries.len() as u64);
     metrics::histogram!("chatsys_worker_batch_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("chatsys_worker_batch_size").record(deliveries.len() as f64);
     Ok(Some(Stored {
-        messages: applied.messages,
+        applied,
         deliveries,
     }))
-}
-
-/// Times the stages of a batch, so `/metrics` shows where a batch spends its time.
-struct Stages(Instant);
-
-impl Stages {
-    fn new() -> Self {
-        Stages(Instant::now())
-    }
-
-    fn done(&mut self, stage: &'static str) {
-        metrics::histogram!("chatsys_worker_stage_seconds", "stage" => stage)
-            .record(self.0.elapsed().as_secs_f64());
-        self.0 = Instant::now();
-    }
 }
 
 async fn dead_letter(
@@ -246,9 +246,7 @@ async fn apply(
         loop {
             match retry_transient(shutdown, || store.apply(std::slice::from_ref(command))).await {
                 Ok(one) => {
-                    applied.chats.extend(one.chats);
-                    applied.applications.extend(one.applications);
-                    applied.messages.extend(one.messages);
+                    applied.absorb(one);
                     break;
                 }
                 Err(CoreError::Rejected(reason)) if attempt >= max_attempts => {

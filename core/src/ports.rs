@@ -20,6 +20,15 @@ pub struct Applied {
     pub messages: Vec<Message>,
 }
 
+impl Applied {
+    /// Adds what a later batch changed; a message in both keeps both states, the later one last.
+    pub fn absorb(&mut self, later: Applied) {
+        self.chats.extend(later.chats);
+        self.applications.extend(later.applications);
+        self.messages.extend(later.messages);
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn migrate(&self) -> CoreResult<()>;
