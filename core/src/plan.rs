@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::command::Command;
-use crate::domain::AppId;
+use crate::domain::{AppId, Message};
 
 pub type ChatKey = (AppId, u64);
 pub type MessageKey = (AppId, u64, u64);
@@ -38,12 +38,58 @@ impl BatchPlan {
         self.chats.is_empty() && self.messages.is_empty()
     }
 
+    /// The messages as this plan writes them, which is what the store holds after the batch for every row
+    /// the batch inserted (a row that existed may hold a newer edit instead).
+    pub fn written_messages(&self) -> Vec<Message> {
+        self.messages
+            .iter()
+            .map(|(&(application_id, chat_number, number), row)| Message {
+                application_id,
+                chat_number,
+                number,
+                body: row.body.clone(),
+                version: row.version,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            })
+            .collect()
+    }
+
+    /// The message rows in groups that each fit one INSERT statement, in key order: at most
+    /// `STATEMENT_ROWS` rows and `STATEMENT_BODY_BYTES` of bodies, so a batch of large messages stays
+    /// under the database's packet limit (4 MiB by default on the oldest MySQL we meet) and its
+    /// placeholder limit.
+    pub fn message_statements(&self) -> Vec<Vec<(&MessageKey, &MessageRow)>> {
+        let mut statements: Vec<Vec<(&MessageKey, &MessageRow)>> = Vec::new();
+        let mut bytes = 0;
+        for row in &self.messages {
+            let size = row.1.body.len();
+            match statements.last_mut() {
+                Some(statement)
+                    if statement.len() < STATEMENT_ROWS
+                        && bytes + size <= STATEMENT_BODY_BYTES =>
+                {
+                    statement.push(row);
+                    bytes += size;
+                }
+                _ => {
+                    statements.push(vec![row]);
+                    bytes = size;
+                }
+            }
+        }
+        statements
+    }
+
     pub fn applications(&self) -> Vec<AppId> {
         let mut apps: Vec<AppId> = self.chats.keys().map(|(app, _)| *app).collect();
         apps.dedup();
         apps
     }
 }
+
+pub const STATEMENT_ROWS: usize = 1000;
+pub const STATEMENT_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchPlan {
     let mut plan = BatchPlan::default();
@@ -132,7 +178,10 @@ fn touch_chat(
 }
 
 /// The highest version's body wins; the creation time is the earliest seen.
-fn merge_message(plan: &mut BatchPlan, key: MessageKey, incoming: MessageRow) {
+fn merge_message(plan: &mut BatchPlan, key: MessageKey, mut incoming: MessageRow) {
+    // Stores keep microseconds: a plan holds what they will hold, whatever precision a command carried.
+    incoming.created_at = incoming.created_at.trunc_subsecs(6);
+    incoming.updated_at = incoming.updated_at.trunc_subsecs(6);
     plan.messages
         .entry(key)
         .and_modify(|row| {
@@ -222,5 +271,31 @@ mod tests {
         let plan = plan_batch(&commands);
         let numbers: Vec<u64> = plan.messages.keys().map(|k| k.2).collect();
         assert_eq!(numbers, vec![1, 2, 5, 9]);
+    }
+
+    #[test]
+    fn large_bodies_split_a_batch_into_statements_under_the_packet_limit() {
+        let big = "x".repeat(64 * 1024);
+        let commands: Vec<Command> = (1..=1000).map(|n| create(n, &big, 1)).collect();
+        let plan = plan_batch(&commands);
+        let statements = plan.message_statements();
+        assert!(statements.len() > 1);
+        for statement in &statements {
+            let bytes: usize = statement.iter().map(|(_, row)| row.body.len()).sum();
+            assert!(bytes <= STATEMENT_BODY_BYTES, "{bytes} bytes in one statement");
+        }
+        let numbers: Vec<u64> = statements.iter().flatten().map(|(key, _)| key.2).collect();
+        assert_eq!(numbers, (1..=1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn small_bodies_share_statements_up_to_the_row_limit() {
+        let commands: Vec<Command> = (1..=2500).map(|n| create(n, "hi", 1)).collect();
+        let sizes: Vec<usize> = plan_batch(&commands)
+            .message_statements()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![STATEMENT_ROWS, STATEMENT_ROWS, 500]);
     }
 }

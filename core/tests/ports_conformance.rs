@@ -196,10 +196,19 @@ async fn concurrent_batches_keep_counts_exact(store: Arc<dyn Store>) {
 
 async fn the_applied_state_is_what_is_stored(store: Arc<dyn Store>) {
     let app = app(store.as_ref()).await;
-    store
-        .apply(&[edit_message(app, 1, 1, "newest", 9)])
+    let mut nanosecond_create = create_message(app, 1, 2, "fresh");
+    if let Command::CreateMessage { at, .. } = &mut nanosecond_create {
+        *at += chrono::Duration::nanoseconds(123_456_789);
+    }
+    let fresh = store
+        .apply(&[edit_message(app, 1, 1, "newest", 9), nanosecond_create])
         .await
         .unwrap();
+    assert_eq!(
+        fresh.messages,
+        messages(store.as_ref(), app, 1).await,
+        "a batch of new rows reports exactly what it stored, to the microsecond"
+    );
     let applied = store
         .apply(&[create_message(app, 1, 1, "stale create")])
         .await
@@ -210,8 +219,23 @@ async fn the_applied_state_is_what_is_stored(store: Arc<dyn Store>) {
         "the index must get the stored body, not the command's"
     );
     assert_eq!(applied.chats, vec![(app, 1)]);
-    assert_eq!(store.max_message_number(app, 1).await.unwrap(), 1);
+    assert_eq!(store.max_message_number(app, 1).await.unwrap(), 2);
     assert_eq!(store.max_chat_number(app).await.unwrap(), 1);
+}
+
+async fn a_batch_of_the_largest_messages_is_stored(store: Arc<dyn Store>) {
+    // 300 bodies of 64 KiB: 19 MiB in one batch, over MariaDB's default 16 MiB packet.
+    let app = app(store.as_ref()).await;
+    let body = "é".repeat(32 * 1024);
+    let commands: Vec<Command> = (1..=300)
+        .map(|n| create_message(app, 1, n, &body))
+        .collect();
+    let applied = store.apply(&commands).await.unwrap();
+    assert_eq!(applied.messages.len(), 300);
+    let stored = messages(store.as_ref(), app, 1).await;
+    assert_eq!(stored.len(), 300);
+    assert!(stored.iter().all(|m| m.body == body));
+    assert_eq!(store.chat(app, 1).await.unwrap().unwrap().messages_count, 300);
 }
 
 macro_rules! store_suite {
@@ -232,6 +256,7 @@ store_suite!(
     commands_commute_and_the_newest_edit_wins,
     concurrent_batches_keep_counts_exact,
     the_applied_state_is_what_is_stored,
+    a_batch_of_the_largest_messages_is_stored,
 );
 
 /// A floor that says where a lost counter must restart.

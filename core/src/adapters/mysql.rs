@@ -374,28 +374,30 @@ impl MySqlStore {
 
         let mut new_messages: BTreeMap<ChatKey, i64> = BTreeMap::new();
         if !plan.messages.is_empty() {
-            let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
-                "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) ",
-            );
-            insert.push_values(&plan.messages, |mut row, ((app, chat, number), message)| {
-                row.push_bind(*app)
-                    .push_bind(*chat)
-                    .push_bind(*number)
-                    .push_bind(message.body.as_str())
-                    .push_bind(message.version)
-                    .push_bind(message.created_at.naive_utc())
-                    .push_bind(message.updated_at.naive_utc())
-                    .push_bind(batch);
-            });
-            // Assignments run left to right, so `version` is compared before it is raised.
-            insert.push(
-                " ON DUPLICATE KEY UPDATE \
-                 body = IF(VALUES(version) > version, VALUES(body), body), \
-                 updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
-                 created_at = LEAST(created_at, VALUES(created_at)), \
-                 version = GREATEST(version, VALUES(version))",
-            );
-            insert.build().execute(&mut *tx).await.map_err(from_sqlx)?;
+            for statement in plan.message_statements() {
+                let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
+                    "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) ",
+                );
+                insert.push_values(statement, |mut row, ((app, chat, number), message)| {
+                    row.push_bind(*app)
+                        .push_bind(*chat)
+                        .push_bind(*number)
+                        .push_bind(message.body.as_str())
+                        .push_bind(message.version)
+                        .push_bind(message.created_at.naive_utc())
+                        .push_bind(message.updated_at.naive_utc())
+                        .push_bind(batch);
+                });
+                // Assignments run left to right, so `version` is compared before it is raised.
+                insert.push(
+                    " ON DUPLICATE KEY UPDATE \
+                     body = IF(VALUES(version) > version, VALUES(body), body), \
+                     updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+                     created_at = LEAST(created_at, VALUES(created_at)), \
+                     version = GREATEST(version, VALUES(version))",
+                );
+                insert.build().execute(&mut *tx).await.map_err(from_sqlx)?;
+            }
             let counted: Vec<(u64, u64, i64)> = sqlx::query_as(
                 "SELECT application_id, chat_number, COUNT(*) FROM messages WHERE inserted_by = ? \
                  GROUP BY application_id, chat_number",
@@ -451,8 +453,10 @@ impl MySqlStore {
             .map_err(from_sqlx)?;
         }
 
-        let messages = if plan.messages.is_empty() {
-            Vec::new()
+        let inserted: i64 = new_messages.values().sum();
+        let messages = if inserted as usize == plan.messages.len() {
+            // Every row is new, so it holds exactly what the plan wrote: no need to read it back.
+            plan.written_messages()
         } else {
             let mut select: QueryBuilder<MySql> =
                 QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));

@@ -133,11 +133,11 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
         let mut new_messages: BTreeMap<ChatKey, i64> = BTreeMap::new();
         if !plan.messages.is_empty() {
-            for chunk in plan.messages.iter().collect::<Vec<_>>().chunks(1000) {
+            for statement in plan.message_statements() {
                 let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
                     "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) ",
                 );
-                insert.push_values(chunk, |mut row, ((app, chat, number), message)| {
+                insert.push_values(statement, |mut row, ((app, chat, number), message)| {
                     row.push_bind(*app as i64)
                         .push_bind(*chat as i64)
                         .push_bind(*number as i64)
@@ -208,11 +208,13 @@ impl SqliteStore {
                 .await
                 .map_err(from_sqlx)?;
         }
-        let mut select: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
-        let messages = if plan.messages.is_empty() {
-            Vec::new()
+        let inserted: i64 = new_messages.values().sum();
+        let messages = if inserted as usize == plan.messages.len() {
+            // Every row is new, so it holds exactly what the plan wrote: no need to read it back.
+            plan.written_messages()
         } else {
+            let mut select: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
             super::push_message_keys(&mut select, plan.messages.keys());
             let rows = select
                 .build()
