@@ -83,7 +83,7 @@ impl Default for WorkerSpec {
         WorkerSpec {
             image: format!("chatsys/chatsys-worker:{VERSION}"),
             replicas: 1,
-            resources: resources("100m", "128Mi", "512Mi"),
+            resources: resources("100m", "128Mi", "1Gi"),
             autoscaling: Autoscaling::default(),
             batch: BatchSpec::default(),
         }
@@ -140,9 +140,9 @@ pub struct BatchSpec {
 impl Default for BatchSpec {
     fn default() -> Self {
         BatchSpec {
-            size: 500,
+            size: 1000,
             wait_ms: 20,
-            prefetch: 2000,
+            prefetch: 8000,
             max_attempts: 5,
         }
     }

@@ -106,9 +106,9 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
             "CHATSYS_MIGRATE": "false",
             "CHATSYS_LOG_FORMAT": "json",
             "OPENSEARCH_URL": "http://chat-opensearch:9200",
-            "CHATSYS_BATCH_SIZE": "500",
+            "CHATSYS_BATCH_SIZE": "1000",
             "CHATSYS_BATCH_WAIT_MS": "20",
-            "CHATSYS_PREFETCH": "2000",
+            "CHATSYS_PREFETCH": "8000",
             "CHATSYS_MAX_ATTEMPTS": "5",
         })
     );

@@ -56,7 +56,7 @@ fn every_default_is_in_the_schema_and_equals_the_operators() {
     );
     assert_eq!(
         spec["worker"]["properties"]["batch"]["properties"]["size"]["default"],
-        500
+        1000
     );
     assert_eq!(
         spec["mysql"]["properties"]["storage"]["properties"]["size"]["default"],

@@ -32,13 +32,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
     /// Commands written per transaction.
-    #[arg(long, env = "CHATSYS_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "CHATSYS_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
     /// How long a partial batch waits for more commands.
     #[arg(long, env = "CHATSYS_BATCH_WAIT_MS", default_value_t = 20)]
     pub batch_wait_ms: u64,
     /// Unacknowledged deliveries held.
-    #[arg(long, env = "CHATSYS_PREFETCH", default_value_t = 2000)]
+    #[arg(long, env = "CHATSYS_PREFETCH", default_value_t = 8000)]
     pub prefetch: u16,
     /// Tries before a refused command goes to the dead-letter queue.
     #[arg(long, env = "CHATSYS_MAX_ATTEMPTS", default_value_t = 5)]
