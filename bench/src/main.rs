@@ -282,7 +282,8 @@ impl BatchFigures {
         let stages = ["apply", "cache", "index"]
             .into_iter()
             .filter_map(|stage| {
-                let series = |suffix| format!("chatsys_worker_stage_seconds_{suffix}{{stage=\"{stage}\"}}");
+                let series =
+                    |suffix| format!("chatsys_worker_stage_seconds_{suffix}{{stage=\"{stage}\"}}");
                 Some((
                     stage,
                     StageFigures {

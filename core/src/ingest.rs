@@ -134,10 +134,8 @@ async fn publish_stage(
         };
         let indexed = async {
             let started = Instant::now();
-            let result = retry_transient(&mut shutdown, || {
-                ports.search.index(&applied.messages)
-            })
-            .await;
+            let result =
+                retry_transient(&mut shutdown, || ports.search.index(&applied.messages)).await;
             metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "index")
                 .record(started.elapsed().as_secs_f64());
             result

@@ -66,8 +66,7 @@ impl BatchPlan {
             let size = row.1.body.len();
             match statements.last_mut() {
                 Some(statement)
-                    if statement.len() < STATEMENT_ROWS
-                        && bytes + size <= STATEMENT_BODY_BYTES =>
+                    if statement.len() < STATEMENT_ROWS && bytes + size <= STATEMENT_BODY_BYTES =>
                 {
                     statement.push(row);
                     bytes += size;
@@ -282,7 +281,10 @@ mod tests {
         assert!(statements.len() > 1);
         for statement in &statements {
             let bytes: usize = statement.iter().map(|(_, row)| row.body.len()).sum();
-            assert!(bytes <= STATEMENT_BODY_BYTES, "{bytes} bytes in one statement");
+            assert!(
+                bytes <= STATEMENT_BODY_BYTES,
+                "{bytes} bytes in one statement"
+            );
         }
         let numbers: Vec<u64> = statements.iter().flatten().map(|(key, _)| key.2).collect();
         assert_eq!(numbers, (1..=1000).collect::<Vec<_>>());

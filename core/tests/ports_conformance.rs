@@ -235,7 +235,10 @@ async fn a_batch_of_the_largest_messages_is_stored(store: Arc<dyn Store>) {
     let stored = messages(store.as_ref(), app, 1).await;
     assert_eq!(stored.len(), 300);
     assert!(stored.iter().all(|m| m.body == body));
-    assert_eq!(store.chat(app, 1).await.unwrap().unwrap().messages_count, 300);
+    assert_eq!(
+        store.chat(app, 1).await.unwrap().unwrap().messages_count,
+        300
+    );
 }
 
 macro_rules! store_suite {

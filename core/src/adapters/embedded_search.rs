@@ -88,8 +88,7 @@ impl Tokenizer for TrigramTokenizer {
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> TrigramStream<'a> {
         self.chars.clear();
-        self.chars
-            .extend(text.chars().flat_map(char::to_lowercase));
+        self.chars.extend(text.chars().flat_map(char::to_lowercase));
         self.token.reset();
         TrigramStream {
             chars: &self.chars,

@@ -306,7 +306,8 @@ fn ingress(cs: &ChatSystem) -> Manifest {
     }
     let mut metadata = metadata(cs, &api_name(cs), "api");
     // ingress-nginx refuses bodies over 1 MiB with its own HTML 413; let the API answer its own limit.
-    metadata["annotations"] = json!({ "nginx.ingress.kubernetes.io/proxy-body-size": INGRESS_BODY_LIMIT });
+    metadata["annotations"] =
+        json!({ "nginx.ingress.kubernetes.io/proxy-body-size": INGRESS_BODY_LIMIT });
     object(ChildKind::Ingress, metadata, json!({ "spec": spec }))
 }
 
