@@ -38,21 +38,36 @@ impl BatchPlan {
         self.chats.is_empty() && self.messages.is_empty()
     }
 
-    /// The messages as this plan writes them, which is what the store holds after the batch for every row
-    /// the batch inserted (a row that existed may hold a newer edit instead).
-    pub fn written_messages(&self) -> Vec<Message> {
-        self.messages
-            .iter()
-            .map(|(&(application_id, chat_number, number), row)| Message {
-                application_id,
-                chat_number,
-                number,
-                body: row.body.clone(),
-                version: row.version,
-                created_at: row.created_at,
-                updated_at: row.updated_at,
-            })
-            .collect()
+    /// Splits the plan's messages by what the batch inserted (`inserted`: new rows per chat). In a chat
+    /// where every planned row was new, the store holds exactly what the plan wrote, returned as written;
+    /// the keys of other chats met existing rows, which may hold a newer edit, and must be read back.
+    pub fn written_or_to_read(
+        &self,
+        inserted: &BTreeMap<ChatKey, i64>,
+    ) -> (Vec<Message>, Vec<&MessageKey>) {
+        let mut planned: BTreeMap<ChatKey, i64> = BTreeMap::new();
+        for (app, chat, _) in self.messages.keys() {
+            *planned.entry((*app, *chat)).or_default() += 1;
+        }
+        let mut written = Vec::new();
+        let mut to_read = Vec::new();
+        for (key @ &(application_id, chat_number, number), row) in &self.messages {
+            let chat = (application_id, chat_number);
+            if inserted.get(&chat) == planned.get(&chat) {
+                written.push(Message {
+                    application_id,
+                    chat_number,
+                    number,
+                    body: row.body.clone(),
+                    version: row.version,
+                    created_at: row.created_at,
+                    updated_at: row.updated_at,
+                });
+            } else {
+                to_read.push(key);
+            }
+        }
+        (written, to_read)
     }
 
     /// The message rows in groups that each fit one INSERT statement, in key order: at most
@@ -299,5 +314,26 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(sizes, vec![STATEMENT_ROWS, STATEMENT_ROWS, 500]);
+    }
+
+    #[test]
+    fn only_chats_that_met_existing_rows_are_read_back() {
+        let other_chat = Command::CreateMessage {
+            application_id: 1,
+            chat_number: 2,
+            chat_created_at: t(0),
+            number: 1,
+            body: "elsewhere".into(),
+            at: t(1),
+        };
+        let plan = plan_batch(&[create(1, "new", 1), create(2, "redelivered", 2), other_chat]);
+        // Chat 1 inserted one of its two rows; chat 2 inserted its only row.
+        let inserted = BTreeMap::from([((1, 1), 1), ((1, 2), 1)]);
+        let (written, to_read) = plan.written_or_to_read(&inserted);
+        assert_eq!(to_read, vec![&(1, 1, 1), &(1, 1, 2)]);
+        assert_eq!(written.len(), 1);
+        assert_eq!((written[0].chat_number, written[0].number), (2, 1));
+        assert_eq!(written[0].body, "elsewhere");
+        assert_eq!(written[0].created_at, t(1));
     }
 }

@@ -411,18 +411,11 @@ impl ChatService {
         if let Some(generation) = self.list_generations.get(scope).await {
             return Some(generation);
         }
-        match self.ports.cache.list_generation(scope).await {
-            Ok(generation) => {
-                self.list_generations
-                    .insert(scope.clone(), generation)
-                    .await;
-                Some(generation)
-            }
-            Err(e) => {
-                soft::<()>(Err(e));
-                None
-            }
-        }
+        let generation = soft(self.ports.cache.list_generation(scope).await.map(Some))?;
+        self.list_generations
+            .insert(scope.clone(), generation)
+            .await;
+        Some(generation)
     }
 
     async fn cached_list<F, Fut>(

@@ -401,26 +401,17 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
     );
 
     let scope = ListScope::Messages(1, 1);
+    let first_page = |generation| {
+        let (cache, scope) = (cache.clone(), scope.clone());
+        async move { cache.list_page(&scope, generation, "0:100").await.unwrap() }
+    };
     let before = cache.list_generation(&scope).await.unwrap();
-    assert!(
-        cache
-            .list_page(&scope, before, "0:100")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(first_page(before).await.is_none());
     cache
         .put_list(&scope, before, "0:100", b"[1]")
         .await
         .unwrap();
-    assert_eq!(
-        cache
-            .list_page(&scope, before, "0:100")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(&b"[1]"[..])
-    );
+    assert_eq!(first_page(before).await.as_deref(), Some(&b"[1]"[..]));
     cache
         .bump_lists(std::slice::from_ref(&scope))
         .await
@@ -430,26 +421,13 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
         after > before,
         "a commit moves the list to a new generation"
     );
-    assert!(
-        cache
-            .list_page(&scope, after, "0:100")
-            .await
-            .unwrap()
-            .is_none(),
-        "a bumped list is stale"
-    );
+    assert!(first_page(after).await.is_none(), "a bumped list is stale");
     // A page read before the bump and stored late lands under the old generation, unseen.
     cache
         .put_list(&scope, before, "0:100", b"[stale]")
         .await
         .unwrap();
-    assert!(
-        cache
-            .list_page(&scope, after, "0:100")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(first_page(after).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

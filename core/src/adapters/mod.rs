@@ -47,7 +47,7 @@ fn batch_id() -> i64 {
 /// databases turn into primary-key lookups: one query reads back every message a batch touched.
 fn push_message_keys<'a, DB>(
     query: &mut QueryBuilder<DB>,
-    keys: impl Iterator<Item = &'a MessageKey>,
+    keys: impl IntoIterator<Item = &'a MessageKey>,
 ) where
     DB: Database,
     i64: for<'t> Encode<'t, DB> + Type<DB>,

@@ -88,11 +88,16 @@ impl Keys {
             }
         }
     }
-    fn list_page_prefix(&self, scope: &ListScope) -> String {
+    fn list_page(&self, scope: &ListScope, generation: u64, page: &str) -> String {
         match scope {
-            ListScope::Chats(app) => format!("{}:list:chats:{app}:", self.prefix),
+            ListScope::Chats(app) => {
+                format!("{}:list:chats:{app}:{generation}:{page}", self.prefix)
+            }
             ListScope::Messages(app, chat) => {
-                format!("{}:list:messages:{app}:{chat}:", self.prefix)
+                format!(
+                    "{}:list:messages:{app}:{chat}:{generation}:{page}",
+                    self.prefix
+                )
             }
         }
     }
@@ -406,8 +411,10 @@ impl Cache for RedisCache {
         page: &str,
     ) -> CoreResult<Option<Vec<u8>>> {
         let mut redis = self.redis.clone();
-        let key = format!("{}{generation}:{page}", self.keys.list_page_prefix(scope));
-        redis.get(key).await.map_err(unavailable)
+        redis
+            .get(self.keys.list_page(scope, generation, page))
+            .await
+            .map_err(unavailable)
     }
 
     async fn put_list(
@@ -418,9 +425,12 @@ impl Cache for RedisCache {
         body: &[u8],
     ) -> CoreResult<()> {
         let mut redis = self.redis.clone();
-        let key = format!("{}{generation}:{page}", self.keys.list_page_prefix(scope));
         redis
-            .set_ex::<_, _, ()>(key, body, self.ttl_secs)
+            .set_ex::<_, _, ()>(
+                self.keys.list_page(scope, generation, page),
+                body,
+                self.ttl_secs,
+            )
             .await
             .map_err(unavailable)
     }

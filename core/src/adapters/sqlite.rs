@@ -208,24 +208,20 @@ impl SqliteStore {
                 .await
                 .map_err(from_sqlx)?;
         }
-        let inserted: i64 = new_messages.values().sum();
-        let messages = if inserted as usize == plan.messages.len() {
-            // Every row is new, so it holds exactly what the plan wrote: no need to read it back.
-            plan.written_messages()
-        } else {
+        let (mut messages, to_read) = plan.written_or_to_read(&new_messages);
+        if !to_read.is_empty() {
             let mut select: QueryBuilder<Sqlite> =
                 QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
-            super::push_message_keys(&mut select, plan.messages.keys());
+            super::push_message_keys(&mut select, to_read);
             let rows = select
                 .build()
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
-            rows.iter()
-                .map(message_from)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(from_sqlx)?
-        };
+            for row in &rows {
+                messages.push(message_from(row).map_err(from_sqlx)?);
+            }
+        }
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
