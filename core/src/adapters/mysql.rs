@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{Executor, MySql, QueryBuilder, Row};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{Connection, Executor, MySql, QueryBuilder, Row};
 
 use crate::command::Command;
 use crate::domain::{AppId, Application, Chat, Message, Page};
@@ -16,6 +16,7 @@ use crate::ports::{Applied, Store};
 
 pub struct MySqlStore {
     pool: MySqlPool,
+    options: MySqlConnectOptions,
 }
 
 impl MySqlStore {
@@ -39,8 +40,8 @@ impl MySqlStore {
                     Ok(())
                 })
             })
-            .connect_lazy_with(options);
-        Ok(MySqlStore { pool })
+            .connect_lazy_with(options.clone());
+        Ok(MySqlStore { pool, options })
     }
 
     pub fn pool(&self) -> &MySqlPool {
@@ -93,18 +94,47 @@ const MESSAGE_COLUMNS: &str =
 /// Tries a transaction again when the database chose it as a deadlock victim.
 const DEADLOCK_RETRIES: usize = 5;
 
+/// How long `migrate` waits for another process's migrations to finish.
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(3600);
+
 #[async_trait]
 impl Store for MySqlStore {
     async fn migrate(&self) -> CoreResult<()> {
-        // The migrator holds a MySQL advisory lock, so replicas starting together apply each migration once.
-        super::migrator(&[(
+        // sqlx's own migration lock is `GET_LOCK(name, -1)`, which MariaDB answers with NULL at once
+        // when another session holds the lock, so replicas starting together would all migrate. This
+        // lock waits on MySQL and MariaDB alike. It is held by a connection of its own, outside the
+        // pool, for the whole run; closing that connection (or losing it) releases it.
+        let mut lock = MySqlConnection::connect_with(&self.options)
+            .await
+            .map_err(from_sqlx)?;
+        let locked: Option<i64> = sqlx::query_scalar(
+            "SELECT GET_LOCK(CONCAT('chatsys-migrations-', MD5(DATABASE())), ?)",
+        )
+        .bind(MIGRATION_LOCK_WAIT.as_secs())
+        .fetch_one(&mut lock)
+        .await
+        .map_err(from_sqlx)?;
+        if locked != Some(1) {
+            return Err(CoreError::unavailable(
+                crate::error::Backend::Database,
+                format!(
+                    "another process held the migration lock for over {} s",
+                    MIGRATION_LOCK_WAIT.as_secs()
+                ),
+            ));
+        }
+        let mut migrator = super::migrator(&[(
             1,
             "schema",
             include_str!("../../migrations/mysql/0001_schema.sql"),
-        )])
-        .run(&self.pool)
-        .await
-        .map_err(|e| CoreError::unavailable(crate::error::Backend::Database, e))
+        )]);
+        migrator.set_locking(false);
+        let migrated = migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| CoreError::unavailable(crate::error::Backend::Database, e));
+        let _ = lock.close().await;
+        migrated
     }
 
     async fn ping(&self) -> CoreResult<()> {

@@ -1,0 +1,118 @@
+//! The MySQL store's behaviour around its connection: migrations run by many processes at once, and
+//! how a database that refuses us is reported. MariaDB must be running: a missing one fails the test.
+
+use chatsys_core::CoreError;
+use chatsys_core::adapters::mysql::MySqlStore;
+use chatsys_core::ports::Store;
+use sqlx::Connection;
+
+fn server() -> String {
+    std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+async fn admin() -> sqlx::MySqlConnection {
+    let server = server();
+    sqlx::MySqlConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"))
+}
+
+/// An empty database named like the other suites' (`chatsys_t<seconds>_<random>`), so their sweep of
+/// databases over an hour old removes it if this test fails before dropping it.
+async fn empty_database() -> String {
+    let name = format!(
+        "chatsys_t{}_{:08x}",
+        chrono::Utc::now().timestamp(),
+        rand::random::<u32>()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&mut admin().await)
+        .await
+        .unwrap();
+    name
+}
+
+async fn drop_database(name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .execute(&mut admin().await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_migrating_one_empty_database_at_once_all_succeed() {
+    let name = empty_database().await;
+    let url = format!("{}/{name}", server());
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        let store = MySqlStore::connect(&url, 2).unwrap();
+        runs.push(tokio::spawn(async move { store.migrate().await }));
+    }
+    for run in runs {
+        run.await
+            .unwrap()
+            .expect("every concurrent migration succeeds");
+    }
+    let mut conn = admin().await;
+    let tables: Vec<(String,)> =
+        sqlx::query_as("SELECT table_name FROM information_schema.tables WHERE table_schema = ?")
+            .bind(&name)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut tables: Vec<String> = tables.into_iter().map(|(t,)| t).collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        ["_sqlx_migrations", "applications", "chats", "messages"]
+    );
+    let applied: Vec<(i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT version, success FROM `{name}`._sqlx_migrations"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(applied, [(1, true)], "the migration is applied once");
+    // A later start finds everything applied.
+    MySqlStore::connect(&url, 1)
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    drop_database(&name).await;
+}
+
+fn assert_unavailable(what: &str, result: Result<(), CoreError>) {
+    match result {
+        Err(e @ CoreError::Unavailable { .. }) => assert!(e.is_transient()),
+        other => panic!("{what}: expected the database to be unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refusing_the_credentials_is_unavailable() {
+    let server = server();
+    let (scheme, rest) = server.split_once("://").expect("a URL");
+    let (user_info, host) = rest.split_once('@').expect("a URL with a user");
+    let user = user_info.split(':').next().unwrap();
+    let wrong = format!("{scheme}://{user}:chatsys-wrong-password@{host}/mysql");
+    let store = MySqlStore::connect(&wrong, 1).unwrap();
+    assert_unavailable("ping", store.ping().await);
+    assert_unavailable("read", store.application(1).await.map(|_| ()));
+    assert_unavailable("migrate", store.migrate().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_exist_or_has_no_schema_is_unavailable() {
+    let missing = format!("chatsys_missing_{:08x}", rand::random::<u32>());
+    let store = MySqlStore::connect(&format!("{}/{missing}", server()), 1).unwrap();
+    assert_unavailable("ping", store.ping().await);
+
+    // Not migrated yet (an operator's migration job still running): the worker must retry, not
+    // dead-letter the commands.
+    let name = empty_database().await;
+    let store = MySqlStore::connect(&format!("{}/{name}", server()), 1).unwrap();
+    store.ping().await.unwrap();
+    assert_unavailable("read", store.application(1).await.map(|_| ()));
+    drop_database(&name).await;
+}
