@@ -152,6 +152,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             redis,
             keys,
             Duration::from_secs(args.backends.cache_ttl_secs),
+            args.backends.cache_max_page_bytes,
         )),
         search: open_search(
             args.backends.opensearch_url.as_deref(),
@@ -188,9 +189,11 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
     store.migrate().await.context("migrations failed")?;
     let queue = sqlite::SqliteQueue::new(pool);
-    let cache: Arc<dyn ports::Cache> = Arc::new(memory::MemoryCache::new(Duration::from_secs(
-        args.cache_ttl_secs,
-    )));
+    let cache: Arc<dyn ports::Cache> = Arc::new(memory::MemoryCache::new(
+        Duration::from_secs(args.cache_ttl_secs),
+        args.cache_max_bytes,
+        args.cache_max_page_bytes,
+    ));
     let search = open_search(None, &args.data_dir, true).await?;
     let ports = Ports {
         store: store.clone(),

@@ -68,6 +68,14 @@ pub struct Backends {
     /// Lifetime of cache entries and read-your-writes records.
     #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,
+    /// Largest rendered list page kept in the cache, in bytes; larger pages are read from the
+    /// database each time.
+    #[arg(
+        long,
+        env = "CHATSYS_CACHE_MAX_PAGE_BYTES",
+        default_value_t = 1_048_576
+    )]
+    pub cache_max_page_bytes: usize,
     /// json or text; the level comes from RUST_LOG.
     #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -143,6 +151,17 @@ pub struct StandaloneArgs {
     /// Lifetime of cache entries.
     #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,
+    /// Bytes of messages and list pages the in-process cache holds at most (half each).
+    #[arg(long, env = "CHATSYS_CACHE_MAX_BYTES", default_value_t = 67_108_864)]
+    pub cache_max_bytes: u64,
+    /// Largest rendered list page kept in the cache, in bytes; larger pages are read from the
+    /// database each time.
+    #[arg(
+        long,
+        env = "CHATSYS_CACHE_MAX_PAGE_BYTES",
+        default_value_t = 1_048_576
+    )]
+    pub cache_max_page_bytes: usize,
     /// Larger requests get 413.
     #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
     pub max_request_bytes: usize,

@@ -325,6 +325,12 @@ async fn numbers_start_at_1_and_never_repeat(numbers: Arc<dyn Numbers>) {
         numbers.next_version().await.unwrap(),
     );
     assert!(b > a && a > 0);
+    // An edit's `updated_at` is its version read as microseconds since the epoch.
+    let now = Utc::now().timestamp_micros() as u64;
+    assert!(
+        b.abs_diff(now) < 60_000_000,
+        "a version is a time in microseconds: {b} vs now {now}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +381,15 @@ async fn redis_cache() -> Arc<dyn Cache> {
         connection,
         redis::Keys::new(&format!("chatsys-test-{}", unique())),
         Duration::from_secs(60),
+        MAX_PAGE_BYTES,
     ))
+}
+
+/// The largest list page the caches under test keep.
+const MAX_PAGE_BYTES: usize = 64 * 1024;
+
+fn memory_cache(max_bytes: u64) -> memory::MemoryCache {
+    memory::MemoryCache::new(Duration::from_secs(60), max_bytes, MAX_PAGE_BYTES)
 }
 
 async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>) {
@@ -437,8 +451,80 @@ async fn cache_redis_keeps_the_newer_message_and_bumps_lists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_memory_keeps_the_newer_message_and_bumps_lists() {
-    the_cache_keeps_the_newer_message_and_bumps_lists(Arc::new(memory::MemoryCache::new(
-        Duration::from_secs(60),
-    )))
-    .await;
+    the_cache_keeps_the_newer_message_and_bumps_lists(Arc::new(memory_cache(64 << 20))).await;
+}
+
+async fn a_page_over_the_size_limit_is_not_cached(cache: Arc<dyn Cache>) {
+    let scope = ListScope::Messages(1, 2);
+    let generation = cache.list_generation(&scope).await.unwrap();
+    let largest = vec![b'x'; MAX_PAGE_BYTES];
+    cache
+        .put_list(&scope, generation, "0:10", &largest)
+        .await
+        .unwrap();
+    let too_large = vec![b'y'; MAX_PAGE_BYTES + 1];
+    cache
+        .put_list(&scope, generation, "0:1000", &too_large)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .list_page(&scope, generation, "0:10")
+            .await
+            .unwrap()
+            .map(|page| page.len()),
+        Some(MAX_PAGE_BYTES),
+        "a page at the limit is kept"
+    );
+    assert!(
+        cache
+            .list_page(&scope, generation, "0:1000")
+            .await
+            .unwrap()
+            .is_none(),
+        "a page over the limit is not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_does_not_keep_a_page_over_the_size_limit() {
+    a_page_over_the_size_limit_is_not_cached(redis_cache().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_does_not_keep_a_page_over_the_size_limit() {
+    a_page_over_the_size_limit_is_not_cached(Arc::new(memory_cache(64 << 20))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_stays_within_its_byte_bound() {
+    let max_bytes = 2 << 20;
+    let cache = memory_cache(max_bytes);
+    let page = vec![b'p'; MAX_PAGE_BYTES];
+    let body = "m".repeat(64 * 1024);
+    for n in 1..=200u64 {
+        let scope = ListScope::Messages(1, n);
+        cache.put_list(&scope, 0, "0:1000", &page).await.unwrap();
+        let message = Message {
+            application_id: 1,
+            chat_number: 1,
+            number: n,
+            body: body.clone(),
+            version: 0,
+            created_at: at(0),
+            updated_at: at(0),
+        };
+        cache.put_message(&message).await.unwrap();
+        assert!(
+            cache.message((1, 1, n)).await.unwrap().is_some(),
+            "a message just written reads back (read your own writes)"
+        );
+    }
+    // 200 pages and 200 messages of 64 KiB were offered: 25 MiB.
+    let held = cache.held_bytes().await;
+    assert!(
+        held <= max_bytes,
+        "the cache holds {held} bytes, over its bound of {max_bytes}"
+    );
+    assert!(held > 0, "the cache still keeps something");
 }

@@ -69,6 +69,7 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
         redis,
         redis::Keys::new(&args.backends.redis_prefix),
         Duration::from_secs(args.backends.cache_ttl_secs),
+        args.backends.cache_max_page_bytes,
     ));
     let search = chatsys_api::open_search(
         args.backends.opensearch_url.as_deref(),

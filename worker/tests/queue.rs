@@ -54,6 +54,7 @@ async fn setup() -> Setup {
             redis_prefix: run,
             migrate: true,
             cache_ttl_secs: 60,
+            cache_max_page_bytes: 1 << 20,
             log_format: "text".into(),
         },
         listen: "127.0.0.1:0".parse().unwrap(),

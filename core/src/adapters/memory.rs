@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moka::future::Cache as Moka;
+use moka::policy::EvictionPolicy;
 use tokio::sync::Mutex;
 
 use crate::domain::{AppId, Application, Chat, Message};
@@ -81,8 +82,37 @@ impl Numbers for LocalNumbers {
     }
 }
 
+/// What an entry costs beyond its body (keys, the other fields, moka's bookkeeping), counted so many
+/// small entries weigh something too.
+const ENTRY_OVERHEAD: usize = 256;
+
+fn message_weight(message: &Message) -> u32 {
+    weight(message.body.len())
+}
+
+fn page_weight(key: &(ListScope, u64, String), body: &Arc<Vec<u8>>) -> u32 {
+    weight(key.2.len() + body.len())
+}
+
+fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+/// Counts a rendered list page too large to cache (it is answered from the store every time).
+pub(crate) fn page_too_large(bytes: usize, max_page_bytes: usize) -> bool {
+    let too_large = bytes > max_page_bytes;
+    if too_large {
+        metrics::counter!("chatsys_cache_pages_too_large_total").increment(1);
+    }
+    too_large
+}
+
 /// The shared cache, in process. Same rules as the Redis one: messages keep the higher version, list
 /// pages live under a generation that a commit bumps.
+///
+/// Messages and list pages are bounded by bytes, half of `max_bytes` each, since one page of a thousand
+/// 64 KiB messages is 63 MB; the other entries are small and bounded by count. Messages are evicted
+/// least recently used first, so a write just made is always admitted (read your own writes).
 pub struct MemoryCache {
     ids: Moka<String, AppId>,
     applications: Moka<AppId, Application>,
@@ -92,10 +122,12 @@ pub struct MemoryCache {
     message_writes: Mutex<()>,
     generations: Mutex<HashMap<ListScope, u64>>,
     pages: Moka<(ListScope, u64, String), Arc<Vec<u8>>>,
+    max_page_bytes: usize,
 }
 
 impl MemoryCache {
-    pub fn new(ttl: Duration) -> Self {
+    /// `max_bytes` bounds the messages and list pages held; a page over `max_page_bytes` is not kept.
+    pub fn new(ttl: Duration, max_bytes: u64, max_page_bytes: usize) -> Self {
         fn build<K, V>(ttl: Duration, capacity: u64) -> Moka<K, V>
         where
             K: std::hash::Hash + Eq + Send + Sync + 'static,
@@ -106,16 +138,45 @@ impl MemoryCache {
                 .time_to_live(ttl)
                 .build()
         }
+        let half = max_bytes / 2;
         MemoryCache {
             ids: build(ttl, 100_000),
             applications: build(ttl, 100_000),
             chats: build(ttl, 100_000),
             pending_chats: build(ttl, 100_000),
-            messages: build(ttl, 200_000),
+            messages: Moka::builder()
+                .max_capacity(half)
+                .weigher(|_, message| message_weight(message))
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_live(ttl)
+                .build(),
             message_writes: Mutex::new(()),
             generations: Mutex::new(HashMap::new()),
-            pages: build(ttl, 10_000),
+            pages: Moka::builder()
+                .max_capacity(half)
+                .weigher(page_weight)
+                .time_to_live(ttl)
+                .build(),
+            max_page_bytes,
         }
+    }
+
+    /// The bytes the messages and list pages held now weigh (after pending evictions ran), counted
+    /// entry by entry.
+    pub async fn held_bytes(&self) -> u64 {
+        self.messages.run_pending_tasks().await;
+        self.pages.run_pending_tasks().await;
+        let messages: u64 = self
+            .messages
+            .iter()
+            .map(|(_, message)| u64::from(message_weight(&message)))
+            .sum();
+        let pages: u64 = self
+            .pages
+            .iter()
+            .map(|(key, body)| u64::from(page_weight(&key, &body)))
+            .sum();
+        messages + pages
     }
 }
 
@@ -225,6 +286,9 @@ impl Cache for MemoryCache {
         page: &str,
         body: &[u8],
     ) -> CoreResult<()> {
+        if page_too_large(body.len(), self.max_page_bytes) {
+            return Ok(());
+        }
         self.pages
             .insert(
                 (scope.clone(), generation, page.to_string()),

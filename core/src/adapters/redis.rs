@@ -241,6 +241,7 @@ pub struct RedisCache {
     redis: ConnectionManager,
     keys: Keys,
     ttl_secs: u64,
+    max_page_bytes: usize,
 }
 
 const PUT_MESSAGE: &str = r"
@@ -252,11 +253,14 @@ return 1
 ";
 
 impl RedisCache {
-    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration) -> Self {
+    /// A list page over `max_page_bytes` is not cached: one page of a thousand 64 KiB messages is
+    /// 63 MB, which Redis would hold (and send over the network on every hit) for the whole TTL.
+    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration, max_page_bytes: usize) -> Self {
         RedisCache {
             redis,
             keys,
             ttl_secs: ttl.as_secs().max(1),
+            max_page_bytes,
         }
     }
 
@@ -424,6 +428,9 @@ impl Cache for RedisCache {
         page: &str,
         body: &[u8],
     ) -> CoreResult<()> {
+        if super::memory::page_too_large(body.len(), self.max_page_bytes) {
+            return Ok(());
+        }
         let mut redis = self.redis.clone();
         redis
             .set_ex::<_, _, ()>(

@@ -56,6 +56,8 @@ pub async fn standalone() -> Served {
         data_dir: data.path().to_path_buf(),
         admin_key: Some(ADMIN_KEY.into()),
         cache_ttl_secs: 300,
+        cache_max_bytes: 64 << 20,
+        cache_max_page_bytes: 1 << 20,
         max_request_bytes: 1_048_576,
         log_format: "text".into(),
     };
@@ -85,6 +87,7 @@ pub async fn full_stack() -> Served {
         redis_prefix: run,
         migrate: true,
         cache_ttl_secs: 300,
+        cache_max_page_bytes: 1 << 20,
         log_format: "text".into(),
     };
     let worker_args = WorkerArgs {
