@@ -245,7 +245,12 @@ impl ChatService {
         let chat_created_at = self.chat_birth(app, chat).await?;
         let current = self.load_message(app, chat, number).await?;
         let version = self.ports.numbers.next_version().await?;
-        let at = domain::now();
+        // The version is a strictly increasing time in microseconds, taken in the atomic step that
+        // orders the edits, so the edit's time comes from it: of simultaneous edits, the one that wins
+        // (the highest version) is the one whose answer shows the latest `updated_at`.
+        let at = DateTime::from_timestamp_micros(version as i64)
+            .unwrap_or_else(domain::now)
+            .max(current.created_at);
         let command = Command::EditMessage {
             application_id: app,
             chat_number: chat,

@@ -1,0 +1,119 @@
+//! Simultaneous edits of one message: the edit that wins (the highest version, which every store and
+//! cache keeps) must be the one whose answer carried the latest `updated_at`, whatever order the
+//! requests finish in. Runs over the embedded adapters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatsys_core::CoreResult;
+use chatsys_core::adapters::{embedded_search::EmbeddedSearch, memory, sqlite};
+use chatsys_core::domain::AppId;
+use chatsys_core::ports::{Numbers, Store};
+use chatsys_core::service::{ChatService, Ports};
+
+/// In-process numbers whose first version reaches its caller late, as an answer from Redis can when
+/// the request's task is descheduled or the network is slow.
+struct FirstVersionLate {
+    inner: memory::LocalNumbers,
+    versions: AtomicUsize,
+}
+
+#[async_trait]
+impl Numbers for FirstVersionLate {
+    async fn ping(&self) -> CoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn init_application(&self, app: AppId) -> CoreResult<()> {
+        self.inner.init_application(app).await
+    }
+    async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
+        self.inner.next_chat(app).await
+    }
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+        self.inner.next_message(app, chat).await
+    }
+    async fn next_version(&self) -> CoreResult<u64> {
+        let version = self.inner.next_version().await?;
+        if self.versions.fetch_add(1, Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(version)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
+    let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
+    store.migrate().await.unwrap();
+    let queue = sqlite::SqliteQueue::new(pool);
+    let cache = Arc::new(memory::MemoryCache::new(
+        Duration::from_secs(60),
+        64 << 20,
+        1 << 20,
+    ));
+    let service = Arc::new(ChatService::new(Ports {
+        store: store.clone(),
+        numbers: Arc::new(FirstVersionLate {
+            inner: memory::LocalNumbers::new(Arc::new(queue.clone())),
+            versions: AtomicUsize::new(0),
+        }),
+        queue: Arc::new(queue),
+        cache: cache.clone(),
+        search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+    }));
+
+    let application = service.create_application("edits").await.unwrap();
+    let token = application.token.clone();
+    let chat = service.create_chat(&token).await.unwrap().number;
+    let number = service
+        .create_message(&token, chat, "original")
+        .await
+        .unwrap()
+        .number;
+
+    let edit = |body: &'static str| {
+        let (service, token) = (service.clone(), token.clone());
+        tokio::spawn(async move { service.edit_message(&token, chat, number, body).await })
+    };
+    // The first PUT takes the lower version, then waits; the second takes a higher one and answers
+    // first.
+    let first = edit("first");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = edit("second");
+    let answers = [
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    ];
+
+    let app = store
+        .application_by_token(&token)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    use chatsys_core::ports::Cache;
+    let winner = Cache::message(cache.as_ref(), (app, chat, number))
+        .await
+        .unwrap()
+        .expect("the edits are cached");
+    assert_eq!(winner.body, "second", "the higher version wins");
+    let latest = answers.iter().max_by_key(|a| a.updated_at).unwrap();
+    assert_eq!(
+        latest.body,
+        winner.body,
+        "the winner is the edit whose 200 showed the latest updated_at: {:?}",
+        answers
+            .iter()
+            .map(|a| (&a.body, a.updated_at))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        answers.iter().all(|a| a.updated_at >= a.created_at),
+        "an edit is never dated before the message's creation"
+    );
+    assert_eq!(winner.updated_at, latest.updated_at);
+}
