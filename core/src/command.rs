@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{self, AppId};
+use crate::domain::{self, AppId, Message};
 use crate::error::{CoreError, CoreResult};
+use crate::plan::MessageKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -38,6 +39,52 @@ pub enum Command {
 }
 
 impl Command {
+    /// A command whose application restores this stored state of a message (and changes nothing when
+    /// that state is stored already).
+    pub fn restoring(message: &Message) -> Command {
+        let m = message;
+        if m.version == 0 {
+            Command::CreateMessage {
+                application_id: m.application_id,
+                chat_number: m.chat_number,
+                chat_created_at: m.created_at,
+                number: m.number,
+                body: m.body.clone(),
+                at: m.created_at,
+            }
+        } else {
+            Command::EditMessage {
+                application_id: m.application_id,
+                chat_number: m.chat_number,
+                chat_created_at: m.created_at,
+                number: m.number,
+                body: m.body.clone(),
+                version: m.version,
+                created_at: m.created_at,
+                at: m.updated_at,
+            }
+        }
+    }
+
+    /// The message this command writes, if it writes one.
+    pub fn message_key(&self) -> Option<MessageKey> {
+        match self {
+            Command::CreateChat { .. } => None,
+            Command::CreateMessage {
+                application_id,
+                chat_number,
+                number,
+                ..
+            }
+            | Command::EditMessage {
+                application_id,
+                chat_number,
+                number,
+                ..
+            } => Some((*application_id, *chat_number, *number)),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("commands always serialise")
     }

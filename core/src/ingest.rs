@@ -8,8 +8,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
+use crate::domain::Message;
 use crate::error::{CoreError, CoreResult};
-use crate::ports::{Applied, Cache, CommandSource, Delivery, ListScope, Search, Store};
+use crate::index_queue::IndexQueue;
+use crate::plan::MessageKey;
+use crate::ports::{
+    Applied, Cache, CommandSource, Delivery, IndexRefusal, ListScope, Search, Store,
+};
 
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
@@ -26,10 +31,13 @@ pub struct IngestPorts {
     pub cache: Arc<dyn Cache>,
 }
 
-/// Whether the loop is keeping up; the worker's `/readyz` reports it.
+/// Whether the loop is keeping up; `/readyz` reports it (the details go to the logs).
 #[derive(Debug, Clone, Default)]
 pub struct IngestHealth {
+    /// Why the last batch could not be stored, until one is.
     pub last_error: Option<String>,
+    /// Why stored messages could not be indexed, until they are: search is behind the store.
+    pub search_error: Option<String>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -37,11 +45,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs until `shutdown` turns true, then finishes what is in flight and acknowledges it.
 ///
 /// Two stages run side by side: this loop takes a batch and applies it in one transaction, then hands it
-/// to the publish stage; the publish stage takes everything handed to it since it last ran, refreshes the
-/// cache and indexes it (one index commit) at the same time, and hands the deliveries back to be
-/// acknowledged. So the next transaction runs while the previous batches are cached and indexed, one
-/// index commit covers as many batches as arrived meanwhile, and nothing is acknowledged before it is
-/// stored, cached and indexed.
+/// to the index-and-cache stage; that stage takes everything handed to it since it last ran, refreshes
+/// the cache and indexes it in slices of bounded size shared fairly among applications (one index
+/// commit each), and hands each batch's deliveries back, in order, once all its messages are indexed.
+/// So the next transaction runs while the previous batches are cached and indexed, and nothing is
+/// acknowledged before it is stored, cached and indexed: a batch the index has not taken holds back
+/// every later acknowledgement too, since an acknowledgement covers all earlier deliveries.
 pub async fn run(
     source: &mut dyn CommandSource,
     ports: &IngestPorts,
@@ -50,24 +59,22 @@ pub async fn run(
     health: watch::Sender<IngestHealth>,
 ) {
     let (to_publish, publish_queue) = mpsc::channel::<Stored>(PUBLISH_QUEUE);
-    let (published_tx, mut published) = mpsc::unbounded_channel::<Vec<Delivery>>();
-    let publisher = tokio::spawn(publish_stage(
+    let (indexed_tx, mut indexed) = mpsc::unbounded_channel::<Indexed>();
+    let health = std::sync::Arc::new(health);
+    let publisher = tokio::spawn(index_and_cache_stage(
         ports.clone(),
         publish_queue,
-        published_tx,
+        indexed_tx,
         shutdown.clone(),
+        health.clone(),
     ));
     let mut to_publish = Some(to_publish);
     let mut backoff = Duration::from_millis(100);
     loop {
         tokio::select! {
             biased;
-            done = published.recv() => match done {
-                Some(deliveries) => {
-                    if let Err(e) = source.ack(&deliveries).await {
-                        tracing::warn!(error = %e, "acknowledgement failed; those commands will be redelivered");
-                    }
-                }
+            done = indexed.recv() => match done {
+                Some(done) => settle(source, done).await,
                 None => break,
             },
             _ = shutdown.changed(), if to_publish.is_some() => {
@@ -89,7 +96,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
-                        health.send_replace(IngestHealth { last_error: Some(e.to_string()) });
+                        health.send_modify(|h| h.last_error = Some(e.to_string()));
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {},
                             _ = shutdown.changed() => to_publish = None,
@@ -104,50 +111,185 @@ pub async fn run(
     tracing::info!("ingest stopped");
 }
 
-/// Batches applied but not yet published, at most; beyond that the loop waits for the publish stage.
+/// Batches applied but not yet indexed, at most; beyond that the loop waits for the index stage.
 const PUBLISH_QUEUE: usize = 8;
 
 /// A batch stored in the database, waiting to be cached and indexed, then acknowledged.
 struct Stored {
     applied: Applied,
     deliveries: Vec<Delivery>,
+    /// The message each delivery's command wrote, in the same order (none for a chat's creation).
+    keys: Vec<Option<MessageKey>>,
 }
 
-async fn publish_stage(
+/// Deliveries whose messages are indexed, and those whose messages the search engine refused for good.
+struct Indexed {
+    deliveries: Vec<Delivery>,
+    refused: Vec<(Delivery, String)>,
+}
+
+/// Dead-letters what the index refused (each acknowledged on its own), then acknowledges the rest.
+async fn settle(source: &mut dyn CommandSource, done: Indexed) {
+    for (delivery, reason) in &done.refused {
+        if let Err(e) = dead_letter(source, delivery, reason).await {
+            tracing::warn!(error = %e, "dead-lettering failed; those commands will be redelivered");
+            return;
+        }
+    }
+    if let Err(e) = source.ack(&done.deliveries).await {
+        tracing::warn!(error = %e, "acknowledgement failed; those commands will be redelivered");
+    }
+}
+
+/// Index commits take at most this much text (bodies and a per-message allowance), shared in turn
+/// among the applications with messages waiting: a commit's time is bounded, and a small message of one
+/// application waits for at most one slice of another's large ones.
+const INDEX_SLICE_BYTES: usize = 4 << 20;
+
+async fn index_and_cache_stage(
     ports: IngestPorts,
     mut queue: mpsc::Receiver<Stored>,
-    published: mpsc::UnboundedSender<Vec<Delivery>>,
+    indexed: mpsc::UnboundedSender<Indexed>,
     mut shutdown: watch::Receiver<bool>,
+    health: std::sync::Arc<watch::Sender<IngestHealth>>,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut applied = first.applied;
-        let mut deliveries = first.deliveries;
-        while let Ok(next) = queue.try_recv() {
-            applied.absorb(next.applied);
-            deliveries.extend(next.deliveries);
+    let mut waiting: IndexQueue<(Vec<Delivery>, Vec<Option<MessageKey>>)> = IndexQueue::default();
+    loop {
+        // Take every batch stored meanwhile; wait for one only when there is nothing to index.
+        let mut changed = Applied::default();
+        if !waiting.has_work() {
+            match queue.recv().await {
+                Some(stored) => take(&mut waiting, &mut changed, stored),
+                None => return,
+            }
         }
+        while let Ok(stored) = queue.try_recv() {
+            take(&mut waiting, &mut changed, stored);
+        }
+        let slice = waiting.next_slice(INDEX_SLICE_BYTES);
         let cached = async {
             let started = Instant::now();
-            refresh_cache(ports.cache.as_ref(), &applied).await;
+            refresh_cache(ports.cache.as_ref(), &changed, &slice.messages).await;
             metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "cache")
                 .record(started.elapsed().as_secs_f64());
         };
-        let indexed = async {
+        let index = async {
             let started = Instant::now();
-            let result =
-                retry_transient(&mut shutdown, || ports.search.index(&applied.messages)).await;
+            let result = index_until_done(
+                ports.search.as_ref(),
+                &slice.messages,
+                &mut shutdown,
+                &health,
+            )
+            .await;
             metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "index")
                 .record(started.elapsed().as_secs_f64());
             result
         };
-        let ((), indexed) = tokio::join!(cached, indexed);
-        if let Err(e) = indexed {
-            tracing::warn!(error = %e, "indexing stopped at shutdown; those commands will be redelivered");
-            continue;
-        }
-        if published.send(deliveries).is_err() {
+        let ((), refusals) = tokio::join!(cached, index);
+        let Some(refusals) = refusals else {
+            // Stopping before the index took the slice: neither its batches nor any after them are
+            // acknowledged, so the broker redelivers them all.
+            tracing::info!("indexing stopped at shutdown; unindexed commands will be redelivered");
             return;
+        };
+        waiting.indexed(slice, &refusals);
+        while let Some(done) = waiting.pop_done() {
+            let (deliveries, keys) = done.batch;
+            if indexed
+                .send(set_aside_refused(deliveries, &keys, &done.refused))
+                .is_err()
+            {
+                return;
+            }
         }
+    }
+}
+
+/// Queues a stored batch's messages for indexing, and adds what it changed to what the cache forgets.
+fn take(
+    waiting: &mut IndexQueue<(Vec<Delivery>, Vec<Option<MessageKey>>)>,
+    changed: &mut Applied,
+    stored: Stored,
+) {
+    let Applied {
+        chats,
+        applications,
+        messages,
+    } = stored.applied;
+    changed.chats.extend(chats);
+    changed.applications.extend(applications);
+    waiting.push((stored.deliveries, stored.keys), messages);
+}
+
+/// Indexes the messages, retrying every failure until the index takes them or the worker stops (`None`).
+/// A failure of the whole call is never one document's fault (the search port returns those as
+/// refusals), so it is retried whatever its kind, and `/readyz` says search is behind meanwhile.
+async fn index_until_done(
+    search: &dyn Search,
+    messages: &[Message],
+    shutdown: &mut watch::Receiver<bool>,
+    health: &watch::Sender<IngestHealth>,
+) -> Option<Vec<IndexRefusal>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match search.index(messages).await {
+            Ok(refused) => {
+                health.send_if_modified(|h| h.search_error.take().is_some());
+                return Some(refused);
+            }
+            Err(_) if *shutdown.borrow() => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "indexing failed; retrying");
+                metrics::counter!("chatsys_worker_index_failures_total").increment(1);
+                health.send_modify(|h| h.search_error = Some(e.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => return None,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Splits off the deliveries whose messages the index refused, each with a command that restores the
+/// message's stored state (their own payloads were dropped once applied): replaying it from the
+/// dead-letter queue stores nothing new and indexes the message again.
+fn set_aside_refused(
+    deliveries: Vec<Delivery>,
+    keys: &[Option<MessageKey>],
+    refused: &[(IndexRefusal, Message)],
+) -> Indexed {
+    if refused.is_empty() {
+        return Indexed {
+            deliveries,
+            refused: Vec::new(),
+        };
+    }
+    let mut kept = Vec::with_capacity(deliveries.len());
+    let mut set_aside = Vec::new();
+    for (delivery, key) in deliveries.into_iter().zip(keys) {
+        // The latest stored state of the message, when several of its states were refused.
+        let refusal = key.and_then(|key| refused.iter().rev().find(|(r, _)| r.key == key));
+        match refusal {
+            Some((refusal, message)) => {
+                let payload = Command::restoring(message).encode();
+                let reason = format!("stored but not searchable: {}", refusal.reason);
+                set_aside.push((
+                    Delivery {
+                        payload,
+                        ..delivery
+                    },
+                    reason,
+                ));
+            }
+            None => kept.push(delivery),
+        }
+    }
+    Indexed {
+        deliveries: kept,
+        refused: set_aside,
     }
 }
 
@@ -190,15 +332,19 @@ async fn store_batch(
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
     // Only the tags are needed from here on: dropping the payloads keeps a worker holding `prefetch`
     // deliveries at one copy of each body, whether it waits to be applied or to be acknowledged.
-    let deliveries: Vec<Delivery> = accepted
+    let (deliveries, keys): (Vec<Delivery>, Vec<Option<MessageKey>>) = accepted
         .into_iter()
+        .zip(&commands)
         .enumerate()
         .filter(|(i, _)| !refused.contains(i))
-        .map(|(_, delivery)| Delivery {
-            payload: Vec::new(),
-            ..delivery
+        .map(|(_, (delivery, command))| {
+            let delivery = Delivery {
+                payload: Vec::new(),
+                ..delivery
+            };
+            (delivery, command.message_key())
         })
-        .collect();
+        .unzip();
     metrics::counter!("chatsys_worker_commands_total", "result" => "applied")
         .increment(deliveries.len() as u64);
     metrics::histogram!("chatsys_worker_batch_seconds").record(seconds);
@@ -206,6 +352,7 @@ async fn store_batch(
     Ok(Some(Stored {
         applied,
         deliveries,
+        keys,
     }))
 }
 
@@ -286,27 +433,28 @@ where
     }
 }
 
-/// Write-through of the stored messages, and invalidation of everything whose counts or lists changed.
-/// A cache failure only costs freshness until the entries expire, so it is logged, not retried.
-async fn refresh_cache(cache: &dyn Cache, applied: &Applied) {
-    let mut scopes: Vec<ListScope> = applied
+/// Invalidation of everything whose counts or lists changed, and write-through of the messages about to
+/// be indexed. A cache failure only costs freshness until the entries expire, so it is logged, not
+/// retried.
+async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message]) {
+    let mut scopes: Vec<ListScope> = changed
         .chats
         .iter()
         .map(|(app, chat)| ListScope::Messages(*app, *chat))
         .collect();
     // Every chat the batch touched changes its application's chat list (a new chat, or its counts).
-    scopes.extend(applied.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
+    scopes.extend(changed.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
     scopes.sort();
     scopes.dedup();
-    let mut result = cache.forget_chats(&applied.chats).await;
+    let mut result = cache.forget_chats(&changed.chats).await;
     if result.is_ok() {
-        result = cache.forget_applications(&applied.applications).await;
+        result = cache.forget_applications(&changed.applications).await;
     }
     if result.is_ok() {
         result = cache.bump_lists(&scopes).await;
     }
     if result.is_ok() {
-        result = cache.put_messages(&applied.messages).await;
+        result = cache.put_messages(messages).await;
     }
     if let Err(e) = result {
         tracing::warn!(error = %e, "cache refresh failed; entries stay stale until they expire");

@@ -6,6 +6,8 @@ pub mod adapters;
 pub mod command;
 pub mod domain;
 pub mod error;
+pub mod health;
+pub mod index_queue;
 pub mod ingest;
 pub mod plan;
 pub mod ports;

@@ -73,7 +73,8 @@ pub trait Numbers: Send + Sync {
     async fn init_application(&self, app: AppId) -> CoreResult<()>;
     async fn next_chat(&self, app: AppId) -> CoreResult<u64>;
     async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64>;
-    /// Strictly increasing over the whole system, so the last edit accepted is the one that wins.
+    /// Strictly increasing over the whole system, so the last edit accepted is the one that wins; a
+    /// version is a time in microseconds since the epoch (an edit's `updated_at` is read from it).
     async fn next_version(&self) -> CoreResult<u64>;
 }
 
@@ -167,23 +168,36 @@ pub enum ListScope {
     Messages(AppId, u64),
 }
 
+/// One page of a chat's search results, in message number order (as lists are).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SearchPage {
+    pub messages: Vec<Message>,
+    /// The number the next page starts after: set when more matches may follow, either because the page
+    /// is full or because the scan reached its budget first (a page may then be short, even empty).
+    pub next_after: Option<u64>,
+}
+
+/// A message the search engine refused for a reason retrying cannot change (the rest were indexed).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SearchHit {
-    pub message: Message,
-    pub score: f32,
+pub struct IndexRefusal {
+    pub key: MessageKey,
+    pub reason: String,
 }
 
 #[async_trait]
 pub trait Search: Send + Sync {
     async fn ping(&self) -> CoreResult<()>;
     /// Indexes the stored state of these messages, replacing older versions; re-indexing is harmless.
-    async fn index(&self, messages: &[Message]) -> CoreResult<()>;
-    /// Case-insensitive substring matches in one chat, best first, then by number.
+    /// A transient failure is an error (nothing is known to be indexed); refusals come back one by one.
+    async fn index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>>;
+    /// Case-insensitive substring matches in one chat numbered above `after`, in number order, at most
+    /// `limit` of them.
     async fn search(
         &self,
         app: AppId,
         chat: u64,
         query: &str,
-        window: usize,
-    ) -> CoreResult<Vec<SearchHit>>;
+        after: u64,
+        limit: usize,
+    ) -> CoreResult<SearchPage>;
 }

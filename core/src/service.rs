@@ -9,16 +9,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use moka::future::Cache as LocalCache;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::command::Command;
 use crate::domain::{self, AppId, Chat, Message, Page};
 use crate::error::{CoreError, CoreResult};
+use crate::health::Check;
+use crate::ingest::IngestHealth;
 use crate::plan::ChatKey;
 use crate::ports::{self, ListScope, NumberFloor};
 use crate::view::{ApplicationView, ChatView, MessageView};
-
-/// Search pages through at most this many best hits.
-pub const SEARCH_WINDOW: usize = 10_000;
 
 #[derive(Clone)]
 pub struct Ports {
@@ -43,6 +43,8 @@ pub struct ChatService {
     app_ids: LocalCache<String, AppId>,
     chat_births: LocalCache<ChatKey, DateTime<Utc>>,
     list_generations: LocalCache<ListScope, u64>,
+    /// The ingest loop of this process, when it runs one (standalone mode).
+    ingest: Option<watch::Receiver<IngestHealth>>,
 }
 
 /// How long a list's generation is trusted in process before Redis is asked again.
@@ -65,6 +67,7 @@ impl ChatService {
                 .max_capacity(100_000)
                 .time_to_live(LIST_GENERATION_TTL)
                 .build(),
+            ingest: None,
         }
     }
 
@@ -72,8 +75,8 @@ impl ChatService {
         &self.ports
     }
 
-    /// Each backing service and whether it answers.
-    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+    /// Each backing service and whether it answers; in standalone mode also the ingest loop's health.
+    pub async fn readiness(&self) -> Vec<Check> {
         let p = &self.ports;
         let (store, numbers, queue, search) = tokio::join!(
             p.store.ping(),
@@ -81,13 +84,22 @@ impl ChatService {
             p.queue.ping(),
             p.search.ping()
         );
-        let show = |r: CoreResult<()>| r.map_err(|e| e.to_string());
-        vec![
-            ("database", show(store)),
-            ("redis", show(numbers)),
-            ("queue", show(queue)),
-            ("search", show(search)),
-        ]
+        let mut checks = vec![
+            Check::ping("database", store),
+            Check::ping("redis", numbers),
+            Check::ping("queue", queue),
+            Check::ping("search", search),
+        ];
+        if let Some(ingest) = &self.ingest {
+            checks.extend(Check::ingest(&ingest.borrow()));
+        }
+        checks
+    }
+
+    /// Lets `/readyz` report the ingest loop running in this process (standalone mode).
+    pub fn with_ingest_health(mut self, ingest: watch::Receiver<IngestHealth>) -> Self {
+        self.ingest = Some(ingest);
+        self
     }
 
     // Applications are rare and small: written straight to the store.
@@ -302,7 +314,8 @@ impl ChatService {
         .await
     }
 
-    /// Best matches first; `after` is the number of the last message of the previous page.
+    /// Matches in number order, paginated like lists: `after` is the number of the last message of the
+    /// previous page (0 or absent: from the start). Every match is reachable by following the pages.
     pub async fn search(
         &self,
         token: &str,
@@ -315,30 +328,22 @@ impl ChatService {
         }
         let app = self.resolve(token).await?;
         self.chat_birth(app, chat).await?;
-        let hits = self
+        let found = self
             .ports
             .search
-            .search(app, chat, query, SEARCH_WINDOW)
+            .search(
+                app,
+                chat,
+                query,
+                page.after.unwrap_or(0),
+                page.limit as usize,
+            )
             .await?;
-        let start = match page.after {
-            None => 0,
-            Some(after) => hits
-                .iter()
-                .position(|h| h.message.number == after)
-                .map_or(hits.len(), |i| i + 1),
-        };
-        let rows: Vec<Message> = hits
-            .into_iter()
-            .skip(start)
-            .take(page.limit as usize + 1)
-            .map(|h| h.message)
-            .collect();
-        Ok(render_page(
-            rows,
-            page.limit,
-            |m| m.number.to_string(),
-            |m| MessageView::from(m),
-        ))
+        let views: Vec<MessageView> = found.messages.iter().map(MessageView::from).collect();
+        Ok(ListPage {
+            json: serde_json::to_vec(&views).expect("views serialise"),
+            next_after: found.next_after.map(|n| n.to_string()),
+        })
     }
 
     // Lookups.

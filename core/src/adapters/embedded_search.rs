@@ -2,25 +2,29 @@
 //! indexed as lowercase character trigrams (with their frequencies, for ranking, but no positions, which
 //! would double the indexing work): a body holding every trigram of a query of three characters or more
 //! is a candidate. Shorter queries scan the chat's documents. Every candidate is checked against the body
-//! before it is returned, so only real substring matches come back.
+//! before it is returned, so only real substring matches come back. Candidates are read in number order
+//! from just after the page's cursor, and one request reads at most a fixed budget of body text: a page
+//! that reaches it ends early with a cursor, so every match stays reachable and no query's cost grows
+//! with the chat.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::DateTime;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions, Value,
 };
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
 
 use crate::domain::{AppId, Message};
 use crate::error::{Backend, CoreError, CoreResult};
-use crate::ports::{Search, SearchHit};
+use crate::ports::{IndexRefusal, Search, SearchPage};
 
 fn unavailable(e: impl std::fmt::Display) -> CoreError {
     CoreError::unavailable(Backend::Search, e)
@@ -46,6 +50,14 @@ const WRITER_MEMORY_BYTES: usize = 15_000_000;
 
 /// The name the trigram tokenizer is registered under, in every process that opens the index.
 const TRIGRAMS: &str = "chatsys_trigrams";
+
+/// The most body text one search request reads to check its candidates. A page that reaches it ends
+/// early with a cursor (the client follows `Link` as usual), so one query costs at most this much
+/// reading, whatever the chat holds.
+const SCAN_BUDGET_BYTES: usize = 4 << 20;
+/// Candidates taken from the index at a time, at first; each further round takes twice as many.
+const FIRST_CHUNK: usize = 64;
+const MAX_CHUNK: usize = 4096;
 
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
@@ -135,8 +147,11 @@ fn chat_key(app: AppId, chat: u64) -> String {
 }
 
 pub struct EmbeddedSearch {
+    index: Index,
     reader: IndexReader,
-    writer: Option<Mutex<IndexWriter>>,
+    /// `None` in a read-only process, and after a failure until the next write opens a new writer: an
+    /// I/O error (too many open files, a full disk) kills tantivy's writer for good.
+    writer: Option<Mutex<Option<IndexWriter>>>,
     fields: Fields,
 }
 
@@ -157,28 +172,49 @@ impl EmbeddedSearch {
             .try_into()
             .map_err(unavailable)?;
         let writer = if writable {
-            Some(Mutex::new(
-                index
-                    .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
-                    .map_err(unavailable)?,
-            ))
+            Some(Mutex::new(Some(open_writer(&index)?)))
         } else {
             None
         };
         Ok(Arc::new(EmbeddedSearch {
+            index,
             reader,
             writer,
             fields,
         }))
     }
 
+    /// Adds the messages in one commit, with a new writer when the last one failed. On any failure the
+    /// writer is dropped (rolling back what it had not committed), so the retry starts clean.
+    fn index_blocking(&self, messages: &[Message]) -> CoreResult<()> {
+        let slot = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| unavailable("this process opened the index read-only"))?;
+        let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let writer = match slot.as_mut() {
+            Some(writer) => writer,
+            None => slot.insert(open_writer(&self.index)?),
+        };
+        let written = (|| {
+            for m in messages {
+                writer.delete_term(Term::from_field_text(self.fields.id, &document_id(m)));
+                writer.add_document(self.document(m))?;
+            }
+            writer.commit()
+        })();
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "embedded index write failed; a new writer will retry it");
+            *slot = None;
+            return Err(unavailable(e));
+        }
+        self.reader.reload().map_err(unavailable)
+    }
+
     fn document(&self, m: &Message) -> TantivyDocument {
         let f = self.fields;
         let mut doc = TantivyDocument::default();
-        doc.add_text(
-            f.id,
-            format!("{}:{}:{}", m.application_id, m.chat_number, m.number),
-        );
+        doc.add_text(f.id, document_id(m));
         doc.add_text(f.chat, chat_key(m.application_id, m.chat_number));
         doc.add_u64(f.app, m.application_id);
         doc.add_u64(f.chat_number, m.chat_number);
@@ -209,81 +245,107 @@ impl EmbeddedSearch {
         })
     }
 
+    /// Documents of one chat numbered above `after` that hold every trigram of the query.
+    fn candidates(&self, app: AppId, chat: u64, grams: &[String], after: u64) -> BooleanQuery {
+        let f = self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(f.chat, &chat_key(app, chat)),
+                    IndexRecordOption::Basic,
+                )),
+            ),
+            (
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    Bound::Excluded(Term::from_field_u64(f.number, after)),
+                    Bound::Unbounded,
+                )),
+            ),
+        ];
+        clauses.extend(grams.iter().map(|g| {
+            let term = TermQuery::new(Term::from_field_text(f.body, g), IndexRecordOption::Basic);
+            (Occur::Must, Box::new(term) as Box<dyn Query>)
+        }));
+        BooleanQuery::new(clauses)
+    }
+
     fn search_blocking(
         &self,
         app: AppId,
         chat: u64,
         query: &str,
-        window: usize,
-    ) -> CoreResult<Vec<SearchHit>> {
-        let f = self.fields;
-        let needle: String = query.chars().flat_map(char::to_lowercase).collect();
-        let in_chat: Box<dyn Query> = Box::new(TermQuery::new(
-            Term::from_field_text(f.chat, &chat_key(app, chat)),
-            IndexRecordOption::Basic,
-        ));
+        after: u64,
+        limit: usize,
+    ) -> CoreResult<SearchPage> {
+        let needle = lowercase(query);
         let mut grams = trigrams(query);
-        let (query, limit): (Box<dyn Query>, usize) = if grams.is_empty() {
-            (in_chat, usize::MAX)
-        } else {
-            // Every trigram of the query must be in the body; the substring check below does the rest.
-            grams.sort_unstable();
-            grams.dedup();
-            let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, in_chat)];
-            clauses.extend(grams.iter().map(|g| {
-                let term = TermQuery::new(
-                    Term::from_field_text(f.body, g),
-                    IndexRecordOption::WithFreqs,
-                );
-                (Occur::Must, Box::new(term) as Box<dyn Query>)
-            }));
-            (Box::new(BooleanQuery::new(clauses)), window)
-        };
+        grams.sort_unstable();
+        grams.dedup();
         let searcher = self.reader.searcher();
-        let top = if limit == usize::MAX {
-            // Short queries: the chat's documents in number order, filtered below.
-            let count = searcher
-                .search(&query, &tantivy::collector::Count)
-                .map_err(unavailable)?;
-            searcher
+        let mut found: Vec<Message> = Vec::new();
+        let mut scanned_to = after;
+        let mut read = 0usize;
+        let mut chunk = FIRST_CHUNK;
+        loop {
+            let candidates = searcher
                 .search(
-                    &query,
-                    &TopDocs::with_limit(count.max(1))
-                        .order_by_fast_field::<u64>("number", tantivy::Order::Asc),
+                    &self.candidates(app, chat, &grams, scanned_to),
+                    &TopDocs::with_limit(chunk).order_by_fast_field::<u64>("number", Order::Asc),
                 )
-                .map_err(unavailable)?
-                .into_iter()
-                .map(|(_, address)| (0.0f32, address))
-                .collect::<Vec<_>>()
-        } else {
-            searcher
-                .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
-                .map_err(unavailable)?
-        };
-        let mut hits = Vec::new();
-        for (score, address) in top {
-            let doc: TantivyDocument = searcher.doc(address).map_err(unavailable)?;
-            if let Some(message) = self.message(&doc)
-                && message
-                    .body
-                    .chars()
-                    .flat_map(char::to_lowercase)
-                    .collect::<String>()
-                    .contains(&needle)
-            {
-                hits.push(SearchHit { message, score });
+                .map_err(unavailable)?;
+            let exhausted = candidates.len() < chunk;
+            for (number, address) in candidates {
+                let number = number.unwrap_or(scanned_to);
+                let doc: TantivyDocument = searcher.doc(address).map_err(unavailable)?;
+                scanned_to = number;
+                let Some(message) = self.message(&doc) else {
+                    continue;
+                };
+                read += message.body.len();
+                if lowercase(&message.body).contains(&needle) {
+                    if let Some(last) = found.last().filter(|_| found.len() == limit) {
+                        // One match past the page: there is a next page, from the page's last match.
+                        let next_after = Some(last.number);
+                        return Ok(SearchPage {
+                            messages: found,
+                            next_after,
+                        });
+                    }
+                    found.push(message);
+                }
+                if read >= SCAN_BUDGET_BYTES {
+                    // Everything up to here is read: the next page goes on from it.
+                    return Ok(SearchPage {
+                        messages: found,
+                        next_after: Some(scanned_to),
+                    });
+                }
             }
-            if hits.len() >= window {
-                break;
+            if exhausted {
+                return Ok(SearchPage {
+                    messages: found,
+                    next_after: None,
+                });
             }
+            chunk = (chunk * 2).min(MAX_CHUNK);
         }
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.message.number.cmp(&b.message.number))
-        });
-        Ok(hits)
     }
+}
+
+fn lowercase(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
+}
+
+fn document_id(m: &Message) -> String {
+    format!("{}:{}:{}", m.application_id, m.chat_number, m.number)
+}
+
+fn open_writer(index: &Index) -> CoreResult<IndexWriter> {
+    index
+        .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+        .map_err(unavailable)
 }
 
 #[async_trait]
@@ -292,30 +354,16 @@ impl Search for Arc<EmbeddedSearch> {
         Ok(())
     }
 
-    async fn index(&self, messages: &[Message]) -> CoreResult<()> {
+    async fn index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>> {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let this = self.clone();
         let messages = messages.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let writer = this
-                .writer
-                .as_ref()
-                .ok_or_else(|| unavailable("this process opened the index read-only"))?;
-            let mut writer = writer
-                .lock()
-                .map_err(|_| unavailable("index writer poisoned"))?;
-            for m in &messages {
-                let id = format!("{}:{}:{}", m.application_id, m.chat_number, m.number);
-                writer.delete_term(Term::from_field_text(this.fields.id, &id));
-                writer.add_document(this.document(m)).map_err(unavailable)?;
-            }
-            writer.commit().map_err(unavailable)?;
-            this.reader.reload().map_err(unavailable)
-        })
-        .await
-        .map_err(unavailable)?
+        tokio::task::spawn_blocking(move || this.index_blocking(&messages))
+            .await
+            .map_err(unavailable)??;
+        Ok(Vec::new())
     }
 
     async fn search(
@@ -323,11 +371,15 @@ impl Search for Arc<EmbeddedSearch> {
         app: AppId,
         chat: u64,
         query: &str,
-        window: usize,
-    ) -> CoreResult<Vec<SearchHit>> {
+        after: u64,
+        limit: usize,
+    ) -> CoreResult<SearchPage> {
+        if limit == 0 {
+            return Ok(SearchPage::default());
+        }
         let this = self.clone();
         let query = query.to_string();
-        tokio::task::spawn_blocking(move || this.search_blocking(app, chat, &query, window))
+        tokio::task::spawn_blocking(move || this.search_blocking(app, chat, &query, after, limit))
             .await
             .map_err(unavailable)?
     }
@@ -352,11 +404,12 @@ mod tests {
 
     async fn numbers(search: &Arc<EmbeddedSearch>, app: AppId, chat: u64, q: &str) -> Vec<u64> {
         search
-            .search(app, chat, q, 100)
+            .search(app, chat, q, 0, 100)
             .await
             .unwrap()
+            .messages
             .into_iter()
-            .map(|h| h.message.number)
+            .map(|m| m.number)
             .collect()
     }
 
@@ -403,9 +456,9 @@ mod tests {
             .await
             .unwrap();
         assert!(numbers(&search, 1, 1, "first").await.is_empty());
-        let hits = search.search(1, 1, "words", 10).await.unwrap();
-        assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].message.body, "second words");
+        let found = search.search(1, 1, "words", 0, 10).await.unwrap();
+        assert_eq!(found.messages.len(), 1);
+        assert_eq!(found.messages[0].body, "second words");
     }
 
     #[tokio::test]
@@ -426,5 +479,136 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(reader.index(&[message(1, 1, 8, "x", 0)]).await.is_err());
+    }
+
+    /// Every page of a search, followed to the end: the numbers found, and how many pages it took.
+    async fn walk(search: &Arc<EmbeddedSearch>, q: &str, limit: usize) -> (Vec<u64>, usize) {
+        let (mut found, mut pages, mut after) = (Vec::new(), 0, 0);
+        loop {
+            let page = search.search(1, 1, q, after, limit).await.unwrap();
+            pages += 1;
+            found.extend(page.messages.iter().map(|m| m.number));
+            match page.next_after {
+                Some(next) => {
+                    assert!(next > after, "the cursor moves forward");
+                    after = next;
+                }
+                None => return (found, pages),
+            }
+        }
+    }
+
+    /// Thousands of bodies hold every trigram of the query without holding the query: the one real
+    /// match after them is still found (candidates were once cut at 10,000 before the substring check).
+    #[tokio::test]
+    async fn a_match_behind_many_near_matches_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        let mut messages: Vec<Message> = (1..=12_000)
+            .map(|n| message(1, 1, n, "abc bcd", 0))
+            .collect();
+        // A long body ranks below the short near-matches, as a relevance cut would have ordered them.
+        let long_match = format!("{} abcd", "y".repeat(500));
+        messages.push(message(1, 1, 12_001, &long_match, 0));
+        search.index(&messages).await.unwrap();
+        assert_eq!(walk(&search, "abcd", 100).await.0, vec![12_001]);
+    }
+
+    /// One request reads a bounded amount of text: past it the page ends early with a cursor, and
+    /// following the cursor reaches every match.
+    #[tokio::test]
+    async fn a_search_over_large_bodies_pages_through_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        let large = "x".repeat(64 * 1024);
+        let mut messages: Vec<Message> = (1..=200).map(|n| message(1, 1, n, &large, 0)).collect();
+        messages.push(message(1, 1, 201, "a needle", 0));
+        messages.push(message(1, 1, 202, "another needle", 0));
+        search.index(&messages).await.unwrap();
+        let first = search.search(1, 1, "ne", 0, 100).await.unwrap();
+        assert!(first.messages.is_empty(), "{:?}", first.next_after);
+        assert!(first.next_after.is_some_and(|n| n < 201));
+        let (found, pages) = walk(&search, "ne", 100).await;
+        assert_eq!(found, vec![201, 202]);
+        assert!(
+            pages >= 3,
+            "200 bodies of 64 KiB take several budgets: {pages}"
+        );
+    }
+
+    /// The cursor is a message number, so a walk goes on when the message a page ended on no longer
+    /// matches; and `after=0` starts at the beginning.
+    #[tokio::test]
+    async fn the_walk_survives_an_edit_of_the_message_a_page_ended_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        search
+            .index(&[
+                message(1, 1, 1, "match one", 0),
+                message(1, 1, 2, "match two", 0),
+                message(1, 1, 3, "match three", 0),
+            ])
+            .await
+            .unwrap();
+        let first = search.search(1, 1, "match", 0, 1).await.unwrap();
+        assert_eq!(first.messages[0].number, 1);
+        assert_eq!(first.next_after, Some(1));
+        search
+            .index(&[message(1, 1, 1, "edited away", 3)])
+            .await
+            .unwrap();
+        let rest = search.search(1, 1, "match", 1, 10).await.unwrap();
+        assert_eq!(
+            rest.messages.iter().map(|m| m.number).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(rest.next_after, None);
+    }
+
+    /// Too many open files kills tantivy's writer: the next write opens a new one, and what failed is
+    /// indexed when it is retried.
+    #[tokio::test]
+    async fn the_index_recovers_after_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        search
+            .index(&[message(1, 1, 1, "before the failure", 0)])
+            .await
+            .unwrap();
+        let open_files = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them; nextest runs
+        // each test in a process of its own, so the lowered limit touches no other test.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            let lowered = libc::rlimit {
+                rlim_cur: open_files,
+                rlim_max: limit.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+        }
+        let failed = search
+            .index(&[message(1, 1, 2, "written during the failure", 0)])
+            .await;
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+        assert!(failed.is_err(), "the write cannot open its files");
+        search
+            .index(&[message(1, 1, 2, "written during the failure", 0)])
+            .await
+            .expect("a new writer takes the retry");
+        search
+            .index(&[message(1, 1, 3, "after the failure", 0)])
+            .await
+            .unwrap();
+        assert_eq!(numbers(&search, 1, 1, "the failure").await, vec![1, 2, 3]);
+        drop(search);
+        let reopened = EmbeddedSearch::open(dir.path(), true).unwrap();
+        assert_eq!(numbers(&reopened, 1, 1, "the failure").await, vec![1, 2, 3]);
     }
 }

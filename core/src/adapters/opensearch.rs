@@ -26,14 +26,15 @@ use serde_json::{Value, json};
 
 use crate::domain::{AppId, Message};
 use crate::error::{Backend, CoreError, CoreResult};
-use crate::ports::{Search, SearchHit};
+use crate::ports::{IndexRefusal, Search, SearchPage};
 
 pub const DEFAULT_INDEX: &str = "chatsys-messages";
 
 /// Queries this long or longer go through the trigram field; shorter ones through `body.short`.
 const TRIGRAM: usize = 3;
-/// OpenSearch refuses to page deeper than `index.max_result_window`, 10,000 by default.
-const MAX_RESULT_WINDOW: usize = 10_000;
+/// Body text sent in one bulk request at most: a batch of the largest bodies goes in several requests,
+/// well under OpenSearch's request size limit (100 MB by default) and its indexing queue's patience.
+const BULK_MAX_BYTES: usize = 8 << 20;
 /// A cluster that stops answering turns into an error the worker retries and the API answers with 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A batch of large bodies takes a while to analyze; a retry after a timeout is harmless (versions).
@@ -254,22 +255,24 @@ struct BulkResponse {
 
 #[derive(Deserialize)]
 struct BulkItem {
-    #[serde(rename = "_id")]
-    id: Option<String>,
     status: u16,
     error: Option<Value>,
 }
 
-/// Accepts a bulk answer when every document is indexed or already holds the same or a newer version.
-fn check_bulk(sent: usize, response: BulkResponse) -> CoreResult<()> {
-    if response.items.len() != sent {
+/// Reads a bulk answer: every document is indexed, already holds the same or a newer version (409), or
+/// was refused for good (returned). A document OpenSearch could not take now (429, 5xx) makes the whole
+/// call transient: re-sending the others is harmless (versions).
+fn check_bulk(sent: &[&Message], response: BulkResponse) -> CoreResult<Vec<IndexRefusal>> {
+    if response.items.len() != sent.len() {
         return Err(unavailable(format!(
-            "malformed OpenSearch bulk response: {} items for {sent} documents",
-            response.items.len()
+            "malformed OpenSearch bulk response: {} items for {} documents",
+            response.items.len(),
+            sent.len()
         )));
     }
-    let mut failures = Vec::new();
-    for entry in response.items {
+    let mut refused = Vec::new();
+    let mut transient = Vec::new();
+    for (message, entry) in sent.iter().zip(response.items) {
         let Some(item) = entry.into_values().next() else {
             return Err(unavailable(
                 "malformed OpenSearch bulk response: an empty item",
@@ -284,45 +287,48 @@ fn check_bulk(sent: usize, response: BulkResponse) -> CoreResult<()> {
             .as_ref()
             .map(error_object_summary)
             .unwrap_or_else(|| "no reason given".to_string());
-        failures.push(format!(
-            "{} ({}: {reason})",
-            item.id.as_deref().unwrap_or("?"),
-            item.status
-        ));
+        let described = format!("{} ({}: {reason})", document_id(message), item.status);
+        if item.status == StatusCode::TOO_MANY_REQUESTS.as_u16() || item.status >= 500 {
+            transient.push(described);
+        } else {
+            refused.push(IndexRefusal {
+                key: (message.application_id, message.chat_number, message.number),
+                reason: format!("OpenSearch refused the document: {described}"),
+            });
+        }
     }
-    match failures.as_slice() {
-        [] => Ok(()),
+    match transient.as_slice() {
+        [] => Ok(refused),
         [first, ..] => Err(unavailable(format!(
-            "OpenSearch did not index {} of {sent} documents; first: {first}",
-            failures.len()
+            "OpenSearch could not index {} of {} documents now; first: {first}",
+            transient.len(),
+            sent.len()
         ))),
     }
 }
 
-/// The query for case-insensitive substrings of `query` in one chat, best first, then by number.
-fn search_request(app: AppId, chat: u64, query: &str, window: usize) -> Value {
+/// Case-insensitive substrings of `query` in one chat, numbered above `after`, in number order; one
+/// more than `limit`, to know whether a next page exists.
+fn search_request(app: AppId, chat: u64, query: &str, after: u64, limit: usize) -> Value {
     let matcher = if query.chars().count() >= TRIGRAM {
         json!({ "match_phrase": { "body": { "query": query } } })
     } else {
         json!({ "match": { "body.short": { "query": query } } })
     };
     json!({
-        "size": window.min(MAX_RESULT_WINDOW),
+        "size": limit + 1,
         "track_total_hits": false,
-        "track_scores": true,
         "query": {
             "bool": {
                 "filter": [
                     { "term": { "application_id": app } },
-                    { "term": { "chat_number": chat } }
+                    { "term": { "chat_number": chat } },
+                    { "range": { "number": { "gt": after } } }
                 ],
                 "must": [matcher]
             }
         },
-        "sort": [
-            { "_score": { "order": "desc" } },
-            { "number": { "order": "asc" } }
-        ]
+        "sort": [{ "number": { "order": "asc" } }]
     })
 }
 
@@ -338,8 +344,6 @@ struct SearchHits {
 
 #[derive(Deserialize)]
 struct FoundDocument {
-    #[serde(rename = "_score")]
-    score: f32,
     #[serde(rename = "_source")]
     source: Document<'static>,
 }
@@ -411,30 +415,23 @@ impl Search for OpenSearchIndex {
             .map(drop)
     }
 
-    async fn index(&self, messages: &[Message]) -> CoreResult<()> {
-        if messages.is_empty() {
-            return Ok(());
+    async fn index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>> {
+        let mut refused = Vec::new();
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let split = rest
+                .iter()
+                .position(|m| {
+                    bytes += m.body.len();
+                    bytes > BULK_MAX_BYTES
+                })
+                .map_or(rest.len(), |at| at.max(1));
+            let (bulk, next) = rest.split_at(split);
+            refused.extend(self.bulk_index(bulk).await?);
+            rest = next;
         }
-        let action = "bulk indexing";
-        let mut operations = BulkOperations::new();
-        for message in messages {
-            let operation = BulkOperation::index(Document::from(message))
-                .id(document_id(message))
-                .version(external_version(message)?)
-                .version_type(VersionType::External);
-            operations
-                .push(operation)
-                .map_err(|e| failed_request(action, e))?;
-        }
-        let sent = self
-            .client
-            .bulk(BulkParts::Index(&self.index))
-            .request_timeout(BULK_TIMEOUT)
-            .body(vec![operations])
-            .send()
-            .await;
-        let response = expect_success(action, sent).await?;
-        check_bulk(messages.len(), read_json(action, response).await?)
+        Ok(refused)
     }
 
     async fn search(
@@ -442,28 +439,79 @@ impl Search for OpenSearchIndex {
         app: AppId,
         chat: u64,
         query: &str,
-        window: usize,
-    ) -> CoreResult<Vec<SearchHit>> {
-        if query.is_empty() || window == 0 {
-            return Ok(Vec::new());
+        after: u64,
+        limit: usize,
+    ) -> CoreResult<SearchPage> {
+        if query.is_empty() || limit == 0 {
+            return Ok(SearchPage::default());
         }
         let action = "searching";
         let sent = self
             .client
             .search(SearchParts::Index(&[&self.index]))
-            .body(search_request(app, chat, query, window))
+            .body(search_request(app, chat, query, after, limit))
             .send()
             .await;
         let found: SearchResponse = read_json(action, expect_success(action, sent).await?).await?;
-        Ok(found
+        let mut messages: Vec<Message> = found
             .hits
             .hits
             .into_iter()
-            .map(|hit| SearchHit {
-                message: hit.source.into(),
-                score: hit.score,
-            })
-            .collect())
+            .map(|hit| hit.source.into())
+            .collect();
+        let next_after = if messages.len() > limit {
+            messages.truncate(limit);
+            messages.last().map(|m| m.number)
+        } else {
+            None
+        };
+        Ok(SearchPage {
+            messages,
+            next_after,
+        })
+    }
+}
+
+impl OpenSearchIndex {
+    /// One bulk request; a message whose version cannot be indexed is refused, not sent.
+    async fn bulk_index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>> {
+        let action = "bulk indexing";
+        let mut refused = Vec::new();
+        let mut sent = Vec::with_capacity(messages.len());
+        let mut operations = BulkOperations::new();
+        for message in messages {
+            let version = match external_version(message) {
+                Ok(version) => version,
+                Err(e) => {
+                    refused.push(IndexRefusal {
+                        key: (message.application_id, message.chat_number, message.number),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let operation = BulkOperation::index(Document::from(message))
+                .id(document_id(message))
+                .version(version)
+                .version_type(VersionType::External);
+            operations
+                .push(operation)
+                .map_err(|e| failed_request(action, e))?;
+            sent.push(message);
+        }
+        if sent.is_empty() {
+            return Ok(refused);
+        }
+        let answer = self
+            .client
+            .bulk(BulkParts::Index(&self.index))
+            .request_timeout(BULK_TIMEOUT)
+            .body(vec![operations])
+            .send()
+            .await;
+        let response = expect_success(action, answer).await?;
+        refused.extend(check_bulk(&sent, read_json(action, response).await?)?);
+        Ok(refused)
     }
 }
 
@@ -812,8 +860,14 @@ mod tests {
         let cluster = FakeCluster::with_index(|_| (500, String::new())).await;
         let search = cluster.connect().await.unwrap();
         search.index(&[]).await.unwrap();
-        assert_eq!(search.search(7, 2, "", 100).await.unwrap(), Vec::new());
-        assert_eq!(search.search(7, 2, "abc", 0).await.unwrap(), Vec::new());
+        assert_eq!(
+            search.search(7, 2, "", 0, 100).await.unwrap(),
+            SearchPage::default()
+        );
+        assert_eq!(
+            search.search(7, 2, "abc", 0, 0).await.unwrap(),
+            SearchPage::default()
+        );
         assert_eq!(cluster.requests_after_connect().len(), 0);
     }
 
@@ -836,7 +890,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn index_fails_when_any_other_item_fails() {
+    async fn index_is_transient_when_the_cluster_cannot_take_a_document_now() {
         let mapping = json!({ "type": "mapper_parsing_exception", "reason": "failed to parse field [number]" });
         let full = json!({ "type": "rejected_execution_exception", "reason": "rejected execution of coordinating operation" });
         let cluster = FakeCluster::with_index(move |_| {
@@ -855,12 +909,70 @@ mod tests {
             message(7, 2, 7, "c", 0),
         ];
         let detail = unavailable_detail(search.index(&messages).await);
-        assert!(detail.contains("2 of 3"), "{detail}");
+        assert!(detail.contains("1 of 3"), "{detail}");
         assert!(
-            detail
-                .contains("7:2:6 (400: mapper_parsing_exception: failed to parse field [number])"),
+            detail.contains("7:2:7 (429: rejected_execution_exception"),
             "{detail}"
         );
+    }
+
+    /// Item-level refusals come back one by one, so the worker can set those commands aside with the
+    /// reason instead of acknowledging them as if they were indexed.
+    #[tokio::test]
+    async fn index_returns_each_document_refused_for_good() {
+        let mapping = json!({ "type": "mapper_parsing_exception", "reason": "failed to parse field [number]" });
+        let cluster = FakeCluster::with_index(move |_| {
+            let items = [
+                ("7:2:5", 201, None),
+                ("7:2:6", 400, Some(mapping.clone())),
+                ("7:2:7", 200, None),
+            ];
+            (200, bulk_answer(&items))
+        })
+        .await;
+        let search = cluster.connect().await.unwrap();
+        let refused = search
+            .index(&[
+                message(7, 2, 5, "a", 0),
+                message(7, 2, 6, "b", 0),
+                message(7, 2, 7, "c", 0),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].key, (7, 2, 6));
+        assert!(
+            refused[0]
+                .reason
+                .contains("400: mapper_parsing_exception: failed to parse field [number]"),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn index_splits_large_batches_into_bulk_requests_of_bounded_size() {
+        let cluster = FakeCluster::with_index(|r| {
+            let ids: Vec<String> = r
+                .ndjson()
+                .iter()
+                .filter_map(|line| line["index"]["_id"].as_str().map(str::to_string))
+                .collect();
+            let items: Vec<(&str, u16, Option<Value>)> =
+                ids.iter().map(|id| (id.as_str(), 201, None)).collect();
+            (200, bulk_answer(&items))
+        })
+        .await;
+        let search = cluster.connect().await.unwrap();
+        let body = "b".repeat(64 * 1024);
+        let messages: Vec<Message> = (1..=300).map(|n| message(7, 2, n, &body, 0)).collect();
+        assert!(search.index(&messages).await.unwrap().is_empty());
+        let requests = cluster.requests_after_connect();
+        assert_eq!(requests.len(), 3, "300 bodies of 64 KiB in bulks of 8 MiB");
+        let sent: usize = requests.iter().map(|r| r.ndjson().len() / 2).sum();
+        assert_eq!(sent, 300);
+        for request in &requests {
+            assert!(request.body.len() < 9 << 20, "{}", request.body.len());
+        }
     }
 
     #[tokio::test]
@@ -896,7 +1008,7 @@ mod tests {
         })
         .await;
         let search = cluster.connect().await.unwrap();
-        let hits = search.search(7, 2, "UsTaC", 100).await.unwrap();
+        let page = search.search(7, 2, "UsTaC", 4, 100).await.unwrap();
 
         let requests = cluster.requests_after_connect();
         assert_eq!(requests.len(), 1, "{requests:?}");
@@ -907,30 +1019,31 @@ mod tests {
         let body = requests[0].json();
         assert_eq!(
             body["query"]["bool"]["filter"],
-            json!([{ "term": { "application_id": 7 } }, { "term": { "chat_number": 2 } }])
+            json!([
+                { "term": { "application_id": 7 } },
+                { "term": { "chat_number": 2 } },
+                { "range": { "number": { "gt": 4 } } }
+            ])
         );
         assert_eq!(
             body["query"]["bool"]["must"],
             json!([{ "match_phrase": { "body": { "query": "UsTaC" } } }])
         );
+        assert_eq!(body["sort"], json!([{ "number": { "order": "asc" } }]));
         assert_eq!(
-            body["sort"],
-            json!([{ "_score": { "order": "desc" } }, { "number": { "order": "asc" } }])
+            body["size"], 101,
+            "one more than the page, to know if a next one exists"
         );
-        assert_eq!(body["size"], 100);
 
         assert_eq!(
-            hits,
-            vec![
-                SearchHit {
-                    message: message(7, 2, 5, "Hello Rustaceans", 0),
-                    score: 2.5
-                },
-                SearchHit {
-                    message: message(7, 2, 9, "rustacean", 0),
-                    score: 2.5
-                },
-            ]
+            page,
+            SearchPage {
+                messages: vec![
+                    message(7, 2, 5, "Hello Rustaceans", 0),
+                    message(7, 2, 9, "rustacean", 0),
+                ],
+                next_after: None,
+            }
         );
     }
 
@@ -940,14 +1053,8 @@ mod tests {
         let search = cluster.connect().await.unwrap();
         // Two characters but four bytes: the length that counts is in characters.
         for query in ["Ab", "é", "éé"] {
-            let hits = search.search(7, 2, query, 20).await.unwrap();
-            assert_eq!(
-                hits,
-                vec![SearchHit {
-                    message: message(7, 2, 3, "grab", 0),
-                    score: 1.0
-                }]
-            );
+            let page = search.search(7, 2, query, 0, 20).await.unwrap();
+            assert_eq!(page.messages, vec![message(7, 2, 3, "grab", 0)]);
         }
         let requests = cluster.requests_after_connect();
         assert_eq!(requests.len(), 3);
@@ -962,7 +1069,7 @@ mod tests {
                 json!({ "term": { "chat_number": 2 } })
             );
         }
-        search.search(7, 2, "ééé", 20).await.unwrap();
+        search.search(7, 2, "ééé", 0, 20).await.unwrap();
         assert!(
             cluster.requests().last().unwrap().json()["query"]["bool"]["must"][0]
                 .get("match_phrase")
@@ -970,21 +1077,34 @@ mod tests {
         );
     }
 
+    /// Every match is reachable, however many there are: a page one hit longer than asked for has a
+    /// next page that starts after its last message, with no window to run out of.
     #[tokio::test]
-    async fn search_asks_for_at_most_the_deepest_window_opensearch_allows() {
-        let cluster = FakeCluster::with_index(|_| (200, search_answer(&[]))).await;
+    async fn search_pages_after_the_cursor_with_no_depth_limit() {
+        let cluster = FakeCluster::with_index(|_| {
+            (
+                200,
+                search_answer(&[
+                    (20_001, "abc", 1.0),
+                    (20_005, "abc", 1.0),
+                    (20_009, "abc", 1.0),
+                ]),
+            )
+        })
+        .await;
         let search = cluster.connect().await.unwrap();
+        let page = search.search(7, 2, "abc", 20_000, 2).await.unwrap();
         assert_eq!(
-            search.search(7, 2, "abc", 50_000).await.unwrap(),
-            Vec::new()
+            page.messages.iter().map(|m| m.number).collect::<Vec<_>>(),
+            vec![20_001, 20_005]
         );
-        search.search(7, 2, "abc", 10_000).await.unwrap();
-        let sizes: Vec<Value> = cluster
-            .requests_after_connect()
-            .iter()
-            .map(|r| r.json()["size"].clone())
-            .collect();
-        assert_eq!(sizes, vec![json!(10_000), json!(10_000)]);
+        assert_eq!(page.next_after, Some(20_005));
+        let body = cluster.requests_after_connect()[0].json();
+        assert_eq!(body["size"], 3);
+        assert_eq!(
+            body["query"]["bool"]["filter"][2],
+            json!({ "range": { "number": { "gt": 20_000 } } })
+        );
     }
 
     #[tokio::test]
@@ -999,7 +1119,7 @@ mod tests {
         ] {
             let cluster = FakeCluster::with_index(move |_| (200, answer.clone())).await;
             let search = cluster.connect().await.unwrap();
-            let detail = unavailable_detail(search.search(7, 2, "abc", 10).await);
+            let detail = unavailable_detail(search.search(7, 2, "abc", 0, 10).await);
             assert!(detail.contains("searching: malformed OpenSearch response"), "{detail}");
         }
     }
@@ -1013,7 +1133,7 @@ mod tests {
         })
         .await;
         let search = cluster.connect().await.unwrap();
-        let detail = unavailable_detail(search.search(7, 2, "abc", 10).await);
+        let detail = unavailable_detail(search.search(7, 2, "abc", 0, 10).await);
         assert!(detail.contains("500"), "{detail}");
         assert!(
             detail.contains("search_phase_execution_exception: all shards failed"),
@@ -1049,7 +1169,7 @@ mod tests {
 
         let search = OpenSearchIndex::new(&url, INDEX).unwrap();
         unavailable_detail(search.ping().await);
-        unavailable_detail(search.search(7, 2, "abc", 10).await);
+        unavailable_detail(search.search(7, 2, "abc", 0, 10).await);
         unavailable_detail(search.index(&[message(7, 2, 5, "a", 0)]).await);
     }
 
@@ -1130,46 +1250,52 @@ mod tests {
             .await
             .unwrap();
 
-        let numbers = |hits: Vec<SearchHit>| {
-            hits.into_iter()
-                .map(|h| h.message.number)
+        let numbers = |page: SearchPage| {
+            page.messages
+                .into_iter()
+                .map(|m| m.number)
                 .collect::<Vec<_>>()
         };
-        let mut found = numbers(search.search(1, 1, "USTAC", 100).await.unwrap());
-        found.sort();
-        assert_eq!(found, vec![1, 3]);
-        let hits = search.search(1, 1, "rust", 100).await.unwrap();
         assert_eq!(
-            hits[0].message.number, 2,
-            "the body with the most matches comes first: {hits:?}"
-        );
-        assert_eq!(hits.len(), 2, "{hits:?}");
-        assert_eq!(
-            numbers(search.search(1, 1, "A", 100).await.unwrap()),
-            vec![1, 3, 4]
+            numbers(search.search(1, 1, "USTAC", 0, 100).await.unwrap()),
+            vec![1, 3]
         );
         assert_eq!(
-            numbers(search.search(1, 1, "X", 100).await.unwrap()),
-            vec![4, 5]
+            numbers(search.search(1, 1, "rust", 0, 100).await.unwrap()),
+            vec![1, 2]
         );
+        let first = search.search(1, 1, "rust", 0, 1).await.unwrap();
+        assert_eq!(first.next_after, Some(1));
         assert_eq!(
-            numbers(search.search(1, 1, "xA", 100).await.unwrap()),
-            vec![4]
-        );
-        assert_eq!(
-            numbers(search.search(1, 1, "zQ", 100).await.unwrap()),
-            vec![5]
-        );
-        assert_eq!(
-            numbers(search.search(1, 1, "nothing", 100).await.unwrap()),
-            Vec::<u64>::new()
-        );
-        assert_eq!(
-            numbers(search.search(1, 1, "t r", 100).await.unwrap()),
+            numbers(search.search(1, 1, "rust", 1, 1).await.unwrap()),
             vec![2]
         );
         assert_eq!(
-            search.search(1, 1, "Hello", 100).await.unwrap()[0].message,
+            numbers(search.search(1, 1, "A", 0, 100).await.unwrap()),
+            vec![1, 3, 4]
+        );
+        assert_eq!(
+            numbers(search.search(1, 1, "X", 0, 100).await.unwrap()),
+            vec![4, 5]
+        );
+        assert_eq!(
+            numbers(search.search(1, 1, "xA", 0, 100).await.unwrap()),
+            vec![4]
+        );
+        assert_eq!(
+            numbers(search.search(1, 1, "zQ", 0, 100).await.unwrap()),
+            vec![5]
+        );
+        assert_eq!(
+            numbers(search.search(1, 1, "nothing", 0, 100).await.unwrap()),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            numbers(search.search(1, 1, "t r", 0, 100).await.unwrap()),
+            vec![2]
+        );
+        assert_eq!(
+            search.search(1, 1, "Hello", 0, 100).await.unwrap().messages[0],
             message(1, 1, 1, "Hello Rustaceans", 0)
         );
 

@@ -1,0 +1,271 @@
+//! The ingest loop against the embedded store and cache, a scripted command source that acknowledges the
+//! way RabbitMQ does (an acknowledgement covers every earlier delivery), and a scripted search port:
+//! nothing may be acknowledged that the index did not take.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatsys_core::adapters::{memory, sqlite};
+use chatsys_core::command::Command;
+use chatsys_core::domain::{AppId, Message};
+use chatsys_core::error::{CoreError, CoreResult};
+use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
+use chatsys_core::plan::MessageKey;
+use chatsys_core::ports::{CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Settled {
+    /// Every delivery up to this tag (RabbitMQ's `multiple: true`).
+    AckedUpTo(u64),
+    DeadLettered {
+        tag: u64,
+        reason: String,
+        payload: Vec<u8>,
+    },
+}
+
+#[derive(Default)]
+struct Log {
+    settled: Vec<Settled>,
+    /// What the index held when each acknowledgement was made.
+    indexed_at_ack: Vec<BTreeSet<MessageKey>>,
+}
+
+struct ScriptedSource {
+    batches: VecDeque<Vec<(u64, Command)>>,
+    log: Arc<Mutex<Log>>,
+    search: Arc<ScriptedSearch>,
+}
+
+#[async_trait]
+impl CommandSource for ScriptedSource {
+    async fn next_batch(&mut self, _: usize, wait: Duration) -> CoreResult<Vec<Delivery>> {
+        match self.batches.pop_front() {
+            Some(batch) => Ok(batch
+                .into_iter()
+                .map(|(tag, command)| Delivery {
+                    tag,
+                    connection: 0,
+                    payload: command.encode(),
+                    redelivered: false,
+                })
+                .collect()),
+            None => {
+                tokio::time::sleep(wait).await;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
+        if let Some(last) = deliveries.iter().map(|d| d.tag).max() {
+            let indexed = self.search.indexed.lock().unwrap().clone();
+            let mut log = self.log.lock().unwrap();
+            log.settled.push(Settled::AckedUpTo(last));
+            log.indexed_at_ack.push(indexed);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .settled
+            .push(Settled::DeadLettered {
+                tag: delivery.tag,
+                reason: reason.to_string(),
+                payload: delivery.payload.clone(),
+            });
+        Ok(())
+    }
+}
+
+/// Fails its first `failures` calls with a non-transient error, and refuses the messages in `refuse`.
+struct ScriptedSearch {
+    failures: Mutex<u32>,
+    refuse: Vec<MessageKey>,
+    indexed: Mutex<BTreeSet<MessageKey>>,
+}
+
+#[async_trait]
+impl Search for ScriptedSearch {
+    async fn ping(&self) -> CoreResult<()> {
+        Ok(())
+    }
+
+    async fn index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>> {
+        {
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(CoreError::Rejected("mapping conflict on [body]".into()));
+            }
+        }
+        let mut refused = Vec::new();
+        for m in messages {
+            let key = (m.application_id, m.chat_number, m.number);
+            if self.refuse.contains(&key) {
+                refused.push(IndexRefusal {
+                    key,
+                    reason: "mapper_parsing_exception".into(),
+                });
+            } else {
+                self.indexed.lock().unwrap().insert(key);
+            }
+        }
+        Ok(refused)
+    }
+
+    async fn search(&self, _: AppId, _: u64, _: &str, _: u64, _: usize) -> CoreResult<SearchPage> {
+        Ok(SearchPage::default())
+    }
+}
+
+fn create_message(app: AppId, number: u64) -> Command {
+    let at = chatsys_core::domain::now();
+    Command::CreateMessage {
+        application_id: app,
+        chat_number: 1,
+        chat_created_at: at,
+        number,
+        body: format!("message {number}"),
+        at,
+    }
+}
+
+/// Runs the loop over two batches (tags 1–2 and 3–4, messages 1–4 of chat 1) until every tag is
+/// settled, and returns the log and the last health the loop reported.
+async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<IngestHealth>) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
+    let store = Arc::new(sqlite::SqliteStore::new(pool));
+    store.migrate().await.unwrap();
+    let app = store
+        .create_application("tok", "app", chatsys_core::domain::now())
+        .await
+        .unwrap()
+        .id;
+    let search = Arc::new(search);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut source = ScriptedSource {
+        batches: VecDeque::from([
+            vec![(1, create_message(app, 1)), (2, create_message(app, 2))],
+            vec![(3, create_message(app, 3)), (4, create_message(app, 4))],
+        ]),
+        log: log.clone(),
+        search: search.clone(),
+    };
+    let ports = IngestPorts {
+        store,
+        search,
+        cache: Arc::new(memory::MemoryCache::new(
+            Duration::from_secs(60),
+            1 << 20,
+            1 << 16,
+        )),
+    };
+    let settings = IngestSettings {
+        batch_size: 2,
+        batch_wait: Duration::from_millis(5),
+        max_attempts: 3,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let (health, health_rx) = watch::channel(IngestHealth::default());
+    let settled = log.clone();
+    let run = tokio::spawn(async move {
+        ingest::run(&mut source, &ports, &settings, stopped, health).await;
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let done = settled
+            .lock()
+            .unwrap()
+            .settled
+            .iter()
+            .any(|s| *s == Settled::AckedUpTo(4));
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every delivery was settled: {:?}",
+            settled.lock().unwrap().settled
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    (log, health_rx)
+}
+
+/// A failure of the index that is not marked transient is retried, not skipped: no acknowledgement
+/// (which covers every earlier tag) is made before the messages it covers are indexed.
+#[tokio::test]
+async fn nothing_is_acknowledged_before_the_index_takes_it() {
+    let (log, health) = ingest_two_batches(ScriptedSearch {
+        failures: Mutex::new(2),
+        refuse: Vec::new(),
+        indexed: Mutex::new(BTreeSet::new()),
+    })
+    .await;
+    for (settled, indexed) in log.settled.iter().zip(&log.indexed_at_ack) {
+        let Settled::AckedUpTo(last) = settled else {
+            panic!("nothing is dead-lettered here: {settled:?}");
+        };
+        let covered: Vec<u64> = (1..=*last).filter(|n| *n <= 4).collect();
+        for number in covered {
+            assert!(
+                indexed.iter().any(|k| k.2 == number),
+                "message {number} acknowledged (up to tag {last}) before it was indexed: {indexed:?}"
+            );
+        }
+    }
+    assert!(health.borrow().search_error.is_none(), "recovered");
+}
+
+/// A message the index refuses for good goes to the dead-letter queue with the reason and a command
+/// that restores it, before any acknowledgement covers its tag; the others are acknowledged.
+#[tokio::test]
+async fn a_refused_message_is_dead_lettered_with_its_reason() {
+    let (log, _) = ingest_two_batches(ScriptedSearch {
+        failures: Mutex::new(0),
+        refuse: vec![(1, 1, 2)],
+        indexed: Mutex::new(BTreeSet::new()),
+    })
+    .await;
+    let dead: Vec<&Settled> = log
+        .settled
+        .iter()
+        .filter(|s| matches!(s, Settled::DeadLettered { .. }))
+        .collect();
+    assert_eq!(dead.len(), 1, "{:?}", log.settled);
+    let Settled::DeadLettered {
+        tag,
+        reason,
+        payload,
+    } = dead[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(*tag, 2);
+    assert!(reason.contains("stored but not searchable"), "{reason}");
+    assert!(reason.contains("mapper_parsing_exception"), "{reason}");
+    match Command::decode(payload).unwrap() {
+        Command::CreateMessage { number, body, .. } => {
+            assert_eq!((number, body.as_str()), (2, "message 2"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let dead_at = log.settled.iter().position(|s| s == dead[0]).unwrap();
+    let first_covering = log
+        .settled
+        .iter()
+        .position(|s| matches!(s, Settled::AckedUpTo(n) if *n >= 2))
+        .unwrap();
+    assert!(dead_at < first_covering, "{:?}", log.settled);
+}
