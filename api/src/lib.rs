@@ -3,6 +3,7 @@
 //! one process with embedded storage, queue, cache and search.
 
 pub mod http;
+pub mod server;
 pub mod settings;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use settings::{Backends, Cli, Command, MigrateArgs, ServeArgs, StandaloneArgs};
+pub use settings::{Backends, Cli, Command, HttpSettings, MigrateArgs, ServeArgs, StandaloneArgs};
 
 /// The process-wide Prometheus recorder (one per process, however many servers a test starts).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -85,6 +86,7 @@ async fn serve(
     service: ChatService,
     admin_key: Option<String>,
     max_request_bytes: usize,
+    settings: &HttpSettings,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -96,19 +98,13 @@ async fn serve(
         admin_key,
         metrics: metrics_handle(),
         max_request_bytes,
+        body_timeout: settings.body_timeout(),
+        body_budget: http::BodyBudget::new(settings.max_inflight_body_bytes),
     });
     let app = http::router(state);
+    let settings = settings.clone();
     let task = tokio::spawn(async move {
-        let mut shutdown = shutdown;
-        let stopped = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        server::serve(listener, app, &settings, shutdown).await;
     });
     Ok((addr, task))
 }
@@ -167,6 +163,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         ChatService::new(ports),
         args.admin_key.clone(),
         args.max_request_bytes,
+        &args.http,
         stopped,
     )
     .await?;
@@ -229,6 +226,7 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
         ChatService::new(ports),
         args.admin_key.clone(),
         args.max_request_bytes,
+        &args.http,
         stopped,
     )
     .await?;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -115,6 +116,8 @@ pub struct ServeArgs {
     /// Larger requests get 413.
     #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
     pub max_request_bytes: usize,
+    #[command(flatten)]
+    pub http: HttpSettings,
     /// Numbers skipped when a counter lost from Redis is rebuilt; must exceed what can be in flight
     /// (prefetch × workers plus publishes under way).
     #[arg(long, env = "CHATSYS_RESEED_MARGIN", default_value_t = 10_000)]
@@ -165,7 +168,78 @@ pub struct StandaloneArgs {
     /// Larger requests get 413.
     #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
     pub max_request_bytes: usize,
+    #[command(flatten)]
+    pub http: HttpSettings,
     /// json or text; the level comes from RUST_LOG.
     #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// How long the HTTP server waits for clients, and how many of them it takes at once: the limits that
+/// keep slow or silent clients from holding sockets and memory. Shared by `serve` and `standalone`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// A request's head (request line and headers) must arrive within this many milliseconds of the
+    /// connection opening or of its first byte; otherwise the connection is closed.
+    #[arg(long, env = "CHATSYS_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive whole within this many milliseconds of the handler starting to read
+    /// it; otherwise 408.
+    #[arg(long, env = "CHATSYS_BODY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+    /// A kept-alive connection with no request for this many seconds is closed.
+    #[arg(long, env = "CHATSYS_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    #[arg(long, env = "CHATSYS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Bytes of request bodies held in memory at once, over all requests; an upload that would go over
+    /// it (after a short wait) gets 503 with Retry-After.
+    #[arg(long, env = "CHATSYS_MAX_INFLIGHT_BODY_BYTES", default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_inflight_body_bytes: u64,
+}
+
+/// The same values as the flags' defaults (a test checks that they agree).
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_secs: 60,
+            max_connections: 10_000,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl HttpSettings {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn http_settings_default_to_the_flags_defaults() {
+        let cli = Cli::try_parse_from(["chatsys-api", "standalone"]).unwrap();
+        let Some(Command::Standalone(standalone)) = cli.command else {
+            panic!("standalone parsed as {:?}", cli.command);
+        };
+        assert_eq!(standalone.http, HttpSettings::default());
+        let serve = Cli::try_parse_from(["chatsys-api"]).unwrap().serve;
+        assert_eq!(serve.http, HttpSettings::default());
+    }
 }

@@ -15,7 +15,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: malformed_json, invalid_query, invalid_field, unauthorized, not_found,
-    /// method_not_allowed, payload_too_large, service_unavailable, internal.
+    /// method_not_allowed, timeout, payload_too_large, service_unavailable, internal.
     pub code: String,
     pub message: String,
 }
@@ -106,6 +106,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // A request that timed out may still be sending: what follows on the connection is not a
+        // request, so it is closed after the answer.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

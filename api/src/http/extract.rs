@@ -1,15 +1,20 @@
 //! Extractors that turn malformed requests into the contract's errors.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use bytes::{Bytes, BytesMut};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
 use chatsys_core::domain::{self, Page};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::AppState;
 use super::error::ApiError;
@@ -22,7 +27,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let bytes = read_limited(req, state.max_request_bytes).await?;
+        let bytes = read_limited(req, state).await?;
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -51,26 +56,33 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     }
 }
 
-/// An optional JSON body (chat creation takes none): empty is fine, otherwise it must be JSON.
+/// An optional JSON body (chat creation takes none): empty is fine, otherwise it must be a JSON object,
+/// as with [`JsonBody`].
 pub struct OptionalJson;
 
 impl FromRequest<Arc<AppState>> for OptionalJson {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let bytes = read_limited(req, state.max_request_bytes).await?;
+        let bytes = read_limited(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson);
         }
-        serde_json::from_slice::<serde_json::Value>(&bytes)
-            .map(|_| OptionalJson)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("malformed JSON: {e}"),
-                )
-            })
+        let value = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {e}"),
+            )
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "the body, when there is one, must be a JSON object",
+            ));
+        }
+        Ok(OptionalJson)
     }
 }
 
@@ -108,24 +120,107 @@ impl QueryMap {
 }
 
 /// Path parameters; a segment that cannot be one (invalid UTF-8, say) names nothing: 404.
+///
+/// Every parameter of ours, a token or a number, is spelt with unreserved characters only, which never
+/// need percent-encoding. A segment that percent-encodes anyway is not the canonical spelling of any
+/// resource, so it names nothing either: `/chats/%31` is a 404, not another name of chat 1. The rule is
+/// checked on the raw path, since the parameters come decoded. Routes match the raw path and their
+/// literal segments hold no `%`, so a `%` in a matched path is in one of its parameters.
 pub struct PathParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource");
+        if parts.uri.path().contains('%') {
+            return Err(not_found());
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| PathParams(value))
-            .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource"))
+            .map_err(|_| not_found())
     }
+}
+
+/// Bytes of request bodies that may be held in memory at once, over all requests: stalled uploads can
+/// take this much and no more. A request pays for its buffer as it grows and is repaid when it ends.
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: u64) -> Self {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        BodyBudget(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+}
+
+/// How long an upload waits for others to free the budget before it is answered 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// What a request's body holds of the [`BodyBudget`]; shared with the middleware that keeps it until the
+/// response is ready, because the values parsed from the body live as long as the handler.
+#[derive(Clone, Default)]
+struct BodyShare(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl BodyShare {
+    async fn pay(
+        &self,
+        budget: &BodyBudget,
+        bytes: usize,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "too many uploads in progress, retry shortly",
+            )
+        };
+        let bytes = u32::try_from(bytes).map_err(|_| busy())?;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(BUDGET_WAIT);
+        let permit = match budget.0.clone().try_acquire_many_owned(bytes) {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(wait, budget.0.clone().acquire_many_owned(bytes))
+                .await
+                .map_err(|_| busy())?
+                .map_err(|_| busy())?,
+        };
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_mut() {
+            Some(held) => held.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// Keeps what the request's body took of the budget until the response is ready.
+pub async fn hold_body_share(mut req: Request, next: Next) -> Response {
+    let share = BodyShare::default();
+    req.extensions_mut().insert(share.clone());
+    let response = next.run(req).await;
+    drop(share);
+    response
 }
 
 /// How much of an oversized body is read and thrown away before answering 413: closing a connection
 /// with unread data makes the kernel reset it, and the client would lose the answer.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
-async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+/// The first buffer for a body; it then doubles, up to the declared length or the limit.
+const FIRST_BUFFER: usize = 16 * 1024;
+
+/// Reads the body whole, within the size limit, the body timeout and the memory budget.
+///
+/// The buffer grows by doubling but never past the declared `Content-Length` (or the limit without
+/// one): a body of a declared length ends in a buffer of exactly that size, with no slack, and the
+/// bytes paid for are the bytes allocated. It is not allocated whole up front, so a client that
+/// declares a large body and sends a few bytes holds a few kilobytes, not the limit.
+async fn read_limited(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.max_request_bytes;
+    let deadline = Instant::now() + state.body_timeout;
     let too_large = || ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE);
     let declared = req
         .headers()
@@ -135,10 +230,28 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > limit + DRAIN_LIMIT) {
         return Err(too_large());
     }
+    let ceiling = declared.unwrap_or(limit).min(limit);
+    let share = req
+        .extensions()
+        .get::<BodyShare>()
+        .cloned()
+        .unwrap_or_default();
     let mut stream = req.into_body().into_data_stream();
-    let mut body = BytesMut::new();
+    let mut body = Vec::new();
+    let mut paid = 0usize;
     let mut received = 0usize;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request body did not arrive in time",
+                ));
+            }
+        };
         let chunk = chunk.map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -148,6 +261,15 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         })?;
         received += chunk.len();
         if received <= limit {
+            let needed = body.len() + chunk.len();
+            if needed > paid {
+                let grown = needed.max((paid * 2).max(FIRST_BUFFER).min(ceiling));
+                share
+                    .pay(&state.body_budget, grown - paid, deadline)
+                    .await?;
+                body.reserve_exact(grown - body.len());
+                paid = grown;
+            }
             body.extend_from_slice(&chunk);
         } else if received > limit + DRAIN_LIMIT {
             break;
@@ -156,5 +278,5 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     if received > limit {
         return Err(too_large());
     }
-    Ok(body.freeze())
+    Ok(Bytes::from(body))
 }

@@ -10,7 +10,7 @@ pub mod openapi;
 mod ops;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -26,6 +26,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use error::ApiError;
+pub use extract::BodyBudget;
 
 pub struct AppState {
     pub service: ChatService,
@@ -33,6 +34,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Larger request bodies are answered 413.
     pub max_request_bytes: usize,
+    /// A body not received whole this long after its handler started reading it is answered 408.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, over all requests.
+    pub body_budget: BodyBudget,
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -49,6 +54,27 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
+/// The longest client request id kept; a longer one is replaced by a fresh id.
+const REQUEST_ID_MAX_BYTES: usize = 128;
+
+/// A client's request id is echoed and logged, so only a short one of visible ASCII is kept; any other
+/// (or a repeated header) is removed, and `SetRequestIdLayer` then gives the request a fresh one.
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let mut ids = req.headers().get_all(REQUEST_ID).iter();
+    let usable = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => {
+            (1..=REQUEST_ID_MAX_BYTES).contains(&id.len())
+                && id.as_bytes().iter().all(u8::is_ascii_graphic)
+        }
+        (Some(_), Some(_)) => false,
+    };
+    if !usable {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(applications::router())
@@ -57,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(ops::router())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(extract::hold_body_share))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -65,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+        .layer(middleware::map_request(drop_unusable_request_id))
         .with_state(state)
 }
 

@@ -249,3 +249,63 @@ pub async fn chats_of_an_unknown_application_are_404(target: &Target) {
         .await
         .expect_error(404, "not_found");
 }
+
+/// A number has one spelling: a leading zero, a sign or percent-encoded digits name nothing, even
+/// when the number they spell is a chat that exists.
+pub async fn non_canonical_chat_numbers_are_404(target: &Target) {
+    let token = target.create_token().await;
+    let chat = target.create_chat(&token).await;
+    assert_eq!(chat, 1);
+    target.create_message(&token, chat, "canonical").await;
+    for number in ["01", "001", "+1", "%2B1", "%31", "%30%31"] {
+        let chat = format!("{}/{number}", chats_path(&token));
+        target.get(&chat).await.expect_error(404, "not_found");
+        target
+            .get(&format!("{chat}/messages"))
+            .await
+            .expect_error(404, "not_found");
+        target
+            .get(&format!("{chat}/messages/1"))
+            .await
+            .expect_error(404, "not_found");
+        target
+            .get(&format!("{chat}/messages/search?q=canonical"))
+            .await
+            .expect_error(404, "not_found");
+        target
+            .post(
+                &format!("{chat}/messages"),
+                &serde_json::json!({ "body": "hello" }),
+            )
+            .await
+            .expect_error(404, "not_found");
+    }
+    target.get(&chat_path(&token, 1)).await.expect_status(200);
+}
+
+/// Chat creation needs no body; one that is sent must be a JSON object.
+pub async fn a_creation_body_must_be_an_object_when_present(target: &Target) {
+    let token = target.create_token().await;
+    for body in ["[1,2]", "[]", "\"chat\"", "1", "true", "null"] {
+        target
+            .send_raw(
+                Method::POST,
+                &chats_path(&token),
+                Some("application/json"),
+                body,
+            )
+            .await
+            .expect_error(422, "invalid_field");
+    }
+    for body in ["", " \r\n", "{}", r#"{"ignored":[1,2]}"#] {
+        target
+            .send_raw(
+                Method::POST,
+                &chats_path(&token),
+                Some("application/json"),
+                body,
+            )
+            .await
+            .expect_status(201);
+    }
+}

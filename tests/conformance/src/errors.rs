@@ -357,3 +357,116 @@ pub async fn hostile_queries_are_never_5xx(target: &Target) {
             .await,
     );
 }
+
+/// `limit` and `after` are written one way: no leading zero, no sign.
+pub async fn non_canonical_list_queries_are_400(target: &Target) {
+    let fixture = Fixture::new(target).await;
+    let non_canonical = [
+        "limit=01",
+        "limit=+1",
+        "limit=%2B1",
+        "limit=0100",
+        "after=00",
+        "after=01",
+        "after=+1",
+        "after=%2B0",
+    ];
+    for list in fixture.lists() {
+        for parameter in non_canonical {
+            target
+                .get(&with_query(&list, parameter))
+                .await
+                .expect_error(400, "invalid_query");
+        }
+        target
+            .get(&with_query(&list, "limit=10&after=0"))
+            .await
+            .expect_status(200);
+    }
+    for parameter in ["limit=01", "limit=+1"] {
+        target
+            .get_as_admin(&format!("/applications?{parameter}"))
+            .await
+            .expect_error(400, "invalid_query");
+    }
+}
+
+/// A name needs a visible character: zero-width, control and other invisible characters are blank.
+pub async fn invisible_names_are_422(target: &Target) {
+    let token = target.create_token().await;
+    for name in [
+        "\u{200B}",
+        "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+        "\u{0000}",
+        "\u{0001}\u{007F}\u{0085}",
+        "\u{00AD}\u{034F}",
+        " \u{200B}\t\u{3000}",
+    ] {
+        target
+            .post("/applications", &json!({ "name": name }))
+            .await
+            .expect_error(422, "invalid_field");
+        target
+            .put(&application_path(&token), &json!({ "name": name }))
+            .await
+            .expect_error(422, "invalid_field");
+    }
+    target
+        .post("/applications", &json!({ "name": "\u{200B}visible" }))
+        .await
+        .expect_status(201);
+}
+
+/// A client's request id is echoed when it is 1 to 128 bytes of visible ASCII; any other is replaced
+/// by a fresh one, never echoed.
+pub async fn unusable_request_ids_are_replaced(target: &Target) {
+    let at_limit = "r".repeat(128);
+    let request = target
+        .request(Method::GET, "/healthz")
+        .header("x-request-id", &at_limit);
+    let reply = target.send(request).await;
+    assert_eq!(
+        reply.header("x-request-id"),
+        Some(at_limit.as_str()),
+        "{}",
+        reply.describe()
+    );
+    let over_limit = "r".repeat(129);
+    let huge = "r".repeat(64 * 1024);
+    let unusable: [&[u8]; 5] = [
+        over_limit.as_bytes(),
+        huge.as_bytes(),
+        b"with space",
+        b"caf\xc3\xa9",
+        b"tab\there",
+    ];
+    for id in unusable {
+        for path in ["/healthz", "/nope"] {
+            let request = target.request(Method::GET, path).header(
+                "x-request-id",
+                reqwest::header::HeaderValue::from_bytes(id).expect("a header value"),
+            );
+            let reply = target.send(request).await;
+            let echoed = reply.headers.get("x-request-id").map(|v| v.as_bytes());
+            let fresh = echoed.unwrap_or_else(|| panic!("no request id: {}", reply.describe()));
+            assert_ne!(fresh, id, "echoed: {}", reply.describe());
+            assert!(
+                (1..=128).contains(&fresh.len()) && fresh.iter().all(u8::is_ascii_graphic),
+                "{}",
+                reply.describe()
+            );
+        }
+    }
+    let request = target
+        .request(Method::GET, "/healthz")
+        .header("x-request-id", "first")
+        .header("x-request-id", "second");
+    let reply = target.send(request).await;
+    let ids: Vec<_> = reply.headers.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{}", reply.describe());
+    assert!(
+        ids[0] != "first" && ids[0] != "second",
+        "{}",
+        reply.describe()
+    );
+}

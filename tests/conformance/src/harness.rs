@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chatsys_api::{Backends, Running, ServeArgs, StandaloneArgs};
+use chatsys_api::{Backends, HttpSettings, Running, ServeArgs, StandaloneArgs};
 use chatsys_worker::WorkerArgs;
 
 use crate::target::{HoldsTarget, Target};
@@ -59,6 +59,7 @@ pub async fn standalone() -> Served {
         cache_max_bytes: 64 << 20,
         cache_max_page_bytes: 1 << 20,
         max_request_bytes: 1_048_576,
+        http: HttpSettings::default(),
         log_format: "text".into(),
     };
     let api = chatsys_api::start_standalone(&args)
@@ -113,6 +114,7 @@ pub async fn full_stack() -> Served {
         publish_channels: 4,
         publish_timeout_ms: 5000,
         max_request_bytes: 1_048_576,
+        http: HttpSettings::default(),
         reseed_margin: 10_000,
     };
     let api = chatsys_api::start(&api_args)

@@ -49,6 +49,8 @@ macro_rules! conformance_suite {
                 concurrent_creates_get_distinct_numbers,
                 unknown_chats_are_404,
                 chats_of_an_unknown_application_are_404,
+                non_canonical_chat_numbers_are_404,
+                a_creation_body_must_be_an_object_when_present,
             ],
             messages: [
                 create_returns_201_numbered_from_1,
@@ -62,6 +64,7 @@ macro_rules! conformance_suite {
                 bodies_round_trip_verbatim,
                 body_size_is_bounded,
                 unknown_messages_are_404,
+                non_canonical_message_numbers_are_404,
             ],
             search: [
                 partial_match_ignores_case,
@@ -85,6 +88,9 @@ macro_rules! conformance_suite {
                 hostile_tokens_are_404,
                 invalid_list_queries_are_400,
                 hostile_queries_are_never_5xx,
+                non_canonical_list_queries_are_400,
+                invisible_names_are_422,
+                unusable_request_ids_are_replaced,
             ],
             ops: [
                 health_probes_answer_200,

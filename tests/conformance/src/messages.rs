@@ -498,3 +498,22 @@ pub async fn unknown_messages_are_404(target: &Target) {
             .expect_error(404, "not_found");
     }
 }
+
+/// A message number has one spelling: a leading zero, a sign or percent-encoded digits name nothing,
+/// even when the number they spell is a message that exists.
+pub async fn non_canonical_message_numbers_are_404(target: &Target) {
+    let token = target.create_token().await;
+    let chat = target.create_chat(&token).await;
+    target.create_message(&token, chat, "canonical").await;
+    for number in ["01", "0001", "+1", "%2B1", "%31"] {
+        let path = format!("{}/{number}", messages_path(&token, chat));
+        target.get(&path).await.expect_error(404, "not_found");
+        target
+            .put(&path, &json!({ "body": "x" }))
+            .await
+            .expect_error(404, "not_found");
+    }
+    let reply = target.get(&message_path(&token, chat, 1)).await;
+    reply.expect_status(200);
+    assert_eq!(reply.json()["body"], "canonical", "{}", reply.describe());
+}

@@ -1,0 +1,291 @@
+//! The HTTP/1.1 server loop: accepts connections up to a limit, serves each with hyper, and closes the
+//! ones that hold a socket without using it (a head that does not arrive, a kept-alive connection left
+//! idle). On shutdown it stops accepting, lets the requests in flight finish, then returns.
+//!
+//! `axum::serve` has none of these limits, hence this loop. How long a request *body* may take is
+//! decided where the body is read (`http::extract`), which can answer 408 with the error body.
+//!
+//! Errors hyper answers itself, before any service runs, cannot carry the JSON error body nor an
+//! `X-Request-Id`: a request head it cannot parse (bad request line, bad header syntax, an invalid or
+//! conflicting `Content-Length`: 400), a URI over 65,534 bytes (414, the longest URI the `http` crate
+//! represents) and a head over hyper's buffer or with over 100 headers (431). Hyper 1 writes a bare
+//! status line for those in `proto::h1::role::Server::on_error` and closes the connection; its builder
+//! has no hook for that response, and rewriting hyper's bytes on the socket is not worth the risk.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::settings::HttpSettings;
+
+/// What a connection is waiting for, which decides how long it may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Just accepted, nothing received yet: the first head must come within the header timeout.
+    Opened(Instant),
+    /// A head has started (or the connection opened) at this instant and is not complete yet.
+    Head(Instant),
+    /// This many requests are being served; a body's own deadline applies, not the connection's.
+    Busy(usize),
+    /// Since this instant no request is being served: a kept-alive connection between requests, or
+    /// one still writing its last response.
+    Idle(Instant),
+}
+
+impl Phase {
+    fn deadline(self, header: Duration, idle: Duration) -> Option<Instant> {
+        match self {
+            Phase::Opened(since) | Phase::Head(since) => Some(since + header),
+            Phase::Idle(since) => Some(since + idle),
+            Phase::Busy(_) => None,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true (or its sender is dropped), then waits for
+/// every connection to end: idle ones close at once, the others after their request.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: &HttpSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_connections as usize));
+    let (header, idle) = (settings.header_timeout(), settings.idle_timeout());
+    loop {
+        // A slot first, then accept: connections over the limit wait in the listen backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the connection slots are never closed"),
+            () = stopped(&mut shutdown) => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            router.clone(),
+            (header, idle),
+            shutdown.clone(),
+            slot,
+        ));
+    }
+    drop(listener);
+    // Each connection holds a slot until it ends, so all the slots back means all connections ended.
+    let _ = slots.acquire_many(settings.max_connections).await;
+}
+
+/// Resolves when `shutdown` turns true, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A failed accept: a client that gave up before being accepted is nothing, anything else (out of file
+/// descriptors, say) is logged and waited out a little rather than retried in a tight loop.
+async fn accept_failed(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    (header, idle): (Duration, Duration),
+    mut shutdown: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let (phase, watched) = watch::channel(Phase::Opened(Instant::now()));
+    let phase = Arc::new(phase);
+    let io = TokioIo::new(Watched {
+        stream,
+        phase: phase.clone(),
+    });
+    let service = Tracked { router, phase };
+    // Hyper's own header timeout also runs while a kept-alive connection waits for its next request,
+    // which would make the idle timeout the header timeout; the watchdog below times both instead.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let overdue = overdue(watched.clone(), header, idle);
+    let mut overdue = std::pin::pin!(overdue);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // Dropping the connection closes the socket; nothing is being served (see `overdue`).
+            () = &mut overdue => return,
+            () = stopped(&mut shutdown), if !stopping => {
+                stopping = true;
+                // A connection that never sent a byte has nothing to finish.
+                if matches!(*watched.borrow(), Phase::Opened(_)) {
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Resolves when the connection has waited too long for a head, or sat idle too long.
+async fn overdue(mut phase: watch::Receiver<Phase>, header: Duration, idle: Duration) {
+    loop {
+        let deadline = phase.borrow_and_update().deadline(header, idle);
+        let changed = match deadline {
+            Some(deadline) => tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = phase.changed() => changed,
+            },
+            None => phase.changed().await,
+        };
+        if changed.is_err() {
+            // The connection is over (its phase is no longer kept), and so is the watch.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// The socket, noting when a request's first byte arrives on a connection that was idle.
+struct Watched {
+    stream: TcpStream,
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.phase.send_if_modified(|phase| match *phase {
+                Phase::Idle(_) => {
+                    *phase = Phase::Head(Instant::now());
+                    true
+                }
+                Phase::Opened(since) => {
+                    *phase = Phase::Head(since);
+                    true
+                }
+                Phase::Head(_) | Phase::Busy(_) => false,
+            });
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The router, noting when requests start and end on the connection.
+struct Tracked {
+    router: Router,
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let serving = Serving::start(self.phase.clone());
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(request.map(Body::new)).await;
+            drop(serving);
+            response
+        })
+    }
+}
+
+/// One request being served; when the last one ends (or is dropped with its connection), the
+/// connection is idle.
+struct Serving(Arc<watch::Sender<Phase>>);
+
+impl Serving {
+    fn start(phase: Arc<watch::Sender<Phase>>) -> Self {
+        phase.send_modify(|phase| {
+            *phase = match *phase {
+                Phase::Busy(n) => Phase::Busy(n + 1),
+                _ => Phase::Busy(1),
+            }
+        });
+        Serving(phase)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.send_modify(|phase| {
+            *phase = match *phase {
+                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+                _ => Phase::Idle(Instant::now()),
+            }
+        });
+    }
+}
