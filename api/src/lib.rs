@@ -212,7 +212,7 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     };
     let mut source = queue.source();
     let ingest_stop = stopped.clone();
-    let (health, _) = watch::channel(ingest::IngestHealth::default());
+    let (health, ingest_health) = watch::channel(ingest::IngestHealth::default());
     let ingest_task = tokio::spawn(async move {
         ingest::run(&mut source, &ingest_ports, &settings, ingest_stop, health).await;
     });
@@ -223,7 +223,7 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     ));
     let (addr, http_task) = serve(
         args.listen,
-        ChatService::new(ports),
+        ChatService::new(ports).with_ingest_health(ingest_health),
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,

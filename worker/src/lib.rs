@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chatsys_api::{Backends, Running};
 use chatsys_core::adapters::{amqp, mysql, redis};
+use chatsys_core::health::{self, Check};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::ports::Store;
 use clap::Parser;
@@ -143,19 +144,15 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     ))
 }
 
-/// Ready when the database answers and the last batch went through.
+/// Ready when the database answers and the last batch went through; `degraded` while indexing fails.
 async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
-    let database = state.store.ping().await.err().map(|e| e.to_string());
-    let ingest = state.ingest.borrow().last_error.clone();
-    let ready = database.is_none() && ingest.is_none();
+    let mut checks = vec![Check::ping("database", state.store.ping().await)];
+    checks.extend(Check::ingest(&state.ingest.borrow()));
+    let (ready, body) = health::report(&checks);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "checks": {"database": database.unwrap_or_else(|| "ok".into()), "ingest": ingest.unwrap_or_else(|| "ok".into())},
-    });
     (status, Json(body)).into_response()
 }

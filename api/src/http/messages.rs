@@ -139,8 +139,8 @@ pub async fn edit(
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
            ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last message of the previous page")),
     responses(
-        (status = 200, description = "Matching messages of this chat, best first", body = [MessageView],
-            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
+        (status = 200, description = "Matching messages of this chat in number order. Every match is reached by following `Link`; a page may hold fewer than `limit` messages (even none) when the search stopped at its per-request budget, and only the absence of `Link` means the end", body = [MessageView],
+            headers(("Link" = String, description = "rel=\"next\": the next page, while more matches may follow"))),
         (status = 400, description = "Empty or missing q, bad limit or after", body = ErrorBody),
         (status = 404, description = "Unknown token or chat", body = ErrorBody),
         (status = 503, description = "A backing service is down", body = ErrorBody,

@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use chatsys_core::health;
 use serde_json::json;
 
 use super::{AppState, Shared, openapi};
@@ -25,29 +26,16 @@ pub fn router() -> Router<Arc<AppState>> {
         )
 }
 
-/// 200 when every backing service answers, 503 naming the ones that do not.
+/// 200 when every backing service answers (`degraded` when search lags), 503 naming the ones that do
+/// not; the reasons are in the logs.
 async fn readyz(State(state): Shared) -> Response {
-    let checks = state.service.readiness().await;
-    let ready = checks.iter().all(|(_, r)| r.is_ok());
-    let detail: serde_json::Map<String, serde_json::Value> = checks
-        .into_iter()
-        .map(|(name, r)| {
-            (
-                name.to_string(),
-                json!(r.err().unwrap_or_else(|| "ok".to_string())),
-            )
-        })
-        .collect();
+    let (ready, body) = health::report(&state.service.readiness().await);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"status": if ready { "ready" } else { "unavailable" }, "checks": detail})),
-    )
-        .into_response()
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): Shared) -> impl IntoResponse {
