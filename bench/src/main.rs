@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chatsys_bench::client::{Connection, create_application, create_chat_number, metric_sum};
 use chatsys_bench::cpu::{CpuSnapshot, MACHINE, find_processes};
+use chatsys_bench::isolation::{self, IsolationFigures};
 use chatsys_bench::load::{self, ChatTarget, Outcome, Pace};
 use chatsys_bench::raw::{self, DatabaseLimits, QueueLimits};
 use chatsys_bench::stats::{LatencySummary, Rate};
@@ -67,6 +68,9 @@ struct Args {
     /// Upper bound of raw publishes (and consumes).
     #[arg(long, default_value_t = 150_000)]
     raw_publishes: u64,
+    /// Bodies of 64 KiB one application writes while another's small messages are timed to search.
+    #[arg(long, default_value_t = 1000)]
+    isolation_large: u64,
 }
 
 /// The sizes a run uses: the flags, or the smoke sizes.
@@ -82,6 +86,9 @@ struct Sizes {
     ingest_messages: u64,
     raw_secs: f64,
     raw_publishes: u64,
+    isolation_large: u64,
+    isolation_probes: usize,
+    concurrent_searches: usize,
 }
 
 impl Sizes {
@@ -98,6 +105,9 @@ impl Sizes {
                 ingest_messages: 200,
                 raw_secs: 0.5,
                 raw_publishes: 2_000,
+                isolation_large: 20,
+                isolation_probes: 2,
+                concurrent_searches: 2,
             };
         }
         Self {
@@ -111,6 +121,9 @@ impl Sizes {
             ingest_messages: args.ingest_messages,
             raw_secs: args.raw_secs as f64,
             raw_publishes: args.raw_publishes,
+            isolation_large: args.isolation_large,
+            isolation_probes: 10,
+            concurrent_searches: 16,
         }
     }
 
@@ -135,6 +148,7 @@ struct Report {
     ingest: Option<IngestFigures>,
     reads_warm: Option<LoadFigures>,
     reads_cold: Option<LoadFigures>,
+    isolation: Option<IsolationFigures>,
     memory: Option<MemoryFigures>,
     ratios: BTreeMap<&'static str, f64>,
     targets: Vec<Target>,
@@ -533,6 +547,21 @@ async fn measure_system(
     report.raw.redis_value_bytes = warm.mean_response_bytes.round() as usize;
     report.reads_warm = Some(warm);
     report.reads_cold = Some(cold);
+
+    eprintln!(
+        "isolation: {} bodies of 64 KiB from one application, small messages of another timed to search",
+        sizes.isolation_large
+    );
+    report.isolation = Some(
+        isolation::measure(
+            addr,
+            sizes.isolation_large,
+            sizes.isolation_probes,
+            sizes.concurrent_searches,
+        )
+        .await
+        .context("isolation")?,
+    );
 
     report.memory = Some(MemoryFigures {
         api_peak_mib: system.peak_rss_bytes(Role::Api) as f64 / MIB,
@@ -1023,6 +1052,32 @@ fn print_table(report: &Report) {
     }
     if let Some(cold) = &report.reads_cold {
         rows.extend(load_rows("reads, page of 100, cold", cold));
+    }
+    if let Some(isolation) = &report.isolation {
+        rows.push((
+            format!(
+                "small message searchable while another app writes {} of 64 KiB",
+                isolation.large_created
+            ),
+            format!(
+                "p50 {:.0} ms, max {:.0} ms, never seen {}",
+                isolation.small_searchable.p50_ms,
+                isolation.small_searchable.max_ms,
+                isolation.small_never_seen
+            ),
+        ));
+        rows.push((
+            format!(
+                "{} concurrent 1-character searches over those, walked to the end",
+                isolation.short_searches.count
+            ),
+            format!(
+                "p50 {:.0} ms, max {:.0} ms, {} pages in all",
+                isolation.short_searches.p50_ms,
+                isolation.short_searches.max_ms,
+                isolation.short_search_pages
+            ),
+        ));
     }
     if let Some(memory) = &report.memory {
         rows.push((
