@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{self, AppId, Message};
 use crate::error::{CoreError, CoreResult};
-use crate::plan::MessageKey;
+use crate::plan::{ChatKey, MessageKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -63,6 +63,27 @@ impl Command {
                 created_at: m.created_at,
                 at: m.updated_at,
             }
+        }
+    }
+
+    /// The chat this command creates or writes a message into.
+    pub fn chat_key(&self) -> ChatKey {
+        match self {
+            Command::CreateChat {
+                application_id,
+                number,
+                ..
+            } => (*application_id, *number),
+            Command::CreateMessage {
+                application_id,
+                chat_number,
+                ..
+            }
+            | Command::EditMessage {
+                application_id,
+                chat_number,
+                ..
+            } => (*application_id, *chat_number),
         }
     }
 

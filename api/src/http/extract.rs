@@ -28,20 +28,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let bytes = read_limited(req, state).await?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("malformed JSON: {e}"),
-            )
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                "the body must be a JSON object",
-            ));
-        }
+        let value = json_object(&bytes, "the body must be a JSON object")?;
         serde_path_to_error::deserialize(value)
             .map(JsonBody)
             .map_err(|e| {
@@ -68,22 +55,28 @@ impl FromRequest<Arc<AppState>> for OptionalJson {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson);
         }
-        let value = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("malformed JSON: {e}"),
-            )
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                "the body, when there is one, must be a JSON object",
-            ));
-        }
+        json_object(&bytes, "the body, when there is one, must be a JSON object")?;
         Ok(OptionalJson)
     }
+}
+
+/// A body that must be a JSON object: a syntax error is a 400, any other JSON value a 422.
+fn json_object(bytes: &[u8], not_an_object: &str) -> Result<serde_json::Value, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            not_an_object,
+        ));
+    }
+    Ok(value)
 }
 
 /// The query string as a map; undecodable query strings are a 400.

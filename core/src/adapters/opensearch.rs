@@ -589,6 +589,8 @@ mod tests {
                     (HttpStatus::from_u16(status).unwrap(), headers, answer)
                 }
             });
+            // Bulk requests are as large as OpenSearch takes, well past axum's default body limit.
+            let app = app.layer(axum::extract::DefaultBodyLimit::disable());
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
             FakeCluster { url, requests }
         }

@@ -453,25 +453,10 @@ impl SqliteQueue {
 }
 
 fn scope(command: &Command) -> (u64, u64, u64) {
-    match command {
-        Command::CreateChat {
-            application_id,
-            number,
-            ..
-        } => (*application_id, *number, 0),
-        Command::CreateMessage {
-            application_id,
-            chat_number,
-            number,
-            ..
-        }
-        | Command::EditMessage {
-            application_id,
-            chat_number,
-            number,
-            ..
-        } => (*application_id, *chat_number, *number),
-    }
+    command.message_key().unwrap_or_else(|| {
+        let (app, chat) = command.chat_key();
+        (app, chat, 0)
+    })
 }
 
 async fn group_commit(

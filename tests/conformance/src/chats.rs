@@ -206,35 +206,39 @@ pub async fn unknown_chats_are_404(target: &Target) {
         "18446744073709551616",
         "99999999999999999999999999999999",
     ] {
-        let chat = format!("{}/{number}", chats_path(&token));
-        target.get(&chat).await.expect_error(404, "not_found");
-        target
-            .get(&format!("{chat}/messages"))
-            .await
-            .expect_error(404, "not_found");
-        target
-            .get(&format!("{chat}/messages/1"))
-            .await
-            .expect_error(404, "not_found");
-        target
-            .put(
-                &format!("{chat}/messages/1"),
-                &serde_json::json!({ "body": "hello" }),
-            )
-            .await
-            .expect_error(404, "not_found");
-        target
-            .get(&format!("{chat}/messages/search?q=a"))
-            .await
-            .expect_error(404, "not_found");
-        target
-            .post(
-                &format!("{chat}/messages"),
-                &serde_json::json!({ "body": "hello" }),
-            )
-            .await
-            .expect_error(404, "not_found");
+        expect_no_such_chat(target, &format!("{}/{number}", chats_path(&token))).await;
     }
+}
+
+/// Every route under a chat path that names no chat is a 404.
+async fn expect_no_such_chat(target: &Target, chat: &str) {
+    target.get(chat).await.expect_error(404, "not_found");
+    target
+        .get(&format!("{chat}/messages"))
+        .await
+        .expect_error(404, "not_found");
+    target
+        .get(&format!("{chat}/messages/1"))
+        .await
+        .expect_error(404, "not_found");
+    target
+        .put(
+            &format!("{chat}/messages/1"),
+            &serde_json::json!({ "body": "hello" }),
+        )
+        .await
+        .expect_error(404, "not_found");
+    target
+        .get(&format!("{chat}/messages/search?q=a"))
+        .await
+        .expect_error(404, "not_found");
+    target
+        .post(
+            &format!("{chat}/messages"),
+            &serde_json::json!({ "body": "hello" }),
+        )
+        .await
+        .expect_error(404, "not_found");
 }
 
 pub async fn chats_of_an_unknown_application_are_404(target: &Target) {
@@ -258,27 +262,7 @@ pub async fn non_canonical_chat_numbers_are_404(target: &Target) {
     assert_eq!(chat, 1);
     target.create_message(&token, chat, "canonical").await;
     for number in ["01", "001", "+1", "%2B1", "%31", "%30%31"] {
-        let chat = format!("{}/{number}", chats_path(&token));
-        target.get(&chat).await.expect_error(404, "not_found");
-        target
-            .get(&format!("{chat}/messages"))
-            .await
-            .expect_error(404, "not_found");
-        target
-            .get(&format!("{chat}/messages/1"))
-            .await
-            .expect_error(404, "not_found");
-        target
-            .get(&format!("{chat}/messages/search?q=canonical"))
-            .await
-            .expect_error(404, "not_found");
-        target
-            .post(
-                &format!("{chat}/messages"),
-                &serde_json::json!({ "body": "hello" }),
-            )
-            .await
-            .expect_error(404, "not_found");
+        expect_no_such_chat(target, &format!("{}/{number}", chats_path(&token))).await;
     }
     target.get(&chat_path(&token, 1)).await.expect_status(200);
 }
