@@ -124,20 +124,24 @@ async fn serve_connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let (phase, watched) = watch::channel(Phase::Opened(Instant::now()));
-    let phase = Arc::new(phase);
+    let phase = Arc::new(PhaseCell(std::sync::Mutex::new(Phase::Opened(
+        Instant::now(),
+    ))));
     let io = TokioIo::new(Watched {
         stream,
         phase: phase.clone(),
     });
-    let service = Tracked { router, phase };
+    let service = Tracked {
+        router,
+        phase: phase.clone(),
+    };
     // Hyper's own header timeout also runs while a kept-alive connection waits for its next request,
     // which would make the idle timeout the header timeout; the watchdog below times both instead.
     let connection = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
-    let overdue = overdue(watched.clone(), header, idle);
+    let overdue = overdue(&phase, header, idle);
     let mut overdue = std::pin::pin!(overdue);
     let mut stopping = false;
     loop {
@@ -153,7 +157,7 @@ async fn serve_connection(
             () = stopped(&mut shutdown), if !stopping => {
                 stopping = true;
                 // A connection that never sent a byte has nothing to finish.
-                if matches!(*watched.borrow(), Phase::Opened(_)) {
+                if matches!(phase.get(), Phase::Opened(_)) {
                     return;
                 }
                 connection.as_mut().graceful_shutdown();
@@ -162,28 +166,41 @@ async fn serve_connection(
     }
 }
 
-/// Resolves when the connection has waited too long for a head, or sat idle too long.
-async fn overdue(mut phase: watch::Receiver<Phase>, header: Duration, idle: Duration) {
+/// A connection's phase. Requests write it as they start and end, and never wake the watchdog, which
+/// reads it when it wakes on its own: that keeps the cost per request to a few uncontended locks.
+struct PhaseCell(std::sync::Mutex<Phase>);
+
+impl PhaseCell {
+    fn get(&self) -> Phase {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
+        let mut phase = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *phase = change(*phase);
+    }
+}
+
+/// Resolves when the connection has waited too long for a head, or sat idle too long. It wakes at the
+/// current phase's deadline, and at least once every `min(header, idle)`: no phase's deadline is nearer
+/// than that when the phase begins, so each is seen before it passes and kept exactly.
+async fn overdue(phase: &PhaseCell, header: Duration, idle: Duration) {
+    let period = header.min(idle);
     loop {
-        let deadline = phase.borrow_and_update().deadline(header, idle);
-        let changed = match deadline {
-            Some(deadline) => tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return,
-                changed = phase.changed() => changed,
-            },
-            None => phase.changed().await,
+        let now = Instant::now();
+        let wake_at = match phase.get().deadline(header, idle) {
+            Some(deadline) if deadline <= now => return,
+            Some(deadline) => deadline.min(now + period),
+            None => now + period,
         };
-        if changed.is_err() {
-            // The connection is over (its phase is no longer kept), and so is the watch.
-            return std::future::pending().await;
-        }
+        tokio::time::sleep_until(wake_at).await;
     }
 }
 
 /// The socket, noting when a request's first byte arrives on a connection that was idle.
 struct Watched {
     stream: TcpStream,
-    phase: Arc<watch::Sender<Phase>>,
+    phase: Arc<PhaseCell>,
 }
 
 impl AsyncRead for Watched {
@@ -195,16 +212,10 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.phase.send_if_modified(|phase| match *phase {
-                Phase::Idle(_) => {
-                    *phase = Phase::Head(Instant::now());
-                    true
-                }
-                Phase::Opened(since) => {
-                    *phase = Phase::Head(since);
-                    true
-                }
-                Phase::Head(_) | Phase::Busy(_) => false,
+            self.phase.update(|phase| match phase {
+                Phase::Idle(_) => Phase::Head(Instant::now()),
+                Phase::Opened(since) => Phase::Head(since),
+                Phase::Head(_) | Phase::Busy(_) => phase,
             });
         }
         polled
@@ -244,7 +255,7 @@ impl AsyncWrite for Watched {
 /// The router, noting when requests start and end on the connection.
 struct Tracked {
     router: Router,
-    phase: Arc<watch::Sender<Phase>>,
+    phase: Arc<PhaseCell>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
@@ -265,15 +276,13 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
 
 /// One request being served; when the last one ends (or is dropped with its connection), the
 /// connection is idle.
-struct Serving(Arc<watch::Sender<Phase>>);
+struct Serving(Arc<PhaseCell>);
 
 impl Serving {
-    fn start(phase: Arc<watch::Sender<Phase>>) -> Self {
-        phase.send_modify(|phase| {
-            *phase = match *phase {
-                Phase::Busy(n) => Phase::Busy(n + 1),
-                _ => Phase::Busy(1),
-            }
+    fn start(phase: Arc<PhaseCell>) -> Self {
+        phase.update(|phase| match phase {
+            Phase::Busy(n) => Phase::Busy(n + 1),
+            _ => Phase::Busy(1),
         });
         Serving(phase)
     }
@@ -281,11 +290,9 @@ impl Serving {
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.send_modify(|phase| {
-            *phase = match *phase {
-                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-                _ => Phase::Idle(Instant::now()),
-            }
+        self.0.update(|phase| match phase {
+            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+            _ => Phase::Idle(Instant::now()),
         });
     }
 }

@@ -188,6 +188,31 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     server.running.stop().await;
 }
 
+/// The header timeout holds for every request of a kept-alive connection, not only its first: a head
+/// that starts after an answer and never ends is cut after the header timeout, long before the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_head_that_never_ends_is_cut_after_the_header_timeout() {
+    let server = start(&["--header-timeout-ms", "500", "--idle-timeout-secs", "30"]).await;
+    let mut stream = server.connect().await;
+    stream.write_all(HEALTHZ).await.unwrap();
+    let answer = answer_within(&mut stream, MARGIN).await.expect("an answer");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    // Idle past a few header timeouts first: the head then starts on a connection the watchdog last
+    // saw idle, with the idle deadline far away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    closed_within(
+        &mut stream,
+        Duration::from_millis(500) + MARGIN,
+        "a kept-alive connection whose second head never ends",
+    )
+    .await;
+    server.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_answered_408_within_the_body_timeout() {
     let server = start(&["--body-timeout-ms", "500"]).await;

@@ -1,14 +1,12 @@
 //! Extractors that turn malformed requests into the contract's errors.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
-use axum::response::Response;
 use bytes::Bytes;
 use chatsys_core::domain::{self, Page};
 use futures::StreamExt;
@@ -27,7 +25,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let bytes = read_limited(req, state).await?;
+        let (bytes, _paid) = read_limited(req, state).await?;
         let value = json_object(&bytes, "the body must be a JSON object")?;
         serde_path_to_error::deserialize(value)
             .map(JsonBody)
@@ -51,7 +49,7 @@ impl FromRequest<Arc<AppState>> for OptionalJson {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let bytes = read_limited(req, state).await?;
+        let (bytes, _paid) = read_limited(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson);
         }
@@ -150,14 +148,15 @@ impl BodyBudget {
 /// How long an upload waits for others to free the budget before it is answered 503.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
-/// What a request's body holds of the [`BodyBudget`]; shared with the middleware that keeps it until the
-/// response is ready, because the values parsed from the body live as long as the handler.
-#[derive(Clone, Default)]
-struct BodyShare(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+/// What a request's body holds of the [`BodyBudget`] while it is read and parsed: what a client can hold
+/// by sending slowly. The values parsed from it live on while the handler runs, which takes no longer
+/// for a slow client.
+#[derive(Default)]
+struct Paid(Option<OwnedSemaphorePermit>);
 
-impl BodyShare {
+impl Paid {
     async fn pay(
-        &self,
+        &mut self,
         budget: &BodyBudget,
         bytes: usize,
         deadline: Instant,
@@ -180,22 +179,12 @@ impl BodyShare {
                 .map_err(|_| busy())?
                 .map_err(|_| busy())?,
         };
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match held.as_mut() {
+        match self.0.as_mut() {
             Some(held) => held.merge(permit),
-            None => *held = Some(permit),
+            None => self.0 = Some(permit),
         }
         Ok(())
     }
-}
-
-/// Keeps what the request's body took of the budget until the response is ready.
-pub async fn hold_body_share(mut req: Request, next: Next) -> Response {
-    let share = BodyShare::default();
-    req.extensions_mut().insert(share.clone());
-    let response = next.run(req).await;
-    drop(share);
-    response
 }
 
 /// How much of an oversized body is read and thrown away before answering 413: closing a connection
@@ -211,7 +200,7 @@ const FIRST_BUFFER: usize = 16 * 1024;
 /// one): a body of a declared length ends in a buffer of exactly that size, with no slack, and the
 /// bytes paid for are the bytes allocated. It is not allocated whole up front, so a client that
 /// declares a large body and sends a few bytes holds a few kilobytes, not the limit.
-async fn read_limited(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+async fn read_limited(req: Request, state: &AppState) -> Result<(Bytes, Paid), ApiError> {
     let limit = state.max_request_bytes;
     let deadline = Instant::now() + state.body_timeout;
     let too_large = || ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE);
@@ -224,11 +213,7 @@ async fn read_limited(req: Request, state: &AppState) -> Result<Bytes, ApiError>
         return Err(too_large());
     }
     let ceiling = declared.unwrap_or(limit).min(limit);
-    let share = req
-        .extensions()
-        .get::<BodyShare>()
-        .cloned()
-        .unwrap_or_default();
+    let mut paid_for = Paid::default();
     let mut stream = req.into_body().into_data_stream();
     let mut body = Vec::new();
     let mut paid = 0usize;
@@ -257,7 +242,7 @@ async fn read_limited(req: Request, state: &AppState) -> Result<Bytes, ApiError>
             let needed = body.len() + chunk.len();
             if needed > paid {
                 let grown = needed.max((paid * 2).max(FIRST_BUFFER).min(ceiling));
-                share
+                paid_for
                     .pay(&state.body_budget, grown - paid, deadline)
                     .await?;
                 body.reserve_exact(grown - body.len());
@@ -271,5 +256,5 @@ async fn read_limited(req: Request, state: &AppState) -> Result<Bytes, ApiError>
     if received > limit {
         return Err(too_large());
     }
-    Ok(Bytes::from(body))
+    Ok((Bytes::from(body), paid_for))
 }

@@ -59,7 +59,7 @@ const REQUEST_ID_MAX_BYTES: usize = 128;
 
 /// A client's request id is echoed and logged, so only a short one of visible ASCII is kept; any other
 /// (or a repeated header) is removed, and `SetRequestIdLayer` then gives the request a fresh one.
-async fn drop_unusable_request_id(mut req: Request) -> Request {
+fn drop_unusable_request_id(mut req: Request) -> Request {
     let mut ids = req.headers().get_all(REQUEST_ID).iter();
     let usable = match (ids.next(), ids.next()) {
         (None, _) => true,
@@ -83,7 +83,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(ops::router())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(extract::hold_body_share))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -92,7 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
-        .layer(middleware::map_request(drop_unusable_request_id))
+        .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
         .with_state(state)
 }
 
