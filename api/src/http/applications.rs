@@ -22,8 +22,13 @@ pub fn router() -> Router<Arc<AppState>> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct NameBody {
-    /// 1 to 255 characters, not blank.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    /// 1 to 255 characters, at least one of them visible (not whitespace, a control character or an
+    /// invisible format character such as a zero-width space).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"[^\s\x00-\x1F\x7F-\x9F\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u202A-\u202E\u2060-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8]"
+    )]
     pub name: String,
 }
 
@@ -119,4 +124,18 @@ pub async fn rename(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    /// The schema attribute takes only a literal: the document must still carry the server's rule.
+    #[test]
+    fn the_documented_name_pattern_is_the_servers_rule() {
+        let document: serde_json::Value =
+            serde_json::from_str(&super::super::openapi::document()).unwrap();
+        assert_eq!(
+            document["components"]["schemas"]["NameBody"]["properties"]["name"]["pattern"],
+            chatsys_core::domain::VISIBLE_CHARACTER
+        );
+    }
 }
