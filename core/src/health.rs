@@ -2,12 +2,18 @@
 //! overall verdict. The reasons (addresses, user names, backend messages) go to the logs, never into the
 //! answer, which anyone who can reach the port may read.
 
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::CoreResult;
 use crate::ingest::IngestHealth;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One check's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum CheckState {
     Ok,
     /// The process cannot serve what depends on it: not ready.
@@ -16,14 +22,24 @@ pub enum CheckState {
     Behind,
 }
 
-impl CheckState {
-    fn as_str(self) -> &'static str {
-        match self {
-            CheckState::Ok => "ok",
-            CheckState::Unavailable => "unavailable",
-            CheckState::Behind => "behind",
-        }
-    }
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessStatus {
+    /// Every check is `ok`.
+    Ready,
+    /// Ready, but a check is `behind`.
+    Degraded,
+    /// A check is `unavailable`: not ready.
+    Unavailable,
+}
+
+/// The body of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: ReadinessStatus,
+    /// Each check by name (`database`, `redis`, `queue`, `search`, `ingest`, as the process has them).
+    pub checks: BTreeMap<&'static str, CheckState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,14 +84,14 @@ impl Check {
 /// something lags) or `unavailable`; `checks` maps each check to `ok`, `behind` or `unavailable`. A
 /// check named twice keeps its worst state.
 pub fn report(checks: &[Check]) -> (bool, Value) {
-    let mut states: Map<String, Value> = Map::new();
+    let mut states: BTreeMap<&'static str, CheckState> = BTreeMap::new();
     let mut worst = CheckState::Ok;
     for check in checks {
-        let previous = states.get(check.name).and_then(Value::as_str);
-        if previous.is_some_and(|p| p != "ok") && check.state == CheckState::Ok {
+        let previous = states.get(check.name);
+        if previous.is_some_and(|p| *p != CheckState::Ok) && check.state == CheckState::Ok {
             continue;
         }
-        states.insert(check.name.to_string(), json!(check.state.as_str()));
+        states.insert(check.name, check.state);
         worst = match (worst, check.state) {
             (CheckState::Unavailable, _) | (_, CheckState::Unavailable) => CheckState::Unavailable,
             (CheckState::Behind, _) | (_, CheckState::Behind) => CheckState::Behind,
@@ -83,18 +99,26 @@ pub fn report(checks: &[Check]) -> (bool, Value) {
         };
     }
     let status = match worst {
-        CheckState::Ok => "ready",
-        CheckState::Behind => "degraded",
-        CheckState::Unavailable => "unavailable",
+        CheckState::Ok => ReadinessStatus::Ready,
+        CheckState::Behind => ReadinessStatus::Degraded,
+        CheckState::Unavailable => ReadinessStatus::Unavailable,
+    };
+    let body = Readiness {
+        status,
+        checks: states,
     };
     let ready = worst != CheckState::Unavailable;
-    (ready, json!({ "status": status, "checks": states }))
+    (
+        ready,
+        serde_json::to_value(body).expect("a readiness report serialises"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::{Backend, CoreError};
+    use serde_json::json;
 
     #[test]
     fn a_failed_ping_is_unavailable_without_its_reason() {

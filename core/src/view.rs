@@ -19,6 +19,7 @@ pub struct ApplicationView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChatView {
     /// 1, 2, 3… within the application.
+    #[schema(minimum = 1)]
     pub number: u64,
     pub messages_count: u64,
     pub created_at: DateTime<Utc>,
@@ -28,6 +29,7 @@ pub struct ChatView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MessageView {
     /// 1, 2, 3… within the chat.
+    #[schema(minimum = 1)]
     pub number: u64,
     pub body: String,
     pub created_at: DateTime<Utc>,

@@ -1,27 +1,29 @@
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
-use chatsys_core::domain;
 use chatsys_core::view::ApplicationView;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{JsonBody, PathParams, QueryMap};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use super::extract::{JsonBody, PathParams, Query};
+use super::params::{ApplicationPath, ApplicationsQuery};
 use super::{AppState, Shared, created, list_response};
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/applications", get(list).post(create))
-        .route("/applications/{token}", get(read).put(rename))
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, rename))
 }
 
 #[derive(Deserialize, ToSchema)]
-pub struct NameBody {
+pub struct ApplicationName {
     /// 1 to 255 characters, at least one of them visible (not whitespace, a control character or an
     /// invisible format character such as a zero-width space).
     #[schema(
@@ -32,18 +34,17 @@ pub struct NameBody {
     pub name: String,
 }
 
-#[utoipa::path(post, path = "/applications", tag = "applications", request_body = NameBody,
+/// Create an application
+///
+/// Returns the application with its generated token, the only way to name it from then on.
+#[utoipa::path(post, path = "/applications", tag = "applications", operation_id = "applications_create",
+    request_body = ApplicationName,
     responses(
         (status = 201, description = "Created", body = ApplicationView,
-            headers(("Location" = String, description = "The new application's path"))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 413, description = "Request over the size limit", body = ErrorBody),
-        (status = 422, description = "Missing or invalid name", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+            headers(("Location" = String, description = "The new application's path")))))]
 pub async fn create(
     State(state): Shared,
-    JsonBody(body): JsonBody<NameBody>,
+    JsonBody(body): JsonBody<ApplicationName>,
 ) -> ApiResult<Response> {
     let application = state.service.create_application(&body.name).await?;
     Ok(created(
@@ -52,22 +53,23 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/applications", tag = "applications",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-           ("after" = Option<String>, Query, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$", description = "Token of the last application of the previous page")),
-    security(("admin_key" = [])),
+/// List applications
+///
+/// Every application in creation order, a page at a time: follow the `Link` header's `rel="next"` until
+/// there is none. When the server was started with an admin key, this needs it as a bearer token; without
+/// one, anyone may list.
+#[utoipa::path(get, path = "/applications", tag = "applications", operation_id = "applications_list",
+    params(ApplicationsQuery),
+    security((), ("admin_key" = [])),
     responses(
-        (status = 200, description = "Applications in creation order", body = [ApplicationView],
-            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
-        (status = 400, description = "Bad limit or after", body = ErrorBody),
-        (status = 401, description = "Admin key missing or wrong", body = ErrorBody),
-        (status = 404, description = "No application has the token given as after", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+        (status = 200, description = "A page of applications, in creation order", body = [ApplicationView],
+            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while there is one"))),
+        (status = 401, description = "The server has an admin key, and it was missing or wrong", body = ErrorBody),
+        (status = 404, description = "No application has the token given as `after`", body = ErrorBody)))]
 pub async fn list(
     State(state): Shared,
     headers: HeaderMap,
-    query: QueryMap,
+    Query(query): Query<ApplicationsQuery>,
 ) -> ApiResult<Response> {
     if let Some(key) = &state.admin_key {
         let presented = headers
@@ -77,65 +79,51 @@ pub async fn list(
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "listing applications needs the admin key",
             ));
         }
     }
-    let limit = domain::parse_page(query.get("limit"), None)?.limit;
+    let limit = query.limit()?;
     let page = state
         .service
-        .list_applications(query.get("after"), limit)
+        .list_applications(query.after.as_deref(), limit)
         .await?;
     Ok(list_response(page, "/applications", limit, &[]))
 }
 
-#[utoipa::path(get, path = "/applications/{token}", tag = "applications",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
-    responses((status = 200, description = "The application", body = ApplicationView),
-        (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+/// Read an application
+///
+/// The application with its `chats_count`.
+#[utoipa::path(get, path = "/applications/{token}", tag = "applications", operation_id = "applications_read",
+    params(ApplicationPath),
+    responses((status = 200, description = "The application", body = ApplicationView)))]
 pub async fn read(
     State(state): Shared,
-    PathParams(token): PathParams<String>,
+    PathParams(path): PathParams<ApplicationPath>,
 ) -> ApiResult<Json<ApplicationView>> {
-    Ok(Json(state.service.application(&token).await?))
+    Ok(Json(state.service.application(&path.token.0).await?))
 }
 
-#[utoipa::path(put, path = "/applications/{token}", tag = "applications", request_body = NameBody,
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
-    responses((status = 200, description = "Renamed", body = ApplicationView),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 413, description = "Request over the size limit", body = ErrorBody),
-        (status = 422, description = "Missing or invalid name", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+/// Rename an application
+///
+/// The token stays the same.
+#[utoipa::path(put, path = "/applications/{token}", tag = "applications", operation_id = "applications_rename",
+    params(ApplicationPath), request_body = ApplicationName,
+    responses((status = 200, description = "Renamed", body = ApplicationView)))]
 pub async fn rename(
     State(state): Shared,
-    PathParams(token): PathParams<String>,
-    JsonBody(body): JsonBody<NameBody>,
+    PathParams(path): PathParams<ApplicationPath>,
+    JsonBody(body): JsonBody<ApplicationName>,
 ) -> ApiResult<Json<ApplicationView>> {
     Ok(Json(
-        state.service.rename_application(&token, &body.name).await?,
+        state
+            .service
+            .rename_application(&path.token.0, &body.name)
+            .await?,
     ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    /// The schema attribute takes only a literal: the document must still carry the server's rule.
-    #[test]
-    fn the_documented_name_pattern_is_the_servers_rule() {
-        let document: serde_json::Value =
-            serde_json::from_str(&super::super::openapi::document()).unwrap();
-        assert_eq!(
-            document["components"]["schemas"]["NameBody"]["properties"]["name"]["pattern"],
-            chatsys_core::domain::VISIBLE_CHARACTER
-        );
-    }
 }

@@ -1,37 +1,44 @@
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
-use chatsys_core::domain;
 use chatsys_core::view::ChatView;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::{ApiResult, ErrorBody};
-use super::extract::{OptionalJson, PathParams, QueryMap};
+use super::error::ApiResult;
+use super::extract::{OptionalJson, PathParams, Query};
+use super::params::{ApplicationPath, ChatPath, PageQuery};
 use super::{AppState, Shared, created, list_response};
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/applications/{token}/chats", get(list).post(create))
-        .route("/applications/{token}/chats/{number}", get(read))
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read))
 }
 
-#[utoipa::path(post, path = "/applications/{token}/chats", tag = "chats",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
+/// A chat's creation body: a JSON object whose members are all ignored (a chat has nothing to set yet),
+/// so clients that always send `{}` are served.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct NewChat {}
+
+/// Start a chat
+///
+/// Numbers the chat at once (1, 2, 3… within the application) and queues its storage: the chat is
+/// readable right away and listed once the worker has stored it. The body may be left out, or be `{}`.
+#[utoipa::path(post, path = "/applications/{token}/chats", tag = "chats", operation_id = "chats_create",
+    params(ApplicationPath),
+    request_body(content = Option<NewChat>, description = "Optional; no member is read"),
     responses(
-        (status = 201, description = "Accepted and numbered; readable at once, listed once the worker stored it", body = ChatView,
-            headers(("Location" = String, description = "The new chat's path"))),
-        (status = 400, description = "Malformed JSON body", body = ErrorBody),
-        (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 413, description = "Request over the size limit", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+        (status = 201, description = "Accepted and numbered", body = ChatView,
+            headers(("Location" = String, description = "The new chat's path")))))]
 pub async fn create(
     State(state): Shared,
-    PathParams(token): PathParams<String>,
-    _body: OptionalJson,
+    PathParams(path): PathParams<ApplicationPath>,
+    OptionalJson(_): OptionalJson<NewChat>,
 ) -> ApiResult<Response> {
+    let token = path.token.0;
     let chat = state.service.create_chat(&token).await?;
     Ok(created(
         format!("/applications/{token}/chats/{}", chat.number),
@@ -39,23 +46,21 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/applications/{token}/chats", tag = "chats",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-           ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last chat of the previous page")),
+/// List an application's chats
+///
+/// Chats in number order, a page at a time: follow the `Link` header's `rel="next"` until there is none.
+#[utoipa::path(get, path = "/applications/{token}/chats", tag = "chats", operation_id = "chats_list",
+    params(ApplicationPath, PageQuery),
     responses(
-        (status = 200, description = "Chats by number", body = [ChatView],
-            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
-        (status = 400, description = "Bad limit or after", body = ErrorBody),
-        (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+        (status = 200, description = "A page of chats, by number", body = [ChatView],
+            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while there is one")))))]
 pub async fn list(
     State(state): Shared,
-    PathParams(token): PathParams<String>,
-    query: QueryMap,
+    PathParams(path): PathParams<ApplicationPath>,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Response> {
     let page = query.page()?;
+    let token = path.token.0;
     let chats = state.service.list_chats(&token, page).await?;
     Ok(list_response(
         chats,
@@ -65,16 +70,17 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/applications/{token}/chats/{number}", tag = "chats",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
-    responses((status = 200, description = "The chat", body = ChatView),
-        (status = 404, description = "Unknown token or number", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+/// Read a chat
+///
+/// The chat with its `messages_count`, including a chat accepted but not stored yet.
+#[utoipa::path(get, path = "/applications/{token}/chats/{number}", tag = "chats", operation_id = "chats_read",
+    params(ChatPath),
+    responses((status = 200, description = "The chat", body = ChatView)))]
 pub async fn read(
     State(state): Shared,
-    PathParams((token, number)): PathParams<(String, String)>,
+    PathParams(path): PathParams<ChatPath>,
 ) -> ApiResult<Json<ChatView>> {
-    let number = domain::parse_number(&number, "chat")?;
-    Ok(Json(state.service.chat(&token, number).await?))
+    Ok(Json(
+        state.service.chat(&path.token.0, path.number.0).await?,
+    ))
 }

@@ -4,18 +4,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
-use chatsys_core::domain::{self, Page};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// A JSON body, whatever the Content-Type: a syntax error is a 400, a valid document of the wrong
 /// shape a 422 naming the field, a body over the limit a 413.
@@ -27,34 +28,40 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let (bytes, _paid) = read_limited(req, state).await?;
         let value = json_object(&bytes, "the body must be a JSON object")?;
-        serde_path_to_error::deserialize(value)
-            .map(JsonBody)
-            .map_err(|e| {
-                let field = e.path().to_string();
-                let message = if field == "." {
-                    e.inner().to_string()
-                } else {
-                    format!("{field}: {}", e.inner())
-                };
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
-            })
+        typed(value).map(JsonBody)
     }
 }
 
-/// An optional JSON body (chat creation takes none): empty is fine, otherwise it must be a JSON object,
-/// as with [`JsonBody`].
-pub struct OptionalJson;
+/// A JSON object read as `T`: a 422 naming the field when it does not fit.
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let message = if field == "." {
+            e.inner().to_string()
+        } else {
+            format!("{field}: {}", e.inner())
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidField,
+            message,
+        )
+    })
+}
 
-impl FromRequest<Arc<AppState>> for OptionalJson {
+/// An optional JSON body: none (or only white space) is `None`, otherwise it is read as a [`JsonBody`].
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let (bytes, _paid) = read_limited(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson);
+            return Ok(OptionalJson(None));
         }
-        json_object(&bytes, "the body, when there is one, must be a JSON object")?;
-        Ok(OptionalJson)
+        let value = json_object(&bytes, "the body, when there is one, must be a JSON object")?;
+        typed(value).map(|value| OptionalJson(Some(value)))
     }
 }
 
@@ -63,50 +70,46 @@ fn json_object(bytes: &[u8], not_an_object: &str) -> Result<serde_json::Value, A
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "malformed_json",
+            ErrorCode::MalformedJson,
             format!("malformed JSON: {e}"),
         )
     })?;
     if !value.is_object() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
+            ErrorCode::InvalidField,
             not_an_object,
         ));
     }
     Ok(value)
 }
 
-/// The query string as a map; undecodable query strings are a 400.
-pub struct QueryMap(pub HashMap<String, String>);
+/// Query parameters as the fields of `T`, all text, checked by the handler so that a bad value's answer
+/// names it. A parameter given twice counts once, with its last value; unknown ones are ignored; an
+/// undecodable query string is a 400.
+pub struct Query<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let invalid = |e: &dyn std::fmt::Display| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidQuery,
+                format!("unreadable query string: {e}"),
+            )
+        };
         let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-            .map(|pairs| QueryMap(pairs.into_iter().collect()))
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("unreadable query string: {e}"),
-                )
-            })
-    }
-}
-
-impl QueryMap {
-    pub fn page(&self) -> Result<Page, ApiError> {
-        Ok(domain::parse_page(
-            self.0.get("limit").map(String::as_str),
-            self.0.get("after").map(String::as_str),
-        )?)
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        let last_of_each: HashMap<String, String> =
+            serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+                .map_err(|e| invalid(&e))?
+                .into_iter()
+                .collect();
+        let deduplicated = serde_urlencoded::to_string(&last_of_each).map_err(|e| invalid(&e))?;
+        serde_urlencoded::from_str(&deduplicated)
+            .map(Query)
+            .map_err(|e| invalid(&e))
     }
 }
 
@@ -117,20 +120,30 @@ impl QueryMap {
 /// resource, so it names nothing either: `/chats/%31` is a 404, not another name of chat 1. The rule is
 /// checked on the raw path, since the parameters come decoded. Routes match the raw path and their
 /// literal segments hold no `%`, so a `%` in a matched path is in one of its parameters.
+///
+/// The parameter types of [`super::params`] refuse what cannot name a resource, and their message
+/// (`chat not found`) is the answer's.
 pub struct PathParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource");
+        let not_found =
+            |message: &str| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message);
         if parts.uri.path().contains('%') {
-            return Err(not_found());
+            return Err(not_found("no such resource"));
         }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| PathParams(value))
-            .map_err(|_| not_found())
+            .map_err(|rejection| match rejection {
+                PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                    ErrorKind::Message(message) => not_found(message),
+                    _ => not_found("no such resource"),
+                },
+                _ => not_found("no such resource"),
+            })
     }
 }
 
@@ -164,7 +177,7 @@ impl Paid {
         let busy = || {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
+                ErrorCode::ServiceUnavailable,
                 "too many uploads in progress, retry shortly",
             )
         };
@@ -225,7 +238,7 @@ async fn read_limited(req: Request, state: &AppState) -> Result<(Bytes, Paid), A
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
-                    "timeout",
+                    ErrorCode::Timeout,
                     "the request body did not arrive in time",
                 ));
             }
@@ -233,7 +246,7 @@ async fn read_limited(req: Request, state: &AppState) -> Result<(Bytes, Paid), A
         let chunk = chunk.map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 "the body could not be read",
             )
         })?;

@@ -1,59 +1,51 @@
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
-use chatsys_core::CoreError;
-use chatsys_core::domain;
 use chatsys_core::view::MessageView;
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::{ApiResult, ErrorBody};
-use super::extract::{JsonBody, PathParams, QueryMap};
+use super::error::ApiResult;
+use super::extract::{JsonBody, PathParams, Query};
+use super::params::{ChatPath, MessagePath, PageQuery, SearchQuery};
 use super::{AppState, Shared, created, list_response};
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/applications/{token}/chats/{number}/messages",
-            get(list).post(create),
-        )
-        .route(
-            "/applications/{token}/chats/{number}/messages/search",
-            get(search),
-        )
-        .route(
-            "/applications/{token}/chats/{number}/messages/{message}",
-            get(read).put(edit),
-        )
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(search))
+        .routes(routes!(read, edit))
 }
 
+/// A message's text, to post or to replace.
 #[derive(Deserialize, ToSchema)]
-pub struct BodyBody {
-    /// 1 character to 64 KiB (65,536 bytes of UTF-8; the schema can only bound characters).
-    #[schema(min_length = 1, max_length = 65536)]
+pub struct MessageBody {
+    /// At least one character and at most 65,536 bytes of UTF-8 (`x-max-bytes`). JSON Schema can only
+    /// count characters, so `maxLength` is the most a body within the limit can have, not a promise:
+    /// 40,000 × "é" is 80,000 bytes and answered 422.
+    #[schema(min_length = 1, max_length = 65536, extensions(("x-max-bytes" = json!(65536))))]
     pub body: String,
 }
 
-#[utoipa::path(post, path = "/applications/{token}/chats/{number}/messages", tag = "messages", request_body = BodyBody,
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
+/// Post a message
+///
+/// Numbers the message at once (1, 2, 3… within the chat) and queues its storage: it is readable right
+/// away, listed and searchable once the worker has stored it.
+#[utoipa::path(post, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
+    operation_id = "messages_create", params(ChatPath), request_body = MessageBody,
     responses(
-        (status = 201, description = "Accepted and numbered; readable at once, listed and searchable once the worker stored it",
-            body = MessageView, headers(("Location" = String, description = "The new message's path"))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 404, description = "Unknown token or chat", body = ErrorBody),
-        (status = 413, description = "Request over the size limit", body = ErrorBody),
-        (status = 422, description = "Missing, empty or oversized body", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+        (status = 201, description = "Accepted and numbered", body = MessageView,
+            headers(("Location" = String, description = "The new message's path")))))]
 pub async fn create(
     State(state): Shared,
-    PathParams((token, chat)): PathParams<(String, String)>,
-    JsonBody(body): JsonBody<BodyBody>,
+    PathParams(path): PathParams<ChatPath>,
+    JsonBody(body): JsonBody<MessageBody>,
 ) -> ApiResult<Response> {
-    let chat = domain::parse_number(&chat, "chat")?;
+    let (token, chat) = (path.token.0, path.number.0);
     let message = state
         .service
         .create_message(&token, chat, &body.body)
@@ -67,24 +59,22 @@ pub async fn create(
     ))
 }
 
+/// List a chat's messages
+///
+/// Stored messages in number order, a page at a time: follow the `Link` header's `rel="next"` until there
+/// is none.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64),
-           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-           ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last message of the previous page")),
+    operation_id = "messages_list", params(ChatPath, PageQuery),
     responses(
-        (status = 200, description = "Messages by number", body = [MessageView],
-            headers(("Link" = String, description = "rel=\"next\": the next page, while there is one"))),
-        (status = 400, description = "Bad limit or after", body = ErrorBody),
-        (status = 404, description = "Unknown token or chat", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+        (status = 200, description = "A page of messages, by number", body = [MessageView],
+            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while there is one")))))]
 pub async fn list(
     State(state): Shared,
-    PathParams((token, chat)): PathParams<(String, String)>,
-    query: QueryMap,
+    PathParams(path): PathParams<ChatPath>,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Response> {
     let page = query.page()?;
-    let chat = domain::parse_number(&chat, "chat")?;
+    let (token, chat) = (path.token.0, path.number.0);
     let messages = state.service.list_messages(&token, chat, page).await?;
     Ok(list_response(
         messages,
@@ -94,68 +84,62 @@ pub async fn list(
     ))
 }
 
+/// Read a message
+///
+/// The message, including one accepted but not stored yet.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64), ("message" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
-    responses((status = 200, description = "The message, including one accepted but not stored yet", body = MessageView),
-        (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+    operation_id = "messages_read", params(MessagePath),
+    responses((status = 200, description = "The message", body = MessageView)))]
 pub async fn read(
     State(state): Shared,
-    PathParams((token, chat, number)): PathParams<(String, String, String)>,
+    PathParams(path): PathParams<MessagePath>,
 ) -> ApiResult<Json<MessageView>> {
-    let chat = domain::parse_number(&chat, "chat")?;
-    let number = domain::parse_number(&number, "message")?;
-    Ok(Json(state.service.message(&token, chat, number).await?))
-}
-
-#[utoipa::path(put, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages", request_body = BodyBody,
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64), ("message" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64)),
-    responses((status = 200, description = "Edited; the last edit accepted wins", body = MessageView),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 404, description = "Unknown token, chat or message", body = ErrorBody),
-        (status = 413, description = "Request over the size limit", body = ErrorBody),
-        (status = 422, description = "Missing, empty or oversized body", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
-pub async fn edit(
-    State(state): Shared,
-    PathParams((token, chat, number)): PathParams<(String, String, String)>,
-    JsonBody(body): JsonBody<BodyBody>,
-) -> ApiResult<Json<MessageView>> {
-    let chat = domain::parse_number(&chat, "chat")?;
-    let number = domain::parse_number(&number, "message")?;
     Ok(Json(
         state
             .service
-            .edit_message(&token, chat, number, &body.body)
+            .message(&path.token.0, path.number.0, path.message.0)
             .await?,
     ))
 }
 
+/// Edit a message
+///
+/// Replaces the message's body; when edits race, the last one accepted wins.
+#[utoipa::path(put, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
+    operation_id = "messages_edit", params(MessagePath), request_body = MessageBody,
+    responses((status = 200, description = "Edited", body = MessageView)))]
+pub async fn edit(
+    State(state): Shared,
+    PathParams(path): PathParams<MessagePath>,
+    JsonBody(body): JsonBody<MessageBody>,
+) -> ApiResult<Json<MessageView>> {
+    Ok(Json(
+        state
+            .service
+            .edit_message(&path.token.0, path.number.0, path.message.0, &body.body)
+            .await?,
+    ))
+}
+
+/// Search a chat's messages
+///
+/// Stored messages of this chat whose body holds `q` anywhere, case-insensitive, in number order. Every
+/// match is reached by following `Link`; a page may hold fewer than `limit` messages (even none) when the
+/// search stopped at its per-request budget, and only the absence of `Link` means the end.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/search", tag = "messages",
-    params(("token" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ("number" = u64, Path, minimum = 1, maximum = 9223372036854775807_u64),
-           ("q" = String, Query, min_length = 1, pattern = r"\S", description = "Text to find anywhere in the body, case-insensitive; `key` is accepted as an alias"),
-           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-           ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_u64, description = "Number of the last message of the previous page")),
+    operation_id = "messages_search", params(ChatPath, SearchQuery, PageQuery),
     responses(
-        (status = 200, description = "Matching messages of this chat in number order. Every match is reached by following `Link`; a page may hold fewer than `limit` messages (even none) when the search stopped at its per-request budget, and only the absence of `Link` means the end", body = [MessageView],
-            headers(("Link" = String, description = "rel=\"next\": the next page, while more matches may follow"))),
-        (status = 400, description = "Empty or missing q, bad limit or after", body = ErrorBody),
-        (status = 404, description = "Unknown token or chat", body = ErrorBody),
-        (status = 503, description = "A backing service is down", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait")))))]
+        (status = 200, description = "A page of matching messages, by number", body = [MessageView],
+            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while more matches may follow")))))]
 pub async fn search(
     State(state): Shared,
-    PathParams((token, chat)): PathParams<(String, String)>,
-    query: QueryMap,
+    PathParams(path): PathParams<ChatPath>,
+    Query(search): Query<SearchQuery>,
+    Query(page): Query<PageQuery>,
 ) -> ApiResult<Response> {
-    let page = query.page()?;
-    let chat = domain::parse_number(&chat, "chat")?;
-    let q = query
-        .get("q")
-        .or(query.get("key"))
-        .ok_or(CoreError::invalid_query("q", "is required"))?;
+    let page = page.page()?;
+    let q = search.text()?;
+    let (token, chat) = (path.token.0, path.number.0);
     let hits = state.service.search(&token, chat, q, page).await?;
     let path = format!("/applications/{token}/chats/{chat}/messages/search");
     Ok(list_response(hits, &path, page.limit, &[("q", q)]))

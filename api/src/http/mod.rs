@@ -8,6 +8,7 @@ mod extract;
 mod messages;
 pub mod openapi;
 mod ops;
+mod params;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use error::ApiError;
 pub use extract::BodyBudget;
@@ -75,12 +78,18 @@ fn drop_unusable_request_id(mut req: Request) -> Request {
     req
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// Every route with its documentation: the router serves what this lists, and the document describes it.
+fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(applications::router())
         .merge(chats::router())
         .merge(messages::router())
         .merge(ops::router())
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -1,34 +1,54 @@
+//! What operators and tools read: liveness, readiness, metrics and this API's own description.
+
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use chatsys_core::health;
-use serde_json::json;
+use chatsys_core::health::{self, Readiness};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Shared, openapi};
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route(
-            "/openapi.json",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    openapi::document(),
-                )
-            }),
-        )
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
-/// 200 when every backing service answers (`degraded` when search lags), 503 naming the ones that do
-/// not; the reasons are in the logs.
-async fn readyz(State(state): Shared) -> Response {
+/// The body of `/healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness
+///
+/// 200 while the process runs, whatever the state of the services behind it: a liveness probe that
+/// failed when the database did would restart healthy pods for nothing.
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    responses((status = 200, description = "The process runs", body = Alive)))]
+pub async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// Readiness
+///
+/// 200 when every backing service answers (`degraded` when search lags behind), 503 naming the ones that
+/// do not. The reasons are in the logs, not here.
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready, or degraded", body = Readiness),
+        (status = 503, description = "Not ready", body = Readiness)))]
+pub async fn readyz(State(state): Shared) -> Response {
     let (ready, body) = health::report(&state.service.readiness().await);
     let status = if ready {
         StatusCode::OK
@@ -38,9 +58,28 @@ async fn readyz(State(state): Shared) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(state): Shared) -> impl IntoResponse {
+/// Metrics
+///
+/// Counters and histograms of requests and of the backing services, in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(State(state): Shared) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+}
+
+/// This document
+///
+/// The OpenAPI 3.1 description of this API, to generate clients from.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
+    responses((status = 200, description = "An OpenAPI 3.1 document",
+        body = Object)))]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
     )
 }
