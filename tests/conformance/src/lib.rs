@@ -97,6 +97,8 @@ macro_rules! conformance_suite {
                 health_probes_answer_200,
                 metrics_count_requests,
                 openapi_describes_every_route,
+                the_document_is_the_routes_served,
+                the_document_holds_together,
                 every_response_has_a_request_id,
                 a_client_request_id_is_echoed,
             ],
