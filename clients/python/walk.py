@@ -1,0 +1,212 @@
+"""Walks the whole contract with a client generated from /openapi.json by openapi-python-client.
+
+Only the generated package is used to call the API: if the document mistypes an operation, a
+parameter, a body or an error, a call here fails to build, sends the wrong request or fails to parse.
+The one exception is the 408, which no well-behaved client provokes: it is read off a raw socket and
+parsed with the generated ErrorBody model.
+
+Usage: python3 walk.py BASE_URL ADMIN_KEY  (the generated package `chatsys_client` on PYTHONPATH; the
+server started with that admin key and a body timeout of a second or less).
+"""
+
+import json
+import socket
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from chatsys_client import AuthenticatedClient, Client
+from chatsys_client.api.applications import (
+    applications_create,
+    applications_list,
+    applications_read,
+    applications_rename,
+)
+from chatsys_client.api.chats import chats_create, chats_list, chats_read
+from chatsys_client.api.messages import (
+    messages_create,
+    messages_edit,
+    messages_list,
+    messages_read,
+    messages_search,
+)
+from chatsys_client.api.operations import healthz, metrics, openapi, readyz
+from chatsys_client.models import (
+    ApplicationName,
+    ApplicationView,
+    ChatView,
+    ErrorBody,
+    ErrorCode,
+    MessageBody,
+    MessageView,
+    NewChat,
+    ReadinessStatus,
+)
+from chatsys_client.types import UNSET
+
+BASE_URL, ADMIN_KEY = sys.argv[1], sys.argv[2]
+client = Client(base_url=BASE_URL, raise_on_unexpected_status=True)
+admin = AuthenticatedClient(base_url=BASE_URL, token=ADMIN_KEY, raise_on_unexpected_status=True)
+
+
+def expect(response, status, model):
+    """The response has this status and its body parsed into this generated model."""
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    parsed = response.parsed
+    if isinstance(parsed, list):
+        assert all(isinstance(item, model) for item in parsed), parsed
+    else:
+        assert isinstance(parsed, model), (type(parsed), response.content[:300])
+    return parsed
+
+
+def expect_error(response, status, code):
+    """An error answer, parsed into ErrorBody, with its code as the generated enum."""
+    body = expect(response, status, ErrorBody)
+    assert body.error.code == code, (body.error.code, body.error.message)
+    assert response.headers.get("x-request-id"), "no X-Request-Id"
+    return body
+
+
+def next_after(response):
+    """The `after` of the Link header's next page, or None on the last page."""
+    link = response.headers.get("link")
+    if link is None:
+        return None
+    assert 'rel="next"' in link, link
+    query = parse_qs(urlsplit(link.split(";")[0].strip("<> ")).query)
+    return query["after"][0]
+
+
+def walk(call, **kwargs):
+    """Every item of a list, page by page, following Link."""
+    items, after, pages = [], UNSET, 0
+    while True:
+        response = call(after=after, **kwargs)
+        items += expect(response, 200, object)
+        pages += 1
+        after = next_after(response)
+        if after is None:
+            return items, pages
+
+
+def eventually(check, what):
+    """Lists and search show what the worker has stored, a moment after it was accepted."""
+    deadline = time.monotonic() + 30
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.1)
+
+
+# Operations
+assert expect(healthz.sync_detailed(client=client), 200, object).status == "ok"
+assert expect(readyz.sync_detailed(client=client), 200, object).status in (
+    ReadinessStatus.READY,
+    ReadinessStatus.DEGRADED,
+)
+assert b"http_requests_total" in metrics.sync_detailed(client=client).content
+assert openapi.sync_detailed(client=client).status_code == 200
+
+# Applications: create, read, rename, list (with the admin key) page by page
+created = applications_create.sync_detailed(
+    client=client, body=ApplicationName(name="walk"), x_request_id="walk-create"
+)
+application = expect(created, 201, ApplicationView)
+assert created.headers["x-request-id"] == "walk-create"
+assert created.headers["location"] == f"/applications/{application.token}"
+token = application.token
+assert expect(applications_read.sync_detailed(token, client=client), 200, ApplicationView).name == "walk"
+renamed = applications_rename.sync_detailed(token, client=client, body=ApplicationName(name="walked"))
+assert expect(renamed, 200, ApplicationView).name == "walked"
+tokens = [token] + [
+    expect(applications_create.sync_detailed(client=client, body=ApplicationName(name=f"walk {i}")), 201, ApplicationView).token
+    for i in range(2)
+]
+everyone, pages = walk(lambda **kw: applications_list.sync_detailed(client=admin, limit=1, **kw))
+assert set(tokens) <= {a.token for a in everyone}, "a created application is missing from the list"
+assert pages >= 3
+
+# Chats: with no body and with {}, read, list page by page
+first = expect(chats_create.sync_detailed(token, client=client), 201, ChatView)
+second = expect(chats_create.sync_detailed(token, client=client, body=NewChat()), 201, ChatView)
+assert (first.number, second.number) == (1, 2)
+assert expect(chats_read.sync_detailed(token, 1, client=client), 200, ChatView).messages_count == 0
+chats = eventually(
+    lambda: (lambda found: found if len(found[0]) == 2 else None)(
+        walk(lambda **kw: chats_list.sync_detailed(token, client=client, limit=1, **kw))
+    ),
+    "both chats listed",
+)
+assert [c.number for c in chats[0]] == [1, 2] and chats[1] >= 2
+
+# Messages: post, read, edit, list page by page, search page by page
+for i in range(1, 6):
+    posted = messages_create.sync_detailed(token, 1, client=client, body=MessageBody(body=f"hello walker {i}"))
+    assert expect(posted, 201, MessageView).number == i
+    assert posted.headers["location"] == f"/applications/{token}/chats/1/messages/{i}"
+assert expect(messages_read.sync_detailed(token, 1, 3, client=client), 200, MessageView).body == "hello walker 3"
+edited = messages_edit.sync_detailed(token, 1, 3, client=client, body=MessageBody(body="edited, still a WALKER"))
+assert expect(edited, 200, MessageView).body == "edited, still a WALKER"
+messages = eventually(
+    lambda: (lambda found: found if len(found[0]) == 5 else None)(
+        walk(lambda **kw: messages_list.sync_detailed(token, 1, client=client, limit=2, **kw))
+    ),
+    "five messages listed",
+)
+assert [m.number for m in messages[0]] == [1, 2, 3, 4, 5] and messages[1] >= 3
+hits = eventually(
+    lambda: (lambda found: found if [m.number for m in found] == [1, 2, 3, 4, 5] else None)(
+        walk(lambda **kw: messages_search.sync_detailed(token, 1, client=client, q="walker", limit=2, **kw))[0]
+    ),
+    "five messages found by a part of a word, the edited one by its new text",
+)
+assert hits[2].body == "edited, still a WALKER"
+assert expect(chats_read.sync_detailed(token, 1, client=client), 200, ChatView).messages_count == 5
+
+# Every error a client can provoke, parsed into the generated ErrorBody with its ErrorCode
+expect_error(chats_list.sync_detailed(token, client=client, limit=0), 400, ErrorCode.INVALID_QUERY)
+expect_error(messages_search.sync_detailed(token, 1, client=client, q=" "), 400, ErrorCode.INVALID_QUERY)
+expect_error(
+    applications_list.sync_detailed(client=AuthenticatedClient(base_url=BASE_URL, token="wrong")),
+    401,
+    ErrorCode.UNAUTHORIZED,
+)
+expect_error(applications_read.sync_detailed("no-such-token", client=client), 404, ErrorCode.NOT_FOUND)
+expect_error(chats_read.sync_detailed(token, 99, client=client), 404, ErrorCode.NOT_FOUND)
+expect_error(messages_read.sync_detailed(token, 1, 99, client=client), 404, ErrorCode.NOT_FOUND)
+expect_error(
+    messages_create.sync_detailed(token, 1, client=client, body=MessageBody(body="x" * (2 * 1024 * 1024))),
+    413,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+)
+expect_error(messages_create.sync_detailed(token, 1, client=client, body=MessageBody(body="")), 422, ErrorCode.INVALID_FIELD)
+# Within maxLength in characters, over the limit in bytes: the document says so in x-max-bytes.
+expect_error(
+    messages_edit.sync_detailed(token, 1, 1, client=client, body=MessageBody(body="é" * 40_000)),
+    422,
+    ErrorCode.INVALID_FIELD,
+)
+expect_error(
+    applications_create.sync_detailed(client=client, body=ApplicationName(name="\u200b")),
+    422,
+    ErrorCode.INVALID_FIELD,
+)
+
+# 408: a body announced and never sent
+host, port = urlsplit(BASE_URL).hostname, urlsplit(BASE_URL).port
+with socket.create_connection((host, port), timeout=30) as stalled:
+    stalled.sendall(
+        f"POST /applications HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n{".encode()
+    )
+    answer = b""
+    while chunk := stalled.recv(65536):
+        answer += chunk
+head, _, body = answer.partition(b"\r\n\r\n")
+assert head.startswith(b"HTTP/1.1 408"), head
+assert ErrorBody.from_dict(json.loads(body)).error.code == ErrorCode.TIMEOUT
+
+print("walk: every operation and every provocable error went through the generated Python client")

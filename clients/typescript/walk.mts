@@ -1,0 +1,107 @@
+// Walks the contract with openapi-fetch over the types openapi-typescript generated from /openapi.json
+// (./schema.d.ts, written by scripts/check-openapi.sh). tsc type-checks it first: a document that types a
+// path, a parameter, a body or an answer wrongly makes this file fail to compile, and each
+// `@ts-expect-error` below proves that a wrong call is refused by the types. Then node runs it.
+//
+// Usage: node walk.mjs BASE_URL
+
+import createClient from "openapi-fetch";
+import type { components, paths } from "./schema.js";
+
+type ErrorCode = components["schemas"]["ErrorCode"];
+type Message = components["schemas"]["MessageView"];
+
+// The one Node API used; declared here rather than pulling in all of @types/node.
+declare const process: { argv: string[] };
+const baseUrl = process.argv[2];
+const client = createClient<paths>({ baseUrl });
+
+function check(condition: boolean, what: string): asserts condition {
+  if (!condition) throw new Error(`walk.mts: ${what}`);
+}
+
+function expectCode(code: ErrorCode | undefined, wanted: ErrorCode, what: string) {
+  check(code === wanted, `${what}: code ${code}, wanted ${wanted}`);
+}
+
+const created = await client.POST("/applications", {
+  body: { name: "typescript walk" },
+  params: { header: { "X-Request-Id": "ts-walk" } },
+});
+check(created.response.status === 201 && created.data !== undefined, "create an application");
+check(created.response.headers.get("x-request-id") === "ts-walk", "the request id is echoed");
+const token: string = created.data.token;
+
+const chat = await client.POST("/applications/{token}/chats", { params: { path: { token } } });
+check(chat.data?.number === 1, "the first chat is number 1");
+
+const path = { token, number: 1 };
+const posted = await client.POST("/applications/{token}/chats/{number}/messages", {
+  params: { path },
+  body: { body: "hello from TypeScript" },
+});
+check(posted.data?.number === 1, "the first message is number 1");
+
+const read = await client.GET("/applications/{token}/chats/{number}/messages/{message}", {
+  params: { path: { ...path, message: 1 } },
+});
+const message: Message | undefined = read.data;
+check(message?.body === "hello from TypeScript", "read the message back");
+
+const edited = await client.PUT("/applications/{token}/chats/{number}/messages/{message}", {
+  params: { path: { ...path, message: 1 } },
+  body: { body: "edited from TypeScript" },
+});
+check(edited.data?.body === "edited from TypeScript", "edit the message");
+
+let found: Message[] = [];
+for (let attempt = 0; attempt < 300 && found.length === 0; attempt++) {
+  const search = await client.GET("/applications/{token}/chats/{number}/messages/search", {
+    params: { path, query: { q: "ypeScr", limit: 10 } },
+  });
+  found = search.data ?? [];
+  if (found.length === 0) await new Promise((resolve) => setTimeout(resolve, 100));
+}
+check(found.length === 1 && found[0].number === 1, "search finds the message by part of a word");
+
+const page = await client.GET("/applications/{token}/chats/{number}/messages", {
+  params: { path, query: { limit: 1 } },
+});
+check(page.data?.length === 1, "list a page of messages");
+
+const missing = await client.GET("/applications/{token}/chats/{number}", {
+  params: { path: { token, number: 99 } },
+});
+check(missing.response.status === 404, "an unknown chat is a 404");
+expectCode(missing.error?.error.code, "not_found", "an unknown chat");
+
+const empty = await client.POST("/applications/{token}/chats/{number}/messages", {
+  params: { path },
+  body: { body: "" },
+});
+check(empty.response.status === 422, "an empty body is a 422");
+expectCode(empty.error?.error.code, "invalid_field", "an empty body");
+
+const badLimit = await client.GET("/applications/{token}/chats", {
+  params: { path: { token }, query: { limit: 0 } },
+});
+expectCode(badLimit.error?.error.code, "invalid_query", "limit 0");
+
+// Calls the types must refuse: each line below fails to compile if the document lets it through.
+async function refusedByTheTypes() {
+  // @ts-expect-error a message is posted with `body`, not an application's `name`
+  await client.POST("/applications/{token}/chats/{number}/messages", { params: { path }, body: { name: "x" } });
+  // @ts-expect-error a chat's number is a number, not text
+  await client.GET("/applications/{token}/chats/{number}", { params: { path: { token, number: "1" } } });
+  // @ts-expect-error search needs q
+  await client.GET("/applications/{token}/chats/{number}/messages/search", { params: { path } });
+  // @ts-expect-error no route deletes a message
+  await client.DELETE("/applications/{token}/chats/{number}/messages/{message}", {});
+  // @ts-expect-error an error code outside the documented list
+  expectCode(undefined, "teapot", "never called");
+  // @ts-expect-error creating an application answers an application, which has no `body`
+  (created.data as components["schemas"]["ApplicationView"]).body;
+}
+void refusedByTheTypes;
+
+console.log("walk.mts: the TypeScript client went through the contract");
