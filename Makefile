@@ -13,7 +13,7 @@ CHART_CRD := charts/chatsys-operator/crds/chatsystems.chatsys.io.yaml
 RENDERED := target/rendered
 
 .DEFAULT_GOAL := help
-.PHONY: help build test crds render tools chart-lint validate fuzz faults images e2e bench standalone ci
+.PHONY: help build test services openapi crds render tools chart-lint validate fuzz faults images e2e bench standalone ci
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,8 +21,15 @@ help: ## List the targets
 build: ## Build every crate of the workspace (debug)
 	$(CARGO) build --workspace
 
-test: ## Run the test suite, as CI does
-	$(CARGO) nextest run --workspace
+test: ## Start MariaDB, Redis and RabbitMQ (installing them if missing), run every test and the client checks
+	bash scripts/test.sh
+
+services: ## Start MariaDB, Redis and RabbitMQ for the tests, installing them if missing
+	bash scripts/services.sh
+
+openapi: ## Read /openapi.json with openapi-spec-validator, Spectral and generated Python and TypeScript clients
+	$(CARGO) build -q --workspace --bins
+	bash scripts/check-openapi.sh
 
 crds: ## Regenerate the ChatSystem CRD and its copy in the Helm chart
 	mkdir -p $(dir $(CRD))
