@@ -1,0 +1,78 @@
+//! The permissions the operator's calls need, and no more: the chart's ClusterRole and Role are
+//! these lists (a test compares them), so a new call and its permission change together.
+
+use serde::Serialize;
+
+/// One rule of a ClusterRole or Role, serialised as Kubernetes writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    pub api_groups: &'static [&'static str],
+    pub resources: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+/// Cluster-wide, since a ChatSystem may live in any namespace. Children are watched (`list`, `watch`),
+/// server-side applied (`patch`, which also creates) and deleted when orphaned; StatefulSets and
+/// Deployments are also read (`get`) for their claim templates and replica owners. Credentials are
+/// created once (`create`) and never deleted; claims are read and grown; events are written through
+/// `events.k8s.io`, as kube's recorder does.
+pub const CLUSTER_RULES: &[Rule] = &[
+    Rule {
+        api_groups: &["chatsys.io"],
+        resources: &["chatsystems"],
+        verbs: &["list", "watch"],
+    },
+    Rule {
+        api_groups: &["chatsys.io"],
+        resources: &["chatsystems/status"],
+        verbs: &["patch"],
+    },
+    Rule {
+        api_groups: &[""],
+        resources: &["secrets"],
+        verbs: &["get", "list", "watch", "create", "patch"],
+    },
+    Rule {
+        api_groups: &[""],
+        resources: &["configmaps", "services"],
+        verbs: &["list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &[""],
+        resources: &["persistentvolumeclaims"],
+        verbs: &["get", "patch"],
+    },
+    Rule {
+        api_groups: &["apps"],
+        resources: &["deployments", "statefulsets"],
+        verbs: &["get", "list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["autoscaling"],
+        resources: &["horizontalpodautoscalers"],
+        verbs: &["list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["policy"],
+        resources: &["poddisruptionbudgets"],
+        verbs: &["list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["networking.k8s.io"],
+        resources: &["ingresses"],
+        verbs: &["list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["events.k8s.io"],
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+];
+
+/// In the operator's own namespace, for leader election: the Lease is read, created and replaced.
+pub const LEADER_ELECTION_RULES: &[Rule] = &[Rule {
+    api_groups: &["coordination.k8s.io"],
+    resources: &["leases"],
+    verbs: &["get", "create", "update"],
+}];
