@@ -1,20 +1,22 @@
 //! The reconcile pipeline: dereference → validate → build → apply → delete orphans → status.
 //! Only dereference, apply, orphan deletion and status talk to the API server; build is pure.
 
-use crate::crd::{ChatSystem, ChatSystemStatus};
+use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{Error, Result};
 use crate::manifests::{
-    self, BackingService, ChildKind, Credentials, Inputs, InvalidSpec, MANAGER, Manifest,
+    self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
+    HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
 use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -62,13 +64,16 @@ impl Context {
     }
 }
 
-/// Runs the controller until the shutdown future completes.
+/// Runs the controller until the shutdown future completes. Watches and reconcile calls take separate
+/// clients: a watch waits minutes for an event, a reconcile's call must not.
 pub async fn run(
+    watch_client: Client,
     client: Client,
     instance: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let context = Arc::new(Context::new(client.clone(), instance));
+    let context = Arc::new(Context::new(client, instance));
+    let client = watch_client;
     let config = watcher::Config::default().any_semantic();
     // Children carry the managed-by label: watching only those keeps the caches small in a busy cluster.
     let children = config
@@ -103,7 +108,9 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action>
     let started = Instant::now();
     metrics::counter!("chatsys_operator_reconciles_total").increment(1);
     let result = reconcile_pipeline(&cs, &ctx).await;
-    if let Err(error) = &result {
+    if let Err(error) = &result
+        && !matches!(error, Error::Children(_))
+    {
         // Best effort, so the failure shows in `kubectl get`; error_policy still retries and counts it.
         let failed = status::failed(&cs, &error.to_string(), Timestamp::now());
         if let Err(status_error) = write_status(&ctx.client, &cs, failed).await {
@@ -144,30 +151,35 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     }
     if cs.spec.paused {
         info!(name = %cs.name_any(), %namespace, "reconciliation paused");
-        write_status(&ctx.client, cs, status::paused(cs, Timestamp::now())).await?;
+        let status = status::paused(cs, Timestamp::now());
+        publish_transitions(ctx, cs, &status).await;
+        write_status(&ctx.client, cs, status).await?;
         return Ok(Action::await_change());
     }
     let inputs = dereference(&ctx.client, cs, &namespace).await?;
-    let manifests = match manifests::build(cs, &inputs) {
-        Ok(manifests) => manifests,
+    let valid = match manifests::validate(cs, &inputs) {
+        Ok(valid) => valid,
         Err(invalid) => {
             warn!(name = %cs.name_any(), %namespace, %invalid, "invalid spec");
-            publish_invalid_spec(ctx, cs, &invalid).await?;
-            write_status(
-                &ctx.client,
-                cs,
-                status::degraded(cs, &invalid, Timestamp::now()),
-            )
-            .await?;
+            let status = status::degraded(cs, &invalid, Timestamp::now());
+            publish_transitions(ctx, cs, &status).await;
+            write_status(&ctx.client, cs, status).await?;
             return Ok(Action::requeue(INVALID_RECHECK));
         }
     };
-    let applied = apply(&ctx.client, &namespace, &manifests).await?;
-    delete_orphans(&ctx.client, cs, &namespace, &manifests).await?;
-    let status = status::observed(cs, &applied, Timestamp::now());
-    let ready = status.phase.as_deref() == Some("Ready");
-    info!(name = %cs.name_any(), %namespace, phase = ?status.phase, applied = manifests.len(), "reconciled");
+    let plan = manifests::build(&valid);
+    let outcome = carry_out(&ctx.client, cs, &namespace, &plan).await;
+    let mut failures: Vec<String> = plan.refused.clone();
+    failures.extend(outcome.failures.iter().map(ToString::to_string));
+    let status = status::observed(cs, &outcome.applied, &failures, Timestamp::now());
+    info!(name = %cs.name_any(), %namespace, phase = ?status.phase, applied = outcome.applied.len(), failed = outcome.failures.len(), "reconciled");
+    let ready = status.phase == Some(Phase::Ready);
+    publish_transitions(ctx, cs, &status).await;
     write_status(&ctx.client, cs, status).await?;
+    if !outcome.failures.is_empty() {
+        // Recorded in the status already; the error only brings the backoff.
+        return Err(Error::Children(outcome.failures));
+    }
     Ok(Action::requeue(if ready {
         READY_RECHECK
     } else {
@@ -175,9 +187,14 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     }))
 }
 
-/// Reads the Secrets the resource refers to: existing credentials are reused, never regenerated.
+/// Reads the Secrets the resource refers to (existing credentials are reused, never regenerated),
+/// and the parts of its workloads that cannot simply be applied over: StatefulSets' claim templates,
+/// their claims' sizes, and who sets each Deployment's replica count.
 pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> Result<Inputs> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let mut inputs = Inputs::default();
     for service in BackingService::ALL {
         if let Some(external) = service.external(&cs.spec) {
@@ -186,7 +203,9 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
                     .external_secret_keys
                     .insert(external.secret_name.clone(), secret_keys(&secret));
             }
-        } else if !service.credential_keys().is_empty() {
+            continue;
+        }
+        if !service.credential_keys().is_empty() {
             let credentials = match secrets.get_opt(&service.credentials_secret(cs)).await? {
                 Some(secret) => Credentials::Existing {
                     keys: secret_keys(&secret),
@@ -194,6 +213,32 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
                 None => Credentials::Generated(manifests::generate_credentials(service)),
             };
             inputs.credentials.insert(service, credentials);
+        }
+        let workload = service.workload_name(cs);
+        let Some(template) = sets
+            .get_opt(&workload)
+            .await?
+            .and_then(|set| claim_template(&set))
+        else {
+            continue;
+        };
+        let wanted = &service.spec(&cs.spec).storage_size;
+        if template.size != **wanted
+            && let Some(claim) = claims.get_opt(&format!("data-{workload}-0")).await?
+            && let Some(size) = claim_size(&claim)
+        {
+            inputs.claim_sizes.insert(service, size);
+        }
+        inputs.claim_templates.insert(service, template);
+    }
+    for component in ["api", "worker"] {
+        if let Some(deployment) = deployments
+            .get_opt(&format!("{}-{component}", cs.name_any()))
+            .await?
+        {
+            inputs
+                .deployments
+                .insert(component, existing_deployment(&deployment));
         }
     }
     Ok(inputs)
@@ -205,23 +250,164 @@ fn secret_keys(secret: &Secret) -> BTreeSet<String> {
     data.chain(string_data).cloned().collect()
 }
 
-/// Server-side applies every manifest under one field manager, taking over conflicting fields.
-async fn apply(
-    client: &Client,
-    namespace: &str,
-    manifests: &[Manifest],
-) -> Result<Vec<(ChildKind, DynamicObject)>> {
-    let params = PatchParams::apply(MANAGER).force();
-    let mut applied = Vec::with_capacity(manifests.len());
-    for manifest in manifests {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &manifest.kind.api_resource());
-        let object = api
-            .patch(manifest.name(), &params, &Patch::Apply(&manifest.object))
-            .await?;
-        applied.push((manifest.kind, object));
+fn claim_template(set: &StatefulSet) -> Option<ClaimTemplate> {
+    let template = set
+        .spec
+        .volume_claim_templates
+        .as_ref()?
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some("data"))?;
+    let spec = template.spec.as_ref()?;
+    Some(ClaimTemplate {
+        size: spec
+            .resources
+            .as_ref()?
+            .requests
+            .as_ref()?
+            .get("storage")?
+            .clone(),
+        storage_class_name: spec.storage_class_name.clone(),
+    })
+}
+
+fn claim_size(claim: &PersistentVolumeClaim) -> Option<Quantity> {
+    let spec = claim.spec.as_ref()?;
+    spec.resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .cloned()
+}
+
+/// The replica count, and whether the operator's applied configuration holds it, read from the
+/// managed fields the API server keeps.
+fn existing_deployment(deployment: &Deployment) -> ExistingDeployment {
+    let replicas = deployment.spec.replicas.unwrap_or(1);
+    let replicas_applied_by_operator = deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| {
+            entry.manager.as_deref() == Some(MANAGER) && entry.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|entry| entry.fields_v1.as_ref())
+        .any(|fields| fields.0["f:spec"].get("f:replicas").is_some());
+    ExistingDeployment {
+        replicas,
+        replicas_applied_by_operator,
     }
-    Ok(applied)
+}
+
+/// A child the API server refused or could not be reached for.
+#[derive(Debug)]
+pub struct ChildFailure {
+    pub kind: &'static str,
+    pub name: String,
+    pub error: kube::Error,
+}
+
+impl std::fmt::Display for ChildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            // The API server's message names the object and the field.
+            kube::Error::Api(status) => {
+                write!(f, "{} {}: {}", self.kind, self.name, status.message)
+            }
+            error => write!(f, "{} {}: {error}", self.kind, self.name),
+        }
+    }
+}
+
+/// What one pass over the plan did.
+#[derive(Default)]
+struct Outcome {
+    applied: Vec<(ChildKind, DynamicObject)>,
+    failures: Vec<ChildFailure>,
+}
+
+/// Writes the whole plan. A failure of one object never stops the others: each is tried, and every
+/// failure is reported.
+async fn carry_out(client: &Client, cs: &ChatSystem, namespace: &str, plan: &Plan) -> Outcome {
+    let mut outcome = Outcome::default();
+    let api = |kind: ChildKind| -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), namespace, &kind.api_resource())
+    };
+    let created = PostParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    for secret in &plan.new_credentials {
+        let object: DynamicObject =
+            serde_json::from_value(secret.object.clone()).expect("a manifest is an object");
+        match api(secret.kind).create(&created, &object).await {
+            Ok(_) => {}
+            // Created since it was read (by another replica): its values are the ones to keep.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => outcome.failures.push(failure(secret, error)),
+        }
+    }
+    let handover = PatchParams::apply(HANDOVER_MANAGER);
+    for manifest in &plan.handovers {
+        if let Err(error) = api(manifest.kind)
+            .patch(manifest.name(), &handover, &Patch::Apply(&manifest.object))
+            .await
+        {
+            outcome.failures.push(failure(manifest, error));
+        }
+    }
+    let params = PatchParams::apply(MANAGER).force();
+    for manifest in &plan.children {
+        if manifest.kind == ChildKind::Secret
+            && outcome.failures.iter().any(|f| f.name == manifest.name())
+        {
+            // Applying the labels of a Secret that could not be created would create it empty.
+            continue;
+        }
+        match api(manifest.kind)
+            .patch(manifest.name(), &params, &Patch::Apply(&manifest.object))
+            .await
+        {
+            Ok(object) => outcome.applied.push((manifest.kind, object)),
+            Err(error) => outcome.failures.push(failure(manifest, error)),
+        }
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    for expansion in &plan.expansions {
+        let patch =
+            json!({ "spec": { "resources": { "requests": { "storage": expansion.size } } } });
+        if let Err(error) = claims
+            .patch(
+                &expansion.claim,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            outcome.failures.push(ChildFailure {
+                kind: "PersistentVolumeClaim",
+                name: expansion.claim.clone(),
+                error,
+            });
+        }
+    }
+    if let Err(error) = delete_orphans(client, cs, namespace, &plan.children).await {
+        outcome.failures.push(ChildFailure {
+            kind: "orphans of",
+            name: cs.name_any(),
+            error,
+        });
+    }
+    outcome
+}
+
+fn failure(manifest: &Manifest, error: kube::Error) -> ChildFailure {
+    ChildFailure {
+        kind: manifest.kind.name(),
+        name: manifest.name().to_string(),
+        error,
+    }
 }
 
 /// Deletes what this resource owns but no longer needs. Credentials Secrets stay, and volumes are never
@@ -231,7 +417,7 @@ async fn delete_orphans(
     cs: &ChatSystem,
     namespace: &str,
     manifests: &[Manifest],
-) -> Result<()> {
+) -> kube::Result<()> {
     let uid = cs.uid();
     let list = ListParams::default().labels(&manifests::children_selector(cs));
     for kind in ChildKind::ALL
@@ -256,7 +442,7 @@ async fn delete_orphans(
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(error) => return Err(error.into()),
+                    Err(error) => return Err(error),
                 }
             }
         }
@@ -264,16 +450,25 @@ async fn delete_orphans(
     Ok(())
 }
 
-async fn publish_invalid_spec(ctx: &Context, cs: &ChatSystem, invalid: &InvalidSpec) -> Result<()> {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "InvalidSpec".to_string(),
-        note: Some(invalid.to_string()),
-        action: "Validate".to_string(),
-        secondary: None,
-    };
-    ctx.recorder.publish(&event, &cs.object_ref(&())).await?;
-    Ok(())
+/// Events for what users look for in `kubectl describe`: the first apply, becoming Ready, becoming
+/// Degraded (and why), and pausing. An event that cannot be written is logged, not retried.
+async fn publish_transitions(ctx: &Context, cs: &ChatSystem, next: &ChatSystemStatus) {
+    for notice in status::transitions(cs.status.as_ref(), next) {
+        let event = Event {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.clone(),
+            note: Some(notice.note),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &cs.object_ref(&())).await {
+            warn!(%error, reason = %notice.reason, "publishing an event");
+        }
+    }
 }
 
 async fn write_status(client: &Client, cs: &ChatSystem, status: ChatSystemStatus) -> Result<()> {

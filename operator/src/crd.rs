@@ -1,6 +1,6 @@
 //! The `ChatSystem` custom resource: spec with every default in the schema, and status.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -8,8 +8,19 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of the operator; also the default tag of the API and worker images.
+/// Version of the operator; also the tag of the API and worker images it runs by default.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The longest name whose every derived name is valid: a StatefulSet name leaves room for the
+/// `controller-revision-hash` label (63 characters, 11 of them the hash), and the longest StatefulSet
+/// suffix is `-opensearch`. Checked against the builders in the tests.
+pub const MAX_NAME_LENGTH: usize = 41;
+
+/// The CEL rule on `metadata.name`: every Service, StatefulSet and Secret name derived from it is a
+/// DNS-1035 label of the right length.
+const NAME_RULE: &str =
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 41";
+const NAME_MESSAGE: &str = "metadata.name must be at most 41 characters of lower-case letters, digits and '-', starting with a letter and ending with a letter or digit: the names of the Services and StatefulSets derived from it must be valid DNS labels";
 
 /// A complete chat system: API, worker and their backing services.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -24,7 +35,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
     status = "ChatSystemStatus",
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
 #[serde(rename_all = "camelCase", default)]
 pub struct ChatSystemSpec {
@@ -36,13 +48,19 @@ pub struct ChatSystemSpec {
     pub redis: BackingServiceSpec<RedisDefaults>,
     pub rabbitmq: BackingServiceSpec<RabbitmqDefaults>,
     pub opensearch: BackingServiceSpec<OpensearchDefaults>,
+    /// Secrets every pod pulls its images with, such as a private registry's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 /// The HTTP API.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ApiSpec {
-    pub image: String,
+    /// The API's image; when empty, the image of this operator's version, so upgrading the operator
+    /// upgrades the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Fixed replica count; used only when autoscaling is disabled.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -55,7 +73,7 @@ pub struct ApiSpec {
 impl Default for ApiSpec {
     fn default() -> Self {
         ApiSpec {
-            image: format!("chatsys/chatsys-api:{VERSION}"),
+            image: None,
             replicas: 2,
             resources: resources("100m", "128Mi", "512Mi"),
             autoscaling: Autoscaling::default(),
@@ -64,11 +82,21 @@ impl Default for ApiSpec {
     }
 }
 
+impl ApiSpec {
+    /// The image to run: the one named, or this operator version's.
+    pub fn image(&self) -> String {
+        image_or_default(self.image.as_deref(), "chatsys/chatsys-api")
+    }
+}
+
 /// The queue consumer that writes to MySQL and OpenSearch.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WorkerSpec {
-    pub image: String,
+    /// The worker's image; when empty, the image of this operator's version, so upgrading the operator
+    /// upgrades the worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Fixed replica count; used only when autoscaling is disabled.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -81,12 +109,26 @@ pub struct WorkerSpec {
 impl Default for WorkerSpec {
     fn default() -> Self {
         WorkerSpec {
-            image: format!("chatsys/chatsys-worker:{VERSION}"),
+            image: None,
             replicas: 1,
             resources: resources("100m", "128Mi", "1Gi"),
             autoscaling: Autoscaling::default(),
             batch: BatchSpec::default(),
         }
+    }
+}
+
+impl WorkerSpec {
+    /// The image to run: the one named, or this operator version's.
+    pub fn image(&self) -> String {
+        image_or_default(self.image.as_deref(), "chatsys/chatsys-worker")
+    }
+}
+
+fn image_or_default(image: Option<&str>, repository: &str) -> String {
+    match image {
+        Some(image) if !image.is_empty() => image.to_string(),
+        _ => format!("{repository}:{VERSION}"),
     }
 }
 
@@ -237,10 +279,22 @@ impl<D: ServiceDefaults> Default for BackingServiceSpec<D> {
     }
 }
 
-/// The persistent volume of a backing service.
+/// The persistent volume of a backing service. Its class and size are fixed in the StatefulSet's
+/// volume claim template, which Kubernetes does not let change: a class stays, and a size only grows
+/// (the operator then expands the existing volume).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default, bound = "")]
 #[schemars(bound = "D: ServiceDefaults")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
+        "message": "storage.size may only grow: a volume cannot shrink",
+    },
+    {
+        "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+        "message": "storage.storageClassName cannot change: a volume keeps the class it was created with",
+    },
+]))]
 pub struct StorageSpec<D: ServiceDefaults> {
     /// Requested size, a quantity such as `10Gi`.
     #[schemars(schema_with = "size_schema")]
@@ -335,9 +389,8 @@ fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> Res
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatSystemStatus {
-    /// `Ready`, `Progressing`, `Degraded` or `Paused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
@@ -348,6 +401,19 @@ pub struct ChatSystemStatus {
     /// Where clients reach the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+}
+
+/// One word for `kubectl get`: the conditions say the rest.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Every component has its desired replicas ready.
+    Ready,
+    /// Applied, and components are still rolling out.
+    Progressing,
+    /// Something could not be applied or the spec cannot be carried out; the conditions say what.
+    Degraded,
+    /// `spec.paused` is true: nothing is changed.
+    Paused,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -5,6 +5,10 @@ use crate::manifests::InvalidSpec;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("Kubernetes client configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("{} object(s) not applied: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Children(Vec<crate::controller::ChildFailure>),
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] InvalidSpec),
     #[error("ChatSystem {0} has no namespace")]
@@ -32,7 +36,8 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
+            Error::Kube(_) | Error::Config(_) => "kube",
+            Error::Children(_) => "apply",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::MissingNamespace(_) => "missing_namespace",
             Error::ReadFile { .. } | Error::ParseYaml { .. } | Error::WriteYaml(_) => "io",

@@ -5,6 +5,7 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod manifests;
+pub mod rbac;
 pub mod render;
 pub mod server;
 pub mod status;

@@ -3,6 +3,7 @@ use chatsys_operator::{controller, leader::LeaderElection, render, server};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -89,12 +90,21 @@ fn run(args: RunArgs) -> Result<()> {
 async fn run_async(args: RunArgs) -> Result<()> {
     let metrics = server::install_metrics()?;
     let server = tokio::spawn(server::serve(args.listen, metrics));
-    let client = kube::Client::try_default().await?;
+    let config = kube::Config::infer().await?;
     let identity = args.pod_name.clone().unwrap_or_else(host_name);
     info!(listen = %args.listen, leader_election = args.leader_election, %identity, "starting");
-    let controller = controller::run(client.clone(), Some(identity.clone()), shutdown_signal());
+    let controller = controller::run(
+        client(&config, WATCH_READ_TIMEOUT)?,
+        client(&config, CALL_TIMEOUT)?,
+        Some(identity.clone()),
+        shutdown_signal(),
+    );
     let outcome = if args.leader_election {
-        let election = LeaderElection::new(client, &args.pod_namespace, identity);
+        let election = LeaderElection::new(
+            client(&config, LEASE_CALL_TIMEOUT)?,
+            &args.pod_namespace,
+            identity,
+        );
         tokio::select! {
             acquired = election.acquire() => acquired?,
             () = shutdown_signal() => return Ok(()),
@@ -119,6 +129,22 @@ async fn run_async(args: RunArgs) -> Result<()> {
         error!(%error, "stopping");
     }
     outcome
+}
+
+/// A watch is closed by the server after at most 290 s; a read silent for longer means a lost connection.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
+/// Reads and writes of a reconcile: a hung call must not hold a resource's reconcile forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Well inside the renew deadline, so a hung renewal fails in time for the next try.
+const LEASE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client whose every call ends: kube's default read timeout is none.
+fn client(config: &kube::Config, read_timeout: Duration) -> Result<kube::Client> {
+    let mut config = config.clone();
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(read_timeout);
+    config.write_timeout = Some(Duration::from_secs(10));
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn shutdown_signal() {

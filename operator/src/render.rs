@@ -51,10 +51,21 @@ pub fn render(mut cs: ChatSystem) -> Result<String> {
         .uid
         .get_or_insert_with(|| PLACEHOLDER_UID.to_string());
     let inputs = offline_inputs(&cs);
+    let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
     let mut stream = String::new();
-    for manifest in manifests::build(&cs, &inputs)? {
+    for manifest in plan.children {
+        let mut object = manifest.object;
+        // A credentials Secret is created with its values and then applied for its labels: shown once.
+        if let Some(created) = plan
+            .new_credentials
+            .iter()
+            .find(|c| c.name() == object["metadata"]["name"])
+        {
+            object["type"] = created.object["type"].clone();
+            object["stringData"] = created.object["stringData"].clone();
+        }
         stream.push_str("---\n");
-        stream.push_str(&serde_saphyr::to_string(&manifest.object)?);
+        stream.push_str(&serde_saphyr::to_string(&object)?);
     }
     Ok(stream)
 }

@@ -1,7 +1,7 @@
 //! Status: what the operator observed, as conditions `kubectl wait` understands. Pure functions of the
 //! resource, what was applied, and the current time.
 
-use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus};
+use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus, Phase};
 use crate::manifests::{self, ChildKind, InvalidSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -15,10 +15,12 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "ReconciliationPaused";
 
-/// Readiness of every Deployment and StatefulSet, from the objects the apply calls returned.
+/// Readiness of every Deployment and StatefulSet, from the objects the apply calls returned, and
+/// whatever could not be applied (each failure names its object and the field the API server refused).
 pub fn observed(
     cs: &ChatSystem,
     applied: &[(ChildKind, DynamicObject)],
+    failures: &[String],
     now: Timestamp,
 ) -> ChatSystemStatus {
     let mut components = BTreeMap::new();
@@ -71,20 +73,30 @@ pub fn observed(
             condition(cs, now, PROGRESSING, true, "RollingOut", &message),
         )
     };
+    let degraded = if failures.is_empty() {
+        condition(
+            cs,
+            now,
+            DEGRADED,
+            false,
+            "SpecValid",
+            "the spec is valid and applied",
+        )
+    } else {
+        condition(cs, now, DEGRADED, true, "ApplyFailed", &failures.join("; "))
+    };
+    let phase = match (failures.is_empty(), rolled_out) {
+        (false, _) => Phase::Degraded,
+        (true, true) => Phase::Ready,
+        (true, false) => Phase::Progressing,
+    };
     ChatSystemStatus {
-        phase: Some(if rolled_out { "Ready" } else { "Progressing" }.to_string()),
+        phase: Some(phase),
         observed_generation: cs.metadata.generation,
         conditions: vec![
             ready,
             progressing,
-            condition(
-                cs,
-                now,
-                DEGRADED,
-                false,
-                "SpecValid",
-                "the spec is valid and applied",
-            ),
+            degraded,
             condition(
                 cs,
                 now,
@@ -123,7 +135,7 @@ pub fn degraded(cs: &ChatSystem, invalid: &InvalidSpec, now: Timestamp) -> ChatS
     let message = invalid.to_string();
     let previous = cs.status.clone().unwrap_or_default();
     ChatSystemStatus {
-        phase: Some("Degraded".to_string()),
+        phase: Some(Phase::Degraded),
         observed_generation: cs.metadata.generation,
         conditions: vec![
             condition(cs, now, READY, false, "InvalidSpec", &message),
@@ -168,7 +180,7 @@ pub fn failed(cs: &ChatSystem, message: &str, now: Timestamp) -> ChatSystemStatu
         message,
     ));
     ChatSystemStatus {
-        phase: Some("Degraded".to_string()),
+        phase: Some(Phase::Degraded),
         observed_generation: cs.metadata.generation,
         conditions,
         components: previous.components,
@@ -193,12 +205,72 @@ pub fn paused(cs: &ChatSystem, now: Timestamp) -> ChatSystemStatus {
         "spec.paused is true: nothing is changed",
     ));
     ChatSystemStatus {
-        phase: Some("Paused".to_string()),
+        phase: Some(Phase::Paused),
         observed_generation: cs.metadata.generation,
         conditions,
         components: previous.components,
         api_url: previous.api_url,
     }
+}
+
+/// An event to publish for a change of status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// What changed between the last status and the next one that a user wants to see in
+/// `kubectl describe`: the first reconcile, becoming Ready, becoming Degraded or degraded for
+/// another reason, and pausing.
+pub fn transitions(previous: Option<&ChatSystemStatus>, next: &ChatSystemStatus) -> Vec<Notice> {
+    let find = |status: Option<&ChatSystemStatus>, type_: &str| {
+        status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned())
+    };
+    let is_true = |c: &Option<Condition>| c.as_ref().is_some_and(|c| c.status == "True");
+    let mut notices = Vec::new();
+    let applied = match next.phase {
+        Some(Phase::Ready | Phase::Progressing) => true,
+        Some(Phase::Degraded) => {
+            find(Some(next), DEGRADED).is_some_and(|c| c.reason == "ApplyFailed")
+        }
+        Some(Phase::Paused) | None => false,
+    };
+    if previous.is_none_or(|p| p.phase.is_none()) && applied {
+        notices.push(Notice {
+            warning: false,
+            reason: "Created".to_string(),
+            note: "applied the chat system's workloads".to_string(),
+        });
+    }
+    let (was_ready, ready) = (find(previous, READY), find(Some(next), READY));
+    if is_true(&ready) && !is_true(&was_ready) {
+        notices.push(Notice {
+            warning: false,
+            reason: "Ready".to_string(),
+            note: "every component has its desired replicas ready".to_string(),
+        });
+    }
+    let (was_degraded, degraded) = (find(previous, DEGRADED), find(Some(next), DEGRADED));
+    if let Some(degraded) = degraded.filter(|c| c.status == "True")
+        && was_degraded.is_none_or(|w| w.status != "True" || w.message != degraded.message)
+    {
+        notices.push(Notice {
+            warning: true,
+            reason: degraded.reason,
+            note: degraded.message,
+        });
+    }
+    let (was_paused, paused) = (find(previous, PAUSED), find(Some(next), PAUSED));
+    if is_true(&paused) && !is_true(&was_paused) {
+        notices.push(Notice {
+            warning: false,
+            reason: "Paused".to_string(),
+            note: "spec.paused is true: the operator changes nothing".to_string(),
+        });
+    }
+    notices
 }
 
 /// A condition whose transition time moves only when its status changes, so an unchanged status

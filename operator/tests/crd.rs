@@ -1,7 +1,11 @@
 //! The committed CRD is the generated one, and the schema carries the defaults and rules users rely on.
 
-use chatsys_operator::crd::{ApiSpec, ChatSystem, ChatSystemSpec, WorkerSpec};
+mod common;
+
+use chatsys_operator::crd::{ApiSpec, ChatSystem, ChatSystemSpec, MAX_NAME_LENGTH, WorkerSpec};
+use chatsys_operator::manifests::ChildKind;
 use kube::CustomResourceExt;
+use kube::core::cel::{validate_cel, validate_cel_update};
 use serde_json::{Value, json};
 
 fn schema() -> Value {
@@ -114,5 +118,121 @@ fn quantities_are_checked_by_the_schema_and_kept_compact() {
             .as_object()
             .map(|p| p.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["limits".to_string(), "requests".to_string()])
+    );
+}
+
+fn named(name: &str) -> ChatSystem {
+    let mut cs = ChatSystem::new(name, ChatSystemSpec::default());
+    cs.metadata.namespace = Some("team".to_string());
+    cs.metadata.uid = Some("6f1c7a52-8d7e-4f0e-9a64-0d3b8f7c2e11".to_string());
+    cs
+}
+
+#[test]
+fn a_name_that_would_derive_an_invalid_object_name_is_refused() {
+    let longest = "a".repeat(MAX_NAME_LENGTH);
+    let too_long = "a".repeat(MAX_NAME_LENGTH + 1);
+    for name in ["chat", "chat-2", longest.as_str()] {
+        assert!(validate_cel(&named(name)).is_ok(), "{name} is accepted");
+    }
+    for name in ["chat.v1", "Chat", "1chat", "chat-", too_long.as_str()] {
+        let errors = validate_cel(&named(name)).expect_err(name).to_string();
+        assert!(
+            errors.contains("metadata.name must be at most 41 characters"),
+            "{name}: {errors}"
+        );
+    }
+}
+
+/// A DNS-1035 label: what a Service name must be, and (at most 52 long) a StatefulSet name, which
+/// leaves room for the `controller-revision-hash` label of its pods.
+fn is_label(name: &str, max: usize) -> bool {
+    let bytes = name.as_bytes();
+    !name.is_empty()
+        && name.len() <= max
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[test]
+fn every_name_derived_from_the_longest_accepted_name_is_valid() {
+    let cs = named(&"a".repeat(MAX_NAME_LENGTH));
+    let built = common::children(&cs, &common::fresh_inputs(&cs));
+    let mut longest_set = 0;
+    for manifest in &built {
+        let name = manifest.name();
+        match manifest.kind {
+            ChildKind::StatefulSet => {
+                assert!(is_label(name, 52), "StatefulSet {name}");
+                longest_set = longest_set.max(name.len());
+            }
+            _ => assert!(is_label(name, 63), "{:?} {name}", manifest.kind),
+        }
+    }
+    assert_eq!(longest_set, 52, "the limit is as long as it can be");
+}
+
+#[test]
+fn a_volume_may_grow_but_not_shrink_or_change_class() {
+    let old = named("chat");
+    let mut grown = old.clone();
+    grown.spec.mysql.storage.size =
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("20Gi".to_string());
+    assert!(validate_cel_update(&grown, &old).is_ok());
+
+    let mut shrunk = old.clone();
+    shrunk.spec.mysql.storage.size =
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".to_string());
+    let errors = validate_cel_update(&shrunk, &old)
+        .expect_err("shrinking")
+        .to_string();
+    assert!(errors.contains("storage.size may only grow"), "{errors}");
+
+    let mut classed = old.clone();
+    classed.spec.redis.storage.storage_class_name = Some("fast".to_string());
+    let errors = validate_cel_update(&classed, &old)
+        .expect_err("a new class")
+        .to_string();
+    assert!(
+        errors.contains("storage.storageClassName cannot change"),
+        "{errors}"
+    );
+    let mut reclassed = classed.clone();
+    reclassed.spec.redis.storage.storage_class_name = Some("slow".to_string());
+    assert!(validate_cel_update(&reclassed, &classed).is_err());
+    assert!(validate_cel_update(&classed, &classed).is_ok());
+}
+
+#[test]
+fn the_api_and_worker_images_are_not_stored_so_an_operator_upgrade_moves_them() {
+    let schema = schema();
+    let spec = &schema["properties"]["spec"]["properties"];
+    for component in ["api", "worker"] {
+        assert!(
+            spec[component]["properties"]["image"]["default"].is_null(),
+            "{component}"
+        );
+        assert!(spec[component]["default"]["image"].is_null(), "{component}");
+    }
+    let cs = named("chat");
+    let version = chatsys_operator::crd::VERSION;
+    assert_eq!(
+        cs.spec.api.image(),
+        format!("chatsys/chatsys-api:{version}")
+    );
+    assert_eq!(
+        cs.spec.worker.image(),
+        format!("chatsys/chatsys-worker:{version}")
+    );
+    let mut named_image = cs.clone();
+    named_image.spec.api.image = Some("example.org/api:1".to_string());
+    assert_eq!(named_image.spec.api.image(), "example.org/api:1");
+    named_image.spec.api.image = Some(String::new());
+    assert_eq!(
+        named_image.spec.api.image(),
+        format!("chatsys/chatsys-api:{version}")
     );
 }

@@ -1,296 +1,179 @@
-//! Request-sequence tests: the reconcile runs against a real `kube::Client` whose transport is a
-//! `tower-test` mock answering as an API server would. Each test asserts every call in order: method,
-//! URI (field manager and force on every apply) and body.
+//! The reconcile against `common::apiserver`, a stand-in as strict as kube-apiserver where it matters:
+//! server-side apply ownership, defaulting, immutable fields, garbage collection. Each day-two test
+//! plays what a user does (delete and re-apply, grow a volume, turn autoscaling on) and what the
+//! cluster's controllers do, and asserts what the user would see.
 
 mod common;
 
 use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::manifests::{self, ChildKind};
-use common::{fixture, fresh_inputs};
-use http::{Method, Request, Response, StatusCode};
-use kube::Client;
-use kube::client::Body;
+use chatsys_operator::error::Error;
+use common::apiserver::{ApiServer, Call};
+use common::{children, fixture, fresh_inputs};
+use http::{Method, StatusCode};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-const APPLY: &str = "?&force=true&fieldManager=chatsys-operator";
-const UID: &str = "6f1c7a52-8d7e-4f0e-9a64-0d3b8f7c2e11";
+const CHATSYSTEMS: &str = "/apis/chatsys.io/v1alpha1/namespaces/team/chatsystems";
+const SECRETS: &str = "/api/v1/namespaces/team/secrets";
+const CLAIMS: &str = "/api/v1/namespaces/team/persistentvolumeclaims";
+const STATEFULSETS: &str = "/apis/apps/v1/namespaces/team/statefulsets";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/team/deployments";
+const HPAS: &str = "/apis/autoscaling/v2/namespaces/team/horizontalpodautoscalers";
+const SERVICES: &str = "/api/v1/namespaces/team/services";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team/events";
+const STORAGE_CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
 
-fn collection(kind: ChildKind) -> &'static str {
-    match kind {
-        ChildKind::Secret => "/api/v1/namespaces/team/secrets",
-        ChildKind::ConfigMap => "/api/v1/namespaces/team/configmaps",
-        ChildKind::Service => "/api/v1/namespaces/team/services",
-        ChildKind::StatefulSet => "/apis/apps/v1/namespaces/team/statefulsets",
-        ChildKind::Deployment => "/apis/apps/v1/namespaces/team/deployments",
-        ChildKind::HorizontalPodAutoscaler => {
-            "/apis/autoscaling/v2/namespaces/team/horizontalpodautoscalers"
+/// Creates a fixture's ChatSystem as `kubectl apply` would, with `changes` merged into its spec.
+fn create(server: &ApiServer, name: &str, changes: Value) -> Value {
+    let mut object = serde_json::to_value(fixture(name)).expect("fixture serialises");
+    let metadata = object["metadata"].as_object_mut().expect("metadata");
+    metadata.retain(|k, _| matches!(k.as_str(), "name" | "namespace"));
+    merge(&mut object["spec"], &changes);
+    server.create(CHATSYSTEMS, object)
+}
+
+/// A user's edit of the stored spec (`kubectl edit`).
+fn edit(server: &ApiServer, changes: Value) {
+    let mut object = server
+        .get(CHATSYSTEMS, "chat")
+        .expect("the ChatSystem exists");
+    merge(&mut object["spec"], &changes);
+    server.update(CHATSYSTEMS, "chat", object);
+}
+
+fn merge(target: &mut Value, changes: &Value) {
+    match (target, changes) {
+        (Value::Object(target), Value::Object(changes)) => {
+            for (key, value) in changes {
+                merge(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
         }
-        ChildKind::PodDisruptionBudget => "/apis/policy/v1/namespaces/team/poddisruptionbudgets",
-        ChildKind::Ingress => "/apis/networking.k8s.io/v1/namespaces/team/ingresses",
+        (target, changes) => *target = changes.clone(),
     }
 }
 
-const STATUS_URI: &str = "/apis/chatsys.io/v1alpha1/namespaces/team/chatsystems/chat/status";
-const LIST_QUERY: &str = "?&labelSelector=app.kubernetes.io%2Finstance%3Dchat%2Capp.kubernetes.io%2Fmanaged-by%3Dchatsys-operator";
-
-#[derive(Debug)]
-struct Call {
-    method: Method,
-    uri: String,
-    body: Value,
-}
-
-/// What the mock API server holds, and how its workloads are doing.
-#[derive(Default)]
-struct Cluster {
-    /// Secrets by name; a GET of any other answers 404.
-    secrets: BTreeMap<String, Value>,
-    /// Items of each LIST, by collection path; empty when absent.
-    lists: BTreeMap<&'static str, Vec<Value>>,
-    /// Whether applied Deployments and StatefulSets report all replicas ready.
-    workloads_ready: bool,
-    /// Answer the first apply with this failure.
-    fail_first_apply: Option<StatusCode>,
-}
-
-impl Cluster {
-    fn respond(
-        &mut self,
-        cs: &ChatSystem,
-        method: &Method,
-        uri: &str,
-        body: &Value,
-    ) -> (StatusCode, Value) {
-        let path = uri.split('?').next().unwrap_or_default();
-        if *method == Method::GET
-            && let Some(name) = path.strip_prefix("/api/v1/namespaces/team/secrets/")
-        {
-            return match self.secrets.get(name) {
-                Some(secret) => (StatusCode::OK, secret.clone()),
-                None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
-            };
-        }
-        if *method == Method::GET {
-            let items = self.lists.get(path).cloned().unwrap_or_default();
-            return (
-                StatusCode::OK,
-                json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }),
-            );
-        }
-        if *method == Method::PATCH && path == STATUS_URI {
-            let mut updated = serde_json::to_value(cs).expect("ChatSystem serialises");
-            updated["status"] = body["status"].clone();
-            return (StatusCode::OK, updated);
-        }
-        if *method == Method::PATCH {
-            if let Some(code) = self.fail_first_apply.take() {
-                return (code, status_body(code.as_u16(), "InternalError"));
-            }
-            let mut applied = body.clone();
-            applied["metadata"]["generation"] = json!(1);
-            if matches!(body["kind"].as_str(), Some("Deployment" | "StatefulSet")) {
-                let replicas = body["spec"]["replicas"].as_i64().unwrap_or(2);
-                applied["spec"]["replicas"] = json!(replicas);
-                let ready = if self.workloads_ready { replicas } else { 0 };
-                applied["status"] = json!({ "observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": ready });
-            }
-            return (StatusCode::OK, applied);
-        }
-        if *method == Method::POST {
-            return (StatusCode::CREATED, body.clone());
-        }
-        if *method == Method::DELETE {
-            return (StatusCode::OK, status_body(200, ""));
-        }
-        panic!("unexpected request {method} {uri}");
-    }
-}
-
-fn status_body(code: u16, reason: &str) -> Value {
-    let status = if code < 400 { "Success" } else { "Failure" };
-    json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": status, "reason": reason, "code": code, "message": reason })
-}
-
-/// Runs one reconcile against the mock, under a timeout, and returns its result and every call made.
-async fn reconcile(
-    cs: ChatSystem,
-    mut cluster: Cluster,
-) -> (Result<Action, chatsys_operator::error::Error>, Vec<Call>) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let context = Arc::new(Context::new(Client::new(service, "default"), None));
-    let served = cs.clone();
-    let server = tokio::spawn(async move {
-        let mut calls = Vec::new();
-        while let Some((request, send)) = handle.next_request().await {
-            let method = request.method().clone();
-            let uri = request.uri().to_string();
-            let bytes = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .expect("request body");
-            let body = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).expect("JSON body")
-            };
-            let (status, response) = cluster.respond(&served, &method, &uri, &body);
-            let response = serde_json::to_vec(&response).expect("response serialises");
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .body(Body::from(response))
-                    .expect("response"),
-            );
-            calls.push(Call { method, uri, body });
-        }
-        calls
-    });
-    let result = tokio::time::timeout(
-        Duration::from_secs(1),
+/// One reconcile of the stored ChatSystem, as the controller would run it.
+async fn reconcile(server: &ApiServer) -> Result<Action, Error> {
+    let stored = server
+        .get(CHATSYSTEMS, "chat")
+        .expect("the ChatSystem exists");
+    let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
+    let context = Arc::new(Context::new(server.client(), None));
+    tokio::time::timeout(
+        Duration::from_secs(5),
         controller::reconcile(Arc::new(cs), context),
     )
     .await
-    .expect("reconcile finished within 1 s");
-    // The context (and with it every client) is gone: the mock's request stream ends.
-    let calls = tokio::time::timeout(Duration::from_secs(1), server)
-        .await
-        .expect("mock finished")
-        .expect("mock ran");
-    (result, calls)
+    .expect("the reconcile ends")
 }
 
-fn requests(calls: &[Call]) -> Vec<(Method, String)> {
-    calls
-        .iter()
-        .map(|c| (c.method.clone(), c.uri.clone()))
-        .collect()
+fn stored_status(server: &ApiServer) -> Value {
+    server
+        .get(CHATSYSTEMS, "chat")
+        .expect("the ChatSystem exists")["status"]
+        .clone()
 }
 
-fn get_secret(name: &str) -> (Method, String) {
-    (
-        Method::GET,
-        format!("{}/{name}", collection(ChildKind::Secret)),
-    )
-}
-
-fn apply(kind: ChildKind, name: &str) -> (Method, String) {
-    (Method::PATCH, format!("{}/{name}{APPLY}", collection(kind)))
-}
-
-fn delete(kind: ChildKind, name: &str) -> (Method, String) {
-    (Method::DELETE, format!("{}/{name}?", collection(kind)))
-}
-
-/// One LIST per kind that can be orphaned; credentials Secrets are never listed for deletion.
-fn orphan_lists() -> Vec<(Method, String)> {
-    ChildKind::ALL
-        .into_iter()
-        .filter(|k| *k != ChildKind::Secret)
-        .map(|k| (Method::GET, format!("{}{LIST_QUERY}", collection(k))))
-        .collect()
-}
-
-fn status_patch() -> (Method, String) {
-    (Method::PATCH, format!("{STATUS_URI}{APPLY}"))
-}
-
-fn owned(kind: &str, name: &str, owner_uid: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": kind,
-        "metadata": { "name": name, "namespace": "team",
-                      "ownerReferences": [{ "apiVersion": "chatsys.io/v1alpha1", "kind": "ChatSystem",
-                                            "name": "chat", "uid": owner_uid, "controller": true }] },
-    })
-}
-
-fn secret(name: &str, keys: &[&str]) -> Value {
-    let data: BTreeMap<&str, &str> = keys.iter().map(|k| (*k, "c2VjcmV0")).collect();
-    json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name, "namespace": "team" }, "data": data })
-}
-
-fn condition<'a>(status_body: &'a Value, type_: &str) -> &'a Value {
-    status_body["status"]["conditions"]
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
         .as_array()
         .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn writes(calls: &[Call]) -> Vec<(Method, String)> {
+    calls
+        .iter()
+        .filter(|c| c.is_write())
+        .map(|c| (c.method.clone(), c.path.clone()))
+        .collect()
+}
+
+fn event_reasons(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == Method::POST && c.path == EVENTS)
+        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn secret_data(server: &ApiServer, name: &str) -> Value {
+    server
+        .get(SECRETS, name)
+        .unwrap_or_else(|| panic!("Secret {name} exists"))["data"]
+        .clone()
+}
+
+fn replicas(object: &Value) -> i64 {
+    object["spec"]["replicas"].as_i64().expect("replicas")
 }
 
 #[tokio::test]
-async fn a_new_resource_gets_everything_applied_then_its_status() {
-    let cs = fixture("defaults");
-    let (result, calls) = reconcile(cs.clone(), Cluster::default()).await;
+async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_status() {
+    let server = ApiServer::new();
+    let stored = create(&server, "defaults", json!({}));
+    let result = reconcile(&server).await;
     assert_eq!(
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(15))
     );
 
-    let expected_build = manifests::build(&cs, &fresh_inputs(&cs)).expect("builds");
-    let mut expected = vec![
-        get_secret("chat-mysql-credentials"),
-        get_secret("chat-redis-credentials"),
-        get_secret("chat-rabbitmq-credentials"),
-    ];
-    expected.extend(expected_build.iter().map(|m| apply(m.kind, m.name())));
-    expected.extend(orphan_lists());
-    expected.push(status_patch());
-    assert_eq!(requests(&calls), expected);
-
-    let applies = &calls[3..3 + expected_build.len()];
-    for (call, manifest) in applies.iter().zip(&expected_build) {
-        if manifest.kind == ChildKind::Secret {
-            // Freshly generated: the same keys, different random values.
-            let keys = |v: &Value| {
-                v["stringData"]
-                    .as_object()
-                    .expect("stringData")
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(keys(&call.body), keys(&manifest.object));
-            assert_eq!(call.body["metadata"], manifest.object["metadata"]);
-            assert!(
-                call.body["stringData"]
-                    .as_object()
-                    .expect("stringData")
-                    .values()
-                    .all(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-            );
-        } else {
-            assert_eq!(
-                call.body,
-                manifest.object,
-                "{:?} {}",
-                manifest.kind,
-                manifest.name()
-            );
-        }
+    let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
+    let planned = children(&cs, &fresh_inputs(&cs));
+    let calls = server.calls();
+    let mut expected: Vec<(Method, String)> = ["mysql", "redis", "rabbitmq"]
+        .iter()
+        .map(|_| (Method::POST, SECRETS.to_string()))
+        .collect();
+    for manifest in &planned {
+        let collection = match manifest.kind.name() {
+            "Secret" => SECRETS,
+            "Service" => SERVICES,
+            "StatefulSet" => STATEFULSETS,
+            "Deployment" => DEPLOYMENTS,
+            "HorizontalPodAutoscaler" => HPAS,
+            "ConfigMap" => "/api/v1/namespaces/team/configmaps",
+            "PodDisruptionBudget" => "/apis/policy/v1/namespaces/team/poddisruptionbudgets",
+            other => panic!("unexpected {other}"),
+        };
+        expected.push((Method::PATCH, format!("{collection}/{}", manifest.name())));
     }
+    expected.push((Method::POST, EVENTS.to_string()));
+    expected.push((Method::PATCH, format!("{CHATSYSTEMS}/chat/status")));
+    assert_eq!(writes(&calls), expected);
+    for apply in calls.iter().filter(|c| c.method == Method::PATCH) {
+        assert_eq!(
+            apply.param("fieldManager").as_deref(),
+            Some("chatsys-operator")
+        );
+        assert_eq!(apply.param("force").as_deref(), Some("true"));
+    }
+    assert_eq!(event_reasons(&calls), ["Created"]);
 
-    let status = &calls.last().expect("status call").body;
-    assert_eq!(status["apiVersion"], "chatsys.io/v1alpha1");
-    assert_eq!(status["kind"], "ChatSystem");
-    assert_eq!(status["status"]["phase"], "Progressing");
-    assert_eq!(status["status"]["observedGeneration"], 1);
-    assert_eq!(condition(status, "Ready")["status"], "False");
-    assert_eq!(condition(status, "Progressing")["status"], "True");
-    assert_eq!(
-        status["status"]["components"]["api"],
-        json!({ "readyReplicas": 0, "desiredReplicas": 2 })
+    let password = &secret_data(&server, "chat-mysql-credentials")["password"];
+    assert!(
+        password.as_str().is_some_and(|p| p.len() > 40),
+        "base64 of 32 characters: {password}"
     );
-    assert_eq!(status["status"]["apiUrl"], "http://chat-api.team.svc:8080");
+    let status = stored_status(&server);
+    assert_eq!(status["phase"], "Progressing");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(
+        status["components"]["api"],
+        json!({ "readyReplicas": 0, "desiredReplicas": 1 })
+    );
+    assert_eq!(status["apiUrl"], "http://chat-api.team.svc:8080");
 }
 
 #[tokio::test]
-async fn existing_credentials_are_read_and_never_rewritten() {
-    let cs = fixture("defaults");
-    let mut cluster = Cluster::default();
+async fn existing_credentials_are_read_and_their_values_never_written() {
+    let server = ApiServer::new();
     for (name, keys) in [
         (
             "chat-mysql-credentials",
@@ -299,266 +182,213 @@ async fn existing_credentials_are_read_and_never_rewritten() {
         ("chat-redis-credentials", &["password"][..]),
         ("chat-rabbitmq-credentials", &["username", "password"][..]),
     ] {
-        cluster.secrets.insert(name.to_string(), secret(name, keys));
-    }
-    let (result, calls) = reconcile(cs, cluster).await;
-    result.expect("reconciled");
-    assert!(
-        !calls
+        let data: serde_json::Map<String, Value> = keys
             .iter()
-            .any(|c| c.method != Method::GET && c.uri.contains("/secrets")),
-        "no Secret is written: {:?}",
-        requests(&calls)
+            .map(|k| (k.to_string(), json!("c2VjcmV0")))
+            .collect();
+        server.create(
+            SECRETS,
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "data": data }),
+        );
+    }
+    create(&server, "defaults", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    assert!(
+        !server
+            .calls()
+            .iter()
+            .any(|c| c.method == Method::POST && c.path == SECRETS),
+        "no credentials are generated"
     );
     assert_eq!(
-        calls
-            .iter()
-            .filter(|c| c.uri.contains(APPLY) && !c.uri.contains("/status"))
-            .count(),
-        17
+        secret_data(&server, "chat-mysql-credentials")["password"],
+        "c2VjcmV0"
+    );
+    let secret = server
+        .get(SECRETS, "chat-mysql-credentials")
+        .expect("Secret");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/instance"],
+        "chat"
     );
 }
 
 #[tokio::test]
-async fn ready_workloads_make_the_resource_ready() {
-    let cluster = Cluster {
-        workloads_ready: true,
-        ..Cluster::default()
-    };
-    let (result, calls) = reconcile(fixture("defaults"), cluster).await;
+async fn ready_workloads_make_the_resource_ready_and_say_so_once() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    server.make_workloads_ready("team");
+    server.clear_calls();
+    let result = reconcile(&server).await;
     assert_eq!(
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(300))
     );
-    let status = &calls.last().expect("status call").body;
-    assert_eq!(status["status"]["phase"], "Ready");
-    assert_eq!(condition(status, "Ready")["status"], "True");
-    assert_eq!(condition(status, "Progressing")["status"], "False");
-    assert_eq!(condition(status, "Degraded")["status"], "False");
+    let status = stored_status(&server);
+    assert_eq!(status["phase"], "Ready");
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
     assert_eq!(
-        status["status"]["components"]["mysql"],
+        status["components"]["mysql"],
         json!({ "readyReplicas": 1, "desiredReplicas": 1 })
     );
+    assert_eq!(event_reasons(&server.calls()), ["Ready"]);
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    assert!(event_reasons(&server.calls()).is_empty());
 }
 
 #[tokio::test]
-async fn turning_autoscaling_off_deletes_the_autoscalers_it_owns_and_nothing_else() {
-    let cs = fixture("autoscaling-off");
-    let hpas = collection(ChildKind::HorizontalPodAutoscaler);
-    let mut cluster = Cluster::default();
-    cluster.lists.insert(
-        hpas,
-        vec![
-            owned("HorizontalPodAutoscaler", "chat-api", UID),
-            owned("HorizontalPodAutoscaler", "chat-worker", UID),
-            owned("HorizontalPodAutoscaler", "chat-other", "another-owner"),
-        ],
-    );
-    let (result, calls) = reconcile(cs, cluster).await;
-    result.expect("reconciled");
-    let deletes: Vec<&Call> = calls
-        .iter()
-        .filter(|c| c.method == Method::DELETE)
-        .collect();
+async fn a_paused_resource_gets_no_write_but_its_status_and_one_event() {
+    let server = ApiServer::new();
+    create(&server, "paused", json!({}));
+    let result = reconcile(&server).await;
+    assert_eq!(result.expect("reconciled"), Action::await_change());
     assert_eq!(
-        deletes
-            .iter()
-            .map(|c| (c.method.clone(), c.uri.clone()))
-            .collect::<Vec<_>>(),
+        writes(&server.calls()),
         [
-            delete(ChildKind::HorizontalPodAutoscaler, "chat-api"),
-            delete(ChildKind::HorizontalPodAutoscaler, "chat-worker")
+            (Method::POST, EVENTS.to_string()),
+            (Method::PATCH, format!("{CHATSYSTEMS}/chat/status")),
         ]
     );
-    assert_eq!(deletes[0].body["propagationPolicy"], "Background");
-    assert!(
-        !calls
-            .iter()
-            .any(|c| c.method == Method::PATCH && c.uri.starts_with(hpas))
-    );
-    let list_position = calls
-        .iter()
-        .position(|c| c.uri == format!("{hpas}{LIST_QUERY}"))
-        .expect("HPAs listed");
-    let delete_position = calls
-        .iter()
-        .position(|c| c.method == Method::DELETE)
-        .expect("deleted");
+    assert_eq!(event_reasons(&server.calls()), ["Paused"]);
+    let status = stored_status(&server);
+    assert_eq!(status["phase"], "Paused");
+    assert_eq!(condition(&status, "ReconciliationPaused")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
+    let server = ApiServer::new();
+    let mut cs = fixture("defaults");
+    cs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-02-02T10:00:00Z".parse().expect("timestamp"),
+    ));
+    let context = Arc::new(Context::new(server.client(), None));
+    let result = controller::reconcile(Arc::new(cs), context).await;
+    assert_eq!(result.expect("reconciled"), Action::await_change());
+    assert!(server.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_spec_applies_nothing_and_warns_in_an_event_and_the_status() {
+    let server = ApiServer::new();
+    for (name, key) in [("cache", "url"), ("queue", "amqp"), ("search", "url")] {
+        server.create(
+            SECRETS,
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "data": { key: "dXJs" } }),
+        );
+    }
+    create(&server, "external", json!({}));
+    server.clear_calls();
+    let result = reconcile(&server).await;
     assert_eq!(
-        delete_position,
-        list_position + 1,
-        "deletes follow their list"
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(60))
     );
-    assert_eq!(requests(&calls).last(), Some(&status_patch()));
+    assert_eq!(
+        writes(&server.calls()),
+        [
+            (Method::POST, EVENTS.to_string()),
+            (Method::PATCH, format!("{CHATSYSTEMS}/chat/status")),
+        ]
+    );
+    let event = &server
+        .calls()
+        .into_iter()
+        .find(|c| c.path == EVENTS)
+        .expect("event")
+        .body;
+    let reason = "mysql: Secret db not found; opensearch: Secret search has no key endpoint";
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("InvalidSpec"))
+    );
+    assert_eq!(event["note"], reason);
+    let status = stored_status(&server);
+    assert_eq!(status["phase"], "Degraded");
+    assert_eq!(condition(&status, "Degraded")["message"], reason);
 }
 
 #[tokio::test]
 async fn a_service_turned_external_loses_its_workload_but_keeps_credentials_and_volumes() {
-    let cs = fixture("external");
-    let mut cluster = Cluster::default();
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    server.run_statefulset_controller("team");
     for (name, key) in [
         ("db", "url"),
         ("cache", "url"),
         ("queue", "amqp"),
         ("search", "endpoint"),
     ] {
-        cluster
-            .secrets
-            .insert(name.to_string(), secret(name, &[key]));
+        server.create(
+            SECRETS,
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "data": { key: "dXJs" } }),
+        );
     }
-    cluster.lists.insert(
-        collection(ChildKind::StatefulSet),
-        vec![owned("StatefulSet", "chat-mysql", UID)],
+    let external = serde_json::to_value(fixture("external").spec).expect("spec");
+    edit(&server, external);
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.get(STATEFULSETS, "chat-mysql").is_none());
+    assert!(server.get(SERVICES, "chat-mysql").is_none());
+    assert!(server.get(SERVICES, "chat-api").is_some());
+    assert!(server.get(SECRETS, "chat-mysql-credentials").is_some());
+    assert!(server.get(CLAIMS, "data-chat-mysql-0").is_some());
+}
+
+#[tokio::test]
+async fn one_refused_child_blocks_no_other_and_is_named_in_the_status() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    server.fail(
+        Method::PATCH,
+        "/statefulsets/chat-mysql",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        1,
     );
-    cluster.lists.insert(
-        collection(ChildKind::Service),
-        vec![
-            owned("Service", "chat-mysql", UID),
-            owned("Service", "chat-api", UID),
-        ],
-    );
-    let (result, calls) = reconcile(cs.clone(), cluster).await;
-    result.expect("reconciled");
-    let built = manifests::build(&cs, &fresh_inputs(&cs)).expect("builds");
-    let mut expected = vec![
-        get_secret("db"),
-        get_secret("cache"),
-        get_secret("queue"),
-        get_secret("search"),
-    ];
-    expected.extend(built.iter().map(|m| apply(m.kind, m.name())));
-    for kind in ChildKind::ALL
-        .into_iter()
-        .filter(|k| *k != ChildKind::Secret)
-    {
-        expected.push((Method::GET, format!("{}{LIST_QUERY}", collection(kind))));
-        if kind == ChildKind::Service {
-            expected.push(delete(ChildKind::Service, "chat-mysql"));
-        }
-        if kind == ChildKind::StatefulSet {
-            expected.push(delete(ChildKind::StatefulSet, "chat-mysql"));
-        }
+    let error = reconcile(&server).await.expect_err("a child failed");
+    assert_eq!(error.metric_label(), "apply");
+    for (collection, name) in [
+        (STATEFULSETS, "chat-redis"),
+        (STATEFULSETS, "chat-opensearch"),
+        (DEPLOYMENTS, "chat-api"),
+        (DEPLOYMENTS, "chat-worker"),
+        (HPAS, "chat-api"),
+    ] {
+        assert!(
+            server.get(collection, name).is_some(),
+            "{collection}/{name} applied"
+        );
     }
-    expected.push(status_patch());
-    assert_eq!(requests(&calls), expected);
-    assert!(
-        !calls
-            .iter()
-            .any(|c| c.uri.contains("persistentvolumeclaims"))
+    let status = stored_status(&server);
+    assert_eq!(status["phase"], "Degraded");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert_eq!(
+        degraded["message"],
+        "StatefulSet chat-mysql: injected fault"
+    );
+    assert!(event_reasons(&server.calls()).contains(&"ApplyFailed".to_string()));
+
+    // The next reconcile applies it, and the status recovers.
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.get(STATEFULSETS, "chat-mysql").is_some());
+    assert_eq!(
+        condition(&stored_status(&server), "Degraded")["status"],
+        "False"
     );
 }
 
 #[tokio::test]
-async fn a_paused_resource_causes_no_write_but_its_status() {
-    let cs = fixture("paused");
-    let (result, calls) = reconcile(cs, Cluster::default()).await;
-    assert_eq!(result.expect("reconciled"), Action::await_change());
-    assert_eq!(requests(&calls), [status_patch()]);
-    let status = &calls[0].body;
-    assert_eq!(status["status"]["phase"], "Paused");
-    assert_eq!(condition(status, "ReconciliationPaused")["status"], "True");
-    assert_eq!(
-        condition(status, "Ready")["status"],
-        "True",
-        "the last observation is kept"
-    );
-    assert_eq!(status["status"]["observedGeneration"], 7);
-}
-
-#[tokio::test]
-async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
-    let mut cs = fixture("defaults");
-    cs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        "2026-02-02T10:00:00Z".parse().expect("timestamp"),
-    ));
-    let (result, calls) = reconcile(cs, Cluster::default()).await;
-    assert_eq!(result.expect("reconciled"), Action::await_change());
-    assert!(calls.is_empty(), "{:?}", requests(&calls));
-}
-
-#[tokio::test]
-async fn an_invalid_spec_applies_nothing_and_warns_in_an_event_and_the_status() {
-    let cs = fixture("external");
-    let mut cluster = Cluster::default();
-    cluster
-        .secrets
-        .insert("cache".to_string(), secret("cache", &["url"]));
-    cluster
-        .secrets
-        .insert("queue".to_string(), secret("queue", &["amqp"]));
-    cluster
-        .secrets
-        .insert("search".to_string(), secret("search", &["url"]));
-    let (result, calls) = reconcile(cs, cluster).await;
-    assert_eq!(
-        result.expect("reconciled"),
-        Action::requeue(Duration::from_secs(60))
-    );
-    assert_eq!(
-        requests(&calls),
-        [
-            get_secret("db"),
-            get_secret("cache"),
-            get_secret("queue"),
-            get_secret("search"),
-            (
-                Method::POST,
-                "/apis/events.k8s.io/v1/namespaces/team/events?".to_string()
-            ),
-            status_patch(),
-        ]
-    );
-    let event = &calls[4].body;
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["reason"], "InvalidSpec");
-    assert_eq!(event["regarding"]["name"], "chat");
-    let reason = "mysql: Secret db not found; opensearch: Secret search has no key endpoint";
-    assert_eq!(event["note"], reason);
-    let status = &calls[5].body;
-    assert_eq!(status["status"]["phase"], "Degraded");
-    assert_eq!(condition(status, "Degraded")["status"], "True");
-    assert_eq!(condition(status, "Degraded")["message"], reason);
-    assert_eq!(condition(status, "Ready")["status"], "False");
-}
-
-#[tokio::test]
-async fn a_failing_call_is_an_error_retried_with_a_growing_backoff_and_counted() {
-    let cs = fixture("defaults");
-    let cluster = Cluster {
-        fail_first_apply: Some(StatusCode::INTERNAL_SERVER_ERROR),
-        ..Cluster::default()
-    };
-    let (result, calls) = reconcile(cs.clone(), cluster).await;
-    let error = result.expect_err("the failed apply fails the reconcile");
-    assert_eq!(error.metric_label(), "kube");
-    let mut expected = requests(&calls[..4]);
-    assert_eq!(
-        expected[3],
-        apply(ChildKind::Secret, "chat-mysql-credentials"),
-        "the failed apply"
-    );
-    expected.push(status_patch());
-    assert_eq!(
-        requests(&calls),
-        expected,
-        "nothing but the status after the failed apply"
-    );
-    let status = &calls[4].body;
-    assert_eq!(status["status"]["phase"], "Degraded");
-    let degraded = condition(status, "Degraded");
-    assert_eq!(degraded["reason"], "ReconcileFailed");
-    assert!(
-        degraded["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("Kubernetes API:")),
-        "{status}"
-    );
-
+async fn failures_back_off_exponentially_and_are_counted() {
+    let server = ApiServer::new();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let context = Arc::new(Context::new(Client::new(service, "default"), None));
-    let resource = Arc::new(cs);
+    let context = Arc::new(Context::new(server.client(), None));
+    let resource = Arc::new(fixture("defaults"));
+    let error = Error::MissingNamespace("chat".to_string());
     let delays: Vec<Action> = metrics::with_local_recorder(&recorder, || {
         (0..8)
             .map(|_| controller::error_policy(resource.clone(), &error, context.clone()))
@@ -572,8 +402,287 @@ async fn a_failing_call_is_an_error_retried_with_a_growing_backoff_and_counted()
     assert!(
         handle
             .render()
-            .contains("chatsys_operator_reconcile_errors_total{error=\"kube\"} 8"),
+            .contains("chatsys_operator_reconcile_errors_total{error=\"missing_namespace\"} 8"),
         "{}",
         handle.render()
     );
+}
+
+// Day two: what users do after the first apply.
+
+#[tokio::test]
+async fn deleting_and_reapplying_with_kept_volumes_comes_back_with_the_same_credentials() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    server.run_statefulset_controller("team");
+    let before = secret_data(&server, "chat-mysql-credentials");
+
+    server.delete(CHATSYSTEMS, "chat");
+    assert!(
+        server.get(STATEFULSETS, "chat-mysql").is_none(),
+        "children are collected"
+    );
+    assert!(
+        server.get(CLAIMS, "data-chat-mysql-0").is_some(),
+        "volumes are retained"
+    );
+    assert!(
+        server.get(SECRETS, "chat-mysql-credentials").is_some(),
+        "the credentials of a retained volume are retained with it"
+    );
+
+    create(&server, "defaults", json!({}));
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(secret_data(&server, "chat-mysql-credentials"), before);
+    assert!(
+        !server
+            .calls()
+            .iter()
+            .any(|c| c.method == Method::POST && c.path == SECRETS)
+    );
+}
+
+#[tokio::test]
+async fn credentials_of_volumes_deleted_with_the_resource_go_with_them() {
+    let server = ApiServer::new();
+    let delete = json!({ "storage": { "deleteClaimsOnRemoval": true } });
+    create(
+        &server,
+        "defaults",
+        json!({ "mysql": delete, "redis": delete, "rabbitmq": delete, "opensearch": delete }),
+    );
+    reconcile(&server).await.expect("reconciled");
+    server.run_statefulset_controller("team");
+    assert!(server.get(CLAIMS, "data-chat-mysql-0").is_some());
+    server.delete(CHATSYSTEMS, "chat");
+    assert!(
+        server.names(CLAIMS).is_empty(),
+        "{:?}",
+        server.names(CLAIMS)
+    );
+    assert!(
+        server.names(SECRETS).is_empty(),
+        "{:?}",
+        server.names(SECRETS)
+    );
+}
+
+#[tokio::test]
+async fn credentials_an_earlier_operator_tied_to_the_resource_are_released() {
+    let server = ApiServer::new();
+    let stored = create(&server, "defaults", json!({}));
+    // What the previous operator version applied: values and owner in one configuration.
+    let owner = json!([{ "apiVersion": "chatsys.io/v1alpha1", "kind": "ChatSystem", "name": "chat",
+                         "uid": stored["metadata"]["uid"], "controller": true }]);
+    let secret = json!({ "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "chat-mysql-credentials", "namespace": "team", "ownerReferences": owner },
+        "stringData": { "username": "chatsys", "password": "old", "root-password": "old-root" } });
+    let client = server.client();
+    let secrets: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        client,
+        "team",
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+    );
+    secrets
+        .patch(
+            "chat-mysql-credentials",
+            &kube::api::PatchParams::apply("chatsys-operator").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .expect("applied");
+    reconcile(&server).await.expect("reconciled");
+    let released = server
+        .get(SECRETS, "chat-mysql-credentials")
+        .expect("Secret");
+    assert_eq!(
+        released["metadata"]["ownerReferences"],
+        Value::Null,
+        "{released}"
+    );
+    assert_eq!(released["data"]["password"], "b2xk", "the values stay");
+}
+
+#[tokio::test]
+async fn a_larger_volume_grows_the_claim_and_the_rest_of_the_spec_still_applies() {
+    let server = ApiServer::new();
+    server.create(
+        STORAGE_CLASSES,
+        json!({ "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": { "name": "expandable" }, "provisioner": "csi", "allowVolumeExpansion": true }),
+    );
+    create(
+        &server,
+        "defaults",
+        json!({ "mysql": { "storage": { "storageClassName": "expandable" } } }),
+    );
+    reconcile(&server).await.expect("reconciled");
+    server.run_statefulset_controller("team");
+
+    edit(
+        &server,
+        json!({ "mysql": { "storage": { "size": "20Gi" } }, "api": { "image": "example.org/api:2" } }),
+    );
+    reconcile(&server).await.expect("reconciled");
+    let claim = server.get(CLAIMS, "data-chat-mysql-0").expect("claim");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
+    let set = server.get(STATEFULSETS, "chat-mysql").expect("StatefulSet");
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi",
+        "the immutable template is kept"
+    );
+    let api = server.get(DEPLOYMENTS, "chat-api").expect("Deployment");
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.org/api:2"
+    );
+    assert_eq!(
+        condition(&stored_status(&server), "Degraded")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn a_volume_whose_class_cannot_expand_is_reported_and_blocks_nothing() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    server.run_statefulset_controller("team");
+    edit(
+        &server,
+        json!({ "mysql": { "storage": { "size": "20Gi" } }, "api": { "image": "example.org/api:2" } }),
+    );
+    reconcile(&server).await.expect_err("the claim cannot grow");
+    let api = server.get(DEPLOYMENTS, "chat-api").expect("Deployment");
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.org/api:2"
+    );
+    let status = stored_status(&server);
+    assert_eq!(status["phase"], "Degraded");
+    let message = condition(&status, "Degraded")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.starts_with("PersistentVolumeClaim data-chat-mysql-0: ")
+            && message.contains("storageclass that provisions the pvc must support resize"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn turning_autoscaling_on_hands_the_replicas_over_without_a_dip() {
+    let server = ApiServer::new();
+    create(&server, "autoscaling-off", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(
+        replicas(&server.get(DEPLOYMENTS, "chat-api").expect("api")),
+        3
+    );
+
+    edit(
+        &server,
+        json!({ "api": { "autoscaling": { "enabled": true } }, "worker": { "autoscaling": { "enabled": true } } }),
+    );
+    reconcile(&server).await.expect("reconciled");
+    for (name, before) in [("chat-api", 3), ("chat-worker", 5)] {
+        let history: Vec<i64> = server
+            .history(DEPLOYMENTS, name)
+            .iter()
+            .map(replicas)
+            .collect();
+        assert!(history.iter().all(|r| *r == before), "{name}: {history:?}");
+        assert!(server.get(HPAS, name).is_some());
+    }
+
+    // The autoscaler takes the count; the operator does not fight it.
+    server.autoscale("team", "chat-api", 6);
+    reconcile(&server).await.expect("reconciled");
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(
+        replicas(&server.get(DEPLOYMENTS, "chat-api").expect("api")),
+        6
+    );
+}
+
+#[tokio::test]
+async fn turning_autoscaling_off_takes_the_replicas_back_and_deletes_only_its_autoscalers() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    server.autoscale("team", "chat-api", 6);
+    server.create(
+        HPAS,
+        json!({ "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": { "name": "chat-other", "labels": {
+                    "app.kubernetes.io/instance": "chat", "app.kubernetes.io/managed-by": "chatsys-operator" } },
+                "spec": { "scaleTargetRef": { "kind": "Deployment", "name": "other" }, "maxReplicas": 2 } }),
+    );
+    edit(
+        &server,
+        json!({ "api": { "replicas": 4, "autoscaling": { "enabled": false } } }),
+    );
+    server.clear_calls();
+    let earlier = server.history(DEPLOYMENTS, "chat-api").len();
+    reconcile(&server).await.expect("reconciled");
+    let history: Vec<i64> = server.history(DEPLOYMENTS, "chat-api")[earlier..]
+        .iter()
+        .map(replicas)
+        .collect();
+    assert_eq!(history.last(), Some(&4));
+    assert!(history.iter().all(|r| *r >= 4), "{history:?}");
+    assert!(server.get(HPAS, "chat-api").is_none());
+    assert!(
+        server.get(HPAS, "chat-worker").is_some(),
+        "the worker still autoscales"
+    );
+    assert!(server.get(HPAS, "chat-other").is_some(), "not ours");
+    let calls = server.calls();
+    let applied = calls
+        .iter()
+        .position(|c| c.method == Method::PATCH && c.path.ends_with("/deployments/chat-api"));
+    let deleted = calls.iter().position(|c| {
+        c.method == Method::DELETE && c.path.ends_with("/horizontalpodautoscalers/chat-api")
+    });
+    assert!(
+        applied < deleted,
+        "the count is taken before the autoscaler goes"
+    );
+}
+
+#[tokio::test]
+async fn the_default_images_follow_the_operator_and_named_ones_stay() {
+    let server = ApiServer::new();
+    create(
+        &server,
+        "defaults",
+        json!({ "worker": { "image": "example.org/worker:9" }, "imagePullSecrets": [{ "name": "registry" }] }),
+    );
+    reconcile(&server).await.expect("reconciled");
+    let pod = |collection: &str, name: &str| {
+        server.get(collection, name).expect("workload")["spec"]["template"]["spec"].clone()
+    };
+    let version = chatsys_operator::crd::VERSION;
+    assert_eq!(
+        pod(DEPLOYMENTS, "chat-api")["containers"][0]["image"],
+        format!("chatsys/chatsys-api:{version}")
+    );
+    assert_eq!(
+        pod(DEPLOYMENTS, "chat-worker")["containers"][0]["image"],
+        "example.org/worker:9"
+    );
+    for (collection, name) in [
+        (DEPLOYMENTS, "chat-api"),
+        (DEPLOYMENTS, "chat-worker"),
+        (STATEFULSETS, "chat-mysql"),
+    ] {
+        assert_eq!(
+            pod(collection, name)["imagePullSecrets"],
+            json!([{ "name": "registry" }]),
+            "{name}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use chatsys_operator::crd::ComponentStatus;
+use chatsys_operator::crd::{ComponentStatus, Phase};
 use chatsys_operator::manifests::{ChildKind, InvalidSpec};
 use chatsys_operator::status;
 use common::fixture;
@@ -44,8 +44,8 @@ fn all_components_ready_means_ready_and_not_progressing() {
             workload("StatefulSet", "mysql", 1, 1),
         ),
     ];
-    let observed = status::observed(&cs, &applied, now());
-    assert_eq!(observed.phase.as_deref(), Some("Ready"));
+    let observed = status::observed(&cs, &applied, &[], now());
+    assert_eq!(observed.phase, Some(Phase::Ready));
     assert_eq!(observed.observed_generation, Some(1));
     assert_eq!(find(&observed.conditions, status::READY).status, "True");
     assert_eq!(
@@ -77,8 +77,8 @@ fn a_component_short_of_replicas_is_named_while_progressing() {
             workload("StatefulSet", "mysql", 1, 1),
         ),
     ];
-    let observed = status::observed(&cs, &applied, now());
-    assert_eq!(observed.phase.as_deref(), Some("Progressing"));
+    let observed = status::observed(&cs, &applied, &[], now());
+    assert_eq!(observed.phase, Some(Phase::Progressing));
     let ready = find(&observed.conditions, status::READY);
     assert_eq!(
         (ready.status.as_str(), ready.message.as_str()),
@@ -101,9 +101,9 @@ fn a_component_short_of_replicas_is_named_while_progressing() {
 fn a_transition_time_moves_only_when_the_condition_changes() {
     let mut cs = fixture("defaults");
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
-    cs.status = Some(status::observed(&cs, &applied, now()));
+    cs.status = Some(status::observed(&cs, &applied, &[], now()));
     let later: Timestamp = "2026-02-02T11:00:00Z".parse().expect("timestamp");
-    let again = status::observed(&cs, &applied, later);
+    let again = status::observed(&cs, &applied, &[], later);
     assert_eq!(
         again,
         cs.status.clone().expect("status"),
@@ -136,7 +136,7 @@ fn an_invalid_spec_is_degraded_with_the_reason() {
         &InvalidSpec(vec!["mysql: Secret db not found".into()]),
         now(),
     );
-    assert_eq!(degraded.phase.as_deref(), Some("Degraded"));
+    assert_eq!(degraded.phase, Some(Phase::Degraded));
     let condition = find(&degraded.conditions, status::DEGRADED);
     assert_eq!(condition.status, "True");
     assert_eq!(condition.reason, "InvalidSpec");
@@ -150,7 +150,7 @@ fn a_paused_resource_keeps_what_was_observed_and_says_it_is_paused() {
     let cs = fixture("paused");
     let previous = cs.status.clone().expect("fixture has a status");
     let paused = status::paused(&cs, now());
-    assert_eq!(paused.phase.as_deref(), Some("Paused"));
+    assert_eq!(paused.phase, Some(Phase::Paused));
     assert_eq!(paused.observed_generation, Some(7));
     assert_eq!(paused.components, previous.components);
     assert_eq!(paused.api_url, previous.api_url);
@@ -178,9 +178,9 @@ fn a_paused_resource_keeps_what_was_observed_and_says_it_is_paused() {
 fn a_failed_reconcile_is_degraded_but_keeps_the_last_readiness() {
     let mut cs = fixture("defaults");
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
-    cs.status = Some(status::observed(&cs, &applied, now()));
+    cs.status = Some(status::observed(&cs, &applied, &[], now()));
     let failed = status::failed(&cs, "Kubernetes API: connection refused", now());
-    assert_eq!(failed.phase.as_deref(), Some("Degraded"));
+    assert_eq!(failed.phase, Some(Phase::Degraded));
     let degraded = find(&failed.conditions, status::DEGRADED);
     assert_eq!(
         (
@@ -206,5 +206,71 @@ fn a_failed_reconcile_is_degraded_but_keeps_the_last_readiness() {
             ready_replicas: 2,
             desired_replicas: 2
         }
+    );
+}
+
+#[test]
+fn a_failed_apply_degrades_the_status_naming_each_object() {
+    let cs = fixture("defaults");
+    let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
+    let failure =
+        "StatefulSet chat-mysql: StatefulSet.apps \"chat-mysql\" is invalid: spec: Forbidden";
+    let observed = status::observed(&cs, &applied, &[failure.to_string()], now());
+    assert_eq!(observed.phase, Some(Phase::Degraded));
+    let degraded = find(&observed.conditions, status::DEGRADED);
+    assert_eq!(
+        (
+            degraded.status.as_str(),
+            degraded.reason.as_str(),
+            degraded.message.as_str()
+        ),
+        ("True", "ApplyFailed", failure)
+    );
+    assert_eq!(find(&observed.conditions, status::READY).status, "True");
+}
+
+#[test]
+fn events_mark_the_first_apply_readiness_degradation_and_pausing() {
+    let mut cs = fixture("defaults");
+    let ready = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
+    let waiting = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 0))];
+    let reasons = |notices: Vec<status::Notice>| -> Vec<String> {
+        notices.into_iter().map(|n| n.reason).collect()
+    };
+
+    let first = status::observed(&cs, &waiting, &[], now());
+    assert_eq!(reasons(status::transitions(None, &first)), ["Created"]);
+    cs.status = Some(first.clone());
+    let again = status::observed(&cs, &waiting, &[], now());
+    assert!(
+        status::transitions(Some(&first), &again).is_empty(),
+        "nothing changed, nothing said"
+    );
+
+    let became_ready = status::observed(&cs, &ready, &[], now());
+    assert_eq!(
+        reasons(status::transitions(Some(&again), &became_ready)),
+        ["Ready"]
+    );
+    cs.status = Some(became_ready.clone());
+
+    let failed = status::observed(
+        &cs,
+        &ready,
+        &["Ingress chat-api: refused".to_string()],
+        now(),
+    );
+    let notices = status::transitions(Some(&became_ready), &failed);
+    assert_eq!(notices.len(), 1);
+    assert!(notices[0].warning);
+    assert_eq!(
+        (notices[0].reason.as_str(), notices[0].note.as_str()),
+        ("ApplyFailed", "Ingress chat-api: refused")
+    );
+
+    let paused = status::paused(&cs, now());
+    assert_eq!(
+        reasons(status::transitions(Some(&became_ready), &paused)),
+        ["Paused"]
     );
 }

@@ -3,8 +3,9 @@
 
 use super::backing::{BackingService, MYSQL_DATABASE};
 use super::{
-    ChildKind, Manifest, child_name, config_hash, container_security_context, metadata, object,
-    pod_security_context, secret_env, selector_labels, value_env,
+    ChildKind, Inputs, Manifest, Plan, child_name, config_hash, container_security_context,
+    metadata, object, pod_security_context, secret_env, selector_labels, value_env,
+    with_pull_secrets,
 };
 use crate::crd::{Autoscaling, ChatSystem};
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -19,23 +20,27 @@ pub fn api_name(cs: &ChatSystem) -> String {
     child_name(cs, "api")
 }
 
-pub fn build(cs: &ChatSystem) -> Vec<Manifest> {
+pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     let api = Component::api(cs);
     let worker = Component::worker(cs);
-    let mut manifests = Vec::new();
     for component in [&api, &worker] {
-        manifests.push(component.config_map(cs));
-        manifests.push(component.deployment(cs));
+        plan.children.push(component.config_map(cs));
+        plan.children.push(component.deployment(cs));
         if component.autoscaling.enabled {
-            manifests.push(component.autoscaler(cs));
+            plan.children.push(component.autoscaler(cs));
+            if let Some(existing) = inputs.deployments.get(component.name)
+                && existing.replicas_applied_by_operator
+            {
+                plan.handovers
+                    .push(component.replicas_handover(cs, existing.replicas));
+            }
         }
-        manifests.push(component.disruption_budget(cs));
+        plan.children.push(component.disruption_budget(cs));
     }
-    manifests.push(api_service(cs));
+    plan.children.push(api_service(cs));
     if cs.spec.api.ingress.enabled {
-        manifests.push(ingress(cs));
+        plan.children.push(ingress(cs));
     }
-    manifests
 }
 
 /// What the API and the worker have in common, so one set of builders serves both.
@@ -43,7 +48,7 @@ struct Component<'a> {
     name: &'static str,
     binary: &'static str,
     port: i32,
-    image: &'a str,
+    image: String,
     replicas: i32,
     resources: &'a ResourceRequirements,
     autoscaling: &'a Autoscaling,
@@ -57,7 +62,7 @@ impl<'a> Component<'a> {
             name: "api",
             binary: "/usr/local/bin/chatsys-api",
             port: API_PORT,
-            image: &api.image,
+            image: api.image(),
             replicas: api.replicas,
             resources: &api.resources,
             autoscaling: &api.autoscaling,
@@ -91,7 +96,7 @@ impl<'a> Component<'a> {
             name: "worker",
             binary: "/usr/local/bin/chatsys-worker",
             port: WORKER_PORT,
-            image: &worker.image,
+            image: worker.image(),
             replicas: worker.replicas,
             resources: &worker.resources,
             autoscaling: &worker.autoscaling,
@@ -149,10 +154,13 @@ impl<'a> Component<'a> {
             .as_object_mut()
             .expect("container")
             .extend(extra.as_object().expect("object").clone());
-        let mut pod_spec = json!({
-            "securityContext": pod_security_context(APP_UID),
-            "containers": [container],
-        });
+        let mut pod_spec = with_pull_secrets(
+            cs,
+            json!({
+                "securityContext": pod_security_context(APP_UID),
+                "containers": [container],
+            }),
+        );
         if self.name == "api" {
             // Runs before a new version serves; the migration takes a MySQL lock, so replicas starting
             // together wait for one another instead of racing.
@@ -169,7 +177,8 @@ impl<'a> Component<'a> {
                 "spec": pod_spec,
             },
         });
-        // With autoscaling the HPA owns the replica count; applying one here would fight it.
+        // With autoscaling the HPA owns the replica count; applying one here would fight it. When the
+        // operator stops applying it, `replicas_handover` keeps the count from falling to the default.
         if !self.autoscaling.enabled {
             spec["replicas"] = json!(self.replicas);
         }
@@ -177,6 +186,20 @@ impl<'a> Component<'a> {
             ChildKind::Deployment,
             metadata(cs, &self.object_name(cs), self.name),
             json!({ "spec": spec }),
+        )
+    }
+
+    /// The replica count alone, applied by [`super::HANDOVER_MANAGER`] before the operator's own configuration
+    /// drops it: the count then has an owner until the autoscaler takes it, as server-side apply's
+    /// ownership transfer prescribes.
+    fn replicas_handover(&self, cs: &ChatSystem, replicas: i32) -> Manifest {
+        Manifest::new(
+            ChildKind::Deployment,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": self.object_name(cs), "namespace": super::namespace(cs) },
+                "spec": { "replicas": replicas },
+            }),
         )
     }
 

@@ -2,9 +2,9 @@
 //! without its security plugin inside the cluster) one credentials Secret each.
 
 use super::{
-    ChildKind, Credentials, InvalidSpec, Manifest, child_name, container_security_context,
-    metadata, object, parse_bytes, pod_security_context, secret_env, selector_labels,
-    stable_labels, value_env,
+    ChildKind, ClaimTemplate, Credentials, Expansion, Inputs, Manifest, Plan, child_name,
+    container_security_context, metadata, object, parse_bytes, pod_security_context, secret_env,
+    selector_labels, stable_labels, value_env, with_pull_secrets,
 };
 use crate::crd::{
     BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, ServiceDefaults,
@@ -148,22 +148,86 @@ pub fn opensearch_heap_mib(resources: &ResourceRequirements) -> Result<u64, Stri
     Ok(mib / 2)
 }
 
-pub fn build(
+pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &mut Plan) {
+    let name = service.credentials_secret(cs);
+    match inputs.credentials.get(&service) {
+        Some(Credentials::Generated(values)) => plan.new_credentials.push(Manifest::new(
+            ChildKind::Secret,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": name, "namespace": super::namespace(cs) },
+                "type": "Opaque",
+                "stringData": values,
+            }),
+        )),
+        Some(Credentials::Existing { .. }) => {}
+        None => {}
+    }
+    if inputs.credentials.contains_key(&service) {
+        plan.children.push(credentials_metadata(cs, service));
+    }
+    plan.children.push(headless_service(cs, service));
+    let claim = claim_template(cs, service, inputs, plan);
+    plan.children.push(stateful_set(cs, service, &claim));
+}
+
+/// The credentials Secret's labels, and its owner: the ChatSystem only when the volume goes with it.
+/// Credentials live exactly as long as the data they open, so deleting and re-applying a ChatSystem
+/// whose volumes were kept finds both again. The values are never applied: they were created once.
+fn credentials_metadata(cs: &ChatSystem, service: BackingService) -> Manifest {
+    let mut metadata = metadata(cs, &service.credentials_secret(cs), service.name());
+    if !service.spec(&cs.spec).delete_claims_on_removal
+        && let Some(metadata) = metadata.as_object_mut()
+    {
+        metadata.remove("ownerReferences");
+    }
+    object(ChildKind::Secret, metadata, json!({}))
+}
+
+/// The claim template to apply: the existing one where the StatefulSet exists, since Kubernetes
+/// refuses any change to it. A larger size grows the claim itself; what cannot be done is refused.
+fn claim_template(
     cs: &ChatSystem,
     service: BackingService,
-    credentials: Option<&Credentials>,
-) -> Result<Vec<Manifest>, InvalidSpec> {
-    let mut manifests = Vec::new();
-    if let Some(Credentials::Generated(values)) = credentials {
-        manifests.push(object(
-            ChildKind::Secret,
-            metadata(cs, &service.credentials_secret(cs), service.name()),
-            json!({ "type": "Opaque", "stringData": values }),
+    inputs: &Inputs,
+    plan: &mut Plan,
+) -> ClaimTemplate {
+    let settings = service.spec(&cs.spec);
+    let wanted = ClaimTemplate {
+        size: settings.storage_size.clone(),
+        storage_class_name: settings.storage_class_name.map(str::to_string),
+    };
+    let Some(existing) = inputs.claim_templates.get(&service) else {
+        return wanted;
+    };
+    let workload = service.workload_name(cs);
+    if existing.storage_class_name != wanted.storage_class_name {
+        plan.refused.push(format!(
+            "StatefulSet {workload}: storage.storageClassName cannot change from {} to {}: a volume keeps its class",
+            existing.storage_class_name.as_deref().unwrap_or("the default class"),
+            wanted.storage_class_name.as_deref().unwrap_or("the default class"),
         ));
     }
-    manifests.push(headless_service(cs, service));
-    manifests.push(stateful_set(cs, service)?);
-    Ok(manifests)
+    let bytes = |q: &Quantity| parse_bytes(&q.0);
+    let current = inputs.claim_sizes.get(&service).unwrap_or(&existing.size);
+    match (bytes(&wanted.size), bytes(current)) {
+        (Some(wanted_bytes), Some(current_bytes))
+            if wanted_bytes > current_bytes && inputs.claim_sizes.contains_key(&service) =>
+        {
+            plan.expansions.push(Expansion {
+                claim: format!("data-{workload}-0"),
+                size: wanted.size.clone(),
+            });
+        }
+        (Some(wanted_bytes), Some(current_bytes)) if wanted_bytes < current_bytes => {
+            plan.refused.push(format!(
+                "StatefulSet {workload}: storage.size {} is below the volume's {}: a volume cannot shrink",
+                wanted.size.0, current.0
+            ));
+        }
+        _ => {}
+    }
+    existing.clone()
 }
 
 fn headless_service(cs: &ChatSystem, service: BackingService) -> Manifest {
@@ -184,7 +248,7 @@ fn headless_service(cs: &ChatSystem, service: BackingService) -> Manifest {
     )
 }
 
-fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, InvalidSpec> {
+fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate) -> Manifest {
     let settings = service.spec(&cs.spec);
     let name = service.workload_name(cs);
     let mut container = json!({
@@ -195,7 +259,7 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
         "securityContext": container_security_context(false),
         "volumeMounts": [{ "name": "data", "mountPath": service.data_path() }],
     });
-    let specifics = container_specifics(cs, service)?;
+    let specifics = container_specifics(cs, service);
     container
         .as_object_mut()
         .expect("container")
@@ -203,9 +267,9 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
 
     let mut claim_spec = json!({
         "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": settings.storage_size } },
+        "resources": { "requests": { "storage": claim.size } },
     });
-    if let Some(class) = settings.storage_class_name {
+    if let Some(class) = &claim.storage_class_name {
         claim_spec["storageClassName"] = json!(class);
     }
     let claim_policy = if settings.delete_claims_on_removal {
@@ -213,7 +277,7 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
     } else {
         "Retain"
     };
-    Ok(object(
+    object(
         ChildKind::StatefulSet,
         metadata(cs, &name, service.name()),
         json!({ "spec": {
@@ -223,10 +287,10 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
             "persistentVolumeClaimRetentionPolicy": { "whenDeleted": claim_policy, "whenScaled": "Retain" },
             "template": {
                 "metadata": { "labels": stable_labels(cs, service.name()) },
-                "spec": {
+                "spec": with_pull_secrets(cs, json!({
                     "securityContext": pod_security_context(service.uid()),
                     "containers": [container],
-                },
+                })),
             },
             "volumeClaimTemplates": [{
                 "apiVersion": "v1",
@@ -235,7 +299,7 @@ fn stateful_set(cs: &ChatSystem, service: BackingService) -> Result<Manifest, In
                 "spec": claim_spec,
             }],
         }}),
-    ))
+    )
 }
 
 fn exec_probe(command: &str, period: i32, timeout: i32, failures: i32) -> Value {
@@ -253,10 +317,10 @@ fn tcp_probe(port: &str, period: i32, failures: i32) -> Value {
 
 /// Env, ports, arguments and probes particular to each service. A startup probe gives a first start
 /// (initialising the data directory) time before liveness counts.
-fn container_specifics(cs: &ChatSystem, service: BackingService) -> Result<Value, InvalidSpec> {
+fn container_specifics(cs: &ChatSystem, service: BackingService) -> Value {
     let secret = service.credentials_secret(cs);
     let port = json!([{ "name": service.name(), "containerPort": service.port() }]);
-    Ok(match service {
+    match service {
         BackingService::Mysql => json!({
             "env": [
                 secret_env("MYSQL_ROOT_PASSWORD", &secret, "root-password"),
@@ -296,8 +360,9 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Result<Value
             "readinessProbe": exec_probe("rabbitmq-diagnostics -q check_port_connectivity", 10, 20, 3),
         }),
         BackingService::Opensearch => {
+            // `validate` refused a limit the heap cannot be sized from.
             let heap = opensearch_heap_mib(&cs.spec.opensearch.resources)
-                .map_err(|p| InvalidSpec(vec![p]))?;
+                .unwrap_or(MIN_OPENSEARCH_MEMORY_MIB / 2);
             json!({
                 "env": [
                     value_env("discovery.type", "single-node"),
@@ -318,7 +383,7 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Result<Value
                 },
             })
         }
-    })
+    }
 }
 
 /// Fresh credentials for a service: 32 random alphanumerics (URL-safe, since they go into connection URLs).

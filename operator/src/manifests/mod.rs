@@ -11,15 +11,19 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use backing::{BackingService, generate_credentials};
-use quantity::parse_bytes;
+pub use quantity::parse_bytes;
 
 pub const MANAGER: &str = "chatsys-operator";
+/// The field manager that holds a Deployment's replica count while it passes from the operator to a
+/// HorizontalPodAutoscaler, so the count is never dropped to the default of 1.
+pub const HANDOVER_MANAGER: &str = "chatsys-operator-handover";
 
 /// Every kind of object the operator creates, in the order it applies them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +49,20 @@ impl ChildKind {
         ChildKind::PodDisruptionBudget,
         ChildKind::Ingress,
     ];
+
+    /// The Kubernetes kind, as `kubectl` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildKind::Secret => "Secret",
+            ChildKind::ConfigMap => "ConfigMap",
+            ChildKind::Service => "Service",
+            ChildKind::StatefulSet => "StatefulSet",
+            ChildKind::Deployment => "Deployment",
+            ChildKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
+            ChildKind::Ingress => "Ingress",
+        }
+    }
 
     pub fn api_resource(self) -> ApiResource {
         match self {
@@ -94,6 +112,22 @@ pub enum Credentials {
     Generated(BTreeMap<String, String>),
 }
 
+/// The volume claim template of a backing service's StatefulSet as it exists: Kubernetes does not let
+/// it change, so the operator keeps it and grows the claims themselves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimTemplate {
+    pub size: Quantity,
+    pub storage_class_name: Option<String>,
+}
+
+/// A Deployment as it exists, for handing its replica count to or from an autoscaler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExistingDeployment {
+    pub replicas: i32,
+    /// Whether the operator's own applied configuration sets `spec.replicas`.
+    pub replicas_applied_by_operator: bool,
+}
+
 /// What the resource refers to, read from the cluster by `dereference` (or made up by `render`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inputs {
@@ -101,6 +135,12 @@ pub struct Inputs {
     pub credentials: BTreeMap<BackingService, Credentials>,
     /// Keys of each Secret that an `external` service points at; a missing entry means no such Secret.
     pub external_secret_keys: BTreeMap<String, BTreeSet<String>>,
+    /// The claim template of each backing service whose StatefulSet exists.
+    pub claim_templates: BTreeMap<BackingService, ClaimTemplate>,
+    /// The storage requested by each backing service's first claim, where it exists.
+    pub claim_sizes: BTreeMap<BackingService, Quantity>,
+    /// The API's and the worker's Deployments, by component, where they exist.
+    pub deployments: BTreeMap<&'static str, ExistingDeployment>,
 }
 
 /// A spec the schema accepted but the operator cannot carry out; reported in status, nothing applied.
@@ -108,8 +148,23 @@ pub struct Inputs {
 #[error("{}", .0.join("; "))]
 pub struct InvalidSpec(pub Vec<String>);
 
+/// A `ChatSystem` that `validate` accepted with the inputs it was checked against: the only thing the
+/// builders take, so an unchecked spec cannot be built.
+#[derive(Clone, Copy, Debug)]
+pub struct Valid<'a> {
+    cs: &'a ChatSystem,
+    inputs: &'a Inputs,
+}
+
+impl<'a> std::ops::Deref for Valid<'a> {
+    type Target = ChatSystem;
+    fn deref(&self) -> &ChatSystem {
+        self.cs
+    }
+}
+
 /// Checks what the schema cannot express: references to Secrets, and quantities the operator computes with.
-pub fn validate(cs: &ChatSystem, inputs: &Inputs) -> Result<(), InvalidSpec> {
+pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>, InvalidSpec> {
     let mut problems = Vec::new();
     for service in BackingService::ALL {
         match service.external(&cs.spec) {
@@ -174,28 +229,45 @@ pub fn validate(cs: &ChatSystem, inputs: &Inputs) -> Result<(), InvalidSpec> {
         problems.push("api: ingress.host is required when the ingress is enabled".to_string());
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(Valid { cs, inputs })
     } else {
         Err(InvalidSpec(problems))
     }
 }
 
-/// Every object the resource needs, in apply order. Call `validate` first.
-pub fn build(cs: &ChatSystem, inputs: &Inputs) -> Result<Vec<Manifest>, InvalidSpec> {
-    validate(cs, inputs)?;
-    let mut manifests = Vec::new();
+/// A claim to grow: Kubernetes expands the volume behind it where its storage class allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expansion {
+    pub claim: String,
+    pub size: Quantity,
+}
+
+/// Everything one reconcile writes, in the order it writes it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Credentials generated now: created once, and never written again.
+    pub new_credentials: Vec<Manifest>,
+    /// Replica counts handed to [`HANDOVER_MANAGER`] before the operator stops applying them.
+    pub handovers: Vec<Manifest>,
+    /// Every object the resource needs, in apply order.
+    pub children: Vec<Manifest>,
+    pub expansions: Vec<Expansion>,
+    /// Changes of the spec the cluster cannot carry out, reported in status.
+    pub refused: Vec<String>,
+}
+
+/// Everything the resource needs.
+pub fn build(valid: &Valid) -> Plan {
+    let (cs, inputs) = (valid.cs, valid.inputs);
+    let mut plan = Plan::default();
     for service in BackingService::ALL {
         if service.external(&cs.spec).is_none() {
-            manifests.extend(backing::build(
-                cs,
-                service,
-                inputs.credentials.get(&service),
-            )?);
+            backing::build(cs, service, inputs, &mut plan);
         }
     }
-    manifests.extend(app::build(cs));
-    manifests.sort_by_key(|m| m.kind);
-    Ok(manifests)
+    app::build(cs, inputs, &mut plan);
+    plan.children.sort_by_key(|m| m.kind);
+    plan
 }
 
 /// Where clients reach the API.
@@ -277,6 +349,14 @@ fn metadata(cs: &ChatSystem, name: &str, component: &str) -> Value {
         "labels": labels(cs, component),
         "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
     })
+}
+
+/// A pod spec with the resource's image pull Secrets.
+fn with_pull_secrets(cs: &ChatSystem, mut pod_spec: Value) -> Value {
+    if !cs.spec.image_pull_secrets.is_empty() {
+        pod_spec["imagePullSecrets"] = json!(cs.spec.image_pull_secrets);
+    }
+    pod_spec
 }
 
 fn object(kind: ChildKind, metadata: Value, body: Value) -> Manifest {

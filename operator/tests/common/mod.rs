@@ -1,9 +1,17 @@
 //! Helpers shared by the operator's test files.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod apiserver;
+
 use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::manifests::{self, ChildKind, Inputs, Manifest};
 use serde_json::Value;
+
+/// The children `build` plans for a spec, which must be valid.
+pub fn children(cs: &ChatSystem, inputs: &Inputs) -> Vec<Manifest> {
+    let valid = manifests::validate(cs, inputs).expect("a valid spec");
+    manifests::build(&valid).children
+}
 
 pub fn fixture(name: &str) -> ChatSystem {
     let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
@@ -18,7 +26,7 @@ pub fn fresh_inputs(cs: &ChatSystem) -> Inputs {
 
 pub fn build_fixture(name: &str) -> (ChatSystem, Vec<Manifest>) {
     let cs = fixture(name);
-    let built = manifests::build(&cs, &fresh_inputs(&cs)).expect("fixture builds");
+    let built = children(&cs, &fresh_inputs(&cs));
     (cs, built)
 }
 
