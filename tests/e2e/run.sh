@@ -7,7 +7,12 @@
 #   5. apply tests/e2e/chatsystem.yaml and wait for its Ready condition;
 #   6. check that both HPAs exist and that the API's HPA wants more replicas under a bounded load;
 #   7. run the black-box conformance suite against the API through the ingress (http://localhost);
-#   8. delete the ChatSystem and check that every object it owned is gone.
+#   8. day two: turn the API's autoscaling off and on again (its replicas never fall below the
+#      minimum), kill the leader operator pod under a load of reads (the standby takes over, an edit is
+#      still applied, the API keeps answering), grow MySQL's volume on kind's non-expanding storage class (reported in the
+#      status, and the rest of the edit still applied);
+#   9. delete the ChatSystem: everything goes but MySQL's retained volume and its credentials; apply it
+#      again and find the data written before; delete it and what was kept, and check nothing is left.
 # It needs docker with a running engine, kind, kubectl, helm, cargo with cargo-nextest, and curl, and
 # the host's ports 80 and 443 free. Without them it fails at once and says what is missing: it never
 # reports success without having run every step.
@@ -30,6 +35,7 @@ metrics_server_manifest=https://github.com/kubernetes-sigs/metrics-server/releas
 
 # Every wait is bounded; these are the bounds, in seconds.
 ready_timeout=900
+reconcile_timeout=120
 rollout_timeout=300
 conformance_timeout=1800
 metrics_timeout=300
@@ -219,6 +225,16 @@ hpa_wants_more_than() {
   [[ -n "$desired" ]] && ((desired > $2))
 }
 
+# Creates an application through the ingress and prints its token.
+create_application() {
+  local application token
+  application=$(curl -fsS --max-time 10 -H 'content-type: application/json' -d "{\"name\": \"$1\"}" \
+    "$base_url/applications")
+  token=$(sed -nE 's/.*"token"[[:space:]]*:[[:space:]]*"([^"]+)".*/\1/p' <<<"$application")
+  [[ -n "$token" ]] || die "no token in the created application: $application"
+  echo "$token"
+}
+
 # Bounded load: many concurrent GETs of one application through the ingress, until the deadline or
 # a TERM, which also stops the curl in flight.
 generate_load() {
@@ -250,11 +266,8 @@ check_autoscaling() {
   fi
   log "$api_hpa wants $baseline replica(s) at rest; loading the API for up to ${load_timeout}s"
 
-  local application token
-  application=$(curl -fsS --max-time 10 -H 'content-type: application/json' -d '{"name": "e2e load"}' \
-    "$base_url/applications")
-  token=$(sed -nE 's/.*"token"[[:space:]]*:[[:space:]]*"([^"]+)".*/\1/p' <<<"$application")
-  [[ -n "$token" ]] || die "no token in the created application: $application"
+  local token
+  token=$(create_application "e2e load")
 
   generate_load "$token" &
   load_pid=$!
@@ -262,6 +275,136 @@ check_autoscaling() {
     hpa_wants_more_than "$api_hpa" "$baseline"
   stop_load
   log "$api_hpa now wants $(hpa_field "$api_hpa" '.status.desiredReplicas') replica(s)"
+}
+
+kubectl_ns() {
+  kubectl -n "$namespace" "$@"
+}
+
+# Samples a Deployment's replica count every second into a file, until stopped.
+sample_replicas() {
+  local deployment=$1 out=$2
+  while true; do
+    kubectl_ns get "deployment/$deployment" -o jsonpath='{.spec.replicas}{"\n"}' >>"$out" 2>/dev/null || true
+    sleep 1
+  done
+}
+
+lowest_sample() {
+  sort -n "$1" | grep -v '^$' | head -n 1
+}
+
+deployment_replicas_are() {
+  [[ "$(kubectl_ns get "deployment/$1" -o jsonpath='{.spec.replicas}')" == "$2" ]]
+}
+
+hpa_is_absent() {
+  [[ -z "$(component_hpa "$1")" ]]
+}
+
+hpa_is_present() {
+  [[ -n "$(component_hpa "$1")" ]]
+}
+
+api_is_fixed_at() {
+  deployment_replicas_are "$chatsystem-api" "$1" && hpa_is_absent api
+}
+
+# Autoscaling off with 3 replicas, then on again with a minimum of 2: the count never drops below
+# what the system had, as the operator hands the field over instead of dropping it.
+check_autoscaling_handover() {
+  local samples="$work_dir/replicas" sampler lowest
+  log "turning the API's autoscaling off (3 replicas)"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge \
+    -p '{"spec":{"api":{"replicas":3,"autoscaling":{"enabled":false}}}}'
+  wait_until "$reconcile_timeout" "the API has 3 replicas and no HPA" api_is_fixed_at 3
+  : >"$samples"
+  sample_replicas "$chatsystem-api" "$samples" &
+  sampler=$!
+  log "turning the API's autoscaling on again (minimum 2)"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge \
+    -p '{"spec":{"api":{"autoscaling":{"enabled":true,"minReplicas":2}}}}'
+  wait_until "$reconcile_timeout" "the API's HPA is back" hpa_is_present api
+  sleep 20
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  lowest=$(lowest_sample "$samples")
+  [[ -n "$lowest" ]] || die "no replica count was sampled"
+  ((lowest >= 2)) || die "the API fell to $lowest replica(s) while autoscaling was turned on (samples: $(tr '\n' ' ' <"$samples"))"
+  log "the API never had fewer than $lowest replicas during the handover"
+}
+
+leader() {
+  kubectl -n "$operator_namespace" get lease chatsys-operator -o jsonpath='{.spec.holderIdentity}'
+}
+
+leader_is_not() {
+  local current
+  current=$(leader)
+  [[ -n "$current" && "$current" != "$1" ]]
+}
+
+config_map_batch_size_is() {
+  [[ "$(kubectl_ns get "configmap/$chatsystem-worker" -o jsonpath='{.data.CHATSYS_BATCH_SIZE}')" == "$1" ]]
+}
+
+# Kills the pod holding the Lease while the API serves reads; the standby must take over and apply
+# an edit, and the API must keep answering.
+check_leader_failover() {
+  local old_leader new_leader token
+  token=$(create_application "failover")
+  generate_load "$token" &
+  load_pid=$!
+  old_leader=$(leader)
+  [[ -n "$old_leader" ]] || die "no operator holds the Lease"
+  log "killing the leader operator pod $old_leader"
+  kubectl -n "$operator_namespace" delete pod "$old_leader" --grace-period=0 --force
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"worker":{"batch":{"size":900}}}}'
+  wait_until "$reconcile_timeout" "another operator replica holds the Lease" leader_is_not "$old_leader"
+  new_leader=$(leader)
+  wait_until "$reconcile_timeout" "the new leader $new_leader applied the edit" config_map_batch_size_is 900
+  curl -fsS --max-time 5 "$base_url/applications/$token" >/dev/null || die "the API stopped answering during the failover"
+  stop_load
+}
+
+degraded_names_the_mysql_claim() {
+  kubectl_ns get "chatsystem/$chatsystem" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].message}' |
+    grep -q "PersistentVolumeClaim data-$chatsystem-mysql-0"
+}
+
+# kind's default class (local-path) cannot expand volumes: the operator must say so in the status
+# and still apply the rest of the same edit.
+check_volume_growth_is_reported() {
+  log "growing MySQL's volume to 3Gi, with a worker batch size change in the same edit"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge \
+    -p '{"spec":{"mysql":{"storage":{"size":"3Gi"}},"worker":{"batch":{"size":800}}}}'
+  wait_until "$reconcile_timeout" "the status names the claim that cannot grow" degraded_names_the_mysql_claim
+  wait_until "$reconcile_timeout" "the rest of the edit is applied" config_map_batch_size_is 800
+  if kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"mysql":{"storage":{"size":"1Gi"}}}}' 2>/dev/null; then
+    die "the API server accepted a smaller volume"
+  fi
+  log "a smaller volume is refused by the schema"
+}
+
+api_is_gone() {
+  ! kubectl_ns get "deployment/$chatsystem-api"
+}
+
+# Deletes the ChatSystem, checks that MySQL's volume and credentials are kept, applies it again and
+# reads the application created before.
+check_delete_and_reapply() {
+  local token
+  token=$(create_application "kept")
+  log "deleting chatsystem/$chatsystem with MySQL's volume retained"
+  kubectl_ns delete "chatsystem/$chatsystem" --wait=true --timeout="${deletion_timeout}s"
+  wait_until "$deletion_timeout" "the API is gone" api_is_gone
+  kubectl_ns get "persistentvolumeclaim/data-$chatsystem-mysql-0" >/dev/null || die "MySQL's retained volume is gone"
+  kubectl_ns get "secret/$chatsystem-mysql-credentials" >/dev/null || die "MySQL's credentials are gone with the ChatSystem"
+  log "applying chatsystem/$chatsystem again"
+  kubectl_ns apply -f "$chatsystem_file"
+  kubectl_ns wait --for=condition=Ready "chatsystem/$chatsystem" --timeout="${ready_timeout}s"
+  wait_until "$rollout_timeout" "the application created before answers" \
+    curl -fsS --max-time 5 "$base_url/applications/$token"
 }
 
 owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,pods
@@ -276,8 +419,10 @@ nothing_owned_is_left() {
 
 check_deletion() {
   [[ -n "$(owned_objects)" ]] || die "no object carries app.kubernetes.io/instance=$chatsystem before deletion"
-  log "deleting chatsystem/$chatsystem"
+  log "deleting chatsystem/$chatsystem, then the volume and credentials it kept"
   kubectl -n "$namespace" delete "chatsystem/$chatsystem" --wait=true --timeout="${deletion_timeout}s"
+  kubectl -n "$namespace" delete persistentvolumeclaims,secrets \
+    -l "app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/part-of=chatsys" --wait=true
   if ! wait_until "$deletion_timeout" "every object chatsystem/$chatsystem owned is gone" nothing_owned_is_left; then
     owned_objects >&2 || true
     kubectl -n "$namespace" get persistentvolumeclaims >&2 || true
@@ -301,6 +446,10 @@ main() {
   # scaled up, and a rise would prove nothing.
   check_autoscaling
   run_conformance_suite
+  check_autoscaling_handover
+  check_leader_failover
+  check_delete_and_reapply
+  check_volume_growth_is_reported
   check_deletion
 }
 
