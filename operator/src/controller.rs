@@ -7,6 +7,7 @@ use crate::manifests::{
     self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
     HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
+use crate::server::WatchHealth;
 use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -32,7 +33,8 @@ use tracing::{info, warn};
 const READY_RECHECK: Duration = Duration::from_secs(300);
 /// How often a system still rolling out is checked again.
 const PROGRESS_RECHECK: Duration = Duration::from_secs(15);
-/// An invalid spec may become valid by a Secret the operator does not watch being created.
+/// An invalid spec becomes valid by a change the watches see (a Secret created, the spec edited);
+/// the recheck is a floor in case a watch event was missed.
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
 const ERROR_BACKOFF_START: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -70,6 +72,7 @@ pub async fn run(
     watch_client: Client,
     client: Client,
     instance: Option<String>,
+    watches: Arc<WatchHealth>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context::new(client, instance));
@@ -79,8 +82,15 @@ pub async fn run(
     let children = config
         .clone()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(Api::<ChatSystem>::all(client.clone()), config)
+    let controller = Controller::new(Api::<ChatSystem>::all(client.clone()), config.clone());
+    let systems = controller.store();
+    controller
         .owns(Api::<Secret>::all(client.clone()), children.clone())
+        // The users' Secrets of external services: a change reaches the systems that read them. Each
+        // event is mapped and dropped, so no Secret is cached.
+        .watches(Api::<Secret>::all(client.clone()), config, move |secret| {
+            systems_reading(&secret, &systems.state())
+        })
         .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
         .owns(Api::<Service>::all(client.clone()), children.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
@@ -96,12 +106,32 @@ pub async fn run(
         .owns(Api::<Ingress>::all(client), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
+        .for_each(|result| {
+            if let Err(error) = &result {
                 warn!(%error, "controller stream");
+                if let kube::runtime::controller::Error::QueueError(watch) = error {
+                    watches.failed(&watch.to_string());
+                }
             }
+            std::future::ready(())
         })
         .await;
+}
+
+/// The ChatSystems whose `external` services read this Secret.
+pub fn systems_reading(secret: &Secret, systems: &[Arc<ChatSystem>]) -> Vec<ObjectRef<ChatSystem>> {
+    let name = secret.name_any();
+    systems
+        .iter()
+        .filter(|cs| cs.namespace() == secret.namespace())
+        .filter(|cs| {
+            BackingService::ALL
+                .into_iter()
+                .filter_map(|service| service.external(&cs.spec))
+                .any(|external| external.secret_name == name)
+        })
+        .map(|cs| ObjectRef::from_obj(cs.as_ref()))
+        .collect()
 }
 
 pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action> {
@@ -202,6 +232,18 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
                 inputs
                     .external_secret_keys
                     .insert(external.secret_name.clone(), secret_keys(&secret));
+                let version = format!(
+                    "{}/{}",
+                    secret.metadata.uid.as_deref().unwrap_or_default(),
+                    secret
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .unwrap_or_default()
+                );
+                inputs
+                    .external_secret_versions
+                    .insert(external.secret_name.clone(), version);
             }
             continue;
         }

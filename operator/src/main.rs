@@ -3,6 +3,7 @@ use chatsys_operator::{controller, leader::LeaderElection, render, server};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -89,7 +90,8 @@ fn run(args: RunArgs) -> Result<()> {
 
 async fn run_async(args: RunArgs) -> Result<()> {
     let metrics = server::install_metrics()?;
-    let server = tokio::spawn(server::serve(args.listen, metrics));
+    let watches = Arc::new(server::WatchHealth::default());
+    let server = tokio::spawn(server::serve(args.listen, metrics, watches.clone()));
     let config = kube::Config::infer().await?;
     let identity = args.pod_name.clone().unwrap_or_else(host_name);
     info!(listen = %args.listen, leader_election = args.leader_election, %identity, "starting");
@@ -97,6 +99,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         client(&config, WATCH_READ_TIMEOUT)?,
         client(&config, CALL_TIMEOUT)?,
         Some(identity.clone()),
+        watches,
         shutdown_signal(),
     );
     let outcome = if args.leader_election {

@@ -686,3 +686,69 @@ async fn the_default_images_follow_the_operator_and_named_ones_stay() {
         );
     }
 }
+
+fn pod_annotation(server: &ApiServer, deployment: &str, name: &str) -> Value {
+    server.get(DEPLOYMENTS, deployment).expect("Deployment")["spec"]["template"]["metadata"]
+        ["annotations"][name]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_changed_external_secret_rolls_the_pods_that_read_it() {
+    let server = ApiServer::new();
+    for (name, key) in [
+        ("db", "url"),
+        ("cache", "url"),
+        ("queue", "amqp"),
+        ("search", "endpoint"),
+    ] {
+        server.create(
+            SECRETS,
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "data": { key: "dXJs" } }),
+        );
+    }
+    create(&server, "external", json!({}));
+    reconcile(&server).await.expect("reconciled");
+    let hash = "chatsys.io/external-secrets-hash";
+    let before = pod_annotation(&server, "chat-api", hash);
+    assert!(before.is_string(), "{before}");
+    assert_eq!(pod_annotation(&server, "chat-worker", hash), before);
+
+    let mut db = server.get(SECRETS, "db").expect("Secret");
+    db["data"]["url"] = json!("bmV3");
+    server.update(SECRETS, "db", db);
+    reconcile(&server).await.expect("reconciled");
+    let after = pod_annotation(&server, "chat-api", hash);
+    assert_ne!(after, before, "the API's pods roll");
+    assert_eq!(pod_annotation(&server, "chat-worker", hash), after);
+    let template =
+        server.get(DEPLOYMENTS, "chat-api").expect("Deployment")["spec"]["template"].to_string();
+    assert!(
+        !template.contains("bmV3") && !template.contains("new"),
+        "no secret value in a pod template"
+    );
+}
+
+#[test]
+fn a_secret_wakes_only_the_systems_that_read_it() {
+    let reading = Arc::new(fixture("external"));
+    let mut elsewhere = fixture("external");
+    elsewhere.metadata.namespace = Some("other".to_string());
+    let managed = Arc::new(fixture("defaults"));
+    let systems = [reading.clone(), Arc::new(elsewhere), managed];
+    let secret = |name: &str| k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("team".to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(
+        controller::systems_reading(&secret("db"), &systems),
+        [kube::runtime::reflector::ObjectRef::from_obj(
+            reading.as_ref()
+        )]
+    );
+    assert!(controller::systems_reading(&secret("chat-mysql-credentials"), &systems).is_empty());
+}

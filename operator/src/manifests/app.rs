@@ -10,6 +10,7 @@ use super::{
 use crate::crd::{Autoscaling, ChatSystem};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 pub const API_PORT: i32 = 8080;
 const WORKER_PORT: i32 = 9090;
@@ -25,7 +26,7 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     let worker = Component::worker(cs);
     for component in [&api, &worker] {
         plan.children.push(component.config_map(cs));
-        plan.children.push(component.deployment(cs));
+        plan.children.push(component.deployment(cs, inputs));
         if component.autoscaling.enabled {
             plan.children.push(component.autoscaler(cs));
             if let Some(existing) = inputs.deployments.get(component.name)
@@ -133,7 +134,24 @@ impl<'a> Component<'a> {
         container
     }
 
-    fn deployment(&self, cs: &ChatSystem) -> Manifest {
+    /// Hashes of what the pods read at start: a change of either rolls them.
+    fn pod_annotations(&self, cs: &ChatSystem, inputs: &Inputs) -> Value {
+        let mut annotations = json!({ "chatsys.io/config-hash": config_hash(&self.settings) });
+        let external: BTreeMap<&str, &str> = BackingService::ALL
+            .into_iter()
+            .filter_map(|service| service.external(&cs.spec))
+            .filter_map(|external| {
+                let version = inputs.external_secret_versions.get(&external.secret_name)?;
+                Some((external.secret_name.as_str(), version.as_str()))
+            })
+            .collect();
+        if !external.is_empty() {
+            annotations["chatsys.io/external-secrets-hash"] = json!(config_hash(&json!(external)));
+        }
+        annotations
+    }
+
+    fn deployment(&self, cs: &ChatSystem, inputs: &Inputs) -> Manifest {
         // The worker has no subcommands; the API's default is `serve`, named here for clarity.
         let subcommand = (self.name == "api").then_some("serve");
         let mut container = self.container(cs, self.name, subcommand);
@@ -172,7 +190,7 @@ impl<'a> Component<'a> {
             "template": {
                 "metadata": {
                     "labels": super::labels(cs, self.name),
-                    "annotations": { "chatsys.io/config-hash": config_hash(&self.settings) },
+                    "annotations": self.pod_annotations(cs, inputs),
                 },
                 "spec": pod_spec,
             },

@@ -135,6 +135,9 @@ pub struct Inputs {
     pub credentials: BTreeMap<BackingService, Credentials>,
     /// Keys of each Secret that an `external` service points at; a missing entry means no such Secret.
     pub external_secret_keys: BTreeMap<String, BTreeSet<String>>,
+    /// The version (`uid/resourceVersion`) of each Secret an `external` service points at: a change
+    /// rolls the pods that read it. The version, not the values, so no secret reaches a pod template.
+    pub external_secret_versions: BTreeMap<String, String>,
     /// The claim template of each backing service whose StatefulSet exists.
     pub claim_templates: BTreeMap<BackingService, ClaimTemplate>,
     /// The storage requested by each backing service's first claim, where it exists.
