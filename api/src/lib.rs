@@ -5,6 +5,7 @@
 pub mod http;
 pub mod server;
 pub mod settings;
+pub mod startup;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,7 @@ use anyhow::Context;
 use chatsys_core::adapters::{
     amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite,
 };
+use chatsys_core::error::CoreResult;
 use chatsys_core::ingest::{self, IngestPorts, IngestSettings};
 use chatsys_core::ports::{self, Store};
 use chatsys_core::service::{ChatService, Ports, ReseedFloor};
@@ -42,7 +44,7 @@ pub async fn open_search(
     opensearch_url: Option<&str>,
     data_dir: &Path,
     writable: bool,
-) -> anyhow::Result<Arc<dyn ports::Search>> {
+) -> CoreResult<Arc<dyn ports::Search>> {
     Ok(match opensearch_url {
         Some(url) => {
             Arc::new(opensearch::OpenSearchIndex::connect(url, opensearch::DEFAULT_INDEX).await?)
@@ -81,51 +83,84 @@ impl Running {
     }
 }
 
-async fn serve(
-    listen: SocketAddr,
+/// Listens on `listen` at once, before anything else is ready, so probes get an answer from the start.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}
+
+fn app(
     service: ChatService,
     admin_key: Option<String>,
     max_request_bytes: usize,
     settings: &HttpSettings,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let state = Arc::new(http::AppState {
+) -> axum::Router {
+    http::router(Arc::new(http::AppState {
         service,
         admin_key,
         metrics: metrics_handle(),
         max_request_bytes,
         body_timeout: settings.body_timeout(),
         body_budget: http::BodyBudget::new(settings.max_inflight_body_bytes),
-    });
-    let app = http::router(state);
-    let settings = settings.clone();
-    let task = tokio::spawn(async move {
-        server::serve(listener, app, &settings, shutdown).await;
-    });
-    Ok((addr, task))
+    }))
 }
 
-/// Applies the migrations (under the store's lock, so concurrent replicas are safe).
+fn spawn_server(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    settings: &HttpSettings,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let settings = settings.clone();
+    tokio::spawn(async move {
+        server::serve(listener, router, &settings, shutdown).await;
+    })
+}
+
+/// Applies the migrations (under the store's lock, so concurrent runs are safe), waiting for the
+/// database to answer first: a migration Job started with MySQL still starting waits, it does not fail.
 pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let store = mysql::MySqlStore::connect(args.database_url()?, 2)?;
-    store.migrate().await.context("migrations failed")?;
+    startup::Connecting::new(&["database"])
+        .connect("database", || store.migrate())
+        .await
+        .context("migrations failed")?;
     Ok(())
 }
 
-/// The API against MySQL, Redis, RabbitMQ and OpenSearch (or the embedded index).
+/// The API against MySQL, Redis, RabbitMQ and OpenSearch (or the embedded index). It listens at
+/// once and waits for each service (see [`startup`]); it returns once it serves its routes.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
+    let listener = bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let connecting = startup::Connecting::new(&["database", "redis", "search"]);
+    let routes = Arc::new(OnceLock::new());
+    let (shutdown, stopped) = watch::channel(false);
+    let server = spawn_server(
+        listener,
+        startup::switch(connecting.clone(), routes.clone()),
+        &args.http,
+        stopped,
+    );
     let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
         args.backends.database_url()?,
         args.db_pool_size,
     )?);
-    if args.backends.migrate {
-        store.migrate().await.context("migrations failed")?;
-    }
-    let redis = redis::connect(args.backends.redis_url()?)
+    let migrate = args.backends.migrate;
+    connecting
+        .connect("database", || async {
+            if migrate {
+                store.migrate().await
+            } else {
+                store.ping().await
+            }
+        })
+        .await
+        .context("cannot use the database")?;
+    let redis_url = args.backends.redis_url()?;
+    let redis = connecting
+        .connect("redis", || redis::connect(redis_url))
         .await
         .context("cannot connect to Redis")?;
     let keys = redis::Keys::new(&args.backends.redis_prefix);
@@ -140,6 +175,16 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         queue: queue.clone(),
         margin: args.reseed_margin,
     });
+    let search = connecting
+        .connect("search", || {
+            open_search(
+                args.backends.opensearch_url.as_deref(),
+                &args.backends.data_dir,
+                false,
+            )
+        })
+        .await
+        .context("cannot open the search index")?;
     let ports = Ports {
         store,
         numbers: Arc::new(redis::RedisNumbers::new(redis.clone(), keys.clone(), floor)),
@@ -150,27 +195,18 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             Duration::from_secs(args.backends.cache_ttl_secs),
             args.backends.cache_max_page_bytes,
         )),
-        search: open_search(
-            args.backends.opensearch_url.as_deref(),
-            &args.backends.data_dir,
-            false,
-        )
-        .await?,
+        search,
     };
-    let (shutdown, stopped) = watch::channel(false);
-    let (addr, task) = serve(
-        args.listen,
+    let _ = routes.set(app(
         ChatService::new(ports),
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,
-        stopped,
-    )
-    .await?;
+    ));
     Ok(Running {
         addr,
         shutdown,
-        tasks: vec![task],
+        tasks: vec![server],
     })
 }
 
@@ -221,15 +257,15 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
         Duration::from_secs(300),
         stopped.clone(),
     ));
-    let (addr, http_task) = serve(
-        args.listen,
+    let listener = bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let routes = app(
         ChatService::new(ports).with_ingest_health(ingest_health),
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,
-        stopped,
-    )
-    .await?;
+    );
+    let http_task = spawn_server(listener, routes, &args.http, stopped);
     Ok(Running {
         addr,
         shutdown,

@@ -17,7 +17,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             chatsys_core::telemetry::init_logging(&args.backends.log_format);
-            let running = chatsys_api::start(&args).await?;
+            // Waiting for a backing service is not a failure, but a SIGTERM then ends the wait.
+            let running = tokio::select! {
+                running = chatsys_api::start(&args) => running?,
+                () = terminated() => return Ok(()),
+            };
             tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), "chatsys API listening");
             terminated().await;
             running.stop().await;

@@ -16,6 +16,8 @@ use crate::ingest::IngestHealth;
 #[serde(rename_all = "snake_case")]
 pub enum CheckState {
     Ok,
+    /// The process is still connecting to it at start, retrying with a growing delay: not ready.
+    Waiting,
     /// The process cannot serve what depends on it: not ready.
     Unavailable,
     /// It works but lags (stored messages not yet searchable): still ready, and said.
@@ -93,7 +95,8 @@ pub fn report(checks: &[Check]) -> (bool, Value) {
         }
         states.insert(check.name, check.state);
         worst = match (worst, check.state) {
-            (CheckState::Unavailable, _) | (_, CheckState::Unavailable) => CheckState::Unavailable,
+            (CheckState::Unavailable | CheckState::Waiting, _)
+            | (_, CheckState::Unavailable | CheckState::Waiting) => CheckState::Unavailable,
             (CheckState::Behind, _) | (_, CheckState::Behind) => CheckState::Behind,
             _ => CheckState::Ok,
         };
@@ -101,7 +104,7 @@ pub fn report(checks: &[Check]) -> (bool, Value) {
     let status = match worst {
         CheckState::Ok => ReadinessStatus::Ready,
         CheckState::Behind => ReadinessStatus::Degraded,
-        CheckState::Unavailable => ReadinessStatus::Unavailable,
+        CheckState::Unavailable | CheckState::Waiting => ReadinessStatus::Unavailable,
     };
     let body = Readiness {
         status,

@@ -2,7 +2,7 @@
 //! and only then acknowledges. It also repairs drifted counts now and then.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chatsys_api::{Backends, Running};
+use chatsys_api::{Backends, Running, startup};
 use chatsys_core::adapters::{amqp, mysql, redis};
 use chatsys_core::health::{self, Check};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
@@ -54,16 +54,47 @@ struct HealthState {
     ingest: watch::Receiver<IngestHealth>,
 }
 
-/// Starts the worker; the returned address is that of its health and metrics endpoints.
+/// Starts the worker: it listens at once, waits for each backing service (see
+/// [`chatsys_api::startup`]), then consumes. The returned address is that of its health and metrics
+/// endpoints.
 pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
+    let listener = chatsys_api::bind(args.listen).await?;
+    let health_addr = listener.local_addr()?;
+    let connecting = startup::Connecting::new(&["database", "redis", "search"]);
+    let routes = Arc::new(OnceLock::new());
+    let (shutdown, stopped) = watch::channel(false);
+    let app = startup::switch(connecting.clone(), routes.clone());
+    let mut http_stop = stopped.clone();
+    let http_task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "health server failed");
+        }
+    });
+
     let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
         args.backends.database_url()?,
         4,
     )?);
-    if args.backends.migrate {
-        store.migrate().await.context("migrations failed")?;
-    }
-    let redis = redis::connect(args.backends.redis_url()?)
+    let migrate = args.backends.migrate;
+    connecting
+        .connect("database", || async {
+            if migrate {
+                store.migrate().await
+            } else {
+                store.ping().await
+            }
+        })
+        .await
+        .context("cannot use the database")?;
+    let redis_url = args.backends.redis_url()?;
+    let redis = connecting
+        .connect("redis", || redis::connect(redis_url))
         .await
         .context("cannot connect to Redis")?;
     let cache = Arc::new(redis::RedisCache::new(
@@ -72,12 +103,16 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
         Duration::from_secs(args.backends.cache_ttl_secs),
         args.backends.cache_max_page_bytes,
     ));
-    let search = chatsys_api::open_search(
-        args.backends.opensearch_url.as_deref(),
-        &args.backends.data_dir,
-        true,
-    )
-    .await?;
+    let search = connecting
+        .connect("search", || {
+            chatsys_api::open_search(
+                args.backends.opensearch_url.as_deref(),
+                &args.backends.data_dir,
+                true,
+            )
+        })
+        .await
+        .context("cannot open the search index")?;
     let ports = IngestPorts {
         store: store.clone(),
         search,
@@ -88,7 +123,6 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
         batch_wait: Duration::from_millis(args.batch_wait_ms),
         max_attempts: args.max_attempts.max(1),
     };
-    let (shutdown, stopped) = watch::channel(false);
     let (health, health_rx) = watch::channel(IngestHealth::default());
     let mut source = amqp::AmqpSource::new(
         args.backends.amqp_url()?,
@@ -102,41 +136,26 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     let repair_task = tokio::spawn(chatsys_api::repair_periodically(
         store.clone(),
         Duration::from_secs(args.repair_interval_secs.max(1)),
-        stopped.clone(),
+        stopped,
     ));
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let health_addr = listener.local_addr()?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    chatsys_api::metrics_handle().render(),
-                )
-            }),
-        )
-        .with_state(Arc::new(HealthState {
-            store,
-            ingest: health_rx,
-        }));
-    let mut http_stop = stopped;
-    let http_task = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(error = %e, "health server failed");
-        }
-    });
+    let _ = routes.set(
+        Router::new()
+            .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/readyz", get(readyz))
+            .route(
+                "/metrics",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        chatsys_api::metrics_handle().render(),
+                    )
+                }),
+            )
+            .with_state(Arc::new(HealthState {
+                store,
+                ingest: health_rx,
+            })),
+    );
     Ok(Running::new(
         health_addr,
         shutdown,
