@@ -185,8 +185,7 @@ async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<Ing
             .lock()
             .unwrap()
             .settled
-            .iter()
-            .any(|s| *s == Settled::AckedUpTo(4));
+            .contains(&Settled::AckedUpTo(4));
         if done {
             break;
         }

@@ -12,6 +12,7 @@ use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -94,6 +95,7 @@ pub async fn run(
         .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
         .owns(Api::<Service>::all(client.clone()), children.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+        .owns(Api::<Job>::all(client.clone()), children.clone())
         .owns(Api::<Deployment>::all(client.clone()), children.clone())
         .owns(
             Api::<HorizontalPodAutoscaler>::all(client.clone()),
@@ -201,7 +203,13 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     let outcome = carry_out(&ctx.client, cs, &namespace, &plan).await;
     let mut failures: Vec<String> = plan.refused.clone();
     failures.extend(outcome.failures.iter().map(ToString::to_string));
-    let status = status::observed(cs, &outcome.applied, &failures, Timestamp::now());
+    let status = status::observed(
+        cs,
+        &outcome.applied,
+        &failures,
+        &plan.waiting_for,
+        Timestamp::now(),
+    );
     info!(name = %cs.name_any(), %namespace, phase = ?status.phase, applied = outcome.applied.len(), failed = outcome.failures.len(), "reconciled");
     let ready = status.phase == Some(Phase::Ready);
     publish_transitions(ctx, cs, &status).await;
@@ -281,6 +289,25 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
             inputs
                 .deployments
                 .insert(component, existing_deployment(&deployment));
+        }
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let migrations = ListParams::default().labels(&format!(
+        "{},app.kubernetes.io/component=migrate",
+        manifests::children_selector(cs)
+    ));
+    for job in jobs.list(&migrations).await? {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let status = job.status.unwrap_or_default();
+        if status.succeeded.unwrap_or(0) > 0 {
+            inputs.completed_migrations.insert(name);
+        } else if status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Failed" && c.status == "True")
+        {
+            inputs.failed_migrations.insert(name);
         }
     }
     Ok(inputs)
@@ -434,7 +461,7 @@ async fn carry_out(client: &Client, cs: &ChatSystem, namespace: &str, plan: &Pla
             });
         }
     }
-    if let Err(error) = delete_orphans(client, cs, namespace, &plan.children).await {
+    if let Err(error) = delete_orphans(client, cs, namespace, plan).await {
         outcome.failures.push(ChildFailure {
             kind: "orphans of",
             name: cs.name_any(),
@@ -458,7 +485,7 @@ async fn delete_orphans(
     client: &Client,
     cs: &ChatSystem,
     namespace: &str,
-    manifests: &[Manifest],
+    plan: &Plan,
 ) -> kube::Result<()> {
     let uid = cs.uid();
     let list = ListParams::default().labels(&manifests::children_selector(cs));
@@ -466,10 +493,17 @@ async fn delete_orphans(
         .into_iter()
         .filter(|k| k.deleted_when_orphaned())
     {
-        let wanted: BTreeSet<&str> = manifests
+        let wanted: BTreeSet<&str> = plan
+            .children
             .iter()
             .filter(|m| m.kind == kind)
             .map(Manifest::name)
+            .chain(
+                plan.held
+                    .iter()
+                    .filter(|(held, _)| *held == kind)
+                    .map(|(_, name)| name.as_str()),
+            )
             .collect();
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), namespace, &kind.api_resource());

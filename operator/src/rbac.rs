@@ -14,9 +14,9 @@ pub struct Rule {
 
 /// Cluster-wide, since a ChatSystem may live in any namespace. Children are watched (`list`, `watch`),
 /// server-side applied (`patch`, which also creates) and deleted when orphaned; StatefulSets and
-/// Deployments are also read (`get`) for their claim templates and replica owners. Credentials are
-/// created once (`create`) and never deleted; claims are read and grown; events are written through
-/// `events.k8s.io`, as kube's recorder does.
+/// Deployments are also read (`get`) for their claim templates and replica owners, and migration Jobs
+/// listed for their outcome. Credentials are created once (`create`) and never deleted; claims are
+/// read and grown; events are written through `events.k8s.io`, as kube's recorder does.
 pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &["chatsys.io"],
@@ -47,6 +47,11 @@ pub const CLUSTER_RULES: &[Rule] = &[
         api_groups: &["apps"],
         resources: &["deployments", "statefulsets"],
         verbs: &["get", "list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["batch"],
+        resources: &["jobs"],
+        verbs: &["list", "watch", "patch", "delete"],
     },
     Rule {
         api_groups: &["autoscaling"],

@@ -2,7 +2,7 @@
 
 use crate::crd::ChatSystem;
 use crate::error::{Error, Result};
-use crate::manifests::{self, BackingService, Credentials, Inputs, InvalidSpec};
+use crate::manifests::{self, BackingService, ChildKind, Credentials, Inputs, InvalidSpec};
 use std::collections::BTreeSet;
 
 /// Stands in for the uid a cluster would give, so every owner reference is shown.
@@ -50,7 +50,12 @@ pub fn render(mut cs: ChatSystem) -> Result<String> {
     cs.metadata
         .uid
         .get_or_insert_with(|| PLACEHOLDER_UID.to_string());
-    let inputs = offline_inputs(&cs);
+    let mut inputs = offline_inputs(&cs);
+    let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
+    // Everything is shown, as it is once the migration Job has run.
+    if let Some(job) = plan.children.iter().find(|m| m.kind == ChildKind::Job) {
+        inputs.completed_migrations.insert(job.name().to_string());
+    }
     let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
     let mut stream = String::new();
     for manifest in plan.children {

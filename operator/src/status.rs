@@ -21,10 +21,11 @@ pub fn observed(
     cs: &ChatSystem,
     applied: &[(ChildKind, DynamicObject)],
     failures: &[String],
+    waiting_for: &[String],
     now: Timestamp,
 ) -> ChatSystemStatus {
     let mut components = BTreeMap::new();
-    let mut rolled_out = true;
+    let mut rolled_out = waiting_for.is_empty();
     for (kind, object) in applied {
         if !matches!(kind, ChildKind::Deployment | ChildKind::StatefulSet) {
             continue;
@@ -58,10 +59,15 @@ pub fn observed(
             ),
         )
     } else {
-        let waiting: Vec<&str> = components
+        let waiting: Vec<&str> = waiting_for
             .iter()
-            .filter(|(_, c)| c.ready_replicas < c.desired_replicas)
-            .map(|(name, _)| name.as_str())
+            .map(String::as_str)
+            .chain(
+                components
+                    .iter()
+                    .filter(|(_, c)| c.ready_replicas < c.desired_replicas)
+                    .map(|(name, _)| name.as_str()),
+            )
             .collect();
         let message = if waiting.is_empty() {
             "new versions are rolling out".to_string()

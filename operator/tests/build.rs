@@ -19,6 +19,70 @@ const FIXTURES: [&str; 5] = [
     "paused",
 ];
 
+/// The migration Job among the children.
+fn migration(built: &[manifests::Manifest]) -> &Value {
+    of_kind(built, ChildKind::Job)
+        .first()
+        .copied()
+        .expect("a migration Job")
+}
+
+/// A Deployment by name, or the migration Job for `migrate`.
+fn workload<'a>(built: &'a [manifests::Manifest], name: &str) -> &'a Value {
+    if name == "migrate" {
+        migration(built)
+    } else {
+        find(built, ChildKind::Deployment, name)
+    }
+}
+
+#[test]
+fn a_new_version_is_migrated_once_by_a_job_before_its_pods_run() {
+    let cs = fixture("defaults");
+    let mut inputs = fresh_inputs(&cs);
+    let plan = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
+    let job = migration(&plan.children)["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    assert!(of_kind(&plan.children, ChildKind::Deployment).is_empty());
+    assert_eq!(
+        plan.held,
+        [
+            (ChildKind::Deployment, "chat-api".to_string()),
+            (ChildKind::Deployment, "chat-worker".to_string())
+        ]
+    );
+    assert_eq!(
+        plan.waiting_for,
+        [format!("the schema migration (Job {job})")]
+    );
+    inputs.completed_migrations.insert(job.clone());
+    let migrated = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
+    assert_eq!(of_kind(&migrated.children, ChildKind::Deployment).len(), 2);
+    assert!(migrated.held.is_empty() && migrated.waiting_for.is_empty());
+
+    let mut upgraded = cs.clone();
+    upgraded.spec.api.image = Some("example.org/api:2".to_string());
+    let next = manifests::build(&manifests::validate(&upgraded, &inputs).expect("valid"));
+    assert_ne!(
+        migration(&next.children)["metadata"]["name"],
+        job.as_str(),
+        "another version, another Job"
+    );
+    assert!(of_kind(&next.children, ChildKind::Deployment).is_empty());
+
+    inputs.failed_migrations.insert(job.clone());
+    inputs.completed_migrations.clear();
+    let failed = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
+    assert_eq!(
+        failed.refused,
+        [format!(
+            "Job {job}: the schema migration failed (kubectl logs job/{job}); the running version stays"
+        )]
+    );
+}
+
 #[test]
 fn an_empty_spec_yields_every_component_in_apply_order() {
     let (_, built) = build_fixture("defaults");
@@ -40,6 +104,12 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
             (ChildKind::StatefulSet, "chat-redis"),
             (ChildKind::StatefulSet, "chat-rabbitmq"),
             (ChildKind::StatefulSet, "chat-opensearch"),
+            (
+                ChildKind::Job,
+                migration(&built)["metadata"]["name"]
+                    .as_str()
+                    .expect("name")
+            ),
             (ChildKind::Deployment, "chat-api"),
             (ChildKind::Deployment, "chat-worker"),
             (ChildKind::HorizontalPodAutoscaler, "chat-api"),
@@ -60,7 +130,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
         format!("chatsys/chatsys-api:{VERSION}")
     );
     assert_eq!(
-        container(api, "migrate")["image"],
+        container(migration(&built), "migrate")["image"],
         format!("chatsys/chatsys-api:{VERSION}")
     );
     assert_eq!(
@@ -184,7 +254,10 @@ fn every_override_reaches_the_manifests() {
     let api = find(&built, ChildKind::Deployment, "chat-api");
     let worker = find(&built, ChildKind::Deployment, "chat-worker");
     assert_eq!(container(api, "api")["image"], "example.org/api:1.2.3");
-    assert_eq!(container(api, "migrate")["image"], "example.org/api:1.2.3");
+    assert_eq!(
+        container(migration(&built), "migrate")["image"],
+        "example.org/api:1.2.3"
+    );
     assert_eq!(
         container(api, "api")["resources"],
         json!({ "requests": { "cpu": "300m", "memory": "300Mi" }, "limits": { "cpu": "3", "memory": "3Gi" } })
@@ -288,10 +361,10 @@ fn external_services_run_no_workload_and_are_read_from_the_users_secrets() {
     assert_eq!(services[0]["metadata"]["name"], "chat-api");
     for (deployment, name) in [
         ("chat-api", "api"),
-        ("chat-api", "migrate"),
+        ("migrate", "migrate"),
         ("chat-worker", "worker"),
     ] {
-        let c = container(find(&built, ChildKind::Deployment, deployment), name);
+        let c = container(workload(&built, deployment), name);
         for (var, secret, key) in [
             ("DATABASE_URL", "db", "url"),
             ("REDIS_URL", "cache", "url"),
@@ -450,17 +523,29 @@ fn api_and_worker_probe_their_health_endpoints_and_migrate_before_serving() {
         );
     }
     let api = find(&built, ChildKind::Deployment, "chat-api");
-    let init = &api["spec"]["template"]["spec"]["initContainers"];
-    assert_eq!(init.as_array().map(Vec::len), Some(1));
-    assert_eq!(init[0]["command"], json!(["/usr/local/bin/chatsys-api"]));
-    assert_eq!(init[0]["args"], json!(["migrate"]));
-    assert_eq!(container(api, "api")["args"], json!(["serve"]));
     let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    for workload in [api, worker] {
+        assert_eq!(
+            workload["spec"]["template"]["spec"]["initContainers"],
+            Value::Null,
+            "the pods do not migrate: the Job does, once per version"
+        );
+        let c = &workload["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            c["startupProbe"]["httpGet"],
+            json!({ "path": "/healthz", "port": "http" })
+        );
+        assert_eq!(c["startupProbe"]["failureThreshold"], 30);
+    }
+    let job = migration(&built);
+    let migrate = container(job, "migrate");
+    assert_eq!(migrate["command"], json!(["/usr/local/bin/chatsys-api"]));
+    assert_eq!(migrate["args"], json!(["migrate"]));
     assert_eq!(
-        worker["spec"]["template"]["spec"]["initContainers"],
-        Value::Null,
-        "only the API migrates"
+        job["spec"]["template"]["spec"]["restartPolicy"],
+        "OnFailure"
     );
+    assert_eq!(container(api, "api")["args"], json!(["serve"]));
     assert_eq!(
         container(worker, "worker")["command"],
         json!(["/usr/local/bin/chatsys-worker"])
@@ -484,11 +569,10 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
     };
     for (deployment, name) in [
         ("chat-api", "api"),
-        ("chat-api", "migrate"),
+        ("migrate", "migrate"),
         ("chat-worker", "worker"),
     ] {
-        let workload = find(&built, ChildKind::Deployment, deployment);
-        let c = container(workload, name);
+        let c = container(workload(&built, deployment), name);
         assert_eq!(
             env(c, "DATABASE_URL")["value"],
             "mysql://$(MYSQL_USERNAME):$(MYSQL_PASSWORD)@chat-mysql:3306/chatsys"
@@ -532,10 +616,10 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
             config,
             format!(
                 "chat-{}",
-                if deployment == "chat-api" {
-                    "api"
-                } else {
+                if deployment == "chat-worker" {
                     "worker"
+                } else {
+                    "api"
                 }
             )
         );
@@ -617,7 +701,7 @@ fn existing_credentials_are_reused_and_never_regenerated() {
         plan.new_credentials.is_empty(),
         "an existing Secret's values are never rewritten"
     );
-    let built = plan.children;
+    let built = children(&cs, &inputs);
     for secret in of_kind(&built, ChildKind::Secret) {
         assert_eq!(
             secret

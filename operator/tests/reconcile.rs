@@ -8,8 +8,9 @@ mod common;
 use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::error::Error;
+use chatsys_operator::manifests::{self, ChildKind};
 use common::apiserver::{ApiServer, Call};
-use common::{children, fixture, fresh_inputs};
+use common::{fixture, fresh_inputs};
 use http::{Method, StatusCode};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -23,6 +24,7 @@ const STATEFULSETS: &str = "/apis/apps/v1/namespaces/team/statefulsets";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/team/deployments";
 const HPAS: &str = "/apis/autoscaling/v2/namespaces/team/horizontalpodautoscalers";
 const SERVICES: &str = "/api/v1/namespaces/team/services";
+const JOBS: &str = "/apis/batch/v1/namespaces/team/jobs";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team/events";
 const STORAGE_CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
 
@@ -53,6 +55,14 @@ fn merge(target: &mut Value, changes: &Value) {
         }
         (target, changes) => *target = changes.clone(),
     }
+}
+
+/// Reconciles, lets the Job controller run the migration, and reconciles again: until a version's
+/// migration has run, its Deployments are held back.
+async fn settle(server: &ApiServer) -> Result<Action, Error> {
+    let _ = reconcile(server).await;
+    server.complete_jobs("team");
+    reconcile(server).await
 }
 
 /// One reconcile of the stored ChatSystem, as the controller would run it.
@@ -123,7 +133,16 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
     );
 
     let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
-    let planned = children(&cs, &fresh_inputs(&cs));
+    let inputs = fresh_inputs(&cs);
+    let first = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
+    assert!(
+        first
+            .children
+            .iter()
+            .all(|m| m.kind != ChildKind::Deployment),
+        "no Deployment before its migration has run"
+    );
+    let planned = first.children;
     let calls = server.calls();
     let mut expected: Vec<(Method, String)> = ["mysql", "redis", "rabbitmq"]
         .iter()
@@ -137,6 +156,7 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
             "Deployment" => DEPLOYMENTS,
             "HorizontalPodAutoscaler" => HPAS,
             "ConfigMap" => "/api/v1/namespaces/team/configmaps",
+            "Job" => JOBS,
             "PodDisruptionBudget" => "/apis/policy/v1/namespaces/team/poddisruptionbudgets",
             other => panic!("unexpected {other}"),
         };
@@ -164,11 +184,64 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(condition(&status, "Ready")["status"], "False");
     assert_eq!(condition(&status, "Progressing")["status"], "True");
+    let job = server.names(JOBS).pop().expect("the migration Job");
+    assert!(
+        condition(&status, "Ready")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("the schema migration (Job {job})"))),
+        "{status}"
+    );
+    assert!(status["components"]["api"].is_null());
+    assert_eq!(status["apiUrl"], "http://chat-api.team.svc:8080");
+
+    // The migration ran: the API and the worker start.
+    server.complete_jobs("team");
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.get(DEPLOYMENTS, "chat-api").is_some());
+    assert!(server.get(DEPLOYMENTS, "chat-worker").is_some());
     assert_eq!(
-        status["components"]["api"],
+        stored_status(&server)["components"]["api"],
         json!({ "readyReplicas": 0, "desiredReplicas": 1 })
     );
-    assert_eq!(status["apiUrl"], "http://chat-api.team.svc:8080");
+}
+
+#[tokio::test]
+async fn a_new_version_waits_for_its_migration_and_keeps_the_running_one_meanwhile() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    settle(&server).await.expect("reconciled");
+    let first_job = server.names(JOBS);
+    edit(&server, json!({ "api": { "image": "example.org/api:2" } }));
+    reconcile(&server).await.expect("reconciled");
+    let api = server
+        .get(DEPLOYMENTS, "chat-api")
+        .expect("the running API stays");
+    assert_ne!(
+        api["spec"]["template"]["spec"]["containers"][0]["image"], "example.org/api:2",
+        "not before the new schema"
+    );
+    let jobs = server.names(JOBS);
+    assert_eq!(jobs.len(), 1);
+    assert_ne!(
+        jobs, first_job,
+        "a new Job for the new version; the old one is gone"
+    );
+    let job = server.get(JOBS, &jobs[0]).expect("Job");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.org/api:2"
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["migrate"])
+    );
+    server.complete_jobs("team");
+    reconcile(&server).await.expect("reconciled");
+    let api = server.get(DEPLOYMENTS, "chat-api").expect("API");
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.org/api:2"
+    );
 }
 
 #[tokio::test]
@@ -217,7 +290,7 @@ async fn existing_credentials_are_read_and_their_values_never_written() {
 async fn ready_workloads_make_the_resource_ready_and_say_so_once() {
     let server = ApiServer::new();
     create(&server, "defaults", json!({}));
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     server.make_workloads_ready("team");
     server.clear_calls();
     let result = reconcile(&server).await;
@@ -315,7 +388,7 @@ async fn an_invalid_spec_applies_nothing_and_warns_in_an_event_and_the_status() 
 async fn a_service_turned_external_loses_its_workload_but_keeps_credentials_and_volumes() {
     let server = ApiServer::new();
     create(&server, "defaults", json!({}));
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     server.run_statefulset_controller("team");
     for (name, key) in [
         ("db", "url"),
@@ -353,9 +426,8 @@ async fn one_refused_child_blocks_no_other_and_is_named_in_the_status() {
     for (collection, name) in [
         (STATEFULSETS, "chat-redis"),
         (STATEFULSETS, "chat-opensearch"),
-        (DEPLOYMENTS, "chat-api"),
-        (DEPLOYMENTS, "chat-worker"),
         (HPAS, "chat-api"),
+        ("/api/v1/namespaces/team/configmaps", "chat-worker"),
     ] {
         assert!(
             server.get(collection, name).is_some(),
@@ -373,7 +445,7 @@ async fn one_refused_child_blocks_no_other_and_is_named_in_the_status() {
     assert!(event_reasons(&server.calls()).contains(&"ApplyFailed".to_string()));
 
     // The next reconcile applies it, and the status recovers.
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     assert!(server.get(STATEFULSETS, "chat-mysql").is_some());
     assert_eq!(
         condition(&stored_status(&server), "Degraded")["status"],
@@ -493,7 +565,7 @@ async fn credentials_an_earlier_operator_tied_to_the_resource_are_released() {
         )
         .await
         .expect("applied");
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     let released = server
         .get(SECRETS, "chat-mysql-credentials")
         .expect("Secret");
@@ -525,7 +597,7 @@ async fn a_larger_volume_grows_the_claim_and_the_rest_of_the_spec_still_applies(
         &server,
         json!({ "mysql": { "storage": { "size": "20Gi" } }, "api": { "image": "example.org/api:2" } }),
     );
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     let claim = server.get(CLAIMS, "data-chat-mysql-0").expect("claim");
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
     let set = server.get(STATEFULSETS, "chat-mysql").expect("StatefulSet");
@@ -548,13 +620,13 @@ async fn a_larger_volume_grows_the_claim_and_the_rest_of_the_spec_still_applies(
 async fn a_volume_whose_class_cannot_expand_is_reported_and_blocks_nothing() {
     let server = ApiServer::new();
     create(&server, "defaults", json!({}));
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     server.run_statefulset_controller("team");
     edit(
         &server,
         json!({ "mysql": { "storage": { "size": "20Gi" } }, "api": { "image": "example.org/api:2" } }),
     );
-    reconcile(&server).await.expect_err("the claim cannot grow");
+    settle(&server).await.expect_err("the claim cannot grow");
     let api = server.get(DEPLOYMENTS, "chat-api").expect("Deployment");
     assert_eq!(
         api["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -577,7 +649,7 @@ async fn a_volume_whose_class_cannot_expand_is_reported_and_blocks_nothing() {
 async fn turning_autoscaling_on_hands_the_replicas_over_without_a_dip() {
     let server = ApiServer::new();
     create(&server, "autoscaling-off", json!({}));
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     assert_eq!(
         replicas(&server.get(DEPLOYMENTS, "chat-api").expect("api")),
         3
@@ -612,7 +684,7 @@ async fn turning_autoscaling_on_hands_the_replicas_over_without_a_dip() {
 async fn turning_autoscaling_off_takes_the_replicas_back_and_deletes_only_its_autoscalers() {
     let server = ApiServer::new();
     create(&server, "defaults", json!({}));
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     server.autoscale("team", "chat-api", 6);
     server.create(
         HPAS,
@@ -661,7 +733,7 @@ async fn the_default_images_follow_the_operator_and_named_ones_stay() {
         "defaults",
         json!({ "worker": { "image": "example.org/worker:9" }, "imagePullSecrets": [{ "name": "registry" }] }),
     );
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     let pod = |collection: &str, name: &str| {
         server.get(collection, name).expect("workload")["spec"]["template"]["spec"].clone()
     };
@@ -708,7 +780,7 @@ async fn a_changed_external_secret_rolls_the_pods_that_read_it() {
         );
     }
     create(&server, "external", json!({}));
-    reconcile(&server).await.expect("reconciled");
+    settle(&server).await.expect("reconciled");
     let hash = "chatsys.io/external-secrets-hash";
     let before = pod_annotation(&server, "chat-api", hash);
     assert!(before.is_string(), "{before}");

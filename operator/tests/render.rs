@@ -18,10 +18,10 @@ fn documents(stream: &str) -> Vec<Value> {
 #[test]
 fn every_example_renders_every_manifest() {
     for (name, count) in [
-        ("minimal", 20),
-        ("full", 21),
-        ("external", 9),
-        ("autoscaling-off", 18),
+        ("minimal", 21),
+        ("full", 22),
+        ("external", 10),
+        ("autoscaling-off", 19),
     ] {
         let cs = render::read(&example(name)).expect("example parses");
         let stream = render::render(cs).expect("example renders");

@@ -24,9 +24,30 @@ pub fn api_name(cs: &ChatSystem) -> String {
 pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     let api = Component::api(cs);
     let worker = Component::worker(cs);
+    let migration = api.migration_job(cs);
+    // A new version's API and worker start only on a migrated schema: until the migration Job of this
+    // version has succeeded, their Deployments stay as they are (or are not created yet).
+    let migrated = inputs.completed_migrations.contains(migration.name());
+    if inputs.failed_migrations.contains(migration.name()) {
+        plan.refused.push(format!(
+            "Job {}: the schema migration failed (kubectl logs job/{}); the running version stays",
+            migration.name(),
+            migration.name()
+        ));
+    } else if !migrated {
+        plan.waiting_for
+            .push(format!("the schema migration (Job {})", migration.name()));
+    }
+    plan.children.push(migration);
     for component in [&api, &worker] {
         plan.children.push(component.config_map(cs));
-        plan.children.push(component.deployment(cs, inputs));
+        let deployment = component.deployment(cs, inputs);
+        if migrated {
+            plan.children.push(deployment);
+        } else {
+            plan.held
+                .push((ChildKind::Deployment, deployment.name().to_string()));
+        }
         if component.autoscaling.enabled {
             plan.children.push(component.autoscaler(cs));
             if let Some(existing) = inputs.deployments.get(component.name)
@@ -163,8 +184,16 @@ impl<'a> Component<'a> {
                 "failureThreshold": failures,
             })
         };
+        // `/healthz` answers as soon as the process listens, before it has reached its backing
+        // services; the startup probe holds liveness off until then, and `/readyz` says what it awaits.
         let extra = json!({
             "ports": [{ "name": "http", "containerPort": self.port }],
+            "startupProbe": {
+                "httpGet": { "path": "/healthz", "port": "http" },
+                "periodSeconds": 2,
+                "timeoutSeconds": 3,
+                "failureThreshold": 30,
+            },
             "readinessProbe": probe("/readyz", 3),
             "livenessProbe": probe("/healthz", 6),
         });
@@ -172,18 +201,13 @@ impl<'a> Component<'a> {
             .as_object_mut()
             .expect("container")
             .extend(extra.as_object().expect("object").clone());
-        let mut pod_spec = with_pull_secrets(
+        let pod_spec = with_pull_secrets(
             cs,
             json!({
                 "securityContext": pod_security_context(APP_UID),
                 "containers": [container],
             }),
         );
-        if self.name == "api" {
-            // Runs before a new version serves; the migration takes a MySQL lock, so replicas starting
-            // together wait for one another instead of racing.
-            pod_spec["initContainers"] = json!([self.container(cs, "migrate", Some("migrate"))]);
-        }
         let mut spec = json!({
             "selector": { "matchLabels": selector_labels(cs, self.name) },
             "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
@@ -221,6 +245,26 @@ impl<'a> Component<'a> {
         )
     }
 
+    /// `chatsys-api migrate` once per version: a Job named after a hash of its pod template, since a
+    /// Job's template cannot change. The migration takes a MySQL lock and waits for MySQL to answer,
+    /// so it neither races another run nor fails on a database still starting.
+    fn migration_job(&self, cs: &ChatSystem) -> Manifest {
+        let template = json!({
+            "metadata": { "labels": super::labels(cs, "migrate") },
+            "spec": with_pull_secrets(cs, json!({
+                "securityContext": pod_security_context(APP_UID),
+                "restartPolicy": "OnFailure",
+                "containers": [self.container(cs, "migrate", Some("migrate"))],
+            })),
+        });
+        let name = child_name(cs, &format!("migrate-{}", &config_hash(&template)[..8]));
+        object(
+            ChildKind::Job,
+            metadata(cs, &name, "migrate"),
+            json!({ "spec": { "backoffLimit": 6, "template": template } }),
+        )
+    }
+
     fn autoscaler(&self, cs: &ChatSystem) -> Manifest {
         let autoscaling = self.autoscaling;
         object(
@@ -253,7 +297,7 @@ impl<'a> Component<'a> {
 /// Settings shared by the API and the worker that are not secret.
 fn common_settings(cs: &ChatSystem) -> Value {
     let mut settings = json!({
-        // The API's init container migrates once; replicas must not each migrate at start.
+        // The migration Job migrates once per version; replicas must not each migrate at start.
         "CHATSYS_MIGRATE": "false",
         "CHATSYS_LOG_FORMAT": "json",
     });

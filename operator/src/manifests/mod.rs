@@ -8,6 +8,7 @@ mod quantity;
 use crate::crd::{ChatSystem, ExternalService};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -32,6 +33,7 @@ pub enum ChildKind {
     ConfigMap,
     Service,
     StatefulSet,
+    Job,
     Deployment,
     HorizontalPodAutoscaler,
     PodDisruptionBudget,
@@ -39,11 +41,12 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
-    pub const ALL: [ChildKind; 8] = [
+    pub const ALL: [ChildKind; 9] = [
         ChildKind::Secret,
         ChildKind::ConfigMap,
         ChildKind::Service,
         ChildKind::StatefulSet,
+        ChildKind::Job,
         ChildKind::Deployment,
         ChildKind::HorizontalPodAutoscaler,
         ChildKind::PodDisruptionBudget,
@@ -57,6 +60,7 @@ impl ChildKind {
             ChildKind::ConfigMap => "ConfigMap",
             ChildKind::Service => "Service",
             ChildKind::StatefulSet => "StatefulSet",
+            ChildKind::Job => "Job",
             ChildKind::Deployment => "Deployment",
             ChildKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
@@ -70,6 +74,7 @@ impl ChildKind {
             ChildKind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
             ChildKind::Service => ApiResource::erase::<Service>(&()),
             ChildKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+            ChildKind::Job => ApiResource::erase::<Job>(&()),
             ChildKind::Deployment => ApiResource::erase::<Deployment>(&()),
             ChildKind::HorizontalPodAutoscaler => {
                 ApiResource::erase::<HorizontalPodAutoscaler>(&())
@@ -144,6 +149,10 @@ pub struct Inputs {
     pub claim_sizes: BTreeMap<BackingService, Quantity>,
     /// The API's and the worker's Deployments, by component, where they exist.
     pub deployments: BTreeMap<&'static str, ExistingDeployment>,
+    /// Names of the resource's migration Jobs that have succeeded.
+    pub completed_migrations: BTreeSet<String>,
+    /// Names of the resource's migration Jobs that have failed for good.
+    pub failed_migrations: BTreeSet<String>,
 }
 
 /// A spec the schema accepted but the operator cannot carry out; reported in status, nothing applied.
@@ -257,6 +266,11 @@ pub struct Plan {
     pub expansions: Vec<Expansion>,
     /// Changes of the spec the cluster cannot carry out, reported in status.
     pub refused: Vec<String>,
+    /// Objects the resource needs but that wait (for a migration) before they are applied: they are
+    /// kept as they are, never deleted as orphans.
+    pub held: Vec<(ChildKind, String)>,
+    /// What the held objects wait for, for the status.
+    pub waiting_for: Vec<String>,
 }
 
 /// Everything the resource needs.

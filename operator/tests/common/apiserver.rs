@@ -325,6 +325,26 @@ impl ApiServer {
         }
     }
 
+    /// The Job controller: every Job has run its pod to success.
+    pub fn complete_jobs(&self, namespace: &str) {
+        let collection = format!("/apis/batch/v1/namespaces/{namespace}/jobs");
+        let mut state = self.state();
+        let keys: Vec<_> = state
+            .objects
+            .keys()
+            .filter(|(c, _)| *c == collection)
+            .cloned()
+            .collect();
+        for key in keys {
+            let mut updated = state.objects[&key].clone();
+            updated["status"] = json!({
+                "succeeded": 1,
+                "conditions": [{ "type": "Complete", "status": "True" }],
+            });
+            state.store(&key, updated, CONTROLLER_MANAGER, "Update", &["status"]);
+        }
+    }
+
     /// The HorizontalPodAutoscaler controller scaling a Deployment through its scale subresource.
     pub fn autoscale(&self, namespace: &str, deployment: &str, replicas: i64) {
         let mut state = self.state();

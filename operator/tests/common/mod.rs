@@ -7,10 +7,15 @@ use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::manifests::{self, ChildKind, Inputs, Manifest};
 use serde_json::Value;
 
-/// The children `build` plans for a spec, which must be valid.
+/// The children `build` plans for a spec, which must be valid, once its migration has run (so the
+/// Deployments are among them).
 pub fn children(cs: &ChatSystem, inputs: &Inputs) -> Vec<Manifest> {
-    let valid = manifests::validate(cs, inputs).expect("a valid spec");
-    manifests::build(&valid).children
+    let mut inputs = inputs.clone();
+    let plan = manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec"));
+    if let Some(job) = plan.children.iter().find(|m| m.kind == ChildKind::Job) {
+        inputs.completed_migrations.insert(job.name().to_string());
+    }
+    manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec")).children
 }
 
 pub fn fixture(name: &str) -> ChatSystem {
