@@ -31,6 +31,8 @@ pub enum Error {
     Metrics(String),
     #[error("lost the leader lease to {0}")]
     LostLease(String),
+    #[error("the API server did not answer a Lease call within {0:?}")]
+    LeaseCallTimedOut(std::time::Duration),
 }
 
 impl Error {
@@ -43,7 +45,7 @@ impl Error {
             Error::ReadFile { .. } | Error::ParseYaml { .. } | Error::WriteYaml(_) => "io",
             Error::Serve(_) => "serve",
             Error::Metrics(_) => "metrics",
-            Error::LostLease(_) => "leader_election",
+            Error::LostLease(_) | Error::LeaseCallTimedOut(_) => "leader_election",
         }
     }
 }

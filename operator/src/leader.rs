@@ -6,7 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub const LEASE_NAME: &str = "chatsys-operator";
@@ -15,7 +16,10 @@ const LEASE_DURATION_SECS: i32 = 15;
 /// How often the holder renews and a candidate retries.
 const RETRY_PERIOD: Duration = Duration::from_secs(2);
 /// A holder that could not renew for this long stops: another replica may take over soon after.
-const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// Each call to the API server ends within this, answered or not: a hung renewal must fail in time
+/// for the holder to stop before its lease runs out, or two replicas would reconcile at once.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(3);
 
 pub struct LeaderElection {
     leases: Api<Lease>,
@@ -33,7 +37,7 @@ impl LeaderElection {
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) -> Result<()> {
         loop {
-            if self.try_acquire_or_renew().await? {
+            if self.try_within_deadline().await? {
                 info!(holder = %self.holder, "acquired the leader lease");
                 return Ok(());
             }
@@ -47,7 +51,7 @@ impl LeaderElection {
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(RETRY_PERIOD).await;
-            match self.try_acquire_or_renew().await {
+            match self.try_within_deadline().await {
                 Ok(true) => renewed = Instant::now(),
                 Ok(false) => return Error::LostLease("another replica".to_string()),
                 Err(error) if renewed.elapsed() >= RENEW_DEADLINE => return error,
@@ -84,6 +88,12 @@ impl LeaderElection {
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    async fn try_within_deadline(&self) -> Result<bool> {
+        tokio::time::timeout(CALL_DEADLINE, self.try_acquire_or_renew())
+            .await
+            .unwrap_or(Err(Error::LeaseCallTimedOut(CALL_DEADLINE)))
     }
 
     /// Takes the lease if it is free, expired or already ours; `false` when another replica holds it.

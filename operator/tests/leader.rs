@@ -203,3 +203,33 @@ async fn releasing_clears_the_holder_of_its_own_lease_only() {
         "another replica's lease is not touched"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_the_api_server_never_answers_ends_the_leadership_before_the_lease_runs_out() {
+    use chatsys_operator::leader::{CALL_DEADLINE, RENEW_DEADLINE};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let election = LeaderElection::new(
+        Client::new(service, "default"),
+        "ops",
+        "operator-a".to_string(),
+    );
+    // Takes every request and never answers, as a server behind a dead connection would.
+    let hung = tokio::spawn(async move {
+        let mut unanswered = Vec::new();
+        while let Some(pending) = handle.next_request().await {
+            unanswered.push(pending);
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let lease_duration = Duration::from_secs(15);
+    let error = tokio::time::timeout(lease_duration, election.keep())
+        .await
+        .expect("the holder stops before its lease runs out");
+    assert_eq!(error.metric_label(), "leader_election");
+    assert!(
+        started.elapsed() <= RENEW_DEADLINE + CALL_DEADLINE + Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    hung.abort();
+}
