@@ -1,6 +1,7 @@
 //! The reconcile pipeline: dereference → validate → build → apply → delete orphans → status.
 //! Only dereference, apply, orphan deletion and status talk to the API server; build is pure.
 
+use crate::children::{self, Children};
 use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{Error, Result};
 use crate::manifests::{
@@ -11,18 +12,15 @@ use crate::server::WatchHealth;
 use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
@@ -43,12 +41,14 @@ const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// What the watches have seen of the children.
+    pub children: Children,
     /// Consecutive failures per resource, for the exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ChatSystem>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub fn new(client: Client, instance: Option<String>, children: Children) -> Self {
         let reporter = Reporter {
             controller: MANAGER.to_string(),
             instance,
@@ -56,6 +56,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            children,
             failures: Mutex::default(),
         }
     }
@@ -76,36 +77,32 @@ pub async fn run(
     watches: Arc<WatchHealth>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let context = Arc::new(Context::new(client, instance));
+    let (children, writers) = Children::new();
+    let context = Arc::new(Context::new(client, instance, children));
     let client = watch_client;
     let config = watcher::Config::default().any_semantic();
     // Children carry the managed-by label: watching only those keeps the caches small in a busy cluster.
-    let children = config
+    let owned = config
         .clone()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    let controller = Controller::new(Api::<ChatSystem>::all(client.clone()), config.clone());
+    let mut controller = Controller::new(Api::<ChatSystem>::all(client.clone()), config.clone());
     let systems = controller.store();
+    for (kind, writer) in writers {
+        // One watch per kind both fills the reconcile's cache and wakes the owner on a change.
+        let resource = kind.api_resource();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let stream = watcher(api, owned.clone())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        controller = controller.owns_stream_with(stream, resource);
+    }
     controller
-        .owns(Api::<Secret>::all(client.clone()), children.clone())
         // The users' Secrets of external services: a change reaches the systems that read them. Each
         // event is mapped and dropped, so no Secret is cached.
-        .watches(Api::<Secret>::all(client.clone()), config, move |secret| {
+        .watches(Api::<Secret>::all(client), config, move |secret| {
             systems_reading(&secret, &systems.state())
         })
-        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-        .owns(Api::<Service>::all(client.clone()), children.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-        .owns(Api::<Job>::all(client.clone()), children.clone())
-        .owns(Api::<Deployment>::all(client.clone()), children.clone())
-        .owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            children.clone(),
-        )
-        .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            children.clone(),
-        )
-        .owns(Api::<Ingress>::all(client), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -188,7 +185,8 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         write_status(&ctx.client, cs, status).await?;
         return Ok(Action::await_change());
     }
-    let inputs = dereference(&ctx.client, cs, &namespace).await?;
+    ctx.children.synced().await?;
+    let inputs = dereference(&ctx.client, &ctx.children, cs, &namespace).await?;
     let valid = match manifests::validate(cs, &inputs) {
         Ok(valid) => valid,
         Err(invalid) => {
@@ -200,7 +198,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         }
     };
     let plan = manifests::build(&valid);
-    let outcome = carry_out(&ctx.client, cs, &namespace, &plan).await;
+    let outcome = carry_out(&ctx.client, &ctx.children, cs, &namespace, &plan).await;
     let mut failures: Vec<String> = plan.refused.clone();
     failures.extend(outcome.failures.iter().map(ToString::to_string));
     let status = status::observed(
@@ -226,13 +224,17 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
 }
 
 /// Reads the Secrets the resource refers to (existing credentials are reused, never regenerated),
-/// and the parts of its workloads that cannot simply be applied over: StatefulSets' claim templates,
-/// their claims' sizes, and who sets each Deployment's replica count.
-pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> Result<Inputs> {
+/// and, from the watches' caches, the parts of its workloads that cannot simply be applied over:
+/// StatefulSets' claim templates (and their claims' sizes, read when they may grow), who sets each
+/// Deployment's replica count, and which migration Jobs ran.
+pub async fn dereference(
+    client: &Client,
+    children: &Children,
+    cs: &ChatSystem,
+    namespace: &str,
+) -> Result<Inputs> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let mut inputs = Inputs::default();
     for service in BackingService::ALL {
         if let Some(external) = service.external(&cs.spec) {
@@ -265,9 +267,9 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
             inputs.credentials.insert(service, credentials);
         }
         let workload = service.workload_name(cs);
-        let Some(template) = sets
-            .get_opt(&workload)
-            .await?
+        let Some(template) = children
+            .get(ChildKind::StatefulSet, namespace, &workload)
+            .and_then(|set| typed::<StatefulSet>(&set))
             .and_then(|set| claim_template(&set))
         else {
             continue;
@@ -282,21 +284,21 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
         inputs.claim_templates.insert(service, template);
     }
     for component in ["api", "worker"] {
-        if let Some(deployment) = deployments
-            .get_opt(&format!("{}-{component}", cs.name_any()))
-            .await?
+        let name = format!("{}-{component}", cs.name_any());
+        if let Some(deployment) = children
+            .get(ChildKind::Deployment, namespace, &name)
+            .and_then(|d| typed::<Deployment>(&d))
         {
             inputs
                 .deployments
                 .insert(component, existing_deployment(&deployment));
         }
     }
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let migrations = ListParams::default().labels(&format!(
-        "{},app.kubernetes.io/component=migrate",
-        manifests::children_selector(cs)
-    ));
-    for job in jobs.list(&migrations).await? {
+    let migrations = children
+        .owned_by(ChildKind::Job, cs)
+        .into_iter()
+        .filter_map(|job| typed::<Job>(&job));
+    for job in migrations {
         let name = job.metadata.name.clone().unwrap_or_default();
         let status = job.status.unwrap_or_default();
         if status.succeeded.unwrap_or(0) > 0 {
@@ -311,6 +313,11 @@ pub async fn dereference(client: &Client, cs: &ChatSystem, namespace: &str) -> R
         }
     }
     Ok(inputs)
+}
+
+/// A cached object as its typed self; `None` for one the API server would not have sent.
+fn typed<K: serde::de::DeserializeOwned>(object: &DynamicObject) -> Option<K> {
+    serde_json::from_value(children::as_json(object)).ok()
 }
 
 fn secret_keys(secret: &Secret) -> BTreeSet<String> {
@@ -398,7 +405,13 @@ struct Outcome {
 
 /// Writes the whole plan. A failure of one object never stops the others: each is tried, and every
 /// failure is reported.
-async fn carry_out(client: &Client, cs: &ChatSystem, namespace: &str, plan: &Plan) -> Outcome {
+async fn carry_out(
+    client: &Client,
+    children: &Children,
+    cs: &ChatSystem,
+    namespace: &str,
+    plan: &Plan,
+) -> Outcome {
     let mut outcome = Outcome::default();
     let api = |kind: ChildKind| -> Api<DynamicObject> {
         Api::namespaced_with(client.clone(), namespace, &kind.api_resource())
@@ -434,6 +447,13 @@ async fn carry_out(client: &Client, cs: &ChatSystem, namespace: &str, plan: &Pla
             // Applying the labels of a Secret that could not be created would create it empty.
             continue;
         }
+        if let Some(live) = children.get(manifest.kind, namespace, manifest.name())
+            && children::applied(&live, &manifest.object)
+        {
+            // Already as configured: applying it again would be a write that changes nothing.
+            outcome.applied.push((manifest.kind, live.as_ref().clone()));
+            continue;
+        }
         match api(manifest.kind)
             .patch(manifest.name(), &params, &Patch::Apply(&manifest.object))
             .await
@@ -461,7 +481,7 @@ async fn carry_out(client: &Client, cs: &ChatSystem, namespace: &str, plan: &Pla
             });
         }
     }
-    if let Err(error) = delete_orphans(client, cs, namespace, plan).await {
+    if let Err(error) = delete_orphans(client, children, cs, namespace, plan).await {
         outcome.failures.push(ChildFailure {
             kind: "orphans of",
             name: cs.name_any(),
@@ -483,12 +503,11 @@ fn failure(manifest: &Manifest, error: kube::Error) -> ChildFailure {
 /// touched (a StatefulSet's claims follow its retention policy).
 async fn delete_orphans(
     client: &Client,
+    children: &Children,
     cs: &ChatSystem,
     namespace: &str,
     plan: &Plan,
 ) -> kube::Result<()> {
-    let uid = cs.uid();
-    let list = ListParams::default().labels(&manifests::children_selector(cs));
     for kind in ChildKind::ALL
         .into_iter()
         .filter(|k| k.deleted_when_orphaned())
@@ -507,13 +526,9 @@ async fn delete_orphans(
             .collect();
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), namespace, &kind.api_resource());
-        for existing in api.list(&list).await? {
-            let owned = existing
-                .owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == uid.as_ref());
+        for existing in children.owned_by(kind, cs) {
             let name = existing.name_any();
-            if owned && !wanted.contains(name.as_str()) {
+            if !wanted.contains(name.as_str()) {
                 info!(kind = ?kind, %name, %namespace, "deleting orphan");
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {}
@@ -547,7 +562,11 @@ async fn publish_transitions(ctx: &Context, cs: &ChatSystem, next: &ChatSystemSt
     }
 }
 
+/// Writes the status, unless it is the one already stored: a settled system's reconcile writes nothing.
 async fn write_status(client: &Client, cs: &ChatSystem, status: ChatSystemStatus) -> Result<()> {
+    if cs.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
     let namespace = cs
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(cs.name_any()))?;

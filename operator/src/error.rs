@@ -29,6 +29,8 @@ pub enum Error {
     Serve(std::io::Error),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
+    #[error("the watch of {0} objects has not listed them yet")]
+    NotSynced(&'static str),
     #[error("lost the leader lease to {0}")]
     LostLease(String),
     #[error("the API server did not answer a Lease call within {0:?}")]
@@ -38,7 +40,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) | Error::Config(_) => "kube",
+            Error::Kube(_) | Error::Config(_) | Error::NotSynced(_) => "kube",
             Error::Children(_) => "apply",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::MissingNamespace(_) => "missing_namespace",

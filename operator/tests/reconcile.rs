@@ -5,12 +5,13 @@
 
 mod common;
 
+use chatsys_operator::children::Children;
 use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::error::Error;
 use chatsys_operator::manifests::{self, ChildKind};
 use common::apiserver::{ApiServer, Call};
-use common::{fixture, fresh_inputs};
+use common::{children_of, fixture, fresh_inputs};
 use http::{Method, StatusCode};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -71,7 +72,11 @@ async fn reconcile(server: &ApiServer) -> Result<Action, Error> {
         .get(CHATSYSTEMS, "chat")
         .expect("the ChatSystem exists");
     let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
-    let context = Arc::new(Context::new(server.client(), None));
+    let context = Arc::new(Context::new(
+        server.client(),
+        None,
+        children_of(server, "team"),
+    ));
     tokio::time::timeout(
         Duration::from_secs(5),
         controller::reconcile(Arc::new(cs), context),
@@ -338,7 +343,7 @@ async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
     cs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         "2026-02-02T10:00:00Z".parse().expect("timestamp"),
     ));
-    let context = Arc::new(Context::new(server.client(), None));
+    let context = Arc::new(Context::new(server.client(), None, Children::new().0));
     let result = controller::reconcile(Arc::new(cs), context).await;
     assert_eq!(result.expect("reconciled"), Action::await_change());
     assert!(server.calls().is_empty());
@@ -458,7 +463,7 @@ async fn failures_back_off_exponentially_and_are_counted() {
     let server = ApiServer::new();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let context = Arc::new(Context::new(server.client(), None));
+    let context = Arc::new(Context::new(server.client(), None, Children::new().0));
     let resource = Arc::new(fixture("defaults"));
     let error = Error::MissingNamespace("chat".to_string());
     let delays: Vec<Action> = metrics::with_local_recorder(&recorder, || {
@@ -549,7 +554,10 @@ async fn credentials_an_earlier_operator_tied_to_the_resource_are_released() {
     let owner = json!([{ "apiVersion": "chatsys.io/v1alpha1", "kind": "ChatSystem", "name": "chat",
                          "uid": stored["metadata"]["uid"], "controller": true }]);
     let secret = json!({ "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": "chat-mysql-credentials", "namespace": "team", "ownerReferences": owner },
+        "metadata": { "name": "chat-mysql-credentials", "namespace": "team", "ownerReferences": owner,
+                      "labels": { "app.kubernetes.io/name": "chatsys", "app.kubernetes.io/instance": "chat",
+                                  "app.kubernetes.io/component": "mysql", "app.kubernetes.io/managed-by": "chatsys-operator",
+                                  "app.kubernetes.io/part-of": "chatsys", "app.kubernetes.io/version": chatsys_operator::crd::VERSION } },
         "stringData": { "username": "chatsys", "password": "old", "root-password": "old-root" } });
     let client = server.client();
     let secrets: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
@@ -823,4 +831,56 @@ fn a_secret_wakes_only_the_systems_that_read_it() {
         )]
     );
     assert!(controller::systems_reading(&secret("chat-mysql-credentials"), &systems).is_empty());
+}
+
+#[tokio::test]
+async fn a_settled_system_is_reconciled_without_a_write_and_a_pod_becoming_ready_only_updates_status()
+ {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    settle(&server).await.expect("reconciled");
+    reconcile(&server).await.expect("reconciled");
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(
+        writes(&server.calls()),
+        [],
+        "nothing changed, nothing written"
+    );
+
+    server.make_workloads_ready("team");
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    let calls = server.calls();
+    assert_eq!(
+        writes(&calls),
+        [
+            (Method::POST, EVENTS.to_string()),
+            (Method::PATCH, format!("{CHATSYSTEMS}/chat/status")),
+        ],
+        "the status and its Ready event, and nothing re-applied"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.path.starts_with(SECRETS) || c.is_write()),
+        "no kind is listed again: {:?}",
+        calls.iter().map(|c| &c.path).collect::<Vec<_>>()
+    );
+    assert_eq!(stored_status(&server)["phase"], "Ready");
+}
+
+#[tokio::test]
+async fn a_field_changed_by_hand_is_put_back() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    settle(&server).await.expect("reconciled");
+    let mut service = server.get(SERVICES, "chat-api").expect("Service");
+    service["spec"]["ports"][0]["port"] = json!(9999);
+    server.update(SERVICES, "chat-api", service);
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(
+        server.get(SERVICES, "chat-api").expect("Service")["spec"]["ports"][0]["port"],
+        8080
+    );
 }

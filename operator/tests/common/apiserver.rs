@@ -217,6 +217,17 @@ impl ApiServer {
         self.state().history.get(&key).cloned().unwrap_or_default()
     }
 
+    /// The objects of a collection, as a LIST would answer them.
+    pub fn objects(&self, collection: &str) -> Vec<Value> {
+        let state = self.state();
+        state
+            .objects
+            .iter()
+            .filter(|((c, _), _)| c == collection)
+            .map(|(key, object)| state.render(key, object))
+            .collect()
+    }
+
     /// Names of the objects of a collection.
     pub fn names(&self, collection: &str) -> Vec<String> {
         self.state()

@@ -3,6 +3,11 @@
 
 pub mod apiserver;
 
+use apiserver::ApiServer;
+use chatsys_operator::children::Children;
+use kube::api::DynamicObject;
+use kube::runtime::watcher::Event;
+
 use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::manifests::{self, ChildKind, Inputs, Manifest};
 use serde_json::Value;
@@ -79,4 +84,38 @@ pub fn has_env(container: &Value, name: &str) -> bool {
     container["env"]
         .as_array()
         .is_some_and(|env| env.iter().any(|e| e["name"] == name))
+}
+
+/// The path of a kind's collection in a namespace.
+pub fn collection(kind: ChildKind, namespace: &str) -> String {
+    let resource = kind.api_resource();
+    if resource.group.is_empty() {
+        format!(
+            "/api/{}/namespaces/{namespace}/{}",
+            resource.version, resource.plural
+        )
+    } else {
+        format!(
+            "/apis/{}/{}/namespaces/{namespace}/{}",
+            resource.group, resource.version, resource.plural
+        )
+    }
+}
+
+/// The operator's caches as its watches would fill them from what the server holds now.
+pub fn children_of(server: &ApiServer, namespace: &str) -> Children {
+    let (children, writers) = Children::new();
+    for (kind, mut writer) in writers {
+        writer.apply_watcher_event(&Event::Init);
+        for object in server.objects(&collection(kind, namespace)) {
+            let labels = &object["metadata"]["labels"];
+            if labels["app.kubernetes.io/managed-by"] != "chatsys-operator" {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(object).expect("an object");
+            writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+    }
+    children
 }
