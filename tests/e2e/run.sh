@@ -9,7 +9,8 @@
 #   7. run the black-box conformance suite against the API through the ingress (http://localhost);
 #   8. day two: turn the API's autoscaling off and on again (its replicas never fall below the
 #      minimum), kill the leader operator pod under a load of reads (the standby takes over, an edit is
-#      still applied, the API keeps answering), grow MySQL's volume on kind's non-expanding storage class (reported in the
+#      still applied, the API keeps answering), upgrade the operator to a build of the next version
+#      (the API and worker roll to that version's images by themselves), grow MySQL's volume on kind's non-expanding storage class (reported in the
 #      status, and the rest of the edit still applied);
 #   9. delete the ChatSystem: everything goes but MySQL's retained volume and its credentials; apply it
 #      again and find the data written before; delete it and what was kept, and check nothing is left.
@@ -386,6 +387,37 @@ check_volume_growth_is_reported() {
   log "a smaller volume is refused by the schema"
 }
 
+api_image_is() {
+  [[ "$(kubectl_ns get "deployment/$chatsystem-api" -o jsonpath='{.spec.template.spec.containers[0].image}')" == "$1" ]]
+}
+
+chatsystem_is_ready() {
+  kubectl_ns wait --for=condition=Ready "chatsystem/$chatsystem" --timeout=5s
+}
+
+# Builds the same sources as the next version (a copy with the workspace version bumped), upgrades
+# the operator's release to it, and waits for the API and worker to roll to that version's images:
+# the ChatSystem names no image, so it follows its operator.
+check_operator_upgrade() {
+  local version=$1 next="$1-e2e.1" copy="$work_dir/next"
+  log "building the next version, $next"
+  mkdir -p "$copy"
+  (cd "$repo_root" && git ls-files -z | xargs -0 cp --parents -t "$copy")
+  sed -i "0,/^version = \"$version\"/s//version = \"$next\"/" "$copy/Cargo.toml"
+  (cd "$copy" && cargo update --workspace --offline)
+  local target
+  for target in api worker operator; do
+    docker build --target "$target" --build-arg "VERSION=$next" -t "chatsys/chatsys-$target:$next" "$copy"
+  done
+  kind load docker-image --name "$cluster" "chatsys/chatsys-api:$next" "chatsys/chatsys-worker:$next" \
+    "chatsys/chatsys-operator:$next"
+  log "upgrading the operator to $next"
+  helm upgrade chatsys-operator "$repo_root/charts/chatsys-operator" --namespace "$operator_namespace" \
+    --set "image.tag=$next" --wait --timeout "${rollout_timeout}s"
+  wait_until "$ready_timeout" "the API runs chatsys/chatsys-api:$next" api_image_is "chatsys/chatsys-api:$next"
+  wait_until "$ready_timeout" "chatsystem/$chatsystem is Ready on $next" chatsystem_is_ready
+}
+
 api_is_gone() {
   ! kubectl_ns get "deployment/$chatsystem-api"
 }
@@ -448,6 +480,7 @@ main() {
   run_conformance_suite
   check_autoscaling_handover
   check_leader_failover
+  check_operator_upgrade "$version"
   check_delete_and_reapply
   check_volume_growth_is_reported
   check_deletion
