@@ -1,15 +1,33 @@
-//! The API and the worker: ConfigMaps, Deployments, the API Service, HorizontalPodAutoscalers,
-//! PodDisruptionBudgets and the optional Ingress.
+//! The API and the worker: ConfigMaps, the migration Job, Deployments, the API Service,
+//! HorizontalPodAutoscalers, PodDisruptionBudgets and the optional Ingress.
 
 use super::backing::{BackingService, MYSQL_DATABASE};
 use super::{
-    ChildKind, Inputs, Manifest, Plan, child_name, config_hash, container_security_context,
-    metadata, object, pod_security_context, secret_env, selector_labels, value_env,
-    with_pull_secrets,
+    Child, ChildKind, Inputs, Labels, Manifest, Plan, child_name, config_hash,
+    container_security_context, http_get, metadata, pod_security_context, probe, secret_env,
+    selector, selector_labels, value_env, with_pull_secrets,
 };
 use crate::crd::{Autoscaling, ChatSystem};
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde_json::{Value, json};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, PodSpec,
+    PodTemplateSpec, ResourceRequirements, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
 use std::collections::BTreeMap;
 
 pub const API_PORT: i32 = 8080;
@@ -25,31 +43,32 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     let api = Component::api(cs);
     let worker = Component::worker(cs);
     let migration = api.migration_job(cs);
+    let job_name = migration.metadata.name.clone().unwrap_or_default();
     // A new version's API and worker start only on a migrated schema: until the migration Job of this
     // version has succeeded, their Deployments stay as they are (or are not created yet).
-    let migrated = inputs.completed_migrations.contains(migration.name());
-    if inputs.failed_migrations.contains(migration.name()) {
+    let migrated = inputs.completed_migrations.contains(&job_name);
+    if inputs.failed_migrations.contains(&job_name) {
         plan.refused.push(format!(
-            "Job {}: the schema migration failed (kubectl logs job/{}); the running version stays",
-            migration.name(),
-            migration.name()
+            "Job {job_name}: the schema migration failed (kubectl logs job/{job_name}); the running version stays"
         ));
     } else if !migrated {
         plan.waiting_for
-            .push(format!("the schema migration (Job {})", migration.name()));
+            .push(format!("the schema migration (Job {job_name})"));
     }
-    plan.children.push(migration);
+    plan.children.push(Child::Job(migration).into());
     for component in [&api, &worker] {
-        plan.children.push(component.config_map(cs));
-        let deployment = component.deployment(cs, inputs);
+        plan.children
+            .push(Child::ConfigMap(component.config_map(cs)).into());
         if migrated {
-            plan.children.push(deployment);
+            plan.children
+                .push(Child::Deployment(component.deployment(cs, inputs)).into());
         } else {
             plan.held
-                .push((ChildKind::Deployment, deployment.name().to_string()));
+                .push((ChildKind::Deployment, component.object_name(cs)));
         }
         if component.autoscaling.enabled {
-            plan.children.push(component.autoscaler(cs));
+            plan.children
+                .push(Child::HorizontalPodAutoscaler(component.autoscaler(cs)).into());
             if let Some(existing) = inputs.deployments.get(component.name)
                 && existing.replicas_applied_by_operator
             {
@@ -57,11 +76,12 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
                     .push(component.replicas_handover(cs, existing.replicas));
             }
         }
-        plan.children.push(component.disruption_budget(cs));
+        plan.children
+            .push(Child::PodDisruptionBudget(component.disruption_budget(cs)).into());
     }
-    plan.children.push(api_service(cs));
+    plan.children.push(Child::Service(api_service(cs)).into());
     if cs.spec.api.ingress.enabled {
-        plan.children.push(ingress(cs));
+        plan.children.push(Child::Ingress(ingress(cs)).into());
     }
 }
 
@@ -74,7 +94,7 @@ struct Component<'a> {
     replicas: i32,
     resources: &'a ResourceRequirements,
     autoscaling: &'a Autoscaling,
-    settings: Value,
+    settings: BTreeMap<String, String>,
 }
 
 impl<'a> Component<'a> {
@@ -96,24 +116,14 @@ impl<'a> Component<'a> {
         let worker = &cs.spec.worker;
         let mut settings = common_settings(cs);
         let batch = &worker.batch;
-        settings.as_object_mut().expect("settings").extend([
-            (
-                "CHATSYS_BATCH_SIZE".to_string(),
-                json!(batch.size.to_string()),
-            ),
-            (
-                "CHATSYS_BATCH_WAIT_MS".to_string(),
-                json!(batch.wait_ms.to_string()),
-            ),
-            (
-                "CHATSYS_PREFETCH".to_string(),
-                json!(batch.prefetch.to_string()),
-            ),
-            (
-                "CHATSYS_MAX_ATTEMPTS".to_string(),
-                json!(batch.max_attempts.to_string()),
-            ),
-        ]);
+        for (name, value) in [
+            ("CHATSYS_BATCH_SIZE", batch.size),
+            ("CHATSYS_BATCH_WAIT_MS", batch.wait_ms),
+            ("CHATSYS_PREFETCH", batch.prefetch),
+            ("CHATSYS_MAX_ATTEMPTS", batch.max_attempts),
+        ] {
+            settings.insert(name.to_string(), value.to_string());
+        }
         Component {
             name: "worker",
             binary: "/usr/local/bin/chatsys-worker",
@@ -130,34 +140,41 @@ impl<'a> Component<'a> {
         child_name(cs, self.name)
     }
 
-    fn config_map(&self, cs: &ChatSystem) -> Manifest {
-        object(
-            ChildKind::ConfigMap,
-            metadata(cs, &self.object_name(cs), self.name),
-            json!({ "data": self.settings }),
-        )
+    fn config_map(&self, cs: &ChatSystem) -> ConfigMap {
+        ConfigMap {
+            metadata: metadata(cs, &self.object_name(cs), self.name),
+            data: Some(self.settings.clone()),
+            ..ConfigMap::default()
+        }
     }
 
-    fn container(&self, cs: &ChatSystem, name: &str, subcommand: Option<&str>) -> Value {
-        let mut container = json!({
-            "name": name,
-            "image": self.image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": [self.binary],
-            "envFrom": [{ "configMapRef": { "name": self.object_name(cs) } }],
-            "env": connection_env(cs),
-            "resources": self.resources,
-            "securityContext": container_security_context(true),
-        });
-        if let Some(subcommand) = subcommand {
-            container["args"] = json!([subcommand]);
+    fn container(&self, cs: &ChatSystem, name: &str, subcommand: Option<&str>) -> Container {
+        Container {
+            name: name.to_string(),
+            image: Some(self.image.clone()),
+            image_pull_policy: Some("IfNotPresent".to_string()),
+            command: Some(vec![self.binary.to_string()]),
+            args: subcommand.map(|s| vec![s.to_string()]),
+            env_from: Some(vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: self.object_name(cs),
+                    ..ConfigMapEnvSource::default()
+                }),
+                ..EnvFromSource::default()
+            }]),
+            env: Some(connection_env(cs)),
+            resources: Some(self.resources.clone()),
+            security_context: Some(container_security_context(true)),
+            ..Container::default()
         }
-        container
     }
 
     /// Hashes of what the pods read at start: a change of either rolls them.
-    fn pod_annotations(&self, cs: &ChatSystem, inputs: &Inputs) -> Value {
-        let mut annotations = json!({ "chatsys.io/config-hash": config_hash(&self.settings) });
+    fn pod_annotations(&self, cs: &ChatSystem, inputs: &Inputs) -> BTreeMap<String, String> {
+        let mut annotations = BTreeMap::from([(
+            "chatsys.io/config-hash".to_string(),
+            config_hash(&self.settings),
+        )]);
         let external: BTreeMap<&str, &str> = BackingService::ALL
             .into_iter()
             .filter_map(|service| service.external(&cs.spec))
@@ -167,153 +184,181 @@ impl<'a> Component<'a> {
             })
             .collect();
         if !external.is_empty() {
-            annotations["chatsys.io/external-secrets-hash"] = json!(config_hash(&json!(external)));
+            annotations.insert(
+                "chatsys.io/external-secrets-hash".to_string(),
+                config_hash(&external),
+            );
         }
         annotations
     }
 
-    fn deployment(&self, cs: &ChatSystem, inputs: &Inputs) -> Manifest {
+    fn deployment(&self, cs: &ChatSystem, inputs: &Inputs) -> Deployment {
         // The worker has no subcommands; the API's default is `serve`, named here for clarity.
         let subcommand = (self.name == "api").then_some("serve");
-        let mut container = self.container(cs, self.name, subcommand);
-        let probe = |path: &str, failures: i32| {
-            json!({
-                "httpGet": { "path": path, "port": "http" },
-                "periodSeconds": 10,
-                "timeoutSeconds": 3,
-                "failureThreshold": failures,
-            })
-        };
         // `/healthz` answers as soon as the process listens, before it has reached its backing
         // services; the startup probe holds liveness off until then, and `/readyz` says what it awaits.
-        let extra = json!({
-            "ports": [{ "name": "http", "containerPort": self.port }],
-            "startupProbe": {
-                "httpGet": { "path": "/healthz", "port": "http" },
-                "periodSeconds": 2,
-                "timeoutSeconds": 3,
-                "failureThreshold": 30,
-            },
-            "readinessProbe": probe("/readyz", 3),
-            "livenessProbe": probe("/healthz", 6),
-        });
-        container
-            .as_object_mut()
-            .expect("container")
-            .extend(extra.as_object().expect("object").clone());
+        let container = Container {
+            ports: Some(vec![ContainerPort {
+                name: Some("http".to_string()),
+                container_port: self.port,
+                ..ContainerPort::default()
+            }]),
+            startup_probe: Some(probe(http_get("/healthz", "http"), 2, 3, 30)),
+            readiness_probe: Some(probe(http_get("/readyz", "http"), 10, 3, 3)),
+            liveness_probe: Some(probe(http_get("/healthz", "http"), 10, 3, 6)),
+            ..self.container(cs, self.name, subcommand)
+        };
         let pod_spec = with_pull_secrets(
             cs,
-            json!({
-                "securityContext": pod_security_context(APP_UID),
-                "containers": [container],
-            }),
-        );
-        let mut spec = json!({
-            "selector": { "matchLabels": selector_labels(cs, self.name) },
-            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
-            "template": {
-                "metadata": {
-                    "labels": super::labels(cs, self.name),
-                    "annotations": self.pod_annotations(cs, inputs),
-                },
-                "spec": pod_spec,
+            PodSpec {
+                security_context: Some(pod_security_context(APP_UID)),
+                containers: vec![container],
+                ..PodSpec::default()
             },
-        });
-        // With autoscaling the HPA owns the replica count; applying one here would fight it. When the
-        // operator stops applying it, `replicas_handover` keeps the count from falling to the default.
-        if !self.autoscaling.enabled {
-            spec["replicas"] = json!(self.replicas);
+        );
+        Deployment {
+            metadata: metadata(cs, &self.object_name(cs), self.name),
+            spec: DeploymentSpec {
+                // With autoscaling the HPA owns the replica count; applying one here would fight it.
+                // When the operator stops applying it, `replicas_handover` keeps the count from
+                // falling to the default.
+                replicas: (!self.autoscaling.enabled).then_some(self.replicas),
+                selector: selector(selector_labels(cs, self.name)),
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_string()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::String("25%".to_string())),
+                    }),
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(super::labels(cs, self.name)),
+                        annotations: Some(self.pod_annotations(cs, inputs)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(pod_spec),
+                },
+                ..DeploymentSpec::default()
+            },
+            ..Deployment::default()
         }
-        object(
-            ChildKind::Deployment,
-            metadata(cs, &self.object_name(cs), self.name),
-            json!({ "spec": spec }),
-        )
     }
 
-    /// The replica count alone, applied by [`super::HANDOVER_MANAGER`] before the operator's own configuration
-    /// drops it: the count then has an owner until the autoscaler takes it, as server-side apply's
-    /// ownership transfer prescribes.
+    /// The replica count alone, applied by [`super::HANDOVER_MANAGER`] before the operator's own
+    /// configuration drops it: the count then has an owner until the autoscaler takes it, as
+    /// server-side apply's ownership transfer prescribes. A partial configuration, which a typed
+    /// Deployment (with its required selector and template) cannot express.
     fn replicas_handover(&self, cs: &ChatSystem, replicas: i32) -> Manifest {
-        Manifest::new(
-            ChildKind::Deployment,
-            json!({
+        Manifest {
+            kind: ChildKind::Deployment,
+            object: json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": { "name": self.object_name(cs), "namespace": super::namespace(cs) },
                 "spec": { "replicas": replicas },
             }),
-        )
+        }
     }
 
     /// `chatsys-api migrate` once per version: a Job named after a hash of its pod template, since a
     /// Job's template cannot change. The migration takes a MySQL lock and waits for MySQL to answer,
     /// so it neither races another run nor fails on a database still starting.
-    fn migration_job(&self, cs: &ChatSystem) -> Manifest {
-        let template = json!({
-            "metadata": { "labels": super::labels(cs, "migrate") },
-            "spec": with_pull_secrets(cs, json!({
-                "securityContext": pod_security_context(APP_UID),
-                "restartPolicy": "OnFailure",
-                "containers": [self.container(cs, "migrate", Some("migrate"))],
-            })),
-        });
+    fn migration_job(&self, cs: &ChatSystem) -> Job {
+        let template = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(super::labels(cs, "migrate")),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(with_pull_secrets(
+                cs,
+                PodSpec {
+                    security_context: Some(pod_security_context(APP_UID)),
+                    restart_policy: Some("OnFailure".to_string()),
+                    containers: vec![self.container(cs, "migrate", Some("migrate"))],
+                    ..PodSpec::default()
+                },
+            )),
+        };
         let name = child_name(cs, &format!("migrate-{}", &config_hash(&template)[..8]));
-        object(
-            ChildKind::Job,
-            metadata(cs, &name, "migrate"),
-            json!({ "spec": { "backoffLimit": 6, "template": template } }),
-        )
+        Job {
+            metadata: metadata(cs, &name, "migrate"),
+            spec: Some(JobSpec {
+                backoff_limit: Some(6),
+                template,
+                ..JobSpec::default()
+            }),
+            ..Job::default()
+        }
     }
 
-    fn autoscaler(&self, cs: &ChatSystem) -> Manifest {
+    fn autoscaler(&self, cs: &ChatSystem) -> HorizontalPodAutoscaler {
         let autoscaling = self.autoscaling;
-        object(
-            ChildKind::HorizontalPodAutoscaler,
-            metadata(cs, &self.object_name(cs), self.name),
-            json!({ "spec": {
-                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": self.object_name(cs) },
-                "minReplicas": autoscaling.min_replicas,
-                "maxReplicas": autoscaling.max_replicas,
-                "metrics": [{
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": { "type": "Utilization", "averageUtilization": autoscaling.target_cpu_utilization_percentage },
-                    },
-                }],
-            }}),
-        )
+        HorizontalPodAutoscaler {
+            metadata: metadata(cs, &self.object_name(cs), self.name),
+            spec: HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("apps/v1".to_string()),
+                    kind: "Deployment".to_string(),
+                    name: self.object_name(cs),
+                },
+                min_replicas: Some(autoscaling.min_replicas),
+                max_replicas: autoscaling.max_replicas,
+                metrics: Some(vec![MetricSpec {
+                    type_: "Resource".to_string(),
+                    resource: Some(ResourceMetricSource {
+                        name: "cpu".to_string(),
+                        target: MetricTarget {
+                            type_: "Utilization".to_string(),
+                            average_utilization: Some(
+                                autoscaling.target_cpu_utilization_percentage,
+                            ),
+                            ..MetricTarget::default()
+                        },
+                    }),
+                    ..MetricSpec::default()
+                }]),
+                ..HorizontalPodAutoscalerSpec::default()
+            },
+            ..HorizontalPodAutoscaler::default()
+        }
     }
 
-    fn disruption_budget(&self, cs: &ChatSystem) -> Manifest {
-        object(
-            ChildKind::PodDisruptionBudget,
-            metadata(cs, &self.object_name(cs), self.name),
-            json!({ "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector_labels(cs, self.name) } } }),
-        )
+    fn disruption_budget(&self, cs: &ChatSystem) -> PodDisruptionBudget {
+        PodDisruptionBudget {
+            metadata: metadata(cs, &self.object_name(cs), self.name),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(selector(selector_labels(cs, self.name))),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        }
     }
 }
 
 /// Settings shared by the API and the worker that are not secret.
-fn common_settings(cs: &ChatSystem) -> Value {
-    let mut settings = json!({
+fn common_settings(cs: &ChatSystem) -> BTreeMap<String, String> {
+    let mut settings = BTreeMap::from([
         // The migration Job migrates once per version; replicas must not each migrate at start.
-        "CHATSYS_MIGRATE": "false",
-        "CHATSYS_LOG_FORMAT": "json",
-    });
+        ("CHATSYS_MIGRATE".to_string(), "false".to_string()),
+        ("CHATSYS_LOG_FORMAT".to_string(), "json".to_string()),
+    ]);
     if cs.spec.opensearch.external.is_none() {
-        settings["OPENSEARCH_URL"] = json!(format!(
-            "http://{}:{}",
-            BackingService::Opensearch.workload_name(cs),
-            BackingService::Opensearch.port()
-        ));
+        settings.insert(
+            "OPENSEARCH_URL".to_string(),
+            format!(
+                "http://{}:{}",
+                BackingService::Opensearch.workload_name(cs),
+                BackingService::Opensearch.port()
+            ),
+        );
     }
     settings
 }
 
 /// Connection URLs: whole from the user's Secret for an external service, otherwise composed from the
 /// generated credentials with `$(VAR)` expansion (each variable declared before the URL that uses it).
-fn connection_env(cs: &ChatSystem) -> Vec<Value> {
+fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
     let mut env = Vec::new();
     for (service, url_var) in [
         (BackingService::Mysql, "DATABASE_URL"),
@@ -358,42 +403,66 @@ fn connection_env(cs: &ChatSystem) -> Vec<Value> {
     env
 }
 
-fn api_service(cs: &ChatSystem) -> Manifest {
-    object(
-        ChildKind::Service,
-        metadata(cs, &api_name(cs), "api"),
-        json!({ "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(cs, "api"),
-            "ports": [{ "name": "http", "port": API_PORT, "targetPort": "http" }],
-        }}),
-    )
+fn api_service(cs: &ChatSystem) -> Service {
+    Service {
+        metadata: metadata(cs, &api_name(cs), "api"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(cs, "api")),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_string()),
+                port: API_PORT,
+                target_port: Some(IntOrString::String("http".to_string())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
-fn ingress(cs: &ChatSystem) -> Manifest {
+fn ingress(cs: &ChatSystem) -> Ingress {
     let ingress = &cs.spec.api.ingress;
     let host = ingress.host.clone().unwrap_or_default();
-    let mut spec = json!({
-        "rules": [{
-            "host": host,
-            "http": { "paths": [{
-                "path": "/",
-                "pathType": "Prefix",
-                "backend": { "service": { "name": api_name(cs), "port": { "number": API_PORT } } },
-            }]},
-        }],
-    });
-    if let Some(class) = &ingress.class_name {
-        spec["ingressClassName"] = json!(class);
-    }
-    if let Some(tls) = &ingress.tls_secret_name {
-        spec["tls"] = json!([{ "hosts": [host], "secretName": tls }]);
-    }
     let mut metadata = metadata(cs, &api_name(cs), "api");
     // ingress-nginx refuses bodies over 1 MiB with its own HTML 413; let the API answer its own limit.
-    metadata["annotations"] =
-        json!({ "nginx.ingress.kubernetes.io/proxy-body-size": INGRESS_BODY_LIMIT });
-    object(ChildKind::Ingress, metadata, json!({ "spec": spec }))
+    metadata.annotations = Some(Labels::from([(
+        "nginx.ingress.kubernetes.io/proxy-body-size".to_string(),
+        INGRESS_BODY_LIMIT.to_string(),
+    )]));
+    Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: ingress.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".to_string()),
+                        path_type: "Prefix".to_string(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: api_name(cs),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(API_PORT),
+                                    ..ServiceBackendPort::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            tls: ingress.tls_secret_name.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(vec![host]),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    }
 }
 
 /// Above the API's default request limit (1 MiB), so requests just over it reach the API.

@@ -2,19 +2,29 @@
 //! without its security plugin inside the cluster) one credentials Secret each.
 
 use super::{
-    ChildKind, ClaimTemplate, Credentials, Expansion, Inputs, Manifest, Plan, child_name,
-    container_security_context, metadata, object, parse_bytes, pod_security_context, secret_env,
-    selector_labels, stable_labels, value_env, with_pull_secrets,
+    Child, ClaimTemplate, Credentials, Expansion, Inputs, Plan, child_name,
+    container_security_context, http_get, metadata, parse_bytes, pod_security_context, probe,
+    secret_env, selector, selector_labels, stable_labels, value_env, with_pull_secrets,
 };
 use crate::crd::{
     BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, ServiceDefaults,
 };
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSpec, PodTemplateSpec, Probe, Secret, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    VolumeMount, VolumeResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use serde_json::{Value, json};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 pub const MYSQL_DATABASE: &str = "chatsys";
+const RABBITMQ_MANAGEMENT_PORT: i32 = 15672;
 const MIB: f64 = 1024.0 * 1024.0;
 /// OpenSearch refuses to start usefully below this heap.
 const MIN_OPENSEARCH_MEMORY_MIB: u64 = 512;
@@ -45,12 +55,12 @@ impl BackingService {
     }
 
     /// This service's part of the spec, whatever its defaults type.
-    pub fn spec(self, spec: &ChatSystemSpec) -> ServiceSpec<'_> {
+    pub fn spec(self, spec: &ChatSystemSpec) -> ServiceSettings<'_> {
         match self {
-            BackingService::Mysql => ServiceSpec::of(&spec.mysql),
-            BackingService::Redis => ServiceSpec::of(&spec.redis),
-            BackingService::Rabbitmq => ServiceSpec::of(&spec.rabbitmq),
-            BackingService::Opensearch => ServiceSpec::of(&spec.opensearch),
+            BackingService::Mysql => ServiceSettings::of(&spec.mysql),
+            BackingService::Redis => ServiceSettings::of(&spec.redis),
+            BackingService::Rabbitmq => ServiceSettings::of(&spec.rabbitmq),
+            BackingService::Opensearch => ServiceSettings::of(&spec.opensearch),
         }
     }
 
@@ -105,7 +115,7 @@ impl BackingService {
 }
 
 /// The fields of a `BackingServiceSpec`, without its defaults type parameter.
-pub struct ServiceSpec<'a> {
+pub struct ServiceSettings<'a> {
     pub image: &'a str,
     pub resources: &'a ResourceRequirements,
     pub storage_size: &'a Quantity,
@@ -114,9 +124,9 @@ pub struct ServiceSpec<'a> {
     pub external: Option<&'a ExternalService>,
 }
 
-impl<'a> ServiceSpec<'a> {
+impl<'a> ServiceSettings<'a> {
     fn of<D: ServiceDefaults>(spec: &'a BackingServiceSpec<D>) -> Self {
-        ServiceSpec {
+        ServiceSettings {
             image: &spec.image,
             resources: &spec.resources,
             storage_size: &spec.storage.size,
@@ -150,38 +160,44 @@ pub fn opensearch_heap_mib(resources: &ResourceRequirements) -> Result<u64, Stri
 
 pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &mut Plan) {
     let name = service.credentials_secret(cs);
-    match inputs.credentials.get(&service) {
-        Some(Credentials::Generated(values)) => plan.new_credentials.push(Manifest::new(
-            ChildKind::Secret,
-            json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": name, "namespace": super::namespace(cs) },
-                "type": "Opaque",
-                "stringData": values,
-            }),
-        )),
-        Some(Credentials::Existing { .. }) => {}
-        None => {}
+    if let Some(Credentials::Generated(values)) = inputs.credentials.get(&service) {
+        plan.new_credentials.push(
+            Child::Secret(Secret {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    namespace: Some(super::namespace(cs)),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("Opaque".to_string()),
+                string_data: Some(values.clone()),
+                ..Secret::default()
+            })
+            .into(),
+        );
     }
     if inputs.credentials.contains_key(&service) {
-        plan.children.push(credentials_metadata(cs, service));
+        plan.children
+            .push(Child::Secret(credentials_metadata(cs, service)).into());
     }
-    plan.children.push(headless_service(cs, service));
+    plan.children
+        .push(Child::Service(headless_service(cs, service)).into());
     let claim = claim_template(cs, service, inputs, plan);
-    plan.children.push(stateful_set(cs, service, &claim));
+    plan.children
+        .push(Child::StatefulSet(stateful_set(cs, service, &claim)).into());
 }
 
 /// The credentials Secret's labels, and its owner: the ChatSystem only when the volume goes with it.
 /// Credentials live exactly as long as the data they open, so deleting and re-applying a ChatSystem
 /// whose volumes were kept finds both again. The values are never applied: they were created once.
-fn credentials_metadata(cs: &ChatSystem, service: BackingService) -> Manifest {
+fn credentials_metadata(cs: &ChatSystem, service: BackingService) -> Secret {
     let mut metadata = metadata(cs, &service.credentials_secret(cs), service.name());
-    if !service.spec(&cs.spec).delete_claims_on_removal
-        && let Some(metadata) = metadata.as_object_mut()
-    {
-        metadata.remove("ownerReferences");
+    if !service.spec(&cs.spec).delete_claims_on_removal {
+        metadata.owner_references = None;
     }
-    object(ChildKind::Secret, metadata, json!({}))
+    Secret {
+        metadata,
+        ..Secret::default()
+    }
 }
 
 /// The claim template to apply: the existing one where the StatefulSet exists, since Kubernetes
@@ -230,158 +246,223 @@ fn claim_template(
     existing.clone()
 }
 
-fn headless_service(cs: &ChatSystem, service: BackingService) -> Manifest {
-    let mut ports = vec![
-        json!({ "name": service.name(), "port": service.port(), "targetPort": service.name() }),
-    ];
-    if service == BackingService::Rabbitmq {
-        ports.push(json!({ "name": "management", "port": 15672, "targetPort": "management" }));
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::String(name.to_string())),
+        ..ServicePort::default()
     }
-    object(
-        ChildKind::Service,
-        metadata(cs, &service.workload_name(cs), service.name()),
-        json!({ "spec": {
-            "clusterIP": "None",
-            "selector": selector_labels(cs, service.name()),
-            "ports": ports,
-        }}),
-    )
 }
 
-fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate) -> Manifest {
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        ..ContainerPort::default()
+    }
+}
+
+fn headless_service(cs: &ChatSystem, service: BackingService) -> Service {
+    let mut ports = vec![service_port(service.name(), service.port())];
+    if service == BackingService::Rabbitmq {
+        ports.push(service_port("management", RABBITMQ_MANAGEMENT_PORT));
+    }
+    Service {
+        metadata: metadata(cs, &service.workload_name(cs), service.name()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            selector: Some(selector_labels(cs, service.name())),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate) -> StatefulSet {
     let settings = service.spec(&cs.spec);
     let name = service.workload_name(cs);
-    let mut container = json!({
-        "name": service.name(),
-        "image": settings.image,
-        "imagePullPolicy": "IfNotPresent",
-        "resources": settings.resources,
-        "securityContext": container_security_context(false),
-        "volumeMounts": [{ "name": "data", "mountPath": service.data_path() }],
-    });
-    let specifics = container_specifics(cs, service);
-    container
-        .as_object_mut()
-        .expect("container")
-        .extend(specifics.as_object().expect("object").clone());
-
-    let mut claim_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": claim.size } },
-    });
-    if let Some(class) = &claim.storage_class_name {
-        claim_spec["storageClassName"] = json!(class);
-    }
+    let container = Container {
+        name: service.name().to_string(),
+        image: Some(settings.image.to_string()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        resources: Some(settings.resources.clone()),
+        security_context: Some(container_security_context(false)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_string(),
+            mount_path: service.data_path().to_string(),
+            ..VolumeMount::default()
+        }]),
+        ..container_specifics(cs, service)
+    };
     let claim_policy = if settings.delete_claims_on_removal {
         "Delete"
     } else {
         "Retain"
     };
-    object(
-        ChildKind::StatefulSet,
-        metadata(cs, &name, service.name()),
-        json!({ "spec": {
-            "replicas": 1,
-            "serviceName": name,
-            "selector": { "matchLabels": selector_labels(cs, service.name()) },
-            "persistentVolumeClaimRetentionPolicy": { "whenDeleted": claim_policy, "whenScaled": "Retain" },
-            "template": {
-                "metadata": { "labels": stable_labels(cs, service.name()) },
-                "spec": with_pull_secrets(cs, json!({
-                    "securityContext": pod_security_context(service.uid()),
-                    "containers": [container],
-                })),
+    StatefulSet {
+        metadata: metadata(cs, &name, service.name()),
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(name),
+            selector: selector(selector_labels(cs, service.name())),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(claim_policy.to_string()),
+                    when_scaled: Some("Retain".to_string()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(stable_labels(cs, service.name())),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(with_pull_secrets(
+                    cs,
+                    PodSpec {
+                        security_context: Some(pod_security_context(service.uid())),
+                        containers: vec![container],
+                        ..PodSpec::default()
+                    },
+                )),
             },
-            "volumeClaimTemplates": [{
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": { "name": "data", "labels": stable_labels(cs, service.name()) },
-                "spec": claim_spec,
-            }],
-        }}),
-    )
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".to_string()),
+                    labels: Some(stable_labels(cs, service.name())),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            claim.size.clone(),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    storage_class_name: claim.storage_class_name.clone(),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
 }
 
-fn exec_probe(command: &str, period: i32, timeout: i32, failures: i32) -> Value {
-    json!({
-        "exec": { "command": ["sh", "-c", command] },
-        "periodSeconds": period,
-        "timeoutSeconds": timeout,
-        "failureThreshold": failures,
-    })
+fn exec_probe(command: &str, period: i32, timeout: i32, failures: i32) -> Probe {
+    let action = Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                command.to_string(),
+            ]),
+        }),
+        ..Probe::default()
+    };
+    probe(action, period, timeout, failures)
 }
 
-fn tcp_probe(port: &str, period: i32, failures: i32) -> Value {
-    json!({ "tcpSocket": { "port": port }, "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures })
+fn tcp_probe(port: &str, period: i32, failures: i32) -> Probe {
+    let action = Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String(port.to_string()),
+            ..TCPSocketAction::default()
+        }),
+        ..Probe::default()
+    };
+    probe(action, period, 5, failures)
 }
 
 /// Env, ports, arguments and probes particular to each service. A startup probe gives a first start
 /// (initialising the data directory) time before liveness counts.
-fn container_specifics(cs: &ChatSystem, service: BackingService) -> Value {
+fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
     let secret = service.credentials_secret(cs);
-    let port = json!([{ "name": service.name(), "containerPort": service.port() }]);
+    let ports = Some(vec![container_port(service.name(), service.port())]);
     match service {
-        BackingService::Mysql => json!({
-            "env": [
+        BackingService::Mysql => Container {
+            env: Some(vec![
                 secret_env("MYSQL_ROOT_PASSWORD", &secret, "root-password"),
                 secret_env("MYSQL_USER", &secret, "username"),
                 secret_env("MYSQL_PASSWORD", &secret, "password"),
                 value_env("MYSQL_DATABASE", MYSQL_DATABASE),
-            ],
-            "ports": port,
-            "startupProbe": exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 30),
-            "livenessProbe": exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 3),
-            "readinessProbe": exec_probe(
-                "MYSQL_PWD=\"$MYSQL_ROOT_PASSWORD\" mysql -h 127.0.0.1 -u root -e 'SELECT 1'", 10, 5, 3),
-        }),
-        BackingService::Redis => json!({
-            "command": ["redis-server"],
-            "args": ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"],
-            "env": [
+            ]),
+            ports,
+            startup_probe: Some(exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 30)),
+            liveness_probe: Some(exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 3)),
+            readiness_probe: Some(exec_probe(
+                "MYSQL_PWD=\"$MYSQL_ROOT_PASSWORD\" mysql -h 127.0.0.1 -u root -e 'SELECT 1'",
+                10,
+                5,
+                3,
+            )),
+            ..Container::default()
+        },
+        BackingService::Redis => Container {
+            command: Some(vec!["redis-server".to_string()]),
+            args: Some(
+                ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            env: Some(vec![
                 secret_env("REDIS_PASSWORD", &secret, "password"),
                 secret_env("REDISCLI_AUTH", &secret, "password"),
-            ],
-            "ports": port,
-            "startupProbe": tcp_probe(service.name(), 5, 30),
-            "livenessProbe": exec_probe("redis-cli ping", 10, 5, 3),
-            "readinessProbe": exec_probe("redis-cli ping | grep -q PONG", 10, 5, 3),
-        }),
-        BackingService::Rabbitmq => json!({
-            "env": [
+            ]),
+            ports,
+            startup_probe: Some(tcp_probe(service.name(), 5, 30)),
+            liveness_probe: Some(exec_probe("redis-cli ping", 10, 5, 3)),
+            readiness_probe: Some(exec_probe("redis-cli ping | grep -q PONG", 10, 5, 3)),
+            ..Container::default()
+        },
+        BackingService::Rabbitmq => Container {
+            env: Some(vec![
                 secret_env("RABBITMQ_DEFAULT_USER", &secret, "username"),
                 secret_env("RABBITMQ_DEFAULT_PASS", &secret, "password"),
-            ],
-            "ports": [
-                { "name": service.name(), "containerPort": service.port() },
-                { "name": "management", "containerPort": 15672 },
-            ],
-            "startupProbe": exec_probe("rabbitmq-diagnostics -q ping", 10, 20, 30),
-            "livenessProbe": exec_probe("rabbitmq-diagnostics -q status", 30, 20, 3),
-            "readinessProbe": exec_probe("rabbitmq-diagnostics -q check_port_connectivity", 10, 20, 3),
-        }),
+            ]),
+            ports: Some(vec![
+                container_port(service.name(), service.port()),
+                container_port("management", RABBITMQ_MANAGEMENT_PORT),
+            ]),
+            startup_probe: Some(exec_probe("rabbitmq-diagnostics -q ping", 10, 20, 30)),
+            liveness_probe: Some(exec_probe("rabbitmq-diagnostics -q status", 30, 20, 3)),
+            readiness_probe: Some(exec_probe(
+                "rabbitmq-diagnostics -q check_port_connectivity",
+                10,
+                20,
+                3,
+            )),
+            ..Container::default()
+        },
         BackingService::Opensearch => {
             // `validate` refused a limit the heap cannot be sized from.
             let heap = opensearch_heap_mib(&cs.spec.opensearch.resources)
                 .unwrap_or(MIN_OPENSEARCH_MEMORY_MIB / 2);
-            json!({
-                "env": [
+            Container {
+                env: Some(vec![
                     value_env("discovery.type", "single-node"),
                     value_env("DISABLE_SECURITY_PLUGIN", "true"),
                     value_env("DISABLE_INSTALL_DEMO_CONFIG", "true"),
-                    // Without mmap the node does not need vm.max_map_count raised, so no privileged init container.
+                    // Without mmap the node does not need vm.max_map_count raised, so no privileged
+                    // init container.
                     value_env("node.store.allow_mmap", "false"),
                     value_env("OPENSEARCH_JAVA_OPTS", &format!("-Xms{heap}m -Xmx{heap}m")),
-                ],
-                "ports": port,
-                "startupProbe": tcp_probe(service.name(), 10, 30),
-                "livenessProbe": tcp_probe(service.name(), 10, 3),
-                "readinessProbe": {
-                    "httpGet": { "path": "/_cluster/health?local=true", "port": service.name() },
-                    "periodSeconds": 10,
-                    "timeoutSeconds": 5,
-                    "failureThreshold": 3,
-                },
-            })
+                ]),
+                ports,
+                startup_probe: Some(tcp_probe(service.name(), 10, 30)),
+                liveness_probe: Some(tcp_probe(service.name(), 10, 3)),
+                readiness_probe: Some(probe(
+                    http_get("/_cluster/health?local=true", service.name()),
+                    10,
+                    5,
+                    3,
+                )),
+                ..Container::default()
+            }
         }
     }
 }

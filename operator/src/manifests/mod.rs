@@ -9,13 +9,18 @@ use crate::crd::{ChatSystem, ExternalService};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
+    Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use backing::{BackingService, generate_credentials};
@@ -91,18 +96,70 @@ impl ChildKind {
     }
 }
 
-/// One object to apply.
+/// One object a ChatSystem owns, typed as Kubernetes defines it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Child {
+    Secret(Secret),
+    ConfigMap(ConfigMap),
+    Service(Service),
+    StatefulSet(StatefulSet),
+    Job(Job),
+    Deployment(Deployment),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    PodDisruptionBudget(PodDisruptionBudget),
+    Ingress(Ingress),
+}
+
+impl Child {
+    pub fn kind(&self) -> ChildKind {
+        match self {
+            Child::Secret(_) => ChildKind::Secret,
+            Child::ConfigMap(_) => ChildKind::ConfigMap,
+            Child::Service(_) => ChildKind::Service,
+            Child::StatefulSet(_) => ChildKind::StatefulSet,
+            Child::Job(_) => ChildKind::Job,
+            Child::Deployment(_) => ChildKind::Deployment,
+            Child::HorizontalPodAutoscaler(_) => ChildKind::HorizontalPodAutoscaler,
+            Child::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
+            Child::Ingress(_) => ChildKind::Ingress,
+        }
+    }
+
+    /// The object as JSON, with its `apiVersion` and `kind`.
+    fn to_json(&self) -> Value {
+        let json = match self {
+            Child::Secret(o) => serde_json::to_value(o),
+            Child::ConfigMap(o) => serde_json::to_value(o),
+            Child::Service(o) => serde_json::to_value(o),
+            Child::StatefulSet(o) => serde_json::to_value(o),
+            Child::Job(o) => serde_json::to_value(o),
+            Child::Deployment(o) => serde_json::to_value(o),
+            Child::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
+            Child::PodDisruptionBudget(o) => serde_json::to_value(o),
+            Child::Ingress(o) => serde_json::to_value(o),
+        };
+        json.expect("a Kubernetes object serialises")
+    }
+}
+
+/// One object to apply: a [`Child`] as the configuration server-side apply receives, or (for a
+/// replica handover) a partial configuration no typed object can express.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Manifest {
     pub kind: ChildKind,
     pub object: Value,
 }
 
-impl Manifest {
-    fn new(kind: ChildKind, object: Value) -> Self {
-        Manifest { kind, object }
+impl From<Child> for Manifest {
+    fn from(child: Child) -> Self {
+        Manifest {
+            kind: child.kind(),
+            object: child.to_json(),
+        }
     }
+}
 
+impl Manifest {
     pub fn name(&self) -> &str {
         self.object["metadata"]["name"].as_str().unwrap_or_default()
     }
@@ -316,35 +373,44 @@ fn child_name(cs: &ChatSystem, suffix: &str) -> String {
     format!("{}-{suffix}", cs.name_any())
 }
 
+/// Labels, by name.
+type Labels = BTreeMap<String, String>;
+
 /// Labels that select the pods of one component; never change once deployed.
-fn selector_labels(cs: &ChatSystem, component: &str) -> Value {
-    json!({
-        "app.kubernetes.io/name": "chatsys",
-        "app.kubernetes.io/instance": cs.name_any(),
-        "app.kubernetes.io/component": component,
-    })
+fn selector_labels(cs: &ChatSystem, component: &str) -> Labels {
+    Labels::from([
+        ("app.kubernetes.io/name".to_string(), "chatsys".to_string()),
+        ("app.kubernetes.io/instance".to_string(), cs.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.to_string(),
+        ),
+    ])
 }
 
 /// Labels that stay the same across operator versions: on the pod templates and claim templates of
 /// the backing services, where a change would restart a database or be refused (claim templates are
 /// immutable).
-fn stable_labels(cs: &ChatSystem, component: &str) -> Value {
+fn stable_labels(cs: &ChatSystem, component: &str) -> Labels {
     let mut labels = selector_labels(cs, component);
-    let extra = json!({
-        "app.kubernetes.io/managed-by": MANAGER,
-        "app.kubernetes.io/part-of": "chatsys",
-    });
-    labels
-        .as_object_mut()
-        .expect("labels are an object")
-        .extend(extra.as_object().expect("object").clone());
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        MANAGER.to_string(),
+    );
+    labels.insert(
+        "app.kubernetes.io/part-of".to_string(),
+        "chatsys".to_string(),
+    );
     labels
 }
 
 /// The common labels on every object; `instance` and `managed-by` find the children of a resource.
-fn labels(cs: &ChatSystem, component: &str) -> Value {
+fn labels(cs: &ChatSystem, component: &str) -> Labels {
     let mut labels = stable_labels(cs, component);
-    labels["app.kubernetes.io/version"] = json!(crate::crd::VERSION);
+    labels.insert(
+        "app.kubernetes.io/version".to_string(),
+        crate::crd::VERSION.to_string(),
+    );
     labels
 }
 
@@ -356,70 +422,114 @@ pub fn children_selector(cs: &ChatSystem) -> String {
     )
 }
 
-fn metadata(cs: &ChatSystem, name: &str, component: &str) -> Value {
-    let owner = cs
-        .controller_owner_ref(&())
-        .map(|o| serde_json::to_value(o).expect("owner reference serialises"));
-    json!({
-        "name": name,
-        "namespace": namespace(cs),
-        "labels": labels(cs, component),
-        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-    })
+fn metadata(cs: &ChatSystem, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace(cs)),
+        labels: Some(labels(cs, component)),
+        owner_references: Some(cs.controller_owner_ref(&()).into_iter().collect()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A label selector matching exactly these labels.
+fn selector(labels: Labels) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    }
 }
 
 /// A pod spec with the resource's image pull Secrets.
-fn with_pull_secrets(cs: &ChatSystem, mut pod_spec: Value) -> Value {
+fn with_pull_secrets(cs: &ChatSystem, mut pod_spec: PodSpec) -> PodSpec {
     if !cs.spec.image_pull_secrets.is_empty() {
-        pod_spec["imagePullSecrets"] = json!(cs.spec.image_pull_secrets);
+        pod_spec.image_pull_secrets = Some(cs.spec.image_pull_secrets.clone());
     }
     pod_spec
 }
 
-fn object(kind: ChildKind, metadata: Value, body: Value) -> Manifest {
-    let resource = kind.api_resource();
-    let mut object =
-        json!({ "apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata });
-    object
-        .as_object_mut()
-        .expect("object")
-        .extend(body.as_object().expect("body is an object").clone());
-    Manifest::new(kind, object)
-}
-
 /// Restricted container security context; backing services add their image's user at pod level.
-fn container_security_context(read_only_root: bool) -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "runAsNonRoot": true,
-        "readOnlyRootFilesystem": read_only_root,
-        "capabilities": { "drop": ["ALL"] },
-        "seccompProfile": { "type": "RuntimeDefault" },
-    })
+fn container_security_context(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(read_only_root),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
 }
 
-fn pod_security_context(uid: i64) -> Value {
-    json!({
-        "runAsNonRoot": true,
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "fsGroup": uid,
-        "seccompProfile": { "type": "RuntimeDefault" },
-    })
+fn pod_security_context(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..PodSecurityContext::default()
+    }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> Value {
-    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..SeccompProfile::default()
+    }
 }
 
-fn value_env(name: &str, value: &str) -> Value {
-    json!({ "name": name, "value": value })
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
-/// FNV-1a of a ConfigMap's data, put on pod templates so a settings change rolls the pods.
-fn config_hash(data: &Value) -> String {
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    }
+}
+
+/// A probe with the timing every probe of a kind shares.
+fn probe(action: Probe, period: i32, timeout: i32, failures: i32) -> Probe {
+    Probe {
+        period_seconds: Some(period),
+        timeout_seconds: Some(timeout),
+        failure_threshold: Some(failures),
+        ..action
+    }
+}
+
+fn http_get(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(port.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    }
+}
+
+/// FNV-1a of what pods read (settings, a pod template), put on pod templates so a change rolls them.
+fn config_hash(data: &impl serde::Serialize) -> String {
+    let text = serde_json::to_string(data).expect("serialises");
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in data.to_string().bytes() {
+    for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
