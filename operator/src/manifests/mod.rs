@@ -98,6 +98,10 @@ impl ChildKind {
 
 /// One object a ChatSystem owns, typed as Kubernetes defines it.
 #[derive(Clone, Debug, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built and turned into a Manifest at once, never stored or moved around"
+)]
 pub enum Child {
     Secret(Secret),
     ConfigMap(ConfigMap),
