@@ -129,6 +129,34 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database (migrated first when `backends.migrate`) and Redis, each waited for.
+pub async fn connect_database_and_redis(
+    connecting: &startup::Connecting,
+    backends: &Backends,
+    pool_size: u32,
+) -> anyhow::Result<(Arc<dyn Store>, redis::ConnectionManager)> {
+    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
+        backends.database_url()?,
+        pool_size,
+    )?);
+    connecting
+        .connect("database", || async {
+            if backends.migrate {
+                store.migrate().await
+            } else {
+                store.ping().await
+            }
+        })
+        .await
+        .context("cannot use the database")?;
+    let redis_url = backends.redis_url()?;
+    let redis = connecting
+        .connect("redis", || redis::connect(redis_url))
+        .await
+        .context("cannot connect to Redis")?;
+    Ok((store, redis))
+}
+
 /// The API against MySQL, Redis, RabbitMQ and OpenSearch (or the embedded index). It listens at
 /// once and waits for each service (see [`startup`]); it returns once it serves its routes.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
@@ -143,26 +171,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         &args.http,
         stopped,
     );
-    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
-        args.backends.database_url()?,
-        args.db_pool_size,
-    )?);
-    let migrate = args.backends.migrate;
-    connecting
-        .connect("database", || async {
-            if migrate {
-                store.migrate().await
-            } else {
-                store.ping().await
-            }
-        })
-        .await
-        .context("cannot use the database")?;
-    let redis_url = args.backends.redis_url()?;
-    let redis = connecting
-        .connect("redis", || redis::connect(redis_url))
-        .await
-        .context("cannot connect to Redis")?;
+    let (store, redis) =
+        connect_database_and_redis(&connecting, &args.backends, args.db_pool_size).await?;
     let keys = redis::Keys::new(&args.backends.redis_prefix);
     let queue: Arc<dyn ports::Queue> = Arc::new(amqp::AmqpQueue::new(
         args.backends.amqp_url()?,

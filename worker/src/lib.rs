@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chatsys_api::{Backends, Running, startup};
-use chatsys_core::adapters::{amqp, mysql, redis};
+use chatsys_core::adapters::{amqp, redis};
 use chatsys_core::health::{self, Check};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::ports::Store;
@@ -77,26 +77,8 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
         }
     });
 
-    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
-        args.backends.database_url()?,
-        4,
-    )?);
-    let migrate = args.backends.migrate;
-    connecting
-        .connect("database", || async {
-            if migrate {
-                store.migrate().await
-            } else {
-                store.ping().await
-            }
-        })
-        .await
-        .context("cannot use the database")?;
-    let redis_url = args.backends.redis_url()?;
-    let redis = connecting
-        .connect("redis", || redis::connect(redis_url))
-        .await
-        .context("cannot connect to Redis")?;
+    let (store, redis) =
+        chatsys_api::connect_database_and_redis(&connecting, &args.backends, 4).await?;
     let cache = Arc::new(redis::RedisCache::new(
         redis,
         redis::Keys::new(&args.backends.redis_prefix),

@@ -4,7 +4,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+pub use redis::aio::ConnectionManager;
+use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncCommands, Script};
 
 use crate::domain::{AppId, Application, Chat, Message};

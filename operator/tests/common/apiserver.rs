@@ -312,46 +312,41 @@ impl ApiServer {
 
     /// The kubelet and the workload controllers: every Deployment and StatefulSet has its replicas ready.
     pub fn make_workloads_ready(&self, namespace: &str) {
-        let mut state = self.state();
         for plural in ["deployments", "statefulsets"] {
-            let collection = format!("/apis/apps/v1/namespaces/{namespace}/{plural}");
-            let keys: Vec<_> = state
-                .objects
-                .keys()
-                .filter(|(c, _)| *c == collection)
-                .cloned()
-                .collect();
-            for key in keys {
-                let object = state.objects[&key].clone();
-                let replicas = object["spec"]["replicas"].clone();
-                let status = json!({
-                    "observedGeneration": object["metadata"]["generation"],
-                    "replicas": replicas, "readyReplicas": replicas,
-                    "updatedReplicas": replicas, "availableReplicas": replicas,
-                });
-                let mut updated = object.clone();
-                updated["status"] = status;
-                state.store(&key, updated, CONTROLLER_MANAGER, "Update", &["status"]);
-            }
+            self.set_status(
+                &format!("/apis/apps/v1/namespaces/{namespace}/{plural}"),
+                |object| {
+                    let replicas = object["spec"]["replicas"].clone();
+                    json!({
+                        "observedGeneration": object["metadata"]["generation"],
+                        "replicas": replicas, "readyReplicas": replicas,
+                        "updatedReplicas": replicas, "availableReplicas": replicas,
+                    })
+                },
+            );
         }
     }
 
     /// The Job controller: every Job has run its pod to success.
     pub fn complete_jobs(&self, namespace: &str) {
-        let collection = format!("/apis/batch/v1/namespaces/{namespace}/jobs");
+        self.set_status(
+            &format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
+            |_| json!({ "succeeded": 1, "conditions": [{ "type": "Complete", "status": "True" }] }),
+        );
+    }
+
+    /// A controller's status write on every object of a collection.
+    fn set_status(&self, collection: &str, status_of: impl Fn(&Value) -> Value) {
         let mut state = self.state();
         let keys: Vec<_> = state
             .objects
             .keys()
-            .filter(|(c, _)| *c == collection)
+            .filter(|(c, _)| c == collection)
             .cloned()
             .collect();
         for key in keys {
             let mut updated = state.objects[&key].clone();
-            updated["status"] = json!({
-                "succeeded": 1,
-                "conditions": [{ "type": "Complete", "status": "True" }],
-            });
+            updated["status"] = status_of(&updated);
             state.store(&key, updated, CONTROLLER_MANAGER, "Update", &["status"]);
         }
     }
