@@ -209,10 +209,16 @@ async fn body_of(database_url: &str, app: u64, number: u64) -> String {
     body
 }
 
+/// The worker waits for a missing service rather than fail: the wait is bounded, so a missing service
+/// fails the test instead of hanging it.
 async fn start(args: &WorkerArgs) -> chatsys_api::Running {
-    chatsys_worker::start(args)
-        .await
-        .expect("the worker starts (are MariaDB, Redis and RabbitMQ running?)")
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        chatsys_worker::start(args),
+    )
+    .await
+    .expect("the worker started within 30 s (are MariaDB, Redis and RabbitMQ running?)")
+    .expect("the worker starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,9 @@ pub async fn standalone() -> Served {
     }
 }
 
+/// How long a process of the full stack may take to reach its backing services.
+const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn full_stack() -> Served {
     let run = unique_name();
     let database = TestDatabase::create(&run).await;
@@ -100,9 +103,12 @@ pub async fn full_stack() -> Served {
         max_attempts: 3,
         repair_interval_secs: 300,
     };
-    let worker = chatsys_worker::start(&worker_args)
+    // The processes wait for a missing service rather than fail: bound the wait, so a missing
+    // service fails the test instead of hanging it.
+    let worker = tokio::time::timeout(START_WITHIN, chatsys_worker::start(&worker_args))
         .await
-        .expect("start the worker (are MariaDB, Redis and RabbitMQ running?)");
+        .expect("the worker started within 30 s (are MariaDB, Redis and RabbitMQ running?)")
+        .expect("start the worker");
     let api_args = ServeArgs {
         listen: loopback(),
         backends: Backends {
@@ -117,9 +123,10 @@ pub async fn full_stack() -> Served {
         http: HttpSettings::default(),
         reseed_margin: 10_000,
     };
-    let api = chatsys_api::start(&api_args)
+    let api = tokio::time::timeout(START_WITHIN, chatsys_api::start(&api_args))
         .await
-        .expect("start the API (are MariaDB, Redis and RabbitMQ running?)");
+        .expect("the API started within 30 s (are MariaDB, Redis and RabbitMQ running?)")
+        .expect("start the API");
     Served {
         target: Target::new(url(api.addr), Some(ADMIN_KEY.into())),
         _api: api,
