@@ -2,7 +2,9 @@ use std::io::Write;
 
 use clap::Parser;
 
-use chatsys_api::{Cli, Command};
+use chatsys_core::telemetry;
+use chatsys_runtime::{terminated, wiring};
+use chatsys_settings::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -11,12 +13,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Openapi => println!("{}", chatsys_api::http::openapi::document()),
         Command::Migrate(args) => {
-            chatsys_core::telemetry::init_logging(&args.log_format);
-            chatsys_api::migrate(&args).await?;
+            telemetry::init_logging(&args.log_format);
+            wiring::migrate(&args).await?;
             tracing::info!("migrations applied");
         }
         Command::Serve(args) => {
-            chatsys_core::telemetry::init_logging(&args.backends.log_format);
+            telemetry::init_logging(&args.backends.log_format);
             // Waiting for a backing service is not a failure, but a SIGTERM then ends the wait.
             let running = tokio::select! {
                 running = chatsys_api::start(&args) => running?,
@@ -27,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
             running.stop().await;
         }
         Command::Standalone(args) => {
-            chatsys_core::telemetry::init_logging(&args.log_format);
+            telemetry::init_logging(&args.log_format);
             let running = chatsys_api::start_standalone(&args).await?;
             let url = format!("http://{}", running.addr);
             // A closed stdout (a supervisor that stopped reading) must not take the server down.
@@ -41,16 +43,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn terminated() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use chatsys_api::{Cli, Command, Running};
+use chatsys_runtime::Running;
+use chatsys_settings::{Cli, Command};
 use clap::Parser;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatsys_api::{Cli, Command};
+use chatsys_settings::{Cli, Command};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};

@@ -2,6 +2,7 @@
 //! take a batch, apply it in one transaction, refresh the cache and index what it stored, then acknowledge.
 //! A crash anywhere before the acknowledgement means redelivery, and applying again changes nothing.
 
+use crate::telemetry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,7 +171,7 @@ async fn index_and_cache_stage(
         let cached = async {
             let started = Instant::now();
             refresh_cache(ports.cache.as_ref(), &changed, &slice.messages).await;
-            metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "cache")
+            metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "cache")
                 .record(started.elapsed().as_secs_f64());
         };
         let index = async {
@@ -182,7 +183,7 @@ async fn index_and_cache_stage(
                 &health,
             )
             .await;
-            metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "index")
+            metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "index")
                 .record(started.elapsed().as_secs_f64());
             result
         };
@@ -241,7 +242,7 @@ async fn index_until_done(
             Err(_) if *shutdown.borrow() => return None,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "indexing failed; retrying");
-                metrics::counter!("chatsys_worker_index_failures_total").increment(1);
+                metrics::counter!(telemetry::WORKER_INDEX_FAILURES.name).increment(1);
                 health.send_modify(|h| h.search_error = Some(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
@@ -328,7 +329,7 @@ async fn store_batch(
     }
     // The batch's own time ends here: caching and indexing belong to the publish stage.
     let seconds = started.elapsed().as_secs_f64();
-    metrics::histogram!("chatsys_worker_stage_seconds", "stage" => "apply").record(seconds);
+    metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "apply").record(seconds);
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
     // Only the tags are needed from here on: dropping the payloads keeps a worker holding `prefetch`
     // deliveries at one copy of each body, whether it waits to be applied or to be acknowledged.
@@ -345,10 +346,10 @@ async fn store_batch(
             (delivery, command.message_key())
         })
         .unzip();
-    metrics::counter!("chatsys_worker_commands_total", "result" => "applied")
+    metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "applied")
         .increment(deliveries.len() as u64);
-    metrics::histogram!("chatsys_worker_batch_seconds").record(seconds);
-    metrics::histogram!("chatsys_worker_batch_size").record(deliveries.len() as f64);
+    metrics::histogram!(telemetry::WORKER_BATCH.name).record(seconds);
+    metrics::histogram!(telemetry::WORKER_BATCH_SIZE.name).record(deliveries.len() as f64);
     Ok(Some(Stored {
         applied,
         deliveries,
@@ -366,7 +367,7 @@ async fn dead_letter(
         tag = delivery.tag,
         "command moved to the dead-letter queue"
     );
-    metrics::counter!("chatsys_worker_commands_total", "result" => "dead_lettered").increment(1);
+    metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "dead_lettered").increment(1);
     source.dead_letter(delivery, reason).await
 }
 

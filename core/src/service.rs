@@ -2,6 +2,7 @@
 //! allocates a number, publishes a durable command and records the new state for read-your-writes; it
 //! never writes to the store.
 
+use crate::telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -507,13 +508,14 @@ fn decode_cached_page(bytes: &[u8]) -> Option<ListPage> {
 /// Counts a cache lookup as a hit or a miss, by kind.
 fn counted<T>(kind: &'static str, found: Option<T>) -> Option<T> {
     let result = if found.is_some() { "hit" } else { "miss" };
-    metrics::counter!("chatsys_cache_total", "kind" => kind, "result" => result).increment(1);
+    metrics::counter!(telemetry::CACHE_LOOKUPS.name, "kind" => kind, "result" => result)
+        .increment(1);
     found
 }
 
 fn soft<T: Default>(result: CoreResult<T>) -> T {
     result.unwrap_or_else(|e| {
-        metrics::counter!("chatsys_cache_errors_total").increment(1);
+        metrics::counter!(telemetry::CACHE_ERRORS.name).increment(1);
         tracing::debug!(error = %e, "cache unavailable, using the store");
         T::default()
     })

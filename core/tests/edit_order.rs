@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatsys_core::CoreResult;
-use chatsys_core::adapters::{embedded_search::EmbeddedSearch, memory, sqlite};
+use chatsys_core::adapters::{embedded_search::EmbeddedSearch, memory, sqlite, sqlite_queue};
 use chatsys_core::domain::AppId;
 use chatsys_core::ports::{Numbers, Store};
 use chatsys_core::service::{ChatService, Ports};
@@ -49,7 +49,7 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
     let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
     let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
     store.migrate().await.unwrap();
-    let queue = sqlite::SqliteQueue::new(pool);
+    let queue = sqlite_queue::SqliteQueue::new(pool);
     let cache = Arc::new(memory::MemoryCache::new(
         Duration::from_secs(60),
         64 << 20,

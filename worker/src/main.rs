@@ -1,26 +1,21 @@
 use clap::Parser;
 
-use chatsys_worker::WorkerArgs;
+use chatsys_core::telemetry;
+use chatsys_runtime::terminated;
+use chatsys_settings::WorkerArgs;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = WorkerArgs::parse();
-    chatsys_core::telemetry::init_logging(&args.backends.log_format);
-    let _ = chatsys_api::metrics_handle();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    telemetry::init_logging(&args.backends.log_format);
     // Waiting for a backing service is not a failure, but a SIGTERM then ends the wait.
     let worker = tokio::select! {
         worker = chatsys_worker::start(&args) => worker?,
-        _ = tokio::signal::ctrl_c() => return Ok(()),
-        _ = term.recv() => return Ok(()),
+        () = terminated() => return Ok(()),
     };
     tracing::info!(health = %worker.addr, queue = %args.backends.queue, version = env!("CARGO_PKG_VERSION"), "chatsys worker started");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("SIGTERM: finishing the current batch");
+    terminated().await;
     worker.stop().await;
     Ok(())
 }

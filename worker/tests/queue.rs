@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use chatsys_api::Backends;
 use chatsys_core::command::Command;
-use chatsys_worker::WorkerArgs;
+use chatsys_settings::Backends;
+use chatsys_settings::WorkerArgs;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::options::{
@@ -211,7 +211,7 @@ async fn body_of(database_url: &str, app: u64, number: u64) -> String {
 
 /// The worker waits for a missing service rather than fail: the wait is bounded, so a missing service
 /// fails the test instead of hanging it.
-async fn start(args: &WorkerArgs) -> chatsys_api::Running {
+async fn start(args: &WorkerArgs) -> chatsys_runtime::Running {
     tokio::time::timeout(
         std::time::Duration::from_secs(30),
         chatsys_worker::start(args),

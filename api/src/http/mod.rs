@@ -10,6 +10,7 @@ pub mod openapi;
 mod ops;
 mod params;
 
+use chatsys_core::telemetry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +21,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::service::{ChatService, ListPage};
-use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -34,7 +32,6 @@ pub use extract::BodyBudget;
 pub struct AppState {
     pub service: ChatService,
     pub admin_key: Option<String>,
-    pub metrics: PrometheusHandle,
     /// Larger request bodies are answered 413.
     pub max_request_bytes: usize,
     /// A body not received whole this long after its handler started reading it is answered 408.
@@ -46,16 +43,6 @@ pub struct AppState {
 pub type Shared = State<Arc<AppState>>;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-#[derive(Clone)]
-struct RandomRequestId;
-
-impl MakeRequestId for RandomRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let id = format!("{:016x}", rand::random::<u64>());
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
-    }
-}
 
 /// The longest client request id kept; a longer one is replaced by a fresh id.
 const REQUEST_ID_MAX_BYTES: usize = 128;
@@ -99,7 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
         .with_state(state)
 }
@@ -135,8 +122,8 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
+    metrics::counter!(telemetry::HTTP_REQUESTS.name, &labels).increment(1);
+    metrics::histogram!(telemetry::HTTP_REQUEST_DURATION.name, &labels)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use chatsys_core::health::{self, Readiness};
+use chatsys_core::health::Readiness;
+use chatsys_runtime::ops;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -49,13 +50,7 @@ pub async fn healthz() -> Json<Alive> {
         (status = 200, description = "Ready, or degraded", body = Readiness),
         (status = 503, description = "Not ready", body = Readiness)))]
 pub async fn readyz(State(state): Shared) -> Response {
-    let (ready, body) = health::report(&state.service.readiness().await);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    ops::readiness(&state.service.readiness().await)
 }
 
 /// Metrics
@@ -64,11 +59,8 @@ pub async fn readyz(State(state): Shared) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
         content_type = "text/plain; version=0.0.4", body = String)))]
-pub async fn metrics(State(state): Shared) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+pub async fn metrics() -> Response {
+    ops::metrics()
 }
 
 /// This document

@@ -2,6 +2,7 @@
 //! concurrent requests (a publish waits for its own confirm, never for other requests' ones); consuming
 //! uses manual acknowledgements with a prefetch window.
 
+use crate::telemetry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -195,7 +196,7 @@ impl Queue for AmqpQueue {
         )
         .await
         .unwrap_or_else(|_| Err(unavailable("RabbitMQ did not confirm in time")));
-        metrics::histogram!("chatsys_queue_publish_seconds", "result" => if result.is_ok() { "ok" } else { "error" })
+        metrics::histogram!(telemetry::QUEUE_PUBLISH.name, "result" => if result.is_ok() { "ok" } else { "error" })
             .record(started.elapsed().as_secs_f64());
         result
     }

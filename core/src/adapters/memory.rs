@@ -1,5 +1,6 @@
 //! In-process adapters of standalone mode: number allocation and the cache.
 
+use crate::telemetry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +103,7 @@ fn weight(bytes: usize) -> u32 {
 pub(crate) fn page_too_large(bytes: usize, max_page_bytes: usize) -> bool {
     let too_large = bytes > max_page_bytes;
     if too_large {
-        metrics::counter!("chatsys_cache_pages_too_large_total").increment(1);
+        metrics::counter!(telemetry::CACHE_PAGES_TOO_LARGE.name).increment(1);
     }
     too_large
 }

@@ -8,6 +8,7 @@ pub mod mysql;
 pub mod opensearch;
 pub mod redis;
 pub mod sqlite;
+pub mod sqlite_queue;
 
 use std::borrow::Cow;
 

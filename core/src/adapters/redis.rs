@@ -1,5 +1,6 @@
 //! Redis: number allocation (atomic across API replicas) and the shared cache.
 
+use crate::telemetry;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ impl RedisNumbers {
     }
 
     async fn lost_counter(&self, what: &str) {
-        metrics::counter!("chatsys_counter_reseeds_total", "counter" => what.to_string())
+        metrics::counter!(telemetry::COUNTER_RESEEDS.name, "counter" => what.to_string())
             .increment(1);
         tracing::warn!(
             counter = what,

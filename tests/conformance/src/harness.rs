@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chatsys_api::{Backends, HttpSettings, Running, ServeArgs, StandaloneArgs};
-use chatsys_worker::WorkerArgs;
+use chatsys_runtime::Running;
+use chatsys_settings::WorkerArgs;
+use chatsys_settings::{Backends, HttpSettings, ServeArgs, StandaloneArgs};
 
 use crate::target::{HoldsTarget, Target};
 
@@ -30,7 +31,7 @@ pub fn amqp_url() -> String {
 pub struct Served {
     pub target: Target,
     _api: Running,
-    _worker: Option<chatsys_api::Running>,
+    _worker: Option<Running>,
     _data: tempfile::TempDir,
     _database: Option<TestDatabase>,
 }

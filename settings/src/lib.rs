@@ -1,10 +1,46 @@
-//! Every setting is a flag with an environment variable (the README's "Settings" section lists them all).
+//! Every setting of the chatsys binaries, defined once: its flag, its environment variable and its
+//! default. The binaries parse them with these types; the operator writes the environment variables by
+//! the names in [`env`], and a test of the operator parses what it renders with these parsers.
+//! The README's "Settings" section lists them all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+/// The environment variable of each setting.
+pub mod env {
+    pub const AMQP_URL: &str = "AMQP_URL";
+    pub const CHATSYS_ADMIN_KEY: &str = "CHATSYS_ADMIN_KEY";
+    pub const CHATSYS_BODY_TIMEOUT_MS: &str = "CHATSYS_BODY_TIMEOUT_MS";
+    pub const CHATSYS_CACHE_MAX_BYTES: &str = "CHATSYS_CACHE_MAX_BYTES";
+    pub const CHATSYS_CACHE_MAX_PAGE_BYTES: &str = "CHATSYS_CACHE_MAX_PAGE_BYTES";
+    pub const CHATSYS_CACHE_TTL_SECS: &str = "CHATSYS_CACHE_TTL_SECS";
+    pub const CHATSYS_DATA_DIR: &str = "CHATSYS_DATA_DIR";
+    pub const CHATSYS_DB_POOL_SIZE: &str = "CHATSYS_DB_POOL_SIZE";
+    pub const CHATSYS_HEADER_TIMEOUT_MS: &str = "CHATSYS_HEADER_TIMEOUT_MS";
+    pub const CHATSYS_IDLE_TIMEOUT_SECS: &str = "CHATSYS_IDLE_TIMEOUT_SECS";
+    pub const CHATSYS_LISTEN: &str = "CHATSYS_LISTEN";
+    pub const CHATSYS_LOG_FORMAT: &str = "CHATSYS_LOG_FORMAT";
+    pub const CHATSYS_MAX_CONNECTIONS: &str = "CHATSYS_MAX_CONNECTIONS";
+    pub const CHATSYS_MAX_INFLIGHT_BODY_BYTES: &str = "CHATSYS_MAX_INFLIGHT_BODY_BYTES";
+    pub const CHATSYS_MAX_REQUEST_BYTES: &str = "CHATSYS_MAX_REQUEST_BYTES";
+    pub const CHATSYS_MIGRATE: &str = "CHATSYS_MIGRATE";
+    pub const CHATSYS_PUBLISH_CHANNELS: &str = "CHATSYS_PUBLISH_CHANNELS";
+    pub const CHATSYS_PUBLISH_TIMEOUT_MS: &str = "CHATSYS_PUBLISH_TIMEOUT_MS";
+    pub const CHATSYS_QUEUE: &str = "CHATSYS_QUEUE";
+    pub const CHATSYS_REDIS_PREFIX: &str = "CHATSYS_REDIS_PREFIX";
+    pub const CHATSYS_RESEED_MARGIN: &str = "CHATSYS_RESEED_MARGIN";
+    pub const DATABASE_URL: &str = "DATABASE_URL";
+    pub const OPENSEARCH_URL: &str = "OPENSEARCH_URL";
+    pub const REDIS_URL: &str = "REDIS_URL";
+    pub const CHATSYS_BATCH_SIZE: &str = "CHATSYS_BATCH_SIZE";
+    pub const CHATSYS_BATCH_WAIT_MS: &str = "CHATSYS_BATCH_WAIT_MS";
+    pub const CHATSYS_PREFETCH: &str = "CHATSYS_PREFETCH";
+    pub const CHATSYS_MAX_ATTEMPTS: &str = "CHATSYS_MAX_ATTEMPTS";
+    pub const CHATSYS_REPAIR_INTERVAL_SECS: &str = "CHATSYS_REPAIR_INTERVAL_SECS";
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,43 +78,43 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str
 #[derive(Args, Debug, Clone)]
 pub struct Backends {
     /// MySQL URL, mysql://user:password@host:3306/database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Redis URL, redis://host:6379/0.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// RabbitMQ URL, amqp://user:password@host:5672/%2f.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    #[arg(long, env = env::AMQP_URL, hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// OpenSearch URL; when absent, the embedded index under the data directory (one worker writes it,
     /// the API reads it).
-    #[arg(long, env = "OPENSEARCH_URL", hide_env_values = true)]
+    #[arg(long, env = env::OPENSEARCH_URL, hide_env_values = true)]
     pub opensearch_url: Option<String>,
     /// Where the embedded search index lives.
-    #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
+    #[arg(long, env = env::CHATSYS_DATA_DIR, default_value = "./chatsys-data")]
     pub data_dir: PathBuf,
     /// The durable command queue; refused commands go to `<queue>.dead`.
-    #[arg(long, env = "CHATSYS_QUEUE", default_value = "chatsys.commands")]
+    #[arg(long, env = env::CHATSYS_QUEUE, default_value = "chatsys.commands")]
     pub queue: String,
     /// Prefix of every Redis key (several systems may share one Redis).
-    #[arg(long, env = "CHATSYS_REDIS_PREFIX", default_value = "chatsys")]
+    #[arg(long, env = env::CHATSYS_REDIS_PREFIX, default_value = "chatsys")]
     pub redis_prefix: String,
     /// Apply migrations at start (safe with many replicas).
-    #[arg(long, env = "CHATSYS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = env::CHATSYS_MIGRATE, default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
     /// Lifetime of cache entries and read-your-writes records.
-    #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
+    #[arg(long, env = env::CHATSYS_CACHE_TTL_SECS, default_value_t = 300)]
     pub cache_ttl_secs: u64,
     /// Largest rendered list page kept in the cache, in bytes; larger pages are read from the
     /// database each time.
     #[arg(
         long,
-        env = "CHATSYS_CACHE_MAX_PAGE_BYTES",
+        env = env::CHATSYS_CACHE_MAX_PAGE_BYTES,
         default_value_t = 1_048_576
     )]
     pub cache_max_page_bytes: usize,
     /// json or text; the level comes from RUST_LOG.
-    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
+    #[arg(long, env = env::CHATSYS_LOG_FORMAT, default_value = "json")]
     pub log_format: String,
 }
 
@@ -97,40 +133,40 @@ impl Backends {
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// HTTP listen address.
-    #[arg(long, env = "CHATSYS_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = env::CHATSYS_LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub backends: Backends,
     /// When set, GET /applications requires `Authorization: Bearer <key>`.
-    #[arg(long, env = "CHATSYS_ADMIN_KEY", hide_env_values = true)]
+    #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
     pub admin_key: Option<String>,
     /// MySQL connections.
-    #[arg(long, env = "CHATSYS_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = 16)]
     pub db_pool_size: u32,
     /// AMQP channels shared by concurrent requests.
-    #[arg(long, env = "CHATSYS_PUBLISH_CHANNELS", default_value_t = 4)]
+    #[arg(long, env = env::CHATSYS_PUBLISH_CHANNELS, default_value_t = 4)]
     pub publish_channels: usize,
     /// A publish not confirmed by then answers 503.
-    #[arg(long, env = "CHATSYS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = env::CHATSYS_PUBLISH_TIMEOUT_MS, default_value_t = 5000)]
     pub publish_timeout_ms: u64,
     /// Larger requests get 413.
-    #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
+    #[arg(long, env = env::CHATSYS_MAX_REQUEST_BYTES, default_value_t = 1_048_576)]
     pub max_request_bytes: usize,
     #[command(flatten)]
     pub http: HttpSettings,
     /// Numbers skipped when a counter lost from Redis is rebuilt; must exceed what can be in flight
     /// (prefetch × workers plus publishes under way).
-    #[arg(long, env = "CHATSYS_RESEED_MARGIN", default_value_t = 10_000)]
+    #[arg(long, env = env::CHATSYS_RESEED_MARGIN, default_value_t = 10_000)]
     pub reseed_margin: u64,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct MigrateArgs {
     /// MySQL URL, mysql://user:password@host:3306/database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]
     pub database_url: Option<String>,
     /// json or text.
-    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "json")]
+    #[arg(long, env = env::CHATSYS_LOG_FORMAT, default_value = "json")]
     pub log_format: String,
 }
 
@@ -143,35 +179,35 @@ impl MigrateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StandaloneArgs {
     /// HTTP listen address.
-    #[arg(long, env = "CHATSYS_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = env::CHATSYS_LISTEN, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Where the database, the queue and the search index live; kept across restarts.
-    #[arg(long, env = "CHATSYS_DATA_DIR", default_value = "./chatsys-data")]
+    #[arg(long, env = env::CHATSYS_DATA_DIR, default_value = "./chatsys-data")]
     pub data_dir: PathBuf,
     /// When set, GET /applications requires `Authorization: Bearer <key>`.
-    #[arg(long, env = "CHATSYS_ADMIN_KEY", hide_env_values = true)]
+    #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
     pub admin_key: Option<String>,
     /// Lifetime of cache entries.
-    #[arg(long, env = "CHATSYS_CACHE_TTL_SECS", default_value_t = 300)]
+    #[arg(long, env = env::CHATSYS_CACHE_TTL_SECS, default_value_t = 300)]
     pub cache_ttl_secs: u64,
     /// Bytes of messages and list pages the in-process cache holds at most (half each).
-    #[arg(long, env = "CHATSYS_CACHE_MAX_BYTES", default_value_t = 67_108_864)]
+    #[arg(long, env = env::CHATSYS_CACHE_MAX_BYTES, default_value_t = 67_108_864)]
     pub cache_max_bytes: u64,
     /// Largest rendered list page kept in the cache, in bytes; larger pages are read from the
     /// database each time.
     #[arg(
         long,
-        env = "CHATSYS_CACHE_MAX_PAGE_BYTES",
+        env = env::CHATSYS_CACHE_MAX_PAGE_BYTES,
         default_value_t = 1_048_576
     )]
     pub cache_max_page_bytes: usize,
     /// Larger requests get 413.
-    #[arg(long, env = "CHATSYS_MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
+    #[arg(long, env = env::CHATSYS_MAX_REQUEST_BYTES, default_value_t = 1_048_576)]
     pub max_request_bytes: usize,
     #[command(flatten)]
     pub http: HttpSettings,
     /// json or text; the level comes from RUST_LOG.
-    #[arg(long, env = "CHATSYS_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = env::CHATSYS_LOG_FORMAT, default_value = "text")]
     pub log_format: String,
 }
 
@@ -181,21 +217,21 @@ pub struct StandaloneArgs {
 pub struct HttpSettings {
     /// A request's head (request line and headers) must arrive within this many milliseconds of the
     /// connection opening or of its first byte; otherwise the connection is closed.
-    #[arg(long, env = "CHATSYS_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::CHATSYS_HEADER_TIMEOUT_MS, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
     /// A request's body must arrive whole within this many milliseconds of the handler starting to read
     /// it; otherwise 408.
-    #[arg(long, env = "CHATSYS_BODY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::CHATSYS_BODY_TIMEOUT_MS, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_ms: u64,
     /// A kept-alive connection with no request for this many seconds is closed.
-    #[arg(long, env = "CHATSYS_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::CHATSYS_IDLE_TIMEOUT_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
     /// Connections served at once; further ones wait in the listen backlog until one closes.
-    #[arg(long, env = "CHATSYS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = env::CHATSYS_MAX_CONNECTIONS, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Bytes of request bodies held in memory at once, over all requests; an upload that would go over
     /// it (after a short wait) gets 503 with Retry-After.
-    #[arg(long, env = "CHATSYS_MAX_INFLIGHT_BODY_BYTES", default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::CHATSYS_MAX_INFLIGHT_BODY_BYTES, default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inflight_body_bytes: u64,
 }
 
@@ -224,6 +260,36 @@ impl HttpSettings {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
+}
+
+/// The worker's settings.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "chatsys-worker",
+    version,
+    about = "Applies queued chat and message commands to MySQL and the search index"
+)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub backends: Backends,
+    /// Health and metrics listen address.
+    #[arg(long, env = env::CHATSYS_LISTEN, default_value = "0.0.0.0:9090")]
+    pub listen: SocketAddr,
+    /// Commands written per transaction.
+    #[arg(long, env = env::CHATSYS_BATCH_SIZE, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// How long a partial batch waits for more commands.
+    #[arg(long, env = env::CHATSYS_BATCH_WAIT_MS, default_value_t = 20)]
+    pub batch_wait_ms: u64,
+    /// Unacknowledged deliveries held.
+    #[arg(long, env = env::CHATSYS_PREFETCH, default_value_t = 8000)]
+    pub prefetch: u16,
+    /// Tries before a refused command goes to the dead-letter queue.
+    #[arg(long, env = env::CHATSYS_MAX_ATTEMPTS, default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Period of the counts repair.
+    #[arg(long, env = env::CHATSYS_REPAIR_INTERVAL_SECS, default_value_t = 300)]
+    pub repair_interval_secs: u64,
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::settings::HttpSettings;
+use chatsys_settings::HttpSettings;
 
 /// What a connection is waiting for, which decides how long it may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,8 +17,6 @@ use chatsys_core::error::{CoreError, CoreResult};
 use chatsys_core::health::{self, Check, CheckState};
 use tower::ServiceExt;
 
-use crate::http::error::{ApiError, ErrorCode};
-
 /// The first retry after this, doubling up to `MAX_DELAY`: a service that starts in seconds is
 /// found in seconds, and one down for minutes costs a try every ten seconds.
 const MIN_DELAY: Duration = Duration::from_millis(200);
@@ -81,8 +79,13 @@ impl Connecting {
 }
 
 /// The router to serve from the first moment: `app` once it is set; until then `/healthz`, a
-/// `/readyz` naming what the process waits for, and 503 with `Retry-After` for anything else.
-pub fn switch(connecting: Arc<Connecting>, app: Arc<OnceLock<Router>>) -> Router {
+/// `/readyz` naming what the process waits for, and `starting` (a 503 in the binary's own error format)
+/// for anything else.
+pub fn switch(
+    connecting: Arc<Connecting>,
+    app: Arc<OnceLock<Router>>,
+    starting: fn() -> Response,
+) -> Router {
     Router::new().fallback_service(tower::service_fn(move |request: Request<Body>| {
         let connecting = connecting.clone();
         let app = app.get().cloned();
@@ -93,12 +96,7 @@ pub fn switch(connecting: Arc<Connecting>, app: Arc<OnceLock<Router>>) -> Router
             Ok(match request.uri().path() {
                 "/healthz" => Json(serde_json::json!({ "status": "ok" })).into_response(),
                 "/readyz" => connecting.readiness(),
-                _ => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::ServiceUnavailable,
-                    "starting: waiting for the backing services, retry shortly",
-                )
-                .into_response(),
+                _ => starting(),
             })
         }
     }))

@@ -1,0 +1,237 @@
+//! The ports of each way of running, built from the settings: a deployment's real adapters, or
+//! standalone's embedded ones with its in-process ingest loop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chatsys_core::adapters::{
+    amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite, sqlite_queue,
+};
+use chatsys_core::error::CoreResult;
+use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
+use chatsys_core::ports::{self, Store};
+use chatsys_core::service::{Ports, ReseedFloor};
+use chatsys_settings::{Backends, MigrateArgs, ServeArgs, StandaloneArgs};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::startup::Connecting;
+
+/// Opens the search port: OpenSearch when a URL is given, else the embedded index under `data_dir`.
+pub async fn open_search(
+    opensearch_url: Option<&str>,
+    data_dir: &Path,
+    writable: bool,
+) -> CoreResult<Arc<dyn ports::Search>> {
+    Ok(match opensearch_url {
+        Some(url) => {
+            Arc::new(opensearch::OpenSearchIndex::connect(url, opensearch::DEFAULT_INDEX).await?)
+        }
+        None => Arc::new(EmbeddedSearch::open(&data_dir.join("search"), writable)?),
+    })
+}
+
+/// Applies the migrations (under the store's lock, so concurrent runs are safe), waiting for the
+/// database to answer first: a migration Job started with MySQL still starting waits, it does not fail.
+pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    let store = mysql::MySqlStore::connect(args.database_url()?, 2)?;
+    Connecting::new(&["database"])
+        .connect("database", || store.migrate())
+        .await
+        .context("migrations failed")?;
+    Ok(())
+}
+
+/// The database (migrated first when `backends.migrate`) and Redis, each waited for.
+pub async fn connect_database_and_redis(
+    connecting: &Connecting,
+    backends: &Backends,
+    pool_size: u32,
+) -> anyhow::Result<(Arc<dyn Store>, redis::ConnectionManager)> {
+    let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
+        backends.database_url()?,
+        pool_size,
+    )?);
+    connecting
+        .connect("database", || async {
+            if backends.migrate {
+                store.migrate().await
+            } else {
+                store.ping().await
+            }
+        })
+        .await
+        .context("cannot use the database")?;
+    let redis_url = backends.redis_url()?;
+    let redis = connecting
+        .connect("redis", || redis::connect(redis_url))
+        .await
+        .context("cannot connect to Redis")?;
+    Ok((store, redis))
+}
+
+/// The search port of a deployment, waited for.
+async fn connect_search(
+    connecting: &Connecting,
+    backends: &Backends,
+    writable: bool,
+) -> anyhow::Result<Arc<dyn ports::Search>> {
+    connecting
+        .connect("search", || {
+            open_search(
+                backends.opensearch_url.as_deref(),
+                &backends.data_dir,
+                writable,
+            )
+        })
+        .await
+        .context("cannot open the search index")
+}
+
+fn redis_cache(redis: redis::ConnectionManager, backends: &Backends) -> redis::RedisCache {
+    redis::RedisCache::new(
+        redis,
+        redis::Keys::new(&backends.redis_prefix),
+        Duration::from_secs(backends.cache_ttl_secs),
+        backends.cache_max_page_bytes,
+    )
+}
+
+/// The API's ports in a deployment: MySQL, Redis numbers and cache, RabbitMQ, OpenSearch (or the
+/// embedded index a worker writes), each waited for.
+pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::Result<Ports> {
+    let backends = &args.backends;
+    let (store, redis) =
+        connect_database_and_redis(connecting, backends, args.db_pool_size).await?;
+    let queue: Arc<dyn ports::Queue> = Arc::new(amqp::AmqpQueue::new(
+        backends.amqp_url()?,
+        &backends.queue,
+        args.publish_channels,
+        Duration::from_millis(args.publish_timeout_ms),
+    ));
+    let floor = Arc::new(ReseedFloor {
+        store: store.clone(),
+        queue: queue.clone(),
+        margin: args.reseed_margin,
+    });
+    let search = connect_search(connecting, backends, false).await?;
+    Ok(Ports {
+        store,
+        numbers: Arc::new(redis::RedisNumbers::new(
+            redis.clone(),
+            redis::Keys::new(&backends.redis_prefix),
+            floor,
+        )),
+        queue,
+        cache: Arc::new(redis_cache(redis, backends)),
+        search,
+    })
+}
+
+/// The worker's ports: MySQL, the Redis cache and the index it writes, each waited for.
+pub async fn ingest_ports(
+    backends: &Backends,
+    connecting: &Connecting,
+) -> anyhow::Result<IngestPorts> {
+    let (store, redis) = connect_database_and_redis(connecting, backends, 4).await?;
+    let search = connect_search(connecting, backends, true).await?;
+    Ok(IngestPorts {
+        store,
+        search,
+        cache: Arc::new(redis_cache(redis, backends)),
+    })
+}
+
+/// The whole system in one process, without the HTTP routes: the ports the API serves from, and the
+/// ingest loop and counts repair running in the background until `stopped`.
+pub struct Standalone {
+    pub ports: Ports,
+    pub ingest_health: watch::Receiver<IngestHealth>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Standalone's settings of the ingest loop: small batches soon, since one process does everything.
+const STANDALONE_INGEST: IngestSettings = IngestSettings {
+    batch_size: 1000,
+    batch_wait: Duration::from_millis(5),
+    max_attempts: 5,
+};
+
+/// SQLite store and queue, in-process numbers and cache, tantivy; the ingest loop consumes the queue.
+pub async fn standalone(
+    args: &StandaloneArgs,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Standalone> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let pool = sqlite::open(&args.data_dir.join("chatsys.db")).await?;
+    let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
+    store.migrate().await.context("migrations failed")?;
+    let queue = sqlite_queue::SqliteQueue::new(pool);
+    let cache: Arc<dyn ports::Cache> = Arc::new(memory::MemoryCache::new(
+        Duration::from_secs(args.cache_ttl_secs),
+        args.cache_max_bytes,
+        args.cache_max_page_bytes,
+    ));
+    let search = open_search(None, &args.data_dir, true).await?;
+    let ports = Ports {
+        store: store.clone(),
+        numbers: Arc::new(memory::LocalNumbers::new(Arc::new(queue.clone()))),
+        queue: Arc::new(queue.clone()),
+        cache: cache.clone(),
+        search: search.clone(),
+    };
+    let ingest_ports = IngestPorts {
+        store: store.clone(),
+        search,
+        cache,
+    };
+    let mut source = queue.source();
+    let ingest_stop = stopped.clone();
+    let (health, ingest_health) = watch::channel(IngestHealth::default());
+    let ingest_task = tokio::spawn(async move {
+        ingest::run(
+            &mut source,
+            &ingest_ports,
+            &STANDALONE_INGEST,
+            ingest_stop,
+            health,
+        )
+        .await;
+    });
+    let repair_task = tokio::spawn(repair_periodically(
+        store,
+        Duration::from_secs(300),
+        stopped,
+    ));
+    Ok(Standalone {
+        ports,
+        ingest_health,
+        tasks: vec![ingest_task, repair_task],
+    })
+}
+
+/// Recomputes counts from the rows now and then; drift only comes from manual edits or bugs.
+pub async fn repair_periodically(
+    store: Arc<dyn Store>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        match store.repair_counts().await {
+            Ok(0) => {}
+            Ok(fixed) => tracing::warn!(fixed, "repaired counts that had drifted from the rows"),
+            Err(e) => tracing::warn!(error = %e, "count repair failed; will try again"),
+        }
+    }
+}
