@@ -15,26 +15,30 @@ pub const PAGE_MAX: u32 = 1000;
 /// Tokens are 32 URL-safe characters; anything longer cannot be one.
 pub const TOKEN_MAX_LEN: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Application {
     pub id: AppId,
     pub token: String,
     pub name: String,
     pub chats_count: u64,
+    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Chat {
     pub application_id: AppId,
     pub number: u64,
     pub messages_count: u64,
+    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Message {
     pub application_id: AppId,
     pub chat_number: u64,
@@ -43,7 +47,9 @@ pub struct Message {
     /// 0 for the body given at creation; every edit carries a larger one, so the newest edit wins
     /// whatever order the commands are applied in.
     pub version: u64,
+    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
 }
 

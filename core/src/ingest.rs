@@ -6,6 +6,7 @@ use crate::telemetry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
@@ -41,7 +42,35 @@ pub struct IngestHealth {
     pub search_error: Option<String>,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// The one policy for a backing service the worker cannot use: the first retry soon (a deadlock clears
+/// in milliseconds), doubling to every 5 s while it stays down, with jitter so workers do not retry in
+/// step. Each failure is retried in exactly one place: a store's in `retry_transient`, the index's in
+/// `index_until_done`, the command source's in `run`; the adapters themselves never retry.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// A retry's pause, cut short when the worker is asked to stop.
+fn pause_unless_stopped(
+    shutdown: &watch::Receiver<bool>,
+) -> impl Fn(Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + use<> {
+    let shutdown = shutdown.clone();
+    move |delay| {
+        let mut shutdown = shutdown.clone();
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        })
+    }
+}
 
 /// Runs until `shutdown` turns true, then finishes what is in flight and acknowledges it.
 ///
@@ -70,7 +99,7 @@ pub async fn run(
         health.clone(),
     ));
     let mut to_publish = Some(to_publish);
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = backoff().build();
     loop {
         tokio::select! {
             biased;
@@ -89,20 +118,20 @@ pub async fn run(
                 };
                 match outcome {
                     Ok(stored) => {
-                        backoff = Duration::from_millis(100);
+                        delays = backoff().build();
                         health.send_if_modified(|h| h.last_error.take().is_some());
                         if let (Some(stored), Some(sender)) = (stored, &to_publish) {
                             let _ = sender.send(stored).await;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
+                        let delay = delays.next().unwrap_or(MAX_DELAY);
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest interrupted; unacknowledged commands will be redelivered");
                         health.send_modify(|h| h.last_error = Some(e.to_string()));
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {},
+                            _ = tokio::time::sleep(delay) => {},
                             _ = shutdown.changed() => to_publish = None,
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
@@ -232,25 +261,25 @@ async fn index_until_done(
     shutdown: &mut watch::Receiver<bool>,
     health: &watch::Sender<IngestHealth>,
 ) -> Option<Vec<IndexRefusal>> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match search.index(messages).await {
-            Ok(refused) => {
-                health.send_if_modified(|h| h.search_error.take().is_some());
-                return Some(refused);
-            }
-            Err(_) if *shutdown.borrow() => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "indexing failed; retrying");
-                metrics::counter!(telemetry::WORKER_INDEX_FAILURES.name).increment(1);
-                health.send_modify(|h| h.search_error = Some(e.to_string()));
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
-                    _ = shutdown.changed() => return None,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+    if *shutdown.borrow() {
+        return None;
+    }
+    let indexed = (|| search.index(messages))
+        .retry(backoff())
+        .sleep(pause_unless_stopped(shutdown))
+        .when(|_| !*shutdown.borrow())
+        .notify(|e, delay| {
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "indexing failed; retrying");
+            metrics::counter!(telemetry::WORKER_INDEX_FAILURES.name).increment(1);
+            health.send_modify(|h| h.search_error = Some(e.to_string()));
+        })
+        .await;
+    match indexed {
+        Ok(refused) => {
+            health.send_if_modified(|h| h.search_error.take().is_some());
+            Some(refused)
         }
+        Err(_) => None,
     }
 }
 
@@ -410,28 +439,18 @@ async fn apply(
 
 /// Retries an operation while it fails for a transient reason (a backing service down), with backoff,
 /// until it succeeds, fails for good, or the worker is asked to stop.
-async fn retry_transient<T, F, Fut>(
-    shutdown: &mut watch::Receiver<bool>,
-    mut op: F,
-) -> CoreResult<T>
+async fn retry_transient<T, F, Fut>(shutdown: &watch::Receiver<bool>, op: F) -> CoreResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = CoreResult<T>>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && !*shutdown.borrow() => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "backing service unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
-                    _ = shutdown.changed() => return Err(e),
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            other => return other,
-        }
-    }
+    op.retry(backoff())
+        .sleep(pause_unless_stopped(shutdown))
+        .when(|e| e.is_transient() && !*shutdown.borrow())
+        .notify(|e, delay| {
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "backing service unavailable; retrying");
+        })
+        .await
 }
 
 /// Invalidation of everything whose counts or lists changed, and write-through of the messages about to

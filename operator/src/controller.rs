@@ -10,6 +10,7 @@ use crate::manifests::{
 };
 use crate::server::WatchHealth;
 use crate::status;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -35,16 +36,22 @@ const PROGRESS_RECHECK: Duration = Duration::from_secs(15);
 /// An invalid spec becomes valid by a change the watches see (a Secret created, the spec edited);
 /// the recheck is a floor in case a watch event was missed.
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
-const ERROR_BACKOFF_START: Duration = Duration::from_secs(5);
-const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// After a failed reconcile: 5 s, doubling per consecutive failure of the same resource, up to 5 min.
+fn error_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_secs(300))
+        .without_max_times()
+        .build()
+}
 
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     /// What the watches have seen of the children.
     pub children: Children,
-    /// Consecutive failures per resource, for the exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<ChatSystem>, u32>>,
+    /// The backoff of each resource whose last reconcile failed.
+    failures: Mutex<HashMap<ObjectRef<ChatSystem>, ExponentialBackoff>>,
 }
 
 impl Context {
@@ -61,7 +68,9 @@ impl Context {
         }
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatSystem>, u32>> {
+    fn failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ChatSystem>, ExponentialBackoff>> {
         self.failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -154,18 +163,16 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action>
     result
 }
 
-/// Requeues with a backoff that doubles per consecutive failure of the same resource.
+/// Requeues with the resource's backoff (see [`error_backoff`]), and counts the failure.
 pub fn error_policy(cs: Arc<ChatSystem>, error: &Error, ctx: Arc<Context>) -> Action {
     metrics::counter!("chatsys_operator_reconcile_errors_total", "error" => error.metric_label())
         .increment(1);
-    let mut failures = ctx.failures();
-    let count = failures
+    let delay = ctx
+        .failures()
         .entry(ObjectRef::from_obj(cs.as_ref()))
-        .or_insert(0);
-    let delay = ERROR_BACKOFF_START
-        .saturating_mul(2u32.saturating_pow(*count))
-        .min(ERROR_BACKOFF_MAX);
-    *count = count.saturating_add(1);
+        .or_insert_with(error_backoff)
+        .next()
+        .expect("a backoff without a maximum of tries never ends");
     warn!(name = %cs.name_any(), namespace = ?cs.namespace(), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }

@@ -7,6 +7,7 @@ pub mod memory;
 pub mod mysql;
 pub mod opensearch;
 pub mod redis;
+pub mod sql;
 pub mod sqlite;
 pub mod sqlite_queue;
 
