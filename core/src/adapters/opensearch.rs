@@ -361,6 +361,8 @@ async fn expect_success(
     }
 }
 
+/// Read as text, not with `Response::exception`: a proxy in front of OpenSearch may answer with a body
+/// that is not JSON at all, and its first words are still the best reason to give.
 async fn refusal(action: &str, response: Response) -> CoreError {
     let status = response.status_code();
     match response.text().await {
@@ -373,11 +375,9 @@ async fn refusal(action: &str, response: Response) -> CoreError {
 }
 
 async fn read_json<T: DeserializeOwned>(action: &str, response: Response) -> CoreResult<T> {
-    let body = response
-        .bytes()
+    response
+        .json()
         .await
-        .map_err(|e| failed_request(action, e))?;
-    serde_json::from_slice(&body)
         .map_err(|e| unavailable(format!("{action}: malformed OpenSearch response: {e}")))
 }
 

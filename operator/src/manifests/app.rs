@@ -8,6 +8,7 @@ use super::{
     selector, selector_labels, value_env, with_pull_secrets,
 };
 use crate::crd::{Autoscaling, ChatSystem};
+use chatsys_settings::env;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -117,10 +118,10 @@ impl<'a> Component<'a> {
         let mut settings = common_settings(cs);
         let batch = &worker.batch;
         for (name, value) in [
-            ("CHATSYS_BATCH_SIZE", batch.size),
-            ("CHATSYS_BATCH_WAIT_MS", batch.wait_ms),
-            ("CHATSYS_PREFETCH", batch.prefetch),
-            ("CHATSYS_MAX_ATTEMPTS", batch.max_attempts),
+            (env::CHATSYS_BATCH_SIZE, batch.size),
+            (env::CHATSYS_BATCH_WAIT_MS, batch.wait_ms),
+            (env::CHATSYS_PREFETCH, batch.prefetch),
+            (env::CHATSYS_MAX_ATTEMPTS, batch.max_attempts),
         ] {
             settings.insert(name.to_string(), value.to_string());
         }
@@ -340,12 +341,12 @@ impl<'a> Component<'a> {
 fn common_settings(cs: &ChatSystem) -> BTreeMap<String, String> {
     let mut settings = BTreeMap::from([
         // The migration Job migrates once per version; replicas must not each migrate at start.
-        ("CHATSYS_MIGRATE".to_string(), "false".to_string()),
-        ("CHATSYS_LOG_FORMAT".to_string(), "json".to_string()),
+        (env::CHATSYS_MIGRATE.to_string(), "false".to_string()),
+        (env::CHATSYS_LOG_FORMAT.to_string(), "json".to_string()),
     ]);
     if cs.spec.opensearch.external.is_none() {
         settings.insert(
-            "OPENSEARCH_URL".to_string(),
+            env::OPENSEARCH_URL.to_string(),
             format!(
                 "http://{}:{}",
                 BackingService::Opensearch.workload_name(cs),
@@ -361,10 +362,10 @@ fn common_settings(cs: &ChatSystem) -> BTreeMap<String, String> {
 fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
     let mut env = Vec::new();
     for (service, url_var) in [
-        (BackingService::Mysql, "DATABASE_URL"),
-        (BackingService::Redis, "REDIS_URL"),
-        (BackingService::Rabbitmq, "AMQP_URL"),
-        (BackingService::Opensearch, "OPENSEARCH_URL"),
+        (BackingService::Mysql, env::DATABASE_URL),
+        (BackingService::Redis, env::REDIS_URL),
+        (BackingService::Rabbitmq, env::AMQP_URL),
+        (BackingService::Opensearch, env::OPENSEARCH_URL),
     ] {
         if let Some(external) = service.external(&cs.spec) {
             env.push(secret_env(url_var, &external.secret_name, &external.key));

@@ -1,4 +1,5 @@
-//! Kubernetes quantities (`512Mi`, `2G`, `1.5Gi`, `1e9`) as a number of bytes.
+//! Kubernetes quantities (`512Mi`, `2G`, `1.5Gi`, `1e9`) as a number of bytes. Written here because
+//! k8s-openapi keeps a `Quantity` as its string and kube parses quantities only inside CEL, privately.
 
 /// The value of a quantity, or `None` when it is not one.
 pub fn parse_bytes(quantity: &str) -> Option<f64> {

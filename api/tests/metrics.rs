@@ -1,0 +1,121 @@
+//! `/metrics` as a monitoring system reads it: every family it serves is one of the catalogue's, with
+//! its help text and only the labels the catalogue gives it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chatsys_core::telemetry::{CATALOGUE, Kind};
+use chatsys_settings::{Cli, Command};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
+    let data = tempfile::tempdir().unwrap();
+    let argv = [
+        "chatsys-api",
+        "standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ];
+    let Some(Command::Standalone(args)) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!("a standalone command line");
+    };
+    let running = chatsys_api::start_standalone(&args).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let app: Value = client
+        .post(format!("{base}/applications"))
+        .json(&json!({"name": "metrics"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = app["token"].as_str().unwrap();
+    client
+        .post(format!("{base}/applications/{token}/chats"))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(format!("{base}/applications/{token}/chats/1/messages"))
+        .json(&json!({"body": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    // The worker's metrics appear once the message is stored.
+    let mut exposition = String::new();
+    for _ in 0..100 {
+        exposition = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if exposition.contains("chatsys_worker_commands_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+
+    let mut served: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            served.entry(name).or_insert((kind, false)).0 = kind;
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, _) = rest.split_once(' ').unwrap();
+            served.entry(name).or_insert(("", false)).1 = true;
+        }
+    }
+    for family in ["http_requests_total", "chatsys_worker_commands_total"] {
+        assert!(
+            served.contains_key(family),
+            "{family} not served:\n{exposition}"
+        );
+    }
+    for (name, (kind, helped)) in &served {
+        let metric = CATALOGUE
+            .iter()
+            .find(|m| m.name == *name)
+            .unwrap_or_else(|| panic!("{name} is served but not in the catalogue"));
+        assert!(helped, "{name} has no # HELP");
+        let expected = match metric.kind {
+            Kind::Counter => "counter",
+            Kind::Histogram => "summary",
+        };
+        assert_eq!(kind, &expected, "{name}'s kind");
+    }
+    for sample in exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let Some((family, labels)) = sample.split_once('{') else {
+            continue;
+        };
+        let family = family
+            .strip_suffix("_sum")
+            .or_else(|| family.strip_suffix("_count"))
+            .filter(|f| served.contains_key(f))
+            .unwrap_or(family);
+        let metric = CATALOGUE.iter().find(|m| m.name == family).unwrap();
+        for pair in labels
+            .trim_end_matches(|c| c != '}')
+            .trim_end_matches('}')
+            .split(',')
+        {
+            let label = pair.split_once('=').unwrap().0;
+            assert!(
+                label == "quantile" || metric.labels.contains(&label),
+                "{family} carries the label {label}, which the catalogue does not give it"
+            );
+        }
+    }
+}
