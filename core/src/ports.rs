@@ -66,13 +66,20 @@ pub trait Store: Send + Sync {
 }
 
 /// Allocates chat numbers, message numbers and edit versions, atomically across every API replica.
+/// A counter that is missing (lost from Redis, or not yet loaded by this process) is never guessed:
+/// `next_chat` and `next_message` answer `None`, and the caller restarts it above a floor it computes
+/// from the store and the queue (see [`NumberFloor`]), so no adapter reaches back into them.
 #[async_trait]
 pub trait Numbers: Send + Sync {
     async fn ping(&self) -> CoreResult<()>;
     /// Marks a new application's chat counter as started at 0.
     async fn init_application(&self, app: AppId) -> CoreResult<()>;
-    async fn next_chat(&self, app: AppId) -> CoreResult<u64>;
-    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64>;
+    async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>>;
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>>;
+    /// Starts a missing chat counter at `floor` (one started meanwhile is kept) and allocates from it.
+    async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64>;
+    /// Starts a missing message counter at `floor` (one started meanwhile is kept) and allocates from it.
+    async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64>;
     /// Strictly increasing over the whole system, so the last edit accepted is the one that wins; a
     /// version is a time in microseconds since the epoch (an edit's `updated_at` is read from it).
     async fn next_version(&self) -> CoreResult<u64>;

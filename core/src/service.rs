@@ -25,6 +25,8 @@ use crate::view::{ApplicationView, ChatView, MessageView};
 pub struct Ports {
     pub store: Arc<dyn ports::Store>,
     pub numbers: Arc<dyn ports::Numbers>,
+    /// Where a missing number counter restarts.
+    pub floor: Arc<dyn NumberFloor>,
     pub queue: Arc<dyn ports::Queue>,
     pub cache: Arc<dyn ports::Cache>,
     pub search: Arc<dyn ports::Search>,
@@ -167,7 +169,13 @@ impl ChatService {
 
     pub async fn create_chat(&self, token: &str) -> CoreResult<ChatView> {
         let app = self.resolve(token).await?;
-        let number = self.ports.numbers.next_chat(app).await?;
+        let number = match self.ports.numbers.next_chat(app).await? {
+            Some(number) => number,
+            None => {
+                let floor = self.ports.floor.chat_floor(app).await?;
+                self.ports.numbers.restart_chats(app, floor).await?
+            }
+        };
         let at = domain::now();
         self.ports
             .queue
@@ -222,7 +230,16 @@ impl ChatService {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
-        let number = self.ports.numbers.next_message(app, chat).await?;
+        let number = match self.ports.numbers.next_message(app, chat).await? {
+            Some(number) => number,
+            None => {
+                let floor = self.ports.floor.message_floor(app, chat).await?;
+                self.ports
+                    .numbers
+                    .restart_messages(app, chat, floor)
+                    .await?
+            }
+        };
         let at = domain::now();
         let command = Command::CreateMessage {
             application_id: app,

@@ -28,11 +28,17 @@ impl Numbers for FirstVersionLate {
     async fn init_application(&self, app: AppId) -> CoreResult<()> {
         self.inner.init_application(app).await
     }
-    async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
+    async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>> {
         self.inner.next_chat(app).await
     }
-    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>> {
         self.inner.next_message(app, chat).await
+    }
+    async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64> {
+        self.inner.restart_chats(app, floor).await
+    }
+    async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64> {
+        self.inner.restart_messages(app, chat, floor).await
     }
     async fn next_version(&self) -> CoreResult<u64> {
         let version = self.inner.next_version().await?;
@@ -58,9 +64,10 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
     let service = Arc::new(ChatService::new(Ports {
         store: store.clone(),
         numbers: Arc::new(FirstVersionLate {
-            inner: memory::LocalNumbers::new(Arc::new(queue.clone())),
+            inner: memory::LocalNumbers::new(),
             versions: AtomicUsize::new(0),
         }),
+        floor: Arc::new(queue.clone()),
         queue: Arc::new(queue),
         cache: cache.clone(),
         search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),

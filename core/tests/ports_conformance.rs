@@ -275,26 +275,62 @@ impl NumberFloor for FixedFloor {
     }
 }
 
-async fn redis_numbers(floor: u64) -> (Arc<dyn Numbers>, ::redis::aio::ConnectionManager, String) {
+/// Numbers with the floor their caller restarts a missing counter from, as the service does.
+struct Allocator {
+    numbers: Arc<dyn Numbers>,
+    floor: FixedFloor,
+}
+
+impl Allocator {
+    async fn init_application(&self, app: AppId) -> CoreResult<()> {
+        self.numbers.init_application(app).await
+    }
+    async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
+        match self.numbers.next_chat(app).await? {
+            Some(number) => Ok(number),
+            None => {
+                let floor = self.floor.chat_floor(app).await?;
+                self.numbers.restart_chats(app, floor).await
+            }
+        }
+    }
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+        match self.numbers.next_message(app, chat).await? {
+            Some(number) => Ok(number),
+            None => {
+                let floor = self.floor.message_floor(app, chat).await?;
+                self.numbers.restart_messages(app, chat, floor).await
+            }
+        }
+    }
+    async fn next_version(&self) -> CoreResult<u64> {
+        self.numbers.next_version().await
+    }
+}
+
+async fn redis_numbers(floor: u64) -> (Arc<Allocator>, ::redis::aio::ConnectionManager, String) {
     let url =
         std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let connection = redis::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
     let prefix = format!("chatsys-test-{}", unique());
-    let numbers = redis::RedisNumbers::new(
-        connection.clone(),
-        redis::Keys::new(&prefix),
-        Arc::new(FixedFloor(floor)),
-    );
-    (Arc::new(numbers), connection, prefix)
+    let numbers = redis::RedisNumbers::new(connection.clone(), redis::Keys::new(&prefix));
+    let allocator = Allocator {
+        numbers: Arc::new(numbers),
+        floor: FixedFloor(floor),
+    };
+    (Arc::new(allocator), connection, prefix)
 }
 
-fn local_numbers(floor: u64) -> Arc<dyn Numbers> {
-    Arc::new(memory::LocalNumbers::new(Arc::new(FixedFloor(floor))))
+fn local_numbers(floor: u64) -> Arc<Allocator> {
+    Arc::new(Allocator {
+        numbers: Arc::new(memory::LocalNumbers::new()),
+        floor: FixedFloor(floor),
+    })
 }
 
-async fn numbers_start_at_1_and_never_repeat(numbers: Arc<dyn Numbers>) {
+async fn numbers_start_at_1_and_never_repeat(numbers: Arc<Allocator>) {
     numbers.init_application(1).await.unwrap();
     assert_eq!(numbers.next_chat(1).await.unwrap(), 1);
     assert_eq!(numbers.next_chat(1).await.unwrap(), 2);

@@ -122,8 +122,8 @@ pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::R
         numbers: Arc::new(redis::RedisNumbers::new(
             redis.clone(),
             redis::Keys::new(&backends.redis_prefix),
-            floor,
         )),
+        floor,
         queue,
         cache: Arc::new(redis_cache(redis, backends)),
         search,
@@ -182,7 +182,9 @@ pub async fn standalone(
     let search = open_search(None, &args.data_dir, true).await?;
     let ports = Ports {
         store: store.clone(),
-        numbers: Arc::new(memory::LocalNumbers::new(Arc::new(queue.clone()))),
+        numbers: Arc::new(memory::LocalNumbers::new()),
+        // Exact in standalone: every number stored or still queued.
+        floor: Arc::new(queue.clone()),
         queue: Arc::new(queue.clone()),
         cache: cache.clone(),
         search: search.clone(),

@@ -13,25 +13,27 @@ use tokio::sync::Mutex;
 use crate::domain::{AppId, Application, Chat, Message};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Cache, ListScope, NumberFloor, Numbers};
+use crate::ports::{Cache, ListScope, Numbers};
 
-/// Counters in memory, each loaded on first use from the floor (every number stored or queued), so
-/// a restart continues where the last run stopped.
+/// Counters in memory. Each is missing until its first use restarts it from the floor (every number
+/// stored or queued), so a restart of the process continues where the last run stopped.
+#[derive(Default)]
 pub struct LocalNumbers {
-    floor: Arc<dyn NumberFloor>,
-    chats: Mutex<HashMap<AppId, u64>>,
-    messages: Mutex<HashMap<ChatKey, u64>>,
+    chats: std::sync::Mutex<HashMap<AppId, u64>>,
+    messages: std::sync::Mutex<HashMap<ChatKey, u64>>,
     version: std::sync::Mutex<u64>,
 }
 
 impl LocalNumbers {
-    pub fn new(floor: Arc<dyn NumberFloor>) -> Self {
-        LocalNumbers {
-            floor,
-            chats: Mutex::new(HashMap::new()),
-            messages: Mutex::new(HashMap::new()),
-            version: std::sync::Mutex::new(0),
-        }
+    pub fn new() -> Self {
+        LocalNumbers::default()
+    }
+
+    fn allocate_chat(&self, chats: &mut HashMap<AppId, u64>, app: AppId, counter: u64) -> u64 {
+        let number = counter + 1;
+        chats.insert(app, number);
+        lock(&self.messages).entry((app, number)).or_insert(0);
+        number
     }
 }
 
@@ -42,45 +44,49 @@ impl Numbers for LocalNumbers {
     }
 
     async fn init_application(&self, app: AppId) -> CoreResult<()> {
-        self.chats.lock().await.entry(app).or_insert(0);
+        lock(&self.chats).entry(app).or_insert(0);
         Ok(())
     }
 
-    async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
-        let mut chats = self.chats.lock().await;
-        let counter = match chats.get_mut(&app) {
-            Some(counter) => counter,
-            None => {
-                let floor = self.floor.chat_floor(app).await?;
-                chats.entry(app).or_insert(floor)
-            }
+    async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>> {
+        let mut chats = lock(&self.chats);
+        let Some(&counter) = chats.get(&app) else {
+            return Ok(None);
         };
-        *counter += 1;
-        let number = *counter;
-        drop(chats);
-        self.messages.lock().await.entry((app, number)).or_insert(0);
-        Ok(number)
+        Ok(Some(self.allocate_chat(&mut chats, app, counter)))
     }
 
-    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
-        let mut messages = self.messages.lock().await;
-        let counter = match messages.get_mut(&(app, chat)) {
-            Some(counter) => counter,
-            None => {
-                let floor = self.floor.message_floor(app, chat).await?;
-                messages.entry((app, chat)).or_insert(floor)
-            }
-        };
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>> {
+        Ok(lock(&self.messages).get_mut(&(app, chat)).map(|counter| {
+            *counter += 1;
+            *counter
+        }))
+    }
+
+    async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64> {
+        let mut chats = lock(&self.chats);
+        let counter = *chats.entry(app).or_insert(floor);
+        Ok(self.allocate_chat(&mut chats, app, counter))
+    }
+
+    async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64> {
+        let mut messages = lock(&self.messages);
+        let counter = messages.entry((app, chat)).or_insert(floor);
         *counter += 1;
         Ok(*counter)
     }
 
     async fn next_version(&self) -> CoreResult<u64> {
         let now = chrono::Utc::now().timestamp_micros() as u64;
-        let mut last = self.version.lock().expect("version lock");
+        let mut last = lock(&self.version);
         *last = (*last + 1).max(now);
         Ok(*last)
     }
+}
+
+/// The counters are only held for an update in memory, never across an await.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What an entry costs beyond its body (keys, the other fields, moka's bookkeeping), counted so many

@@ -1,7 +1,7 @@
 //! Redis: number allocation (atomic across API replicas) and the shared cache.
 
 use crate::telemetry;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use crate::domain::{AppId, Application, Chat, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Cache, ListScope, NumberFloor, Numbers};
+use crate::ports::{Cache, ListScope, Numbers};
 
 /// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
 /// does not know them (after a restart).
@@ -107,11 +107,11 @@ impl Keys {
 
 /// Counters live without expiry (an eviction policy of `volatile-*` never evicts them). A counter that
 /// is missing was never started or was lost (Redis restarted or flushed): new applications and chats
-/// start theirs at 0 explicitly, so a missing one is rebuilt from the floor instead of from 1.
+/// start theirs at 0 explicitly, so a missing one is restarted by the caller above a floor instead of
+/// from 1.
 pub struct RedisNumbers {
     redis: ConnectionManager,
     keys: Keys,
-    floor: Arc<dyn NumberFloor>,
 }
 
 const NEXT_CHAT: &str = r"
@@ -143,17 +143,44 @@ return v
 ";
 
 impl RedisNumbers {
-    pub fn new(redis: ConnectionManager, keys: Keys, floor: Arc<dyn NumberFloor>) -> Self {
-        RedisNumbers { redis, keys, floor }
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        RedisNumbers { redis, keys }
     }
 
-    async fn lost_counter(&self, what: &str) {
-        metrics::counter!(telemetry::COUNTER_RESEEDS.name, "counter" => what.to_string())
-            .increment(1);
+    /// Runs a counter script: `floor` empty allocates only from an existing counter (`None` when it
+    /// is missing); a floor first starts a missing counter there.
+    async fn allocate(
+        &self,
+        script: &Script,
+        key: &str,
+        prefix: Option<&str>,
+        floor: Option<u64>,
+    ) -> CoreResult<Option<u64>> {
+        let mut redis = self.redis.clone();
+        let mut invocation = script.key(key);
+        if let Some(prefix) = prefix {
+            invocation.arg(prefix);
+        }
+        match floor {
+            Some(floor) => invocation.arg(floor),
+            None => invocation.arg(""),
+        };
+        let n: i64 = invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(n).ok().filter(|n| *n > 0))
+    }
+
+    async fn restart(&self, counter: &'static str, number: Option<u64>) -> CoreResult<u64> {
+        metrics::counter!(telemetry::COUNTER_RESEEDS.name, "counter" => counter).increment(1);
         tracing::warn!(
-            counter = what,
+            counter,
             "number counter missing from Redis; restarting it above every number handed out"
         );
+        number.ok_or_else(|| {
+            CoreError::unavailable(Backend::Redis, "a restarted counter answered no number")
+        })
     }
 }
 
@@ -177,55 +204,44 @@ impl Numbers for RedisNumbers {
             .map_err(unavailable)
     }
 
-    async fn next_chat(&self, app: AppId) -> CoreResult<u64> {
-        let script = script(&NEXT_CHAT_SCRIPT, NEXT_CHAT);
-        let mut redis = self.redis.clone();
-        let key = self.keys.chat_counter(app);
+    async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>> {
         let prefix = self.keys.message_counter_prefix(app);
-        let n: i64 = script
-            .key(&key)
-            .arg(&prefix)
-            .arg("")
-            .invoke_async(&mut redis)
+        let script = script(&NEXT_CHAT_SCRIPT, NEXT_CHAT);
+        self.allocate(script, &self.keys.chat_counter(app), Some(&prefix), None)
             .await
-            .map_err(unavailable)?;
-        if n > 0 {
-            return Ok(n as u64);
-        }
-        self.lost_counter("chats").await;
-        let floor = self.floor.chat_floor(app).await?;
-        let n: i64 = script
-            .key(&key)
-            .arg(&prefix)
-            .arg(floor)
-            .invoke_async(&mut redis)
-            .await
-            .map_err(unavailable)?;
-        Ok(n as u64)
     }
 
-    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+    async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>> {
         let script = script(&NEXT_MESSAGE_SCRIPT, NEXT_MESSAGE);
-        let mut redis = self.redis.clone();
-        let key = self.keys.message_counter(app, chat);
-        let n: i64 = script
-            .key(&key)
-            .arg("")
-            .invoke_async(&mut redis)
+        self.allocate(script, &self.keys.message_counter(app, chat), None, None)
             .await
-            .map_err(unavailable)?;
-        if n > 0 {
-            return Ok(n as u64);
-        }
-        self.lost_counter("messages").await;
-        let floor = self.floor.message_floor(app, chat).await?;
-        let n: i64 = script
-            .key(&key)
-            .arg(floor)
-            .invoke_async(&mut redis)
-            .await
-            .map_err(unavailable)?;
-        Ok(n as u64)
+    }
+
+    async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64> {
+        let prefix = self.keys.message_counter_prefix(app);
+        let script = script(&NEXT_CHAT_SCRIPT, NEXT_CHAT);
+        let number = self
+            .allocate(
+                script,
+                &self.keys.chat_counter(app),
+                Some(&prefix),
+                Some(floor),
+            )
+            .await?;
+        self.restart("chats", number).await
+    }
+
+    async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64> {
+        let script = script(&NEXT_MESSAGE_SCRIPT, NEXT_MESSAGE);
+        let number = self
+            .allocate(
+                script,
+                &self.keys.message_counter(app, chat),
+                None,
+                Some(floor),
+            )
+            .await?;
+        self.restart("messages", number).await
     }
 
     async fn next_version(&self) -> CoreResult<u64> {
