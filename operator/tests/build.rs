@@ -5,19 +5,11 @@ mod common;
 use chatsys_operator::crd::VERSION;
 use chatsys_operator::manifests::{self, BackingService, ChildKind, Credentials, Inputs};
 use common::{
-    build_fixture, children, container, containers, env, find, fixture, fresh_inputs, has_env,
-    of_kind,
+    FIXTURES, build_fixture, children, container, containers, env, find, fixture, fresh_inputs,
+    has_env, of_kind,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-
-const FIXTURES: [&str; 5] = [
-    "defaults",
-    "overrides",
-    "external",
-    "autoscaling-off",
-    "paused",
-];
 
 /// The migration Job among the children.
 fn migration(built: &[manifests::Manifest]) -> &Value {

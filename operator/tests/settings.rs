@@ -11,16 +11,8 @@ use std::ffi::OsStr;
 use chatsys_operator::manifests::{ChildKind, Manifest};
 use chatsys_settings::{Cli, Command, WorkerArgs};
 use clap::{CommandFactory, Parser};
-use common::{build_fixture, containers, of_kind};
+use common::{FIXTURES, build_fixture, containers, of_kind};
 use serde_json::Value;
-
-const FIXTURES: [&str; 5] = [
-    "defaults",
-    "overrides",
-    "external",
-    "autoscaling-off",
-    "paused",
-];
 
 /// The environment a container starts with, as the kubelet builds it: the ConfigMaps of `envFrom`,
 /// then `env` in order with `$(NAME)` references expanded. Values from Secrets are stand-ins.

@@ -30,14 +30,14 @@ fn unavailable(e: redis::RedisError) -> CoreError {
 }
 
 /// Connects to Redis with short timeouts, so a Redis outage turns into a quick 503, and a connection
-/// that reconnects by itself when Redis comes back.
+/// that reconnects by itself when Redis comes back. It tries once: waiting is its callers' (start-up
+/// waits with its own backoff; a request answers 503 and the next one reconnects).
 pub async fn connect(url: &str) -> CoreResult<ConnectionManager> {
     let client = redis::Client::open(url).map_err(unavailable)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
+        .set_number_of_retries(0);
     ConnectionManager::new_with_config(client, config)
         .await
         .map_err(unavailable)

@@ -23,6 +23,15 @@ pub fn children(cs: &ChatSystem, inputs: &Inputs) -> Vec<Manifest> {
     manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec")).children
 }
 
+/// Every fixture of `tests/fixtures`.
+pub const FIXTURES: [&str; 5] = [
+    "defaults",
+    "overrides",
+    "external",
+    "autoscaling-off",
+    "paused",
+];
+
 pub fn fixture(name: &str) -> ChatSystem {
     let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
