@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chatsys_core::live::LiveSettings;
 use chatsys_core::service::ChatService;
 use chatsys_core::telemetry;
 use chatsys_runtime::startup::{self, Connecting};
@@ -33,6 +34,13 @@ fn app(
         body_timeout: settings.body_timeout(),
         body_budget: http::BodyBudget::new(settings.max_inflight_body_bytes),
     }))
+}
+
+fn live_settings(http: &HttpSettings) -> LiveSettings {
+    LiveSettings {
+        heartbeat: http.event_heartbeat(),
+        max_behind: http.event_max_behind as usize,
+    }
 }
 
 /// What a request other than a probe gets while the API waits for its backing services.
@@ -61,7 +69,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     );
     let ports = wiring::serve_ports(args, &connecting).await?;
     let _ = routes.set(app(
-        ChatService::new(ports),
+        ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe()),
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,
@@ -76,7 +84,8 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
     let routes = app(
-        ChatService::new(standalone.ports).with_ingest_health(standalone.ingest_health),
+        ChatService::with_live(standalone.ports, live_settings(&args.http), stopped.clone())
+            .with_ingest_health(standalone.ingest_health),
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,

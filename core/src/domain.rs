@@ -53,6 +53,23 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What a change did to a message: the first state of it stored, or a newer version of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Created,
+    Edited,
+}
+
+/// One change of a chat as stored: the `seq`-th of its chat (1, 2, 3… in the order the store committed
+/// them), with the message as that change left it. Several states of one message merged in one batch
+/// are one change, since only the last of them was ever stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEvent {
+    pub seq: u64,
+    pub kind: ChangeKind,
+    pub message: Message,
+}
+
 /// A keyset page: items with a number greater than `after`, at most `limit` of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {

@@ -10,12 +10,12 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
-use crate::domain::Message;
+use crate::domain::{ChatEvent, Message};
 use crate::error::{CoreError, CoreResult};
 use crate::index_queue::IndexQueue;
 use crate::plan::MessageKey;
 use crate::ports::{
-    Applied, Cache, CommandSource, Delivery, IndexRefusal, ListScope, Search, Store,
+    Announcer, Applied, Cache, CommandSource, Delivery, IndexRefusal, ListScope, Search, Store,
 };
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct IngestPorts {
     pub store: Arc<dyn Store>,
     pub search: Arc<dyn Search>,
     pub cache: Arc<dyn Cache>,
+    /// Tells the API processes' live streams what each batch changed.
+    pub announcer: Arc<dyn Announcer>,
 }
 
 /// Whether the loop is keeping up; `/readyz` reports it (the details go to the logs).
@@ -152,6 +154,13 @@ struct Stored {
     keys: Vec<Option<MessageKey>>,
 }
 
+/// A stored batch waiting for its messages to be indexed: what to acknowledge, and what to announce.
+struct Waiting {
+    deliveries: Vec<Delivery>,
+    keys: Vec<Option<MessageKey>>,
+    events: Vec<ChatEvent>,
+}
+
 /// Deliveries whose messages are indexed, and those whose messages the search engine refused for good.
 struct Indexed {
     deliveries: Vec<Delivery>,
@@ -183,7 +192,7 @@ async fn index_and_cache_stage(
     mut shutdown: watch::Receiver<bool>,
     health: std::sync::Arc<watch::Sender<IngestHealth>>,
 ) {
-    let mut waiting: IndexQueue<(Vec<Delivery>, Vec<Option<MessageKey>>)> = IndexQueue::default();
+    let mut waiting: IndexQueue<Waiting> = IndexQueue::default();
     loop {
         // Take every batch stored meanwhile; wait for one only when there is nothing to index.
         let mut changed = Applied::default();
@@ -224,12 +233,26 @@ async fn index_and_cache_stage(
             return;
         };
         waiting.indexed(slice, &refusals);
+        let mut settled = Vec::new();
+        let mut events = Vec::new();
         while let Some(done) = waiting.pop_done() {
-            let (deliveries, keys) = done.batch;
-            if indexed
-                .send(set_aside_refused(deliveries, &keys, &done.refused))
-                .is_err()
-            {
+            let Waiting {
+                deliveries,
+                keys,
+                events: changes,
+            } = done.batch;
+            events.extend(changes);
+            settled.push(set_aside_refused(deliveries, &keys, &done.refused));
+        }
+        // Announced before acknowledging: a change is never announced before it is stored, cached and
+        // indexed, and an announcement lost in a crash is read from the store by the streams.
+        if !events.is_empty()
+            && let Err(e) = ports.announcer.announce(&events).await
+        {
+            tracing::warn!(error = %e, "announcing changes failed; live streams read them from the store");
+        }
+        for done in settled {
+            if indexed.send(done).is_err() {
                 return;
             }
         }
@@ -237,19 +260,23 @@ async fn index_and_cache_stage(
 }
 
 /// Queues a stored batch's messages for indexing, and adds what it changed to what the cache forgets.
-fn take(
-    waiting: &mut IndexQueue<(Vec<Delivery>, Vec<Option<MessageKey>>)>,
-    changed: &mut Applied,
-    stored: Stored,
-) {
+fn take(waiting: &mut IndexQueue<Waiting>, changed: &mut Applied, stored: Stored) {
     let Applied {
         chats,
         applications,
         messages,
+        events,
     } = stored.applied;
     changed.chats.extend(chats);
     changed.applications.extend(applications);
-    waiting.push((stored.deliveries, stored.keys), messages);
+    waiting.push(
+        Waiting {
+            deliveries: stored.deliveries,
+            keys: stored.keys,
+            events,
+        },
+        messages,
+    );
 }
 
 /// Indexes the messages, retrying every failure until the index takes them or the worker stops (`None`).

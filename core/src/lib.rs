@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod index_queue;
 pub mod ingest;
+pub mod live;
 pub mod plan;
 pub mod ports;
 pub mod service;

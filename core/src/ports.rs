@@ -1,13 +1,15 @@
 //! One trait per port. Each has a real adapter (MySQL, Redis, RabbitMQ, OpenSearch) and an embedded one
 //! (SQLite, in-process, tantivy) in `adapters`, and both pass the same conformance tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 
 use crate::command::Command;
-use crate::domain::{AppId, Application, Chat, Message, Page};
+use crate::domain::{AppId, Application, Chat, ChatEvent, Message, Page};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
 
@@ -18,6 +20,8 @@ pub struct Applied {
     pub applications: Vec<AppId>,
     /// The stored state of every message the batch touched, after the batch.
     pub messages: Vec<Message>,
+    /// The changes the batch made, numbered in their chats' order: what live streams announce.
+    pub events: Vec<ChatEvent>,
 }
 
 impl Applied {
@@ -26,6 +30,7 @@ impl Applied {
         self.chats.extend(later.chats);
         self.applications.extend(later.applications);
         self.messages.extend(later.messages);
+        self.events.extend(later.events);
     }
 }
 
@@ -58,6 +63,20 @@ pub trait Store: Send + Sync {
     /// The highest chat number stored for an application, and the highest message number of a chat.
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64>;
     async fn max_message_number(&self, app: AppId, chat: u64) -> CoreResult<u64>;
+
+    /// A chat's changes numbered above `after`, in order, at most `limit` rows of the change log read:
+    /// each message once, in the state it has now and at the place of its latest change, `Created` when
+    /// its creation is among them. A client that saw every change up to `after` and then these has the
+    /// chat's present state.
+    async fn chat_events(
+        &self,
+        app: AppId,
+        chat: u64,
+        after: u64,
+        limit: u32,
+    ) -> CoreResult<Vec<ChatEvent>>;
+    /// The number of a chat's latest change (0 for none yet, or no such chat).
+    async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64>;
 
     /// Applies a batch in one transaction, idempotently, keeping the counts exact.
     async fn apply(&self, commands: &[Command]) -> CoreResult<Applied>;
@@ -167,6 +186,33 @@ pub trait Cache: Send + Sync {
     ) -> CoreResult<()>;
     /// Makes every cached page of these lists stale.
     async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()>;
+}
+
+/// What a process following chats hears.
+#[derive(Debug, Clone)]
+pub enum Heard {
+    /// Changes of one chat, in its order, as stored, cached and indexed.
+    Changes(Arc<[ChatEvent]>),
+    /// The connection to the announcements was lost (or this listener fell behind): whatever was
+    /// announced meanwhile is unknown, and the store has it.
+    Interrupted,
+}
+
+/// The worker's side of live streams: it announces each batch's changes once they are stored, cached
+/// and indexed. At most once: an announcement lost on the way is read from the store instead.
+#[async_trait]
+pub trait Announcer: Send + Sync {
+    async fn announce(&self, events: &[ChatEvent]) -> CoreResult<()>;
+}
+
+/// The API's side of live streams: the announcements of the chats this process follows.
+#[async_trait]
+pub trait Announcements: Send + Sync {
+    /// Hears a chat's announcements from when this returns (while the connection holds).
+    async fn follow(&self, chat: ChatKey) -> CoreResult<()>;
+    async fn unfollow(&self, chat: ChatKey) -> CoreResult<()>;
+    /// Everything heard from now on, for the chats followed (and possibly others).
+    fn listen(&self) -> broadcast::Receiver<Heard>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

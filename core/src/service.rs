@@ -17,6 +17,7 @@ use crate::domain::{self, AppId, Chat, Message, Page};
 use crate::error::{CoreError, CoreResult};
 use crate::health::Check;
 use crate::ingest::IngestHealth;
+use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
 use crate::ports::{self, ListScope, NumberFloor};
 use crate::view::{ApplicationView, ChatView, MessageView};
@@ -30,6 +31,8 @@ pub struct Ports {
     pub queue: Arc<dyn ports::Queue>,
     pub cache: Arc<dyn ports::Cache>,
     pub search: Arc<dyn ports::Search>,
+    /// What the workers announce they stored, for live streams.
+    pub announcements: Arc<dyn ports::Announcements>,
 }
 
 /// A rendered page of a list: the JSON array, and the cursor of the next page when there is one.
@@ -48,6 +51,7 @@ pub struct ChatService {
     list_generations: LocalCache<ListScope, u64>,
     /// The ingest loop of this process, when it runs one (standalone mode).
     ingest: Option<watch::Receiver<IngestHealth>>,
+    live: Arc<LiveChats>,
 }
 
 /// How long a list's generation is trusted in process before Redis is asked again.
@@ -55,7 +59,18 @@ const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
 
 impl ChatService {
     pub fn new(ports: Ports) -> Self {
+        Self::with_live(ports, LiveSettings::default(), watch::channel(false).1)
+    }
+
+    /// With the live streams' settings, and the signal that ends them (the process shutting down).
+    pub fn with_live(ports: Ports, settings: LiveSettings, stopped: watch::Receiver<bool>) -> Self {
         let idle = Duration::from_secs(600);
+        let live = LiveChats::new(
+            ports.store.clone(),
+            ports.announcements.clone(),
+            settings,
+            stopped,
+        );
         ChatService {
             ports,
             app_ids: LocalCache::builder()
@@ -71,6 +86,7 @@ impl ChatService {
                 .time_to_live(LIST_GENERATION_TTL)
                 .build(),
             ingest: None,
+            live,
         }
     }
 
@@ -362,6 +378,18 @@ impl ChatService {
             json: serde_json::to_vec(&views).expect("views serialise"),
             next_after: found.next_after.map(|n| n.to_string()),
         })
+    }
+
+    /// The chat's changes as an event stream, after `after` (or from now on without it).
+    pub async fn chat_events(
+        &self,
+        token: &str,
+        chat: u64,
+        after: Option<u64>,
+    ) -> CoreResult<impl futures::Stream<Item = bytes::Bytes> + Send + use<>> {
+        let app = self.resolve(token).await?;
+        self.chat_birth(app, chat).await?;
+        self.live.open((app, chat), after).await
     }
 
     // Lookups.

@@ -128,6 +128,17 @@ pub const WORKER_INDEX_FAILURES: Metric = counter(
     &[],
 );
 
+pub const LIVE_STREAMS: Metric = counter(
+    "chatsys_live_streams_total",
+    "Live event streams of a chat opened.",
+    &[],
+);
+pub const LIVE_REPAIRS: Metric = counter(
+    "chatsys_live_store_reads_total",
+    "Times a chat's feed read changes from the store because announcements were missed, late or interrupted.",
+    &[],
+);
+
 /// Every metric a chatsys process records.
 pub const CATALOGUE: &[Metric] = &[
     HTTP_REQUESTS,
@@ -142,6 +153,8 @@ pub const CATALOGUE: &[Metric] = &[
     WORKER_BATCH_SIZE,
     WORKER_STAGE,
     WORKER_INDEX_FAILURES,
+    LIVE_STREAMS,
+    LIVE_REPAIRS,
 ];
 
 /// The process-wide Prometheus recorder (one per process, however many servers a test starts), with

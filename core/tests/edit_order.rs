@@ -71,6 +71,7 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
         queue: Arc::new(queue),
         cache: cache.clone(),
         search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+        announcements: Arc::new(memory::LocalAnnouncements::default()),
     }));
 
     let application = service.create_application("edits").await.unwrap();

@@ -9,11 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatsys_core::adapters::{memory, sqlite};
 use chatsys_core::command::Command;
-use chatsys_core::domain::{AppId, Message};
+use chatsys_core::domain::{AppId, ChatEvent, Message};
 use chatsys_core::error::{CoreError, CoreResult};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::plan::MessageKey;
-use chatsys_core::ports::{CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store};
+use chatsys_core::ports::{
+    Announcer, CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store,
+};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +34,41 @@ struct Log {
     settled: Vec<Settled>,
     /// What the index held when each acknowledgement was made.
     indexed_at_ack: Vec<BTreeSet<MessageKey>>,
+    /// Each announcement: its changes' numbers and messages, what the index held then, and how many
+    /// acknowledgements had been made before it.
+    announced: Vec<Announced>,
+}
+
+#[derive(Debug)]
+struct Announced {
+    changes: Vec<(u64, u64)>,
+    indexed: BTreeSet<MessageKey>,
+    acks_before: usize,
+}
+
+/// Records what is announced, against what the index and the source have seen by then.
+struct ScriptedAnnouncer {
+    log: Arc<Mutex<Log>>,
+    search: Arc<ScriptedSearch>,
+}
+
+#[async_trait]
+impl Announcer for ScriptedAnnouncer {
+    async fn announce(&self, events: &[ChatEvent]) -> CoreResult<()> {
+        let indexed = self.search.indexed.lock().unwrap().clone();
+        let mut log = self.log.lock().unwrap();
+        let acks_before = log
+            .settled
+            .iter()
+            .filter(|s| matches!(s, Settled::AckedUpTo(_)))
+            .count();
+        log.announced.push(Announced {
+            changes: events.iter().map(|e| (e.seq, e.message.number)).collect(),
+            indexed,
+            acks_before,
+        });
+        Ok(())
+    }
 }
 
 struct ScriptedSource {
@@ -161,6 +198,10 @@ async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<Ing
     };
     let ports = IngestPorts {
         store,
+        announcer: Arc::new(ScriptedAnnouncer {
+            log: log.clone(),
+            search: search.clone(),
+        }),
         search,
         cache: Arc::new(memory::MemoryCache::new(
             Duration::from_secs(60),
@@ -267,4 +308,40 @@ async fn a_refused_message_is_dead_lettered_with_its_reason() {
         .position(|s| matches!(s, Settled::AckedUpTo(n) if *n >= 2))
         .unwrap();
     assert!(dead_at < first_covering, "{:?}", log.settled);
+}
+
+/// Each change is announced once, numbered in its chat's order, only once its message is indexed, and
+/// before the acknowledgement that covers it (a crash in between loses an announcement, never a change:
+/// the streams read the store).
+#[tokio::test]
+async fn changes_are_announced_in_order_once_indexed_and_before_they_are_acknowledged() {
+    let (log, _) = ingest_two_batches(ScriptedSearch {
+        failures: Mutex::new(1),
+        refuse: Vec::new(),
+        indexed: Mutex::new(BTreeSet::new()),
+    })
+    .await;
+    let changes: Vec<(u64, u64)> = log.announced.iter().flat_map(|a| a.changes.clone()).collect();
+    assert_eq!(changes, vec![(1, 1), (2, 2), (3, 3), (4, 4)], "{:?}", log.announced);
+    for announced in &log.announced {
+        for (_, number) in &announced.changes {
+            assert!(
+                announced.indexed.iter().any(|k| k.2 == *number),
+                "message {number} announced before it was indexed: {announced:?}"
+            );
+        }
+        let covering_acks = log
+            .settled
+            .iter()
+            .position(|s| {
+                matches!(s, Settled::AckedUpTo(n) if announced.changes.iter().any(|(_, m)| m <= n))
+            })
+            .expect("acknowledged");
+        assert!(
+            announced.acks_before <= covering_acks,
+            "acknowledged before it was announced: {:?} {:?}",
+            log.announced,
+            log.settled
+        );
+    }
 }

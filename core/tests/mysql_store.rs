@@ -64,7 +64,13 @@ async fn processes_migrating_one_empty_database_at_once_all_succeed() {
     tables.sort();
     assert_eq!(
         tables,
-        ["_sqlx_migrations", "applications", "chats", "messages"]
+        [
+            "_sqlx_migrations",
+            "applications",
+            "chat_events",
+            "chats",
+            "messages"
+        ]
     );
     let applied: Vec<(i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT version, success FROM `{name}`._sqlx_migrations"
@@ -72,7 +78,11 @@ async fn processes_migrating_one_empty_database_at_once_all_succeed() {
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(applied, [(1, true)], "the migration is applied once");
+    assert_eq!(
+        applied,
+        [(1, true), (2, true)],
+        "each migration is applied once"
+    );
     // A later start finds everything applied.
     MySqlStore::connect(&url, 1)
         .unwrap()

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chatsys_core::CoreResult;
 use chatsys_core::adapters::{memory, mysql, redis, sqlite};
 use chatsys_core::command::Command;
-use chatsys_core::domain::{AppId, Message, Page};
+use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page};
 use chatsys_core::ports::{Cache, ListScope, NumberFloor, Numbers, Store};
 use chrono::{DateTime, Utc};
 
@@ -241,6 +241,109 @@ async fn a_batch_of_the_largest_messages_is_stored(store: Arc<dyn Store>) {
     );
 }
 
+fn changes(events: &[ChatEvent]) -> Vec<(u64, ChangeKind, u64, &str)> {
+    events
+        .iter()
+        .map(|e| (e.seq, e.kind, e.message.number, e.message.body.as_str()))
+        .collect()
+}
+
+async fn changes_are_numbered_in_the_order_they_were_stored(store: Arc<dyn Store>) {
+    use ChangeKind::{Created, Edited};
+    let app = app(store.as_ref()).await;
+    let first = vec![
+        create_chat(app, 1),
+        create_message(app, 1, 1, "one"),
+        create_message(app, 1, 2, "two"),
+    ];
+    let applied = store.apply(&first).await.unwrap();
+    assert_eq!(
+        changes(&applied.events),
+        [(1, Created, 1, "one"), (2, Created, 2, "two")]
+    );
+    // A redelivery and an edit older than the stored one change nothing, so they are no change.
+    assert!(store.apply(&first).await.unwrap().events.is_empty());
+    let edited = store
+        .apply(&[edit_message(app, 1, 1, "one, edited", 9)])
+        .await
+        .unwrap();
+    assert_eq!(changes(&edited.events), [(3, Edited, 1, "one, edited")]);
+    assert!(
+        store
+            .apply(&[edit_message(app, 1, 1, "older", 4)])
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    // An edit that arrives before its creation stores the message: that is its creation.
+    let early = store
+        .apply(&[edit_message(app, 1, 3, "three, edited", 11)])
+        .await
+        .unwrap();
+    assert_eq!(changes(&early.events), [(4, Created, 3, "three, edited")]);
+    assert!(
+        store
+            .apply(&[create_message(app, 1, 3, "three")])
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    assert_eq!(store.last_chat_event(app, 1).await.unwrap(), 4);
+    assert_eq!(store.last_chat_event(app, 2).await.unwrap(), 0);
+
+    // Read back: each message once, in its present state, where its latest change is.
+    let all = store.chat_events(app, 1, 0, 100).await.unwrap();
+    assert_eq!(
+        changes(&all),
+        [
+            (2, Created, 2, "two"),
+            (3, Created, 1, "one, edited"),
+            (4, Created, 3, "three, edited"),
+        ]
+    );
+    assert_eq!(all[1].message, messages(store.as_ref(), app, 1).await[0]);
+    let after_two = store.chat_events(app, 1, 2, 100).await.unwrap();
+    assert_eq!(
+        changes(&after_two),
+        [(3, Edited, 1, "one, edited"), (4, Created, 3, "three, edited")]
+    );
+    // A page of the log: message 1's latest change is on a later page, so here it comes at its first.
+    let page = store.chat_events(app, 1, 0, 2).await.unwrap();
+    assert_eq!(
+        changes(&page),
+        [(1, Created, 1, "one, edited"), (2, Created, 2, "two")]
+    );
+    assert!(store.chat_events(app, 1, 4, 100).await.unwrap().is_empty());
+}
+
+async fn concurrent_batches_number_a_chats_changes_without_gaps(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for round in 0..10u64 {
+                let batch: Vec<Command> = (1..=5u64)
+                    .map(|n| create_message(app, 1, worker * 100 + round * 10 + n, "m"))
+                    .collect();
+                let applied = store.apply(&batch).await.unwrap();
+                seqs.extend(applied.events.iter().map(|e| e.seq));
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(store.last_chat_event(app, 1).await.unwrap(), 200);
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod store_mysql {
@@ -260,6 +363,8 @@ store_suite!(
     concurrent_batches_keep_counts_exact,
     the_applied_state_is_what_is_stored,
     a_batch_of_the_largest_messages_is_stored,
+    changes_are_numbered_in_the_order_they_were_stored,
+    concurrent_batches_number_a_chats_changes_without_gaps,
 );
 
 /// A floor that says where a lost counter must restart.

@@ -45,13 +45,22 @@ enum Phase {
     /// Since this instant no request is being served: a kept-alive connection between requests, or
     /// one still writing its last response.
     Idle(Instant),
+    /// A long-lived response (an event stream) is being written, and it last wrote at this instant: a
+    /// client that stops reading it for the idle timeout is cut off, one that reads keeps it.
+    Streaming(Instant),
 }
+
+/// Marks a response as long-lived: its connection is busy for as long as the body is being written,
+/// instead of idle once the handler has returned. Its body must write at least once per idle timeout
+/// (an event stream's heartbeat).
+#[derive(Debug, Clone, Copy)]
+pub struct LongLived;
 
 impl Phase {
     fn deadline(self, header: Duration, idle: Duration) -> Option<Instant> {
         match self {
             Phase::Opened(since) | Phase::Head(since) => Some(since + header),
-            Phase::Idle(since) => Some(since + idle),
+            Phase::Idle(since) | Phase::Streaming(since) => Some(since + idle),
             Phase::Busy(_) => None,
         }
     }
@@ -215,10 +224,22 @@ impl AsyncRead for Watched {
             self.phase.update(|phase| match phase {
                 Phase::Idle(_) => Phase::Head(Instant::now()),
                 Phase::Opened(since) => Phase::Head(since),
-                Phase::Head(_) | Phase::Busy(_) => phase,
+                Phase::Head(_) | Phase::Busy(_) | Phase::Streaming(_) => phase,
             });
         }
         polled
+    }
+}
+
+impl Watched {
+    /// A long-lived response that wrote something is still being read.
+    fn wrote(&self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.phase.update(|phase| match phase {
+                Phase::Streaming(_) => Phase::Streaming(Instant::now()),
+                other => other,
+            });
+        }
     }
 }
 
@@ -228,7 +249,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -236,7 +259,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -268,8 +293,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         let router = self.router.clone();
         Box::pin(async move {
             let response = router.oneshot(request.map(Body::new)).await;
-            drop(serving);
-            response
+            match response {
+                Ok(response) if response.extensions().get::<LongLived>().is_some() => {
+                    Ok(serving.streaming(response))
+                }
+                other => other,
+            }
         })
     }
 }
@@ -285,6 +314,33 @@ impl Serving {
             _ => Phase::Busy(1),
         });
         Serving(phase)
+    }
+}
+
+impl Serving {
+    /// The connection stays in `Streaming` until the response's body ends or is dropped.
+    fn streaming(self, response: Response) -> Response {
+        self.0.update(|_| Phase::Streaming(Instant::now()));
+        let (parts, body) = response.into_parts();
+        let body = Body::from_stream(ServingBody {
+            body: body.into_data_stream(),
+            _serving: self,
+        });
+        Response::from_parts(parts, body)
+    }
+}
+
+/// A response body holding its request's [`Serving`].
+struct ServingBody {
+    body: axum::body::BodyDataStream,
+    _serving: Serving,
+}
+
+impl futures::Stream for ServingBody {
+    type Item = Result<bytes::Bytes, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.body).poll_next(cx)
     }
 }
 

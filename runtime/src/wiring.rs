@@ -117,6 +117,10 @@ pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::R
         margin: args.reseed_margin,
     });
     let search = connect_search(connecting, backends, false).await?;
+    let announcements = Arc::new(redis::RedisAnnouncements::start(
+        backends.redis_url()?,
+        redis::Keys::new(&backends.redis_prefix),
+    )?);
     Ok(Ports {
         store,
         numbers: Arc::new(redis::RedisNumbers::new(
@@ -127,6 +131,7 @@ pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::R
         queue,
         cache: Arc::new(redis_cache(redis, backends)),
         search,
+        announcements,
     })
 }
 
@@ -140,6 +145,10 @@ pub async fn ingest_ports(
     Ok(IngestPorts {
         store,
         search,
+        announcer: Arc::new(redis::RedisAnnouncer::new(
+            redis.clone(),
+            redis::Keys::new(&backends.redis_prefix),
+        )),
         cache: Arc::new(redis_cache(redis, backends)),
     })
 }
@@ -180,6 +189,7 @@ pub async fn standalone(
         args.cache_max_page_bytes,
     ));
     let search = open_search(None, &args.data_dir, true).await?;
+    let announcements = Arc::new(memory::LocalAnnouncements::default());
     let ports = Ports {
         store: store.clone(),
         numbers: Arc::new(memory::LocalNumbers::new()),
@@ -188,11 +198,13 @@ pub async fn standalone(
         queue: Arc::new(queue.clone()),
         cache: cache.clone(),
         search: search.clone(),
+        announcements: announcements.clone(),
     };
     let ingest_ports = IngestPorts {
         store: store.clone(),
         search,
         cache,
+        announcer: announcements,
     };
     let mut source = queue.source();
     let ingest_stop = stopped.clone();

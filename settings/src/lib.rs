@@ -19,6 +19,8 @@ pub mod env {
     pub const CHATSYS_CACHE_TTL_SECS: &str = "CHATSYS_CACHE_TTL_SECS";
     pub const CHATSYS_DATA_DIR: &str = "CHATSYS_DATA_DIR";
     pub const CHATSYS_DB_POOL_SIZE: &str = "CHATSYS_DB_POOL_SIZE";
+    pub const CHATSYS_EVENT_HEARTBEAT_MS: &str = "CHATSYS_EVENT_HEARTBEAT_MS";
+    pub const CHATSYS_EVENT_MAX_BEHIND: &str = "CHATSYS_EVENT_MAX_BEHIND";
     pub const CHATSYS_HEADER_TIMEOUT_MS: &str = "CHATSYS_HEADER_TIMEOUT_MS";
     pub const CHATSYS_IDLE_TIMEOUT_SECS: &str = "CHATSYS_IDLE_TIMEOUT_SECS";
     pub const CHATSYS_LISTEN: &str = "CHATSYS_LISTEN";
@@ -233,6 +235,14 @@ pub struct HttpSettings {
     /// it (after a short wait) gets 503 with Retry-After.
     #[arg(long, env = env::CHATSYS_MAX_INFLIGHT_BODY_BYTES, default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inflight_body_bytes: u64,
+    /// A live event stream with nothing to send for this many milliseconds sends a comment line, so
+    /// proxies do not close it as idle.
+    #[arg(long, env = env::CHATSYS_EVENT_HEARTBEAT_MS, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_heartbeat_ms: u64,
+    /// Events a live stream's client may be behind before the stream is ended (it resumes from its last
+    /// id): what bounds the memory a slow reader holds.
+    #[arg(long, env = env::CHATSYS_EVENT_MAX_BEHIND, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_max_behind: u32,
 }
 
 /// The same values as the flags' defaults (a test checks that they agree).
@@ -244,6 +254,8 @@ impl Default for HttpSettings {
             idle_timeout_secs: 60,
             max_connections: 10_000,
             max_inflight_body_bytes: 64 * 1024 * 1024,
+            event_heartbeat_ms: 15_000,
+            event_max_behind: 1024,
         }
     }
 }
@@ -259,6 +271,10 @@ impl HttpSettings {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn event_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.event_heartbeat_ms)
     }
 }
 

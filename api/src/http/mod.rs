@@ -4,6 +4,7 @@
 mod applications;
 mod chats;
 pub mod error;
+mod events;
 mod extract;
 mod messages;
 pub mod openapi;
@@ -71,6 +72,7 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(applications::router())
         .merge(chats::router())
         .merge(messages::router())
+        .merge(events::router())
         .merge(ops::router())
 }
 

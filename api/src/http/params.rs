@@ -197,3 +197,13 @@ impl SearchQuery {
             .ok_or(chatsys_core::CoreError::invalid_query("q", "is required"))?)
     }
 }
+
+/// Where a chat's event stream starts.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// The `id` of the last event received: the stream starts with the change after it (0: from the
+    /// chat's first change). `Last-Event-ID` wins when both are given.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807_u64)]
+    pub after: Option<String>,
+}

@@ -1,4 +1,4 @@
-//! In-process adapters of standalone mode: number allocation and the cache.
+//! In-process adapters of standalone mode: number allocation, the cache and live announcements.
 
 use crate::telemetry;
 use std::collections::HashMap;
@@ -10,10 +10,10 @@ use moka::future::Cache as Moka;
 use moka::policy::EvictionPolicy;
 use tokio::sync::Mutex;
 
-use crate::domain::{AppId, Application, Chat, Message};
+use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Cache, ListScope, Numbers};
+use crate::ports::{Announcements, Announcer, Cache, Heard, ListScope, Numbers};
 
 /// Counters in memory. Each is missing until its first use restarts it from the floor (every number
 /// stored or queued), so a restart of the process continues where the last run stopped.
@@ -311,5 +311,51 @@ impl Cache for MemoryCache {
             *generations.entry(scope.clone()).or_insert(0) += 1;
         }
         Ok(())
+    }
+}
+
+/// Announcements within one process (standalone mode): the ingest loop announces, the streams hear.
+/// Every chat is heard, so following is nothing; a listener that falls behind hears `Interrupted`.
+pub struct LocalAnnouncements {
+    heard: tokio::sync::broadcast::Sender<Heard>,
+}
+
+/// Announcements a listener may be behind before it is told it missed some.
+const LOCAL_ANNOUNCEMENTS: usize = 4096;
+
+impl Default for LocalAnnouncements {
+    fn default() -> Self {
+        LocalAnnouncements {
+            heard: tokio::sync::broadcast::channel(LOCAL_ANNOUNCEMENTS).0,
+        }
+    }
+}
+
+#[async_trait]
+impl Announcer for LocalAnnouncements {
+    async fn announce(&self, events: &[ChatEvent]) -> CoreResult<()> {
+        for chat in events.chunk_by(|a, b| {
+            (a.message.application_id, a.message.chat_number)
+                == (b.message.application_id, b.message.chat_number)
+        }) {
+            // No listener (no stream open) is not a failure.
+            let _ = self.heard.send(Heard::Changes(chat.into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Announcements for LocalAnnouncements {
+    async fn follow(&self, _: ChatKey) -> CoreResult<()> {
+        Ok(())
+    }
+
+    async fn unfollow(&self, _: ChatKey) -> CoreResult<()> {
+        Ok(())
+    }
+
+    fn listen(&self) -> tokio::sync::broadcast::Receiver<Heard> {
+        self.heard.subscribe()
     }
 }

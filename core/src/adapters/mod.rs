@@ -45,6 +45,33 @@ fn batch_id() -> i64 {
     (rand::random::<u64>() >> 1) as i64
 }
 
+/// `(application_id = ? AND number IN (…)) OR …`, one group per application: primary-key lookups of
+/// chats.
+fn push_chat_keys<'a, DB>(query: &mut QueryBuilder<DB>, keys: impl IntoIterator<Item = &'a ChatKey>)
+where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    let mut by_app: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (app, chat) in keys {
+        by_app.entry(*app).or_default().push(*chat);
+    }
+    for (i, (app, chats)) in by_app.into_iter().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
+        }
+        query
+            .push("(application_id = ")
+            .push_bind(app as i64)
+            .push(" AND number IN (");
+        let mut separated = query.separated(", ");
+        for chat in chats {
+            separated.push_bind(chat as i64);
+        }
+        query.push("))");
+    }
+}
+
 /// `(application_id = ? AND chat_number = ? AND number IN (…)) OR …`, one group per chat, which both
 /// databases turn into primary-key lookups: one query reads back every message a batch touched.
 fn push_message_keys<'a, DB>(

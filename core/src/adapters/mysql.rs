@@ -44,12 +44,14 @@ const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(3600);
 impl Dialect for MySql {
     // Assignments run left to right, so `version` is compared before it is raised.
     const MESSAGE_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
+        changed_by = IF(VALUES(version) > version, VALUES(changed_by), changed_by), \
         body = IF(VALUES(version) > version, VALUES(body), body), \
         updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
         created_at = LEAST(created_at, VALUES(created_at)), \
         version = GREATEST(version, VALUES(version))";
     const CHAT_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
         messages_count = messages_count + VALUES(messages_count), \
+        last_event = last_event + VALUES(last_event), \
         updated_at = IF(VALUES(messages_count) > 0, GREATEST(updated_at, VALUES(updated_at)), updated_at)";
     const GREATEST: &'static str = "GREATEST";
 
@@ -81,11 +83,18 @@ impl Dialect for MySql {
                 ),
             ));
         }
-        let mut migrator = super::migrator(&[(
-            1,
-            "schema",
-            include_str!("../../migrations/mysql/0001_schema.sql"),
-        )]);
+        let mut migrator = super::migrator(&[
+            (
+                1,
+                "schema",
+                include_str!("../../migrations/mysql/0001_schema.sql"),
+            ),
+            (
+                2,
+                "chat events",
+                include_str!("../../migrations/mysql/0002_chat_events.sql"),
+            ),
+        ]);
         migrator.set_locking(false);
         let migrated = migrator
             .run(pool)

@@ -1,18 +1,22 @@
-//! Redis: number allocation (atomic across API replicas) and the shared cache.
+//! Redis: number allocation (atomic across API replicas), the shared cache, and the announcements of
+//! stored changes to the API replicas' live streams (pub/sub).
 
 use crate::telemetry;
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 pub use redis::aio::ConnectionManager;
+use redis::aio::PubSubSink;
+use tokio::sync::broadcast;
 use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncCommands, Script};
 
-use crate::domain::{AppId, Application, Chat, Message};
+use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Cache, ListScope, Numbers};
+use crate::ports::{Announcements, Announcer, Cache, Heard, ListScope, Numbers};
 
 /// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
 /// does not know them (after a restart).
@@ -89,6 +93,10 @@ impl Keys {
                 format!("{}:generation:messages:{app}:{chat}", self.prefix)
             }
         }
+    }
+    /// The pub/sub channel of a chat's announcements.
+    fn announcements(&self, (app, chat): ChatKey) -> String {
+        format!("{}:events:{app}:{chat}", self.prefix)
     }
     fn list_page(&self, scope: &ListScope, generation: u64, page: &str) -> String {
         match scope {
@@ -472,5 +480,188 @@ impl Cache for RedisCache {
         pipe.query_async::<()>(&mut redis)
             .await
             .map_err(unavailable)
+    }
+}
+
+/// Announcements are published in pieces of at most this much JSON, so a batch of large messages is
+/// never one huge pub/sub message.
+const ANNOUNCEMENT_BYTES: usize = 256 * 1024;
+
+/// Publishes each chat's changes on the chat's channel (the worker's side).
+pub struct RedisAnnouncer {
+    redis: ConnectionManager,
+    keys: Keys,
+}
+
+impl RedisAnnouncer {
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        RedisAnnouncer { redis, keys }
+    }
+}
+
+#[async_trait]
+impl Announcer for RedisAnnouncer {
+    async fn announce(&self, events: &[ChatEvent]) -> CoreResult<()> {
+        let mut pipe = redis::pipe();
+        for chat in events.chunk_by(|a, b| chat_of(a) == chat_of(b)) {
+            let channel = self.keys.announcements(chat_of(&chat[0]));
+            let mut piece: Vec<&ChatEvent> = Vec::new();
+            let mut bytes = 0;
+            for event in chat {
+                let size = event.message.body.len() + 256;
+                if !piece.is_empty() && bytes + size > ANNOUNCEMENT_BYTES {
+                    pipe.publish(&channel, encode_events(&piece)).ignore();
+                    piece.clear();
+                    bytes = 0;
+                }
+                piece.push(event);
+                bytes += size;
+            }
+            pipe.publish(&channel, encode_events(&piece)).ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+fn chat_of(event: &ChatEvent) -> ChatKey {
+    (event.message.application_id, event.message.chat_number)
+}
+
+fn encode_events(events: &[&ChatEvent]) -> Vec<u8> {
+    serde_json::to_vec(events).expect("events serialise")
+}
+
+/// Subscribes to the channels of the chats this process streams (the API's side), on a connection of
+/// its own that a background task keeps open: after each reconnection it subscribes again to every
+/// chat followed and tells the listeners they may have missed announcements.
+pub struct RedisAnnouncements {
+    shared: Arc<Subscriptions>,
+}
+
+struct Subscriptions {
+    keys: Keys,
+    /// The chats followed, and the live connection's subscribing half when there is one: one lock for
+    /// both, so a chat followed while the connection is re-established is never left out.
+    state: tokio::sync::Mutex<(HashSet<ChatKey>, Option<PubSubSink>)>,
+    heard: broadcast::Sender<Heard>,
+}
+
+/// Announcements a listener may be behind before it is told it missed some.
+const HEARD_BUFFER: usize = 4096;
+/// A subscription not confirmed this soon counts as failed (the connection is then re-established).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisAnnouncements {
+    /// Starts the subscriber task; it connects (and reconnects) by itself, and ends when this is dropped.
+    pub fn start(url: &str, keys: Keys) -> CoreResult<Self> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let shared = Arc::new(Subscriptions {
+            keys,
+            state: tokio::sync::Mutex::new((HashSet::new(), None)),
+            heard: broadcast::channel(HEARD_BUFFER).0,
+        });
+        tokio::spawn(keep_subscribed(client, Arc::downgrade(&shared)));
+        Ok(RedisAnnouncements { shared })
+    }
+}
+
+#[async_trait]
+impl Announcements for RedisAnnouncements {
+    async fn follow(&self, chat: ChatKey) -> CoreResult<()> {
+        let mut state = self.shared.state.lock().await;
+        state.0.insert(chat);
+        match state.1.as_mut() {
+            Some(sink) => {
+                let channel = self.shared.keys.announcements(chat);
+                match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(channel)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(unavailable(e)),
+                    Err(_) => Err(CoreError::unavailable(Backend::Redis, "subscribing timed out")),
+                }
+            }
+            None => Err(CoreError::unavailable(
+                Backend::Redis,
+                "not connected for announcements",
+            )),
+        }
+    }
+
+    async fn unfollow(&self, chat: ChatKey) -> CoreResult<()> {
+        let mut state = self.shared.state.lock().await;
+        state.0.remove(&chat);
+        if let Some(sink) = state.1.as_mut() {
+            let channel = self.shared.keys.announcements(chat);
+            let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.unsubscribe(channel)).await;
+        }
+        Ok(())
+    }
+
+    fn listen(&self) -> broadcast::Receiver<Heard> {
+        self.shared.heard.subscribe()
+    }
+}
+
+/// How long the subscriber waits before connecting again after losing its connection.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+async fn keep_subscribed(client: redis::Client, shared: std::sync::Weak<Subscriptions>) {
+    use futures::StreamExt;
+    loop {
+        let connected = client.get_async_pubsub().await;
+        let Some(subscriptions) = shared.upgrade() else {
+            return;
+        };
+        match connected {
+            Ok(pubsub) => {
+                let (mut sink, mut messages) = pubsub.split();
+                let subscribed = {
+                    let mut state = subscriptions.state.lock().await;
+                    let channels: Vec<String> = state
+                        .0
+                        .iter()
+                        .map(|chat| subscriptions.keys.announcements(*chat))
+                        .collect();
+                    let subscribed = channels.is_empty()
+                        || matches!(
+                            tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(channels)).await,
+                            Ok(Ok(()))
+                        );
+                    if subscribed {
+                        state.1 = Some(sink);
+                    }
+                    subscribed
+                };
+                if subscribed {
+                    // Whatever was announced while not subscribed is only in the store.
+                    let _ = subscriptions.heard.send(Heard::Interrupted);
+                    let heard = subscriptions.heard.clone();
+                    drop(subscriptions);
+                    while let Some(message) = messages.next().await {
+                        match serde_json::from_slice::<Vec<ChatEvent>>(message.get_payload_bytes())
+                        {
+                            Ok(events) => {
+                                let _ = heard.send(Heard::Changes(events.into()));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "an announcement could not be read"),
+                        }
+                        if shared.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    let Some(subscriptions) = shared.upgrade() else {
+                        return;
+                    };
+                    subscriptions.state.lock().await.1 = None;
+                    let _ = subscriptions.heard.send(Heard::Interrupted);
+                    tracing::warn!("the announcements connection to Redis was lost; reconnecting");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connecting for announcements failed; retrying");
+            }
+        }
+        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
     }
 }

@@ -18,9 +18,9 @@ use sqlx::{
 };
 
 use crate::command::Command;
-use crate::domain::{AppId, Application, Chat, Message, Page};
+use crate::domain::{AppId, Application, ChangeKind, Chat, ChatEvent, Message, Page};
 use crate::error::{CoreResult, from_sqlx};
-use crate::plan::{BatchPlan, ChatKey, plan_batch};
+use crate::plan::{BatchPlan, ChatKey, MessageKey, plan_batch};
 use crate::ports::{Applied, Store};
 
 /// What the shared algorithm needs to know of a database.
@@ -121,6 +121,44 @@ const CHAT_COLUMNS: &str = "application_id, number, messages_count, created_at, 
 const MESSAGE_COLUMNS: &str =
     "application_id, chat_number, number, body, version, created_at, updated_at";
 
+const MESSAGE_COLUMNS_OF_M: &str =
+    "m.application_id, m.chat_number, m.number, m.body, m.version, m.created_at, m.updated_at";
+
+/// A row of the change log with the message's present state.
+#[derive(FromRow)]
+struct LoggedChange {
+    seq: u64,
+    created: i64,
+    #[sqlx(flatten)]
+    message: Message,
+}
+
+/// Keeps each message's latest change of those read, in log order, as `Created` when its creation was
+/// among them: a message changed twice since the cursor is sent once, in the state it has now.
+fn latest_change_of_each_message(rows: Vec<LoggedChange>) -> Vec<ChatEvent> {
+    let mut latest: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut created = std::collections::HashSet::new();
+    for (index, row) in rows.iter().enumerate() {
+        latest.insert(row.message.number, index);
+        if row.created != 0 {
+            created.insert(row.message.number);
+        }
+    }
+    rows.into_iter()
+        .enumerate()
+        .filter(|(index, row)| latest[&row.message.number] == *index)
+        .map(|(_, row)| ChatEvent {
+            seq: row.seq,
+            kind: if created.contains(&row.message.number) {
+                ChangeKind::Created
+            } else {
+                ChangeKind::Edited
+            },
+            message: row.message,
+        })
+        .collect()
+}
+
 /// Rows of `chats` per insert: six values each, well within both databases' limit on bound values.
 const CHAT_ROWS_PER_INSERT: usize = 1000;
 
@@ -143,6 +181,10 @@ where
     (Option<u64>,): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, i64): for<'r> FromRow<'r, DB::Row>,
     (u64, i64): for<'r> FromRow<'r, DB::Row>,
+    (u64,): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
+    LoggedChange: for<'r> FromRow<'r, DB::Row>,
 {
     async fn migrate(&self) -> CoreResult<()> {
         DB::migrate(&self.pool).await
@@ -301,6 +343,41 @@ where
         Ok(max.unwrap_or(0))
     }
 
+    async fn chat_events(
+        &self,
+        app: AppId,
+        chat: u64,
+        after: u64,
+        limit: u32,
+    ) -> CoreResult<Vec<ChatEvent>> {
+        let sql = format!(
+            "SELECT e.seq, e.created, {} FROM chat_events e JOIN messages m \
+             ON m.application_id = e.application_id AND m.chat_number = e.chat_number AND m.number = e.message_number \
+             WHERE e.application_id = ? AND e.chat_number = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+            MESSAGE_COLUMNS_OF_M
+        );
+        let rows: Vec<LoggedChange> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(signed(app))
+            .bind(signed(chat))
+            .bind(signed(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(latest_change_of_each_message(rows))
+    }
+
+    async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64> {
+        let last: Option<u64> =
+            sqlx::query_scalar("SELECT last_event FROM chats WHERE application_id = ? AND number = ?")
+                .bind(signed(app))
+                .bind(signed(chat))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+        Ok(last.unwrap_or(0))
+    }
+
     async fn apply(&self, commands: &[Command]) -> CoreResult<Applied> {
         let plan = plan_batch(commands);
         if plan.is_empty() {
@@ -324,6 +401,8 @@ where
     Message: for<'r> FromRow<'r, DB::Row>,
     (u64, u64, i64): for<'r> FromRow<'r, DB::Row>,
     (u64, i64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
 {
     /// One transaction. Rows are tagged with a random batch id, so the batch counts exactly the rows it
     /// inserted, whatever another worker or a redelivery wrote meanwhile.
@@ -331,11 +410,14 @@ where
         let batch = super::batch_id();
         let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
 
+        // Per chat: the messages this batch changed (inserted, or raised to a newer version), in number
+        // order, each with whether it inserted the row; and how many rows it inserted.
+        let mut changed: BTreeMap<ChatKey, Vec<(u64, bool)>> = BTreeMap::new();
         let mut new_messages: BTreeMap<ChatKey, i64> = BTreeMap::new();
         if !plan.messages.is_empty() {
             for statement in plan.message_statements() {
                 let mut insert = QueryBuilder::<DB>::new(
-                    "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) ",
+                    "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by, changed_by) ",
                 );
                 insert.push_values(statement, |mut row, ((app, chat, number), message)| {
                     row.push_bind(signed(*app))
@@ -345,23 +427,27 @@ where
                         .push_bind(signed(message.version))
                         .push_bind(Stamp(message.created_at))
                         .push_bind(Stamp(message.updated_at))
+                        .push_bind(batch)
                         .push_bind(batch);
                 });
                 insert.push(DB::MESSAGE_UPSERT);
                 insert.build().execute(&mut *tx).await.map_err(from_sqlx)?;
             }
-            let counted: Vec<(u64, u64, i64)> = sqlx::query_as(
-                "SELECT application_id, chat_number, COUNT(*) FROM messages WHERE inserted_by = ? \
-                 GROUP BY application_id, chat_number",
+            let rows: Vec<(u64, u64, u64, u64)> = sqlx::query_as(
+                "SELECT application_id, chat_number, number, inserted_by FROM messages WHERE changed_by = ? \
+                 ORDER BY application_id, chat_number, number",
             )
             .bind(batch)
             .fetch_all(&mut *tx)
             .await
             .map_err(from_sqlx)?;
-            new_messages = counted
-                .into_iter()
-                .map(|(app, chat, n)| ((app, chat), n))
-                .collect();
+            for (app, chat, number, inserted_by) in rows {
+                let inserted = inserted_by == batch as u64;
+                if inserted {
+                    *new_messages.entry((app, chat)).or_default() += 1;
+                }
+                changed.entry((app, chat)).or_default().push((number, inserted));
+            }
         }
 
         for chunk in plan
@@ -371,12 +457,13 @@ where
             .chunks(CHAT_ROWS_PER_INSERT)
         {
             let mut insert = QueryBuilder::<DB>::new(
-                "INSERT INTO chats (application_id, number, messages_count, created_at, updated_at, inserted_by) ",
+                "INSERT INTO chats (application_id, number, messages_count, last_event, created_at, updated_at, inserted_by) ",
             );
             insert.push_values(chunk, |mut row, (key, chat)| {
                 row.push_bind(signed(key.0))
                     .push_bind(signed(key.1))
                     .push_bind(new_messages.get(key).copied().unwrap_or(0))
+                    .push_bind(changed.get(key).map_or(0, |c| c.len() as i64))
                     .push_bind(Stamp(chat.created_at))
                     .push_bind(Stamp(chat.updated_at))
                     .push_bind(batch);
@@ -424,11 +511,74 @@ where
                 .map_err(from_sqlx)?;
             messages.extend(read);
         }
+        let events = self.log_changes(&mut tx, &changed, &messages).await?;
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
             applications: new_chats.iter().map(|(app, _)| *app).collect(),
             messages,
+            events,
         })
+    }
+
+    /// Numbers the batch's changes after each chat's last one (its row, raised by the chat upsert and
+    /// locked by it until commit, holds the new last number) and appends them to the change log.
+    async fn log_changes(
+        &self,
+        tx: &mut sqlx::Transaction<'static, DB>,
+        changed: &BTreeMap<ChatKey, Vec<(u64, bool)>>,
+        stored: &[Message],
+    ) -> CoreResult<Vec<ChatEvent>> {
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut select = QueryBuilder::<DB>::new(
+            "SELECT application_id, number, last_event FROM chats WHERE ",
+        );
+        super::push_chat_keys(&mut select, changed.keys());
+        let last: BTreeMap<ChatKey, u64> = select
+            .build_query_as::<(u64, u64, u64)>()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(from_sqlx)?
+            .into_iter()
+            .map(|(app, chat, last)| ((app, chat), last))
+            .collect();
+        let states: std::collections::HashMap<MessageKey, &Message> = stored
+            .iter()
+            .map(|m| ((m.application_id, m.chat_number, m.number), m))
+            .collect();
+        let mut events = Vec::new();
+        for (key @ &(app, chat), messages) in changed {
+            let first = last.get(key).copied().unwrap_or(0) + 1 - messages.len() as u64;
+            for (offset, (number, inserted)) in messages.iter().enumerate() {
+                let Some(message) = states.get(&(app, chat, *number)) else {
+                    continue;
+                };
+                events.push(ChatEvent {
+                    seq: first + offset as u64,
+                    kind: if *inserted {
+                        ChangeKind::Created
+                    } else {
+                        ChangeKind::Edited
+                    },
+                    message: (*message).clone(),
+                });
+            }
+        }
+        for chunk in events.chunks(CHAT_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<DB>::new(
+                "INSERT INTO chat_events (application_id, chat_number, seq, message_number, created) ",
+            );
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(signed(event.message.application_id))
+                    .push_bind(signed(event.message.chat_number))
+                    .push_bind(signed(event.seq))
+                    .push_bind(signed(event.message.number))
+                    .push_bind(i64::from(event.kind == ChangeKind::Created));
+            });
+            insert.build().execute(&mut **tx).await.map_err(from_sqlx)?;
+        }
+        Ok(events)
     }
 }

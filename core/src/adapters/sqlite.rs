@@ -34,12 +34,14 @@ pub async fn open(path: &Path) -> CoreResult<SqlitePool> {
 #[async_trait]
 impl Dialect for Sqlite {
     const MESSAGE_UPSERT: &'static str = " ON CONFLICT (application_id, chat_number, number) DO UPDATE SET \
+        changed_by = CASE WHEN excluded.version > messages.version THEN excluded.changed_by ELSE messages.changed_by END, \
         body = CASE WHEN excluded.version > messages.version THEN excluded.body ELSE messages.body END, \
         updated_at = CASE WHEN excluded.version > messages.version THEN excluded.updated_at ELSE messages.updated_at END, \
         created_at = MIN(messages.created_at, excluded.created_at), \
         version = MAX(messages.version, excluded.version)";
     const CHAT_UPSERT: &'static str = " ON CONFLICT (application_id, number) DO UPDATE SET \
         messages_count = chats.messages_count + excluded.messages_count, \
+        last_event = chats.last_event + excluded.last_event, \
         updated_at = CASE WHEN excluded.messages_count > 0 THEN MAX(chats.updated_at, excluded.updated_at) ELSE chats.updated_at END";
     const GREATEST: &'static str = "MAX";
 
@@ -48,11 +50,18 @@ impl Dialect for Sqlite {
     }
 
     async fn migrate(pool: &Pool<Sqlite>) -> CoreResult<()> {
-        super::migrator(&[(
-            1,
-            "schema",
-            include_str!("../../migrations/sqlite/0001_schema.sql"),
-        )])
+        super::migrator(&[
+            (
+                1,
+                "schema",
+                include_str!("../../migrations/sqlite/0001_schema.sql"),
+            ),
+            (
+                2,
+                "chat events",
+                include_str!("../../migrations/sqlite/0002_chat_events.sql"),
+            ),
+        ])
         .run(pool)
         .await
         .map_err(|e| CoreError::unavailable(Backend::Database, e))

@@ -50,6 +50,14 @@ fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// The server's settings with a heartbeat every second, so the heartbeat case does not wait 15 s.
+fn quick_heartbeat() -> HttpSettings {
+    HttpSettings {
+        event_heartbeat_ms: 1000,
+        ..HttpSettings::default()
+    }
+}
+
 pub async fn standalone() -> Served {
     let data = tempfile::tempdir().expect("temporary data directory");
     let args = StandaloneArgs {
@@ -60,7 +68,7 @@ pub async fn standalone() -> Served {
         cache_max_bytes: 64 << 20,
         cache_max_page_bytes: 1 << 20,
         max_request_bytes: 1_048_576,
-        http: HttpSettings::default(),
+        http: quick_heartbeat(),
         log_format: "text".into(),
     };
     let api = chatsys_api::start_standalone(&args)
@@ -121,7 +129,7 @@ pub async fn full_stack() -> Served {
         publish_channels: 4,
         publish_timeout_ms: 5000,
         max_request_bytes: 1_048_576,
-        http: HttpSettings::default(),
+        http: quick_heartbeat(),
         reseed_margin: 10_000,
     };
     let api = tokio::time::timeout(START_WITHIN, chatsys_api::start(&api_args))

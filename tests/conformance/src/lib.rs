@@ -5,6 +5,7 @@ pub mod applications;
 pub mod chats;
 pub mod checks;
 pub mod errors;
+pub mod events;
 pub mod harness;
 pub mod messages;
 pub mod ops;
@@ -78,6 +79,13 @@ macro_rules! conformance_suite {
                 search_follows_edits,
                 a_walk_survives_an_edit_of_a_pages_last_message,
                 an_empty_query_is_400,
+            ],
+            events: [
+                events_follow_creates_and_edits_in_order,
+                a_stream_resumes_after_its_last_event_id,
+                two_subscribers_see_the_same_sequence,
+                streams_of_unknown_chats_are_404,
+                an_idle_stream_sends_heartbeats,
             ],
             errors: [
                 malformed_json_is_400,

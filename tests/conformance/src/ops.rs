@@ -290,6 +290,7 @@ pub async fn the_document_is_the_routes_served(target: &Target) {
         "/applications/{token}",
         "/applications/{token}/chats",
         "/applications/{token}/chats/{number}",
+        "/applications/{token}/chats/{number}/events",
         "/applications/{token}/chats/{number}/messages",
         "/applications/{token}/chats/{number}/messages/search",
         "/applications/{token}/chats/{number}/messages/{message}",

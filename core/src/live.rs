@@ -1,0 +1,415 @@
+//! Live chats: the event streams of a chat's changes that the API serves.
+//!
+//! Each chat streamed in this process has one *feed*: it follows the chat's announcements (Redis pub/sub
+//! between processes, a channel in standalone mode), puts them in the chat's order, and passes each
+//! change once, rendered once, to every stream of the chat. Announcements arrive at most once and may
+//! arrive out of order (several workers); the store's change log is the truth. So a feed that sees a gap
+//! waits a moment for it to fill, then reads the missing changes from the store; it also asks the store
+//! now and then whether a change stayed unannounced, and reads everything again after the connection to
+//! the announcements was lost. A stream starts where its client left off: it reads what the client
+//! missed from the store, then takes the feed's changes from where the feed was when it joined.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::domain::{ChangeKind, ChatEvent};
+use crate::error::{CoreError, CoreResult};
+use crate::plan::ChatKey;
+use crate::ports::{Announcements, Heard, Store};
+use crate::telemetry;
+use crate::view::MessageView;
+
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// A comment line is sent after this long without an event, so proxies keep an idle stream open.
+    pub heartbeat: Duration,
+    /// Changes a stream may be behind its chat before it is ended (and its client resumes).
+    pub max_behind: usize,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        LiveSettings {
+            heartbeat: Duration::from_secs(15),
+            max_behind: 1024,
+        }
+    }
+}
+
+/// How long a feed waits for a missing change to be announced before reading it from the store.
+const GAP_WAIT: Duration = Duration::from_millis(250);
+/// How often a feed asks the store for the chat's last change, and checks whether it still has streams.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Changes read from the store at a time.
+const READ_PAGE: u32 = 500;
+/// Announcements waiting for a feed before it is told to read the store instead.
+const FEED_INBOX: usize = 1024;
+
+/// One SSE event, rendered once for every stream of its chat.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub seq: u64,
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// `id:` the change's number (the cursor to resume after), `event:` what happened, `data:` the message
+    /// as `GET …/messages/{number}` shows it. JSON has no raw line breaks, so `data` is one line.
+    pub fn of(event: &ChatEvent) -> Frame {
+        let name = match event.kind {
+            ChangeKind::Created => "message.created",
+            ChangeKind::Edited => "message.edited",
+        };
+        let data = serde_json::to_string(&MessageView::from(&event.message))
+            .expect("views serialise");
+        Frame {
+            seq: event.seq,
+            bytes: Bytes::from(format!("id: {}\nevent: {name}\ndata: {data}\n\n", event.seq)),
+        }
+    }
+}
+
+/// The first bytes of every stream: how long a client waits before it reconnects.
+const RETRY: &[u8] = b"retry: 1000\n\n";
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// The last event of a stream whose client fell too far behind: it resumes after its last id.
+fn overflow_frame(cursor: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: stream.overflow\ndata: {{\"reason\":\"the client read too slowly; resume after the last id\",\"last_event_id\":\"{cursor}\"}}\n\n"
+    ))
+}
+
+pub struct LiveChats {
+    store: Arc<dyn Store>,
+    announcements: Arc<dyn Announcements>,
+    settings: LiveSettings,
+    feeds: Mutex<HashMap<ChatKey, Arc<Feed>>>,
+    dispatching: OnceLock<()>,
+    stopped: watch::Receiver<bool>,
+}
+
+struct Feed {
+    inbox: mpsc::Sender<Input>,
+    state: std::sync::Mutex<FeedState>,
+}
+
+struct FeedState {
+    /// The number of the last change passed to the streams.
+    last: u64,
+    frames: broadcast::Sender<Frame>,
+}
+
+enum Input {
+    Changes(Arc<[ChatEvent]>),
+    /// Announcements may have been missed: read the store.
+    Repair,
+}
+
+impl LiveChats {
+    /// Streams end when `stopped` turns true (the process is shutting down; clients resume elsewhere).
+    pub fn new(
+        store: Arc<dyn Store>,
+        announcements: Arc<dyn Announcements>,
+        settings: LiveSettings,
+        stopped: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(LiveChats {
+            store,
+            announcements,
+            settings,
+            feeds: Mutex::new(HashMap::new()),
+            dispatching: OnceLock::new(),
+            stopped,
+        })
+    }
+
+    /// A stream of the chat's changes after `after` (or, without it, from now on): first those read from
+    /// the store, then the live ones. `after` beyond the chat's last change names nothing yet: 400.
+    pub async fn open(
+        self: &Arc<Self>,
+        chat: ChatKey,
+        after: Option<u64>,
+    ) -> CoreResult<impl Stream<Item = Bytes> + Send + use<>> {
+        if self.dispatching.set(()).is_ok() {
+            tokio::spawn(dispatch(Arc::downgrade(self), self.announcements.listen()));
+        }
+        let (receiver, start) = self.join(chat).await?;
+        if let Some(after) = after
+            && after > start
+            && after > self.store.last_chat_event(chat.0, chat.1).await?
+        {
+            return Err(CoreError::invalid_query(
+                "after",
+                "is beyond the chat's last event",
+            ));
+        }
+        metrics::counter!(telemetry::LIVE_STREAMS.name).increment(1);
+        let stream = Reader {
+            store: self.store.clone(),
+            chat,
+            receiver,
+            start,
+            cursor: after.unwrap_or(start),
+            queued: std::collections::VecDeque::from([Bytes::from_static(RETRY)]),
+            ended: false,
+            heartbeat: self.settings.heartbeat,
+            stopped: self.stopped.clone(),
+        };
+        Ok(futures::stream::unfold(stream, |mut reader| async move {
+            let bytes = reader.next().await?;
+            Some((bytes, reader))
+        }))
+    }
+
+    /// Joins the chat's feed (starting it when this process has none): the frames after `start`, the
+    /// number of the last change the feed passed on.
+    async fn join(self: &Arc<Self>, chat: ChatKey) -> CoreResult<(broadcast::Receiver<Frame>, u64)> {
+        let mut feeds = self.feeds.lock().await;
+        let feed = match feeds.get(&chat) {
+            Some(feed) => feed.clone(),
+            None => {
+                // Following first, then reading the last change: whatever is announced after that read
+                // is heard, and whatever was before it is in the store.
+                if let Err(e) = self.announcements.follow(chat).await {
+                    tracing::warn!(error = %e, "following a chat's announcements failed; its feed reads the store");
+                }
+                let last = self.store.last_chat_event(chat.0, chat.1).await?;
+                let (inbox, input) = mpsc::channel(FEED_INBOX);
+                let feed = Arc::new(Feed {
+                    inbox,
+                    state: std::sync::Mutex::new(FeedState {
+                        last,
+                        frames: broadcast::channel(self.settings.max_behind).0,
+                    }),
+                });
+                feeds.insert(chat, feed.clone());
+                tokio::spawn(run_feed(self.clone(), chat, feed.clone(), input));
+                feed
+            }
+        };
+        let state = feed.lock();
+        Ok((state.frames.subscribe(), state.last))
+    }
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands each announcement to its chat's feed.
+async fn dispatch(live: std::sync::Weak<LiveChats>, mut heard: broadcast::Receiver<Heard>) {
+    loop {
+        let input = match heard.recv().await {
+            Ok(Heard::Changes(events)) => Some(events),
+            Ok(Heard::Interrupted) | Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(live) = live.upgrade() else { return };
+        let feeds = live.feeds.lock().await;
+        match input {
+            Some(events) => {
+                let Some(first) = events.first() else { continue };
+                let chat = (first.message.application_id, first.message.chat_number);
+                if let Some(feed) = feeds.get(&chat) {
+                    // A full inbox drops the announcement: the gap it leaves makes the feed read the store.
+                    let _ = feed.inbox.try_send(Input::Changes(events));
+                }
+            }
+            None => {
+                for feed in feeds.values() {
+                    let _ = feed.inbox.try_send(Input::Repair);
+                }
+            }
+        }
+    }
+}
+
+/// A chat's feed: puts announced changes in order, reads missing ones from the store, and retires when
+/// its last stream has gone.
+async fn run_feed(
+    live: Arc<LiveChats>,
+    chat: ChatKey,
+    feed: Arc<Feed>,
+    mut input: mpsc::Receiver<Input>,
+) {
+    // Announced changes beyond a gap, waiting for it to fill.
+    let mut held: BTreeMap<u64, ChatEvent> = BTreeMap::new();
+    let mut gap_since: Option<Instant> = None;
+    // The store's last change seen at the previous check, when the feed was behind it.
+    let mut store_ahead: Option<u64> = None;
+    let mut checks = tokio::time::interval_at(Instant::now() + CHECK_EVERY, CHECK_EVERY);
+    loop {
+        let repair = tokio::select! {
+            received = input.recv() => match received {
+                Some(Input::Changes(events)) => {
+                    held.extend(events.iter().map(|e| (e.seq, e.clone())));
+                    false
+                }
+                Some(Input::Repair) => true,
+                None => return,
+            },
+            () = sleep_until(gap_since.map(|since| since + GAP_WAIT)) => true,
+            _ = checks.tick() => {
+                if retire(&live, chat, &feed).await {
+                    return;
+                }
+                match live.store.last_chat_event(chat.0, chat.1).await {
+                    Ok(stored) => {
+                        let last = feed.lock().last;
+                        // Behind at two checks in a row: what the earlier one saw was never announced.
+                        let missed = store_ahead.is_some_and(|seen| last < seen);
+                        store_ahead = (stored > last).then_some(stored);
+                        missed
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "checking a chat's last change failed");
+                        false
+                    }
+                }
+            }
+        };
+        if repair {
+            metrics::counter!(telemetry::LIVE_REPAIRS.name).increment(1);
+            if let Err(e) = read_store(live.store.as_ref(), chat, &feed).await {
+                tracing::warn!(error = %e, "reading a chat's changes from the store failed; retrying");
+            }
+        }
+        pass_on(&feed, &mut held);
+        gap_since = match (held.is_empty(), gap_since) {
+            (true, _) => None,
+            (false, Some(since)) if !repair => Some(since),
+            (false, _) => Some(Instant::now()),
+        };
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Passes on the held changes that follow the last one passed, in order, and drops those already passed.
+fn pass_on(feed: &Feed, held: &mut BTreeMap<u64, ChatEvent>) {
+    let mut state = feed.lock();
+    while let Some(entry) = held.first_entry() {
+        let seq = *entry.key();
+        if seq <= state.last {
+            entry.remove();
+        } else if seq == state.last + 1 {
+            let event = entry.remove();
+            let _ = state.frames.send(Frame::of(&event));
+            state.last = seq;
+        } else {
+            break;
+        }
+    }
+}
+
+/// Passes on every change the store has after the feed's last one.
+async fn read_store(store: &dyn Store, chat: ChatKey, feed: &Feed) -> CoreResult<()> {
+    loop {
+        let after = feed.lock().last;
+        let events = store.chat_events(chat.0, chat.1, after, READ_PAGE).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut state = feed.lock();
+        for event in &events {
+            if event.seq > state.last {
+                let _ = state.frames.send(Frame::of(event));
+                state.last = event.seq;
+            }
+        }
+    }
+}
+
+/// Removes the feed when no stream reads it any more (a stream joining holds the feeds' lock).
+async fn retire(live: &LiveChats, chat: ChatKey, feed: &Arc<Feed>) -> bool {
+    let mut feeds = live.feeds.lock().await;
+    if feed.lock().frames.receiver_count() > 0 {
+        return false;
+    }
+    feeds.remove(&chat);
+    drop(feeds);
+    if let Err(e) = live.announcements.unfollow(chat).await {
+        tracing::debug!(error = %e, "unfollowing a chat failed");
+    }
+    true
+}
+
+/// One client's stream.
+struct Reader {
+    store: Arc<dyn Store>,
+    chat: ChatKey,
+    receiver: broadcast::Receiver<Frame>,
+    /// Where the feed was when this stream joined it: the receiver has every change after it.
+    start: u64,
+    /// The last change sent.
+    cursor: u64,
+    queued: std::collections::VecDeque<Bytes>,
+    ended: bool,
+    heartbeat: Duration,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.queued.pop_front() {
+                return Some(bytes);
+            }
+            if self.ended || *self.stopped.borrow() {
+                return None;
+            }
+            if self.cursor < self.start {
+                // What the client missed before this stream joined the feed, from the store.
+                match self
+                    .store
+                    .chat_events(self.chat.0, self.chat.1, self.cursor, READ_PAGE)
+                    .await
+                {
+                    Ok(events) if events.is_empty() => self.cursor = self.start,
+                    Ok(events) => {
+                        for event in &events {
+                            self.queued.push_back(Frame::of(event).bytes);
+                        }
+                        self.cursor = events.last().map_or(self.cursor, |e| e.seq);
+                    }
+                    Err(e) => {
+                        // The client resumes from its last id once the store answers again.
+                        tracing::warn!(error = %e, "reading missed changes failed; ending the stream");
+                        self.ended = true;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                received = self.receiver.recv() => match received {
+                    Ok(frame) if frame.seq <= self.cursor => {}
+                    Ok(frame) => {
+                        self.cursor = frame.seq;
+                        return Some(frame.bytes);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.ended = true;
+                        return Some(overflow_frame(self.cursor));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(HEARTBEAT)),
+                _ = self.stopped.wait_for(|stop| *stop) => return None,
+            }
+        }
+    }
+}
