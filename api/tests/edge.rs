@@ -338,3 +338,87 @@ async fn stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
         .expect("stop returns once the request is done")
         .unwrap();
 }
+
+/// An application and a chat in it, made over plain HTTP/1.1; returns the chat's event stream path.
+async fn a_chat(server: &Server) -> String {
+    let mut stream = server.connect().await;
+    let body = br#"{"name":"streams"}"#;
+    stream
+        .write_all(post_head("/applications", body.len()).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(body).await.unwrap();
+    let answer = answer_within(&mut stream, MARGIN).await.expect("an answer");
+    let token = answer.json()["token"].as_str().unwrap().to_string();
+    let path = format!("/applications/{token}/chats");
+    stream
+        .write_all(post_head(&path, 2).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(b"{}").await.unwrap();
+    let answer = answer_within(&mut stream, MARGIN).await.expect("an answer");
+    assert_eq!(answer.status, 201, "{}", answer.head);
+    format!("{path}/1/events")
+}
+
+/// Opens an event stream over raw TCP and reads its head.
+async fn open_events(server: &Server, path: &str) -> TcpStream {
+    let mut stream = server.connect().await;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        timeout(MARGIN, stream.read_exact(&mut byte))
+            .await
+            .expect("the stream's head")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    stream
+}
+
+/// A stream is a long response, not an idle connection: it stays open past the idle timeout while it
+/// writes (heartbeats here), however long that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_outlives_the_idle_timeout_while_it_writes() {
+    let server = start(&["--idle-timeout-secs", "1", "--event-heartbeat-ms", "300"]).await;
+    let path = a_chat(&server).await;
+    let mut stream = open_events(&server, &path).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut heartbeats = 0;
+    let mut buffer = [0; 4096];
+    while Instant::now() < until {
+        let read = timeout(MARGIN, stream.read(&mut buffer))
+            .await
+            .expect("a heartbeat within the margin")
+            .unwrap();
+        assert!(
+            read > 0,
+            "the stream was closed after {heartbeats} heartbeats"
+        );
+        heartbeats += String::from_utf8_lossy(&buffer[..read])
+            .matches(": heartbeat")
+            .count();
+    }
+    assert!(heartbeats >= 5, "{heartbeats} heartbeats in 4 s");
+    server.running.stop().await;
+}
+
+/// Shutting down ends the streams (their clients resume from their last id on another replica), so
+/// stopping does not wait for clients that would never leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_event_streams() {
+    let server = start(&[]).await;
+    let path = a_chat(&server).await;
+    let mut stream = open_events(&server, &path).await;
+    timeout(MARGIN, server.running.stop())
+        .await
+        .expect("stop returns although a stream was open");
+    closed_within(&mut stream, MARGIN, "an event stream at shutdown").await;
+}

@@ -66,11 +66,14 @@ impl Frame {
             ChangeKind::Created => "message.created",
             ChangeKind::Edited => "message.edited",
         };
-        let data = serde_json::to_string(&MessageView::from(&event.message))
-            .expect("views serialise");
+        let data =
+            serde_json::to_string(&MessageView::from(&event.message)).expect("views serialise");
         Frame {
             seq: event.seq,
-            bytes: Bytes::from(format!("id: {}\nevent: {name}\ndata: {data}\n\n", event.seq)),
+            bytes: Bytes::from(format!(
+                "id: {}\nevent: {name}\ndata: {data}\n\n",
+                event.seq
+            )),
         }
     }
 }
@@ -170,7 +173,10 @@ impl LiveChats {
 
     /// Joins the chat's feed (starting it when this process has none): the frames after `start`, the
     /// number of the last change the feed passed on.
-    async fn join(self: &Arc<Self>, chat: ChatKey) -> CoreResult<(broadcast::Receiver<Frame>, u64)> {
+    async fn join(
+        self: &Arc<Self>,
+        chat: ChatKey,
+    ) -> CoreResult<(broadcast::Receiver<Frame>, u64)> {
         let mut feeds = self.feeds.lock().await;
         let feed = match feeds.get(&chat) {
             Some(feed) => feed.clone(),
@@ -217,7 +223,9 @@ async fn dispatch(live: std::sync::Weak<LiveChats>, mut heard: broadcast::Receiv
         let feeds = live.feeds.lock().await;
         match input {
             Some(events) => {
-                let Some(first) = events.first() else { continue };
+                let Some(first) = events.first() else {
+                    continue;
+                };
                 let chat = (first.message.application_id, first.message.chat_number);
                 if let Some(feed) = feeds.get(&chat) {
                     // A full inbox drops the announcement: the gap it leaves makes the feed read the store.

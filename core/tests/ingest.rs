@@ -321,8 +321,17 @@ async fn changes_are_announced_in_order_once_indexed_and_before_they_are_acknowl
         indexed: Mutex::new(BTreeSet::new()),
     })
     .await;
-    let changes: Vec<(u64, u64)> = log.announced.iter().flat_map(|a| a.changes.clone()).collect();
-    assert_eq!(changes, vec![(1, 1), (2, 2), (3, 3), (4, 4)], "{:?}", log.announced);
+    let changes: Vec<(u64, u64)> = log
+        .announced
+        .iter()
+        .flat_map(|a| a.changes.clone())
+        .collect();
+    assert_eq!(
+        changes,
+        vec![(1, 1), (2, 2), (3, 3), (4, 4)],
+        "{:?}",
+        log.announced
+    );
     for announced in &log.announced {
         for (_, number) in &announced.changes {
             assert!(

@@ -307,7 +307,10 @@ async fn changes_are_numbered_in_the_order_they_were_stored(store: Arc<dyn Store
     let after_two = store.chat_events(app, 1, 2, 100).await.unwrap();
     assert_eq!(
         changes(&after_two),
-        [(3, Edited, 1, "one, edited"), (4, Created, 3, "three, edited")]
+        [
+            (3, Edited, 1, "one, edited"),
+            (4, Created, 3, "three, edited")
+        ]
     );
     // A page of the log: message 1's latest change is on a later page, so here it comes at its first.
     let page = store.chat_events(app, 1, 0, 2).await.unwrap();

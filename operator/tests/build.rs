@@ -333,6 +333,18 @@ fn every_override_reaches_the_manifests() {
         ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"], "8m",
         "requests just over the API's 1 MiB limit must reach the API, which answers its own JSON 413"
     );
+    let annotations = &ingress["metadata"]["annotations"];
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-buffering"], "off",
+        "a chat's event stream must reach the client as it is written"
+    );
+    for timeout in ["proxy-read-timeout", "proxy-send-timeout"] {
+        assert_eq!(
+            annotations[format!("nginx.ingress.kubernetes.io/{timeout}")],
+            "3600",
+            "an event stream stays open for as long as its client reads it"
+        );
+    }
     assert_eq!(
         ingress["spec"]["tls"],
         json!([{ "hosts": ["chat.example.org"], "secretName": "chat-tls" }])

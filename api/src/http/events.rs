@@ -65,9 +65,10 @@ pub async fn stream(
         .service
         .chat_events(&path.token.0, path.number.0, after)
         .await?;
-    let mut response = Response::new(Body::from_stream(
-        futures::StreamExt::map(events, Ok::<_, std::convert::Infallible>),
-    ));
+    let mut response = Response::new(Body::from_stream(futures::StreamExt::map(
+        events,
+        Ok::<_, std::convert::Infallible>,
+    )));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 pub use redis::aio::ConnectionManager;
-use redis::aio::PubSubSink;
-use tokio::sync::broadcast;
 use redis::aio::ConnectionManagerConfig;
+use redis::aio::PubSubSink;
 use redis::{AsyncCommands, Script};
+use tokio::sync::broadcast;
 
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
@@ -578,7 +578,10 @@ impl Announcements for RedisAnnouncements {
                 match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(channel)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(unavailable(e)),
-                    Err(_) => Err(CoreError::unavailable(Backend::Redis, "subscribing timed out")),
+                    Err(_) => Err(CoreError::unavailable(
+                        Backend::Redis,
+                        "subscribing timed out",
+                    )),
                 }
             }
             None => Err(CoreError::unavailable(
@@ -644,7 +647,9 @@ async fn keep_subscribed(client: redis::Client, shared: std::sync::Weak<Subscrip
                             Ok(events) => {
                                 let _ = heard.send(Heard::Changes(events.into()));
                             }
-                            Err(e) => tracing::warn!(error = %e, "an announcement could not be read"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "an announcement could not be read")
+                            }
                         }
                         if shared.strong_count() == 0 {
                             return;

@@ -368,13 +368,14 @@ where
     }
 
     async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64> {
-        let last: Option<u64> =
-            sqlx::query_scalar("SELECT last_event FROM chats WHERE application_id = ? AND number = ?")
-                .bind(signed(app))
-                .bind(signed(chat))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(from_sqlx)?;
+        let last: Option<u64> = sqlx::query_scalar(
+            "SELECT last_event FROM chats WHERE application_id = ? AND number = ?",
+        )
+        .bind(signed(app))
+        .bind(signed(chat))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
         Ok(last.unwrap_or(0))
     }
 
@@ -446,7 +447,10 @@ where
                 if inserted {
                     *new_messages.entry((app, chat)).or_default() += 1;
                 }
-                changed.entry((app, chat)).or_default().push((number, inserted));
+                changed
+                    .entry((app, chat))
+                    .or_default()
+                    .push((number, inserted));
             }
         }
 
@@ -532,9 +536,8 @@ where
         if changed.is_empty() {
             return Ok(Vec::new());
         }
-        let mut select = QueryBuilder::<DB>::new(
-            "SELECT application_id, number, last_event FROM chats WHERE ",
-        );
+        let mut select =
+            QueryBuilder::<DB>::new("SELECT application_id, number, last_event FROM chats WHERE ");
         super::push_chat_keys(&mut select, changed.keys());
         let last: BTreeMap<ChatKey, u64> = select
             .build_query_as::<(u64, u64, u64)>()

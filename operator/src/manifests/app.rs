@@ -426,11 +426,26 @@ fn ingress(cs: &ChatSystem) -> Ingress {
     let ingress = &cs.spec.api.ingress;
     let host = ingress.host.clone().unwrap_or_default();
     let mut metadata = metadata(cs, &api_name(cs), "api");
-    // ingress-nginx refuses bodies over 1 MiB with its own HTML 413; let the API answer its own limit.
-    metadata.annotations = Some(Labels::from([(
-        "nginx.ingress.kubernetes.io/proxy-body-size".to_string(),
-        INGRESS_BODY_LIMIT.to_string(),
-    )]));
+    metadata.annotations = Some(
+        [
+            // ingress-nginx refuses bodies over 1 MiB with its own HTML 413; let the API answer its own
+            // limit.
+            ("proxy-body-size", INGRESS_BODY_LIMIT),
+            // Chats' event streams: passed on as written, and open for as long as the client reads
+            // (the API writes at least a heartbeat every 15 s, so a dead client is still noticed).
+            ("proxy-buffering", "off"),
+            ("proxy-read-timeout", INGRESS_STREAM_TIMEOUT_SECS),
+            ("proxy-send-timeout", INGRESS_STREAM_TIMEOUT_SECS),
+        ]
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                format!("nginx.ingress.kubernetes.io/{name}"),
+                value.to_string(),
+            )
+        })
+        .collect(),
+    );
     Ingress {
         metadata,
         spec: Some(IngressSpec {
@@ -468,3 +483,6 @@ fn ingress(cs: &ChatSystem) -> Ingress {
 
 /// Above the API's default request limit (1 MiB), so requests just over it reach the API.
 const INGRESS_BODY_LIMIT: &str = "8m";
+/// How long nginx keeps a proxied connection with nothing to pass on: an hour, since an event stream
+/// is long-lived (a client reconnects after it with its last event id, losing nothing).
+const INGRESS_STREAM_TIMEOUT_SECS: &str = "3600";

@@ -61,7 +61,9 @@ impl Frame {
     }
 
     pub fn number(&self) -> u64 {
-        self.json()["number"].as_u64().expect("the message's number")
+        self.json()["number"]
+            .as_u64()
+            .expect("the message's number")
     }
 
     pub fn seq(&self) -> u64 {
@@ -139,11 +141,20 @@ impl EventStream {
         }
     }
 
-    /// The next `count` events, skipping comments.
+    /// The next `count` events, skipping comments; fails unless all arrive within `EVENT_WITHIN`.
     pub async fn events(&mut self, count: usize) -> Vec<Frame> {
+        let deadline = Instant::now() + EVENT_WITHIN;
         let mut events = Vec::new();
         while events.len() < count {
-            let frame = self.next_frame(EVENT_WITHIN).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "{}: {} of {count} events within {EVENT_WITHIN:?}: {events:?}",
+                    self.what,
+                    events.len()
+                );
+            }
+            let frame = self.next_frame(left).await;
             if frame.is_event() {
                 events.push(frame);
             }
@@ -186,9 +197,7 @@ async fn edit(target: &Target, token: &str, chat: u64, number: u64, body: &str) 
 async fn assert_data_is_the_message(target: &Target, token: &str, chat: u64, event: &Frame) {
     let data = event.json();
     assert_message(&data);
-    let read = target
-        .get(&message_path(token, chat, event.number()))
-        .await;
+    let read = target.get(&message_path(token, chat, event.number())).await;
     read.expect_status(200);
     assert_eq!(data, read.json(), "event {event:?}");
 }
@@ -216,7 +225,11 @@ pub async fn events_follow_creates_and_edits_in_order(target: &Target) {
     let edited = stream.events(1).await;
     assert_eq!(
         edited[0].summary(),
-        ("message.edited".to_string(), 2, "second, edited".to_string())
+        (
+            "message.edited".to_string(),
+            2,
+            "second, edited".to_string()
+        )
     );
     assert_data_is_the_message(target, &token, chat, &edited[0]).await;
     assert_ids_grow(&[created, edited].concat());
@@ -260,12 +273,8 @@ pub async fn a_stream_resumes_after_its_last_event_id(target: &Target) {
     resumed.expect_no_event(Duration::from_millis(500)).await;
 
     // `after` resumes the same way.
-    let mut by_query = EventStream::open(
-        target,
-        &format!("{path}?after={}", seen[0].seq()),
-        None,
-    )
-    .await;
+    let mut by_query =
+        EventStream::open(target, &format!("{path}?after={}", seen[0].seq()), None).await;
     let replayed = by_query.events(4).await;
     let numbers: BTreeSet<u64> = replayed.iter().map(Frame::number).collect();
     assert_eq!(numbers, [1, 2, 3, 4].into(), "{replayed:?}");
@@ -306,7 +315,10 @@ pub async fn streams_of_unknown_chats_are_404(target: &Target) {
         let request = target
             .request(Method::GET, &path)
             .header("last-event-id", cursor);
-        target.send(request).await.expect_error(400, "invalid_query");
+        target
+            .send(request)
+            .await
+            .expect_error(400, "invalid_query");
         target
             .get(&format!("{path}?after={cursor}"))
             .await
