@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cpu;
+pub mod events;
 pub mod isolation;
 pub mod ledger;
 pub mod load;

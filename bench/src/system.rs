@@ -91,12 +91,23 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 pub enum Role {
     Api,
     Worker,
+    /// A second API replica on the same resources, started only when a scenario asks for it.
+    SecondApi,
 }
 
 impl Role {
     fn binary(self) -> &'static str {
         match self {
+            Role::Api | Role::SecondApi => "chatsys-api",
+            Role::Worker => "chatsys-worker",
+        }
+    }
+
+    /// Names its log files.
+    fn name(self) -> &'static str {
+        match self {
             Role::Api => "chatsys-api",
+            Role::SecondApi => "chatsys-api-2",
             Role::Worker => "chatsys-worker",
         }
     }
@@ -129,6 +140,7 @@ pub struct System {
     options: Options,
     api: Process,
     worker: Process,
+    second_api: Process,
     removed: bool,
 }
 
@@ -164,6 +176,12 @@ impl System {
                 past_peak_kib: 0,
                 starts: 0,
             },
+            second_api: Process {
+                listen: free_port()?,
+                child: None,
+                past_peak_kib: 0,
+                starts: 0,
+            },
             removed: false,
         };
         // The API first, so that its migrations are done before the worker starts.
@@ -174,6 +192,11 @@ impl System {
 
     pub fn api_addr(&self) -> SocketAddr {
         self.api.listen
+    }
+
+    /// Where the second API replica listens (once started with `start_role(Role::SecondApi)`).
+    pub fn second_api_addr(&self) -> SocketAddr {
+        self.second_api.listen
     }
 
     /// Where the worker serves `/healthz`, `/readyz` and `/metrics`.
@@ -197,16 +220,20 @@ impl System {
         match role {
             Role::Api => &mut self.api,
             Role::Worker => &mut self.worker,
+            Role::SecondApi => &mut self.second_api,
+        }
+    }
+
+    fn process_of(&self, role: Role) -> &Process {
+        match role {
+            Role::Api => &self.api,
+            Role::Worker => &self.worker,
+            Role::SecondApi => &self.second_api,
         }
     }
 
     pub fn pid(&self, role: Role) -> Option<u32> {
-        let process = if role == Role::Api {
-            &self.api
-        } else {
-            &self.worker
-        };
-        process.child.as_ref().and_then(Child::id)
+        self.process_of(role).child.as_ref().and_then(Child::id)
     }
 
     /// Spawns the process and waits for its `/readyz`.
@@ -219,10 +246,10 @@ impl System {
             bail!("{} is already running", role.binary());
         }
         process.starts += 1;
-        let log_path = data_dir.join(format!("{}.{}.log", role.binary(), process.starts));
+        let log_path = data_dir.join(format!("{}.{}.log", role.name(), process.starts));
         let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(&binary);
-        if role == Role::Api {
+        if matches!(role, Role::Api | Role::SecondApi) {
             command.arg("serve");
         }
         command
@@ -311,11 +338,7 @@ impl System {
 
     /// The highest resident set of any instance of `role` so far, in bytes.
     pub fn peak_rss_bytes(&self, role: Role) -> u64 {
-        let process = if role == Role::Api {
-            &self.api
-        } else {
-            &self.worker
-        };
+        let process = self.process_of(role);
         let current = process
             .child
             .as_ref()
@@ -335,6 +358,7 @@ impl System {
     /// Stops both processes and removes the database, queues, Redis keys and data directory (unless kept).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop(Role::Api, Duration::from_secs(5)).await?;
+        self.stop(Role::SecondApi, Duration::from_secs(5)).await?;
         self.stop(Role::Worker, Duration::from_secs(10)).await?;
         self.removed = true;
         if self.options.keep {

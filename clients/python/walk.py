@@ -22,7 +22,7 @@ from chatsys_client.api.applications import (
     applications_read,
     applications_rename,
 )
-from chatsys_client.api.chats import chats_create, chats_list, chats_read
+from chatsys_client.api.chats import chats_create, chats_events, chats_list, chats_read
 from chatsys_client.api.messages import (
     messages_create,
     messages_edit,
@@ -166,6 +166,19 @@ hits = eventually(
 assert hits[2].body == "edited, still a WALKER"
 assert expect(chats_read.sync_detailed(token, 1, client=client), 200, ChatView).messages_count == 5
 
+# A chat's events, streamed from its first change (the generated function reads a response whole, so the
+# stream is read with the generated client's own HTTP client)
+with client.get_httpx_client().stream("GET", f"/applications/{token}/chats/1/events", params={"after": 0}) as stream:
+    assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+    streamed = []
+    for line in stream.iter_lines():
+        if line.startswith("data: "):
+            streamed.append(MessageView.from_dict(json.loads(line[len("data: "):])))
+        if len(streamed) == 5:
+            break
+assert [m.number for m in streamed] == [1, 2, 3, 4, 5], streamed
+assert streamed[2].body == "edited, still a WALKER", "missed changes come as they are now"
+
 # Every error a client can provoke, parsed into the generated ErrorBody with its ErrorCode
 expect_error(chats_list.sync_detailed(token, client=client, limit=0), 400, ErrorCode.INVALID_QUERY)
 expect_error(messages_search.sync_detailed(token, 1, client=client, q=" "), 400, ErrorCode.INVALID_QUERY)
@@ -176,6 +189,8 @@ expect_error(
 )
 expect_error(applications_read.sync_detailed("no-such-token", client=client), 404, ErrorCode.NOT_FOUND)
 expect_error(chats_read.sync_detailed(token, 99, client=client), 404, ErrorCode.NOT_FOUND)
+expect_error(chats_events.sync_detailed(token, 99, client=client), 404, ErrorCode.NOT_FOUND)
+expect_error(chats_events.sync_detailed(token, 1, client=client, after=10**9), 400, ErrorCode.INVALID_QUERY)
 expect_error(messages_read.sync_detailed(token, 1, 99, client=client), 404, ErrorCode.NOT_FOUND)
 expect_error(
     messages_create.sync_detailed(token, 1, client=client, body=MessageBody(body="x" * (2 * 1024 * 1024))),

@@ -87,6 +87,32 @@ const badLimit = await client.GET("/applications/{token}/chats", {
 });
 expectCode(badLimit.error?.error.code, "invalid_query", "limit 0");
 
+// A chat's events: an unknown chat is the usual typed error; the stream itself is read as it comes.
+const unknownChat = await client.GET("/applications/{token}/chats/{number}/events", {
+  params: { path: { token, number: 99 } },
+});
+check(unknownChat.response.status === 404, "the events of an unknown chat are a 404");
+expectCode(unknownChat.error?.error.code, "not_found", "the events of an unknown chat");
+const events = await client.GET("/applications/{token}/chats/{number}/events", {
+  params: { path, query: { after: 0 } },
+  parseAs: "stream",
+});
+check(
+  events.response.headers.get("content-type")?.startsWith("text/event-stream") === true,
+  "events come as text/event-stream",
+);
+check(events.data != null, "the event stream has a body");
+const reader = events.data.getReader();
+const decoder = new TextDecoder();
+let received = "";
+while (!received.includes("event: message.created")) {
+  const chunk = await reader.read();
+  if (chunk.done) break;
+  received += decoder.decode(chunk.value, { stream: true });
+}
+check(received.includes("event: message.created"), "the stream replays the chat's first message");
+await reader.cancel();
+
 // Calls the types must refuse: each line below fails to compile if the document lets it through.
 async function refusedByTheTypes() {
   // @ts-expect-error a message is posted with `body`, not an application's `name`

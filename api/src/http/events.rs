@@ -42,7 +42,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 /// A comment line (`: heartbeat`) comes after 15 s without an event. A client that reads too slowly gets
 /// a last event `stream.overflow` and the stream ends: it reconnects with its last id. The stream also
 /// ends when the server shuts down; the client reconnects the same way, to any replica.
-#[utoipa::path(get, path = "/applications/{token}/chats/{number}/events", tag = "messages",
+#[utoipa::path(get, path = "/applications/{token}/chats/{number}/events", tag = "chats",
     operation_id = "chats_events", params(ChatPath, EventsQuery,
         ("Last-Event-ID" = Option<String>, Header,
             description = "The `id` of the last event received; wins over `after` (a reconnecting `EventSource` sends it with the URL it first opened)")),

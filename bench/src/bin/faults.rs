@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chatsys_bench::client::{self, Connection, create_application, create_chat_number};
+use chatsys_bench::events::{Event, EventStream};
 use chatsys_bench::ledger::{self, AckedMessage, Ledger};
 use chatsys_bench::raw::amqp_connect;
 use chatsys_bench::services::{RestoreOnDrop, Service};
@@ -66,6 +67,9 @@ enum Scenario {
     ApiKill,
     /// Random bytes published to the command queue reach the dead-letter queue; later commands still flow.
     Poison,
+    /// A client follows a chat on a second API replica, which is killed with SIGKILL under load: it
+    /// reconnects to the other replica with its last event id and ends with every message once.
+    StreamReplicaKill,
 }
 
 impl Scenario {
@@ -428,11 +432,113 @@ async fn inject(
                 problems.push("no 201 after the malformed commands".to_owned());
             }
         }
+        Scenario::StreamReplicaKill => {
+            problems.extend(kill_a_streaming_replica(system, load).await?);
+        }
     }
     for role in [Role::Api, Role::Worker] {
         if system.has_exited(role) {
             problems.push(format!("{role:?} process exited during the scenario"));
         }
+    }
+    Ok(problems)
+}
+
+/// Follows the first chat of the load on the second replica, kills that replica, and checks that the
+/// client, reconnecting to the first replica with its last id, gets every message acknowledged in that
+/// chat up to a moment after the kill, and none twice.
+async fn kill_a_streaming_replica(system: &mut System, load: &Load) -> anyhow::Result<Vec<String>> {
+    system.start_role(Role::SecondApi).await?;
+    let (token, chat) = load.ledger.lock().expect("ledger lock").chats[0].clone();
+    let path = format!("/applications/{token}/chats/{chat}/events?after=0");
+    let received: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let connections = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let follower = tokio::spawn({
+        let (received, stop, connections) = (received.clone(), stop.clone(), connections.clone());
+        let mut replicas = vec![system.api_addr(), system.second_api_addr()];
+        async move {
+            let mut last = None;
+            while !stop.load(Ordering::Relaxed) {
+                // The second replica first; once it is gone, the first.
+                let replica = *replicas.last().expect("a replica");
+                match EventStream::open(replica, &path, last).await {
+                    Ok(mut stream) => {
+                        connections.fetch_add(1, Ordering::Relaxed);
+                        while let Ok(event) = stream.next().await {
+                            last = Some(event.id);
+                            received.lock().expect("events lock").push(event);
+                        }
+                    }
+                    Err(_) if replicas.len() > 1 => {
+                        replicas.pop();
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_kill = received.lock().expect("events lock").len();
+    system.kill(Role::SecondApi).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acknowledged: Vec<(u64, String)> = load
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .messages
+        .iter()
+        .filter(|m| m.token == token && m.chat == chat)
+        .map(|m| (m.number, m.body.clone()))
+        .collect();
+    let mut problems = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        let seen: std::collections::HashMap<u64, String> = received
+            .lock()
+            .expect("events lock")
+            .iter()
+            .map(|e| (e.number, e.body.clone()))
+            .collect();
+        let missing: Vec<u64> = acknowledged
+            .iter()
+            .filter(|(number, body)| seen.get(number) != Some(body))
+            .map(|(number, _)| *number)
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    follower.abort();
+    let received = received.lock().expect("events lock").clone();
+    if before_kill == 0 {
+        problems.push("the stream received nothing before the kill".to_owned());
+    }
+    if connections.load(Ordering::Relaxed) < 2 {
+        problems.push("the client never reconnected to the other replica".to_owned());
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} of {} acknowledged messages of the followed chat never reached the stream: {:?}",
+            missing.len(),
+            acknowledged.len(),
+            &missing[..missing.len().min(10)]
+        ));
+    }
+    let mut once = std::collections::HashSet::new();
+    let repeated: Vec<u64> = received
+        .iter()
+        .filter(|e| !once.insert((e.kind.clone(), e.number)))
+        .map(|e| e.number)
+        .collect();
+    if !repeated.is_empty() {
+        problems.push(format!("events received twice, for messages {repeated:?}"));
+    }
+    if received.windows(2).any(|w| w[0].id >= w[1].id) {
+        problems.push("event ids did not grow along the stream".to_owned());
     }
     Ok(problems)
 }
