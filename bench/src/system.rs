@@ -514,16 +514,25 @@ fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
 
 /// VmHWM of a live process in KiB; zero when it cannot be read.
 pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// The resident set of a process now, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|status| parse_vm_hwm(&status))
+        .and_then(|status| parse_kib(&status, field))
         .unwrap_or(0)
 }
 
-fn parse_vm_hwm(status: &str) -> Option<u64> {
+fn parse_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -610,6 +619,6 @@ mod tests {
     #[test]
     fn vm_hwm_is_read_in_kib() {
         let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    4242 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(4242));
+        assert_eq!(parse_kib(status, "VmHWM:"), Some(4242));
     }
 }

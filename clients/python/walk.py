@@ -192,7 +192,7 @@ expect_error(
 expect_error(applications_read.sync_detailed("no-such-token", client=client), 404, ErrorCode.NOT_FOUND)
 expect_error(chats_read.sync_detailed(token, 99, client=client), 404, ErrorCode.NOT_FOUND)
 expect_error(chats_events.sync_detailed(token, 99, client=client), 404, ErrorCode.NOT_FOUND)
-expect_error(chats_events.sync_detailed(token, 1, client=client, after=10**9), 400, ErrorCode.INVALID_QUERY)
+expect_error(chats_events.sync_detailed(token, 1, client=client, last_event_id="x"), 400, ErrorCode.INVALID_QUERY)
 expect_error(messages_read.sync_detailed(token, 1, 99, client=client), 404, ErrorCode.NOT_FOUND)
 expect_error(
     messages_create.sync_detailed(token, 1, client=client, body=MessageBody(body="x" * (2 * 1024 * 1024))),

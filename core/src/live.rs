@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::domain::{ChangeKind, ChatEvent};
-use crate::error::{CoreError, CoreResult};
+use crate::error::CoreResult;
 use crate::plan::ChatKey;
 use crate::ports::{Announcements, Heard, Store};
 use crate::telemetry;
@@ -134,7 +134,8 @@ impl LiveChats {
     }
 
     /// A stream of the chat's changes after `after` (or, without it, from now on): first those read from
-    /// the store, then the live ones. `after` beyond the chat's last change names nothing yet: 400.
+    /// the store, then the live ones. An `after` beyond the chat's last change (a cursor of a chat whose
+    /// store was restored from a backup, say) starts from now, so that no new change is skipped.
     pub async fn open(
         self: &Arc<Self>,
         chat: ChatKey,
@@ -144,15 +145,12 @@ impl LiveChats {
             tokio::spawn(dispatch(Arc::downgrade(self), self.announcements.listen()));
         }
         let (receiver, start) = self.join(chat).await?;
-        if let Some(after) = after
-            && after > start
-            && after > self.store.last_chat_event(chat.0, chat.1).await?
-        {
-            return Err(CoreError::invalid_query(
-                "after",
-                "is beyond the chat's last event",
-            ));
-        }
+        let after = match after {
+            Some(after) if after > start => {
+                Some(after.min(self.store.last_chat_event(chat.0, chat.1).await?))
+            }
+            other => other,
+        };
         metrics::counter!(telemetry::LIVE_STREAMS.name).increment(1);
         let stream = Reader {
             store: self.store.clone(),

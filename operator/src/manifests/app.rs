@@ -3,9 +3,9 @@
 
 use super::backing::{BackingService, MYSQL_DATABASE};
 use super::{
-    Child, ChildKind, Inputs, Labels, Manifest, Plan, child_name, config_hash,
-    container_security_context, http_get, metadata, pod_security_context, probe, secret_env,
-    selector, selector_labels, value_env, with_pull_secrets,
+    Child, ChildKind, Inputs, Manifest, Plan, child_name, config_hash, container_security_context,
+    http_get, metadata, pod_security_context, probe, secret_env, selector, selector_labels,
+    value_env, with_pull_secrets,
 };
 use crate::crd::{Autoscaling, ChatSystem};
 use chatsys_settings::env;
