@@ -26,8 +26,9 @@ fuzz() { # name, base url
 }
 
 port=$(free_port)
+# Event streams end after a second, so the fuzzer's reads of them end too.
 "$bin/chatsys-api" standalone --listen "127.0.0.1:$port" --data-dir "$work/standalone" \
-  --admin-key fuzz-admin-key >"$work/standalone.log" 2>&1 &
+  --admin-key fuzz-admin-key --event-max-lifetime-secs 1 >"$work/standalone.log" 2>&1 &
 pids+=($!)
 wait_ready "http://127.0.0.1:$port"
 fuzz standalone "http://127.0.0.1:$port"
@@ -36,7 +37,8 @@ run="fuzz_$(date +%s)_$RANDOM"
 mysql -uroot -h127.0.0.1 -e "CREATE DATABASE chatsys_$run CHARACTER SET utf8mb4"
 export DATABASE_URL="mysql://root@127.0.0.1:3306/chatsys_$run" REDIS_URL=redis://127.0.0.1:6379 \
   AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" CHATSYS_QUEUE="chatsys.$run" CHATSYS_REDIS_PREFIX="$run" \
-  CHATSYS_DATA_DIR="$work/full" CHATSYS_ADMIN_KEY=fuzz-admin-key CHATSYS_LOG_FORMAT=text RUST_LOG=warn
+  CHATSYS_DATA_DIR="$work/full" CHATSYS_ADMIN_KEY=fuzz-admin-key CHATSYS_LOG_FORMAT=text RUST_LOG=warn \
+  CHATSYS_EVENT_MAX_LIFETIME_SECS=1
 worker_port=$(free_port)
 CHATSYS_LISTEN="127.0.0.1:$worker_port" "$bin/chatsys-worker" >"$work/worker.log" 2>&1 &
 pids+=($!)

@@ -40,6 +40,7 @@ fn live_settings(http: &HttpSettings) -> LiveSettings {
     LiveSettings {
         heartbeat: http.event_heartbeat(),
         max_behind: http.event_max_behind as usize,
+        max_lifetime: http.event_max_lifetime(),
     }
 }
 

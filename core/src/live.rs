@@ -31,6 +31,9 @@ pub struct LiveSettings {
     pub heartbeat: Duration,
     /// Changes a stream may be behind its chat before it is ended (and its client resumes).
     pub max_behind: usize,
+    /// A stream ends after this long, and its client resumes: connections spread again over the replicas
+    /// after a scale-out.
+    pub max_lifetime: Duration,
 }
 
 impl Default for LiveSettings {
@@ -38,6 +41,7 @@ impl Default for LiveSettings {
         LiveSettings {
             heartbeat: Duration::from_secs(15),
             max_behind: 1024,
+            max_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -161,6 +165,7 @@ impl LiveChats {
             queued: std::collections::VecDeque::from([Bytes::from_static(RETRY)]),
             ended: false,
             heartbeat: self.settings.heartbeat,
+            ends_at: Instant::now() + self.settings.max_lifetime,
             stopped: self.stopped.clone(),
         };
         Ok(futures::stream::unfold(stream, |mut reader| async move {
@@ -366,6 +371,7 @@ struct Reader {
     queued: std::collections::VecDeque<Bytes>,
     ended: bool,
     heartbeat: Duration,
+    ends_at: Instant,
     stopped: watch::Receiver<bool>,
 }
 
@@ -414,6 +420,7 @@ impl Reader {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 () = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(HEARTBEAT)),
+                () = tokio::time::sleep_until(self.ends_at) => return None,
                 _ = self.stopped.wait_for(|stop| *stop) => return None,
             }
         }

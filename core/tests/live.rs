@@ -162,3 +162,16 @@ async fn streams_end_when_the_process_stops() {
     setup.stop.send(true).unwrap();
     assert_eq!(next(&mut stream, SOON).await, None);
 }
+
+/// A stream ends after its lifetime (its client resumes, possibly on another replica).
+#[tokio::test]
+async fn streams_end_after_their_lifetime() {
+    let setup = setup(LiveSettings {
+        max_lifetime: Duration::from_millis(300),
+        ..LiveSettings::default()
+    })
+    .await;
+    let mut stream = Box::pin(setup.live.open((setup.app, 1), None).await.unwrap());
+    assert_eq!(next(&mut stream, SOON).await.unwrap(), "retry: 1000\n\n");
+    assert_eq!(next(&mut stream, SOON).await, None);
+}

@@ -21,6 +21,7 @@ pub mod env {
     pub const CHATSYS_DB_POOL_SIZE: &str = "CHATSYS_DB_POOL_SIZE";
     pub const CHATSYS_EVENT_HEARTBEAT_MS: &str = "CHATSYS_EVENT_HEARTBEAT_MS";
     pub const CHATSYS_EVENT_MAX_BEHIND: &str = "CHATSYS_EVENT_MAX_BEHIND";
+    pub const CHATSYS_EVENT_MAX_LIFETIME_SECS: &str = "CHATSYS_EVENT_MAX_LIFETIME_SECS";
     pub const CHATSYS_HEADER_TIMEOUT_MS: &str = "CHATSYS_HEADER_TIMEOUT_MS";
     pub const CHATSYS_IDLE_TIMEOUT_SECS: &str = "CHATSYS_IDLE_TIMEOUT_SECS";
     pub const CHATSYS_LISTEN: &str = "CHATSYS_LISTEN";
@@ -243,6 +244,11 @@ pub struct HttpSettings {
     /// id): what bounds the memory a slow reader holds.
     #[arg(long, env = env::CHATSYS_EVENT_MAX_BEHIND, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub event_max_behind: u32,
+    /// A live event stream ends after this many seconds (its client reconnects with its last id, losing
+    /// nothing): long-lived connections spread again over the replicas after a scale-out, and no stream
+    /// outlives a proxy's timeout.
+    #[arg(long, env = env::CHATSYS_EVENT_MAX_LIFETIME_SECS, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_max_lifetime_secs: u64,
 }
 
 /// The same values as the flags' defaults (a test checks that they agree).
@@ -256,6 +262,7 @@ impl Default for HttpSettings {
             max_inflight_body_bytes: 64 * 1024 * 1024,
             event_heartbeat_ms: 15_000,
             event_max_behind: 1024,
+            event_max_lifetime_secs: 3600,
         }
     }
 }
@@ -275,6 +282,10 @@ impl HttpSettings {
 
     pub fn event_heartbeat(&self) -> Duration {
         Duration::from_millis(self.event_heartbeat_ms)
+    }
+
+    pub fn event_max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.event_max_lifetime_secs)
     }
 }
 

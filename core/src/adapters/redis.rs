@@ -641,7 +641,18 @@ async fn keep_subscribed(client: redis::Client, shared: std::sync::Weak<Subscrip
                     let _ = subscriptions.heard.send(Heard::Interrupted);
                     let heard = subscriptions.heard.clone();
                     drop(subscriptions);
-                    while let Some(message) = messages.next().await {
+                    loop {
+                        let message = tokio::select! {
+                            message = messages.next() => message,
+                            // Ends with the adapter, even while no announcement comes.
+                            () = tokio::time::sleep(RESUBSCRIBE_AFTER * 5) => {
+                                if shared.strong_count() == 0 {
+                                    return;
+                                }
+                                continue;
+                            }
+                        };
+                        let Some(message) = message else { break };
                         match serde_json::from_slice::<Vec<ChatEvent>>(message.get_payload_bytes())
                         {
                             Ok(events) => {
@@ -650,9 +661,6 @@ async fn keep_subscribed(client: redis::Client, shared: std::sync::Weak<Subscrip
                             Err(e) => {
                                 tracing::warn!(error = %e, "an announcement could not be read")
                             }
-                        }
-                        if shared.strong_count() == 0 {
-                            return;
                         }
                     }
                     let Some(subscriptions) = shared.upgrade() else {
