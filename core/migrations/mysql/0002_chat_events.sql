@@ -8,7 +8,11 @@ ALTER TABLE messages
     ADD KEY messages_changed_by (changed_by),
     DROP KEY messages_inserted_by;
 
-ALTER TABLE chats ADD COLUMN last_event BIGINT UNSIGNED NOT NULL DEFAULT 0;
+-- A chat's last change, and the batch that last raised it (so a batch finds the chats it changed).
+ALTER TABLE chats
+    ADD COLUMN last_event BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    ADD COLUMN changed_by BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    ADD KEY chats_changed_by (changed_by);
 
 CREATE TABLE chat_events (
     application_id BIGINT UNSIGNED NOT NULL,

@@ -5,6 +5,8 @@ DROP INDEX messages_inserted_by;
 CREATE INDEX messages_changed_by ON messages (changed_by);
 
 ALTER TABLE chats ADD COLUMN last_event INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chats ADD COLUMN changed_by INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX chats_changed_by ON chats (changed_by);
 
 CREATE TABLE chat_events (
     application_id INTEGER NOT NULL,

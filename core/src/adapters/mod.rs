@@ -45,20 +45,6 @@ fn batch_id() -> i64 {
     (rand::random::<u64>() >> 1) as i64
 }
 
-/// `(application_id = ? AND number IN (…)) OR …`, one group per application: primary-key lookups of
-/// chats.
-fn push_chat_keys<'a, DB>(query: &mut QueryBuilder<DB>, keys: impl IntoIterator<Item = &'a ChatKey>)
-where
-    DB: Database,
-    i64: for<'t> Encode<'t, DB> + Type<DB>,
-{
-    let mut by_app: BTreeMap<Vec<u64>, Vec<u64>> = BTreeMap::new();
-    for (app, chat) in keys {
-        by_app.entry(vec![*app]).or_default().push(*chat);
-    }
-    push_key_groups(query, &["application_id"], by_app);
-}
-
 /// `(application_id = ? AND chat_number = ? AND number IN (…)) OR …`, one group per chat, which both
 /// databases turn into primary-key lookups: one query reads back every message a batch touched.
 fn push_message_keys<'a, DB>(
@@ -68,32 +54,20 @@ fn push_message_keys<'a, DB>(
     DB: Database,
     i64: for<'t> Encode<'t, DB> + Type<DB>,
 {
-    let mut by_chat: BTreeMap<Vec<u64>, Vec<u64>> = BTreeMap::new();
+    let mut by_chat: BTreeMap<ChatKey, Vec<u64>> = BTreeMap::new();
     for (app, chat, number) in keys {
-        by_chat.entry(vec![*app, *chat]).or_default().push(*number);
+        by_chat.entry((*app, *chat)).or_default().push(*number);
     }
-    push_key_groups(query, &["application_id", "chat_number"], by_chat);
-}
-
-/// `(<prefix columns> = ? AND … AND number IN (…)) OR …`: each group's leading key columns equal to its
-/// values, and its `number`s.
-fn push_key_groups<DB>(
-    query: &mut QueryBuilder<DB>,
-    prefix: &[&str],
-    groups: BTreeMap<Vec<u64>, Vec<u64>>,
-) where
-    DB: Database,
-    i64: for<'t> Encode<'t, DB> + Type<DB>,
-{
-    for (i, (values, numbers)) in groups.into_iter().enumerate() {
-        query.push(if i > 0 { " OR (" } else { "(" });
-        for (column, value) in prefix.iter().zip(values) {
-            query
-                .push(format!("{column} = "))
-                .push_bind(value as i64)
-                .push(" AND ");
+    for (i, ((app, chat), numbers)) in by_chat.into_iter().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
         }
-        query.push("number IN (");
+        query
+            .push("(application_id = ")
+            .push_bind(app as i64)
+            .push(" AND chat_number = ")
+            .push_bind(chat as i64)
+            .push(" AND number IN (");
         let mut separated = query.separated(", ");
         for number in numbers {
             separated.push_bind(number as i64);

@@ -51,6 +51,7 @@ impl Dialect for MySql {
         version = GREATEST(version, VALUES(version))";
     const CHAT_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
         messages_count = messages_count + VALUES(messages_count), \
+        changed_by = IF(VALUES(last_event) > 0, VALUES(changed_by), changed_by), \
         last_event = last_event + VALUES(last_event), \
         updated_at = IF(VALUES(messages_count) > 0, GREATEST(updated_at, VALUES(updated_at)), updated_at)";
     const GREATEST: &'static str = "GREATEST";

@@ -434,14 +434,16 @@ where
                 insert.push(DB::MESSAGE_UPSERT);
                 insert.build().execute(&mut *tx).await.map_err(from_sqlx)?;
             }
-            let rows: Vec<(u64, u64, u64, u64)> = sqlx::query_as(
-                "SELECT application_id, chat_number, number, inserted_by FROM messages WHERE changed_by = ? \
-                 ORDER BY application_id, chat_number, number",
+            // Sorted here: an ORDER BY on the primary key could make the database walk the table in
+            // key order instead of looking up this batch's rows by `changed_by`.
+            let mut rows: Vec<(u64, u64, u64, u64)> = sqlx::query_as(
+                "SELECT application_id, chat_number, number, inserted_by FROM messages WHERE changed_by = ?",
             )
             .bind(batch)
             .fetch_all(&mut *tx)
             .await
             .map_err(from_sqlx)?;
+            rows.sort_unstable();
             for (app, chat, number, inserted_by) in rows {
                 let inserted = inserted_by == batch as u64;
                 if inserted {
@@ -461,7 +463,7 @@ where
             .chunks(CHAT_ROWS_PER_INSERT)
         {
             let mut insert = QueryBuilder::<DB>::new(
-                "INSERT INTO chats (application_id, number, messages_count, last_event, created_at, updated_at, inserted_by) ",
+                "INSERT INTO chats (application_id, number, messages_count, last_event, created_at, updated_at, inserted_by, changed_by) ",
             );
             insert.push_values(chunk, |mut row, (key, chat)| {
                 row.push_bind(signed(key.0))
@@ -470,6 +472,7 @@ where
                     .push_bind(changed.get(key).map_or(0, |c| c.len() as i64))
                     .push_bind(Stamp(chat.created_at))
                     .push_bind(Stamp(chat.updated_at))
+                    .push_bind(batch)
                     .push_bind(batch);
             });
             insert.push(DB::CHAT_UPSERT);
@@ -515,7 +518,9 @@ where
                 .map_err(from_sqlx)?;
             messages.extend(read);
         }
-        let events = self.log_changes(&mut tx, &changed, &messages).await?;
+        let events = self
+            .log_changes(&mut tx, batch, &changed, &messages)
+            .await?;
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
@@ -527,26 +532,32 @@ where
 
     /// Numbers the batch's changes after each chat's last one (its row, raised by the chat upsert and
     /// locked by it until commit, holds the new last number) and appends them to the change log.
+    ///
+    /// Both statements have the same text whatever the batch: the chats are found by the batch's tag,
+    /// and the log's rows, integers only, are written into the statement's text. A statement whose text
+    /// varies with the batch would be prepared and cached each time, and with MySQL each eviction from
+    /// sqlx's cache of prepared statements is a COM_STMT_CLOSE, which gets no answer: the next statement
+    /// then waits for the server's delayed ACK (40 ms, since sqlx leaves Nagle's algorithm on).
     async fn log_changes(
         &self,
         tx: &mut sqlx::Transaction<'static, DB>,
+        batch: i64,
         changed: &BTreeMap<ChatKey, Vec<(u64, bool)>>,
         stored: &[Message],
     ) -> CoreResult<Vec<ChatEvent>> {
         if changed.is_empty() {
             return Ok(Vec::new());
         }
-        let mut select =
-            QueryBuilder::<DB>::new("SELECT application_id, number, last_event FROM chats WHERE ");
-        super::push_chat_keys(&mut select, changed.keys());
-        let last: BTreeMap<ChatKey, u64> = select
-            .build_query_as::<(u64, u64, u64)>()
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(from_sqlx)?
-            .into_iter()
-            .map(|(app, chat, last)| ((app, chat), last))
-            .collect();
+        let last: BTreeMap<ChatKey, u64> = sqlx::query_as::<_, (u64, u64, u64)>(
+            "SELECT application_id, number, last_event FROM chats WHERE changed_by = ?",
+        )
+        .bind(batch)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(from_sqlx)?
+        .into_iter()
+        .map(|(app, chat, last)| ((app, chat), last))
+        .collect();
         let states: std::collections::HashMap<MessageKey, &Message> = stored
             .iter()
             .map(|m| ((m.application_id, m.chat_number, m.number), m))
@@ -570,17 +581,27 @@ where
             }
         }
         for chunk in events.chunks(CHAT_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<DB>::new(
-                "INSERT INTO chat_events (application_id, chat_number, seq, message_number, created) ",
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|event| {
+                    format!(
+                        "({}, {}, {}, {}, {})",
+                        event.message.application_id,
+                        event.message.chat_number,
+                        event.seq,
+                        event.message.number,
+                        u8::from(event.kind == ChangeKind::Created)
+                    )
+                })
+                .collect();
+            let insert = format!(
+                "INSERT INTO chat_events (application_id, chat_number, seq, message_number, created) VALUES {}",
+                rows.join(", ")
             );
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(signed(event.message.application_id))
-                    .push_bind(signed(event.message.chat_number))
-                    .push_bind(signed(event.seq))
-                    .push_bind(signed(event.message.number))
-                    .push_bind(i64::from(event.kind == ChangeKind::Created));
-            });
-            insert.build().execute(&mut **tx).await.map_err(from_sqlx)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(insert))
+                .execute(&mut **tx)
+                .await
+                .map_err(from_sqlx)?;
         }
         Ok(events)
     }

@@ -41,6 +41,7 @@ impl Dialect for Sqlite {
         version = MAX(messages.version, excluded.version)";
     const CHAT_UPSERT: &'static str = " ON CONFLICT (application_id, number) DO UPDATE SET \
         messages_count = chats.messages_count + excluded.messages_count, \
+        changed_by = CASE WHEN excluded.last_event > 0 THEN excluded.changed_by ELSE chats.changed_by END, \
         last_event = chats.last_event + excluded.last_event, \
         updated_at = CASE WHEN excluded.messages_count > 0 THEN MAX(chats.updated_at, excluded.updated_at) ELSE chats.updated_at END";
     const GREATEST: &'static str = "MAX";
