@@ -89,6 +89,7 @@ async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
         assert!(helped, "{name} has no # HELP");
         let expected = match metric.kind {
             Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
             Kind::Histogram => "summary",
         };
         assert_eq!(kind, &expected, "{name}'s kind");

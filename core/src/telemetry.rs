@@ -29,6 +29,7 @@ pub fn init_logging(format: &str) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
+    Gauge,
     Histogram,
 }
 
@@ -49,6 +50,15 @@ const fn counter(
     Metric {
         name,
         kind: Kind::Counter,
+        help,
+        labels,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Gauge,
         help,
         labels,
     }
@@ -107,6 +117,11 @@ pub const WORKER_COMMANDS: Metric = counter(
     "Commands the worker settled, by result (applied, dead_lettered).",
     &["result"],
 );
+pub const QUEUE_MESSAGES: Metric = gauge(
+    "chatsys_queue_messages",
+    "Commands waiting in RabbitMQ, by queue (commands, dead_letters), as the worker last read them.",
+    &["queue"],
+);
 pub const WORKER_BATCH: Metric = histogram(
     "chatsys_worker_batch_seconds",
     "Time to store one batch in the database, from its first delivery to its commit.",
@@ -149,6 +164,7 @@ pub const CATALOGUE: &[Metric] = &[
     COUNTER_RESEEDS,
     QUEUE_PUBLISH,
     WORKER_COMMANDS,
+    QUEUE_MESSAGES,
     WORKER_BATCH,
     WORKER_BATCH_SIZE,
     WORKER_STAGE,
@@ -169,6 +185,7 @@ pub fn metrics_handle() -> PrometheusHandle {
                 for metric in CATALOGUE {
                     match metric.kind {
                         Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
+                        Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
                         Kind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
                     }
                 }
@@ -191,7 +208,7 @@ mod tests {
         for metric in CATALOGUE {
             let suffix_ok = match metric.kind {
                 Kind::Counter => metric.name.ends_with("_total"),
-                Kind::Histogram => !metric.name.ends_with("_total"),
+                Kind::Gauge | Kind::Histogram => !metric.name.ends_with("_total"),
             };
             assert!(
                 suffix_ok,

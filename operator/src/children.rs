@@ -2,6 +2,7 @@
 //! them instead of asking the API server again, and applies only what differs from them: a settled
 //! system's reconcile makes no write.
 
+use crate::apis::Served;
 use crate::crd::ChatSystem;
 use crate::error::Error;
 use crate::manifests::{ChildKind, MANAGER};
@@ -38,9 +39,13 @@ impl Children {
         (Children { stores }, writers)
     }
 
-    /// Waits until every cache has been listed once; an error if one is not within `SYNC_TIMEOUT`.
-    pub async fn synced(&self) -> Result<(), Error> {
+    /// Waits until the cache of every kind the cluster serves has been listed once; an error if one is
+    /// not within `SYNC_TIMEOUT`.
+    pub async fn synced(&self, served: &Served) -> Result<(), Error> {
         for (kind, store) in &self.stores {
+            if !kind.is_served(served) {
+                continue;
+            }
             match tokio::time::timeout(SYNC_TIMEOUT, store.wait_until_ready()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return Err(Error::NotSynced(kind.name())),

@@ -1,6 +1,7 @@
 //! The reconcile pipeline: dereference → validate → build → apply → delete orphans → status.
 //! Only dereference, apply, orphan deletion and status talk to the API server; build is pure.
 
+use crate::apis::Discovery;
 use crate::children::{self, Children};
 use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{Error, Result};
@@ -8,7 +9,7 @@ use crate::manifests::{
     self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
     HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
-use crate::server::WatchHealth;
+use crate::server::{READY_METRIC, WatchHealth};
 use crate::status;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
@@ -36,6 +37,9 @@ const PROGRESS_RECHECK: Duration = Duration::from_secs(15);
 /// An invalid spec becomes valid by a change the watches see (a Secret created, the spec edited);
 /// the recheck is a floor in case a watch event was missed.
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
+/// How old the cluster's answer about optional APIs may be: installing KEDA or prometheus-operator is
+/// noticed within this time plus a recheck.
+const DISCOVERY_MAX_AGE: Duration = Duration::from_secs(30);
 /// After a failed reconcile: 5 s, doubling per consecutive failure of the same resource, up to 5 min.
 fn error_backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()
@@ -50,12 +54,19 @@ pub struct Context {
     pub recorder: Recorder,
     /// What the watches have seen of the children.
     pub children: Children,
+    /// Which optional APIs the cluster serves.
+    pub discovery: Discovery,
     /// The backoff of each resource whose last reconcile failed.
     failures: Mutex<HashMap<ObjectRef<ChatSystem>, ExponentialBackoff>>,
 }
 
 impl Context {
-    pub fn new(client: Client, instance: Option<String>, children: Children) -> Self {
+    pub fn new(
+        client: Client,
+        instance: Option<String>,
+        children: Children,
+        discovery: Discovery,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.to_string(),
             instance,
@@ -64,6 +75,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             children,
+            discovery,
             failures: Mutex::default(),
         }
     }
@@ -87,7 +99,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (children, writers) = Children::new();
-    let context = Arc::new(Context::new(client, instance, children));
+    let discovery = Discovery::new(DISCOVERY_MAX_AGE);
+    let served = discovery.subscribe();
+    let context = Arc::new(Context::new(client, instance, children, discovery));
     let client = watch_client;
     let config = watcher::Config::default().any_semantic();
     // Children carry the managed-by label: watching only those keeps the caches small in a busy cluster.
@@ -100,10 +114,18 @@ pub async fn run(
         // One watch per kind both fills the reconcile's cache and wakes the owner on a change.
         let resource = kind.api_resource();
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let stream = watcher(api, owned.clone())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+        let config = owned.clone();
+        let mut served = served.clone();
+        // A kind of an optional API is watched from when the cluster serves it: a watch of an absent
+        // API would fail, and be retried, forever.
+        let stream = futures::stream::once(async move {
+            let _ = served.wait_for(|served| kind.is_served(served)).await;
+            watcher(api, config)
+        })
+        .flatten()
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
         controller = controller.owns_stream_with(stream, resource);
     }
     controller
@@ -192,8 +214,10 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         write_status(&ctx.client, cs, status).await?;
         return Ok(Action::await_change());
     }
-    ctx.children.synced().await?;
-    let inputs = dereference(&ctx.client, &ctx.children, cs, &namespace).await?;
+    let served = ctx.discovery.served(&ctx.client).await?;
+    ctx.children.synced(&served).await?;
+    let mut inputs = dereference(&ctx.client, &ctx.children, cs, &namespace).await?;
+    inputs.served = served;
     let valid = match manifests::validate(cs, &inputs) {
         Ok(valid) => valid,
         Err(invalid) => {
@@ -212,22 +236,38 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         cs,
         &outcome.applied,
         &failures,
+        &plan.missing,
         &plan.waiting_for,
         Timestamp::now(),
     );
     info!(name = %cs.name_any(), %namespace, phase = ?status.phase, applied = outcome.applied.len(), failed = outcome.failures.len(), "reconciled");
     let ready = status.phase == Some(Phase::Ready);
+    record_readiness(cs, &namespace, &status);
     publish_transitions(ctx, cs, &status).await;
     write_status(&ctx.client, cs, status).await?;
     if !outcome.failures.is_empty() {
         // Recorded in the status already; the error only brings the backoff.
         return Err(Error::Children(outcome.failures));
     }
+    if !plan.missing.is_empty() {
+        // Installing the missing API changes nothing the watches see: look again.
+        return Ok(Action::requeue(INVALID_RECHECK));
+    }
     Ok(Action::requeue(if ready {
         READY_RECHECK
     } else {
         PROGRESS_RECHECK
     }))
+}
+
+/// The gauge of the `ChatsysNotReady` alert: 1 while the Ready condition is true.
+fn record_readiness(cs: &ChatSystem, namespace: &str, status: &ChatSystemStatus) {
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    metrics::gauge!(READY_METRIC, "chatsystem_namespace" => namespace.to_string(), "chatsystem" => cs.name_any())
+        .set(if ready { 1.0 } else { 0.0 });
 }
 
 /// Reads the Secrets the resource refers to (existing credentials are reused, never regenerated),
@@ -437,6 +477,14 @@ async fn carry_out(
             Err(error) => outcome.failures.push(failure(secret, error)),
         }
     }
+    // Replaced autoscalers go first (see `Plan::replaces`).
+    if let Err(error) = delete_orphans(client, children, cs, namespace, plan, true).await {
+        outcome.failures.push(ChildFailure {
+            kind: "orphans of",
+            name: cs.name_any(),
+            error,
+        });
+    }
     let handover = PatchParams::apply(HANDOVER_MANAGER);
     for manifest in &plan.handovers {
         if let Err(error) = api(manifest.kind)
@@ -488,7 +536,7 @@ async fn carry_out(
             });
         }
     }
-    if let Err(error) = delete_orphans(client, children, cs, namespace, plan).await {
+    if let Err(error) = delete_orphans(client, children, cs, namespace, plan, false).await {
         outcome.failures.push(ChildFailure {
             kind: "orphans of",
             name: cs.name_any(),
@@ -506,14 +554,16 @@ fn failure(manifest: &Manifest, error: kube::Error) -> ChildFailure {
     }
 }
 
-/// Deletes what this resource owns but no longer needs. Credentials Secrets stay, and volumes are never
-/// touched (a StatefulSet's claims follow its retention policy).
+/// Deletes what this resource owns but no longer needs: the autoscalers the plan replaces, or all of
+/// it. Credentials Secrets stay, and volumes are never touched (a StatefulSet's claims follow its
+/// retention policy).
 async fn delete_orphans(
     client: &Client,
     children: &Children,
     cs: &ChatSystem,
     namespace: &str,
     plan: &Plan,
+    only_replaced: bool,
 ) -> kube::Result<()> {
     for kind in ChildKind::ALL
         .into_iter()
@@ -535,7 +585,7 @@ async fn delete_orphans(
             Api::namespaced_with(client.clone(), namespace, &kind.api_resource());
         for existing in children.owned_by(kind, cs) {
             let name = existing.name_any();
-            if !wanted.contains(name.as_str()) {
+            if !wanted.contains(name.as_str()) && (!only_replaced || plan.replaces(kind, &name)) {
                 info!(kind = ?kind, %name, %namespace, "deleting orphan");
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {}

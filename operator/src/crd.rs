@@ -1,6 +1,7 @@
 //! The `ChatSystem` custom resource: spec with every default in the schema, and status.
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -51,6 +52,8 @@ pub struct ChatSystemSpec {
     /// Secrets every pod pulls its images with, such as a private registry's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+    pub monitoring: MonitoringSpec,
+    pub network_policy: NetworkPolicySpec,
 }
 
 /// The HTTP API.
@@ -102,7 +105,7 @@ pub struct WorkerSpec {
     pub replicas: i32,
     #[schemars(schema_with = "resources_schema")]
     pub resources: ResourceRequirements,
-    pub autoscaling: Autoscaling,
+    pub autoscaling: WorkerAutoscaling,
     pub batch: BatchSpec,
 }
 
@@ -112,7 +115,7 @@ impl Default for WorkerSpec {
             image: None,
             replicas: 1,
             resources: resources("100m", "128Mi", "1Gi"),
-            autoscaling: Autoscaling::default(),
+            autoscaling: WorkerAutoscaling::default(),
             batch: BatchSpec::default(),
         }
     }
@@ -161,6 +164,73 @@ impl Default for Autoscaling {
     }
 }
 
+/// The worker's autoscaling: on CPU, as the API's, or on the command queue's backlog through KEDA.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "minReplicas must not exceed maxReplicas",
+    },
+    {
+        "rule": "!self.scaleToZero || self.metric == 'QueueBacklog'",
+        "message": "scaleToZero needs metric QueueBacklog: CPU cannot tell that commands wait for a worker that does not run",
+    },
+]))]
+pub struct WorkerAutoscaling {
+    pub enabled: bool,
+    /// What the replica count follows: `Cpu` (a HorizontalPodAutoscaler) or `QueueBacklog` (a KEDA
+    /// ScaledObject on the command queue; needs KEDA in the cluster).
+    pub metric: ScalingMetric,
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// With `Cpu`: the average CPU utilisation aimed at.
+    #[serde(rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+    /// With `QueueBacklog`: commands waiting in the queue per worker replica.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub messages_per_replica: i32,
+    /// With `QueueBacklog`: no worker runs while the queue is empty, and the first command starts one.
+    pub scale_to_zero: bool,
+}
+
+impl Default for WorkerAutoscaling {
+    fn default() -> Self {
+        let cpu = Autoscaling::default();
+        WorkerAutoscaling {
+            enabled: cpu.enabled,
+            metric: ScalingMetric::Cpu,
+            min_replicas: cpu.min_replicas,
+            max_replicas: cpu.max_replicas,
+            target_cpu_utilization_percentage: cpu.target_cpu_utilization_percentage,
+            messages_per_replica: 5000,
+            scale_to_zero: false,
+        }
+    }
+}
+
+impl WorkerAutoscaling {
+    /// The CPU autoscaler's settings: what `Cpu` runs, and `QueueBacklog` falls back to without KEDA.
+    pub fn on_cpu(&self) -> Autoscaling {
+        Autoscaling {
+            enabled: self.enabled,
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            target_cpu_utilization_percentage: self.target_cpu_utilization_percentage,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScalingMetric {
+    #[default]
+    Cpu,
+    QueueBacklog,
+}
+
 /// Batching of the worker (see the worker's settings).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
@@ -207,6 +277,89 @@ pub struct IngressSpec {
     /// Secret holding the TLS certificate; the API is served over HTTPS when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_name: Option<String>,
+}
+
+/// Scraping and alerting through prometheus-operator, which must be installed in the cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MonitoringSpec {
+    /// Off by default: the operator then creates no ServiceMonitor, PodMonitor or PrometheusRule.
+    pub enabled: bool,
+    /// `ServiceMonitor` (scrapes through the Services) or `PodMonitor` (scrapes the pods directly).
+    pub scrape_with: ScrapeKind,
+    /// How often Prometheus scrapes each target.
+    #[schemars(pattern(r"^[0-9]+(ms|s|m|h)$"))]
+    pub interval: String,
+    /// Labels put on the monitors and the rules, so that a Prometheus's selectors pick them (with
+    /// kube-prometheus-stack: `release: <its release name>`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A PrometheusRule with chatsys's alerts.
+    pub alerts: bool,
+    /// Where the alerts' runbooks are; each alert's `runbook_url` is this plus `#` and the alert's
+    /// name in lower case. Unset: the alerts carry no `runbook_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runbook_base_url: Option<String>,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            enabled: false,
+            scrape_with: ScrapeKind::ServiceMonitor,
+            interval: "30s".to_string(),
+            labels: BTreeMap::new(),
+            alerts: true,
+            runbook_base_url: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScrapeKind {
+    #[default]
+    ServiceMonitor,
+    PodMonitor,
+}
+
+/// NetworkPolicies that let only this system's pods reach its databases.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NetworkPolicySpec {
+    /// On by default. Off: the operator creates no NetworkPolicy and removes those it made.
+    pub enabled: bool,
+    /// Who may reach the API's port, as the `from` of a NetworkPolicy rule (for example the ingress
+    /// controller's namespace). Empty: anyone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "peers_schema")]
+    pub api_from: Vec<NetworkPolicyPeer>,
+    /// Who may scrape the metrics ports of the worker and RabbitMQ (for example Prometheus's
+    /// namespace). Empty: anyone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "peers_schema")]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            api_from: Vec::new(),
+            metrics_from: Vec::new(),
+        }
+    }
+}
+
+/// Peers written as in a NetworkPolicy rule; the API server checks them when the policy is applied.
+fn peers_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Peers as in a NetworkPolicy rule's `from`: `podSelector`, `namespaceSelector` or `ipBlock`.",
+        "type": "array",
+        "items": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
+    })
 }
 
 /// Per-service defaults of a backing service, so one generic spec type serves all four.

@@ -1,5 +1,6 @@
 //! The chatsys operator: reconciles `ChatSystem` resources into the workloads of a chat system.
 
+pub mod apis;
 pub mod children;
 pub mod controller;
 pub mod crd;

@@ -16,7 +16,8 @@ pub struct Rule {
 /// server-side applied (`patch`, which also creates) and deleted when orphaned; StatefulSets and
 /// Deployments are also read (`get`) for their claim templates and replica owners, and migration Jobs
 /// listed for their outcome. Credentials are created once (`create`) and never deleted; claims are
-/// read and grown; events are written through `events.k8s.io`, as kube's recorder does.
+/// read and grown; events are written through `events.k8s.io`, as kube's recorder does. KEDA's and
+/// prometheus-operator's kinds are used only where the cluster serves them (discovery needs no rule).
 pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &["chatsys.io"],
@@ -65,7 +66,17 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
     Rule {
         api_groups: &["networking.k8s.io"],
-        resources: &["ingresses"],
+        resources: &["ingresses", "networkpolicies"],
+        verbs: &["list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["keda.sh"],
+        resources: &["scaledobjects", "triggerauthentications"],
+        verbs: &["list", "watch", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["monitoring.coreos.com"],
+        resources: &["servicemonitors", "podmonitors", "prometheusrules"],
         verbs: &["list", "watch", "patch", "delete"],
     },
     Rule {

@@ -1,5 +1,6 @@
 //! `render`: the manifests the operator would apply for a ChatSystem file, without a cluster.
 
+use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, Result};
 use crate::manifests::{self, BackingService, ChildKind, Credentials, Inputs, InvalidSpec};
@@ -19,10 +20,13 @@ pub fn read(path: &str) -> Result<ChatSystem> {
     })
 }
 
-/// What `dereference` would read on a cluster where no credentials exist yet and every external
-/// Secret holds its key: the best guess with no cluster to ask.
+/// What `dereference` would read on a cluster where no credentials exist yet, every external Secret
+/// holds its key, and KEDA and prometheus-operator are installed: the best guess with no cluster to ask.
 pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
-    let mut inputs = Inputs::default();
+    let mut inputs = Inputs {
+        served: OptionalApi::ALL.into_iter().collect(),
+        ..Inputs::default()
+    };
     for service in BackingService::ALL {
         if let Some(external) = service.external(&cs.spec) {
             inputs

@@ -5,6 +5,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,9 +40,16 @@ impl WatchHealth {
     }
 }
 
+/// 1 while a ChatSystem's Ready condition is true, 0 while it is not; its alert is `ChatsysNotReady`.
+pub const READY_METRIC: &str = "chatsys_operator_chatsystem_ready";
+/// A deleted ChatSystem's gauge is dropped once it has not been set for this long (its reconcile sets
+/// it at least every 5 minutes while it exists), so no alert fires for a system that is gone.
+const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Installs the global metrics recorder; its handle renders `/metrics`.
 pub fn install_metrics() -> Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
         .install_recorder()
         .map_err(|e| Error::Metrics(e.to_string()))?;
     describe_metrics();
@@ -62,6 +70,10 @@ fn describe_metrics() {
         "chatsys_operator_reconcile_duration_seconds",
         metrics::Unit::Seconds,
         "Duration of each reconcile."
+    );
+    metrics::describe_gauge!(
+        READY_METRIC,
+        "1 while the ChatSystem (labels chatsystem_namespace, chatsystem) is Ready, 0 while it is not."
     );
     metrics::counter!("chatsys_operator_reconciles_total").absolute(0);
 }

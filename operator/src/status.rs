@@ -2,7 +2,7 @@
 //! resource, what was applied, and the current time.
 
 use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus, Phase};
-use crate::manifests::{self, ChildKind, InvalidSpec};
+use crate::manifests::{self, ChildKind, InvalidSpec, MissingApi};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -15,12 +15,14 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "ReconciliationPaused";
 
-/// Readiness of every Deployment and StatefulSet, from the objects the apply calls returned, and
-/// whatever could not be applied (each failure names its object and the field the API server refused).
+/// Readiness of every Deployment and StatefulSet, from the objects the apply calls returned, whatever
+/// could not be applied (each failure names its object and the field the API server refused), and
+/// the optional APIs the spec needs that the cluster does not serve.
 pub fn observed(
     cs: &ChatSystem,
     applied: &[(ChildKind, DynamicObject)],
     failures: &[String],
+    missing: &[MissingApi],
     waiting_for: &[String],
     now: Timestamp,
 ) -> ChatSystemStatus {
@@ -79,19 +81,31 @@ pub fn observed(
             condition(cs, now, PROGRESSING, true, "RollingOut", &message),
         )
     };
-    let degraded = if failures.is_empty() {
-        condition(
+    let problems: Vec<String> = failures
+        .iter()
+        .cloned()
+        .chain(missing.iter().map(ToString::to_string))
+        .collect();
+    let degraded = match (failures.is_empty(), missing.first()) {
+        (true, None) => condition(
             cs,
             now,
             DEGRADED,
             false,
             "SpecValid",
             "the spec is valid and applied",
-        )
-    } else {
-        condition(cs, now, DEGRADED, true, "ApplyFailed", &failures.join("; "))
+        ),
+        (true, Some(first)) => condition(
+            cs,
+            now,
+            DEGRADED,
+            true,
+            first.api.missing_reason(),
+            &problems.join("; "),
+        ),
+        (false, _) => condition(cs, now, DEGRADED, true, "ApplyFailed", &problems.join("; ")),
     };
-    let phase = match (failures.is_empty(), rolled_out) {
+    let phase = match (problems.is_empty(), rolled_out) {
         (false, _) => Phase::Degraded,
         (true, true) => Phase::Ready,
         (true, false) => Phase::Progressing,
@@ -239,7 +253,9 @@ pub fn transitions(previous: Option<&ChatSystemStatus>, next: &ChatSystemStatus)
     let applied = match next.phase {
         Some(Phase::Ready | Phase::Progressing) => true,
         Some(Phase::Degraded) => {
-            find(Some(next), DEGRADED).is_some_and(|c| c.reason == "ApplyFailed")
+            // Degraded after applying: something was refused, or an optional API is missing.
+            find(Some(next), DEGRADED)
+                .is_some_and(|c| !matches!(c.reason.as_str(), "InvalidSpec" | "ReconcileFailed"))
         }
         Some(Phase::Paused) | None => false,
     };

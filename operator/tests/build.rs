@@ -87,21 +87,23 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
             (ChildKind::Secret, "chat-rabbitmq-credentials"),
             (ChildKind::ConfigMap, "chat-api"),
             (ChildKind::ConfigMap, "chat-worker"),
+            (ChildKind::NetworkPolicy, "chat-mysql"),
+            (ChildKind::NetworkPolicy, "chat-redis"),
+            (ChildKind::NetworkPolicy, "chat-rabbitmq"),
+            (ChildKind::NetworkPolicy, "chat-opensearch"),
+            (ChildKind::NetworkPolicy, "chat-api"),
+            (ChildKind::NetworkPolicy, "chat-worker"),
             (ChildKind::Service, "chat-mysql"),
             (ChildKind::Service, "chat-redis"),
             (ChildKind::Service, "chat-rabbitmq"),
             (ChildKind::Service, "chat-opensearch"),
             (ChildKind::Service, "chat-api"),
+            (ChildKind::Service, "chat-worker"),
             (ChildKind::StatefulSet, "chat-mysql"),
             (ChildKind::StatefulSet, "chat-redis"),
             (ChildKind::StatefulSet, "chat-rabbitmq"),
             (ChildKind::StatefulSet, "chat-opensearch"),
-            (
-                ChildKind::Job,
-                migration(&built)["metadata"]["name"]
-                    .as_str()
-                    .expect("name")
-            ),
+            (ChildKind::Job, "chat-migrate-b3a1a962"),
             (ChildKind::Deployment, "chat-api"),
             (ChildKind::Deployment, "chat-worker"),
             (ChildKind::HorizontalPodAutoscaler, "chat-api"),
@@ -361,8 +363,17 @@ fn external_services_run_no_workload_and_are_read_from_the_users_secrets() {
         "no credentials are generated"
     );
     let services: Vec<&Value> = of_kind(&built, ChildKind::Service);
-    assert_eq!(services.len(), 1);
-    assert_eq!(services[0]["metadata"]["name"], "chat-api");
+    let names: Vec<&Value> = services.iter().map(|s| &s["metadata"]["name"]).collect();
+    assert_eq!(names, ["chat-api", "chat-worker"]);
+    let policies: Vec<&Value> = of_kind(&built, ChildKind::NetworkPolicy)
+        .into_iter()
+        .map(|p| &p["metadata"]["name"])
+        .collect();
+    assert_eq!(
+        policies,
+        ["chat-api", "chat-worker"],
+        "no policy for a service the user runs"
+    );
     for (deployment, name) in [
         ("chat-api", "api"),
         ("migrate", "migrate"),

@@ -93,9 +93,15 @@ fn limits_and_cross_field_rules_are_enforced_by_the_schema() {
         "!self.enabled || has(self.host)"
     );
     let worker = &schema["properties"]["spec"]["properties"]["worker"]["properties"];
+    let worker_rules = &worker["autoscaling"]["x-kubernetes-validations"];
+    assert_eq!(worker_rules[0], autoscaling["x-kubernetes-validations"][0]);
     assert_eq!(
-        worker["autoscaling"]["x-kubernetes-validations"],
-        autoscaling["x-kubernetes-validations"]
+        worker_rules[1]["rule"],
+        "!self.scaleToZero || self.metric == 'QueueBacklog'"
+    );
+    assert_eq!(
+        worker["autoscaling"]["properties"]["metric"]["enum"],
+        serde_json::json!(["Cpu", "QueueBacklog"])
     );
     assert_eq!(worker["batch"]["properties"]["size"]["minimum"], 1.0);
     let external = &schema["properties"]["spec"]["properties"]["redis"]["properties"]["external"];

@@ -5,6 +5,7 @@
 
 mod common;
 
+use chatsys_operator::apis::Discovery;
 use chatsys_operator::children::Children;
 use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
@@ -28,6 +29,13 @@ const SERVICES: &str = "/api/v1/namespaces/team/services";
 const JOBS: &str = "/apis/batch/v1/namespaces/team/jobs";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team/events";
 const STORAGE_CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
+const NETWORK_POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies";
+const SCALED_OBJECTS: &str = "/apis/keda.sh/v1alpha1/namespaces/team/scaledobjects";
+const TRIGGER_AUTHENTICATIONS: &str =
+    "/apis/keda.sh/v1alpha1/namespaces/team/triggerauthentications";
+const SERVICE_MONITORS: &str = "/apis/monitoring.coreos.com/v1/namespaces/team/servicemonitors";
+const POD_MONITORS: &str = "/apis/monitoring.coreos.com/v1/namespaces/team/podmonitors";
+const PROMETHEUS_RULES: &str = "/apis/monitoring.coreos.com/v1/namespaces/team/prometheusrules";
 
 /// Creates a fixture's ChatSystem as `kubectl apply` would, with `changes` merged into its spec.
 fn create(server: &ApiServer, name: &str, changes: Value) -> Value {
@@ -76,6 +84,7 @@ async fn reconcile(server: &ApiServer) -> Result<Action, Error> {
         server.client(),
         None,
         children_of(server, "team"),
+        Discovery::new(Duration::ZERO),
     ));
     tokio::time::timeout(
         Duration::from_secs(5),
@@ -98,6 +107,13 @@ fn condition(status: &Value, type_: &str) -> Value {
         .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
         .cloned()
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// A discovery request: `/apis/<group>/<version>`.
+fn is_discovery(call: &Call) -> bool {
+    call.method == Method::GET
+        && call.path.starts_with("/apis/")
+        && call.path.matches('/').count() == 3
 }
 
 fn writes(calls: &[Call]) -> Vec<(Method, String)> {
@@ -163,6 +179,7 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
             "ConfigMap" => "/api/v1/namespaces/team/configmaps",
             "Job" => JOBS,
             "PodDisruptionBudget" => "/apis/policy/v1/namespaces/team/poddisruptionbudgets",
+            "NetworkPolicy" => NETWORK_POLICIES,
             other => panic!("unexpected {other}"),
         };
         expected.push((Method::PATCH, format!("{collection}/{}", manifest.name())));
@@ -343,7 +360,12 @@ async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
     cs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         "2026-02-02T10:00:00Z".parse().expect("timestamp"),
     ));
-    let context = Arc::new(Context::new(server.client(), None, Children::new().0));
+    let context = Arc::new(Context::new(
+        server.client(),
+        None,
+        Children::new().0,
+        Discovery::new(Duration::ZERO),
+    ));
     let result = controller::reconcile(Arc::new(cs), context).await;
     assert_eq!(result.expect("reconciled"), Action::await_change());
     assert!(server.calls().is_empty());
@@ -463,7 +485,12 @@ async fn failures_back_off_exponentially_and_are_counted() {
     let server = ApiServer::new();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let context = Arc::new(Context::new(server.client(), None, Children::new().0));
+    let context = Arc::new(Context::new(
+        server.client(),
+        None,
+        Children::new().0,
+        Discovery::new(Duration::ZERO),
+    ));
     let resource = Arc::new(fixture("defaults"));
     let error = Error::MissingNamespace("chat".to_string());
     let delays: Vec<Action> = metrics::with_local_recorder(&recorder, || {
@@ -860,10 +887,12 @@ async fn a_settled_system_is_reconciled_without_a_write_and_a_pod_becoming_ready
         ],
         "the status and its Ready event, and nothing re-applied"
     );
+    // Discovery of the optional APIs (asked at most every 30 s by the operator; at each reconcile here,
+    // where every reconcile has a context of its own) is the only other read.
     assert!(
         calls
             .iter()
-            .all(|c| c.path.starts_with(SECRETS) || c.is_write()),
+            .all(|c| c.path.starts_with(SECRETS) || c.is_write() || is_discovery(c)),
         "no kind is listed again: {:?}",
         calls.iter().map(|c| &c.path).collect::<Vec<_>>()
     );
@@ -882,5 +911,271 @@ async fn a_field_changed_by_hand_is_put_back() {
     assert_eq!(
         server.get(SERVICES, "chat-api").expect("Service")["spec"]["ports"][0]["port"],
         8080
+    );
+}
+
+/// The worker scaled on the queue's backlog, as `spec.worker.autoscaling` asks.
+fn on_backlog() -> Value {
+    json!({ "worker": { "autoscaling": { "metric": "QueueBacklog", "messagesPerReplica": 2000 } } })
+}
+
+fn position(calls: &[Call], method: Method, path: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.method == method && c.path == path)
+        .unwrap_or_else(|| panic!("no {method} {path}"))
+}
+
+#[tokio::test]
+async fn with_keda_the_worker_scales_on_the_backlog_and_kedas_own_autoscaler_is_left_alone() {
+    let server = ApiServer::new();
+    server.install_crds("keda.sh");
+    create(&server, "defaults", on_backlog());
+    settle(&server).await.expect("reconciled");
+    let scaled = server
+        .get(SCALED_OBJECTS, "chat-worker")
+        .expect("the ScaledObject");
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], "chat-worker");
+    assert_eq!(scaled["spec"]["minReplicaCount"], 2);
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "rabbitmq");
+    assert_eq!(trigger["metadata"]["queueName"], "chatsys.commands");
+    assert_eq!(trigger["metadata"]["value"], "2000");
+    assert_eq!(trigger["authenticationRef"]["name"], "chat-worker");
+    let authentication = server
+        .get(TRIGGER_AUTHENTICATIONS, "chat-worker")
+        .expect("the TriggerAuthentication");
+    assert_eq!(
+        authentication["spec"]["secretTargetRef"][0],
+        json!({ "parameter": "username", "name": "chat-rabbitmq-credentials", "key": "username" })
+    );
+    assert!(server.get(HPAS, "chat-worker").is_none(), "no HPA of ours");
+    assert!(server.get(HPAS, "chat-api").is_some());
+
+    // KEDA's HPA carries the ScaledObject's labels, ours among them, and is owned by the ScaledObject.
+    server.run_keda("team");
+    let keda_hpa = server
+        .get(HPAS, "keda-hpa-chat-worker")
+        .expect("KEDA's HPA");
+    assert_eq!(
+        keda_hpa["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "chatsys-operator"
+    );
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    assert!(
+        server.get(HPAS, "keda-hpa-chat-worker").is_some(),
+        "not deleted as an orphan: {:?}",
+        writes(&server.calls())
+    );
+    assert_eq!(
+        condition(&stored_status(&server), "Degraded")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn switching_the_worker_between_cpu_and_backlog_removes_the_old_autoscaler_first() {
+    let server = ApiServer::new();
+    server.install_crds("keda.sh");
+    create(&server, "defaults", json!({}));
+    settle(&server).await.expect("reconciled");
+    assert!(server.get(HPAS, "chat-worker").is_some());
+
+    edit(&server, on_backlog());
+    server.clear_calls();
+    reconcile(&server)
+        .await
+        .expect("KEDA's webhook accepts the ScaledObject");
+    let calls = server.calls();
+    assert!(
+        position(&calls, Method::DELETE, &format!("{HPAS}/chat-worker"))
+            < position(
+                &calls,
+                Method::PATCH,
+                &format!("{SCALED_OBJECTS}/chat-worker")
+            )
+    );
+    assert!(server.get(HPAS, "chat-worker").is_none());
+    server.run_keda("team");
+
+    edit(
+        &server,
+        json!({ "worker": { "autoscaling": { "metric": "Cpu" } } }),
+    );
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    let calls = server.calls();
+    assert!(
+        position(
+            &calls,
+            Method::DELETE,
+            &format!("{SCALED_OBJECTS}/chat-worker")
+        ) < position(&calls, Method::PATCH, &format!("{HPAS}/chat-worker"))
+    );
+    assert!(server.get(HPAS, "chat-worker").is_some());
+    assert!(
+        server.get(HPAS, "keda-hpa-chat-worker").is_none(),
+        "collected with its ScaledObject"
+    );
+    assert!(server.get(TRIGGER_AUTHENTICATIONS, "chat-worker").is_none());
+}
+
+#[tokio::test]
+async fn without_keda_the_worker_scales_on_cpu_and_the_status_names_the_missing_crds() {
+    let server = ApiServer::new();
+    create(&server, "defaults", on_backlog());
+    let action = settle(&server).await.expect("no crash loop");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert!(server.get(HPAS, "chat-worker").is_some(), "CPU meanwhile");
+    assert!(
+        server
+            .calls()
+            .iter()
+            .all(|c| !c.path.contains("keda.sh") || is_discovery(c)),
+        "no call to an API the cluster does not serve"
+    );
+    let degraded = condition(&stored_status(&server), "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "KedaCRDsNotFound");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("scaledobjects.keda.sh")
+            && message.contains("triggerauthentications.keda.sh"),
+        "{message}"
+    );
+    assert_eq!(stored_status(&server)["phase"], "Degraded");
+    assert!(event_reasons(&server.calls()).contains(&"KedaCRDsNotFound".to_string()));
+
+    server.install_crds("keda.sh");
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.get(SCALED_OBJECTS, "chat-worker").is_some());
+    assert!(server.get(HPAS, "chat-worker").is_none());
+    assert_eq!(
+        condition(&stored_status(&server), "Degraded")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn monitoring_waits_for_prometheus_operator_then_scrapes_and_alerts() {
+    let server = ApiServer::new();
+    create(
+        &server,
+        "defaults",
+        json!({ "monitoring": { "enabled": true, "labels": { "release": "kps" } } }),
+    );
+    settle(&server).await.expect("reconciled");
+    let degraded = condition(&stored_status(&server), "Degraded");
+    assert_eq!(degraded["reason"], "PrometheusOperatorCRDsNotFound");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("servicemonitors.monitoring.coreos.com")),
+        "{degraded}"
+    );
+    assert!(
+        server.get(SERVICES, "chat-worker").is_some(),
+        "the worker's metrics have a Service"
+    );
+
+    server.install_crds("monitoring.coreos.com");
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(
+        server.names(SERVICE_MONITORS),
+        ["chat-api", "chat-rabbitmq", "chat-worker"]
+    );
+    let rule = server
+        .get(PROMETHEUS_RULES, "chat-alerts")
+        .expect("the alerts");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps");
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "ChatsysQueueBacklogGrowing",
+            "ChatsysDeadLetters",
+            "ChatsysApiErrors",
+            "ChatsysWorkerNotAcknowledging",
+            "ChatsysNotReady"
+        ]
+    );
+    assert_eq!(
+        condition(&stored_status(&server), "Degraded")["status"],
+        "False"
+    );
+
+    edit(
+        &server,
+        json!({ "monitoring": { "scrapeWith": "PodMonitor" } }),
+    );
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.names(SERVICE_MONITORS).is_empty());
+    assert_eq!(
+        server.names(POD_MONITORS),
+        ["chat-api", "chat-rabbitmq", "chat-worker"]
+    );
+}
+
+#[tokio::test]
+async fn the_network_is_closed_by_default_and_opened_when_asked() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    settle(&server).await.expect("reconciled");
+    assert_eq!(
+        server.names(NETWORK_POLICIES),
+        [
+            "chat-api",
+            "chat-mysql",
+            "chat-opensearch",
+            "chat-rabbitmq",
+            "chat-redis",
+            "chat-worker"
+        ]
+    );
+    edit(&server, json!({ "networkPolicy": { "enabled": false } }));
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.names(NETWORK_POLICIES).is_empty());
+}
+
+#[tokio::test]
+async fn readiness_is_a_gauge_the_not_ready_alert_reads() {
+    let server = ApiServer::new();
+    create(&server, "defaults", json!({}));
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    settle(&server).await.expect("reconciled");
+    let series =
+        r#"chatsys_operator_chatsystem_ready{chatsystem_namespace="team",chatsystem="chat"}"#;
+    assert!(
+        handle.render().contains(&format!("{series} 0")),
+        "{}",
+        handle.render()
+    );
+    server.make_workloads_ready("team");
+    reconcile(&server).await.expect("reconciled");
+    assert!(
+        handle.render().contains(&format!("{series} 1")),
+        "{}",
+        handle.render()
+    );
+
+    let rules = manifests::alert_rules(&fixture("defaults"));
+    let not_ready = rules
+        .iter()
+        .find(|r| r.alert == "ChatsysNotReady")
+        .expect("the alert");
+    assert!(
+        not_ready.expr.contains(
+            r#"chatsys_operator_chatsystem_ready{chatsystem_namespace="team",chatsystem="chat"}"#
+        ),
+        "{}",
+        not_ready.expr
     );
 }

@@ -18,10 +18,11 @@ fn documents(stream: &str) -> Vec<Value> {
 #[test]
 fn every_example_renders_every_manifest() {
     for (name, count) in [
-        ("minimal", 21),
-        ("full", 22),
-        ("external", 10),
-        ("autoscaling-off", 19),
+        ("minimal", 28),
+        ("full", 34),
+        ("external", 13),
+        ("autoscaling-off", 26),
+        ("scale-to-zero", 27),
     ] {
         let cs = render::read(&example(name)).expect("example parses");
         let stream = render::render(cs).expect("example renders");

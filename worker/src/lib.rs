@@ -11,11 +11,45 @@ use axum::response::{IntoResponse, Response};
 use chatsys_core::adapters::amqp;
 use chatsys_core::health::Check;
 use chatsys_core::ingest::{self, IngestHealth, IngestSettings};
+use chatsys_core::ports::Queue;
 use chatsys_core::telemetry;
 use chatsys_runtime::startup::{self, Connecting};
 use chatsys_runtime::{Running, bind, ops, spawn_server, wiring};
 use chatsys_settings::{HttpSettings, WorkerArgs};
 use tokio::sync::watch;
+
+/// How often the worker reads the depths of the command and dead-letter queues.
+const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long one read of a queue's depth may take.
+const QUEUE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps `chatsys_queue_messages` current: the backlog alerts and KEDA-less dashboards read it, and
+/// it works the same for a RabbitMQ the operator runs and one the user runs. A failed read keeps the
+/// last value; the broker's own health is reported elsewhere.
+async fn sample_queue_depths(queue: amqp::AmqpQueue, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let reads = tokio::time::timeout(QUEUE_CALL_TIMEOUT, async {
+            [
+                ("commands", queue.backlog().await),
+                ("dead_letters", queue.dead_letters().await),
+            ]
+        })
+        .await;
+        for (label, depth) in reads.into_iter().flatten() {
+            match depth {
+                Ok(depth) => {
+                    metrics::gauge!(telemetry::QUEUE_MESSAGES.name, "queue" => label)
+                        .set(depth as f64);
+                }
+                Err(error) => tracing::debug!(%error, queue = label, "reading the queue's depth"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(QUEUE_SAMPLE_INTERVAL) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
 
 /// What a path other than a probe gets while the worker waits for its backing services.
 fn starting() -> Response {
@@ -59,6 +93,15 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     let ingest_task = tokio::spawn(async move {
         ingest::run(&mut source, &ports, &settings, ingest_stop, health).await;
     });
+    // Counted from zero, so that a worker that never settles a command shows a rate of zero.
+    metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "applied").increment(0);
+    let depths = amqp::AmqpQueue::new(
+        args.backends.amqp_url()?,
+        &args.backends.queue,
+        1,
+        QUEUE_CALL_TIMEOUT,
+    );
+    let depths_task = tokio::spawn(sample_queue_depths(depths, stopped.clone()));
     let repair_task = tokio::spawn(wiring::repair_periodically(
         store.clone(),
         Duration::from_secs(args.repair_interval_secs.max(1)),
@@ -77,6 +120,6 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     Ok(Running::new(
         health_addr,
         shutdown,
-        vec![ingest_task, repair_task, http_task],
+        vec![ingest_task, depths_task, repair_task, http_task],
     ))
 }

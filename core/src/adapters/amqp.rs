@@ -202,6 +202,18 @@ impl Queue for AmqpQueue {
     }
 
     async fn backlog(&self) -> CoreResult<u64> {
+        self.depth(&self.queue).await
+    }
+}
+
+impl AmqpQueue {
+    /// Commands the worker refused for good, waiting in the dead-letter queue.
+    pub async fn dead_letters(&self) -> CoreResult<u64> {
+        self.depth(&dead_letter_queue(&self.queue)).await
+    }
+
+    /// Messages ready in a queue, read with a passive declare on a channel of its own.
+    async fn depth(&self, queue: &str) -> CoreResult<u64> {
         let link = self.link().await?;
         let channel = link
             .connection
@@ -210,7 +222,7 @@ impl Queue for AmqpQueue {
             .map_err(unavailable)?;
         let queue = channel
             .queue_declare(
-                ShortString::from(self.queue.clone()),
+                ShortString::from(queue.to_string()),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::durable()

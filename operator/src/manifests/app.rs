@@ -1,13 +1,18 @@
-//! The API and the worker: ConfigMaps, the migration Job, Deployments, the API Service,
-//! HorizontalPodAutoscalers, PodDisruptionBudgets and the optional Ingress.
+//! The API and the worker: ConfigMaps, the migration Job, Deployments, their Services, autoscalers
+//! (HorizontalPodAutoscalers, or KEDA's ScaledObject for the worker), PodDisruptionBudgets and the
+//! optional Ingress.
 
 use super::backing::{BackingService, MYSQL_DATABASE};
 use super::{
-    Child, ChildKind, Inputs, Manifest, Plan, child_name, config_hash, container_security_context,
-    http_get, metadata, pod_security_context, probe, secret_env, selector, selector_labels,
-    value_env, with_pull_secrets,
+    Child, ChildKind, Inputs, Manifest, MissingApi, Plan, child_name, config_hash,
+    container_security_context, http_get, metadata, pod_security_context, probe, secret_env,
+    selector, selector_labels, value_env, with_pull_secrets,
 };
-use crate::crd::{Autoscaling, ChatSystem};
+use crate::apis::{
+    AuthenticationRef, OptionalApi, ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSpec,
+    SecretTargetRef, TriggerAuthentication, TriggerAuthenticationSpec,
+};
+use crate::crd::{Autoscaling, ChatSystem, ScalingMetric};
 use chatsys_settings::env;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -32,12 +37,25 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 pub const API_PORT: i32 = 8080;
-const WORKER_PORT: i32 = 9090;
+/// The worker's health and metrics port.
+pub const WORKER_PORT: i32 = 9090;
 /// The user of the chatsys images.
 const APP_UID: i64 = 65532;
 
 pub fn api_name(cs: &ChatSystem) -> String {
     child_name(cs, "api")
+}
+
+pub fn worker_name(cs: &ChatSystem) -> String {
+    child_name(cs, "worker")
+}
+
+/// How a component's replica count is set.
+enum Scaling {
+    Fixed,
+    Cpu,
+    /// KEDA, on the command queue's backlog (the worker only).
+    QueueBacklog,
 }
 
 pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
@@ -67,20 +85,30 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
             plan.held
                 .push((ChildKind::Deployment, component.object_name(cs)));
         }
-        if component.autoscaling.enabled {
-            plan.children
-                .push(Child::HorizontalPodAutoscaler(component.autoscaler(cs)).into());
-            if let Some(existing) = inputs.deployments.get(component.name)
-                && existing.replicas_applied_by_operator
-            {
-                plan.handovers
-                    .push(component.replicas_handover(cs, existing.replicas));
+        match component.scaling(inputs, plan) {
+            Scaling::Fixed => {}
+            Scaling::Cpu => plan
+                .children
+                .push(Child::HorizontalPodAutoscaler(component.autoscaler(cs)).into()),
+            Scaling::QueueBacklog => {
+                plan.children
+                    .push(Child::TriggerAuthentication(queue_authentication(cs)).into());
+                plan.children
+                    .push(Child::ScaledObject(backlog_scaler(cs)).into());
             }
+        }
+        if component.autoscaling.enabled
+            && let Some(existing) = inputs.deployments.get(component.name)
+            && existing.replicas_applied_by_operator
+        {
+            plan.handovers
+                .push(component.replicas_handover(cs, existing.replicas));
         }
         plan.children
             .push(Child::PodDisruptionBudget(component.disruption_budget(cs)).into());
+        plan.children
+            .push(Child::Service(component.service(cs)).into());
     }
-    plan.children.push(Child::Service(api_service(cs)).into());
     if cs.spec.api.ingress.enabled {
         plan.children.push(Child::Ingress(ingress(cs)).into());
     }
@@ -94,7 +122,9 @@ struct Component<'a> {
     image: String,
     replicas: i32,
     resources: &'a ResourceRequirements,
-    autoscaling: &'a Autoscaling,
+    autoscaling: Autoscaling,
+    /// Whether the spec asks for scaling on the queue's backlog.
+    on_backlog: bool,
     settings: BTreeMap<String, String>,
 }
 
@@ -108,7 +138,8 @@ impl<'a> Component<'a> {
             image: api.image(),
             replicas: api.replicas,
             resources: &api.resources,
-            autoscaling: &api.autoscaling,
+            autoscaling: api.autoscaling.clone(),
+            on_backlog: false,
             settings: common_settings(cs),
         }
     }
@@ -132,13 +163,52 @@ impl<'a> Component<'a> {
             image: worker.image(),
             replicas: worker.replicas,
             resources: &worker.resources,
-            autoscaling: &worker.autoscaling,
+            autoscaling: worker.autoscaling.on_cpu(),
+            on_backlog: worker.autoscaling.metric == ScalingMetric::QueueBacklog,
             settings,
         }
     }
 
     fn object_name(&self, cs: &ChatSystem) -> String {
         child_name(cs, self.name)
+    }
+
+    /// How the replica count is set. Scaling on the backlog needs KEDA: without it the worker scales
+    /// on CPU, which still follows load, and the plan says what is missing.
+    fn scaling(&self, inputs: &Inputs, plan: &mut Plan) -> Scaling {
+        if !self.autoscaling.enabled {
+            return Scaling::Fixed;
+        }
+        if !self.on_backlog {
+            return Scaling::Cpu;
+        }
+        if inputs.served.contains(&OptionalApi::Keda) {
+            return Scaling::QueueBacklog;
+        }
+        plan.missing.push(MissingApi {
+            api: OptionalApi::Keda,
+            needed_for: "worker.autoscaling.metric QueueBacklog (the worker scales on CPU until it is installed)",
+        });
+        Scaling::Cpu
+    }
+
+    /// The Service in front of the pods' port: the API's for clients, the worker's for its metrics.
+    fn service(&self, cs: &ChatSystem) -> Service {
+        Service {
+            metadata: metadata(cs, &self.object_name(cs), self.name),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".to_string()),
+                selector: Some(selector_labels(cs, self.name)),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".to_string()),
+                    port: self.port,
+                    target_port: Some(IntOrString::String("http".to_string())),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
     }
 
     fn config_map(&self, cs: &ChatSystem) -> ConfigMap {
@@ -293,7 +363,7 @@ impl<'a> Component<'a> {
     }
 
     fn autoscaler(&self, cs: &ChatSystem) -> HorizontalPodAutoscaler {
-        let autoscaling = self.autoscaling;
+        let autoscaling = &self.autoscaling;
         HorizontalPodAutoscaler {
             metadata: metadata(cs, &self.object_name(cs), self.name),
             spec: HorizontalPodAutoscalerSpec {
@@ -404,22 +474,86 @@ fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
     env
 }
 
-fn api_service(cs: &ChatSystem) -> Service {
-    Service {
-        metadata: metadata(cs, &api_name(cs), "api"),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_string()),
-            selector: Some(selector_labels(cs, "api")),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_string()),
-                port: API_PORT,
-                target_port: Some(IntOrString::String("http".to_string())),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
+/// The command queue the API publishes to and the worker consumes: the settings' default, since the
+/// operator sets no other.
+const COMMAND_QUEUE: &str = "chatsys.commands";
+
+/// Where KEDA's RabbitMQ scaler reads its connection: the user's URL for an external RabbitMQ, or
+/// the managed one's generated credentials (the scaler puts them into the URL it is given).
+fn queue_authentication(cs: &ChatSystem) -> TriggerAuthentication {
+    let service = BackingService::Rabbitmq;
+    let secret_target_ref = match service.external(&cs.spec) {
+        Some(external) => vec![SecretTargetRef {
+            parameter: "host".to_string(),
+            name: external.secret_name.clone(),
+            key: external.key.clone(),
+        }],
+        None => ["username", "password"]
+            .into_iter()
+            .map(|key| SecretTargetRef {
+                parameter: key.to_string(),
+                name: service.credentials_secret(cs),
+                key: key.to_string(),
+            })
+            .collect(),
+    };
+    TriggerAuthentication {
+        metadata: metadata(cs, &worker_name(cs), "worker"),
+        spec: TriggerAuthenticationSpec { secret_target_ref },
     }
+}
+
+/// KEDA's ScaledObject for the worker: one replica per `messagesPerReplica` commands waiting, between
+/// the minimum (zero only when asked) and the maximum.
+fn backlog_scaler(cs: &ChatSystem) -> ScaledObject {
+    let autoscaling = &cs.spec.worker.autoscaling;
+    let service = BackingService::Rabbitmq;
+    let mut trigger_metadata = BTreeMap::from([
+        ("protocol".to_string(), "amqp".to_string()),
+        ("queueName".to_string(), COMMAND_QUEUE.to_string()),
+        ("mode".to_string(), "QueueLength".to_string()),
+        (
+            "value".to_string(),
+            autoscaling.messages_per_replica.to_string(),
+        ),
+    ]);
+    if service.external(&cs.spec).is_none() {
+        trigger_metadata.insert(
+            "host".to_string(),
+            format!(
+                "amqp://{}.{}.svc:{}/%2f",
+                service.workload_name(cs),
+                super::namespace(cs),
+                service.port()
+            ),
+        );
+    }
+    let mut object = ScaledObject::new(
+        &worker_name(cs),
+        ScaledObjectSpec {
+            scale_target_ref: ScaleTargetRef {
+                api_version: Some("apps/v1".to_string()),
+                kind: Some("Deployment".to_string()),
+                name: worker_name(cs),
+            },
+            min_replica_count: Some(if autoscaling.scale_to_zero {
+                0
+            } else {
+                autoscaling.min_replicas
+            }),
+            max_replica_count: Some(autoscaling.max_replicas),
+            triggers: vec![ScaleTrigger {
+                type_: "rabbitmq".to_string(),
+                metadata: trigger_metadata,
+                authentication_ref: Some(AuthenticationRef {
+                    name: worker_name(cs),
+                }),
+            }],
+            ..ScaledObjectSpec::default()
+        },
+    );
+    object.metadata = metadata(cs, &worker_name(cs), "worker");
+    object
 }
 
 fn ingress(cs: &ChatSystem) -> Ingress {

@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 
 pub const MYSQL_DATABASE: &str = "chatsys";
 const RABBITMQ_MANAGEMENT_PORT: i32 = 15672;
+/// The port of the image's built-in Prometheus plugin (`rabbitmq_prometheus`).
+pub const RABBITMQ_PROMETHEUS_PORT: i32 = 15692;
 const MIB: f64 = 1024.0 * 1024.0;
 /// OpenSearch refuses to start usefully below this heap.
 const MIN_OPENSEARCH_MEMORY_MIB: u64 = 512;
@@ -267,6 +269,13 @@ fn headless_service(cs: &ChatSystem, service: BackingService) -> Service {
     let mut ports = vec![service_port(service.name(), service.port())];
     if service == BackingService::Rabbitmq {
         ports.push(service_port("management", RABBITMQ_MANAGEMENT_PORT));
+        // By number: naming it in the container would change the pod template and restart the broker.
+        ports.push(ServicePort {
+            name: Some("prometheus".to_string()),
+            port: RABBITMQ_PROMETHEUS_PORT,
+            target_port: Some(IntOrString::Int(RABBITMQ_PROMETHEUS_PORT)),
+            ..ServicePort::default()
+        });
     }
     Service {
         metadata: metadata(cs, &service.workload_name(cs), service.name()),

@@ -3,8 +3,14 @@
 
 mod app;
 mod backing;
+mod monitoring;
+mod network;
 mod quantity;
 
+use crate::apis::{
+    OptionalApi, PodMonitor, PrometheusRule, ScaledObject, Served, ServiceMonitor,
+    TriggerAuthentication,
+};
 use crate::crd::{ChatSystem, ExternalService};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -13,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
     Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
 };
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -23,7 +29,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use app::WORKER_PORT;
 pub use backing::{BackingService, generate_credentials};
+pub use monitoring::alert_rules;
 pub use quantity::parse_bytes;
 
 pub const MANAGER: &str = "chatsys-operator";
@@ -31,31 +39,44 @@ pub const MANAGER: &str = "chatsys-operator";
 /// HorizontalPodAutoscaler, so the count is never dropped to the default of 1.
 pub const HANDOVER_MANAGER: &str = "chatsys-operator-handover";
 
-/// Every kind of object the operator creates, in the order it applies them.
+/// Every kind of object the operator creates, in the order it applies them: the NetworkPolicies
+/// before the databases they guard, a TriggerAuthentication before the ScaledObject that reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChildKind {
     Secret,
     ConfigMap,
+    NetworkPolicy,
     Service,
     StatefulSet,
     Job,
     Deployment,
     HorizontalPodAutoscaler,
+    TriggerAuthentication,
+    ScaledObject,
     PodDisruptionBudget,
     Ingress,
+    ServiceMonitor,
+    PodMonitor,
+    PrometheusRule,
 }
 
 impl ChildKind {
-    pub const ALL: [ChildKind; 9] = [
+    pub const ALL: [ChildKind; 15] = [
         ChildKind::Secret,
         ChildKind::ConfigMap,
+        ChildKind::NetworkPolicy,
         ChildKind::Service,
         ChildKind::StatefulSet,
         ChildKind::Job,
         ChildKind::Deployment,
         ChildKind::HorizontalPodAutoscaler,
+        ChildKind::TriggerAuthentication,
+        ChildKind::ScaledObject,
         ChildKind::PodDisruptionBudget,
         ChildKind::Ingress,
+        ChildKind::ServiceMonitor,
+        ChildKind::PodMonitor,
+        ChildKind::PrometheusRule,
     ];
 
     /// The Kubernetes kind, as `kubectl` shows it.
@@ -63,13 +84,19 @@ impl ChildKind {
         match self {
             ChildKind::Secret => "Secret",
             ChildKind::ConfigMap => "ConfigMap",
+            ChildKind::NetworkPolicy => "NetworkPolicy",
             ChildKind::Service => "Service",
             ChildKind::StatefulSet => "StatefulSet",
             ChildKind::Job => "Job",
             ChildKind::Deployment => "Deployment",
             ChildKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            ChildKind::TriggerAuthentication => "TriggerAuthentication",
+            ChildKind::ScaledObject => "ScaledObject",
             ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
             ChildKind::Ingress => "Ingress",
+            ChildKind::ServiceMonitor => "ServiceMonitor",
+            ChildKind::PodMonitor => "PodMonitor",
+            ChildKind::PrometheusRule => "PrometheusRule",
         }
     }
 
@@ -77,6 +104,7 @@ impl ChildKind {
         match self {
             ChildKind::Secret => ApiResource::erase::<Secret>(&()),
             ChildKind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+            ChildKind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
             ChildKind::Service => ApiResource::erase::<Service>(&()),
             ChildKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
             ChildKind::Job => ApiResource::erase::<Job>(&()),
@@ -84,15 +112,44 @@ impl ChildKind {
             ChildKind::HorizontalPodAutoscaler => {
                 ApiResource::erase::<HorizontalPodAutoscaler>(&())
             }
+            ChildKind::TriggerAuthentication => ApiResource::erase::<TriggerAuthentication>(&()),
+            ChildKind::ScaledObject => ApiResource::erase::<ScaledObject>(&()),
             ChildKind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
             ChildKind::Ingress => ApiResource::erase::<Ingress>(&()),
+            ChildKind::ServiceMonitor => ApiResource::erase::<ServiceMonitor>(&()),
+            ChildKind::PodMonitor => ApiResource::erase::<PodMonitor>(&()),
+            ChildKind::PrometheusRule => ApiResource::erase::<PrometheusRule>(&()),
         }
+    }
+
+    /// The optional API that serves this kind; `None` for Kubernetes' own kinds.
+    pub fn optional_api(self) -> Option<OptionalApi> {
+        match self {
+            ChildKind::TriggerAuthentication | ChildKind::ScaledObject => Some(OptionalApi::Keda),
+            ChildKind::ServiceMonitor | ChildKind::PodMonitor | ChildKind::PrometheusRule => {
+                Some(OptionalApi::PrometheusOperator)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the cluster serves this kind.
+    pub fn is_served(self, served: &Served) -> bool {
+        self.optional_api().is_none_or(|api| served.contains(&api))
     }
 
     /// Whether an object of this kind that the resource no longer needs is deleted. Credentials are kept:
     /// the volume they unlock is kept too, so turning a service back to managed finds both again.
     pub fn deleted_when_orphaned(self) -> bool {
         self != ChildKind::Secret
+    }
+
+    /// Whether objects of this kind set a workload's replica count.
+    pub fn is_autoscaler(self) -> bool {
+        matches!(
+            self,
+            ChildKind::HorizontalPodAutoscaler | ChildKind::ScaledObject
+        )
     }
 }
 
@@ -105,13 +162,19 @@ impl ChildKind {
 pub enum Child {
     Secret(Secret),
     ConfigMap(ConfigMap),
+    NetworkPolicy(NetworkPolicy),
     Service(Service),
     StatefulSet(StatefulSet),
     Job(Job),
     Deployment(Deployment),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    TriggerAuthentication(TriggerAuthentication),
+    ScaledObject(ScaledObject),
     PodDisruptionBudget(PodDisruptionBudget),
     Ingress(Ingress),
+    ServiceMonitor(ServiceMonitor),
+    PodMonitor(PodMonitor),
+    PrometheusRule(PrometheusRule),
 }
 
 impl Child {
@@ -119,28 +182,41 @@ impl Child {
         match self {
             Child::Secret(_) => ChildKind::Secret,
             Child::ConfigMap(_) => ChildKind::ConfigMap,
+            Child::NetworkPolicy(_) => ChildKind::NetworkPolicy,
             Child::Service(_) => ChildKind::Service,
             Child::StatefulSet(_) => ChildKind::StatefulSet,
             Child::Job(_) => ChildKind::Job,
             Child::Deployment(_) => ChildKind::Deployment,
             Child::HorizontalPodAutoscaler(_) => ChildKind::HorizontalPodAutoscaler,
+            Child::TriggerAuthentication(_) => ChildKind::TriggerAuthentication,
+            Child::ScaledObject(_) => ChildKind::ScaledObject,
             Child::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
             Child::Ingress(_) => ChildKind::Ingress,
+            Child::ServiceMonitor(_) => ChildKind::ServiceMonitor,
+            Child::PodMonitor(_) => ChildKind::PodMonitor,
+            Child::PrometheusRule(_) => ChildKind::PrometheusRule,
         }
     }
 
-    /// The object as JSON, with its `apiVersion` and `kind`.
+    /// The object as JSON, with its `apiVersion` and `kind`. Kubernetes' own types carry both; the
+    /// other projects' types get them from their API resource.
     fn to_json(&self) -> Value {
         let json = match self {
             Child::Secret(o) => serde_json::to_value(o),
             Child::ConfigMap(o) => serde_json::to_value(o),
+            Child::NetworkPolicy(o) => serde_json::to_value(o),
             Child::Service(o) => serde_json::to_value(o),
             Child::StatefulSet(o) => serde_json::to_value(o),
             Child::Job(o) => serde_json::to_value(o),
             Child::Deployment(o) => serde_json::to_value(o),
             Child::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
+            Child::TriggerAuthentication(o) => serde_json::to_value(o),
+            Child::ScaledObject(o) => serde_json::to_value(o),
             Child::PodDisruptionBudget(o) => serde_json::to_value(o),
             Child::Ingress(o) => serde_json::to_value(o),
+            Child::ServiceMonitor(o) => serde_json::to_value(o),
+            Child::PodMonitor(o) => serde_json::to_value(o),
+            Child::PrometheusRule(o) => serde_json::to_value(o),
         };
         json.expect("a Kubernetes object serialises")
     }
@@ -214,6 +290,8 @@ pub struct Inputs {
     pub completed_migrations: BTreeSet<String>,
     /// Names of the resource's migration Jobs that have failed for good.
     pub failed_migrations: BTreeSet<String>,
+    /// The optional APIs (KEDA's, prometheus-operator's) the cluster serves.
+    pub served: Served,
 }
 
 /// A spec the schema accepted but the operator cannot carry out; reported in status, nothing applied.
@@ -281,16 +359,21 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
     {
         problems.push(problem);
     }
-    for (component, resources, autoscaling) in [
-        ("api", &cs.spec.api.resources, &cs.spec.api.autoscaling),
+    // Also on the queue's backlog: without KEDA the worker falls back to scaling on CPU.
+    for (component, resources, autoscaled) in [
+        (
+            "api",
+            &cs.spec.api.resources,
+            cs.spec.api.autoscaling.enabled,
+        ),
         (
             "worker",
             &cs.spec.worker.resources,
-            &cs.spec.worker.autoscaling,
+            cs.spec.worker.autoscaling.enabled,
         ),
     ] {
         let cpu_request = resources.requests.as_ref().and_then(|r| r.get("cpu"));
-        if autoscaling.enabled && cpu_request.is_none() {
+        if autoscaled && cpu_request.is_none() {
             problems.push(format!(
                 "{component}: autoscaling needs resources.requests.cpu"
             ));
@@ -332,6 +415,43 @@ pub struct Plan {
     pub held: Vec<(ChildKind, String)>,
     /// What the held objects wait for, for the status.
     pub waiting_for: Vec<String>,
+    /// Optional APIs the spec needs and the cluster does not serve, for the status.
+    pub missing: Vec<MissingApi>,
+}
+
+impl Plan {
+    /// Whether an existing autoscaler is replaced by one of the other kind for the same workload (a
+    /// CPU HPA by a ScaledObject, or back). It must be gone before its successor is applied: KEDA's
+    /// admission webhook refuses a ScaledObject for a workload an HPA already scales, and two
+    /// autoscalers of one Deployment fight over its replicas.
+    pub fn replaces(&self, kind: ChildKind, name: &str) -> bool {
+        kind.is_autoscaler()
+            && self
+                .children
+                .iter()
+                .any(|m| m.kind.is_autoscaler() && m.kind != kind && m.name() == name)
+    }
+}
+
+/// An optional API the spec needs and the cluster does not serve: what is built without it is built,
+/// and the status says what is missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingApi {
+    pub api: OptionalApi,
+    /// The field that needs it, and what happens meanwhile.
+    pub needed_for: &'static str,
+}
+
+impl std::fmt::Display for MissingApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} needs {}: CustomResourceDefinitions {} not found",
+            self.needed_for,
+            self.api.project(),
+            self.api.crd_names().join(", ")
+        )
+    }
 }
 
 /// Everything the resource needs.
@@ -344,6 +464,8 @@ pub fn build(valid: &Valid) -> Plan {
         }
     }
     app::build(cs, inputs, &mut plan);
+    network::build(cs, &mut plan);
+    monitoring::build(cs, inputs, &mut plan);
     plan.children.sort_by_key(|m| m.kind);
     plan
 }

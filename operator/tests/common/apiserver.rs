@@ -9,6 +9,12 @@
 //! The controllers of a cluster (StatefulSet volumes, the kubelet's readiness, the HPA's scaling) are
 //! methods a test calls, so each test says which of them ran.
 //!
+//! The APIs other projects add (KEDA's `keda.sh`, prometheus-operator's `monitoring.coreos.com`) are
+//! served only once a test installs them, as their CustomResourceDefinitions would be: before that,
+//! their paths and their discovery answer 404, as the real server does. KEDA's admission webhook
+//! refuses a ScaledObject for a workload an HPA already scales, and KEDA's controller (a method) makes
+//! the HPA of each ScaledObject as KEDA does, with the ScaledObject's labels copied onto it.
+//!
 //! Simplifications, none of which the operator depends on: lists are atomic for field ownership
 //! (the real server merges `containers` and `env` by key), label selectors are equality-only, and a
 //! strategic merge patch is treated as a JSON merge patch.
@@ -101,6 +107,48 @@ const KINDS: &[Kind] = &[
         true,
     ),
     kind("networking.k8s.io/v1", "Ingress", "ingresses", true, true),
+    kind(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        false,
+        true,
+    ),
+    kind(
+        "keda.sh/v1alpha1",
+        "ScaledObject",
+        "scaledobjects",
+        true,
+        true,
+    ),
+    kind(
+        "keda.sh/v1alpha1",
+        "TriggerAuthentication",
+        "triggerauthentications",
+        false,
+        true,
+    ),
+    kind(
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        "servicemonitors",
+        false,
+        true,
+    ),
+    kind(
+        "monitoring.coreos.com/v1",
+        "PodMonitor",
+        "podmonitors",
+        false,
+        true,
+    ),
+    kind(
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        "prometheusrules",
+        false,
+        true,
+    ),
     kind("events.k8s.io/v1", "Event", "events", false, false),
     kind("coordination.k8s.io/v1", "Lease", "leases", false, false),
     kind(
@@ -135,6 +183,13 @@ const fn kind(
     }
 }
 
+/// API groups served only once their CustomResourceDefinitions are installed.
+const OPTIONAL_GROUPS: [&str; 2] = ["keda.sh", "monitoring.coreos.com"];
+
+fn group_of(api_version: &str) -> &str {
+    api_version.split_once('/').map_or("", |(group, _)| group)
+}
+
 /// Where a request points.
 #[derive(Clone, Debug)]
 struct Target {
@@ -163,6 +218,8 @@ struct State {
     uids: u64,
     calls: Vec<Call>,
     faults: Vec<Fault>,
+    /// Optional API groups whose CustomResourceDefinitions are installed.
+    installed: BTreeSet<String>,
 }
 
 /// The server; clones share it.
@@ -261,6 +318,53 @@ impl ApiServer {
         let key = (collection.to_string(), name.to_string());
         assert!(state.remove(&key), "no {collection}/{name}");
         state.collect_garbage();
+    }
+
+    /// Installs the CustomResourceDefinitions of an optional API group (`keda.sh`,
+    /// `monitoring.coreos.com`): from now on the server serves its kinds and its discovery.
+    pub fn install_crds(&self, group: &str) {
+        assert!(OPTIONAL_GROUPS.contains(&group), "{group} is not optional");
+        self.state().installed.insert(group.to_string());
+    }
+
+    /// KEDA's controller: an HPA `keda-hpa-<name>` for each ScaledObject, carrying KEDA's labels
+    /// overwritten by the ScaledObject's, and owned by it.
+    pub fn run_keda(&self, namespace: &str) {
+        let scaled_objects = format!("/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects");
+        let hpas = format!("/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers");
+        for scaled in self.objects(&scaled_objects) {
+            let name = scaled["metadata"]["name"].as_str().expect("a name");
+            let hpa_name = format!("keda-hpa-{name}");
+            if self.get(&hpas, &hpa_name).is_some() {
+                continue;
+            }
+            let mut labels = json!({
+                "app.kubernetes.io/name": hpa_name, "app.kubernetes.io/version": "2.20.2",
+                "app.kubernetes.io/part-of": name, "app.kubernetes.io/managed-by": "keda-operator",
+            });
+            for (key, value) in scaled["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                labels[key] = value.clone();
+            }
+            let spec = &scaled["spec"];
+            let min = spec["minReplicaCount"].as_i64().unwrap_or(0).max(1);
+            let hpa = json!({
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": { "name": hpa_name, "labels": labels,
+                              "ownerReferences": [owner_reference(&scaled)] },
+                "spec": { "scaleTargetRef": spec["scaleTargetRef"].clone(),
+                          "minReplicas": min, "maxReplicas": spec["maxReplicaCount"].as_i64().unwrap_or(100),
+                          "metrics": [{ "type": "External", "external": {
+                              "metric": { "name": "s0-rabbitmq-chatsys-commands" },
+                              "target": { "type": "AverageValue", "averageValue": "5k" } } }] },
+            });
+            let target = parse_target(&hpas).expect("HPAs are known");
+            let (status, created) = self.state().create(&target, hpa, "keda");
+            assert_eq!(status, StatusCode::CREATED, "{created}");
+        }
     }
 
     /// The StatefulSet controller: one claim per replica from each volume claim template, owned by the
@@ -451,9 +555,17 @@ impl State {
     }
 
     fn serve(&mut self, request: &RecordedRequest) -> (StatusCode, Value) {
+        if request.method == Method::GET
+            && let Some(group_version) = discovery_path(&request.path)
+        {
+            return self.discovery(&group_version, &request.path);
+        }
         let Some(target) = parse_target(&request.path) else {
             return not_found_path(&request.path);
         };
+        if !self.serves(target.kind.api_version) {
+            return not_found_path(&request.path);
+        }
         let params = query_params(&request.query);
         let manager = params
             .get("fieldManager")
@@ -502,6 +614,68 @@ impl State {
         }
     }
 
+    fn serves(&self, api_version: &str) -> bool {
+        let group = group_of(api_version);
+        !OPTIONAL_GROUPS.contains(&group) || self.installed.contains(group)
+    }
+
+    /// The APIResourceList of a group version the server serves.
+    fn discovery(&self, group_version: &str, path: &str) -> (StatusCode, Value) {
+        let kinds: Vec<&Kind> = KINDS
+            .iter()
+            .filter(|k| k.api_version == group_version)
+            .collect();
+        if kinds.is_empty() || !self.serves(group_version) {
+            return not_found_path(path);
+        }
+        let resources: Vec<Value> = kinds
+            .iter()
+            .map(|k| {
+                json!({
+                    "name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": true,
+                    "kind": k.kind,
+                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                })
+            })
+            .collect();
+        (
+            StatusCode::OK,
+            json!({ "kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": group_version, "resources": resources }),
+        )
+    }
+
+    /// KEDA's admission webhook: a ScaledObject may not target a workload that an HPA it does not own
+    /// already scales.
+    fn refused_by_keda_webhook(
+        &self,
+        target: &Target,
+        object: &Value,
+    ) -> Option<(StatusCode, Value)> {
+        if target.kind.kind != "ScaledObject" {
+            return None;
+        }
+        let namespace = namespace_of(&target.collection)?;
+        let hpas = format!("/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers");
+        let workload = &object["spec"]["scaleTargetRef"]["name"];
+        let (_, hpa) = self.objects.iter().find(|((c, _), hpa)| {
+            *c == hpas
+                && hpa["spec"]["scaleTargetRef"]["name"] == *workload
+                && !hpa["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|owners| owners.iter().any(|o| o["kind"] == "ScaledObject"))
+        })?;
+        let message = format!(
+            "admission webhook \"vscaledobject.kb.io\" denied the request: the workload '{}' of type 'apps/v1.Deployment' is already managed by the hpa '{}'",
+            workload.as_str().unwrap_or_default(),
+            hpa["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        Some((
+            StatusCode::FORBIDDEN,
+            status_body(StatusCode::FORBIDDEN, "Forbidden", &message, None),
+        ))
+    }
+
     fn list(&self, target: &Target, selector: &str) -> Value {
         let wanted: Vec<(&str, &str)> = selector
             .split(',')
@@ -537,6 +711,9 @@ impl State {
         };
         if let Some(problem) = wrong_type(target, &object) {
             return bad_request(&problem);
+        }
+        if let Some(refusal) = self.refused_by_keda_webhook(target, &object) {
+            return refusal;
         }
         let key = (target.collection.clone(), name.clone());
         if self.objects.contains_key(&key) {
@@ -1265,6 +1442,16 @@ fn owner_reference(owner: &Value) -> Value {
         "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
         "controller": true, "blockOwnerDeletion": true,
     })
+}
+
+/// The group version of a discovery request (`/apis/<group>/<version>`, `/api/v1`).
+fn discovery_path(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["api", "v1"] => Some("v1".to_string()),
+        ["apis", group, version] => Some(format!("{group}/{version}")),
+        _ => None,
+    }
 }
 
 fn parse_target(path: &str) -> Option<Target> {
