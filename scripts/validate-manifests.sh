@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Validates the operator's output offline:
 #  0. the CustomResourceDefinition that `chatsys-operator crd` prints, against the Kubernetes 1.33 schemas;
-#  1. every manifest that `chatsys-operator render` prints for each example, against the Kubernetes 1.33
-#     schemas with strict checking (kubernetes-validate); render itself refuses an example that breaks
-#     the CRD's CEL rules;
+#  1. every manifest that `chatsys-operator render` prints for each example, with validate-kinds.sh:
+#     Kubernetes' own kinds against the Kubernetes 1.33 schemas (strict), KEDA's and prometheus-operator's
+#     against their projects' typed models; render itself refuses an example that breaks the CRD's CEL
+#     rules;
 #  2. each example itself, against the openAPIV3Schema of the CRD that `chatsys-operator crd` prints,
 #     with unknown fields under `spec` refused, as the API server's strict field validation does.
-# Needs the `kubernetes-validate` and `jsonschema` Python packages. Exits non-zero on any failure.
+# Needs the `kubernetes-validate` and `jsonschema` Python packages, node, and scripts/crd-kinds installed
+# (bash .ci/tools.sh). Exits non-zero on any failure.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,11 +92,10 @@ PYTHON
     fail "$name: render failed"
     continue
   fi
-  documents="$(grep -c '^kind: ' "$work/$name.rendered.yaml" || true)"
-  if kubernetes-validate -k "$kubernetes_version" --strict --quiet "$work/$name.rendered.yaml"; then
-    pass "$name: $documents rendered manifests valid for Kubernetes $kubernetes_version"
+  if bash "$root/scripts/validate-kinds.sh" "$work/$name.rendered.yaml" "$kubernetes_version"; then
+    pass "$name: rendered manifests valid"
   else
-    fail "$name: rendered manifests invalid for Kubernetes $kubernetes_version"
+    fail "$name: rendered manifests invalid"
   fi
 done
 
