@@ -27,6 +27,12 @@ fn app(
 ) -> axum::Router {
     // Installed before the first request so that no metric recorded is lost.
     let _ = telemetry::metrics_handle();
+    telemetry::count_from_zero(&[
+        telemetry::CACHE_ERRORS,
+        telemetry::CACHE_PAGES_TOO_LARGE,
+        telemetry::LIVE_STREAMS,
+        telemetry::LIVE_REPAIRS,
+    ]);
     http::router(Arc::new(http::AppState {
         service,
         admin_key,

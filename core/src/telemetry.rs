@@ -173,6 +173,15 @@ pub const CATALOGUE: &[Metric] = &[
     LIVE_REPAIRS,
 ];
 
+/// Serves these counters at zero before anything is counted, so that a dashboard or an alert reading
+/// a rate sees 0 rather than no series. Label-less counters only: a labelled one would need its values.
+pub fn count_from_zero(counters: &[Metric]) {
+    for metric in counters {
+        debug_assert!(metric.kind == Kind::Counter && metric.labels.is_empty());
+        metrics::counter!(metric.name).increment(0);
+    }
+}
+
 /// The process-wide Prometheus recorder (one per process, however many servers a test starts), with
 /// every metric of the catalogue described.
 pub fn metrics_handle() -> PrometheusHandle {

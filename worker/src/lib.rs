@@ -18,8 +18,10 @@ use chatsys_runtime::{Running, bind, ops, spawn_server, wiring};
 use chatsys_settings::{HttpSettings, WorkerArgs};
 use tokio::sync::watch;
 
-/// How often the worker reads the depths of the command and dead-letter queues.
+/// How often the worker reads the depths of the command and dead-letter queues; until a read has
+/// succeeded (the queues are declared as the worker connects), every second.
 const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+const QUEUE_FIRST_SAMPLE_RETRY: Duration = Duration::from_secs(1);
 /// How long one read of a queue's depth may take.
 const QUEUE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -27,6 +29,7 @@ const QUEUE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// it works the same for a RabbitMQ the operator runs and one the user runs. A failed read keeps the
 /// last value; the broker's own health is reported elsewhere.
 async fn sample_queue_depths(queue: amqp::AmqpQueue, mut stopped: watch::Receiver<bool>) {
+    let mut sampled = false;
     loop {
         let reads = tokio::time::timeout(QUEUE_CALL_TIMEOUT, async {
             [
@@ -35,17 +38,27 @@ async fn sample_queue_depths(queue: amqp::AmqpQueue, mut stopped: watch::Receive
             ]
         })
         .await;
+        let mut all_read = reads.is_ok();
         for (label, depth) in reads.into_iter().flatten() {
             match depth {
                 Ok(depth) => {
                     metrics::gauge!(telemetry::QUEUE_MESSAGES.name, "queue" => label)
                         .set(depth as f64);
                 }
-                Err(error) => tracing::debug!(%error, queue = label, "reading the queue's depth"),
+                Err(error) => {
+                    all_read = false;
+                    tracing::debug!(%error, queue = label, "reading the queue's depth");
+                }
             }
         }
+        sampled |= all_read;
+        let pause = if sampled {
+            QUEUE_SAMPLE_INTERVAL
+        } else {
+            QUEUE_FIRST_SAMPLE_RETRY
+        };
         tokio::select! {
-            _ = tokio::time::sleep(QUEUE_SAMPLE_INTERVAL) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stopped.changed() => return,
         }
     }
@@ -95,6 +108,7 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     });
     // Counted from zero, so that a worker that never settles a command shows a rate of zero.
     metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "applied").increment(0);
+    telemetry::count_from_zero(&[telemetry::WORKER_INDEX_FAILURES]);
     let depths = amqp::AmqpQueue::new(
         args.backends.amqp_url()?,
         &args.backends.queue,
