@@ -12,7 +12,12 @@
 #      still applied, the API keeps answering), upgrade the operator to a build of the next version
 #      (the API and worker roll to that version's images by themselves), grow MySQL's volume on kind's non-expanding storage class (reported in the
 #      status, and the rest of the edit still applied);
-#   9. delete the ChatSystem: everything goes but MySQL's retained volume and its credentials; apply it
+#   9. what platform teams expect: NetworkPolicies enforced (a pod outside the ChatSystem cannot reach
+#      MySQL; one labelled as its API can); monitoring asked for before prometheus-operator's CRDs exist
+#      (Degraded, naming them), then the monitors and the alerts once they are installed; the worker on
+#      the queue's backlog before KEDA exists (Degraded, scaling on CPU), then KEDA installed, the worker
+#      growing while a backlog is queued and shrinking after it drains;
+#  10. delete the ChatSystem: everything goes but MySQL's retained volume and its credentials; apply it
 #      again and find the data written before; delete it and what was kept, and check nothing is left.
 # It needs docker with a running engine, kind, kubectl, helm, cargo with cargo-nextest, and curl, and
 # the host's ports 80 and 443 free. Without them it fails at once and says what is missing: it never
@@ -33,6 +38,10 @@ chatsystem=e2e
 base_url=http://localhost
 ingress_nginx_manifest=https://raw.githubusercontent.com/kubernetes/ingress-nginx/controller-v1.14.3/deploy/static/provider/kind/deploy.yaml
 metrics_server_manifest=https://github.com/kubernetes-sigs/metrics-server/releases/download/v0.8.0/components.yaml
+keda_manifest=https://github.com/kedacore/keda/releases/download/v2.16.1/keda-2.16.1.yaml
+prometheus_operator_crds=https://github.com/prometheus-operator/prometheus-operator/releases/download/v0.80.1/stripped-down-crds.yaml
+# kindnet enforces NetworkPolicies from kind v0.24.0 on.
+kind_with_network_policies=0.24.0
 
 # Every wait is bounded; these are the bounds, in seconds.
 ready_timeout=900
@@ -129,6 +138,11 @@ check_prerequisites() {
     die "docker is installed but no Docker engine answers ('docker info' failed): start it. Nothing was tested."
   cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest is missing (cargo install cargo-nextest --locked). Nothing was tested."
+  local kind_version
+  kind_version=$(kind version | sed -nE 's/^kind v([0-9.]+).*/\1/p')
+  if [[ "$(printf '%s\n%s\n' "$kind_with_network_policies" "$kind_version" | sort -V | head -n 1)" != "$kind_with_network_policies" ]]; then
+    die "kind $kind_version does not enforce NetworkPolicies (kind >= $kind_with_network_policies does). Nothing was tested."
+  fi
 }
 
 workspace_version() {
@@ -387,6 +401,120 @@ check_volume_growth_is_reported() {
   log "a smaller volume is refused by the schema"
 }
 
+# `mysqladmin ping` against MySQL from a throwaway pod in namespace $1 with labels $2: it answers 0
+# whenever it reaches the server, even without credentials.
+mysql_reachable_from() {
+  kubectl -n "$1" run "mysql-probe-$RANDOM" --quiet --rm -i --restart=Never --image=mysql:8.4 \
+    --labels="$2" --command -- mysqladmin ping -h "$chatsystem-mysql.$namespace.svc" --connect-timeout=5 \
+    >/dev/null 2>&1
+}
+
+# The policies are on by default: a pod labelled as the system's API reaches MySQL (so the probe
+# works), a pod elsewhere does not (so the policy is enforced).
+check_network_policies() {
+  local api_labels="app.kubernetes.io/name=chatsys,app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=api"
+  kubectl_ns get "networkpolicy/$chatsystem-mysql" >/dev/null || die "no NetworkPolicy guards MySQL"
+  mysql_reachable_from "$namespace" "$api_labels" || die "a pod labelled as the API cannot reach MySQL"
+  if mysql_reachable_from default "run=outsider"; then
+    die "a pod outside the ChatSystem reached MySQL: the NetworkPolicy is not enforced"
+  fi
+  if mysql_reachable_from "$namespace" "app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=opensearch"; then
+    die "a pod of another component reached MySQL"
+  fi
+  log "MySQL is reachable from the API's pods only"
+}
+
+degraded_reason_is() {
+  [[ "$(kubectl_ns get "chatsystem/$chatsystem" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}')" == "$1" ]]
+}
+
+not_degraded() {
+  [[ "$(kubectl_ns get "chatsystem/$chatsystem" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].status}')" == False ]]
+}
+
+monitors_exist() {
+  kubectl_ns get servicemonitor "$chatsystem-api" "$chatsystem-worker" "$chatsystem-rabbitmq" >/dev/null &&
+    kubectl_ns get prometheusrule "$chatsystem-alerts" >/dev/null
+}
+
+# Monitoring asked for without prometheus-operator: the status names its CRDs; once they are
+# installed, the monitors and the alerts follow without any edit.
+check_monitoring() {
+  log "asking for monitoring before prometheus-operator's CRDs exist"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"monitoring":{"enabled":true}}}'
+  wait_until "$reconcile_timeout" "the status says prometheus-operator's CRDs are missing" \
+    degraded_reason_is PrometheusOperatorCRDsNotFound
+  log "installing prometheus-operator's CRDs"
+  kubectl apply --server-side -f "$prometheus_operator_crds"
+  wait_until "$reconcile_timeout" "the monitors and the alerts exist" monitors_exist
+  wait_until "$reconcile_timeout" "the ChatSystem is no longer degraded" not_degraded
+}
+
+deployment_replicas_above() {
+  local replicas
+  replicas=$(kubectl_ns get "deployment/$1" -o jsonpath='{.spec.replicas}')
+  [[ -n "$replicas" ]] && ((replicas > $2))
+}
+
+deployment_replicas_at_most() {
+  local replicas
+  replicas=$(kubectl_ns get "deployment/$1" -o jsonpath='{.spec.replicas}')
+  [[ -n "$replicas" ]] && ((replicas <= $2))
+}
+
+scaled_object_is_ready() {
+  [[ "$(kubectl_ns get "scaledobject/$chatsystem-worker" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
+
+# Bounded load of message creations in one chat, until the deadline or a TERM.
+generate_writes() {
+  local token=$1 chat=$2 deadline=$((SECONDS + load_timeout)) requests="$work_dir/writes.curl" curl_pid="" i
+  for ((i = 0; i < 2000; i++)); do
+    printf 'url = "%s/applications/%s/chats/%s/messages"\nheader = "content-type: application/json"\ndata = "{\\"body\\": \\"backlog %s\\"}"\noutput = "/dev/null"\n' \
+      "$base_url" "$token" "$chat" "$i"
+  done >"$requests"
+  trap 'if [[ -n "$curl_pid" ]]; then kill "$curl_pid" 2>/dev/null; fi; exit 0' TERM
+  while ((SECONDS < deadline)); do
+    curl --silent --no-progress-meter --parallel --parallel-max 32 --max-time 60 --config "$requests" &
+    curl_pid=$!
+    wait "$curl_pid" || true
+  done
+}
+
+# The worker on the queue's backlog: before KEDA exists it scales on CPU and the status says so; with
+# KEDA, a throttled worker (one command per batch) falls behind a load of writes, the ScaledObject
+# adds workers, and once the load stops and the queue drains they go again.
+check_backlog_scaling() {
+  log "asking for scaling on the queue's backlog before KEDA exists"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p \
+    '{"spec":{"worker":{"autoscaling":{"metric":"QueueBacklog","minReplicas":1,"maxReplicas":3,"messagesPerReplica":100},"batch":{"size":1,"waitMs":0,"prefetch":1}}}}'
+  wait_until "$reconcile_timeout" "the status says KEDA's CRDs are missing" degraded_reason_is KedaCRDsNotFound
+  hpa_is_present worker || die "without KEDA the worker does not scale on CPU"
+  log "installing KEDA"
+  kubectl apply --server-side -f "$keda_manifest"
+  kubectl -n keda rollout status deployment/keda-operator --timeout="${rollout_timeout}s"
+  kubectl -n keda rollout status deployment/keda-operator-metrics-apiserver --timeout="${rollout_timeout}s"
+  wait_until "$reconcile_timeout" "the worker's ScaledObject is Ready" scaled_object_is_ready
+  [[ -z "$(kubectl_ns get horizontalpodautoscaler "$chatsystem-worker" -o name 2>/dev/null)" ]] ||
+    die "the operator's CPU HPA of the worker is still there beside KEDA's"
+  wait_until "$reconcile_timeout" "the ChatSystem is no longer degraded" not_degraded
+  wait_until "$rollout_timeout" "the worker is back to one replica" deployment_replicas_at_most "$chatsystem-worker" 1
+
+  local token chat
+  token=$(create_application "backlog")
+  chat=$(curl -fsS --max-time 10 -X POST "$base_url/applications/$token/chats" | sed -nE 's/.*"number"[[:space:]]*:[[:space:]]*([0-9]+).*/\1/p')
+  [[ -n "$chat" ]] || die "no chat number in the created chat"
+  log "queueing a backlog of message creations for up to ${load_timeout}s"
+  generate_writes "$token" "$chat" &
+  load_pid=$!
+  wait_until "$load_timeout" "KEDA grows the worker past one replica" deployment_replicas_above "$chatsystem-worker" 1
+  stop_load
+  log "the worker has $(kubectl_ns get "deployment/$chatsystem-worker" -o jsonpath='{.spec.replicas}') replicas; waiting for the backlog to drain"
+  # The HPA KEDA drives waits 5 minutes of a lower wish before it scales down.
+  wait_until "$ready_timeout" "the worker shrinks back to one replica" deployment_replicas_at_most "$chatsystem-worker" 1
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"worker":{"batch":{"size":1000,"waitMs":20,"prefetch":8000}}}}'
+}
+
 api_image_is() {
   [[ "$(kubectl_ns get "deployment/$chatsystem-api" -o jsonpath='{.spec.template.spec.containers[0].image}')" == "$1" ]]
 }
@@ -439,7 +567,7 @@ check_delete_and_reapply() {
     curl -fsS --max-time 5 "$base_url/applications/$token"
 }
 
-owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,pods
+owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,pods,networkpolicies,scaledobjects,triggerauthentications,servicemonitors,podmonitors,prometheusrules
 
 owned_objects() {
   kubectl get "$owned_kinds" --all-namespaces -l "app.kubernetes.io/instance=$chatsystem" -o name
@@ -480,6 +608,9 @@ main() {
   run_conformance_suite
   check_autoscaling_handover
   check_leader_failover
+  check_network_policies
+  check_monitoring
+  check_backlog_scaling
   check_operator_upgrade "$version"
   check_delete_and_reapply
   check_volume_growth_is_reported
