@@ -250,19 +250,25 @@ create_application() {
   echo "$token"
 }
 
-# Bounded load: many concurrent GETs of one application through the ingress, until the deadline or
+# Sends the requests of a curl config file, 32 at a time, again and again until the load deadline or
 # a TERM, which also stops the curl in flight.
-generate_load() {
-  local token=$1 deadline=$((SECONDS + load_timeout)) requests="$work_dir/load.curl" curl_pid="" i
-  for ((i = 0; i < 2000; i++)); do
-    printf 'url = "%s/applications/%s"\noutput = "/dev/null"\n' "$base_url" "$token"
-  done >"$requests"
+repeat_requests() {
+  local requests=$1 deadline=$((SECONDS + load_timeout)) curl_pid=""
   trap 'if [[ -n "$curl_pid" ]]; then kill "$curl_pid" 2>/dev/null; fi; exit 0' TERM
   while ((SECONDS < deadline)); do
     curl --silent --no-progress-meter --parallel --parallel-max 32 --max-time 60 --config "$requests" &
     curl_pid=$!
     wait "$curl_pid" || true
   done
+}
+
+# Bounded load: many concurrent GETs of one application through the ingress.
+generate_load() {
+  local token=$1 requests="$work_dir/load.curl" i
+  for ((i = 0; i < 2000; i++)); do
+    printf 'url = "%s/applications/%s"\noutput = "/dev/null"\n' "$base_url" "$token"
+  done >"$requests"
+  repeat_requests "$requests"
 }
 
 check_autoscaling() {
@@ -466,19 +472,14 @@ scaled_object_is_ready() {
   [[ "$(kubectl_ns get "scaledobject/$chatsystem-worker" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
 
-# Bounded load of message creations in one chat, until the deadline or a TERM.
+# Bounded load of message creations in one chat.
 generate_writes() {
-  local token=$1 chat=$2 deadline=$((SECONDS + load_timeout)) requests="$work_dir/writes.curl" curl_pid="" i
+  local token=$1 chat=$2 requests="$work_dir/writes.curl" i
   for ((i = 0; i < 2000; i++)); do
     printf 'url = "%s/applications/%s/chats/%s/messages"\nheader = "content-type: application/json"\ndata = "{\\"body\\": \\"backlog %s\\"}"\noutput = "/dev/null"\n' \
       "$base_url" "$token" "$chat" "$i"
   done >"$requests"
-  trap 'if [[ -n "$curl_pid" ]]; then kill "$curl_pid" 2>/dev/null; fi; exit 0' TERM
-  while ((SECONDS < deadline)); do
-    curl --silent --no-progress-meter --parallel --parallel-max 32 --max-time 60 --config "$requests" &
-    curl_pid=$!
-    wait "$curl_pid" || true
-  done
+  repeat_requests "$requests"
 }
 
 # The worker on the queue's backlog: before KEDA exists it scales on CPU and the status says so; with
