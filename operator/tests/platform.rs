@@ -100,10 +100,16 @@ fn keda_and_scrapers_get_in_where_the_spec_needs_them() {
     let worker = find(&built, ChildKind::NetworkPolicy, "chat-worker");
     assert_eq!(rule_for_port(worker, 9090)["from"], monitoring);
     let api = find(&built, ChildKind::NetworkPolicy, "chat-api");
+    let from = &rule_for_port(api, 8080)["from"];
     assert_eq!(
-        rule_for_port(api, 8080)["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "ingress-nginx"
     );
+    assert_eq!(
+        from[1], monitoring[0],
+        "Prometheus scrapes the API's port too"
+    );
+    assert_eq!(from.as_array().map(Vec::len), Some(2));
     let (_, open) = example("scale-to-zero");
     assert!(of_kind(&open, ChildKind::NetworkPolicy).is_empty());
 }

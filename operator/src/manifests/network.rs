@@ -41,7 +41,7 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
         Child::NetworkPolicy(policy(
             cs,
             "api",
-            vec![rule(spec.api_from.clone(), super::app::API_PORT)],
+            vec![rule(api_peers(cs), super::app::API_PORT)],
         ))
         .into(),
     );
@@ -53,6 +53,18 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
         ))
         .into(),
     );
+}
+
+/// Who may reach the API's port, which also serves its metrics: `apiFrom`, and with monitoring the
+/// scrapers of `metricsFrom`. An empty `metricsFrom` (anyone) does not open a restricted API to
+/// anyone: Prometheus then needs to be among `apiFrom`.
+fn api_peers(cs: &ChatSystem) -> Vec<NetworkPolicyPeer> {
+    let spec = &cs.spec.network_policy;
+    let mut peers = spec.api_from.clone();
+    if !peers.is_empty() && cs.spec.monitoring.enabled {
+        peers.extend(spec.metrics_from.iter().cloned());
+    }
+    peers
 }
 
 /// The components of this system that connect to a backing service: the migration Job only to MySQL.
