@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use serde::Serialize;
+
 /// CPU seconds (user + system) of a live process; `None` when it is gone.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -47,6 +49,17 @@ fn parse_busy_ticks(cpu_line: &str) -> Option<u64> {
     )
 }
 
+/// The services chatsys runs on, by command name and label, and this process (the load generator).
+pub fn services() -> Vec<(String, u32)> {
+    let mut processes = find_processes(&[
+        ("mariadbd", "MariaDB"),
+        ("redis-server", "Redis"),
+        ("beam.smp", "RabbitMQ"),
+    ]);
+    processes.push(("bench".to_owned(), std::process::id()));
+    processes
+}
+
 /// Processes whose command name is one of `names`, labelled with the label given for that name.
 pub fn find_processes(names: &[(&str, &str)]) -> Vec<(String, u32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -86,19 +99,58 @@ impl CpuSnapshot {
         }
     }
 
-    /// Cores used per label since `earlier` (a label absent then is a process started since, from zero).
-    pub fn cores_since(&self, earlier: &CpuSnapshot) -> BTreeMap<String, f64> {
+    /// CPU seconds used per label since `earlier` (a label absent then is a process started since, from
+    /// zero), and the wall-clock seconds between the two.
+    fn used_since(&self, earlier: &CpuSnapshot) -> (f64, BTreeMap<String, f64>) {
         let wall = self.at.duration_since(earlier.at).as_secs_f64();
-        if wall <= 0.0 {
-            return BTreeMap::new();
-        }
-        self.seconds
+        let used = self
+            .seconds
             .iter()
             .map(|(label, now)| {
                 let before = earlier.seconds.get(label).copied().unwrap_or(0.0);
-                (label.clone(), ((now - before) / wall).max(0.0))
+                (label.clone(), (now - before).max(0.0))
             })
-            .collect()
+            .collect();
+        (wall, used)
+    }
+}
+
+/// What a phase cost each process: cores used while it ran, and CPU microseconds per operation of the
+/// phase. The second does not depend on what else shared the machine, so it is the figure to compare
+/// across runs and to project onto larger machines.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuUse {
+    pub cores: BTreeMap<String, f64>,
+    pub micros_per_operation: BTreeMap<String, f64>,
+}
+
+impl CpuUse {
+    /// Between two snapshots, over which `operations` completed.
+    pub fn between(earlier: &CpuSnapshot, later: &CpuSnapshot, operations: u64) -> Self {
+        let (wall, used) = later.used_since(earlier);
+        if wall <= 0.0 {
+            return Self::default();
+        }
+        let cores = used
+            .iter()
+            .map(|(label, seconds)| (label.clone(), seconds / wall))
+            .collect();
+        let micros_per_operation = if operations == 0 {
+            BTreeMap::new()
+        } else {
+            used.into_iter()
+                .map(|(label, seconds)| (label, seconds * 1e6 / operations as f64))
+                .collect()
+        };
+        Self {
+            cores,
+            micros_per_operation,
+        }
+    }
+
+    /// CPU microseconds one process spent per operation, when it was measured.
+    pub fn micros(&self, label: &str) -> Option<f64> {
+        self.micros_per_operation.get(label).copied()
     }
 }
 
@@ -141,8 +193,25 @@ mod tests {
             at: earlier.at + std::time::Duration::from_secs(2),
             seconds: BTreeMap::from([("api".to_owned(), 2.0), ("worker".to_owned(), 1.0)]),
         };
-        let cores = later.cores_since(&earlier);
-        assert_eq!(cores["api"], 0.5);
-        assert_eq!(cores["worker"], 0.5);
+        let used = CpuUse::between(&earlier, &later, 20_000);
+        assert_eq!(used.cores["api"], 0.5);
+        assert_eq!(used.cores["worker"], 0.5);
+        assert_eq!(used.micros("api"), Some(50.0));
+        assert_eq!(used.micros("worker"), Some(50.0));
+    }
+
+    #[test]
+    fn a_phase_without_operations_has_no_cost_per_operation() {
+        let earlier = CpuSnapshot {
+            at: Instant::now(),
+            seconds: BTreeMap::from([("api".to_owned(), 1.0)]),
+        };
+        let later = CpuSnapshot {
+            at: earlier.at + std::time::Duration::from_secs(1),
+            seconds: BTreeMap::from([("api".to_owned(), 1.5)]),
+        };
+        let used = CpuUse::between(&earlier, &later, 0);
+        assert_eq!(used.cores["api"], 0.5);
+        assert_eq!(used.micros("api"), None);
     }
 }

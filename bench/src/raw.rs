@@ -15,6 +15,7 @@ use serde::Serialize;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySql, QueryBuilder};
 
+use crate::cpu::{CpuSnapshot, CpuUse, services};
 use crate::stats::Rate;
 use crate::system::{Endpoints, drop_database, unique_name};
 
@@ -31,10 +32,24 @@ pub fn filler(len: usize) -> String {
     "chatsys-bench-payload-".chars().cycle().take(len).collect()
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct QueueLimits {
     pub publish: Rate,
+    pub publish_cpu: CpuUse,
     pub consume: Rate,
+    pub consume_cpu: CpuUse,
+}
+
+/// Publishing and consuming at once, the queues' steady state under load.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueFlow {
+    pub queues: usize,
+    pub publishers: usize,
+    /// Confirmed publishes and acknowledged consumes in the same interval.
+    pub published: Rate,
+    pub consumed: Rate,
+    /// Per message consumed.
+    pub cpu: CpuUse,
 }
 
 /// Confirmed persistent publishes to a durable scratch queue from one channel with up to `outstanding`
@@ -96,6 +111,7 @@ async fn publish_then_consume(
         .await?;
     let payload = filler(payload_len).into_bytes();
     let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    let before = CpuSnapshot::take(&services());
     let started = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut confirmed = 0u64;
@@ -120,6 +136,7 @@ async fn publish_then_consume(
         confirmed += acked(Some(confirmation))?;
     }
     let publish = Rate::new(confirmed, started.elapsed());
+    let publish_cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), confirmed);
 
     let channel = connection.create_channel().await?;
     channel
@@ -133,6 +150,7 @@ async fn publish_then_consume(
             FieldTable::default(),
         )
         .await?;
+    let before = CpuSnapshot::take(&services());
     let started = Instant::now();
     let deadline = started + within;
     let mut consumed = 0u64;
@@ -150,7 +168,175 @@ async fn publish_then_consume(
         }
     }
     let consume = Rate::new(consumed, started.elapsed());
-    Ok(QueueLimits { publish, consume })
+    let consume_cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), consumed);
+    Ok(QueueLimits {
+        publish,
+        publish_cpu,
+        consume,
+        consume_cpu,
+    })
+}
+
+/// `publishers` channels publish confirmed persistent messages (each with up to `outstanding`
+/// unconfirmed) spread over `queues` durable scratch queues, while one consumer per queue acknowledges
+/// them as the worker does; measured for `within` after a second of warm-up.
+#[allow(clippy::too_many_arguments)]
+pub async fn amqp_flow(
+    amqp_url: &str,
+    queues: usize,
+    publishers: usize,
+    payload_len: usize,
+    outstanding: usize,
+    prefetch: u16,
+    ack_every: u64,
+    within: Duration,
+) -> anyhow::Result<QueueFlow> {
+    let connection = amqp_connect(amqp_url).await?;
+    let names: Vec<String> = (0..queues.max(1))
+        .map(|_| unique_name("chatsys_bench_flow"))
+        .collect();
+    let result = flow(
+        &connection,
+        &names,
+        publishers.max(1),
+        payload_len,
+        outstanding,
+        prefetch,
+        ack_every,
+        within,
+    )
+    .await;
+    let cleanup = connection.create_channel().await?;
+    for name in &names {
+        cleanup
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flow(
+    connection: &Connection,
+    queues: &[String],
+    publishers: usize,
+    payload_len: usize,
+    outstanding: usize,
+    prefetch: u16,
+    ack_every: u64,
+    within: Duration,
+) -> anyhow::Result<QueueFlow> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let setup = connection.create_channel().await?;
+    for queue in queues {
+        setup
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for queue in queues {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (stop, consumed) = (stop.clone(), consumed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut unacked = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let delivery =
+                    match tokio::time::timeout(Duration::from_millis(100), consumer.next()).await {
+                        Ok(Some(delivery)) => delivery?,
+                        Ok(None) => bail!("consumer cancelled"),
+                        Err(_) => continue,
+                    };
+                consumed.fetch_add(1, Ordering::Relaxed);
+                unacked += 1;
+                if unacked >= ack_every {
+                    channel
+                        .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                        .await?;
+                    unacked = 0;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for index in 0..publishers {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let queue = queues[index % queues.len()].clone();
+        let payload = filler(payload_len).into_bytes();
+        let (stop, published) = (stop.clone(), published.clone());
+        tasks.push(tokio::spawn(async move {
+            let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+            let mut pending = FuturesUnordered::new();
+            while !stop.load(Ordering::Relaxed) {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &payload,
+                        properties.clone(),
+                    )
+                    .await?;
+                pending.push(confirm);
+                if pending.len() >= outstanding {
+                    published.fetch_add(acked(pending.next().await)?, Ordering::Relaxed);
+                }
+            }
+            while let Some(confirmation) = pending.next().await {
+                published.fetch_add(acked(Some(confirmation))?, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (published_before, consumed_before) = (
+        published.load(Ordering::Relaxed),
+        consumed.load(Ordering::Relaxed),
+    );
+    let before = CpuSnapshot::take(&services());
+    let started = Instant::now();
+    tokio::time::sleep(within).await;
+    let elapsed = started.elapsed();
+    let consumed_now = consumed.load(Ordering::Relaxed) - consumed_before;
+    let cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), consumed_now);
+    let published_now = published.load(Ordering::Relaxed) - published_before;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(QueueFlow {
+        queues: queues.len(),
+        publishers,
+        published: Rate::new(published_now, elapsed),
+        consumed: Rate::new(consumed_now, elapsed),
+        cpu,
+    })
 }
 
 fn acked(confirmation: Option<lapin::Result<lapin::Confirmation>>) -> anyhow::Result<u64> {
@@ -168,7 +354,7 @@ pub async fn redis_get(
     value_len: usize,
     connections: usize,
     within: Duration,
-) -> anyhow::Result<Rate> {
+) -> anyhow::Result<(Rate, CpuUse)> {
     let client = redis::Client::open(redis_url)?;
     let key = unique_name("chatsys_bench_raw");
     let mut setup = client.get_multiplexed_async_connection().await?;
@@ -177,6 +363,7 @@ pub async fn redis_get(
         .arg(filler(value_len))
         .query_async::<()>(&mut setup)
         .await?;
+    let before = CpuSnapshot::take(&services());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -202,16 +389,19 @@ pub async fn redis_get(
         total += task.await??;
     }
     let rate = Rate::new(total, started.elapsed());
+    let cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), total);
     redis::cmd("DEL")
         .arg(&key)
         .query_async::<()>(&mut setup)
         .await?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DatabaseLimits {
     pub multi_row_insert: Rate,
+    /// Per row inserted.
+    pub multi_row_insert_cpu: CpuUse,
     pub seed_design: Rate,
 }
 
@@ -273,6 +463,7 @@ async fn measure_mysql(
     let body = filler(body_len);
     const CHATS: u64 = 10;
 
+    let before = CpuSnapshot::take(&services());
     let started = Instant::now();
     let mut inserted = 0u64;
     let mut insert = QueryBuilder::<MySql>::new("");
@@ -298,6 +489,7 @@ async fn measure_mysql(
         inserted += rows_per_insert as u64;
     }
     let multi_row_insert = Rate::new(inserted, started.elapsed());
+    let multi_row_insert_cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), inserted);
 
     let started = Instant::now();
     let mut stored = 0u64;
@@ -329,6 +521,7 @@ async fn measure_mysql(
     pool.close().await;
     Ok(DatabaseLimits {
         multi_row_insert,
+        multi_row_insert_cpu,
         seed_design,
     })
 }
