@@ -4,7 +4,6 @@ use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, Result};
 use crate::manifests::{self, BackingService, ChildKind, Credentials, Inputs, InvalidSpec};
-use std::collections::BTreeSet;
 
 /// Stands in for the uid a cluster would give, so every owner reference is shown.
 const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
@@ -32,7 +31,7 @@ pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
             inputs
                 .external_secret_keys
                 .entry(external.secret_name.clone())
-                .or_insert_with(BTreeSet::new)
+                .or_default()
                 .insert(external.key.clone());
         } else if !service.credential_keys().is_empty() {
             inputs.credentials.insert(
