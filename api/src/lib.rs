@@ -76,7 +76,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     );
     let ports = wiring::serve_ports(args, &connecting).await?;
     let _ = routes.set(app(
-        ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe()),
+        ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe())
+            .with_hot_pages(args.hot_page_cache_bytes),
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,

@@ -4,11 +4,13 @@
 
 use crate::telemetry;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use moka::future::Cache as LocalCache;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache as LocalCache;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -38,9 +40,12 @@ pub struct Ports {
 /// A rendered page of a list: the JSON array, and the cursor of the next page when there is one.
 #[derive(Debug, Clone)]
 pub struct ListPage {
-    pub json: Vec<u8>,
+    pub json: Bytes,
     pub next_after: Option<String>,
 }
+
+/// A page of a list as rendered at one generation of the list: its scope, generation, `after` and `limit`.
+type HotPageKey = (ListScope, u64, u64, u32);
 
 pub struct ChatService {
     ports: Ports,
@@ -48,7 +53,11 @@ pub struct ChatService {
     /// in process in front of Redis.
     app_ids: LocalCache<String, AppId>,
     chat_births: LocalCache<ChatKey, DateTime<Utc>>,
-    list_generations: LocalCache<ListScope, u64>,
+    /// Each list's generation and when Redis said so.
+    list_generations: LocalCache<ListScope, (u64, Instant)>,
+    /// Rendered pages held in process, so that a hot page is served without the network; keyed by the
+    /// list's generation, they are exactly as fresh as `list_generations`. Bounded in bytes.
+    hot_pages: Option<LocalCache<HotPageKey, ListPage, PageWeight>>,
     /// The ingest loop of this process, when it runs one (standalone mode).
     ingest: Option<watch::Receiver<IngestHealth>>,
     live: Arc<LiveChats>,
@@ -57,6 +66,19 @@ pub struct ChatService {
 /// How long a list's generation is trusted in process before Redis is asked again.
 const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
 
+/// The size the hot-page cache expects of a page (100 messages of 200 bytes), to size its table.
+const HOT_PAGE_TYPICAL_BYTES: u64 = 32 * 1024;
+
+/// What a held page costs: its bytes and a little for its key and bookkeeping.
+#[derive(Debug, Clone)]
+struct PageWeight;
+
+impl Weighter<HotPageKey, ListPage> for PageWeight {
+    fn weight(&self, _key: &HotPageKey, page: &ListPage) -> u64 {
+        (page.json.len() + page.next_after.as_ref().map_or(0, String::len) + 128) as u64
+    }
+}
+
 impl ChatService {
     pub fn new(ports: Ports) -> Self {
         Self::with_live(ports, LiveSettings::default(), watch::channel(false).1)
@@ -64,7 +86,6 @@ impl ChatService {
 
     /// With the live streams' settings, and the signal that ends them (the process shutting down).
     pub fn with_live(ports: Ports, settings: LiveSettings, stopped: watch::Receiver<bool>) -> Self {
-        let idle = Duration::from_secs(600);
         let live = LiveChats::new(
             ports.store.clone(),
             ports.announcements.clone(),
@@ -73,21 +94,23 @@ impl ChatService {
         );
         ChatService {
             ports,
-            app_ids: LocalCache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(idle)
-                .build(),
-            chat_births: LocalCache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(idle)
-                .build(),
-            list_generations: LocalCache::builder()
-                .max_capacity(100_000)
-                .time_to_live(LIST_GENERATION_TTL)
-                .build(),
+            app_ids: LocalCache::new(100_000),
+            chat_births: LocalCache::new(1_000_000),
+            list_generations: LocalCache::new(100_000),
+            hot_pages: None,
             ingest: None,
             live,
         }
+    }
+
+    /// Keeps up to `max_bytes` of rendered list pages in process (0: none), in front of the shared
+    /// cache. Worth it where that cache is across the network; standalone's is in process already.
+    pub fn with_hot_pages(mut self, max_bytes: u64) -> Self {
+        self.hot_pages = (max_bytes > 0).then(|| {
+            let pages = (max_bytes / HOT_PAGE_TYPICAL_BYTES).max(1) as usize;
+            LocalCache::with_weighter(pages, max_bytes, PageWeight)
+        });
+        self
     }
 
     pub fn ports(&self) -> &Ports {
@@ -132,7 +155,7 @@ impl ChatService {
             .create_application(&token, name, domain::now())
             .await?;
         self.ports.numbers.init_application(application.id).await?;
-        self.app_ids.insert(token, application.id).await;
+        self.app_ids.insert(token, application.id);
         Ok(ApplicationView::from(&application))
     }
 
@@ -209,7 +232,7 @@ impl ChatService {
             updated_at: at,
         };
         soft(self.ports.cache.put_pending_chat(&chat).await);
-        self.chat_births.insert((app, number), at).await;
+        self.chat_births.insert((app, number), at);
         Ok(ChatView::from(&chat))
     }
 
@@ -375,7 +398,7 @@ impl ChatService {
             .await?;
         let views: Vec<MessageView> = found.messages.iter().map(MessageView::from).collect();
         Ok(ListPage {
-            json: serde_json::to_vec(&views).expect("views serialise"),
+            json: serde_json::to_vec(&views).expect("views serialise").into(),
             next_after: found.next_after.map(|n| n.to_string()),
         })
     }
@@ -398,7 +421,7 @@ impl ChatService {
         if !domain::plausible_token(token) {
             return Err(CoreError::NotFound("application"));
         }
-        if let Some(app) = self.app_ids.get(token).await {
+        if let Some(app) = self.app_ids.get(token) {
             return Ok(app);
         }
         let app = match counted("token", soft(self.ports.cache.application_id(token).await)) {
@@ -419,7 +442,7 @@ impl ChatService {
                 application.id
             }
         };
-        self.app_ids.insert(token.to_string(), app).await;
+        self.app_ids.insert(token.to_string(), app);
         Ok(app)
     }
 
@@ -436,13 +459,11 @@ impl ChatService {
 
     /// A chat's creation time, which also proves it exists (stored or accepted).
     async fn chat_birth(&self, app: AppId, number: u64) -> CoreResult<DateTime<Utc>> {
-        if let Some(at) = self.chat_births.get(&(app, number)).await {
+        if let Some(at) = self.chat_births.get(&(app, number)) {
             return Ok(at);
         }
         let chat = self.load_chat(app, number).await?;
-        self.chat_births
-            .insert((app, number), chat.created_at)
-            .await;
+        self.chat_births.insert((app, number), chat.created_at);
         Ok(chat.created_at)
     }
 
@@ -464,13 +485,15 @@ impl ChatService {
     /// The list's current generation, held in process for a moment: a commit shows in lists at most
     /// `LIST_GENERATION_TTL` later, well within the second the contract allows.
     async fn list_generation(&self, scope: &ListScope) -> Option<u64> {
-        if let Some(generation) = self.list_generations.get(scope).await {
+        if let Some((generation, asked)) = self.list_generations.get(scope)
+            && asked.elapsed() < LIST_GENERATION_TTL
+        {
             return Some(generation);
         }
+        let asked = Instant::now();
         let generation = soft(self.ports.cache.list_generation(scope).await.map(Some))?;
         self.list_generations
-            .insert(scope.clone(), generation)
-            .await;
+            .insert(scope.clone(), (generation, asked));
         Some(generation)
     }
 
@@ -484,30 +507,41 @@ impl ChatService {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = CoreResult<ListPage>>,
     {
-        let page_key = format!("{}:{}", page.after.unwrap_or(0), page.limit);
-        let generation = self.list_generation(&scope).await;
-        if let Some(generation) = generation {
-            let cached = soft(
-                self.ports
-                    .cache
-                    .list_page(&scope, generation, &page_key)
-                    .await,
-            )
-            .and_then(|bytes| decode_cached_page(&bytes));
-            if let Some(cached) = counted("list", cached) {
-                return Ok(cached);
+        let Some(generation) = self.list_generation(&scope).await else {
+            return load().await;
+        };
+        let hot_key = (scope, generation, page.after.unwrap_or(0), page.limit);
+        if let Some(hot_pages) = &self.hot_pages {
+            let held = hot_pages.get(&hot_key);
+            if let Some(held) = counted("list_in_process", held) {
+                return Ok(held);
             }
         }
-        let fresh = load().await?;
-        if let Some(generation) = generation {
-            let encoded = encode_cached_page(&fresh);
-            soft(
-                self.ports
-                    .cache
-                    .put_list(&scope, generation, &page_key, &encoded)
-                    .await,
-            );
+        let scope = &hot_key.0;
+        let page_key = format!("{}:{}", page.after.unwrap_or(0), page.limit);
+        let cached = soft(
+            self.ports
+                .cache
+                .list_page(scope, generation, &page_key)
+                .await,
+        )
+        .and_then(|bytes| decode_cached_page(&bytes));
+        if let Some(cached) = counted("list", cached) {
+            // Found in the shared cache, the page has been read before: only pages read twice take
+            // this process's memory, so a crawl through a long history does not evict the hot ones.
+            if let Some(hot_pages) = &self.hot_pages {
+                hot_pages.insert(hot_key.clone(), cached.clone());
+            }
+            return Ok(cached);
         }
+        let fresh = load().await?;
+        let encoded = encode_cached_page(&fresh);
+        soft(
+            self.ports
+                .cache
+                .put_list(scope, generation, &page_key, &encoded)
+                .await,
+        );
         Ok(fresh)
     }
 }
@@ -528,7 +562,7 @@ fn render_page<T, V: Serialize>(
     };
     let views: Vec<V> = rows.iter().map(view).collect();
     ListPage {
-        json: serde_json::to_vec(&views).expect("views serialise"),
+        json: serde_json::to_vec(&views).expect("views serialise").into(),
         next_after,
     }
 }
@@ -544,7 +578,7 @@ fn decode_cached_page(bytes: &[u8]) -> Option<ListPage> {
     let split = bytes.iter().position(|b| *b == b'\n')?;
     let cursor = std::str::from_utf8(&bytes[..split]).ok()?;
     Some(ListPage {
-        json: bytes[split + 1..].to_vec(),
+        json: Bytes::copy_from_slice(&bytes[split + 1..]),
         next_after: (!cursor.is_empty()).then(|| cursor.to_string()),
     })
 }
@@ -594,19 +628,19 @@ mod tests {
     #[test]
     fn a_page_with_one_extra_row_points_at_the_next_page() {
         let page = render_page(vec![1u64, 2, 3], 2, |n| n.to_string(), |n| *n);
-        assert_eq!(page.json, b"[1,2]");
+        assert_eq!(page.json, &b"[1,2]"[..]);
         assert_eq!(page.next_after.as_deref(), Some("2"));
         let last = render_page(vec![1u64, 2], 2, |n| n.to_string(), |n| *n);
         assert_eq!(last.next_after, None);
         let empty = render_page(Vec::<u64>::new(), 2, |n| n.to_string(), |n| *n);
-        assert_eq!(empty.json, b"[]");
+        assert_eq!(empty.json, &b"[]"[..]);
     }
 
     #[test]
     fn cached_pages_round_trip() {
         for next_after in [None, Some("42".to_string())] {
             let page = ListPage {
-                json: b"[{\"a\":\"x\\ny\"}]".to_vec(),
+                json: bytes::Bytes::from_static(b"[{\"a\":\"x\\ny\"}]"),
                 next_after,
             };
             let back = decode_cached_page(&encode_cached_page(&page)).unwrap();

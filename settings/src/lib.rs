@@ -23,6 +23,7 @@ pub mod env {
     pub const CHATSYS_EVENT_MAX_BEHIND: &str = "CHATSYS_EVENT_MAX_BEHIND";
     pub const CHATSYS_EVENT_MAX_LIFETIME_SECS: &str = "CHATSYS_EVENT_MAX_LIFETIME_SECS";
     pub const CHATSYS_HEADER_TIMEOUT_MS: &str = "CHATSYS_HEADER_TIMEOUT_MS";
+    pub const CHATSYS_HOT_PAGE_CACHE_BYTES: &str = "CHATSYS_HOT_PAGE_CACHE_BYTES";
     pub const CHATSYS_IDLE_TIMEOUT_SECS: &str = "CHATSYS_IDLE_TIMEOUT_SECS";
     pub const CHATSYS_LISTEN: &str = "CHATSYS_LISTEN";
     pub const CHATSYS_LOG_FORMAT: &str = "CHATSYS_LOG_FORMAT";
@@ -155,6 +156,10 @@ pub struct ServeArgs {
     /// Larger requests get 413.
     #[arg(long, env = env::CHATSYS_MAX_REQUEST_BYTES, default_value_t = 1_048_576)]
     pub max_request_bytes: usize,
+    /// Bytes of rendered list pages each API process also keeps in its own memory (0: none), so a hot
+    /// page is served without asking Redis; as fresh as the Redis cache (a commit shows within 250 ms).
+    #[arg(long, env = env::CHATSYS_HOT_PAGE_CACHE_BYTES, default_value_t = 33_554_432)]
+    pub hot_page_cache_bytes: u64,
     #[command(flatten)]
     pub http: HttpSettings,
     /// Numbers skipped when a counter lost from Redis is rebuilt; must exceed what can be in flight

@@ -129,6 +129,7 @@ pub async fn full_stack() -> Served {
         publish_channels: 4,
         publish_timeout_ms: 5000,
         max_request_bytes: 1_048_576,
+        hot_page_cache_bytes: 33_554_432,
         http: quick_heartbeat(),
         reseed_margin: 10_000,
     };
