@@ -126,6 +126,9 @@ pub struct Delivery {
     pub tag: u64,
     /// Which connection of the source delivered it: a tag is only valid on its own connection.
     pub connection: u64,
+    /// Which of the source's queues delivered it, on a channel of its own: a tag is also only valid on
+    /// its own channel.
+    pub lane: usize,
     pub payload: Vec<u8>,
     pub redelivered: bool,
 }

@@ -86,6 +86,7 @@ impl CommandSource for ScriptedSource {
                 .map(|(tag, command)| Delivery {
                     tag,
                     connection: 0,
+                    lane: 0,
                     payload: command.encode(),
                     redelivered: false,
                 })

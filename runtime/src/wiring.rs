@@ -107,7 +107,7 @@ pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::R
         connect_database_and_redis(connecting, backends, args.db_pool_size).await?;
     let queue: Arc<dyn ports::Queue> = Arc::new(amqp::AmqpQueue::new(
         backends.amqp_url()?,
-        &backends.queue,
+        amqp::CommandQueues::new(&backends.queue, backends.queue_shards.into()),
         args.publish_channels,
         Duration::from_millis(args.publish_timeout_ms),
     ));

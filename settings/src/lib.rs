@@ -34,6 +34,7 @@ pub mod env {
     pub const CHATSYS_PUBLISH_CHANNELS: &str = "CHATSYS_PUBLISH_CHANNELS";
     pub const CHATSYS_PUBLISH_TIMEOUT_MS: &str = "CHATSYS_PUBLISH_TIMEOUT_MS";
     pub const CHATSYS_QUEUE: &str = "CHATSYS_QUEUE";
+    pub const CHATSYS_QUEUE_SHARDS: &str = "CHATSYS_QUEUE_SHARDS";
     pub const CHATSYS_REDIS_PREFIX: &str = "CHATSYS_REDIS_PREFIX";
     pub const CHATSYS_RESEED_MARGIN: &str = "CHATSYS_RESEED_MARGIN";
     pub const DATABASE_URL: &str = "DATABASE_URL";
@@ -44,6 +45,16 @@ pub mod env {
     pub const CHATSYS_PREFETCH: &str = "CHATSYS_PREFETCH";
     pub const CHATSYS_MAX_ATTEMPTS: &str = "CHATSYS_MAX_ATTEMPTS";
     pub const CHATSYS_REPAIR_INTERVAL_SECS: &str = "CHATSYS_REPAIR_INTERVAL_SECS";
+}
+
+/// Queue `shard` of the command queues that `--queue` and `--queue-shards` name: `queue` itself for
+/// shard 0, so raising the count keeps what is queued, and `<queue>.<shard>` for the others. The API
+/// publishes to them, the workers consume them, and the operator's autoscaler watches them.
+pub fn command_queue_name(queue: &str, shard: usize) -> String {
+    match shard {
+        0 => queue.to_string(),
+        shard => format!("{queue}.{shard}"),
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -100,6 +111,11 @@ pub struct Backends {
     /// The durable command queue; refused commands go to `<queue>.dead`.
     #[arg(long, env = env::CHATSYS_QUEUE, default_value = "chatsys.commands")]
     pub queue: String,
+    /// Queues the commands are spread over (by chat): `<queue>`, `<queue>.1` … Past one queue's ceiling
+    /// (one Erlang process in RabbitMQ), more queues carry more. The API and every worker must agree,
+    /// and lowering it strands what the dropped queues hold.
+    #[arg(long, env = env::CHATSYS_QUEUE_SHARDS, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queue_shards: u16,
     /// Prefix of every Redis key (several systems may share one Redis).
     #[arg(long, env = env::CHATSYS_REDIS_PREFIX, default_value = "chatsys")]
     pub redis_prefix: String,

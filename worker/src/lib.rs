@@ -97,11 +97,9 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
         max_attempts: args.max_attempts.max(1),
     };
     let (health, ingest_health) = watch::channel(IngestHealth::default());
-    let mut source = amqp::AmqpSource::new(
-        args.backends.amqp_url()?,
-        &args.backends.queue,
-        args.prefetch,
-    );
+    let queues = amqp::CommandQueues::new(&args.backends.queue, args.backends.queue_shards.into());
+    let mut source =
+        amqp::AmqpSource::new(args.backends.amqp_url()?, queues.clone(), args.prefetch);
     let ingest_stop = stopped.clone();
     let ingest_task = tokio::spawn(async move {
         ingest::run(&mut source, &ports, &settings, ingest_stop, health).await;
@@ -109,12 +107,7 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     // Counted from zero, so that a worker that never settles a command shows a rate of zero.
     metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "applied").increment(0);
     telemetry::count_from_zero(&[telemetry::WORKER_INDEX_FAILURES]);
-    let depths = amqp::AmqpQueue::new(
-        args.backends.amqp_url()?,
-        &args.backends.queue,
-        1,
-        QUEUE_CALL_TIMEOUT,
-    );
+    let depths = amqp::AmqpQueue::new(args.backends.amqp_url()?, queues, 1, QUEUE_CALL_TIMEOUT);
     let depths_task = tokio::spawn(sample_queue_depths(depths, stopped.clone()));
     let repair_task = tokio::spawn(wiring::repair_periodically(
         store.clone(),

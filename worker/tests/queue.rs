@@ -1,5 +1,6 @@
 //! The worker against real MariaDB, Redis and RabbitMQ, driven at the queue: redelivery, commands out of
-//! order, a crash with a batch unacknowledged, and poison commands. A missing service fails the test.
+//! order, a crash with a batch unacknowledged, poison commands, and commands spread over several
+//! queues. A missing service fails the test.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,7 @@ async fn setup() -> Setup {
             opensearch_url: None,
             data_dir: data.path().to_path_buf(),
             queue: queue.clone(),
+            queue_shards: 1,
             redis_prefix: run,
             migrate: true,
             cache_ttl_secs: 60,
@@ -357,4 +359,100 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
     );
     assert!(reasons.iter().any(|r| r.contains("body")), "{reasons:?}");
     worker.stop().await;
+}
+
+/// Messages waiting in a queue, by a passive declare.
+async fn depth(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::durable()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_on_each() {
+    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_core::ports::Queue;
+
+    let mut s = setup().await;
+    s.args.backends.queue_shards = 3;
+    let app = application_after_migration(&s).await;
+    let queues = CommandQueues::new(&s.queue, 3);
+    // Published as the API publishes: each command to its chat's queue.
+    let api = AmqpQueue::new(&amqp_url(), queues.clone(), 2, Duration::from_secs(5));
+    let chats = 1..=12u64;
+    for chat in chats.clone() {
+        api.publish(&Command::CreateChat {
+            application_id: app,
+            number: chat,
+            at: at(0),
+        })
+        .await
+        .unwrap();
+        for number in 1..=5 {
+            let command = Command::CreateMessage {
+                application_id: app,
+                chat_number: chat,
+                chat_created_at: at(0),
+                number,
+                body: format!("c{chat}m{number}"),
+                at: at(number as i64),
+            };
+            api.publish(&command).await.unwrap();
+            // The same command again in another queue, as a retried publish could land.
+            if number == 1 {
+                let other = queues.name((queues.of(&command) + 1) % 3);
+                let (_connection, channel) = open_channel().await;
+                publish(&channel, &other, &[command.encode()]).await;
+            }
+        }
+    }
+    let (_connection, channel) = open_channel().await;
+    for queue in queues.names() {
+        assert!(
+            depth(&channel, &queue).await > 0,
+            "twelve chats left queue {queue} empty"
+        );
+    }
+
+    let worker = start(&s.args).await;
+    let mut conn = MySqlConnection::connect(&s.database_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stored = loop {
+        let stored: (i64, i64, u64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM messages WHERE application_id = ?), \
+                    (SELECT CAST(COALESCE(SUM(messages_count), 0) AS SIGNED) FROM chats WHERE application_id = ?), \
+                    (SELECT chats_count FROM applications WHERE id = ?)",
+        )
+        .bind(app)
+        .bind(app)
+        .bind(app)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if stored == (60, 60, 12) || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stored, (60, 60, 12), "(messages, their count, chats)");
+    // Deliveries left unacknowledged on any queue's channel would return to it when the worker goes.
+    worker.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for queue in queues.names() {
+        assert_eq!(
+            depth(&channel, &queue).await,
+            0,
+            "queue {queue} got deliveries back: they were never acknowledged"
+        );
+    }
+    assert_eq!(api.backlog().await.unwrap(), 0);
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use futures::stream::SelectAll;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -29,6 +30,55 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
+/// The queues commands are spread over. A RabbitMQ queue is one Erlang process, so one queue has a
+/// ceiling of its own (BENCHMARKS.md, "capacity model"); with `shards` above 1 the commands go to
+/// `<base>`, `<base>.1` … `<base>.<shards - 1>`, and every worker consumes them all. The base queue
+/// stays shard 0, so raising the number keeps what is queued; lowering it would strand the commands
+/// of the dropped queues, and the operator refuses it. Refused commands of every shard go to the one
+/// dead-letter queue `<base>.dead`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandQueues {
+    base: String,
+    shards: usize,
+}
+
+impl CommandQueues {
+    pub fn new(base: &str, shards: usize) -> Self {
+        CommandQueues {
+            base: base.to_string(),
+            shards: shards.max(1),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.shards
+    }
+
+    /// The name of queue `shard` (0 is the base queue).
+    pub fn name(&self, shard: usize) -> String {
+        chatsys_settings::command_queue_name(&self.base, shard)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        (0..self.shards).map(|shard| self.name(shard)).collect()
+    }
+
+    pub fn dead_letters(&self) -> String {
+        dead_letter_queue(&self.base)
+    }
+
+    /// The queue of a command: its chat's, so that a chat's commands meet in the same batches (their
+    /// count updates merge) while a busy application's chats spread over every queue. Commands are
+    /// idempotent and order-free, so any queue would be correct; this one is also the same in every
+    /// API replica.
+    pub fn of(&self, command: &Command) -> usize {
+        let (application, chat) = command.chat_key();
+        let mixed = (application.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ chat)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((mixed >> 32) % self.shards as u64) as usize
+    }
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed connection, requests fail at once for this long instead of each waiting to connect.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -42,9 +92,9 @@ async fn connect(url: &str, name: &str) -> CoreResult<Connection> {
         .map_err(unavailable)
 }
 
-/// Declares the durable command queue and its dead-letter queue (idempotent).
-pub async fn declare(channel: &Channel, queue: &str) -> CoreResult<()> {
-    for name in [queue.to_string(), dead_letter_queue(queue)] {
+/// Declares the durable command queues and their dead-letter queue (idempotent).
+pub async fn declare(channel: &Channel, queues: &CommandQueues) -> CoreResult<()> {
+    for name in queues.names().into_iter().chain([queues.dead_letters()]) {
         channel
             .queue_declare(
                 ShortString::from(name),
@@ -103,7 +153,7 @@ enum LinkState {
 
 pub struct AmqpQueue {
     url: String,
-    queue: String,
+    queues: CommandQueues,
     channel_count: usize,
     publish_timeout: Duration,
     link: Mutex<LinkState>,
@@ -111,10 +161,15 @@ pub struct AmqpQueue {
 }
 
 impl AmqpQueue {
-    pub fn new(url: &str, queue: &str, channel_count: usize, publish_timeout: Duration) -> Self {
+    pub fn new(
+        url: &str,
+        queues: CommandQueues,
+        channel_count: usize,
+        publish_timeout: Duration,
+    ) -> Self {
         AmqpQueue {
             url: url.to_string(),
-            queue: queue.to_string(),
+            queues,
             channel_count: channel_count.max(1),
             publish_timeout,
             link: Mutex::new(LinkState::Down {
@@ -136,7 +191,7 @@ impl AmqpQueue {
                 .map_err(unavailable)?;
             channels.push(channel);
         }
-        declare(&channels[0], &self.queue).await?;
+        declare(&channels[0], &self.queues).await?;
         Ok(Link {
             connection,
             channels,
@@ -192,7 +247,12 @@ impl Queue for AmqpQueue {
             &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
         let result = tokio::time::timeout(
             self.publish_timeout,
-            publish_confirmed(channel, &self.queue, &command.encode(), persistent()),
+            publish_confirmed(
+                channel,
+                &self.queues.name(self.queues.of(command)),
+                &command.encode(),
+                persistent(),
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(unavailable("RabbitMQ did not confirm in time")));
@@ -202,14 +262,18 @@ impl Queue for AmqpQueue {
     }
 
     async fn backlog(&self) -> CoreResult<u64> {
-        self.depth(&self.queue).await
+        let mut waiting = 0;
+        for queue in self.queues.names() {
+            waiting += self.depth(&queue).await?;
+        }
+        Ok(waiting)
     }
 }
 
 impl AmqpQueue {
     /// Commands the worker refused for good, waiting in the dead-letter queue.
     pub async fn dead_letters(&self) -> CoreResult<u64> {
-        self.depth(&dead_letter_queue(&self.queue)).await
+        self.depth(&self.queues.dead_letters()).await
     }
 
     /// Messages ready in a queue, read with a passive declare on a channel of its own.
@@ -236,10 +300,12 @@ impl AmqpQueue {
     }
 }
 
-/// The consuming side of the command queue, reconnecting after a broker restart.
+/// The consuming side of the command queues, reconnecting after a broker restart: one channel and one
+/// consumer per queue, since a delivery tag, and so an acknowledgement of all tags up to one, is the
+/// channel's.
 pub struct AmqpSource {
     url: String,
-    queue: String,
+    queues: CommandQueues,
     prefetch: u16,
     link: Option<SourceLink>,
     /// Counts connections; a delivery tag only means something on the connection that gave it.
@@ -252,15 +318,37 @@ pub struct AmqpSource {
 
 struct SourceLink {
     _connection: Connection,
-    channel: Channel,
+    /// One per queue, in the queues' order: a delivery's `lane` is its index here.
+    channels: Vec<Channel>,
+    consumers: SelectAll<Lane>,
+}
+
+/// One queue's consumer, its deliveries tagged with its lane.
+struct Lane {
+    index: usize,
     consumer: Consumer,
 }
 
+impl futures::Stream for Lane {
+    type Item = (usize, lapin::Result<lapin::message::Delivery>);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let index = self.index;
+        self.consumer
+            .poll_next_unpin(cx)
+            .map(|delivery| delivery.map(|delivery| (index, delivery)))
+    }
+}
+
 impl AmqpSource {
-    pub fn new(url: &str, queue: &str, prefetch: u16) -> Self {
+    /// `prefetch` is the worker's window over all the queues, shared among them.
+    pub fn new(url: &str, queues: CommandQueues, prefetch: u16) -> Self {
         AmqpSource {
             url: url.to_string(),
-            queue: queue.to_string(),
+            queues,
             prefetch,
             link: None,
             connection: 0,
@@ -271,29 +359,41 @@ impl AmqpSource {
 
     async fn open(&self) -> CoreResult<SourceLink> {
         let connection = connect(&self.url, "chatsys-worker").await?;
-        let channel = connection.create_channel().await.map_err(unavailable)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
-        declare(&channel, &self.queue).await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(self.queue.clone()),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+        let per_queue = self.prefetch.div_ceil(self.queues.count() as u16).max(1);
+        let mut channels = Vec::with_capacity(self.queues.count());
+        let mut consumers = SelectAll::new();
+        for (lane, queue) in self.queues.names().into_iter().enumerate() {
+            let channel = connection.create_channel().await.map_err(unavailable)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
+            if lane == 0 {
+                declare(&channel, &self.queues).await?;
+            }
+            channel
+                .basic_qos(per_queue, BasicQosOptions::default())
+                .await
+                .map_err(unavailable)?;
+            let consumer = channel
+                .basic_consume(
+                    ShortString::from(queue),
+                    ShortString::from(""),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+            consumers.push(Lane {
+                index: lane,
+                consumer,
+            });
+            channels.push(channel);
+        }
         Ok(SourceLink {
             _connection: connection,
-            channel,
-            consumer,
+            channels,
+            consumers,
         })
     }
 
@@ -305,10 +405,11 @@ impl AmqpSource {
         unavailable(e)
     }
 
-    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
+    fn delivery(&self, lane: usize, d: lapin::message::Delivery) -> Delivery {
         Delivery {
             tag: d.delivery_tag,
             connection: self.connection,
+            lane,
             payload: d.data,
             redelivered: d.redelivered,
         }
@@ -327,16 +428,16 @@ impl CommandSource for AmqpSource {
                 .link
                 .as_mut()
                 .expect("link was just opened")
-                .consumer
+                .consumers
                 .next()
                 .await;
             match next {
-                Some(Ok(d)) => {
-                    let d = self.delivery(d);
+                Some((lane, Ok(d))) => {
+                    let d = self.delivery(lane, d);
                     self.pending.push(d);
                     self.deadline = Some(tokio::time::Instant::now() + wait);
                 }
-                Some(Err(e)) => return Err(self.broken(e)),
+                Some((_, Err(e))) => return Err(self.broken(e)),
                 None => return Err(self.broken("the broker cancelled the consumer")),
             }
         }
@@ -344,17 +445,17 @@ impl CommandSource for AmqpSource {
         while self.pending.len() < max {
             let next = tokio::time::timeout_at(
                 deadline,
-                self.link.as_mut().expect("connected").consumer.next(),
+                self.link.as_mut().expect("connected").consumers.next(),
             )
             .await;
             match next {
-                Ok(Some(Ok(d))) => {
-                    let d = self.delivery(d);
+                Ok(Some((lane, Ok(d)))) => {
+                    let d = self.delivery(lane, d);
                     self.pending.push(d);
                 }
                 // A broken link after the first delivery: process what arrived; acknowledging will fail
                 // and the broker redelivers.
-                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+                Ok(Some((_, Err(_)))) | Ok(None) | Err(_) => break,
             }
         }
         self.deadline = None;
@@ -362,24 +463,24 @@ impl CommandSource for AmqpSource {
     }
 
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
-        let current = self.connection;
-        let Some(last) = deliveries
-            .iter()
-            .filter(|d| d.connection == current)
-            .map(|d| d.tag)
-            .max()
-        else {
+        let lasts = last_tags(deliveries, self.connection);
+        if lasts.is_empty() {
             return Ok(());
-        };
+        }
         let Some(link) = &self.link else {
             return Err(unavailable("not connected"));
         };
-        // Tags arrive in order, and every earlier one of this connection was handed out in an earlier
-        // batch that is acknowledged already, or was dead-lettered.
-        let result = link
-            .channel
-            .basic_ack(last, BasicAckOptions { multiple: true })
-            .await;
+        // A channel's tags arrive in order, and every earlier one of this connection's channel was
+        // handed out in an earlier batch that is acknowledged already, or was dead-lettered.
+        let mut result = Ok(());
+        for (lane, last) in lasts {
+            result = link.channels[lane]
+                .basic_ack(last, BasicAckOptions { multiple: true })
+                .await;
+            if result.is_err() {
+                break;
+            }
+        }
         result.map_err(|e| self.broken(e))
     }
 
@@ -398,16 +499,16 @@ impl CommandSource for AmqpSource {
         );
         headers.insert(
             ShortString::from("x-chatsys-queue"),
-            AMQPValue::LongString(LongString::from(self.queue.clone())),
+            AMQPValue::LongString(LongString::from(self.queues.name(delivery.lane))),
         );
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(headers);
-        let channel = link.channel.clone();
+        let channel = link.channels[delivery.lane].clone();
         let result = async {
             publish_confirmed(
                 &channel,
-                &dead_letter_queue(&self.queue),
+                &self.queues.dead_letters(),
                 &delivery.payload,
                 properties,
             )
@@ -419,5 +520,97 @@ impl CommandSource for AmqpSource {
         }
         .await;
         result.map_err(|e| self.broken(e))
+    }
+}
+
+/// The highest tag of each lane among deliveries of connection `current` (older ones' tags mean nothing
+/// on it), in lane order.
+fn last_tags(deliveries: &[Delivery], current: u64) -> Vec<(usize, u64)> {
+    let mut lasts = std::collections::BTreeMap::new();
+    for delivery in deliveries.iter().filter(|d| d.connection == current) {
+        let last = lasts.entry(delivery.lane).or_insert(delivery.tag);
+        *last = (*last).max(delivery.tag);
+    }
+    lasts.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain;
+
+    fn message(application_id: u64, chat_number: u64) -> Command {
+        Command::CreateMessage {
+            application_id,
+            chat_number,
+            chat_created_at: domain::now(),
+            number: 1,
+            body: "hi".into(),
+            at: domain::now(),
+        }
+    }
+
+    #[test]
+    fn one_queue_keeps_the_base_name() {
+        let queues = CommandQueues::new("chatsys.commands", 1);
+        assert_eq!(queues.names(), ["chatsys.commands"]);
+        assert_eq!(queues.of(&message(7, 3)), 0);
+        assert_eq!(queues.dead_letters(), "chatsys.commands.dead");
+    }
+
+    #[test]
+    fn more_queues_keep_the_base_as_the_first_and_share_one_dead_letter_queue() {
+        let queues = CommandQueues::new("chatsys.commands", 3);
+        assert_eq!(
+            queues.names(),
+            [
+                "chatsys.commands",
+                "chatsys.commands.1",
+                "chatsys.commands.2"
+            ]
+        );
+        assert_eq!(queues.dead_letters(), "chatsys.commands.dead");
+    }
+
+    #[test]
+    fn a_chats_commands_share_a_queue_and_one_applications_chats_spread_over_all() {
+        let queues = CommandQueues::new("q", 4);
+        let chat = CommandQueues::of(&queues, &message(1, 5));
+        assert_eq!(
+            queues.of(&Command::CreateChat {
+                application_id: 1,
+                number: 5,
+                at: domain::now()
+            }),
+            chat
+        );
+        let mut per_queue = [0usize; 4];
+        for chat in 1..=4000 {
+            per_queue[queues.of(&message(1, chat))] += 1;
+        }
+        assert!(
+            per_queue.iter().all(|&count| (800..=1200).contains(&count)),
+            "one application's chats over 4 queues: {per_queue:?}"
+        );
+    }
+
+    #[test]
+    fn acknowledgements_go_to_each_lane_up_to_its_highest_tag_of_this_connection() {
+        let delivery = |connection, lane, tag| Delivery {
+            tag,
+            connection,
+            lane,
+            payload: Vec::new(),
+            redelivered: false,
+        };
+        let batch = [
+            delivery(2, 1, 7),
+            delivery(2, 0, 3),
+            delivery(2, 1, 5),
+            delivery(1, 0, 9),
+            delivery(2, 0, 4),
+        ];
+        assert_eq!(last_tags(&batch, 2), [(0, 4), (1, 7)]);
+        assert!(last_tags(&batch, 3).is_empty());
     }
 }

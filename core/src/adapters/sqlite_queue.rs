@@ -174,6 +174,7 @@ impl CommandSource for SqliteSource {
                 .into_iter()
                 .map(|(id, payload)| Delivery {
                     connection: 0,
+                    lane: 0,
                     tag: id as u64,
                     payload,
                     redelivered: false,

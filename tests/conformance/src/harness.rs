@@ -97,6 +97,8 @@ pub async fn full_stack() -> Served {
         opensearch_url: None,
         data_dir: data.path().to_path_buf(),
         queue: format!("chatsys.test.{run}"),
+        // Two queues, so that the whole contract also runs with commands spread over queues.
+        queue_shards: 2,
         redis_prefix: run,
         migrate: true,
         cache_ttl_secs: 300,
