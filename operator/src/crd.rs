@@ -54,6 +54,27 @@ pub struct ChatSystemSpec {
     pub image_pull_secrets: Vec<LocalObjectReference>,
     pub monitoring: MonitoringSpec,
     pub network_policy: NetworkPolicySpec,
+    pub command_queue: CommandQueueSpec,
+}
+
+/// The RabbitMQ queues chat and message creations travel through. One queue is one Erlang process with
+/// a ceiling of its own; past it, spreading commands over more queues carries more (BENCHMARKS.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.shards >= oldSelf.shards",
+    "message": "commandQueue.shards may only grow: the commands queued in a dropped queue would never be stored",
+}]))]
+pub struct CommandQueueSpec {
+    /// Queues the commands are spread over, by chat; every worker consumes them all.
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: i32,
+}
+
+impl Default for CommandQueueSpec {
+    fn default() -> Self {
+        CommandQueueSpec { shards: 1 }
+    }
 }
 
 /// The HTTP API.

@@ -170,6 +170,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
         json!({
             "CHATSYS_MIGRATE": "false",
             "CHATSYS_LOG_FORMAT": "json",
+            "CHATSYS_QUEUE_SHARDS": "1",
             "OPENSEARCH_URL": "http://chat-opensearch:9200",
             "CHATSYS_BATCH_SIZE": "1000",
             "CHATSYS_BATCH_WAIT_MS": "20",
@@ -182,6 +183,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
         json!({
             "CHATSYS_MIGRATE": "false",
             "CHATSYS_LOG_FORMAT": "json",
+            "CHATSYS_QUEUE_SHARDS": "1",
             "OPENSEARCH_URL": "http://chat-opensearch:9200",
         })
     );

@@ -104,6 +104,14 @@ fn limits_and_cross_field_rules_are_enforced_by_the_schema() {
         serde_json::json!(["Cpu", "QueueBacklog"])
     );
     assert_eq!(worker["batch"]["properties"]["size"]["minimum"], 1.0);
+    let command_queue = &schema["properties"]["spec"]["properties"]["commandQueue"];
+    assert_eq!(
+        command_queue["x-kubernetes-validations"][0]["rule"], "self.shards >= oldSelf.shards",
+        "lowering the count would strand what the dropped queues hold"
+    );
+    assert_eq!(command_queue["properties"]["shards"]["minimum"], 1.0);
+    assert_eq!(command_queue["properties"]["shards"]["maximum"], 64.0);
+    assert_eq!(command_queue["properties"]["shards"]["default"], 1);
     let external = &schema["properties"]["spec"]["properties"]["redis"]["properties"]["external"];
     assert_eq!(external["required"], json!(["secretName"]));
 }

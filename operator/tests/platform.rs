@@ -219,6 +219,39 @@ fn the_backlog_scaler_reads_the_command_queue_with_the_right_credentials() {
 }
 
 #[test]
+fn with_several_command_queues_both_components_know_them_and_the_scaler_watches_each() {
+    let (_, built) = example("full");
+    for settings in ["chat-api", "chat-worker"] {
+        assert_eq!(
+            find(&built, ChildKind::ConfigMap, settings)["data"]["CHATSYS_QUEUE_SHARDS"],
+            "4",
+            "{settings}"
+        );
+    }
+    let scaled = find(&built, ChildKind::ScaledObject, "chat-worker");
+    let triggers = scaled["spec"]["triggers"].as_array().expect("triggers");
+    let queues: Vec<&Value> = triggers
+        .iter()
+        .map(|trigger| &trigger["metadata"]["queueName"])
+        .collect();
+    assert_eq!(
+        queues,
+        [
+            "chatsys.commands",
+            "chatsys.commands.1",
+            "chatsys.commands.2",
+            "chatsys.commands.3"
+        ]
+    );
+    // 2,000 messages per replica over the whole backlog, spread over four queues.
+    assert!(
+        triggers
+            .iter()
+            .all(|trigger| trigger["metadata"]["value"] == "500")
+    );
+}
+
+#[test]
 fn without_the_optional_apis_nothing_of_theirs_is_built_and_the_plan_says_what_is_missing() {
     let (cs, _) = example("full");
     let mut inputs = fresh_inputs(&cs);

@@ -413,6 +413,10 @@ fn common_settings(cs: &ChatSystem) -> BTreeMap<String, String> {
         // The migration Job migrates once per version; replicas must not each migrate at start.
         (env::CHATSYS_MIGRATE.to_string(), "false".to_string()),
         (env::CHATSYS_LOG_FORMAT.to_string(), "json".to_string()),
+        (
+            env::CHATSYS_QUEUE_SHARDS.to_string(),
+            cs.spec.command_queue.shards.to_string(),
+        ),
     ]);
     if cs.spec.opensearch.external.is_none() {
         settings.insert(
@@ -505,29 +509,43 @@ fn queue_authentication(cs: &ChatSystem) -> TriggerAuthentication {
 
 /// KEDA's ScaledObject for the worker: one replica per `messagesPerReplica` commands waiting, between
 /// the minimum (zero only when asked) and the maximum.
+/// One trigger per command queue. The HPA KEDA drives takes the largest replica count the triggers ask
+/// for; with the backlog spread evenly over `shards` queues, a target of `messagesPerReplica / shards`
+/// per queue asks for one replica per `messagesPerReplica` of the whole backlog.
 fn backlog_scaler(cs: &ChatSystem) -> ScaledObject {
     let autoscaling = &cs.spec.worker.autoscaling;
     let service = BackingService::Rabbitmq;
-    let mut trigger_metadata = BTreeMap::from([
-        ("protocol".to_string(), "amqp".to_string()),
-        ("queueName".to_string(), COMMAND_QUEUE.to_string()),
-        ("mode".to_string(), "QueueLength".to_string()),
-        (
-            "value".to_string(),
-            autoscaling.messages_per_replica.to_string(),
-        ),
-    ]);
-    if service.external(&cs.spec).is_none() {
-        trigger_metadata.insert(
-            "host".to_string(),
-            format!(
-                "amqp://{}.{}.svc:{}/%2f",
-                service.workload_name(cs),
-                super::namespace(cs),
-                service.port()
-            ),
-        );
-    }
+    let shards = cs.spec.command_queue.shards.max(1);
+    let per_queue = (autoscaling.messages_per_replica + shards - 1) / shards;
+    let triggers = (0..shards as usize)
+        .map(|shard| chatsys_settings::command_queue_name(COMMAND_QUEUE, shard))
+        .map(|queue| {
+            let mut metadata = BTreeMap::from([
+                ("protocol".to_string(), "amqp".to_string()),
+                ("queueName".to_string(), queue),
+                ("mode".to_string(), "QueueLength".to_string()),
+                ("value".to_string(), per_queue.max(1).to_string()),
+            ]);
+            if service.external(&cs.spec).is_none() {
+                metadata.insert(
+                    "host".to_string(),
+                    format!(
+                        "amqp://{}.{}.svc:{}/%2f",
+                        service.workload_name(cs),
+                        super::namespace(cs),
+                        service.port()
+                    ),
+                );
+            }
+            ScaleTrigger {
+                type_: "rabbitmq".to_string(),
+                metadata,
+                authentication_ref: Some(AuthenticationRef {
+                    name: worker_name(cs),
+                }),
+            }
+        })
+        .collect();
     let mut object = ScaledObject::new(
         &worker_name(cs),
         ScaledObjectSpec {
@@ -542,13 +560,7 @@ fn backlog_scaler(cs: &ChatSystem) -> ScaledObject {
                 autoscaling.min_replicas
             }),
             max_replica_count: Some(autoscaling.max_replicas),
-            triggers: vec![ScaleTrigger {
-                type_: "rabbitmq".to_string(),
-                metadata: trigger_metadata,
-                authentication_ref: Some(AuthenticationRef {
-                    name: worker_name(cs),
-                }),
-            }],
+            triggers,
             ..ScaledObjectSpec::default()
         },
     );
