@@ -426,11 +426,12 @@ async fn remove_resources(
     if let Err(error) = drop_database(endpoints, database).await {
         failures.push(format!("database: {error:#}"));
     }
-    if let Err(error) = delete_queues(
-        &endpoints.amqp_url,
-        &[queue.to_owned(), format!("{queue}.dead")],
-    )
-    .await
+    // Every queue a run may have used, with `--env CHATSYS_QUEUE_SHARDS=…` up to its largest value.
+    let queues: Vec<String> = (0..64)
+        .map(|shard| chatsys_settings::command_queue_name(queue, shard))
+        .chain([format!("{queue}.dead")])
+        .collect();
+    if let Err(error) = delete_queues(&endpoints.amqp_url, &queues).await
     {
         failures.push(format!("queues: {error:#}"));
     }
