@@ -7,17 +7,17 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use serde::Serialize;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySql, QueryBuilder};
 
 use crate::cpu::{CpuSnapshot, CpuUse, services};
 use crate::stats::Rate;
-use crate::system::{Endpoints, drop_database, unique_name};
+use crate::system::{Endpoints, delete_queues, drop_database, unique_name};
 
 pub async fn amqp_connect(url: &str) -> anyhow::Result<Connection> {
     Connection::connect(url, ConnectionProperties::default())
@@ -52,50 +52,34 @@ pub struct QueueFlow {
     pub cpu: CpuUse,
 }
 
-/// Confirmed persistent publishes to a durable scratch queue from one channel with up to `outstanding`
-/// unconfirmed, then consumes them with `prefetch` and a multiple-ack every `ack_every`.
+/// How the raw queue limits publish and consume: payloads of `payload_len` bytes, up to `outstanding`
+/// unconfirmed publishes per channel, consumers with `prefetch` and a multiple-ack every `ack_every`,
+/// for `within`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLoad {
+    pub payload_len: usize,
+    pub outstanding: usize,
+    pub prefetch: u16,
+    pub ack_every: u64,
+    pub within: Duration,
+}
+
+/// Up to `count` confirmed persistent publishes to a durable scratch queue from one channel, then
+/// consumes them.
 pub async fn amqp_publish_consume(
     amqp_url: &str,
     count: u64,
-    payload_len: usize,
-    outstanding: usize,
-    prefetch: u16,
-    ack_every: u64,
-    within: Duration,
+    load: QueueLoad,
 ) -> anyhow::Result<QueueLimits> {
     let connection = amqp_connect(amqp_url).await?;
     let queue = unique_name("chatsys_bench_raw");
-    let result = publish_then_consume(
-        &connection,
-        &queue,
-        count,
-        payload_len,
-        outstanding,
-        prefetch,
-        ack_every,
-        within,
-    )
-    .await;
-    let cleanup = connection.create_channel().await?;
-    cleanup
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
+    let result = publish_then_consume(&connection, &queue, count, load).await;
     let _ = connection.close(200, "bench done".into()).await;
+    delete_queues(amqp_url, &[queue]).await?;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn publish_then_consume(
-    connection: &Connection,
-    queue: &str,
-    count: u64,
-    payload_len: usize,
-    outstanding: usize,
-    prefetch: u16,
-    ack_every: u64,
-    within: Duration,
-) -> anyhow::Result<QueueLimits> {
-    let channel = connection.create_channel().await?;
+async fn declare_durable(channel: &Channel, queue: &str) -> anyhow::Result<()> {
     channel
         .queue_declare(
             queue.into(),
@@ -106,17 +90,49 @@ async fn publish_then_consume(
             FieldTable::default(),
         )
         .await?;
+    Ok(())
+}
+
+/// A consumer of `queue` on a channel of its own, with `prefetch` unacknowledged deliveries at most.
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<(Channel, Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+async fn publish_then_consume(
+    connection: &Connection,
+    queue: &str,
+    count: u64,
+    load: QueueLoad,
+) -> anyhow::Result<QueueLimits> {
+    let channel = connection.create_channel().await?;
+    declare_durable(&channel, queue).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let payload = filler(payload_len).into_bytes();
+    let payload = filler(load.payload_len).into_bytes();
     let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
     let before = CpuSnapshot::take(&services());
     let started = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut confirmed = 0u64;
     let mut published = 0u64;
-    while published < count && started.elapsed() < within {
+    while published < count && started.elapsed() < load.within {
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -128,7 +144,7 @@ async fn publish_then_consume(
             .await?;
         published += 1;
         pending.push(confirm);
-        if pending.len() >= outstanding {
+        if pending.len() >= load.outstanding {
             confirmed += acked(pending.next().await)?;
         }
     }
@@ -138,21 +154,10 @@ async fn publish_then_consume(
     let publish = Rate::new(confirmed, started.elapsed());
     let publish_cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), confirmed);
 
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (channel, mut consumer) = consume(connection, queue, load.prefetch).await?;
     let before = CpuSnapshot::take(&services());
     let started = Instant::now();
-    let deadline = started + within;
+    let deadline = started + load.within;
     let mut consumed = 0u64;
     while consumed < published {
         let delivery = match tokio::time::timeout_at(deadline.into(), consumer.next()).await {
@@ -161,7 +166,7 @@ async fn publish_then_consume(
             Err(_) => break,
         };
         consumed += 1;
-        if consumed.is_multiple_of(ack_every) || consumed == published {
+        if consumed.is_multiple_of(load.ack_every) || consumed == published {
             channel
                 .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
                 .await?;
@@ -177,89 +182,44 @@ async fn publish_then_consume(
     })
 }
 
-/// `publishers` channels publish confirmed persistent messages (each with up to `outstanding`
-/// unconfirmed) spread over `queues` durable scratch queues, while one consumer per queue acknowledges
-/// them as the worker does; measured for `within` after a second of warm-up.
-#[allow(clippy::too_many_arguments)]
+/// `publishers` channels publish confirmed persistent messages spread over `queues` durable scratch
+/// queues, while one consumer per queue acknowledges them as the worker does; measured for `within` after
+/// a second of warm-up.
 pub async fn amqp_flow(
     amqp_url: &str,
     queues: usize,
     publishers: usize,
-    payload_len: usize,
-    outstanding: usize,
-    prefetch: u16,
-    ack_every: u64,
-    within: Duration,
+    load: QueueLoad,
 ) -> anyhow::Result<QueueFlow> {
     let connection = amqp_connect(amqp_url).await?;
     let names: Vec<String> = (0..queues.max(1))
         .map(|_| unique_name("chatsys_bench_flow"))
         .collect();
-    let result = flow(
-        &connection,
-        &names,
-        publishers.max(1),
-        payload_len,
-        outstanding,
-        prefetch,
-        ack_every,
-        within,
-    )
-    .await;
-    let cleanup = connection.create_channel().await?;
-    for name in &names {
-        cleanup
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
+    let result = flow(&connection, &names, publishers.max(1), load).await;
     let _ = connection.close(200, "bench done".into()).await;
+    delete_queues(amqp_url, &names).await?;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn flow(
     connection: &Connection,
     queues: &[String],
     publishers: usize,
-    payload_len: usize,
-    outstanding: usize,
-    prefetch: u16,
-    ack_every: u64,
-    within: Duration,
+    load: QueueLoad,
 ) -> anyhow::Result<QueueFlow> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let setup = connection.create_channel().await?;
     for queue in queues {
-        setup
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_durable(&setup, queue).await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for queue in queues {
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "bench".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, mut consumer) = consume(connection, queue, load.prefetch).await?;
         let (stop, consumed) = (stop.clone(), consumed.clone());
         tasks.push(tokio::spawn(async move {
             let mut unacked = 0u64;
@@ -272,7 +232,7 @@ async fn flow(
                     };
                 consumed.fetch_add(1, Ordering::Relaxed);
                 unacked += 1;
-                if unacked >= ack_every {
+                if unacked >= load.ack_every {
                     channel
                         .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
                         .await?;
@@ -288,7 +248,7 @@ async fn flow(
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let queue = queues[index % queues.len()].clone();
-        let payload = filler(payload_len).into_bytes();
+        let payload = filler(load.payload_len).into_bytes();
         let (stop, published) = (stop.clone(), published.clone());
         tasks.push(tokio::spawn(async move {
             let properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
@@ -304,7 +264,7 @@ async fn flow(
                     )
                     .await?;
                 pending.push(confirm);
-                if pending.len() >= outstanding {
+                if pending.len() >= load.outstanding {
                     published.fetch_add(acked(pending.next().await)?, Ordering::Relaxed);
                 }
             }
@@ -321,7 +281,7 @@ async fn flow(
     );
     let before = CpuSnapshot::take(&services());
     let started = Instant::now();
-    tokio::time::sleep(within).await;
+    tokio::time::sleep(load.within).await;
     let elapsed = started.elapsed();
     let consumed_now = consumed.load(Ordering::Relaxed) - consumed_before;
     let cpu = CpuUse::between(&before, &CpuSnapshot::take(&services()), consumed_now);

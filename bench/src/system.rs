@@ -431,8 +431,7 @@ async fn remove_resources(
         .map(|shard| chatsys_settings::command_queue_name(queue, shard))
         .chain([format!("{queue}.dead")])
         .collect();
-    if let Err(error) = delete_queues(&endpoints.amqp_url, &queues).await
-    {
+    if let Err(error) = delete_queues(&endpoints.amqp_url, &queues).await {
         failures.push(format!("queues: {error:#}"));
     }
     if let Err(error) = delete_keys(&endpoints.redis_url, redis_prefix).await {
