@@ -13,7 +13,9 @@ pub struct Rule {
 }
 
 /// Cluster-wide, since a ChatSystem may live in any namespace. Children are watched (`list`, `watch`),
-/// server-side applied (`patch`, which also creates) and deleted when orphaned; StatefulSets and
+/// server-side applied and deleted when orphaned. An apply is a `patch`, and the one that creates the
+/// object is authorized as a `create` as well (kubernetes
+/// `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go`), so every applied kind needs both; StatefulSets and
 /// Deployments are also read (`get`) for their claim templates and replica owners, and migration Jobs
 /// listed for their outcome. Credentials are created once (`create`) and never deleted; claims are
 /// read and grown; events are written through `events.k8s.io`, as kube's recorder does. KEDA's and
@@ -37,7 +39,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &[""],
         resources: &["configmaps", "services"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &[""],
@@ -47,37 +49,37 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &["apps"],
         resources: &["deployments", "statefulsets"],
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["batch"],
         resources: &["jobs"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["autoscaling"],
         resources: &["horizontalpodautoscalers"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["policy"],
         resources: &["poddisruptionbudgets"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["networking.k8s.io"],
         resources: &["ingresses", "networkpolicies"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["keda.sh"],
         resources: &["scaledobjects", "triggerauthentications"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["monitoring.coreos.com"],
         resources: &["servicemonitors", "podmonitors", "prometheusrules"],
-        verbs: &["list", "watch", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
         api_groups: &["events.k8s.io"],

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/team/deployments";
 
 fn api<K: kube::Resource<DynamicType = ()>>(server: &ApiServer) -> Api<DynamicObject> {
-    Api::namespaced_with(server.client(), "team", &ApiResource::erase::<K>(&()))
+    Api::namespaced_with(server.admin_client(), "team", &ApiResource::erase::<K>(&()))
 }
 
 async fn apply(

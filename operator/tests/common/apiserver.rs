@@ -9,6 +9,9 @@
 //! The controllers of a cluster (StatefulSet volumes, the kubelet's readiness, the HPA's scaling) are
 //! methods a test calls, so each test says which of them ran.
 //!
+//! Every request through `client()` is authorized as the operator's ServiceAccount with the RBAC the
+//! Helm chart renders (`rbac.rs` beside this file); `admin_client()` plays a cluster administrator.
+//!
 //! The APIs other projects add (KEDA's `keda.sh`, prometheus-operator's `monitoring.coreos.com`) are
 //! served only once a test installs them, as their CustomResourceDefinitions would be: before that,
 //! their paths and their discovery answer 404, as the real server does. KEDA's admission webhook
@@ -19,6 +22,7 @@
 //! (the real server merges `containers` and `env` by key), label selectors are equality-only, and a
 //! strategic merge patch is treated as a JSON merge patch.
 
+use super::rbac::{Attributes, Authorizer};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Map, Value, json};
@@ -222,22 +226,44 @@ struct State {
     installed: BTreeSet<String>,
 }
 
-/// The server; clones share it.
-#[derive(Clone, Default)]
+/// The server; clones share it. Each clone answers as one user: the operator's ServiceAccount,
+/// authorized by the chart's RBAC, or a cluster administrator.
+#[derive(Clone)]
 pub struct ApiServer {
     state: Arc<Mutex<State>>,
+    /// `None` for an administrator, whom nothing is refused.
+    authorizer: Option<Arc<Authorizer>>,
 }
 
 impl ApiServer {
+    /// A server whose `client()` is the operator with the chart's default permissions.
     pub fn new() -> Self {
-        ApiServer::default()
+        ApiServer::with_authorizer(Authorizer::chart_defaults())
+    }
+
+    /// A server whose `client()` has exactly these permissions.
+    pub fn with_authorizer(authorizer: Arc<Authorizer>) -> Self {
+        ApiServer {
+            state: Arc::default(),
+            authorizer: Some(authorizer),
+        }
+    }
+
+    /// A client that may do anything, as a cluster administrator (or a test playing another
+    /// controller) would.
+    pub fn admin_client(&self) -> kube::Client {
+        let admin = ApiServer {
+            state: self.state.clone(),
+            authorizer: None,
+        };
+        kube::Client::new(admin, "default")
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A client whose every request this server answers.
+    /// A client whose every request this server answers, as the operator.
     pub fn client(&self) -> kube::Client {
         kube::Client::new(self.clone(), "default")
     }
@@ -474,7 +500,7 @@ impl ApiServer {
                 status,
                 status_body(status, "InternalError", "injected fault", None),
             ),
-            None => state.serve(&request),
+            None => state.serve(&request, self.authorizer.as_deref()),
         };
         state.calls.push(Call {
             method: request.method,
@@ -554,7 +580,11 @@ impl State {
         Some(fault.status)
     }
 
-    fn serve(&mut self, request: &RecordedRequest) -> (StatusCode, Value) {
+    fn serve(
+        &mut self,
+        request: &RecordedRequest,
+        authorizer: Option<&Authorizer>,
+    ) -> (StatusCode, Value) {
         if request.method == Method::GET
             && let Some(group_version) = discovery_path(&request.path)
         {
@@ -567,6 +597,14 @@ impl State {
             return not_found_path(&request.path);
         }
         let params = query_params(&request.query);
+        // Discovery is a non-resource request every authenticated user may make
+        // (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go, `system:discovery`).
+        let attributes = Attributes::of(&request.method, &request.path, &params);
+        if let (Some(authorizer), Some(attributes)) = (authorizer, &attributes)
+            && !authorizer.allows(attributes)
+        {
+            return authorizer.forbidden(attributes);
+        }
         let manager = params
             .get("fieldManager")
             .cloned()
@@ -589,6 +627,22 @@ impl State {
             }
             (&Method::PATCH, Some(name)) => {
                 let force = params.get("force").is_some_and(|f| f == "true");
+                // staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go, `PatchResource`:
+                // an apply patch that finds no object creates it, and is authorized as a `create`
+                // of the same resource as well as the `patch` checked above.
+                let creates = request.content_type.starts_with("application/apply-patch")
+                    && target.subresource.is_none()
+                    && !self
+                        .objects
+                        .contains_key(&(target.collection.clone(), name.clone()));
+                if let (true, Some(authorizer), Some(attributes)) =
+                    (creates, authorizer, &attributes)
+                {
+                    let create = attributes.with_verb("create");
+                    if !authorizer.allows(&create) {
+                        return authorizer.forbidden(&create);
+                    }
+                }
                 self.patch(&target, name, request, &manager, force)
             }
             (&Method::DELETE, Some(name)) => {
