@@ -39,6 +39,11 @@ pub enum CoreError {
     /// A command the worker can never apply (it goes to the dead-letter queue).
     #[error("rejected command: {0}")]
     Rejected(String),
+    /// The database's schema is one this version cannot migrate: applied by a newer release (a
+    /// rollback), changed since it was applied, left half-applied, or a migration's SQL refused.
+    /// Waiting cannot fix it, so a migration run fails at once.
+    #[error("schema cannot be migrated: {0}")]
+    Schema(String),
 }
 
 impl CoreError {
@@ -93,6 +98,29 @@ pub fn from_sqlx(err: sqlx::Error) -> CoreError {
         CoreError::unavailable(Backend::Database, err)
     } else {
         CoreError::Rejected(err.to_string())
+    }
+}
+
+/// Classifies a failed migration run: only a database that cannot be reached or used yet (what
+/// [`from_sqlx`] calls unavailable, before any migration ran or while one was cut off) is worth
+/// waiting for; the migrator's own refusals and a migration's SQL error are [`CoreError::Schema`].
+pub fn from_migrate(err: sqlx::migrate::MigrateError) -> CoreError {
+    use sqlx::migrate::MigrateError;
+    match err {
+        MigrateError::Execute(inner) => match from_sqlx(inner) {
+            CoreError::Rejected(detail) => CoreError::Schema(detail),
+            other => other,
+        },
+        MigrateError::ExecuteMigration(inner, version) => match inner {
+            sqlx::Error::Database(db) => {
+                CoreError::Schema(format!("migration {version} failed: {}", db.message()))
+            }
+            other => CoreError::unavailable(
+                Backend::Database,
+                format!("while executing migration {version}: {other}"),
+            ),
+        },
+        refused => CoreError::Schema(refused.to_string()),
     }
 }
 

@@ -126,3 +126,49 @@ async fn a_database_that_does_not_exist_or_has_no_schema_is_unavailable() {
     assert_unavailable("read", store.application(1).await.map(|_| ()));
     drop_database(&name).await;
 }
+
+fn assert_schema_refused(what: &str, result: Result<(), CoreError>) {
+    match result {
+        Err(e @ CoreError::Schema(_)) => assert!(!e.is_transient(), "{what}: {e}"),
+        other => panic!("{what}: expected the schema to be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_this_version_cannot_migrate_fails_at_once_rather_than_waiting() {
+    let name = empty_database().await;
+    let url = format!("{}/{name}", server());
+    let store = MySqlStore::connect(&url, 1).unwrap();
+    store.migrate().await.expect("a fresh database migrates");
+    let mut conn = admin().await;
+    let table = format!("`{name}`._sqlx_migrations");
+
+    // A newer release applied a migration this one does not know: a rolled-back image.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (version, description, success, checksum, execution_time) \
+         VALUES (99, 'from a newer release', TRUE, x'00', 1)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), store.migrate())
+        .await
+        .expect("refused at once, not retried");
+    assert_schema_refused("unknown applied version", outcome);
+
+    // An applied migration whose text changed since.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {table} WHERE version = 99"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET checksum = x'00' WHERE version = 1"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_schema_refused("changed checksum", store.migrate().await);
+    drop_database(&name).await;
+}

@@ -350,13 +350,18 @@ pub async fn dereference(
         let status = job.status.unwrap_or_default();
         if status.succeeded.unwrap_or(0) > 0 {
             inputs.completed_migrations.insert(name);
-        } else if status
+        } else if let Some(failed) = status
             .conditions
             .iter()
             .flatten()
-            .any(|c| c.type_ == "Failed" && c.status == "True")
+            .find(|c| c.type_ == "Failed" && c.status == "True")
         {
-            inputs.failed_migrations.insert(name);
+            let reason = match (failed.reason.as_deref(), failed.message.as_deref()) {
+                (Some(reason), Some(message)) => format!("{reason}: {message}"),
+                (Some(text), None) | (None, Some(text)) => text.to_string(),
+                (None, None) => "Failed".to_string(),
+            };
+            inputs.failed_migrations.insert(name, reason);
         }
     }
     Ok(inputs)

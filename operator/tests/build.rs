@@ -64,13 +64,16 @@ fn a_new_version_is_migrated_once_by_a_job_before_its_pods_run() {
     );
     assert!(of_kind(&next.children, ChildKind::Deployment).is_empty());
 
-    inputs.failed_migrations.insert(job.clone());
+    inputs.failed_migrations.insert(
+        job.clone(),
+        "BackoffLimitExceeded: Job has reached the specified backoff limit".to_string(),
+    );
     inputs.completed_migrations.clear();
     let failed = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
     assert_eq!(
         failed.refused,
         [format!(
-            "Job {job}: the schema migration failed (kubectl logs job/{job}); the running version stays"
+            "Job {job}: the schema migration failed (BackoffLimitExceeded: Job has reached the specified backoff limit; kubectl logs job/{job}); the running version stays"
         )]
     );
 }
@@ -103,7 +106,7 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
             (ChildKind::StatefulSet, "chat-redis"),
             (ChildKind::StatefulSet, "chat-rabbitmq"),
             (ChildKind::StatefulSet, "chat-opensearch"),
-            (ChildKind::Job, "chat-migrate-b3a1a962"),
+            (ChildKind::Job, "chat-migrate-8b37ce63"),
             (ChildKind::Deployment, "chat-api"),
             (ChildKind::Deployment, "chat-worker"),
             (ChildKind::HorizontalPodAutoscaler, "chat-api"),
@@ -866,5 +869,33 @@ fn database_pods_and_volumes_do_not_change_with_the_operator_version() {
             assert_eq!(labels["app.kubernetes.io/instance"], "chat");
             assert_eq!(labels["app.kubernetes.io/managed-by"], "chatsys-operator");
         }
+    }
+}
+
+#[test]
+fn the_operators_own_version_reaches_no_pod_template_of_pinned_images() {
+    let (_, built) = build_fixture("overrides");
+    let templates: Vec<&Value> = built
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.kind,
+                ChildKind::Deployment | ChildKind::StatefulSet | ChildKind::Job
+            )
+        })
+        .map(|m| &m.object["spec"]["template"])
+        .collect();
+    assert_eq!(
+        templates.len(),
+        7,
+        "two Deployments, four StatefulSets, a Job"
+    );
+    for template in templates {
+        let text = template.to_string();
+        assert!(
+            !text.contains("app.kubernetes.io/version")
+                && !text.contains(chatsys_operator::crd::VERSION),
+            "an operator upgrade would roll this: {text}"
+        );
     }
 }

@@ -267,6 +267,55 @@ async fn a_new_version_waits_for_its_migration_and_keeps_the_running_one_meanwhi
 }
 
 #[tokio::test]
+async fn a_rollback_whose_migration_fails_is_degraded_with_the_reason_and_a_fixed_image_recovers() {
+    let server = ApiServer::new();
+    create(
+        &server,
+        "defaults",
+        json!({ "api": { "image": "example.org/api:2" } }),
+    );
+    settle(&server).await.expect("reconciled");
+    server.make_workloads_ready("team");
+    reconcile(&server).await.expect("reconciled");
+
+    // An older release's migrator finds versions it does not know and exits; the Job gives up.
+    edit(&server, json!({ "api": { "image": "example.org/api:1" } }));
+    reconcile(&server).await.expect("reconciled");
+    let rollback = server.names(JOBS).pop().expect("the rollback's Job");
+    let job = server.get(JOBS, &rollback).expect("Job");
+    assert_eq!(job["spec"]["backoffLimit"], 2);
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 900);
+    server.fail_jobs("team");
+    let _ = reconcile(&server).await;
+    let status = stored_status(&server);
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True", "{status}");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("Job {rollback}: the schema migration failed"))
+            && message.contains("BackoffLimitExceeded"),
+        "{message}"
+    );
+    let api = server.get(DEPLOYMENTS, "chat-api").expect("API");
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["image"], "example.org/api:2",
+        "the running version stays"
+    );
+
+    edit(&server, json!({ "api": { "image": "example.org/api:2" } }));
+    settle(&server).await.expect("reconciled");
+    server.make_workloads_ready("team");
+    reconcile(&server).await.expect("reconciled");
+    let status = stored_status(&server);
+    assert_eq!(
+        condition(&status, "Degraded")["status"],
+        "False",
+        "{status}"
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "True", "{status}");
+}
+
+#[tokio::test]
 async fn existing_credentials_are_read_and_their_values_never_written() {
     let server = ApiServer::new();
     for (name, keys) in [

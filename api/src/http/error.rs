@@ -110,7 +110,7 @@ impl From<CoreError> for ApiError {
                     format!("{backend} unavailable, retry shortly"),
                 )
             }
-            CoreError::Rejected(detail) => {
+            CoreError::Rejected(detail) | CoreError::Schema(detail) => {
                 tracing::error!(detail, "unexpected refusal on the request path");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -97,10 +97,7 @@ impl Dialect for MySql {
             ),
         ]);
         migrator.set_locking(false);
-        let migrated = migrator
-            .run(pool)
-            .await
-            .map_err(|e| CoreError::unavailable(Backend::Database, e));
+        let migrated = migrator.run(pool).await.map_err(crate::error::from_migrate);
         let _ = lock.close().await;
         migrated
     }

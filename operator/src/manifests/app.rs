@@ -39,6 +39,11 @@ use std::collections::BTreeMap;
 pub const API_PORT: i32 = 8080;
 /// The worker's health and metrics port.
 pub const WORKER_PORT: i32 = 9090;
+/// Restarts of a failed migration before its Job fails: one for a pod lost with its node, one more
+/// in case; a schema that cannot be migrated fails the same way every time.
+const MIGRATION_RETRIES: i32 = 2;
+/// How long a migration may wait for MySQL, whose first start on a new volume takes a minute or two.
+const MIGRATION_DEADLINE_SECS: i64 = 900;
 /// The user of the chatsys images.
 const APP_UID: i64 = 65532;
 
@@ -66,9 +71,9 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     // A new version's API and worker start only on a migrated schema: until the migration Job of this
     // version has succeeded, their Deployments stay as they are (or are not created yet).
     let migrated = inputs.completed_migrations.contains(&job_name);
-    if inputs.failed_migrations.contains(&job_name) {
+    if let Some(reason) = inputs.failed_migrations.get(&job_name) {
         plan.refused.push(format!(
-            "Job {job_name}: the schema migration failed (kubectl logs job/{job_name}); the running version stays"
+            "Job {job_name}: the schema migration failed ({reason}; kubectl logs job/{job_name}); the running version stays"
         ));
     } else if !migrated {
         plan.waiting_for
@@ -304,7 +309,7 @@ impl<'a> Component<'a> {
                 }),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
-                        labels: Some(super::labels(cs, self.name)),
+                        labels: Some(super::stable_labels(cs, self.name)),
                         annotations: Some(self.pod_annotations(cs, inputs)),
                         ..ObjectMeta::default()
                     }),
@@ -333,11 +338,13 @@ impl<'a> Component<'a> {
 
     /// `chatsys-api migrate` once per version: a Job named after a hash of its pod template, since a
     /// Job's template cannot change. The migration takes a MySQL lock and waits for MySQL to answer,
-    /// so it neither races another run nor fails on a database still starting.
+    /// so it neither races another run nor fails on a database still starting; a schema it cannot
+    /// migrate (a rollback to an older release, a changed migration, an SQL error) exits non-zero at
+    /// once, and the Job fails after [`MIGRATION_RETRIES`] restarts or [`MIGRATION_DEADLINE_SECS`].
     fn migration_job(&self, cs: &ChatSystem) -> Job {
         let template = PodTemplateSpec {
             metadata: Some(ObjectMeta {
-                labels: Some(super::labels(cs, "migrate")),
+                labels: Some(super::stable_labels(cs, "migrate")),
                 ..ObjectMeta::default()
             }),
             spec: Some(with_pull_secrets(
@@ -354,7 +361,8 @@ impl<'a> Component<'a> {
         Job {
             metadata: metadata(cs, &name, "migrate"),
             spec: Some(JobSpec {
-                backoff_limit: Some(6),
+                backoff_limit: Some(MIGRATION_RETRIES),
+                active_deadline_seconds: Some(MIGRATION_DEADLINE_SECS),
                 template,
                 ..JobSpec::default()
             }),

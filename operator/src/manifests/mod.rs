@@ -288,8 +288,9 @@ pub struct Inputs {
     pub deployments: BTreeMap<&'static str, ExistingDeployment>,
     /// Names of the resource's migration Jobs that have succeeded.
     pub completed_migrations: BTreeSet<String>,
-    /// Names of the resource's migration Jobs that have failed for good.
-    pub failed_migrations: BTreeSet<String>,
+    /// The resource's migration Jobs that have failed for good, with the Job controller's reason
+    /// and message (a deadline or the backoff limit reached).
+    pub failed_migrations: BTreeMap<String, String>,
     /// The optional APIs (KEDA's, prometheus-operator's) the cluster serves.
     pub served: Served,
 }
@@ -530,7 +531,9 @@ fn stable_labels(cs: &ChatSystem, component: &str) -> Labels {
     labels
 }
 
-/// The common labels on every object; `instance` and `managed-by` find the children of a resource.
+/// The common labels on every object's metadata; `instance` and `managed-by` find the children of a
+/// resource. Pod templates take [`stable_labels`]: the operator's version in a template would roll
+/// every system's pods (and re-run its migration) on an operator upgrade that changed nothing of theirs.
 fn labels(cs: &ChatSystem, component: &str) -> Labels {
     let mut labels = stable_labels(cs, component);
     labels.insert(

@@ -465,6 +465,21 @@ impl ApiServer {
         );
     }
 
+    /// The Job controller giving up on every Job of a namespace: its backoff limit reached
+    /// (pkg/controller/job/job_controller.go, `syncJob`: reason `BackoffLimitExceeded`, message "Job
+    /// has reached the specified backoff limit"; `DeadlineExceeded`, "Job was active longer than
+    /// specified deadline", past `activeDeadlineSeconds`).
+    pub fn fail_jobs(&self, namespace: &str) {
+        self.set_status(
+            &format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
+            |_| {
+                json!({ "failed": 3, "conditions": [{ "type": "Failed", "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit" }] })
+            },
+        );
+    }
+
     /// A controller's status write on every object of a collection.
     fn set_status(&self, collection: &str, status_of: impl Fn(&Value) -> Value) {
         let mut state = self.state();

@@ -24,10 +24,11 @@ impl Attributes {
     /// The attributes of a resource request; `None` for a non-resource path (discovery, `/version`).
     ///
     /// staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go, `NewRequestInfo`: the verb
-    /// comes from the method (POST → create, PUT → update, PATCH → patch, DELETE → delete, or
-    /// deletecollection without a name; GET → get, or list without a name, or watch when `watch` is
-    /// a true value), and `/api/v1/namespaces/{ns}/{resource}/{name}/{subresource}` or
-    /// `/apis/{group}/{version}/...` give the rest. Paths with fewer parts are non-resource requests.
+    /// comes from the method (POST → create, PUT → update, PATCH → patch, also on `/status`; DELETE
+    /// → delete, or deletecollection without a name; GET → get, or without a name list, or watch
+    /// when `watch` is a true value: a named GET stays `get`), and
+    /// `/api/v1/namespaces/{ns}/{resource}/{name}/{subresource}` or `/apis/{group}/{version}/...`
+    /// give the rest. Paths with fewer parts are non-resource requests.
     pub fn of(method: &Method, path: &str, query: &BTreeMap<String, String>) -> Option<Self> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (api_group, rest) = match parts.as_slice() {
@@ -57,7 +58,7 @@ impl Attributes {
             .get("watch")
             .is_some_and(|w| matches!(w.as_str(), "true" | "1" | "t" | "T" | "TRUE" | "True"));
         let verb = match (method, name.is_some()) {
-            (&Method::GET, _) if watch => "watch",
+            (&Method::GET, false) if watch => "watch",
             (&Method::GET, true) => "get",
             (&Method::GET, false) => "list",
             (&Method::POST, _) => "create",
@@ -177,9 +178,10 @@ impl Authorizer {
     /// The ServiceAccount's grants among a YAML stream of manifests.
     ///
     /// plugin/pkg/auth/authorizer/rbac/rbac.go, `Authorize` through
-    /// pkg/registry/rbac/validation/rule.go, `VisitRulesFor`: a ClusterRoleBinding grants its
-    /// ClusterRole's rules in every namespace and at the cluster scope; a RoleBinding grants its
-    /// Role's (or ClusterRole's) rules in the binding's own namespace only.
+    /// pkg/registry/rbac/validation/rule.go, `VisitRulesFor` and `appliesToUser`: a
+    /// ClusterRoleBinding grants its ClusterRole's rules in every namespace and at the cluster scope;
+    /// a RoleBinding grants its Role's (or ClusterRole's) rules in the binding's own namespace only,
+    /// to a ServiceAccount subject matched as `system:serviceaccount:<namespace>:<name>`.
     pub fn from_manifests(stream: &str) -> Authorizer {
         let documents: Vec<Value> = stream
             .split("\n---")
