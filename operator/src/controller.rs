@@ -7,7 +7,7 @@ use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{Error, Result};
 use crate::manifests::{
     self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
-    HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
+    GeneratedSecret, HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
 use crate::server::{READY_METRIC, WatchHealth};
 use crate::status;
@@ -304,15 +304,6 @@ pub async fn dereference(
             }
             continue;
         }
-        if !service.credential_keys().is_empty() {
-            let credentials = match secrets.get_opt(&service.credentials_secret(cs)).await? {
-                Some(secret) => Credentials::Existing {
-                    keys: secret_keys(&secret),
-                },
-                None => Credentials::Generated(manifests::generate_credentials(service)),
-            };
-            inputs.credentials.insert(service, credentials);
-        }
         let workload = service.workload_name(cs);
         let Some(template) = children
             .get(ChildKind::StatefulSet, namespace, &workload)
@@ -329,6 +320,15 @@ pub async fn dereference(
             inputs.claim_sizes.insert(service, size);
         }
         inputs.claim_templates.insert(service, template);
+    }
+    for generated in GeneratedSecret::needed(cs) {
+        let credentials = match secrets.get_opt(&generated.name(cs)).await? {
+            Some(secret) => Credentials::Existing {
+                keys: secret_keys(&secret),
+            },
+            None => Credentials::Generated(generated.generate()),
+        };
+        inputs.credentials.insert(generated, credentials);
     }
     for component in ["api", "worker"] {
         let name = format!("{}-{component}", cs.name_any());

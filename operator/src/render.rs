@@ -3,7 +3,9 @@
 use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, Result};
-use crate::manifests::{self, BackingService, ChildKind, Credentials, Inputs, InvalidSpec};
+use crate::manifests::{
+    self, BackingService, ChildKind, Credentials, GeneratedSecret, Inputs, InvalidSpec,
+};
 
 /// Stands in for the uid a cluster would give, so every owner reference is shown.
 const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
@@ -33,12 +35,12 @@ pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
                 .entry(external.secret_name.clone())
                 .or_default()
                 .insert(external.key.clone());
-        } else if !service.credential_keys().is_empty() {
-            inputs.credentials.insert(
-                service,
-                Credentials::Generated(manifests::generate_credentials(service)),
-            );
         }
+    }
+    for secret in GeneratedSecret::needed(cs) {
+        inputs
+            .credentials
+            .insert(secret, Credentials::Generated(secret.generate()));
     }
     inputs
 }

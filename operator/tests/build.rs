@@ -3,10 +3,12 @@
 mod common;
 
 use chatsys_operator::crd::VERSION;
-use chatsys_operator::manifests::{self, BackingService, ChildKind, Credentials, Inputs};
+use chatsys_operator::manifests::{
+    self, BackingService, ChildKind, Credentials, GeneratedSecret, Inputs,
+};
 use common::{
     FIXTURES, build_fixture, children, container, containers, env, find, fixture, fresh_inputs,
-    has_env, of_kind,
+    has_env, main_container, of_kind,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -88,6 +90,8 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
             (ChildKind::Secret, "chat-mysql-credentials"),
             (ChildKind::Secret, "chat-redis-credentials"),
             (ChildKind::Secret, "chat-rabbitmq-credentials"),
+            (ChildKind::Secret, "chat-rabbitmq-cookie"),
+            (ChildKind::ConfigMap, "chat-mysql"),
             (ChildKind::ConfigMap, "chat-api"),
             (ChildKind::ConfigMap, "chat-worker"),
             (ChildKind::NetworkPolicy, "chat-mysql"),
@@ -106,7 +110,7 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
             (ChildKind::StatefulSet, "chat-redis"),
             (ChildKind::StatefulSet, "chat-rabbitmq"),
             (ChildKind::StatefulSet, "chat-opensearch"),
-            (ChildKind::Job, "chat-migrate-8b37ce63"),
+            (ChildKind::Job, "chat-migrate-13f93ca8"),
             (ChildKind::Deployment, "chat-api"),
             (ChildKind::Deployment, "chat-worker"),
             (ChildKind::HorizontalPodAutoscaler, "chat-api"),
@@ -151,7 +155,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
         ("chat-opensearch", "opensearchproject/opensearch:2.17.1"),
     ] {
         let set = find(&built, ChildKind::StatefulSet, name);
-        assert_eq!(containers(set)[0]["image"], image);
+        assert_eq!(main_container(set)["image"], image);
         assert_eq!(
             set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
             "Retain"
@@ -196,12 +200,12 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
 #[test]
 fn backing_services_are_configured_as_their_images_expect() {
     let (_, built) = build_fixture("defaults");
-    let redis = containers(find(&built, ChildKind::StatefulSet, "chat-redis"))[0];
+    let redis = main_container(find(&built, ChildKind::StatefulSet, "chat-redis"));
     assert_eq!(
         redis["args"],
         json!(["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"])
     );
-    let opensearch = containers(find(&built, ChildKind::StatefulSet, "chat-opensearch"))[0];
+    let opensearch = main_container(find(&built, ChildKind::StatefulSet, "chat-opensearch"));
     assert_eq!(
         env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],
         "-Xms1024m -Xmx1024m",
@@ -210,22 +214,27 @@ fn backing_services_are_configured_as_their_images_expect() {
     assert_eq!(env(opensearch, "discovery.type")["value"], "single-node");
     assert_eq!(env(opensearch, "DISABLE_SECURITY_PLUGIN")["value"], "true");
     assert_eq!(env(opensearch, "node.store.allow_mmap")["value"], "false");
-    let mysql = containers(find(&built, ChildKind::StatefulSet, "chat-mysql"))[0];
+    let mysql = main_container(find(&built, ChildKind::StatefulSet, "chat-mysql"));
     assert_eq!(env(mysql, "MYSQL_DATABASE")["value"], "chatsys");
     assert_eq!(
         env(mysql, "MYSQL_ROOT_PASSWORD")["valueFrom"]["secretKeyRef"],
         json!({ "name": "chat-mysql-credentials", "key": "root-password" })
     );
-    let rabbitmq = containers(find(&built, ChildKind::StatefulSet, "chat-rabbitmq"))[0];
+    let rabbitmq = main_container(find(&built, ChildKind::StatefulSet, "chat-rabbitmq"));
     assert_eq!(
         env(rabbitmq, "RABBITMQ_DEFAULT_PASS")["valueFrom"]["secretKeyRef"],
         json!({ "name": "chat-rabbitmq-credentials", "key": "password" })
     );
-    for (name, uid, path) in [
-        ("chat-mysql", 999, "/var/lib/mysql"),
-        ("chat-redis", 999, "/data"),
-        ("chat-rabbitmq", 999, "/var/lib/rabbitmq"),
-        ("chat-opensearch", 1000, "/usr/share/opensearch/data"),
+    for (name, uid, path, subdirectory) in [
+        ("chat-mysql", 999, "/var/lib/mysql", "data"),
+        ("chat-redis", 999, "/data", "data"),
+        ("chat-rabbitmq", 999, "/var/lib/rabbitmq/mnesia", "mnesia"),
+        (
+            "chat-opensearch",
+            1000,
+            "/usr/share/opensearch/data",
+            "data",
+        ),
     ] {
         let set = find(&built, ChildKind::StatefulSet, name);
         assert_eq!(
@@ -237,8 +246,18 @@ fn backing_services_are_configured_as_their_images_expect() {
             "{name}"
         );
         assert_eq!(
-            containers(set)[0]["volumeMounts"],
-            json!([{ "name": "data", "mountPath": path }])
+            set["spec"]["template"]["spec"]["securityContext"]["fsGroupChangePolicy"],
+            "OnRootMismatch",
+            "{name}"
+        );
+        let data = main_container(set)["volumeMounts"]
+            .as_array()
+            .and_then(|mounts| mounts.iter().find(|m| m["name"] == "data"))
+            .expect("the data volume is mounted");
+        assert_eq!(
+            data,
+            &json!({ "name": "data", "mountPath": path, "subPath": subdirectory }),
+            "{name}: data in a subdirectory, never the volume's root"
         );
         assert_eq!(
             set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
@@ -315,7 +334,7 @@ fn every_override_reaches_the_manifests() {
         ),
     ] {
         let set = find(&built, ChildKind::StatefulSet, name);
-        assert_eq!(containers(set)[0]["image"], image);
+        assert_eq!(main_container(set)["image"], image);
         let claim = &set["spec"]["volumeClaimTemplates"][0]["spec"];
         assert_eq!(claim["resources"]["requests"]["storage"], size, "{name}");
         assert_eq!(claim["storageClassName"], class, "{name}");
@@ -324,9 +343,9 @@ fn every_override_reaches_the_manifests() {
             when_deleted
         );
     }
-    let mysql = containers(find(&built, ChildKind::StatefulSet, "chat-mysql"))[0];
+    let mysql = main_container(find(&built, ChildKind::StatefulSet, "chat-mysql"));
     assert_eq!(mysql["resources"]["requests"]["cpu"], "1");
-    let opensearch = containers(find(&built, ChildKind::StatefulSet, "chat-opensearch"))[0];
+    let opensearch = main_container(find(&built, ChildKind::StatefulSet, "chat-opensearch"));
     assert_eq!(
         env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],
         "-Xms3072m -Xmx3072m",
@@ -657,7 +676,7 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
         let set = find(&built, ChildKind::StatefulSet, service);
         assert_eq!(set["spec"]["serviceName"], service);
         assert_selects(&svc["spec"]["selector"], set);
-        assert_eq!(containers(set)[0]["ports"][0]["containerPort"], port);
+        assert_eq!(main_container(set)["ports"][0]["containerPort"], port);
     }
     let api_service = find(&built, ChildKind::Service, "chat-api");
     assert_eq!(api_service["spec"]["ports"][0]["port"], 8080);
@@ -702,19 +721,11 @@ fn assert_selects(selector: &Value, workload: &Value) {
 fn existing_credentials_are_reused_and_never_regenerated() {
     let cs = fixture("defaults");
     let mut inputs = Inputs::default();
-    for service in [
-        BackingService::Mysql,
-        BackingService::Redis,
-        BackingService::Rabbitmq,
-    ] {
-        let keys = service
-            .credential_keys()
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+    for secret in GeneratedSecret::needed(&cs) {
+        let keys = secret.keys().iter().map(|k| k.to_string()).collect();
         inputs
             .credentials
-            .insert(service, Credentials::Existing { keys });
+            .insert(secret, Credentials::Existing { keys });
     }
     let plan = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
     assert!(
@@ -742,8 +753,8 @@ fn existing_credentials_are_reused_and_never_regenerated() {
 
 #[test]
 fn generated_credentials_are_long_random_and_url_safe() {
-    let first = manifests::generate_credentials(BackingService::Mysql);
-    let second = manifests::generate_credentials(BackingService::Mysql);
+    let mysql = GeneratedSecret::Credentials(BackingService::Mysql);
+    let (first, second) = (mysql.generate(), mysql.generate());
     assert_eq!(
         first.keys().collect::<Vec<_>>(),
         ["password", "root-password", "username"]
@@ -804,7 +815,7 @@ fn specs_the_schema_cannot_refuse_are_refused_with_a_reason() {
     cs.spec.redis.storage.size.0 = "plenty".to_string();
     let mut inputs = fresh_inputs(&cs);
     inputs.credentials.insert(
-        BackingService::Mysql,
+        GeneratedSecret::Credentials(BackingService::Mysql),
         Credentials::Existing {
             keys: BTreeSet::from(["password".to_string()]),
         },

@@ -10,7 +10,7 @@ use chatsys_operator::children::Children;
 use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::error::Error;
-use chatsys_operator::manifests::{self, ChildKind};
+use chatsys_operator::manifests::{self, ChildKind, GeneratedSecret};
 use common::apiserver::{ApiServer, Call};
 use common::{children_of, fixture, fresh_inputs};
 use http::{Method, StatusCode};
@@ -165,7 +165,7 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
     );
     let planned = first.children;
     let calls = server.calls();
-    let mut expected: Vec<(Method, String)> = ["mysql", "redis", "rabbitmq"]
+    let mut expected: Vec<(Method, String)> = GeneratedSecret::needed(&cs)
         .iter()
         .map(|_| (Method::POST, SECRETS.to_string()))
         .collect();
@@ -325,6 +325,7 @@ async fn existing_credentials_are_read_and_their_values_never_written() {
         ),
         ("chat-redis-credentials", &["password"][..]),
         ("chat-rabbitmq-credentials", &["username", "password"][..]),
+        ("chat-rabbitmq-cookie", &["cookie"][..]),
     ] {
         let data: serde_json::Map<String, Value> = keys
             .iter()

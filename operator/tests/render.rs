@@ -18,11 +18,11 @@ fn documents(stream: &str) -> Vec<Value> {
 #[test]
 fn every_example_renders_every_manifest() {
     for (name, count) in [
-        ("minimal", 28),
-        ("full", 34),
+        ("minimal", 30),
+        ("full", 36),
         ("external", 13),
-        ("autoscaling-off", 26),
-        ("scale-to-zero", 27),
+        ("autoscaling-off", 28),
+        ("scale-to-zero", 29),
     ] {
         let cs = render::read(&example(name)).expect("example parses");
         let stream = render::render(cs).expect("example renders");

@@ -36,7 +36,11 @@ pub async fn open_search(
 /// Applies the migrations (under the store's lock, so concurrent runs are safe), waiting for the
 /// database to answer first: a migration Job started with MySQL still starting waits, it does not fail.
 pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
-    let store = mysql::MySqlStore::connect(args.database_url()?, 2)?;
+    // The lock's connection is the third of `connections::MIGRATE`.
+    let store = mysql::MySqlStore::connect(
+        args.database_url()?,
+        chatsys_settings::connections::MIGRATE - 1,
+    )?;
     Connecting::new(&["database"])
         .connect("database", || store.migrate())
         .await
@@ -140,7 +144,12 @@ pub async fn ingest_ports(
     backends: &Backends,
     connecting: &Connecting,
 ) -> anyhow::Result<IngestPorts> {
-    let (store, redis) = connect_database_and_redis(connecting, backends, 4).await?;
+    let (store, redis) = connect_database_and_redis(
+        connecting,
+        backends,
+        chatsys_settings::connections::WORKER_POOL,
+    )
+    .await?;
     let search = connect_search(connecting, backends, true).await?;
     Ok(IngestPorts {
         store,

@@ -150,6 +150,17 @@ impl Backends {
     }
 }
 
+/// MySQL connections each process opens, for sizing the database's connection limit (the operator
+/// does so from the replica maxima).
+pub mod connections {
+    /// The API's pool, by default (`CHATSYS_DB_POOL_SIZE`).
+    pub const API_POOL: u32 = 16;
+    /// The worker's pool: one batch writes at a time, plus the counts repair and reads.
+    pub const WORKER_POOL: u32 = 4;
+    /// `chatsys-api migrate`: its pool and the connection that holds the migration lock.
+    pub const MIGRATE: u32 = 3;
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// HTTP listen address.
@@ -161,7 +172,7 @@ pub struct ServeArgs {
     #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
     pub admin_key: Option<String>,
     /// MySQL connections.
-    #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = 16)]
+    #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = connections::API_POOL)]
     pub db_pool_size: u32,
     /// AMQP channels shared by concurrent requests.
     #[arg(long, env = env::CHATSYS_PUBLISH_CHANNELS, default_value_t = 4)]

@@ -1,22 +1,25 @@
 //! MySQL, Redis, RabbitMQ and OpenSearch: one StatefulSet, one Service and (except OpenSearch, which runs
 //! without its security plugin inside the cluster) one credentials Secret each.
 
+use super::generated::GeneratedSecret;
 use super::{
-    Child, ClaimTemplate, Credentials, Expansion, Inputs, Plan, child_name,
+    Child, ClaimTemplate, Credentials, Expansion, Inputs, Plan, child_name, config_hash,
     container_security_context, http_get, metadata, parse_bytes, pod_security_context, probe,
     secret_env, selector, selector_labels, stable_labels, value_env, with_pull_secrets,
 };
 use crate::crd::{
     BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, ServiceDefaults,
 };
+use chatsys_settings::connections;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSpec, PodTemplateSpec, Probe, Secret, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -106,15 +109,70 @@ impl BackingService {
         }
     }
 
-    fn data_path(self) -> &'static str {
+    /// Where the service's data directory is mounted, and the subdirectory of the volume it is: never
+    /// the volume's root, where a cloud block volume formatted ext4 keeps `lost+found`, which the
+    /// MySQL image's first start refuses ("--initialize specified but the data directory has files
+    /// in it"; docker-library/mysql#186, #69: its maintainers recommend a subdirectory). RabbitMQ's
+    /// is `mnesia`, where earlier releases (which mounted the volume at `/var/lib/rabbitmq`) left it.
+    pub fn data_mount(self) -> (&'static str, &'static str) {
         match self {
-            BackingService::Mysql => "/var/lib/mysql",
-            BackingService::Redis => "/data",
-            BackingService::Rabbitmq => "/var/lib/rabbitmq",
-            BackingService::Opensearch => "/usr/share/opensearch/data",
+            BackingService::Mysql => ("/var/lib/mysql", "data"),
+            BackingService::Redis => ("/data", "data"),
+            BackingService::Rabbitmq => ("/var/lib/rabbitmq/mnesia", "mnesia"),
+            BackingService::Opensearch => ("/usr/share/opensearch/data", "data"),
+        }
+    }
+
+    /// An entry that only a data directory at the volume's root has (as earlier releases left it):
+    /// InnoDB's system tablespace, Redis's append-only directory, OpenSearch's node directory.
+    fn root_layout_marker(self) -> Option<&'static str> {
+        match self {
+            BackingService::Mysql => Some("ibdata1"),
+            BackingService::Redis => Some("appendonlydir"),
+            BackingService::Opensearch => Some("nodes"),
+            BackingService::Rabbitmq => None,
+        }
+    }
+
+    /// Time to flush and stop cleanly after SIGTERM before the kubelet kills the process: InnoDB's
+    /// buffer pool, RabbitMQ's message store, Redis's append-only file, OpenSearch's translog.
+    fn termination_grace_secs(self) -> i64 {
+        match self {
+            BackingService::Redis => 60,
+            _ => 120,
         }
     }
 }
+
+/// Moves a data directory an earlier release kept at the volume's root into the subdirectory now
+/// mounted, so an upgrade finds its data. Safe to rerun at any point: entries move one by one into
+/// `.adopting`, which is renamed last, and a half-done move resumes.
+pub const ADOPT_LAYOUT_SCRIPT: &str = r#"set -eu
+cd /volume
+if [ ! -e "$SUBDIR" ] && { [ -e "$MARKER" ] || [ -d .adopting ]; }; then
+  mkdir -p .adopting
+  for entry in * .[!.]* ..?*; do
+    case "$entry" in lost+found|.adopting) continue ;; esac
+    [ -e "$entry" ] || continue
+    mv "$entry" .adopting/
+  done
+  mv .adopting "$SUBDIR"
+  echo "moved the data directory at the volume's root into $SUBDIR"
+fi
+"#;
+
+/// Where the Erlang cookie's Secret is mounted; the broker reads a copy in its home directory.
+const ERLANG_COOKIE_SECRET_PATH: &str = "/run/chatsys/erlang-cookie";
+const RABBITMQ_HOME: &str = "/var/lib/rabbitmq";
+/// Copies the cookie where RabbitMQ and its CLI tools read it (`$HOME/.erlang.cookie`) with the
+/// owner-only mode Erlang demands: a Secret volume cannot give it, since the kubelet adds group read
+/// to a Secret's files when the pod has an `fsGroup` (kubernetes/kubernetes#57923).
+const ERLANG_COOKIE_SCRIPT: &str = "cp /run/chatsys/erlang-cookie/cookie /var/lib/rabbitmq/.erlang.cookie && chmod 0400 /var/lib/rabbitmq/.erlang.cookie";
+
+/// The MySQL settings file the operator owns, in the image's include directory (`/etc/my.cnf` of
+/// mysql:8.4 reads `/etc/mysql/conf.d/*.cnf`).
+const MYSQL_CONFIG_DIR: &str = "/etc/mysql/conf.d";
+const MYSQL_CONFIG_FILE: &str = "chatsys.cnf";
 
 /// The fields of a `BackingServiceSpec`, without its defaults type parameter.
 pub struct ServiceSettings<'a> {
@@ -161,12 +219,35 @@ pub fn opensearch_heap_mib(resources: &ResourceRequirements) -> Result<u64, Stri
 }
 
 pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &mut Plan) {
-    let name = service.credentials_secret(cs);
-    if let Some(Credentials::Generated(values)) = inputs.credentials.get(&service) {
+    for secret in GeneratedSecret::needed(cs)
+        .into_iter()
+        .filter(|s| s.service() == service)
+    {
+        generated_secret(cs, secret, inputs, plan);
+    }
+    if service == BackingService::Mysql {
+        plan.children
+            .push(Child::ConfigMap(mysql_config_map(cs)).into());
+    }
+    plan.children
+        .push(Child::Service(headless_service(cs, service)).into());
+    let claim = claim_template(cs, service, inputs, plan);
+    plan.children
+        .push(Child::StatefulSet(stateful_set(cs, service, &claim)).into());
+}
+
+/// A generated Secret: its values created once when it is missing, and its labels and owner applied.
+/// The owner is the ChatSystem only when the volume goes with it: the values live exactly as long as
+/// the data they open, so deleting and re-applying a ChatSystem whose volumes were kept finds both
+/// again. The values are never applied.
+fn generated_secret(cs: &ChatSystem, secret: GeneratedSecret, inputs: &Inputs, plan: &mut Plan) {
+    let name = secret.name(cs);
+    let service = secret.service();
+    if let Some(Credentials::Generated(values)) = inputs.credentials.get(&secret) {
         plan.new_credentials.push(
             Child::Secret(Secret {
                 metadata: ObjectMeta {
-                    name: Some(name),
+                    name: Some(name.clone()),
                     namespace: Some(super::namespace(cs)),
                     ..ObjectMeta::default()
                 },
@@ -177,28 +258,18 @@ pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &m
             .into(),
         );
     }
-    if inputs.credentials.contains_key(&service) {
-        plan.children
-            .push(Child::Secret(credentials_metadata(cs, service)).into());
-    }
-    plan.children
-        .push(Child::Service(headless_service(cs, service)).into());
-    let claim = claim_template(cs, service, inputs, plan);
-    plan.children
-        .push(Child::StatefulSet(stateful_set(cs, service, &claim)).into());
-}
-
-/// The credentials Secret's labels, and its owner: the ChatSystem only when the volume goes with it.
-/// Credentials live exactly as long as the data they open, so deleting and re-applying a ChatSystem
-/// whose volumes were kept finds both again. The values are never applied: they were created once.
-fn credentials_metadata(cs: &ChatSystem, service: BackingService) -> Secret {
-    let mut metadata = metadata(cs, &service.credentials_secret(cs), service.name());
-    if !service.spec(&cs.spec).delete_claims_on_removal {
-        metadata.owner_references = None;
-    }
-    Secret {
-        metadata,
-        ..Secret::default()
+    if inputs.credentials.contains_key(&secret) {
+        let mut metadata = metadata(cs, &name, service.name());
+        if !service.spec(&cs.spec).delete_claims_on_removal {
+            metadata.owner_references = None;
+        }
+        plan.children.push(
+            Child::Secret(Secret {
+                metadata,
+                ..Secret::default()
+            })
+            .into(),
+        );
     }
 }
 
@@ -292,17 +363,114 @@ fn headless_service(cs: &ChatSystem, service: BackingService) -> Service {
 fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate) -> StatefulSet {
     let settings = service.spec(&cs.spec);
     let name = service.workload_name(cs);
+    let (data_path, data_subdirectory) = service.data_mount();
+    let mut mounts = vec![VolumeMount {
+        name: "data".to_string(),
+        mount_path: data_path.to_string(),
+        sub_path: Some(data_subdirectory.to_string()),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = Vec::new();
+    let mut init_containers = Vec::new();
+    let mut annotations = BTreeMap::new();
+    let small = small_resources();
+    if let Some(marker) = service.root_layout_marker() {
+        init_containers.push(Container {
+            name: "adopt-data-layout".to_string(),
+            image: Some(settings.image.to_string()),
+            image_pull_policy: Some("IfNotPresent".to_string()),
+            command: Some(vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                ADOPT_LAYOUT_SCRIPT.to_string(),
+            ]),
+            env: Some(vec![
+                value_env("MARKER", marker),
+                value_env("SUBDIR", data_subdirectory),
+            ]),
+            resources: Some(small.clone()),
+            security_context: Some(container_security_context(true)),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".to_string(),
+                mount_path: "/volume".to_string(),
+                ..VolumeMount::default()
+            }]),
+            ..Container::default()
+        });
+    }
+    match service {
+        BackingService::Mysql => {
+            let config = mysql_config(cs);
+            annotations.insert("chatsys.io/config-hash".to_string(), config_hash(&config));
+            volumes.push(Volume {
+                name: "config".to_string(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: mysql_config_name(cs),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "config".to_string(),
+                mount_path: MYSQL_CONFIG_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        BackingService::Rabbitmq => {
+            volumes.push(Volume {
+                name: "home".to_string(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            volumes.push(Volume {
+                name: "erlang-cookie".to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(GeneratedSecret::ErlangCookie.name(cs)),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            let home = VolumeMount {
+                name: "home".to_string(),
+                mount_path: RABBITMQ_HOME.to_string(),
+                ..VolumeMount::default()
+            };
+            init_containers.push(Container {
+                name: "erlang-cookie".to_string(),
+                image: Some(settings.image.to_string()),
+                image_pull_policy: Some("IfNotPresent".to_string()),
+                command: Some(vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    ERLANG_COOKIE_SCRIPT.to_string(),
+                ]),
+                resources: Some(small),
+                security_context: Some(container_security_context(true)),
+                volume_mounts: Some(vec![
+                    home.clone(),
+                    VolumeMount {
+                        name: "erlang-cookie".to_string(),
+                        mount_path: ERLANG_COOKIE_SECRET_PATH.to_string(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    },
+                ]),
+                ..Container::default()
+            });
+            // The home directory first: the data directory is mounted inside it.
+            mounts.insert(0, home);
+        }
+        BackingService::Redis | BackingService::Opensearch => {}
+    }
     let container = Container {
         name: service.name().to_string(),
         image: Some(settings.image.to_string()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         resources: Some(settings.resources.clone()),
         security_context: Some(container_security_context(false)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_string(),
-            mount_path: service.data_path().to_string(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..container_specifics(cs, service)
     };
     let claim_policy = if settings.delete_claims_on_removal {
@@ -325,13 +493,17 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(stable_labels(cs, service.name())),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(with_pull_secrets(
                     cs,
                     PodSpec {
                         security_context: Some(pod_security_context(service.uid())),
+                        termination_grace_period_seconds: Some(service.termination_grace_secs()),
+                        init_containers: (!init_containers.is_empty()).then_some(init_containers),
                         containers: vec![container],
+                        volumes: (!volumes.is_empty()).then_some(volumes),
                         ..PodSpec::default()
                     },
                 )),
@@ -362,6 +534,66 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
     }
 }
 
+/// Requests and limits of the one-shot init containers.
+fn small_resources() -> ResourceRequirements {
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(quantities("10m", "16Mi")),
+        limits: Some(quantities("100m", "64Mi")),
+        ..ResourceRequirements::default()
+    }
+}
+
+pub fn mysql_config_name(cs: &ChatSystem) -> String {
+    child_name(cs, "mysql")
+}
+
+/// MySQL's connection limit: what every process may open at once, at the replica maxima the spec
+/// allows (each API's and worker's pool, and a migration), with a quarter more (at least 20) for
+/// rolling updates, which run old and new pods together, and for an administrator.
+pub fn mysql_max_connections(cs: &ChatSystem) -> u32 {
+    let most = |replicas: i32, autoscaling: &crate::crd::Autoscaling| {
+        let most = if autoscaling.enabled {
+            autoscaling.max_replicas
+        } else {
+            replicas
+        };
+        u32::try_from(most).unwrap_or(0)
+    };
+    let api = most(cs.spec.api.replicas, &cs.spec.api.autoscaling);
+    let worker = most(
+        cs.spec.worker.replicas,
+        &cs.spec.worker.autoscaling.on_cpu(),
+    );
+    let needed =
+        api * connections::API_POOL + worker * connections::WORKER_POOL + connections::MIGRATE;
+    needed + (needed / 4).max(20)
+}
+
+fn mysql_config(cs: &ChatSystem) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        MYSQL_CONFIG_FILE.to_string(),
+        format!(
+            "# Written by chatsys-operator; edits are replaced.\n[mysqld]\nmax_connections = {}\n",
+            mysql_max_connections(cs)
+        ),
+    )])
+}
+
+/// The ConfigMap of MySQL's settings file.
+fn mysql_config_map(cs: &ChatSystem) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(cs, &mysql_config_name(cs), BackingService::Mysql.name()),
+        data: Some(mysql_config(cs)),
+        ..ConfigMap::default()
+    }
+}
+
 fn exec_probe(command: &str, period: i32, timeout: i32, failures: i32) -> Probe {
     let action = Probe {
         exec: Some(ExecAction {
@@ -387,6 +619,13 @@ fn tcp_probe(port: &str, period: i32, failures: i32) -> Probe {
     probe(action, period, 5, failures)
 }
 
+/// Liveness only asks whether the process still accepts connections, and gives it two minutes: a
+/// database stalled on slow storage is not helped by a restart (which replays its logs on the same
+/// storage). Readiness does the fine-grained checking.
+fn liveness(service: BackingService) -> Probe {
+    tcp_probe(service.name(), 20, 6)
+}
+
 /// Env, ports, arguments and probes particular to each service. A startup probe gives a first start
 /// (initialising the data directory) time before liveness counts.
 fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
@@ -402,7 +641,7 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
             ]),
             ports,
             startup_probe: Some(exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 30)),
-            liveness_probe: Some(exec_probe("mysqladmin ping -h 127.0.0.1", 10, 5, 3)),
+            liveness_probe: Some(liveness(service)),
             readiness_probe: Some(exec_probe(
                 "MYSQL_PWD=\"$MYSQL_ROOT_PASSWORD\" mysql -h 127.0.0.1 -u root -e 'SELECT 1'",
                 10,
@@ -424,7 +663,7 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
             ]),
             ports,
             startup_probe: Some(tcp_probe(service.name(), 5, 30)),
-            liveness_probe: Some(exec_probe("redis-cli ping", 10, 5, 3)),
+            liveness_probe: Some(liveness(service)),
             readiness_probe: Some(exec_probe("redis-cli ping | grep -q PONG", 10, 5, 3)),
             ..Container::default()
         },
@@ -438,7 +677,7 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
                 container_port("management", RABBITMQ_MANAGEMENT_PORT),
             ]),
             startup_probe: Some(exec_probe("rabbitmq-diagnostics -q ping", 10, 20, 30)),
-            liveness_probe: Some(exec_probe("rabbitmq-diagnostics -q status", 30, 20, 3)),
+            liveness_probe: Some(liveness(service)),
             readiness_probe: Some(exec_probe(
                 "rabbitmq-diagnostics -q check_port_connectivity",
                 10,
@@ -463,7 +702,7 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
                 ]),
                 ports,
                 startup_probe: Some(tcp_probe(service.name(), 10, 30)),
-                liveness_probe: Some(tcp_probe(service.name(), 10, 3)),
+                liveness_probe: Some(liveness(service)),
                 readiness_probe: Some(probe(
                     http_get("/_cluster/health?local=true", service.name()),
                     10,
@@ -474,30 +713,4 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
             }
         }
     }
-}
-
-/// Fresh credentials for a service: 32 random alphanumerics (URL-safe, since they go into connection URLs).
-pub fn generate_credentials(service: BackingService) -> BTreeMap<String, String> {
-    service
-        .credential_keys()
-        .iter()
-        .map(|key| {
-            let value = if *key == "username" {
-                "chatsys".to_string()
-            } else {
-                random_password()
-            };
-            (key.to_string(), value)
-        })
-        .collect()
-}
-
-fn random_password() -> String {
-    use rand::RngExt;
-    use rand::distr::Alphanumeric;
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect()
 }

@@ -3,6 +3,7 @@
 
 mod app;
 mod backing;
+mod generated;
 mod monitoring;
 mod network;
 mod quantity;
@@ -30,7 +31,8 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use app::WORKER_PORT;
-pub use backing::{BackingService, generate_credentials};
+pub use backing::BackingService;
+pub use generated::GeneratedSecret;
 pub use monitoring::alert_rules;
 pub use quantity::parse_bytes;
 
@@ -245,7 +247,7 @@ impl Manifest {
     }
 }
 
-/// The credentials Secret of a managed service, as `dereference` found it.
+/// A generated Secret (see [`GeneratedSecret`]), as `dereference` found it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Credentials {
     /// The Secret exists (created by an earlier reconcile or by the user): it is reused as it is.
@@ -273,8 +275,8 @@ pub struct ExistingDeployment {
 /// What the resource refers to, read from the cluster by `dereference` (or made up by `render`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inputs {
-    /// Credentials of each managed service that has any.
-    pub credentials: BTreeMap<BackingService, Credentials>,
+    /// Each generated Secret the spec needs (see [`GeneratedSecret::needed`]).
+    pub credentials: BTreeMap<GeneratedSecret, Credentials>,
     /// Keys of each Secret that an `external` service points at; a missing entry means no such Secret.
     pub external_secret_keys: BTreeMap<String, BTreeSet<String>>,
     /// The version (`uid/resourceVersion`) of each Secret an `external` service points at: a change
@@ -318,6 +320,19 @@ impl<'a> std::ops::Deref for Valid<'a> {
 /// Checks what the schema cannot express: references to Secrets, and quantities the operator computes with.
 pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>, InvalidSpec> {
     let mut problems = Vec::new();
+    for (secret, credentials) in &inputs.credentials {
+        if let Credentials::Existing { keys } = credentials {
+            for key in secret.keys() {
+                if !keys.contains(*key) {
+                    problems.push(format!(
+                        "{}: Secret {} has no key {key}",
+                        secret.service().name(),
+                        secret.name(cs)
+                    ));
+                }
+            }
+        }
+    }
     for service in BackingService::ALL {
         match service.external(&cs.spec) {
             Some(ExternalService { secret_name, key }) => {
@@ -334,17 +349,6 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
                 }
             }
             None => {
-                if let Some(Credentials::Existing { keys }) = inputs.credentials.get(&service) {
-                    for key in service.credential_keys() {
-                        if !keys.contains(*key) {
-                            problems.push(format!(
-                                "{}: Secret {} has no key {key}",
-                                service.name(),
-                                service.credentials_secret(cs)
-                            ));
-                        }
-                    }
-                }
                 let size = &service.spec(&cs.spec).storage_size.0;
                 if parse_bytes(size).is_none() {
                     problems.push(format!(
@@ -592,12 +596,17 @@ fn container_security_context(read_only_root: bool) -> SecurityContext {
     }
 }
 
+/// The image's user, and its group on the volumes. The kubelet gives a volume to `fsGroup` at every
+/// mount, walking every file, unless the policy is `OnRootMismatch`: then only when the volume's root
+/// is not already the group's. That keeps a large volume's pod from taking minutes to start, and
+/// the files' modes as the service left them.
 fn pod_security_context(uid: i64) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(uid),
         run_as_group: Some(uid),
         fs_group: Some(uid),
+        fs_group_change_policy: Some("OnRootMismatch".to_string()),
         seccomp_profile: Some(runtime_default_seccomp()),
         ..PodSecurityContext::default()
     }

@@ -76,6 +76,11 @@ pub fn containers(workload: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// A workload's first (main) container, after any init containers.
+pub fn main_container(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]["containers"][0]
+}
+
 pub fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
     containers(workload)
         .into_iter()
