@@ -11,6 +11,7 @@ use crate::manifests::{
 };
 use crate::server::{READY_METRIC, WatchHealth};
 use crate::status;
+use crate::unreadable;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -18,10 +19,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -108,8 +109,26 @@ pub async fn run(
     let owned = config
         .clone()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    let mut controller = Controller::new(Api::<ChatSystem>::all(client.clone()), config.clone());
-    let systems = controller.store();
+    // ChatSystems are decoded one by one, so one the operator cannot read stops none of the others.
+    let (systems, systems_writer) = reflector::store::<ChatSystem>();
+    let (unreadable, unreadable_reports) = tokio::sync::mpsc::unbounded_channel();
+    let reporter = tokio::spawn(unreadable::report_all(
+        context.client.clone(),
+        unreadable_reports,
+    ));
+    let chatsystems: Api<DynamicObject> =
+        Api::all_with(client.clone(), &ApiResource::erase::<ChatSystem>(&()));
+    let trigger = watcher(chatsystems, config.clone())
+        .default_backoff()
+        .filter_map(move |event| {
+            std::future::ready(match event {
+                Ok(event) => unreadable::typed(event, &unreadable).map(Ok),
+                Err(error) => Some(Err(error)),
+            })
+        })
+        .reflect(systems_writer)
+        .applied_objects();
+    let mut controller = Controller::for_stream(trigger, systems.clone());
     for (kind, writer) in writers {
         // One watch per kind both fills the reconcile's cache and wakes the owner on a change.
         let resource = kind.api_resource();
@@ -146,6 +165,7 @@ pub async fn run(
             std::future::ready(())
         })
         .await;
+    reporter.abort();
 }
 
 /// The ChatSystems whose `external` services read this Secret.

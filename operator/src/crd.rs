@@ -371,16 +371,17 @@ impl Default for NetworkPolicySpec {
     }
 }
 
-/// Peers written as in a NetworkPolicy rule; the API server checks them when the policy is applied.
-fn peers_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "description": "Peers as in a NetworkPolicy rule's `from`: `podSelector`, `namespaceSelector` or `ipBlock`.",
-        "type": "array",
-        "items": {
-            "type": "object",
-            "x-kubernetes-preserve-unknown-fields": true,
-        },
-    })
+/// Peers written as in a NetworkPolicy rule, with NetworkPolicyPeer's own schema (no field left
+/// unchecked), so the API server refuses a peer the operator could not read when the ChatSystem is
+/// applied, rather than after it is stored.
+fn peers_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<NetworkPolicyPeer>>();
+    schema.insert(
+        "description".to_string(),
+        "Peers as in a NetworkPolicy rule's `from`: `podSelector`, `namespaceSelector` or `ipBlock`."
+            .into(),
+    );
+    schema
 }
 
 /// Per-service defaults of a backing service, so one generic spec type serves all four.

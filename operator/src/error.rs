@@ -23,6 +23,24 @@ pub enum Error {
         path: String,
         source: Box<serde_saphyr::Error>,
     },
+    #[error("{path}: document {document} is {found}, not a chatsys.io/v1alpha1 ChatSystem")]
+    NotAChatSystem {
+        path: String,
+        document: usize,
+        found: String,
+    },
+    #[error("{path}: document {document}: {}", .problems.join("; "))]
+    Schema {
+        path: String,
+        document: usize,
+        problems: Vec<String>,
+    },
+    #[error("{path}: document {document}: {source}")]
+    Decode {
+        path: String,
+        document: usize,
+        source: serde_json::Error,
+    },
     #[error("serialising YAML: {0}")]
     WriteYaml(#[from] serde_saphyr::SerializeError),
     #[error("serving HTTP: {0}")]
@@ -44,7 +62,12 @@ impl Error {
             Error::Children(_) => "apply",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::MissingNamespace(_) => "missing_namespace",
-            Error::ReadFile { .. } | Error::ParseYaml { .. } | Error::WriteYaml(_) => "io",
+            Error::ReadFile { .. }
+            | Error::ParseYaml { .. }
+            | Error::WriteYaml(_)
+            | Error::NotAChatSystem { .. }
+            | Error::Schema { .. }
+            | Error::Decode { .. } => "io",
             Error::Serve(_) => "serve",
             Error::Metrics(_) => "metrics",
             Error::LostLease(_) | Error::LeaseCallTimedOut(_) => "leader_election",

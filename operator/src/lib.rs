@@ -9,8 +9,10 @@ pub mod leader;
 pub mod manifests;
 pub mod rbac;
 pub mod render;
+pub mod schema;
 pub mod server;
 pub mod status;
+pub mod unreadable;
 
 use kube::CustomResourceExt;
 

@@ -27,7 +27,7 @@ enum Command {
     Crd,
     /// Print every manifest the operator would apply for a ChatSystem, with no cluster.
     Render {
-        /// ChatSystem YAML file.
+        /// ChatSystem YAML file, one or more documents; `-` reads standard input.
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
@@ -64,9 +64,12 @@ fn main() -> ExitCode {
         Some(Command::Crd) => chatsys_operator::crd_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(Error::from),
-        Some(Command::Render { file }) => render::read(&file)
-            .and_then(render::render)
-            .map(|yaml| print!("{yaml}")),
+        Some(Command::Render { file }) => render::read(&file).and_then(|systems| {
+            for cs in systems {
+                print!("{}", render::render(cs)?);
+            }
+            Ok(())
+        }),
         Some(Command::Run(args)) => run(args),
         None => run(RunArgs::parse_from(["chatsys-operator"])),
     };

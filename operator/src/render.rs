@@ -6,19 +6,74 @@ use crate::error::{Error, Result};
 use crate::manifests::{
     self, BackingService, ChildKind, Credentials, GeneratedSecret, Inputs, InvalidSpec,
 };
+use crate::schema;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+const API_VERSION: &str = "chatsys.io/v1alpha1";
 
 /// Stands in for the uid a cluster would give, so every owner reference is shown.
 const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 
-pub fn read(path: &str) -> Result<ChatSystem> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+/// The ChatSystems of a YAML file (`-` reads standard input), one per document, each checked as
+/// kube-apiserver would check it: its kind, then the CRD's schema (see [`crate::schema`]).
+pub fn read(path: &str) -> Result<Vec<ChatSystem>> {
+    let read_error = |source| Error::ReadFile {
         path: path.to_string(),
         source,
-    })?;
-    serde_saphyr::from_str(&text).map_err(|source| Error::ParseYaml {
-        path: path.to_string(),
-        source: Box::new(source),
-    })
+    };
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(read_error)?
+    } else {
+        std::fs::read_to_string(path).map_err(read_error)?
+    };
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&text).map_err(|source| Error::ParseYaml {
+            path: path.to_string(),
+            source: Box::new(source),
+        })?;
+    let crd = serde_json::to_value(ChatSystem::crd()).expect("the CRD serialises");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut systems = Vec::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        if document.is_null() {
+            continue;
+        }
+        let (api_version, kind) = (
+            document["apiVersion"].as_str().unwrap_or_default(),
+            document["kind"].as_str().unwrap_or_default(),
+        );
+        if (api_version, kind) != (API_VERSION, "ChatSystem") {
+            return Err(Error::NotAChatSystem {
+                path: path.to_string(),
+                document: index + 1,
+                found: format!("{api_version} {kind}").trim().to_string(),
+            });
+        }
+        let problems = schema::problems(&document, schema);
+        if !problems.is_empty() {
+            return Err(Error::Schema {
+                path: path.to_string(),
+                document: index + 1,
+                problems,
+            });
+        }
+        systems.push(
+            serde_json::from_value(document).map_err(|source| Error::Decode {
+                path: path.to_string(),
+                document: index + 1,
+                source,
+            })?,
+        );
+    }
+    if systems.is_empty() {
+        return Err(Error::NotAChatSystem {
+            path: path.to_string(),
+            document: 1,
+            found: "nothing".to_string(),
+        });
+    }
+    Ok(systems)
 }
 
 /// What `dereference` would read on a cluster where no credentials exist yet, every external Secret

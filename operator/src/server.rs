@@ -71,6 +71,10 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "Duration of each reconcile."
     );
+    metrics::describe_counter!(
+        "chatsys_operator_unreadable_resources_total",
+        "Versions of ChatSystems the operator could not decode, reported in their status and skipped."
+    );
     metrics::describe_gauge!(
         READY_METRIC,
         "1 while the ChatSystem (labels chatsystem_namespace, chatsystem) is Ready, 0 while it is not."

@@ -250,3 +250,35 @@ fn the_api_and_worker_images_are_not_stored_so_an_operator_upgrade_moves_them() 
         format!("chatsys/chatsys-api:{version}")
     );
 }
+
+#[test]
+fn network_peers_are_checked_by_the_schema_when_applied_not_after_they_are_stored() {
+    let schema = schema();
+    let with_peers = |peers: Value| {
+        json!({ "apiVersion": "chatsys.io/v1alpha1", "kind": "ChatSystem", "metadata": { "name": "chat" },
+                "spec": { "networkPolicy": { "apiFrom": peers } } })
+    };
+    let good =
+        with_peers(json!([{ "namespaceSelector": { "matchLabels": { "name": "ingress" } } }]));
+    assert_eq!(
+        chatsys_operator::schema::problems(&good, &schema),
+        Vec::<String>::new()
+    );
+    serde_json::from_value::<ChatSystem>(good).expect("the operator reads what the schema accepts");
+    let number = with_peers(json!([{ "podSelector": { "matchLabels": { "tier": 1 } } }]));
+    assert_eq!(
+        chatsys_operator::schema::problems(&number, &schema),
+        [
+            "spec.networkPolicy.apiFrom[0].podSelector.matchLabels.tier in body must be of type string: integer"
+        ]
+    );
+    assert!(
+        serde_json::from_value::<ChatSystem>(number).is_err(),
+        "what the operator could not read"
+    );
+    let typo = with_peers(json!([{ "podSelektor": {} }]));
+    assert_eq!(
+        chatsys_operator::schema::problems(&typo, &schema),
+        ["unknown field \"spec.networkPolicy.apiFrom[0].podSelektor\""]
+    );
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 fn example(name: &str) -> (ChatSystem, Vec<Manifest>) {
     let path = format!("{}/../examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
-    let mut cs = render::read(&path).expect("the example parses");
+    let mut cs = render::read(&path).expect("the example parses").remove(0);
     cs.metadata.namespace = Some("team".to_string());
     cs.metadata.uid = Some("6f1c7a52-8d7e-4f0e-9a64-0d3b8f7c2e11".to_string());
     let built = children(&cs, &fresh_inputs(&cs));

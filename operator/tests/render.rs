@@ -24,7 +24,9 @@ fn every_example_renders_every_manifest() {
         ("autoscaling-off", 28),
         ("scale-to-zero", 29),
     ] {
-        let cs = render::read(&example(name)).expect("example parses");
+        let cs = render::read(&example(name))
+            .expect("example parses")
+            .remove(0);
         let stream = render::render(cs).expect("example renders");
         let rendered = documents(&stream);
         assert_eq!(rendered.len(), count, "{name}");
@@ -39,8 +41,8 @@ fn every_example_renders_every_manifest() {
 
 #[test]
 fn the_namespace_defaults_and_owner_references_are_shown_without_a_cluster() {
-    let minimal =
-        render::render(render::read(&example("minimal")).expect("parses")).expect("renders");
+    let minimal = render::render(render::read(&example("minimal")).expect("parses").remove(0))
+        .expect("renders");
     for object in documents(&minimal) {
         assert_eq!(object["metadata"]["namespace"], "default");
         if object["kind"] == "Secret" {
@@ -52,7 +54,8 @@ fn the_namespace_defaults_and_owner_references_are_shown_without_a_cluster() {
         assert_eq!(owner["name"], "chat");
         assert_eq!(owner["uid"], "00000000-0000-0000-0000-000000000000");
     }
-    let full = render::render(render::read(&example("full")).expect("parses")).expect("renders");
+    let full =
+        render::render(render::read(&example("full")).expect("parses").remove(0)).expect("renders");
     assert!(
         documents(&full)
             .iter()
@@ -62,8 +65,8 @@ fn the_namespace_defaults_and_owner_references_are_shown_without_a_cluster() {
 
 #[test]
 fn strings_a_yaml_1_1_reader_would_take_for_booleans_are_quoted() {
-    let stream =
-        render::render(render::read(&example("minimal")).expect("parses")).expect("renders");
+    let stream = render::render(render::read(&example("minimal")).expect("parses").remove(0))
+        .expect("renders");
     assert!(
         stream.contains("- \"yes\"\n"),
         "redis' `--appendonly yes` must stay a string for kubectl"
@@ -75,7 +78,7 @@ fn strings_a_yaml_1_1_reader_would_take_for_booleans_are_quoted() {
 fn an_unreadable_or_invalid_file_is_an_error_naming_it() {
     let missing = render::read("/nonexistent/chatsystem.yaml").expect_err("no such file");
     assert!(missing.to_string().contains("/nonexistent/chatsystem.yaml"));
-    let mut cs = render::read(&example("minimal")).expect("parses");
+    let mut cs = render::read(&example("minimal")).expect("parses").remove(0);
     cs.spec.opensearch.resources.limits = None;
     let invalid = render::render(cs).expect_err("no heap size");
     assert_eq!(
@@ -86,7 +89,7 @@ fn an_unreadable_or_invalid_file_is_an_error_naming_it() {
 
 #[test]
 fn the_crds_cel_rules_are_enforced_without_an_api_server() {
-    let mut cs = render::read(&example("full")).expect("parses");
+    let mut cs = render::read(&example("full")).expect("parses").remove(0);
     render::check_schema_rules(&cs).expect("the full example passes the rules");
     cs.spec.worker.autoscaling.min_replicas = 9;
     cs.spec.worker.autoscaling.max_replicas = 3;
@@ -102,6 +105,95 @@ fn the_crds_cel_rules_are_enforced_without_an_api_server() {
         "{message}"
     );
     for name in ["minimal", "external", "autoscaling-off"] {
-        render::check_schema_rules(&render::read(&example(name)).expect("parses")).expect(name);
+        render::check_schema_rules(&render::read(&example(name)).expect("parses").remove(0))
+            .expect(name);
     }
+}
+
+fn write_file(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("chatsys-render-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("writes");
+    path.to_string_lossy().into_owned()
+}
+
+const MINIMAL: &str =
+    "apiVersion: chatsys.io/v1alpha1\nkind: ChatSystem\nmetadata:\n  name: chat\nspec: {}\n";
+
+#[test]
+fn fields_the_crd_does_not_declare_or_values_of_the_wrong_type_are_refused_with_their_path() {
+    let typo = write_file(
+        "typo.yaml",
+        &format!("{MINIMAL}  api:\n    replica: 3\n").replace("spec: {}\n", "spec:\n"),
+    );
+    let refused = render::read(&typo).expect_err("an unknown field");
+    assert_eq!(
+        refused.to_string(),
+        format!("{typo}: document 1: unknown field \"spec.api.replica\"")
+    );
+    let wrong_type = write_file(
+        "type.yaml",
+        &MINIMAL.replace("spec: {}\n", "spec:\n  api:\n    replicas: three\n"),
+    );
+    let refused = render::read(&wrong_type).expect_err("a string for an integer");
+    assert!(
+        refused
+            .to_string()
+            .contains("spec.api.replicas in body must be of type integer: string"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_chatsystem_is_refused_and_several_are_each_rendered() {
+    let deployment = write_file(
+        "deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n",
+    );
+    let refused = render::read(&deployment).expect_err("not a ChatSystem");
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "{deployment}: document 1 is apps/v1 Deployment, not a chatsys.io/v1alpha1 ChatSystem"
+        )
+    );
+    let two = write_file(
+        "two.yaml",
+        &format!(
+            "{MINIMAL}---\n{}",
+            MINIMAL.replace("name: chat", "name: other")
+        ),
+    );
+    let systems = render::read(&two).expect("two ChatSystems");
+    let names: Vec<String> = systems
+        .iter()
+        .map(|cs| cs.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["chat", "other"]);
+}
+
+#[test]
+fn render_reads_standard_input_from_dash() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatsys-operator"))
+        .args(["render", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the operator runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(MINIMAL.as_bytes())
+        .expect("written");
+    let output = child.wait_with_output().expect("it ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stream = String::from_utf8(output.stdout).expect("UTF-8");
+    assert_eq!(documents(&stream).len(), 30);
 }
