@@ -13,13 +13,16 @@ use crate::server::{READY_METRIC, WatchHealth};
 use crate::status;
 use crate::unreadable;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
+    PostParams,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -132,14 +135,14 @@ pub async fn run(
     for (kind, writer) in writers {
         // One watch per kind both fills the reconcile's cache and wakes the owner on a change.
         let resource = kind.api_resource();
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let config = owned.clone();
         let mut served = served.clone();
+        let client = client.clone();
         // A kind of an optional API is watched from when the cluster serves it: a watch of an absent
         // API would fail, and be retried, forever.
         let stream = futures::stream::once(async move {
             let _ = served.wait_for(|served| kind.is_served(served)).await;
-            watcher(api, config)
+            watch_kind(client, kind, config)
         })
         .flatten()
         .default_backoff()
@@ -147,10 +150,14 @@ pub async fn run(
         .touched_objects();
         controller = controller.owns_stream_with(stream, resource);
     }
+    // The users' Secrets of external services: a change reaches the systems that read them. Their
+    // metadata alone is listed and watched (the roll trigger is a Secret's version, never its
+    // data), and each event is mapped and dropped, so no Secret is held.
+    let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client), config)
+        .default_backoff()
+        .touched_objects();
     controller
-        // The users' Secrets of external services: a change reaches the systems that read them. Each
-        // event is mapped and dropped, so no Secret is cached.
-        .watches(Api::<Secret>::all(client), config, move |secret| {
+        .watches_stream(secrets, move |secret| {
             systems_reading(&secret, &systems.state())
         })
         .graceful_shutdown_on(shutdown)
@@ -168,8 +175,46 @@ pub async fn run(
     reporter.abort();
 }
 
+/// The watch of one kind of child. Secrets are watched as metadata alone: what the operator applies
+/// to them is labels and an owner, so their values are never held in its memory.
+fn watch_kind(
+    client: Client,
+    kind: ChildKind,
+    config: watcher::Config,
+) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<DynamicObject>>> {
+    let resource = kind.api_resource();
+    if kind == ChildKind::Secret {
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
+        watcher(api, config)
+            .map_ok(move |event| {
+                let types = kube::api::TypeMeta {
+                    api_version: resource.api_version.clone(),
+                    kind: resource.kind.clone(),
+                };
+                let object = |meta: PartialObjectMeta<DynamicObject>| DynamicObject {
+                    types: Some(types.clone()),
+                    metadata: meta.metadata,
+                    data: serde_json::Value::Object(Default::default()),
+                };
+                match event {
+                    watcher::Event::Apply(m) => watcher::Event::Apply(object(m)),
+                    watcher::Event::Delete(m) => watcher::Event::Delete(object(m)),
+                    watcher::Event::InitApply(m) => watcher::Event::InitApply(object(m)),
+                    watcher::Event::Init => watcher::Event::Init,
+                    watcher::Event::InitDone => watcher::Event::InitDone,
+                }
+            })
+            .boxed()
+    } else {
+        watcher(Api::<DynamicObject>::all_with(client, &resource), config).boxed()
+    }
+}
+
 /// The ChatSystems whose `external` services read this Secret.
-pub fn systems_reading(secret: &Secret, systems: &[Arc<ChatSystem>]) -> Vec<ObjectRef<ChatSystem>> {
+pub fn systems_reading(
+    secret: &impl ResourceExt,
+    systems: &[Arc<ChatSystem>],
+) -> Vec<ObjectRef<ChatSystem>> {
     let name = secret.name_any();
     systems
         .iter()

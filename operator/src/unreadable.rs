@@ -33,7 +33,7 @@ pub fn typed(
     event: Event<DynamicObject>,
     report: &UnboundedSender<Unreadable>,
 ) -> Option<Event<ChatSystem>> {
-    let decode = |object: DynamicObject| -> Result<ChatSystem, ChatSystem> {
+    let decode = |object: DynamicObject| -> Result<ChatSystem, Box<ChatSystem>> {
         let metadata = object.metadata.clone();
         let value = serde_json::to_value(&object).expect("an object serialises");
         serde_json::from_value::<ChatSystem>(value).map_err(|error| {
@@ -49,7 +49,7 @@ pub fn typed(
                 Default::default(),
             );
             stub.metadata = metadata;
-            stub
+            Box::new(stub)
         })
     };
     match event {
@@ -58,9 +58,9 @@ pub fn typed(
         Event::InitApply(object) => decode(object).ok().map(Event::InitApply),
         Event::Apply(object) => Some(match decode(object) {
             Ok(cs) => Event::Apply(cs),
-            Err(stub) => Event::Delete(stub),
+            Err(stub) => Event::Delete(*stub),
         }),
-        Event::Delete(object) => Some(Event::Delete(decode(object).unwrap_or_else(|stub| stub))),
+        Event::Delete(object) => Some(Event::Delete(decode(object).unwrap_or_else(|stub| *stub))),
     }
 }
 

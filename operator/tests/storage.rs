@@ -15,7 +15,7 @@ fn pod(workload: &Value) -> &Value {
     &workload["spec"]["template"]["spec"]
 }
 
-fn mounts<'a>(container: &'a Value) -> Vec<&'a Value> {
+fn mounts(container: &Value) -> Vec<&Value> {
     container["volumeMounts"]
         .as_array()
         .map(|m| m.iter().collect())

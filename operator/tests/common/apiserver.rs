@@ -46,6 +46,8 @@ pub struct Call {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// What the client asked the answer to be, e.g. metadata only.
+    pub accept: String,
     pub body: Value,
     pub status: StatusCode,
 }
@@ -522,6 +524,7 @@ impl ApiServer {
             path: request.path,
             query: request.query,
             content_type: request.content_type,
+            accept: request.accept,
             body: request.body,
             status: outcome.0,
         });
@@ -534,7 +537,26 @@ struct RecordedRequest {
     path: String,
     query: String,
     content_type: String,
+    accept: String,
     body: Value,
+}
+
+impl RecordedRequest {
+    fn is_watch(&self) -> bool {
+        self.method == Method::GET
+            && query_params(&self.query)
+                .get("watch")
+                .is_some_and(|w| w == "true" || w == "1")
+    }
+}
+
+fn header(request: &Request<Body>, name: http::header::HeaderName) -> String {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl tower::Service<Request<Body>> for ApiServer {
@@ -552,12 +574,8 @@ impl tower::Service<Request<Body>> for ApiServer {
             let method = request.method().clone();
             let path = request.uri().path().to_string();
             let query = request.uri().query().unwrap_or_default().to_string();
-            let content_type = request
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
+            let content_type = header(&request, http::header::CONTENT_TYPE);
+            let accept = header(&request, http::header::ACCEPT);
             let bytes = request
                 .into_body()
                 .collect_bytes()
@@ -568,13 +586,21 @@ impl tower::Service<Request<Body>> for ApiServer {
             } else {
                 serde_json::from_slice(&bytes).expect("a JSON request body")
             };
-            let (status, answer) = server.answer(RecordedRequest {
+            let request = RecordedRequest {
                 method,
                 path,
                 query,
                 content_type,
+                accept,
                 body,
-            });
+            };
+            let watch = request.is_watch();
+            let (status, answer) = server.answer(request);
+            // A watch the server allows stays open, with no event: the tests drive changes by
+            // calling the controllers, not through watches.
+            if watch && status == StatusCode::OK {
+                std::future::pending::<()>().await;
+            }
             let bytes = serde_json::to_vec(&answer).expect("answer serialises");
             Ok(Response::builder()
                 .status(status)
@@ -627,7 +653,12 @@ impl State {
         match (&request.method, &target.name) {
             (&Method::GET, None) => {
                 let selector = params.get("labelSelector").cloned().unwrap_or_default();
-                (StatusCode::OK, self.list(&target, &selector))
+                let list = self.list(&target, &selector);
+                if request.accept.contains("as=PartialObjectMetadataList") {
+                    (StatusCode::OK, metadata_only(list))
+                } else {
+                    (StatusCode::OK, list)
+                }
             }
             (&Method::GET, Some(name)) => {
                 let key = (target.collection.clone(), name.clone());
@@ -1166,6 +1197,25 @@ impl State {
             ))
             .is_some_and(|c| c["allowVolumeExpansion"] == true)
     }
+}
+
+/// A list as the server answers a client that asks for metadata alone
+/// (`Accept: application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`):
+/// staging/src/k8s.io/apiserver/pkg/endpoints/handlers/response.go, `transformResponseObject` through
+/// `asPartialObjectMetadataList`, which keeps each item's `metadata` under kind
+/// `PartialObjectMetadata` and drops the rest.
+fn metadata_only(list: Value) -> Value {
+    let items: Vec<Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": item["metadata"] })
+        })
+        .collect();
+    json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+            "metadata": list["metadata"], "items": items })
 }
 
 /// What the API server refuses on update, with its own words.
