@@ -9,6 +9,7 @@ use crate::manifests::{
     self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
     GeneratedSecret, HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
+use crate::scope::Scope;
 use crate::server::{READY_METRIC, WatchHealth};
 use crate::status;
 use crate::unreadable;
@@ -99,6 +100,7 @@ pub async fn run(
     watch_client: Client,
     client: Client,
     instance: Option<String>,
+    scope: Scope,
     watches: Arc<WatchHealth>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -119,9 +121,11 @@ pub async fn run(
         context.client.clone(),
         unreadable_reports,
     ));
-    let chatsystems: Api<DynamicObject> =
-        Api::all_with(client.clone(), &ApiResource::erase::<ChatSystem>(&()));
-    let trigger = watcher(chatsystems, config.clone())
+    let trigger = scope
+        .watch(
+            dynamic_api(&client, ApiResource::erase::<ChatSystem>(&())),
+            config.clone(),
+        )
         .default_backoff()
         .filter_map(move |event| {
             std::future::ready(match event {
@@ -138,11 +142,12 @@ pub async fn run(
         let config = owned.clone();
         let mut served = served.clone();
         let client = client.clone();
+        let scope = scope.clone();
         // A kind of an optional API is watched from when the cluster serves it: a watch of an absent
         // API would fail, and be retried, forever.
         let stream = futures::stream::once(async move {
             let _ = served.wait_for(|served| kind.is_served(served)).await;
-            watch_kind(client, kind, config)
+            watch_kind(&client, &scope, kind, config)
         })
         .flatten()
         .default_backoff()
@@ -153,7 +158,16 @@ pub async fn run(
     // The users' Secrets of external services: a change reaches the systems that read them. Their
     // metadata alone is listed and watched (the roll trigger is a Secret's version, never its
     // data), and each event is mapped and dropped, so no Secret is held.
-    let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client), config)
+    let secrets = scope
+        .watch(
+            |namespace| match namespace {
+                Some(namespace) => {
+                    Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), namespace)
+                }
+                None => Api::all(client.clone()),
+            },
+            config,
+        )
         .default_backoff()
         .touched_objects();
     controller
@@ -178,14 +192,21 @@ pub async fn run(
 /// The watch of one kind of child. Secrets are watched as metadata alone: what the operator applies
 /// to them is labels and an owner, so their values are never held in its memory.
 fn watch_kind(
-    client: Client,
+    client: &Client,
+    scope: &Scope,
     kind: ChildKind,
     config: watcher::Config,
 ) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<DynamicObject>>> {
     let resource = kind.api_resource();
     if kind == ChildKind::Secret {
-        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
-        watcher(api, config)
+        let metadata = |namespace: Option<&str>| -> Api<PartialObjectMeta<DynamicObject>> {
+            match namespace {
+                Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            }
+        };
+        scope
+            .watch(metadata, config)
             .map_ok(move |event| {
                 let types = kube::api::TypeMeta {
                     api_version: resource.api_version.clone(),
@@ -206,7 +227,18 @@ fn watch_kind(
             })
             .boxed()
     } else {
-        watcher(Api::<DynamicObject>::all_with(client, &resource), config).boxed()
+        scope.watch(dynamic_api(client, resource), config)
+    }
+}
+
+/// The Api of a kind in a namespace, or in all.
+fn dynamic_api(
+    client: &Client,
+    resource: ApiResource,
+) -> impl Fn(Option<&str>) -> Api<DynamicObject> {
+    move |namespace| match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod manifests;
 pub mod rbac;
 pub mod render;
 pub mod schema;
+pub mod scope;
 pub mod server;
 pub mod status;
 pub mod unreadable;

@@ -1,4 +1,5 @@
 use chatsys_operator::error::{Error, Result};
+use chatsys_operator::scope::Scope;
 use chatsys_operator::{controller, leader::LeaderElection, render, server};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -47,6 +48,10 @@ struct RunArgs {
     /// Namespace of the Lease: the operator's own.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pod_namespace: String,
+    /// Namespaces to watch, separated by commas; empty: every namespace. With a list, the operator
+    /// needs permissions in those namespaces only (the chart's `watchNamespaces`).
+    #[arg(long, env = "CHATSYS_WATCH_NAMESPACES", default_value = "")]
+    watch_namespaces: String,
     /// Identity in the Lease and in events; the host name when unset.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -102,6 +107,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         client(&config, WATCH_READ_TIMEOUT)?,
         client(&config, CALL_TIMEOUT)?,
         Some(identity.clone()),
+        Scope::parse(&args.watch_namespaces),
         watches,
         shutdown_signal(),
     );

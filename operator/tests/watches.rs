@@ -4,19 +4,22 @@
 mod common;
 
 use chatsys_operator::controller;
+use chatsys_operator::scope::Scope;
 use chatsys_operator::server::WatchHealth;
 use common::apiserver::{ApiServer, Call};
+use common::rbac::Authorizer;
 use http::{Method, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs the controller until `done` holds for the calls it made (or 5 s), then stops it.
-async fn run_until(server: &ApiServer, done: impl Fn(&[Call]) -> bool) -> Vec<Call> {
+async fn run_until(server: &ApiServer, scope: Scope, done: impl Fn(&[Call]) -> bool) -> Vec<Call> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(controller::run(
         server.client(),
         server.client(),
         None,
+        scope,
         Arc::new(WatchHealth::default()),
         async {
             let _ = stopped.await;
@@ -43,7 +46,7 @@ fn lists<'a>(calls: &'a [Call], path: &str) -> Vec<&'a Call> {
 #[tokio::test]
 async fn secrets_are_listed_and_watched_as_metadata_only_with_the_charts_permissions() {
     let server = ApiServer::new();
-    let calls = run_until(&server, |calls| {
+    let calls = run_until(&server, Scope::default(), |calls| {
         calls
             .iter()
             .any(|c| c.path == "/api/v1/secrets" && c.param("watch").is_some())
@@ -65,6 +68,49 @@ async fn secrets_are_listed_and_watched_as_metadata_only_with_the_charts_permiss
         1,
         "the ChatSystems are listed"
     );
+    let refused: Vec<String> = calls
+        .iter()
+        .filter(|c| c.status == StatusCode::FORBIDDEN)
+        .map(|c| format!("{} {}?{}", c.method, c.path, c.query))
+        .collect();
+    assert_eq!(refused, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_namespace_scoped_operator_watches_only_its_namespaces_with_their_roles() {
+    let roles = Authorizer::from_chart(&["watchNamespaces={team,chat}"]);
+    let server = ApiServer::with_authorizer(Arc::new(roles));
+    let calls = run_until(&server, Scope::parse("team,chat"), |calls| {
+        ["team", "chat"].iter().all(|namespace| {
+            calls.iter().any(|c| {
+                c.path == format!("/api/v1/namespaces/{namespace}/secrets")
+                    && c.param("watch").is_some()
+            })
+        })
+    })
+    .await;
+    let reads: Vec<&Call> = calls.iter().filter(|c| c.method == Method::GET).collect();
+    assert!(!reads.is_empty());
+    for call in &reads {
+        assert!(
+            call.path.contains("/namespaces/team/")
+                || call.path.contains("/namespaces/chat/")
+                || call.path.matches('/').count() <= 3,
+            "only the watched namespaces (and discovery): {}",
+            call.path
+        );
+    }
+    for namespace in ["team", "chat"] {
+        assert_eq!(
+            lists(
+                &calls,
+                &format!("/apis/chatsys.io/v1alpha1/namespaces/{namespace}/chatsystems")
+            )
+            .len(),
+            1,
+            "{namespace}"
+        );
+    }
     let refused: Vec<String> = calls
         .iter()
         .filter(|c| c.status == StatusCode::FORBIDDEN)

@@ -155,24 +155,7 @@ impl Authorizer {
 
     /// The chart rendered with `--set` values.
     pub fn from_chart(values: &[&str]) -> Authorizer {
-        let chart = repo_root().join("charts/chatsys-operator");
-        let mut command = Command::new(helm());
-        command
-            .args(["template", "chatsys-operator"])
-            .arg(&chart)
-            .args(["--namespace", RELEASE_NAMESPACE]);
-        for value in values {
-            command.args(["--set", value]);
-        }
-        let output = command.output().unwrap_or_else(|e| {
-            panic!("running helm ({e}): install it with .ci/tools.sh, or set HELM to its path")
-        });
-        assert!(
-            output.status.success(),
-            "helm template failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Authorizer::from_manifests(&String::from_utf8(output.stdout).expect("UTF-8"))
+        Authorizer::from_manifests(&helm_template(values))
     }
 
     /// The ServiceAccount's grants among a YAML stream of manifests.
@@ -183,11 +166,7 @@ impl Authorizer {
     /// a RoleBinding grants its Role's (or ClusterRole's) rules in the binding's own namespace only,
     /// to a ServiceAccount subject matched as `system:serviceaccount:<namespace>:<name>`.
     pub fn from_manifests(stream: &str) -> Authorizer {
-        let documents: Vec<Value> = stream
-            .split("\n---")
-            .filter_map(|document| serde_saphyr::from_str::<Value>(document).ok())
-            .filter(|document| document.is_object())
-            .collect();
+        let documents = documents(stream);
         let of_kind = |kind: &str| {
             documents
                 .iter()
@@ -299,6 +278,37 @@ impl Authorizer {
             }),
         )
     }
+}
+
+/// `helm template` of the chart, released as `chatsys-operator` into [`RELEASE_NAMESPACE`].
+pub fn helm_template(values: &[&str]) -> String {
+    let chart = repo_root().join("charts/chatsys-operator");
+    let mut command = Command::new(helm());
+    command
+        .args(["template", "chatsys-operator"])
+        .arg(&chart)
+        .args(["--namespace", RELEASE_NAMESPACE]);
+    for value in values {
+        command.args(["--set", value]);
+    }
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("running helm ({e}): install it with .ci/tools.sh, or set HELM to its path")
+    });
+    assert!(
+        output.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The objects of a YAML stream.
+pub fn documents(stream: &str) -> Vec<Value> {
+    stream
+        .split("\n---")
+        .filter_map(|document| serde_saphyr::from_str::<Value>(document).ok())
+        .filter(|document| document.is_object())
+        .collect()
 }
 
 fn strings(value: &Value) -> Vec<String> {
