@@ -3,9 +3,10 @@
 use crate::error::{Error, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -21,9 +22,18 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// for the holder to stop before its lease runs out, or two replicas would reconcile at once.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(3);
 
+/// Timing as client-go's leader election has it (staging/src/k8s.io/client-go/tools/leaderelection/
+/// leaderelection.go, with kube-controller-manager's 15 s / 10 s / 2 s from
+/// staging/src/k8s.io/component-base/config/v1alpha1/defaults.go): a candidate judges a lease
+/// expired by its own monotonic clock, a full lease duration after it last saw the record change
+/// (never by comparing the holder's `renewTime` with its own wall clock, which a skew between nodes
+/// would falsify), and a holder stops once the renew deadline, well inside the lease duration, has
+/// passed without a renewal.
 pub struct LeaderElection {
     leases: Api<Lease>,
     holder: String,
+    /// Another holder's record as last seen, and when (by this process's monotonic clock).
+    observed: Mutex<Option<(LeaseSpec, Instant)>>,
 }
 
 impl LeaderElection {
@@ -31,6 +41,7 @@ impl LeaderElection {
         LeaderElection {
             leases: Api::namespaced(client, namespace),
             holder,
+            observed: Mutex::new(None),
         }
     }
 
@@ -46,16 +57,33 @@ impl LeaderElection {
     }
 
     /// Renews the lease until it is lost; returns only with the reason it was lost. A failed renewal is
-    /// retried until the renew deadline, so one dropped request does not cost the leadership.
+    /// retried until the renew deadline, so one dropped request does not cost the leadership; the
+    /// deadline is a hard one (every call is cut off at it), so the holder stops `LEASE_DURATION -
+    /// RENEW_DEADLINE` (5 s) before any candidate may take over.
     pub async fn keep(&self) -> Error {
         let mut renewed = Instant::now();
+        let mut last_error = None;
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
-            match self.try_within_deadline().await {
+            let deadline = renewed + RENEW_DEADLINE;
+            tokio::time::sleep_until((Instant::now() + RETRY_PERIOD).min(deadline)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let why = last_error.map_or_else(String::new, |e: Error| format!(": {e}"));
+                return Error::LostLease(format!(
+                    "no renewal within the {RENEW_DEADLINE:?} renew deadline{why}"
+                ));
+            }
+            let attempt =
+                tokio::time::timeout(CALL_DEADLINE.min(left), self.try_acquire_or_renew())
+                    .await
+                    .unwrap_or(Err(Error::LeaseCallTimedOut(CALL_DEADLINE.min(left))));
+            match attempt {
                 Ok(true) => renewed = Instant::now(),
                 Ok(false) => return Error::LostLease("another replica".to_string()),
-                Err(error) if renewed.elapsed() >= RENEW_DEADLINE => return error,
-                Err(error) => warn!(%error, "renewing the leader lease failed; retrying"),
+                Err(error) => {
+                    warn!(%error, "renewing the leader lease failed; retrying");
+                    last_error = Some(error);
+                }
             }
         }
     }
@@ -116,7 +144,7 @@ impl LeaderElection {
         let current = lease.spec.clone().unwrap_or_default();
         let ours = current.holder_identity.as_deref() == Some(self.holder.as_str());
         let free = current.holder_identity.as_deref().is_none_or(str::is_empty);
-        if !ours && !free && !expired(&current, now) {
+        if !ours && !free && !self.expired(&current) {
             return Ok(false);
         }
         let transitions = current.lease_transitions.unwrap_or(0);
@@ -154,16 +182,22 @@ impl LeaderElection {
     }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref() else {
-        return true;
-    };
-    let duration = SignedDuration::from_secs(i64::from(
-        spec.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECS),
-    ));
-    renewed
-        .0
-        .checked_add(duration)
-        .map(|deadline| deadline < now)
-        .unwrap_or(true)
+impl LeaderElection {
+    /// Whether another holder's lease has run out: a full lease duration has passed on this
+    /// process's clock since its record last changed (client-go's `observedTime`).
+    fn expired(&self, spec: &LeaseSpec) -> bool {
+        let now = Instant::now();
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let seen_at = match observed.as_ref() {
+            Some((seen, at)) if seen == spec => *at,
+            _ => {
+                *observed = Some((spec.clone(), now));
+                now
+            }
+        };
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECS)).unwrap_or(0),
+        );
+        now >= seen_at + duration
+    }
 }

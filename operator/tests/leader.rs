@@ -15,15 +15,26 @@ type Calls = Vec<(Method, String, Value)>;
 /// One attempt to take or renew the lease against a server holding `lease` (or none), answering every
 /// write with `write_status`.
 async fn attempt(lease: Option<Value>, write_status: StatusCode) -> (bool, Calls) {
-    run(lease, write_status, false).await
+    run(lease, write_status, false, None).await
+}
+
+/// An attempt made `waited` after a first look at `lease`, which did not change meanwhile (in
+/// paused time).
+async fn attempt_after(lease: Value, write_status: StatusCode, waited: Duration) -> (bool, Calls) {
+    run(Some(lease), write_status, false, Some(waited)).await
 }
 
 /// A release against a server holding `lease`.
 async fn release(lease: Option<Value>) -> Calls {
-    run(lease, StatusCode::OK, true).await.1
+    run(lease, StatusCode::OK, true, None).await.1
 }
 
-async fn run(lease: Option<Value>, write_status: StatusCode, release: bool) -> (bool, Calls) {
+async fn run(
+    lease: Option<Value>,
+    write_status: StatusCode,
+    release: bool,
+    waited: Option<Duration>,
+) -> (bool, Calls) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let election = LeaderElection::new(
         Client::new(service, "default"),
@@ -63,6 +74,14 @@ async fn run(lease: Option<Value>, write_status: StatusCode, release: bool) -> (
         }
         calls
     });
+    if let Some(waited) = waited {
+        let first = election.try_acquire_or_renew().await.expect("a first look");
+        assert!(
+            !first,
+            "a lease seen for the first time is never taken at once"
+        );
+        tokio::time::advance(waited).await;
+    }
     let acquired = tokio::time::timeout(Duration::from_secs(1), async {
         if release {
             election.release().await.map(|()| true)
@@ -132,16 +151,24 @@ async fn a_lease_another_replica_renewed_recently_is_left_alone() {
     assert_eq!(methods_and_uris(&calls), [get()], "no write");
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_with_a_compare_and_swap() {
-    let stale = Timestamp::now() - SignedDuration::from_secs(60);
-    let (acquired, calls) = attempt(Some(lease("operator-b", stale, 3)), StatusCode::OK).await;
+#[tokio::test(start_paused = true)]
+async fn a_lease_unchanged_for_its_duration_is_taken_over_with_a_compare_and_swap() {
+    let (acquired, calls) = attempt_after(
+        lease("operator-b", Timestamp::now(), 3),
+        StatusCode::OK,
+        Duration::from_secs(15),
+    )
+    .await;
     assert!(acquired);
     assert_eq!(
         methods_and_uris(&calls),
-        [get(), (Method::PUT, format!("{LEASE_URI}/{LEASE_NAME}?"))]
+        [
+            get(),
+            get(),
+            (Method::PUT, format!("{LEASE_URI}/{LEASE_NAME}?"))
+        ]
     );
-    let body = &calls[1].2;
+    let body = &calls[2].2;
     assert_eq!(
         body["metadata"]["resourceVersion"], "41",
         "the write fails if someone else wrote first"
@@ -165,13 +192,42 @@ async fn the_holder_renews_keeping_its_acquire_time() {
     assert_eq!(body["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn losing_the_race_for_an_expired_lease_is_not_leading() {
-    let stale = Timestamp::now() - SignedDuration::from_secs(60);
-    let (acquired, calls) =
-        attempt(Some(lease("operator-b", stale, 3)), StatusCode::CONFLICT).await;
+    let (acquired, calls) = attempt_after(
+        lease("operator-b", Timestamp::now(), 3),
+        StatusCode::CONFLICT,
+        Duration::from_secs(16),
+    )
+    .await;
     assert!(!acquired);
-    assert_eq!(calls.len(), 2);
+    assert_eq!(calls.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_candidate_whose_clock_runs_ahead_still_waits_a_full_lease_duration() {
+    // The holder renewed just now, by a clock 20 s behind this candidate's: its renewTime looks
+    // older than the lease duration. Judged by the record's time, the lease would be taken while
+    // its holder still reconciles.
+    let skewed = Timestamp::now() - SignedDuration::from_secs(20);
+    let (acquired, calls) = attempt_after(
+        lease("operator-b", skewed, 3),
+        StatusCode::OK,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        !acquired,
+        "10 s after seeing the record, on this candidate's own clock"
+    );
+    assert_eq!(methods_and_uris(&calls), [get(), get()], "no write");
+    let (acquired, _) = attempt_after(
+        lease("operator-b", skewed, 3),
+        StatusCode::OK,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(acquired, "a full lease duration later");
 }
 
 #[tokio::test]
@@ -227,9 +283,44 @@ async fn a_renewal_the_api_server_never_answers_ends_the_leadership_before_the_l
         .expect("the holder stops before its lease runs out");
     assert_eq!(error.metric_label(), "leader_election");
     assert!(
-        started.elapsed() <= RENEW_DEADLINE + CALL_DEADLINE + Duration::from_secs(2),
-        "{:?}",
+        started.elapsed() <= RENEW_DEADLINE,
+        "{:?} (calls are cut off at {CALL_DEADLINE:?})",
         started.elapsed()
     );
     hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_that_fail_slowly_end_the_leadership_by_the_renew_deadline() {
+    use chatsys_operator::leader::RENEW_DEADLINE;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let election = LeaderElection::new(
+        Client::new(service, "default"),
+        "ops",
+        "operator-a".to_string(),
+    );
+    // Every call fails after 2.9 s: each just inside the call deadline, so only the renew
+    // deadline itself can stop the holder in time.
+    let slow = tokio::spawn(async move {
+        while let Some((_, send)) = handle.next_request().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2900)).await;
+                send.send_response(
+                    Response::builder()
+                        .status(StatusCode::INTERNAL_SERVER_ERROR)
+                        .body(Body::from(serde_json::to_vec(&json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "reason": "InternalError", "code": 500 })).expect("JSON")))
+                        .expect("response"),
+                );
+            });
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let error = election.keep().await;
+    assert_eq!(error.metric_label(), "leader_election");
+    assert!(
+        started.elapsed() <= RENEW_DEADLINE,
+        "stopped {:?} after the last renewal, past the renew deadline",
+        started.elapsed()
+    );
+    slow.abort();
 }
