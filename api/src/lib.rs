@@ -24,6 +24,7 @@ fn app(
     admin_key: Option<String>,
     max_request_bytes: usize,
     settings: &HttpSettings,
+    metrics_elsewhere: bool,
 ) -> axum::Router {
     // Installed before the first request so that no metric recorded is lost.
     let _ = telemetry::metrics_handle();
@@ -39,6 +40,7 @@ fn app(
         max_request_bytes,
         body_timeout: settings.body_timeout(),
         body_budget: http::BodyBudget::new(settings.max_inflight_body_bytes),
+        metrics_elsewhere,
     }))
 }
 
@@ -74,6 +76,19 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         &args.http,
         stopped,
     );
+    let mut servers = vec![server];
+    if let Some(metrics_listen) = args.metrics_listen {
+        let metrics = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { chatsys_runtime::ops::metrics() }),
+        );
+        servers.push(spawn_server(
+            bind(metrics_listen).await?,
+            metrics,
+            &args.http,
+            shutdown.subscribe(),
+        ));
+    }
     let ports = wiring::serve_ports(args, &connecting).await?;
     let _ = routes.set(app(
         ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe())
@@ -81,8 +96,9 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,
+        args.metrics_listen.is_some(),
     ));
-    Ok(Running::new(addr, shutdown, vec![server]))
+    Ok(Running::new(addr, shutdown, servers))
 }
 
 /// The whole system in one process: the routes over standalone's ports and ingest loop.
@@ -97,6 +113,7 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
         args.admin_key.clone(),
         args.max_request_bytes,
         &args.http,
+        false,
     );
     let mut tasks = standalone.tasks;
     tasks.push(spawn_server(listener, routes, &args.http, stopped));

@@ -122,3 +122,53 @@ async fn the_api_waits_for_redis_saying_so_then_serves() {
     assert_eq!(status, 200, "{body}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn with_a_metrics_port_the_metrics_are_served_there_from_the_start_and_not_on_the_api_port() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = tempfile::tempdir().expect("a data directory");
+    let (listen, metrics) = (free_port().await, free_port().await);
+    let database = format!("{}/mysql", mysql_url());
+    let redis_url = format!("redis://{}", redis_address());
+    let Some(Command::Serve(args)) = Cli::try_parse_from([
+        "chatsys-api",
+        "serve",
+        "--listen",
+        &listen.to_string(),
+        "--metrics-listen",
+        &metrics.to_string(),
+        "--database-url",
+        &database,
+        "--redis-url",
+        &redis_url,
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--data-dir",
+        data.path().to_str().expect("UTF-8"),
+        "--migrate",
+        "false",
+    ])
+    .expect("a serve command line")
+    .command
+    else {
+        unreachable!("a serve command line");
+    };
+    let running = tokio::time::timeout(Duration::from_secs(30), chatsys_api::start(&args))
+        .await
+        .expect("started")
+        .expect("started");
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("the metrics port answers");
+    assert_eq!(scraped.status().as_u16(), 200);
+    assert!(scraped.text().await.expect("text").contains("# HELP"));
+    let (status, body) = get(&format!("http://{listen}/metrics"))
+        .await
+        .expect("the API port answers");
+    assert_eq!(
+        status, 404,
+        "what routes clients to the API cannot reach the metrics"
+    );
+    assert_eq!(body["error"]["code"], "not_found");
+    running.stop().await;
+}

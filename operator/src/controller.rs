@@ -386,18 +386,9 @@ pub async fn dereference(
                 inputs
                     .external_secret_keys
                     .insert(external.secret_name.clone(), secret_keys(&secret));
-                let version = format!(
-                    "{}/{}",
-                    secret.metadata.uid.as_deref().unwrap_or_default(),
-                    secret
-                        .metadata
-                        .resource_version
-                        .as_deref()
-                        .unwrap_or_default()
-                );
                 inputs
                     .external_secret_versions
-                    .insert(external.secret_name.clone(), version);
+                    .insert(external.secret_name.clone(), secret_version(&secret));
             }
             continue;
         }
@@ -417,6 +408,16 @@ pub async fn dereference(
             inputs.claim_sizes.insert(service, size);
         }
         inputs.claim_templates.insert(service, template);
+    }
+    if let Some(reference) = &cs.spec.api.admin_key_secret
+        && let Some(secret) = secrets.get_opt(&reference.name).await?
+    {
+        inputs
+            .external_secret_keys
+            .insert(reference.name.clone(), secret_keys(&secret));
+        inputs
+            .external_secret_versions
+            .insert(reference.name.clone(), secret_version(&secret));
     }
     for generated in GeneratedSecret::needed(cs) {
         let credentials = match secrets.get_opt(&generated.name(cs)).await? {
@@ -467,6 +468,19 @@ pub async fn dereference(
 /// A cached object as its typed self; `None` for one the API server would not have sent.
 fn typed<K: serde::de::DeserializeOwned>(object: &DynamicObject) -> Option<K> {
     serde_json::from_value(children::as_json(object)).ok()
+}
+
+/// What changes whenever a Secret's values do: its uid and resourceVersion, never the values.
+fn secret_version(secret: &Secret) -> String {
+    format!(
+        "{}/{}",
+        secret.metadata.uid.as_deref().unwrap_or_default(),
+        secret
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    )
 }
 
 fn secret_keys(secret: &Secret) -> BTreeSet<String> {

@@ -92,6 +92,10 @@ pub struct ApiSpec {
     pub resources: ResourceRequirements,
     pub autoscaling: Autoscaling,
     pub ingress: IngressSpec,
+    /// The Secret holding the admin key (`CHATSYS_ADMIN_KEY`, which listing applications needs).
+    /// When unset, the operator generates one, `<name>-api-admin-key` with key `admin-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_key_secret: Option<SecretKeyReference>,
 }
 
 impl Default for ApiSpec {
@@ -102,8 +106,26 @@ impl Default for ApiSpec {
             resources: resources("100m", "128Mi", "512Mi"),
             autoscaling: Autoscaling::default(),
             ingress: IngressSpec::default(),
+            admin_key_secret: None,
         }
     }
+}
+
+/// A key of a Secret in the ChatSystem's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyReference {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key within it.
+    #[serde(default = "default_admin_key_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_admin_key_key() -> String {
+    "admin-key".to_string()
 }
 
 impl ApiSpec {

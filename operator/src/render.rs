@@ -92,6 +92,13 @@ pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
                 .insert(external.key.clone());
         }
     }
+    if let Some(reference) = &cs.spec.api.admin_key_secret {
+        inputs
+            .external_secret_keys
+            .entry(reference.name.clone())
+            .or_default()
+            .insert(reference.key.clone());
+    }
     for secret in GeneratedSecret::needed(cs) {
         inputs
             .credentials

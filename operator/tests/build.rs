@@ -91,6 +91,7 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
             (ChildKind::Secret, "chat-redis-credentials"),
             (ChildKind::Secret, "chat-rabbitmq-credentials"),
             (ChildKind::Secret, "chat-rabbitmq-cookie"),
+            (ChildKind::Secret, "chat-api-admin-key"),
             (ChildKind::ConfigMap, "chat-mysql"),
             (ChildKind::ConfigMap, "chat-api"),
             (ChildKind::ConfigMap, "chat-worker"),
@@ -188,6 +189,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
     assert_eq!(
         find(&built, ChildKind::ConfigMap, "chat-api")["data"],
         json!({
+            "CHATSYS_METRICS_LISTEN": "0.0.0.0:9090",
             "CHATSYS_MIGRATE": "false",
             "CHATSYS_LOG_FORMAT": "json",
             "CHATSYS_QUEUE_SHARDS": "1",
@@ -382,8 +384,13 @@ fn every_override_reaches_the_manifests() {
 fn external_services_run_no_workload_and_are_read_from_the_users_secrets() {
     let (_, built) = build_fixture("external");
     assert!(of_kind(&built, ChildKind::StatefulSet).is_empty());
-    assert!(
-        of_kind(&built, ChildKind::Secret).is_empty(),
+    let secrets: Vec<&Value> = of_kind(&built, ChildKind::Secret)
+        .into_iter()
+        .map(|s| &s["metadata"]["name"])
+        .collect();
+    assert_eq!(
+        secrets,
+        ["chat-api-admin-key"],
         "no credentials are generated"
     );
     let services: Vec<&Value> = of_kind(&built, ChildKind::Service);
@@ -540,13 +547,21 @@ fn every_container_has_probes_resources_and_a_non_root_security_context() {
 #[test]
 fn api_and_worker_probe_their_health_endpoints_and_migrate_before_serving() {
     let (_, built) = build_fixture("defaults");
-    for (deployment, name, port) in [("chat-api", "api", 8080), ("chat-worker", "worker", 9090)] {
+    for (deployment, name, ports) in [
+        (
+            "chat-api",
+            "api",
+            json!([{ "name": "http", "containerPort": 8080 }, { "name": "metrics", "containerPort": 9090 }]),
+        ),
+        (
+            "chat-worker",
+            "worker",
+            json!([{ "name": "http", "containerPort": 9090 }]),
+        ),
+    ] {
         let workload = find(&built, ChildKind::Deployment, deployment);
         let c = container(workload, name);
-        assert_eq!(
-            c["ports"],
-            json!([{ "name": "http", "containerPort": port }])
-        );
+        assert_eq!(c["ports"], ports);
         assert_eq!(
             c["readinessProbe"]["httpGet"],
             json!({ "path": "/readyz", "port": "http" })
@@ -696,11 +711,14 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
         );
     }
     let (_, with_ingress) = build_fixture("overrides");
-    let backend = &find(&with_ingress, ChildKind::Ingress, "chat-api")["spec"]["rules"][0]["http"]
-        ["paths"][0]["backend"];
+    let backend = json!({ "service": { "name": "chat-api", "port": { "name": "http" } } });
     assert_eq!(
-        backend,
-        &json!({ "service": { "name": "chat-api", "port": { "number": 8080 } } })
+        find(&with_ingress, ChildKind::Ingress, "chat-api")["spec"]["rules"][0]["http"]["paths"],
+        json!([
+            { "path": "/applications", "pathType": "Prefix", "backend": backend },
+            { "path": "/openapi.json", "pathType": "Exact", "backend": backend },
+        ]),
+        "the API's public paths only: no /metrics, /healthz or /readyz from outside"
     );
 }
 

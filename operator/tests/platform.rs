@@ -105,11 +105,12 @@ fn keda_and_scrapers_get_in_where_the_spec_needs_them() {
         from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "ingress-nginx"
     );
+    assert_eq!(from.as_array().map(Vec::len), Some(1), "clients only");
     assert_eq!(
-        from[1], monitoring[0],
-        "Prometheus scrapes the API's port too"
+        rule_for_port(api, 9090)["from"],
+        monitoring,
+        "Prometheus scrapes the API's metrics port"
     );
-    assert_eq!(from.as_array().map(Vec::len), Some(2));
     let (_, open) = example("scale-to-zero");
     assert!(of_kind(&open, ChildKind::NetworkPolicy).is_empty());
 }
@@ -276,5 +277,61 @@ fn without_the_optional_apis_nothing_of_theirs_is_built_and_the_plan_says_what_i
     assert_eq!(
         plan.missing[0].to_string(),
         "worker.autoscaling.metric QueueBacklog (the worker scales on CPU until it is installed) needs KEDA: CustomResourceDefinitions scaledobjects.keda.sh, triggerauthentications.keda.sh not found"
+    );
+}
+
+#[test]
+fn a_deployed_api_has_an_admin_key_and_keeps_its_metrics_off_the_clients_port() {
+    let (cs, built) = example("full");
+    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let container = common::container(api, "api");
+    assert_eq!(
+        common::env(container, "CHATSYS_ADMIN_KEY")["valueFrom"]["secretKeyRef"],
+        json!({ "name": "chat-api-admin-key", "key": "admin-key" }),
+        "listing applications is never open on a cluster"
+    );
+    assert!(
+        of_kind(&built, ChildKind::Secret)
+            .iter()
+            .any(|s| s["metadata"]["name"] == "chat-api-admin-key")
+    );
+    let settings = &find(&built, ChildKind::ConfigMap, "chat-api")["data"];
+    assert_eq!(settings["CHATSYS_METRICS_LISTEN"], "0.0.0.0:9090");
+    let monitor = find(&built, ChildKind::ServiceMonitor, "chat-api");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    for path in find(&built, ChildKind::Ingress, "chat-api")["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .expect("paths")
+    {
+        let path = path["path"].as_str().unwrap_or_default();
+        assert!(
+            !["/", "/metrics", "/healthz", "/readyz"].contains(&path),
+            "{path} is not for clients"
+        );
+    }
+
+    // A key of the user's instead: nothing generated, the API reads theirs.
+    let mut own = cs.clone();
+    own.spec.api.admin_key_secret = Some(chatsys_operator::crd::SecretKeyReference {
+        name: "ops-keys".to_string(),
+        key: "chat".to_string(),
+    });
+    let mut inputs = fresh_inputs(&own);
+    inputs.external_secret_keys.remove("ops-keys");
+    let missing = manifests::validate(&own, &inputs).expect_err("no such Secret");
+    assert_eq!(missing.0, ["api: Secret ops-keys not found"]);
+    inputs
+        .external_secret_keys
+        .insert("ops-keys".to_string(), ["chat".to_string()].into());
+    let built = children(&own, &inputs);
+    assert!(
+        !of_kind(&built, ChildKind::Secret)
+            .iter()
+            .any(|s| s["metadata"]["name"] == "chat-api-admin-key")
+    );
+    let api = find(&built, ChildKind::Deployment, "chat-api");
+    assert_eq!(
+        common::env(common::container(api, "api"), "CHATSYS_ADMIN_KEY")["valueFrom"]["secretKeyRef"],
+        json!({ "name": "ops-keys", "key": "chat" })
     );
 }

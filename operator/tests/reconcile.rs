@@ -326,6 +326,7 @@ async fn existing_credentials_are_read_and_their_values_never_written() {
         ("chat-redis-credentials", &["password"][..]),
         ("chat-rabbitmq-credentials", &["username", "password"][..]),
         ("chat-rabbitmq-cookie", &["cookie"][..]),
+        ("chat-api-admin-key", &["admin-key"][..]),
     ] {
         let data: serde_json::Map<String, Value> = keys
             .iter()
@@ -590,11 +591,16 @@ async fn deleting_and_reapplying_with_kept_volumes_comes_back_with_the_same_cred
     server.clear_calls();
     reconcile(&server).await.expect("reconciled");
     assert_eq!(secret_data(&server, "chat-mysql-credentials"), before);
-    assert!(
-        !server
-            .calls()
-            .iter()
-            .any(|c| c.method == Method::POST && c.path == SECRETS)
+    let created: Vec<Value> = server
+        .calls()
+        .iter()
+        .filter(|c| c.method == Method::POST && c.path == SECRETS)
+        .map(|c| c.body["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(
+        created,
+        ["chat-api-admin-key"],
+        "only the admin key, which went with the ChatSystem, is new"
     );
 }
 

@@ -28,6 +28,7 @@ pub mod env {
     pub const CHATSYS_LISTEN: &str = "CHATSYS_LISTEN";
     pub const CHATSYS_LOG_FORMAT: &str = "CHATSYS_LOG_FORMAT";
     pub const CHATSYS_MAX_CONNECTIONS: &str = "CHATSYS_MAX_CONNECTIONS";
+    pub const CHATSYS_METRICS_LISTEN: &str = "CHATSYS_METRICS_LISTEN";
     pub const CHATSYS_MAX_INFLIGHT_BODY_BYTES: &str = "CHATSYS_MAX_INFLIGHT_BODY_BYTES";
     pub const CHATSYS_MAX_REQUEST_BYTES: &str = "CHATSYS_MAX_REQUEST_BYTES";
     pub const CHATSYS_MIGRATE: &str = "CHATSYS_MIGRATE";
@@ -166,6 +167,10 @@ pub struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = env::CHATSYS_LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// When set, `/metrics` is served on this address and no longer on the API's port, so what
+    /// routes clients to the API cannot reach it.
+    #[arg(long, env = env::CHATSYS_METRICS_LISTEN)]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub backends: Backends,
     /// When set, GET /applications requires `Authorization: Bearer <key>`.

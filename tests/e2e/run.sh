@@ -6,7 +6,12 @@
 #   4. install the operator's Helm chart;
 #   5. apply tests/e2e/chatsystem.yaml and wait for its Ready condition;
 #   6. check that both HPAs exist and that the API's HPA wants more replicas under a bounded load;
-#   7. run the black-box conformance suite against the API through the ingress (http://localhost);
+#   7. check that the ingress routes the API's public paths only and that listing applications needs
+#      the admin key the operator generated; run the black-box conformance suite against the API's
+#      Service (port-forwarded, with its metrics port); the API at its maximum replicas under load
+#      with no "Too many connections"; an API image rolled back onto a schema it does not know
+#      (Degraded, the running version serving, then recovered); the node RabbitMQ runs on drained
+#      (the broker back with an owner-only cookie and no restart);
 #   8. day two: turn the API's autoscaling off and on again (its replicas never fall below the
 #      minimum), kill the leader operator pod under a load of reads (the standby takes over, an edit is
 #      still applied, the API keeps answering), upgrade the operator to a build of the next version
@@ -212,13 +217,126 @@ apply_chatsystem() {
   kubectl -n "$namespace" apply -f "$chatsystem_file"
   log "waiting up to ${ready_timeout}s for chatsystem/$chatsystem to be Ready"
   kubectl -n "$namespace" wait --for=condition=Ready "chatsystem/$chatsystem" --timeout="${ready_timeout}s"
-  wait_until "$rollout_timeout" "the API answers /readyz through the ingress" curl -fsS --max-time 5 "$base_url/readyz"
+  wait_until "$rollout_timeout" "the API answers through the ingress" curl -fsS --max-time 5 "$base_url/openapi.json"
 }
 
+admin_key() {
+  kubectl_ns get "secret/$chatsystem-api-admin-key" -o jsonpath='{.data.admin-key}' | base64 -d
+}
+
+# The Ingress routes the API's public paths only: its operations endpoints are for the cluster.
+check_ingress_paths() {
+  local path status
+  for path in /metrics /healthz /readyz; do
+    status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$base_url$path")
+    [[ "$status" == 404 ]] || die "$path answered $status through the ingress"
+  done
+  status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$base_url/applications")
+  [[ "$status" == 401 ]] || die "listing applications without the admin key answered $status"
+  status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(admin_key)" "$base_url/applications")
+  [[ "$status" == 200 ]] || die "listing applications with the generated admin key answered $status"
+  log "the ingress serves the public paths only, and listing needs the generated admin key"
+}
+
+# The whole suite, operations endpoints included, against the API's Service itself (the ingress
+# routes clients' paths only), with the metrics from their own port.
 run_conformance_suite() {
-  log "running the conformance suite against $base_url"
-  (cd "$repo_root" && CHATSYS_BASE_URL="$base_url" timeout "$conformance_timeout" \
-    cargo nextest run -p chatsys-conformance --run-ignored ignored-only -E 'binary(external)')
+  log "running the conformance suite against service/$chatsystem-api"
+  kubectl_ns port-forward "service/$chatsystem-api" 18080:8080 19090:9090 >/dev/null 2>&1 &
+  local forward=$!
+  wait_until 60 "the API is forwarded to 127.0.0.1:18080" curl -fsS --max-time 5 http://127.0.0.1:18080/healthz
+  local status=0
+  (cd "$repo_root" && CHATSYS_BASE_URL=http://127.0.0.1:18080 CHATSYS_METRICS_URL=http://127.0.0.1:19090/metrics \
+    CHATSYS_ADMIN_KEY="$(admin_key)" timeout "$conformance_timeout" \
+    cargo nextest run -p chatsys-conformance --run-ignored ignored-only -E 'binary(external)') || status=$?
+  kill "$forward" 2>/dev/null || true
+  ((status == 0)) || die "the conformance suite failed"
+}
+
+# MySQL's own connection limit, read from a throwaway client pod labelled as the API.
+mysql_max_connections() {
+  local password
+  password=$(kubectl_ns get "secret/$chatsystem-mysql-credentials" -o jsonpath='{.data.root-password}' | base64 -d)
+  kubectl_ns run "mysql-client-$RANDOM" --quiet --rm -i --restart=Never --image=mysql:8.4 \
+    --labels="app.kubernetes.io/name=chatsys,app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=api" \
+    --env="MYSQL_PWD=$password" --command -- \
+    mysql -h "$chatsystem-mysql" -u root -N -e 'SELECT @@max_connections'
+}
+
+# The API at its autoscaling maximum under load: every pool fits in MySQL's limit.
+check_connection_limit() {
+  local limit
+  limit=$(mysql_max_connections | tr -d '[:space:]')
+  log "MySQL allows $limit connections"
+  ((limit > 151)) || die "MySQL kept its default connection limit ($limit)"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"api":{"autoscaling":{"minReplicas":4}}}}'
+  wait_until "$rollout_timeout" "the API runs its maximum of 4 replicas" deployment_replicas_are "$chatsystem-api" 4
+  local token
+  token=$(create_application "connections")
+  generate_load "$token" &
+  load_pid=$!
+  sleep 60
+  stop_load
+  if kubectl_ns logs -l "app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=api" --tail=-1 | grep -q "Too many connections"; then
+    die "an API pod was refused a MySQL connection"
+  fi
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"api":{"autoscaling":{"minReplicas":1}}}}'
+  log "4 API replicas under load opened no more connections than MySQL allows"
+}
+
+degraded_message_has() {
+  kubectl_ns get "chatsystem/$chatsystem" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].message}' | grep -q "$1"
+}
+
+# Rolling the API back to a release whose migrator does not know the applied schema: the migration
+# Job fails at once, the status says so, and the running version keeps serving. Played by recording
+# a migration from "the future" in the schema, then asking for another image tag of the same build.
+check_rollback_is_degraded() {
+  local version=$1 password token
+  password=$(kubectl_ns get "secret/$chatsystem-mysql-credentials" -o jsonpath='{.data.root-password}' | base64 -d)
+  kubectl_ns run "mysql-client-$RANDOM" --quiet --rm -i --restart=Never --image=mysql:8.4 \
+    --labels="app.kubernetes.io/name=chatsys,app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=api" \
+    --env="MYSQL_PWD=$password" --command -- mysql -h "$chatsystem-mysql" -u root chatsys -e \
+    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (999, 'from a newer release', TRUE, x'00', 1)"
+  docker tag "chatsys/chatsys-api:$version" "chatsys/chatsys-api:rollback"
+  kind load docker-image --name "$cluster" "chatsys/chatsys-api:rollback"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=merge -p '{"spec":{"api":{"image":"chatsys/chatsys-api:rollback"}}}'
+  wait_until "$ready_timeout" "the failed migration is Degraded with its reason" degraded_message_has "the schema migration failed"
+  token=$(create_application "during a failed rollback")
+  [[ -n "$token" ]] || die "the running version stopped serving"
+  kubectl_ns run "mysql-client-$RANDOM" --quiet --rm -i --restart=Never --image=mysql:8.4 \
+    --labels="app.kubernetes.io/name=chatsys,app.kubernetes.io/instance=$chatsystem,app.kubernetes.io/component=api" \
+    --env="MYSQL_PWD=$password" --command -- mysql -h "$chatsystem-mysql" -u root chatsys -e \
+    "DELETE FROM _sqlx_migrations WHERE version = 999"
+  kubectl_ns patch "chatsystem/$chatsystem" --type=json -p '[{"op":"remove","path":"/spec/api/image"}]'
+  wait_until "$ready_timeout" "chatsystem/$chatsystem is Ready again" chatsystem_is_ready
+}
+
+rabbitmq_node() {
+  kubectl_ns get "pod/$chatsystem-rabbitmq-0" -o jsonpath='{.spec.nodeName}'
+}
+
+rabbitmq_moved_from() {
+  local node
+  node=$(rabbitmq_node)
+  [[ -n "$node" && "$node" != "$1" ]] &&
+    [[ "$(kubectl_ns get "pod/$chatsystem-rabbitmq-0" -o jsonpath='{.status.containerStatuses[0].ready}')" == true ]]
+}
+
+# Draining the node RabbitMQ runs on: the broker starts again (elsewhere, when its volume can
+# follow) with its cookie readable by its owner only, and no restart of its container.
+check_rabbitmq_drain() {
+  local node restarts
+  node=$(rabbitmq_node)
+  log "draining $node, where RabbitMQ runs"
+  kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --timeout="${rollout_timeout}s" >/dev/null
+  kubectl uncordon "$node"
+  wait_until "$ready_timeout" "RabbitMQ is ready again" rabbitmq_moved_from ""
+  restarts=$(kubectl_ns get "pod/$chatsystem-rabbitmq-0" -o jsonpath='{.status.containerStatuses[0].restartCount}')
+  ((restarts == 0)) || die "RabbitMQ restarted $restarts time(s) after the drain (its cookie?)"
+  [[ "$(kubectl_ns exec "$chatsystem-rabbitmq-0" -c rabbitmq -- stat -c %a /var/lib/rabbitmq/.erlang.cookie)" == 400 ]] ||
+    die "RabbitMQ's cookie is not owner-only"
+  wait_until "$ready_timeout" "chatsystem/$chatsystem is Ready after the drain" chatsystem_is_ready
 }
 
 component_hpa() {
@@ -606,7 +724,11 @@ main() {
   # Autoscaling first, while the system is idle: after the conformance suite the HPA may already have
   # scaled up, and a rise would prove nothing.
   check_autoscaling
+  check_ingress_paths
   run_conformance_suite
+  check_connection_limit
+  check_rollback_is_degraded "$version"
+  check_rabbitmq_drain
   check_autoscaling_handover
   check_leader_failover
   check_network_policies

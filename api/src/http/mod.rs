@@ -39,6 +39,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Bytes of request bodies held at once, over all requests.
     pub body_budget: BodyBudget,
+    /// `/metrics` is served on a port of its own, not on this one.
+    pub metrics_elsewhere: bool,
 }
 
 pub type Shared = State<Arc<AppState>>;

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, Shared, openapi};
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
@@ -56,10 +57,15 @@ pub async fn readyz(State(state): Shared) -> Response {
 /// Metrics
 ///
 /// Counters and histograms of requests and of the backing services, in the Prometheus text format.
+/// 404 here when the API serves them on a port of their own (`CHATSYS_METRICS_LISTEN`).
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
-        content_type = "text/plain; version=0.0.4", body = String)))]
-pub async fn metrics() -> Response {
+        content_type = "text/plain; version=0.0.4", body = String),
+        (status = 404, description = "Served on the metrics port instead", body = ErrorBody)))]
+pub async fn metrics(State(state): Shared) -> Response {
+    if state.metrics_elsewhere {
+        return ApiError::for_status(axum::http::StatusCode::NOT_FOUND).into_response();
+    }
     ops::metrics()
 }
 

@@ -3,6 +3,7 @@
 //! optional Ingress.
 
 use super::backing::{BackingService, MYSQL_DATABASE};
+use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
     Child, ChildKind, Inputs, Manifest, MissingApi, Plan, child_name, config_hash,
     container_security_context, http_get, metadata, pod_security_context, probe, secret_env,
@@ -39,6 +40,10 @@ use std::collections::BTreeMap;
 pub const API_PORT: i32 = 8080;
 /// The worker's health and metrics port.
 pub const WORKER_PORT: i32 = 9090;
+/// The API's metrics port: a port of its own, which no Ingress routes to.
+pub const API_METRICS_PORT: i32 = 9090;
+/// What the Ingress routes to the API: its resources and its description, nothing of operations.
+const PUBLIC_PATHS: [(&str, &str); 2] = [("/applications", "Prefix"), ("/openapi.json", "Exact")];
 /// Restarts of a failed migration before its Job fails: one for a pod lost with its node, one more
 /// in case; a schema that cannot be migrated fails the same way every time.
 const MIGRATION_RETRIES: i32 = 2;
@@ -64,6 +69,9 @@ enum Scaling {
 }
 
 pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
+    if cs.spec.api.admin_key_secret.is_none() {
+        GeneratedSecret::AdminKey.build(cs, inputs, plan);
+    }
     let api = Component::api(cs);
     let worker = Component::worker(cs);
     let migration = api.migration_job(cs);
@@ -124,6 +132,8 @@ struct Component<'a> {
     name: &'static str,
     binary: &'static str,
     port: i32,
+    /// A port serving metrics alone, apart from `port`.
+    metrics_port: Option<i32>,
     image: String,
     replicas: i32,
     resources: &'a ResourceRequirements,
@@ -136,16 +146,22 @@ struct Component<'a> {
 impl<'a> Component<'a> {
     fn api(cs: &'a ChatSystem) -> Self {
         let api = &cs.spec.api;
+        let mut settings = common_settings(cs);
+        settings.insert(
+            env::CHATSYS_METRICS_LISTEN.to_string(),
+            format!("0.0.0.0:{API_METRICS_PORT}"),
+        );
         Component {
             name: "api",
             binary: "/usr/local/bin/chatsys-api",
             port: API_PORT,
+            metrics_port: Some(API_METRICS_PORT),
             image: api.image(),
             replicas: api.replicas,
             resources: &api.resources,
             autoscaling: api.autoscaling.clone(),
             on_backlog: false,
-            settings: common_settings(cs),
+            settings,
         }
     }
 
@@ -165,6 +181,7 @@ impl<'a> Component<'a> {
             name: "worker",
             binary: "/usr/local/bin/chatsys-worker",
             port: WORKER_PORT,
+            metrics_port: None,
             image: worker.image(),
             replicas: worker.replicas,
             resources: &worker.resources,
@@ -204,16 +221,25 @@ impl<'a> Component<'a> {
             spec: Some(ServiceSpec {
                 type_: Some("ClusterIP".to_string()),
                 selector: Some(selector_labels(cs, self.name)),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".to_string()),
-                    port: self.port,
-                    target_port: Some(IntOrString::String("http".to_string())),
-                    ..ServicePort::default()
-                }]),
+                ports: Some(
+                    self.named_ports()
+                        .map(|(name, port)| ServicePort {
+                            name: Some(name.to_string()),
+                            port,
+                            target_port: Some(IntOrString::String(name.to_string())),
+                            ..ServicePort::default()
+                        })
+                        .collect(),
+                ),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
         }
+    }
+
+    /// `http`, and `metrics` where it has a port of its own.
+    fn named_ports(&self) -> impl Iterator<Item = (&'static str, i32)> {
+        std::iter::once(("http", self.port)).chain(self.metrics_port.map(|port| ("metrics", port)))
     }
 
     fn config_map(&self, cs: &ChatSystem) -> ConfigMap {
@@ -251,12 +277,20 @@ impl<'a> Component<'a> {
             "chatsys.io/config-hash".to_string(),
             config_hash(&self.settings),
         )]);
+        let admin_key = cs
+            .spec
+            .api
+            .admin_key_secret
+            .as_ref()
+            .map(|r| r.name.as_str());
         let external: BTreeMap<&str, &str> = BackingService::ALL
             .into_iter()
             .filter_map(|service| service.external(&cs.spec))
-            .filter_map(|external| {
-                let version = inputs.external_secret_versions.get(&external.secret_name)?;
-                Some((external.secret_name.as_str(), version.as_str()))
+            .map(|external| external.secret_name.as_str())
+            .chain(admin_key.filter(|_| self.name == "api"))
+            .filter_map(|name| {
+                let version = inputs.external_secret_versions.get(name)?;
+                Some((name, version.as_str()))
             })
             .collect();
         if !external.is_empty() {
@@ -273,17 +307,29 @@ impl<'a> Component<'a> {
         let subcommand = (self.name == "api").then_some("serve");
         // `/healthz` answers as soon as the process listens, before it has reached its backing
         // services; the startup probe holds liveness off until then, and `/readyz` says what it awaits.
-        let container = Container {
-            ports: Some(vec![ContainerPort {
-                name: Some("http".to_string()),
-                container_port: self.port,
-                ..ContainerPort::default()
-            }]),
+        let mut container = Container {
+            ports: Some(
+                self.named_ports()
+                    .map(|(name, port)| ContainerPort {
+                        name: Some(name.to_string()),
+                        container_port: port,
+                        ..ContainerPort::default()
+                    })
+                    .collect(),
+            ),
             startup_probe: Some(probe(http_get("/healthz", "http"), 2, 3, 30)),
             readiness_probe: Some(probe(http_get("/readyz", "http"), 10, 3, 3)),
             liveness_probe: Some(probe(http_get("/healthz", "http"), 10, 3, 6)),
             ..self.container(cs, self.name, subcommand)
         };
+        if self.name == "api" {
+            let (secret, key) = admin_key(cs);
+            container.env.get_or_insert_with(Vec::new).push(secret_env(
+                env::CHATSYS_ADMIN_KEY,
+                &secret,
+                &key,
+            ));
+        }
         let pod_spec = with_pull_secrets(
             cs,
             PodSpec {
@@ -486,6 +532,17 @@ fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
     env
 }
 
+/// The Secret and key of the API's admin key: the user's, or the generated one.
+pub fn admin_key(cs: &ChatSystem) -> (String, String) {
+    match &cs.spec.api.admin_key_secret {
+        Some(reference) => (reference.name.clone(), reference.key.clone()),
+        None => (
+            GeneratedSecret::AdminKey.name(cs),
+            ADMIN_KEY_KEY.to_string(),
+        ),
+    }
+}
+
 /// The command queue the API publishes to and the worker consumes: the settings' default, since the
 /// operator sets no other.
 const COMMAND_QUEUE: &str = "chatsys.commands";
@@ -607,20 +664,23 @@ fn ingress(cs: &ChatSystem) -> Ingress {
             rules: Some(vec![IngressRule {
                 host: Some(host.clone()),
                 http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".to_string()),
-                        path_type: "Prefix".to_string(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: api_name(cs),
-                                port: Some(ServiceBackendPort {
-                                    number: Some(API_PORT),
-                                    ..ServiceBackendPort::default()
+                    paths: PUBLIC_PATHS
+                        .iter()
+                        .map(|(path, path_type)| HTTPIngressPath {
+                            path: Some(path.to_string()),
+                            path_type: path_type.to_string(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: api_name(cs),
+                                    port: Some(ServiceBackendPort {
+                                        name: Some("http".to_string()),
+                                        ..ServiceBackendPort::default()
+                                    }),
                                 }),
-                            }),
-                            ..IngressBackend::default()
-                        },
-                    }],
+                                ..IngressBackend::default()
+                            },
+                        })
+                        .collect(),
                 }),
             }]),
             tls: ingress.tls_secret_name.as_ref().map(|secret| {

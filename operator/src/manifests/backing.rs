@@ -3,7 +3,7 @@
 
 use super::generated::GeneratedSecret;
 use super::{
-    Child, ClaimTemplate, Credentials, Expansion, Inputs, Plan, child_name, config_hash,
+    Child, ClaimTemplate, Expansion, Inputs, Plan, child_name, config_hash,
     container_security_context, http_get, metadata, parse_bytes, pod_security_context, probe,
     secret_env, selector, selector_labels, stable_labels, value_env, with_pull_secrets,
 };
@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
     SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
@@ -221,9 +221,9 @@ pub fn opensearch_heap_mib(resources: &ResourceRequirements) -> Result<u64, Stri
 pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &mut Plan) {
     for secret in GeneratedSecret::needed(cs)
         .into_iter()
-        .filter(|s| s.service() == service)
+        .filter(|s| s.volume_of() == Some(service))
     {
-        generated_secret(cs, secret, inputs, plan);
+        secret.build(cs, inputs, plan);
     }
     if service == BackingService::Mysql {
         plan.children
@@ -234,43 +234,6 @@ pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &m
     let claim = claim_template(cs, service, inputs, plan);
     plan.children
         .push(Child::StatefulSet(stateful_set(cs, service, &claim)).into());
-}
-
-/// A generated Secret: its values created once when it is missing, and its labels and owner applied.
-/// The owner is the ChatSystem only when the volume goes with it: the values live exactly as long as
-/// the data they open, so deleting and re-applying a ChatSystem whose volumes were kept finds both
-/// again. The values are never applied.
-fn generated_secret(cs: &ChatSystem, secret: GeneratedSecret, inputs: &Inputs, plan: &mut Plan) {
-    let name = secret.name(cs);
-    let service = secret.service();
-    if let Some(Credentials::Generated(values)) = inputs.credentials.get(&secret) {
-        plan.new_credentials.push(
-            Child::Secret(Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(super::namespace(cs)),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("Opaque".to_string()),
-                string_data: Some(values.clone()),
-                ..Secret::default()
-            })
-            .into(),
-        );
-    }
-    if inputs.credentials.contains_key(&secret) {
-        let mut metadata = metadata(cs, &name, service.name());
-        if !service.spec(&cs.spec).delete_claims_on_removal {
-            metadata.owner_references = None;
-        }
-        plan.children.push(
-            Child::Secret(Secret {
-                metadata,
-                ..Secret::default()
-            })
-            .into(),
-        );
-    }
 }
 
 /// The claim template to apply: the existing one where the StatefulSet exists, since Kubernetes

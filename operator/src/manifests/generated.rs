@@ -1,9 +1,12 @@
-//! Secrets the operator generates once and never writes again: each managed service's credentials and
-//! RabbitMQ's Erlang cookie. A Secret that exists is reused as it is, whoever made it.
+//! Secrets the operator generates once and never writes again: each managed service's credentials,
+//! RabbitMQ's Erlang cookie and the API's admin key. A Secret that exists is reused as it is, whoever
+//! made it.
 
 use super::backing::BackingService;
-use super::child_name;
+use super::{Child, Credentials, Inputs, Plan, child_name, metadata};
 use crate::crd::ChatSystem;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
 /// One Secret of generated values.
@@ -14,6 +17,8 @@ pub enum GeneratedSecret {
     /// The shared secret of RabbitMQ's Erlang distribution (the broker and its CLI tools). Kept out of
     /// the broker's volume: the kubelet makes a volume's files group-readable, which Erlang refuses.
     ErlangCookie,
+    /// The API's admin key, unless the spec names a Secret of the user's.
+    AdminKey,
 }
 
 impl GeneratedSecret {
@@ -27,6 +32,9 @@ impl GeneratedSecret {
         if BackingService::Rabbitmq.external(&cs.spec).is_none() {
             needed.push(GeneratedSecret::ErlangCookie);
         }
+        if cs.spec.api.admin_key_secret.is_none() {
+            needed.push(GeneratedSecret::AdminKey);
+        }
         needed
     }
 
@@ -34,14 +42,26 @@ impl GeneratedSecret {
         match self {
             GeneratedSecret::Credentials(service) => service.credentials_secret(cs),
             GeneratedSecret::ErlangCookie => child_name(cs, "rabbitmq-cookie"),
+            GeneratedSecret::AdminKey => child_name(cs, "api-admin-key"),
         }
     }
 
-    /// The backing service whose volume the values open: they live exactly as long as it.
-    pub fn service(self) -> BackingService {
+    /// The component the values are for, as its objects' labels name it.
+    pub fn component(self) -> &'static str {
         match self {
-            GeneratedSecret::Credentials(service) => service,
-            GeneratedSecret::ErlangCookie => BackingService::Rabbitmq,
+            GeneratedSecret::Credentials(service) => service.name(),
+            GeneratedSecret::ErlangCookie => BackingService::Rabbitmq.name(),
+            GeneratedSecret::AdminKey => "api",
+        }
+    }
+
+    /// The backing service whose volume the values open, if any: they then live exactly as long as
+    /// it. The others go with the ChatSystem.
+    pub fn volume_of(self) -> Option<BackingService> {
+        match self {
+            GeneratedSecret::Credentials(service) => Some(service),
+            GeneratedSecret::ErlangCookie => Some(BackingService::Rabbitmq),
+            GeneratedSecret::AdminKey => None,
         }
     }
 
@@ -49,6 +69,46 @@ impl GeneratedSecret {
         match self {
             GeneratedSecret::Credentials(service) => service.credential_keys(),
             GeneratedSecret::ErlangCookie => &[ERLANG_COOKIE_KEY],
+            GeneratedSecret::AdminKey => &[ADMIN_KEY_KEY],
+        }
+    }
+
+    /// Its values created once when it is missing, and its labels and owner applied. The owner is
+    /// the ChatSystem unless the values open a volume that is kept when the ChatSystem goes, so
+    /// re-applying a ChatSystem whose volumes were kept finds both again. The values are never
+    /// applied.
+    pub fn build(self, cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
+        let name = self.name(cs);
+        if let Some(Credentials::Generated(values)) = inputs.credentials.get(&self) {
+            plan.new_credentials.push(
+                Child::Secret(Secret {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(super::namespace(cs)),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("Opaque".to_string()),
+                    string_data: Some(values.clone()),
+                    ..Secret::default()
+                })
+                .into(),
+            );
+        }
+        if inputs.credentials.contains_key(&self) {
+            let mut metadata = metadata(cs, &name, self.component());
+            let kept = self
+                .volume_of()
+                .is_some_and(|service| !service.spec(&cs.spec).delete_claims_on_removal);
+            if kept {
+                metadata.owner_references = None;
+            }
+            plan.children.push(
+                Child::Secret(Secret {
+                    metadata,
+                    ..Secret::default()
+                })
+                .into(),
+            );
         }
     }
 
@@ -71,6 +131,8 @@ impl GeneratedSecret {
 
 /// The key of the Erlang cookie's Secret.
 pub const ERLANG_COOKIE_KEY: &str = "cookie";
+/// The key of the generated admin key's Secret.
+pub const ADMIN_KEY_KEY: &str = "admin-key";
 
 fn random_alphanumerics() -> String {
     use rand::RngExt;

@@ -326,7 +326,7 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
                 if !keys.contains(*key) {
                     problems.push(format!(
                         "{}: Secret {} has no key {key}",
-                        secret.service().name(),
+                        secret.component(),
                         secret.name(cs)
                     ));
                 }
@@ -357,6 +357,16 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
                     ));
                 }
             }
+        }
+    }
+    if let Some(reference) = &cs.spec.api.admin_key_secret {
+        match inputs.external_secret_keys.get(&reference.name) {
+            None => problems.push(format!("api: Secret {} not found", reference.name)),
+            Some(keys) if !keys.contains(&reference.key) => problems.push(format!(
+                "api: Secret {} has no key {}",
+                reference.name, reference.key
+            )),
+            Some(_) => {}
         }
     }
     if cs.spec.opensearch.external.is_none()

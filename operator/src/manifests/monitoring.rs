@@ -55,7 +55,7 @@ fn targets(cs: &ChatSystem) -> Vec<Target> {
     let mut targets = vec![
         Target {
             component: "api",
-            port: "http",
+            port: "metrics",
             pod_port_number: None,
         },
         Target {

@@ -1,6 +1,6 @@
 //! NetworkPolicies: each database the operator runs accepts connections only from this system's pods
-//! that use it; the API accepts on its port from `apiFrom` (anyone by default); the worker accepts
-//! only scrapes of its metrics port. Egress is left open, and external services are not touched.
+//! that use it; the API accepts on its port from `apiFrom` (anyone by default) and on its metrics port
+//! from `metricsFrom`; the worker accepts only scrapes of its metrics port. Egress is left open, and external services are not touched.
 
 use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT};
 use super::{Child, Labels, Plan, WORKER_PORT, metadata, selector, selector_labels};
@@ -41,7 +41,10 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
         Child::NetworkPolicy(policy(
             cs,
             "api",
-            vec![rule(api_peers(cs), super::app::API_PORT)],
+            vec![
+                rule(spec.api_from.clone(), super::app::API_PORT),
+                rule(spec.metrics_from.clone(), super::app::API_METRICS_PORT),
+            ],
         ))
         .into(),
     );
@@ -53,18 +56,6 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
         ))
         .into(),
     );
-}
-
-/// Who may reach the API's port, which also serves its metrics: `apiFrom`, and with monitoring the
-/// scrapers of `metricsFrom`. An empty `metricsFrom` (anyone) does not open a restricted API to
-/// anyone: Prometheus then needs to be among `apiFrom`.
-fn api_peers(cs: &ChatSystem) -> Vec<NetworkPolicyPeer> {
-    let spec = &cs.spec.network_policy;
-    let mut peers = spec.api_from.clone();
-    if !peers.is_empty() && cs.spec.monitoring.enabled {
-        peers.extend(spec.metrics_from.iter().cloned());
-    }
-    peers
 }
 
 /// The components of this system that connect to a backing service: the migration Job only to MySQL.

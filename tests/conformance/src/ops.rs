@@ -16,7 +16,10 @@ pub async fn health_probes_answer_200(target: &Target) {
 
 pub async fn metrics_count_requests(target: &Target) {
     target.get("/healthz").await.expect_status(200);
-    let reply = target.get("/metrics").await;
+    let reply = match &target.metrics_url {
+        Some(url) => target.send(target.http.get(url)).await,
+        None => target.get("/metrics").await,
+    };
     reply.expect_status(200);
     let content_type = reply.header("content-type").unwrap_or_default();
     assert!(

@@ -20,6 +20,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Target {
     pub base_url: String,
     pub admin_key: Option<String>,
+    /// Where `/metrics` is served when not on the API's port (a deployed API's metrics port).
+    pub metrics_url: Option<String>,
     pub http: reqwest::Client,
 }
 
@@ -58,11 +60,13 @@ impl Target {
         Self {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             admin_key,
+            metrics_url: None,
             http,
         }
     }
 
-    /// The deployed system named by `CHATSYS_BASE_URL` (and `CHATSYS_ADMIN_KEY` when it has one).
+    /// The deployed system named by `CHATSYS_BASE_URL` (and `CHATSYS_ADMIN_KEY` when it has one;
+    /// `CHATSYS_METRICS_URL` when its metrics are on a port of their own).
     pub fn from_env() -> Self {
         let base_url = std::env::var("CHATSYS_BASE_URL").unwrap_or_else(|_| {
             panic!(
@@ -73,7 +77,12 @@ impl Target {
         let admin_key = std::env::var("CHATSYS_ADMIN_KEY")
             .ok()
             .filter(|key| !key.is_empty());
-        Self::new(base_url, admin_key)
+        Self {
+            metrics_url: std::env::var("CHATSYS_METRICS_URL")
+                .ok()
+                .filter(|url| !url.is_empty()),
+            ..Self::new(base_url, admin_key)
+        }
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
