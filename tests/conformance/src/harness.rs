@@ -122,6 +122,7 @@ pub async fn full_stack() -> Served {
         .expect("start the worker");
     let api_args = ServeArgs {
         listen: loopback(),
+        metrics_listen: None,
         backends: Backends {
             migrate: false,
             ..backends
