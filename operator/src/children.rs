@@ -147,14 +147,26 @@ fn value_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
 /// have the same length with each item held. Any difference means the configuration is applied again.
 pub fn holds(live: &Value, config: &Value) -> bool {
     match (live, config) {
-        (Value::Object(live), Value::Object(config)) => config
-            .iter()
-            .all(|(key, value)| live.get(key).is_some_and(|held| holds(held, value))),
+        (Value::Object(live), Value::Object(config)) => config.iter().all(|(key, value)| {
+            live.get(key).is_some_and(|held| {
+                holds(held, value)
+                    || (QUANTITIES.contains(&key.as_str()) && same_quantity(held, value))
+            })
+        }),
         (Value::Array(live), Value::Array(config)) => {
             live.len() == config.len() && live.iter().zip(config).all(|(l, c)| holds(l, c))
         }
         (live, config) => live == config,
     }
+}
+
+/// The fields whose values are quantities, which the API server writes back in their canonical form
+/// (`0.5` as `500m`, `1024Mi` as `1Gi`): the same amount is the same value.
+const QUANTITIES: [&str; 4] = ["cpu", "memory", "storage", "ephemeral-storage"];
+
+fn same_quantity(live: &Value, config: &Value) -> bool {
+    let amount = |v: &Value| v.as_str().and_then(crate::manifests::parse_bytes);
+    matches!((amount(live), amount(config)), (Some(a), Some(b)) if a == b)
 }
 
 /// A cached object as the JSON the API server sent.

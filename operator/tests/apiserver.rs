@@ -199,3 +199,74 @@ async fn deleting_an_owner_collects_what_it_owns_and_string_data_becomes_data() 
     server.delete(DEPLOYMENTS, "web");
     assert_eq!(server.names("/api/v1/namespaces/team/secrets"), ["free"]);
 }
+
+#[test]
+fn quantities_are_written_back_in_their_canonical_form() {
+    use common::defaults::canonical;
+    for (written, stored) in [
+        ("0.5", "500m"),
+        ("1.5", "1500m"),
+        ("1000m", "1"),
+        ("100m", "100m"),
+        ("1024Mi", "1Gi"),
+        ("1.5Gi", "1536Mi"),
+        ("1Gi", "1Gi"),
+        ("512Mi", "512Mi"),
+        ("0.5Ki", "512"),
+        ("1000M", "1G"),
+        ("2", "2"),
+        ("0", "0"),
+    ] {
+        assert_eq!(canonical(written).as_deref(), Some(stored), "{written}");
+    }
+}
+
+#[tokio::test]
+async fn the_server_fills_in_the_defaults_of_what_it_stores() {
+    let server = ApiServer::new();
+    let deployments = api::<Deployment>(&server);
+    let stored = apply(&deployments, "test", deployment(None))
+        .await
+        .expect("applied");
+    let stored = serde_json::to_value(stored).expect("JSON");
+    assert_eq!(stored["spec"]["replicas"], 1);
+    assert_eq!(
+        stored["spec"]["strategy"],
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": "25%", "maxSurge": "25%" } })
+    );
+    let container = &stored["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["dnsPolicy"],
+        "ClusterFirst"
+    );
+}
+
+#[tokio::test]
+async fn a_jobs_template_cannot_change() {
+    let server = ApiServer::new();
+    let jobs = api::<k8s_openapi::api::batch::v1::Job>(&server);
+    let job = |image: &str| {
+        json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "migrate" },
+                "spec": { "template": { "spec": { "restartPolicy": "OnFailure",
+                    "containers": [{ "name": "migrate", "image": image }] } } } })
+    };
+    apply(&jobs, "test", job("example.org/api:1"))
+        .await
+        .expect("created");
+    let refused = apply(&jobs, "test", job("example.org/api:2"))
+        .await
+        .expect_err("immutable");
+    let kube::Error::Api(status) = refused else {
+        panic!("an API error: {refused}")
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status
+            .message
+            .starts_with("Job.batch \"migrate\" is invalid: spec.template: Invalid value:")
+            && status.message.ends_with("field is immutable"),
+        "{}",
+        status.message
+    );
+}

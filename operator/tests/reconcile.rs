@@ -956,6 +956,33 @@ async fn a_settled_system_is_reconciled_without_a_write_and_a_pod_becoming_ready
 }
 
 #[tokio::test]
+async fn quantities_the_api_server_rewrites_in_canonical_form_cause_no_write() {
+    let server = ApiServer::new();
+    create(
+        &server,
+        "defaults",
+        json!({ "api": { "resources": { "requests": { "cpu": "0.5", "memory": "1024Mi" },
+                                         "limits": { "memory": "1.5Gi" } } },
+                "mysql": { "resources": { "requests": { "cpu": "1000m" } } } }),
+    );
+    settle(&server).await.expect("reconciled");
+    let api = server.get(DEPLOYMENTS, "chat-api").expect("API");
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["resources"],
+        json!({ "requests": { "cpu": "500m", "memory": "1Gi" }, "limits": { "memory": "1536Mi" } }),
+        "as kube-apiserver stores them"
+    );
+    reconcile(&server).await.expect("reconciled");
+    server.clear_calls();
+    reconcile(&server).await.expect("reconciled");
+    assert_eq!(
+        writes(&server.calls()),
+        [],
+        "the same amounts, written another way, are not a change"
+    );
+}
+
+#[tokio::test]
 async fn a_field_changed_by_hand_is_put_back() {
     let server = ApiServer::new();
     create(&server, "defaults", json!({}));

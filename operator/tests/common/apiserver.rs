@@ -1138,7 +1138,9 @@ impl State {
         self.objects.remove(key).is_some()
     }
 
-    /// Deletes, until none is left, every object all of whose owners are gone.
+    /// Deletes, until none is left, every object all of whose owners are gone: the garbage
+    /// collector's rule (pkg/controller/garbagecollector/garbagecollector.go, `attemptToDeleteItem`:
+    /// an owner reference dangles when no object has its uid).
     fn collect_garbage(&mut self) {
         loop {
             let uids: BTreeSet<String> = self
@@ -1228,6 +1230,22 @@ fn refuse_update(
 ) -> Option<(StatusCode, Value)> {
     let spec = |o: &Value, field: &str| o["spec"][field].clone();
     match target.kind.kind {
+        // pkg/apis/batch/validation/validation.go, `ValidateJobSpecUpdate`, through
+        // `ValidateImmutableField` (staging/src/k8s.io/apimachinery/pkg/api/validation/objectmeta.go).
+        "Job" => ["selector", "template"].into_iter().find_map(|field| {
+            (spec(current, field) != spec(updated, field)).then(|| {
+                invalid(
+                    target,
+                    name,
+                    &format!(
+                        "spec.{field}: Invalid value: {}: field is immutable",
+                        spec(updated, field)
+                    ),
+                )
+            })
+        }),
+        // pkg/apis/apps/validation/validation.go, `ValidateStatefulSetUpdate` (the wording of
+        // Kubernetes 1.33).
         "StatefulSet" => {
             const MUTABLE: [&str; 6] = [
                 "replicas",
@@ -1246,6 +1264,7 @@ fn refuse_update(
                 invalid(target, name, "spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden")
             })
         }
+        // pkg/registry/apps/deployment/strategy.go, `ValidateUpdate`.
         "Deployment" => (spec(current, "selector") != spec(updated, "selector")).then(|| {
             invalid(
                 target,
@@ -1256,6 +1275,9 @@ fn refuse_update(
                 ),
             )
         }),
+        // pkg/apis/core/validation/validation.go, `ValidateServiceUpdate` through
+        // `validateUpgradeDowngradeClusterIPs`; an update that leaves the IP out keeps it
+        // (pkg/registry/core/service/storage/storage.go, `patchAllocatedValues`).
         "Service" => {
             let ip = |o: &Value| o["spec"]["clusterIP"].clone();
             (!ip(current).is_null() && ip(current) != ip(updated)).then(|| {
@@ -1266,6 +1288,9 @@ fn refuse_update(
                 )
             })
         }
+        // pkg/apis/core/validation/validation.go, `ValidatePersistentVolumeClaimUpdate`; growing is
+        // admitted by plugin/pkg/admission/storage/persistentvolume/resize/admission.go only where
+        // the storage class allows expansion.
         "PersistentVolumeClaim" => {
             let size = |o: &Value| {
                 o["spec"]["resources"]["requests"]["storage"]
@@ -1317,15 +1342,12 @@ fn refuse_update(
     }
 }
 
-/// Defaults the API server fills in, and `stringData` folded into `data`.
+/// Defaults the API server fills in (see `defaults.rs`), and `stringData` folded into `data`.
 fn default_and_normalise(target: &Target, mut object: Value) -> Value {
+    super::defaults::apply(target.kind.kind, &mut object);
     match target.kind.kind {
-        "Deployment" | "StatefulSet" if object["spec"]["replicas"].is_null() => {
-            object["spec"]["replicas"] = json!(1);
-        }
-        "Service" if object["spec"]["clusterIP"].is_null() => {
-            object["spec"]["clusterIP"] = json!("10.96.0.10");
-        }
+        // pkg/apis/core/v1/conversion.go, `Convert_v1_Secret_To_core_Secret`: `stringData`
+        // overwrites `data` and is never stored.
         "Secret" => {
             if let Some(Value::Object(strings)) =
                 object.as_object_mut().and_then(|o| o.remove("stringData"))
@@ -1344,7 +1366,8 @@ fn default_and_normalise(target: &Target, mut object: Value) -> Value {
 }
 
 /// What a write may change: the object without `status` for a status subresource kind, or only
-/// `status` through `/status`.
+/// `status` through `/status` (each kind's strategy in pkg/registry: `PrepareForUpdate` keeps the old
+/// status, and its status strategy the old spec).
 fn scope(target: &Target, body: &Value, status_only: bool) -> Value {
     let mut scoped = body.clone();
     let object = scoped.as_object_mut().expect("an object body");
@@ -1359,7 +1382,8 @@ fn scope(target: &Target, body: &Value, status_only: bool) -> Value {
     scoped
 }
 
-/// Fields only the server sets, kept through an update.
+/// Fields only the server sets, kept through an update (staging/src/k8s.io/apiserver/pkg/registry/
+/// rest/update.go, `BeforeUpdate`).
 fn preserve_server_fields(current: &Value, updated: &mut Value) {
     for field in [
         "uid",
@@ -1381,7 +1405,15 @@ fn strip_volatile(object: &Value) -> Value {
     object
 }
 
+/// Whether `generation` moves: on a change of anything but metadata and status (each strategy's
+/// `PrepareForUpdate`, e.g. pkg/registry/apps/statefulset/strategy.go; a Deployment's also on a change
+/// of its annotations, pkg/registry/apps/deployment/strategy.go).
 fn spec_changed(current: &Value, updated: &Value) -> bool {
+    if updated["kind"] == "Deployment"
+        && current["metadata"]["annotations"] != updated["metadata"]["annotations"]
+    {
+        return true;
+    }
     let body = |o: &Value| {
         let mut o = o.as_object().cloned().unwrap_or_default();
         o.retain(|k, _| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"));
@@ -1390,6 +1422,9 @@ fn spec_changed(current: &Value, updated: &Value) -> bool {
     body(current) != body(updated)
 }
 
+/// A body of another group version than its URL's: staging/src/k8s.io/apiserver/pkg/endpoints/
+/// handlers/create.go, `createHandler`, answers 400 "the API version in the data (…) does not match
+/// the expected API version (…)" (the kind is named too here, for the tests' sake).
 fn wrong_type(target: &Target, object: &Value) -> Option<String> {
     let (api_version, kind) = (object["apiVersion"].as_str(), object["kind"].as_str());
     (api_version != Some(target.kind.api_version) || kind != Some(target.kind.kind)).then(|| {

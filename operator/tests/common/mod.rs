@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod apiserver;
+pub mod defaults;
 pub mod rbac;
 
 use apiserver::ApiServer;
