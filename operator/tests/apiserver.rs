@@ -121,9 +121,9 @@ async fn without_force_a_conflicting_apply_is_refused() {
         .expect_err("conflict");
     let (code, message) = api_status(error);
     assert_eq!(code, 409);
-    assert!(
-        message.contains("conflict with \"kube-controller-manager\": .spec.replicas"),
-        "{message}"
+    assert_eq!(
+        message,
+        "Apply failed with 1 conflict: conflict with \"kube-controller-manager\" using apps/v1: .spec.replicas"
     );
 }
 

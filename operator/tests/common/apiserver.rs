@@ -83,6 +83,9 @@ struct Kind {
     has_generation: bool,
 }
 
+/// The kinds served, with whether each has a status subresource and a generation as its registry
+/// strategy gives it (pkg/registry/<group>/<kind>/strategy.go: `PrepareForCreate` sets generation 1
+/// and `PrepareForUpdate` moves it; the status strategy writes status alone).
 const KINDS: &[Kind] = &[
     kind("v1", "Secret", "secrets", false, false),
     kind("v1", "ConfigMap", "configmaps", false, false),
@@ -189,7 +192,8 @@ const fn kind(
     }
 }
 
-/// API groups served only once their CustomResourceDefinitions are installed.
+/// API groups served only once their CustomResourceDefinitions are installed (staging/src/k8s.io/
+/// apiextensions-apiserver serves a CRD's group from its establishment; before it, 404).
 const OPTIONAL_GROUPS: [&str; 2] = ["keda.sh", "monitoring.coreos.com"];
 
 fn group_of(api_version: &str) -> &str {
@@ -746,7 +750,7 @@ impl State {
     }
 
     /// KEDA's admission webhook: a ScaledObject may not target a workload that an HPA it does not own
-    /// already scales.
+    /// already scales (kedacore/keda apis/keda/v1alpha1/scaledobject_webhook.go, `verifyHpas`).
     fn refused_by_keda_webhook(
         &self,
         target: &Target,
@@ -816,6 +820,7 @@ impl State {
             return refusal;
         }
         let key = (target.collection.clone(), name.clone());
+        // staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go, `NewAlreadyExists`.
         if self.objects.contains_key(&key) {
             return (
                 StatusCode::CONFLICT,
@@ -865,6 +870,8 @@ impl State {
         let Some(current) = self.objects.get(&key).cloned() else {
             return not_found(target, name);
         };
+        // The optimistic lock: staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go,
+        // `OptimisticLockErrorMsg`, through `NewConflict`.
         let expected = object["metadata"]["resourceVersion"].as_str();
         if expected.is_some() && expected != current["metadata"]["resourceVersion"].as_str() {
             return (
@@ -901,11 +908,17 @@ impl State {
         let apply = request.content_type.starts_with("application/apply-patch");
         let current = self.objects.get(&key).cloned();
         if apply {
+            // staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/validation/validation.go,
+            // `ValidatePatchOptions`, wrapped by patch.go as an invalid PatchOptions.
             if manager == "unknown" {
-                return invalid(
-                    target,
-                    name,
-                    "metadata.managedFields.fieldManager: Required value: is required for apply patch",
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    status_body(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                        None,
+                    ),
                 );
             }
             if let Some(problem) = wrong_type(target, &request.body) {
@@ -963,6 +976,9 @@ impl State {
         (StatusCode::CREATED, self.render(key, &self.objects[key]))
     }
 
+    /// Server-side apply as sigs.k8s.io/structured-merge-diff merge/update.go, `Apply`, does it: the
+    /// configuration merged in, a field the manager applied before and leaves out now pruned unless
+    /// another manager owns it, and a change of another manager's field a conflict unless forced.
     fn server_side_apply(
         &mut self,
         target: &Target,
@@ -987,22 +1003,50 @@ impl State {
                 .cloned()
                 .collect();
             for field in taken {
-                conflicts.push(format!(
-                    "conflict with \"{}\": .{}",
-                    entry.manager,
-                    field.join(".")
-                ));
+                // staging/src/k8s.io/apimachinery/pkg/util/managedfields/internal/conflict.go,
+                // `printManager`: an updater is named with the API version it wrote through.
+                let named = if entry.operation == "Apply" {
+                    format!("\"{}\"", entry.manager)
+                } else {
+                    format!(
+                        "\"{}\" using {}",
+                        entry.manager,
+                        current["apiVersion"].as_str().unwrap_or_default()
+                    )
+                };
+                conflicts.push((named, format!(".{}", field.join("."))));
                 if force {
                     entry.fields.remove(&field);
                 }
             }
         }
         if !force && !conflicts.is_empty() {
-            let message = format!(
-                "Apply failed with {} conflict(s): {}",
-                conflicts.len(),
-                conflicts.join(", ")
-            );
+            // sigs.k8s.io/structured-merge-diff merge/update.go finds the conflicts; conflict.go,
+            // `getConflictMessage`, words one and several differently.
+            let message = match conflicts.as_slice() {
+                [(manager, path)] => {
+                    format!("Apply failed with 1 conflict: conflict with {manager}: {path}")
+                }
+                many => {
+                    let mut by_manager: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                    for (manager, path) in many {
+                        by_manager.entry(manager).or_default().push(path);
+                    }
+                    let lines: Vec<String> = by_manager
+                        .iter()
+                        .map(|(manager, paths)| {
+                            let paths: Vec<String> =
+                                paths.iter().map(|p| format!("- {p}")).collect();
+                            format!("conflicts with {manager}:\n{}", paths.join("\n"))
+                        })
+                        .collect();
+                    format!(
+                        "Apply failed with {} conflicts: {}",
+                        many.len(),
+                        lines.join("\n")
+                    )
+                }
+            };
             return (
                 StatusCode::CONFLICT,
                 status_body(
@@ -1559,7 +1603,8 @@ fn merge_config(live: &mut Value, config: &Value) {
     }
 }
 
-/// RFC 7386: `null` deletes.
+/// RFC 7386: `null` deletes (the merge patch of staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+/// patch.go, `jsonPatcher`).
 fn merge_patch(live: &mut Value, patch: &Value) {
     match (live, patch) {
         (Value::Object(live), Value::Object(patch)) => {
@@ -1668,6 +1713,7 @@ fn status_body(code: StatusCode, reason: &str, message: &str, details: Option<Va
     status
 }
 
+/// staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go, `NewNotFound`.
 fn not_found(target: &Target, name: &str) -> (StatusCode, Value) {
     (
         StatusCode::NOT_FOUND,
@@ -1680,6 +1726,8 @@ fn not_found(target: &Target, name: &str) -> (StatusCode, Value) {
     )
 }
 
+/// A path no installed API serves: staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+/// responsewriters/errors.go by way of `NewGenericServerResponse`'s 404 wording.
 fn not_found_path(path: &str) -> (StatusCode, Value) {
     (
         StatusCode::NOT_FOUND,
@@ -1699,7 +1747,8 @@ fn bad_request(message: &str) -> (StatusCode, Value) {
     )
 }
 
-/// A 422 as the API server words it: `<Kind>.<group> "<name>" is invalid: <field>: <problem>`.
+/// A 422 as the API server words it: `<Kind>.<group> "<name>" is invalid: <field>: <problem>`
+/// (staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go, `NewInvalid`).
 fn invalid(target: &Target, name: &str, problem: &str) -> (StatusCode, Value) {
     let group = target
         .kind
