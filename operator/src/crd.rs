@@ -1,6 +1,9 @@
 //! The `ChatSystem` custom resource: spec with every default in the schema, and status.
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -36,6 +39,8 @@ const NAME_MESSAGE: &str = "metadata.name must be at most 41 characters of lower
     status = "ChatSystemStatus",
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "API", "type": "integer", "description": "Ready replicas of the API", "jsonPath": ".status.components.api.readyReplicas"}"#,
+    printcolumn = r#"{"name": "URL", "type": "string", "priority": 1, "jsonPath": ".status.apiUrl"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
@@ -55,6 +60,58 @@ pub struct ChatSystemSpec {
     pub monitoring: MonitoringSpec,
     pub network_policy: NetworkPolicySpec,
     pub command_queue: CommandQueueSpec,
+}
+
+/// Where a component's pods run and what they carry, as in a Pod's spec: for platform teams'
+/// scheduling and ownership rules. Labels and annotations the operator sets itself win over these.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodSettings {
+    /// Node labels the pods must run on, as in a Pod's `spec.nodeSelector`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate, as in a Pod's `spec.tolerations`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "pod_field_schema::<Vec<Toleration>>")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity, as in a Pod's `spec.affinity`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_field_schema::<Option<Affinity>>")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread over zones or nodes, as in a Pod's `spec.topologySpreadConstraints`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "pod_field_schema::<Vec<TopologySpreadConstraint>>")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Annotations added to the pods (for example a service mesh's or a backup tool's).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Labels added to the pods (never to their selectors, which cannot change).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Environment variables added to the component's container, as in a container's `env`; a name
+    /// the operator also sets is replaced by this entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "pod_field_schema::<Vec<EnvVar>>")]
+    pub env: Vec<EnvVar>,
+}
+
+/// A Pod field's own schema with its nested descriptions left out: `kubectl explain pod.spec` has
+/// them, and repeating them for six components would make the CRD too large to apply.
+fn pod_field_schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value =
+        serde_json::to_value(generator.subschema_for::<T>()).expect("a schema serialises");
+    strip(&mut value);
+    Schema::try_from(value).expect("still a schema")
 }
 
 /// The RabbitMQ queues chat and message creations travel through. One queue is one Erlang process with
@@ -96,6 +153,9 @@ pub struct ApiSpec {
     /// When unset, the operator generates one, `<name>-api-admin-key` with key `admin-key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key_secret: Option<SecretKeyReference>,
+    /// Scheduling, labels, annotations and env of the API's pods (and its migration Job's).
+    #[serde(flatten)]
+    pub pod: PodSettings,
 }
 
 impl Default for ApiSpec {
@@ -107,6 +167,7 @@ impl Default for ApiSpec {
             autoscaling: Autoscaling::default(),
             ingress: IngressSpec::default(),
             admin_key_secret: None,
+            pod: PodSettings::default(),
         }
     }
 }
@@ -150,6 +211,9 @@ pub struct WorkerSpec {
     pub resources: ResourceRequirements,
     pub autoscaling: WorkerAutoscaling,
     pub batch: BatchSpec,
+    /// Scheduling, labels, annotations and env of the worker's pods.
+    #[serde(flatten)]
+    pub pod: PodSettings,
 }
 
 impl Default for WorkerSpec {
@@ -160,6 +224,7 @@ impl Default for WorkerSpec {
             resources: resources("100m", "128Mi", "1Gi"),
             autoscaling: WorkerAutoscaling::default(),
             batch: BatchSpec::default(),
+            pod: PodSettings::default(),
         }
     }
 }
@@ -186,11 +251,15 @@ fn image_or_default(image: Option<&str>, repository: &str) -> String {
     "message": "minReplicas must not exceed maxReplicas",
 }]))]
 pub struct Autoscaling {
+    /// A HorizontalPodAutoscaler sets the replica count (`replicas` is then unused).
     pub enabled: bool,
+    /// The fewest replicas the autoscaler keeps.
     #[schemars(range(min = 1, max = 100))]
     pub min_replicas: i32,
+    /// The most replicas the autoscaler runs; MySQL's connection limit is sized for it.
     #[schemars(range(min = 1, max = 100))]
     pub max_replicas: i32,
+    /// The average CPU utilisation, in percent of the CPU request, aimed at.
     #[serde(rename = "targetCPUUtilizationPercentage")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
@@ -221,12 +290,15 @@ impl Default for Autoscaling {
     },
 ]))]
 pub struct WorkerAutoscaling {
+    /// An autoscaler sets the replica count (`replicas` is then unused).
     pub enabled: bool,
     /// What the replica count follows: `Cpu` (a HorizontalPodAutoscaler) or `QueueBacklog` (a KEDA
     /// ScaledObject on the command queue; needs KEDA in the cluster).
     pub metric: ScalingMetric,
+    /// The fewest replicas the autoscaler keeps.
     #[schemars(range(min = 1, max = 100))]
     pub min_replicas: i32,
+    /// The most replicas the autoscaler runs; MySQL's connection limit is sized for it.
     #[schemars(range(min = 1, max = 100))]
     pub max_replicas: i32,
     /// With `Cpu`: the average CPU utilisation aimed at.
@@ -311,15 +383,22 @@ impl Default for BatchSpec {
     "message": "ingress.host is required when the ingress is enabled",
 }]))]
 pub struct IngressSpec {
+    /// An Ingress routes the API's public paths from `host`.
     #[serde(default)]
     pub enabled: bool,
+    /// The host name clients use; required when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The IngressClass; with `nginx`, the operator adds ingress-nginx's annotations for streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
     /// Secret holding the TLS certificate; the API is served over HTTPS when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_name: Option<String>,
+    /// Annotations of the Ingress, for its controller (they win over the operator's own, which it
+    /// sets for ingress-nginx only: streaming, timeouts and the body limit).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Scraping and alerting through prometheus-operator, which must be installed in the cluster.
@@ -453,6 +532,7 @@ service_defaults!(
 #[serde(rename_all = "camelCase", default, bound = "")]
 #[schemars(bound = "D: ServiceDefaults")]
 pub struct BackingServiceSpec<D: ServiceDefaults> {
+    /// The service's image.
     pub image: String,
     #[schemars(schema_with = "resources_schema")]
     pub resources: ResourceRequirements,
@@ -460,6 +540,9 @@ pub struct BackingServiceSpec<D: ServiceDefaults> {
     /// When set, the operator runs nothing for this service and reads its URL from this Secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalService>,
+    /// Scheduling, labels, annotations and env of the service's pod.
+    #[serde(flatten)]
+    pub pod: PodSettings,
     #[serde(skip)]
     marker: std::marker::PhantomData<D>,
 }
@@ -471,6 +554,7 @@ impl<D: ServiceDefaults> Default for BackingServiceSpec<D> {
             resources: resources(D::CPU_REQUEST, D::MEMORY_REQUEST, D::MEMORY_LIMIT),
             storage: StorageSpec::default(),
             external: None,
+            pod: PodSettings::default(),
             marker: std::marker::PhantomData,
         }
     }
@@ -555,12 +639,22 @@ fn resources_schema(generator: &mut SchemaGenerator) -> Schema {
         "type": "object",
         "additionalProperties": quantity_schema(generator),
     });
+    let mut requests = quantities.clone();
+    requests.insert(
+        "description".to_string(),
+        "What the scheduler reserves for each container: `cpu` and `memory`.".into(),
+    );
+    let mut limits = quantities;
+    limits.insert(
+        "description".to_string(),
+        "The most each container may use: `cpu` and `memory`.".into(),
+    );
     json_schema!({
         "description": "Compute resources of the containers, as in a Pod: `requests` and `limits` of `cpu` and `memory`.",
         "type": "object",
         "properties": {
-            "requests": quantities.clone(),
-            "limits": quantities,
+            "requests": requests,
+            "limits": limits,
         },
     })
 }
@@ -588,8 +682,10 @@ fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> Res
 pub struct ChatSystemStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded` and `ReconciliationPaused`, for `kubectl wait`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Ready and desired replicas of each component the operator runs.

@@ -43,7 +43,7 @@ fn names_scope_subresources_and_printer_columns() {
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(columns, ["Phase", "Ready", "Age"]);
+    assert_eq!(columns, ["Phase", "Ready", "API", "URL", "Age"]);
 }
 
 #[test]
@@ -280,5 +280,45 @@ fn network_peers_are_checked_by_the_schema_when_applied_not_after_they_are_store
     assert_eq!(
         chatsys_operator::schema::problems(&typo, &schema),
         ["unknown field \"spec.networkPolicy.apiFrom[0].podSelektor\""]
+    );
+}
+
+/// Every field `kubectl explain` shows has a description: ours, and the first level of the Pod and
+/// NetworkPolicy fields we embed (whose own fields `kubectl explain pod.spec` documents).
+#[test]
+fn every_field_has_a_description() {
+    fn walk(schema: &Value, path: &str, embedded: bool, missing: &mut Vec<String>) {
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, field) in properties {
+                let field_path = format!("{path}.{name}");
+                if !embedded && field["description"].as_str().is_none_or(str::is_empty) {
+                    missing.push(field_path.clone());
+                }
+                let embeds = field["items"]["properties"].is_object()
+                    && !field["items"]["description"].is_null()
+                    || field_path.ends_with(".affinity")
+                    || field_path.ends_with(".tolerations")
+                    || field_path.ends_with(".topologySpreadConstraints")
+                    || field_path.ends_with(".env")
+                    || field_path.ends_with("From");
+                walk(field, &field_path, embedded || embeds, missing);
+            }
+        }
+        if schema["items"].is_object() {
+            walk(&schema["items"], &format!("{path}[]"), embedded, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&schema()["properties"]["spec"], "spec", false, &mut missing);
+    walk(
+        &schema()["properties"]["status"],
+        "status",
+        false,
+        &mut missing,
+    );
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "fields kubectl explain shows empty"
     );
 }

@@ -335,3 +335,107 @@ fn a_deployed_api_has_an_admin_key_and_keeps_its_metrics_off_the_clients_port() 
         json!({ "name": "ops-keys", "key": "chat" })
     );
 }
+
+#[test]
+fn each_components_scheduling_labels_annotations_and_env_reach_its_pods_only() {
+    let (mut cs, _) = example("minimal");
+    let settings: chatsys_operator::crd::PodSettings = serde_json::from_value(json!({
+        "nodeSelector": { "pool": "chat" },
+        "tolerations": [{ "key": "dedicated", "operator": "Equal", "value": "chat", "effect": "NoSchedule" }],
+        "affinity": { "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [
+            { "weight": 100, "podAffinityTerm": { "topologyKey": "kubernetes.io/hostname",
+              "labelSelector": { "matchLabels": { "app.kubernetes.io/component": "api" } } } }] } },
+        "topologySpreadConstraints": [{ "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway" }],
+        "podAnnotations": { "mesh.example.org/inject": "true", "chatsys.io/config-hash": "mine" },
+        "podLabels": { "team": "chat", "app.kubernetes.io/component": "mine" },
+        "env": [{ "name": "RUST_LOG", "value": "debug" }],
+    }))
+    .expect("settings parse");
+    cs.spec.api.pod = settings.clone();
+    cs.spec.mysql.pod = settings;
+    let built = children(&cs, &fresh_inputs(&cs));
+    for (kind, name, container) in [
+        (ChildKind::Deployment, "chat-api", "api"),
+        (ChildKind::StatefulSet, "chat-mysql", "mysql"),
+    ] {
+        let workload = find(&built, kind, name);
+        let pod = &workload["spec"]["template"];
+        assert_eq!(
+            pod["spec"]["nodeSelector"],
+            json!({ "pool": "chat" }),
+            "{name}"
+        );
+        assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated", "{name}");
+        assert!(
+            pod["spec"]["affinity"]["podAntiAffinity"].is_object(),
+            "{name}"
+        );
+        assert_eq!(pod["spec"]["topologySpreadConstraints"][0]["maxSkew"], 1);
+        assert_eq!(pod["metadata"]["labels"]["team"], "chat");
+        assert_ne!(
+            pod["metadata"]["labels"]["app.kubernetes.io/component"], "mine",
+            "the operator's labels select the pods: they win"
+        );
+        assert_eq!(
+            workload["spec"]["selector"]["matchLabels"].get("team"),
+            None,
+            "a selector never changes"
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["mesh.example.org/inject"],
+            "true"
+        );
+        let env = common::env(common::container(workload, container), "RUST_LOG");
+        assert_eq!(env["value"], "debug");
+    }
+    assert_ne!(
+        find(&built, ChildKind::Deployment, "chat-api")["spec"]["template"]["metadata"]["annotations"]
+            ["chatsys.io/config-hash"],
+        "mine"
+    );
+    let migration = of_kind(&built, ChildKind::Job)[0];
+    assert_eq!(
+        migration["spec"]["template"]["spec"]["nodeSelector"],
+        json!({ "pool": "chat" }),
+        "the migration runs where the API does"
+    );
+    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    assert!(
+        worker["spec"]["template"]["spec"]["nodeSelector"].is_null(),
+        "each component's own"
+    );
+}
+
+#[test]
+fn ingress_nginx_annotations_only_for_its_class_and_the_users_on_top() {
+    let (mut cs, _) = example("full");
+    cs.spec.api.ingress.annotations = [(
+        "nginx.ingress.kubernetes.io/proxy-read-timeout".to_string(),
+        "60".to_string(),
+    )]
+    .into();
+    cs.spec.api.ingress.class_name = Some("nginx".to_string());
+    let built = children(&cs, &fresh_inputs(&cs));
+    let annotations = &find(&built, ChildKind::Ingress, "chat-api")["metadata"]["annotations"];
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-buffering"],
+        "off"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"], "60",
+        "the user's value wins"
+    );
+    cs.spec.api.ingress.class_name = Some("traefik".to_string());
+    cs.spec.api.ingress.annotations = [(
+        "traefik.ingress.kubernetes.io/router.entrypoints".to_string(),
+        "websecure".to_string(),
+    )]
+    .into();
+    let built = children(&cs, &fresh_inputs(&cs));
+    assert_eq!(
+        find(&built, ChildKind::Ingress, "chat-api")["metadata"]["annotations"],
+        json!({ "traefik.ingress.kubernetes.io/router.entrypoints": "websecure" }),
+        "no other controller's annotations"
+    );
+}

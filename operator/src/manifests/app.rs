@@ -7,13 +7,13 @@ use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
     Child, ChildKind, Inputs, Manifest, MissingApi, Plan, child_name, config_hash,
     container_security_context, http_get, metadata, pod_security_context, probe, secret_env,
-    selector, selector_labels, value_env, with_pull_secrets,
+    selector, selector_labels, value_env, with_pod_settings, with_pull_secrets,
 };
 use crate::apis::{
     AuthenticationRef, OptionalApi, ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSpec,
     SecretTargetRef, TriggerAuthentication, TriggerAuthenticationSpec,
 };
-use crate::crd::{Autoscaling, ChatSystem, ScalingMetric};
+use crate::crd::{Autoscaling, ChatSystem, PodSettings, ScalingMetric};
 use chatsys_settings::env;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -134,6 +134,7 @@ struct Component<'a> {
     port: i32,
     /// A port serving metrics alone, apart from `port`.
     metrics_port: Option<i32>,
+    pod: &'a PodSettings,
     image: String,
     replicas: i32,
     resources: &'a ResourceRequirements,
@@ -156,6 +157,7 @@ impl<'a> Component<'a> {
             binary: "/usr/local/bin/chatsys-api",
             port: API_PORT,
             metrics_port: Some(API_METRICS_PORT),
+            pod: &api.pod,
             image: api.image(),
             replicas: api.replicas,
             resources: &api.resources,
@@ -182,6 +184,7 @@ impl<'a> Component<'a> {
             binary: "/usr/local/bin/chatsys-worker",
             port: WORKER_PORT,
             metrics_port: None,
+            pod: &worker.pod,
             image: worker.image(),
             replicas: worker.replicas,
             resources: &worker.resources,
@@ -353,14 +356,18 @@ impl<'a> Component<'a> {
                         max_surge: Some(IntOrString::String("25%".to_string())),
                     }),
                 }),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(super::stable_labels(cs, self.name)),
-                        annotations: Some(self.pod_annotations(cs, inputs)),
-                        ..ObjectMeta::default()
-                    }),
-                    spec: Some(pod_spec),
-                },
+                template: with_pod_settings(
+                    PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(super::stable_labels(cs, self.name)),
+                            annotations: Some(self.pod_annotations(cs, inputs)),
+                            ..ObjectMeta::default()
+                        }),
+                        spec: Some(pod_spec),
+                    },
+                    self.pod,
+                    self.name,
+                ),
                 ..DeploymentSpec::default()
             },
             ..Deployment::default()
@@ -388,21 +395,25 @@ impl<'a> Component<'a> {
     /// migrate (a rollback to an older release, a changed migration, an SQL error) exits non-zero at
     /// once, and the Job fails after [`MIGRATION_RETRIES`] restarts or [`MIGRATION_DEADLINE_SECS`].
     fn migration_job(&self, cs: &ChatSystem) -> Job {
-        let template = PodTemplateSpec {
-            metadata: Some(ObjectMeta {
-                labels: Some(super::stable_labels(cs, "migrate")),
-                ..ObjectMeta::default()
-            }),
-            spec: Some(with_pull_secrets(
-                cs,
-                PodSpec {
-                    security_context: Some(pod_security_context(APP_UID)),
-                    restart_policy: Some("OnFailure".to_string()),
-                    containers: vec![self.container(cs, "migrate", Some("migrate"))],
-                    ..PodSpec::default()
-                },
-            )),
-        };
+        let template = with_pod_settings(
+            PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(super::stable_labels(cs, "migrate")),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(with_pull_secrets(
+                    cs,
+                    PodSpec {
+                        security_context: Some(pod_security_context(APP_UID)),
+                        restart_policy: Some("OnFailure".to_string()),
+                        containers: vec![self.container(cs, "migrate", Some("migrate"))],
+                        ..PodSpec::default()
+                    },
+                )),
+            },
+            self.pod,
+            "migrate",
+        );
         let name = child_name(cs, &format!("migrate-{}", &config_hash(&template)[..8]));
         Job {
             metadata: metadata(cs, &name, "migrate"),
@@ -637,7 +648,8 @@ fn ingress(cs: &ChatSystem) -> Ingress {
     let ingress = &cs.spec.api.ingress;
     let host = ingress.host.clone().unwrap_or_default();
     let mut metadata = metadata(cs, &api_name(cs), "api");
-    metadata.annotations = Some(
+    // ingress-nginx's own annotations, for its class only: another controller reads its own.
+    let nginx: BTreeMap<String, String> = if ingress.class_name.as_deref() == Some("nginx") {
         [
             // ingress-nginx refuses bodies over 1 MiB with its own HTML 413; let the API answer its own
             // limit.
@@ -655,8 +667,13 @@ fn ingress(cs: &ChatSystem) -> Ingress {
                 value.to_string(),
             )
         })
-        .collect(),
-    );
+        .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut annotations = nginx;
+    annotations.extend(ingress.annotations.clone());
+    metadata.annotations = (!annotations.is_empty()).then_some(annotations);
     Ingress {
         metadata,
         spec: Some(IngressSpec {

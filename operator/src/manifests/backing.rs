@@ -5,10 +5,11 @@ use super::generated::GeneratedSecret;
 use super::{
     Child, ClaimTemplate, Expansion, Inputs, Plan, child_name, config_hash,
     container_security_context, http_get, metadata, parse_bytes, pod_security_context, probe,
-    secret_env, selector, selector_labels, stable_labels, value_env, with_pull_secrets,
+    secret_env, selector, selector_labels, stable_labels, value_env, with_pod_settings,
+    with_pull_secrets,
 };
 use crate::crd::{
-    BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, ServiceDefaults,
+    BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, PodSettings, ServiceDefaults,
 };
 use chatsys_settings::connections;
 use k8s_openapi::api::apps::v1::{
@@ -182,6 +183,7 @@ pub struct ServiceSettings<'a> {
     pub storage_class_name: Option<&'a str>,
     pub delete_claims_on_removal: bool,
     pub external: Option<&'a ExternalService>,
+    pub pod: &'a PodSettings,
 }
 
 impl<'a> ServiceSettings<'a> {
@@ -193,6 +195,7 @@ impl<'a> ServiceSettings<'a> {
             storage_class_name: spec.storage.storage_class_name.as_deref(),
             delete_claims_on_removal: spec.storage.delete_claims_on_removal,
             external: spec.external.as_ref(),
+            pod: &spec.pod,
         }
     }
 }
@@ -453,24 +456,31 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
                     when_scaled: Some("Retain".to_string()),
                 },
             ),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(stable_labels(cs, service.name())),
-                    annotations: (!annotations.is_empty()).then_some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(with_pull_secrets(
-                    cs,
-                    PodSpec {
-                        security_context: Some(pod_security_context(service.uid())),
-                        termination_grace_period_seconds: Some(service.termination_grace_secs()),
-                        init_containers: (!init_containers.is_empty()).then_some(init_containers),
-                        containers: vec![container],
-                        volumes: (!volumes.is_empty()).then_some(volumes),
-                        ..PodSpec::default()
-                    },
-                )),
-            },
+            template: with_pod_settings(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(stable_labels(cs, service.name())),
+                        annotations: (!annotations.is_empty()).then_some(annotations),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(with_pull_secrets(
+                        cs,
+                        PodSpec {
+                            security_context: Some(pod_security_context(service.uid())),
+                            termination_grace_period_seconds: Some(
+                                service.termination_grace_secs(),
+                            ),
+                            init_containers: (!init_containers.is_empty())
+                                .then_some(init_containers),
+                            containers: vec![container],
+                            volumes: (!volumes.is_empty()).then_some(volumes),
+                            ..PodSpec::default()
+                        },
+                    )),
+                },
+                settings.pod,
+                service.name(),
+            ),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some("data".to_string()),

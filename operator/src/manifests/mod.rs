@@ -12,13 +12,13 @@ use crate::apis::{
     OptionalApi, PodMonitor, PrometheusRule, ScaledObject, Served, ServiceMonitor,
     TriggerAuthentication,
 };
-use crate::crd::{ChatSystem, ExternalService};
+use crate::crd::{ChatSystem, ExternalService, PodSettings};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
-    Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -581,6 +581,50 @@ fn selector(labels: Labels) -> LabelSelector {
         match_labels: Some(labels),
         ..LabelSelector::default()
     }
+}
+
+/// A component's [`PodSettings`] laid over its pod template: the scheduling fields as given, labels
+/// and annotations added (the operator's own win: they select the pods and roll them), and the extra
+/// env appended to the main container (the last of two entries of one name is the one a container
+/// gets).
+fn with_pod_settings(
+    mut template: PodTemplateSpec,
+    settings: &PodSettings,
+    main_container: &str,
+) -> PodTemplateSpec {
+    let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+    for (own, extra) in [
+        (&mut metadata.labels, &settings.pod_labels),
+        (&mut metadata.annotations, &settings.pod_annotations),
+    ] {
+        if extra.is_empty() {
+            continue;
+        }
+        let mut merged = extra.clone();
+        merged.extend(own.take().unwrap_or_default());
+        *own = Some(merged);
+    }
+    if let Some(pod) = template.spec.as_mut() {
+        if !settings.node_selector.is_empty() {
+            pod.node_selector = Some(settings.node_selector.clone());
+        }
+        if !settings.tolerations.is_empty() {
+            pod.tolerations = Some(settings.tolerations.clone());
+        }
+        pod.affinity = settings.affinity.clone();
+        if !settings.topology_spread_constraints.is_empty() {
+            pod.topology_spread_constraints = Some(settings.topology_spread_constraints.clone());
+        }
+        if !settings.env.is_empty()
+            && let Some(container) = pod.containers.iter_mut().find(|c| c.name == main_container)
+        {
+            container
+                .env
+                .get_or_insert_with(Vec::new)
+                .extend(settings.env.iter().cloned());
+        }
+    }
+    template
 }
 
 /// A pod spec with the resource's image pull Secrets.
