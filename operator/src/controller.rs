@@ -13,6 +13,7 @@ use crate::scope::Scope;
 use crate::server::{READY_METRIC, WatchHealth};
 use crate::status;
 use crate::unreadable;
+use crate::upgrades::{self, Turn};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -63,6 +64,10 @@ pub struct Context {
     pub discovery: Discovery,
     /// The backoff of each resource whose last reconcile failed.
     failures: Mutex<HashMap<ObjectRef<ChatSystem>, ExponentialBackoff>>,
+    /// Every ChatSystem the operator sees, for the turns of an operator upgrade.
+    systems: reflector::Store<ChatSystem>,
+    /// Systems let through to this version's default images (see [`upgrades`]).
+    admitted: upgrades::Admitted,
 }
 
 impl Context {
@@ -82,7 +87,15 @@ impl Context {
             children,
             discovery,
             failures: Mutex::default(),
+            systems: reflector::store().0,
+            admitted: upgrades::Admitted::default(),
         }
+    }
+
+    /// The cache of every ChatSystem, which an upgrade's turns are decided over.
+    pub fn with_systems(mut self, systems: reflector::Store<ChatSystem>) -> Self {
+        self.systems = systems;
+        self
     }
 
     fn failures(
@@ -107,15 +120,16 @@ pub async fn run(
     let (children, writers) = Children::new();
     let discovery = Discovery::new(DISCOVERY_MAX_AGE);
     let served = discovery.subscribe();
-    let context = Arc::new(Context::new(client, instance, children, discovery));
+    // ChatSystems are decoded one by one, so one the operator cannot read stops none of the others.
+    let (systems, systems_writer) = reflector::store::<ChatSystem>();
+    let context =
+        Arc::new(Context::new(client, instance, children, discovery).with_systems(systems.clone()));
     let client = watch_client;
     let config = watcher::Config::default().any_semantic();
     // Children carry the managed-by label: watching only those keeps the caches small in a busy cluster.
     let owned = config
         .clone()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    // ChatSystems are decoded one by one, so one the operator cannot read stops none of the others.
-    let (systems, systems_writer) = reflector::store::<ChatSystem>();
     let (unreadable, unreadable_reports) = tokio::sync::mpsc::unbounded_channel();
     let reporter = tokio::spawn(unreadable::report_all(
         context.client.clone(),
@@ -315,6 +329,16 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     ctx.children.synced(&served).await?;
     let mut inputs = dereference(&ctx.client, &ctx.children, cs, &namespace).await?;
     inputs.served = served;
+    let turn = ctx.admitted.turn(cs, &ctx.systems.state());
+    if let Turn::Wait { moving } = turn {
+        info!(name = %cs.name_any(), %namespace, moving, "upgrade waits for its turn");
+        if cs.spec.api.image.is_none() {
+            inputs.held_images.insert("api");
+        }
+        if cs.spec.worker.image.is_none() {
+            inputs.held_images.insert("worker");
+        }
+    }
     let valid = match manifests::validate(cs, &inputs) {
         Ok(valid) => valid,
         Err(invalid) => {
@@ -329,7 +353,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     let outcome = carry_out(&ctx.client, &ctx.children, cs, &namespace, &plan).await;
     let mut failures: Vec<String> = plan.refused.clone();
     failures.extend(outcome.failures.iter().map(ToString::to_string));
-    let status = status::observed(
+    let mut status = status::observed(
         cs,
         &outcome.applied,
         &failures,
@@ -337,6 +361,14 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         &plan.waiting_for,
         Timestamp::now(),
     );
+    let held = matches!(turn, Turn::Wait { .. });
+    match turn {
+        Turn::Wait { moving } => status::upgrade_queued(&mut status, cs, moving, Timestamp::now()),
+        Turn::Go if upgrades::follows_defaults(cs) => {
+            status.version = Some(crate::crd::VERSION.to_string());
+        }
+        Turn::Go => {}
+    }
     info!(name = %cs.name_any(), %namespace, phase = ?status.phase, applied = outcome.applied.len(), failed = outcome.failures.len(), "reconciled");
     let ready = status.phase == Some(Phase::Ready);
     record_readiness(cs, &namespace, &status);
@@ -350,7 +382,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         // Installing the missing API changes nothing the watches see: look again.
         return Ok(Action::requeue(INVALID_RECHECK));
     }
-    Ok(Action::requeue(if ready {
+    Ok(Action::requeue(if ready && !held {
         READY_RECHECK
     } else {
         PROGRESS_RECHECK
@@ -437,6 +469,16 @@ pub async fn dereference(
             inputs
                 .deployments
                 .insert(component, existing_deployment(&deployment));
+            if let Some(image) = deployment
+                .spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|pod| pod.containers.iter().find(|c| c.name == component))
+                .and_then(|container| container.image.clone())
+            {
+                inputs.running_images.insert(component, image);
+            }
         }
     }
     let migrations = children

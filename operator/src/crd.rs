@@ -694,6 +694,10 @@ pub struct ChatSystemStatus {
     /// Where clients reach the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    /// The operator version whose default images the API and worker run (when they follow it); an
+    /// operator upgrade moves the systems behind it one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// One word for `kubectl get`: the conditions say the rest.

@@ -14,6 +14,7 @@ pub mod scope;
 pub mod server;
 pub mod status;
 pub mod unreadable;
+pub mod upgrades;
 
 use kube::CustomResourceExt;
 

@@ -128,6 +128,7 @@ pub fn observed(
         ],
         components,
         api_url: Some(manifests::api_url(cs)),
+        version: cs.status.as_ref().and_then(|s| s.version.clone()),
     }
 }
 
@@ -179,6 +180,7 @@ pub fn degraded(cs: &ChatSystem, invalid: &InvalidSpec, now: Timestamp) -> ChatS
         ],
         components: previous.components,
         api_url: previous.api_url,
+        version: previous.version,
     }
 }
 
@@ -205,6 +207,7 @@ pub fn failed(cs: &ChatSystem, message: &str, now: Timestamp) -> ChatSystemStatu
         conditions,
         components: previous.components,
         api_url: previous.api_url,
+        version: previous.version,
     }
 }
 
@@ -230,6 +233,7 @@ pub fn paused(cs: &ChatSystem, now: Timestamp) -> ChatSystemStatus {
         conditions,
         components: previous.components,
         api_url: previous.api_url,
+        version: previous.version,
     }
 }
 
@@ -322,4 +326,23 @@ fn condition(
         observed_generation: cs.metadata.generation,
         last_transition_time,
     }
+}
+
+/// An operator upgrade held back for this system: Progressing says why, and the running version
+/// stays (it is still Ready if it was).
+pub fn upgrade_queued(
+    status: &mut ChatSystemStatus,
+    cs: &ChatSystem,
+    moving: usize,
+    now: Timestamp,
+) {
+    let message = format!(
+        "keeping the running images until its turn to move to chatsys {}: {moving} system(s) moving now",
+        crate::crd::VERSION
+    );
+    status.conditions.retain(|c| c.type_ != PROGRESSING);
+    status.conditions.insert(
+        1,
+        condition(cs, now, PROGRESSING, true, "UpgradeQueued", &message),
+    );
 }

@@ -72,22 +72,35 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     if cs.spec.api.admin_key_secret.is_none() {
         GeneratedSecret::AdminKey.build(cs, inputs, plan);
     }
-    let api = Component::api(cs);
-    let worker = Component::worker(cs);
+    let api = Component::api(cs, inputs);
+    let worker = Component::worker(cs, inputs);
     let migration = api.migration_job(cs);
     let job_name = migration.metadata.name.clone().unwrap_or_default();
     // A new version's API and worker start only on a migrated schema: until the migration Job of this
     // version has succeeded, their Deployments stay as they are (or are not created yet).
-    let migrated = inputs.completed_migrations.contains(&job_name);
-    if let Some(reason) = inputs.failed_migrations.get(&job_name) {
-        plan.refused.push(format!(
-            "Job {job_name}: the schema migration failed ({reason}; kubectl logs job/{job_name}); the running version stays"
-        ));
-    } else if !migrated {
-        plan.waiting_for
-            .push(format!("the schema migration (Job {job_name})"));
+    let mut migrated = inputs.completed_migrations.contains(&job_name);
+    if !inputs.held_images.is_empty() {
+        // An upgrade waiting for its turn touches nothing of the running version: its schema is
+        // migrated already, and its Jobs stay as they are.
+        migrated = true;
+        for job in inputs
+            .completed_migrations
+            .iter()
+            .chain(inputs.failed_migrations.keys())
+        {
+            plan.held.push((ChildKind::Job, job.clone()));
+        }
+    } else {
+        if let Some(reason) = inputs.failed_migrations.get(&job_name) {
+            plan.refused.push(format!(
+                "Job {job_name}: the schema migration failed ({reason}; kubectl logs job/{job_name}); the running version stays"
+            ));
+        } else if !migrated {
+            plan.waiting_for
+                .push(format!("the schema migration (Job {job_name})"));
+        }
+        plan.children.push(Child::Job(migration).into());
     }
-    plan.children.push(Child::Job(migration).into());
     for component in [&api, &worker] {
         plan.children
             .push(Child::ConfigMap(component.config_map(cs)).into());
@@ -145,7 +158,7 @@ struct Component<'a> {
 }
 
 impl<'a> Component<'a> {
-    fn api(cs: &'a ChatSystem) -> Self {
+    fn api(cs: &'a ChatSystem, inputs: &Inputs) -> Self {
         let api = &cs.spec.api;
         let mut settings = common_settings(cs);
         settings.insert(
@@ -158,7 +171,7 @@ impl<'a> Component<'a> {
             port: API_PORT,
             metrics_port: Some(API_METRICS_PORT),
             pod: &api.pod,
-            image: api.image(),
+            image: held_image(inputs, "api").unwrap_or_else(|| api.image()),
             replicas: api.replicas,
             resources: &api.resources,
             autoscaling: api.autoscaling.clone(),
@@ -167,7 +180,7 @@ impl<'a> Component<'a> {
         }
     }
 
-    fn worker(cs: &'a ChatSystem) -> Self {
+    fn worker(cs: &'a ChatSystem, inputs: &Inputs) -> Self {
         let worker = &cs.spec.worker;
         let mut settings = common_settings(cs);
         let batch = &worker.batch;
@@ -185,7 +198,7 @@ impl<'a> Component<'a> {
             port: WORKER_PORT,
             metrics_port: None,
             pod: &worker.pod,
-            image: worker.image(),
+            image: held_image(inputs, "worker").unwrap_or_else(|| worker.image()),
             replicas: worker.replicas,
             resources: &worker.resources,
             autoscaling: worker.autoscaling.on_cpu(),
@@ -541,6 +554,15 @@ fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
         }
     }
     env
+}
+
+/// The running image of a component whose upgrade waits for its turn.
+fn held_image(inputs: &Inputs, component: &str) -> Option<String> {
+    inputs
+        .held_images
+        .contains(component)
+        .then(|| inputs.running_images.get(component).cloned())
+        .flatten()
 }
 
 /// The Secret and key of the API's admin key: the user's, or the generated one.

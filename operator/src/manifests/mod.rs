@@ -288,6 +288,11 @@ pub struct Inputs {
     pub claim_sizes: BTreeMap<BackingService, Quantity>,
     /// The API's and the worker's Deployments, by component, where they exist.
     pub deployments: BTreeMap<&'static str, ExistingDeployment>,
+    /// The images the API's and the worker's Deployments run now, by component.
+    pub running_images: BTreeMap<&'static str, String>,
+    /// Components whose running image stays instead of this version's default (an upgrade waiting
+    /// for its turn, see [`crate::upgrades`]).
+    pub held_images: BTreeSet<&'static str>,
     /// Names of the resource's migration Jobs that have succeeded.
     pub completed_migrations: BTreeSet<String>,
     /// The resource's migration Jobs that have failed for good, with the Job controller's reason
