@@ -197,3 +197,78 @@ fn render_reads_standard_input_from_dash() {
     let stream = String::from_utf8(output.stdout).expect("UTF-8");
     assert_eq!(documents(&stream).len(), 31);
 }
+
+/// What a cluster's storage, kubelet and Ingress need, in what `render` prints for every example.
+#[test]
+fn every_rendered_example_keeps_data_below_the_volume_root_and_the_cookie_and_metrics_safe() {
+    for name in [
+        "minimal",
+        "full",
+        "external",
+        "autoscaling-off",
+        "scale-to-zero",
+    ] {
+        let cs = render::read(&example(name)).expect("parses").remove(0);
+        let rendered = documents(&render::render(cs).expect("renders"));
+        let of_kind = |kind: &'static str| rendered.iter().filter(move |o| o["kind"] == kind);
+        for set in of_kind("StatefulSet") {
+            let pod = &set["spec"]["template"]["spec"];
+            let data = pod["containers"][0]["volumeMounts"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == "data"))
+                .expect("the data volume is mounted");
+            assert!(
+                data["subPath"].as_str().is_some_and(|p| !p.is_empty()),
+                "{name}: {} keeps its data at the volume's root",
+                set["metadata"]["name"]
+            );
+            assert_eq!(
+                pod["securityContext"]["fsGroupChangePolicy"],
+                "OnRootMismatch"
+            );
+            if set["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-rabbitmq"))
+            {
+                let cookie = pod["volumes"]
+                    .as_array()
+                    .and_then(|v| v.iter().find(|v| v["name"] == "erlang-cookie"))
+                    .expect("the cookie's volume");
+                assert!(cookie["secret"]["secretName"].is_string(), "{name}");
+            }
+        }
+        for job in of_kind("Job") {
+            assert!(
+                job["spec"]["activeDeadlineSeconds"].is_i64(),
+                "{name}: a Job without a deadline"
+            );
+            assert!(job["spec"]["backoffLimit"].is_i64(), "{name}");
+        }
+        let api = of_kind("Deployment")
+            .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "api")
+            .expect("the API");
+        let env = api["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env");
+        let admin_key = env
+            .iter()
+            .find(|e| e["name"] == "CHATSYS_ADMIN_KEY")
+            .expect("an admin key");
+        assert!(
+            admin_key["valueFrom"]["secretKeyRef"]["name"].is_string(),
+            "{name}"
+        );
+        for ingress in of_kind("Ingress") {
+            for path in ingress["spec"]["rules"][0]["http"]["paths"]
+                .as_array()
+                .expect("paths")
+            {
+                let path = path["path"].as_str().unwrap_or_default();
+                assert!(
+                    path.starts_with("/applications") || path == "/openapi.json",
+                    "{name}: {path} reaches more than the API's public paths"
+                );
+            }
+        }
+    }
+}
