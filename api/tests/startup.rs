@@ -42,6 +42,42 @@ async fn forward(listen: SocketAddr, target: String) {
     }
 }
 
+/// `serve` on `listen` against the test MariaDB's `mysql` database (left unmigrated), `redis_url`
+/// and the local RabbitMQ, with `extra` flags.
+fn serve_args(
+    listen: SocketAddr,
+    redis_url: &str,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> chatsys_settings::ServeArgs {
+    let database = format!("{}/mysql", mysql_url());
+    let listen = listen.to_string();
+    let mut argv = vec![
+        "chatsys-api",
+        "serve",
+        "--listen",
+        &listen,
+        "--database-url",
+        &database,
+        "--redis-url",
+        redis_url,
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--data-dir",
+        data.to_str().expect("UTF-8"),
+        "--migrate",
+        "false",
+    ];
+    argv.extend_from_slice(extra);
+    let Some(Command::Serve(args)) = Cli::try_parse_from(argv)
+        .expect("a serve command line")
+        .command
+    else {
+        unreachable!("a serve command line");
+    };
+    args
+}
+
 async fn get(url: &str) -> Option<(u16, Value)> {
     let response = reqwest::get(url).await.ok()?;
     let status = response.status().as_u16();
@@ -54,29 +90,8 @@ async fn the_api_waits_for_redis_saying_so_then_serves() {
     let data = tempfile::tempdir().expect("a data directory");
     let listen = free_port().await;
     let redis = free_port().await;
-    let database = format!("{}/mysql", mysql_url());
     let redis_url = format!("redis://{redis}");
-    let Some(Command::Serve(args)) = Cli::try_parse_from([
-        "chatsys-api",
-        "serve",
-        "--listen",
-        &listen.to_string(),
-        "--database-url",
-        &database,
-        "--redis-url",
-        &redis_url,
-        "--amqp-url",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        "--data-dir",
-        data.path().to_str().expect("UTF-8"),
-        "--migrate",
-        "false",
-    ])
-    .expect("a serve command line")
-    .command
-    else {
-        unreachable!("a serve command line");
-    };
+    let args = serve_args(listen, &redis_url, data.path(), &[]);
     let starting = tokio::spawn(async move { chatsys_api::start(&args).await });
 
     let base = format!("http://{listen}");
@@ -128,31 +143,13 @@ async fn with_a_metrics_port_the_metrics_are_served_there_from_the_start_and_not
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data = tempfile::tempdir().expect("a data directory");
     let (listen, metrics) = (free_port().await, free_port().await);
-    let database = format!("{}/mysql", mysql_url());
     let redis_url = format!("redis://{}", redis_address());
-    let Some(Command::Serve(args)) = Cli::try_parse_from([
-        "chatsys-api",
-        "serve",
-        "--listen",
-        &listen.to_string(),
-        "--metrics-listen",
-        &metrics.to_string(),
-        "--database-url",
-        &database,
-        "--redis-url",
+    let args = serve_args(
+        listen,
         &redis_url,
-        "--amqp-url",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        "--data-dir",
-        data.path().to_str().expect("UTF-8"),
-        "--migrate",
-        "false",
-    ])
-    .expect("a serve command line")
-    .command
-    else {
-        unreachable!("a serve command line");
-    };
+        data.path(),
+        &["--metrics-listen", &metrics.to_string()],
+    );
     let running = tokio::time::timeout(Duration::from_secs(30), chatsys_api::start(&args))
         .await
         .expect("started")

@@ -347,16 +347,12 @@ struct Target {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    chatsys_bench::run_to_end(async {
         tokio::select! {
             result = run(&args) => result,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         }
-    })
+    })?
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {

@@ -3,41 +3,23 @@
 
 mod common;
 
-use chatsys_operator::apis::Discovery;
-use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::manifests::{self, ChildKind};
 use common::apiserver::ApiServer;
 use common::rbac::{Attributes, Authorizer};
-use common::{children_of, collection, fixture, fresh_inputs};
-use http::{Method, StatusCode};
+use common::{collection, fixture, fresh_inputs};
+use http::Method;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 const CHATSYSTEMS: &str = "/apis/chatsys.io/v1alpha1/namespaces/team/chatsystems";
 
 async fn reconcile(server: &ApiServer) {
-    let stored = server
-        .get(CHATSYSTEMS, "chat")
-        .expect("the ChatSystem exists");
-    let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
-    let context = Arc::new(Context::new(
-        server.client(),
-        None,
-        children_of(server, "team"),
-        Discovery::new(Duration::ZERO),
-    ));
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        controller::reconcile(Arc::new(cs), context),
-    )
-    .await
-    .expect("the reconcile ends");
+    let _ = common::reconcile(server, "chat").await;
 }
 
 fn create_system(server: &ApiServer) {
@@ -58,14 +40,8 @@ async fn a_first_reconcile_with_the_charts_permissions_creates_every_child() {
     server.complete_jobs("team");
     reconcile(&server).await;
 
-    let refused: Vec<String> = server
-        .calls()
-        .iter()
-        .filter(|c| c.status == StatusCode::FORBIDDEN)
-        .map(|c| format!("{} {}", c.method, c.path))
-        .collect();
     assert_eq!(
-        refused,
+        common::forbidden(&server.calls()),
         Vec::<String>::new(),
         "calls the chart does not allow"
     );

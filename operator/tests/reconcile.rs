@@ -12,7 +12,7 @@ use chatsys_operator::crd::ChatSystem;
 use chatsys_operator::error::Error;
 use chatsys_operator::manifests::{self, ChildKind, GeneratedSecret};
 use common::apiserver::{ApiServer, Call};
-use common::{children_of, fixture, fresh_inputs};
+use common::{fixture, fresh_inputs};
 use http::{Method, StatusCode};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -76,22 +76,7 @@ async fn settle(server: &ApiServer) -> Result<Action, Error> {
 
 /// One reconcile of the stored ChatSystem, as the controller would run it.
 async fn reconcile(server: &ApiServer) -> Result<Action, Error> {
-    let stored = server
-        .get(CHATSYSTEMS, "chat")
-        .expect("the ChatSystem exists");
-    let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
-    let context = Arc::new(Context::new(
-        server.client(),
-        None,
-        children_of(server, "team"),
-        Discovery::new(Duration::ZERO),
-    ));
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        controller::reconcile(Arc::new(cs), context),
-    )
-    .await
-    .expect("the reconcile ends")
+    common::reconcile(server, "chat").await
 }
 
 fn stored_status(server: &ApiServer) -> Value {

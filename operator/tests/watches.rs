@@ -8,7 +8,7 @@ use chatsys_operator::scope::Scope;
 use chatsys_operator::server::WatchHealth;
 use common::apiserver::{ApiServer, Call};
 use common::rbac::Authorizer;
-use http::{Method, StatusCode};
+use http::Method;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,12 +68,7 @@ async fn secrets_are_listed_and_watched_as_metadata_only_with_the_charts_permiss
         1,
         "the ChatSystems are listed"
     );
-    let refused: Vec<String> = calls
-        .iter()
-        .filter(|c| c.status == StatusCode::FORBIDDEN)
-        .map(|c| format!("{} {}?{}", c.method, c.path, c.query))
-        .collect();
-    assert_eq!(refused, Vec::<String>::new());
+    assert_eq!(common::forbidden(&calls), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -111,10 +106,5 @@ async fn a_namespace_scoped_operator_watches_only_its_namespaces_with_their_role
             "{namespace}"
         );
     }
-    let refused: Vec<String> = calls
-        .iter()
-        .filter(|c| c.status == StatusCode::FORBIDDEN)
-        .map(|c| format!("{} {}?{}", c.method, c.path, c.query))
-        .collect();
-    assert_eq!(refused, Vec::<String>::new());
+    assert_eq!(common::forbidden(&calls), Vec::<String>::new());
 }

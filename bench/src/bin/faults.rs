@@ -715,11 +715,7 @@ async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let failed = runtime.block_on(async {
+    let failed = chatsys_bench::run_to_end(async {
         tokio::select! {
             failed = run_all(&args) => failed,
             _ = tokio::signal::ctrl_c() => {
@@ -729,7 +725,7 @@ fn main() -> anyhow::Result<()> {
                 bail!("interrupted")
             }
         }
-    })?;
+    })??;
     if failed > 0 {
         std::process::exit(1);
     }

@@ -70,11 +70,7 @@ const MIB: f64 = 1024.0;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    chatsys_bench::run_to_end(run(args))?
 }
 
 async fn run(mut args: Args) -> anyhow::Result<()> {

@@ -135,3 +135,38 @@ pub fn children_of(server: &ApiServer, namespace: &str) -> Children {
     }
     children
 }
+
+/// One reconcile of the ChatSystem `name` in namespace `team`, as the controller would run it.
+pub async fn reconcile(
+    server: &ApiServer,
+    name: &str,
+) -> Result<kube::runtime::controller::Action, chatsys_operator::error::Error> {
+    let stored = server
+        .get(
+            "/apis/chatsys.io/v1alpha1/namespaces/team/chatsystems",
+            name,
+        )
+        .expect("the ChatSystem exists");
+    let cs: ChatSystem = serde_json::from_value(stored).expect("a ChatSystem");
+    let context = std::sync::Arc::new(chatsys_operator::controller::Context::new(
+        server.client(),
+        None,
+        children_of(server, "team"),
+        chatsys_operator::apis::Discovery::new(std::time::Duration::ZERO),
+    ));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        chatsys_operator::controller::reconcile(std::sync::Arc::new(cs), context),
+    )
+    .await
+    .expect("the reconcile ends")
+}
+
+/// The calls the API server refused for want of a permission, as `METHOD path?query`.
+pub fn forbidden(calls: &[apiserver::Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.status == http::StatusCode::FORBIDDEN)
+        .map(|c| format!("{} {}?{}", c.method, c.path, c.query))
+        .collect()
+}
