@@ -360,7 +360,8 @@ impl ApiServer {
     }
 
     /// KEDA's controller: an HPA `keda-hpa-<name>` for each ScaledObject, carrying KEDA's labels
-    /// overwritten by the ScaledObject's, and owned by it.
+    /// overwritten by the ScaledObject's, and owned by it (kedacore/keda controllers/keda/hpa.go,
+    /// `newHPAForScaledObject` and `getHPAName`).
     pub fn run_keda(&self, namespace: &str) {
         let scaled_objects = format!("/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects");
         let hpas = format!("/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers");
@@ -399,8 +400,10 @@ impl ApiServer {
         }
     }
 
-    /// The StatefulSet controller: one claim per replica from each volume claim template, owned by the
-    /// StatefulSet when its retention policy deletes claims with it.
+    /// The StatefulSet controller: one claim per replica from each volume claim template, named
+    /// `<template>-<set>-<ordinal>`, owned by the StatefulSet when its retention policy deletes claims
+    /// with it (pkg/controller/statefulset/stateful_set_utils.go, `getPersistentVolumeClaimName` and
+    /// `updateClaimOwnerRefForSetAndPod`).
     pub fn run_statefulset_controller(&self, namespace: &str) {
         let sets = format!("/apis/apps/v1/namespaces/{namespace}/statefulsets");
         let claims = format!("/api/v1/namespaces/{namespace}/persistentvolumeclaims");
@@ -446,7 +449,9 @@ impl ApiServer {
         }
     }
 
-    /// The kubelet and the workload controllers: every Deployment and StatefulSet has its replicas ready.
+    /// The kubelet and the workload controllers: every Deployment and StatefulSet has its replicas
+    /// ready, at its current generation (the status fields pkg/controller/deployment/sync.go,
+    /// `syncDeploymentStatus`, and the StatefulSet controller write).
     pub fn make_workloads_ready(&self, namespace: &str) {
         for plural in ["deployments", "statefulsets"] {
             self.set_status(
@@ -463,7 +468,8 @@ impl ApiServer {
         }
     }
 
-    /// The Job controller: every Job has run its pod to success.
+    /// The Job controller: every Job has run its pod to success (pkg/controller/job/job_controller.go
+    /// writes `succeeded` and the `Complete` condition).
     pub fn complete_jobs(&self, namespace: &str) {
         self.set_status(
             &format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
@@ -1135,6 +1141,8 @@ impl State {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
             updated["metadata"]["generation"] = json!(generation + 1);
         }
+        // A write that changes nothing stores nothing and keeps the resourceVersion
+        // (staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go, `GuaranteedUpdate`).
         if strip_volatile(current) != strip_volatile(&updated) {
             self.commit(key, updated);
         }
