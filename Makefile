@@ -10,7 +10,9 @@ VERSION = $(shell $(CARGO) pkgid -p chatsys-api | sed 's/.*[@#]//')
 IMAGES := api worker operator
 CRD := crds/chatsystems.chatsys.io.yaml
 CHART_CRD := charts/chatsys-operator/crds/chatsystems.chatsys.io.yaml
-RENDERED := target/rendered
+# Cargo's target directory ($CARGO_TARGET_DIR, a config's, or ./target), as cargo itself reports it.
+TARGET_DIR = $(shell bash scripts/target-dir.sh)
+RENDERED = $(TARGET_DIR)/rendered
 
 .DEFAULT_GOAL := help
 .PHONY: help build test services openapi crds render tools chart-lint validate fuzz faults images e2e bench standalone ci
@@ -37,11 +39,11 @@ crds: ## Regenerate the ChatSystem CRD and its copy in the Helm chart
 	mv $(CRD).tmp $(CRD)
 	cp $(CRD) $(CHART_CRD)
 
-render: ## Print every manifest the operator would apply for each example, into target/rendered/
+render: ## Print every manifest the operator would apply for each example, into rendered/ in cargo's target directory
 	$(CARGO) build -q -p chatsys-operator
 	mkdir -p $(RENDERED)
 	@for example in examples/*.yaml; do \
-	  target/debug/chatsys-operator render -f $$example > $(RENDERED)/$$(basename $$example) || exit 1; \
+	  $(TARGET_DIR)/debug/chatsys-operator render -f $$example > $(RENDERED)/$$(basename $$example) || exit 1; \
 	  echo "$(RENDERED)/$$(basename $$example)"; \
 	done
 
@@ -61,7 +63,7 @@ fuzz: tools ## Fuzz the API from its /openapi.json (schemathesis), standalone an
 
 faults: ## Run the fault suite (restarts the local MariaDB, Redis and RabbitMQ)
 	$(CARGO) build --release --bins
-	target/release/faults
+	$(TARGET_DIR)/release/faults
 
 images: ## Build the api, worker and operator images (needs Docker)
 	@for image in $(IMAGES); do \
@@ -73,7 +75,7 @@ e2e: ## Run the end-to-end suite on a throwaway kind cluster (needs Docker and k
 
 bench: ## Build the release binaries and run the benchmark
 	$(CARGO) build --release --bins
-	target/release/bench
+	$(TARGET_DIR)/release/bench
 
 standalone: ## Run the whole system in one process on 127.0.0.1:8080
 	$(CARGO) run --release --bin chatsys-api -- standalone

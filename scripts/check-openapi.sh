@@ -13,7 +13,7 @@ PATH="$PWD/.tools/bin:$PWD/clients/node_modules/.bin:$PATH"
 # shellcheck source=scripts/local-server.sh
 source scripts/local-server.sh
 
-bin=${CHATSYS_BIN:-target/debug}
+bin=${CHATSYS_BIN:-$(bash scripts/target-dir.sh)/debug}
 admin_key=openapi-check-admin-key
 work=$(mktemp -d)
 server=

@@ -2,11 +2,11 @@
 # Fuzzes the API from its own /openapi.json with schemathesis, against the standalone server and against
 # the API and worker on MariaDB, Redis and RabbitMQ. Every check is on: no 5xx, responses that match the
 # documented schemas, status codes and headers, schema-valid requests accepted. Exits non-zero on any
-# failure. Binaries come from $CHATSYS_BIN (default target/debug).
+# failure. Binaries come from $CHATSYS_BIN (default: debug/ in cargo's target directory).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bin=${CHATSYS_BIN:-target/debug}
+bin=${CHATSYS_BIN:-$(bash scripts/target-dir.sh)/debug}
 examples=${FUZZ_MAX_EXAMPLES:-50}
 work=$(mktemp -d)
 pids=()

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-operator="${CHATSYS_OPERATOR:-$root/target/debug/chatsys-operator}"
+operator="${CHATSYS_OPERATOR:-$(bash "$root/scripts/target-dir.sh")/debug/chatsys-operator}"
 kubernetes_version="1.33.0"
 
 if [[ ! -x "$operator" ]]; then
