@@ -137,7 +137,7 @@ pub async fn run(
     ));
     let trigger = scope
         .watch(
-            dynamic_api(&client, ApiResource::erase::<ChatSystem>(&())),
+            scoped_api::<DynamicObject>(&client, ApiResource::erase::<ChatSystem>(&())),
             config.clone(),
         )
         .default_backoff()
@@ -172,22 +172,20 @@ pub async fn run(
     // The users' Secrets of external services: a change reaches the systems that read them. Their
     // metadata alone is listed and watched (the roll trigger is a Secret's version, never its
     // data), and each event is mapped and dropped, so no Secret is held.
+    let secret = ApiResource::erase::<Secret>(&());
     let secrets = scope
         .watch(
-            |namespace| match namespace {
-                Some(namespace) => {
-                    Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), namespace)
-                }
-                None => Api::all(client.clone()),
-            },
+            scoped_api::<PartialObjectMeta<DynamicObject>>(&client, secret.clone()),
             config,
         )
         .default_backoff()
         .touched_objects();
     controller
-        .watches_stream(secrets, move |secret| {
-            systems_reading(&secret, &systems.state())
-        })
+        .watches_stream_with(
+            secrets,
+            move |secret| systems_reading(&secret, &systems.state()),
+            secret,
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -213,14 +211,11 @@ fn watch_kind(
 ) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<DynamicObject>>> {
     let resource = kind.api_resource();
     if kind == ChildKind::Secret {
-        let metadata = |namespace: Option<&str>| -> Api<PartialObjectMeta<DynamicObject>> {
-            match namespace {
-                Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            }
-        };
         scope
-            .watch(metadata, config)
+            .watch(
+                scoped_api::<PartialObjectMeta<DynamicObject>>(client, resource.clone()),
+                config,
+            )
             .map_ok(move |event| {
                 let types = kube::api::TypeMeta {
                     api_version: resource.api_version.clone(),
@@ -241,15 +236,15 @@ fn watch_kind(
             })
             .boxed()
     } else {
-        scope.watch(dynamic_api(client, resource), config)
+        scope.watch(scoped_api::<DynamicObject>(client, resource), config)
     }
 }
 
-/// The Api of a kind in a namespace, or in all.
-fn dynamic_api(
-    client: &Client,
-    resource: ApiResource,
-) -> impl Fn(Option<&str>) -> Api<DynamicObject> {
+/// The Api of a kind, whole objects or metadata alone, in a namespace or in all.
+fn scoped_api<K>(client: &Client, resource: ApiResource) -> impl Fn(Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>,
+{
     move |namespace| match namespace {
         Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
         None => Api::all_with(client.clone(), &resource),
@@ -412,16 +407,19 @@ pub async fn dereference(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let mut inputs = Inputs::default();
+    for reference in manifests::referenced_secrets(cs) {
+        if let Some(secret) = secrets.get_opt(reference.name).await? {
+            let name = reference.name.to_string();
+            inputs
+                .external_secret_keys
+                .insert(name.clone(), secret_keys(&secret));
+            inputs
+                .external_secret_versions
+                .insert(name, secret_version(&secret));
+        }
+    }
     for service in BackingService::ALL {
-        if let Some(external) = service.external(&cs.spec) {
-            if let Some(secret) = secrets.get_opt(&external.secret_name).await? {
-                inputs
-                    .external_secret_keys
-                    .insert(external.secret_name.clone(), secret_keys(&secret));
-                inputs
-                    .external_secret_versions
-                    .insert(external.secret_name.clone(), secret_version(&secret));
-            }
+        if service.external(&cs.spec).is_some() {
             continue;
         }
         let workload = service.workload_name(cs);
@@ -440,16 +438,6 @@ pub async fn dereference(
             inputs.claim_sizes.insert(service, size);
         }
         inputs.claim_templates.insert(service, template);
-    }
-    if let Some(reference) = &cs.spec.api.admin_key_secret
-        && let Some(secret) = secrets.get_opt(&reference.name).await?
-    {
-        inputs
-            .external_secret_keys
-            .insert(reference.name.clone(), secret_keys(&secret));
-        inputs
-            .external_secret_versions
-            .insert(reference.name.clone(), secret_version(&secret));
     }
     for generated in GeneratedSecret::needed(cs) {
         let credentials = match secrets.get_opt(&generated.name(cs)).await? {

@@ -48,7 +48,7 @@ impl LeaderElection {
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) -> Result<()> {
         loop {
-            if self.try_within_deadline().await? {
+            if self.try_within(CALL_DEADLINE).await? {
                 info!(holder = %self.holder, "acquired the leader lease");
                 return Ok(());
             }
@@ -73,11 +73,7 @@ impl LeaderElection {
                     "no renewal within the {RENEW_DEADLINE:?} renew deadline{why}"
                 ));
             }
-            let attempt =
-                tokio::time::timeout(CALL_DEADLINE.min(left), self.try_acquire_or_renew())
-                    .await
-                    .unwrap_or(Err(Error::LeaseCallTimedOut(CALL_DEADLINE.min(left))));
-            match attempt {
+            match self.try_within(CALL_DEADLINE.min(left)).await {
                 Ok(true) => renewed = Instant::now(),
                 Ok(false) => return Error::LostLease("another replica".to_string()),
                 Err(error) => {
@@ -118,10 +114,10 @@ impl LeaderElection {
         }
     }
 
-    async fn try_within_deadline(&self) -> Result<bool> {
-        tokio::time::timeout(CALL_DEADLINE, self.try_acquire_or_renew())
+    async fn try_within(&self, deadline: Duration) -> Result<bool> {
+        tokio::time::timeout(deadline, self.try_acquire_or_renew())
             .await
-            .unwrap_or(Err(Error::LeaseCallTimedOut(CALL_DEADLINE)))
+            .unwrap_or(Err(Error::LeaseCallTimedOut(deadline)))
     }
 
     /// Takes the lease if it is free, expired or already ours; `false` when another replica holds it.

@@ -3,14 +3,10 @@
 use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, Result};
-use crate::manifests::{
-    self, BackingService, ChildKind, Credentials, GeneratedSecret, Inputs, InvalidSpec,
-};
+use crate::manifests::{self, ChildKind, Credentials, GeneratedSecret, Inputs, InvalidSpec};
 use crate::schema;
-use kube::CustomResourceExt;
+use kube::{CustomResourceExt, Resource};
 use serde_json::Value;
-
-const API_VERSION: &str = "chatsys.io/v1alpha1";
 
 /// Stands in for the uid a cluster would give, so every owner reference is shown.
 const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
@@ -43,7 +39,7 @@ pub fn read(path: &str) -> Result<Vec<ChatSystem>> {
             document["apiVersion"].as_str().unwrap_or_default(),
             document["kind"].as_str().unwrap_or_default(),
         );
-        if (api_version, kind) != (API_VERSION, "ChatSystem") {
+        if (api_version, kind) != (&*ChatSystem::api_version(&()), &*ChatSystem::kind(&())) {
             return Err(Error::NotAChatSystem {
                 path: path.to_string(),
                 document: index + 1,
@@ -83,21 +79,12 @@ pub fn offline_inputs(cs: &ChatSystem) -> Inputs {
         served: OptionalApi::ALL.into_iter().collect(),
         ..Inputs::default()
     };
-    for service in BackingService::ALL {
-        if let Some(external) = service.external(&cs.spec) {
-            inputs
-                .external_secret_keys
-                .entry(external.secret_name.clone())
-                .or_default()
-                .insert(external.key.clone());
-        }
-    }
-    if let Some(reference) = &cs.spec.api.admin_key_secret {
+    for reference in manifests::referenced_secrets(cs) {
         inputs
             .external_secret_keys
-            .entry(reference.name.clone())
+            .entry(reference.name.to_string())
             .or_default()
-            .insert(reference.key.clone());
+            .insert(reference.key.to_string());
     }
     for secret in GeneratedSecret::needed(cs) {
         inputs

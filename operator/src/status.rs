@@ -340,9 +340,13 @@ pub fn upgrade_queued(
         "keeping the running images until its turn to move to chatsys {}: {moving} system(s) moving now",
         crate::crd::VERSION
     );
-    status.conditions.retain(|c| c.type_ != PROGRESSING);
-    status.conditions.insert(
-        1,
-        condition(cs, now, PROGRESSING, true, "UpgradeQueued", &message),
-    );
+    let queued = condition(cs, now, PROGRESSING, true, "UpgradeQueued", &message);
+    match status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == PROGRESSING)
+    {
+        Some(progressing) => *progressing = queued,
+        None => status.conditions.push(queued),
+    }
 }

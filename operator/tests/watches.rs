@@ -108,3 +108,40 @@ async fn a_namespace_scoped_operator_watches_only_its_namespaces_with_their_role
     }
     assert_eq!(common::forbidden(&calls), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_stored_chatsystem_the_operator_cannot_read_stops_none_of_the_others() {
+    let server = ApiServer::new();
+    let chatsystems = "/apis/chatsys.io/v1alpha1/namespaces/team/chatsystems";
+    for (name, spec) in [
+        ("good", serde_json::json!({})),
+        // What an earlier, looser schema let through: a label value that is not a string.
+        (
+            "bad",
+            serde_json::json!({ "networkPolicy": { "apiFrom": [{ "podSelector": { "matchLabels": { "tier": 1 } } }] } }),
+        ),
+    ] {
+        server.create(
+            chatsystems,
+            serde_json::json!({ "apiVersion": "chatsys.io/v1alpha1", "kind": "ChatSystem",
+                                "metadata": { "name": name }, "spec": spec }),
+        );
+    }
+    let status_written = |name: &str| {
+        let path = format!("{chatsystems}/{name}/status");
+        move |calls: &[Call]| {
+            calls
+                .iter()
+                .any(|c| c.method == Method::PATCH && c.path == path)
+        }
+    };
+    let (good, bad) = (status_written("good"), status_written("bad"));
+    run_until(&server, Scope::default(), |calls| good(calls) && bad(calls)).await;
+    let stored = |name: &str| server.get(chatsystems, name).expect("stored")["status"].clone();
+    assert!(
+        stored("good")["phase"].is_string(),
+        "the readable system is reconciled: {}",
+        stored("good")
+    );
+    assert_eq!(stored("bad")["conditions"][0]["reason"], "Unreadable");
+}

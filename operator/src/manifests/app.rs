@@ -293,20 +293,13 @@ impl<'a> Component<'a> {
             "chatsys.io/config-hash".to_string(),
             config_hash(&self.settings),
         )]);
-        let admin_key = cs
-            .spec
-            .api
-            .admin_key_secret
-            .as_ref()
-            .map(|r| r.name.as_str());
-        let external: BTreeMap<&str, &str> = BackingService::ALL
+        // A backing service's Secret is read by both; the API's own by the API alone.
+        let external: BTreeMap<&str, &str> = super::referenced_secrets(cs)
             .into_iter()
-            .filter_map(|service| service.external(&cs.spec))
-            .map(|external| external.secret_name.as_str())
-            .chain(admin_key.filter(|_| self.name == "api"))
-            .filter_map(|name| {
-                let version = inputs.external_secret_versions.get(name)?;
-                Some((name, version.as_str()))
+            .filter(|reference| reference.component != "api" || self.name == "api")
+            .filter_map(|reference| {
+                let version = inputs.external_secret_versions.get(reference.name)?;
+                Some((reference.name, version.as_str()))
             })
             .collect();
         if !external.is_empty() {

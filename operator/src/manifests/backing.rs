@@ -1,7 +1,7 @@
 //! MySQL, Redis, RabbitMQ and OpenSearch: one StatefulSet, one Service and (except OpenSearch, which runs
 //! without its security plugin inside the cluster) one credentials Secret each.
 
-use super::generated::GeneratedSecret;
+use super::generated::{ERLANG_COOKIE_KEY, GeneratedSecret};
 use super::{
     Child, ClaimTemplate, Expansion, Inputs, Plan, child_name, config_hash,
     container_security_context, http_get, metadata, parse_bytes, pod_security_context, probe,
@@ -148,7 +148,7 @@ impl BackingService {
 /// Moves a data directory an earlier release kept at the volume's root into the subdirectory now
 /// mounted, so an upgrade finds its data. Safe to rerun at any point: entries move one by one into
 /// `.adopting`, which is renamed last, and a half-done move resumes.
-pub const ADOPT_LAYOUT_SCRIPT: &str = r#"set -eu
+const ADOPT_LAYOUT_SCRIPT: &str = r#"set -eu
 cd /volume
 if [ ! -e "$SUBDIR" ] && { [ -e "$MARKER" ] || [ -d .adopting ]; }; then
   mkdir -p .adopting
@@ -165,10 +165,6 @@ fi
 /// Where the Erlang cookie's Secret is mounted; the broker reads a copy in its home directory.
 const ERLANG_COOKIE_SECRET_PATH: &str = "/run/chatsys/erlang-cookie";
 const RABBITMQ_HOME: &str = "/var/lib/rabbitmq";
-/// Copies the cookie where RabbitMQ and its CLI tools read it (`$HOME/.erlang.cookie`) with the
-/// owner-only mode Erlang demands: a Secret volume cannot give it, since the kubelet adds group read
-/// to a Secret's files when the pod has an `fsGroup` (kubernetes/kubernetes#57923).
-const ERLANG_COOKIE_SCRIPT: &str = "cp /run/chatsys/erlang-cookie/cookie /var/lib/rabbitmq/.erlang.cookie && chmod 0400 /var/lib/rabbitmq/.erlang.cookie";
 
 /// The MySQL settings file the operator owns, in the image's include directory (`/etc/my.cnf` of
 /// mysql:8.4 reads `/etc/mysql/conf.d/*.cnf`).
@@ -339,29 +335,22 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
     let mut volumes = Vec::new();
     let mut init_containers = Vec::new();
     let mut annotations = BTreeMap::new();
-    let small = small_resources();
     if let Some(marker) = service.root_layout_marker() {
         init_containers.push(Container {
-            name: "adopt-data-layout".to_string(),
-            image: Some(settings.image.to_string()),
-            image_pull_policy: Some("IfNotPresent".to_string()),
-            command: Some(vec![
-                "sh".to_string(),
-                "-c".to_string(),
-                ADOPT_LAYOUT_SCRIPT.to_string(),
-            ]),
             env: Some(vec![
                 value_env("MARKER", marker),
                 value_env("SUBDIR", data_subdirectory),
             ]),
-            resources: Some(small.clone()),
-            security_context: Some(container_security_context(true)),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "data".to_string(),
-                mount_path: "/volume".to_string(),
-                ..VolumeMount::default()
-            }]),
-            ..Container::default()
+            ..shell_step(
+                "adopt-data-layout",
+                settings.image,
+                ADOPT_LAYOUT_SCRIPT,
+                vec![VolumeMount {
+                    name: "data".to_string(),
+                    mount_path: "/volume".to_string(),
+                    ..VolumeMount::default()
+                }],
+            )
         });
     }
     match service {
@@ -403,18 +392,18 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
                 mount_path: RABBITMQ_HOME.to_string(),
                 ..VolumeMount::default()
             };
-            init_containers.push(Container {
-                name: "erlang-cookie".to_string(),
-                image: Some(settings.image.to_string()),
-                image_pull_policy: Some("IfNotPresent".to_string()),
-                command: Some(vec![
-                    "sh".to_string(),
-                    "-c".to_string(),
-                    ERLANG_COOKIE_SCRIPT.to_string(),
-                ]),
-                resources: Some(small),
-                security_context: Some(container_security_context(true)),
-                volume_mounts: Some(vec![
+            // The cookie where RabbitMQ and its CLI tools read it (`$HOME/.erlang.cookie`), with the
+            // owner-only mode Erlang demands: a Secret volume cannot give it, since the kubelet adds
+            // group read to a Secret's files when the pod has an `fsGroup` (kubernetes#57923).
+            let copy = format!(
+                "cp {ERLANG_COOKIE_SECRET_PATH}/{ERLANG_COOKIE_KEY} {RABBITMQ_HOME}/.erlang.cookie \
+                 && chmod 0400 {RABBITMQ_HOME}/.erlang.cookie"
+            );
+            init_containers.push(shell_step(
+                "erlang-cookie",
+                settings.image,
+                &copy,
+                vec![
                     home.clone(),
                     VolumeMount {
                         name: "erlang-cookie".to_string(),
@@ -422,9 +411,8 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
                         read_only: Some(true),
                         ..VolumeMount::default()
                     },
-                ]),
-                ..Container::default()
-            });
+                ],
+            ));
             // The home directory first: the data directory is mounted inside it.
             mounts.insert(0, home);
         }
@@ -504,6 +492,21 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
+    }
+}
+
+/// A one-shot init container running `script` with the service's own image (which has a shell), as
+/// restricted as the service and with little CPU and memory.
+fn shell_step(name: &str, image: &str, script: &str, mounts: Vec<VolumeMount>) -> Container {
+    Container {
+        name: name.to_string(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(vec!["sh".to_string(), "-c".to_string(), script.to_string()]),
+        resources: Some(small_resources()),
+        security_context: Some(container_security_context(true)),
+        volume_mounts: Some(mounts),
+        ..Container::default()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::apis::{
     OptionalApi, PodMonitor, PrometheusRule, ScaledObject, Served, ServiceMonitor,
     TriggerAuthentication,
 };
-use crate::crd::{ChatSystem, ExternalService, PodSettings};
+use crate::crd::{ChatSystem, PodSettings};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -322,6 +322,40 @@ impl<'a> std::ops::Deref for Valid<'a> {
     }
 }
 
+/// A key of a Secret of the user's that the spec names: an external service's URL, or the API's
+/// admin key. `dereference` reads them, `validate` checks them, and a change rolls their readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretReference<'a> {
+    /// The component the Secret is for: a backing service (read by the API and the worker), or `api`.
+    pub component: &'static str,
+    pub name: &'a str,
+    pub key: &'a str,
+}
+
+pub fn referenced_secrets(cs: &ChatSystem) -> Vec<SecretReference<'_>> {
+    BackingService::ALL
+        .into_iter()
+        .filter_map(|service| {
+            service.external(&cs.spec).map(|external| SecretReference {
+                component: service.name(),
+                name: &external.secret_name,
+                key: &external.key,
+            })
+        })
+        .chain(
+            cs.spec
+                .api
+                .admin_key_secret
+                .as_ref()
+                .map(|reference| SecretReference {
+                    component: "api",
+                    name: &reference.name,
+                    key: &reference.key,
+                }),
+        )
+        .collect()
+}
+
 /// Checks what the schema cannot express: references to Secrets, and quantities the operator computes with.
 pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>, InvalidSpec> {
     let mut problems = Vec::new();
@@ -338,40 +372,27 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
             }
         }
     }
-    for service in BackingService::ALL {
-        match service.external(&cs.spec) {
-            Some(ExternalService { secret_name, key }) => {
-                match inputs.external_secret_keys.get(secret_name) {
-                    None => problems.push(format!(
-                        "{}: Secret {secret_name} not found",
-                        service.name()
-                    )),
-                    Some(keys) if !keys.contains(key) => problems.push(format!(
-                        "{}: Secret {secret_name} has no key {key}",
-                        service.name()
-                    )),
-                    Some(_) => {}
-                }
+    for reference in referenced_secrets(cs) {
+        let SecretReference {
+            component,
+            name,
+            key,
+        } = reference;
+        match inputs.external_secret_keys.get(name) {
+            None => problems.push(format!("{component}: Secret {name} not found")),
+            Some(keys) if !keys.contains(key) => {
+                problems.push(format!("{component}: Secret {name} has no key {key}"))
             }
-            None => {
-                let size = &service.spec(&cs.spec).storage_size.0;
-                if parse_bytes(size).is_none() {
-                    problems.push(format!(
-                        "{}: storage.size {size} is not a quantity",
-                        service.name()
-                    ));
-                }
-            }
+            Some(_) => {}
         }
     }
-    if let Some(reference) = &cs.spec.api.admin_key_secret {
-        match inputs.external_secret_keys.get(&reference.name) {
-            None => problems.push(format!("api: Secret {} not found", reference.name)),
-            Some(keys) if !keys.contains(&reference.key) => problems.push(format!(
-                "api: Secret {} has no key {}",
-                reference.name, reference.key
-            )),
-            Some(_) => {}
+    for service in BackingService::ALL {
+        let size = &service.spec(&cs.spec).storage_size.0;
+        if service.external(&cs.spec).is_none() && parse_bytes(size).is_none() {
+            problems.push(format!(
+                "{}: storage.size {size} is not a quantity",
+                service.name()
+            ));
         }
     }
     if cs.spec.opensearch.external.is_none()

@@ -606,8 +606,10 @@ impl tower::Service<Request<Body>> for ApiServer {
             };
             let watch = request.is_watch();
             let (status, answer) = server.answer(request);
-            // A watch the server allows stays open, with no event: the tests drive changes by
-            // calling the controllers, not through watches.
+            // A watch the server allows stays open, with no event, until the client leaves (as
+            // staging/src/k8s.io/apiserver/pkg/endpoints/handlers/watch.go, `serveWatch`, holds one
+            // for its timeout): the tests drive changes by calling the controllers, not through
+            // watches.
             if watch && status == StatusCode::OK {
                 std::future::pending::<()>().await;
             }
@@ -795,7 +797,7 @@ impl State {
         let items: Vec<Value> = self
             .objects
             .iter()
-            .filter(|((c, _), _)| *c == target.collection)
+            .filter(|((c, _), _)| lists(&target.collection, c))
             .filter(|(_, o)| {
                 wanted
                     .iter()
@@ -1251,6 +1253,24 @@ impl State {
             ))
             .is_some_and(|c| c["allowVolumeExpansion"] == true)
     }
+}
+
+/// Whether a list of `requested` holds the objects of `stored`: its own, or, for a list across
+/// namespaces (`/apis/<group>/<version>/<plural>`), those of every namespace (the generic registry
+/// lists with no namespace in its context: staging/src/k8s.io/apiserver/pkg/registry/generic/
+/// registry/store.go, `List` over the kind's whole key prefix).
+fn lists(requested: &str, stored: &str) -> bool {
+    if requested == stored {
+        return true;
+    }
+    let Some((prefix, plural)) = requested.rsplit_once('/') else {
+        return false;
+    };
+    !requested.contains("/namespaces/")
+        && stored
+            .strip_prefix(&format!("{prefix}/namespaces/"))
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(_, kind)| kind == plural)
 }
 
 /// A list as the server answers a client that asks for metadata alone
