@@ -7,7 +7,7 @@ pub mod http;
 
 use std::sync::{Arc, OnceLock};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::live::LiveSettings;
 use chatsys_core::service::ChatService;
@@ -19,9 +19,15 @@ use tokio::sync::watch;
 
 use crate::http::error::{ApiError, ErrorCode};
 
+/// Who may call the API besides token holders: the admin key, and the origins of web pages.
+struct Access<'a> {
+    admin_key: &'a Option<String>,
+    cors_allowed_origins: &'a [String],
+}
+
 fn app(
     service: ChatService,
-    admin_key: Option<String>,
+    access: Access<'_>,
     max_request_bytes: usize,
     settings: &HttpSettings,
     metrics_elsewhere: bool,
@@ -36,11 +42,22 @@ fn app(
     ]);
     http::router(Arc::new(http::AppState {
         service,
-        admin_key,
+        admin_key: access.admin_key.clone(),
         max_request_bytes,
         body_timeout: settings.body_timeout(),
         body_budget: http::BodyBudget::new(settings.max_inflight_body_bytes),
         metrics_elsewhere,
+        // The settings' parser took only origins, which are valid header values.
+        cors_allowed_origins: access
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|origin| HeaderValue::from_str(origin).ok())
+            .collect(),
+        limits: http::RequestLimits {
+            uri_bytes: settings.max_uri_bytes as usize,
+            headers: settings.max_headers as usize,
+            header_bytes: settings.max_header_bytes as usize,
+        },
     }))
 }
 
@@ -93,7 +110,10 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let _ = routes.set(app(
         ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe())
             .with_hot_pages(args.hot_page_cache_bytes),
-        args.admin_key.clone(),
+        Access {
+            admin_key: &args.admin_key,
+            cors_allowed_origins: &args.cors_allowed_origins,
+        },
         args.max_request_bytes,
         &args.http,
         args.metrics_listen.is_some(),
@@ -110,7 +130,10 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     let routes = app(
         ChatService::with_live(standalone.ports, live_settings(&args.http), stopped.clone())
             .with_ingest_health(standalone.ingest_health),
-        args.admin_key.clone(),
+        Access {
+            admin_key: &args.admin_key,
+            cors_allowed_origins: &args.cors_allowed_origins,
+        },
         args.max_request_bytes,
         &args.http,
         false,

@@ -77,7 +77,19 @@ impl Connection {
         path: &str,
         body: Option<Bytes>,
     ) -> anyhow::Result<Response> {
-        match tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`Connection::send`] with extra request headers.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Response> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.exchange(method, path, body, headers)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
                 self.sender = None;
@@ -95,6 +107,7 @@ impl Connection {
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        headers: &[(&str, &str)],
     ) -> anyhow::Result<Response> {
         let reusable = match self.sender.as_mut() {
             Some(sender) => sender.ready().await.is_ok(),
@@ -110,6 +123,9 @@ impl Connection {
             .header(header::HOST, self.addr.to_string());
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request.body(Full::new(body.unwrap_or_default()))?;
         let response = sender
@@ -183,6 +199,25 @@ pub async fn create_message(
         .post_json(
             &messages_path(token, chat),
             &serde_json::json!({ "body": body }),
+        )
+        .await
+}
+
+/// Posts a message with an `Idempotency-Key`, so that it may be retried.
+pub async fn create_message_with_key(
+    connection: &mut Connection,
+    token: &str,
+    chat: u64,
+    body: &str,
+    key: &str,
+) -> anyhow::Result<Response> {
+    let body = serde_json::to_vec(&serde_json::json!({ "body": body }))?;
+    connection
+        .send_with(
+            Method::POST,
+            &messages_path(token, chat),
+            Some(Bytes::from(body)),
+            &[("idempotency-key", key)],
         )
         .await
 }

@@ -126,6 +126,34 @@ pub fn check(ledger: &Ledger, stored: &Stored) -> Vec<String> {
     problems
 }
 
+/// Stored messages of the ledger's chats that no 201 acknowledged: with every create retried under
+/// its idempotency key until answered, each is a message created twice.
+pub fn unacknowledged_messages(ledger: &Ledger, stored: &Stored) -> Vec<String> {
+    let acknowledged: HashSet<(String, u64, u64)> = ledger
+        .messages
+        .iter()
+        .map(|m| (m.token.to_string(), m.chat, m.number))
+        .collect();
+    let chats: HashSet<(String, u64)> = ledger
+        .chats
+        .iter()
+        .map(|(token, chat)| (token.to_string(), *chat))
+        .collect();
+    let mut extra: Vec<String> = stored
+        .messages
+        .keys()
+        .filter(|(token, chat, _)| chats.contains(&(token.clone(), *chat)))
+        .filter(|key| !acknowledged.contains(*key))
+        .map(|(token, chat, number)| {
+            format!(
+                "message {number} of chat {chat} of {token} is stored but was never acknowledged"
+            )
+        })
+        .collect();
+    extra.sort();
+    extra
+}
+
 /// The first `limit` problems, and how many more there were.
 pub fn summarize(problems: &[String], limit: usize) -> String {
     let mut lines: Vec<String> = problems.iter().take(limit).cloned().collect();

@@ -21,6 +21,7 @@ from chatsys_client.api.applications import (
     applications_list,
     applications_read,
     applications_rename,
+    applications_rotate_token,
 )
 from chatsys_client.api.chats import chats_create, chats_events, chats_list, chats_read
 from chatsys_client.api.messages import (
@@ -128,6 +129,22 @@ tokens = [token] + [
 everyone, pages = walk(lambda **kw: applications_list.sync_detailed(client=admin, limit=1, **kw))
 assert set(tokens) <= {a.token for a in everyone}, "a created application is missing from the list"
 assert pages >= 3
+
+# A create retried with its Idempotency-Key gets the first answer; a replaced token names nothing
+once = [
+    applications_create.sync_detailed(client=client, body=ApplicationName(name="once"), idempotency_key="walk-once")
+    for _ in range(2)
+]
+assert expect(once[0], 201, ApplicationView).token == expect(once[1], 201, ApplicationView).token
+assert once[1].headers["idempotent-replayed"] == "true"
+expect_error(
+    applications_create.sync_detailed(client=client, body=ApplicationName(name="other"), idempotency_key="walk-once"),
+    422,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED,
+)
+rotated = expect(applications_rotate_token.sync_detailed(once[0].parsed.token, client=client), 200, ApplicationView)
+assert rotated.token != once[0].parsed.token and rotated.name == "once"
+expect_error(applications_read.sync_detailed(once[0].parsed.token, client=client), 404, ErrorCode.NOT_FOUND)
 
 # Chats: with no body and with {}, read, list page by page
 first = expect(chats_create.sync_detailed(token, client=client), 201, ChatView)

@@ -35,6 +35,21 @@ const token: string = created.data.token;
 const chat = await client.POST("/applications/{token}/chats", { params: { path: { token } } });
 check(chat.data?.number === 1, "the first chat is number 1");
 
+const once = await client.POST("/applications/{token}/chats", {
+  params: { path: { token }, header: { "Idempotency-Key": "ts-walk-once" } },
+});
+const again = await client.POST("/applications/{token}/chats", {
+  params: { path: { token }, header: { "Idempotency-Key": "ts-walk-once" } },
+});
+check(once.data?.number === 2 && again.data?.number === 2, "a retried create is created once");
+check(again.response.headers.get("idempotent-replayed") === "true", "the retry is marked as replayed");
+
+const spare = await client.POST("/applications", { body: { name: "rotated" } });
+const rotated = await client.POST("/applications/{token}/token", {
+  params: { path: { token: spare.data?.token ?? "" } },
+});
+check(rotated.response.status === 200 && rotated.data?.token !== spare.data?.token, "rotate a token");
+
 const path = { token, number: 1 };
 const posted = await client.POST("/applications/{token}/chats/{number}/messages", {
   params: { path },

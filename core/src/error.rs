@@ -34,6 +34,18 @@ pub enum CoreError {
         param: &'static str,
         message: String,
     },
+    /// A request header the server reads holds something it cannot take.
+    #[error("invalid header {header}: {message}")]
+    InvalidHeader {
+        header: &'static str,
+        message: String,
+    },
+    /// An idempotency key already used for a different request.
+    #[error("idempotency key reused for a different request")]
+    KeyReused,
+    /// An idempotency key held by a request still in flight.
+    #[error("idempotency key in use by a request in flight")]
+    KeyInFlight,
     #[error("{backend} unavailable: {detail}")]
     Unavailable { backend: Backend, detail: String },
     /// A command the worker can never apply (it goes to the dead-letter queue).
@@ -57,6 +69,13 @@ impl CoreError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         CoreError::Invalid {
             field,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_header(header: &'static str, message: impl Into<String>) -> Self {
+        CoreError::InvalidHeader {
+            header,
             message: message.into(),
         }
     }

@@ -7,6 +7,7 @@ pub mod command;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod index_queue;
 pub mod ingest;
 pub mod live;

@@ -46,6 +46,8 @@ pub trait Store: Send + Sync {
         at: DateTime<Utc>,
     ) -> CoreResult<Application>;
     async fn rename_application(&self, id: AppId, name: &str, at: DateTime<Utc>) -> CoreResult<()>;
+    /// Gives the application a new token; the old one names nothing from then on.
+    async fn replace_token(&self, id: AppId, token: &str, at: DateTime<Utc>) -> CoreResult<()>;
     async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>>;
     async fn application(&self, id: AppId) -> CoreResult<Option<Application>>;
     /// Applications in creation order, after the one with token `after`.
@@ -148,7 +150,11 @@ pub trait CommandSource: Send {
 #[async_trait]
 pub trait Cache: Send + Sync {
     async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>>;
+    /// Caches a token's application, unless the token was forgotten meanwhile.
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()>;
+    /// A token replaced by another: never answered from the cache again, nor cached again by a lookup
+    /// that read it from the store before it was replaced.
+    async fn forget_token(&self, token: &str) -> CoreResult<()>;
     async fn application(&self, app: AppId) -> CoreResult<Option<Application>>;
     async fn put_application(&self, application: &Application) -> CoreResult<()>;
     async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()>;

@@ -18,6 +18,7 @@ use crate::command::Command;
 use crate::domain::{self, AppId, Chat, Message, Page};
 use crate::error::{CoreError, CoreResult};
 use crate::health::Check;
+use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
 use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
@@ -35,6 +36,16 @@ pub struct Ports {
     pub search: Arc<dyn ports::Search>,
     /// What the workers announce they stored, for live streams.
     pub announcements: Arc<dyn ports::Announcements>,
+    /// The records of idempotency keys.
+    pub keys: Arc<dyn KeyCells>,
+}
+
+/// A created resource, and whether an earlier request with the same idempotency key created it (this
+/// answer repeats that request's).
+#[derive(Debug, Clone)]
+pub struct Created<T> {
+    pub view: T,
+    pub replayed: bool,
 }
 
 /// A rendered page of a list: the JSON array, and the cursor of the next page when there is one.
@@ -49,9 +60,9 @@ type HotPageKey = (ListScope, u64, u64, u32);
 
 pub struct ChatService {
     ports: Ports,
-    /// Facts that never change once true (a token's application id, a chat's creation time), kept
-    /// in process in front of Redis.
-    app_ids: LocalCache<String, AppId>,
+    /// A token's application id, kept in process in front of Redis for [`TOKEN_RECHECK`] (a token
+    /// can be replaced), and a chat's creation time, which never changes.
+    app_ids: LocalCache<String, (AppId, Instant)>,
     chat_births: LocalCache<ChatKey, DateTime<Utc>>,
     /// Each list's generation and when Redis said so.
     list_generations: LocalCache<ListScope, (u64, Instant)>,
@@ -61,7 +72,12 @@ pub struct ChatService {
     /// The ingest loop of this process, when it runs one (standalone mode).
     ingest: Option<watch::Receiver<IngestHealth>>,
     live: Arc<LiveChats>,
+    keys: Keys,
 }
+
+/// How long a token's application is trusted in process: a replaced token stops working on every
+/// replica at most this long after it was replaced.
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
 
 /// How long a list's generation is trusted in process before Redis is asked again.
 const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
@@ -92,6 +108,7 @@ impl ChatService {
             settings,
             stopped,
         );
+        let keys = Keys::new(ports.keys.clone());
         ChatService {
             ports,
             app_ids: LocalCache::new(100_000),
@@ -100,6 +117,7 @@ impl ChatService {
             hot_pages: None,
             ingest: None,
             live,
+            keys,
         }
     }
 
@@ -146,17 +164,82 @@ impl ChatService {
 
     // Applications are rare and small: written straight to the store.
 
-    pub async fn create_application(&self, name: &str) -> CoreResult<ApplicationView> {
+    pub async fn create_application(
+        &self,
+        name: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> CoreResult<Created<ApplicationView>> {
         domain::validate_name(name)?;
-        let token = domain::generate_token();
-        let application = self
-            .ports
-            .store
-            .create_application(&token, name, domain::now())
+        let make = || async {
+            Ok(Intent::Application {
+                token: domain::generate_token(),
+                name: name.to_string(),
+                at: domain::now(),
+            })
+        };
+        let act = |intent: Intent| async move {
+            let Intent::Application { token, name, at } = &intent else {
+                return Err(CoreError::Rejected(
+                    "an application's key names a command".into(),
+                ));
+            };
+            // Acting an intent out again finds the application it created, under its token.
+            let application = match self.ports.store.application_by_token(token).await? {
+                Some(application) => application,
+                None => {
+                    self.ports
+                        .store
+                        .create_application(token, name, *at)
+                        .await?
+                }
+            };
+            self.ports.numbers.init_application(application.id).await?;
+            self.app_ids
+                .insert(token.clone(), (application.id, Instant::now()));
+            Ok(intent)
+        };
+        let (intent, replayed) = self
+            .once(
+                &KeyScope::NewApplications,
+                key,
+                &["application", name],
+                make,
+                act,
+            )
             .await?;
-        self.ports.numbers.init_application(application.id).await?;
-        self.app_ids.insert(token, application.id);
-        Ok(ApplicationView::from(&application))
+        let Intent::Application { token, name, at } = intent else {
+            return Err(CoreError::KeyReused);
+        };
+        let view = ApplicationView {
+            token,
+            name,
+            chats_count: 0,
+            created_at: at,
+            updated_at: at,
+        };
+        Ok(Created { view, replayed })
+    }
+
+    /// Gives the application a new token and returns it; the old token names nothing from then on, on
+    /// every replica within [`TOKEN_RECHECK`]. The old token is marked in the shared cache first, so
+    /// that a failure leaves it working rather than the client without a token.
+    pub async fn rotate_token(&self, token: &str) -> CoreResult<ApplicationView> {
+        let app = self.resolve(token).await?;
+        self.ports.cache.forget_token(token).await?;
+        let fresh = domain::generate_token();
+        self.ports
+            .store
+            .replace_token(app, &fresh, domain::now())
+            .await?;
+        self.app_ids.remove(token);
+        soft(self.ports.cache.forget_applications(&[app]).await);
+        self.application(&fresh).await
+    }
+
+    /// Whether the token names an application (now: a replaced token stops working within
+    /// [`TOKEN_RECHECK`]).
+    pub async fn authorize(&self, token: &str) -> CoreResult<()> {
+        self.resolve(token).await.map(drop)
     }
 
     pub async fn rename_application(&self, token: &str, name: &str) -> CoreResult<ApplicationView> {
@@ -206,34 +289,46 @@ impl ChatService {
 
     // Chats.
 
-    pub async fn create_chat(&self, token: &str) -> CoreResult<ChatView> {
+    pub async fn create_chat(
+        &self,
+        token: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> CoreResult<Created<ChatView>> {
         let app = self.resolve(token).await?;
-        let number = match self.ports.numbers.next_chat(app).await? {
-            Some(number) => number,
-            None => {
-                let floor = self.ports.floor.chat_floor(app).await?;
-                self.ports.numbers.restart_chats(app, floor).await?
-            }
+        let scope = KeyScope::Application {
+            app,
+            token: token.to_string(),
         };
-        let at = domain::now();
-        self.ports
-            .queue
-            .publish(&Command::CreateChat {
-                application_id: app,
-                number,
-                at,
+        let make = || async {
+            let number = match self.ports.numbers.next_chat(app).await? {
+                Some(number) => number,
+                None => {
+                    let floor = self.ports.floor.chat_floor(app).await?;
+                    self.ports.numbers.restart_chats(app, floor).await?
+                }
+            };
+            Ok(Intent::Command {
+                command: Command::CreateChat {
+                    application_id: app,
+                    number,
+                    at: domain::now(),
+                },
             })
-            .await?;
-        let chat = Chat {
-            application_id: app,
-            number,
-            messages_count: 0,
-            created_at: at,
-            updated_at: at,
         };
-        soft(self.ports.cache.put_pending_chat(&chat).await);
-        self.chat_births.insert((app, number), at);
-        Ok(ChatView::from(&chat))
+        let act = |intent: Intent| async move {
+            self.publish(&intent).await?;
+            if let Some(chat) = created_chat(&intent) {
+                soft(self.ports.cache.put_pending_chat(&chat).await);
+                self.chat_births.insert((app, chat.number), chat.created_at);
+            }
+            Ok(intent)
+        };
+        let (intent, replayed) = self.once(&scope, key, &["chat"], make, act).await?;
+        let chat = created_chat(&intent).ok_or(CoreError::KeyReused)?;
+        Ok(Created {
+            view: ChatView::from(&chat),
+            replayed,
+        })
     }
 
     pub async fn chat(&self, token: &str, number: u64) -> CoreResult<ChatView> {
@@ -265,41 +360,130 @@ impl ChatService {
         token: &str,
         chat: u64,
         body: &str,
-    ) -> CoreResult<MessageView> {
+        key: Option<&IdempotencyKey>,
+    ) -> CoreResult<Created<MessageView>> {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
-        let number = match self.ports.numbers.next_message(app, chat).await? {
-            Some(number) => number,
-            None => {
-                let floor = self.ports.floor.message_floor(app, chat).await?;
-                self.ports
-                    .numbers
-                    .restart_messages(app, chat, floor)
-                    .await?
+        let scope = KeyScope::Application {
+            app,
+            token: token.to_string(),
+        };
+        let make = || async {
+            let number = match self.ports.numbers.next_message(app, chat).await? {
+                Some(number) => number,
+                None => {
+                    let floor = self.ports.floor.message_floor(app, chat).await?;
+                    self.ports
+                        .numbers
+                        .restart_messages(app, chat, floor)
+                        .await?
+                }
+            };
+            Ok(Intent::Command {
+                command: Command::CreateMessage {
+                    application_id: app,
+                    chat_number: chat,
+                    chat_created_at,
+                    number,
+                    body: body.to_string(),
+                    at: domain::now(),
+                },
+            })
+        };
+        let act = |intent: Intent| async move {
+            self.publish(&intent).await?;
+            if let Some(message) = created_message(&intent) {
+                soft(self.ports.cache.put_message(&message).await);
+            }
+            Ok(intent)
+        };
+        let chat_text = chat.to_string();
+        let (intent, replayed) = self
+            .once(&scope, key, &["message", &chat_text, body], make, act)
+            .await?;
+        let message = created_message(&intent).ok_or(CoreError::KeyReused)?;
+        Ok(Created {
+            view: MessageView::from(&message),
+            replayed,
+        })
+    }
+
+    /// Publishes the command an intent holds.
+    async fn publish(&self, intent: &Intent) -> CoreResult<()> {
+        match intent {
+            Intent::Command { command } => self.ports.queue.publish(command).await,
+            Intent::Application { .. } => Err(CoreError::Rejected(
+                "an application's intent has no command".into(),
+            )),
+        }
+    }
+
+    /// Runs a create once per idempotency key: `make` decides what to do (allocating its number),
+    /// `act` does it. Without a key it simply runs. With one, a request that finds the key finished
+    /// answers what the first did; one that finds it held waits for it, then answers 409; one that
+    /// finds it abandoned acts the recorded intent out again. Returns the intent acted out, and
+    /// whether it was another request's.
+    async fn once<Make, MakeFuture, Act, ActFuture>(
+        &self,
+        scope: &KeyScope,
+        key: Option<&IdempotencyKey>,
+        request: &[&str],
+        make: Make,
+        act: Act,
+    ) -> CoreResult<(Intent, bool)>
+    where
+        Make: FnOnce() -> MakeFuture,
+        MakeFuture: Future<Output = CoreResult<Intent>>,
+        Act: FnOnce(Intent) -> ActFuture,
+        ActFuture: Future<Output = CoreResult<Intent>>,
+    {
+        let Some(key) = key else {
+            return Ok((act(make().await?).await?, false));
+        };
+        let fingerprint = idempotency::fingerprint(request);
+        let waiting_since = Instant::now();
+        let (owner, acted, replayed) = loop {
+            match self
+                .keys
+                .claim(scope, key, &fingerprint, idempotency::LEASE)
+                .await?
+            {
+                Claim::Finished(intent) => return Ok((intent, true)),
+                Claim::Reused => return Err(CoreError::KeyReused),
+                Claim::Busy if waiting_since.elapsed() < idempotency::WAIT_FOR_OWNER => {
+                    tokio::time::sleep(KEY_POLL).await;
+                }
+                Claim::Busy => return Err(CoreError::KeyInFlight),
+                Claim::Owned { owner } => {
+                    let acted = async {
+                        let intent = make().await?;
+                        if !self.keys.record(scope, key, &owner, &intent).await? {
+                            return Err(CoreError::KeyInFlight);
+                        }
+                        act(intent).await
+                    }
+                    .await;
+                    break (owner, acted, false);
+                }
+                Claim::Resumed { owner, intent } => break (owner, act(intent).await, true),
             }
         };
-        let at = domain::now();
-        let command = Command::CreateMessage {
-            application_id: app,
-            chat_number: chat,
-            chat_created_at,
-            number,
-            body: body.to_string(),
-            at,
-        };
-        self.ports.queue.publish(&command).await?;
-        let message = Message {
-            application_id: app,
-            chat_number: chat,
-            number,
-            body: body.to_string(),
-            version: 0,
-            created_at: at,
-            updated_at: at,
-        };
-        soft(self.ports.cache.put_message(&message).await);
-        Ok(MessageView::from(&message))
+        match acted {
+            Ok(intent) => {
+                // Unfinished, the record is acted out again by a retry after its lease: harmless.
+                if let Err(e) = self.keys.finish(scope, key, &owner).await {
+                    tracing::warn!(error = %e, "an idempotency key could not be marked finished");
+                }
+                Ok((intent, replayed))
+            }
+            Err(e) => {
+                if let Err(e) = self.keys.release(scope, key, &owner).await {
+                    tracing::warn!(error = %e, "an idempotency key could not be released");
+                }
+                Err(e)
+            }
+        }
     }
 
     pub async fn edit_message(
@@ -421,7 +605,9 @@ impl ChatService {
         if !domain::plausible_token(token) {
             return Err(CoreError::NotFound("application"));
         }
-        if let Some(app) = self.app_ids.get(token) {
+        if let Some((app, checked)) = self.app_ids.get(token)
+            && checked.elapsed() < TOKEN_RECHECK
+        {
             return Ok(app);
         }
         let app = match counted("token", soft(self.ports.cache.application_id(token).await)) {
@@ -442,7 +628,8 @@ impl ChatService {
                 application.id
             }
         };
-        self.app_ids.insert(token.to_string(), app);
+        self.app_ids
+            .insert(token.to_string(), (app, Instant::now()));
         Ok(app)
     }
 
@@ -543,6 +730,56 @@ impl ChatService {
                 .await,
         );
         Ok(fresh)
+    }
+}
+
+/// How often a request waiting for another that holds its idempotency key looks again.
+const KEY_POLL: Duration = Duration::from_millis(50);
+
+/// The chat a chat's creation intent creates.
+fn created_chat(intent: &Intent) -> Option<Chat> {
+    match intent {
+        Intent::Command {
+            command:
+                Command::CreateChat {
+                    application_id,
+                    number,
+                    at,
+                },
+        } => Some(Chat {
+            application_id: *application_id,
+            number: *number,
+            messages_count: 0,
+            created_at: *at,
+            updated_at: *at,
+        }),
+        _ => None,
+    }
+}
+
+/// The message a message's creation intent creates.
+fn created_message(intent: &Intent) -> Option<Message> {
+    match intent {
+        Intent::Command {
+            command:
+                Command::CreateMessage {
+                    application_id,
+                    chat_number,
+                    number,
+                    body,
+                    at,
+                    ..
+                },
+        } => Some(Message {
+            application_id: *application_id,
+            chat_number: *chat_number,
+            number: *number,
+            body: body.clone(),
+            version: 0,
+            created_at: *at,
+            updated_at: *at,
+        }),
+        _ => None,
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatsys_core::CoreResult;
-use chatsys_core::adapters::{embedded_search::EmbeddedSearch, memory, sqlite, sqlite_queue};
+use chatsys_core::adapters::{
+    embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
+};
 use chatsys_core::domain::AppId;
 use chatsys_core::ports::{Numbers, Store};
 use chatsys_core::service::{ChatService, Ports};
@@ -55,6 +57,7 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
     let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
     let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
     store.migrate().await.unwrap();
+    let keys = Arc::new(sqlite_keys::SqliteKeyCells::new(pool.clone()));
     let queue = sqlite_queue::SqliteQueue::new(pool);
     let cache = Arc::new(memory::MemoryCache::new(
         Duration::from_secs(60),
@@ -72,15 +75,21 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
         cache: cache.clone(),
         search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
         announcements: Arc::new(memory::LocalAnnouncements::default()),
+        keys,
     }));
 
-    let application = service.create_application("edits").await.unwrap();
-    let token = application.token.clone();
-    let chat = service.create_chat(&token).await.unwrap().number;
-    let number = service
-        .create_message(&token, chat, "original")
+    let application = service
+        .create_application("edits", None)
         .await
         .unwrap()
+        .view;
+    let token = application.token.clone();
+    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    let number = service
+        .create_message(&token, chat, "original", None)
+        .await
+        .unwrap()
+        .view
         .number;
 
     let edit = |body: &'static str| {

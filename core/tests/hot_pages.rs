@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatsys_core::CoreResult;
-use chatsys_core::adapters::{embedded_search::EmbeddedSearch, memory, sqlite, sqlite_queue};
+use chatsys_core::adapters::{
+    embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
+};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, Application, Chat, Message, Page};
 use chatsys_core::plan::{ChatKey, MessageKey};
@@ -35,6 +37,9 @@ impl Cache for CountingCache {
     }
     async fn put_application(&self, application: &Application) -> CoreResult<()> {
         self.inner.put_application(application).await
+    }
+    async fn forget_token(&self, token: &str) -> CoreResult<()> {
+        self.inner.forget_token(token).await
     }
     async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()> {
         self.inner.forget_applications(apps).await
@@ -98,6 +103,7 @@ async fn setup(hot_page_bytes: u64) -> Setup {
     let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
     let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
     store.migrate().await.unwrap();
+    let keys = Arc::new(sqlite_keys::SqliteKeyCells::new(pool.clone()));
     let queue = sqlite_queue::SqliteQueue::new(pool);
     let cache = Arc::new(CountingCache {
         inner: memory::MemoryCache::new(Duration::from_secs(60), 64 << 20, 1 << 20),
@@ -111,6 +117,7 @@ async fn setup(hot_page_bytes: u64) -> Setup {
         cache: cache.clone(),
         search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
         announcements: Arc::new(memory::LocalAnnouncements::default()),
+        keys,
     })
     .with_hot_pages(hot_page_bytes);
     Setup {
@@ -124,7 +131,13 @@ async fn setup(hot_page_bytes: u64) -> Setup {
 impl Setup {
     /// A stored chat of a new application: its token and its application id.
     async fn chat(&self) -> (String, AppId) {
-        let token = self.service.create_application("hot").await.unwrap().token;
+        let token = self
+            .service
+            .create_application("hot", None)
+            .await
+            .unwrap()
+            .view
+            .token;
         let app = self
             .store
             .application_by_token(&token)
@@ -132,7 +145,7 @@ impl Setup {
             .unwrap()
             .unwrap()
             .id;
-        self.service.create_chat(&token).await.unwrap();
+        self.service.create_chat(&token, None).await.unwrap();
         self.store
             .apply(&[Command::CreateChat {
                 application_id: app,

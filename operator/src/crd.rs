@@ -153,6 +153,9 @@ pub struct ApiSpec {
     /// When unset, the operator generates one, `<name>-api-admin-key` with key `admin-key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key_secret: Option<SecretKeyReference>,
+    /// Web pages that may call the API from a browser (`CHATSYS_CORS_ALLOWED_ORIGINS`).
+    #[serde(default, skip_serializing_if = "CorsSpec::is_empty")]
+    pub cors: CorsSpec,
     /// Scheduling, labels, annotations and env of the API's pods (and its migration Job's).
     #[serde(flatten)]
     pub pod: PodSettings,
@@ -167,8 +170,26 @@ impl Default for ApiSpec {
             autoscaling: Autoscaling::default(),
             ingress: IngressSpec::default(),
             admin_key_secret: None,
+            cors: CorsSpec::default(),
             pod: PodSettings::default(),
         }
+    }
+}
+
+/// Cross-origin access for web pages (CORS).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CorsSpec {
+    /// The origins whose pages may call the API, exactly as browsers send them
+    /// (`https://app.example.com`, no path, no trailing `/`). None by default: a request from a web
+    /// page of any other origin is refused.
+    #[schemars(inner(pattern(r"^https?://[A-Za-z0-9.:\[\]-]+$")))]
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsSpec {
+    fn is_empty(&self) -> bool {
+        self.allowed_origins.is_empty()
     }
 }
 

@@ -6,11 +6,13 @@
 //! decided where the body is read (`http::extract`), which can answer 408 with the error body.
 //!
 //! Errors hyper answers itself, before any service runs, cannot carry the JSON error body nor an
-//! `X-Request-Id`: a request head it cannot parse (bad request line, bad header syntax, an invalid or
-//! conflicting `Content-Length`: 400), a URI over 65,534 bytes (414, the longest URI the `http` crate
-//! represents) and a head over hyper's buffer or with over 100 headers (431). Hyper 1 writes a bare
-//! status line for those in `proto::h1::role::Server::on_error` and closes the connection; its builder
-//! has no hook for that response, and rewriting hyper's bytes on the socket is not worth the risk.
+//! `X-Request-Id`: hyper 1 writes a bare status line in `proto::h1::role::Server::on_error` and closes
+//! the connection, and its builder has no hook for that response. So hyper's limits are set above the
+//! API's own (`HttpSettings::max_uri_bytes`, `max_headers`, `max_header_bytes`, which the API enforces
+//! in a layer that answers 414 and 431 in its error format): a URI up to 65,534 bytes (the longest the
+//! `http` crate represents), [`HYPER_MAX_HEADERS`] headers and a head within hyper's read buffer (about
+//! 400 KiB by default) reach the API. Only a head hyper cannot parse (400), or one past those, still
+//! gets hyper's bare answer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,6 +34,11 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use chatsys_settings::HttpSettings;
+
+/// Headers hyper parses in one request; above the most the API may be set to answer
+/// ([`chatsys_settings::MAX_HEADERS_CEILING`]), so a request over the API's limit reaches it.
+const HYPER_MAX_HEADERS: usize = 256;
+const _: () = assert!(HYPER_MAX_HEADERS > chatsys_settings::MAX_HEADERS_CEILING as usize);
 
 /// What a connection is waiting for, which decides how long it may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +155,7 @@ async fn serve_connection(
     // which would make the idle timeout the header timeout; the watchdog below times both instead.
     let connection = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
+        .max_headers(HYPER_MAX_HEADERS)
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
     let overdue = overdue(&phase, header, idle);

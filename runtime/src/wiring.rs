@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatsys_core::adapters::{
-    amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite, sqlite_queue,
+    amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite, sqlite_keys,
+    sqlite_queue,
 };
 use chatsys_core::error::CoreResult;
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
@@ -133,6 +134,10 @@ pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::R
         )),
         floor,
         queue,
+        keys: Arc::new(redis::RedisKeyCells::new(
+            redis.clone(),
+            redis::Keys::new(&backends.redis_prefix),
+        )),
         cache: Arc::new(redis_cache(redis, backends)),
         search,
         announcements,
@@ -191,6 +196,7 @@ pub async fn standalone(
     let pool = sqlite::open(&args.data_dir.join("chatsys.db")).await?;
     let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
     store.migrate().await.context("migrations failed")?;
+    let keys = Arc::new(sqlite_keys::SqliteKeyCells::new(pool.clone()));
     let queue = sqlite_queue::SqliteQueue::new(pool);
     let cache: Arc<dyn ports::Cache> = Arc::new(memory::MemoryCache::new(
         Duration::from_secs(args.cache_ttl_secs),
@@ -208,6 +214,7 @@ pub async fn standalone(
         cache: cache.clone(),
         search: search.clone(),
         announcements: announcements.clone(),
+        keys,
     };
     let ingest_ports = IngestPorts {
         store: store.clone(),

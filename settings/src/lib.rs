@@ -17,6 +17,7 @@ pub mod env {
     pub const CHATSYS_CACHE_MAX_BYTES: &str = "CHATSYS_CACHE_MAX_BYTES";
     pub const CHATSYS_CACHE_MAX_PAGE_BYTES: &str = "CHATSYS_CACHE_MAX_PAGE_BYTES";
     pub const CHATSYS_CACHE_TTL_SECS: &str = "CHATSYS_CACHE_TTL_SECS";
+    pub const CHATSYS_CORS_ALLOWED_ORIGINS: &str = "CHATSYS_CORS_ALLOWED_ORIGINS";
     pub const CHATSYS_DATA_DIR: &str = "CHATSYS_DATA_DIR";
     pub const CHATSYS_DB_POOL_SIZE: &str = "CHATSYS_DB_POOL_SIZE";
     pub const CHATSYS_EVENT_HEARTBEAT_MS: &str = "CHATSYS_EVENT_HEARTBEAT_MS";
@@ -28,6 +29,9 @@ pub mod env {
     pub const CHATSYS_LISTEN: &str = "CHATSYS_LISTEN";
     pub const CHATSYS_LOG_FORMAT: &str = "CHATSYS_LOG_FORMAT";
     pub const CHATSYS_MAX_CONNECTIONS: &str = "CHATSYS_MAX_CONNECTIONS";
+    pub const CHATSYS_MAX_HEADER_BYTES: &str = "CHATSYS_MAX_HEADER_BYTES";
+    pub const CHATSYS_MAX_HEADERS: &str = "CHATSYS_MAX_HEADERS";
+    pub const CHATSYS_MAX_URI_BYTES: &str = "CHATSYS_MAX_URI_BYTES";
     pub const CHATSYS_METRICS_LISTEN: &str = "CHATSYS_METRICS_LISTEN";
     pub const CHATSYS_MAX_INFLIGHT_BODY_BYTES: &str = "CHATSYS_MAX_INFLIGHT_BODY_BYTES";
     pub const CHATSYS_MAX_REQUEST_BYTES: &str = "CHATSYS_MAX_REQUEST_BYTES";
@@ -173,9 +177,14 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub backends: Backends,
-    /// When set, GET /applications requires `Authorization: Bearer <key>`.
+    /// The key that lists every application (`Authorization: Bearer <key>` on GET /applications);
+    /// without one, listing is refused.
     #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Origins whose web pages may call the API (exact, comma-separated, as a browser sends them:
+    /// `https://app.example.com`); none by default. A request from any other origin is refused.
+    #[arg(long, env = env::CHATSYS_CORS_ALLOWED_ORIGINS, value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allowed_origins: Vec<String>,
     /// MySQL connections.
     #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = connections::API_POOL)]
     pub db_pool_size: u32,
@@ -224,9 +233,14 @@ pub struct StandaloneArgs {
     /// Where the database, the queue and the search index live; kept across restarts.
     #[arg(long, env = env::CHATSYS_DATA_DIR, default_value = "./chatsys-data")]
     pub data_dir: PathBuf,
-    /// When set, GET /applications requires `Authorization: Bearer <key>`.
+    /// The key that lists every application (`Authorization: Bearer <key>` on GET /applications);
+    /// without one, listing is refused.
     #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Origins whose web pages may call the API (exact, comma-separated, as a browser sends them:
+    /// `https://app.example.com`); none by default. A request from any other origin is refused.
+    #[arg(long, env = env::CHATSYS_CORS_ALLOWED_ORIGINS, value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allowed_origins: Vec<String>,
     /// Lifetime of cache entries.
     #[arg(long, env = env::CHATSYS_CACHE_TTL_SECS, default_value_t = 300)]
     pub cache_ttl_secs: u64,
@@ -286,6 +300,42 @@ pub struct HttpSettings {
     /// outlives a proxy's timeout.
     #[arg(long, env = env::CHATSYS_EVENT_MAX_LIFETIME_SECS, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_max_lifetime_secs: u64,
+    /// Longest request target (path and query) answered, in bytes; a longer one gets 414.
+    #[arg(long, env = env::CHATSYS_MAX_URI_BYTES, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=MAX_URI_BYTES_CEILING as i64))]
+    pub max_uri_bytes: u32,
+    /// Most request headers answered; more get 431.
+    #[arg(long, env = env::CHATSYS_MAX_HEADERS, default_value_t = 100, value_parser = clap::value_parser!(u32).range(8..=MAX_HEADERS_CEILING as i64))]
+    pub max_headers: u32,
+    /// Most bytes of request headers (names and values) answered; more get 431.
+    #[arg(long, env = env::CHATSYS_MAX_HEADER_BYTES, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1024..=MAX_HEADER_BYTES_CEILING as i64))]
+    pub max_header_bytes: u32,
+}
+
+/// The highest the request limits may be set: the HTTP server's own limits sit above them, so that
+/// every request over one of ours reaches the API and is answered in its error format.
+pub const MAX_URI_BYTES_CEILING: u32 = 32_768;
+pub const MAX_HEADERS_CEILING: u32 = 200;
+pub const MAX_HEADER_BYTES_CEILING: u32 = 65_536;
+
+/// An origin as browsers send it in `Origin`: `http` or `https`, a host and maybe a port, nothing after.
+pub fn parse_origin(raw: &str) -> Result<String, String> {
+    let origin = raw.trim();
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("{origin:?} is not an origin: it starts with http:// or https://")
+        })?;
+    let valid = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !valid {
+        return Err(format!(
+            "{origin:?} is not an origin: a scheme, a host and maybe a port, with no path (no trailing /)"
+        ));
+    }
+    Ok(origin.to_ascii_lowercase())
 }
 
 /// The same values as the flags' defaults (a test checks that they agree).
@@ -300,6 +350,9 @@ impl Default for HttpSettings {
             event_heartbeat_ms: 15_000,
             event_max_behind: 1024,
             event_max_lifetime_secs: 3600,
+            max_uri_bytes: 8192,
+            max_headers: 100,
+            max_header_bytes: 16_384,
         }
     }
 }
@@ -371,5 +424,37 @@ mod tests {
         assert_eq!(standalone.http, HttpSettings::default());
         let serve = Cli::try_parse_from(["chatsys-api"]).unwrap().serve;
         assert_eq!(serve.http, HttpSettings::default());
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let standalone = |args: &[&str]| {
+            let argv = [&["chatsys-api", "standalone"][..], args].concat();
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Some(Command::Standalone(standalone)) => standalone.cors_allowed_origins,
+                other => panic!("standalone parsed as {other:?}"),
+            })
+        };
+        assert_eq!(standalone(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            standalone(&[
+                "--cors-allowed-origins",
+                "https://App.example.com,http://127.0.0.1:3000"
+            ])
+            .unwrap(),
+            ["https://app.example.com", "http://127.0.0.1:3000"]
+        );
+        for refused in [
+            "https://app.example.com/",
+            "app.example.com",
+            "*",
+            "null",
+            "https://a b",
+        ] {
+            assert!(
+                standalone(&["--cors-allowed-origins", refused]).is_err(),
+                "{refused:?} was taken as an origin"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use super::extract::{JsonBody, PathParams, Query};
+use super::extract::{IdempotencyKeyHeader, JsonBody, PathParams, Query};
 use super::params::{ApplicationPath, ApplicationsQuery};
 use super::{AppState, Shared, created, list_response};
 
@@ -20,6 +20,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(read, rename))
+        .routes(routes!(rotate_token))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -38,17 +39,21 @@ pub struct ApplicationName {
 ///
 /// Returns the application with its generated token, the only way to name it from then on.
 #[utoipa::path(post, path = "/applications", tag = "applications", operation_id = "applications_create",
-    request_body = ApplicationName,
+    params(IdempotencyKeyHeader), request_body = ApplicationName,
     responses(
         (status = 201, description = "Created", body = ApplicationView,
             headers(("Location" = String, description = "The new application's path")))))]
 pub async fn create(
     State(state): Shared,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody<ApplicationName>,
 ) -> ApiResult<Response> {
-    let application = state.service.create_application(&body.name).await?;
+    let application = state
+        .service
+        .create_application(&body.name, key.as_ref())
+        .await?;
     Ok(created(
-        format!("/applications/{}", application.token),
+        format!("/applications/{}", application.view.token),
         application,
     ))
 }
@@ -56,33 +61,40 @@ pub async fn create(
 /// List applications
 ///
 /// Every application in creation order, a page at a time: follow the `Link` header's `rel="next"` until
-/// there is none. When the server was started with an admin key, this needs it as a bearer token; without
-/// one, anyone may list.
+/// there is none. Each holds its token, so this needs the admin key as a bearer token; a server started
+/// without one (`CHATSYS_ADMIN_KEY`) lists nothing to anyone.
 #[utoipa::path(get, path = "/applications", tag = "applications", operation_id = "applications_list",
     params(ApplicationsQuery),
-    security((), ("admin_key" = [])),
+    security(("admin_key" = [])),
     responses(
         (status = 200, description = "A page of applications, in creation order", body = [ApplicationView],
             headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while there is one"))),
-        (status = 401, description = "The server has an admin key, and it was missing or wrong", body = ErrorBody),
+        (status = 401, description = "The admin key was missing or wrong (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The server has no admin key, so listing is off (`forbidden`); or the request came from a web page whose origin the server does not allow (`origin_not_allowed`)", body = ErrorBody),
         (status = 404, description = "No application has the token given as `after`", body = ErrorBody)))]
 pub async fn list(
     State(state): Shared,
     headers: HeaderMap,
     Query(query): Query<ApplicationsQuery>,
 ) -> ApiResult<Response> {
-    if let Some(key) = &state.admin_key {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                "listing applications needs the admin key",
-            ));
-        }
+    let Some(key) = &state.admin_key else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "listing applications needs an admin key, and this server has none: start it with \
+             CHATSYS_ADMIN_KEY (or --admin-key) and send the key as `Authorization: Bearer <key>`",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "listing applications needs the admin key",
+        ));
     }
     let limit = query.limit()?;
     let page = state
@@ -122,6 +134,21 @@ pub async fn rename(
             .rename_application(&path.token.0, &body.name)
             .await?,
     ))
+}
+
+/// Replace an application's token
+///
+/// Returns the application with a new token, for when the old one leaked. The old token names nothing
+/// from then on: every replica answers it 404 within 2 seconds, the event streams opened with it end
+/// (within 2 seconds more), and the idempotency keys used with it are gone. Nothing else changes.
+#[utoipa::path(post, path = "/applications/{token}/token", tag = "applications",
+    operation_id = "applications_rotate_token", params(ApplicationPath),
+    responses((status = 200, description = "The application, with its new token", body = ApplicationView)))]
+pub async fn rotate_token(
+    State(state): Shared,
+    PathParams(path): PathParams<ApplicationPath>,
+) -> ApiResult<Json<ApplicationView>> {
+    Ok(Json(state.service.rotate_token(&path.token.0).await?))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiResult;
-use super::extract::{OptionalJson, PathParams, Query};
+use super::extract::{IdempotencyKeyHeader, OptionalJson, PathParams, Query};
 use super::params::{ApplicationPath, ChatPath, PageQuery};
 use super::{AppState, Shared, created, list_response};
 
@@ -28,7 +28,7 @@ pub struct NewChat {}
 /// Numbers the chat at once (1, 2, 3… within the application) and queues its storage: the chat is
 /// readable right away and listed once the worker has stored it. The body may be left out, or be `{}`.
 #[utoipa::path(post, path = "/applications/{token}/chats", tag = "chats", operation_id = "chats_create",
-    params(ApplicationPath),
+    params(ApplicationPath, IdempotencyKeyHeader),
     request_body(content = Option<NewChat>, description = "Optional; no member is read"),
     responses(
         (status = 201, description = "Accepted and numbered", body = ChatView,
@@ -36,12 +36,13 @@ pub struct NewChat {}
 pub async fn create(
     State(state): Shared,
     PathParams(path): PathParams<ApplicationPath>,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     OptionalJson(_): OptionalJson<NewChat>,
 ) -> ApiResult<Response> {
     let token = path.token.0;
-    let chat = state.service.create_chat(&token).await?;
+    let chat = state.service.create_chat(&token, key.as_ref()).await?;
     Ok(created(
-        format!("/applications/{token}/chats/{}", chat.number),
+        format!("/applications/{token}/chats/{}", chat.view.number),
         chat,
     ))
 }

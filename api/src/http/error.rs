@@ -22,25 +22,40 @@ pub struct ErrorDetail {
 
 /// What went wrong, stable and machine-readable; the server sends no code outside this list.
 /// `malformed_json` (400): the body is not JSON. `invalid_query` (400): a query parameter is missing or
-/// out of range, or the query string is unreadable. `bad_request` (400): the request could not be read.
-/// `unauthorized` (401): the admin key is missing or wrong. `not_found` (404): no such application,
-/// chat, message or route. `method_not_allowed` (405): the path exists, not with this method; `Allow`
-/// names the methods it takes. `timeout` (408): the body did not arrive in time. `payload_too_large`
-/// (413): the body is over the size limit. `invalid_field` (422): the body is JSON of the wrong shape,
-/// or a field is invalid. `internal` (500): a fault of the server. `service_unavailable` (503): a
-/// backing service is down, or too many uploads are in progress; retry after `Retry-After` seconds.
+/// out of range, or the query string is unreadable. `invalid_header` (400): a header the server reads
+/// (`Idempotency-Key`, `Last-Event-ID`) holds something it cannot take. `bad_request` (400): the request
+/// could not be read. `unauthorized` (401): the admin key is missing or wrong. `forbidden` (403): the
+/// server has no admin key, so nobody may list applications. `origin_not_allowed` (403): the request
+/// came from a web page whose origin is not allowed (`CHATSYS_CORS_ALLOWED_ORIGINS`). `not_found` (404):
+/// no such application, chat, message or route. `method_not_allowed` (405): the path exists, not with
+/// this method; `Allow` names the methods it takes. `timeout` (408): the body did not arrive in time.
+/// `idempotency_key_in_flight` (409): another request with this `Idempotency-Key` is still being
+/// served; retry after `Retry-After` seconds. `payload_too_large` (413): the body is over the size
+/// limit. `uri_too_long` (414): the path and query are over the limit. `invalid_field` (422): the body
+/// is JSON of the wrong shape, or a field is invalid. `idempotency_key_reused` (422): this
+/// `Idempotency-Key` was used for a different request. `headers_too_large` (431): too many request
+/// headers, or too many bytes of them. `internal` (500): a fault of the server. `service_unavailable`
+/// (503): a backing service is down, or too many uploads are in progress; retry after `Retry-After`
+/// seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     MalformedJson,
     InvalidQuery,
+    InvalidHeader,
     BadRequest,
     Unauthorized,
+    Forbidden,
+    OriginNotAllowed,
     NotFound,
     MethodNotAllowed,
     Timeout,
+    IdempotencyKeyInFlight,
     PayloadTooLarge,
+    UriTooLong,
     InvalidField,
+    IdempotencyKeyReused,
+    HeadersTooLarge,
     Internal,
     ServiceUnavailable,
 }
@@ -77,6 +92,11 @@ impl ApiError {
                 (ErrorCode::MalformedJson, "the body must be JSON")
             }
             StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "request took too long"),
+            StatusCode::URI_TOO_LONG => (ErrorCode::UriTooLong, "the request target is too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                ErrorCode::HeadersTooLarge,
+                "the request headers are too large",
+            ),
             s if s.is_client_error() => (ErrorCode::BadRequest, "bad request"),
             _ => (ErrorCode::Internal, "internal error"),
         };
@@ -101,6 +121,21 @@ impl From<CoreError> for ApiError {
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidQuery,
                 format!("{param} {message}"),
+            ),
+            CoreError::InvalidHeader { header, message } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidHeader,
+                format!("{header} {message}"),
+            ),
+            CoreError::KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used for a different request: use a new key for a new request",
+            ),
+            CoreError::KeyInFlight => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyKeyInFlight,
+                "a request with this Idempotency-Key is still in progress: retry after Retry-After seconds",
             ),
             CoreError::Unavailable { backend, detail } => {
                 tracing::warn!(%backend, detail, "backing service unavailable");
@@ -131,7 +166,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use chatsys_core::CoreError;
 use chatsys_core::domain::canonical_number;
+use chatsys_core::service::TOKEN_RECHECK;
 use chatsys_runtime::server::LongLived;
+use futures::StreamExt;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -44,7 +46,8 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 ///
 /// A comment line (`: heartbeat`) comes after 15 s without an event. A client that reads too slowly gets
 /// a last event `stream.overflow` and the stream ends: it reconnects with its last id. The stream also
-/// ends when the server shuts down; the client reconnects the same way, to any replica.
+/// ends when the server shuts down; the client reconnects the same way, to any replica. It ends for good
+/// when its token is replaced (the reconnection is answered 404).
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/events", tag = "chats",
     operation_id = "chats_events", params(ChatPath, EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^(0|[1-9][0-9]{0,17})$",
@@ -66,14 +69,15 @@ pub async fn stream(
         Some(id) => Some(cursor(id.to_str().ok(), "Last-Event-ID")?),
         None => after,
     };
+    let token = path.token.0;
     let events = state
         .service
-        .chat_events(&path.token.0, path.number.0, after)
+        .chat_events(&token, path.number.0, after)
         .await?;
-    let mut response = Response::new(Body::from_stream(futures::StreamExt::map(
-        events,
-        Ok::<_, std::convert::Infallible>,
-    )));
+    let events = events.take_until(Box::pin(token_replaced(state.clone(), token)));
+    let mut response = Response::new(Body::from_stream(
+        events.map(Ok::<_, std::convert::Infallible>),
+    ));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -84,6 +88,16 @@ pub async fn stream(
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response.extensions_mut().insert(LongLived);
     Ok(response)
+}
+
+/// Resolves once the token names no application (it was replaced): a stream opened with it ends.
+async fn token_replaced(state: Arc<AppState>, token: String) {
+    loop {
+        tokio::time::sleep(TOKEN_RECHECK).await;
+        if let Err(CoreError::NotFound(_)) = state.service.authorize(&token).await {
+            return;
+        }
+    }
 }
 
 /// One event of a chat's stream, as an SSE client reads it: each property is a field of the event.

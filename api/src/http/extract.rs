@@ -15,6 +15,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use chatsys_core::CoreError;
+use chatsys_core::idempotency::{IdempotencyKey, KEY_MAX_BYTES};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{ObjectBuilder, Required, Type};
+
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
 
@@ -110,6 +115,59 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         serde_urlencoded::from_str(&deduplicated)
             .map(Query)
             .map_err(|e| invalid(&e))
+    }
+}
+
+/// The `Idempotency-Key` header of a create: absent is `None`; given twice, or not 1 to 255 visible
+/// ASCII characters, is a 400.
+pub struct IdempotencyKeyHeader(pub Option<IdempotencyKey>);
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(IdempotencyKeyHeader(None)),
+            (Some(value), None) => Ok(IdempotencyKeyHeader(Some(IdempotencyKey::parse(
+                value.as_bytes(),
+            )?))),
+            (Some(_), Some(_)) => {
+                Err(CoreError::invalid_header("Idempotency-Key", "must be given once").into())
+            }
+        }
+    }
+}
+
+impl utoipa::IntoParams for IdempotencyKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(KEY_MAX_BYTES))
+            .pattern(Some("^[!-~]+$"));
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "A key the client chooses for this create, unique per request (a UUID, say), so that \
+                     retrying it is safe. A retry with the same key and the same request within 24 hours \
+                     gets the first answer (same status and body, with `Idempotent-Replayed: true`) and \
+                     creates nothing. The same key with another request is answered 422 \
+                     `idempotency_key_reused`; a retry while the first attempt is still being served waits \
+                     for it up to 2 s, then is answered 409 `idempotency_key_in_flight`. A first attempt \
+                     whose answer was lost (the server died after accepting it) is finished by the retry \
+                     with the same number. Keys are scoped to the application and its token (creating an \
+                     application has a scope of its own): a key used with a token that was replaced is \
+                     gone with it. Errors other than these are not remembered: a retry after one runs anew.",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
     }
 }
 

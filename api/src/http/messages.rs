@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiResult;
-use super::extract::{JsonBody, PathParams, Query};
+use super::extract::{IdempotencyKeyHeader, JsonBody, PathParams, Query};
 use super::params::{ChatPath, MessagePath, PageQuery, SearchQuery};
 use super::{AppState, Shared, created, list_response};
 
@@ -36,24 +36,25 @@ pub struct MessageBody {
 /// Numbers the message at once (1, 2, 3… within the chat) and queues its storage: it is readable right
 /// away, listed and searchable once the worker has stored it.
 #[utoipa::path(post, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
-    operation_id = "messages_create", params(ChatPath), request_body = MessageBody,
+    operation_id = "messages_create", params(ChatPath, IdempotencyKeyHeader), request_body = MessageBody,
     responses(
         (status = 201, description = "Accepted and numbered", body = MessageView,
             headers(("Location" = String, description = "The new message's path")))))]
 pub async fn create(
     State(state): Shared,
     PathParams(path): PathParams<ChatPath>,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody<MessageBody>,
 ) -> ApiResult<Response> {
     let (token, chat) = (path.token.0, path.number.0);
     let message = state
         .service
-        .create_message(&token, chat, &body.body)
+        .create_message(&token, chat, &body.body, key.as_ref())
         .await?;
     Ok(created(
         format!(
             "/applications/{token}/chats/{chat}/messages/{}",
-            message.number
+            message.view.number
         ),
         message,
     ))

@@ -3,6 +3,7 @@
 
 mod applications;
 mod chats;
+mod cors;
 pub mod error;
 mod events;
 mod extract;
@@ -21,13 +22,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use chatsys_core::service::{ChatService, ListPage};
+use chatsys_core::service::{ChatService, Created, ListPage};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use error::ApiError;
+use chatsys_core::idempotency::token_fingerprint;
+use error::{ApiError, ErrorCode};
 pub use extract::BodyBudget;
 
 pub struct AppState {
@@ -41,6 +43,18 @@ pub struct AppState {
     pub body_budget: BodyBudget,
     /// `/metrics` is served on a port of its own, not on this one.
     pub metrics_elsewhere: bool,
+    /// Origins whose web pages may call the API; requests from others are refused.
+    pub cors_allowed_origins: Vec<HeaderValue>,
+    /// The request line and headers answered at most.
+    pub limits: RequestLimits,
+}
+
+/// The most of a request head the API answers: more is a 414 or a 431 in the API's error format.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub uri_bytes: usize,
+    pub headers: usize,
+    pub header_bytes: usize,
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -85,14 +99,70 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn(record_metrics))
+        .layer(cors::layer(&state.cors_allowed_origins))
+        .layer(middleware::from_fn(cors::preflights_have_no_content))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cors::refuse_other_origins,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            within_request_limits,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<Body>| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            let path = loggable_path(req.uri().path());
+            tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
         .with_state(state)
+}
+
+/// A request path as logs show it: an application's token replaced by `~` and its fingerprint, so
+/// that logs never hold a credential yet still tell one application's requests from another's.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let Some(rest) = path.strip_prefix("/applications/") else {
+        return path.into();
+    };
+    let (token, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if token.is_empty() {
+        return path.into();
+    }
+    format!("/applications/~{}{tail}", token_fingerprint(token)).into()
+}
+
+/// Answers a request over the limits on its target or headers with 414 or 431, in the API's error
+/// format (hyper's own limits are set above these; see `chatsys_runtime::server`).
+async fn within_request_limits(State(state): Shared, req: Request, next: Next) -> Response {
+    let limits = state.limits;
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limits.uri_bytes {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::UriTooLong,
+            format!("the path and query are over {} bytes", limits.uri_bytes),
+        )
+        .into_response();
+    }
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > limits.headers || header_bytes > limits.header_bytes {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "over {} headers or {} bytes of them",
+                limits.headers, limits.header_bytes
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Errors produced outside the handlers (unknown method, body over the limit) get the JSON error body too.
@@ -158,11 +228,40 @@ fn form_pairs(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A 201 with the created resource and its `Location`.
-pub fn created<T: serde::Serialize>(location: String, body: T) -> Response {
-    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+/// Marks an answer repeated from an earlier request with the same idempotency key.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A 201 with the created resource and its `Location`, marked when it repeats an earlier answer.
+pub fn created<T: serde::Serialize>(location: String, created: Created<T>) -> Response {
+    let mut response = (StatusCode::CREATED, axum::Json(created.view)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
+    if created.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_hold_a_fingerprint_in_place_of_the_token() {
+        let fingerprint = token_fingerprint("SecretToken");
+        assert_eq!(
+            loggable_path("/applications/SecretToken/chats/1"),
+            format!("/applications/~{fingerprint}/chats/1")
+        );
+        assert_eq!(
+            loggable_path("/applications/SecretToken"),
+            format!("/applications/~{fingerprint}")
+        );
+        for untouched in ["/applications", "/applications/", "/healthz", "/"] {
+            assert_eq!(loggable_path(untouched), untouched);
+        }
+    }
 }

@@ -33,7 +33,15 @@ answered 405 `method_not_allowed`, with an `Allow` header naming the methods it 
 Every response carries `X-Request-Id`: the client's own, when it sent a usable one (1 to 128
 visible ASCII characters), or a fresh one. It is in the server's logs for that request.
 
-Lists are pages: follow the `Link` header's `rel=\"next\"` URL until a page has none.",
+Lists are pages: follow the `Link` header's `rel=\"next\"` URL until a page has none.
+
+Creates are safe to retry with an `Idempotency-Key` header: the retry gets the first answer, and
+nothing is created twice (see the header's description on each create).
+
+Security: an application's token, in the path, is its only credential: whoever holds it reads and
+writes the application's chats and messages, and can replace the token (`POST …/token`). The admin
+key lists every application with its token. Web pages may call the API from the origins the server
+allows (CORS); a request from a page of any other origin is refused (`origin_not_allowed`).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
         contact(name = "chatsys maintainers"),
     ),
@@ -118,6 +126,9 @@ fn complete(operation: &mut Operation) {
     let has_query = parameters.iter().any(|p| is_in(p, ParameterIn::Query));
     parameters.push(RefOr::T(request_id_parameter()));
     let has_body = operation.request_body.is_some();
+    let has_key = parameters
+        .iter()
+        .any(|p| matches!(p, RefOr::T(p) if p.name == "Idempotency-Key"));
     let on_data = operation
         .tags
         .iter()
@@ -134,6 +145,9 @@ fn complete(operation: &mut Operation) {
         }
         if has_query {
             bad_request.push("a query parameter is missing or out of range (`invalid_query`)");
+        }
+        if has_key {
+            bad_request.push("`Idempotency-Key` is malformed or given twice (`invalid_header`)");
         }
         if !bad_request.is_empty() {
             errors.push((400, sentence(&bad_request.join("; or "))));
@@ -156,8 +170,18 @@ fn complete(operation: &mut Operation) {
             ));
             errors.push((
                 422,
-                "The body is JSON of the wrong shape, or a field is invalid (`invalid_field`); the message names the field."
-                    .into(),
+                if has_key {
+                    "The body is JSON of the wrong shape, or a field is invalid (`invalid_field`; the message names the field), or the `Idempotency-Key` was used for a different request (`idempotency_key_reused`)."
+                } else {
+                    "The body is JSON of the wrong shape, or a field is invalid (`invalid_field`); the message names the field."
+                }
+                .into(),
+            ));
+        }
+        if has_key {
+            errors.push((
+                409,
+                "A request with this `Idempotency-Key` is still being served (`idempotency_key_in_flight`): retry after `Retry-After` seconds.".into(),
             ));
         }
         errors.push((
@@ -170,6 +194,19 @@ fn complete(operation: &mut Operation) {
                 .into(),
         ));
     }
+    errors.push((
+        403,
+        "The request came from a web page whose origin the server does not allow (`origin_not_allowed`)."
+            .into(),
+    ));
+    errors.push((
+        414,
+        "The path and query are over the server's limit (`uri_too_long`).".into(),
+    ));
+    errors.push((
+        431,
+        "Too many request headers, or too many bytes of them (`headers_too_large`).".into(),
+    ));
     for (status, description) in errors {
         operation
             .responses
@@ -177,11 +214,16 @@ fn complete(operation: &mut Operation) {
             .entry(status.to_string())
             .or_insert_with(|| RefOr::T(error_response(status, description)));
     }
-    for response in operation.responses.responses.values_mut() {
+    for (status, response) in operation.responses.responses.iter_mut() {
         if let RefOr::T(response) = response {
             response
                 .headers
                 .insert("X-Request-Id".into(), RefOr::T(request_id_header()));
+            if has_key && status == "201" {
+                response
+                    .headers
+                    .insert("Idempotent-Replayed".into(), RefOr::T(replayed_header()));
+            }
         }
     }
 }
@@ -266,6 +308,15 @@ fn request_id_parameter() -> Parameter {
             request_id_pattern()
         )))
         .schema(Some(Object::with_type(Type::String)))
+        .build()
+}
+
+fn replayed_header() -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["true"]))))
+        .description(Some(
+            "`true` when this answer repeats an earlier request's with the same `Idempotency-Key`; absent otherwise",
+        ))
         .build()
 }
 

@@ -2,7 +2,7 @@
 //! injects one fault, and ends with the check that every acknowledged chat and message is stored exactly once
 //! with its number and body, and that the counts match the rows.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,7 +63,8 @@ enum Scenario {
     RedisRestart,
     /// Redis FLUSHALL mid-load: numbering resumes without reusing a number.
     RedisFlush,
-    /// The API killed with SIGKILL mid-load and restarted: every 201 it gave is stored.
+    /// The API killed with SIGKILL mid-load and restarted: every 201 it gave is stored, and every
+    /// message whose answer was lost, retried with its idempotency key, is stored once.
     ApiKill,
     /// Random bytes published to the command queue reach the dead-letter queue; later commands still flow.
     Poison,
@@ -81,6 +82,9 @@ impl Scenario {
     }
 }
 
+/// How long a client retries a create with its idempotency key before it gives up.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
 /// One request of the load and how it ended.
 #[derive(Debug, Clone)]
 struct Observation {
@@ -93,6 +97,9 @@ struct Observation {
 /// Clients creating chats and messages until stopped, recording every 201 and every answer.
 struct Load {
     ledger: Arc<Mutex<Ledger>>,
+    /// Messages whose first attempt got no answer and whose retry was answered from that attempt's
+    /// record (the server died after accepting it, before answering).
+    finished_by_retry: Arc<AtomicUsize>,
     observations: Arc<Mutex<Vec<Observation>>>,
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
@@ -116,6 +123,7 @@ impl Load {
         }
         let load = Self {
             ledger: Arc::new(Mutex::new(ledger)),
+            finished_by_retry: Arc::default(),
             observations: Arc::default(),
             stop: Arc::default(),
             clients: Vec::new(),
@@ -124,11 +132,12 @@ impl Load {
         let pause = Duration::from_secs_f64(1.0 / f64::from(args.client_rate.max(1)));
         let clients = (0..args.clients)
             .map(|client| {
-                let (ledger, observations, stop, tokens) = (
+                let (ledger, observations, stop, tokens, finished_by_retry) = (
                     load.ledger.clone(),
                     load.observations.clone(),
                     load.stop.clone(),
                     tokens.clone(),
+                    load.finished_by_retry.clone(),
                 );
                 let addr = system.api_addr();
                 tokio::spawn(async move {
@@ -162,8 +171,47 @@ impl Load {
                                 "client {client} message {sequence} {:016x} ünïcödé 🦀",
                                 rand::random::<u64>()
                             );
-                            let response =
-                                client::create_message(&mut connection, &token, chat, &body).await;
+                            // Retried with its key until answered, as a client is told to: a
+                            // create whose answer was lost is then acknowledged once, with the
+                            // number it was first given.
+                            let key = format!("faults-{client}-{sequence}");
+                            let retrying_since = Instant::now();
+                            let mut lost_answer = false;
+                            let response = loop {
+                                let response = client::create_message_with_key(
+                                    &mut connection,
+                                    &token,
+                                    chat,
+                                    &body,
+                                    &key,
+                                )
+                                .await;
+                                let retry = match &response {
+                                    Err(_) => true,
+                                    Ok(response) => matches!(response.status.as_u16(), 409 | 503),
+                                };
+                                if !retry || retrying_since.elapsed() > RETRY_FOR {
+                                    break response;
+                                }
+                                lost_answer |= response.is_err();
+                                observations
+                                    .lock()
+                                    .expect("observations lock")
+                                    .push(Observation {
+                                        sent,
+                                        answered: Instant::now(),
+                                        status: response.ok().map(|response| {
+                                            (response.status.as_u16(), response.has_retry_after())
+                                        }),
+                                    });
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            };
+                            if lost_answer
+                                && let Ok(response) = &response
+                                && response.headers.contains_key("idempotent-replayed")
+                            {
+                                finished_by_retry.fetch_add(1, Ordering::Relaxed);
+                            }
                             if let Ok(response) = &response
                                 && response.status == StatusCode::CREATED
                                 && let Ok(number) = response.number()
@@ -223,14 +271,18 @@ impl Load {
         false
     }
 
-    async fn stop(self) -> (Ledger, Vec<Observation>) {
+    async fn stop(self) -> (Ledger, Vec<Observation>, usize) {
         self.stop.store(true, Ordering::Relaxed);
         for client in self.clients {
             let _ = client.await;
         }
         let ledger = self.ledger.lock().expect("ledger lock").clone();
         let observations = self.observations.lock().expect("observations lock").clone();
-        (ledger, observations)
+        (
+            ledger,
+            observations,
+            self.finished_by_retry.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -624,11 +676,16 @@ async fn wait_consistent(
     system: &System,
     ledger: &Ledger,
     within: Duration,
+    exactly_once: bool,
 ) -> anyhow::Result<Vec<String>> {
     let pool = system.pool().await?;
     let deadline = Instant::now() + within;
     loop {
-        let problems = ledger::check(ledger, &ledger::read_stored(&pool).await?);
+        let stored = ledger::read_stored(&pool).await?;
+        let mut problems = ledger::check(ledger, &stored);
+        if exactly_once {
+            problems.extend(ledger::unacknowledged_messages(ledger, &stored));
+        }
         if problems.is_empty() || Instant::now() > deadline {
             pool.close().await;
             return Ok(problems);
@@ -687,14 +744,23 @@ async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict
         tokio::time::sleep(Duration::from_secs(2)).await;
         let injected = inject(scenario, &mut system, &load, args).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (ledger, observations) = load.stop().await;
+        let (ledger, observations, finished_by_retry) = load.stop().await;
         let mut problems = injected?;
-        problems
-            .extend(wait_consistent(&system, &ledger, Duration::from_secs(args.drain_secs)).await?);
+        // Where every idempotency key outlives the fault, a message retried with its key is stored
+        // once: no message is stored that was not acknowledged.
+        let exactly_once = scenario == Scenario::ApiKill;
+        let drain = Duration::from_secs(args.drain_secs);
+        problems.extend(wait_consistent(&system, &ledger, drain, exactly_once).await?);
+        let mut answers = describe_answers(&observations);
+        if finished_by_retry > 0 {
+            answers.push_str(&format!(
+                "; {finished_by_retry} messages whose answer was lost finished by their retry"
+            ));
+        }
         anyhow::Ok(Verdict {
             problems,
             acknowledged: ledger.messages.len() + ledger.chats.len(),
-            answers: describe_answers(&observations),
+            answers,
         })
     }
     .await;

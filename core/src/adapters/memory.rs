@@ -121,7 +121,8 @@ pub(crate) fn page_too_large(bytes: usize, max_page_bytes: usize) -> bool {
 /// 64 KiB messages is 63 MB; the other entries are small and bounded by count. Messages are evicted
 /// least recently used first, so a write just made is always admitted (read your own writes).
 pub struct MemoryCache {
-    ids: Moka<String, AppId>,
+    /// `None` marks a forgotten token.
+    ids: Moka<String, Option<AppId>>,
     applications: Moka<AppId, Application>,
     chats: Moka<ChatKey, Chat>,
     pending_chats: Moka<ChatKey, Chat>,
@@ -190,11 +191,16 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>> {
-        Ok(self.ids.get(token).await)
+        Ok(self.ids.get(token).await.flatten())
     }
 
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {
-        self.ids.insert(token.to_string(), app).await;
+        self.ids.entry(token.to_string()).or_insert(Some(app)).await;
+        Ok(())
+    }
+
+    async fn forget_token(&self, token: &str) -> CoreResult<()> {
+        self.ids.insert(token.to_string(), None).await;
         Ok(())
     }
 

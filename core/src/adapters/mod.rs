@@ -9,6 +9,7 @@ pub mod opensearch;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
+pub mod sqlite_keys;
 pub mod sqlite_queue;
 
 use std::borrow::Cow;

@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
+use crate::idempotency::{KEY_LIFETIME, KeyCells};
 use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{Announcements, Announcer, Cache, Heard, ListScope, Numbers};
 
@@ -28,6 +29,7 @@ static NEXT_CHAT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static SWAP_CELL_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 fn unavailable(e: redis::RedisError) -> CoreError {
     CoreError::unavailable(Backend::Redis, e)
@@ -73,6 +75,9 @@ impl Keys {
     }
     fn token(&self, token: &str) -> String {
         format!("{}:token:{token}", self.prefix)
+    }
+    fn idempotency(&self, cell: &str) -> String {
+        format!("{}:idempotency:{cell}", self.prefix)
     }
     fn application(&self, app: AppId) -> String {
         format!("{}:application:{app}", self.prefix)
@@ -263,6 +268,74 @@ impl Numbers for RedisNumbers {
     }
 }
 
+/// Idempotency key records, as strings that expire [`KEY_LIFETIME`] after they are first written.
+/// Under an eviction policy of `allkeys-*` or `volatile-*`, Redis may drop one early when it runs out
+/// of memory: the key is then new again to a retry.
+pub struct RedisKeyCells {
+    redis: ConnectionManager,
+    keys: Keys,
+}
+
+impl RedisKeyCells {
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        RedisKeyCells { redis, keys }
+    }
+}
+
+/// KEYS[1]: the cell. ARGV: the value expected ("" and a flag of 0 for none), the new value ("" and a
+/// flag of 0 to remove the cell), and the lifetime of a new cell in milliseconds.
+const SWAP_CELL: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[2] == '1' then
+  if current ~= ARGV[1] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[4] == '0' then
+  redis.call('DEL', KEYS[1])
+elseif current then
+  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[5])
+end
+return 1
+";
+
+#[async_trait]
+impl KeyCells for RedisKeyCells {
+    async fn read(&self, cell: &str) -> CoreResult<Option<String>> {
+        let mut redis = self.redis.clone();
+        redis
+            .get(self.keys.idempotency(cell))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn swap(
+        &self,
+        cell: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> CoreResult<bool> {
+        let mut redis = self.redis.clone();
+        let swapped: i64 = script(&SWAP_CELL_SCRIPT, SWAP_CELL)
+            .key(self.keys.idempotency(cell))
+            .arg(expected.unwrap_or(""))
+            .arg(u8::from(expected.is_some()))
+            .arg(new.unwrap_or(""))
+            .arg(u8::from(new.is_some()))
+            .arg(KEY_LIFETIME.as_millis() as u64)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
+        Ok(swapped == 1)
+    }
+}
+
+/// What a forgotten token's cache entry holds for the cache's lifetime: no application id, and a value
+/// `put_application_id` (which only sets a missing entry) does not replace.
+const FORGOTTEN_TOKEN: &str = "forgotten";
+
 pub struct RedisCache {
     redis: ConnectionManager,
     keys: Keys,
@@ -318,13 +391,29 @@ impl RedisCache {
 impl Cache for RedisCache {
     async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>> {
         let mut redis = self.redis.clone();
-        redis.get(self.keys.token(token)).await.map_err(unavailable)
+        let cached: Option<String> = redis
+            .get(self.keys.token(token))
+            .await
+            .map_err(unavailable)?;
+        // A forgotten token's mark is no number.
+        Ok(cached.and_then(|id| id.parse().ok()))
     }
 
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {
         let mut redis = self.redis.clone();
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::EX(self.ttl_secs));
         redis
-            .set_ex::<_, _, ()>(self.keys.token(token), app, self.ttl_secs)
+            .set_options::<_, _, ()>(self.keys.token(token), app, options)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn forget_token(&self, token: &str) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        redis
+            .set_ex::<_, _, ()>(self.keys.token(token), FORGOTTEN_TOKEN, self.ttl_secs)
             .await
             .map_err(unavailable)
     }

@@ -235,6 +235,17 @@ where
             .map_err(from_sqlx)
     }
 
+    async fn replace_token(&self, id: AppId, token: &str, at: DateTime<Utc>) -> CoreResult<()> {
+        sqlx::query("UPDATE applications SET token = ?, updated_at = ? WHERE id = ?")
+            .bind(token)
+            .bind(Stamp(at))
+            .bind(signed(id))
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(from_sqlx)
+    }
+
     async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>> {
         let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE token = ?");
         sqlx::query_as(sqlx::AssertSqlSafe(sql))

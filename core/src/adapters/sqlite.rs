@@ -62,6 +62,11 @@ impl Dialect for Sqlite {
                 "chat events",
                 include_str!("../../migrations/sqlite/0002_chat_events.sql"),
             ),
+            (
+                3,
+                "idempotency keys",
+                include_str!("../../migrations/sqlite/0003_idempotency_keys.sql"),
+            ),
         ])
         .run(pool)
         .await

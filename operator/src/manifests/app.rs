@@ -165,6 +165,12 @@ impl<'a> Component<'a> {
             env::CHATSYS_METRICS_LISTEN.to_string(),
             format!("0.0.0.0:{API_METRICS_PORT}"),
         );
+        if !api.cors.allowed_origins.is_empty() {
+            settings.insert(
+                env::CHATSYS_CORS_ALLOWED_ORIGINS.to_string(),
+                api.cors.allowed_origins.join(","),
+            );
+        }
         Component {
             name: "api",
             binary: "/usr/local/bin/chatsys-api",

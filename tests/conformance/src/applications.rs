@@ -176,8 +176,14 @@ pub async fn unknown_tokens_are_404(target: &Target) {
 
 pub async fn listing_requires_the_admin_key(target: &Target) {
     let Some(key) = &target.admin_key else {
-        // Without an admin key configured the list is open.
-        target.get("/applications").await.expect_status(200).items();
+        // A system without an admin key lists nothing to anyone, and says how to enable listing.
+        let reply = target.get("/applications").await;
+        reply.expect_error(403, "forbidden");
+        assert!(
+            reply.error_message().contains("chatsys_admin_key"),
+            "{}",
+            reply.describe()
+        );
         return;
     };
     target

@@ -94,12 +94,21 @@ pub struct EventStream {
 impl EventStream {
     /// Opens the stream, with a `Last-Event-ID` when given, and checks its head.
     pub async fn open(target: &Target, path: &str, last_event_id: Option<&str>) -> EventStream {
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| ("last-event-id", id))
+            .into_iter()
+            .collect();
+        Self::open_with(target, path, &headers).await
+    }
+
+    /// Opens the stream with these request headers, and checks its head.
+    pub async fn open_with(target: &Target, path: &str, headers: &[(&str, &str)]) -> EventStream {
         let mut request = target
             .request(Method::GET, path)
             // The client's overall timeout would cut a stream that is meant to stay open.
             .timeout(Duration::from_secs(3600));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request
             .send()
@@ -119,6 +128,27 @@ impl EventStream {
             response,
             buffer: String::new(),
             what: format!("GET {path}"),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// Reads (and drops) frames until the server ends the stream, failing the case if it has not
+    /// ended within `within`.
+    pub async fn expect_end(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Err(_) => panic!("{}: still open after {within:?}", self.what),
+                Ok(Ok(None) | Err(_)) => return,
+                Ok(Ok(Some(_))) => {}
+            }
         }
     }
 

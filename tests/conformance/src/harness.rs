@@ -13,6 +13,9 @@ use crate::target::{HoldsTarget, Target};
 
 pub const ADMIN_KEY: &str = "conformance-admin-key";
 
+/// The web origin the servers started here allow (CORS).
+pub const ALLOWED_ORIGIN: &str = "http://allowed.chatsys.test:3000";
+
 /// MySQL server used by full-stack runs (a database is created per run).
 pub fn mysql_server_url() -> String {
     std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
@@ -30,7 +33,9 @@ pub fn amqp_url() -> String {
 /// A system started for one test; stopped when the test's process ends.
 pub struct Served {
     pub target: Target,
-    _api: Running,
+    /// The other API replicas, on the same backing services, when more than one was started.
+    pub replicas: Vec<Target>,
+    _apis: Vec<Running>,
     _worker: Option<Running>,
     _data: tempfile::TempDir,
     _database: Option<TestDatabase>,
@@ -64,6 +69,7 @@ pub async fn standalone() -> Served {
         listen: loopback(),
         data_dir: data.path().to_path_buf(),
         admin_key: Some(ADMIN_KEY.into()),
+        cors_allowed_origins: vec![ALLOWED_ORIGIN.into()],
         cache_ttl_secs: 300,
         cache_max_bytes: 64 << 20,
         cache_max_page_bytes: 1 << 20,
@@ -75,8 +81,10 @@ pub async fn standalone() -> Served {
         .await
         .expect("start the standalone server");
     Served {
-        target: Target::new(url(api.addr), Some(ADMIN_KEY.into())),
-        _api: api,
+        target: Target::new(url(api.addr), Some(ADMIN_KEY.into()))
+            .with_allowed_origin(ALLOWED_ORIGIN),
+        replicas: Vec::new(),
+        _apis: vec![api],
         _worker: None,
         _data: data,
         _database: None,
@@ -87,6 +95,11 @@ pub async fn standalone() -> Served {
 const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn full_stack() -> Served {
+    full_stack_replicas(1).await
+}
+
+/// The full stack with `replicas` API processes on the same backing services (and one worker).
+pub async fn full_stack_replicas(replicas: usize) -> Served {
     let run = unique_name();
     let database = TestDatabase::create(&run).await;
     let data = tempfile::tempdir().expect("temporary data directory");
@@ -128,6 +141,7 @@ pub async fn full_stack() -> Served {
             ..backends
         },
         admin_key: Some(ADMIN_KEY.into()),
+        cors_allowed_origins: vec![ALLOWED_ORIGIN.into()],
         db_pool_size: 8,
         publish_channels: 4,
         publish_timeout_ms: 5000,
@@ -136,13 +150,21 @@ pub async fn full_stack() -> Served {
         http: quick_heartbeat(),
         reseed_margin: 10_000,
     };
-    let api = tokio::time::timeout(START_WITHIN, chatsys_api::start(&api_args))
-        .await
-        .expect("the API started within 30 s (are MariaDB, Redis and RabbitMQ running?)")
-        .expect("start the API");
+    let mut apis = Vec::new();
+    for _ in 0..replicas.max(1) {
+        let api = tokio::time::timeout(START_WITHIN, chatsys_api::start(&api_args))
+            .await
+            .expect("the API started within 30 s (are MariaDB, Redis and RabbitMQ running?)")
+            .expect("start the API");
+        apis.push(api);
+    }
+    let mut targets = apis.iter().map(|api| {
+        Target::new(url(api.addr), Some(ADMIN_KEY.into())).with_allowed_origin(ALLOWED_ORIGIN)
+    });
     Served {
-        target: Target::new(url(api.addr), Some(ADMIN_KEY.into())),
-        _api: api,
+        target: targets.next().expect("one replica at least"),
+        replicas: targets.collect(),
+        _apis: apis,
         _worker: Some(worker),
         _data: data,
         _database: Some(database),

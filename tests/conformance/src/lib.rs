@@ -10,6 +10,7 @@ pub mod harness;
 pub mod messages;
 pub mod ops;
 pub mod search;
+pub mod security;
 mod target;
 
 pub use target::{
@@ -100,6 +101,19 @@ macro_rules! conformance_suite {
                 non_canonical_list_queries_are_400,
                 invisible_names_are_422,
                 unusable_request_ids_are_replaced,
+            ],
+            security: [
+                preflights_of_allowed_origins_answer_204,
+                allowed_origins_read_answers_and_their_headers,
+                other_origins_are_refused_before_anything_is_done,
+                event_streams_open_cross_origin,
+                a_retried_create_gets_the_first_answer,
+                concurrent_retries_create_once,
+                a_key_reused_for_another_request_is_422,
+                keys_are_scoped_per_application,
+                a_replaced_token_names_nothing,
+                streams_end_when_their_token_is_replaced,
+                oversized_request_heads_get_the_error_body,
             ],
             ops: [
                 health_probes_answer_200,

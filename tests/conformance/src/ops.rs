@@ -291,6 +291,7 @@ pub async fn the_document_is_the_routes_served(target: &Target) {
     let contract: BTreeSet<&str> = [
         "/applications",
         "/applications/{token}",
+        "/applications/{token}/token",
         "/applications/{token}/chats",
         "/applications/{token}/chats/{number}",
         "/applications/{token}/chats/{number}/events",

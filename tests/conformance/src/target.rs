@@ -22,6 +22,8 @@ pub struct Target {
     pub admin_key: Option<String>,
     /// Where `/metrics` is served when not on the API's port (a deployed API's metrics port).
     pub metrics_url: Option<String>,
+    /// A web origin the system allows (CORS).
+    pub allowed_origin: Option<String>,
     pub http: reqwest::Client,
 }
 
@@ -61,12 +63,31 @@ impl Target {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             admin_key,
             metrics_url: None,
+            allowed_origin: None,
             http,
         }
     }
 
+    pub fn with_allowed_origin(self, origin: &str) -> Self {
+        Self {
+            allowed_origin: Some(origin.to_owned()),
+            ..self
+        }
+    }
+
+    /// The web origin the system allows: the cases of cross-origin access need one.
+    pub fn allowed_origin(&self) -> &str {
+        self.allowed_origin.as_deref().unwrap_or_else(|| {
+            panic!(
+                "no allowed web origin is known: set CHATSYS_ALLOWED_ORIGIN to one of the system's \
+                 CORS origins (spec.api.cors.allowedOrigins)"
+            )
+        })
+    }
+
     /// The deployed system named by `CHATSYS_BASE_URL` (and `CHATSYS_ADMIN_KEY` when it has one;
-    /// `CHATSYS_METRICS_URL` when its metrics are on a port of their own).
+    /// `CHATSYS_METRICS_URL` when its metrics are on a port of their own, `CHATSYS_ALLOWED_ORIGIN`
+    /// for one of the web origins it allows).
     pub fn from_env() -> Self {
         let base_url = std::env::var("CHATSYS_BASE_URL").unwrap_or_else(|_| {
             panic!(
@@ -81,6 +102,9 @@ impl Target {
             metrics_url: std::env::var("CHATSYS_METRICS_URL")
                 .ok()
                 .filter(|url| !url.is_empty()),
+            allowed_origin: std::env::var("CHATSYS_ALLOWED_ORIGIN")
+                .ok()
+                .filter(|origin| !origin.is_empty()),
             ..Self::new(base_url, admin_key)
         }
     }
