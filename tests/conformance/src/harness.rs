@@ -35,6 +35,8 @@ pub struct Served {
     pub target: Target,
     /// The other API replicas, on the same backing services, when more than one was started.
     pub replicas: Vec<Target>,
+    /// What the full stack's API replicas were started with.
+    pub serve_args: Option<ServeArgs>,
     _apis: Vec<Running>,
     _worker: Option<Running>,
     _data: tempfile::TempDir,
@@ -84,6 +86,7 @@ pub async fn standalone() -> Served {
         target: Target::new(url(api.addr), Some(ADMIN_KEY.into()))
             .with_allowed_origin(ALLOWED_ORIGIN),
         replicas: Vec::new(),
+        serve_args: None,
         _apis: vec![api],
         _worker: None,
         _data: data,
@@ -164,6 +167,7 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
     Served {
         target: targets.next().expect("one replica at least"),
         replicas: targets.collect(),
+        serve_args: Some(api_args),
         _apis: apis,
         _worker: Some(worker),
         _data: data,

@@ -1,0 +1,163 @@
+//! Two API replicas on the same backing services, as a deployment runs them: a create accepted by one
+//! under an idempotency key is answered from its record by the other, a token replaced through one
+//! stops working on the other within its cache lifetime, and a create whose replica died between
+//! publishing and answering is finished once by a retry on the other.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chatsys_conformance::harness::full_stack_replicas;
+use chatsys_conformance::{
+    CATCH_UP, Target, application_path, eventually, messages_path, number_of,
+};
+use chatsys_core::CoreResult;
+use chatsys_core::command::Command;
+use chatsys_core::idempotency::IdempotencyKey;
+use chatsys_core::ports::Queue;
+use chatsys_core::service::{ChatService, TOKEN_RECHECK};
+use chatsys_runtime::startup::Connecting;
+use chatsys_runtime::wiring;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_replica_gets_the_first_answer() {
+    let served = full_stack_replicas(2).await;
+    let (first, second) = (&served.target, &served.replicas[0]);
+    let token = first.create_token().await;
+    let chat = first.create_chat(&token).await;
+    let body = json!({ "body": "accepted by one, retried on the other" });
+    let answered = first
+        .post_with_key(&messages_path(&token, chat), "across-replicas", &body)
+        .await;
+    answered.expect_status(201);
+    let retried = second
+        .post_with_key(&messages_path(&token, chat), "across-replicas", &body)
+        .await;
+    retried.expect_status(201);
+    assert_eq!(retried.json(), answered.json(), "{}", retried.describe());
+    assert_eq!(retried.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.create_message(&token, chat, "next").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_replaced_through_one_replica_stops_working_on_the_other() {
+    let served = full_stack_replicas(2).await;
+    let (first, second) = (&served.target, &served.replicas[0]);
+    let token = first.create_token().await;
+    // The other replica has resolved the token: it holds it in process, and Redis holds it too.
+    second
+        .get(&application_path(&token))
+        .await
+        .expect_status(200);
+    let rotated = first
+        .send_raw(
+            reqwest::Method::POST,
+            &format!("{}/token", application_path(&token)),
+            None,
+            "",
+        )
+        .await;
+    rotated.expect_status(200);
+    let replaced_at = Instant::now();
+    let within = TOKEN_RECHECK + Duration::from_secs(1);
+    eventually(within, || async {
+        let status = second.get(&application_path(&token)).await.status;
+        if status == 404 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the replaced token answers {status} on the other replica"
+            ))
+        }
+    })
+    .await;
+    println!(
+        "the other replica refused the replaced token after {:?}",
+        replaced_at.elapsed()
+    );
+    let new = chatsys_conformance::token_of(&rotated.json());
+    second.get(&application_path(&new)).await.expect_status(200);
+}
+
+/// A queue that publishes and then never returns: the request that publishes through it is cut off
+/// between publishing and answering, as when its process dies there.
+struct PublishThenDie {
+    queue: Arc<dyn Queue>,
+}
+
+#[async_trait]
+impl Queue for PublishThenDie {
+    async fn ping(&self) -> CoreResult<()> {
+        self.queue.ping().await
+    }
+    async fn publish(&self, command: &Command) -> CoreResult<()> {
+        self.queue.publish(command).await?;
+        std::future::pending().await
+    }
+    async fn backlog(&self) -> CoreResult<u64> {
+        self.queue.backlog().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_cut_off_after_publishing_is_finished_once_by_a_retry_on_another_replica() {
+    let served = full_stack_replicas(1).await;
+    let survivor: &Target = &served.target;
+    let token = survivor.create_token().await;
+    let chat = survivor.create_chat(&token).await;
+    survivor.create_message(&token, chat, "before").await;
+
+    // A replica built from the same settings and ports, whose create is cut off after publishing.
+    let args = served
+        .serve_args
+        .as_ref()
+        .expect("the full stack's settings");
+    let mut ports = wiring::serve_ports(args, &Connecting::new(&["database", "redis", "search"]))
+        .await
+        .expect("the replica's ports");
+    ports.queue = Arc::new(PublishThenDie { queue: ports.queue });
+    let dying = ChatService::new(ports);
+    let key = IdempotencyKey::parse(b"cut-off-after-publishing").unwrap();
+    let cut_off = tokio::time::timeout(
+        Duration::from_secs(5),
+        dying.create_message(&token, chat, "said once", Some(&key)),
+    )
+    .await;
+    assert!(
+        cut_off.is_err(),
+        "the create was meant to be cut off: {cut_off:?}"
+    );
+    drop(dying);
+
+    // The client retries with its key, after Retry-After whenever the key is still held.
+    let started = Instant::now();
+    let retried = loop {
+        let reply = survivor
+            .post_with_key(
+                &messages_path(&token, chat),
+                "cut-off-after-publishing",
+                &json!({ "body": "said once" }),
+            )
+            .await;
+        if reply.status != 409 || started.elapsed() > Duration::from_secs(30) {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    retried.expect_status(201);
+    assert_eq!(retried.header("idempotent-replayed"), Some("true"));
+    // The number the cut-off attempt took, right after the message created before it.
+    assert_eq!(number_of(&retried.json()), 2, "{}", retried.describe());
+    eventually(CATCH_UP, || async {
+        let messages = survivor.get(&messages_path(&token, chat)).await.items();
+        let bodies: Vec<&str> = messages.iter().filter_map(|m| m["body"].as_str()).collect();
+        if bodies == ["before", "said once"] {
+            Ok(())
+        } else {
+            Err(format!("stored {bodies:?}"))
+        }
+    })
+    .await;
+    assert_eq!(survivor.create_message(&token, chat, "after").await, 3);
+}
