@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use chatsys_runtime::Running;
-use chatsys_settings::{Cli, Command};
-use clap::Parser;
+mod common;
+
+use common::{Server, start};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,37 +16,8 @@ use tokio::time::{Instant, timeout};
 /// How long past a limit a case waits for the server to act on it.
 const MARGIN: Duration = Duration::from_secs(3);
 
-struct Server {
-    running: Running,
-    _data: tempfile::TempDir,
-}
-
-/// A standalone server on port 0 with a fresh data directory, configured by its command-line flags.
-async fn start(flags: &[&str]) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "chatsys-api",
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ];
-    args.extend_from_slice(flags);
-    let Some(Command::Standalone(args)) = Cli::try_parse_from(args).unwrap().command else {
-        unreachable!("a standalone command line");
-    };
-    let running = chatsys_api::start_standalone(&args).await.unwrap();
-    Server {
-        running,
-        _data: data,
-    }
-}
-
-impl Server {
-    async fn connect(&self) -> TcpStream {
-        TcpStream::connect(self.running.addr).await.unwrap()
-    }
+async fn connect(server: &Server) -> TcpStream {
+    TcpStream::connect(server.running.addr).await.unwrap()
 }
 
 /// Reads until the server closes the connection (a reset counts), or fails after `within`.
@@ -130,7 +101,7 @@ fn post_head(path: &str, length: usize) -> String {
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n";
 
 async fn healthz_answers(server: &Server) {
-    let mut stream = server.connect().await;
+    let mut stream = connect(&server).await;
     stream.write_all(HEALTHZ).await.unwrap();
     let answer = answer_within(&mut stream, MARGIN)
         .await
@@ -141,8 +112,8 @@ async fn healthz_answers(server: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_dripping_connections_are_closed_after_the_header_timeout() {
     let server = start(&["--header-timeout-ms", "500", "--max-connections", "2"]).await;
-    let mut silent = server.connect().await;
-    let mut dripping = server.connect().await;
+    let mut silent = connect(&server).await;
+    let mut dripping = connect(&server).await;
     let started = Instant::now();
     dripping
         .write_all(b"GET /healthz HTTP/1.1\r\n")
@@ -174,7 +145,7 @@ async fn silent_and_dripping_connections_are_closed_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     let server = start(&["--header-timeout-ms", "60000", "--idle-timeout-secs", "1"]).await;
-    let mut stream = server.connect().await;
+    let mut stream = connect(&server).await;
     for _ in 0..2 {
         stream.write_all(HEALTHZ).await.unwrap();
         let answer = answer_within(&mut stream, MARGIN).await.expect("an answer");
@@ -194,7 +165,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_head_that_never_ends_is_cut_after_the_header_timeout() {
     let server = start(&["--header-timeout-ms", "500", "--idle-timeout-secs", "30"]).await;
-    let mut stream = server.connect().await;
+    let mut stream = connect(&server).await;
     stream.write_all(HEALTHZ).await.unwrap();
     let answer = answer_within(&mut stream, MARGIN).await.expect("an answer");
     assert_eq!(answer.status, 200, "{}", answer.head);
@@ -217,7 +188,7 @@ async fn a_later_head_that_never_ends_is_cut_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_answered_408_within_the_body_timeout() {
     let server = start(&["--body-timeout-ms", "500"]).await;
-    let mut stream = server.connect().await;
+    let mut stream = connect(&server).await;
     stream
         .write_all(post_head("/applications", 100).as_bytes())
         .await
@@ -235,9 +206,9 @@ async fn a_stalled_body_is_answered_408_within_the_body_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_wait_for_a_free_slot() {
     let server = start(&["--max-connections", "2", "--header-timeout-ms", "60000"]).await;
-    let first = server.connect().await;
-    let _second = server.connect().await;
-    let mut third = server.connect().await;
+    let first = connect(&server).await;
+    let _second = connect(&server).await;
+    let mut third = connect(&server).await;
     third.write_all(HEALTHZ).await.unwrap();
     assert!(
         answer_within(&mut third, Duration::from_millis(500))
@@ -264,7 +235,7 @@ async fn stalled_uploads_over_the_body_budget_get_503_and_the_budget_comes_back(
     ])
     .await;
     // Most of the budget, then nothing more.
-    let mut first = server.connect().await;
+    let mut first = connect(&server).await;
     first
         .write_all(post_head("/applications", 1_000_000).as_bytes())
         .await
@@ -272,7 +243,7 @@ async fn stalled_uploads_over_the_body_budget_get_503_and_the_budget_comes_back(
     first.write_all(&vec![b' '; 200 * 1024]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // More than what is left, then nothing more.
-    let mut second = server.connect().await;
+    let mut second = connect(&server).await;
     second
         .write_all(post_head("/applications", 1_000_000).as_bytes())
         .await
@@ -290,7 +261,7 @@ async fn stalled_uploads_over_the_body_budget_get_503_and_the_budget_comes_back(
     let body = format!(r#"{{"name":"after","pad":"{}"}}"#, "a".repeat(200 * 1024));
     let deadline = Instant::now() + MARGIN;
     loop {
-        let mut stream = server.connect().await;
+        let mut stream = connect(&server).await;
         stream
             .write_all(post_head("/applications", body.len()).as_bytes())
             .await
@@ -314,11 +285,11 @@ async fn stalled_uploads_over_the_body_budget_get_503_and_the_budget_comes_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
     let server = start(&["--idle-timeout-secs", "60", "--header-timeout-ms", "60000"]).await;
-    let mut idle = server.connect().await;
+    let mut idle = connect(&server).await;
     idle.write_all(HEALTHZ).await.unwrap();
     answer_within(&mut idle, MARGIN).await.expect("an answer");
     let body = br#"{"name":"in flight"}"#;
-    let mut in_flight = server.connect().await;
+    let mut in_flight = connect(&server).await;
     in_flight
         .write_all(post_head("/applications", body.len()).as_bytes())
         .await
@@ -341,7 +312,7 @@ async fn stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
 
 /// An application and a chat in it, made over plain HTTP/1.1; returns the chat's event stream path.
 async fn a_chat(server: &Server) -> String {
-    let mut stream = server.connect().await;
+    let mut stream = connect(&server).await;
     let body = br#"{"name":"streams"}"#;
     stream
         .write_all(post_head("/applications", body.len()).as_bytes())
@@ -363,7 +334,7 @@ async fn a_chat(server: &Server) -> String {
 
 /// Opens an event stream over raw TCP and reads its head.
 async fn open_events(server: &Server, path: &str) -> TcpStream {
-    let mut stream = server.connect().await;
+    let mut stream = connect(&server).await;
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes())
         .await

@@ -1,40 +1,25 @@
 //! `/metrics` as a monitoring system reads it: every family it serves is one of the catalogue's, with
 //! its help text and only the labels the catalogue gives it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chatsys_core::telemetry::{CATALOGUE, Kind};
-use chatsys_settings::{Cli, Command};
-use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
-    let data = tempfile::tempdir().unwrap();
-    let argv = [
-        "chatsys-api",
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ];
-    let Some(Command::Standalone(args)) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!("a standalone command line");
-    };
-    let running = chatsys_api::start_standalone(&args).await.unwrap();
-    let base = format!("http://{}", running.addr);
+    let server = common::start(&[]).await;
+    let base = server.base();
     let client = reqwest::Client::new();
-    let app: Value = client
-        .post(format!("{base}/applications"))
-        .json(&json!({"name": "metrics"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let app = common::post_json(
+        &client,
+        format!("{base}/applications"),
+        &json!({"name": "metrics"}),
+    )
+    .await;
     let token = app["token"].as_str().unwrap();
     client
         .post(format!("{base}/applications/{token}/chats"))
@@ -63,7 +48,7 @@ async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    running.stop().await;
+    server.running.stop().await;
 
     let mut served: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
     for line in exposition.lines() {

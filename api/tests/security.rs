@@ -1,30 +1,12 @@
 //! What the API keeps to itself: without an admin key nobody lists the applications (and the answer
 //! says how to enable it), and no token reaches the logs, at any level.
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use chatsys_settings::{Cli, Command};
-use clap::Parser;
 use serde_json::{Value, json};
-
-/// A standalone server on port 0 with a fresh data directory and these flags.
-async fn start(flags: &[&str]) -> (chatsys_runtime::Running, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "chatsys-api",
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ];
-    args.extend_from_slice(flags);
-    let Some(Command::Standalone(args)) = Cli::try_parse_from(args).unwrap().command else {
-        unreachable!("a standalone command line");
-    };
-    (chatsys_api::start_standalone(&args).await.unwrap(), data)
-}
 
 /// Everything logged in this process, at every level.
 #[derive(Clone, Default)]
@@ -42,8 +24,8 @@ impl Write for Captured {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_admin_key_nobody_lists_applications() {
-    let (server, _data) = start(&[]).await;
-    let base = format!("http://{}", server.addr);
+    let server = common::start(&[]).await;
+    let base = server.base();
     let http = reqwest::Client::new();
     for authorization in [None, Some("Bearer anything")] {
         let mut request = http.get(format!("{base}/applications"));
@@ -68,18 +50,15 @@ async fn tokens_never_reach_the_logs() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
-    let (server, _data) = start(&["--admin-key", "logs-admin-key"]).await;
-    let base = format!("http://{}", server.addr);
+    let server = common::start(&["--admin-key", "logs-admin-key"]).await;
+    let base = server.base();
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{base}/applications"))
-        .json(&json!({ "name": "logged" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = common::post_json(
+        &http,
+        format!("{base}/applications"),
+        &json!({ "name": "logged" }),
+    )
+    .await;
     let token = created["token"].as_str().unwrap().to_owned();
     let app = format!("{base}/applications/{token}");
     let ok = |reply: reqwest::Response| {
@@ -109,14 +88,7 @@ async fn tokens_never_reach_the_logs() {
         .await
         .unwrap();
     ok(listed);
-    let rotated: Value = http
-        .post(format!("{app}/token"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rotated = common::post_json(&http, format!("{app}/token"), &json!({})).await;
     let new_token = rotated["token"].as_str().unwrap().to_owned();
     assert_eq!(
         http.get(format!("{app}/chats/1"))
@@ -126,7 +98,7 @@ async fn tokens_never_reach_the_logs() {
             .status(),
         404
     );
-    server.stop().await;
+    server.running.stop().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let fingerprint = chatsys_core::idempotency::token_fingerprint(&token);
