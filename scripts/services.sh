@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts MariaDB, Redis and RabbitMQ on 127.0.0.1 with their default ports, as the tests expect them,
 # installing the Debian packages first where one is missing (with those the tools of .ci/tools.sh are
-# installed by: curl, unzip, npm and Python's venv). A service that already answers is left as
-# it is, so this can run any number of times. Used by scripts/test.sh (`make test`) and by CI.
+# installed by: curl, unzip, npm and Python's venv; and Chromium, the browser of
+# scripts/check-browser.sh, since playwright-core downloads none). A service that already answers is left
+# as it is, so this can run any number of times. Used by scripts/test.sh (`make test`) and by CI.
 set -euo pipefail
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -34,6 +35,7 @@ command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 command -v unzip >/dev/null 2>&1 || need_packages+=(unzip)
 command -v npm >/dev/null 2>&1 || need_packages+=(npm)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_packages+=(python3-venv)
+[[ -x /usr/bin/chromium ]] || need_packages+=(chromium)
 if [[ ${#need_packages[@]} -gt 0 ]]; then
   step "installing ${need_packages[*]}"
   as_root apt-get update -qq

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (`make test`): starts the backing services (installing them where missing), installs
 # the offline tools, runs the whole test suite, then reads the OpenAPI document with the client tools
-# (scripts/check-openapi.sh). CI runs this first, then its further checks.
+# (scripts/check-openapi.sh) and has a real browser on another origin call the API
+# (scripts/check-browser.sh). CI runs this first, then its further checks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,3 +22,6 @@ step "the OpenAPI document, read by the client tools"
 # Every binary is built once for the whole workspace, so the feature set (and the build) is the tests' one.
 cargo build -q --workspace --bins
 bash scripts/check-openapi.sh
+
+step "a real browser on another origin: CORS, idempotency keys, event streams"
+bash scripts/check-browser.sh
