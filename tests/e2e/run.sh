@@ -247,6 +247,7 @@ run_conformance_suite() {
   wait_until 60 "the API is forwarded to 127.0.0.1:18080" curl -fsS --max-time 5 http://127.0.0.1:18080/healthz
   local status=0
   (cd "$repo_root" && CHATSYS_BASE_URL=http://127.0.0.1:18080 CHATSYS_METRICS_URL=http://127.0.0.1:19090/metrics \
+    CHATSYS_ALLOWED_ORIGIN=http://allowed.chatsys.test:3000 \
     CHATSYS_ADMIN_KEY="$(admin_key)" timeout "$conformance_timeout" \
     cargo nextest run -p chatsys-conformance --run-ignored ignored-only -E 'binary(external)') || status=$?
   kill "$forward" 2>/dev/null || true
