@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{self, AppId, Message};
+use crate::domain::{self, AppId, Chat, Message};
 use crate::error::{CoreError, CoreResult};
 use crate::plan::{ChatKey, MessageKey};
 
@@ -63,6 +63,48 @@ impl Command {
                 created_at: m.created_at,
                 at: m.updated_at,
             }
+        }
+    }
+
+    /// The chat a `CreateChat` creates, as it stands once created.
+    pub fn created_chat(&self) -> Option<Chat> {
+        match *self {
+            Command::CreateChat {
+                application_id,
+                number,
+                at,
+            } => Some(Chat {
+                application_id,
+                number,
+                messages_count: 0,
+                created_at: at,
+                updated_at: at,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The message a `CreateMessage` creates, as it stands once created (the inverse of
+    /// [`Command::restoring`] for a message never edited).
+    pub fn created_message(&self) -> Option<Message> {
+        match self {
+            Command::CreateMessage {
+                application_id,
+                chat_number,
+                number,
+                body,
+                at,
+                ..
+            } => Some(Message {
+                application_id: *application_id,
+                chat_number: *chat_number,
+                number: *number,
+                body: body.clone(),
+                version: 0,
+                created_at: *at,
+                updated_at: *at,
+            }),
+            _ => None,
         }
     }
 

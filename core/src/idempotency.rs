@@ -60,13 +60,13 @@ impl IdempotencyKey {
 
 /// Where a key is looked up: keys are scoped per application and token (a replaced token's keys end
 /// with it), and creating an application (which has none yet) has a scope of its own.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum KeyScope {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyScope<'a> {
     NewApplications,
-    Application { app: AppId, token: String },
+    Application { app: AppId, token: &'a str },
 }
 
-impl KeyScope {
+impl KeyScope<'_> {
     /// The scope as a storage key segment: `new`, or the application id and its token's fingerprint.
     pub fn segment(&self) -> String {
         match self {
@@ -90,20 +90,56 @@ pub enum Intent {
     },
 }
 
-/// What a request finds when it claims a key.
+impl Intent {
+    /// The command the intent publishes, for a chat or a message.
+    pub fn command(&self) -> Option<&Command> {
+        match self {
+            Intent::Command { command } => Some(command),
+            Intent::Application { .. } => None,
+        }
+    }
+}
+
+/// What a request finds when it claims a key: `H` is what holding it gives (the record to store, for
+/// the rule of [`KeyRecord::claim`]; a [`Held`] key, for [`Keys::claim`]'s callers).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// Nobody holds the key: this request does, as `owner`, and does the work.
-    Owned { owner: String },
-    /// The key's holder recorded this intent and died (or failed) before finishing: this request holds
-    /// the key now and acts the intent out again.
-    Resumed { owner: String, intent: Intent },
+pub enum Claim<H> {
+    /// This request holds the key. Either nobody held it, and the request does the work; or its holder
+    /// recorded an intent and died (or failed) before finishing, and the request acts that intent out
+    /// again.
+    Held(H),
     /// The key's work is done; this is what it did.
     Finished(Intent),
     /// The key was used for another request (another body, path or operation).
     Reused,
     /// Another request holds the key and is still within its lease.
     Busy,
+}
+
+/// A key this request holds: its record as this request stored it. Every change is a swap against
+/// exactly that stored value, with no read first; a swap that fails means the key is no longer this
+/// request's (another took it over once the lease ran out, or it expired).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    cell: String,
+    record: KeyRecord,
+    stored: String,
+}
+
+impl Held {
+    fn new(cell: String, record: KeyRecord) -> Self {
+        let stored = serde_json::to_string(&record).expect("a key record serialises");
+        Held {
+            cell,
+            record,
+            stored,
+        }
+    }
+
+    /// The intent its previous holder recorded, when this request took the key over.
+    pub fn intent(&self) -> Option<&Intent> {
+        self.record.intent.as_ref()
+    }
 }
 
 /// The port: cells holding key records, shared by every API replica, changed by compare-and-swap
@@ -119,7 +155,7 @@ pub trait KeyCells: Send + Sync {
     -> CoreResult<bool>;
 }
 
-/// Compare-and-swap attempts before a change gives up to a racing one.
+/// Compare-and-swap attempts of a claim before it gives up to racing ones.
 const SWAP_ATTEMPTS: usize = 8;
 
 /// The key records over a [`KeyCells`] port.
@@ -133,125 +169,84 @@ impl Keys {
         Keys { cells }
     }
 
-    fn cell(scope: &KeyScope, key: &IdempotencyKey) -> String {
-        format!("{}:{}", scope.segment(), key.as_str())
-    }
-
-    async fn read(&self, cell: &str) -> CoreResult<(Option<String>, Option<KeyRecord>)> {
-        let raw = self.cells.read(cell).await?;
-        // A record this version cannot read is treated as absent, and replaced.
-        let record = raw
-            .as_deref()
-            .and_then(|raw| serde_json::from_str(raw).ok());
-        Ok((raw, record))
-    }
-
-    /// Claims `key` for a request with this fingerprint (see [`Claim`]).
+    /// Claims `key` for a request with this fingerprint (see [`Claim`]). The first attempt takes the key
+    /// to be new, the common case, and so costs one swap; the record is read only when that fails.
     pub async fn claim(
         &self,
-        scope: &KeyScope,
+        scope: KeyScope<'_>,
         key: &IdempotencyKey,
         fingerprint: &str,
         lease: Duration,
-    ) -> CoreResult<Claim> {
-        let cell = Self::cell(scope, key);
+    ) -> CoreResult<Claim<Held>> {
+        let cell = format!("{}:{}", scope.segment(), key.as_str());
+        let mut current: Option<String> = None;
         for _ in 0..SWAP_ATTEMPTS {
-            let (raw, existing) = self.read(&cell).await?;
-            let (claim, stored) = KeyRecord::claim(existing, fingerprint, lease, now_ms());
-            let Some(stored) = stored else {
-                return Ok(claim);
+            // A record this version cannot read is treated as absent, and replaced.
+            let existing = current
+                .as_deref()
+                .and_then(|raw| serde_json::from_str(raw).ok());
+            let record = match KeyRecord::claim(existing, fingerprint, lease, now_ms()) {
+                Claim::Held(record) => record,
+                Claim::Finished(intent) => return Ok(Claim::Finished(intent)),
+                Claim::Reused => return Ok(Claim::Reused),
+                Claim::Busy => return Ok(Claim::Busy),
             };
-            let stored = serde_json::to_string(&stored).expect("a key record serialises");
+            let held = Held::new(cell.clone(), record);
             if self
                 .cells
-                .swap(&cell, raw.as_deref(), Some(&stored))
+                .swap(&cell, current.as_deref(), Some(&held.stored))
                 .await?
             {
-                return Ok(claim);
+                return Ok(Claim::Held(held));
             }
+            current = self.cells.read(&cell).await?;
         }
         Ok(Claim::Busy)
     }
 
-    /// Records the intent if `owner` still holds the key: `false` when another request took it over.
-    pub async fn record(
-        &self,
-        scope: &KeyScope,
-        key: &IdempotencyKey,
-        owner: &str,
-        intent: &Intent,
-    ) -> CoreResult<bool> {
-        self.change(scope, key, owner, |record| {
-            Some(KeyRecord {
-                intent: Some(intent.clone()),
-                ..record
-            })
-        })
-        .await
+    /// Records the intent: `false` when the key is no longer this request's.
+    pub async fn record(&self, held: &mut Held, intent: &Intent) -> CoreResult<bool> {
+        let recorded = KeyRecord {
+            intent: Some(intent.clone()),
+            ..held.record.clone()
+        };
+        self.replace(held, Some(recorded)).await
     }
 
-    /// Marks the key's work done, if `owner` still holds it.
-    pub async fn finish(
-        &self,
-        scope: &KeyScope,
-        key: &IdempotencyKey,
-        owner: &str,
-    ) -> CoreResult<()> {
-        self.change(scope, key, owner, |record| {
-            Some(KeyRecord {
-                finished: true,
-                ..record
-            })
-        })
-        .await
-        .map(drop)
+    /// Marks the key's work done.
+    pub async fn finish(&self, mut held: Held) -> CoreResult<()> {
+        let finished = KeyRecord {
+            finished: true,
+            ..held.record.clone()
+        };
+        self.replace(&mut held, Some(finished)).await.map(drop)
     }
 
     /// Gives the key up after a failure: forgotten when no intent was recorded (a retry starts over),
     /// otherwise free to be taken over at once (a retry acts the intent out).
-    pub async fn release(
-        &self,
-        scope: &KeyScope,
-        key: &IdempotencyKey,
-        owner: &str,
-    ) -> CoreResult<()> {
-        self.change(scope, key, owner, |record| {
-            record.intent.is_some().then_some(KeyRecord {
-                lease_until_ms: 0,
-                ..record
-            })
-        })
-        .await
-        .map(drop)
+    pub async fn release(&self, mut held: Held) -> CoreResult<()> {
+        let released = held.record.intent.is_some().then(|| KeyRecord {
+            lease_until_ms: 0,
+            ..held.record.clone()
+        });
+        self.replace(&mut held, released).await.map(drop)
     }
 
-    /// Replaces the record by `change(record)` (`None` removes it) if `owner` holds it.
-    async fn change(
-        &self,
-        scope: &KeyScope,
-        key: &IdempotencyKey,
-        owner: &str,
-        change: impl Fn(KeyRecord) -> Option<KeyRecord>,
-    ) -> CoreResult<bool> {
-        let cell = Self::cell(scope, key);
-        for _ in 0..SWAP_ATTEMPTS {
-            let (raw, Some(record)) = self.read(&cell).await? else {
-                return Ok(false);
-            };
-            if record.owner != owner {
-                return Ok(false);
-            }
-            let changed = change(record)
-                .map(|record| serde_json::to_string(&record).expect("a key record serialises"));
-            if self
-                .cells
-                .swap(&cell, raw.as_deref(), changed.as_deref())
-                .await?
-            {
-                return Ok(true);
-            }
+    /// Swaps the held record for `record` (`None` removes it); `false` when the key is no longer held.
+    async fn replace(&self, held: &mut Held, record: Option<KeyRecord>) -> CoreResult<bool> {
+        let next = record.map(|record| Held::new(held.cell.clone(), record));
+        let swapped = self
+            .cells
+            .swap(
+                &held.cell,
+                Some(&held.stored),
+                next.as_ref().map(|next| next.stored.as_str()),
+            )
+            .await?;
+        if swapped && let Some(next) = next {
+            *held = next;
         }
-        Ok(false)
+        Ok(swapped)
     }
 }
 
@@ -297,38 +292,32 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// What a claim at `now_ms` finds in `existing`, and the record to store (when it changes).
+    /// What a claim at `now_ms` finds in `existing`; when it gets the key, the record to store.
     pub fn claim(
         existing: Option<KeyRecord>,
         fingerprint: &str,
         lease: Duration,
         now_ms: i64,
-    ) -> (Claim, Option<KeyRecord>) {
-        let owned = |intent: Option<Intent>| {
-            let owner = new_owner();
-            let record = KeyRecord {
+    ) -> Claim<KeyRecord> {
+        let held = |intent: Option<Intent>| {
+            Claim::Held(KeyRecord {
                 fingerprint: fingerprint.to_string(),
-                owner: owner.clone(),
+                owner: new_owner(),
                 lease_until_ms: now_ms + lease.as_millis() as i64,
-                intent: intent.clone(),
+                intent,
                 finished: false,
-            };
-            let claim = match intent {
-                Some(intent) => Claim::Resumed { owner, intent },
-                None => Claim::Owned { owner },
-            };
-            (claim, Some(record))
+            })
         };
         match existing {
-            None => owned(None),
-            Some(record) if record.fingerprint != fingerprint => (Claim::Reused, None),
+            None => held(None),
+            Some(record) if record.fingerprint != fingerprint => Claim::Reused,
             Some(KeyRecord {
                 finished: true,
                 intent: Some(intent),
                 ..
-            }) => (Claim::Finished(intent), None),
-            Some(record) if record.lease_until_ms > now_ms => (Claim::Busy, None),
-            Some(record) => owned(record.intent),
+            }) => Claim::Finished(intent),
+            Some(record) if record.lease_until_ms > now_ms => Claim::Busy,
+            Some(record) => held(record.intent),
         }
     }
 }
@@ -348,47 +337,32 @@ mod tests {
     #[test]
     fn a_claim_follows_the_record_it_finds() {
         let lease = Duration::from_secs(10);
-        let (claim, stored) = KeyRecord::claim(None, "f", lease, 1000);
-        let Claim::Owned { owner } = claim else {
-            panic!("a fresh key is owned, got {claim:?}")
+        let held = |claim: Claim<KeyRecord>| match claim {
+            Claim::Held(record) => record,
+            other => panic!("the key was meant to be held, got {other:?}"),
         };
-        let mut record = stored.unwrap();
+        let mut record = held(KeyRecord::claim(None, "f", lease, 1000));
         assert_eq!(
-            (record.owner.as_str(), record.lease_until_ms),
-            (owner.as_str(), 11_000)
+            (record.lease_until_ms, record.intent.as_ref()),
+            (11_000, None)
         );
 
-        assert_eq!(
-            KeyRecord::claim(Some(record.clone()), "g", lease, 1001).0,
-            Claim::Reused
-        );
-        assert_eq!(
-            KeyRecord::claim(Some(record.clone()), "f", lease, 1001).0,
-            Claim::Busy
-        );
-        // The owner died before recording an intent: the next request starts afresh.
-        assert!(matches!(
-            KeyRecord::claim(Some(record.clone()), "f", lease, 11_000).0,
-            Claim::Owned { .. }
-        ));
-        // It died after recording one: the next request acts it out, as a new owner.
-        record.intent = Some(intent());
-        let (claim, stored) = KeyRecord::claim(Some(record.clone()), "f", lease, 11_000);
-        let Claim::Resumed {
-            owner: taker,
-            intent: resumed,
-        } = claim
-        else {
-            panic!("an abandoned intent is resumed, got {claim:?}")
+        let again = |record: &KeyRecord, fingerprint, now| {
+            KeyRecord::claim(Some(record.clone()), fingerprint, lease, now)
         };
-        assert_ne!(taker, owner);
-        assert_eq!(resumed, intent());
-        assert_eq!(stored.unwrap().owner, taker);
+        assert_eq!(again(&record, "g", 1001), Claim::Reused);
+        assert_eq!(again(&record, "f", 1001), Claim::Busy);
+        // The holder died before recording an intent: the next request starts afresh.
+        let taken = held(again(&record, "f", 11_000));
+        assert_eq!(taken.intent, None);
+        assert_ne!(taken.owner, record.owner);
+        // It died after recording one: the next request acts it out, as a new holder.
+        record.intent = Some(intent());
+        let taken = held(again(&record, "f", 11_000));
+        assert_eq!(taken.intent, Some(intent()));
+        assert_ne!(taken.owner, record.owner);
         record.finished = true;
-        assert_eq!(
-            KeyRecord::claim(Some(record), "f", lease, 1001).0,
-            Claim::Finished(intent())
-        );
+        assert_eq!(again(&record, "f", 1001), Claim::Finished(intent()));
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl ChatService {
         };
         let (intent, replayed) = self
             .once(
-                &KeyScope::NewApplications,
+                KeyScope::NewApplications,
                 key,
                 &["application", name],
                 make,
@@ -295,10 +295,7 @@ impl ChatService {
         key: Option<&IdempotencyKey>,
     ) -> CoreResult<Created<ChatView>> {
         let app = self.resolve(token).await?;
-        let scope = KeyScope::Application {
-            app,
-            token: token.to_string(),
-        };
+        let scope = KeyScope::Application { app, token };
         let make = || async {
             let number = match self.ports.numbers.next_chat(app).await? {
                 Some(number) => number,
@@ -317,14 +314,17 @@ impl ChatService {
         };
         let act = |intent: Intent| async move {
             self.publish(&intent).await?;
-            if let Some(chat) = created_chat(&intent) {
+            if let Some(chat) = intent.command().and_then(Command::created_chat) {
                 soft(self.ports.cache.put_pending_chat(&chat).await);
                 self.chat_births.insert((app, chat.number), chat.created_at);
             }
             Ok(intent)
         };
-        let (intent, replayed) = self.once(&scope, key, &["chat"], make, act).await?;
-        let chat = created_chat(&intent).ok_or(CoreError::KeyReused)?;
+        let (intent, replayed) = self.once(scope, key, &["chat"], make, act).await?;
+        let chat = intent
+            .command()
+            .and_then(Command::created_chat)
+            .ok_or(CoreError::KeyReused)?;
         Ok(Created {
             view: ChatView::from(&chat),
             replayed,
@@ -365,10 +365,7 @@ impl ChatService {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
-        let scope = KeyScope::Application {
-            app,
-            token: token.to_string(),
-        };
+        let scope = KeyScope::Application { app, token };
         let make = || async {
             let number = match self.ports.numbers.next_message(app, chat).await? {
                 Some(number) => number,
@@ -393,16 +390,19 @@ impl ChatService {
         };
         let act = |intent: Intent| async move {
             self.publish(&intent).await?;
-            if let Some(message) = created_message(&intent) {
+            if let Some(message) = intent.command().and_then(Command::created_message) {
                 soft(self.ports.cache.put_message(&message).await);
             }
             Ok(intent)
         };
         let chat_text = chat.to_string();
         let (intent, replayed) = self
-            .once(&scope, key, &["message", &chat_text, body], make, act)
+            .once(scope, key, &["message", &chat_text, body], make, act)
             .await?;
-        let message = created_message(&intent).ok_or(CoreError::KeyReused)?;
+        let message = intent
+            .command()
+            .and_then(Command::created_message)
+            .ok_or(CoreError::KeyReused)?;
         Ok(Created {
             view: MessageView::from(&message),
             replayed,
@@ -411,12 +411,10 @@ impl ChatService {
 
     /// Publishes the command an intent holds.
     async fn publish(&self, intent: &Intent) -> CoreResult<()> {
-        match intent {
-            Intent::Command { command } => self.ports.queue.publish(command).await,
-            Intent::Application { .. } => Err(CoreError::Rejected(
-                "an application's intent has no command".into(),
-            )),
-        }
+        let command = intent
+            .command()
+            .ok_or_else(|| CoreError::Rejected("an application's intent has no command".into()))?;
+        self.ports.queue.publish(command).await
     }
 
     /// Runs a create once per idempotency key: `make` decides what to do (allocating its number),
@@ -426,7 +424,7 @@ impl ChatService {
     /// whether it was another request's.
     async fn once<Make, MakeFuture, Act, ActFuture>(
         &self,
-        scope: &KeyScope,
+        scope: KeyScope<'_>,
         key: Option<&IdempotencyKey>,
         request: &[&str],
         make: Make,
@@ -443,42 +441,44 @@ impl ChatService {
         };
         let fingerprint = idempotency::fingerprint(request);
         let waiting_since = Instant::now();
-        let (owner, acted, replayed) = loop {
+        let mut held = loop {
             match self
                 .keys
                 .claim(scope, key, &fingerprint, idempotency::LEASE)
                 .await?
             {
+                Claim::Held(held) => break held,
                 Claim::Finished(intent) => return Ok((intent, true)),
                 Claim::Reused => return Err(CoreError::KeyReused),
                 Claim::Busy if waiting_since.elapsed() < idempotency::WAIT_FOR_OWNER => {
                     tokio::time::sleep(KEY_POLL).await;
                 }
                 Claim::Busy => return Err(CoreError::KeyInFlight),
-                Claim::Owned { owner } => {
-                    let acted = async {
-                        let intent = make().await?;
-                        if !self.keys.record(scope, key, &owner, &intent).await? {
-                            return Err(CoreError::KeyInFlight);
-                        }
-                        act(intent).await
-                    }
-                    .await;
-                    break (owner, acted, false);
-                }
-                Claim::Resumed { owner, intent } => break (owner, act(intent).await, true),
             }
+        };
+        let resumed = held.intent().cloned();
+        let replayed = resumed.is_some();
+        let acted = match resumed {
+            Some(intent) => act(intent).await,
+            None => match make().await {
+                Ok(intent) => match self.keys.record(&mut held, &intent).await {
+                    Ok(true) => act(intent).await,
+                    Ok(false) => Err(CoreError::KeyInFlight),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
         };
         match acted {
             Ok(intent) => {
                 // Unfinished, the record is acted out again by a retry after its lease: harmless.
-                if let Err(e) = self.keys.finish(scope, key, &owner).await {
+                if let Err(e) = self.keys.finish(held).await {
                     tracing::warn!(error = %e, "an idempotency key could not be marked finished");
                 }
                 Ok((intent, replayed))
             }
             Err(e) => {
-                if let Err(e) = self.keys.release(scope, key, &owner).await {
+                if let Err(e) = self.keys.release(held).await {
                     tracing::warn!(error = %e, "an idempotency key could not be released");
                 }
                 Err(e)
@@ -735,53 +735,6 @@ impl ChatService {
 
 /// How often a request waiting for another that holds its idempotency key looks again.
 const KEY_POLL: Duration = Duration::from_millis(50);
-
-/// The chat a chat's creation intent creates.
-fn created_chat(intent: &Intent) -> Option<Chat> {
-    match intent {
-        Intent::Command {
-            command:
-                Command::CreateChat {
-                    application_id,
-                    number,
-                    at,
-                },
-        } => Some(Chat {
-            application_id: *application_id,
-            number: *number,
-            messages_count: 0,
-            created_at: *at,
-            updated_at: *at,
-        }),
-        _ => None,
-    }
-}
-
-/// The message a message's creation intent creates.
-fn created_message(intent: &Intent) -> Option<Message> {
-    match intent {
-        Intent::Command {
-            command:
-                Command::CreateMessage {
-                    application_id,
-                    chat_number,
-                    number,
-                    body,
-                    at,
-                    ..
-                },
-        } => Some(Message {
-            application_id: *application_id,
-            chat_number: *chat_number,
-            number: *number,
-            body: body.clone(),
-            version: 0,
-            created_at: *at,
-            updated_at: *at,
-        }),
-        _ => None,
-    }
-}
 
 /// Keeps the rows of one page (the store was asked for one more, to know whether a next page exists).
 fn render_page<T, V: Serialize>(

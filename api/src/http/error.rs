@@ -22,8 +22,8 @@ pub struct ErrorDetail {
 
 /// What went wrong, stable and machine-readable; the server sends no code outside this list.
 /// `malformed_json` (400): the body is not JSON. `invalid_query` (400): a query parameter is missing or
-/// out of range, or the query string is unreadable. `invalid_header` (400): a header the server reads
-/// (`Idempotency-Key`, `Last-Event-ID`) holds something it cannot take. `bad_request` (400): the request
+/// out of range, or the query string is unreadable. `invalid_header` (400): `Idempotency-Key` is malformed
+/// or given twice. `bad_request` (400): the request
 /// could not be read. `unauthorized` (401): the admin key is missing or wrong. `forbidden` (403): the
 /// server has no admin key, so nobody may list applications. `origin_not_allowed` (403): the request
 /// came from a web page whose origin is not allowed (`CHATSYS_CORS_ALLOWED_ORIGINS`). `not_found` (404):
