@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatsys_core::CoreResult;
-use chatsys_core::adapters::{memory, mysql, redis, sqlite};
+use chatsys_core::adapters::{memory, mysql, redis, sqlite, sqlite_keys};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page};
+use chatsys_core::idempotency::{Claim, Held, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
 use chatsys_core::ports::{Cache, ListScope, NumberFloor, Numbers, Store};
 use chrono::{DateTime, Utc};
 
@@ -368,6 +369,7 @@ store_suite!(
     a_batch_of_the_largest_messages_is_stored,
     changes_are_numbered_in_the_order_they_were_stored,
     concurrent_batches_number_a_chats_changes_without_gaps,
+    a_replaced_token_names_nothing,
 );
 
 /// A floor that says where a lost counter must restart.
@@ -672,3 +674,149 @@ async fn cache_memory_stays_within_its_byte_bound() {
     );
     assert!(held > 0, "the cache still keeps something");
 }
+
+/// A replaced token names nothing in the store; the application keeps its id and name.
+async fn a_replaced_token_names_nothing(store: Arc<dyn Store>) {
+    let app = app(&*store).await;
+    let old = store.application(app).await.unwrap().unwrap();
+    store
+        .replace_token(app, "replacement-token", at(50))
+        .await
+        .unwrap();
+    assert_eq!(store.application_by_token(&old.token).await.unwrap(), None);
+    let replaced = store
+        .application_by_token("replacement-token")
+        .await
+        .unwrap()
+        .expect("the new token names the application");
+    assert_eq!((replaced.id, &replaced.name), (app, &old.name));
+    assert_eq!(replaced.updated_at, at(50));
+}
+
+/// A forgotten token is not answered from the cache, nor cached again by a lookup that read it from the
+/// store before it was forgotten.
+async fn a_forgotten_token_is_not_cached_again(cache: Arc<dyn Cache>) {
+    cache.put_application_id("kept", 7).await.unwrap();
+    cache.put_application_id("replaced", 8).await.unwrap();
+    cache.forget_token("replaced").await.unwrap();
+    assert_eq!(cache.application_id("replaced").await.unwrap(), None);
+    cache.put_application_id("replaced", 8).await.unwrap();
+    assert_eq!(cache.application_id("replaced").await.unwrap(), None);
+    assert_eq!(cache.application_id("kept").await.unwrap(), Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_does_not_cache_a_forgotten_token_again() {
+    a_forgotten_token_is_not_cached_again(redis_cache().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_does_not_cache_a_forgotten_token_again() {
+    a_forgotten_token_is_not_cached_again(Arc::new(memory_cache(1 << 20))).await;
+}
+
+async fn redis_key_cells() -> Arc<dyn KeyCells> {
+    let url =
+        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let connection = redis::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    Arc::new(redis::RedisKeyCells::new(
+        connection,
+        redis::Keys::new(&format!("chatsys-test-{}", unique())),
+    ))
+}
+
+async fn sqlite_key_cells() -> Arc<dyn KeyCells> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pool = sqlite::open(&dir.join("chatsys.db")).await.unwrap();
+    sqlite::SqliteStore::new(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    Arc::new(sqlite_keys::SqliteKeyCells::new(pool))
+}
+
+/// A cell changes only from the value the caller expects: written where there is none, replaced or
+/// removed where it holds exactly that value.
+async fn a_cell_changes_only_from_the_value_expected(cells: Arc<dyn KeyCells>) {
+    assert_eq!(cells.read("c").await.unwrap(), None);
+    assert!(!cells.swap("c", Some("x"), Some("a")).await.unwrap());
+    assert!(cells.swap("c", None, Some("a")).await.unwrap());
+    assert!(!cells.swap("c", None, Some("b")).await.unwrap());
+    assert!(!cells.swap("c", Some("b"), Some("c")).await.unwrap());
+    assert_eq!(cells.read("c").await.unwrap().as_deref(), Some("a"));
+    assert!(cells.swap("c", Some("a"), Some("b")).await.unwrap());
+    assert_eq!(cells.read("c").await.unwrap().as_deref(), Some("b"));
+    assert!(!cells.swap("c", Some("a"), None).await.unwrap());
+    assert!(cells.swap("c", Some("b"), None).await.unwrap());
+    assert_eq!(cells.read("c").await.unwrap(), None);
+}
+
+/// The records over the cells: a finished key answers its intent; one abandoned after its intent was
+/// recorded is taken over with that intent; one held within its lease is busy to others.
+async fn keys_follow_their_records(cells: Arc<dyn KeyCells>) {
+    let keys = Keys::new(cells);
+    let scope = KeyScope::Application { app: 1, token: "t" };
+    let key = IdempotencyKey::parse(b"k").unwrap();
+    let lease = Duration::from_secs(10);
+    let intent = Intent::Command {
+        command: create_chat(1, 1),
+    };
+    let held = |claim: Claim<Held>| match claim {
+        Claim::Held(held) => held,
+        other => panic!("the key was meant to be held, got {other:?}"),
+    };
+    let mut first = held(keys.claim(scope, &key, "f", lease).await.unwrap());
+    assert_eq!(first.intent(), None);
+    assert_eq!(
+        keys.claim(scope, &key, "f", lease).await.unwrap(),
+        Claim::Busy
+    );
+    assert_eq!(
+        keys.claim(scope, &key, "g", lease).await.unwrap(),
+        Claim::Reused
+    );
+    assert!(keys.record(&mut first, &intent).await.unwrap());
+    // The holder fails after recording: the next claim takes the key over, with the intent.
+    keys.release(first).await.unwrap();
+    let second = held(keys.claim(scope, &key, "f", lease).await.unwrap());
+    assert_eq!(second.intent(), Some(&intent));
+    keys.finish(second).await.unwrap();
+    assert_eq!(
+        keys.claim(scope, &key, "f", lease).await.unwrap(),
+        Claim::Finished(intent.clone())
+    );
+    // A holder that fails before recording leaves nothing: the key starts afresh.
+    let other = IdempotencyKey::parse(b"other").unwrap();
+    let abandoned = held(keys.claim(scope, &other, "f", lease).await.unwrap());
+    keys.release(abandoned).await.unwrap();
+    assert_eq!(
+        held(keys.claim(scope, &other, "f", lease).await.unwrap()).intent(),
+        None
+    );
+    // A holder whose key was taken over can no longer change it.
+    let third = IdempotencyKey::parse(b"third").unwrap();
+    let mut late = held(keys.claim(scope, &third, "f", lease).await.unwrap());
+    keys.release(late.clone()).await.unwrap();
+    held(keys.claim(scope, &third, "f", lease).await.unwrap());
+    assert!(!keys.record(&mut late, &intent).await.unwrap());
+}
+
+macro_rules! key_cells_suite {
+    ($($case:ident),* $(,)?) => {
+        mod key_cells_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::redis_key_cells().await).await; })*
+        }
+        mod key_cells_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::sqlite_key_cells().await).await; })*
+        }
+    };
+}
+
+key_cells_suite!(
+    a_cell_changes_only_from_the_value_expected,
+    keys_follow_their_records,
+);
