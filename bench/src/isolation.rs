@@ -52,6 +52,7 @@ pub async fn measure(
         }]),
         8,
         LARGE_BODY_BYTES,
+        false,
         Pace::Closed {
             within: Duration::from_secs(120),
             max_created: large_messages,

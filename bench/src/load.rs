@@ -78,12 +78,14 @@ impl Outcome {
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Creates messages with bodies of `body_len` bytes in randomly chosen `targets`.
+/// Creates messages with bodies of `body_len` bytes in randomly chosen `targets`, each with a fresh
+/// `Idempotency-Key` when `keyed`.
 pub async fn create_messages(
     addr: SocketAddr,
     targets: Arc<Vec<ChatTarget>>,
     connections: usize,
     body_len: usize,
+    keyed: bool,
     pace: Pace,
 ) -> Outcome {
     let paths: Arc<Vec<String>> = Arc::new(targets.iter().map(ChatTarget::messages_path).collect());
@@ -128,8 +130,15 @@ pub async fn create_messages(
                     }
                 };
                 let target = rand::random_range(0..paths.len());
+                let key = keyed.then(|| format!("{:032x}", rand::random::<u128>()));
+                let header = key.as_deref().map(|key| ("idempotency-key", key));
                 let response = connection
-                    .send(Method::POST, &paths[target], Some(body.clone()))
+                    .send_with(
+                        Method::POST,
+                        &paths[target],
+                        Some(body.clone()),
+                        header.as_slice(),
+                    )
                     .await;
                 let answered = Instant::now();
                 match response {

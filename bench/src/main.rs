@@ -50,6 +50,9 @@ struct Args {
     connections: usize,
     #[arg(long, default_value_t = 200)]
     body_bytes: usize,
+    /// Every message create carries a fresh `Idempotency-Key`, as a client that retries sends them.
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Length of each measured load phase.
     #[arg(long, default_value_t = 10)]
     phase_secs: u64,
@@ -80,6 +83,7 @@ struct Sizes {
     chats_per_app: usize,
     connections: usize,
     body_bytes: usize,
+    idempotency_keys: bool,
     phase_secs: f64,
     visibility_rate: f64,
     visibility_chats: usize,
@@ -99,6 +103,7 @@ impl Sizes {
                 chats_per_app: 2,
                 connections: 4,
                 body_bytes: args.body_bytes,
+                idempotency_keys: args.idempotency_keys,
                 phase_secs: 1.0,
                 visibility_rate: 50.0,
                 visibility_chats: 2,
@@ -115,6 +120,7 @@ impl Sizes {
             chats_per_app: args.chats_per_app,
             connections: args.connections,
             body_bytes: args.body_bytes,
+            idempotency_keys: args.idempotency_keys,
             phase_secs: args.phase_secs as f64,
             visibility_rate: args.visibility_rate,
             visibility_chats: args.visibility_chats.min(args.apps * args.chats_per_app),
@@ -477,6 +483,7 @@ async fn measure_system(
         targets.clone(),
         sizes.connections,
         sizes.body_bytes,
+        sizes.idempotency_keys,
         Pace::Closed {
             within: warm_up,
             max_created: u64::MAX,
@@ -496,6 +503,7 @@ async fn measure_system(
         targets.clone(),
         sizes.connections,
         sizes.body_bytes,
+        sizes.idempotency_keys,
         Pace::Closed {
             within: sizes.phase(),
             max_created: u64::MAX,
@@ -516,6 +524,7 @@ async fn measure_system(
         targets.clone(),
         sizes.connections,
         sizes.body_bytes,
+        sizes.idempotency_keys,
         Pace::Open {
             rate: half_rate,
             within: sizes.phase(),
@@ -729,6 +738,7 @@ async fn measure_visibility(
         targets,
         sizes.connections,
         sizes.body_bytes,
+        sizes.idempotency_keys,
         Pace::Open {
             rate: sizes.visibility_rate,
             within: sizes.phase(),
@@ -790,6 +800,7 @@ async fn measure_ingest(
         targets,
         sizes.connections,
         sizes.body_bytes,
+        sizes.idempotency_keys,
         Pace::Closed {
             within: Duration::from_secs(600),
             max_created: sizes.ingest_messages,

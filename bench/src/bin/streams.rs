@@ -163,6 +163,7 @@ async fn measure(args: &Args, system: &System) -> anyhow::Result<Report> {
         Arc::new(targets),
         args.connections,
         args.body_bytes,
+        false,
         Pace::Open {
             rate: args.rate,
             within: Duration::from_secs(args.secs),
