@@ -189,35 +189,22 @@ pub async fn create_chat(connection: &mut Connection, token: &str) -> anyhow::Re
         .await
 }
 
+/// Posts a message, with an `Idempotency-Key` when given (so that it may be retried).
 pub async fn create_message(
     connection: &mut Connection,
     token: &str,
     chat: u64,
     body: &str,
-) -> anyhow::Result<Response> {
-    connection
-        .post_json(
-            &messages_path(token, chat),
-            &serde_json::json!({ "body": body }),
-        )
-        .await
-}
-
-/// Posts a message with an `Idempotency-Key`, so that it may be retried.
-pub async fn create_message_with_key(
-    connection: &mut Connection,
-    token: &str,
-    chat: u64,
-    body: &str,
-    key: &str,
+    key: Option<&str>,
 ) -> anyhow::Result<Response> {
     let body = serde_json::to_vec(&serde_json::json!({ "body": body }))?;
+    let header = key.map(|key| ("idempotency-key", key));
     connection
         .send_with(
             Method::POST,
             &messages_path(token, chat),
             Some(Bytes::from(body)),
-            &[("idempotency-key", key)],
+            header.as_slice(),
         )
         .await
 }

@@ -64,7 +64,8 @@ pub async fn measure(
     let mut never_seen = 0;
     for probe in 0..probes {
         let word = format!("probe{probe}x{}", rand::random::<u32>());
-        let created = create_message(&mut connection, &small_token, small_chat, &word).await?;
+        let created =
+            create_message(&mut connection, &small_token, small_chat, &word, None).await?;
         if created.status != StatusCode::CREATED {
             bail!("a small message was answered {}", created.status);
         }

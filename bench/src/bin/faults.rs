@@ -85,6 +85,15 @@ impl Scenario {
 /// How long a client retries a create with its idempotency key before it gives up.
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
+/// How a request was answered: its status and whether it carried Retry-After; `None` for a transport
+/// error or timeout.
+fn answer(response: &anyhow::Result<client::Response>) -> Option<(u16, bool)> {
+    response
+        .as_ref()
+        .ok()
+        .map(|response| (response.status.as_u16(), response.has_retry_after()))
+}
+
 /// One request of the load and how it ended.
 #[derive(Debug, Clone)]
 struct Observation {
@@ -159,9 +168,7 @@ impl Load {
                                     .chats
                                     .push((token, number));
                             }
-                            response.ok().map(|response| {
-                                (response.status.as_u16(), response.has_retry_after())
-                            })
+                            answer(&response)
                         } else {
                             let (token, chat) = {
                                 let ledger = ledger.lock().expect("ledger lock");
@@ -179,12 +186,12 @@ impl Load {
                             let mut lost_answer = false;
                             let response = loop {
                                 sent = Instant::now();
-                                let response = client::create_message_with_key(
+                                let response = client::create_message(
                                     &mut connection,
                                     &token,
                                     chat,
                                     &body,
-                                    &key,
+                                    Some(&key),
                                 )
                                 .await;
                                 let retry = match &response {
@@ -201,9 +208,7 @@ impl Load {
                                     .push(Observation {
                                         sent,
                                         answered: Instant::now(),
-                                        status: response.ok().map(|response| {
-                                            (response.status.as_u16(), response.has_retry_after())
-                                        }),
+                                        status: answer(&response),
                                     });
                                 tokio::time::sleep(Duration::from_millis(250)).await;
                             };
@@ -228,9 +233,7 @@ impl Load {
                                         body,
                                     });
                             }
-                            response.ok().map(|response| {
-                                (response.status.as_u16(), response.has_retry_after())
-                            })
+                            answer(&response)
                         };
                         let answered = Instant::now();
                         observations
