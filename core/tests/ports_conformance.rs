@@ -348,20 +348,23 @@ async fn concurrent_batches_number_a_chats_changes_without_gaps(store: Arc<dyn S
     assert_eq!(store.last_chat_event(app, 1).await.unwrap(), 200);
 }
 
-macro_rules! store_suite {
-    ($($case:ident),* $(,)?) => {
-        mod store_mysql {
+/// One test per case and adapter: `[module => setup, …] [case, …]` runs every case in each module, on
+/// what its setup returns.
+macro_rules! adapter_suite {
+    ([$($module:ident => $setup:ident),+ $(,)?] $cases:tt) => {
+        $(adapter_suite!(@module $module $setup $cases);)+
+    };
+    (@module $module:ident $setup:ident [$($case:ident),* $(,)?]) => {
+        mod $module {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::mysql_store().await).await; })*
-        }
-        mod store_sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::sqlite_store().await).await; })*
+            async fn $case() { super::$case(super::$setup().await).await; })*
         }
     };
 }
 
-store_suite!(
+adapter_suite!(
+    [store_mysql => mysql_store, store_sqlite => sqlite_store]
+    [
     applying_a_batch_twice_changes_nothing,
     commands_commute_and_the_newest_edit_wins,
     concurrent_batches_keep_counts_exact,
@@ -370,6 +373,7 @@ store_suite!(
     changes_are_numbered_in_the_order_they_were_stored,
     concurrent_batches_number_a_chats_changes_without_gaps,
     a_replaced_token_names_nothing,
+    ]
 );
 
 /// A floor that says where a lost counter must restart.
@@ -803,20 +807,7 @@ async fn keys_follow_their_records(cells: Arc<dyn KeyCells>) {
     assert!(!keys.record(&mut late, &intent).await.unwrap());
 }
 
-macro_rules! key_cells_suite {
-    ($($case:ident),* $(,)?) => {
-        mod key_cells_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::redis_key_cells().await).await; })*
-        }
-        mod key_cells_sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::sqlite_key_cells().await).await; })*
-        }
-    };
-}
-
-key_cells_suite!(
-    a_cell_changes_only_from_the_value_expected,
-    keys_follow_their_records,
+adapter_suite!(
+    [key_cells_redis => redis_key_cells, key_cells_sqlite => sqlite_key_cells]
+    [a_cell_changes_only_from_the_value_expected, keys_follow_their_records]
 );
