@@ -145,11 +145,22 @@ pub trait CommandSource: Send {
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()>;
 }
 
+/// What the shared cache holds for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CachedToken {
+    /// Nothing: never cached, expired, or lost with the cache (or the cache failed).
+    #[default]
+    Unknown,
+    Names(AppId),
+    /// Replaced by another token ([`Cache::forget_token`]): only the store may still answer for it.
+    Replaced,
+}
+
 /// Shared cache: read-your-writes records and hot-path lookups. Every method may fail; callers treat
 /// a failure as a miss.
 #[async_trait]
 pub trait Cache: Send + Sync {
-    async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>>;
+    async fn application_id(&self, token: &str) -> CoreResult<CachedToken>;
     /// Caches a token's application, unless the token was forgotten meanwhile.
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()>;
     /// A token replaced by another: never answered from the cache again, nor cached again by a lookup

@@ -22,7 +22,7 @@ use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope
 use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
-use crate::ports::{self, ListScope, NumberFloor};
+use crate::ports::{self, CachedToken, ListScope, NumberFloor};
 use crate::view::{ApplicationView, ChatView, MessageView};
 
 #[derive(Clone)]
@@ -194,6 +194,13 @@ impl ChatService {
                 }
             };
             self.ports.numbers.init_application(application.id).await?;
+            // Every replica rechecks tokens in the shared cache; one it holds needs no store there.
+            soft(
+                self.ports
+                    .cache
+                    .put_application_id(token, application.id)
+                    .await,
+            );
             self.app_ids
                 .insert(token.clone(), (application.id, Instant::now()));
             Ok(intent)
@@ -601,32 +608,44 @@ impl ChatService {
 
     // Lookups.
 
+    /// A token's application. A token this process knew keeps working while the shared cache knows
+    /// nothing of it and the store is down (an outage of the store is no reason to refuse a token
+    /// that worked a moment ago); one the cache marks replaced is only ever answered by the store.
     async fn resolve(&self, token: &str) -> CoreResult<AppId> {
         if !domain::plausible_token(token) {
             return Err(CoreError::NotFound("application"));
         }
-        if let Some((app, checked)) = self.app_ids.get(token)
+        let known = self.app_ids.get(token);
+        if let Some((app, checked)) = known
             && checked.elapsed() < TOKEN_RECHECK
         {
             return Ok(app);
         }
-        let app = match counted("token", soft(self.ports.cache.application_id(token).await)) {
+        let cached = soft(self.ports.cache.application_id(token).await);
+        let app = match cached {
+            CachedToken::Names(app) => Some(app),
+            CachedToken::Unknown | CachedToken::Replaced => None,
+        };
+        let app = match counted("token", app) {
             Some(app) => app,
-            None => {
-                let application = self
-                    .ports
-                    .store
-                    .application_by_token(token)
-                    .await?
-                    .ok_or(CoreError::NotFound("application"))?;
-                soft(
-                    self.ports
-                        .cache
-                        .put_application_id(token, application.id)
-                        .await,
-                );
-                application.id
-            }
+            None => match self.ports.store.application_by_token(token).await {
+                Ok(found) => {
+                    let application = found.ok_or(CoreError::NotFound("application"))?;
+                    soft(
+                        self.ports
+                            .cache
+                            .put_application_id(token, application.id)
+                            .await,
+                    );
+                    application.id
+                }
+                // Kept for another TOKEN_RECHECK, so that the store is asked once per period.
+                Err(error) if error.is_transient() && cached == CachedToken::Unknown => {
+                    let (app, _) = known.ok_or(error)?;
+                    app
+                }
+                Err(error) => return Err(error),
+            },
         };
         self.app_ids
             .insert(token.to_string(), (app, Instant::now()));

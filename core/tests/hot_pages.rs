@@ -15,7 +15,7 @@ use chatsys_core::adapters::{
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, Application, Chat, Message, Page};
 use chatsys_core::plan::{ChatKey, MessageKey};
-use chatsys_core::ports::{Cache, ListScope, Store};
+use chatsys_core::ports::{Cache, CachedToken, ListScope, Store};
 use chatsys_core::service::{ChatService, Ports};
 
 /// The in-process cache standing in for Redis, counting the list pages asked of it.
@@ -26,7 +26,7 @@ struct CountingCache {
 
 #[async_trait]
 impl Cache for CountingCache {
-    async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>> {
+    async fn application_id(&self, token: &str) -> CoreResult<CachedToken> {
         self.inner.application_id(token).await
     }
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {

@@ -10,7 +10,7 @@ use chatsys_core::adapters::{memory, mysql, redis, sqlite, sqlite_keys};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page};
 use chatsys_core::idempotency::{Claim, Held, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
-use chatsys_core::ports::{Cache, ListScope, NumberFloor, Numbers, Store};
+use chatsys_core::ports::{Cache, CachedToken, ListScope, NumberFloor, Numbers, Store};
 use chrono::{DateTime, Utc};
 
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -703,10 +703,23 @@ async fn a_forgotten_token_is_not_cached_again(cache: Arc<dyn Cache>) {
     cache.put_application_id("kept", 7).await.unwrap();
     cache.put_application_id("replaced", 8).await.unwrap();
     cache.forget_token("replaced").await.unwrap();
-    assert_eq!(cache.application_id("replaced").await.unwrap(), None);
+    assert_eq!(
+        cache.application_id("replaced").await.unwrap(),
+        CachedToken::Replaced
+    );
     cache.put_application_id("replaced", 8).await.unwrap();
-    assert_eq!(cache.application_id("replaced").await.unwrap(), None);
-    assert_eq!(cache.application_id("kept").await.unwrap(), Some(7));
+    assert_eq!(
+        cache.application_id("replaced").await.unwrap(),
+        CachedToken::Replaced
+    );
+    assert_eq!(
+        cache.application_id("kept").await.unwrap(),
+        CachedToken::Names(7)
+    );
+    assert_eq!(
+        cache.application_id("never-cached").await.unwrap(),
+        CachedToken::Unknown
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

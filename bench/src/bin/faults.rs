@@ -323,7 +323,7 @@ fn answers_during(
         if let Some((status, retry_after)) = observation.status
             && (!allowed(status) || (status == 503 && !retry_after))
         {
-            let key = if status == 503 {
+            let key = if status == 503 && !retry_after {
                 "503 without Retry-After".to_owned()
             } else {
                 status.to_string()

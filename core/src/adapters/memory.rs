@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Announcements, Announcer, Cache, Heard, ListScope, Numbers};
+use crate::ports::{Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers};
 
 /// Counters in memory. Each is missing until its first use restarts it from the floor (every number
 /// stored or queued), so a restart of the process continues where the last run stopped.
@@ -190,8 +190,12 @@ impl MemoryCache {
 
 #[async_trait]
 impl Cache for MemoryCache {
-    async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>> {
-        Ok(self.ids.get(token).await.flatten())
+    async fn application_id(&self, token: &str) -> CoreResult<CachedToken> {
+        Ok(match self.ids.get(token).await {
+            None => CachedToken::Unknown,
+            Some(Some(app)) => CachedToken::Names(app),
+            Some(None) => CachedToken::Replaced,
+        })
     }
 
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {

@@ -17,7 +17,7 @@ use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::idempotency::{KEY_LIFETIME, KeyCells};
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Announcements, Announcer, Cache, Heard, ListScope, Numbers};
+use crate::ports::{Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers};
 
 /// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
 /// does not know them (after a restart).
@@ -389,14 +389,16 @@ impl RedisCache {
 
 #[async_trait]
 impl Cache for RedisCache {
-    async fn application_id(&self, token: &str) -> CoreResult<Option<AppId>> {
+    async fn application_id(&self, token: &str) -> CoreResult<CachedToken> {
         let mut redis = self.redis.clone();
         let cached: Option<String> = redis
             .get(self.keys.token(token))
             .await
             .map_err(unavailable)?;
-        // A forgotten token's mark is no number.
-        Ok(cached.and_then(|id| id.parse().ok()))
+        Ok(match cached {
+            None => CachedToken::Unknown,
+            Some(id) => id.parse().map_or(CachedToken::Replaced, CachedToken::Names),
+        })
     }
 
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {

@@ -1,0 +1,126 @@
+//! While the store is down, creations still take the queued path: a token the process knew keeps
+//! working past [`TOKEN_RECHECK`], whether or not the shared cache still holds it, and a token the
+//! cache marks replaced does not. Runs over the embedded adapters; the store is taken down by closing
+//! its pool, which its adapter reports as the database being unavailable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatsys_core::CoreError;
+use chatsys_core::adapters::{
+    embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
+};
+use chatsys_core::ports::Store;
+use chatsys_core::service::{ChatService, Ports, TOKEN_RECHECK};
+use sqlx::SqlitePool;
+
+struct Setup {
+    ports: Ports,
+    /// The store's own pool: closing it takes the store down and nothing else.
+    store_pool: SqlitePool,
+    _dir: tempfile::TempDir,
+}
+
+/// The embedded ports, with a shared cache that keeps entries for `cache_ttl`.
+async fn setup(cache_ttl: Duration) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chatsys.db");
+    let store_pool = sqlite::open(&path).await.unwrap();
+    let store = Arc::new(sqlite::SqliteStore::new(store_pool.clone()));
+    store.migrate().await.unwrap();
+    let pool = sqlite::open(&path).await.unwrap();
+    let queue = sqlite_queue::SqliteQueue::new(pool.clone());
+    let ports = Ports {
+        store,
+        numbers: Arc::new(memory::LocalNumbers::new()),
+        floor: Arc::new(queue.clone()),
+        queue: Arc::new(queue),
+        cache: Arc::new(memory::MemoryCache::new(cache_ttl, 64 << 20, 1 << 20)),
+        search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+        announcements: Arc::new(memory::LocalAnnouncements::default()),
+        keys: Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
+    };
+    Setup {
+        ports,
+        store_pool,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    /// Takes the store down, then waits until every token a process knows is due for a recheck.
+    async fn store_down(&self) {
+        self.store_pool.close().await;
+        tokio::time::sleep(TOKEN_RECHECK + Duration::from_millis(300)).await;
+    }
+}
+
+/// Creates a chat and a message in it with `token`.
+async fn create_chat_and_message(service: &ChatService, token: &str) -> Result<(), CoreError> {
+    let chat = service.create_chat(token, None).await?.view.number;
+    service.create_message(token, chat, "hello", None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_created_before_the_store_went_down_keeps_working() {
+    let setup = setup(Duration::from_secs(600)).await;
+    let service = ChatService::new(setup.ports.clone());
+    let token = service
+        .create_application("outage", None)
+        .await
+        .unwrap()
+        .view
+        .token;
+    setup.store_down().await;
+    create_chat_and_message(&service, &token)
+        .await
+        .expect("a known token is served from the cache while the store is down");
+    // Another replica, which never saw the token, finds it in the shared cache.
+    let replica = ChatService::new(setup.ports.clone());
+    create_chat_and_message(&replica, &token)
+        .await
+        .expect("the shared cache holds a created token");
+}
+
+#[tokio::test]
+async fn a_token_the_shared_cache_lost_keeps_working_on_a_replica_that_knew_it() {
+    // The cache's entries expire before the recheck, as Redis's do after their TTL or a restart.
+    let setup = setup(Duration::from_secs(1)).await;
+    let service = ChatService::new(setup.ports.clone());
+    let token = service
+        .create_application("outage", None)
+        .await
+        .unwrap()
+        .view
+        .token;
+    setup.store_down().await;
+    create_chat_and_message(&service, &token)
+        .await
+        .expect("a token this replica knew keeps working while the store is down");
+}
+
+#[tokio::test]
+async fn a_replaced_token_stops_working_even_while_the_store_is_down() {
+    let setup = setup(Duration::from_secs(600)).await;
+    let rotating = ChatService::new(setup.ports.clone());
+    let other = ChatService::new(setup.ports.clone());
+    let old = rotating
+        .create_application("outage", None)
+        .await
+        .unwrap()
+        .view
+        .token;
+    // The other replica knows the old token before it is replaced.
+    other.authorize(&old).await.unwrap();
+    let fresh = rotating.rotate_token(&old).await.unwrap().token;
+    setup.store_down().await;
+    let refused = other.create_chat(&old, None).await;
+    assert!(
+        refused.is_err(),
+        "a replaced token was accepted while the store was down: {refused:?}"
+    );
+    create_chat_and_message(&other, &fresh)
+        .await
+        .expect("the new token works");
+}
