@@ -14,20 +14,14 @@ use chatsys_core::service::ChatService;
 use chatsys_core::telemetry;
 use chatsys_runtime::startup::{self, Connecting};
 use chatsys_runtime::{Running, bind, spawn_server, wiring};
-use chatsys_settings::{HttpSettings, ServeArgs, StandaloneArgs};
+use chatsys_settings::{Access, HttpSettings, ServeArgs, StandaloneArgs};
 use tokio::sync::watch;
 
 use crate::http::error::{ApiError, ErrorCode};
 
-/// Who may call the API besides token holders: the admin key, and the origins of web pages.
-struct Access<'a> {
-    admin_key: &'a Option<String>,
-    cors_allowed_origins: &'a [String],
-}
-
 fn app(
     service: ChatService,
-    access: Access<'_>,
+    access: &Access,
     max_request_bytes: usize,
     settings: &HttpSettings,
     metrics_elsewhere: bool,
@@ -110,10 +104,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let _ = routes.set(app(
         ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe())
             .with_hot_pages(args.hot_page_cache_bytes),
-        Access {
-            admin_key: &args.admin_key,
-            cors_allowed_origins: &args.cors_allowed_origins,
-        },
+        &args.access,
         args.max_request_bytes,
         &args.http,
         args.metrics_listen.is_some(),
@@ -130,10 +121,7 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     let routes = app(
         ChatService::with_live(standalone.ports, live_settings(&args.http), stopped.clone())
             .with_ingest_health(standalone.ingest_health),
-        Access {
-            admin_key: &args.admin_key,
-            cors_allowed_origins: &args.cors_allowed_origins,
-        },
+        &args.access,
         args.max_request_bytes,
         &args.http,
         false,

@@ -14,13 +14,7 @@ async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
     let server = common::start(&[]).await;
     let base = server.base();
     let client = reqwest::Client::new();
-    let app = common::post_json(
-        &client,
-        format!("{base}/applications"),
-        &json!({"name": "metrics"}),
-    )
-    .await;
-    let token = app["token"].as_str().unwrap();
+    let token = common::create_token(&client, &base, "metrics").await;
     client
         .post(format!("{base}/applications/{token}/chats"))
         .send()

@@ -53,13 +53,7 @@ async fn tokens_never_reach_the_logs() {
     let server = common::start(&["--admin-key", "logs-admin-key"]).await;
     let base = server.base();
     let http = reqwest::Client::new();
-    let created = common::post_json(
-        &http,
-        format!("{base}/applications"),
-        &json!({ "name": "logged" }),
-    )
-    .await;
-    let token = created["token"].as_str().unwrap().to_owned();
+    let token = common::create_token(&http, &base, "logged").await;
     let app = format!("{base}/applications/{token}");
     let ok = |reply: reqwest::Response| {
         assert!(reply.status().is_success(), "{reply:?}");

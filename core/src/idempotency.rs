@@ -250,7 +250,8 @@ impl Keys {
     }
 }
 
-fn now_ms() -> i64 {
+/// Now, in milliseconds since the epoch: the clock of key records and their expiry.
+pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 

@@ -55,6 +55,16 @@ impl Setup {
     }
 }
 
+/// The token of a new application.
+async fn new_token(service: &ChatService) -> String {
+    service
+        .create_application("outage", None)
+        .await
+        .unwrap()
+        .view
+        .token
+}
+
 /// Creates a chat and a message in it with `token`.
 async fn create_chat_and_message(service: &ChatService, token: &str) -> Result<(), CoreError> {
     let chat = service.create_chat(token, None).await?.view.number;
@@ -66,12 +76,7 @@ async fn create_chat_and_message(service: &ChatService, token: &str) -> Result<(
 async fn a_token_created_before_the_store_went_down_keeps_working() {
     let setup = setup(Duration::from_secs(600)).await;
     let service = ChatService::new(setup.ports.clone());
-    let token = service
-        .create_application("outage", None)
-        .await
-        .unwrap()
-        .view
-        .token;
+    let token = new_token(&service).await;
     setup.store_down().await;
     create_chat_and_message(&service, &token)
         .await
@@ -88,12 +93,7 @@ async fn a_token_the_shared_cache_lost_keeps_working_on_a_replica_that_knew_it()
     // The cache's entries expire before the recheck, as Redis's do after their TTL or a restart.
     let setup = setup(Duration::from_secs(1)).await;
     let service = ChatService::new(setup.ports.clone());
-    let token = service
-        .create_application("outage", None)
-        .await
-        .unwrap()
-        .view
-        .token;
+    let token = new_token(&service).await;
     setup.store_down().await;
     create_chat_and_message(&service, &token)
         .await
@@ -105,12 +105,7 @@ async fn a_replaced_token_stops_working_even_while_the_store_is_down() {
     let setup = setup(Duration::from_secs(600)).await;
     let rotating = ChatService::new(setup.ports.clone());
     let other = ChatService::new(setup.ports.clone());
-    let old = rotating
-        .create_application("outage", None)
-        .await
-        .unwrap()
-        .view
-        .token;
+    let old = new_token(&rotating).await;
     // The other replica knows the old token before it is replaced.
     other.authorize(&old).await.unwrap();
     let fresh = rotating.rotate_token(&old).await.unwrap().token;

@@ -156,11 +156,11 @@ fn every_rendered_container_is_accepted_by_its_binarys_own_parser() {
                         serve.backends.amqp_url().expect("an AMQP URL");
                         assert!(serve.backends.opensearch_url.is_some());
                         assert_eq!(
-                            serve.cors_allowed_origins, cs.spec.api.cors.allowed_origins,
+                            serve.access.cors_allowed_origins, cs.spec.api.cors.allowed_origins,
                             "{fixture}: the API serves the pages of the origins the spec allows"
                         );
                         assert!(
-                            serve.admin_key.is_some(),
+                            serve.access.admin_key.is_some(),
                             "{fixture}: the API has an admin key"
                         );
                     }

@@ -177,14 +177,8 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub backends: Backends,
-    /// The key that lists every application (`Authorization: Bearer <key>` on GET /applications);
-    /// without one, listing is refused.
-    #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
-    pub admin_key: Option<String>,
-    /// Origins whose web pages may call the API (exact, comma-separated, as a browser sends them:
-    /// `https://app.example.com`); none by default. A request from any other origin is refused.
-    #[arg(long, env = env::CHATSYS_CORS_ALLOWED_ORIGINS, value_delimiter = ',', value_parser = parse_origin)]
-    pub cors_allowed_origins: Vec<String>,
+    #[command(flatten)]
+    pub access: Access,
     /// MySQL connections.
     #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = connections::API_POOL)]
     pub db_pool_size: u32,
@@ -207,6 +201,19 @@ pub struct ServeArgs {
     /// (prefetch × workers plus publishes under way).
     #[arg(long, env = env::CHATSYS_RESEED_MARGIN, default_value_t = 10_000)]
     pub reseed_margin: u64,
+}
+
+/// Who may call the API besides token holders: the admin key, and the origins of web pages.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The key that lists every application (`Authorization: Bearer <key>` on GET /applications);
+    /// without one, listing is refused.
+    #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Origins whose web pages may call the API (exact, comma-separated, as a browser sends them:
+    /// `https://app.example.com`); none by default. A request from any other origin is refused.
+    #[arg(long, env = env::CHATSYS_CORS_ALLOWED_ORIGINS, value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -233,14 +240,8 @@ pub struct StandaloneArgs {
     /// Where the database, the queue and the search index live; kept across restarts.
     #[arg(long, env = env::CHATSYS_DATA_DIR, default_value = "./chatsys-data")]
     pub data_dir: PathBuf,
-    /// The key that lists every application (`Authorization: Bearer <key>` on GET /applications);
-    /// without one, listing is refused.
-    #[arg(long, env = env::CHATSYS_ADMIN_KEY, hide_env_values = true)]
-    pub admin_key: Option<String>,
-    /// Origins whose web pages may call the API (exact, comma-separated, as a browser sends them:
-    /// `https://app.example.com`); none by default. A request from any other origin is refused.
-    #[arg(long, env = env::CHATSYS_CORS_ALLOWED_ORIGINS, value_delimiter = ',', value_parser = parse_origin)]
-    pub cors_allowed_origins: Vec<String>,
+    #[command(flatten)]
+    pub access: Access,
     /// Lifetime of cache entries.
     #[arg(long, env = env::CHATSYS_CACHE_TTL_SECS, default_value_t = 300)]
     pub cache_ttl_secs: u64,
@@ -317,15 +318,19 @@ pub const MAX_URI_BYTES_CEILING: u32 = 32_768;
 pub const MAX_HEADERS_CEILING: u32 = 200;
 pub const MAX_HEADER_BYTES_CEILING: u32 = 65_536;
 
+/// What follows an origin's `http://` or `https://`: its host and maybe its port.
+pub fn origin_authority(origin: &str) -> Option<&str> {
+    origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+}
+
 /// An origin as browsers send it in `Origin`: `http` or `https`, a host and maybe a port, nothing after.
 pub fn parse_origin(raw: &str) -> Result<String, String> {
     let origin = raw.trim();
-    let authority = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .ok_or_else(|| {
-            format!("{origin:?} is not an origin: it starts with http:// or https://")
-        })?;
+    let authority = origin_authority(origin).ok_or_else(|| {
+        format!("{origin:?} is not an origin: it starts with http:// or https://")
+    })?;
     let valid = !authority.is_empty()
         && authority
             .bytes()
@@ -431,7 +436,7 @@ mod tests {
         let standalone = |args: &[&str]| {
             let argv = [&["chatsys-api", "standalone"][..], args].concat();
             Cli::try_parse_from(argv).map(|cli| match cli.command {
-                Some(Command::Standalone(standalone)) => standalone.cors_allowed_origins,
+                Some(Command::Standalone(standalone)) => standalone.access.cors_allowed_origins,
                 other => panic!("standalone parsed as {other:?}"),
             })
         };

@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use chatsys_settings::origin_authority;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::{ApiError, ErrorCode};
@@ -89,10 +90,7 @@ fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
     let (Ok(origin), Some(host)) = (origin.to_str(), host) else {
         return false;
     };
-    let authority = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"));
-    authority.is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+    origin_authority(origin).is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
 }
 
 #[cfg(test)]

@@ -53,3 +53,14 @@ pub async fn post_json(client: &reqwest::Client, url: String, body: &Value) -> V
         .await
         .unwrap()
 }
+
+/// Creates an application and returns its token.
+pub async fn create_token(client: &reqwest::Client, base: &str, name: &str) -> String {
+    let created = post_json(
+        client,
+        format!("{base}/applications"),
+        &serde_json::json!({ "name": name }),
+    )
+    .await;
+    created["token"].as_str().unwrap().to_owned()
+}

@@ -2,11 +2,10 @@
 //! outlives a restart as the commands it guards do.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sqlx::sqlite::SqlitePool;
 
 use crate::error::{CoreResult, from_sqlx};
-use crate::idempotency::{KEY_LIFETIME, KeyCells};
+use crate::idempotency::{KEY_LIFETIME, KeyCells, now_ms};
 
 #[derive(Clone)]
 pub struct SqliteKeyCells {
@@ -17,10 +16,6 @@ impl SqliteKeyCells {
     pub fn new(pool: SqlitePool) -> Self {
         SqliteKeyCells { pool }
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 #[async_trait]

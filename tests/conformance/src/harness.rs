@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatsys_runtime::Running;
 use chatsys_settings::WorkerArgs;
-use chatsys_settings::{Backends, HttpSettings, ServeArgs, StandaloneArgs};
+use chatsys_settings::{Access, Backends, HttpSettings, ServeArgs, StandaloneArgs};
 
 use crate::target::{HoldsTarget, Target};
 
@@ -15,6 +15,14 @@ pub const ADMIN_KEY: &str = "conformance-admin-key";
 
 /// The web origin the servers started here allow (CORS).
 pub const ALLOWED_ORIGIN: &str = "http://allowed.chatsys.test:3000";
+
+/// The admin key and the allowed origin of every server started here.
+fn access() -> Access {
+    Access {
+        admin_key: Some(ADMIN_KEY.into()),
+        cors_allowed_origins: vec![ALLOWED_ORIGIN.into()],
+    }
+}
 
 /// MySQL server used by full-stack runs (a database is created per run).
 pub fn mysql_server_url() -> String {
@@ -70,8 +78,7 @@ pub async fn standalone() -> Served {
     let args = StandaloneArgs {
         listen: loopback(),
         data_dir: data.path().to_path_buf(),
-        admin_key: Some(ADMIN_KEY.into()),
-        cors_allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        access: access(),
         cache_ttl_secs: 300,
         cache_max_bytes: 64 << 20,
         cache_max_page_bytes: 1 << 20,
@@ -143,8 +150,7 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
             migrate: false,
             ..backends
         },
-        admin_key: Some(ADMIN_KEY.into()),
-        cors_allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        access: access(),
         db_pool_size: 8,
         publish_channels: 4,
         publish_timeout_ms: 5000,

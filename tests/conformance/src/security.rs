@@ -333,14 +333,7 @@ pub async fn a_replaced_token_names_nothing(target: &Target) {
     let application = target.create_application().await;
     let old = token_of(&application);
     let chat = target.create_chat(&old).await;
-    let reply = target
-        .send_raw(
-            Method::POST,
-            &format!("{}/token", application_path(&old)),
-            None,
-            "",
-        )
-        .await;
+    let reply = target.rotate_token(&old).await;
     reply.expect_status(200);
     let rotated = reply.json();
     let new = token_of(&rotated);
@@ -361,12 +354,7 @@ pub async fn a_replaced_token_names_nothing(target: &Target) {
         .await
         .expect_error(404, "not_found");
     target
-        .send_raw(
-            Method::POST,
-            &format!("{}/token", application_path(&old)),
-            None,
-            "",
-        )
+        .rotate_token(&old)
         .await
         .expect_error(404, "not_found");
     let read = target.get(&application_path(&new)).await;
@@ -380,15 +368,7 @@ pub async fn streams_end_when_their_token_is_replaced(target: &Target) {
     let token = target.create_token().await;
     let chat = target.create_chat(&token).await;
     let mut stream = EventStream::open(target, &events_path(&token, chat), None).await;
-    target
-        .send_raw(
-            Method::POST,
-            &format!("{}/token", application_path(&token)),
-            None,
-            "",
-        )
-        .await
-        .expect_status(200);
+    target.rotate_token(&token).await.expect_status(200);
     stream.expect_end(STREAM_ENDS_WITHIN).await;
     target
         .get(&events_path(&token, chat))

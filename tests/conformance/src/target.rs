@@ -269,6 +269,17 @@ impl Target {
         number_of(&reply.json())
     }
 
+    /// Asks for a new token for the application named by `token`; the reply is the server's.
+    pub async fn rotate_token(&self, token: &str) -> Reply {
+        self.send_raw(
+            Method::POST,
+            &format!("{}/token", application_path(token)),
+            None,
+            "",
+        )
+        .await
+    }
+
     /// Posts a message and returns its number (asserting the 201).
     pub async fn create_message(&self, token: &str, chat: u64, body: &str) -> u64 {
         let reply = self

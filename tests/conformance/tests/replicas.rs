@@ -50,14 +50,7 @@ async fn a_token_replaced_through_one_replica_stops_working_on_the_other() {
         .get(&application_path(&token))
         .await
         .expect_status(200);
-    let rotated = first
-        .send_raw(
-            reqwest::Method::POST,
-            &format!("{}/token", application_path(&token)),
-            None,
-            "",
-        )
-        .await;
+    let rotated = first.rotate_token(&token).await;
     rotated.expect_status(200);
     let replaced_at = Instant::now();
     let within = TOKEN_RECHECK + Duration::from_secs(1);
