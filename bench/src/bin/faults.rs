@@ -868,3 +868,33 @@ fn indent(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(status: u16, retry_after: bool, sent: Instant) -> Observation {
+        Observation {
+            sent,
+            answered: sent,
+            status: Some((status, retry_after)),
+        }
+    }
+
+    #[test]
+    fn a_refused_answer_is_reported_by_what_it_lacked() {
+        let at = Instant::now();
+        let observations = [
+            observed(201, false, at),
+            observed(503, true, at),
+            observed(503, false, at),
+        ];
+        let problems = answers_during(&observations, at, at, "meanwhile", |status| status == 201);
+        assert_eq!(
+            problems,
+            [
+                r#"answers meanwhile that break the contract: {"503": 1, "503 without Retry-After": 1} of 3"#
+            ]
+        );
+    }
+}
