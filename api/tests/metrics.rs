@@ -99,3 +99,40 @@ async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
         }
     }
 }
+
+/// Methods are a label: one a client invents must not become a series of its own (each one is held by
+/// every replica and sent on every scrape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_count_as_other() {
+    let server = common::start(&[]).await;
+    let base = server.base();
+    let client = reqwest::Client::new();
+    for n in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{n}").as_bytes()).unwrap();
+        let answer = client
+            .request(method, format!("{base}/applications"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 405);
+    }
+    let exposition = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.running.stop().await;
+    assert!(
+        !exposition.contains("INVENTED"),
+        "a client's method became a label value:\n{exposition}"
+    );
+    assert!(
+        exposition.contains(
+            r#"http_requests_total{method="other",route="/applications",status="405"} 20"#
+        ),
+        "the invented methods are not counted as other:\n{exposition}"
+    );
+}

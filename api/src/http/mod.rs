@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::service::{ChatService, Created, ListPage};
@@ -185,14 +185,14 @@ async fn json_errors(req: Request, next: Next) -> Response {
 
 async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(req).await;
     let labels = [
-        ("method", method),
+        ("method", method.to_string()),
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
@@ -200,6 +200,26 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!(telemetry::HTTP_REQUEST_DURATION.name, &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A method's metric label: the standard methods by name, any other as `other`, so that a client
+/// inventing methods cannot add label values (each one a series in every replica and every scrape).
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    STANDARD
+        .iter()
+        .find(|standard| *standard == method)
+        .map_or("other", Method::as_str)
 }
 
 /// A rendered list with its `Link: <…>; rel="next"` header when there is a next page.
