@@ -63,6 +63,9 @@ pub struct ChatService {
     /// A token's application id, kept in process in front of Redis for [`TOKEN_RECHECK`] (a token
     /// can be replaced), and a chat's creation time, which never changes.
     app_ids: LocalCache<String, (AppId, Instant)>,
+    /// Tokens the store named no application, for [`UNKNOWN_TOKEN_RECHECK`]: a client repeating a
+    /// guess costs no query. Bounded in entries, like the known ones.
+    unknown_tokens: LocalCache<String, Instant>,
     chat_births: LocalCache<ChatKey, DateTime<Utc>>,
     /// Each list's generation and when Redis said so.
     list_generations: LocalCache<ListScope, (u64, Instant)>,
@@ -78,6 +81,13 @@ pub struct ChatService {
 /// How long a token's application is trusted in process: a replaced token stops working on every
 /// replica at most this long after it was replaced.
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
+
+/// How long a token the store did not know is answered 404 without asking again. Tokens are generated
+/// by the server, so one unknown now becomes known only if it was guessed before it was created.
+pub const UNKNOWN_TOKEN_RECHECK: Duration = Duration::from_secs(10);
+
+/// Unknown tokens held at most (about 100 bytes each).
+const UNKNOWN_TOKENS_HELD: usize = 100_000;
 
 /// How long a list's generation is trusted in process before Redis is asked again.
 const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
@@ -112,6 +122,7 @@ impl ChatService {
         ChatService {
             ports,
             app_ids: LocalCache::new(100_000),
+            unknown_tokens: LocalCache::new(UNKNOWN_TOKENS_HELD),
             chat_births: LocalCache::new(1_000_000),
             list_generations: LocalCache::new(100_000),
             hot_pages: None,
@@ -621,6 +632,13 @@ impl ChatService {
         {
             return Ok(app);
         }
+        if self
+            .unknown_tokens
+            .get(token)
+            .is_some_and(|checked| checked.elapsed() < UNKNOWN_TOKEN_RECHECK)
+        {
+            return Err(CoreError::NotFound("application"));
+        }
         let cached = soft(self.ports.cache.application_id(token).await);
         let app = match cached {
             CachedToken::Names(app) => Some(app),
@@ -629,8 +647,12 @@ impl ChatService {
         let app = match counted("token", app) {
             Some(app) => app,
             None => match self.ports.store.application_by_token(token).await {
-                Ok(found) => {
-                    let application = found.ok_or(CoreError::NotFound("application"))?;
+                Ok(None) => {
+                    self.unknown_tokens
+                        .insert(token.to_string(), Instant::now());
+                    return Err(CoreError::NotFound("application"));
+                }
+                Ok(Some(application)) => {
                     soft(
                         self.ports
                             .cache

@@ -119,3 +119,28 @@ async fn a_replaced_token_stops_working_even_while_the_store_is_down() {
         .await
         .expect("the new token works");
 }
+
+/// A token the store did not know is answered from memory for a while: a client repeating a guess costs
+/// no query (here the store is down, so a query would be a 503).
+#[tokio::test]
+async fn a_repeated_unknown_token_is_refused_without_asking_the_store() {
+    let setup = setup(Duration::from_secs(600)).await;
+    let service = ChatService::new(setup.ports.clone());
+    let guess = chatsys_core::domain::generate_token();
+    for _ in 0..2 {
+        assert!(matches!(
+            service.authorize(&guess).await,
+            Err(CoreError::NotFound(_))
+        ));
+    }
+    setup.store_down().await;
+    assert!(matches!(
+        service.authorize(&guess).await,
+        Err(CoreError::NotFound(_))
+    ));
+    let other_guess = chatsys_core::domain::generate_token();
+    assert!(
+        matches!(service.authorize(&other_guess).await, Err(e) if e.is_transient()),
+        "a token never asked about is still asked about"
+    );
+}
