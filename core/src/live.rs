@@ -161,6 +161,7 @@ impl LiveChats {
             chat,
             receiver,
             start,
+            from: after.unwrap_or(start),
             cursor: after.unwrap_or(start),
             queued: std::collections::VecDeque::from([Bytes::from_static(RETRY)]),
             ended: false,
@@ -329,9 +330,12 @@ fn pass_on(feed: &Feed, held: &mut BTreeMap<u64, ChatEvent>) {
 
 /// Passes on every change the store has after the feed's last one.
 async fn read_store(store: &dyn Store, chat: ChatKey, feed: &Feed) -> CoreResult<()> {
+    let from = feed.lock().last;
     loop {
         let after = feed.lock().last;
-        let events = store.chat_events(chat.0, chat.1, after, READ_PAGE).await?;
+        let events = store
+            .chat_events(chat.0, chat.1, from, after, READ_PAGE)
+            .await?;
         if events.is_empty() {
             return Ok(());
         }
@@ -366,6 +370,8 @@ struct Reader {
     receiver: broadcast::Receiver<Frame>,
     /// Where the feed was when this stream joined it: the receiver has every change after it.
     start: u64,
+    /// Where the client's catch-up began.
+    from: u64,
     /// The last change sent.
     cursor: u64,
     queued: std::collections::VecDeque<Bytes>,
@@ -388,7 +394,7 @@ impl Reader {
                 // What the client missed before this stream joined the feed, from the store.
                 match self
                     .store
-                    .chat_events(self.chat.0, self.chat.1, self.cursor, READ_PAGE)
+                    .chat_events(self.chat.0, self.chat.1, self.from, self.cursor, READ_PAGE)
                     .await
                 {
                     Ok(events) if events.is_empty() => self.cursor = self.start,

@@ -66,14 +66,16 @@ pub trait Store: Send + Sync {
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64>;
     async fn max_message_number(&self, app: AppId, chat: u64) -> CoreResult<u64>;
 
-    /// A chat's changes numbered above `after`, in order, at most `limit` rows of the change log read:
-    /// each message once, in the state it has now and at the place of its latest change, `Created` when
-    /// its creation is among them. A client that saw every change up to `after` and then these has the
-    /// chat's present state.
+    /// A chat's changes numbered above `after`, in order, at most `limit` of them: each message once,
+    /// in the state it has now and at the place of its latest change in the whole log (so reading page
+    /// after page never sends a message twice). `from` is where the reader's catch-up began (`after`
+    /// for its first page): a message created above it comes as `Created`, since the reader never saw
+    /// it. A client that saw every change up to `from` and then these pages has the chat's present state.
     async fn chat_events(
         &self,
         app: AppId,
         chat: u64,
+        from: u64,
         after: u64,
         limit: u32,
     ) -> CoreResult<Vec<ChatEvent>>;
@@ -135,11 +137,22 @@ pub struct Delivery {
     pub redelivered: bool,
 }
 
+/// How large a batch of deliveries may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub deliveries: usize,
+    /// Payload bytes: a batch holds more only when its one delivery is larger.
+    pub bytes: usize,
+    /// How long to wait for more once the first delivery has arrived.
+    pub wait: Duration,
+}
+
 /// The durable command queue, consuming side: deliveries stay unacknowledged until `ack`.
 #[async_trait]
 pub trait CommandSource: Send {
-    /// Up to `max` deliveries, waiting at most `wait` for more once the first has arrived.
-    async fn next_batch(&mut self, max: usize, wait: Duration) -> CoreResult<Vec<Delivery>>;
+    /// Deliveries within the limits, waiting for the first. An empty batch says the source has just
+    /// (re)connected.
+    async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>>;
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()>;
     /// Moves one delivery to the dead-letter queue with the reason, then acknowledges it.
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()>;
@@ -188,7 +201,9 @@ pub trait Cache: Send + Sync {
         Ok(())
     }
 
-    /// The generation a list's pages are stored under now; a commit that changes the list bumps it.
+    /// The generation a list's pages are stored under now; a commit that changes the list bumps it. A
+    /// generation never repeats, even after the cache lost it, so a page held under one is never
+    /// taken for a later state of the list.
     async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64>;
     /// A rendered page of a list, stored under that generation; `page` names the page within the list.
     async fn list_page(

@@ -95,6 +95,11 @@ impl Dialect for MySql {
                 "chat events",
                 include_str!("../../migrations/mysql/0002_chat_events.sql"),
             ),
+            (
+                3,
+                "chat events by message",
+                include_str!("../../migrations/mysql/0003_chat_events_by_message.sql"),
+            ),
         ]);
         migrator.set_locking(false);
         let migrated = migrator.run(pool).await.map_err(crate::error::from_migrate);

@@ -30,6 +30,7 @@ static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static SWAP_CELL_SCRIPT: OnceLock<Script> = OnceLock::new();
+static LIST_GENERATION_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 fn unavailable(e: redis::RedisError) -> CoreError {
     CoreError::unavailable(Backend::Redis, e)
@@ -351,6 +352,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// A list's generation, starting it at the value given when it is missing (new, or lost with Redis).
+const LIST_GENERATION: &str = r"
+local generation = redis.call('GET', KEYS[1])
+if generation then return generation end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+";
+
+/// A generation no list had before: random, so that one restarted after Redis lost the key never
+/// equals one a process still holds pages under (a counter restarting at 0 would).
+fn fresh_generation() -> u64 {
+    rand::random::<u64>() >> 1
+}
+
 impl RedisCache {
     /// A list page over `max_page_bytes` is not cached: one page of a thousand 64 KiB messages is
     /// 63 MB, which Redis would hold (and send over the network on every hit) for the whole TTL.
@@ -518,11 +533,12 @@ impl Cache for RedisCache {
 
     async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {
         let mut redis = self.redis.clone();
-        let generation: Option<u64> = redis
-            .get(self.keys.list_generation(scope))
+        script(&LIST_GENERATION_SCRIPT, LIST_GENERATION)
+            .key(self.keys.list_generation(scope))
+            .arg(fresh_generation())
+            .invoke_async(&mut redis)
             .await
-            .map_err(unavailable)?;
-        Ok(generation.unwrap_or(0))
+            .map_err(unavailable)
     }
 
     async fn list_page(
@@ -565,7 +581,8 @@ impl Cache for RedisCache {
         }
         let mut pipe = redis::pipe();
         for scope in scopes {
-            pipe.incr(self.keys.list_generation(scope), 1).ignore();
+            pipe.set(self.keys.list_generation(scope), fresh_generation())
+                .ignore();
         }
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis)

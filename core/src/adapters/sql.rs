@@ -133,30 +133,18 @@ struct LoggedChange {
     message: Message,
 }
 
-/// Keeps each message's latest change of those read, in log order, as `Created` when its creation was
-/// among them: a message changed twice since the cursor is sent once, in the state it has now.
-fn latest_change_of_each_message(rows: Vec<LoggedChange>) -> Vec<ChatEvent> {
-    let mut latest: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
-    let mut created = std::collections::HashSet::new();
-    for (index, row) in rows.iter().enumerate() {
-        latest.insert(row.message.number, index);
-        if row.created != 0 {
-            created.insert(row.message.number);
-        }
-    }
-    rows.into_iter()
-        .enumerate()
-        .filter(|(index, row)| latest[&row.message.number] == *index)
-        .map(|(_, row)| ChatEvent {
+impl From<LoggedChange> for ChatEvent {
+    fn from(row: LoggedChange) -> Self {
+        ChatEvent {
             seq: row.seq,
-            kind: if created.contains(&row.message.number) {
+            kind: if row.created != 0 {
                 ChangeKind::Created
             } else {
                 ChangeKind::Edited
             },
             message: row.message,
-        })
-        .collect()
+        }
+    }
 }
 
 /// Rows of `chats` per insert: six values each, well within both databases' limit on bound values.
@@ -358,16 +346,24 @@ where
         &self,
         app: AppId,
         chat: u64,
+        from: u64,
         after: u64,
         limit: u32,
     ) -> CoreResult<Vec<ChatEvent>> {
+        // Only a message's latest change in the whole log is read, so a catch-up read page by page
+        // sends each message once whichever page its earlier changes fell in.
+        const SAME_MESSAGE: &str = "o.application_id = e.application_id AND o.chat_number = e.chat_number \
+             AND o.message_number = e.message_number";
         let sql = format!(
-            "SELECT e.seq, e.created, {} FROM chat_events e JOIN messages m \
+            "SELECT e.seq, EXISTS (SELECT 1 FROM chat_events o WHERE {SAME_MESSAGE} AND o.created <> 0 AND o.seq > ?) AS created, \
+             {MESSAGE_COLUMNS_OF_M} FROM chat_events e JOIN messages m \
              ON m.application_id = e.application_id AND m.chat_number = e.chat_number AND m.number = e.message_number \
-             WHERE e.application_id = ? AND e.chat_number = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
-            MESSAGE_COLUMNS_OF_M
+             WHERE e.application_id = ? AND e.chat_number = ? AND e.seq > ? \
+             AND NOT EXISTS (SELECT 1 FROM chat_events o WHERE {SAME_MESSAGE} AND o.seq > e.seq) \
+             ORDER BY e.seq LIMIT ?"
         );
         let rows: Vec<LoggedChange> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(signed(from))
             .bind(signed(app))
             .bind(signed(chat))
             .bind(signed(after))
@@ -375,7 +371,7 @@ where
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        Ok(latest_change_of_each_message(rows))
+        Ok(rows.into_iter().map(ChatEvent::from).collect())
     }
 
     async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64> {

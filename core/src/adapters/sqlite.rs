@@ -67,6 +67,11 @@ impl Dialect for Sqlite {
                 "idempotency keys",
                 include_str!("../../migrations/sqlite/0003_idempotency_keys.sql"),
             ),
+            (
+                4,
+                "chat events by message",
+                include_str!("../../migrations/sqlite/0004_chat_events_by_message.sql"),
+            ),
         ])
         .run(pool)
         .await
