@@ -8,6 +8,9 @@ use crate::domain::{self, AppId, Chat, Message};
 use crate::error::{CoreError, CoreResult};
 use crate::plan::{ChatKey, MessageKey};
 
+/// The largest encoded command: a body at its limit and a header of numbers and times (under 400 bytes).
+pub const MAX_COMMAND_BYTES: usize = domain::BODY_MAX_BYTES + 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
@@ -148,14 +151,45 @@ impl Command {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("commands always serialise")
+    fn body_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Command::CreateChat { .. } => None,
+            Command::CreateMessage { body, .. } | Command::EditMessage { body, .. } => Some(body),
+        }
     }
 
-    /// Decodes and checks a command; a command that fails here can never be applied.
+    /// The command as JSON with an empty body, then a line break and the body's own bytes: a command
+    /// is never larger than [`MAX_COMMAND_BYTES`], whatever characters its body holds (in JSON, some
+    /// take six bytes each), so a byte budget divided by it bounds what a worker holds.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut header = self.clone();
+        let body = header.body_mut().map(std::mem::take);
+        let mut encoded = serde_json::to_vec(&header).expect("commands always serialise");
+        if let Some(body) = body {
+            encoded.push(b'\n');
+            encoded.extend_from_slice(body.as_bytes());
+        }
+        encoded
+    }
+
+    /// Decodes and checks a command; a command that fails here can never be applied. A payload that
+    /// is JSON alone is read too (commands queued by earlier versions): compact JSON has no raw line
+    /// break, so the first one always ends the header.
     pub fn decode(payload: &[u8]) -> CoreResult<Command> {
-        let command: Command = serde_json::from_slice(payload)
-            .map_err(|e| CoreError::Rejected(format!("undecodable command: {e}")))?;
+        let undecodable =
+            |e: &dyn std::fmt::Display| CoreError::Rejected(format!("undecodable command: {e}"));
+        let (header, body) = match payload.iter().position(|b| *b == b'\n') {
+            Some(split) => (&payload[..split], Some(&payload[split + 1..])),
+            None => (payload, None),
+        };
+        let mut command: Command = serde_json::from_slice(header).map_err(|e| undecodable(&e))?;
+        if let Some(body) = body {
+            let body = std::str::from_utf8(body).map_err(|e| undecodable(&e))?;
+            match command.body_mut() {
+                Some(slot) if slot.is_empty() => body.clone_into(slot),
+                _ => return Err(undecodable(&"a body where the command has none")),
+            }
+        }
         command.validate()?;
         Ok(command)
     }
@@ -228,11 +262,48 @@ mod tests {
     }
 
     #[test]
+    fn a_command_is_never_larger_than_its_bound_whatever_its_body_holds() {
+        let largest = Command::EditMessage {
+            application_id: i64::MAX as u64,
+            chat_number: i64::MAX as u64,
+            chat_created_at: at(),
+            number: i64::MAX as u64,
+            // Each of these is six bytes in JSON.
+            body: "\u{1}".repeat(domain::BODY_MAX_BYTES),
+            version: i64::MAX as u64,
+            created_at: at(),
+            at: at(),
+        };
+        let encoded = largest.encode();
+        assert!(
+            encoded.len() <= MAX_COMMAND_BYTES,
+            "{} bytes",
+            encoded.len()
+        );
+        assert_eq!(Command::decode(&encoded).unwrap(), largest);
+    }
+
+    #[test]
+    fn commands_queued_as_json_alone_are_still_read() {
+        let command = Command::CreateMessage {
+            application_id: 3,
+            chat_number: 2,
+            chat_created_at: at(),
+            number: 9,
+            body: "line one\nline \"two\"".into(),
+            at: at(),
+        };
+        let json = serde_json::to_vec(&command).unwrap();
+        assert_eq!(Command::decode(&json).unwrap(), command);
+    }
+
+    #[test]
     fn garbage_and_invalid_commands_are_rejected_not_transient() {
         for payload in [
             &b"\xff\x00garbage"[..],
             br#"{"type":"create_chat"}"#,
             br#"{"type":"create_chat","application_id":1,"number":0,"at":"2026-11-28T00:00:00Z"}"#,
+            b"{\"type\":\"create_chat\",\"application_id\":1,\"number\":1,\"at\":\"2026-11-28T00:00:00Z\"}\nbody",
         ] {
             let err = Command::decode(payload).unwrap_err();
             assert!(matches!(err, CoreError::Rejected(_)), "{err}");

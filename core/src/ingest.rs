@@ -15,13 +15,19 @@ use crate::error::{CoreError, CoreResult};
 use crate::index_queue::IndexQueue;
 use crate::plan::MessageKey;
 use crate::ports::{
-    Announcer, Applied, Cache, CommandSource, Delivery, IndexRefusal, ListScope, Search, Store,
+    Announcer, Applied, BatchLimits, Cache, CommandSource, Delivery, IndexRefusal, ListScope,
+    Search, Store,
 };
+
+/// The prefetch that holds at most `bytes` of deliveries of the largest commands, and at most `count`.
+pub fn prefetch_within(count: u16, bytes: u64) -> u16 {
+    let fitting = bytes / crate::command::MAX_COMMAND_BYTES as u64;
+    count.min(u16::try_from(fitting).unwrap_or(u16::MAX)).max(1)
+}
 
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
-    pub batch_size: usize,
-    pub batch_wait: Duration,
+    pub batch: BatchLimits,
     /// Tries of a command the store refuses before it goes to the dead-letter queue.
     pub max_attempts: u32,
 }
@@ -113,7 +119,7 @@ pub async fn run(
                 // No new batches; the publish stage finishes what it has, then closes `published`.
                 to_publish = None;
             }
-            batch = source.next_batch(settings.batch_size, settings.batch_wait), if to_publish.is_some() => {
+            batch = source.next_batch(&settings.batch), if to_publish.is_some() => {
                 let outcome = match batch {
                     Ok(batch) => store_batch(source, ports, settings, batch, &mut shutdown).await,
                     Err(e) => Err(e),
@@ -505,5 +511,25 @@ async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message
     }
     if let Err(e) = result {
         tracing::warn!(error = %e, "cache refresh failed; entries stay stale until they expire");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::MAX_COMMAND_BYTES;
+
+    #[test]
+    fn the_prefetch_holds_no_more_bytes_of_the_largest_commands_than_allowed() {
+        let bytes = 256 << 20;
+        let prefetch = prefetch_within(8000, bytes);
+        assert!(u64::from(prefetch) * MAX_COMMAND_BYTES as u64 <= bytes);
+        assert!(u64::from(prefetch + 1) * MAX_COMMAND_BYTES as u64 > bytes);
+        assert_eq!(prefetch_within(500, bytes), 500, "the count still bounds");
+        assert_eq!(
+            prefetch_within(8000, 0),
+            1,
+            "one delivery at a time at least"
+        );
     }
 }

@@ -14,7 +14,7 @@ use chatsys_core::error::{CoreError, CoreResult};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::plan::MessageKey;
 use chatsys_core::ports::{
-    Announcer, CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store,
+    Announcer, BatchLimits, CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store,
 };
 use tokio::sync::watch;
 
@@ -79,7 +79,7 @@ struct ScriptedSource {
 
 #[async_trait]
 impl CommandSource for ScriptedSource {
-    async fn next_batch(&mut self, _: usize, wait: Duration) -> CoreResult<Vec<Delivery>> {
+    async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>> {
         match self.batches.pop_front() {
             Some(batch) => Ok(batch
                 .into_iter()
@@ -92,7 +92,7 @@ impl CommandSource for ScriptedSource {
                 })
                 .collect()),
             None => {
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(limits.wait).await;
                 Ok(Vec::new())
             }
         }
@@ -211,8 +211,11 @@ async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<Ing
         )),
     };
     let settings = IngestSettings {
-        batch_size: 2,
-        batch_wait: Duration::from_millis(5),
+        batch: BatchLimits {
+            deliveries: 2,
+            bytes: 1 << 20,
+            wait: Duration::from_millis(5),
+        },
         max_attempts: 3,
     };
     let (stop, stopped) = watch::channel(false);

@@ -242,7 +242,7 @@ impl Default for WorkerSpec {
         WorkerSpec {
             image: None,
             replicas: 1,
-            resources: resources("100m", "128Mi", "1Gi"),
+            resources: requests_only("100m", "128Mi"),
             autoscaling: WorkerAutoscaling::default(),
             batch: BatchSpec::default(),
             pod: PodSettings::default(),
@@ -377,12 +377,32 @@ pub struct BatchSpec {
     /// How long a partial batch waits for more, in milliseconds.
     #[schemars(range(min = 0, max = 60000))]
     pub wait_ms: i32,
+    /// Payload bytes written per transaction at most.
+    #[schemars(range(min = 65536, max = 1073741824))]
+    pub max_bytes: i64,
     /// Unacknowledged deliveries held.
     #[schemars(range(min = 1, max = 65535))]
     pub prefetch: i32,
+    /// Bytes of unacknowledged deliveries held at most, each counted as the largest command can be
+    /// (the prefetch is lowered to fit). With `maxBytes`, it sizes the worker's memory limit when
+    /// `resources.limits.memory` is not set.
+    #[schemars(range(min = 1048576, max = 17_179_869_184_i64))]
+    pub prefetch_bytes: i64,
     /// Tries before a command goes to the dead-letter queue.
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: i32,
+}
+
+impl BatchSpec {
+    /// The worker's memory when its limit is not given: a base for the process, twice the prefetch's
+    /// bytes (a delivery held, then the stored message waiting to be indexed) and four batches being
+    /// decoded, applied and cached. Measured in BENCHMARKS.md ("bounded memory").
+    pub fn memory_limit(&self) -> Quantity {
+        const BASE: u64 = 256 << 20;
+        let bytes =
+            BASE + 2 * self.prefetch_bytes.unsigned_abs() + 4 * self.max_bytes.unsigned_abs();
+        Quantity(format!("{}Mi", bytes.div_ceil(1 << 20)))
+    }
 }
 
 impl Default for BatchSpec {
@@ -390,7 +410,9 @@ impl Default for BatchSpec {
         BatchSpec {
             size: 1000,
             wait_ms: 20,
+            max_bytes: chatsys_settings::DEFAULT_BATCH_BYTES as i64,
             prefetch: 8000,
+            prefetch_bytes: chatsys_settings::DEFAULT_PREFETCH_BYTES as i64,
             max_attempts: 5,
         }
     }
@@ -678,6 +700,14 @@ fn resources_schema(generator: &mut SchemaGenerator) -> Schema {
             "limits": limits,
         },
     })
+}
+
+/// Requests without limits: a limit the operator computes (see `BatchSpec::memory_limit`).
+fn requests_only(cpu_request: &str, memory_request: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        limits: None,
+        ..resources(cpu_request, memory_request, "0")
+    }
 }
 
 fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {

@@ -182,7 +182,9 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
             "OPENSEARCH_URL": "http://chat-opensearch:9200",
             "CHATSYS_BATCH_SIZE": "1000",
             "CHATSYS_BATCH_WAIT_MS": "20",
+            "CHATSYS_BATCH_BYTES": "16777216",
             "CHATSYS_PREFETCH": "8000",
+            "CHATSYS_PREFETCH_BYTES": "268435456",
             "CHATSYS_MAX_ATTEMPTS": "5",
         })
     );
@@ -266,6 +268,23 @@ fn backing_services_are_configured_as_their_images_expect() {
             "data"
         );
     }
+}
+
+/// A worker without a memory limit of its own gets one sized from the bytes its batch settings let it
+/// hold, so raising them raises the limit (and an explicit limit is kept, as the overrides show).
+#[test]
+fn the_workers_memory_limit_follows_its_byte_budgets() {
+    let worker_limit = |cs: &chatsys_operator::crd::ChatSystem| {
+        let built = common::children(cs, &common::fresh_inputs(cs));
+        container(find(&built, ChildKind::Deployment, "chat-worker"), "worker")["resources"]
+            ["limits"]["memory"]
+            .clone()
+    };
+    let mut cs = common::fixture("defaults");
+    // 256 MiB for the process, twice the 256 MiB prefetch, four batches of 16 MiB.
+    assert_eq!(worker_limit(&cs), "832Mi");
+    cs.spec.worker.batch.prefetch_bytes = 512 << 20;
+    assert_eq!(worker_limit(&cs), "1344Mi");
 }
 
 #[test]

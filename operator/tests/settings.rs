@@ -175,13 +175,17 @@ fn every_rendered_container_is_accepted_by_its_binarys_own_parser() {
                             (
                                 worker.batch_size as i64,
                                 worker.batch_wait_ms as i64,
+                                worker.batch_bytes as i64,
                                 i64::from(worker.prefetch),
+                                worker.prefetch_bytes as i64,
                                 i64::from(worker.max_attempts),
                             ),
                             (
                                 i64::from(batch.size),
                                 i64::from(batch.wait_ms),
+                                batch.max_bytes,
                                 i64::from(batch.prefetch),
+                                batch.prefetch_bytes,
                                 i64::from(batch.max_attempts),
                             ),
                             "{fixture}: the worker's batch settings"

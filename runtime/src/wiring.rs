@@ -12,7 +12,7 @@ use chatsys_core::adapters::{
 };
 use chatsys_core::error::CoreResult;
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
-use chatsys_core::ports::{self, Store};
+use chatsys_core::ports::{self, BatchLimits, Store};
 use chatsys_core::service::{Ports, ReseedFloor};
 use chatsys_settings::{Backends, MigrateArgs, ServeArgs, StandaloneArgs};
 use tokio::sync::watch;
@@ -177,8 +177,11 @@ pub struct Standalone {
 
 /// Standalone's settings of the ingest loop: small batches soon, since one process does everything.
 const STANDALONE_INGEST: IngestSettings = IngestSettings {
-    batch_size: 1000,
-    batch_wait: Duration::from_millis(5),
+    batch: BatchLimits {
+        deliveries: 1000,
+        bytes: 16 << 20,
+        wait: Duration::from_millis(5),
+    },
     max_attempts: 5,
 };
 

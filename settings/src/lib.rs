@@ -48,6 +48,8 @@ pub mod env {
     pub const CHATSYS_BATCH_SIZE: &str = "CHATSYS_BATCH_SIZE";
     pub const CHATSYS_BATCH_WAIT_MS: &str = "CHATSYS_BATCH_WAIT_MS";
     pub const CHATSYS_PREFETCH: &str = "CHATSYS_PREFETCH";
+    pub const CHATSYS_PREFETCH_BYTES: &str = "CHATSYS_PREFETCH_BYTES";
+    pub const CHATSYS_BATCH_BYTES: &str = "CHATSYS_BATCH_BYTES";
     pub const CHATSYS_MAX_ATTEMPTS: &str = "CHATSYS_MAX_ATTEMPTS";
     pub const CHATSYS_REPAIR_INTERVAL_SECS: &str = "CHATSYS_REPAIR_INTERVAL_SECS";
 }
@@ -55,6 +57,14 @@ pub mod env {
 /// Queue `shard` of the command queues that `--queue` and `--queue-shards` name: `queue` itself for
 /// shard 0, so raising the count keeps what is queued, and `<queue>.<shard>` for the others. The API
 /// publishes to them, the workers consume them, and the operator's autoscaler watches them.
+/// The worker's defaults for the bytes of a batch and of its prefetch; the operator sizes the worker's
+/// memory limit from the values it sets.
+pub const DEFAULT_BATCH_BYTES: u64 = 16 << 20;
+pub const DEFAULT_PREFETCH_BYTES: u64 = 256 << 20;
+
+/// The most queues commands may be spread over.
+pub const MAX_QUEUE_SHARDS: u16 = 64;
+
 pub fn command_queue_name(queue: &str, shard: usize) -> String {
     match shard {
         0 => queue.to_string(),
@@ -116,10 +126,10 @@ pub struct Backends {
     /// The durable command queue; refused commands go to `<queue>.dead`.
     #[arg(long, env = env::CHATSYS_QUEUE, default_value = "chatsys.commands")]
     pub queue: String,
-    /// Queues the commands are spread over (by chat): `<queue>`, `<queue>.1` … Past one queue's ceiling
-    /// (one Erlang process in RabbitMQ), more queues carry more. The API and every worker must agree,
-    /// and lowering it strands what the dropped queues hold.
-    #[arg(long, env = env::CHATSYS_QUEUE_SHARDS, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Queues the API spreads commands over (by chat): `<queue>`, `<queue>.1` … Past one queue's
+    /// ceiling (one Erlang process in RabbitMQ), more queues carry more. A worker consumes at least
+    /// this many, and every command queue it finds besides, so none is stranded whatever the API's.
+    #[arg(long, env = env::CHATSYS_QUEUE_SHARDS, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUE_SHARDS as i64))]
     pub queue_shards: u16,
     /// Prefix of every Redis key (several systems may share one Redis).
     #[arg(long, env = env::CHATSYS_REDIS_PREFIX, default_value = "chatsys")]
@@ -403,9 +413,16 @@ pub struct WorkerArgs {
     /// How long a partial batch waits for more commands.
     #[arg(long, env = env::CHATSYS_BATCH_WAIT_MS, default_value_t = 20)]
     pub batch_wait_ms: u64,
+    /// Payload bytes written per transaction at most (a larger single command goes alone).
+    #[arg(long, env = env::CHATSYS_BATCH_BYTES, default_value_t = DEFAULT_BATCH_BYTES)]
+    pub batch_bytes: u64,
     /// Unacknowledged deliveries held.
     #[arg(long, env = env::CHATSYS_PREFETCH, default_value_t = 8000)]
     pub prefetch: u16,
+    /// Bytes of unacknowledged deliveries held at most, counting each as the largest command can be:
+    /// the prefetch is lowered to fit (with the default, about 4,000 deliveries).
+    #[arg(long, env = env::CHATSYS_PREFETCH_BYTES, default_value_t = DEFAULT_PREFETCH_BYTES)]
+    pub prefetch_bytes: u64,
     /// Tries before a refused command goes to the dead-letter queue.
     #[arg(long, env = env::CHATSYS_MAX_ATTEMPTS, default_value_t = 5)]
     pub max_attempts: u32,

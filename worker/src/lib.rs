@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chatsys_core::adapters::amqp;
 use chatsys_core::health::Check;
 use chatsys_core::ingest::{self, IngestHealth, IngestSettings};
-use chatsys_core::ports::Queue;
+use chatsys_core::ports::{BatchLimits, Queue};
 use chatsys_core::telemetry;
 use chatsys_runtime::startup::{self, Connecting};
 use chatsys_runtime::{Running, bind, ops, spawn_server, wiring};
@@ -92,14 +92,17 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     let ports = wiring::ingest_ports(&args.backends, &connecting).await?;
     let store = ports.store.clone();
     let settings = IngestSettings {
-        batch_size: args.batch_size.max(1),
-        batch_wait: Duration::from_millis(args.batch_wait_ms),
+        batch: BatchLimits {
+            deliveries: args.batch_size.max(1),
+            bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
+            wait: Duration::from_millis(args.batch_wait_ms),
+        },
         max_attempts: args.max_attempts.max(1),
     };
     let (health, ingest_health) = watch::channel(IngestHealth::default());
     let queues = amqp::CommandQueues::new(&args.backends.queue, args.backends.queue_shards.into());
-    let mut source =
-        amqp::AmqpSource::new(args.backends.amqp_url()?, queues.clone(), args.prefetch);
+    let prefetch = ingest::prefetch_within(args.prefetch, args.prefetch_bytes);
+    let mut source = amqp::AmqpSource::new(args.backends.amqp_url()?, queues.clone(), prefetch);
     let ingest_stop = stopped.clone();
     let ingest_task = tokio::spawn(async move {
         ingest::run(&mut source, &ports, &settings, ingest_stop, health).await;

@@ -62,7 +62,9 @@ async fn setup() -> Setup {
         listen: "127.0.0.1:0".parse().unwrap(),
         batch_size: 100,
         batch_wait_ms: 10,
+        batch_bytes: chatsys_settings::DEFAULT_BATCH_BYTES,
         prefetch: 500,
+        prefetch_bytes: chatsys_settings::DEFAULT_PREFETCH_BYTES,
         max_attempts: 2,
         repair_interval_secs: 300,
     };
@@ -455,4 +457,124 @@ async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_
         );
     }
     assert_eq!(api.backlog().await.unwrap(), 0);
+}
+
+/// An API replica spreading commands over more queues than the worker was told of strands none: the
+/// worker finds the queues declared after it connected and consumes them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_consumes_queues_an_api_declared_beyond_its_own_setting() {
+    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_core::ports::Queue;
+
+    let s = setup().await;
+    let app = application_after_migration(&s).await;
+    let worker = start(&s.args).await;
+    // The worker consumes its one queue before the API declares three.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker_connection(&s.queue).is_none() {
+        assert!(Instant::now() < deadline, "the worker never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api = AmqpQueue::new(
+        &amqp_url(),
+        CommandQueues::new(&s.queue, 3),
+        1,
+        Duration::from_secs(5),
+    );
+    api.publish(&Command::CreateChat {
+        application_id: app,
+        number: 1,
+        at: at(0),
+    })
+    .await
+    .unwrap();
+    let (_connection, channel) = open_channel().await;
+    let queues = CommandQueues::new(&s.queue, 3);
+    let mut published = 0;
+    for number in 1..=30 {
+        let command = Command::CreateMessage {
+            application_id: app,
+            chat_number: 1,
+            chat_created_at: at(0),
+            number,
+            body: format!("m{number}"),
+            at: at(number as i64),
+        };
+        // Every queue gets some, whichever the chat maps to.
+        publish(
+            &channel,
+            &queues.name(number as usize % 3),
+            &[command.encode()],
+        )
+        .await;
+        published += 1;
+    }
+    assert_eq!(drained(&s.database_url, app, published).await, (30, 30, 1));
+    api.ping().await.expect("every queue has a consumer again");
+    assert_eq!(api.backlog().await.unwrap(), 0);
+    worker.stop().await;
+}
+
+/// The broker's process id of the worker's connection to these queues, from `rabbitmqctl` (the worker
+/// names its connection after its first queue).
+fn worker_connection(queue: &str) -> Option<String> {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (the tests run where RabbitMQ is installed)");
+    assert!(
+        listed.status.success(),
+        "rabbitmqctl list_connections failed"
+    );
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .find(|line| line.contains(&format!("chatsys-worker {queue}")))
+        .and_then(|line| line.split('\t').next())
+        .map(str::to_string)
+}
+
+async fn readyz(worker: &chatsys_runtime::Running) -> u16 {
+    reqwest::get(format!("http://{}/readyz", worker.addr))
+        .await
+        .map_or(0, |answer| answer.status().as_u16())
+}
+
+/// An idle worker whose connection the broker closed is ready again once it has reconnected, without
+/// waiting for a command to arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_ready_again_once_it_has_reconnected() {
+    let s = setup().await;
+    let worker = start(&s.args).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let (200, Some(name)) = (readyz(&worker).await, worker_connection(&s.queue)) {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "the worker never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &first, "closed by a test"])
+        .status()
+        .unwrap();
+    assert!(closed.success(), "rabbitmqctl close_connection failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reconnected = worker_connection(&s.queue).is_some_and(|name| name != first);
+        if reconnected && readyz(&worker).await == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "20 s after its connection was closed the worker is not ready (reconnected: {reconnected})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
 }

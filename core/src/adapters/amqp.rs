@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::command::Command;
 use crate::error::{Backend, CoreError, CoreResult};
-use crate::ports::{CommandSource, Delivery, Queue};
+use crate::ports::{BatchLimits, CommandSource, Delivery, Queue};
 
 fn unavailable(e: impl std::fmt::Display) -> CoreError {
     CoreError::unavailable(Backend::Queue, e)
@@ -30,12 +30,94 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
+/// How many of these deliveries, from the first, make a batch within the limits: at least one, so a
+/// delivery larger than the byte limit goes alone.
+fn batch_len(deliveries: &[Delivery], limits: &BatchLimits) -> usize {
+    let mut bytes = 0;
+    let within = deliveries
+        .iter()
+        .take(limits.deliveries)
+        .take_while(|delivery| {
+            bytes += delivery.payload.len();
+            bytes <= limits.bytes
+        })
+        .count();
+    within.max(1).min(deliveries.len())
+}
+
+/// A command queue as the broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueState {
+    pub name: String,
+    pub messages: u64,
+    pub consumers: u32,
+}
+
+/// A queue's state, read with a passive declare on a channel of its own (a declare of a queue that does
+/// not exist closes its channel): `None` when the queue does not exist.
+async fn queue_state(connection: &Connection, name: &str) -> CoreResult<Option<QueueState>> {
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    let declared = channel
+        .queue_declare(
+            ShortString::from(name.to_string()),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::durable()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(queue) => {
+            let _ = channel.close(200, ShortString::from("done")).await;
+            Ok(Some(QueueState {
+                name: name.to_string(),
+                messages: u64::from(queue.message_count()),
+                consumers: queue.consumer_count(),
+            }))
+        }
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(error) if error.get_id() == 404) => {
+            Ok(None)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Every command queue that exists, whichever process declared it: `<base>`, `<base>.1` … up to the
+/// first missing one (each process declares its queues from the base up, so they have no holes). This,
+/// not any one process's setting, is how many queues hold commands.
+async fn existing_queues(
+    connection: &Connection,
+    queues: &CommandQueues,
+) -> CoreResult<Vec<QueueState>> {
+    let mut found = Vec::new();
+    for shard in 0..usize::from(chatsys_settings::MAX_QUEUE_SHARDS) {
+        match queue_state(connection, &queues.name(shard)).await? {
+            Some(queue) => found.push(queue),
+            None => break,
+        }
+    }
+    Ok(found)
+}
+
+/// Why the workers leave commands stranded, if they do: a command queue nobody consumes while another
+/// has consumers (workers run, but consume fewer queues than exist). No consumer anywhere is workers
+/// being down, which the queue rides out.
+pub fn stranding(queues: &[QueueState]) -> Option<String> {
+    let consumed = queues.iter().find(|q| q.consumers > 0)?;
+    let stranded = queues.iter().find(|q| q.consumers == 0)?;
+    Some(format!(
+        "command queue {} has no consumer while {} has {}: the workers consume fewer queues than exist",
+        stranded.name, consumed.name, consumed.consumers
+    ))
+}
+
 /// The queues commands are spread over. A RabbitMQ queue is one Erlang process, so one queue has a
 /// ceiling of its own (BENCHMARKS.md, "capacity model"); with `shards` above 1 the commands go to
-/// `<base>`, `<base>.1` … `<base>.<shards - 1>`, and every worker consumes them all. The base queue
-/// stays shard 0, so raising the number keeps what is queued; lowering it would strand the commands
-/// of the dropped queues, and the operator refuses it. Refused commands of every shard go to the one
-/// dead-letter queue `<base>.dead`.
+/// `<base>`, `<base>.1` … `<base>.<shards - 1>`. Every worker consumes every command queue that
+/// exists, whatever its own setting says (see [`existing_queues`]), so an API replica with more queues
+/// than a worker, or a number lowered later, strands nothing. Refused commands of every shard go to
+/// the one dead-letter queue `<base>.dead`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandQueues {
     base: String,
@@ -110,7 +192,8 @@ pub async fn declare(channel: &Channel, queues: &CommandQueues) -> CoreResult<()
 fn persistent() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type(ShortString::from("application/json"))
+        // A JSON header line, then the body's bytes (see `Command::encode`).
+        .with_content_type(ShortString::from("application/vnd.chatsys.command"))
 }
 
 /// Publishes with mandatory routing and waits for the broker's confirm: only then is the command durable.
@@ -236,8 +319,13 @@ impl AmqpQueue {
 
 #[async_trait]
 impl Queue for AmqpQueue {
+    /// Connected, and no command queue is left without a consumer while another has one.
     async fn ping(&self) -> CoreResult<()> {
-        self.link().await.map(|_| ())
+        let link = self.link().await?;
+        match stranding(&existing_queues(&link.connection, &self.queues).await?) {
+            Some(reason) => Err(unavailable(reason)),
+            None => Ok(()),
+        }
     }
 
     async fn publish(&self, command: &Command) -> CoreResult<()> {
@@ -261,42 +349,20 @@ impl Queue for AmqpQueue {
         result
     }
 
+    /// Commands waiting in every command queue that exists, this process's or not.
     async fn backlog(&self) -> CoreResult<u64> {
-        let mut waiting = 0;
-        for queue in self.queues.names() {
-            waiting += self.depth(&queue).await?;
-        }
-        Ok(waiting)
+        let link = self.link().await?;
+        let queues = existing_queues(&link.connection, &self.queues).await?;
+        Ok(queues.iter().map(|queue| queue.messages).sum())
     }
 }
 
 impl AmqpQueue {
     /// Commands the worker refused for good, waiting in the dead-letter queue.
     pub async fn dead_letters(&self) -> CoreResult<u64> {
-        self.depth(&self.queues.dead_letters()).await
-    }
-
-    /// Messages ready in a queue, read with a passive declare on a channel of its own.
-    async fn depth(&self, queue: &str) -> CoreResult<u64> {
         let link = self.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        let queue = channel
-            .queue_declare(
-                ShortString::from(queue.to_string()),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::durable()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let _ = channel.close(200, ShortString::from("done")).await;
-        Ok(u64::from(queue.message_count()))
+        let queue = queue_state(&link.connection, &self.queues.dead_letters()).await?;
+        Ok(queue.map_or(0, |queue| queue.messages))
     }
 }
 
@@ -314,10 +380,18 @@ pub struct AmqpSource {
     /// it waits for more, and must not lose what it already took.
     pending: Vec<Delivery>,
     deadline: Option<tokio::time::Instant>,
+    /// When to look next for a command queue this source does not consume (declared since it connected).
+    next_look: tokio::time::Instant,
 }
 
+/// How often a worker looks for command queues declared since it connected (an API replica with more
+/// queues than the worker's setting): at most this long, their commands wait.
+const LOOK_FOR_QUEUES_EVERY: Duration = Duration::from_secs(5);
+
 struct SourceLink {
-    _connection: Connection,
+    connection: Connection,
+    /// The queues consumed: at least the setting's, and every one that existed when connecting.
+    consumed: CommandQueues,
     /// One per queue, in the queues' order: a delivery's `lane` is its index here.
     channels: Vec<Channel>,
     consumers: SelectAll<Lane>,
@@ -354,23 +428,28 @@ impl AmqpSource {
             connection: 0,
             pending: Vec::new(),
             deadline: None,
+            next_look: tokio::time::Instant::now() + LOOK_FOR_QUEUES_EVERY,
         }
     }
 
     async fn open(&self) -> CoreResult<SourceLink> {
-        let connection = connect(&self.url, "chatsys-worker").await?;
-        let per_queue = self.prefetch.div_ceil(self.queues.count() as u16).max(1);
-        let mut channels = Vec::with_capacity(self.queues.count());
+        // Named after its queues, so that the broker's connection list tells one system's worker apart.
+        let name = format!("chatsys-worker {}", self.queues.name(0));
+        let connection = connect(&self.url, &name).await?;
+        let declaring = connection.create_channel().await.map_err(unavailable)?;
+        declare(&declaring, &self.queues).await?;
+        let _ = declaring.close(200, ShortString::from("done")).await;
+        let existing = existing_queues(&connection, &self.queues).await?.len();
+        let consumed = CommandQueues::new(&self.queues.base, existing.max(self.queues.count()));
+        let per_queue = self.prefetch.div_ceil(consumed.count() as u16).max(1);
+        let mut channels = Vec::with_capacity(consumed.count());
         let mut consumers = SelectAll::new();
-        for (lane, queue) in self.queues.names().into_iter().enumerate() {
+        for (lane, queue) in consumed.names().into_iter().enumerate() {
             let channel = connection.create_channel().await.map_err(unavailable)?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(unavailable)?;
-            if lane == 0 {
-                declare(&channel, &self.queues).await?;
-            }
             channel
                 .basic_qos(per_queue, BasicQosOptions::default())
                 .await
@@ -391,10 +470,22 @@ impl AmqpSource {
             channels.push(channel);
         }
         Ok(SourceLink {
-            _connection: connection,
+            connection,
+            consumed,
             channels,
             consumers,
         })
+    }
+
+    /// Whether a command queue exists past those consumed (its commands would wait for nobody).
+    async fn unconsumed_queue(&self) -> CoreResult<Option<String>> {
+        let Some(link) = &self.link else {
+            return Ok(None);
+        };
+        let next = link.consumed.name(link.consumed.count());
+        Ok(queue_state(&link.connection, &next)
+            .await?
+            .map(|queue| queue.name))
     }
 
     /// Forgets the connection; everything it delivered and nobody acknowledged comes back from the broker.
@@ -418,31 +509,45 @@ impl AmqpSource {
 
 #[async_trait]
 impl CommandSource for AmqpSource {
-    async fn next_batch(&mut self, max: usize, wait: Duration) -> CoreResult<Vec<Delivery>> {
+    async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>> {
         if self.link.is_none() {
             self.link = Some(self.open().await?);
             self.connection += 1;
+            // Connected: said at once, so the worker's readiness follows its connection, not the next
+            // command (an idle system would otherwise look down after every broker blip).
+            return Ok(Vec::new());
         }
         if self.pending.is_empty() {
-            let next = self
-                .link
-                .as_mut()
-                .expect("link was just opened")
-                .consumers
-                .next()
-                .await;
+            let next = loop {
+                if tokio::time::Instant::now() >= self.next_look {
+                    self.next_look = tokio::time::Instant::now() + LOOK_FOR_QUEUES_EVERY;
+                    let unconsumed = self.unconsumed_queue().await;
+                    if let Some(queue) = unconsumed.map_err(|e| self.broken(e))? {
+                        // Said through the worker's readiness while it reconnects to consume them all.
+                        return Err(self.broken(format!(
+                            "command queue {queue} exists but was not consumed; reconnecting to consume every command queue"
+                        )));
+                    }
+                }
+                let link = self.link.as_mut().expect("connected");
+                tokio::select! {
+                    next = link.consumers.next() => break next,
+                    () = tokio::time::sleep_until(self.next_look) => {}
+                }
+            };
             match next {
                 Some((lane, Ok(d))) => {
                     let d = self.delivery(lane, d);
                     self.pending.push(d);
-                    self.deadline = Some(tokio::time::Instant::now() + wait);
+                    self.deadline = Some(tokio::time::Instant::now() + limits.wait);
                 }
                 Some((_, Err(e))) => return Err(self.broken(e)),
                 None => return Err(self.broken("the broker cancelled the consumer")),
             }
         }
         let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
-        while self.pending.len() < max {
+        let mut bytes: usize = self.pending.iter().map(|d| d.payload.len()).sum();
+        while self.pending.len() < limits.deliveries && bytes <= limits.bytes {
             let next = tokio::time::timeout_at(
                 deadline,
                 self.link.as_mut().expect("connected").consumers.next(),
@@ -451,6 +556,7 @@ impl CommandSource for AmqpSource {
             match next {
                 Ok(Some((lane, Ok(d)))) => {
                     let d = self.delivery(lane, d);
+                    bytes += d.payload.len();
                     self.pending.push(d);
                 }
                 // A broken link after the first delivery: process what arrived; acknowledging will fail
@@ -459,7 +565,9 @@ impl CommandSource for AmqpSource {
             }
         }
         self.deadline = None;
-        Ok(std::mem::take(&mut self.pending))
+        // What would take the batch over its limits waits for the next one.
+        let rest = self.pending.split_off(batch_len(&self.pending, limits));
+        Ok(std::mem::replace(&mut self.pending, rest))
     }
 
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
@@ -592,6 +700,45 @@ mod tests {
             per_queue.iter().all(|&count| (800..=1200).contains(&count)),
             "one application's chats over 4 queues: {per_queue:?}"
         );
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_limit_and_a_larger_delivery_goes_alone() {
+        let sized = |sizes: &[usize]| -> Vec<Delivery> {
+            sizes
+                .iter()
+                .map(|size| Delivery {
+                    tag: 1,
+                    connection: 1,
+                    lane: 0,
+                    payload: vec![b'x'; *size],
+                    redelivered: false,
+                })
+                .collect()
+        };
+        let limits = BatchLimits {
+            deliveries: 3,
+            bytes: 100,
+            wait: Duration::ZERO,
+        };
+        assert_eq!(batch_len(&sized(&[40, 40, 40]), &limits), 2);
+        assert_eq!(batch_len(&sized(&[40, 60, 1]), &limits), 2);
+        assert_eq!(batch_len(&sized(&[10, 10, 10, 10]), &limits), 3);
+        assert_eq!(batch_len(&sized(&[500, 10]), &limits), 1);
+        assert_eq!(batch_len(&[], &limits), 0);
+    }
+
+    #[test]
+    fn a_queue_without_consumers_strands_commands_only_while_another_has_some() {
+        let queue = |name: &str, consumers| QueueState {
+            name: name.into(),
+            messages: 5,
+            consumers,
+        };
+        assert_eq!(stranding(&[queue("q", 0), queue("q.1", 0)]), None);
+        assert_eq!(stranding(&[queue("q", 2), queue("q.1", 2)]), None);
+        let reason = stranding(&[queue("q", 1), queue("q.1", 1), queue("q.2", 0)]).unwrap();
+        assert!(reason.contains("q.2 has no consumer"), "{reason}");
     }
 
     #[test]

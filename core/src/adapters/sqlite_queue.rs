@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::command::Command;
 use crate::domain::AppId;
 use crate::error::{Backend, CoreError, CoreResult, from_sqlx};
-use crate::ports::{CommandSource, Delivery, NumberFloor, Queue};
+use crate::ports::{BatchLimits, CommandSource, Delivery, NumberFloor, Queue};
 
 /// The embedded durable queue: commands are rows of `command_queue`, written in group commits (every
 /// request waiting at the same time shares one transaction and one fsync) and deleted on acknowledgement.
@@ -151,13 +151,19 @@ pub struct SqliteSource {
 
 #[async_trait]
 impl CommandSource for SqliteSource {
-    async fn next_batch(&mut self, max: usize, wait: Duration) -> CoreResult<Vec<Delivery>> {
+    async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>> {
+        let max = limits.deliveries;
         loop {
+            // The oldest rows whose bytes, counted from the first, stay within the limit (the first
+            // row whatever its size).
             let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT id, payload FROM command_queue WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, payload FROM (SELECT id, payload, SUM(length(payload)) OVER (ORDER BY id) AS running \
+                 FROM command_queue WHERE id > ? ORDER BY id LIMIT ?) \
+                 WHERE running <= ? OR running = length(payload) ORDER BY id",
             )
             .bind(self.seen)
             .bind(max as i64)
+            .bind(limits.bytes as i64)
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
@@ -167,7 +173,7 @@ impl CommandSource for SqliteSource {
             }
             if rows.len() < max {
                 // Let a few more group commits land so the batch is worth its transaction.
-                tokio::time::sleep(wait.min(Duration::from_millis(5))).await;
+                tokio::time::sleep(limits.wait.min(Duration::from_millis(5))).await;
             }
             self.seen = rows.last().map_or(self.seen, |r| r.0);
             return Ok(rows

@@ -32,6 +32,7 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -140,6 +141,20 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
     }
 }
 
+/// The resources as given, with a memory limit from `default` when they set none.
+fn with_memory_limit(
+    resources: &ResourceRequirements,
+    default: impl FnOnce() -> Quantity,
+) -> ResourceRequirements {
+    let mut resources = resources.clone();
+    resources
+        .limits
+        .get_or_insert_with(Default::default)
+        .entry("memory".to_string())
+        .or_insert_with(default);
+    resources
+}
+
 /// What the API and the worker have in common, so one set of builders serves both.
 struct Component<'a> {
     name: &'static str,
@@ -150,7 +165,7 @@ struct Component<'a> {
     pod: &'a PodSettings,
     image: String,
     replicas: i32,
-    resources: &'a ResourceRequirements,
+    resources: ResourceRequirements,
     autoscaling: Autoscaling,
     /// Whether the spec asks for scaling on the queue's backlog.
     on_backlog: bool,
@@ -179,7 +194,7 @@ impl<'a> Component<'a> {
             pod: &api.pod,
             image: held_image(inputs, "api").unwrap_or_else(|| api.image()),
             replicas: api.replicas,
-            resources: &api.resources,
+            resources: api.resources.clone(),
             autoscaling: api.autoscaling.clone(),
             on_backlog: false,
             settings,
@@ -198,6 +213,12 @@ impl<'a> Component<'a> {
         ] {
             settings.insert(name.to_string(), value.to_string());
         }
+        for (name, value) in [
+            (env::CHATSYS_BATCH_BYTES, batch.max_bytes),
+            (env::CHATSYS_PREFETCH_BYTES, batch.prefetch_bytes),
+        ] {
+            settings.insert(name.to_string(), value.to_string());
+        }
         Component {
             name: "worker",
             binary: "/usr/local/bin/chatsys-worker",
@@ -206,7 +227,7 @@ impl<'a> Component<'a> {
             pod: &worker.pod,
             image: held_image(inputs, "worker").unwrap_or_else(|| worker.image()),
             replicas: worker.replicas,
-            resources: &worker.resources,
+            resources: with_memory_limit(&worker.resources, || batch.memory_limit()),
             autoscaling: worker.autoscaling.on_cpu(),
             on_backlog: worker.autoscaling.metric == ScalingMetric::QueueBacklog,
             settings,

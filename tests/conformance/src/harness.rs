@@ -133,7 +133,9 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
         listen: loopback(),
         batch_size: 500,
         batch_wait_ms: 20,
+        batch_bytes: chatsys_settings::DEFAULT_BATCH_BYTES,
         prefetch: 2000,
+        prefetch_bytes: chatsys_settings::DEFAULT_PREFETCH_BYTES,
         max_attempts: 3,
         repair_interval_secs: 300,
     };
