@@ -58,8 +58,13 @@ fn app(
 fn live_settings(http: &HttpSettings) -> LiveSettings {
     LiveSettings {
         heartbeat: http.event_heartbeat(),
+        max_quiet: http.event_max_quiet(),
         max_behind: http.event_max_behind as usize,
+        max_behind_bytes: usize::try_from(http.event_max_behind_bytes).unwrap_or(usize::MAX),
         max_lifetime: http.event_max_lifetime(),
+        max_streams: http.event_max_streams(),
+        max_streams_per_application: http.event_max_streams_per_app as usize,
+        max_chats: http.event_max_chats as usize,
     }
 }
 

@@ -393,3 +393,54 @@ async fn stop_ends_event_streams() {
         .expect("stop returns although a stream was open");
     closed_within(&mut stream, MARGIN, "an event stream at shutdown").await;
 }
+
+/// Streams stop short of the connection limit: once they hold all the connections they may, one more
+/// is refused with 429 and a health check still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_leave_room_for_health_checks_under_the_connection_limit() {
+    // 20 connections: streams may hold 12, eight are kept.
+    let server = start(&["--max-connections", "20"]).await;
+    let path = a_chat(&server).await;
+    let mut open = Vec::new();
+    for _ in 0..12 {
+        open.push(open_events(&server, &path).await);
+    }
+    let mut refused = connect(&server).await;
+    refused
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = answer_within(&mut refused, MARGIN)
+        .await
+        .expect("an answer to a stream over the limit");
+    answer.expect_error(429, "too_many_requests");
+    assert!(answer.header("retry-after").is_some(), "{}", answer.head);
+    healthz_answers(&server).await;
+    drop(open);
+    server.running.stop().await;
+}
+
+/// Heartbeats keep proxies from closing a quiet stream, but they do not keep it: a stream with no event
+/// for its quiet limit ends, and its client resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_ends_though_heartbeats_go_on() {
+    let server = start(&["--event-heartbeat-ms", "200", "--event-max-quiet-secs", "1"]).await;
+    let path = a_chat(&server).await;
+    let mut stream = open_events(&server, &path).await;
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    let ended = timeout(Duration::from_secs(1) + MARGIN, async {
+        // The response ends with its last chunk (the connection itself may be kept alive).
+        while !received.ends_with(b"\r\n0\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let received = String::from_utf8_lossy(&received);
+    assert!(ended.is_ok(), "still streaming: {received}");
+    assert!(received.contains(": heartbeat"), "{received}");
+    server.running.stop().await;
+}

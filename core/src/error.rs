@@ -46,6 +46,13 @@ pub enum CoreError {
     /// An idempotency key held by a request still in flight.
     #[error("idempotency key in use by a request in flight")]
     KeyInFlight,
+    /// A bound on what one client, one application or this process may hold or do at once was
+    /// reached; the same request may succeed after `retry_after`.
+    #[error("too many {what}")]
+    TooMany {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("{backend} unavailable: {detail}")]
     Unavailable { backend: Backend, detail: String },
     /// A command the worker can never apply (it goes to the dead-letter queue).

@@ -8,14 +8,22 @@
 //! now and then whether a change stayed unannounced, and reads everything again after the connection to
 //! the announcements was lost. A stream starts where its client left off: it reads what the client
 //! missed from the store, then takes the feed's changes from where the feed was when it joined.
+//!
+//! Every part is bounded: a stream reads the store a page at a time, bounded in bytes, and only when its
+//! client has taken the previous page; a feed keeps its recent changes for the streams behind, bounded
+//! in count and in bytes, and a stream that falls further behind is ended with its last id; the
+//! streams of the process, of one application and the chats streamed are counted against limits.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex as SyncMutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
+
+use crate::domain::AppId;
+use crate::error::CoreError;
 use tokio::time::Instant;
 
 use crate::domain::{ChangeKind, ChatEvent};
@@ -29,19 +37,35 @@ use crate::view::MessageView;
 pub struct LiveSettings {
     /// A comment line is sent after this long without an event, so proxies keep an idle stream open.
     pub heartbeat: Duration,
+    /// A stream that sent no event for this long ends (its client resumes): heartbeats alone do not
+    /// keep a stream, so a client that stopped reading holds no connection on a quiet chat.
+    pub max_quiet: Duration,
     /// Changes a stream may be behind its chat before it is ended (and its client resumes).
     pub max_behind: usize,
+    /// Bytes of rendered changes a chat keeps for its streams behind: one further behind is ended too.
+    pub max_behind_bytes: usize,
     /// A stream ends after this long, and its client resumes: connections spread again over the replicas
     /// after a scale-out.
     pub max_lifetime: Duration,
+    /// Streams this process serves at once.
+    pub max_streams: usize,
+    /// Streams one application may have open on this process at once.
+    pub max_streams_per_application: usize,
+    /// Distinct chats this process streams at once.
+    pub max_chats: usize,
 }
 
 impl Default for LiveSettings {
     fn default() -> Self {
         LiveSettings {
             heartbeat: Duration::from_secs(15),
+            max_quiet: Duration::from_secs(300),
             max_behind: 1024,
+            max_behind_bytes: 4 << 20,
             max_lifetime: Duration::from_secs(3600),
+            max_streams: 10_000,
+            max_streams_per_application: 100,
+            max_chats: 2000,
         }
     }
 }
@@ -50,8 +74,11 @@ impl Default for LiveSettings {
 const GAP_WAIT: Duration = Duration::from_millis(250);
 /// How often a feed asks the store for the chat's last change, and checks whether it still has streams.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
-/// Changes read from the store at a time.
+/// Changes read from the store at a time, and the bytes of their bodies: what a stream catching up holds.
 const READ_PAGE: u32 = 500;
+const READ_PAGE_BYTES: usize = 256 * 1024;
+/// When a client refused for a limit on streams may try again.
+const STREAMS_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Announcements waiting for a feed before it is told to read the store instead.
 const FEED_INBOX: usize = 1024;
 
@@ -100,17 +127,64 @@ pub struct LiveChats {
     feeds: Mutex<HashMap<ChatKey, Arc<Feed>>>,
     dispatching: OnceLock<()>,
     stopped: watch::Receiver<bool>,
+    streams: Arc<SyncMutex<StreamCounts>>,
+}
+
+/// The streams open in this process, in all and by application.
+#[derive(Default)]
+struct StreamCounts {
+    total: usize,
+    by_application: HashMap<AppId, usize>,
+}
+
+/// One stream counted in [`StreamCounts`] for as long as it lives.
+struct Admitted {
+    streams: Arc<SyncMutex<StreamCounts>>,
+    app: AppId,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.streams);
+        counts.total -= 1;
+        if let Some(open) = counts.by_application.get_mut(&self.app) {
+            *open -= 1;
+            if *open == 0 {
+                counts.by_application.remove(&self.app);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Feed {
     inbox: mpsc::Sender<Input>,
-    state: std::sync::Mutex<FeedState>,
+    state: SyncMutex<FeedState>,
+    max_behind: usize,
+    max_behind_bytes: usize,
 }
 
 struct FeedState {
     /// The number of the last change passed to the streams.
     last: u64,
-    frames: broadcast::Sender<Frame>,
+    /// The latest changes passed on, for the streams behind (in order; the numbers may skip).
+    recent: VecDeque<Frame>,
+    recent_bytes: usize,
+    /// The highest change dropped from `recent`: a stream that has not sent it missed it.
+    dropped: u64,
+    /// Tells the streams `last` moved; its receivers are the feed's streams.
+    moved: watch::Sender<u64>,
+}
+
+/// What a stream takes next from its feed.
+enum Taken {
+    Frame(Frame),
+    /// Changes after the stream's cursor were dropped before it took them.
+    Missed,
+    Nothing,
 }
 
 enum Input {
@@ -134,6 +208,32 @@ impl LiveChats {
             feeds: Mutex::new(HashMap::new()),
             dispatching: OnceLock::new(),
             stopped,
+            streams: Arc::default(),
+        })
+    }
+
+    /// Counts a stream of `app`, unless a limit on streams is reached.
+    fn admit(&self, app: AppId) -> CoreResult<Admitted> {
+        let mut counts = lock(&self.streams);
+        let of_app = counts.by_application.get(&app).copied().unwrap_or(0);
+        let refused = if counts.total >= self.settings.max_streams {
+            Some("event streams on this server")
+        } else if of_app >= self.settings.max_streams_per_application {
+            Some("event streams of this application on this server")
+        } else {
+            None
+        };
+        if let Some(what) = refused {
+            return Err(CoreError::TooMany {
+                what,
+                retry_after: STREAMS_RETRY_AFTER,
+            });
+        }
+        counts.total += 1;
+        *counts.by_application.entry(app).or_default() += 1;
+        Ok(Admitted {
+            streams: self.streams.clone(),
+            app,
         })
     }
 
@@ -148,7 +248,8 @@ impl LiveChats {
         if self.dispatching.set(()).is_ok() {
             tokio::spawn(dispatch(Arc::downgrade(self), self.announcements.listen()));
         }
-        let (receiver, start) = self.join(chat).await?;
+        let admitted = self.admit(chat.0)?;
+        let (feed, moved, start) = self.join(chat).await?;
         let after = match after {
             Some(after) if after > start => {
                 Some(after.min(self.store.last_chat_event(chat.0, chat.1).await?))
@@ -159,13 +260,17 @@ impl LiveChats {
         let stream = Reader {
             store: self.store.clone(),
             chat,
-            receiver,
+            feed,
+            moved,
+            _admitted: admitted,
             start,
             from: after.unwrap_or(start),
             cursor: after.unwrap_or(start),
             queued: std::collections::VecDeque::from([Bytes::from_static(RETRY)]),
             ended: false,
             heartbeat: self.settings.heartbeat,
+            max_quiet: self.settings.max_quiet,
+            last_event: Instant::now(),
             ends_at: Instant::now() + self.settings.max_lifetime,
             stopped: self.stopped.clone(),
         };
@@ -175,15 +280,21 @@ impl LiveChats {
         }))
     }
 
-    /// Joins the chat's feed (starting it when this process has none): the frames after `start`, the
-    /// number of the last change the feed passed on.
+    /// Joins the chat's feed (starting it when this process has none, within the limit on chats): the
+    /// feed, the stream's signal that it moved, and the number of the last change it passed on.
     async fn join(
         self: &Arc<Self>,
         chat: ChatKey,
-    ) -> CoreResult<(broadcast::Receiver<Frame>, u64)> {
+    ) -> CoreResult<(Arc<Feed>, watch::Receiver<u64>, u64)> {
         let mut feeds = self.feeds.lock().await;
         let feed = match feeds.get(&chat) {
             Some(feed) => feed.clone(),
+            None if feeds.len() >= self.settings.max_chats => {
+                return Err(CoreError::TooMany {
+                    what: "chats streamed on this server",
+                    retry_after: STREAMS_RETRY_AFTER,
+                });
+            }
             None => {
                 // Following first, then reading the last change: whatever is announced after that read
                 // is heard, and whatever was before it is in the store.
@@ -194,10 +305,15 @@ impl LiveChats {
                 let (inbox, input) = mpsc::channel(FEED_INBOX);
                 let feed = Arc::new(Feed {
                     inbox,
-                    state: std::sync::Mutex::new(FeedState {
+                    state: SyncMutex::new(FeedState {
                         last,
-                        frames: broadcast::channel(self.settings.max_behind).0,
+                        recent: VecDeque::new(),
+                        recent_bytes: 0,
+                        dropped: last,
+                        moved: watch::channel(last).0,
                     }),
+                    max_behind: self.settings.max_behind.max(1),
+                    max_behind_bytes: self.settings.max_behind_bytes,
                 });
                 feeds.insert(chat, feed.clone());
                 tokio::spawn(run_feed(self.clone(), chat, feed.clone(), input));
@@ -205,13 +321,43 @@ impl LiveChats {
             }
         };
         let state = feed.lock();
-        Ok((state.frames.subscribe(), state.last))
+        let (moved, last) = (state.moved.subscribe(), state.last);
+        drop(state);
+        Ok((feed, moved, last))
     }
 }
 
 impl Feed {
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
+    }
+
+    /// Passes a change on: kept for the streams behind, within the feed's bounds (the newest always).
+    fn pass(&self, state: &mut FeedState, frame: Frame) {
+        state.last = frame.seq;
+        state.recent_bytes += frame.bytes.len();
+        state.recent.push_back(frame);
+        while state.recent.len() > 1
+            && (state.recent.len() > self.max_behind || state.recent_bytes > self.max_behind_bytes)
+        {
+            let dropped = state.recent.pop_front().expect("more than one");
+            state.recent_bytes -= dropped.bytes.len();
+            state.dropped = dropped.seq;
+        }
+        state.moved.send_replace(state.last);
+    }
+
+    /// The first change after `cursor`.
+    fn after(&self, cursor: u64) -> Taken {
+        let state = self.lock();
+        if cursor < state.dropped {
+            return Taken::Missed;
+        }
+        let next = state.recent.partition_point(|frame| frame.seq <= cursor);
+        match state.recent.get(next) {
+            Some(frame) => Taken::Frame(frame.clone()),
+            None => Taken::Nothing,
+        }
     }
 }
 
@@ -320,8 +466,7 @@ fn pass_on(feed: &Feed, held: &mut BTreeMap<u64, ChatEvent>) {
             entry.remove();
         } else if seq == state.last + 1 {
             let event = entry.remove();
-            let _ = state.frames.send(Frame::of(&event));
-            state.last = seq;
+            feed.pass(&mut state, Frame::of(&event));
         } else {
             break;
         }
@@ -334,7 +479,7 @@ async fn read_store(store: &dyn Store, chat: ChatKey, feed: &Feed) -> CoreResult
     loop {
         let after = feed.lock().last;
         let events = store
-            .chat_events(chat.0, chat.1, from, after, READ_PAGE)
+            .chat_events(chat.0, chat.1, from, after, READ_PAGE, READ_PAGE_BYTES)
             .await?;
         if events.is_empty() {
             return Ok(());
@@ -342,8 +487,7 @@ async fn read_store(store: &dyn Store, chat: ChatKey, feed: &Feed) -> CoreResult
         let mut state = feed.lock();
         for event in &events {
             if event.seq > state.last {
-                let _ = state.frames.send(Frame::of(event));
-                state.last = event.seq;
+                feed.pass(&mut state, Frame::of(event));
             }
         }
     }
@@ -352,7 +496,7 @@ async fn read_store(store: &dyn Store, chat: ChatKey, feed: &Feed) -> CoreResult
 /// Removes the feed when no stream reads it any more (a stream joining holds the feeds' lock).
 async fn retire(live: &LiveChats, chat: ChatKey, feed: &Arc<Feed>) -> bool {
     let mut feeds = live.feeds.lock().await;
-    if feed.lock().frames.receiver_count() > 0 {
+    if feed.lock().moved.receiver_count() > 0 {
         return false;
     }
     feeds.remove(&chat);
@@ -367,7 +511,9 @@ async fn retire(live: &LiveChats, chat: ChatKey, feed: &Arc<Feed>) -> bool {
 struct Reader {
     store: Arc<dyn Store>,
     chat: ChatKey,
-    receiver: broadcast::Receiver<Frame>,
+    feed: Arc<Feed>,
+    moved: watch::Receiver<u64>,
+    _admitted: Admitted,
     /// Where the feed was when this stream joined it: the receiver has every change after it.
     start: u64,
     /// Where the client's catch-up began.
@@ -377,6 +523,9 @@ struct Reader {
     queued: std::collections::VecDeque<Bytes>,
     ended: bool,
     heartbeat: Duration,
+    max_quiet: Duration,
+    /// When the stream last sent an event (or opened).
+    last_event: Instant,
     ends_at: Instant,
     stopped: watch::Receiver<bool>,
 }
@@ -394,7 +543,14 @@ impl Reader {
                 // What the client missed before this stream joined the feed, from the store.
                 match self
                     .store
-                    .chat_events(self.chat.0, self.chat.1, self.from, self.cursor, READ_PAGE)
+                    .chat_events(
+                        self.chat.0,
+                        self.chat.1,
+                        self.from,
+                        self.cursor,
+                        READ_PAGE,
+                        READ_PAGE_BYTES,
+                    )
                     .await
                 {
                     Ok(events) if events.is_empty() => self.cursor = self.start,
@@ -403,6 +559,7 @@ impl Reader {
                             self.queued.push_back(Frame::of(event).bytes);
                         }
                         self.cursor = events.last().map_or(self.cursor, |e| e.seq);
+                        self.last_event = Instant::now();
                     }
                     Err(e) => {
                         // The client resumes from its last id once the store answers again.
@@ -412,21 +569,25 @@ impl Reader {
                 }
                 continue;
             }
+            match self.feed.after(self.cursor) {
+                Taken::Frame(frame) => {
+                    self.cursor = frame.seq;
+                    self.last_event = Instant::now();
+                    return Some(frame.bytes);
+                }
+                Taken::Missed => {
+                    self.ended = true;
+                    return Some(overflow_frame(self.cursor));
+                }
+                Taken::Nothing => {}
+            }
             tokio::select! {
-                received = self.receiver.recv() => match received {
-                    Ok(frame) if frame.seq <= self.cursor => {}
-                    Ok(frame) => {
-                        self.cursor = frame.seq;
-                        return Some(frame.bytes);
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.ended = true;
-                        return Some(overflow_frame(self.cursor));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                moved = self.moved.changed() => if moved.is_err() {
+                    return None;
                 },
                 () = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(HEARTBEAT)),
                 () = tokio::time::sleep_until(self.ends_at) => return None,
+                () = tokio::time::sleep_until(self.last_event + self.max_quiet) => return None,
                 _ = self.stopped.wait_for(|stop| *stop) => return None,
             }
         }

@@ -66,7 +66,8 @@ pub trait Store: Send + Sync {
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64>;
     async fn max_message_number(&self, app: AppId, chat: u64) -> CoreResult<u64>;
 
-    /// A chat's changes numbered above `after`, in order, at most `limit` of them: each message once,
+    /// A chat's changes numbered above `after`, in order, at most `limit` of them and of their bodies
+    /// at most `max_bytes` (one at least, whatever its size): each message once,
     /// in the state it has now and at the place of its latest change in the whole log (so reading page
     /// after page never sends a message twice). `from` is where the reader's catch-up began (`after`
     /// for its first page): a message created above it comes as `Created`, since the reader never saw
@@ -78,6 +79,7 @@ pub trait Store: Send + Sync {
         from: u64,
         after: u64,
         limit: u32,
+        max_bytes: usize,
     ) -> CoreResult<Vec<ChatEvent>>;
     /// The number of a chat's latest change (0 for none yet, or no such chat).
     async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64>;

@@ -295,7 +295,10 @@ async fn changes_are_numbered_in_the_order_they_were_stored(store: Arc<dyn Store
     assert_eq!(store.last_chat_event(app, 2).await.unwrap(), 0);
 
     // Read back: each message once, in its present state, where its latest change is.
-    let all = store.chat_events(app, 1, 0, 0, 100).await.unwrap();
+    let all = store
+        .chat_events(app, 1, 0, 0, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         changes(&all),
         [
@@ -305,7 +308,10 @@ async fn changes_are_numbered_in_the_order_they_were_stored(store: Arc<dyn Store
         ]
     );
     assert_eq!(all[1].message, messages(store.as_ref(), app, 1).await[0]);
-    let after_two = store.chat_events(app, 1, 2, 2, 100).await.unwrap();
+    let after_two = store
+        .chat_events(app, 1, 2, 2, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         changes(&after_two),
         [
@@ -315,21 +321,39 @@ async fn changes_are_numbered_in_the_order_they_were_stored(store: Arc<dyn Store
     );
     // Read a page at a time, as a catch-up does: message 1's creation is on the first page of the log
     // and its edit on a later one, and it still comes once, at its edit.
-    for limit in [1, 2] {
+    // Pages bounded in count, then in bytes: one body of these is 3 to 13 bytes, so 10 bytes take one
+    // message a page (at least one, whatever its size) and 16 take one or two.
+    for (limit, max_bytes, most) in [
+        (1, usize::MAX, 1),
+        (2, usize::MAX, 2),
+        (100, 10, 1),
+        (100, 16, 2),
+    ] {
         let mut paged = Vec::new();
         let mut after = 0;
         loop {
-            let page = store.chat_events(app, 1, 0, after, limit).await.unwrap();
+            let page = store
+                .chat_events(app, 1, 0, after, limit, max_bytes)
+                .await
+                .unwrap();
             let Some(last) = page.last() else { break };
-            assert!(page.len() <= limit as usize);
+            assert!(
+                page.len() <= most,
+                "{limit} events, {max_bytes} bytes: {}",
+                page.len()
+            );
             after = last.seq;
             paged.extend(page);
         }
-        assert_eq!(changes(&paged), changes(&all), "pages of {limit}");
+        assert_eq!(
+            changes(&paged),
+            changes(&all),
+            "pages of {limit} and {max_bytes} bytes"
+        );
     }
     assert!(
         store
-            .chat_events(app, 1, 4, 4, 100)
+            .chat_events(app, 1, 4, 4, 100, usize::MAX)
             .await
             .unwrap()
             .is_empty()

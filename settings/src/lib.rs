@@ -22,6 +22,10 @@ pub mod env {
     pub const CHATSYS_DB_POOL_SIZE: &str = "CHATSYS_DB_POOL_SIZE";
     pub const CHATSYS_EVENT_HEARTBEAT_MS: &str = "CHATSYS_EVENT_HEARTBEAT_MS";
     pub const CHATSYS_EVENT_MAX_BEHIND: &str = "CHATSYS_EVENT_MAX_BEHIND";
+    pub const CHATSYS_EVENT_MAX_BEHIND_BYTES: &str = "CHATSYS_EVENT_MAX_BEHIND_BYTES";
+    pub const CHATSYS_EVENT_MAX_STREAMS_PER_APP: &str = "CHATSYS_EVENT_MAX_STREAMS_PER_APP";
+    pub const CHATSYS_EVENT_MAX_CHATS: &str = "CHATSYS_EVENT_MAX_CHATS";
+    pub const CHATSYS_EVENT_MAX_QUIET_SECS: &str = "CHATSYS_EVENT_MAX_QUIET_SECS";
     pub const CHATSYS_EVENT_MAX_LIFETIME_SECS: &str = "CHATSYS_EVENT_MAX_LIFETIME_SECS";
     pub const CHATSYS_HEADER_TIMEOUT_MS: &str = "CHATSYS_HEADER_TIMEOUT_MS";
     pub const CHATSYS_HOT_PAGE_CACHE_BYTES: &str = "CHATSYS_HOT_PAGE_CACHE_BYTES";
@@ -302,10 +306,28 @@ pub struct HttpSettings {
     /// proxies do not close it as idle.
     #[arg(long, env = env::CHATSYS_EVENT_HEARTBEAT_MS, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_heartbeat_ms: u64,
+    /// A live event stream that sent no event for this many seconds ends (its client resumes with its
+    /// last id): heartbeats keep proxies from closing a quiet stream, but do not keep it for ever, so a
+    /// client that stopped reading does not hold its connection.
+    #[arg(long, env = env::CHATSYS_EVENT_MAX_QUIET_SECS, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_max_quiet_secs: u64,
     /// Events a live stream's client may be behind before the stream is ended (it resumes from its last
     /// id): what bounds the memory a slow reader holds.
     #[arg(long, env = env::CHATSYS_EVENT_MAX_BEHIND, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub event_max_behind: u32,
+    /// Bytes of events each streamed chat keeps for its streams behind; a stream further behind is
+    /// ended the same way.
+    #[arg(long, env = env::CHATSYS_EVENT_MAX_BEHIND_BYTES, default_value_t = 4_194_304, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_max_behind_bytes: u64,
+    /// Live event streams one application may have open on one server; more get 429. The server's
+    /// own streams stop short of `max_connections`, keeping a tenth of them (8 at least) for other
+    /// requests and health checks.
+    #[arg(long, env = env::CHATSYS_EVENT_MAX_STREAMS_PER_APP, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_max_streams_per_app: u32,
+    /// Distinct chats one server streams at once (each costs a little memory and a subscription);
+    /// a stream of one more gets 429.
+    #[arg(long, env = env::CHATSYS_EVENT_MAX_CHATS, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_max_chats: u32,
     /// A live event stream ends after this many seconds (its client reconnects with its last id, losing
     /// nothing): long-lived connections spread again over the replicas after a scale-out, and no stream
     /// outlives a proxy's timeout.
@@ -363,7 +385,11 @@ impl Default for HttpSettings {
             max_connections: 10_000,
             max_inflight_body_bytes: 64 * 1024 * 1024,
             event_heartbeat_ms: 15_000,
+            event_max_quiet_secs: 300,
             event_max_behind: 1024,
+            event_max_behind_bytes: 4 * 1024 * 1024,
+            event_max_streams_per_app: 100,
+            event_max_chats: 2000,
             event_max_lifetime_secs: 3600,
             max_uri_bytes: 8192,
             max_headers: 100,
@@ -389,8 +415,20 @@ impl HttpSettings {
         Duration::from_millis(self.event_heartbeat_ms)
     }
 
+    pub fn event_max_quiet(&self) -> Duration {
+        Duration::from_secs(self.event_max_quiet_secs)
+    }
+
     pub fn event_max_lifetime(&self) -> Duration {
         Duration::from_secs(self.event_max_lifetime_secs)
+    }
+
+    /// Live event streams served at once: the connections less a tenth (8 at least, all but one at
+    /// most), which other requests and health checks keep.
+    pub fn event_max_streams(&self) -> usize {
+        let connections = self.max_connections as usize;
+        let kept = (connections / 10).max(8).min(connections - 1);
+        connections - kept
     }
 }
 

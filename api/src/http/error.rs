@@ -34,7 +34,9 @@ pub struct ErrorDetail {
 /// limit. `uri_too_long` (414): the path and query are over the limit. `invalid_field` (422): the body
 /// is JSON of the wrong shape, or a field is invalid. `idempotency_key_reused` (422): this
 /// `Idempotency-Key` was used for a different request. `headers_too_large` (431): too many request
-/// headers, or too many bytes of them. `internal` (500): a fault of the server. `service_unavailable`
+/// headers, or too many bytes of them. `too_many_requests` (429): the application went over its request
+/// rate, or over its event streams on one server (or the server over all of them); retry after
+/// `Retry-After` seconds. `internal` (500): a fault of the server. `service_unavailable`
 /// (503): a backing service is down, or too many uploads are in progress; retry after `Retry-After`
 /// seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -56,6 +58,7 @@ pub enum ErrorCode {
     InvalidField,
     IdempotencyKeyReused,
     HeadersTooLarge,
+    TooManyRequests,
     Internal,
     ServiceUnavailable,
 }
@@ -65,6 +68,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for `Retry-After`, when the error says when to retry.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -73,6 +78,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -137,6 +143,17 @@ impl From<CoreError> for ApiError {
                 ErrorCode::IdempotencyKeyInFlight,
                 "a request with this Idempotency-Key is still in progress: retry after Retry-After seconds",
             ),
+            CoreError::TooMany { what, retry_after } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                ApiError {
+                    retry_after: Some(seconds),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        ErrorCode::TooManyRequests,
+                        format!("too many {what}: retry after {seconds} s"),
+                    )
+                }
+            }
             CoreError::Unavailable { backend, detail } => {
                 tracing::warn!(%backend, detail, "backing service unavailable");
                 ApiError::new(
@@ -166,13 +183,15 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        if matches!(
+        let retry_after = self.retry_after.or(matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT
-        ) {
+        )
+        .then_some(1));
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         // A request that timed out may still be sending: what follows on the connection is not a
         // request, so it is closed after the answer.

@@ -185,6 +185,10 @@ fn complete(operation: &mut Operation) {
             ));
         }
         errors.push((
+            429,
+            "A limit was reached (`too_many_requests`): this application's request rate, or its event streams on this server (or the server's): retry after `Retry-After` seconds.".into(),
+        ));
+        errors.push((
             500,
             "A fault of the server (`internal`); its logs say more, under the request id.".into(),
         ));
@@ -267,7 +271,7 @@ fn error_response(status: u16, description: String) -> Response {
             .schema(Some(Ref::from_schema_name("ErrorBody")))
             .build(),
     );
-    if status == 503 {
+    if status == 503 || status == 429 {
         response = response.header(
             "Retry-After",
             HeaderBuilder::new()

@@ -349,18 +349,22 @@ where
         from: u64,
         after: u64,
         limit: u32,
+        max_bytes: usize,
     ) -> CoreResult<Vec<ChatEvent>> {
         // Only a message's latest change in the whole log is read, so a catch-up read page by page
         // sends each message once whichever page its earlier changes fell in.
         const SAME_MESSAGE: &str = "o.application_id = e.application_id AND o.chat_number = e.chat_number \
              AND o.message_number = e.message_number";
+        // The page ends where its bodies' running total passes `max_bytes` (after its first row), so
+        // a reader holds about that much whatever the chat's messages weigh.
         let sql = format!(
-            "SELECT e.seq, EXISTS (SELECT 1 FROM chat_events o WHERE {SAME_MESSAGE} AND o.created <> 0 AND o.seq > ?) AS created, \
-             {MESSAGE_COLUMNS_OF_M} FROM chat_events e JOIN messages m \
-             ON m.application_id = e.application_id AND m.chat_number = e.chat_number AND m.number = e.message_number \
-             WHERE e.application_id = ? AND e.chat_number = ? AND e.seq > ? \
+            "SELECT * FROM (SELECT e.seq, EXISTS (SELECT 1 FROM chat_events o WHERE {SAME_MESSAGE} AND o.created <> 0 AND o.seq > ?) AS created, \
+             {MESSAGE_COLUMNS_OF_M}, SUM(OCTET_LENGTH(m.body)) OVER (ORDER BY e.seq) AS running \
+             FROM (SELECT * FROM chat_events e WHERE e.application_id = ? AND e.chat_number = ? AND e.seq > ? \
              AND NOT EXISTS (SELECT 1 FROM chat_events o WHERE {SAME_MESSAGE} AND o.seq > e.seq) \
-             ORDER BY e.seq LIMIT ?"
+             ORDER BY e.seq LIMIT ?) e JOIN messages m \
+             ON m.application_id = e.application_id AND m.chat_number = e.chat_number AND m.number = e.message_number) page \
+             WHERE running <= ? OR running = OCTET_LENGTH(body) ORDER BY seq"
         );
         let rows: Vec<LoggedChange> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(from))
@@ -368,6 +372,7 @@ where
             .bind(signed(chat))
             .bind(signed(after))
             .bind(i64::from(limit))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
