@@ -108,7 +108,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let ports = wiring::serve_ports(args, &connecting).await?;
     let _ = routes.set(app(
         ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe())
-            .with_hot_pages(args.hot_page_cache_bytes),
+            .with_hot_pages(args.hot_page_cache_bytes)
+            .with_write_quota(args.access.rate_limit_per_app),
         &args.access,
         args.max_request_bytes,
         &args.http,
@@ -125,7 +126,8 @@ pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> 
     let addr = listener.local_addr()?;
     let routes = app(
         ChatService::with_live(standalone.ports, live_settings(&args.http), stopped.clone())
-            .with_ingest_health(standalone.ingest_health),
+            .with_ingest_health(standalone.ingest_health)
+            .with_write_quota(args.access.rate_limit_per_app),
         &args.access,
         args.max_request_bytes,
         &args.http,

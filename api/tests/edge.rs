@@ -1,6 +1,6 @@
 //! The HTTP edge against clients that hold sockets or memory without finishing a request: silent and
 //! dripping connections, idle kept-alive ones, stalled bodies, more connections than allowed, stalled
-//! uploads over the body budget. Each case runs a standalone server with short limits and talks to it
+//! uploads over the body budget, more streams or writes than allowed. Each case runs a standalone server with short limits and talks to it
 //! over raw TCP. Timings are only ever upper bounds with a wide margin.
 
 use std::time::Duration;
@@ -442,5 +442,33 @@ async fn a_quiet_stream_ends_though_heartbeats_go_on() {
     let received = String::from_utf8_lossy(&received);
     assert!(ended.is_ok(), "still streaming: {received}");
     assert!(received.contains(": heartbeat"), "{received}");
+    server.running.stop().await;
+}
+
+/// With a write quota, an application past it gets 429 with Retry-After, and another application's
+/// writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_over_its_write_quota_gets_429_and_others_do_not() {
+    let server = common::start(&["--rate-limit-per-app", "5"]).await;
+    let base = server.base();
+    let client = reqwest::Client::new();
+    let heavy = common::create_token(&client, &base, "heavy").await;
+    let light = common::create_token(&client, &base, "light").await;
+    let create_chat = |token: &str| {
+        client
+            .post(format!("{base}/applications/{token}/chats"))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(create_chat(&heavy).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 429]);
+    let refused = create_chat(&heavy).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    assert_eq!(create_chat(&light).await.unwrap().status(), 201);
     server.running.stop().await;
 }

@@ -172,6 +172,18 @@ impl Command {
         encoded
     }
 
+    /// The application of an encoded command, read from its header alone; `None` when unreadable.
+    pub fn application_of(payload: &[u8]) -> Option<AppId> {
+        #[derive(Deserialize)]
+        struct Header {
+            application_id: AppId,
+        }
+        let header = payload.split(|b| *b == b'\n').next()?;
+        serde_json::from_slice::<Header>(header)
+            .ok()
+            .map(|header| header.application_id)
+    }
+
     /// Decodes and checks a command; a command that fails here can never be applied. A payload that
     /// is JSON alone is read too (commands queued by earlier versions): compact JSON has no raw line
     /// break, so the first one always ends the header.

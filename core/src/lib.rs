@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod live;
 pub mod plan;
 pub mod ports;
+pub mod quota;
 pub mod service;
 pub mod telemetry;
 pub mod view;

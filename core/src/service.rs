@@ -23,6 +23,7 @@ use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
 use crate::ports::{self, CachedToken, ListScope, NumberFloor};
+use crate::quota::WriteQuota;
 use crate::view::{ApplicationView, ChatView, MessageView};
 
 #[derive(Clone)]
@@ -76,6 +77,8 @@ pub struct ChatService {
     ingest: Option<watch::Receiver<IngestHealth>>,
     live: Arc<LiveChats>,
     keys: Keys,
+    /// Each application's writes per second, when limited.
+    quota: Option<WriteQuota>,
 }
 
 /// How long a token's application is trusted in process: a replaced token stops working on every
@@ -129,6 +132,21 @@ impl ChatService {
             ingest: None,
             live,
             keys,
+            quota: None,
+        }
+    }
+
+    /// Limits each application's writes (see [`WriteQuota`]); 0 leaves them unlimited.
+    pub fn with_write_quota(mut self, writes_per_second: f64) -> Self {
+        self.quota = WriteQuota::new(writes_per_second);
+        self
+    }
+
+    /// Spends an application's quota for a write.
+    fn spend(&self, app: AppId, writes: u32) -> CoreResult<()> {
+        match &self.quota {
+            Some(quota) => quota.spend(app, writes),
+            None => Ok(()),
         }
     }
 
@@ -313,6 +331,7 @@ impl ChatService {
         key: Option<&IdempotencyKey>,
     ) -> CoreResult<Created<ChatView>> {
         let app = self.resolve(token).await?;
+        self.spend(app, 1)?;
         let scope = KeyScope::Application { app, token };
         let make = || async {
             let number = match self.ports.numbers.next_chat(app).await? {
@@ -383,6 +402,7 @@ impl ChatService {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
+        self.spend(app, WriteQuota::writes_of(body))?;
         let scope = KeyScope::Application { app, token };
         let make = || async {
             let number = match self.ports.numbers.next_message(app, chat).await? {
@@ -514,6 +534,7 @@ impl ChatService {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
+        self.spend(app, WriteQuota::writes_of(body))?;
         let current = self.load_message(app, chat, number).await?;
         let version = self.ports.numbers.next_version().await?;
         // The version is a strictly increasing time in microseconds, taken in the atomic step that

@@ -25,6 +25,7 @@ pub mod env {
     pub const CHATSYS_EVENT_MAX_BEHIND_BYTES: &str = "CHATSYS_EVENT_MAX_BEHIND_BYTES";
     pub const CHATSYS_EVENT_MAX_STREAMS_PER_APP: &str = "CHATSYS_EVENT_MAX_STREAMS_PER_APP";
     pub const CHATSYS_EVENT_MAX_CHATS: &str = "CHATSYS_EVENT_MAX_CHATS";
+    pub const CHATSYS_RATE_LIMIT_PER_APP: &str = "CHATSYS_RATE_LIMIT_PER_APP";
     pub const CHATSYS_EVENT_MAX_QUIET_SECS: &str = "CHATSYS_EVENT_MAX_QUIET_SECS";
     pub const CHATSYS_EVENT_MAX_LIFETIME_SECS: &str = "CHATSYS_EVENT_MAX_LIFETIME_SECS";
     pub const CHATSYS_HEADER_TIMEOUT_MS: &str = "CHATSYS_HEADER_TIMEOUT_MS";
@@ -217,8 +218,9 @@ pub struct ServeArgs {
     pub reseed_margin: u64,
 }
 
-/// Who may call the API besides token holders: the admin key, and the origins of web pages.
-#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+/// Who may call the API besides token holders (the admin key, and the origins of web pages), and how
+/// much each application may write.
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct Access {
     /// The key that lists every application (`Authorization: Bearer <key>` on GET /applications);
     /// without one, listing is refused.
@@ -228,6 +230,12 @@ pub struct Access {
     /// `https://app.example.com`); none by default. A request from any other origin is refused.
     #[arg(long, env = env::CHATSYS_CORS_ALLOWED_ORIGINS, value_delimiter = ',', value_parser = parse_origin)]
     pub cors_allowed_origins: Vec<String>,
+    /// Writes one application may make per second on one API replica (creates and edits; a message
+    /// counts once per started 16 KiB of body), with a burst of one second's worth; past it, 429 with
+    /// Retry-After. 0 leaves writes unlimited. What keeps one tenant from filling the queue that every
+    /// tenant's writes wait in.
+    #[arg(long, env = env::CHATSYS_RATE_LIMIT_PER_APP, default_value_t = 0.0)]
+    pub rate_limit_per_app: f64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -515,6 +515,41 @@ async fn a_worker_consumes_queues_an_api_declared_beyond_its_own_setting() {
     worker.stop().await;
 }
 
+/// An application queued behind another's long run is not stored after all of it: batches take each
+/// application's commands in turn from what the worker holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_behind_anothers_long_run_is_stored_early() {
+    let s = setup().await;
+    let heavy = application_after_migration(&s).await;
+    let light = application(&s.database_url).await;
+    let (_connection, channel) = open_channel().await;
+    let mut commands = vec![chat(heavy), chat(light)];
+    commands.extend((1..=400).map(|n| message(heavy, n, &format!("h{n}"))));
+    commands.extend((1..=5).map(|n| message(light, n, &format!("l{n}"))));
+    publish(&channel, &s.queue, &commands).await;
+    let worker = start(&s.args).await;
+    assert_eq!(drained(&s.database_url, light, 5).await.0, 5);
+    assert_eq!(drained(&s.database_url, heavy, 400).await.0, 400);
+    worker.stop().await;
+    // The batch that stored the light application's messages, and the heavy one's it stored with them.
+    let mut conn = MySqlConnection::connect(&s.database_url).await.unwrap();
+    let (earliest,): (Option<u64>,) = sqlx::query_as(
+        "SELECT MIN(h.number) FROM messages h JOIN messages l ON l.changed_by = h.changed_by \
+         WHERE h.application_id = ? AND l.application_id = ?",
+    )
+    .bind(heavy)
+    .bind(light)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    // Batches of 100 in queue order would store them with the heavy application's last ones.
+    let earliest = earliest.expect("stored in a batch with some of the heavy application's");
+    assert!(
+        earliest <= 250,
+        "stored with the heavy application's message {earliest} and after"
+    );
+}
+
 /// The broker's process id of the worker's connection to these queues, from `rabbitmqctl` (the worker
 /// names its connection after its first queue).
 fn worker_connection(queue: &str) -> Option<String> {

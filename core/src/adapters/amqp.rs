@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::SelectAll;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -18,6 +18,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 
 use crate::command::Command;
+use crate::domain::AppId;
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::ports::{BatchLimits, CommandSource, Delivery, Queue};
 
@@ -28,21 +29,6 @@ fn unavailable(e: impl std::fmt::Display) -> CoreError {
 /// The dead-letter queue of a command queue.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
-}
-
-/// How many of these deliveries, from the first, make a batch within the limits: at least one, so a
-/// delivery larger than the byte limit goes alone.
-fn batch_len(deliveries: &[Delivery], limits: &BatchLimits) -> usize {
-    let mut bytes = 0;
-    let within = deliveries
-        .iter()
-        .take(limits.deliveries)
-        .take_while(|delivery| {
-            bytes += delivery.payload.len();
-            bytes <= limits.bytes
-        })
-        .count();
-    within.max(1).min(deliveries.len())
 }
 
 /// A command queue as the broker reports it.
@@ -378,10 +364,12 @@ pub struct AmqpSource {
     connection: u64,
     /// Deliveries taken from the consumer but not yet returned: `next_batch` may be cancelled while
     /// it waits for more, and must not lose what it already took.
-    pending: Vec<Delivery>,
+    pending: Vec<Pending>,
     deadline: Option<tokio::time::Instant>,
     /// When to look next for a command queue this source does not consume (declared since it connected).
     next_look: tokio::time::Instant,
+    /// What was settled on each lane of the current connection.
+    acks: Vec<LaneAcks>,
 }
 
 /// How often a worker looks for command queues declared since it connected (an API replica with more
@@ -429,6 +417,7 @@ impl AmqpSource {
             pending: Vec::new(),
             deadline: None,
             next_look: tokio::time::Instant::now() + LOOK_FOR_QUEUES_EVERY,
+            acks: Vec::new(),
         }
     }
 
@@ -496,22 +485,35 @@ impl AmqpSource {
         unavailable(e)
     }
 
-    fn delivery(&self, lane: usize, d: lapin::message::Delivery) -> Delivery {
-        Delivery {
-            tag: d.delivery_tag,
-            connection: self.connection,
-            lane,
-            payload: d.data,
-            redelivered: d.redelivered,
+    fn delivery(&self, lane: usize, d: lapin::message::Delivery) -> Pending {
+        Pending {
+            application: Command::application_of(&d.data),
+            delivery: Delivery {
+                tag: d.delivery_tag,
+                connection: self.connection,
+                lane,
+                payload: d.data,
+                redelivered: d.redelivered,
+            },
         }
     }
+}
+
+/// A delivery taken from the consumer, with its command's application (read once, to choose batches).
+struct Pending {
+    application: Option<AppId>,
+    delivery: Delivery,
 }
 
 #[async_trait]
 impl CommandSource for AmqpSource {
     async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>> {
         if self.link.is_none() {
-            self.link = Some(self.open().await?);
+            let link = self.open().await?;
+            self.acks = (0..link.channels.len())
+                .map(|_| LaneAcks::default())
+                .collect();
+            self.link = Some(link);
             self.connection += 1;
             // Connected: said at once, so the worker's readiness follows its connection, not the next
             // command (an idle system would otherwise look down after every broker blip).
@@ -546,7 +548,7 @@ impl CommandSource for AmqpSource {
             }
         }
         let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
-        let mut bytes: usize = self.pending.iter().map(|d| d.payload.len()).sum();
+        let mut bytes: usize = self.pending.iter().map(|p| p.delivery.payload.len()).sum();
         while self.pending.len() < limits.deliveries && bytes <= limits.bytes {
             let next = tokio::time::timeout_at(
                 deadline,
@@ -556,7 +558,7 @@ impl CommandSource for AmqpSource {
             match next {
                 Ok(Some((lane, Ok(d)))) => {
                     let d = self.delivery(lane, d);
-                    bytes += d.payload.len();
+                    bytes += d.delivery.payload.len();
                     self.pending.push(d);
                 }
                 // A broken link after the first delivery: process what arrived; acknowledging will fail
@@ -565,28 +567,55 @@ impl CommandSource for AmqpSource {
             }
         }
         self.deadline = None;
-        // What would take the batch over its limits waits for the next one.
-        let rest = self.pending.split_off(batch_len(&self.pending, limits));
-        Ok(std::mem::replace(&mut self.pending, rest))
+        // Everything already received (at most the prefetch) is chosen from, without waiting for more.
+        loop {
+            let consumers = &mut self.link.as_mut().expect("connected").consumers;
+            let Some(Some((lane, Ok(d)))) = consumers.next().now_or_never() else {
+                break;
+            };
+            let d = self.delivery(lane, d);
+            self.pending.push(d);
+        }
+        // What the batch does not take waits for the next one, in its order.
+        let sizes: Vec<(Option<AppId>, usize)> = self
+            .pending
+            .iter()
+            .map(|p| (p.application, p.delivery.payload.len()))
+            .collect();
+        let mut chosen = fair_batch(&sizes, limits).into_iter().peekable();
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for (index, pending) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+            if chosen.next_if_eq(&index).is_some() {
+                batch.push(pending.delivery);
+            } else {
+                rest.push(pending);
+            }
+        }
+        self.pending = rest;
+        Ok(batch)
     }
 
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
-        let lasts = last_tags(deliveries, self.connection);
-        if lasts.is_empty() {
-            return Ok(());
+        // Tags of an earlier connection mean nothing on this one: the broker redelivers those.
+        let current = deliveries
+            .iter()
+            .filter(|d| d.connection == self.connection);
+        for delivery in current {
+            self.acks[delivery.lane].settle(delivery.tag, false);
         }
         let Some(link) = &self.link else {
             return Err(unavailable("not connected"));
         };
-        // A channel's tags arrive in order, and every earlier one of this connection's channel was
-        // handed out in an earlier batch that is acknowledged already, or was dead-lettered.
         let mut result = Ok(());
-        for (lane, last) in lasts {
-            result = link.channels[lane]
-                .basic_ack(last, BasicAckOptions { multiple: true })
-                .await;
-            if result.is_err() {
-                break;
+        for (lane, acks) in self.acks.iter_mut().enumerate() {
+            if let Some(through) = acks.advance() {
+                result = link.channels[lane]
+                    .basic_ack(through, BasicAckOptions { multiple: true })
+                    .await;
+                if result.is_err() {
+                    break;
+                }
             }
         }
         result.map_err(|e| self.broken(e))
@@ -627,19 +656,89 @@ impl CommandSource for AmqpSource {
                 .map_err(unavailable)
         }
         .await;
+        if result.is_ok() {
+            self.acks[delivery.lane].settle(delivery.tag, true);
+        }
         result.map_err(|e| self.broken(e))
     }
 }
 
-/// The highest tag of each lane among deliveries of connection `current` (older ones' tags mean nothing
-/// on it), in lane order.
-fn last_tags(deliveries: &[Delivery], current: u64) -> Vec<(usize, u64)> {
-    let mut lasts = std::collections::BTreeMap::new();
-    for delivery in deliveries.iter().filter(|d| d.connection == current) {
-        let last = lasts.entry(delivery.lane).or_insert(delivery.tag);
-        *last = (*last).max(delivery.tag);
+/// What of one channel's deliveries the worker settled. Batches take deliveries out of their order
+/// (in turn among applications), while one acknowledgement covers every tag up to its own: so the
+/// broker is told only of the settled run from the channel's first tag, never of a tag before one
+/// still being applied.
+#[derive(Debug, Default)]
+struct LaneAcks {
+    /// Every tag up to this one is settled.
+    through: u64,
+    /// Settled tags after a gap, and whether each was acknowledged alone (a dead-lettered delivery).
+    waiting: std::collections::BTreeMap<u64, bool>,
+}
+
+impl LaneAcks {
+    /// Notes a settled tag; `alone` when it was acknowledged by itself already.
+    fn settle(&mut self, tag: u64, alone: bool) {
+        if tag > self.through {
+            self.waiting.insert(tag, alone);
+        }
     }
-    lasts.into_iter().collect()
+
+    /// The tag to acknowledge, with every one before it, now that the run from the first grew: the
+    /// last of the run not acknowledged alone (acknowledging a tag twice closes the channel).
+    fn advance(&mut self) -> Option<u64> {
+        let mut target = None;
+        while let Some(entry) = self.waiting.first_entry() {
+            if *entry.key() != self.through + 1 {
+                break;
+            }
+            let (tag, alone) = entry.remove_entry();
+            self.through = tag;
+            if !alone {
+                target = Some(tag);
+            }
+        }
+        target
+    }
+}
+
+/// The deliveries (their indices, in order) of a batch that takes in turn one of each application's,
+/// in the order each application first appears, within the limits: one application's run of commands
+/// does not fill a batch while another's wait behind it. Each delivery is given as its application
+/// (`None` when unreadable) and its size.
+fn fair_batch(deliveries: &[(Option<AppId>, usize)], limits: &BatchLimits) -> Vec<usize> {
+    let mut turns: Vec<std::collections::VecDeque<usize>> = Vec::new();
+    let mut turn_of: std::collections::HashMap<Option<AppId>, usize> = Default::default();
+    for (index, (app, _)) in deliveries.iter().enumerate() {
+        let turn = *turn_of.entry(*app).or_insert_with(|| {
+            turns.push(Default::default());
+            turns.len() - 1
+        });
+        turns[turn].push_back(index);
+    }
+    let mut chosen = Vec::new();
+    let mut bytes = 0;
+    'rounds: while chosen.len() < limits.deliveries {
+        let mut took = false;
+        for turn in &mut turns {
+            let Some(&index) = turn.front() else { continue };
+            let size = deliveries[index].1;
+            if !chosen.is_empty() && bytes + size > limits.bytes {
+                break 'rounds;
+            }
+            turn.pop_front();
+            chosen.push(index);
+            bytes += size;
+            took = true;
+            if chosen.len() == limits.deliveries {
+                break 'rounds;
+            }
+        }
+        if !took {
+            break;
+        }
+    }
+    chosen.sort_unstable();
+    chosen
 }
 
 #[cfg(test)]
@@ -703,32 +802,6 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_stops_at_its_byte_limit_and_a_larger_delivery_goes_alone() {
-        let sized = |sizes: &[usize]| -> Vec<Delivery> {
-            sizes
-                .iter()
-                .map(|size| Delivery {
-                    tag: 1,
-                    connection: 1,
-                    lane: 0,
-                    payload: vec![b'x'; *size],
-                    redelivered: false,
-                })
-                .collect()
-        };
-        let limits = BatchLimits {
-            deliveries: 3,
-            bytes: 100,
-            wait: Duration::ZERO,
-        };
-        assert_eq!(batch_len(&sized(&[40, 40, 40]), &limits), 2);
-        assert_eq!(batch_len(&sized(&[40, 60, 1]), &limits), 2);
-        assert_eq!(batch_len(&sized(&[10, 10, 10, 10]), &limits), 3);
-        assert_eq!(batch_len(&sized(&[500, 10]), &limits), 1);
-        assert_eq!(batch_len(&[], &limits), 0);
-    }
-
-    #[test]
     fn a_queue_without_consumers_strands_commands_only_while_another_has_some() {
         let queue = |name: &str, consumers| QueueState {
             name: name.into(),
@@ -742,22 +815,50 @@ mod tests {
     }
 
     #[test]
-    fn acknowledgements_go_to_each_lane_up_to_its_highest_tag_of_this_connection() {
-        let delivery = |connection, lane, tag| Delivery {
-            tag,
-            connection,
-            lane,
-            payload: Vec::new(),
-            redelivered: false,
+    fn only_the_settled_run_from_the_first_tag_is_acknowledged() {
+        let mut acks = LaneAcks::default();
+        // A batch took tags 3 and 4 before 1 and 2: nothing may be acknowledged yet.
+        acks.settle(3, false);
+        acks.settle(4, false);
+        assert_eq!(acks.advance(), None);
+        acks.settle(1, false);
+        assert_eq!(acks.advance(), Some(1));
+        // Tag 2 was dead-lettered (acknowledged alone): the run goes through 4, acknowledged as one.
+        acks.settle(2, true);
+        assert_eq!(acks.advance(), Some(4));
+        // A run ending on a tag acknowledged alone is acknowledged up to the one before it.
+        acks.settle(5, false);
+        acks.settle(6, true);
+        assert_eq!(acks.advance(), Some(5));
+        acks.settle(7, true);
+        assert_eq!(acks.advance(), None, "nothing left to acknowledge");
+        acks.settle(8, false);
+        assert_eq!(acks.advance(), Some(8));
+    }
+
+    #[test]
+    fn a_batch_takes_each_applications_commands_in_turn() {
+        // Application 1 queued six before application 2's two; each is 300 bytes.
+        let pending: Vec<(Option<AppId>, usize)> = [1, 1, 1, 1, 1, 1, 2, 2]
+            .into_iter()
+            .map(|app| (Some(app), 300))
+            .collect();
+        let limits = |deliveries, bytes| BatchLimits {
+            deliveries,
+            bytes,
+            wait: Duration::ZERO,
         };
-        let batch = [
-            delivery(2, 1, 7),
-            delivery(2, 0, 3),
-            delivery(2, 1, 5),
-            delivery(1, 0, 9),
-            delivery(2, 0, 4),
-        ];
-        assert_eq!(last_tags(&batch, 2), [(0, 4), (1, 7)]);
-        assert!(last_tags(&batch, 3).is_empty());
+        assert_eq!(fair_batch(&pending, &limits(4, 1 << 20)), [0, 1, 6, 7]);
+        assert_eq!(fair_batch(&pending, &limits(3, 1 << 20)), [0, 1, 6]);
+        // Within the bytes too.
+        assert_eq!(fair_batch(&pending, &limits(100, 700)), [0, 6]);
+        // A command over the byte limit goes alone.
+        assert_eq!(fair_batch(&[(Some(1), 5000)], &limits(10, 100)), [0]);
+        // Unreadable ones take their own turn, to be dead-lettered.
+        assert_eq!(
+            fair_batch(&[(Some(1), 1), (Some(1), 1), (None, 1)], &limits(2, 100)),
+            [0, 2]
+        );
+        assert!(fair_batch(&[], &limits(10, 100)).is_empty());
     }
 }

@@ -21,6 +21,7 @@ fn access() -> Access {
     Access {
         admin_key: Some(ADMIN_KEY.into()),
         cors_allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        rate_limit_per_app: 0.0,
     }
 }
 
