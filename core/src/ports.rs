@@ -195,6 +195,11 @@ pub trait Cache: Send + Sync {
     async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>>;
     /// Keeps whichever of the cached and the given message has the higher version.
     async fn put_message(&self, message: &Message) -> CoreResult<()>;
+    /// A message accepted but maybe not stored yet (read your own write), which the cache must not
+    /// drop before it is stored; otherwise as `put_message`.
+    async fn remember_message(&self, message: &Message) -> CoreResult<()> {
+        self.put_message(message).await
+    }
     /// The same for many messages at once (the worker's write-through after a batch).
     async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {
         for message in messages {

@@ -429,7 +429,7 @@ impl ChatService {
         let act = |intent: Intent| async move {
             self.publish(&intent).await?;
             if let Some(message) = intent.command().and_then(Command::created_message) {
-                soft(self.ports.cache.put_message(&message).await);
+                soft(self.ports.cache.remember_message(&message).await);
             }
             Ok(intent)
         };
@@ -560,7 +560,7 @@ impl ChatService {
             updated_at: at,
             ..current
         };
-        soft(self.ports.cache.put_message(&message).await);
+        soft(self.ports.cache.remember_message(&message).await);
         Ok(MessageView::from(&message))
     }
 

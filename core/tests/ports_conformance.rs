@@ -571,9 +571,9 @@ async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
     let prefix = format!("chatsys-test-{}", unique());
     let cache = redis::RedisCache::new(
         connection.clone(),
+        None,
         redis::Keys::new(&prefix),
-        Duration::from_secs(60),
-        MAX_PAGE_BYTES,
+        cache_limits(64 << 20),
     );
     let scope = ListScope::Messages(1, 1);
     let mut seen = vec![cache.list_generation(&scope).await.unwrap()];
@@ -599,18 +599,177 @@ async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
     }
 }
 
-async fn redis_cache() -> Arc<dyn Cache> {
-    let url =
-        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let connection = redis::connect(&url)
+fn test_redis_url() -> String {
+    std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn connect_redis(url: &str) -> ::redis::aio::ConnectionManager {
+    redis::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"))
+}
+
+fn cache_limits(max_application_bytes: usize) -> redis::CacheLimits {
+    redis::CacheLimits {
+        ttl: Duration::from_secs(60),
+        max_page_bytes: MAX_PAGE_BYTES,
+        max_application_bytes,
+    }
+}
+
+/// The cache over both its roles: the state in the test Redis, the cache in its logical database 1.
+async fn redis_cache() -> Arc<dyn Cache> {
+    let url = test_redis_url();
     Arc::new(redis::RedisCache::new(
-        connection,
+        connect_redis(&url).await,
+        Some(connect_redis(&format!("{url}/1")).await),
         redis::Keys::new(&format!("chatsys-test-{}", unique())),
-        Duration::from_secs(60),
-        MAX_PAGE_BYTES,
+        cache_limits(64 << 20),
     ))
+}
+
+/// A Redis of its own for the cache's role, as the operator runs it (`allkeys-lru` under a
+/// `maxmemory`), on a free port; stopped when dropped.
+struct CacheServer {
+    process: std::process::Child,
+    url: String,
+}
+
+impl CacheServer {
+    fn start(maxmemory: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--maxmemory",
+                maxmemory,
+                "--maxmemory-policy",
+                "allkeys-lru",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (the tests run where Redis is installed)");
+        CacheServer {
+            process,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn connect(&self) -> ::redis::aio::ConnectionManager {
+        for _ in 0..100 {
+            if let Ok(connection) = redis::connect(&self.url).await {
+                return connection;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cache's Redis at {} never answered", self.url)
+    }
+}
+
+impl Drop for CacheServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Filling the cache's Redis past its `maxmemory` evicts list pages, while numbers, tokens and writes
+/// not yet stored, in the state's Redis, stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_evicts_pages_and_never_a_counter() {
+    let server = CacheServer::start("8mb");
+    let cache_connection = server.connect().await;
+    let state = connect_redis(&test_redis_url()).await;
+    let prefix = format!("chatsys-test-{}", unique());
+    let cache = redis::RedisCache::new(
+        state.clone(),
+        Some(cache_connection.clone()),
+        redis::Keys::new(&prefix),
+        cache_limits(usize::MAX),
+    );
+    let numbers = redis::RedisNumbers::new(state, redis::Keys::new(&prefix));
+    numbers.init_application(1).await.unwrap();
+    assert_eq!(numbers.next_chat(1).await.unwrap(), Some(1));
+    let remembered = Message {
+        application_id: 1,
+        chat_number: 1,
+        number: 1,
+        body: "accepted, not stored yet".into(),
+        version: 0,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    cache.remember_message(&remembered).await.unwrap();
+    cache.put_application_id("token", 1).await.unwrap();
+    // 32 MB of pages into 8 MB.
+    let scope = ListScope::Messages(1, 1);
+    let generation = cache.list_generation(&scope).await.unwrap();
+    let page = vec![b'p'; 60 * 1024];
+    for n in 0..500 {
+        cache
+            .put_list(&scope, generation, &format!("page{n}"), &page)
+            .await
+            .unwrap();
+    }
+    let mut kept = 0;
+    for n in 0..500 {
+        kept += usize::from(
+            cache
+                .list_page(&scope, generation, &format!("page{n}"))
+                .await
+                .unwrap()
+                .is_some(),
+        );
+    }
+    assert!(kept > 0 && kept < 200, "{kept} of 500 pages kept in 8 MB");
+    assert_eq!(
+        numbers.next_chat(1).await.unwrap(),
+        Some(2),
+        "the counter went on"
+    );
+    assert_eq!(cache.message((1, 1, 1)).await.unwrap(), Some(remembered));
+    assert_eq!(
+        cache.application_id("token").await.unwrap(),
+        CachedToken::Names(1)
+    );
+}
+
+/// An application's pages count against its share of the cache: past it, its pages are not kept (it
+/// reads the database), and another application's still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_past_its_share_of_page_bytes_is_not_cached() {
+    let url = test_redis_url();
+    let cache = redis::RedisCache::new(
+        connect_redis(&url).await,
+        None,
+        redis::Keys::new(&format!("chatsys-test-{}", unique())),
+        cache_limits(100 * 1024),
+    );
+    let page = vec![b'p'; 40 * 1024];
+    let put = |app, n: u32| {
+        let (cache, page) = (&cache, &page);
+        async move {
+            let scope = ListScope::Chats(app);
+            cache
+                .put_list(&scope, 0, &n.to_string(), page)
+                .await
+                .unwrap();
+            cache
+                .list_page(&scope, 0, &n.to_string())
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    assert!(put(1, 1).await);
+    assert!(put(1, 2).await);
+    assert!(!put(1, 3).await, "a third page goes past 100 KiB");
+    assert!(put(2, 1).await, "another application's page is kept");
 }
 
 /// The largest list page the caches under test keep.

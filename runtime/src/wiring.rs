@@ -49,12 +49,18 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Redis connections: the one of numbers and state, and the cache's when it is a Redis of its own.
+pub struct RedisConnections {
+    pub state: redis::ConnectionManager,
+    pub cache: Option<redis::ConnectionManager>,
+}
+
 /// The database (migrated first when `backends.migrate`) and Redis, each waited for.
 pub async fn connect_database_and_redis(
     connecting: &Connecting,
     backends: &Backends,
     pool_size: u32,
-) -> anyhow::Result<(Arc<dyn Store>, redis::ConnectionManager)> {
+) -> anyhow::Result<(Arc<dyn Store>, RedisConnections)> {
     let store: Arc<dyn Store> = Arc::new(mysql::MySqlStore::connect(
         backends.database_url()?,
         pool_size,
@@ -70,11 +76,20 @@ pub async fn connect_database_and_redis(
         .await
         .context("cannot use the database")?;
     let redis_url = backends.redis_url()?;
-    let redis = connecting
+    let state = connecting
         .connect("redis", || redis::connect(redis_url))
         .await
         .context("cannot connect to Redis")?;
-    Ok((store, redis))
+    let cache = match backends.redis_cache_url.as_deref() {
+        Some(url) => Some(
+            connecting
+                .connect("redis", || redis::connect(url))
+                .await
+                .context("cannot connect to the cache's Redis")?,
+        ),
+        None => None,
+    };
+    Ok((store, RedisConnections { state, cache }))
 }
 
 /// The search port of a deployment, waited for.
@@ -95,12 +110,16 @@ async fn connect_search(
         .context("cannot open the search index")
 }
 
-fn redis_cache(redis: redis::ConnectionManager, backends: &Backends) -> redis::RedisCache {
+fn redis_cache(redis: RedisConnections, backends: &Backends) -> redis::RedisCache {
     redis::RedisCache::new(
-        redis,
+        redis.state,
+        redis.cache,
         redis::Keys::new(&backends.redis_prefix),
-        Duration::from_secs(backends.cache_ttl_secs),
-        backends.cache_max_page_bytes,
+        redis::CacheLimits {
+            ttl: Duration::from_secs(backends.cache_ttl_secs),
+            max_page_bytes: backends.cache_max_page_bytes,
+            max_application_bytes: backends.cache_max_app_bytes,
+        },
     )
 }
 
@@ -129,13 +148,13 @@ pub async fn serve_ports(args: &ServeArgs, connecting: &Connecting) -> anyhow::R
     Ok(Ports {
         store,
         numbers: Arc::new(redis::RedisNumbers::new(
-            redis.clone(),
+            redis.state.clone(),
             redis::Keys::new(&backends.redis_prefix),
         )),
         floor,
         queue,
         keys: Arc::new(redis::RedisKeyCells::new(
-            redis.clone(),
+            redis.state.clone(),
             redis::Keys::new(&backends.redis_prefix),
         )),
         cache: Arc::new(redis_cache(redis, backends)),
@@ -160,7 +179,7 @@ pub async fn ingest_ports(
         store,
         search,
         announcer: Arc::new(redis::RedisAnnouncer::new(
-            redis.clone(),
+            redis.state.clone(),
             redis::Keys::new(&backends.redis_prefix),
         )),
         cache: Arc::new(redis_cache(redis, backends)),

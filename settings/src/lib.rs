@@ -50,6 +50,8 @@ pub mod env {
     pub const DATABASE_URL: &str = "DATABASE_URL";
     pub const OPENSEARCH_URL: &str = "OPENSEARCH_URL";
     pub const REDIS_URL: &str = "REDIS_URL";
+    pub const REDIS_CACHE_URL: &str = "REDIS_CACHE_URL";
+    pub const CHATSYS_CACHE_MAX_APP_BYTES: &str = "CHATSYS_CACHE_MAX_APP_BYTES";
     pub const CHATSYS_BATCH_SIZE: &str = "CHATSYS_BATCH_SIZE";
     pub const CHATSYS_BATCH_WAIT_MS: &str = "CHATSYS_BATCH_WAIT_MS";
     pub const CHATSYS_PREFETCH: &str = "CHATSYS_PREFETCH";
@@ -118,6 +120,12 @@ pub struct Backends {
     /// Redis URL, redis://host:6379/0.
     #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// A second Redis for what the cache can always read again from the database (stored
+    /// applications, chats and messages, list pages), run with `allkeys-lru` and a `maxmemory`; numbers,
+    /// tokens, idempotency keys and writes not yet stored stay in `REDIS_URL` (run with `noeviction`).
+    /// Without it, `REDIS_URL` takes both.
+    #[arg(long, env = env::REDIS_CACHE_URL, hide_env_values = true)]
+    pub redis_cache_url: Option<String>,
     /// RabbitMQ URL, amqp://user:password@host:5672/%2f.
     #[arg(long, env = env::AMQP_URL, hide_env_values = true)]
     pub amqp_url: Option<String>,
@@ -153,6 +161,10 @@ pub struct Backends {
         default_value_t = 1_048_576
     )]
     pub cache_max_page_bytes: usize,
+    /// Bytes of list pages one application may write into the cache within its TTL (and so hold at
+    /// most); past it, its pages are read from the database until the window passes.
+    #[arg(long, env = env::CHATSYS_CACHE_MAX_APP_BYTES, default_value_t = 67_108_864)]
+    pub cache_max_app_bytes: usize,
     /// json or text; the level comes from RUST_LOG.
     #[arg(long, env = env::CHATSYS_LOG_FORMAT, default_value = "json")]
     pub log_format: String,

@@ -48,6 +48,7 @@ async fn setup() -> Setup {
         backends: Backends {
             database_url: Some(database_url.clone()),
             redis_url: Some(env_or("CHATSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379")),
+            redis_cache_url: None,
             amqp_url: Some(amqp_url()),
             opensearch_url: None,
             data_dir: data.path().to_path_buf(),
@@ -57,6 +58,7 @@ async fn setup() -> Setup {
             migrate: true,
             cache_ttl_secs: 60,
             cache_max_page_bytes: 1 << 20,
+            cache_max_app_bytes: 64 << 20,
             log_format: "text".into(),
         },
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -519,7 +521,10 @@ async fn a_worker_consumes_queues_an_api_declared_beyond_its_own_setting() {
 /// application's commands in turn from what the worker holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_behind_anothers_long_run_is_stored_early() {
-    let s = setup().await;
+    let mut s = setup().await;
+    // Small batches: forty of them for the heavy run, so its commands are all delivered to the worker
+    // (within its prefetch) long before it has stored them, however busy the machine.
+    s.args.batch_size = 10;
     let heavy = application_after_migration(&s).await;
     let light = application(&s.database_url).await;
     let (_connection, channel) = open_channel().await;
@@ -542,7 +547,7 @@ async fn an_application_behind_anothers_long_run_is_stored_early() {
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    // Batches of 100 in queue order would store them with the heavy application's last ones.
+    // Batches in queue order would store them with the heavy application's last ones.
     let earliest = earliest.expect("stored in a batch with some of the heavy application's");
     assert!(
         earliest <= 250,

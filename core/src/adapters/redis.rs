@@ -31,6 +31,7 @@ static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static SWAP_CELL_SCRIPT: OnceLock<Script> = OnceLock::new();
 static LIST_GENERATION_SCRIPT: OnceLock<Script> = OnceLock::new();
+static PUT_PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 fn unavailable(e: redis::RedisError) -> CoreError {
     CoreError::unavailable(Backend::Redis, e)
@@ -91,6 +92,10 @@ impl Keys {
     }
     fn message(&self, (app, chat, number): MessageKey) -> String {
         format!("{}:message:{app}:{chat}:{number}", self.prefix)
+    }
+    /// The bytes of list pages an application wrote within the cache's TTL.
+    fn page_bytes(&self, app: AppId) -> String {
+        format!("{}:page-bytes:{app}", self.prefix)
     }
     fn list_generation(&self, scope: &ListScope) -> String {
         match scope {
@@ -337,11 +342,30 @@ impl KeyCells for RedisKeyCells {
 /// `put_application_id` (which only sets a missing entry) does not replace.
 const FORGOTTEN_TOKEN: &str = "forgotten";
 
+/// The shared cache, over two Redis roles. `state` holds what must not be lost before its time:
+/// tokens and the marks of replaced ones, and writes accepted but maybe not stored yet (read your own
+/// writes); run it with `noeviction`. `cache` holds what the store can always answer again: stored
+/// applications, chats and messages, list generations and pages; run it with `allkeys-lru` and a
+/// `maxmemory`, and a full cache drops only these. One Redis may take both roles (then run it with
+/// `noeviction`: every entry still expires after the TTL).
 pub struct RedisCache {
-    redis: ConnectionManager,
+    state: ConnectionManager,
+    cache: ConnectionManager,
+    /// Whether the roles are two servers (a write for both goes to each).
+    separate: bool,
     keys: Keys,
     ttl_secs: u64,
     max_page_bytes: usize,
+    max_application_bytes: usize,
+}
+
+/// What a [`RedisCache`] may hold: each entry's lifetime, the largest list page it keeps, and the bytes
+/// of pages one application may write within a lifetime (and so hold at most).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    pub ttl: Duration,
+    pub max_page_bytes: usize,
+    pub max_application_bytes: usize,
 }
 
 const PUT_MESSAGE: &str = r"
@@ -366,28 +390,56 @@ fn fresh_generation() -> u64 {
     rand::random::<u64>() >> 1
 }
 
+/// Stores a list page unless its application wrote more than its share of page bytes within the TTL:
+/// KEYS[1] the page, KEYS[2] the application's page bytes; ARGV: the page, the TTL, the share.
+const PUT_PAGE: &str = r"
+local written = tonumber(redis.call('GET', KEYS[2]) or '0')
+if written + #ARGV[1] > tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('INCRBY', KEYS[2], #ARGV[1])
+if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 1
+";
+
 impl RedisCache {
-    /// A list page over `max_page_bytes` is not cached: one page of a thousand 64 KiB messages is
-    /// 63 MB, which Redis would hold (and send over the network on every hit) for the whole TTL.
-    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration, max_page_bytes: usize) -> Self {
+    /// `cache` is `state` again when one Redis takes both roles. A list page over `max_page_bytes` is
+    /// not cached: one page of a thousand 64 KiB messages is 63 MB, which Redis would hold (and send
+    /// over the network on every hit) for the whole TTL.
+    pub fn new(
+        state: ConnectionManager,
+        cache: Option<ConnectionManager>,
+        keys: Keys,
+        limits: CacheLimits,
+    ) -> Self {
         RedisCache {
-            redis,
+            separate: cache.is_some(),
+            cache: cache.unwrap_or_else(|| state.clone()),
+            state,
             keys,
-            ttl_secs: ttl.as_secs().max(1),
-            max_page_bytes,
+            ttl_secs: limits.ttl.as_secs().max(1),
+            max_page_bytes: limits.max_page_bytes,
+            max_application_bytes: limits.max_application_bytes,
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> CoreResult<Option<T>> {
-        let mut redis = self.redis.clone();
-        let raw: Option<Vec<u8>> = redis.get(key).await.map_err(unavailable)?;
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        redis: &ConnectionManager,
+        key: String,
+    ) -> CoreResult<Option<T>> {
+        let raw: Option<Vec<u8>> = redis.clone().get(key).await.map_err(unavailable)?;
         Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    async fn put_json<T: serde::Serialize>(&self, key: String, value: &T) -> CoreResult<()> {
-        let mut redis = self.redis.clone();
+    async fn put_json<T: serde::Serialize>(
+        &self,
+        redis: &ConnectionManager,
+        key: String,
+        value: &T,
+    ) -> CoreResult<()> {
         let bytes = serde_json::to_vec(value).expect("cached values serialise");
         redis
+            .clone()
             .set_ex::<_, _, ()>(key, bytes, self.ttl_secs)
             .await
             .map_err(unavailable)
@@ -397,15 +449,44 @@ impl RedisCache {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut redis = self.redis.clone();
+        let mut redis = self.cache.clone();
         redis.del::<_, ()>(keys).await.map_err(unavailable)
+    }
+
+    async fn message_in(
+        &self,
+        redis: &ConnectionManager,
+        key: MessageKey,
+    ) -> CoreResult<Option<Message>> {
+        let raw: Option<Vec<u8>> = redis
+            .clone()
+            .hget(self.keys.message(key), "d")
+            .await
+            .map_err(unavailable)?;
+        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    async fn put_message_in(&self, redis: &ConnectionManager, message: &Message) -> CoreResult<()> {
+        let key = self
+            .keys
+            .message((message.application_id, message.chat_number, message.number));
+        let bytes = serde_json::to_vec(message).expect("messages serialise");
+        script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE)
+            .key(key)
+            .arg(message.version)
+            .arg(bytes)
+            .arg(self.ttl_secs)
+            .invoke_async::<i64>(&mut redis.clone())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }
 
 #[async_trait]
 impl Cache for RedisCache {
     async fn application_id(&self, token: &str) -> CoreResult<CachedToken> {
-        let mut redis = self.redis.clone();
+        let mut redis = self.state.clone();
         let cached: Option<String> = redis
             .get(self.keys.token(token))
             .await
@@ -417,7 +498,7 @@ impl Cache for RedisCache {
     }
 
     async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {
-        let mut redis = self.redis.clone();
+        let mut redis = self.state.clone();
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::EX(self.ttl_secs));
@@ -428,7 +509,7 @@ impl Cache for RedisCache {
     }
 
     async fn forget_token(&self, token: &str) -> CoreResult<()> {
-        let mut redis = self.redis.clone();
+        let mut redis = self.state.clone();
         redis
             .set_ex::<_, _, ()>(self.keys.token(token), FORGOTTEN_TOKEN, self.ttl_secs)
             .await
@@ -436,12 +517,16 @@ impl Cache for RedisCache {
     }
 
     async fn application(&self, app: AppId) -> CoreResult<Option<Application>> {
-        self.get_json(self.keys.application(app)).await
+        self.get_json(&self.cache, self.keys.application(app)).await
     }
 
     async fn put_application(&self, application: &Application) -> CoreResult<()> {
-        self.put_json(self.keys.application(application.id), application)
-            .await
+        self.put_json(
+            &self.cache,
+            self.keys.application(application.id),
+            application,
+        )
+        .await
     }
 
     async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()> {
@@ -450,12 +535,17 @@ impl Cache for RedisCache {
     }
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
-        self.get_json(self.keys.chat(app, number)).await
+        self.get_json(&self.cache, self.keys.chat(app, number))
+            .await
     }
 
     async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.put_json(self.keys.chat(chat.application_id, chat.number), chat)
-            .await
+        self.put_json(
+            &self.cache,
+            self.keys.chat(chat.application_id, chat.number),
+            chat,
+        )
+        .await
     }
 
     async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()> {
@@ -469,41 +559,39 @@ impl Cache for RedisCache {
     }
 
     async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
-        self.get_json(self.keys.pending_chat(app, number)).await
+        self.get_json(&self.state, self.keys.pending_chat(app, number))
+            .await
     }
 
     async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()> {
         self.put_json(
+            &self.state,
             self.keys.pending_chat(chat.application_id, chat.number),
             chat,
         )
         .await
     }
 
+    /// The cache's copy, or else the one remembered in `state` (dropped from the cache, or never
+    /// stored there).
     async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>> {
-        let mut redis = self.redis.clone();
-        let raw: Option<Vec<u8>> = redis
-            .hget(self.keys.message(key), "d")
-            .await
-            .map_err(unavailable)?;
-        Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        match self.message_in(&self.cache, key).await? {
+            Some(message) => Ok(Some(message)),
+            None if self.separate => self.message_in(&self.state, key).await,
+            None => Ok(None),
+        }
     }
 
     async fn put_message(&self, message: &Message) -> CoreResult<()> {
-        let mut redis = self.redis.clone();
-        let key = self
-            .keys
-            .message((message.application_id, message.chat_number, message.number));
-        let bytes = serde_json::to_vec(message).expect("messages serialise");
-        script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE)
-            .key(key)
-            .arg(message.version)
-            .arg(bytes)
-            .arg(self.ttl_secs)
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.put_message_in(&self.cache, message).await
+    }
+
+    /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look first.
+    async fn remember_message(&self, message: &Message) -> CoreResult<()> {
+        if self.separate {
+            self.put_message_in(&self.state, message).await?;
+        }
+        self.put_message_in(&self.cache, message).await
     }
 
     async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {
@@ -525,14 +613,14 @@ impl Cache for RedisCache {
             )
             .ignore();
         }
-        let mut redis = self.redis.clone();
+        let mut redis = self.cache.clone();
         pipe.query_async::<()>(&mut redis)
             .await
             .map_err(unavailable)
     }
 
     async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {
-        let mut redis = self.redis.clone();
+        let mut redis = self.cache.clone();
         script(&LIST_GENERATION_SCRIPT, LIST_GENERATION)
             .key(self.keys.list_generation(scope))
             .arg(fresh_generation())
@@ -547,7 +635,7 @@ impl Cache for RedisCache {
         generation: u64,
         page: &str,
     ) -> CoreResult<Option<Vec<u8>>> {
-        let mut redis = self.redis.clone();
+        let mut redis = self.cache.clone();
         redis
             .get(self.keys.list_page(scope, generation, page))
             .await
@@ -564,15 +652,22 @@ impl Cache for RedisCache {
         if super::memory::page_too_large(body.len(), self.max_page_bytes) {
             return Ok(());
         }
-        let mut redis = self.redis.clone();
-        redis
-            .set_ex::<_, _, ()>(
-                self.keys.list_page(scope, generation, page),
-                body,
-                self.ttl_secs,
-            )
+        let app = match scope {
+            ListScope::Chats(app) | ListScope::Messages(app, _) => *app,
+        };
+        let stored: i64 = script(&PUT_PAGE_SCRIPT, PUT_PAGE)
+            .key(self.keys.list_page(scope, generation, page))
+            .key(self.keys.page_bytes(app))
+            .arg(body)
+            .arg(self.ttl_secs)
+            .arg(self.max_application_bytes)
+            .invoke_async(&mut self.cache.clone())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if stored == 0 {
+            metrics::counter!(telemetry::CACHE_PAGES_TOO_LARGE.name).increment(1);
+        }
+        Ok(())
     }
 
     async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()> {
@@ -584,7 +679,7 @@ impl Cache for RedisCache {
             pipe.set(self.keys.list_generation(scope), fresh_generation())
                 .ignore();
         }
-        let mut redis = self.redis.clone();
+        let mut redis = self.cache.clone();
         pipe.query_async::<()>(&mut redis)
             .await
             .map_err(unavailable)

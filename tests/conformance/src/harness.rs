@@ -117,6 +117,8 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
     let backends = Backends {
         database_url: Some(database.url.clone()),
         redis_url: Some(redis_url()),
+        // The cache's role in a logical database of its own, so the contract runs over both roles.
+        redis_cache_url: Some(format!("{}/1", redis_url().trim_end_matches('/'))),
         amqp_url: Some(amqp_url()),
         opensearch_url: None,
         data_dir: data.path().to_path_buf(),
@@ -127,6 +129,7 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
         migrate: true,
         cache_ttl_secs: 300,
         cache_max_page_bytes: 1 << 20,
+        cache_max_app_bytes: 64 << 20,
         log_format: "text".into(),
     };
     let worker_args = WorkerArgs {
