@@ -204,11 +204,57 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
 #[test]
 fn backing_services_are_configured_as_their_images_expect() {
     let (_, built) = build_fixture("defaults");
-    let redis = main_container(find(&built, ChildKind::StatefulSet, "chat-redis"));
+    // The state's Redis never evicts, the cache's evicts the least recently used, each within three
+    // quarters of its 512Mi limit (what Redis counts as data, not the process).
+    let set = find(&built, ChildKind::StatefulSet, "chat-redis");
+    let redis = main_container(set);
     assert_eq!(
         redis["args"],
-        json!(["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"])
+        json!([
+            "--appendonly",
+            "yes",
+            "--requirepass",
+            "$(REDIS_PASSWORD)",
+            "--maxmemory",
+            "402653184",
+            "--maxmemory-policy",
+            "noeviction"
+        ])
     );
+    let cache = container(set, "redis-cache");
+    assert_eq!(
+        cache["args"],
+        json!([
+            "--port",
+            "6380",
+            "--maxmemory",
+            "402653184",
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "$(REDIS_PASSWORD)"
+        ])
+    );
+    assert!(
+        cache["volumeMounts"].is_null(),
+        "the cache keeps nothing on disk"
+    );
+    for deployment in ["chat-api", "chat-worker"] {
+        let name = deployment.trim_start_matches("chat-");
+        assert_eq!(
+            env(
+                container(workload(&built, deployment), name),
+                "REDIS_CACHE_URL"
+            )["value"],
+            "redis://:$(REDIS_PASSWORD)@chat-redis:6380/0"
+        );
+    }
+    let service = find(&built, ChildKind::Service, "chat-redis");
+    assert_eq!(service["spec"]["ports"][1]["port"], 6380);
     let opensearch = main_container(find(&built, ChildKind::StatefulSet, "chat-opensearch"));
     assert_eq!(
         env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],

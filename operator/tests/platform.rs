@@ -60,11 +60,18 @@ fn each_database_accepts_only_the_components_that_use_it() {
             "egress open"
         );
         let rules = policy["spec"]["ingress"].as_array().expect("rules");
+        // Redis has its cache's port besides, for the same clients.
         assert_eq!(
             rules.len(),
-            1,
+            if service == "redis" { 2 } else { 1 },
             "{name}: only its clients, no KEDA, no scrapes"
         );
+        if service == "redis" {
+            assert_eq!(
+                rule_for_port(policy, 6380)["from"][0]["podSelector"]["matchExpressions"][0]["values"],
+                json!(["api", "worker"])
+            );
+        }
         let from = &rule_for_port(policy, port)["from"][0]["podSelector"];
         assert_eq!(from["matchLabels"]["app.kubernetes.io/instance"], "chat");
         assert_eq!(

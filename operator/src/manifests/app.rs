@@ -2,7 +2,7 @@
 //! (HorizontalPodAutoscalers, or KEDA's ScaledObject for the worker), PodDisruptionBudgets and the
 //! optional Ingress.
 
-use super::backing::{BackingService, MYSQL_DATABASE};
+use super::backing::{BackingService, MYSQL_DATABASE, REDIS_CACHE_PORT};
 use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
     Child, ChildKind, Inputs, Manifest, MissingApi, Plan, child_name, config_hash,
@@ -307,7 +307,14 @@ impl<'a> Component<'a> {
                 }),
                 ..EnvFromSource::default()
             }]),
-            env: Some(connection_env(cs)),
+            env: Some(match subcommand {
+                // The migration uses the database alone.
+                Some("migrate") => connection_env(cs),
+                _ => connection_env(cs)
+                    .into_iter()
+                    .chain(cache_env(cs))
+                    .collect(),
+            }),
             resources: Some(self.resources.clone()),
             security_context: Some(container_security_context(true)),
             ..Container::default()
@@ -574,6 +581,20 @@ fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
         }
     }
     env
+}
+
+/// The cache's Redis, beside a managed Redis (its password declared before, with the state's URL).
+fn cache_env(cs: &ChatSystem) -> Option<EnvVar> {
+    let redis = BackingService::Redis;
+    redis.external(&cs.spec).is_none().then(|| {
+        value_env(
+            env::REDIS_CACHE_URL,
+            &format!(
+                "redis://:$(REDIS_PASSWORD)@{}:{REDIS_CACHE_PORT}/0",
+                redis.workload_name(cs)
+            ),
+        )
+    })
 }
 
 /// The running image of a component whose upgrade waits for its turn.

@@ -290,6 +290,77 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
+/// The port of the cache's Redis, a second container of the Redis pod (see [`redis_cache_container`]).
+pub const REDIS_CACHE_PORT: i32 = 6380;
+
+/// Redis's `maxmemory` from a container's memory limit: three quarters of it, leaving room for the
+/// allocator's overhead, replication buffers and a fork's copied pages (Redis documents `maxmemory`
+/// as the data's size, not the process's). `None` without a limit.
+fn redis_maxmemory(resources: &ResourceRequirements) -> Option<u64> {
+    let limit = resources.limits.as_ref()?.get("memory")?;
+    let bytes = super::quantity::parse_bytes(&limit.0)?;
+    Some((bytes * 0.75) as u64)
+}
+
+/// `redis-server`'s arguments for a memory bound and what to do at it.
+fn memory_policy(resources: &ResourceRequirements, policy: &str) -> Vec<String> {
+    match redis_maxmemory(resources) {
+        Some(bytes) => vec![
+            "--maxmemory".to_string(),
+            bytes.to_string(),
+            "--maxmemory-policy".to_string(),
+            policy.to_string(),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// The cache's Redis, beside the state's in the Redis pod: what the database can always answer again
+/// (stored records, list pages), bounded by `maxmemory` and evicting the least recently used of them
+/// when full, with no persistence (a restart starts it empty). It takes the Redis spec's resources.
+fn redis_cache_container(cs: &ChatSystem) -> Container {
+    let settings = BackingService::Redis.spec(&cs.spec);
+    let secret = BackingService::Redis.credentials_secret(cs);
+    let mut args: Vec<String> = ["--port", &REDIS_CACHE_PORT.to_string()]
+        .map(String::from)
+        .to_vec();
+    args.extend(memory_policy(settings.resources, "allkeys-lru"));
+    args.extend(
+        [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "$(REDIS_PASSWORD)",
+        ]
+        .map(String::from),
+    );
+    Container {
+        name: "redis-cache".to_string(),
+        image: Some(settings.image.to_string()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(vec!["redis-server".to_string()]),
+        args: Some(args),
+        env: Some(vec![
+            secret_env("REDIS_PASSWORD", &secret, "password"),
+            secret_env("REDISCLI_AUTH", &secret, "password"),
+        ]),
+        ports: Some(vec![container_port("cache", REDIS_CACHE_PORT)]),
+        resources: Some(settings.resources.clone()),
+        security_context: Some(container_security_context(false)),
+        startup_probe: Some(tcp_probe("cache", 5, 30)),
+        liveness_probe: Some(tcp_probe("cache", 20, 6)),
+        readiness_probe: Some(exec_probe(
+            &format!("redis-cli -p {REDIS_CACHE_PORT} ping | grep -q PONG"),
+            10,
+            5,
+            3,
+        )),
+        ..Container::default()
+    }
+}
+
 fn container_port(name: &str, port: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_string()),
@@ -300,6 +371,9 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 
 fn headless_service(cs: &ChatSystem, service: BackingService) -> Service {
     let mut ports = vec![service_port(service.name(), service.port())];
+    if service == BackingService::Redis {
+        ports.push(service_port("cache", REDIS_CACHE_PORT));
+    }
     if service == BackingService::Rabbitmq {
         ports.push(service_port("management", RABBITMQ_MANAGEMENT_PORT));
         // By number: naming it in the container would change the pod template and restart the broker.
@@ -460,7 +534,10 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
                             ),
                             init_containers: (!init_containers.is_empty())
                                 .then_some(init_containers),
-                            containers: vec![container],
+                            containers: match service {
+                                BackingService::Redis => vec![container, redis_cache_container(cs)],
+                                _ => vec![container],
+                            },
                             volumes: (!volumes.is_empty()).then_some(volumes),
                             ..PodSpec::default()
                         },
@@ -626,12 +703,16 @@ fn container_specifics(cs: &ChatSystem, service: BackingService) -> Container {
             )),
             ..Container::default()
         },
+        // Numbers, tokens, idempotency keys and writes not yet stored: never evicted. At its
+        // `maxmemory` it refuses writes (the API answers 503) rather than drop one.
         BackingService::Redis => Container {
             command: Some(vec!["redis-server".to_string()]),
             args: Some(
                 ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"]
                     .map(String::from)
-                    .to_vec(),
+                    .into_iter()
+                    .chain(memory_policy(&cs.spec.redis.resources, "noeviction"))
+                    .collect(),
             ),
             env: Some(vec![
                 secret_env("REDIS_PASSWORD", &secret, "password"),

@@ -2,7 +2,7 @@
 //! that use it; the API accepts on its port from `apiFrom` (anyone by default) and on its metrics port
 //! from `metricsFrom`; the worker accepts only scrapes of its metrics port. Egress is left open, and external services are not touched.
 
-use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT};
+use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT, REDIS_CACHE_PORT};
 use super::{Child, Labels, Plan, WORKER_PORT, metadata, selector, selector_labels};
 use crate::crd::{ChatSystem, ScalingMetric};
 use k8s_openapi::api::networking::v1::{
@@ -25,6 +25,12 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
             continue;
         }
         let mut rules = vec![rule(vec![components(cs, clients(service))], service.port())];
+        if service == BackingService::Redis {
+            rules.push(rule(
+                vec![components(cs, &["api", "worker"])],
+                REDIS_CACHE_PORT,
+            ));
+        }
         if service == BackingService::Rabbitmq {
             let autoscaling = &cs.spec.worker.autoscaling;
             if autoscaling.enabled && autoscaling.metric == ScalingMetric::QueueBacklog {
