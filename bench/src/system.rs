@@ -288,6 +288,16 @@ impl System {
         Ok(())
     }
 
+    /// A variable of the extra environment the processes were given.
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.options
+            .env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     fn environment(&self) -> Vec<(String, String)> {
         let mut environment = vec![
             ("DATABASE_URL".to_owned(), self.database_url()),

@@ -71,6 +71,10 @@ enum Scenario {
     /// A client follows a chat on a second API replica, which is killed with SIGKILL under load: it
     /// reconnects to the other replica with its last event id and ends with every message once.
     StreamReplicaKill,
+    /// Redis at its memory limit under load: the cache's Redis (8 MB, allkeys-lru) evicts while readers
+    /// fill it with pages, then the state's Redis is held at its maxmemory (noeviction) for 4 s: creates
+    /// answer 201 or 503, nothing acknowledged is lost and no number is given twice.
+    RedisMaxmemory,
 }
 
 impl Scenario {
@@ -494,12 +498,169 @@ async fn inject(
         Scenario::StreamReplicaKill => {
             problems.extend(kill_a_streaming_replica(system, load).await?);
         }
+        Scenario::RedisMaxmemory => {
+            problems.extend(fill_both_redis_roles(system, load, args).await?);
+        }
     }
     for role in [Role::Api, Role::Worker] {
         if system.has_exited(role) {
             problems.push(format!("{role:?} process exited during the scenario"));
         }
     }
+    Ok(problems)
+}
+
+/// The cache's Redis of the `redis-maxmemory` scenario, on a free port: small, evicting the least
+/// recently used key when full, as the operator runs it. Stopped when dropped.
+struct CacheRedis {
+    process: std::process::Child,
+    url: String,
+}
+
+impl CacheRedis {
+    const MAXMEMORY: &str = "8mb";
+
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--maxmemory",
+                Self::MAXMEMORY,
+                "--maxmemory-policy",
+                "allkeys-lru",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server for the cache")?;
+        Ok(CacheRedis {
+            process,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for CacheRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A field of `INFO`, as a number.
+async fn info_field(
+    connection: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(connection)
+        .await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("INFO {section} has no {field}"))
+}
+
+/// Readers walk the chats' message lists (each commit makes new pages) until the cache's Redis has
+/// evicted keys; then the state's Redis is held at its maxmemory with noeviction for 4 s, and put back.
+async fn fill_both_redis_roles(
+    system: &System,
+    load: &Load,
+    args: &Args,
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let cache_url = system
+        .env_value("REDIS_CACHE_URL")
+        .context("the scenario runs with a cache Redis")?;
+    let mut cache = redis::Client::open(cache_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ledger, addr) = (stop.clone(), load.ledger.clone(), system.api_addr());
+            tokio::spawn(async move {
+                let mut connection = Connection::new(addr, Duration::from_secs(30));
+                while !stop.load(Ordering::Relaxed) {
+                    let (token, chat) = {
+                        let ledger = ledger.lock().expect("ledger lock");
+                        ledger.chats[rand::random_range(0..ledger.chats.len())].clone()
+                    };
+                    let limit = rand::random_range(1..=100);
+                    let path = format!("/applications/{token}/chats/{chat}/messages?limit={limit}");
+                    let _ = connection.get(&path).await;
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut evicted = 0;
+    while evicted == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        evicted = info_field(&mut cache, "stats", "evicted_keys").await?;
+    }
+    if evicted == 0 {
+        problems.push(format!(
+            "the cache's Redis never reached its {} in 60 s",
+            CacheRedis::MAXMEMORY
+        ));
+    }
+    let mut state = redis::Client::open(args.endpoints.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let config: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory*")
+        .query_async(&mut state)
+        .await?;
+    let used = info_field(&mut state, "memory", "used_memory").await?;
+    let held = async {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("noeviction")
+            .arg("maxmemory")
+            .arg(used + 512 * 1024)
+            .query_async::<()>(&mut state)
+            .await?;
+        let full = Instant::now();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        anyhow::Ok(full)
+    }
+    .await;
+    // Put back as it was, whatever happened meanwhile.
+    let mut restore = redis::cmd("CONFIG");
+    restore.arg("SET").arg(&config);
+    restore.query_async::<()>(&mut state).await?;
+    let full = held?;
+    let released = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let _ = reader.await;
+    }
+    problems.extend(answers_during(
+        &load.observations(),
+        full,
+        released,
+        "while the state's Redis was at its maxmemory",
+        |status| status == 201 || status == 503,
+    ));
+    if !load
+        .wait_for_created(released, Duration::from_secs(30))
+        .await
+    {
+        problems.push("no 201 within 30 s of the state's Redis having room again".to_owned());
+    }
+    problems.extend(no_errors_or_hangs(
+        &load.observations(),
+        Duration::from_secs(args.max_latency_secs),
+    ));
+    eprintln!("redis-maxmemory: the cache's Redis evicted {evicted} keys");
     Ok(problems)
 }
 
@@ -738,11 +899,19 @@ async fn run_scenario(scenario: Scenario, args: &Args) -> anyhow::Result<Verdict
     let _restore = RestoreOnDrop {
         endpoints: args.endpoints.clone(),
     };
+    let cache_redis = match scenario {
+        Scenario::RedisMaxmemory => Some(CacheRedis::start()?),
+        _ => None,
+    };
+    let mut env = args.env.clone();
+    if let Some(cache) = &cache_redis {
+        env.push(("REDIS_CACHE_URL".to_owned(), cache.url.clone()));
+    }
     let mut system = System::start(
         args.endpoints.clone(),
         Options {
             keep: args.keep,
-            env: args.env.clone(),
+            env,
         },
     )
     .await?;
