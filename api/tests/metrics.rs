@@ -29,14 +29,7 @@ async fn every_metric_served_is_in_the_catalogue_with_its_help_and_labels() {
     // The worker's metrics appear once the message is stored.
     let mut exposition = String::new();
     for _ in 0..100 {
-        exposition = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        exposition = scrape(&client, &base).await;
         if exposition.contains("chatsys_worker_commands_total") {
             break;
         }
@@ -116,14 +109,7 @@ async fn invented_methods_count_as_other() {
             .unwrap();
         assert_eq!(answer.status(), 405);
     }
-    let exposition = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = scrape(&client, &base).await;
     server.running.stop().await;
     assert!(
         !exposition.contains("INVENTED"),
@@ -135,4 +121,15 @@ async fn invented_methods_count_as_other() {
         ),
         "the invented methods are not counted as other:\n{exposition}"
     );
+}
+
+async fn scrape(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

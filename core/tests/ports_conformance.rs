@@ -461,11 +461,7 @@ impl Allocator {
 }
 
 async fn redis_numbers(floor: u64) -> (Arc<Allocator>, ::redis::aio::ConnectionManager, String) {
-    let url =
-        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let connection = redis::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    let connection = connect_redis(&test_redis_url()).await;
     let prefix = format!("chatsys-test-{}", unique());
     let numbers = redis::RedisNumbers::new(connection.clone(), redis::Keys::new(&prefix));
     let allocator = Allocator {
@@ -539,16 +535,7 @@ async fn a_counter_lost_from_redis_restarts_above_the_floor_and_versions_keep_ri
     assert_eq!(numbers.next_message(7, 1).await.unwrap(), 1);
     let version = numbers.next_version().await.unwrap();
     // What a FLUSHALL does to this system's keys, without disturbing anyone else's.
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let _: () = ::redis::cmd("DEL")
-        .arg(keys)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    delete_keys(&mut connection, &format!("{prefix}:*")).await;
     assert_eq!(numbers.next_chat(7).await.unwrap(), 501);
     assert_eq!(numbers.next_message(7, 1).await.unwrap(), 501);
     assert_eq!(
@@ -563,11 +550,7 @@ async fn a_counter_lost_from_redis_restarts_above_the_floor_and_versions_keep_ri
 /// under an earlier generation are never served for the list's later state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
-    let url =
-        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let mut connection = redis::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    let mut connection = connect_redis(&test_redis_url()).await;
     let prefix = format!("chatsys-test-{}", unique());
     let cache = redis::RedisCache::new(
         connection.clone(),
@@ -580,16 +563,7 @@ async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
     assert_eq!(cache.list_generation(&scope).await.unwrap(), seen[0]);
     for _ in 0..3 {
         cache.bump_lists(&[scope.clone()]).await.unwrap();
-        let keys: Vec<String> = ::redis::cmd("KEYS")
-            .arg(format!("{prefix}:generation:*"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        let _: () = ::redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
+        delete_keys(&mut connection, &format!("{prefix}:generation:*")).await;
         let restarted = cache.list_generation(&scope).await.unwrap();
         assert!(
             !seen.contains(&restarted),
@@ -597,6 +571,20 @@ async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
         );
         seen.push(restarted);
     }
+}
+
+/// Deletes the keys matching `pattern`, as a loss of them would.
+async fn delete_keys(connection: &mut ::redis::aio::ConnectionManager, pattern: &str) {
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(connection)
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("DEL")
+        .arg(keys)
+        .query_async(connection)
+        .await
+        .unwrap();
 }
 
 fn test_redis_url() -> String {
@@ -967,13 +955,8 @@ async fn cache_memory_does_not_cache_a_forgotten_token_again() {
 }
 
 async fn redis_key_cells() -> Arc<dyn KeyCells> {
-    let url =
-        std::env::var("CHATSYS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let connection = redis::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
     Arc::new(redis::RedisKeyCells::new(
-        connection,
+        connect_redis(&test_redis_url()).await,
         redis::Keys::new(&format!("chatsys-test-{}", unique())),
     ))
 }
