@@ -80,10 +80,19 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.chats == 0 || args.streams == 0 || args.rate <= 0.0 {
         bail!("--streams, --chats and --rate must be positive");
     }
-    let mut env = vec![(
-        "CHATSYS_MAX_CONNECTIONS".to_owned(),
-        (args.streams + args.connections + 100).to_string(),
-    )];
+    // One application holds every stream: its limits are raised to the run's size.
+    let mut env = vec![
+        (
+            "CHATSYS_MAX_CONNECTIONS".to_owned(),
+            // The streams may hold all but a tenth of the connections.
+            ((args.streams + args.connections + 100) * 10 / 9 + 8).to_string(),
+        ),
+        (
+            "CHATSYS_EVENT_MAX_STREAMS_PER_APP".to_owned(),
+            args.streams.to_string(),
+        ),
+        ("CHATSYS_EVENT_MAX_CHATS".to_owned(), args.chats.to_string()),
+    ];
     env.extend(args.env.clone());
     let system = System::start(args.endpoints.clone(), Options { keep: false, env })
         .await
