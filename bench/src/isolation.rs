@@ -24,6 +24,8 @@ const PROBE_LIMIT: Duration = Duration::from_secs(60);
 pub struct IsolationFigures {
     /// Bodies of 64 KiB the large application wrote.
     pub large_created: u64,
+    /// From a small message's 201 to its first appearance in a search, before the large writes start.
+    pub small_searchable_alone: LatencySummary,
     /// From a small message's 201 to its first appearance in a search, while the large ones are stored.
     pub small_searchable: LatencySummary,
     pub small_never_seen: usize,
@@ -43,6 +45,7 @@ pub async fn measure(
     let large_chat = create_chat_number(&mut connection, &large_token).await?;
     let small_token = create_application(&mut connection, "bench-small").await?;
     let small_chat = create_chat_number(&mut connection, &small_token).await?;
+    let (alone, _) = probe(&mut connection, &small_token, small_chat, probes).await?;
 
     let large = tokio::spawn(load::create_messages(
         addr,
@@ -60,24 +63,7 @@ pub async fn measure(
     ));
     // Let the large writes start reaching the worker before the first probe.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut latencies = Vec::new();
-    let mut never_seen = 0;
-    for probe in 0..probes {
-        let word = format!("probe{probe}x{}", rand::random::<u32>());
-        let created =
-            create_message(&mut connection, &small_token, small_chat, &word, None).await?;
-        if created.status != StatusCode::CREATED {
-            bail!("a small message was answered {}", created.status);
-        }
-        let at = Instant::now();
-        let path =
-            format!("/applications/{small_token}/chats/{small_chat}/messages/search?q={word}");
-        match searchable(&mut connection, &path, at + PROBE_LIMIT).await? {
-            true => latencies.push(at.elapsed()),
-            false => never_seen += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (latencies, never_seen) = probe(&mut connection, &small_token, small_chat, probes).await?;
     let outcome = large.await.context("the large writes")?;
 
     let path =
@@ -102,11 +88,39 @@ pub async fn measure(
     }
     Ok(IsolationFigures {
         large_created: outcome.ok,
+        small_searchable_alone: LatencySummary::of(alone),
         small_searchable: LatencySummary::of(latencies),
         small_never_seen: never_seen,
         short_searches: LatencySummary::of(search_times),
         short_search_pages: pages,
     })
+}
+
+/// Creates `probes` small messages one at a time, each timed from its 201 until a search finds it: the
+/// times, and how many were never found.
+async fn probe(
+    connection: &mut Connection,
+    token: &str,
+    chat: u64,
+    probes: usize,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut latencies = Vec::new();
+    let mut never_seen = 0;
+    for probe in 0..probes {
+        let word = format!("probe{probe}x{}", rand::random::<u32>());
+        let created = create_message(connection, token, chat, &word, None).await?;
+        if created.status != StatusCode::CREATED {
+            bail!("a small message was answered {}", created.status);
+        }
+        let at = Instant::now();
+        let path = format!("/applications/{token}/chats/{chat}/messages/search?q={word}");
+        match searchable(connection, &path, at + PROBE_LIMIT).await? {
+            true => latencies.push(at.elapsed()),
+            false => never_seen += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((latencies, never_seen))
 }
 
 /// Polls a search until it finds something or the deadline passes.
