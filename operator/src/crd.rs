@@ -394,13 +394,14 @@ pub struct BatchSpec {
 }
 
 impl BatchSpec {
-    /// The worker's memory when its limit is not given: a base for the process, twice the prefetch's
-    /// bytes (a delivery held, then the stored message waiting to be indexed) and four batches being
-    /// decoded, applied and cached. Measured in BENCHMARKS.md ("bounded memory").
+    /// The worker's memory when its limit is not given: a base for the process, three times the
+    /// prefetch's bytes (a delivery held, the stored message waiting to be indexed, and what the
+    /// allocator keeps of both) and four batches being decoded, applied and cached. With the defaults,
+    /// 1,088 MiB; the worker peaked at 833 MiB writing 4,000 bodies of 64 KiB (BENCHMARKS.md, issue 26).
     pub fn memory_limit(&self) -> Quantity {
         const BASE: u64 = 256 << 20;
         let bytes =
-            BASE + 2 * self.prefetch_bytes.unsigned_abs() + 4 * self.max_bytes.unsigned_abs();
+            BASE + 3 * self.prefetch_bytes.unsigned_abs() + 4 * self.max_bytes.unsigned_abs();
         Quantity(format!("{}Mi", bytes.div_ceil(1 << 20)))
     }
 }

@@ -327,10 +327,10 @@ fn the_workers_memory_limit_follows_its_byte_budgets() {
             .clone()
     };
     let mut cs = common::fixture("defaults");
-    // 256 MiB for the process, twice the 256 MiB prefetch, four batches of 16 MiB.
-    assert_eq!(worker_limit(&cs), "832Mi");
+    // 256 MiB for the process, three times the 256 MiB prefetch, four batches of 16 MiB.
+    assert_eq!(worker_limit(&cs), "1088Mi");
     cs.spec.worker.batch.prefetch_bytes = 512 << 20;
-    assert_eq!(worker_limit(&cs), "1344Mi");
+    assert_eq!(worker_limit(&cs), "1856Mi");
 }
 
 #[test]
