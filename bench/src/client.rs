@@ -25,6 +25,17 @@ impl Response {
         self.headers.contains_key(header::RETRY_AFTER)
     }
 
+    /// How long `Retry-After` says to wait (1 s when it says nothing readable).
+    pub fn retry_after(&self) -> Duration {
+        let seconds = self
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(1);
+        Duration::from_secs(seconds)
+    }
+
     /// The `number` field of a created chat or message.
     pub fn number(&self) -> anyhow::Result<u64> {
         #[derive(Deserialize)]

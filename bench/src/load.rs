@@ -157,6 +157,11 @@ pub async fn create_messages(
                             Err(_) => outcome.record_failure("201 without a number".to_owned()),
                         }
                     }
+                    // Held by its application's rate limit: waits as it is told, as a client would.
+                    Ok(response) if response.status == StatusCode::TOO_MANY_REQUESTS => {
+                        outcome.record_failure("429".to_owned());
+                        tokio::time::sleep(response.retry_after()).await;
+                    }
                     Ok(response) => outcome.record_failure(response.status.as_u16().to_string()),
                     Err(_) => {
                         outcome.record_failure("transport".to_owned());
