@@ -368,8 +368,6 @@ pub struct AmqpSource {
     deadline: Option<tokio::time::Instant>,
     /// When to look next for a command queue this source does not consume (declared since it connected).
     next_look: tokio::time::Instant,
-    /// What was settled on each lane of the current connection.
-    acks: Vec<LaneAcks>,
 }
 
 /// How often a worker looks for command queues declared since it connected (an API replica with more
@@ -382,6 +380,8 @@ struct SourceLink {
     consumed: CommandQueues,
     /// One per queue, in the queues' order: a delivery's `lane` is its index here.
     channels: Vec<Channel>,
+    /// What was settled on each channel, in the same order.
+    acks: Vec<LaneAcks>,
     consumers: SelectAll<Lane>,
 }
 
@@ -417,7 +417,6 @@ impl AmqpSource {
             pending: Vec::new(),
             deadline: None,
             next_look: tokio::time::Instant::now() + LOOK_FOR_QUEUES_EVERY,
-            acks: Vec::new(),
         }
     }
 
@@ -461,6 +460,7 @@ impl AmqpSource {
         Ok(SourceLink {
             connection,
             consumed,
+            acks: channels.iter().map(|_| LaneAcks::default()).collect(),
             channels,
             consumers,
         })
@@ -509,11 +509,7 @@ struct Pending {
 impl CommandSource for AmqpSource {
     async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>> {
         if self.link.is_none() {
-            let link = self.open().await?;
-            self.acks = (0..link.channels.len())
-                .map(|_| LaneAcks::default())
-                .collect();
-            self.link = Some(link);
+            self.link = Some(self.open().await?);
             self.connection += 1;
             // Connected: said at once, so the worker's readiness follows its connection, not the next
             // command (an idle system would otherwise look down after every broker blip).
@@ -597,20 +593,20 @@ impl CommandSource for AmqpSource {
     }
 
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
+        let Some(link) = self.link.as_mut() else {
+            return Err(unavailable("not connected"));
+        };
         // Tags of an earlier connection mean nothing on this one: the broker redelivers those.
         let current = deliveries
             .iter()
             .filter(|d| d.connection == self.connection);
         for delivery in current {
-            self.acks[delivery.lane].settle(delivery.tag, false);
+            link.acks[delivery.lane].settle(delivery.tag, false);
         }
-        let Some(link) = &self.link else {
-            return Err(unavailable("not connected"));
-        };
         let mut result = Ok(());
-        for (lane, acks) in self.acks.iter_mut().enumerate() {
+        for (acks, channel) in link.acks.iter_mut().zip(&link.channels) {
             if let Some(through) = acks.advance() {
-                result = link.channels[lane]
+                result = channel
                     .basic_ack(through, BasicAckOptions { multiple: true })
                     .await;
                 if result.is_err() {
@@ -656,8 +652,10 @@ impl CommandSource for AmqpSource {
                 .map_err(unavailable)
         }
         .await;
-        if result.is_ok() {
-            self.acks[delivery.lane].settle(delivery.tag, true);
+        if result.is_ok()
+            && let Some(link) = self.link.as_mut()
+        {
+            link.acks[delivery.lane].settle(delivery.tag, true);
         }
         result.map_err(|e| self.broken(e))
     }

@@ -346,8 +346,10 @@ const FORGOTTEN_TOKEN: &str = "forgotten";
 /// tokens and the marks of replaced ones, and writes accepted but maybe not stored yet (read your own
 /// writes); run it with `noeviction`. `cache` holds what the store can always answer again: stored
 /// applications, chats and messages, list generations and pages; run it with `allkeys-lru` and a
-/// `maxmemory`, and a full cache drops only these. One Redis may take both roles (then run it with
-/// `noeviction`: every entry still expires after the TTL).
+/// `maxmemory`, and a full cache drops only these. Two servers, not two logical databases of one:
+/// eviction samples every database of a server (redis `src/evict.c`, `performEvictions` loops over
+/// `server.dbnum`). One Redis may take both roles (then run it with `noeviction`: every entry still
+/// expires after the TTL).
 pub struct RedisCache {
     state: ConnectionManager,
     cache: ConnectionManager,
@@ -586,12 +588,17 @@ impl Cache for RedisCache {
         self.put_message_in(&self.cache, message).await
     }
 
-    /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look first.
+    /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look
+    /// first (and where an older version would otherwise shadow it). Both at once: one round trip.
     async fn remember_message(&self, message: &Message) -> CoreResult<()> {
-        if self.separate {
-            self.put_message_in(&self.state, message).await?;
+        if !self.separate {
+            return self.put_message_in(&self.cache, message).await;
         }
-        self.put_message_in(&self.cache, message).await
+        let (state, cache) = tokio::join!(
+            self.put_message_in(&self.state, message),
+            self.put_message_in(&self.cache, message)
+        );
+        state.and(cache)
     }
 
     async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {
