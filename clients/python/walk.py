@@ -69,14 +69,19 @@ def expect_error(response, status, code):
     return body
 
 
+def link_cursor(response, rel):
+    """The query of the Link header's `rel` page (`next` or `prev`), or None when there is none."""
+    for part in (response.headers.get("link") or "").split(","):
+        target, _, params = part.partition(";")
+        if f'rel="{rel}"' in params:
+            return parse_qs(urlsplit(target.strip("<> ")).query)
+    return None
+
+
 def next_after(response):
     """The `after` of the Link header's next page, or None on the last page."""
-    link = response.headers.get("link")
-    if link is None:
-        return None
-    assert 'rel="next"' in link, link
-    query = parse_qs(urlsplit(link.split(";")[0].strip("<> ")).query)
-    return query["after"][0]
+    query = link_cursor(response, "next")
+    return None if query is None else query["after"][0]
 
 
 def walk(call, **kwargs):
@@ -174,6 +179,29 @@ messages = eventually(
     "five messages listed",
 )
 assert [m.number for m in messages[0]] == [1, 2, 3, 4, 5] and messages[1] >= 3
+# Newest first: pages lead down with `before`, and back up with `prev`
+newest = messages_list.sync_detailed(token, 1, client=client, order="desc", limit=2)
+assert [m.number for m in expect(newest, 200, MessageView)] == [5, 4]
+older = link_cursor(newest, "next")
+assert older["order"] == ["desc"] and older["before"] == ["4"], older
+page2 = messages_list.sync_detailed(token, 1, client=client, order="desc", limit=2, before=int(older["before"][0]))
+assert [m.number for m in expect(page2, 200, MessageView)] == [3, 2]
+back = link_cursor(page2, "prev")
+page1 = messages_list.sync_detailed(token, 1, client=client, order="desc", limit=2, after=int(back["after"][0]))
+assert [m.number for m in expect(page1, 200, MessageView)] == [5, 4]
+assert int(newest.headers["chat-last-event-id"]) >= 5, "the change the page was read at"
+
+# A conditional edit: 200 with the next tag, then 412 with the current one for the stale tag
+read = messages_read.sync_detailed(token, 1, 2, client=client)
+tag = read.headers["etag"]
+unchanged = messages_read.sync_detailed(token, 1, 2, client=client, if_none_match=tag)
+assert unchanged.status_code == 304, unchanged.status_code
+won = messages_edit.sync_detailed(token, 1, 2, client=client, body=MessageBody(body="hello walker 2, once"), if_match=tag)
+assert expect(won, 200, MessageView).body == "hello walker 2, once"
+lost = messages_edit.sync_detailed(token, 1, 2, client=client, body=MessageBody(body="lost update"), if_match=tag)
+expect_error(lost, 412, ErrorCode.PRECONDITION_FAILED)
+assert lost.headers["etag"] == won.headers["etag"]
+
 hits = eventually(
     lambda: (lambda found: found if [m.number for m in found] == [1, 2, 3, 4, 5] else None)(
         walk(lambda **kw: messages_search.sync_detailed(token, 1, client=client, q="walker", limit=2, **kw))[0]

@@ -69,6 +69,22 @@ const edited = await client.PUT("/applications/{token}/chats/{number}/messages/{
 });
 check(edited.data?.body === "edited from TypeScript", "edit the message");
 
+// A conditional edit: the tag of the edit above is current, the tag read before it is not.
+const current = edited.response.headers.get("etag") ?? "";
+const stale = read.response.headers.get("etag") ?? "";
+const conditional = await client.PUT("/applications/{token}/chats/{number}/messages/{message}", {
+  params: { path: { ...path, message: 1 }, header: { "If-Match": current } },
+  body: { body: "edited once more from TypeScript" },
+});
+check(conditional.response.status === 200, "an edit conditioned on the current tag is made");
+const lost = await client.PUT("/applications/{token}/chats/{number}/messages/{message}", {
+  params: { path: { ...path, message: 1 }, header: { "If-Match": stale } },
+  body: { body: "a lost update" },
+});
+check(lost.response.status === 412, "an edit conditioned on a stale tag is a 412");
+expectCode(lost.error?.error.code, "precondition_failed", "a stale If-Match");
+check(lost.response.headers.get("etag") === conditional.response.headers.get("etag"), "a 412 names the current tag");
+
 let found: Message[] = [];
 for (let attempt = 0; attempt < 300 && found.length === 0; attempt++) {
   const search = await client.GET("/applications/{token}/chats/{number}/messages/search", {
@@ -83,6 +99,21 @@ const page = await client.GET("/applications/{token}/chats/{number}/messages", {
   params: { path, query: { limit: 1 } },
 });
 check(page.data?.length === 1, "list a page of messages");
+
+// Newest first: a second message, then the first page of the list in descending order.
+await client.POST("/applications/{token}/chats/{number}/messages", { params: { path }, body: { body: "second" } });
+const listNewest = () =>
+  client.GET("/applications/{token}/chats/{number}/messages", {
+    params: { path, query: { order: "desc", limit: 1 } },
+  });
+let newest = await listNewest();
+for (let attempt = 0; attempt < 300 && newest.data?.[0]?.number !== 2; attempt++) {
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  newest = await listNewest();
+}
+check(newest.data?.[0]?.number === 2, "the newest message comes first");
+check(newest.response.headers.get("link")?.includes("before=2") === true, "the next page is the older one");
+check(Number(newest.response.headers.get("chat-last-event-id")) >= 2, "the page says the change it was read at");
 
 const missing = await client.GET("/applications/{token}/chats/{number}", {
   params: { path: { token, number: 99 } },

@@ -82,6 +82,7 @@ impl Command {
                 messages_count: 0,
                 created_at: at,
                 updated_at: at,
+                last_event: 0,
             }),
             _ => None,
         }

@@ -36,6 +36,10 @@ pub struct Chat {
     pub created_at: DateTime<Utc>,
     #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
+    /// The number of the chat's latest stored change (0 before its first): where a client that has
+    /// read the chat opens its event stream.
+    #[serde(default)]
+    pub last_event: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -70,23 +74,90 @@ pub struct ChatEvent {
     pub message: Message,
 }
 
-/// A keyset page: items with a number greater than `after`, at most `limit` of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A keyset page: at most `limit` items, shown in `order`, next to a cursor (or from one end of the list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Page {
     pub limit: u32,
-    pub after: Option<u64>,
+    pub order: Order,
+    pub cursor: Cursor,
+}
+
+/// The order a page shows its items in, by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// Where a page sits in its list: the items right after a number, right before one, or those at the
+/// end the order starts from (the lowest numbers in `Asc`, the highest in `Desc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cursor {
+    Start,
+    After(u64),
+    Before(u64),
+}
+
+/// What a store reads for a page: up to `limit` rows next to a bound, walking an index one way, in
+/// the order walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Numbers above `after`, lowest first.
+    Up { after: u64, limit: u32 },
+    /// Numbers below `before` (or the highest, with none), highest first.
+    Down { before: Option<u64>, limit: u32 },
 }
 
 impl Page {
+    /// The first page in number order.
     pub fn first(limit: u32) -> Self {
-        Page { limit, after: None }
+        Page {
+            limit,
+            order: Order::Asc,
+            cursor: Cursor::Start,
+        }
     }
 
-    /// The same page with one row more, which tells whether a next page exists.
-    pub fn with_lookahead(self) -> Self {
-        Page {
-            limit: self.limit + 1,
-            ..self
+    /// Whether the page was asked for next to a cursor, so that items may lie on its other side.
+    pub fn has_cursor(&self) -> bool {
+        !matches!(self.cursor, Cursor::Start | Cursor::After(0))
+    }
+
+    /// The index walk that reads this page, with one row more, which tells whether the list goes on
+    /// in the direction walked. A page `before` a number in `Asc` order is read downwards and shown
+    /// reversed (and `after` one in `Desc` upwards), so every page costs one walk of `limit` rows.
+    pub fn scan(&self) -> Scan {
+        let limit = self.limit + 1;
+        match (self.cursor, self.order) {
+            (Cursor::After(after), _) => Scan::Up { after, limit },
+            (Cursor::Before(before), _) => Scan::Down {
+                before: Some(before),
+                limit,
+            },
+            (Cursor::Start, Order::Asc) => Scan::Up { after: 0, limit },
+            (Cursor::Start, Order::Desc) => Scan::Down {
+                before: None,
+                limit,
+            },
+        }
+    }
+
+    /// Whether the walk runs against the order shown (its rows are then reversed).
+    pub fn scans_backwards(&self) -> bool {
+        matches!(
+            (self.scan(), self.order),
+            (Scan::Up { .. }, Order::Desc) | (Scan::Down { .. }, Order::Asc)
+        )
+    }
+}
+
+impl Scan {
+    pub fn limit(&self) -> u32 {
+        match *self {
+            Scan::Up { limit, .. } | Scan::Down { limit, .. } => limit,
         }
     }
 }
@@ -156,9 +227,14 @@ pub fn validate_body(body: &str) -> CoreResult<()> {
     Ok(())
 }
 
-/// Parses `limit` and `after` query values; absent values take their defaults. Numbers are written
-/// one way only, as [`canonical_number`] says.
-pub fn parse_page(limit: Option<&str>, after: Option<&str>) -> CoreResult<Page> {
+/// Parses a list's `limit`, `after`, `before` and `order` query values; absent values take their
+/// defaults. Numbers are written one way only, as [`canonical_number`] says.
+pub fn parse_page(
+    limit: Option<&str>,
+    after: Option<&str>,
+    before: Option<&str>,
+    order: Option<&str>,
+) -> CoreResult<Page> {
     let limit = match limit {
         None => PAGE_DEFAULT,
         Some(raw) => match canonical_number(raw) {
@@ -171,17 +247,41 @@ pub fn parse_page(limit: Option<&str>, after: Option<&str>) -> CoreResult<Page> 
             }
         },
     };
-    let after = match after {
-        None => None,
-        Some(raw) => Some(
-            canonical_number(raw)
-                .filter(|n| *n <= i64::MAX as u64)
-                .ok_or_else(|| {
-                    CoreError::invalid_query("after", "must be a non-negative integer")
-                })?,
-        ),
+    let order = match order {
+        None | Some("asc") => Order::Asc,
+        Some("desc") => Order::Desc,
+        Some(_) => {
+            return Err(CoreError::invalid_query("order", "must be `asc` or `desc`"));
+        }
     };
-    Ok(Page { limit, after })
+    let cursor = match (
+        parse_cursor("after", after)?,
+        parse_cursor("before", before)?,
+    ) {
+        (None, None) => Cursor::Start,
+        (Some(after), None) => Cursor::After(after),
+        (None, Some(before)) => Cursor::Before(before),
+        (Some(_), Some(_)) => {
+            return Err(CoreError::invalid_query(
+                "before",
+                "must not be given with `after`",
+            ));
+        }
+    };
+    Ok(Page {
+        limit,
+        order,
+        cursor,
+    })
+}
+
+fn parse_cursor(name: &'static str, raw: Option<&str>) -> CoreResult<Option<u64>> {
+    raw.map(|raw| {
+        canonical_number(raw)
+            .filter(|n| *n <= i64::MAX as u64)
+            .ok_or_else(|| CoreError::invalid_query(name, "must be a non-negative integer"))
+    })
+    .transpose()
 }
 
 /// A number in a path: anything that is not a positive integer in canonical form names nothing, so it
@@ -274,26 +374,100 @@ mod tests {
     #[test]
     fn pages_default_and_reject_out_of_range_values() {
         assert_eq!(
-            parse_page(None, None).unwrap(),
+            parse_page(None, None, None, None).unwrap(),
+            Page::first(100)
+        );
+        assert_eq!(
+            parse_page(Some("1000"), Some("7"), None, None).unwrap(),
             Page {
-                limit: 100,
-                after: None
+                limit: 1000,
+                order: Order::Asc,
+                cursor: Cursor::After(7)
             }
         );
         assert_eq!(
-            parse_page(Some("1000"), Some("7")).unwrap(),
-            Page {
-                limit: 1000,
-                after: Some(7)
-            }
+            parse_page(None, Some("0"), None, None).unwrap().cursor,
+            Cursor::After(0)
         );
-        assert_eq!(parse_page(None, Some("0")).unwrap().after, Some(0));
         for bad in ["0", "1001", "-1", "x", "", "01", "+1", " 1", "1 "] {
-            assert!(parse_page(Some(bad), None).is_err(), "limit {bad}");
+            assert!(
+                parse_page(Some(bad), None, None, None).is_err(),
+                "limit {bad}"
+            );
         }
         for bad in ["-1", "x", "9223372036854775808", "00", "01", "+1"] {
-            assert!(parse_page(None, Some(bad)).is_err(), "after {bad}");
+            assert!(
+                parse_page(None, Some(bad), None, None).is_err(),
+                "after {bad}"
+            );
+            assert!(
+                parse_page(None, None, Some(bad), None).is_err(),
+                "before {bad}"
+            );
         }
+    }
+
+    #[test]
+    fn pages_run_newest_first_on_request() {
+        let page = parse_page(Some("5"), None, Some("9"), Some("desc")).unwrap();
+        assert_eq!(
+            page,
+            Page {
+                limit: 5,
+                order: Order::Desc,
+                cursor: Cursor::Before(9)
+            }
+        );
+        assert_eq!(
+            page.scan(),
+            Scan::Down {
+                before: Some(9),
+                limit: 6
+            }
+        );
+        assert!(!page.scans_backwards());
+        for bad in ["DESC", "newest", ""] {
+            assert!(
+                parse_page(None, None, None, Some(bad)).is_err(),
+                "order {bad}"
+            );
+        }
+        assert!(parse_page(None, Some("1"), Some("9"), None).is_err());
+    }
+
+    #[test]
+    fn a_page_against_its_order_walks_the_index_the_other_way() {
+        let newest = Page {
+            order: Order::Desc,
+            ..Page::first(10)
+        };
+        assert_eq!(
+            newest.scan(),
+            Scan::Down {
+                before: None,
+                limit: 11
+            }
+        );
+        let older_in_asc = Page {
+            cursor: Cursor::Before(50),
+            ..Page::first(10)
+        };
+        assert!(older_in_asc.scans_backwards());
+        let newer_in_desc = Page {
+            order: Order::Desc,
+            cursor: Cursor::After(50),
+            ..Page::first(10)
+        };
+        assert_eq!(
+            newer_in_desc.scan(),
+            Scan::Up {
+                after: 50,
+                limit: 11
+            }
+        );
+        assert!(newer_in_desc.scans_backwards());
+        assert!(!Page::first(10).has_cursor());
+        assert!(older_in_asc.has_cursor());
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub enum CoreError {
         header: &'static str,
         message: String,
     },
+    /// A conditional edit of a message whose newest version is none of those it was conditioned on.
+    #[error("the message's version moved on")]
+    VersionMoved { newest: u64 },
     /// An idempotency key already used for a different request.
     #[error("idempotency key reused for a different request")]
     KeyReused,

@@ -269,11 +269,13 @@ async fn index_and_cache_stage(
 fn take(waiting: &mut IndexQueue<Waiting>, changed: &mut Applied, stored: Stored) {
     let Applied {
         chats,
+        stored_chats,
         applications,
         messages,
         events,
     } = stored.applied;
     changed.chats.extend(chats);
+    changed.stored_chats.extend(stored_chats);
     changed.applications.extend(applications);
     waiting.push(
         Waiting {
@@ -486,8 +488,8 @@ where
         .await
 }
 
-/// Invalidation of everything whose counts or lists changed, and write-through of the messages about to
-/// be indexed. A cache failure only costs freshness until the entries expire, so it is logged, not
+/// Write-through of the chats changed and of the messages about to be indexed (each kept only when
+/// newer than what the cache holds), and invalidation of the applications and lists that changed. A cache failure only costs freshness until the entries expire, so it is logged, not
 /// retried.
 async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message]) {
     let mut scopes: Vec<ListScope> = changed
@@ -499,7 +501,7 @@ async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message
     scopes.extend(changed.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
     scopes.sort();
     scopes.dedup();
-    let mut result = cache.forget_chats(&changed.chats).await;
+    let mut result = cache.put_chats(&changed.stored_chats).await;
     if result.is_ok() {
         result = cache.forget_applications(&changed.applications).await;
     }

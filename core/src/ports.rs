@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
 use crate::command::Command;
-use crate::domain::{AppId, Application, Chat, ChatEvent, Message, Page};
+use crate::domain::{AppId, Application, Chat, ChatEvent, Message, Scan};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
 
@@ -17,6 +17,8 @@ use crate::plan::{ChatKey, MessageKey};
 #[derive(Debug, Default, Clone)]
 pub struct Applied {
     pub chats: Vec<ChatKey>,
+    /// The stored state of every chat the batch changed (created, or added a change to), after it.
+    pub stored_chats: Vec<Chat>,
     pub applications: Vec<AppId>,
     /// The stored state of every message the batch touched, after the batch.
     pub messages: Vec<Message>,
@@ -28,10 +30,18 @@ impl Applied {
     /// Adds what a later batch changed; a message in both keeps both states, the later one last.
     pub fn absorb(&mut self, later: Applied) {
         self.chats.extend(later.chats);
+        self.stored_chats.extend(later.stored_chats);
         self.applications.extend(later.applications);
         self.messages.extend(later.messages);
         self.events.extend(later.events);
     }
+}
+
+/// Messages read for a page, and the number of their chat's latest change at the time (0 for none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageRows {
+    pub messages: Vec<Message>,
+    pub last_event: u64,
 }
 
 #[async_trait]
@@ -58,9 +68,13 @@ pub trait Store: Send + Sync {
     ) -> CoreResult<Vec<Application>>;
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
-    async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>>;
+    /// An application's chats along one walk of their numbers, in the order walked.
+    async fn list_chats(&self, app: AppId, scan: Scan) -> CoreResult<Vec<Chat>>;
     async fn message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Option<Message>>;
-    async fn list_messages(&self, app: AppId, chat: u64, page: Page) -> CoreResult<Vec<Message>>;
+    /// A chat's messages along one walk of their numbers, in the order walked, with the chat's
+    /// latest change as of the same read: a client that opens the chat's stream after that change
+    /// misses no change these rows do not show.
+    async fn list_messages(&self, app: AppId, chat: u64, scan: Scan) -> CoreResult<MessageRows>;
 
     /// The highest chat number stored for an application, and the highest message number of a chat.
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64>;
@@ -105,9 +119,31 @@ pub trait Numbers: Send + Sync {
     async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64>;
     /// Starts a missing message counter at `floor` (one started meanwhile is kept) and allocates from it.
     async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64>;
-    /// Strictly increasing over the whole system, so the last edit accepted is the one that wins; a
-    /// version is a time in microseconds since the epoch (an edit's `updated_at` is read from it).
-    async fn next_version(&self) -> CoreResult<u64>;
+    /// The version of an edit of `message`: strictly increasing over the whole system, so the last
+    /// edit accepted is the one that wins; a time in microseconds since the epoch (an edit's
+    /// `updated_at` is read from it). The version handed out last for each message is kept for
+    /// [`VERSION_HEAD_LIFETIME`] (`seen`, the newest the caller read, stands in for one not kept).
+    /// With `expected`, a version is handed out only while the message's newest is one of them, in
+    /// the same atomic step: of edits conditioned on one version, one wins, on every replica.
+    async fn next_version(
+        &self,
+        message: MessageKey,
+        seen: u64,
+        expected: Option<&[u64]>,
+    ) -> CoreResult<VersionClaim>;
+}
+
+/// How long the newest version handed out for a message is kept: far longer than an edit takes to be
+/// stored, after which what the caller read (the store's or the cache's state) is as new.
+pub const VERSION_HEAD_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What asking for an edit's version found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionClaim {
+    /// The edit's version, from now on the message's newest.
+    Granted(u64),
+    /// The message's newest version, which is none the edit was conditioned on: nothing was handed out.
+    Moved(u64),
 }
 
 /// Where a lost counter restarts: above every number that may already have been handed out.
@@ -186,8 +222,10 @@ pub trait Cache: Send + Sync {
     async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()>;
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
-    async fn put_chat(&self, chat: &Chat) -> CoreResult<()>;
-    async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()>;
+    /// Keeps, for each chat, whichever of the cached and the given state has the later change (a
+    /// chat's counts only move with a change), so a state read before a commit never hides the
+    /// commit's.
+    async fn put_chats(&self, chats: &[Chat]) -> CoreResult<()>;
     /// A chat accepted but maybe not stored yet (read your own write).
     async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>>;
     async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()>;

@@ -11,18 +11,18 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache as LocalCache;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::Command;
-use crate::domain::{self, AppId, Chat, Message, Page};
+use crate::domain::{self, AppId, Chat, Message, Order, Page, Scan};
 use crate::error::{CoreError, CoreResult};
 use crate::health::Check;
 use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
 use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
-use crate::ports::{self, CachedToken, ListScope, NumberFloor};
+use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim};
 use crate::quota::WriteQuota;
 use crate::view::{ApplicationView, ChatView, MessageView};
 
@@ -49,15 +49,40 @@ pub struct Created<T> {
     pub replayed: bool,
 }
 
-/// A rendered page of a list: the JSON array, and the cursor of the next page when there is one.
-#[derive(Debug, Clone)]
+/// A rendered page of a list: the JSON array, the cursors of its neighbours, and for a chat's messages
+/// the chat's latest change as of the page.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListPage {
     pub json: Bytes,
-    pub next_after: Option<String>,
+    pub next: Option<PageLink>,
+    pub prev: Option<PageLink>,
+    pub last_event: Option<u64>,
 }
 
-/// A page of a list as rendered at one generation of the list: its scope, generation, `after` and `limit`.
-type HotPageKey = (ListScope, u64, u64, u32);
+/// Where a neighbouring page is: the query parameter naming it, with its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageLink {
+    After(String),
+    Before(String),
+}
+
+impl PageLink {
+    pub fn param(&self) -> &'static str {
+        match self {
+            PageLink::After(_) => "after",
+            PageLink::Before(_) => "before",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            PageLink::After(value) | PageLink::Before(value) => value,
+        }
+    }
+}
+
+/// A page of a list as rendered at one generation of the list.
+type HotPageKey = (ListScope, u64, Page);
 
 pub struct ChatService {
     ports: Ports,
@@ -98,13 +123,13 @@ const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
 /// The size the hot-page cache expects of a page (100 messages of 200 bytes), to size its table.
 const HOT_PAGE_TYPICAL_BYTES: u64 = 32 * 1024;
 
-/// What a held page costs: its bytes and a little for its key and bookkeeping.
+/// What a held page costs: its bytes and a little for its cursors, key and bookkeeping.
 #[derive(Debug, Clone)]
 struct PageWeight;
 
 impl Weighter<HotPageKey, ListPage> for PageWeight {
     fn weight(&self, _key: &HotPageKey, page: &ListPage) -> u64 {
-        (page.json.len() + page.next_after.as_ref().map_or(0, String::len) + 128) as u64
+        (page.json.len() + 256) as u64
     }
 }
 
@@ -317,7 +342,7 @@ impl ChatService {
             .await?;
         Ok(render_page(
             rows,
-            limit,
+            Page::first(limit),
             |a| a.token.clone(),
             |a| ApplicationView::from(a),
         ))
@@ -379,10 +404,10 @@ impl ChatService {
         let app = self.resolve(token).await?;
         let store = self.ports.store.clone();
         self.cached_list(ListScope::Chats(app), page, || async move {
-            let rows = store.list_chats(app, page.with_lookahead()).await?;
+            let rows = store.list_chats(app, page.scan()).await?;
             Ok(render_page(
                 rows,
-                page.limit,
+                page,
                 |c| c.number.to_string(),
                 |c| ChatView::from(c),
             ))
@@ -524,19 +549,31 @@ impl ChatService {
         }
     }
 
+    /// Replaces a message's body. With `expected`, only while the message's newest version is one of
+    /// those (else [`CoreError::VersionMoved`]), decided in the atomic step that hands out versions,
+    /// so that of edits conditioned on one version exactly one is accepted, on any replica.
     pub async fn edit_message(
         &self,
         token: &str,
         chat: u64,
         number: u64,
         body: &str,
+        expected: Option<&[u64]>,
     ) -> CoreResult<MessageView> {
         domain::validate_body(body)?;
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
         self.spend(app, WriteQuota::writes_of(body))?;
         let current = self.load_message(app, chat, number).await?;
-        let version = self.ports.numbers.next_version().await?;
+        let claim = self
+            .ports
+            .numbers
+            .next_version((app, chat, number), current.version, expected)
+            .await?;
+        let version = match claim {
+            VersionClaim::Granted(version) => version,
+            VersionClaim::Moved(newest) => return Err(CoreError::VersionMoved { newest }),
+        };
         // The version is a strictly increasing time in microseconds, taken in the atomic step that
         // orders the edits, so the edit's time comes from it: of simultaneous edits, the one that wins
         // (the highest version) is the one whose answer shows the latest `updated_at`.
@@ -581,15 +618,16 @@ impl ChatService {
         self.chat_birth(app, chat).await?;
         let store = self.ports.store.clone();
         self.cached_list(ListScope::Messages(app, chat), page, || async move {
-            let rows = store
-                .list_messages(app, chat, page.with_lookahead())
-                .await?;
-            Ok(render_page(
-                rows,
-                page.limit,
-                |m| m.number.to_string(),
-                |m| MessageView::from(m),
-            ))
+            let rows = store.list_messages(app, chat, page.scan()).await?;
+            Ok(ListPage {
+                last_event: Some(rows.last_event),
+                ..render_page(
+                    rows.messages,
+                    page,
+                    |m| m.number.to_string(),
+                    |m| MessageView::from(m),
+                )
+            })
         })
         .await
     }
@@ -615,14 +653,18 @@ impl ChatService {
                 app,
                 chat,
                 query,
-                page.after.unwrap_or(0),
+                match page.cursor {
+                    domain::Cursor::After(after) => after,
+                    domain::Cursor::Start | domain::Cursor::Before(_) => 0,
+                },
                 page.limit as usize,
             )
             .await?;
         let views: Vec<MessageView> = found.messages.iter().map(MessageView::from).collect();
         Ok(ListPage {
             json: serde_json::to_vec(&views).expect("views serialise").into(),
-            next_after: found.next_after.map(|n| n.to_string()),
+            next: found.next_after.map(|n| PageLink::After(n.to_string())),
+            ..ListPage::default()
         })
     }
 
@@ -700,7 +742,12 @@ impl ChatService {
             return Ok(chat);
         }
         if let Some(chat) = self.ports.store.chat(app, number).await? {
-            soft(self.ports.cache.put_chat(&chat).await);
+            soft(
+                self.ports
+                    .cache
+                    .put_chats(std::slice::from_ref(&chat))
+                    .await,
+            );
             return Ok(chat);
         }
         soft(self.ports.cache.pending_chat(app, number).await).ok_or(CoreError::NotFound("chat"))
@@ -759,7 +806,7 @@ impl ChatService {
         let Some(generation) = self.list_generation(&scope).await else {
             return load().await;
         };
-        let hot_key = (scope, generation, page.after.unwrap_or(0), page.limit);
+        let hot_key = (scope, generation, page);
         if let Some(hot_pages) = &self.hot_pages {
             let held = hot_pages.get(&hot_key);
             if let Some(held) = counted("list_in_process", held) {
@@ -767,7 +814,7 @@ impl ChatService {
             }
         }
         let scope = &hot_key.0;
-        let page_key = format!("{}:{}", page.after.unwrap_or(0), page.limit);
+        let page_key = cached_page_name(&page);
         let cached = soft(
             self.ports
                 .cache
@@ -798,40 +845,90 @@ impl ChatService {
 /// How often a request waiting for another that holds its idempotency key looks again.
 const KEY_POLL: Duration = Duration::from_millis(50);
 
-/// Keeps the rows of one page (the store was asked for one more, to know whether a next page exists).
+/// Renders the rows of one page, read in the order its scan walked with one row more than the page
+/// holds: that row says whether the list goes on the way the scan walked; the other way, it goes on
+/// when the page was asked for next to a cursor. The rows are shown in the page's order.
 fn render_page<T, V: Serialize>(
     mut rows: Vec<T>,
-    limit: u32,
+    page: Page,
     cursor: impl Fn(&T) -> String,
     view: impl Fn(&T) -> V,
 ) -> ListPage {
-    let has_next = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_after = if has_next {
-        rows.last().map(&cursor)
-    } else {
-        None
+    let walked_on = rows.len() > page.limit as usize;
+    rows.truncate(page.limit as usize);
+    let (lowest, highest) = match page.scan() {
+        Scan::Up { .. } => (rows.first(), rows.last()),
+        Scan::Down { .. } => (rows.last(), rows.first()),
+    };
+    let (goes_up, goes_down) = match page.scan() {
+        Scan::Up { .. } => (walked_on, page.has_cursor()),
+        Scan::Down { .. } => (page.has_cursor(), walked_on),
+    };
+    let above = highest
+        .filter(|_| goes_up)
+        .map(|row| PageLink::After(cursor(row)));
+    let below = lowest
+        .filter(|_| goes_down)
+        .map(|row| PageLink::Before(cursor(row)));
+    if page.scans_backwards() {
+        rows.reverse();
+    }
+    let (next, prev) = match page.order {
+        Order::Asc => (above, below),
+        Order::Desc => (below, above),
     };
     let views: Vec<V> = rows.iter().map(view).collect();
     ListPage {
         json: serde_json::to_vec(&views).expect("views serialise").into(),
-        next_after,
+        next,
+        prev,
+        last_event: None,
     }
 }
 
+/// A page's name within its list in the shared cache.
+fn cached_page_name(page: &Page) -> String {
+    let order = match page.order {
+        Order::Asc => "asc",
+        Order::Desc => "desc",
+    };
+    let cursor = match page.cursor {
+        domain::Cursor::Start => String::new(),
+        domain::Cursor::After(n) => format!(">{n}"),
+        domain::Cursor::Before(n) => format!("<{n}"),
+    };
+    format!("{order}{cursor}:{}", page.limit)
+}
+
+/// What a cached page holds besides its JSON, on the line before it.
+#[derive(Serialize, Deserialize)]
+struct CachedPageHead {
+    next: Option<PageLink>,
+    prev: Option<PageLink>,
+    last_event: Option<u64>,
+}
+
 fn encode_cached_page(page: &ListPage) -> Vec<u8> {
-    let mut out = page.next_after.clone().unwrap_or_default().into_bytes();
+    let head = CachedPageHead {
+        next: page.next.clone(),
+        prev: page.prev.clone(),
+        last_event: page.last_event,
+    };
+    let mut out = serde_json::to_vec(&head).expect("a page head serialises");
     out.push(b'\n');
     out.extend_from_slice(&page.json);
     out
 }
 
+/// A page cached by an older release (or otherwise unreadable) is a miss.
 fn decode_cached_page(bytes: &[u8]) -> Option<ListPage> {
     let split = bytes.iter().position(|b| *b == b'\n')?;
-    let cursor = std::str::from_utf8(&bytes[..split]).ok()?;
+    let head: CachedPageHead = serde_json::from_slice(&bytes[..split]).ok()?;
     Some(ListPage {
         json: Bytes::copy_from_slice(&bytes[split + 1..]),
-        next_after: (!cursor.is_empty()).then(|| cursor.to_string()),
+        next: head.next,
+        prev: head.prev,
+        last_event: head.last_event,
     })
 }
 
@@ -877,27 +974,78 @@ impl NumberFloor for ReseedFloor {
 mod tests {
     use super::*;
 
+    fn numbers_page(rows: Vec<u64>, page: Page) -> ListPage {
+        render_page(rows, page, |n| n.to_string(), |n| *n)
+    }
+
+    fn after(n: &str) -> Option<PageLink> {
+        Some(PageLink::After(n.to_string()))
+    }
+
+    fn before(n: &str) -> Option<PageLink> {
+        Some(PageLink::Before(n.to_string()))
+    }
+
     #[test]
     fn a_page_with_one_extra_row_points_at_the_next_page() {
-        let page = render_page(vec![1u64, 2, 3], 2, |n| n.to_string(), |n| *n);
+        let page = numbers_page(vec![1, 2, 3], Page::first(2));
         assert_eq!(page.json, &b"[1,2]"[..]);
-        assert_eq!(page.next_after.as_deref(), Some("2"));
-        let last = render_page(vec![1u64, 2], 2, |n| n.to_string(), |n| *n);
-        assert_eq!(last.next_after, None);
-        let empty = render_page(Vec::<u64>::new(), 2, |n| n.to_string(), |n| *n);
+        assert_eq!((page.next, page.prev), (after("2"), None));
+        let last = numbers_page(vec![1, 2], Page::first(2));
+        assert_eq!(last.next, None);
+        let empty = numbers_page(Vec::new(), Page::first(2));
         assert_eq!(empty.json, &b"[]"[..]);
     }
 
     #[test]
+    fn newest_first_pages_point_at_older_ones_next() {
+        let newest = Page {
+            order: Order::Desc,
+            ..Page::first(2)
+        };
+        let page = numbers_page(vec![9, 8, 7], newest);
+        assert_eq!(page.json, &b"[9,8]"[..]);
+        assert_eq!((page.next, page.prev), (before("8"), None));
+        let older = Page {
+            cursor: domain::Cursor::Before(8),
+            ..newest
+        };
+        let page = numbers_page(vec![7, 6], older);
+        assert_eq!(page.json, &b"[7,6]"[..]);
+        assert_eq!((page.next, page.prev), (None, after("7")));
+    }
+
+    #[test]
+    fn a_page_read_against_its_order_is_shown_in_it() {
+        // `order=desc&after=5`: the two messages right above 5, read upwards, shown newest first.
+        let newer = Page {
+            order: Order::Desc,
+            cursor: domain::Cursor::After(5),
+            ..Page::first(2)
+        };
+        let page = numbers_page(vec![6, 7, 8], newer);
+        assert_eq!(page.json, &b"[7,6]"[..]);
+        assert_eq!((page.next, page.prev), (before("6"), after("7")));
+        // `before=5` in ascending order: the two right below 5, read downwards, shown oldest first.
+        let earlier = Page {
+            cursor: domain::Cursor::Before(5),
+            ..Page::first(2)
+        };
+        let page = numbers_page(vec![4, 3], earlier);
+        assert_eq!(page.json, &b"[3,4]"[..]);
+        assert_eq!((page.next, page.prev), (after("4"), None));
+    }
+
+    #[test]
     fn cached_pages_round_trip() {
-        for next_after in [None, Some("42".to_string())] {
+        for (next, last_event) in [(None, None), (after("42"), Some(7))] {
             let page = ListPage {
                 json: bytes::Bytes::from_static(b"[{\"a\":\"x\\ny\"}]"),
-                next_after,
+                next,
+                prev: before("3"),
+                last_event,
             };
-            let back = decode_cached_page(&encode_cached_page(&page)).unwrap();
-            assert_eq!(back.json, page.json);
-            assert_eq!(back.next_after, page.next_after);
+            assert_eq!(decode_cached_page(&encode_cached_page(&page)), Some(page));
         }
     }
 }

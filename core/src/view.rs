@@ -24,6 +24,9 @@ pub struct ChatView {
     pub messages_count: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The chat's latest stored change (0 before its first): its event stream opened with `after` set
+    /// to this sends every change the chat's state here does not show yet.
+    pub last_event_id: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -34,6 +37,9 @@ pub struct MessageView {
     pub body: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The stored version this state is (0 before any edit): the `ETag` says it, not the body.
+    #[serde(skip)]
+    pub version: u64,
 }
 
 impl From<&Application> for ApplicationView {
@@ -55,6 +61,7 @@ impl From<&Chat> for ChatView {
             messages_count: c.messages_count,
             created_at: c.created_at,
             updated_at: c.updated_at,
+            last_event_id: c.last_event,
         }
     }
 }
@@ -66,6 +73,7 @@ impl From<&Message> for MessageView {
             body: m.body.clone(),
             created_at: m.created_at,
             updated_at: m.updated_at,
+            version: m.version,
         }
     }
 }

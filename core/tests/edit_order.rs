@@ -12,7 +12,8 @@ use chatsys_core::adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
 use chatsys_core::domain::AppId;
-use chatsys_core::ports::{Numbers, Store};
+use chatsys_core::plan::MessageKey;
+use chatsys_core::ports::{Numbers, Store, VersionClaim};
 use chatsys_core::service::{ChatService, Ports};
 
 /// In-process numbers whose first version reaches its caller late, as an answer from Redis can when
@@ -42,8 +43,13 @@ impl Numbers for FirstVersionLate {
     async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64> {
         self.inner.restart_messages(app, chat, floor).await
     }
-    async fn next_version(&self) -> CoreResult<u64> {
-        let version = self.inner.next_version().await?;
+    async fn next_version(
+        &self,
+        message: MessageKey,
+        seen: u64,
+        expected: Option<&[u64]>,
+    ) -> CoreResult<VersionClaim> {
+        let version = self.inner.next_version(message, seen, expected).await?;
         if self.versions.fetch_add(1, Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -94,7 +100,7 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
 
     let edit = |body: &'static str| {
         let (service, token) = (service.clone(), token.clone());
-        tokio::spawn(async move { service.edit_message(&token, chat, number, body).await })
+        tokio::spawn(async move { service.edit_message(&token, chat, number, body, None).await })
     };
     // The first PUT takes the lower version, then waits; the second takes a higher one and answers
     // first.

@@ -13,8 +13,8 @@ use chatsys_core::adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
 use chatsys_core::command::Command;
-use chatsys_core::domain::{AppId, Application, Chat, Message, Page};
-use chatsys_core::plan::{ChatKey, MessageKey};
+use chatsys_core::domain::{AppId, Application, Chat, Cursor, Message, Page};
+use chatsys_core::plan::MessageKey;
 use chatsys_core::ports::{Cache, CachedToken, ListScope, Store};
 use chatsys_core::service::{ChatService, Ports};
 
@@ -47,11 +47,8 @@ impl Cache for CountingCache {
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
         self.inner.chat(app, number).await
     }
-    async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.inner.put_chat(chat).await
-    }
-    async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()> {
-        self.inner.forget_chats(chats).await
+    async fn put_chats(&self, chats: &[Chat]) -> CoreResult<()> {
+        self.inner.put_chats(chats).await
     }
     async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
         self.inner.pending_chat(app, number).await
@@ -234,8 +231,8 @@ async fn pages_read_once_are_not_held_in_process() {
                 &token,
                 1,
                 Page {
-                    limit: 1,
-                    after: Some(after),
+                    cursor: Cursor::After(after),
+                    ..Page::first(1)
                 },
             )
             .await
@@ -248,8 +245,8 @@ async fn pages_read_once_are_not_held_in_process() {
             &token,
             1,
             Page {
-                limit: 1,
-                after: Some(0),
+                cursor: Cursor::After(0),
+                ..Page::first(1)
             },
         )
         .await

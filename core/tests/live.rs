@@ -12,11 +12,11 @@ use chatsys_core::CoreError;
 use chatsys_core::adapters::{memory, sqlite};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{self, AppId, ChatEvent};
-use chatsys_core::domain::{Application, Chat, Message, Page};
+use chatsys_core::domain::{Application, Chat, Message, Scan};
 use chatsys_core::error::CoreResult;
 use chatsys_core::live::{LiveChats, LiveSettings};
-use chatsys_core::ports::Applied;
 use chatsys_core::ports::{Announcer, Store};
+use chatsys_core::ports::{Applied, MessageRows};
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
@@ -74,14 +74,14 @@ impl Store for CountingStore {
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
         self.inner.chat(app, number).await
     }
-    async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>> {
-        self.inner.list_chats(app, page).await
+    async fn list_chats(&self, app: AppId, scan: Scan) -> CoreResult<Vec<Chat>> {
+        self.inner.list_chats(app, scan).await
     }
     async fn message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Option<Message>> {
         self.inner.message(app, chat, number).await
     }
-    async fn list_messages(&self, app: AppId, chat: u64, page: Page) -> CoreResult<Vec<Message>> {
-        self.inner.list_messages(app, chat, page).await
+    async fn list_messages(&self, app: AppId, chat: u64, scan: Scan) -> CoreResult<MessageRows> {
+        self.inner.list_messages(app, chat, scan).await
     }
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64> {
         self.inner.max_chat_number(app).await

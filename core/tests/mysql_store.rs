@@ -172,3 +172,89 @@ async fn a_schema_this_version_cannot_migrate_fails_at_once_rather_than_waiting(
     assert_schema_refused("changed checksum", store.migrate().await);
     drop_database(&name).await;
 }
+
+/// The rows the one connection of `store` has read from indexes and sorted so far (its session's
+/// handler counters: every row an index walk reads, forwards or backwards, counts once).
+async fn rows_read_and_sorted(store: &MySqlStore) -> (u64, u64) {
+    let status: Vec<(String, String)> = sqlx::query_as(
+        "SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_prev', \
+         'Handler_read_rnd_next', 'Sort_rows')",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let value = |names: &[&str]| -> u64 {
+        status
+            .iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(_, value)| value.parse::<u64>().unwrap())
+            .sum()
+    };
+    (
+        value(&[
+            "Handler_read_next",
+            "Handler_read_prev",
+            "Handler_read_rnd_next",
+        ]),
+        value(&["Sort_rows"]),
+    )
+}
+
+/// The newest page of a long chat is read from the end of the primary key backwards: about as many
+/// rows as the page holds, like the oldest page, and nothing sorted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newest_first_page_walks_the_index_backwards_without_a_sort() {
+    use chatsys_core::command::Command;
+    use chatsys_core::domain::{Order, Page};
+    let name = empty_database().await;
+    let store = MySqlStore::connect(&format!("{}/{name}", server()), 1).unwrap();
+    store.migrate().await.unwrap();
+    let at = chrono::Utc::now();
+    let app = store
+        .create_application(&chatsys_core::domain::generate_token(), "order", at)
+        .await
+        .unwrap()
+        .id;
+    let mut commands = vec![Command::CreateChat {
+        application_id: app,
+        number: 1,
+        at,
+    }];
+    commands.extend((1..=2000).map(|number| Command::CreateMessage {
+        application_id: app,
+        chat_number: 1,
+        chat_created_at: at,
+        number,
+        body: format!("message {number}"),
+        at,
+    }));
+    store.apply(&commands).await.unwrap();
+    let mut costs = Vec::new();
+    for order in [Order::Asc, Order::Desc] {
+        let page = Page {
+            order,
+            ..Page::first(10)
+        };
+        // What reading the counters costs by itself, to take off.
+        let first = rows_read_and_sorted(&store).await;
+        let before = rows_read_and_sorted(&store).await;
+        let rows = store.list_messages(app, 1, page.scan()).await.unwrap();
+        let after = rows_read_and_sorted(&store).await;
+        let numbers: Vec<u64> = rows.messages.iter().map(|m| m.number).collect();
+        match order {
+            Order::Asc => assert_eq!(numbers, (1..=11).collect::<Vec<_>>()),
+            Order::Desc => assert_eq!(numbers, (1990..=2000).rev().collect::<Vec<_>>()),
+        }
+        assert_eq!(rows.last_event, 2000);
+        let read = (after.0 - before.0).saturating_sub(before.0 - first.0);
+        let sorted = (after.1 - before.1).saturating_sub(before.1 - first.1);
+        assert_eq!(sorted, 0, "{order:?}: rows sorted");
+        costs.push(read);
+    }
+    // A page of 10 reads its 11 rows; a scan of the chat would read 2,000.
+    assert!(
+        costs.iter().all(|read| *read <= 20),
+        "rows read per page: {costs:?}"
+    );
+    drop_database(&name).await;
+}

@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use chatsys_core::CoreResult;
 use chatsys_core::adapters::{memory, mysql, redis, sqlite, sqlite_keys};
 use chatsys_core::command::Command;
-use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page};
+use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page, Scan};
 use chatsys_core::idempotency::{Claim, Held, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
-use chatsys_core::ports::{Cache, CachedToken, ListScope, NumberFloor, Numbers, Store};
+use chatsys_core::ports::{
+    Cache, CachedToken, ListScope, MessageRows, NumberFloor, Numbers, Store, VersionClaim,
+};
 use chrono::{DateTime, Utc};
 
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -83,9 +85,10 @@ fn edit_message(app: AppId, chat: u64, number: u64, body: &str, version: u64) ->
 
 async fn messages(store: &dyn Store, app: AppId, chat: u64) -> Vec<Message> {
     store
-        .list_messages(app, chat, Page::first(1000))
+        .list_messages(app, chat, Page::first(1000).scan())
         .await
         .unwrap()
+        .messages
 }
 
 async fn app(store: &dyn Store) -> AppId {
@@ -386,6 +389,86 @@ async fn concurrent_batches_number_a_chats_changes_without_gaps(store: Arc<dyn S
     assert_eq!(store.last_chat_event(app, 1).await.unwrap(), 200);
 }
 
+/// Lists walk either way from a bound, in the order walked, and a page of messages says the chat's
+/// latest change as of the same read.
+async fn lists_walk_either_way_with_the_chats_last_change(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    let mut batch = vec![
+        create_chat(app, 1),
+        create_chat(app, 2),
+        create_chat(app, 3),
+    ];
+    batch.extend((1..=5).map(|n| create_message(app, 1, n, "m")));
+    let created = store.apply(&batch).await.unwrap();
+    let mut stored: Vec<(u64, u64)> = created
+        .stored_chats
+        .iter()
+        .map(|c| (c.number, c.last_event))
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(
+        stored,
+        [(1, 5), (2, 0), (3, 0)],
+        "the chats the batch created"
+    );
+    let edited = store
+        .apply(&[edit_message(app, 1, 3, "edited", 9)])
+        .await
+        .unwrap();
+    assert_eq!(
+        edited
+            .stored_chats
+            .iter()
+            .map(|c| (c.number, c.last_event))
+            .collect::<Vec<_>>(),
+        [(1, 6)],
+        "the chat the edit changed, after it"
+    );
+    let numbers = |messages: &[Message]| messages.iter().map(|m| m.number).collect::<Vec<_>>();
+    let walk = |scan| {
+        let store = store.clone();
+        async move { store.list_messages(app, 1, scan).await.unwrap() }
+    };
+    let newest = walk(Scan::Down {
+        before: None,
+        limit: 3,
+    })
+    .await;
+    assert_eq!(numbers(&newest.messages), [5, 4, 3]);
+    assert_eq!(newest.last_event, 6, "five creates and an edit");
+    assert_eq!(newest.messages[2].body, "edited");
+    let older = walk(Scan::Down {
+        before: Some(3),
+        limit: 10,
+    })
+    .await;
+    assert_eq!(numbers(&older.messages), [2, 1]);
+    let middle = walk(Scan::Up { after: 2, limit: 2 }).await;
+    assert_eq!(numbers(&middle.messages), [3, 4]);
+    assert_eq!(
+        store
+            .list_messages(app, 9, Scan::Up { after: 0, limit: 5 })
+            .await
+            .unwrap(),
+        MessageRows::default(),
+        "no such chat"
+    );
+    let chats = store
+        .list_chats(
+            app,
+            Scan::Down {
+                before: Some(3),
+                limit: 5,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(chats.iter().map(|c| c.number).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(chats[1].last_event, 6);
+    assert_eq!(store.chat(app, 1).await.unwrap().unwrap().last_event, 6);
+    assert_eq!(store.chat(app, 2).await.unwrap().unwrap().last_event, 0);
+}
+
 /// One test per case and adapter: `[module => setup, …] [case, …]` runs every case in each module, on
 /// what its setup returns.
 macro_rules! adapter_suite {
@@ -411,6 +494,7 @@ adapter_suite!(
     changes_are_numbered_in_the_order_they_were_stored,
     concurrent_batches_number_a_chats_changes_without_gaps,
     a_replaced_token_names_nothing,
+    lists_walk_either_way_with_the_chats_last_change,
     ]
 );
 
@@ -455,8 +539,12 @@ impl Allocator {
             }
         }
     }
+    /// An unconditional edit's version of message 1 of chat 1 of application 1.
     async fn next_version(&self) -> CoreResult<u64> {
-        self.numbers.next_version().await
+        match self.numbers.next_version((1, 1, 1), 0, None).await? {
+            VersionClaim::Granted(version) => Ok(version),
+            VersionClaim::Moved(newest) => panic!("an unconditional edit found {newest}"),
+        }
     }
 }
 
@@ -525,6 +613,75 @@ async fn numbers_redis_start_at_1_and_never_repeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_local_start_at_1_and_never_repeat() {
     numbers_start_at_1_and_never_repeat(local_numbers(0)).await;
+}
+
+/// Of edits conditioned on one version, exactly one gets a version, however many run at once; an
+/// edit without a condition moves the message on too, so one conditioned on the version before fails.
+async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
+    let numbers: Arc<dyn Numbers> = numbers.numbers.clone();
+    let message = (3, 1, 1);
+    let VersionClaim::Granted(first) = numbers.next_version(message, 0, Some(&[0])).await.unwrap()
+    else {
+        panic!("a message never edited is at version 0");
+    };
+    assert_eq!(
+        numbers.next_version(message, 0, Some(&[0])).await.unwrap(),
+        VersionClaim::Moved(first),
+        "the newest version handed out is kept, whatever the caller read"
+    );
+    let racing: Vec<_> = (0..8)
+        .map(|_| {
+            let numbers = numbers.clone();
+            tokio::spawn(async move { numbers.next_version(message, 0, Some(&[first])).await })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    for task in racing {
+        if let VersionClaim::Granted(version) = task.await.unwrap().unwrap() {
+            granted.push(version);
+        }
+    }
+    assert_eq!(granted.len(), 1, "granted {granted:?}");
+    let VersionClaim::Granted(unconditional) =
+        numbers.next_version(message, 0, None).await.unwrap()
+    else {
+        panic!("an unconditional edit is refused");
+    };
+    assert!(unconditional > granted[0]);
+    assert_eq!(
+        numbers
+            .next_version(message, 0, Some(&[granted[0], 1]))
+            .await
+            .unwrap(),
+        VersionClaim::Moved(unconditional)
+    );
+    assert!(matches!(
+        numbers
+            .next_version(message, 0, Some(&[7, unconditional]))
+            .await
+            .unwrap(),
+        VersionClaim::Granted(_)
+    ));
+    assert!(
+        matches!(
+            numbers
+                .next_version((3, 1, 2), 40, Some(&[40]))
+                .await
+                .unwrap(),
+            VersionClaim::Granted(_)
+        ),
+        "a message whose newest is not kept is at the version its reader saw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_versions_redis_are_granted_once() {
+    conditional_versions_are_granted_once(redis_numbers(0).await.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_versions_local_are_granted_once() {
+    conditional_versions_are_granted_once(local_numbers(0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -814,6 +971,34 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
         .await
         .unwrap();
     assert!(first_page(after).await.is_none());
+}
+
+/// A chat read from the store before a commit and cached after the commit's write-through does not
+/// hide it: the state with the later change stays.
+async fn the_cache_keeps_the_chat_at_its_later_change(cache: Arc<dyn Cache>) {
+    let chat = |messages_count, last_event| chatsys_core::domain::Chat {
+        application_id: 1,
+        number: 4,
+        messages_count,
+        created_at: at(0),
+        updated_at: at(last_event as i64),
+        last_event,
+    };
+    cache.put_chats(&[chat(2, 3)]).await.unwrap();
+    cache.put_chats(&[chat(1, 2)]).await.unwrap();
+    assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat(2, 3)));
+    cache.put_chats(&[chat(3, 5), chat(2, 4)]).await.unwrap();
+    assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat(3, 5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_keeps_the_chat_at_its_later_change() {
+    the_cache_keeps_the_chat_at_its_later_change(redis_cache().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_keeps_the_chat_at_its_later_change() {
+    the_cache_keeps_the_chat_at_its_later_change(Arc::new(memory_cache(64 << 20))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{IdempotencyKeyHeader, JsonBody, PathParams, Query};
 use super::params::{ApplicationPath, ApplicationsQuery};
-use super::{AppState, Shared, created, list_response};
+use super::{AppState, ListLinks, Shared, created, list_response};
+use chatsys_core::domain::Page;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -101,7 +102,11 @@ pub async fn list(
         .service
         .list_applications(query.after.as_deref(), limit)
         .await?;
-    Ok(list_response(page, "/applications", limit, &[]))
+    Ok(list_response(
+        page,
+        "/applications",
+        &ListLinks::of(Page::first(limit)),
+    ))
 }
 
 /// Read an application

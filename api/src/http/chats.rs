@@ -1,16 +1,17 @@
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::header;
 use axum::response::Response;
 use chatsys_core::view::ChatView;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::conditional::{IfNoneMatch, Tagged};
 use super::error::ApiResult;
 use super::extract::{IdempotencyKeyHeader, OptionalJson, PathParams, Query};
-use super::params::{ApplicationPath, ChatPath, PageQuery};
-use super::{AppState, Shared, created, list_response};
+use super::params::{ApplicationPath, ChatPath, ListQuery};
+use super::{AppState, ListLinks, Shared, created, list_response};
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -32,7 +33,9 @@ pub struct NewChat {}
     request_body(content = Option<NewChat>, description = "Optional; no member is read"),
     responses(
         (status = 201, description = "Accepted and numbered", body = ChatView,
-            headers(("Location" = String, description = "The new chat's path")))))]
+            headers(
+                ("Location" = String, description = "The new chat's path"),
+                ("ETag" = String, description = "The chat's state")))))]
 pub async fn create(
     State(state): Shared,
     PathParams(path): PathParams<ApplicationPath>,
@@ -41,24 +44,28 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let token = path.token.0;
     let chat = state.service.create_chat(&token, key.as_ref()).await?;
-    Ok(created(
+    let etag = chat.view.etag();
+    let mut response = created(
         format!("/applications/{token}/chats/{}", chat.view.number),
         chat,
-    ))
+    );
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
 }
 
 /// List an application's chats
 ///
-/// Chats in number order, a page at a time: follow the `Link` header's `rel="next"` until there is none.
+/// Stored chats by number, oldest first or with `order=desc` newest first, a page at a time: follow the
+/// `Link` header's `rel="next"` until there is none (`rel="prev"` leads back).
 #[utoipa::path(get, path = "/applications/{token}/chats", tag = "chats", operation_id = "chats_list",
-    params(ApplicationPath, PageQuery),
+    params(ApplicationPath, ListQuery),
     responses(
-        (status = 200, description = "A page of chats, by number", body = [ChatView],
-            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while there is one")))))]
+        (status = 200, description = "A page of chats, by number in the order asked", body = [ChatView],
+            headers(("Link" = String, description = "`<…>; rel=\"next\"` and `<…>; rel=\"prev\"`: the neighbouring pages in the same order, where there are some")))))]
 pub async fn list(
     State(state): Shared,
     PathParams(path): PathParams<ApplicationPath>,
-    Query(query): Query<PageQuery>,
+    Query(query): Query<ListQuery>,
 ) -> ApiResult<Response> {
     let page = query.page()?;
     let token = path.token.0;
@@ -66,22 +73,26 @@ pub async fn list(
     Ok(list_response(
         chats,
         &format!("/applications/{token}/chats"),
-        page.limit,
-        &[],
+        &ListLinks::of(page),
     ))
 }
 
 /// Read a chat
 ///
-/// The chat with its `messages_count`, including a chat accepted but not stored yet.
+/// The chat with its `messages_count` and `last_event_id`, including a chat accepted but not stored
+/// yet, with its `ETag`.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}", tag = "chats", operation_id = "chats_read",
-    params(ChatPath),
-    responses((status = 200, description = "The chat", body = ChatView)))]
+    params(ChatPath, IfNoneMatch),
+    responses(
+        (status = 200, description = "The chat", body = ChatView,
+            headers(("ETag" = String, description = "The chat's state, for `If-None-Match`"))),
+        (status = 304, description = "The chat is still in the state `If-None-Match` named",
+            headers(("ETag" = String, description = "The chat's state")))))]
 pub async fn read(
     State(state): Shared,
     PathParams(path): PathParams<ChatPath>,
-) -> ApiResult<Json<ChatView>> {
-    Ok(Json(
-        state.service.chat(&path.token.0, path.number.0).await?,
-    ))
+    if_none_match: IfNoneMatch,
+) -> ApiResult<Response> {
+    let chat = state.service.chat(&path.token.0, path.number.0).await?;
+    Ok(if_none_match.answer(chat))
 }

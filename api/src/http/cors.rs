@@ -17,21 +17,23 @@ use chatsys_settings::origin_authority;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::{ApiError, ErrorCode};
-use super::{IDEMPOTENT_REPLAYED, REQUEST_ID, Shared};
+use super::{CHAT_LAST_EVENT_ID, IDEMPOTENT_REPLAYED, REQUEST_ID, Shared};
 
 /// The request headers a page may send: the ones the API reads.
-const ALLOWED_HEADERS: [HeaderName; 6] = [
+const ALLOWED_HEADERS: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::AUTHORIZATION,
     header::IF_MATCH,
+    header::IF_NONE_MATCH,
     HeaderName::from_static("idempotency-key"),
     HeaderName::from_static("last-event-id"),
     REQUEST_ID,
 ];
 
 /// The response headers a page may read besides the always-visible ones.
-const EXPOSED_HEADERS: [HeaderName; 6] = [
+const EXPOSED_HEADERS: [HeaderName; 7] = [
     header::LINK,
+    CHAT_LAST_EVENT_ID,
     header::ETAG,
     header::LOCATION,
     header::RETRY_AFTER,

@@ -30,7 +30,8 @@ pub struct ErrorDetail {
 /// no such application, chat, message or route. `method_not_allowed` (405): the path exists, not with
 /// this method; `Allow` names the methods it takes. `timeout` (408): the body did not arrive in time.
 /// `idempotency_key_in_flight` (409): another request with this `Idempotency-Key` is still being
-/// served; retry after `Retry-After` seconds. `payload_too_large` (413): the body is over the size
+/// served; retry after `Retry-After` seconds. `precondition_failed` (412): the message changed since the
+/// `ETag` given in `If-Match`; the answer's `ETag` is its current one. `payload_too_large` (413): the body is over the size
 /// limit. `uri_too_long` (414): the path and query are over the limit. `invalid_field` (422): the body
 /// is JSON of the wrong shape, or a field is invalid. `idempotency_key_reused` (422): this
 /// `Idempotency-Key` was used for a different request. `headers_too_large` (431): too many request
@@ -53,6 +54,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Timeout,
     IdempotencyKeyInFlight,
+    PreconditionFailed,
     PayloadTooLarge,
     UriTooLong,
     InvalidField,
@@ -70,6 +72,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After`, when the error says when to retry.
     pub retry_after: Option<u64>,
+    /// The resource's current version, for `ETag`, when the error is that the client's is not it.
+    pub current_version: Option<u64>,
 }
 
 impl ApiError {
@@ -79,6 +83,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            current_version: None,
         }
     }
 
@@ -133,6 +138,14 @@ impl From<CoreError> for ApiError {
                 ErrorCode::InvalidHeader,
                 format!("{header} {message}"),
             ),
+            CoreError::VersionMoved { newest } => ApiError {
+                current_version: Some(newest),
+                ..ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    ErrorCode::PreconditionFailed,
+                    "the message changed since the ETag given in If-Match: read it again (its ETag is this answer's)",
+                )
+            },
             CoreError::KeyReused => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::IdempotencyKeyReused,
@@ -188,6 +201,11 @@ impl IntoResponse for ApiError {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT
         )
         .then_some(1));
+        if let Some(version) = self.current_version
+            && let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\""))
+        {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

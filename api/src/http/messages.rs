@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::header;
 use axum::response::Response;
 use chatsys_core::view::MessageView;
 use serde::Deserialize;
@@ -9,10 +9,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::ApiResult;
+use super::conditional::{IfMatch, IfNoneMatch, Tagged, with_etag};
+use super::error::{ApiResult, ErrorBody};
 use super::extract::{IdempotencyKeyHeader, JsonBody, PathParams, Query};
-use super::params::{ChatPath, MessagePath, PageQuery, SearchQuery};
-use super::{AppState, Shared, created, list_response};
+use super::params::{ChatPath, ListQuery, MessagePath, PageQuery, SearchQuery};
+use super::{AppState, ListLinks, Shared, created, list_response};
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -39,7 +40,9 @@ pub struct MessageBody {
     operation_id = "messages_create", params(ChatPath, IdempotencyKeyHeader), request_body = MessageBody,
     responses(
         (status = 201, description = "Accepted and numbered", body = MessageView,
-            headers(("Location" = String, description = "The new message's path")))))]
+            headers(
+                ("Location" = String, description = "The new message's path"),
+                ("ETag" = String, description = "The message's version, for `If-Match`")))))]
 pub async fn create(
     State(state): Shared,
     PathParams(path): PathParams<ChatPath>,
@@ -51,28 +54,35 @@ pub async fn create(
         .service
         .create_message(&token, chat, &body.body, key.as_ref())
         .await?;
-    Ok(created(
+    let etag = message.view.etag();
+    let mut response = created(
         format!(
             "/applications/{token}/chats/{chat}/messages/{}",
             message.view.number
         ),
         message,
-    ))
+    );
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
 }
 
 /// List a chat's messages
 ///
-/// Stored messages in number order, a page at a time: follow the `Link` header's `rel="next"` until there
-/// is none.
+/// Stored messages by number, oldest first or with `order=desc` newest first, a page at a time: follow
+/// the `Link` header's `rel="next"` until there is none (`rel="prev"` leads back). `Chat-Last-Event-Id`
+/// names the chat's latest change as of the page: the chat's event stream opened with `after` set to it
+/// sends every change the page does not show, and none it does.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages", tag = "messages",
-    operation_id = "messages_list", params(ChatPath, PageQuery),
+    operation_id = "messages_list", params(ChatPath, ListQuery),
     responses(
-        (status = 200, description = "A page of messages, by number", body = [MessageView],
-            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while there is one")))))]
+        (status = 200, description = "A page of messages, by number in the order asked", body = [MessageView],
+            headers(
+                ("Link" = String, description = "`<…>; rel=\"next\"` and `<…>; rel=\"prev\"`: the neighbouring pages in the same order, where there are some"),
+                ("Chat-Last-Event-Id" = u64, description = "The chat's latest change as of this page (0 for none): open the event stream `after` it")))))]
 pub async fn list(
     State(state): Shared,
     PathParams(path): PathParams<ChatPath>,
-    Query(query): Query<PageQuery>,
+    Query(query): Query<ListQuery>,
 ) -> ApiResult<Response> {
     let page = query.page()?;
     let (token, chat) = (path.token.0, path.number.0);
@@ -80,46 +90,60 @@ pub async fn list(
     Ok(list_response(
         messages,
         &format!("/applications/{token}/chats/{chat}/messages"),
-        page.limit,
-        &[],
+        &ListLinks::of(page),
     ))
 }
 
 /// Read a message
 ///
-/// The message, including one accepted but not stored yet.
+/// The message, including one accepted but not stored yet, with its `ETag`.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
-    operation_id = "messages_read", params(MessagePath),
-    responses((status = 200, description = "The message", body = MessageView)))]
+    operation_id = "messages_read", params(MessagePath, IfNoneMatch),
+    responses(
+        (status = 200, description = "The message", body = MessageView,
+            headers(("ETag" = String, description = "The message's version, for `If-Match` and `If-None-Match`"))),
+        (status = 304, description = "The message is still in the state `If-None-Match` named",
+            headers(("ETag" = String, description = "The message's version")))))]
 pub async fn read(
     State(state): Shared,
     PathParams(path): PathParams<MessagePath>,
-) -> ApiResult<Json<MessageView>> {
-    Ok(Json(
-        state
-            .service
-            .message(&path.token.0, path.number.0, path.message.0)
-            .await?,
-    ))
+    if_none_match: IfNoneMatch,
+) -> ApiResult<Response> {
+    let message = state
+        .service
+        .message(&path.token.0, path.number.0, path.message.0)
+        .await?;
+    Ok(if_none_match.answer(message))
 }
 
 /// Edit a message
 ///
-/// Replaces the message's body; when edits race, the last one accepted wins.
+/// Replaces the message's body. Without `If-Match`, when edits race the last one accepted wins; with
+/// it, the edit is made only if nobody else's came first.
 #[utoipa::path(put, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
-    operation_id = "messages_edit", params(MessagePath), request_body = MessageBody,
-    responses((status = 200, description = "Edited", body = MessageView)))]
+    operation_id = "messages_edit", params(MessagePath, IfMatch), request_body = MessageBody,
+    responses(
+        (status = 200, description = "Edited", body = MessageView,
+            headers(("ETag" = String, description = "The new version, for the next `If-Match`"))),
+        (status = 412, description = "The message changed since the `If-Match` version (`precondition_failed`); nothing was edited", body = ErrorBody,
+            headers(("ETag" = String, description = "The message's current version")))))]
 pub async fn edit(
     State(state): Shared,
     PathParams(path): PathParams<MessagePath>,
+    IfMatch(expected): IfMatch,
     JsonBody(body): JsonBody<MessageBody>,
-) -> ApiResult<Json<MessageView>> {
-    Ok(Json(
-        state
-            .service
-            .edit_message(&path.token.0, path.number.0, path.message.0, &body.body)
-            .await?,
-    ))
+) -> ApiResult<Response> {
+    let message = state
+        .service
+        .edit_message(
+            &path.token.0,
+            path.number.0,
+            path.message.0,
+            &body.body,
+            expected.as_deref(),
+        )
+        .await?;
+    Ok(with_etag(message))
 }
 
 /// Search a chat's messages
@@ -143,5 +167,9 @@ pub async fn search(
     let (token, chat) = (path.token.0, path.number.0);
     let hits = state.service.search(&token, chat, q, page).await?;
     let path = format!("/applications/{token}/chats/{chat}/messages/search");
-    Ok(list_response(hits, &path, page.limit, &[("q", q)]))
+    let links = ListLinks {
+        extra: &[("q", q)],
+        ..ListLinks::of(page)
+    };
+    Ok(list_response(hits, &path, &links))
 }

@@ -3,6 +3,7 @@
 
 mod applications;
 mod chats;
+mod conditional;
 mod cors;
 pub mod error;
 mod events;
@@ -22,6 +23,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use chatsys_core::domain::{Order, Page};
 use chatsys_core::service::{ChatService, Created, ListPage};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -222,23 +224,59 @@ fn method_label(method: &Method) -> &'static str {
         .map_or("other", Method::as_str)
 }
 
-/// A rendered list with its `Link: <…>; rel="next"` header when there is a next page.
-pub fn list_response(page: ListPage, path: &str, limit: u32, extra: &[(&str, &str)]) -> Response {
+/// The change a chat's list of messages was read at: where its event stream continues from.
+pub const CHAT_LAST_EVENT_ID: HeaderName = HeaderName::from_static("chat-last-event-id");
+
+/// A rendered list with its `Link` header naming the `next` and `prev` pages where there are some, in
+/// the same order (`order` and `limit` are kept, as is `extra`), and for a chat's messages the change
+/// they were read at.
+pub fn list_response(page: ListPage, path: &str, query: &ListLinks<'_>) -> Response {
     let mut response = Response::new(Body::from(page.json));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(after) = page.next_after {
-        let mut query = form_pairs(extra);
-        query.push(("limit".to_string(), limit.to_string()));
-        query.push(("after".to_string(), after));
-        let encoded = serde_urlencoded::to_string(&query).unwrap_or_default();
-        if let Ok(link) = HeaderValue::from_str(&format!("<{path}?{encoded}>; rel=\"next\"")) {
-            response.headers_mut().insert(header::LINK, link);
-        }
+    let links: Vec<String> = [("next", page.next), ("prev", page.prev)]
+        .into_iter()
+        .filter_map(|(rel, link)| {
+            let link = link?;
+            let mut pairs = form_pairs(query.extra);
+            if query.order == Order::Desc {
+                pairs.push(("order".to_string(), "desc".to_string()));
+            }
+            pairs.push(("limit".to_string(), query.limit.to_string()));
+            pairs.push((link.param().to_string(), link.value().to_string()));
+            let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+            Some(format!("<{path}?{encoded}>; rel=\"{rel}\""))
+        })
+        .collect();
+    if !links.is_empty()
+        && let Ok(link) = HeaderValue::from_str(&links.join(", "))
+    {
+        headers.insert(header::LINK, link);
+    }
+    if let Some(last_event) = page.last_event {
+        headers.insert(CHAT_LAST_EVENT_ID, HeaderValue::from(last_event));
     }
     response
+}
+
+/// What a list's links keep of the request: its order, its page size, and any other parameters.
+pub struct ListLinks<'a> {
+    pub order: Order,
+    pub limit: u32,
+    pub extra: &'a [(&'a str, &'a str)],
+}
+
+impl ListLinks<'_> {
+    pub fn of(page: Page) -> Self {
+        ListLinks {
+            order: page.order,
+            limit: page.limit,
+            extra: &[],
+        }
+    }
 }
 
 fn form_pairs(extra: &[(&str, &str)]) -> Vec<(String, String)> {

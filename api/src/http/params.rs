@@ -134,8 +134,38 @@ pub struct MessagePath {
     pub message: MessageNumber,
 }
 
-/// The parameters every list takes. They arrive as text and are checked by [`domain::parse_page`], so
-/// the answer to a bad one names it.
+/// The parameters of the lists of chats and of messages. They arrive as text and are checked by
+/// [`domain::parse_page`], so the answer to a bad one names it.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// How many items a page holds, 1 to 1000; 100 when absent.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// `asc` (oldest first, the default) or `desc` (newest first): the order of the items on a page
+    /// and of the pages `Link` leads through.
+    #[param(value_type = Option<String>, pattern = "^(asc|desc)$")]
+    pub order: Option<String>,
+    /// The page of items numbered right after this one, as `Link` gives it.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807_u64)]
+    pub after: Option<String>,
+    /// The page of items numbered right before this one, as `Link` gives it; not with `after`.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807_u64)]
+    pub before: Option<String>,
+}
+
+impl ListQuery {
+    pub fn page(&self) -> Result<Page, ApiError> {
+        Ok(domain::parse_page(
+            self.limit.as_deref(),
+            self.after.as_deref(),
+            self.before.as_deref(),
+            self.order.as_deref(),
+        )?)
+    }
+}
+
+/// The parameters a search pages with.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
@@ -152,6 +182,8 @@ impl PageQuery {
         Ok(domain::parse_page(
             self.limit.as_deref(),
             self.after.as_deref(),
+            None,
+            None,
         )?)
     }
 }
@@ -170,7 +202,7 @@ pub struct ApplicationsQuery {
 
 impl ApplicationsQuery {
     pub fn limit(&self) -> Result<u32, ApiError> {
-        Ok(domain::parse_page(self.limit.as_deref(), None)?.limit)
+        Ok(domain::parse_page(self.limit.as_deref(), None, None, None)?.limit)
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::telemetry;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::future::Cache as Moka;
@@ -13,7 +13,10 @@ use tokio::sync::Mutex;
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers};
+use crate::ports::{
+    Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers, VERSION_HEAD_LIFETIME,
+    VersionClaim,
+};
 
 /// Counters in memory. Each is missing until its first use restarts it from the floor (every number
 /// stored or queued), so a restart of the process continues where the last run stopped.
@@ -21,8 +24,31 @@ use crate::ports::{Announcements, Announcer, Cache, CachedToken, Heard, ListScop
 pub struct LocalNumbers {
     chats: std::sync::Mutex<HashMap<AppId, u64>>,
     messages: std::sync::Mutex<HashMap<ChatKey, u64>>,
-    version: std::sync::Mutex<u64>,
+    versions: std::sync::Mutex<Versions>,
 }
+
+/// The last version handed out, and the newest of each message edited within
+/// [`VERSION_HEAD_LIFETIME`] with when it was handed out. Expired ones are dropped whenever the table
+/// has doubled since it was last pruned, so it holds about twice the messages of the last hour.
+#[derive(Debug)]
+struct Versions {
+    last: u64,
+    heads: HashMap<MessageKey, (u64, Instant)>,
+    pruned_at: usize,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions {
+            last: 0,
+            heads: HashMap::new(),
+            pruned_at: VERSION_HEADS_PRUNED_FROM,
+        }
+    }
+}
+
+/// The table is not pruned below this many heads.
+const VERSION_HEADS_PRUNED_FROM: usize = 1024;
 
 impl LocalNumbers {
     pub fn new() -> Self {
@@ -76,11 +102,34 @@ impl Numbers for LocalNumbers {
         Ok(*counter)
     }
 
-    async fn next_version(&self) -> CoreResult<u64> {
-        let now = chrono::Utc::now().timestamp_micros() as u64;
-        let mut last = lock(&self.version);
-        *last = (*last + 1).max(now);
-        Ok(*last)
+    async fn next_version(
+        &self,
+        message: MessageKey,
+        seen: u64,
+        expected: Option<&[u64]>,
+    ) -> CoreResult<VersionClaim> {
+        let mut versions = lock(&self.versions);
+        let now = Instant::now();
+        let head = match versions.heads.get(&message) {
+            Some(&(head, kept)) if now.duration_since(kept) < VERSION_HEAD_LIFETIME => head,
+            _ => seen,
+        };
+        if let Some(expected) = expected
+            && !expected.contains(&head)
+        {
+            return Ok(VersionClaim::Moved(head));
+        }
+        let time = chrono::Utc::now().timestamp_micros() as u64;
+        versions.last = (versions.last + 1).max(time);
+        let version = versions.last;
+        versions.heads.insert(message, (version, now));
+        if versions.heads.len() > versions.pruned_at * 2 {
+            versions
+                .heads
+                .retain(|_, (_, kept)| now.duration_since(*kept) < VERSION_HEAD_LIFETIME);
+            versions.pruned_at = versions.heads.len().max(VERSION_HEADS_PRUNED_FROM);
+        }
+        Ok(VersionClaim::Granted(version))
     }
 }
 
@@ -128,6 +177,8 @@ pub struct MemoryCache {
     pending_chats: Moka<ChatKey, Chat>,
     messages: Moka<MessageKey, Message>,
     message_writes: Mutex<()>,
+    /// The same for chats, which keep the later change.
+    chat_writes: Mutex<()>,
     generations: Mutex<HashMap<ListScope, u64>>,
     pages: Moka<(ListScope, u64, String), Arc<Vec<u8>>>,
     max_page_bytes: usize,
@@ -159,6 +210,7 @@ impl MemoryCache {
                 .time_to_live(ttl)
                 .build(),
             message_writes: Mutex::new(()),
+            chat_writes: Mutex::new(()),
             generations: Mutex::new(HashMap::new()),
             pages: Moka::builder()
                 .max_capacity(half)
@@ -230,16 +282,18 @@ impl Cache for MemoryCache {
         Ok(self.chats.get(&(app, number)).await)
     }
 
-    async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.chats
-            .insert((chat.application_id, chat.number), chat.clone())
-            .await;
-        Ok(())
-    }
-
-    async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()> {
-        for key in chats {
-            self.chats.invalidate(key).await;
+    async fn put_chats(&self, chats: &[Chat]) -> CoreResult<()> {
+        let _serialised = self.chat_writes.lock().await;
+        for chat in chats {
+            let key = (chat.application_id, chat.number);
+            let later = self
+                .chats
+                .get(&key)
+                .await
+                .is_none_or(|cached| cached.last_event <= chat.last_event);
+            if later {
+                self.chats.insert(key, chat.clone()).await;
+            }
         }
         Ok(())
     }

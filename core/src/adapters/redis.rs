@@ -17,7 +17,10 @@ use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::idempotency::{KEY_LIFETIME, KeyCells};
 use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers};
+use crate::ports::{
+    Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers, VERSION_HEAD_LIFETIME,
+    VersionClaim,
+};
 
 /// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
 /// does not know them (after a restart).
@@ -28,7 +31,7 @@ fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
 static NEXT_CHAT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
-static PUT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static PUT_NEWER_SCRIPT: OnceLock<Script> = OnceLock::new();
 static SWAP_CELL_SCRIPT: OnceLock<Script> = OnceLock::new();
 static LIST_GENERATION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
@@ -74,6 +77,9 @@ impl Keys {
     }
     fn version(&self) -> String {
         format!("{}:version", self.prefix)
+    }
+    fn version_head(&self, (app, chat, number): MessageKey) -> String {
+        format!("{}:head:{app}:{chat}:{number}", self.prefix)
     }
     fn token(&self, token: &str) -> String {
         format!("{}:token:{token}", self.prefix)
@@ -151,14 +157,24 @@ end
 return redis.call('INCR', KEYS[1])
 ";
 
-/// Microseconds of Redis' clock, never below the last one handed out: increasing even across a flush.
+/// KEYS: the last version handed out, the message's newest. ARGV: the newest the caller read (for a
+/// newest not kept), the versions the edit is conditioned on as `,5,7,` (empty for none), the newest's
+/// lifetime in seconds. A version is a microsecond of Redis' clock, never below the last one handed out,
+/// so it increases even across a flush. Answers `{1, version}`, or `{0, newest}` when the newest is
+/// none of those expected.
 const NEXT_VERSION: &str = r"
+local head = redis.call('GET', KEYS[2]) or ARGV[1]
+if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. head .. ',', 1, true) then
+  return {0, head}
+end
 local t = redis.call('TIME')
 local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v <= last then v = last + 1 end
-redis.call('SET', KEYS[1], string.format('%.0f', v))
-return v
+local version = string.format('%.0f', v)
+redis.call('SET', KEYS[1], version)
+redis.call('SET', KEYS[2], version, 'EX', ARGV[3])
+return {1, version}
 ";
 
 impl RedisNumbers {
@@ -263,14 +279,34 @@ impl Numbers for RedisNumbers {
         self.restart("messages", number).await
     }
 
-    async fn next_version(&self) -> CoreResult<u64> {
+    async fn next_version(
+        &self,
+        message: MessageKey,
+        seen: u64,
+        expected: Option<&[u64]>,
+    ) -> CoreResult<VersionClaim> {
         let mut redis = self.redis.clone();
-        let v: i64 = script(&NEXT_VERSION_SCRIPT, NEXT_VERSION)
+        let expected = expected.map_or_else(String::new, |versions| {
+            let listed: String = versions.iter().map(|v| format!("{v},")).collect();
+            format!(",{listed}")
+        });
+        let (granted, version): (i64, String) = script(&NEXT_VERSION_SCRIPT, NEXT_VERSION)
             .key(self.keys.version())
+            .key(self.keys.version_head(message))
+            .arg(seen)
+            .arg(expected)
+            .arg(VERSION_HEAD_LIFETIME.as_secs())
             .invoke_async(&mut redis)
             .await
             .map_err(unavailable)?;
-        Ok(v as u64)
+        let version = version
+            .parse()
+            .map_err(|_| CoreError::unavailable(Backend::Redis, "a version that is no number"))?;
+        Ok(if granted == 1 {
+            VersionClaim::Granted(version)
+        } else {
+            VersionClaim::Moved(version)
+        })
     }
 }
 
@@ -370,7 +406,10 @@ pub struct CacheLimits {
     pub max_application_bytes: usize,
 }
 
-const PUT_MESSAGE: &str = r"
+/// Keeps whichever of the cached and the given record has the higher version (a message's version, a
+/// chat's latest change), so that a reader putting what it read before a commit cannot hide the
+/// commit's write-through. KEYS: the record. ARGV: the version, the JSON, the lifetime in seconds.
+const PUT_NEWER: &str = r"
 local current = redis.call('HGET', KEYS[1], 'v')
 if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
@@ -455,33 +494,51 @@ impl RedisCache {
         redis.del::<_, ()>(keys).await.map_err(unavailable)
     }
 
-    async fn message_in(
+    /// A record kept by [`PUT_NEWER`].
+    async fn versioned_in<T: serde::de::DeserializeOwned>(
         &self,
         redis: &ConnectionManager,
-        key: MessageKey,
-    ) -> CoreResult<Option<Message>> {
-        let raw: Option<Vec<u8>> = redis
-            .clone()
-            .hget(self.keys.message(key), "d")
-            .await
-            .map_err(unavailable)?;
+        key: String,
+    ) -> CoreResult<Option<T>> {
+        let raw: Option<Vec<u8>> = redis.clone().hget(key, "d").await.map_err(unavailable)?;
         Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    async fn put_message_in(&self, redis: &ConnectionManager, message: &Message) -> CoreResult<()> {
-        let key = self
-            .keys
-            .message((message.application_id, message.chat_number, message.number));
-        let bytes = serde_json::to_vec(message).expect("messages serialise");
-        script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE)
-            .key(key)
-            .arg(message.version)
-            .arg(bytes)
-            .arg(self.ttl_secs)
-            .invoke_async::<i64>(&mut redis.clone())
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+    /// Puts records by [`PUT_NEWER`], all in one round trip: each is a key, a version and the record.
+    async fn put_newer_in<T: serde::Serialize>(
+        &self,
+        redis: &ConnectionManager,
+        records: impl IntoIterator<Item = (String, u64, T)>,
+    ) -> CoreResult<()> {
+        let put = script(&PUT_NEWER_SCRIPT, PUT_NEWER);
+        let mut pipe = redis::pipe();
+        for (key, version, record) in records {
+            let bytes = serde_json::to_vec(&record).expect("records serialise");
+            pipe.invoke_script(put.key(key).arg(version).arg(bytes).arg(self.ttl_secs))
+                .ignore();
+        }
+        let mut redis = redis.clone();
+        match pipe.query_async::<()>(&mut redis).await {
+            // A pipeline sends scripts by hash alone: after a restart of Redis, the script is loaded
+            // and the pipeline sent again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                put.load_async(&mut redis).await.map_err(unavailable)?;
+                pipe.query_async::<()>(&mut redis)
+                    .await
+                    .map_err(unavailable)
+            }
+            result => result.map_err(unavailable),
+        }
+    }
+
+    fn message_record<'m>(&self, message: &'m Message) -> (String, u64, &'m Message) {
+        let key = (message.application_id, message.chat_number, message.number);
+        (self.keys.message(key), message.version, message)
+    }
+
+    fn chat_record<'c>(&self, chat: &'c Chat) -> (String, u64, &'c Chat) {
+        let key = self.keys.chat(chat.application_id, chat.number);
+        (key, chat.last_event, chat)
     }
 }
 
@@ -537,27 +594,16 @@ impl Cache for RedisCache {
     }
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
-        self.get_json(&self.cache, self.keys.chat(app, number))
+        self.versioned_in(&self.cache, self.keys.chat(app, number))
             .await
     }
 
-    async fn put_chat(&self, chat: &Chat) -> CoreResult<()> {
-        self.put_json(
-            &self.cache,
-            self.keys.chat(chat.application_id, chat.number),
-            chat,
-        )
-        .await
-    }
-
-    async fn forget_chats(&self, chats: &[ChatKey]) -> CoreResult<()> {
-        self.delete(
-            chats
-                .iter()
-                .map(|(app, n)| self.keys.chat(*app, *n))
-                .collect(),
-        )
-        .await
+    async fn put_chats(&self, chats: &[Chat]) -> CoreResult<()> {
+        if chats.is_empty() {
+            return Ok(());
+        }
+        self.put_newer_in(&self.cache, chats.iter().map(|c| self.chat_record(c)))
+            .await
     }
 
     async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
@@ -577,26 +623,28 @@ impl Cache for RedisCache {
     /// The cache's copy, or else the one remembered in `state` (dropped from the cache, or never
     /// stored there).
     async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>> {
-        match self.message_in(&self.cache, key).await? {
+        let key = self.keys.message(key);
+        match self.versioned_in(&self.cache, key.clone()).await? {
             Some(message) => Ok(Some(message)),
-            None if self.separate => self.message_in(&self.state, key).await,
+            None if self.separate => self.versioned_in(&self.state, key).await,
             None => Ok(None),
         }
     }
 
     async fn put_message(&self, message: &Message) -> CoreResult<()> {
-        self.put_message_in(&self.cache, message).await
+        self.put_messages(std::slice::from_ref(message)).await
     }
 
     /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look
     /// first (and where an older version would otherwise shadow it). Both at once: one round trip.
     async fn remember_message(&self, message: &Message) -> CoreResult<()> {
         if !self.separate {
-            return self.put_message_in(&self.cache, message).await;
+            return self.put_message(message).await;
         }
+        let record = || [self.message_record(message)];
         let (state, cache) = tokio::join!(
-            self.put_message_in(&self.state, message),
-            self.put_message_in(&self.cache, message)
+            self.put_newer_in(&self.state, record()),
+            self.put_newer_in(&self.cache, record())
         );
         state.and(cache)
     }
@@ -605,25 +653,8 @@ impl Cache for RedisCache {
         if messages.is_empty() {
             return Ok(());
         }
-        let put = script(&PUT_MESSAGE_SCRIPT, PUT_MESSAGE);
-        let mut pipe = redis::pipe();
-        for message in messages {
-            let key =
-                self.keys
-                    .message((message.application_id, message.chat_number, message.number));
-            let bytes = serde_json::to_vec(message).expect("messages serialise");
-            pipe.invoke_script(
-                put.key(key)
-                    .arg(message.version)
-                    .arg(bytes)
-                    .arg(self.ttl_secs),
-            )
-            .ignore();
-        }
-        let mut redis = self.cache.clone();
-        pipe.query_async::<()>(&mut redis)
+        self.put_newer_in(&self.cache, messages.iter().map(|m| self.message_record(m)))
             .await
-            .map_err(unavailable)
     }
 
     async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {

@@ -18,10 +18,10 @@ use sqlx::{
 };
 
 use crate::command::Command;
-use crate::domain::{AppId, Application, ChangeKind, Chat, ChatEvent, Message, Page};
+use crate::domain::{AppId, Application, ChangeKind, Chat, ChatEvent, Message, Scan};
 use crate::error::{CoreResult, from_sqlx};
 use crate::plan::{BatchPlan, ChatKey, MessageKey, plan_batch};
-use crate::ports::{Applied, Store};
+use crate::ports::{Applied, MessageRows, Store};
 
 /// What the shared algorithm needs to know of a database.
 #[async_trait]
@@ -117,7 +117,8 @@ impl<DB: Database> SqlStore<DB> {
 }
 
 const APPLICATION_COLUMNS: &str = "id, token, name, chats_count, created_at, updated_at";
-const CHAT_COLUMNS: &str = "application_id, number, messages_count, created_at, updated_at";
+const CHAT_COLUMNS: &str =
+    "application_id, number, messages_count, created_at, updated_at, last_event";
 const MESSAGE_COLUMNS: &str =
     "application_id, chat_number, number, body, version, created_at, updated_at";
 
@@ -152,6 +153,20 @@ const CHAT_ROWS_PER_INSERT: usize = 1000;
 
 fn signed(n: u64) -> i64 {
     n as i64
+}
+
+/// The condition and order of a walk along `number`, the last column of the primary key, and its
+/// bound: either way the database reads the index in order, from the bound, and stops at the limit
+/// (no sort).
+fn keyset(scan: Scan) -> (&'static str, i64) {
+    match scan {
+        Scan::Up { after, .. } => ("number > ? ORDER BY number", signed(after)),
+        Scan::Down {
+            before: Some(before),
+            ..
+        } => ("number < ? ORDER BY number DESC", signed(before)),
+        Scan::Down { before: None, .. } => ("number <= ? ORDER BY number DESC", i64::MAX),
+    }
 }
 
 #[async_trait]
@@ -279,14 +294,15 @@ where
             .map_err(from_sqlx)
     }
 
-    async fn list_chats(&self, app: AppId, page: Page) -> CoreResult<Vec<Chat>> {
+    async fn list_chats(&self, app: AppId, scan: Scan) -> CoreResult<Vec<Chat>> {
+        let (condition, bound) = keyset(scan);
         let sql = format!(
-            "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number > ? ORDER BY number LIMIT ?"
+            "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND {condition} LIMIT ?"
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
-            .bind(signed(page.after.unwrap_or(0)))
-            .bind(i64::from(page.limit))
+            .bind(bound)
+            .bind(i64::from(scan.limit()))
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)
@@ -305,19 +321,37 @@ where
             .map_err(from_sqlx)
     }
 
-    async fn list_messages(&self, app: AppId, chat: u64, page: Page) -> CoreResult<Vec<Message>> {
+    async fn list_messages(&self, app: AppId, chat: u64, scan: Scan) -> CoreResult<MessageRows> {
+        // One transaction: at MySQL's default isolation (REPEATABLE READ) and in SQLite both reads see
+        // one snapshot, so the change number is exactly the state the rows show. It is read first, so
+        // that at a weaker isolation a change between the reads is sent by the stream again rather
+        // than missed.
+        let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+        let last_event: Option<u64> = sqlx::query_scalar(
+            "SELECT last_event FROM chats WHERE application_id = ? AND number = ?",
+        )
+        .bind(signed(app))
+        .bind(signed(chat))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let (condition, bound) = keyset(scan);
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number > ? \
-             ORDER BY number LIMIT ?"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND {condition} LIMIT ?"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let messages = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
             .bind(signed(chat))
-            .bind(signed(page.after.unwrap_or(0)))
-            .bind(i64::from(page.limit))
-            .fetch_all(&self.pool)
+            .bind(bound)
+            .bind(i64::from(scan.limit()))
+            .fetch_all(&mut *tx)
             .await
-            .map_err(from_sqlx)
+            .map_err(from_sqlx)?;
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(MessageRows {
+            messages,
+            last_event: last_event.unwrap_or(0),
+        })
     }
 
     async fn max_chat_number(&self, app: AppId) -> CoreResult<u64> {
@@ -412,6 +446,7 @@ where
     Stamp: for<'q> Encode<'q, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
     Message: for<'r> FromRow<'r, DB::Row>,
+    Chat: for<'r> FromRow<'r, DB::Row>,
     (u64, u64, i64): for<'r> FromRow<'r, DB::Row>,
     (u64, i64): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
@@ -533,9 +568,17 @@ where
         let events = self
             .log_changes(&mut tx, batch, &changed, &messages)
             .await?;
+        let stored_chats = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHAT_COLUMNS} FROM chats WHERE changed_by = ?"
+        )))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
+            stored_chats,
             applications: new_chats.iter().map(|(app, _)| *app).collect(),
             messages,
             events,

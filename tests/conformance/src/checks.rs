@@ -71,7 +71,13 @@ pub fn assert_application(application: &Value) {
 pub fn assert_chat(chat: &Value) {
     assert_fields(
         chat,
-        &["number", "messages_count", "created_at", "updated_at"],
+        &[
+            "number",
+            "messages_count",
+            "created_at",
+            "updated_at",
+            "last_event_id",
+        ],
     );
     assert!(
         chat["number"].as_u64().is_some_and(|n| n >= 1),
@@ -80,6 +86,10 @@ pub fn assert_chat(chat: &Value) {
     assert!(
         chat["messages_count"].is_u64(),
         "messages_count is not a count: {chat}"
+    );
+    assert!(
+        chat["last_event_id"].is_u64(),
+        "last_event_id is not a change number: {chat}"
     );
     assert_timestamps(chat);
 }

@@ -7,6 +7,7 @@ pub mod checks;
 pub mod errors;
 pub mod events;
 pub mod harness;
+pub mod history;
 pub mod messages;
 pub mod ops;
 pub mod search;
@@ -80,6 +81,14 @@ macro_rules! conformance_suite {
                 search_follows_edits,
                 a_walk_survives_an_edit_of_a_pages_last_message,
                 an_empty_query_is_400,
+            ],
+            history: [
+                newest_first_pages_lead_back_to_the_first_message,
+                before_mirrors_after,
+                chats_list_newest_first,
+                the_stream_continues_where_a_list_page_was_read,
+                reads_carry_an_etag_and_answer_304_when_unchanged,
+                an_edit_conditioned_on_an_old_etag_is_412,
             ],
             events: [
                 events_follow_creates_and_edits_in_order,

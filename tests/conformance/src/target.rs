@@ -396,35 +396,36 @@ impl Reply {
     }
 
     /// The target of `Link: <…>; rel="next"`, if the response has one.
+    /// The `Link` header's `rel="next"` target, a path on the server.
     pub fn next_link(&self) -> Option<String> {
+        self.link("next")
+    }
+
+    /// The `Link` header's target of relation `rel` (`next`, `prev`), a path on the server.
+    pub fn link(&self, rel: &str) -> Option<String> {
         let link = self.header("link")?;
-        let next = link.split(',').find_map(|part| {
+        let target = link.split(',').find_map(|part| {
             let (target, params) = part.trim().split_once(';')?;
-            let is_next = params.split(';').any(|param| {
-                matches!(
-                    param.trim().replace(' ', "").as_str(),
-                    "rel=\"next\"" | "rel=next"
-                )
+            let matches = params.split(';').any(|param| {
+                let param = param.trim().replace(' ', "");
+                param == format!("rel=\"{rel}\"") || param == format!("rel={rel}")
             });
-            is_next.then(|| {
+            matches.then(|| {
                 target
                     .trim()
                     .trim_start_matches('<')
                     .trim_end_matches('>')
                     .to_owned()
             })
-        });
-        let next = next
-            .unwrap_or_else(|| panic!("a Link header without rel=\"next\": {}", self.describe()));
+        })?;
         assert!(
-            next.starts_with('/'),
-            "the next link is not a relative path: {}",
+            target.starts_with('/'),
+            "the {rel} link is not a relative path: {}",
             self.describe()
         );
-        Some(next)
+        Some(target)
     }
 
-    /// The body as an array, asserting it is one.
     pub fn items(&self) -> Vec<Value> {
         match self.json() {
             Value::Array(items) => items,

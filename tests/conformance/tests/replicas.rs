@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chatsys_conformance::harness::full_stack_replicas;
 use chatsys_conformance::{
-    CATCH_UP, Target, application_path, eventually, messages_path, number_of,
+    CATCH_UP, Target, application_path, eventually, message_path, messages_path, number_of,
 };
 use chatsys_core::CoreResult;
 use chatsys_core::command::Command;
@@ -18,6 +18,7 @@ use chatsys_core::ports::Queue;
 use chatsys_core::service::{ChatService, TOKEN_RECHECK};
 use chatsys_runtime::startup::Connecting;
 use chatsys_runtime::wiring;
+use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,4 +154,58 @@ async fn a_create_cut_off_after_publishing_is_finished_once_by_a_retry_on_anothe
     })
     .await;
     assert_eq!(survivor.create_message(&token, chat, "after").await, 3);
+}
+
+/// Clients on both replicas edit one message, each conditioned on the version they read: exactly one
+/// edit per round is accepted, the others answer 412 with the winner's tag, and the message ends with
+/// the accepted body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_edits_from_two_replicas_accept_one_per_version() {
+    let served = full_stack_replicas(2).await;
+    let replicas = [&served.target, &served.replicas[0]];
+    let token = replicas[0].create_token().await;
+    let chat = replicas[0].create_chat(&token).await;
+    replicas[0].create_message(&token, chat, "original").await;
+    let path = message_path(&token, chat, 1);
+    for round in 0..5 {
+        let read = replicas[round % 2].get(&path).await;
+        read.expect_status(200);
+        let tag = read.header("etag").expect("a tag").to_string();
+        let edits = (0..6).map(|client| {
+            let (replica, tag, path) = (replicas[client % 2], tag.clone(), path.clone());
+            async move {
+                let body = format!("round {round}, client {client}");
+                let reply = replica
+                    .send(
+                        replica
+                            .request(Method::PUT, &path)
+                            .header("If-Match", tag)
+                            .json(&json!({ "body": body })),
+                    )
+                    .await;
+                (body, reply)
+            }
+        });
+        let replies = futures::future::join_all(edits).await;
+        let accepted: Vec<&(String, chatsys_conformance::Reply)> = replies
+            .iter()
+            .filter(|(_, reply)| reply.status == 200)
+            .collect();
+        assert_eq!(
+            accepted.len(),
+            1,
+            "round {round}: {} accepted",
+            accepted.len()
+        );
+        let (winner, won) = accepted[0];
+        let winner_tag = won.header("etag").expect("a tag");
+        for (_, reply) in replies.iter().filter(|(_, reply)| reply.status != 200) {
+            reply.expect_error(412, "precondition_failed");
+            assert_eq!(reply.header("etag"), Some(winner_tag));
+        }
+        for replica in replicas {
+            let now = replica.get(&path).await;
+            assert_eq!(now.json()["body"], winner.as_str(), "{}", now.describe());
+        }
+    }
 }
