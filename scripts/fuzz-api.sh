@@ -21,7 +21,7 @@ source scripts/local-server.sh
 
 fuzz() { # name, base url
   echo "==> schemathesis against $1 ($2)"
-  PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=fuzz_hooks schemathesis run "$2/openapi.json" --checks all --max-examples "$examples" \
+  PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=fuzz_hooks schemathesis --config-file scripts/schemathesis.toml run "$2/openapi.json" --checks all --max-examples "$examples" \
     -H "Authorization: Bearer fuzz-admin-key" --no-color
 }
 

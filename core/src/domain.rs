@@ -92,23 +92,33 @@ pub enum Order {
     Desc,
 }
 
-/// Where a page sits in its list: the items right after a number, right before one, or those at the
-/// end the order starts from (the lowest numbers in `Asc`, the highest in `Desc`).
+/// Where a page sits in its list: the items right after a number, right before one, between two
+/// (from the end the order starts at), or those at the end the order starts from (the lowest numbers
+/// in `Asc`, the highest in `Desc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cursor {
     Start,
     After(u64),
     Before(u64),
+    Between(u64, u64),
 }
 
-/// What a store reads for a page: up to `limit` rows next to a bound, walking an index one way, in
-/// the order walked.
+/// What a store reads for a page: up to `limit` rows from a bound, walking an index one way, in the
+/// order walked, and not past the far bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
-    /// Numbers above `after`, lowest first.
-    Up { after: u64, limit: u32 },
-    /// Numbers below `before` (or the highest, with none), highest first.
-    Down { before: Option<u64>, limit: u32 },
+    /// Numbers above `after` (and below `below`), lowest first.
+    Up {
+        after: u64,
+        below: Option<u64>,
+        limit: u32,
+    },
+    /// Numbers below `before` (or the highest, with none) and above `above`, highest first.
+    Down {
+        before: Option<u64>,
+        above: u64,
+        limit: u32,
+    },
 }
 
 impl Page {
@@ -131,17 +141,23 @@ impl Page {
     /// reversed (and `after` one in `Desc` upwards), so every page costs one walk of `limit` rows.
     pub fn scan(&self) -> Scan {
         let limit = self.limit + 1;
+        let up = |after, below| Scan::Up {
+            after,
+            below,
+            limit,
+        };
+        let down = |before, above| Scan::Down {
+            before,
+            above,
+            limit,
+        };
         match (self.cursor, self.order) {
-            (Cursor::After(after), _) => Scan::Up { after, limit },
-            (Cursor::Before(before), _) => Scan::Down {
-                before: Some(before),
-                limit,
-            },
-            (Cursor::Start, Order::Asc) => Scan::Up { after: 0, limit },
-            (Cursor::Start, Order::Desc) => Scan::Down {
-                before: None,
-                limit,
-            },
+            (Cursor::After(after), _) => up(after, None),
+            (Cursor::Before(before), _) => down(Some(before), 0),
+            (Cursor::Between(after, before), Order::Asc) => up(after, Some(before)),
+            (Cursor::Between(after, before), Order::Desc) => down(Some(before), after),
+            (Cursor::Start, Order::Asc) => up(0, None),
+            (Cursor::Start, Order::Desc) => down(None, 0),
         }
     }
 
@@ -261,12 +277,7 @@ pub fn parse_page(
         (None, None) => Cursor::Start,
         (Some(after), None) => Cursor::After(after),
         (None, Some(before)) => Cursor::Before(before),
-        (Some(_), Some(_)) => {
-            return Err(CoreError::invalid_query(
-                "before",
-                "must not be given with `after`",
-            ));
-        }
+        (Some(after), Some(before)) => Cursor::Between(after, before),
     };
     Ok(Page {
         limit,
@@ -422,6 +433,7 @@ mod tests {
             page.scan(),
             Scan::Down {
                 before: Some(9),
+                above: 0,
                 limit: 6
             }
         );
@@ -432,7 +444,16 @@ mod tests {
                 "order {bad}"
             );
         }
-        assert!(parse_page(None, Some("1"), Some("9"), None).is_err());
+        let between = parse_page(None, Some("1"), Some("9"), Some("desc")).unwrap();
+        assert_eq!(
+            between.scan(),
+            Scan::Down {
+                before: Some(9),
+                above: 1,
+                limit: 101
+            },
+            "a range is read from the end its order starts at"
+        );
     }
 
     #[test]
@@ -445,6 +466,7 @@ mod tests {
             newest.scan(),
             Scan::Down {
                 before: None,
+                above: 0,
                 limit: 11
             }
         );
@@ -462,6 +484,7 @@ mod tests {
             newer_in_desc.scan(),
             Scan::Up {
                 after: 50,
+                below: None,
                 limit: 11
             }
         );

@@ -59,25 +59,33 @@ pub struct ListPage {
     pub last_event: Option<u64>,
 }
 
-/// Where a neighbouring page is: the query parameter naming it, with its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PageLink {
-    After(String),
-    Before(String),
+/// Where a neighbouring page is: the `after` and `before` it is asked with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageLink {
+    pub after: Option<String>,
+    pub before: Option<String>,
 }
 
 impl PageLink {
-    pub fn param(&self) -> &'static str {
-        match self {
-            PageLink::After(_) => "after",
-            PageLink::Before(_) => "before",
+    pub fn after(cursor: String) -> Self {
+        PageLink {
+            after: Some(cursor),
+            before: None,
         }
     }
 
-    pub fn value(&self) -> &str {
-        match self {
-            PageLink::After(value) | PageLink::Before(value) => value,
+    pub fn before(cursor: String) -> Self {
+        PageLink {
+            after: None,
+            before: Some(cursor),
         }
+    }
+
+    /// The query parameters naming the page.
+    pub fn params(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [("after", &self.after), ("before", &self.before)]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value.as_deref()?)))
     }
 }
 
@@ -655,7 +663,7 @@ impl ChatService {
                 query,
                 match page.cursor {
                     domain::Cursor::After(after) => after,
-                    domain::Cursor::Start | domain::Cursor::Before(_) => 0,
+                    _ => 0,
                 },
                 page.limit as usize,
             )
@@ -663,7 +671,7 @@ impl ChatService {
         let views: Vec<MessageView> = found.messages.iter().map(MessageView::from).collect();
         Ok(ListPage {
             json: serde_json::to_vec(&views).expect("views serialise").into(),
-            next: found.next_after.map(|n| PageLink::After(n.to_string())),
+            next: found.next_after.map(|n| PageLink::after(n.to_string())),
             ..ListPage::default()
         })
     }
@@ -856,20 +864,27 @@ fn render_page<T, V: Serialize>(
 ) -> ListPage {
     let walked_on = rows.len() > page.limit as usize;
     rows.truncate(page.limit as usize);
-    let (lowest, highest) = match page.scan() {
-        Scan::Up { .. } => (rows.first(), rows.last()),
-        Scan::Down { .. } => (rows.last(), rows.first()),
+    // The page the walk would read next keeps its far bound; the one the other way starts afresh.
+    let (above, below) = match page.scan() {
+        Scan::Up { below: far, .. } => (
+            rows.last().filter(|_| walked_on).map(|row| PageLink {
+                after: Some(cursor(row)),
+                before: far.map(|n| n.to_string()),
+            }),
+            rows.first()
+                .filter(|_| page.has_cursor())
+                .map(|row| PageLink::before(cursor(row))),
+        ),
+        Scan::Down { above: far, .. } => (
+            rows.first()
+                .filter(|_| page.has_cursor())
+                .map(|row| PageLink::after(cursor(row))),
+            rows.last().filter(|_| walked_on).map(|row| PageLink {
+                after: (far > 0).then(|| far.to_string()),
+                before: Some(cursor(row)),
+            }),
+        ),
     };
-    let (goes_up, goes_down) = match page.scan() {
-        Scan::Up { .. } => (walked_on, page.has_cursor()),
-        Scan::Down { .. } => (page.has_cursor(), walked_on),
-    };
-    let above = highest
-        .filter(|_| goes_up)
-        .map(|row| PageLink::After(cursor(row)));
-    let below = lowest
-        .filter(|_| goes_down)
-        .map(|row| PageLink::Before(cursor(row)));
     if page.scans_backwards() {
         rows.reverse();
     }
@@ -896,6 +911,7 @@ fn cached_page_name(page: &Page) -> String {
         domain::Cursor::Start => String::new(),
         domain::Cursor::After(n) => format!(">{n}"),
         domain::Cursor::Before(n) => format!("<{n}"),
+        domain::Cursor::Between(after, before) => format!(">{after}<{before}"),
     };
     format!("{order}{cursor}:{}", page.limit)
 }
@@ -979,11 +995,11 @@ mod tests {
     }
 
     fn after(n: &str) -> Option<PageLink> {
-        Some(PageLink::After(n.to_string()))
+        Some(PageLink::after(n.to_string()))
     }
 
     fn before(n: &str) -> Option<PageLink> {
-        Some(PageLink::Before(n.to_string()))
+        Some(PageLink::before(n.to_string()))
     }
 
     #[test]
@@ -1034,6 +1050,22 @@ mod tests {
         let page = numbers_page(vec![4, 3], earlier);
         assert_eq!(page.json, &b"[3,4]"[..]);
         assert_eq!((page.next, page.prev), (after("4"), None));
+    }
+
+    #[test]
+    fn a_page_between_two_numbers_keeps_its_far_bound_in_the_next_link() {
+        // `after=2&before=9&limit=2`: 3 and 4, then the page after 4 still stops before 9.
+        let range = Page {
+            cursor: domain::Cursor::Between(2, 9),
+            ..Page::first(2)
+        };
+        let page = numbers_page(vec![3, 4, 5], range);
+        assert_eq!(page.json, &b"[3,4]"[..]);
+        let next = PageLink {
+            after: Some("4".into()),
+            before: Some("9".into()),
+        };
+        assert_eq!((page.next, page.prev), (Some(next), before("3")));
     }
 
     #[test]

@@ -431,6 +431,7 @@ async fn lists_walk_either_way_with_the_chats_last_change(store: Arc<dyn Store>)
     };
     let newest = walk(Scan::Down {
         before: None,
+        above: 0,
         limit: 3,
     })
     .await;
@@ -439,15 +440,29 @@ async fn lists_walk_either_way_with_the_chats_last_change(store: Arc<dyn Store>)
     assert_eq!(newest.messages[2].body, "edited");
     let older = walk(Scan::Down {
         before: Some(3),
+        above: 0,
         limit: 10,
     })
     .await;
     assert_eq!(numbers(&older.messages), [2, 1]);
-    let middle = walk(Scan::Up { after: 2, limit: 2 }).await;
+    let middle = walk(Scan::Up {
+        after: 2,
+        below: Some(5),
+        limit: 5,
+    })
+    .await;
     assert_eq!(numbers(&middle.messages), [3, 4]);
     assert_eq!(
         store
-            .list_messages(app, 9, Scan::Up { after: 0, limit: 5 })
+            .list_messages(
+                app,
+                9,
+                Scan::Up {
+                    after: 0,
+                    below: None,
+                    limit: 5,
+                }
+            )
             .await
             .unwrap(),
         MessageRows::default(),
@@ -458,6 +473,7 @@ async fn lists_walk_either_way_with_the_chats_last_change(store: Arc<dyn Store>)
             app,
             Scan::Down {
                 before: Some(3),
+                above: 0,
                 limit: 5,
             },
         )

@@ -9,7 +9,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chatsys_core::CoreError;
 use chatsys_core::view::{ChatView, MessageView};
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{ObjectBuilder, Required, Type};
@@ -57,24 +56,21 @@ enum TagList<'a> {
     Tags(Vec<EntityTag<'a>>),
 }
 
-/// Reads `If-Match` or `If-None-Match` (`#entity-tag` or `*`; §8.8.3's `etagc` is `!` and `#` to `~`
-/// besides `"`, plus obs-text, which no tag of ours holds). Several fields are one list (§5.3).
-fn tag_list<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-) -> Result<Option<TagList<'a>>, ApiError> {
-    let invalid = || CoreError::invalid_header(name, "must be `*` or a list of entity tags").into();
+/// Reads `If-Match` or `If-None-Match`: `*`, or a list of entity tags (§8.8.3), several fields making
+/// one list (§5.3) and empty members skipped (§5.6.1). A member that is not an entity tag (`5`, `"a b"`)
+/// is kept as one no state ever has, so it never matches: an `If-Match` of nothing but those is a 412,
+/// an `If-None-Match` a full answer, as for a tag the resource no longer has. `*` counts only alone.
+fn tag_list<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<TagList<'a>> {
     let mut tags = Vec::new();
+    let mut members = 0;
     let mut any = false;
     let mut present = false;
     for value in headers.get_all(name) {
         present = true;
-        let text = value.to_str().map_err(|_| invalid())?;
+        let text = value.to_str().unwrap_or_default();
         for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-            if member == "*" {
-                any = true;
-                continue;
-            }
+            members += 1;
+            any |= member == "*";
             let (weak, quoted) = match member.strip_prefix("W/") {
                 Some(rest) => (true, rest),
                 None => (false, member),
@@ -86,17 +82,16 @@ fn tag_list<'a>(
                     opaque
                         .bytes()
                         .all(|b| b == b'!' || (b'#'..=b'~').contains(&b))
-                })
-                .ok_or_else(invalid)?;
-            tags.push(EntityTag { weak, opaque });
+                });
+            if let Some(opaque) = opaque {
+                tags.push(EntityTag { weak, opaque });
+            }
         }
     }
-    match (present, any, tags.is_empty()) {
-        (false, _, _) => Ok(None),
-        (true, true, true) => Ok(Some(TagList::Any)),
-        (true, false, false) => Ok(Some(TagList::Tags(tags))),
-        // `*` mixed with tags, or a field with no member at all.
-        _ => Err(invalid()),
+    match (present, any && members == 1) {
+        (false, _) => None,
+        (true, true) => Some(TagList::Any),
+        (true, false) => Some(TagList::Tags(tags)),
     }
 }
 
@@ -108,7 +103,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(IfMatch(match tag_list(&parts.headers, "if-match")? {
+        Ok(IfMatch(match tag_list(&parts.headers, "if-match") {
             None | Some(TagList::Any) => None,
             Some(TagList::Tags(tags)) => Some(
                 tags.iter()
@@ -120,22 +115,25 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// `If-None-Match` of a read, kept whole to compare with the answer's tag.
-pub struct IfNoneMatch(Option<Vec<(bool, String)>>);
+/// `If-None-Match` of a read: the opaque parts of its tags, compared weakly with the answer's.
+pub struct IfNoneMatch(Option<Condition>);
+
+enum Condition {
+    Any,
+    Tags(Vec<String>),
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(IfNoneMatch(
-            match tag_list(&parts.headers, "if-none-match")? {
+            match tag_list(&parts.headers, "if-none-match") {
                 None => None,
-                Some(TagList::Any) => Some(Vec::new()),
-                Some(TagList::Tags(tags)) => Some(
-                    tags.into_iter()
-                        .map(|tag| (tag.weak, tag.opaque.to_string()))
-                        .collect(),
-                ),
+                Some(TagList::Any) => Some(Condition::Any),
+                Some(TagList::Tags(tags)) => Some(Condition::Tags(
+                    tags.into_iter().map(|tag| tag.opaque.to_string()).collect(),
+                )),
             },
         ))
     }
@@ -148,10 +146,10 @@ impl IfNoneMatch {
         let etag = resource.etag();
         let current = match &self.0 {
             None => false,
-            Some(tags) if tags.is_empty() => true,
-            Some(tags) => {
+            Some(Condition::Any) => true,
+            Some(Condition::Tags(tags)) => {
                 let tag = resource.tag();
-                tags.iter().any(|(_, opaque)| *opaque == tag)
+                tags.iter().any(|opaque| *opaque == tag)
             }
         };
         let mut response = if current {
@@ -222,8 +220,8 @@ mod tests {
 
     #[test]
     fn tag_lists_are_read_as_rfc_9110_writes_them() {
-        let map = headers(&[r#""5", W/"7""#, r#""x""#]);
-        let Some(TagList::Tags(tags)) = tag_list(&map, "if-match").unwrap() else {
+        let map = headers(&[r#""5", W/"7""#, r#""x", , 9, "a b""#]);
+        let Some(TagList::Tags(tags)) = tag_list(&map, "if-match") else {
             panic!("no tags");
         };
         assert_eq!(
@@ -241,15 +239,21 @@ mod tests {
                     weak: false,
                     opaque: "x"
                 },
-            ]
+            ],
+            "members that are no tags match nothing"
         );
-        assert_eq!(
-            tag_list(&headers(&["*"]), "if-match").unwrap(),
-            Some(TagList::Any)
-        );
-        assert_eq!(tag_list(&HeaderMap::new(), "if-match").unwrap(), None);
-        for bad in ["5", r#""5"#, r#"*, "5""#, r#""a b""#, ","] {
-            assert!(tag_list(&headers(&[bad]), "if-match").is_err(), "{bad}");
+        assert_eq!(tag_list(&headers(&["*"]), "if-match"), Some(TagList::Any));
+        assert_eq!(tag_list(&HeaderMap::new(), "if-match"), None);
+        let tags_of = |value: &str| match tag_list(&headers(&[value]), "if-match") {
+            Some(TagList::Tags(tags)) => tags
+                .iter()
+                .map(|t| t.opaque.to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("{value}: {other:?}"),
+        };
+        for matching_nothing in ["", "5", ","] {
+            assert!(tags_of(matching_nothing).is_empty(), "{matching_nothing}");
         }
+        assert_eq!(tags_of(r#"*, "5""#), ["5"], "`*` counts only alone");
     }
 }

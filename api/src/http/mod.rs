@@ -246,7 +246,10 @@ pub fn list_response(page: ListPage, path: &str, query: &ListLinks<'_>) -> Respo
                 pairs.push(("order".to_string(), "desc".to_string()));
             }
             pairs.push(("limit".to_string(), query.limit.to_string()));
-            pairs.push((link.param().to_string(), link.value().to_string()));
+            pairs.extend(
+                link.params()
+                    .map(|(name, value)| (name.to_string(), value.to_string())),
+            );
             let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
             Some(format!("<{path}?{encoded}>; rel=\"{rel}\""))
         })

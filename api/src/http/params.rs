@@ -146,10 +146,11 @@ pub struct ListQuery {
     /// and of the pages `Link` leads through.
     #[param(value_type = Option<String>, pattern = "^(asc|desc)$")]
     pub order: Option<String>,
-    /// The page of items numbered right after this one, as `Link` gives it.
+    /// The page of items numbered right after this one, as `Link` gives it (with `before`: the items
+    /// between the two).
     #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807_u64)]
     pub after: Option<String>,
-    /// The page of items numbered right before this one, as `Link` gives it; not with `after`.
+    /// The page of items numbered right before this one, as `Link` gives it.
     #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807_u64)]
     pub before: Option<String>,
 }

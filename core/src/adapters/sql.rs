@@ -155,17 +155,24 @@ fn signed(n: u64) -> i64 {
     n as i64
 }
 
-/// The condition and order of a walk along `number`, the last column of the primary key, and its
-/// bound: either way the database reads the index in order, from the bound, and stops at the limit
-/// (no sort).
-fn keyset(scan: Scan) -> (&'static str, i64) {
+/// The condition and order of a walk along `number`, the last column of the primary key, with its two
+/// bounds (inclusive, in the order of the condition): either way the database reads the index in
+/// order, from the near bound, and stops at the limit or the far bound (no sort).
+fn keyset(scan: Scan) -> (&'static str, i64, i64) {
+    let below = |bound: Option<u64>| bound.map_or(i64::MAX, |n| signed(n) - 1);
     match scan {
-        Scan::Up { after, .. } => ("number > ? ORDER BY number", signed(after)),
-        Scan::Down {
-            before: Some(before),
-            ..
-        } => ("number < ? ORDER BY number DESC", signed(before)),
-        Scan::Down { before: None, .. } => ("number <= ? ORDER BY number DESC", i64::MAX),
+        Scan::Up {
+            after, below: far, ..
+        } => (
+            "number > ? AND number <= ? ORDER BY number",
+            signed(after),
+            below(far),
+        ),
+        Scan::Down { before, above, .. } => (
+            "number <= ? AND number > ? ORDER BY number DESC",
+            below(before),
+            signed(above),
+        ),
     }
 }
 
@@ -295,13 +302,14 @@ where
     }
 
     async fn list_chats(&self, app: AppId, scan: Scan) -> CoreResult<Vec<Chat>> {
-        let (condition, bound) = keyset(scan);
+        let (condition, near, far) = keyset(scan);
         let sql = format!(
             "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND {condition} LIMIT ?"
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
-            .bind(bound)
+            .bind(near)
+            .bind(far)
             .bind(i64::from(scan.limit()))
             .fetch_all(&self.pool)
             .await
@@ -335,14 +343,15 @@ where
         .fetch_optional(&mut *tx)
         .await
         .map_err(from_sqlx)?;
-        let (condition, bound) = keyset(scan);
+        let (condition, near, far) = keyset(scan);
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND {condition} LIMIT ?"
         );
         let messages = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
             .bind(signed(chat))
-            .bind(bound)
+            .bind(near)
+            .bind(far)
             .bind(i64::from(scan.limit()))
             .fetch_all(&mut *tx)
             .await

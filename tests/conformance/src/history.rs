@@ -77,12 +77,20 @@ pub async fn before_mirrors_after(target: &Target) {
         [4, 3],
         "newest first, right after 2"
     );
-    for bad in [
-        "order=newest",
-        "order=DESC",
-        "after=1&before=3",
-        "before=-1",
-    ] {
+    let between = page(target, &format!("{path}?after=1&before=5&limit=2")).await;
+    assert_eq!(
+        numbers_of(&between.items()),
+        [2, 3],
+        "oldest first, between 1 and 5"
+    );
+    let rest = page(target, &between.next_link().expect("a next page")).await;
+    assert_eq!(
+        numbers_of(&rest.items()),
+        [4],
+        "the next page stops before 5 too"
+    );
+    assert!(rest.next_link().is_none(), "{}", rest.describe());
+    for bad in ["order=newest", "order=DESC", "before=-1", "before=01"] {
         target
             .get(&format!("{path}?{bad}"))
             .await
@@ -289,6 +297,7 @@ pub async fn an_edit_conditioned_on_an_old_etag_is_412(target: &Target) {
         )
         .await;
     any.expect_status(200);
+    // What is not a tag matches no version.
     let malformed = target
         .send(
             target
@@ -297,7 +306,7 @@ pub async fn an_edit_conditioned_on_an_old_etag_is_412(target: &Target) {
                 .json(&json!({ "body": "x" })),
         )
         .await;
-    malformed.expect_error(400, "invalid_header");
+    malformed.expect_error(412, "precondition_failed");
     // Once stored, the version is the same.
     eventually(CATCH_UP, || async {
         let listed = page(target, &messages_path(&token, chat)).await.items();
