@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (`make test`): starts the backing services (installing them where missing), installs
 # the offline tools, runs the whole test suite, then reads the OpenAPI document with the client tools
-# (scripts/check-openapi.sh) and has a real browser on another origin call the API
-# (scripts/check-browser.sh). CI runs this first, then its further checks.
+# (scripts/check-openapi.sh), has a real browser on another origin call the API
+# (scripts/check-browser.sh), and checks the documentation's links and commands (scripts/check-docs.sh).
+# CI runs this first, then its further checks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,3 +26,6 @@ bash scripts/check-openapi.sh
 
 step "a real browser on another origin: CORS, idempotency keys, event streams"
 bash scripts/check-browser.sh
+
+step "the README and docs/: links resolve, and the commands they show run"
+bash scripts/check-docs.sh

@@ -1,7 +1,7 @@
 //! Every setting of the chatsys binaries, defined once: its flag, its environment variable and its
 //! default. The binaries parse them with these types; the operator writes the environment variables by
 //! the names in [`env`], and a test of the operator parses what it renders with these parsers.
-//! The README's "Settings" section lists them all.
+//! docs/configuration.md lists them all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
