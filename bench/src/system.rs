@@ -247,44 +247,12 @@ impl System {
         }
         process.starts += 1;
         let log_path = data_dir.join(format!("{}.{}.log", role.name(), process.starts));
-        let log = std::fs::File::create(&log_path)?;
-        let mut command = Command::new(&binary);
-        if matches!(role, Role::Api | Role::SecondApi) {
-            command.arg("serve");
-        }
-        command
-            .envs(environment)
-            .env("CHATSYS_LISTEN", process.listen.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; it makes the child die with the bench even on SIGKILL.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        process.child = Some(child);
-        let listen = process.listen;
-        let ready = tokio::select! {
-            ready = client::wait_for_ok(listen, "/readyz", READY_WITHIN) => ready,
-            exit = wait_exit(process.child.as_mut().expect("just spawned")) => Err(anyhow::anyhow!("exited with {exit}")),
+        let args: &[&str] = match role {
+            Role::Api | Role::SecondApi => &["serve"],
+            Role::Worker => &[],
         };
-        if let Err(error) = ready {
-            self.kill(role).await?;
-            bail!(
-                "{} did not become ready: {error:#}\n{}",
-                role.binary(),
-                log_tail(&log_path)
-            );
-        }
+        let child = spawn_ready(&binary, args, environment, process.listen, &log_path).await?;
+        process.child = Some(child);
         Ok(())
     }
 
@@ -544,6 +512,95 @@ fn parse_kib(status: &str, field: &str) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Starts a binary of ours listening on `listen`, dying with the bench, its output in `log_path`, and
+/// waits until it answers `/readyz` (killing it when it does not).
+async fn spawn_ready(
+    binary: &Path,
+    args: &[&str],
+    environment: Vec<(String, String)>,
+    listen: SocketAddr,
+    log_path: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log_path)?;
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .envs(environment)
+        .env("CHATSYS_LISTEN", listen.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it makes the child die with the bench even on SIGKILL.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let ready = tokio::select! {
+        ready = client::wait_for_ok(listen, "/readyz", READY_WITHIN) => ready,
+        exit = wait_exit(&mut child) => Err(anyhow::anyhow!("exited with {exit}")),
+    };
+    if let Err(error) = ready {
+        let _ = child.kill().await;
+        bail!(
+            "{} did not become ready: {error:#}\n{}",
+            binary.display(),
+            log_tail(log_path)
+        );
+    }
+    Ok(child)
+}
+
+/// The standalone server on a data directory of its own, removed when it is dropped.
+pub struct Standalone {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+impl Standalone {
+    pub async fn start(env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let data_dir = std::env::temp_dir().join(unique_name("chatsys_standalone"));
+        std::fs::create_dir_all(&data_dir)?;
+        let addr = free_port()?;
+        let data = data_dir.join("data");
+        let data = data
+            .to_str()
+            .context("a data directory that is not UTF-8")?;
+        let child = spawn_ready(
+            &binary_path("chatsys-api")?,
+            &["standalone", "--data-dir", data],
+            env,
+            addr,
+            &data_dir.join("chatsys-api.log"),
+        )
+        .await?;
+        Ok(Standalone {
+            addr,
+            data_dir,
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
 }
 
 async fn wait_exit(child: &mut Child) -> String {

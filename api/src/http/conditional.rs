@@ -176,11 +176,8 @@ fn tag_header(name: &str, description: &str) -> Parameter {
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
         .description(Some(description))
-        .schema(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some(r#"^(\*|(W/)?"[!#-~]*"( *, *(W/)?"[!#-~]*")*)$"#)),
-        ))
+        // No pattern: what is not an entity tag is read as one that matches nothing, not refused.
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
         .build()
 }
 
@@ -189,7 +186,7 @@ impl utoipa::IntoParams for IfMatch {
         vec![tag_header(
             "If-Match",
             "Edit only if the message is still in this state: the `ETag` of a read or an earlier \
-             edit. When its version moved on, the answer is 412 `precondition_failed` with the \
+             edit (a list of them, or `*`). When its version moved on, the answer is 412 `precondition_failed` with the \
              current `ETag`, and nothing changes. Of concurrent edits conditioned on one `ETag`, on \
              any server, one is accepted. `*` edits whatever the state.",
         )]
