@@ -16,9 +16,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(free_port)
-"$bin/chatsys-api" standalone --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/server.log" 2>&1 &
-server=$!
-wait_ready "http://127.0.0.1:$port" || { cat "$work/server.log" >&2; exit 1; }
+start_standalone "$bin" "$work"
 mkdir "$work/reader"
-python3 scripts/check-docs.py "http://127.0.0.1:$port" "$work/reader"
+python3 scripts/check-docs.py "$base" "$work/reader"

@@ -23,13 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(free_port)
-base="http://127.0.0.1:$port"
 # A short body timeout, so that the walk's stalled upload is answered 408 within a second.
-"$bin/chatsys-api" standalone --listen "127.0.0.1:$port" --data-dir "$work/data" \
-  --admin-key "$admin_key" --body-timeout-ms 500 >"$work/server.log" 2>&1 &
-server=$!
-wait_ready "$base" || { cat "$work/server.log" >&2; exit 1; }
+start_standalone "$bin" "$work" --admin-key "$admin_key" --body-timeout-ms 500
 curl -fsS "$base/openapi.json" -o "$work/openapi.json"
 
 echo "==> openapi-spec-validator"

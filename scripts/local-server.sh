@@ -14,3 +14,17 @@ wait_ready() { # url
   echo "$1 never became ready" >&2
   return 1
 }
+
+# Starts the standalone server of BIN_DIR on a free port, its data and log in WORK_DIR, further arguments
+# passed on; once it is ready, sets `server` (its pid) and `base` (its URL) for the caller.
+# shellcheck disable=SC2034 # server and base are the function's answers
+start_standalone() { # bin_dir, work_dir, arguments...
+  local bin_dir=$1 work_dir=$2 port
+  shift 2
+  port=$(free_port)
+  base="http://127.0.0.1:$port"
+  "$bin_dir/chatsys-api" standalone --listen "127.0.0.1:$port" --data-dir "$work_dir/data" "$@" \
+    >"$work_dir/server.log" 2>&1 &
+  server=$!
+  wait_ready "$base" || { cat "$work_dir/server.log" >&2; return 1; }
+}

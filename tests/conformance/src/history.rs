@@ -170,6 +170,15 @@ pub async fn the_stream_continues_where_a_list_page_was_read(target: &Target) {
     .await;
 }
 
+/// `PUT` of a message's body under `If-Match`.
+async fn edit_if_match(target: &Target, path: &str, tag: impl AsRef<str>, body: &str) -> Reply {
+    let request = target
+        .request(Method::PUT, path)
+        .header("If-Match", tag.as_ref())
+        .json(&json!({ "body": body }));
+    target.send(request).await
+}
+
 fn etag(reply: &Reply) -> String {
     reply
         .header("etag")
@@ -259,53 +268,18 @@ pub async fn an_edit_conditioned_on_an_old_etag_is_412(target: &Target) {
     target.create_message(&token, chat, "original").await;
     let path = message_path(&token, chat, 1);
     let original = etag(&page(target, &path).await);
-    let first = target
-        .send(
-            target
-                .request(Method::PUT, &path)
-                .header("If-Match", &original)
-                .json(&json!({ "body": "first edit" })),
-        )
-        .await;
+    let first = edit_if_match(target, &path, &original, "first edit").await;
     first.expect_status(200);
-    let late = target
-        .send(
-            target
-                .request(Method::PUT, &path)
-                .header("If-Match", &original)
-                .json(&json!({ "body": "lost update" })),
-        )
-        .await;
+    let late = edit_if_match(target, &path, &original, "lost update").await;
     late.expect_error(412, "precondition_failed");
     assert_eq!(etag(&late), etag(&first), "a 412 names the current version");
     assert_eq!(page(target, &path).await.json()["body"], "first edit");
-    let weak = target
-        .send(
-            target
-                .request(Method::PUT, &path)
-                .header("If-Match", format!("W/{}", etag(&first)))
-                .json(&json!({ "body": "weak" })),
-        )
-        .await;
+    let weak = edit_if_match(target, &path, format!("W/{}", etag(&first)), "weak").await;
     weak.expect_error(412, "precondition_failed");
-    let any = target
-        .send(
-            target
-                .request(Method::PUT, &path)
-                .header("If-Match", "*")
-                .json(&json!({ "body": "whatever the state" })),
-        )
-        .await;
+    let any = edit_if_match(target, &path, "*", "whatever the state").await;
     any.expect_status(200);
     // What is not a tag matches no version.
-    let malformed = target
-        .send(
-            target
-                .request(Method::PUT, &path)
-                .header("If-Match", "not a tag")
-                .json(&json!({ "body": "x" })),
-        )
-        .await;
+    let malformed = edit_if_match(target, &path, "not a tag", "x").await;
     malformed.expect_error(412, "precondition_failed");
     // Once stored, the version is the same.
     eventually(CATCH_UP, || async {
