@@ -20,12 +20,18 @@ RUN = re.compile(r"<!-- ci: run -->\n```sh\n(.*?)```", re.S)
 
 
 def anchors(page):
-    """GitHub's anchors of a page's headings: lowercase, punctuation dropped, spaces as hyphens."""
-    found = set()
-    for line in page.read_text().splitlines():
-        if line.startswith("#"):
-            title = line.lstrip("#").strip().lower()
-            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    """GitHub's anchors of a page's headings (not the `#` lines of its code blocks): the text lowercased,
+    link targets and punctuation dropped, spaces as hyphens, and `-1`, `-2`… after a repeated one."""
+    found, seen = set(), {}
+    for line in re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M).splitlines():
+        heading = re.match(r"^#{1,6} +(.*?)(?: +#+)?$", line)
+        if not heading:
+            continue
+        title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1)).strip().lower()
+        anchor = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+        count = seen.get(anchor, 0)
+        seen[anchor] = count + 1
+        found.add(anchor if count == 0 else f"{anchor}-{count}")
     return found
 
 

@@ -501,18 +501,18 @@ async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message
     scopes.extend(changed.chats.iter().map(|(app, _)| ListScope::Chats(*app)));
     scopes.sort();
     scopes.dedup();
-    let mut result = cache.put_chats(&changed.stored_chats).await;
-    if result.is_ok() {
-        result = cache.forget_applications(&changed.applications).await;
-    }
-    if result.is_ok() {
-        result = cache.bump_lists(&scopes).await;
-    }
-    if result.is_ok() {
-        result = cache.put_messages(messages).await;
-    }
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "cache refresh failed; entries stay stale until they expire");
+    // Each step on its own: one failing (say, on an entry an earlier release wrote) does not keep the
+    // others from freshening what they can.
+    let (chats, applications, lists, written) = tokio::join!(
+        cache.put_chats(&changed.stored_chats),
+        cache.forget_applications(&changed.applications),
+        cache.bump_lists(&scopes),
+        cache.put_messages(messages),
+    );
+    for result in [chats, applications, lists, written] {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cache refresh failed; entries stay stale until they expire");
+        }
     }
 }
 

@@ -131,6 +131,14 @@ pub trait Numbers: Send + Sync {
         seen: u64,
         expected: Option<&[u64]>,
     ) -> CoreResult<VersionClaim>;
+    /// Takes back a version handed out for an edit that was never published: the message's newest is
+    /// `previous` again, unless another version was handed out since.
+    async fn withdraw_version(
+        &self,
+        message: MessageKey,
+        version: u64,
+        previous: u64,
+    ) -> CoreResult<()>;
 }
 
 /// How long the newest version handed out for a message is kept: far longer than an edit takes to be
@@ -140,8 +148,8 @@ pub const VERSION_HEAD_LIFETIME: Duration = Duration::from_secs(3600);
 /// What asking for an edit's version found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionClaim {
-    /// The edit's version, from now on the message's newest.
-    Granted(u64),
+    /// The edit's version, from now on the message's newest, and the newest before it.
+    Granted { version: u64, previous: u64 },
     /// The message's newest version, which is none the edit was conditioned on: nothing was handed out.
     Moved(u64),
 }

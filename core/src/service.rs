@@ -578,8 +578,8 @@ impl ChatService {
             .numbers
             .next_version((app, chat, number), current.version, expected)
             .await?;
-        let version = match claim {
-            VersionClaim::Granted(version) => version,
+        let (version, previous) = match claim {
+            VersionClaim::Granted { version, previous } => (version, previous),
             VersionClaim::Moved(newest) => return Err(CoreError::VersionMoved { newest }),
         };
         // The version is a strictly increasing time in microseconds, taken in the atomic step that
@@ -598,7 +598,20 @@ impl ChatService {
             created_at: current.created_at,
             at,
         };
-        self.ports.queue.publish(&command).await?;
+        if let Err(error) = self.ports.queue.publish(&command).await {
+            // Never published, the version is no state of the message: a retry conditioned on the
+            // version before it must still be able to pass.
+            let key = (app, chat, number);
+            if let Err(e) = self
+                .ports
+                .numbers
+                .withdraw_version(key, version, previous)
+                .await
+            {
+                tracing::warn!(error = %e, "a version not published could not be taken back");
+            }
+            return Err(error);
+        }
         let message = Message {
             body: body.to_string(),
             version,

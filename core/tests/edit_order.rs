@@ -55,6 +55,16 @@ impl Numbers for FirstVersionLate {
         }
         Ok(version)
     }
+    async fn withdraw_version(
+        &self,
+        message: MessageKey,
+        version: u64,
+        previous: u64,
+    ) -> CoreResult<()> {
+        self.inner
+            .withdraw_version(message, version, previous)
+            .await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,4 +149,86 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
         "an edit is never dated before the message's creation"
     );
     assert_eq!(winner.updated_at, latest.updated_at);
+}
+
+/// A queue whose publishes fail while `down` is set, as when the broker is unreachable.
+struct FlakyQueue {
+    inner: sqlite_queue::SqliteQueue,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl chatsys_core::ports::Queue for FlakyQueue {
+    async fn ping(&self) -> CoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn publish(&self, command: &chatsys_core::command::Command) -> CoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(chatsys_core::CoreError::unavailable(
+                chatsys_core::error::Backend::Queue,
+                "down",
+            ));
+        }
+        self.inner.publish(command).await
+    }
+    async fn backlog(&self) -> CoreResult<u64> {
+        self.inner.backlog().await
+    }
+}
+
+/// A conditional edit whose command could not be published is answered 503 and leaves nothing: its
+/// retry, conditioned on the same version, is accepted (not refused for a version nobody stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_edit_that_was_never_published_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
+    let store = Arc::new(sqlite::SqliteStore::new(pool.clone()));
+    store.migrate().await.unwrap();
+    let inner = sqlite_queue::SqliteQueue::new(pool.clone());
+    let queue = Arc::new(FlakyQueue {
+        inner: inner.clone(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let service = ChatService::new(Ports {
+        store,
+        numbers: Arc::new(memory::LocalNumbers::new()),
+        floor: Arc::new(inner),
+        queue: queue.clone(),
+        cache: Arc::new(memory::MemoryCache::new(
+            Duration::from_secs(60),
+            64 << 20,
+            1 << 20,
+        )),
+        search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+        announcements: Arc::new(memory::LocalAnnouncements::default()),
+        keys: Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
+    });
+    let token = service
+        .create_application("retried edits", None)
+        .await
+        .unwrap()
+        .view
+        .token;
+    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    let created = service
+        .create_message(&token, chat, "original", None)
+        .await
+        .unwrap()
+        .view;
+    let read = [created.version];
+
+    queue.down.store(true, Ordering::SeqCst);
+    let failed = service
+        .edit_message(&token, chat, created.number, "edited", Some(&read))
+        .await;
+    assert!(
+        matches!(failed, Err(ref e) if e.is_transient()),
+        "{failed:?}"
+    );
+    queue.down.store(false, Ordering::SeqCst);
+    let retried = service
+        .edit_message(&token, chat, created.number, "edited", Some(&read))
+        .await
+        .expect("the retry is conditioned on the version still stored");
+    assert_eq!(retried.body, "edited");
 }

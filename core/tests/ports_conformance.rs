@@ -558,7 +558,7 @@ impl Allocator {
     /// An unconditional edit's version of message 1 of chat 1 of application 1.
     async fn next_version(&self) -> CoreResult<u64> {
         match self.numbers.next_version((1, 1, 1), 0, None).await? {
-            VersionClaim::Granted(version) => Ok(version),
+            VersionClaim::Granted { version, .. } => Ok(version),
             VersionClaim::Moved(newest) => panic!("an unconditional edit found {newest}"),
         }
     }
@@ -636,7 +636,8 @@ async fn numbers_local_start_at_1_and_never_repeat() {
 async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     let numbers: Arc<dyn Numbers> = numbers.numbers.clone();
     let message = (3, 1, 1);
-    let VersionClaim::Granted(first) = numbers.next_version(message, 0, Some(&[0])).await.unwrap()
+    let VersionClaim::Granted { version: first, .. } =
+        numbers.next_version(message, 0, Some(&[0])).await.unwrap()
     else {
         panic!("a message never edited is at version 0");
     };
@@ -653,13 +654,15 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
         .collect();
     let mut granted = Vec::new();
     for task in racing {
-        if let VersionClaim::Granted(version) = task.await.unwrap().unwrap() {
+        if let VersionClaim::Granted { version, .. } = task.await.unwrap().unwrap() {
             granted.push(version);
         }
     }
     assert_eq!(granted.len(), 1, "granted {granted:?}");
-    let VersionClaim::Granted(unconditional) =
-        numbers.next_version(message, 0, None).await.unwrap()
+    let VersionClaim::Granted {
+        version: unconditional,
+        ..
+    } = numbers.next_version(message, 0, None).await.unwrap()
     else {
         panic!("an unconditional edit is refused");
     };
@@ -676,7 +679,7 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
             .next_version(message, 0, Some(&[7, unconditional]))
             .await
             .unwrap(),
-        VersionClaim::Granted(_)
+        VersionClaim::Granted { .. }
     ));
     assert!(
         matches!(
@@ -684,9 +687,42 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
                 .next_version((3, 1, 2), 40, Some(&[40]))
                 .await
                 .unwrap(),
-            VersionClaim::Granted(_)
+            VersionClaim::Granted { .. }
         ),
         "a message whose newest is not kept is at the version its reader saw"
+    );
+
+    // A version taken back (its edit never published) leaves the one before it the newest.
+    let withdrawn = (3, 1, 3);
+    let VersionClaim::Granted { version, previous } = numbers
+        .next_version(withdrawn, 5, Some(&[5]))
+        .await
+        .unwrap()
+    else {
+        panic!("the version read is the newest");
+    };
+    assert_eq!(previous, 5);
+    numbers
+        .withdraw_version(withdrawn, version, previous)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            numbers
+                .next_version(withdrawn, 5, Some(&[5]))
+                .await
+                .unwrap(),
+            VersionClaim::Granted { .. }
+        ),
+        "a retry conditioned on the version before passes"
+    );
+    // A version read that is newer than the one kept (handed out by a release that kept none) counts.
+    assert_eq!(
+        numbers
+            .next_version(withdrawn, u64::MAX >> 12, Some(&[version]))
+            .await
+            .unwrap(),
+        VersionClaim::Moved(u64::MAX >> 12)
     );
 }
 
@@ -1005,6 +1041,37 @@ async fn the_cache_keeps_the_chat_at_its_later_change(cache: Arc<dyn Cache>) {
     assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat(2, 3)));
     cache.put_chats(&[chat(3, 5), chat(2, 4)]).await.unwrap();
     assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat(3, 5)));
+}
+
+/// A chat an earlier release cached as a plain string (`SET`) is replaced by the write-through, not
+/// left to fail it until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_replaces_a_chat_an_earlier_release_kept_as_a_string() {
+    let url = test_redis_url();
+    let mut cache_redis = connect_redis(&format!("{url}/1")).await;
+    let prefix = format!("chatsys-test-{}", unique());
+    let cache = redis::RedisCache::new(
+        connect_redis(&url).await,
+        Some(cache_redis.clone()),
+        redis::Keys::new(&prefix),
+        cache_limits(64 << 20),
+    );
+    ::redis::cmd("SET")
+        .arg(format!("{prefix}:chat:1:4:stored"))
+        .arg(r#"{"application_id":1,"number":4}"#)
+        .query_async::<()>(&mut cache_redis)
+        .await
+        .unwrap();
+    let chat = chatsys_core::domain::Chat {
+        application_id: 1,
+        number: 4,
+        messages_count: 1,
+        created_at: at(0),
+        updated_at: at(1),
+        last_event: 1,
+    };
+    cache.put_chats(std::slice::from_ref(&chat)).await.unwrap();
+    assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

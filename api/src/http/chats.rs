@@ -61,7 +61,7 @@ pub async fn create(
     params(ApplicationPath, ListQuery),
     responses(
         (status = 200, description = "A page of chats, by number in the order asked", body = [ChatView],
-            headers(("Link" = String, description = "`<…>; rel=\"next\"` and `<…>; rel=\"prev\"`: the neighbouring pages in the same order, where there are some")))))]
+            headers(("Link" = String, description = "`<…>; rel=\"next\"` while the list goes on, and `<…>; rel=\"prev\"` when the page was asked for next to a cursor, both in the same order")))))]
 pub async fn list(
     State(state): Shared,
     PathParams(path): PathParams<ApplicationPath>,

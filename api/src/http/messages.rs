@@ -77,7 +77,7 @@ pub async fn create(
     responses(
         (status = 200, description = "A page of messages, by number in the order asked", body = [MessageView],
             headers(
-                ("Link" = String, description = "`<…>; rel=\"next\"` and `<…>; rel=\"prev\"`: the neighbouring pages in the same order, where there are some"),
+                ("Link" = String, description = "`<…>; rel=\"next\"` while the list goes on, and `<…>; rel=\"prev\"` when the page was asked for next to a cursor, both in the same order"),
                 ("Chat-Last-Event-Id" = u64, description = "The chat's latest change as of this page (0 for none): open the event stream `after` it")))))]
 pub async fn list(
     State(state): Shared,

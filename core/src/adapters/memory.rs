@@ -111,7 +111,9 @@ impl Numbers for LocalNumbers {
         let mut versions = lock(&self.versions);
         let now = Instant::now();
         let head = match versions.heads.get(&message) {
-            Some(&(head, kept)) if now.duration_since(kept) < VERSION_HEAD_LIFETIME => head,
+            Some(&(head, kept)) if now.duration_since(kept) < VERSION_HEAD_LIFETIME => {
+                head.max(seen)
+            }
             _ => seen,
         };
         if let Some(expected) = expected
@@ -129,7 +131,25 @@ impl Numbers for LocalNumbers {
                 .retain(|_, (_, kept)| now.duration_since(*kept) < VERSION_HEAD_LIFETIME);
             versions.pruned_at = versions.heads.len().max(VERSION_HEADS_PRUNED_FROM);
         }
-        Ok(VersionClaim::Granted(version))
+        Ok(VersionClaim::Granted {
+            version,
+            previous: head,
+        })
+    }
+
+    async fn withdraw_version(
+        &self,
+        message: MessageKey,
+        version: u64,
+        previous: u64,
+    ) -> CoreResult<()> {
+        let mut versions = lock(&self.versions);
+        if let Some((head, kept)) = versions.heads.get_mut(&message)
+            && *head == version
+        {
+            (*head, *kept) = (previous, Instant::now());
+        }
+        Ok(())
     }
 }
 

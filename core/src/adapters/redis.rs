@@ -31,6 +31,7 @@ fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
 static NEXT_CHAT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
+static WITHDRAW_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_NEWER_SCRIPT: OnceLock<Script> = OnceLock::new();
 static SWAP_CELL_SCRIPT: OnceLock<Script> = OnceLock::new();
 static LIST_GENERATION_SCRIPT: OnceLock<Script> = OnceLock::new();
@@ -157,13 +158,14 @@ end
 return redis.call('INCR', KEYS[1])
 ";
 
-/// KEYS: the last version handed out, the message's newest. ARGV: the newest the caller read (for a
-/// newest not kept), the versions the edit is conditioned on as `,5,7,` (empty for none), the newest's
-/// lifetime in seconds. A version is a microsecond of Redis' clock, never below the last one handed out,
-/// so it increases even across a flush. Answers `{1, version}`, or `{0, newest}` when the newest is
-/// none of those expected.
+/// KEYS: the last version handed out, the message's newest. ARGV: the newest the caller read (it counts
+/// when newer than the one kept, or none is), the versions the edit is conditioned on as `,5,7,` (empty
+/// for none), the newest's lifetime in seconds. A version is a microsecond of Redis' clock, never below the last one handed out,
+/// so it increases even across a flush. Answers `{1, version, the newest before it}`, or `{0, newest}`
+/// when the newest is none of those expected.
 const NEXT_VERSION: &str = r"
-local head = redis.call('GET', KEYS[2]) or ARGV[1]
+local head = redis.call('GET', KEYS[2])
+if not head or tonumber(head) < tonumber(ARGV[1]) then head = ARGV[1] end
 if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. head .. ',', 1, true) then
   return {0, head}
 end
@@ -174,7 +176,16 @@ if v <= last then v = last + 1 end
 local version = string.format('%.0f', v)
 redis.call('SET', KEYS[1], version)
 redis.call('SET', KEYS[2], version, 'EX', ARGV[3])
-return {1, version}
+return {1, version, head}
+";
+
+/// KEYS: the message's newest version. ARGV: the version taken back, the one before it, the lifetime
+/// in seconds. Only a newest still equal to the version taken back is put back.
+const WITHDRAW_VERSION: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 0
 ";
 
 impl RedisNumbers {
@@ -290,7 +301,7 @@ impl Numbers for RedisNumbers {
             let listed: String = versions.iter().map(|v| format!("{v},")).collect();
             format!(",{listed}")
         });
-        let (granted, version): (i64, String) = script(&NEXT_VERSION_SCRIPT, NEXT_VERSION)
+        let answer: Vec<String> = script(&NEXT_VERSION_SCRIPT, NEXT_VERSION)
             .key(self.keys.version())
             .key(self.keys.version_head(message))
             .arg(seen)
@@ -299,14 +310,36 @@ impl Numbers for RedisNumbers {
             .invoke_async(&mut redis)
             .await
             .map_err(unavailable)?;
-        let version = version
-            .parse()
-            .map_err(|_| CoreError::unavailable(Backend::Redis, "a version that is no number"))?;
-        Ok(if granted == 1 {
-            VersionClaim::Granted(version)
-        } else {
-            VersionClaim::Moved(version)
-        })
+        let numbers: Option<Vec<u64>> = answer.iter().map(|n| n.parse().ok()).collect();
+        match numbers.as_deref() {
+            Some([1, version, previous]) => Ok(VersionClaim::Granted {
+                version: *version,
+                previous: *previous,
+            }),
+            Some([0, newest]) => Ok(VersionClaim::Moved(*newest)),
+            _ => Err(CoreError::unavailable(
+                Backend::Redis,
+                format!("a version script answered {answer:?}"),
+            )),
+        }
+    }
+
+    async fn withdraw_version(
+        &self,
+        message: MessageKey,
+        version: u64,
+        previous: u64,
+    ) -> CoreResult<()> {
+        let mut redis = self.redis.clone();
+        script(&WITHDRAW_VERSION_SCRIPT, WITHDRAW_VERSION)
+            .key(self.keys.version_head(message))
+            .arg(version)
+            .arg(previous)
+            .arg(VERSION_HEAD_LIFETIME.as_secs())
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 }
 
@@ -408,8 +441,10 @@ pub struct CacheLimits {
 
 /// Keeps whichever of the cached and the given record has the higher version (a message's version, a
 /// chat's latest change), so that a reader putting what it read before a commit cannot hide the
-/// commit's write-through. KEYS: the record. ARGV: the version, the JSON, the lifetime in seconds.
+/// commit's write-through. A record an earlier release kept as a plain string is replaced. KEYS: the
+/// record. ARGV: the version, the JSON, the lifetime in seconds.
 const PUT_NEWER: &str = r"
+if redis.call('TYPE', KEYS[1]).ok == 'string' then redis.call('DEL', KEYS[1]) end
 local current = redis.call('HGET', KEYS[1], 'v')
 if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
