@@ -227,9 +227,9 @@ fn method_label(method: &Method) -> &'static str {
 /// The change a chat's list of messages was read at: where its event stream continues from.
 pub const CHAT_LAST_EVENT_ID: HeaderName = HeaderName::from_static("chat-last-event-id");
 
-/// A rendered list with its `Link` header naming the `next` page while the list goes on and the `prev` one after a cursor, in
-/// the same order (`order` and `limit` are kept, as is `extra`), and for a chat's messages the change
-/// they were read at.
+/// A rendered list with its `Link` header naming the `next` page while the list goes on and the `prev`
+/// one after a cursor, in the same order (`order` and `limit` are kept, as is `extra`), and for a chat's
+/// messages the change they were read at.
 pub fn list_response(page: ListPage, path: &str, query: &ListLinks<'_>) -> Response {
     let mut response = Response::new(Body::from(page.json));
     let headers = response.headers_mut();
