@@ -21,8 +21,18 @@ pub trait Tagged {
     fn tag(&self) -> String;
 
     fn etag(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("\"{}\"", self.tag())).expect("tags are visible ASCII")
+        strong_tag(&self.tag())
     }
+}
+
+/// `"opaque"`: the opaque parts of our tags are digits and dots, visible ASCII.
+fn strong_tag(opaque: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{opaque}\"")).expect("tags are visible ASCII")
+}
+
+/// The tag of a message at this version, as its answers carry it.
+pub fn version_etag(version: u64) -> HeaderValue {
+    strong_tag(&version.to_string())
 }
 
 impl Tagged for MessageView {

@@ -201,10 +201,10 @@ impl IntoResponse for ApiError {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT
         )
         .then_some(1));
-        if let Some(version) = self.current_version
-            && let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\""))
-        {
-            response.headers_mut().insert(header::ETAG, etag);
+        if let Some(version) = self.current_version {
+            response
+                .headers_mut()
+                .insert(header::ETAG, super::conditional::version_etag(version));
         }
         if let Some(seconds) = retry_after {
             response

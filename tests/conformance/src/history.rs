@@ -170,6 +170,14 @@ pub async fn the_stream_continues_where_a_list_page_was_read(target: &Target) {
     .await;
 }
 
+/// `GET` under `If-None-Match`.
+async fn get_if_none_match(target: &Target, path: &str, tags: impl AsRef<str>) -> Reply {
+    let request = target
+        .request(Method::GET, path)
+        .header("If-None-Match", tags.as_ref());
+    target.send(request).await
+}
+
 /// `PUT` of a message's body under `If-Match`.
 async fn edit_if_match(target: &Target, path: &str, tag: impl AsRef<str>, body: &str) -> Reply {
     let request = target
@@ -205,26 +213,14 @@ pub async fn reads_carry_an_etag_and_answer_304_when_unchanged(target: &Target) 
         "a strong tag: {}",
         read.describe()
     );
-    let unchanged = target
-        .send(
-            target
-                .request(Method::GET, &path)
-                .header("If-None-Match", etag(&read)),
-        )
-        .await;
+    let unchanged = get_if_none_match(target, &path, etag(&read)).await;
     unchanged.expect_status(304);
     assert!(unchanged.bytes.is_empty(), "{}", unchanged.describe());
     assert_eq!(etag(&unchanged), etag(&read));
     let edited = target.put(&path, &json!({ "body": "retagged" })).await;
     edited.expect_status(200);
     assert_ne!(etag(&edited), etag(&read), "an edit is a new version");
-    let changed = target
-        .send(
-            target
-                .request(Method::GET, &path)
-                .header("If-None-Match", etag(&read)),
-        )
-        .await;
+    let changed = get_if_none_match(target, &path, etag(&read)).await;
     changed.expect_status(200);
     assert_eq!(changed.json()["body"], "retagged");
     assert_eq!(etag(&changed), etag(&edited));
@@ -252,13 +248,7 @@ pub async fn reads_carry_an_etag_and_answer_304_when_unchanged(target: &Target) 
         }
     })
     .await;
-    let again = target
-        .send(
-            target
-                .request(Method::GET, &chat_path)
-                .header("If-None-Match", format!("\"x\", {}", etag(&chat_read))),
-        )
-        .await;
+    let again = get_if_none_match(target, &chat_path, format!("\"x\", {}", etag(&chat_read))).await;
     again.expect_status(304);
 }
 
@@ -290,12 +280,6 @@ pub async fn an_edit_conditioned_on_an_old_etag_is_412(target: &Target) {
         }
     })
     .await;
-    let stored = target
-        .send(
-            target
-                .request(Method::GET, &path)
-                .header("If-None-Match", etag(&any)),
-        )
-        .await;
+    let stored = get_if_none_match(target, &path, etag(&any)).await;
     stored.expect_status(304);
 }
