@@ -30,6 +30,7 @@ from chatsys_client.api.messages import (
     messages_list,
     messages_read,
     messages_search,
+    messages_search_application,
 )
 from chatsys_client.api.operations import healthz, metrics, openapi, readyz
 from chatsys_client.models import (
@@ -203,12 +204,15 @@ expect_error(lost, 412, ErrorCode.PRECONDITION_FAILED)
 assert lost.headers["etag"] == won.headers["etag"]
 
 hits = eventually(
-    lambda: (lambda found: found if [m.number for m in found] == [1, 2, 3, 4, 5] else None)(
+    lambda: (lambda found: found if [m.number for m in found] == [5, 4, 3, 2, 1] else None)(
         walk(lambda **kw: messages_search.sync_detailed(token, 1, client=client, q="walker", limit=2, **kw))[0]
     ),
-    "five messages found by a part of a word, the edited one by its new text",
+    "five messages found by a part of a word, newest first, the edited one by its new text",
 )
 assert hits[2].body == "edited, still a WALKER"
+both = messages_search_application.sync_detailed(token, client=client, q='WALKER "still a"')
+assert both.headers["search-order"] == "newest"
+assert [(m.chat_number, m.number) for m in expect(both, 200, object)] == [(1, 3)], both.content
 assert expect(chats_read.sync_detailed(token, 1, client=client), 200, ChatView).messages_count == 5
 
 # A chat's events, streamed from its first change (the generated function reads a response whole, so the

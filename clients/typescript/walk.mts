@@ -94,6 +94,11 @@ for (let attempt = 0; attempt < 300 && found.length === 0; attempt++) {
   if (found.length === 0) await new Promise((resolve) => setTimeout(resolve, 100));
 }
 check(found.length === 1 && found[0].number === 1, "search finds the message by part of a word");
+const across = await client.GET("/applications/{token}/messages/search", {
+  params: { path: { token: path.token }, query: { q: "YPESCR", order: "relevance" } },
+});
+check(across.response.headers.get("search-order") === "relevance", "the answer names its order");
+check(across.data?.[0]?.chat_number === path.number, "an application-wide hit names its chat");
 
 const page = await client.GET("/applications/{token}/chats/{number}/messages", {
   params: { path, query: { limit: 1 } },

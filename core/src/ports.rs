@@ -12,6 +12,7 @@ use crate::command::Command;
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message, Scan};
 use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
+use crate::search_text::{SearchCursor, SearchRequest};
 
 /// What one applied batch changed, for the cache and the search index.
 #[derive(Debug, Default, Clone)]
@@ -309,13 +310,13 @@ pub enum ListScope {
     Messages(AppId, u64),
 }
 
-/// One page of a chat's search results, in message number order (as lists are).
+/// One page of search results, in the search's order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SearchPage {
     pub messages: Vec<Message>,
-    /// The number the next page starts after: set when more matches may follow, either because the page
-    /// is full or because the scan reached its budget first (a page may then be short, even empty).
-    pub next_after: Option<u64>,
+    /// Where the next page starts: set when more matches may follow, either because the page is full
+    /// or because the engine reached its budget first (a page may then be short, even empty).
+    pub next: Option<SearchCursor>,
 }
 
 /// A message the search engine refused for a reason retrying cannot change (the rest were indexed).
@@ -331,14 +332,7 @@ pub trait Search: Send + Sync {
     /// Indexes the stored state of these messages, replacing older versions; re-indexing is harmless.
     /// A transient failure is an error (nothing is known to be indexed); refusals come back one by one.
     async fn index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>>;
-    /// Case-insensitive substring matches in one chat numbered above `after`, in number order, at most
-    /// `limit` of them.
-    async fn search(
-        &self,
-        app: AppId,
-        chat: u64,
-        query: &str,
-        after: u64,
-        limit: usize,
-    ) -> CoreResult<SearchPage>;
+    /// The messages in the request's scope whose folded body holds every term of its query, in its
+    /// order, from after its cursor, at most `limit` of them.
+    async fn search(&self, request: &SearchRequest) -> CoreResult<SearchPage>;
 }

@@ -24,7 +24,8 @@ use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
 use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim};
 use crate::quota::WriteQuota;
-use crate::view::{ApplicationView, ChatView, MessageView};
+use crate::search_text::{SearchCursor, SearchOrder, SearchRequest, SearchScope, SearchTerms};
+use crate::view::{ApplicationView, ChatView, FoundMessageView, MessageView};
 
 #[derive(Clone)]
 pub struct Ports {
@@ -653,38 +654,43 @@ impl ChatService {
         .await
     }
 
-    /// Matches in number order, paginated like lists: `after` is the number of the last message of the
-    /// previous page (0 or absent: from the start). Every match is reachable by following the pages.
+    /// Messages holding every term of `query`, in one chat (`chat`) or in every chat of the
+    /// application, in `order`, paginated by the opaque cursor the previous page's `next` gave. Every
+    /// match is reachable by following the pages.
     pub async fn search(
         &self,
         token: &str,
-        chat: u64,
+        chat: Option<u64>,
         query: &str,
-        page: Page,
+        order: SearchOrder,
+        after: Option<&str>,
+        limit: u32,
     ) -> CoreResult<ListPage> {
-        if query.trim().is_empty() {
-            return Err(CoreError::invalid_query("q", "must not be empty"));
-        }
+        let terms = SearchTerms::parse(query)?;
         let app = self.resolve(token).await?;
-        self.chat_birth(app, chat).await?;
+        if let Some(chat) = chat {
+            self.chat_birth(app, chat).await?;
+        }
+        let scope = SearchScope { app, chat };
+        let after = after
+            .map(|raw| SearchCursor::parse(raw, order, scope))
+            .transpose()?;
         let found = self
             .ports
             .search
-            .search(
-                app,
-                chat,
-                query,
-                match page.cursor {
-                    domain::Cursor::After(after) => after,
-                    _ => 0,
-                },
-                page.limit as usize,
-            )
+            .search(&SearchRequest {
+                scope,
+                terms,
+                order,
+                after,
+                limit: limit as usize,
+            })
             .await?;
-        let views: Vec<MessageView> = found.messages.iter().map(MessageView::from).collect();
+        let views: Vec<FoundMessageView> =
+            found.messages.iter().map(FoundMessageView::from).collect();
         Ok(ListPage {
             json: serde_json::to_vec(&views).expect("views serialise").into(),
-            next: found.next_after.map(|n| PageLink::after(n.to_string())),
+            next: found.next.map(|next| PageLink::after(next.render(scope))),
             ..ListPage::default()
         })
     }

@@ -42,6 +42,32 @@ pub struct MessageView {
     pub version: u64,
 }
 
+/// A message a search found, naming its chat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FoundMessageView {
+    /// The chat the message is in.
+    #[schema(minimum = 1)]
+    pub chat_number: u64,
+    /// 1, 2, 3… within the chat.
+    #[schema(minimum = 1)]
+    pub number: u64,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Message> for FoundMessageView {
+    fn from(m: &Message) -> Self {
+        FoundMessageView {
+            chat_number: m.chat_number,
+            number: m.number,
+            body: m.body.clone(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
 impl From<&Application> for ApplicationView {
     fn from(a: &Application) -> Self {
         ApplicationView {

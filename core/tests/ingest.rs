@@ -16,6 +16,7 @@ use chatsys_core::plan::MessageKey;
 use chatsys_core::ports::{
     Announcer, BatchLimits, CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store,
 };
+use chatsys_core::search_text::SearchRequest;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +159,7 @@ impl Search for ScriptedSearch {
         Ok(refused)
     }
 
-    async fn search(&self, _: AppId, _: u64, _: &str, _: u64, _: usize) -> CoreResult<SearchPage> {
+    async fn search(&self, _: &SearchRequest) -> CoreResult<SearchPage> {
         Ok(SearchPage::default())
     }
 }

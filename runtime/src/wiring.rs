@@ -30,7 +30,9 @@ pub async fn open_search(
         Some(url) => {
             Arc::new(opensearch::OpenSearchIndex::connect(url, opensearch::DEFAULT_INDEX).await?)
         }
-        None => Arc::new(EmbeddedSearch::open(&data_dir.join("search"), writable)?),
+        // A directory of this release's own: the index of folded text has another schema, which
+        // tantivy will not open over an earlier release's index.
+        None => Arc::new(EmbeddedSearch::open(&data_dir.join("search-v2"), writable)?),
     })
 }
 

@@ -17,7 +17,7 @@ use chatsys_settings::origin_authority;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::{ApiError, ErrorCode};
-use super::{CHAT_LAST_EVENT_ID, IDEMPOTENT_REPLAYED, REQUEST_ID, Shared};
+use super::{CHAT_LAST_EVENT_ID, IDEMPOTENT_REPLAYED, REQUEST_ID, SEARCH_ORDER, Shared};
 
 /// The request headers a page may send: the ones the API reads.
 const ALLOWED_HEADERS: [HeaderName; 7] = [
@@ -31,9 +31,10 @@ const ALLOWED_HEADERS: [HeaderName; 7] = [
 ];
 
 /// The response headers a page may read besides the always-visible ones.
-const EXPOSED_HEADERS: [HeaderName; 7] = [
+const EXPOSED_HEADERS: [HeaderName; 8] = [
     header::LINK,
     CHAT_LAST_EVENT_ID,
+    SEARCH_ORDER,
     header::ETAG,
     header::LOCATION,
     header::RETRY_AFTER,

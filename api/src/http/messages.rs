@@ -1,9 +1,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use chatsys_core::view::MessageView;
+use chatsys_core::domain::Order;
+use chatsys_core::search_text::SearchOrder;
+use chatsys_core::view::{FoundMessageView, MessageView};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,13 +14,16 @@ use utoipa_axum::routes;
 use super::conditional::{IfMatch, IfNoneMatch, Tagged, with_etag};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{IdempotencyKeyHeader, JsonBody, PathParams, Query};
-use super::params::{ChatPath, ListQuery, MessagePath, PageQuery, SearchQuery};
-use super::{AppState, ListLinks, Shared, created, list_response};
+use super::params::{
+    ApplicationPath, ChatPath, ListQuery, MessagePath, SearchPageQuery, SearchQuery,
+};
+use super::{AppState, ListLinks, SEARCH_ORDER, Shared, created, list_response};
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(search))
+        .routes(routes!(search_application))
         .routes(routes!(read, edit))
 }
 
@@ -148,28 +153,79 @@ pub async fn edit(
 
 /// Search a chat's messages
 ///
-/// Stored messages of this chat whose body holds `q` anywhere, case-insensitive, in number order. Every
-/// match is reached by following `Link`; a page may hold fewer than `limit` messages (even none) when the
-/// search stopped at its per-request budget, and only the absence of `Link` means the end.
+/// Stored messages of this chat holding every word of `q` (each anywhere, a part of a word matching) and
+/// every "quoted phrase", compared after Unicode normalisation and full case folding, newest first (or
+/// by relevance). Every match is reached by following `Link`; a page may hold fewer than `limit`
+/// messages (even none) when the search stopped at its per-request budget, and only the absence of
+/// `Link` means the end.
 #[utoipa::path(get, path = "/applications/{token}/chats/{number}/messages/search", tag = "messages",
-    operation_id = "messages_search", params(ChatPath, SearchQuery, PageQuery),
+    operation_id = "messages_search", params(ChatPath, SearchQuery, SearchPageQuery),
     responses(
-        (status = 200, description = "A page of matching messages, by number", body = [MessageView],
-            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while more matches may follow")))))]
+        (status = 200, description = "A page of matching messages, in the order `Search-Order` names", body = [FoundMessageView],
+            headers(
+                ("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while more matches may follow"),
+                ("Search-Order" = String, description = "`newest` or `relevance`: the order of the results")))))]
 pub async fn search(
     State(state): Shared,
     PathParams(path): PathParams<ChatPath>,
     Query(search): Query<SearchQuery>,
-    Query(page): Query<PageQuery>,
+    Query(page): Query<SearchPageQuery>,
 ) -> ApiResult<Response> {
-    let page = page.page()?;
-    let q = search.text()?;
     let (token, chat) = (path.token.0, path.number.0);
-    let hits = state.service.search(&token, chat, q, page).await?;
     let path = format!("/applications/{token}/chats/{chat}/messages/search");
+    found(&state, &token, Some(chat), &path, &search, &page).await
+}
+
+/// Search an application's messages
+///
+/// As the search of one chat, across every chat of the application; each message names its chat.
+/// Newest first is by creation time (to the millisecond), then chat, then number.
+#[utoipa::path(get, path = "/applications/{token}/messages/search", tag = "messages",
+    operation_id = "messages_search_application", params(ApplicationPath, SearchQuery, SearchPageQuery),
+    responses(
+        (status = 200, description = "A page of matching messages, in the order `Search-Order` names", body = [FoundMessageView],
+            headers(
+                ("Link" = String, description = "`<…>; rel=\"next\"`: the next page, while more matches may follow"),
+                ("Search-Order" = String, description = "`newest` or `relevance`: the order of the results")))))]
+pub async fn search_application(
+    State(state): Shared,
+    PathParams(path): PathParams<ApplicationPath>,
+    Query(search): Query<SearchQuery>,
+    Query(page): Query<SearchPageQuery>,
+) -> ApiResult<Response> {
+    let token = path.token.0;
+    let path = format!("/applications/{token}/messages/search");
+    found(&state, &token, None, &path, &search, &page).await
+}
+
+/// A page of search results, with `Link` to the next and the order named.
+async fn found(
+    state: &AppState,
+    token: &str,
+    chat: Option<u64>,
+    path: &str,
+    search: &SearchQuery,
+    page: &SearchPageQuery,
+) -> ApiResult<Response> {
+    let limit = page.limit()?;
+    let order = search.order()?;
+    let q = search.text()?;
+    let hits = state
+        .service
+        .search(token, chat, q, order, page.after.as_deref(), limit)
+        .await?;
+    let mut extra = vec![("q", q)];
+    if order == SearchOrder::Relevance {
+        extra.push(("order", order.as_str()));
+    }
     let links = ListLinks {
-        extra: &[("q", q)],
-        ..ListLinks::of(page)
+        order: Order::Asc,
+        limit,
+        extra: &extra,
     };
-    Ok(list_response(hits, &path, &links))
+    let mut response = list_response(hits, path, &links);
+    response
+        .headers_mut()
+        .insert(SEARCH_ORDER, HeaderValue::from_static(order.as_str()));
+    Ok(response)
 }

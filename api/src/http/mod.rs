@@ -226,6 +226,8 @@ fn method_label(method: &Method) -> &'static str {
 
 /// The change a chat's list of messages was read at: where its event stream continues from.
 pub const CHAT_LAST_EVENT_ID: HeaderName = HeaderName::from_static("chat-last-event-id");
+/// The order a page of search results is in.
+pub const SEARCH_ORDER: HeaderName = HeaderName::from_static("search-order");
 
 /// A rendered list with its `Link` header naming the `next` page while the list goes on and the `prev`
 /// one after a cursor, in the same order (`order` and `limit` are kept, as is `extra`), and for a chat's

@@ -5,6 +5,7 @@
 //! is the documented 404, decided here, before the handler runs.
 
 use chatsys_core::domain::{self, Page, TOKEN_MAX_LEN};
+use chatsys_core::search_text::SearchOrder;
 use serde::de::{Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
@@ -169,23 +170,18 @@ impl ListQuery {
 /// The parameters a search pages with.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// How many items a page holds, 1 to 1000; 100 when absent.
+pub struct SearchPageQuery {
+    /// How many messages a page holds, 1 to 1000; 100 when absent.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
-    /// The number of the last item of the previous page, as the `Link` header of that page gives it.
-    #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807_u64)]
+    /// Where the previous page ended, as the `Link` header of that page gives it (opaque).
+    #[param(value_type = Option<String>, min_length = 1, max_length = 64, pattern = "^[0-9.]+$")]
     pub after: Option<String>,
 }
 
-impl PageQuery {
-    pub fn page(&self) -> Result<Page, ApiError> {
-        Ok(domain::parse_page(
-            self.limit.as_deref(),
-            self.after.as_deref(),
-            None,
-            None,
-        )?)
+impl SearchPageQuery {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        Ok(domain::parse_page(self.limit.as_deref(), None, None, None)?.limit)
     }
 }
 
@@ -207,17 +203,23 @@ impl ApplicationsQuery {
     }
 }
 
-/// What a search looks for; it pages with [`PageQuery`].
+/// What a search looks for; it pages with [`SearchPageQuery`].
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// Text to find anywhere in a message's body, case-insensitive; it must hold a character other than
-    /// white space.
+    /// Words, each to be found anywhere in a message's body (a part of a word matches), and "quoted
+    /// phrases", found as written: a message matches when it holds every one. Compared after Unicode
+    /// normalisation and full case folding. At most 16 words and phrases.
     #[param(value_type = String, required = true, min_length = 1, pattern = r"\S")]
     pub q: Option<String>,
     /// An older name of `q`, still accepted and left out of the document; `q` wins when both are given.
     #[param(ignore)]
     pub key: Option<String>,
+    /// `newest` (the default): latest first, as chats show them (across chats by creation time);
+    /// `relevance`: where the words weigh most first (the first 8,000 candidates only). The answer's
+    /// `Search-Order` header says which order it is in.
+    #[param(value_type = Option<String>, pattern = "^(newest|relevance)$")]
+    pub order: Option<String>,
 }
 
 impl SearchQuery {
@@ -228,6 +230,10 @@ impl SearchQuery {
             .as_deref()
             .or(self.key.as_deref())
             .ok_or(chatsys_core::CoreError::invalid_query("q", "is required"))?)
+    }
+
+    pub fn order(&self) -> Result<SearchOrder, ApiError> {
+        Ok(SearchOrder::parse(self.order.as_deref())?)
     }
 }
 

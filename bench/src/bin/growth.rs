@@ -1,7 +1,9 @@
-//! Growth (issue 27): what a list page costs once the data has grown, on the standalone server. It fills
-//! one chat with `--messages` messages and an application with `--chats` chats, then times pages from
-//! the oldest end, the newest end and the middle. List pages are never cached here
-//! (`CHATSYS_CACHE_MAX_PAGE_BYTES=0`), so every read is the store's: what a page costs the first time.
+//! Growth (issue 27): what a list page and a search cost once the data has grown, on the standalone
+//! server. It fills one chat with `--messages` messages and an application with `--chats` chats (each
+//! other chat with `NOTES_PER_CHAT` messages), then times list pages from the oldest end, the newest end
+//! and the middle, and first pages of searches of the whole application. List pages are never cached
+//! here (`CHATSYS_CACHE_MAX_PAGE_BYTES=0`), so every read is the store's: what a page costs the first
+//! time.
 
 use std::time::Duration;
 
@@ -42,6 +44,9 @@ struct Args {
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
+
+/// Messages in each chat but the long one: a word in each ("needle") is what the rare search finds.
+const NOTES_PER_CHAT: u64 = 10;
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -95,7 +100,16 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         }
     });
     try_join_all(writers).await?;
-    wait_until_stored(&mut control, &token, args.messages).await?;
+    for chat in 2..=args.chats {
+        for n in 1..=NOTES_PER_CHAT {
+            let body = format!("note {n} of chat {chat}, with a needle in it");
+            create_message(&mut control, &token, chat, &body, None).await?;
+        }
+    }
+    wait_until_stored(&mut control, &token, 1, args.messages).await?;
+    if args.chats > 1 {
+        wait_until_stored(&mut control, &token, args.chats, NOTES_PER_CHAT).await?;
+    }
     let filled = Rate::new(args.messages, started.elapsed());
     println!(
         "filled chat 1 with {} messages in {:.1} s ({:.0}/s, stored)",
@@ -124,7 +138,28 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             "chats, newest first",
             format!("{}?order=desc&limit={limit}", chats_path(&token)),
         ),
+        (
+            "search the application: a word in every message",
+            format!("/applications/{token}/messages/search?q=message&limit={limit}"),
+        ),
+        (
+            "search the application: a rare word",
+            format!("/applications/{token}/messages/search?q=needle&limit={limit}"),
+        ),
+        (
+            "search the application: two words, by relevance",
+            format!(
+                "/applications/{token}/messages/search?q=needle%20chat&order=relevance&limit={limit}"
+            ),
+        ),
+        (
+            "search the long chat, newest first",
+            format!("{messages}/search?q=long%20chat&limit={limit}"),
+        ),
     ];
+    let rare = format!("/applications/{token}/messages/search?q=needle&limit=1000");
+    let expected = ((args.chats - 1) * NOTES_PER_CHAT).min(1000);
+    wait_until_found(&mut control, &rare, expected).await?;
     let mut pages = Vec::new();
     for (kind, path) in kinds {
         let mut samples = Vec::with_capacity(args.reads);
@@ -138,7 +173,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         }
         let summary = LatencySummary::of(samples);
         println!(
-            "{kind:<42} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} reads)",
+            "{kind:<50} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} reads)",
             summary.p50_ms, summary.p99_ms, summary.count
         );
         pages.push((kind.to_owned(), summary));
@@ -157,10 +192,31 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for the worker to have stored every message (the chat's count says so).
+/// Waits until a search finds `expected` messages (stored, then indexed).
+async fn wait_until_found(
+    connection: &mut Connection,
+    path: &str,
+    expected: u64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = connection.get(path).await?;
+        let found: Vec<serde_json::Value> = serde_json::from_slice(&page.body).context("hits")?;
+        if found.len() as u64 == expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{path} found {} of {expected}", found.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for the worker to have stored a chat's every message (its count says so).
 async fn wait_until_stored(
     connection: &mut Connection,
     token: &str,
+    chat: u64,
     messages: u64,
 ) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
@@ -170,7 +226,7 @@ async fn wait_until_stored(
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let chat = connection
-            .get(&format!("/applications/{token}/chats/1"))
+            .get(&format!("/applications/{token}/chats/{chat}"))
             .await?;
         let counted: Counted = serde_json::from_slice(&chat.body).context("a chat")?;
         if counted.messages_count == messages {

@@ -1,11 +1,11 @@
 //! The embedded search engine (tantivy): standalone mode, and deployments without OpenSearch. Bodies are
-//! indexed as lowercase character trigrams (with their frequencies, for ranking, but no positions, which
-//! would double the indexing work): a body holding every trigram of a query of three characters or more
-//! is a candidate. Shorter queries scan the chat's documents. Every candidate is checked against the body
-//! before it is returned, so only real substring matches come back. Candidates are read in number order
-//! from just after the page's cursor, and one request reads at most a fixed budget of body text: a page
-//! that reaches it ends early with a cursor, so every match stays reachable and no query's cost grows
-//! with the chat.
+//! indexed as character trigrams of their folded text ([`fold`]), with their frequencies (for ranking)
+//! but no positions, which would double the indexing work: a body holding every trigram of every term
+//! of three characters or more is a candidate; shorter terms add no condition. Every candidate is
+//! checked against the folded body before it is returned, so only bodies holding every term come back.
+//! Candidates are read in the search's order from just after the page's cursor, and one request reads
+//! at most a fixed budget of body text: a page that reaches it ends early with a cursor, so every match
+//! stays reachable and no query's cost grows with the chat or the application.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -20,11 +20,18 @@ use tantivy::schema::{
     TextOptions, Value,
 };
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
-use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, SegmentReader,
+    TantivyDocument, Term,
+};
 
 use crate::domain::{AppId, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::ports::{IndexRefusal, Search, SearchPage};
+use crate::search_text::{
+    NewestKey, RELEVANCE_WINDOW, SearchCursor, SearchOrder, SearchRequest, SearchScope, fold,
+    newest_key,
+};
 
 fn unavailable(e: impl std::fmt::Display) -> CoreError {
     CoreError::unavailable(Backend::Search, e)
@@ -34,12 +41,14 @@ fn unavailable(e: impl std::fmt::Display) -> CoreError {
 struct Fields {
     id: Field,
     chat: Field,
+    app_key: Field,
     app: Field,
     chat_number: Field,
     number: Field,
     body: Field,
     version: Field,
     created_at: Field,
+    created_ms: Field,
     updated_at: Field,
 }
 
@@ -49,7 +58,7 @@ struct Fields {
 const WRITER_MEMORY_BYTES: usize = 15_000_000;
 
 /// The name the trigram tokenizer is registered under, in every process that opens the index.
-const TRIGRAMS: &str = "chatsys_trigrams";
+const TRIGRAMS: &str = "chatsys_folded_trigrams";
 
 /// The most body text one search request reads to check its candidates. A page that reaches it ends
 /// early with a cursor (the client follows `Link` as usual), so one query costs at most this much
@@ -69,22 +78,22 @@ fn schema() -> (Schema, Fields) {
     let fields = Fields {
         id: builder.add_text_field("id", STRING),
         chat: builder.add_text_field("chat", STRING),
+        app_key: builder.add_text_field("app", STRING),
         app: builder.add_u64_field("application_id", STORED),
-        chat_number: builder.add_u64_field("chat_number", STORED),
+        chat_number: builder.add_u64_field("chat_number", STORED | FAST),
         number: builder.add_u64_field("number", STORED | FAST | INDEXED),
         body: builder.add_text_field("body", body),
         version: builder.add_u64_field("version", STORED),
         created_at: builder.add_i64_field("created_at", STORED),
+        created_ms: builder.add_i64_field("created_ms", FAST | INDEXED),
         updated_at: builder.add_i64_field("updated_at", STORED),
     };
     (builder.build(), fields)
 }
 
-/// Splits a text into its lowercase character trigrams, in order. Registered with the index, so the
-/// indexing threads tokenize the body themselves (a pre-tokenized value would travel through the
+/// Splits a text into the character trigrams of its folded form, in order. Registered with the index,
+/// so the indexing threads tokenize the body themselves (a pre-tokenized value would travel through the
 /// document as JSON, which cost more than the indexing), and used for queries too, so both sides agree.
-/// Not tantivy's `NgramTokenizer` with `LowerCaser`: that cuts grams before lowercasing, so a capital
-/// whose lowercase is longer (`İ` → `i̇`) yields grams a lowercase query never produces, and is missed.
 #[derive(Clone, Default)]
 struct TrigramTokenizer {
     chars: Vec<char>,
@@ -102,7 +111,7 @@ impl Tokenizer for TrigramTokenizer {
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> TrigramStream<'a> {
         self.chars.clear();
-        self.chars.extend(text.chars().flat_map(char::to_lowercase));
+        self.chars.extend(fold(text).chars());
         self.token.reset();
         TrigramStream {
             chars: &self.chars,
@@ -133,14 +142,18 @@ impl TokenStream for TrigramStream<'_> {
     }
 }
 
-/// Lowercase character trigrams of a text, in order.
-fn trigrams(text: &str) -> Vec<String> {
+/// The distinct trigrams of the query's terms (folded already; folding again changes nothing).
+fn trigrams(terms: &[String]) -> Vec<String> {
     let mut tokenizer = TrigramTokenizer::default();
-    let mut stream = tokenizer.token_stream(text);
     let mut grams = Vec::new();
-    while stream.advance() {
-        grams.push(stream.token().text.clone());
+    for term in terms {
+        let mut stream = tokenizer.token_stream(term);
+        while stream.advance() {
+            grams.push(stream.token().text.clone());
+        }
     }
+    grams.sort_unstable();
+    grams.dedup();
     grams
 }
 
@@ -155,6 +168,12 @@ pub struct EmbeddedSearch {
     /// I/O error (too many open files, a full disk) kills tantivy's writer for good.
     writer: Option<Mutex<Option<IndexWriter>>>,
     fields: Fields,
+}
+
+/// What one round of candidates was read with: where the walk stands, and how many it takes.
+enum Walk {
+    Newest(Option<NewestKey>),
+    Relevance(u64),
 }
 
 impl EmbeddedSearch {
@@ -218,12 +237,14 @@ impl EmbeddedSearch {
         let mut doc = TantivyDocument::default();
         doc.add_text(f.id, document_id(m));
         doc.add_text(f.chat, chat_key(m.application_id, m.chat_number));
+        doc.add_text(f.app_key, m.application_id.to_string());
         doc.add_u64(f.app, m.application_id);
         doc.add_u64(f.chat_number, m.chat_number);
         doc.add_u64(f.number, m.number);
         doc.add_text(f.body, &m.body);
         doc.add_u64(f.version, m.version);
         doc.add_i64(f.created_at, m.created_at.timestamp_micros());
+        doc.add_i64(f.created_ms, m.created_at.timestamp_millis());
         doc.add_i64(f.updated_at, m.updated_at.timestamp_micros());
         doc
     }
@@ -247,72 +268,137 @@ impl EmbeddedSearch {
         })
     }
 
-    /// Documents of one chat numbered above `after` that hold every trigram of the query.
-    fn candidates(&self, app: AppId, chat: u64, grams: &[String], after: u64) -> BooleanQuery {
+    /// Documents in the scope that hold every trigram of the query, and (newest order) sort no higher
+    /// than where the walk stands.
+    fn candidates(&self, scope: SearchScope, grams: &[String], walk: &Walk) -> BooleanQuery {
         let f = self.fields;
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
-            (
-                Occur::Must,
-                Box::new(TermQuery::new(
-                    Term::from_field_text(f.chat, &chat_key(app, chat)),
-                    IndexRecordOption::Basic,
-                )),
-            ),
-            (
-                Occur::Must,
-                Box::new(RangeQuery::new(
-                    Bound::Excluded(Term::from_field_u64(f.number, after)),
+        let scope_term = match scope.chat {
+            Some(chat) => Term::from_field_text(f.chat, &chat_key(scope.app, chat)),
+            None => Term::from_field_text(f.app_key, &scope.app.to_string()),
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
+            Occur::Must,
+            Box::new(TermQuery::new(scope_term, IndexRecordOption::Basic)),
+        )];
+        if let Walk::Newest(Some((ms, _, number))) = *walk {
+            let below = match scope.chat {
+                Some(_) => RangeQuery::new(
                     Bound::Unbounded,
-                )),
-            ),
-        ];
+                    Bound::Excluded(Term::from_field_u64(f.number, number)),
+                ),
+                None => RangeQuery::new(
+                    Bound::Unbounded,
+                    Bound::Included(Term::from_field_i64(f.created_ms, ms)),
+                ),
+            };
+            clauses.push((Occur::Must, Box::new(below)));
+        }
         clauses.extend(grams.iter().map(|g| {
-            let term = TermQuery::new(Term::from_field_text(f.body, g), IndexRecordOption::Basic);
+            let term = TermQuery::new(
+                Term::from_field_text(f.body, g),
+                IndexRecordOption::WithFreqs,
+            );
             (Occur::Must, Box::new(term) as Box<dyn Query>)
         }));
         BooleanQuery::new(clauses)
     }
 
-    fn search_blocking(
+    /// One round of candidates in the search's order, each with its place in it.
+    fn round(
         &self,
-        app: AppId,
-        chat: u64,
-        query: &str,
-        after: u64,
-        limit: usize,
-    ) -> CoreResult<SearchPage> {
-        let needle = lowercase(query);
-        let mut grams = trigrams(query);
-        grams.sort_unstable();
-        grams.dedup();
+        searcher: &Searcher,
+        scope: SearchScope,
+        grams: &[String],
+        walk: &Walk,
+        chunk: usize,
+    ) -> CoreResult<Vec<(Option<NewestKey>, DocAddress)>> {
+        let query = self.candidates(scope, grams, walk);
+        match *walk {
+            Walk::Newest(below) => {
+                // Highest key first; documents at or above the cursor (the same millisecond, already
+                // read) sort as `None`, below every other, and end the walk when they come up.
+                let key = move |segment: &SegmentReader| {
+                    let column =
+                        |name| segment.fast_fields().column_opt::<i64>(name).ok().flatten();
+                    let created = column("created_ms");
+                    let chat = segment.fast_fields().u64("chat_number").ok();
+                    let number = segment.fast_fields().u64("number").ok();
+                    move |doc| {
+                        let key = newest_key(
+                            scope,
+                            created.as_ref()?.first(doc)?,
+                            chat.as_ref()?.first(doc)?,
+                            number.as_ref()?.first(doc)?,
+                        );
+                        below.is_none_or(|below| key < below).then_some(key)
+                    }
+                };
+                searcher
+                    .search(&query, &TopDocs::with_limit(chunk).order_by(key))
+                    .map_err(unavailable)
+            }
+            Walk::Relevance(skip) => Ok(searcher
+                .search(
+                    &query,
+                    &TopDocs::with_limit(chunk)
+                        .and_offset(skip as usize)
+                        .order_by_score(),
+                )
+                .map_err(unavailable)?
+                .into_iter()
+                .map(|(_, address)| (None, address))
+                .collect()),
+        }
+    }
+
+    fn search_blocking(&self, request: &SearchRequest) -> CoreResult<SearchPage> {
+        let scope = request.scope;
+        let limit = request.limit;
+        let grams = trigrams(request.terms.terms());
         let searcher = self.reader.searcher();
+        let mut walk = match (request.order, request.after) {
+            (SearchOrder::Newest, Some(SearchCursor::Newest(key))) => Walk::Newest(Some(key)),
+            (SearchOrder::Newest, _) => Walk::Newest(None),
+            (SearchOrder::Relevance, Some(SearchCursor::Skip(skip))) => Walk::Relevance(skip),
+            (SearchOrder::Relevance, _) => Walk::Relevance(0),
+        };
+        let cursor = |walk: &Walk| match *walk {
+            Walk::Newest(key) => key.map(SearchCursor::Newest),
+            Walk::Relevance(skip) => (skip < RELEVANCE_WINDOW).then_some(SearchCursor::Skip(skip)),
+        };
         let mut found: Vec<Message> = Vec::new();
-        let mut scanned_to = after;
         let mut read = 0usize;
         let mut chunk = FIRST_CHUNK;
         loop {
-            let candidates = searcher
-                .search(
-                    &self.candidates(app, chat, &grams, scanned_to),
-                    &TopDocs::with_limit(chunk).order_by_fast_field::<u64>("number", Order::Asc),
-                )
-                .map_err(unavailable)?;
-            let exhausted = candidates.len() < chunk;
-            for (number, address) in candidates {
-                let number = number.unwrap_or(scanned_to);
+            let candidates = self.round(&searcher, scope, &grams, &walk, chunk)?;
+            let mut exhausted = candidates.len() < chunk;
+            for (key, address) in candidates {
+                let at = match (&mut walk, key) {
+                    (Walk::Newest(_), None) => {
+                        exhausted = true;
+                        break;
+                    }
+                    (Walk::Newest(at), Some(key)) => {
+                        let before = *at;
+                        *at = Some(key);
+                        Walk::Newest(before)
+                    }
+                    (Walk::Relevance(skip), _) => {
+                        *skip += 1;
+                        Walk::Relevance(*skip - 1)
+                    }
+                };
                 let doc: TantivyDocument = searcher.doc(address).map_err(unavailable)?;
-                scanned_to = number;
                 let Some(message) = self.message(&doc) else {
                     continue;
                 };
                 read += message.body.len();
-                if lowercase(&message.body).contains(&needle) {
-                    if let Some(last) = found.last().filter(|_| found.len() == limit) {
-                        // One match past the page: there is a next page, from the page's last match.
-                        let next_after = Some(last.number);
+                if request.terms.matches(&fold(&message.body)) {
+                    if found.len() == limit {
+                        // One match past the page: the next page starts where this one ended.
                         return Ok(SearchPage {
                             messages: found,
-                            next_after,
+                            next: cursor(&at),
                         });
                     }
                     found.push(message);
@@ -321,23 +407,27 @@ impl EmbeddedSearch {
                     // Everything up to here is read: the next page goes on from it.
                     return Ok(SearchPage {
                         messages: found,
-                        next_after: Some(scanned_to),
+                        next: cursor(&walk),
                     });
                 }
             }
             if exhausted {
                 return Ok(SearchPage {
                     messages: found,
-                    next_after: None,
+                    next: None,
+                });
+            }
+            if let Walk::Relevance(skip) = walk
+                && skip >= RELEVANCE_WINDOW
+            {
+                return Ok(SearchPage {
+                    messages: found,
+                    next: None,
                 });
             }
             chunk = (chunk * 2).min(MAX_CHUNK);
         }
     }
-}
-
-fn lowercase(text: &str) -> String {
-    text.chars().flat_map(char::to_lowercase).collect()
 }
 
 fn document_id(m: &Message) -> String {
@@ -368,20 +458,13 @@ impl Search for Arc<EmbeddedSearch> {
         Ok(Vec::new())
     }
 
-    async fn search(
-        &self,
-        app: AppId,
-        chat: u64,
-        query: &str,
-        after: u64,
-        limit: usize,
-    ) -> CoreResult<SearchPage> {
-        if limit == 0 {
+    async fn search(&self, request: &SearchRequest) -> CoreResult<SearchPage> {
+        if request.limit == 0 {
             return Ok(SearchPage::default());
         }
         let this = self.clone();
-        let query = query.to_string();
-        tokio::task::spawn_blocking(move || this.search_blocking(app, chat, &query, after, limit))
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || this.search_blocking(&request))
             .await
             .map_err(unavailable)?
     }
@@ -404,9 +487,31 @@ mod tests {
         }
     }
 
+    fn request(
+        app: AppId,
+        chat: Option<u64>,
+        q: &str,
+        after: Option<SearchCursor>,
+        limit: usize,
+    ) -> SearchRequest {
+        SearchRequest {
+            scope: SearchScope { app, chat },
+            terms: crate::search_text::SearchTerms::parse(q).unwrap(),
+            order: SearchOrder::Newest,
+            after,
+            limit,
+        }
+    }
+
+    fn in_chat(q: &str, after: u64, limit: usize) -> SearchRequest {
+        let after = (after > 0).then_some(SearchCursor::Newest((0, 1, after)));
+        request(1, Some(1), q, after, limit)
+    }
+
+    /// The numbers found in the chat, newest first.
     async fn numbers(search: &Arc<EmbeddedSearch>, app: AppId, chat: u64, q: &str) -> Vec<u64> {
         search
-            .search(app, chat, q, 0, 100)
+            .search(&request(app, Some(chat), q, None, 100))
             .await
             .unwrap()
             .messages
@@ -432,13 +537,15 @@ mod tests {
         assert_eq!(numbers(&search, 1, 1, "ustac").await, vec![1]);
         assert_eq!(numbers(&search, 1, 1, "USTAC").await, vec![1]);
         assert_eq!(numbers(&search, 1, 1, "ru").await, vec![1]);
-        assert_eq!(numbers(&search, 1, 1, "o").await, vec![1, 2]);
+        assert_eq!(numbers(&search, 1, 1, "o").await, vec![2, 1]);
         assert_eq!(numbers(&search, 1, 1, "本語").await, vec![3]);
         assert_eq!(numbers(&search, 1, 1, "😀").await, vec![3]);
         assert_eq!(numbers(&search, 1, 1, "𝔫𝔦").await, vec![3]);
-        assert_eq!(numbers(&search, 1, 1, "lo ru").await, vec![1]);
+        assert_eq!(numbers(&search, 1, 1, "\"lo ru\"").await, vec![1]);
+        assert_eq!(numbers(&search, 1, 1, "rust hello").await, vec![1]);
         assert!(numbers(&search, 1, 1, "rustaceanz").await.is_empty());
         assert!(numbers(&search, 1, 1, "hello there").await.is_empty());
+        assert!(numbers(&search, 1, 1, "\"ru lo\"").await.is_empty());
     }
 
     #[tokio::test]
@@ -470,7 +577,7 @@ mod tests {
             .await
             .unwrap();
         assert!(numbers(&search, 1, 1, "first").await.is_empty());
-        let found = search.search(1, 1, "words", 0, 10).await.unwrap();
+        let found = search.search(&in_chat("words", 0, 10)).await.unwrap();
         assert_eq!(found.messages.len(), 1);
         assert_eq!(found.messages[0].body, "second words");
     }
@@ -495,21 +602,30 @@ mod tests {
         assert!(reader.index(&[message(1, 1, 8, "x", 0)]).await.is_err());
     }
 
-    /// Every page of a search, followed to the end: the numbers found, and how many pages it took.
-    async fn walk(search: &Arc<EmbeddedSearch>, q: &str, limit: usize) -> (Vec<u64>, usize) {
-        let (mut found, mut pages, mut after) = (Vec::new(), 0, 0);
+    /// Every page of a search, followed to the end: the messages found, and how many pages it took.
+    async fn walk_request(
+        search: &Arc<EmbeddedSearch>,
+        mut request: SearchRequest,
+    ) -> (Vec<Message>, usize) {
+        let (mut found, mut pages) = (Vec::new(), 0);
         loop {
-            let page = search.search(1, 1, q, after, limit).await.unwrap();
+            let page = search.search(&request).await.unwrap();
             pages += 1;
-            found.extend(page.messages.iter().map(|m| m.number));
-            match page.next_after {
+            found.extend(page.messages);
+            match page.next {
                 Some(next) => {
-                    assert!(next > after, "the cursor moves forward");
-                    after = next;
+                    assert_ne!(Some(next), request.after, "the cursor moves on");
+                    request.after = Some(next);
                 }
                 None => return (found, pages),
             }
         }
+    }
+
+    /// The numbers of every page of a search in chat 1 of application 1, and how many pages it took.
+    async fn walk(search: &Arc<EmbeddedSearch>, q: &str, limit: usize) -> (Vec<u64>, usize) {
+        let (found, pages) = walk_request(search, in_chat(q, 0, limit)).await;
+        (found.iter().map(|m| m.number).collect(), pages)
     }
 
     /// Thousands of bodies hold every trigram of the query without holding the query: the one real
@@ -518,14 +634,14 @@ mod tests {
     async fn a_match_behind_many_near_matches_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let search = EmbeddedSearch::open(dir.path(), true).unwrap();
-        let mut messages: Vec<Message> = (1..=12_000)
+        let mut messages: Vec<Message> = (2..=12_001)
             .map(|n| message(1, 1, n, "abc bcd", 0))
             .collect();
         // A long body ranks below the short near-matches, as a relevance cut would have ordered them.
         let long_match = format!("{} abcd", "y".repeat(500));
-        messages.push(message(1, 1, 12_001, &long_match, 0));
+        messages.push(message(1, 1, 1, &long_match, 0));
         search.index(&messages).await.unwrap();
-        assert_eq!(walk(&search, "abcd", 100).await.0, vec![12_001]);
+        assert_eq!(walk(&search, "abcd", 100).await.0, vec![1]);
     }
 
     /// One request reads a bounded amount of text: past it the page ends early with a cursor, and
@@ -535,15 +651,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let search = EmbeddedSearch::open(dir.path(), true).unwrap();
         let large = "x".repeat(64 * 1024);
-        let mut messages: Vec<Message> = (1..=200).map(|n| message(1, 1, n, &large, 0)).collect();
-        messages.push(message(1, 1, 201, "a needle", 0));
-        messages.push(message(1, 1, 202, "another needle", 0));
+        // The large bodies come first in newest order when they are the newest.
+        let mut messages: Vec<Message> = vec![
+            message(1, 1, 1, "a needle", 0),
+            message(1, 1, 2, "another needle", 0),
+        ];
+        messages.extend((3..=202).map(|n| message(1, 1, n, &large, 0)));
         search.index(&messages).await.unwrap();
-        let first = search.search(1, 1, "ne", 0, 100).await.unwrap();
-        assert!(first.messages.is_empty(), "{:?}", first.next_after);
-        assert!(first.next_after.is_some_and(|n| n < 201));
+        let first = search.search(&in_chat("ne", 0, 100)).await.unwrap();
+        assert!(first.messages.is_empty(), "{:?}", first.next);
+        assert!(matches!(first.next, Some(SearchCursor::Newest((_, _, n))) if n > 2));
         let (found, pages) = walk(&search, "ne", 100).await;
-        assert_eq!(found, vec![201, 202]);
+        assert_eq!(found, vec![2, 1]);
         assert!(
             pages >= 3,
             "200 bodies of 64 KiB take several budgets: {pages}"
@@ -551,7 +670,7 @@ mod tests {
     }
 
     /// The cursor is a message number, so a walk goes on when the message a page ended on no longer
-    /// matches; and `after=0` starts at the beginning.
+    /// matches.
     #[tokio::test]
     async fn the_walk_survives_an_edit_of_the_message_a_page_ended_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -564,19 +683,91 @@ mod tests {
             ])
             .await
             .unwrap();
-        let first = search.search(1, 1, "match", 0, 1).await.unwrap();
-        assert_eq!(first.messages[0].number, 1);
-        assert_eq!(first.next_after, Some(1));
+        let first = search.search(&in_chat("match", 0, 1)).await.unwrap();
+        assert_eq!(first.messages[0].number, 3);
+        assert_eq!(first.next, Some(SearchCursor::Newest((0, 1, 3))));
         search
-            .index(&[message(1, 1, 1, "edited away", 3)])
+            .index(&[message(1, 1, 3, "edited away", 3)])
             .await
             .unwrap();
-        let rest = search.search(1, 1, "match", 1, 10).await.unwrap();
+        let rest = search.search(&in_chat("match", 3, 10)).await.unwrap();
         assert_eq!(
             rest.messages.iter().map(|m| m.number).collect::<Vec<_>>(),
-            vec![2, 3]
+            vec![2, 1]
         );
-        assert_eq!(rest.next_after, None);
+        assert_eq!(rest.next, None);
+    }
+
+    fn created(app: AppId, chat: u64, number: u64, body: &str, ms: i64) -> Message {
+        let at = DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap();
+        Message {
+            created_at: at,
+            updated_at: at,
+            ..message(app, chat, number, body, 0)
+        }
+    }
+
+    /// Across an application, newest first is by creation, then chat, then number; messages created in
+    /// the same millisecond are neither skipped nor repeated across pages, whatever the page size.
+    #[tokio::test]
+    async fn an_application_wide_search_pages_newest_first_through_ties() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        let mut messages = vec![created(2, 1, 1, "hit in another app", 50)];
+        for chat in 1..=5 {
+            for number in 1..=20 {
+                // Many share a millisecond, across chats.
+                let ms = (number as i64) / 4;
+                messages.push(created(
+                    1,
+                    chat,
+                    number,
+                    &format!("hit {chat}/{number}"),
+                    ms,
+                ));
+            }
+        }
+        messages.push(created(1, 6, 1, "miss", 100));
+        search.index(&messages).await.unwrap();
+        let mut expected: Vec<(i64, u64, u64)> = messages
+            .iter()
+            .filter(|m| m.application_id == 1 && m.body.starts_with("hit"))
+            .map(|m| (m.created_at.timestamp_millis(), m.chat_number, m.number))
+            .collect();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        for limit in [1, 3, 7, 100] {
+            let (found, _) = walk_request(&search, request(1, None, "hit", None, limit)).await;
+            let keys: Vec<(i64, u64, u64)> = found
+                .iter()
+                .map(|m| (m.created_at.timestamp_millis(), m.chat_number, m.number))
+                .collect();
+            assert_eq!(keys, expected, "limit {limit}");
+        }
+    }
+
+    /// In relevance order every match still comes once, the walk following the engine's order.
+    #[tokio::test]
+    async fn a_relevance_walk_reaches_every_match_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        let messages: Vec<Message> = (1..=50)
+            .map(|n| {
+                let body = format!(
+                    "{} word {}",
+                    "filler ".repeat(n as usize % 7),
+                    "word ".repeat(n as usize % 3)
+                );
+                message(1, 1, n, &body, 0)
+            })
+            .collect();
+        search.index(&messages).await.unwrap();
+        let mut request = in_chat("word", 0, 6);
+        request.order = SearchOrder::Relevance;
+        let (found, pages) = walk_request(&search, request).await;
+        let mut numbers: Vec<u64> = found.iter().map(|m| m.number).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=50).collect::<Vec<_>>());
+        assert!(pages >= 9, "{pages} pages");
     }
 
     /// Too many open files kills tantivy's writer: the next write opens a new one, and what failed is
@@ -620,9 +811,9 @@ mod tests {
             .index(&[message(1, 1, 3, "after the failure", 0)])
             .await
             .unwrap();
-        assert_eq!(numbers(&search, 1, 1, "the failure").await, vec![1, 2, 3]);
+        assert_eq!(numbers(&search, 1, 1, "the failure").await, vec![3, 2, 1]);
         drop(search);
         let reopened = EmbeddedSearch::open(dir.path(), true).unwrap();
-        assert_eq!(numbers(&reopened, 1, 1, "the failure").await, vec![1, 2, 3]);
+        assert_eq!(numbers(&reopened, 1, 1, "the failure").await, vec![3, 2, 1]);
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! The index keeps each message once, under the id `{application_id}:{chat_number}:{number}`, with the
 //! message's version as an external version, so re-indexing is harmless and an older state never replaces
-//! a newer one. `body` is analyzed into lowercase character trigrams: a query of three characters or more
-//! is a phrase of trigrams, which matches exactly the bodies that contain it, whatever the case. The
-//! subfield `body.short` holds the lowercase single characters and pairs of characters, so one- and
-//! two-character queries are a single term lookup and also match anywhere, in bodies of any length.
+//! a newer one. Searches compare folded text ([`fold`]), folded here, not by an analyzer: the cluster
+//! needs no plugin, and the embedded engine folds with the same function, so both give the same answers.
+//! `folded` holds the folded body as character trigrams: a term of three characters or more is a phrase
+//! of trigrams, which matches exactly the bodies that contain it. The subfield `folded.short` holds the
+//! single characters and pairs of characters, so one- and two-character terms are a single term lookup
+//! and also match anywhere, in bodies of any length. `body` is kept as written, not indexed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -27,12 +29,17 @@ use serde_json::{Value, json};
 use crate::domain::{AppId, Message};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::ports::{IndexRefusal, Search, SearchPage};
+use crate::search_text::{
+    RELEVANCE_WINDOW, SearchCursor, SearchOrder, SearchRequest, fold, newest_key,
+};
 
-pub const DEFAULT_INDEX: &str = "chatsys-messages";
+/// The index of this release's documents (folded text): a new name, since a mapping cannot change in
+/// place.
+pub const DEFAULT_INDEX: &str = "chatsys-messages-v2";
 
-/// Queries this long or longer go through the trigram field; shorter ones through `body.short`.
+/// Terms this long or longer go through the trigram field; shorter ones through `folded.short`.
 const TRIGRAM: usize = 3;
-/// Body text sent in one bulk request at most: a batch of the largest bodies goes in several requests,
+/// Text sent in one bulk request at most (each body twice: as written and folded): a batch of the largest bodies goes in several requests,
 /// well under OpenSearch's request size limit (100 MB by default) and its indexing queue's patience.
 const BULK_MAX_BYTES: usize = 8 << 20;
 /// A cluster that stops answering turns into an error the worker retries and the API answers with 503.
@@ -153,30 +160,35 @@ fn index_definition() -> Value {
                         "chatsys_trigram": { "type": "ngram", "min_gram": 3, "max_gram": 3, "token_chars": [] },
                         "chatsys_short_gram": { "type": "ngram", "min_gram": 1, "max_gram": 2, "token_chars": [] }
                     },
+                    // No filter: the text comes folded, and the query's terms too.
                     "analyzer": {
-                        "chatsys_trigrams": { "type": "custom", "tokenizer": "chatsys_trigram", "filter": ["lowercase"] },
-                        "chatsys_short_grams": { "type": "custom", "tokenizer": "chatsys_short_gram", "filter": ["lowercase"] },
-                        "chatsys_lowercase": { "type": "custom", "tokenizer": "keyword", "filter": ["lowercase"] }
+                        "chatsys_trigrams": { "type": "custom", "tokenizer": "chatsys_trigram" },
+                        "chatsys_short_grams": { "type": "custom", "tokenizer": "chatsys_short_gram" },
+                        "chatsys_whole": { "type": "custom", "tokenizer": "keyword" }
                     }
                 }
             }
         },
         "mappings": {
             "dynamic": "strict",
+            // The folded text is for finding; `_source` keeps the body as written (docs.opensearch.org,
+            // field-types/metadata-fields/source: `excludes` leaves fields out of the stored source).
+            "_source": { "excludes": ["folded"] },
             "properties": {
                 "application_id": { "type": "long" },
                 "chat_number": { "type": "long" },
                 "number": { "type": "long" },
                 "version": { "type": "long" },
-                "body": {
+                "body": { "type": "text", "index": false },
+                "folded": {
                     "type": "text",
                     "analyzer": "chatsys_trigrams",
                     "fields": {
                         "short": {
                             "type": "text",
                             "analyzer": "chatsys_short_grams",
-                            // The whole query, lowercased, is the one gram to look up.
-                            "search_analyzer": "chatsys_lowercase",
+                            // The whole term is the one gram to look up.
+                            "search_analyzer": "chatsys_whole",
                             "index_options": "docs",
                             "norms": false
                         }
@@ -196,6 +208,9 @@ struct Document<'a> {
     chat_number: u64,
     number: u64,
     body: Cow<'a, str>,
+    /// Sent, never given back (`_source` leaves it out).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    folded: Option<String>,
     version: u64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -208,6 +223,7 @@ impl<'a> From<&'a Message> for Document<'a> {
             chat_number: m.chat_number,
             number: m.number,
             body: Cow::Borrowed(&m.body),
+            folded: Some(fold(&m.body)),
             version: m.version,
             created_at: m.created_at,
             updated_at: m.updated_at,
@@ -307,29 +323,55 @@ fn check_bulk(sent: &[&Message], response: BulkResponse) -> CoreResult<Vec<Index
     }
 }
 
-/// Case-insensitive substrings of `query` in one chat, numbered above `after`, in number order; one
-/// more than `limit`, to know whether a next page exists.
-fn search_request(app: AppId, chat: u64, query: &str, after: u64, limit: usize) -> Value {
-    let matcher = if query.chars().count() >= TRIGRAM {
-        json!({ "match_phrase": { "body": { "query": query } } })
-    } else {
-        json!({ "match": { "body.short": { "query": query } } })
-    };
-    json!({
-        "size": limit + 1,
-        "track_total_hits": false,
-        "query": {
-            "bool": {
-                "filter": [
-                    { "term": { "application_id": app } },
-                    { "term": { "chat_number": chat } },
-                    { "range": { "number": { "gt": after } } }
-                ],
-                "must": [matcher]
+/// The request's terms in its scope, after its cursor, in its order; one more than `limit`, to know
+/// whether a next page exists.
+fn search_request(request: &SearchRequest) -> Value {
+    let scope = request.scope;
+    let must: Vec<Value> = request
+        .terms
+        .terms()
+        .iter()
+        .map(|term| {
+            if term.chars().count() >= TRIGRAM {
+                json!({ "match_phrase": { "folded": { "query": term } } })
+            } else {
+                json!({ "match": { "folded.short": { "query": term } } })
             }
-        },
-        "sort": [{ "number": { "order": "asc" } }]
-    })
+        })
+        .collect();
+    let mut filter = vec![json!({ "term": { "application_id": scope.app } })];
+    if let Some(chat) = scope.chat {
+        filter.push(json!({ "term": { "chat_number": chat } }));
+    }
+    let mut body = json!({
+        "size": request.limit + 1,
+        "track_total_hits": false,
+        "query": { "bool": { "filter": filter, "must": must } }
+    });
+    match request.order {
+        // A `date` is kept to the millisecond and sorts by it (docs.opensearch.org, mappings/
+        // supported-field-types/dates: "A date stored in millisecond resolution"), as the cursor keeps it.
+        SearchOrder::Newest => {
+            body["sort"] = match scope.chat {
+                Some(_) => json!([{ "number": "desc" }]),
+                None => {
+                    json!([{ "created_at": "desc" }, { "chat_number": "desc" }, { "number": "desc" }])
+                }
+            };
+            if let Some(SearchCursor::Newest((ms, chat, number))) = request.after {
+                body["search_after"] = match scope.chat {
+                    Some(_) => json!([number]),
+                    None => json!([ms, chat, number]),
+                };
+            }
+        }
+        SearchOrder::Relevance => {
+            if let Some(SearchCursor::Skip(skip)) = request.after {
+                body["from"] = json!(skip);
+            }
+        }
+    }
+    body
 }
 
 #[derive(Deserialize)]
@@ -423,7 +465,8 @@ impl Search for OpenSearchIndex {
             let split = rest
                 .iter()
                 .position(|m| {
-                    bytes += m.body.len();
+                    // The body goes twice: as written, and folded.
+                    bytes += 2 * m.body.len();
                     bytes > BULK_MAX_BYTES
                 })
                 .map_or(rest.len(), |at| at.max(1));
@@ -434,22 +477,15 @@ impl Search for OpenSearchIndex {
         Ok(refused)
     }
 
-    async fn search(
-        &self,
-        app: AppId,
-        chat: u64,
-        query: &str,
-        after: u64,
-        limit: usize,
-    ) -> CoreResult<SearchPage> {
-        if query.is_empty() || limit == 0 {
+    async fn search(&self, request: &SearchRequest) -> CoreResult<SearchPage> {
+        if request.limit == 0 {
             return Ok(SearchPage::default());
         }
         let action = "searching";
         let sent = self
             .client
             .search(SearchParts::Index(&[&self.index]))
-            .body(search_request(app, chat, query, after, limit))
+            .body(search_request(request))
             .send()
             .await;
         let found: SearchResponse = read_json(action, expect_success(action, sent).await?).await?;
@@ -459,16 +495,31 @@ impl Search for OpenSearchIndex {
             .into_iter()
             .map(|hit| hit.source.into())
             .collect();
-        let next_after = if messages.len() > limit {
-            messages.truncate(limit);
-            messages.last().map(|m| m.number)
-        } else {
-            None
+        if messages.len() <= request.limit {
+            return Ok(SearchPage {
+                messages,
+                next: None,
+            });
+        }
+        messages.truncate(request.limit);
+        let next = match request.order {
+            SearchOrder::Newest => messages.last().map(|m| {
+                SearchCursor::Newest(newest_key(
+                    request.scope,
+                    m.created_at.timestamp_millis(),
+                    m.chat_number,
+                    m.number,
+                ))
+            }),
+            SearchOrder::Relevance => {
+                let skip = match request.after {
+                    Some(SearchCursor::Skip(skip)) => skip,
+                    _ => 0,
+                } + request.limit as u64;
+                (skip < RELEVANCE_WINDOW).then_some(SearchCursor::Skip(skip))
+            }
         };
-        Ok(SearchPage {
-            messages,
-            next_after,
-        })
+        Ok(SearchPage { messages, next })
     }
 }
 
@@ -526,6 +577,7 @@ mod tests {
     use axum::http::{HeaderMap, Method, StatusCode as HttpStatus, Uri, header};
 
     use super::*;
+    use crate::search_text::SearchScope;
 
     const INDEX: &str = "test-messages";
 
@@ -646,6 +698,20 @@ mod tests {
         }
     }
 
+    /// A newest-first search of chat 2 of application 7, after message `after`.
+    fn in_chat(q: &str, after: Option<u64>, limit: usize) -> SearchRequest {
+        SearchRequest {
+            scope: crate::search_text::SearchScope {
+                app: 7,
+                chat: Some(2),
+            },
+            terms: crate::search_text::SearchTerms::parse(q).unwrap(),
+            order: SearchOrder::Newest,
+            after: after.map(|n| SearchCursor::Newest((0, 2, n))),
+            limit,
+        }
+    }
+
     fn unavailable_detail<T: fmt::Debug>(result: CoreResult<T>) -> String {
         match result {
             Err(CoreError::Unavailable {
@@ -719,19 +785,15 @@ mod tests {
             json!({ "type": "ngram", "min_gram": 1, "max_gram": 2, "token_chars": [] })
         );
         assert_eq!(definition["settings"]["index"]["max_ngram_diff"], 1);
-        for analyzer in [
-            "chatsys_trigrams",
-            "chatsys_short_grams",
-            "chatsys_lowercase",
-        ] {
+        for analyzer in ["chatsys_trigrams", "chatsys_short_grams", "chatsys_whole"] {
             assert_eq!(
-                analysis["analyzer"][analyzer]["filter"],
-                json!(["lowercase"]),
-                "{analyzer}"
+                analysis["analyzer"][analyzer].get("filter"),
+                None,
+                "{analyzer}: the text comes folded"
             );
         }
         assert_eq!(
-            analysis["analyzer"]["chatsys_lowercase"]["tokenizer"],
+            analysis["analyzer"]["chatsys_whole"]["tokenizer"],
             "keyword"
         );
 
@@ -741,17 +803,18 @@ mod tests {
         for scope in ["application_id", "chat_number", "number", "version"] {
             assert_eq!(fields[scope]["type"], "long", "{scope}");
         }
-        assert_eq!(fields["body"]["type"], "text");
-        assert_eq!(fields["body"]["analyzer"], "chatsys_trigrams");
-        let short = &fields["body"]["fields"]["short"];
+        assert_eq!(fields["body"], json!({ "type": "text", "index": false }));
+        assert_eq!(fields["folded"]["type"], "text");
+        assert_eq!(fields["folded"]["analyzer"], "chatsys_trigrams");
+        let short = &fields["folded"]["fields"]["short"];
         assert_eq!(short["analyzer"], "chatsys_short_grams");
-        assert_eq!(short["search_analyzer"], "chatsys_lowercase");
+        assert_eq!(short["search_analyzer"], "chatsys_whole");
         assert_eq!(fields["created_at"]["type"], "date");
         assert_eq!(fields["updated_at"]["type"], "date");
         assert_eq!(
-            mappings.get("_source"),
-            None,
-            "documents are returned whole from _source"
+            mappings["_source"],
+            json!({ "excludes": ["folded"] }),
+            "documents come back as written, without their folded text"
         );
     }
 
@@ -845,7 +908,8 @@ mod tests {
         assert_eq!(
             lines[1],
             json!({
-                "application_id": 7, "chat_number": 2, "number": 5, "body": "Hello Rustaceans", "version": 0,
+                "application_id": 7, "chat_number": 2, "number": 5, "body": "Hello Rustaceans",
+                "folded": "hello rustaceans", "version": 0,
                 "created_at": "2026-11-28T01:02:03.456789Z", "updated_at": "2026-11-28T04:05:06.000001Z"
             })
         );
@@ -863,11 +927,7 @@ mod tests {
         let search = cluster.connect().await.unwrap();
         search.index(&[]).await.unwrap();
         assert_eq!(
-            search.search(7, 2, "", 0, 100).await.unwrap(),
-            SearchPage::default()
-        );
-        assert_eq!(
-            search.search(7, 2, "abc", 0, 0).await.unwrap(),
+            search.search(&in_chat("abc", None, 0)).await.unwrap(),
             SearchPage::default()
         );
         assert_eq!(cluster.requests_after_connect().len(), 0);
@@ -969,7 +1029,11 @@ mod tests {
         let messages: Vec<Message> = (1..=300).map(|n| message(7, 2, n, &body, 0)).collect();
         assert!(search.index(&messages).await.unwrap().is_empty());
         let requests = cluster.requests_after_connect();
-        assert_eq!(requests.len(), 3, "300 bodies of 64 KiB in bulks of 8 MiB");
+        assert_eq!(
+            requests.len(),
+            5,
+            "300 bodies of 64 KiB, each with its folded text, in bulks of 8 MiB"
+        );
         let sent: usize = requests.iter().map(|r| r.ndjson().len() / 2).sum();
         assert_eq!(sent, 300);
         for request in &requests {
@@ -1010,7 +1074,10 @@ mod tests {
         })
         .await;
         let search = cluster.connect().await.unwrap();
-        let page = search.search(7, 2, "UsTaC", 4, 100).await.unwrap();
+        let page = search
+            .search(&in_chat("UsTaC  Straße", Some(9), 100))
+            .await
+            .unwrap();
 
         let requests = cluster.requests_after_connect();
         assert_eq!(requests.len(), 1, "{requests:?}");
@@ -1023,15 +1090,19 @@ mod tests {
             body["query"]["bool"]["filter"],
             json!([
                 { "term": { "application_id": 7 } },
-                { "term": { "chat_number": 2 } },
-                { "range": { "number": { "gt": 4 } } }
+                { "term": { "chat_number": 2 } }
             ])
         );
         assert_eq!(
             body["query"]["bool"]["must"],
-            json!([{ "match_phrase": { "body": { "query": "UsTaC" } } }])
+            json!([
+                { "match_phrase": { "folded": { "query": "ustac" } } },
+                { "match_phrase": { "folded": { "query": "strasse" } } }
+            ]),
+            "every term must match, folded as the body was"
         );
-        assert_eq!(body["sort"], json!([{ "number": { "order": "asc" } }]));
+        assert_eq!(body["sort"], json!([{ "number": "desc" }]));
+        assert_eq!(body["search_after"], json!([9]));
         assert_eq!(
             body["size"], 101,
             "one more than the page, to know if a next one exists"
@@ -1044,7 +1115,7 @@ mod tests {
                     message(7, 2, 5, "Hello Rustaceans", 0),
                     message(7, 2, 9, "rustacean", 0),
                 ],
-                next_after: None,
+                next: None,
             }
         );
     }
@@ -1055,23 +1126,23 @@ mod tests {
         let search = cluster.connect().await.unwrap();
         // Two characters but four bytes: the length that counts is in characters.
         for query in ["Ab", "é", "éé"] {
-            let page = search.search(7, 2, query, 0, 20).await.unwrap();
+            let page = search.search(&in_chat(query, None, 20)).await.unwrap();
             assert_eq!(page.messages, vec![message(7, 2, 3, "grab", 0)]);
         }
         let requests = cluster.requests_after_connect();
         assert_eq!(requests.len(), 3);
-        for (request, query) in requests.iter().zip(["Ab", "é", "éé"]) {
+        for (request, query) in requests.iter().zip(["ab", "é", "éé"]) {
             let body = request.json();
             assert_eq!(
                 body["query"]["bool"]["must"],
-                json!([{ "match": { "body.short": { "query": query } } }])
+                json!([{ "match": { "folded.short": { "query": query } } }])
             );
             assert_eq!(
                 body["query"]["bool"]["filter"][1],
                 json!({ "term": { "chat_number": 2 } })
             );
         }
-        search.search(7, 2, "ééé", 0, 20).await.unwrap();
+        search.search(&in_chat("ééé", None, 20)).await.unwrap();
         assert!(
             cluster.requests().last().unwrap().json()["query"]["bool"]["must"][0]
                 .get("match_phrase")
@@ -1079,34 +1150,98 @@ mod tests {
         );
     }
 
-    /// Every match is reachable, however many there are: a page one hit longer than asked for has a
-    /// next page that starts after its last message, with no window to run out of.
+    /// Every match is reachable in newest order, however many there are: a page one hit longer than
+    /// asked for has a next page that starts after its last message (`search_after`, no window to run
+    /// out of). Across an application the order is creation (in milliseconds), chat, number.
     #[tokio::test]
     async fn search_pages_after_the_cursor_with_no_depth_limit() {
         let cluster = FakeCluster::with_index(|_| {
             (
                 200,
                 search_answer(&[
-                    (20_001, "abc", 1.0),
-                    (20_005, "abc", 1.0),
                     (20_009, "abc", 1.0),
+                    (20_005, "abc", 1.0),
+                    (20_001, "abc", 1.0),
                 ]),
             )
         })
         .await;
         let search = cluster.connect().await.unwrap();
-        let page = search.search(7, 2, "abc", 20_000, 2).await.unwrap();
+        let page = search
+            .search(&in_chat("abc", Some(20_010), 2))
+            .await
+            .unwrap();
         assert_eq!(
             page.messages.iter().map(|m| m.number).collect::<Vec<_>>(),
-            vec![20_001, 20_005]
+            vec![20_009, 20_005]
         );
-        assert_eq!(page.next_after, Some(20_005));
+        assert_eq!(page.next, Some(SearchCursor::Newest((0, 2, 20_005))));
         let body = cluster.requests_after_connect()[0].json();
         assert_eq!(body["size"], 3);
+        assert_eq!(body["search_after"], json!([20_010]));
+
+        let across = SearchRequest {
+            scope: SearchScope { app: 7, chat: None },
+            ..in_chat("abc", None, 2)
+        };
+        let after = SearchCursor::Newest((1_764_291_723_456, 4, 8));
+        let page = search
+            .search(&SearchRequest {
+                after: Some(after),
+                ..across.clone()
+            })
+            .await
+            .unwrap();
+        let body = cluster.requests_after_connect()[1].json();
         assert_eq!(
-            body["query"]["bool"]["filter"][2],
-            json!({ "range": { "number": { "gt": 20_000 } } })
+            body["query"]["bool"]["filter"],
+            json!([{ "term": { "application_id": 7 } }])
         );
+        assert_eq!(
+            body["sort"],
+            json!([{ "created_at": "desc" }, { "chat_number": "desc" }, { "number": "desc" }])
+        );
+        assert_eq!(body["search_after"], json!([1_764_291_723_456_i64, 4, 8]));
+        let last = &page.messages[1];
+        assert_eq!(
+            page.next,
+            Some(SearchCursor::Newest((
+                last.created_at.timestamp_millis(),
+                2,
+                20_005
+            )))
+        );
+    }
+
+    /// In relevance order the engine's score decides, pages go by offset, and no page is offered past
+    /// the window.
+    #[tokio::test]
+    async fn relevance_pages_by_offset_within_the_window() {
+        let cluster = FakeCluster::with_index(|_| {
+            (
+                200,
+                search_answer(&[(4, "abc abc", 3.0), (1, "abc", 1.0), (2, "abc", 0.5)]),
+            )
+        })
+        .await;
+        let search = cluster.connect().await.unwrap();
+        let relevance = SearchRequest {
+            order: SearchOrder::Relevance,
+            ..in_chat("abc", None, 2)
+        };
+        let page = search.search(&relevance).await.unwrap();
+        assert_eq!(page.next, Some(SearchCursor::Skip(2)));
+        let body = cluster.requests_after_connect()[0].json();
+        assert_eq!(body.get("sort"), None, "by score");
+        assert_eq!(body.get("from"), None);
+        let near_the_end = SearchRequest {
+            after: Some(SearchCursor::Skip(RELEVANCE_WINDOW - 2)),
+            ..relevance
+        };
+        let page = search.search(&near_the_end).await.unwrap();
+        assert_eq!(page.next, None);
+        let body = cluster.requests_after_connect()[1].json();
+        assert_eq!(body["from"], RELEVANCE_WINDOW - 2);
     }
 
     #[tokio::test]
@@ -1121,7 +1256,7 @@ mod tests {
         ] {
             let cluster = FakeCluster::with_index(move |_| (200, answer.clone())).await;
             let search = cluster.connect().await.unwrap();
-            let detail = unavailable_detail(search.search(7, 2, "abc", 0, 10).await);
+            let detail = unavailable_detail(search.search(&in_chat("abc", None, 10)).await);
             assert!(detail.contains("searching: malformed OpenSearch response"), "{detail}");
         }
     }
@@ -1135,7 +1270,7 @@ mod tests {
         })
         .await;
         let search = cluster.connect().await.unwrap();
-        let detail = unavailable_detail(search.search(7, 2, "abc", 0, 10).await);
+        let detail = unavailable_detail(search.search(&in_chat("abc", None, 10)).await);
         assert!(detail.contains("500"), "{detail}");
         assert!(
             detail.contains("search_phase_execution_exception: all shards failed"),
@@ -1171,7 +1306,7 @@ mod tests {
 
         let search = OpenSearchIndex::new(&url, INDEX).unwrap();
         unavailable_detail(search.ping().await);
-        unavailable_detail(search.search(7, 2, "abc", 0, 10).await);
+        unavailable_detail(search.search(&in_chat("abc", None, 10)).await);
         unavailable_detail(search.index(&[message(7, 2, 5, "a", 0)]).await);
     }
 
@@ -1252,6 +1387,14 @@ mod tests {
             .await
             .unwrap();
 
+        let in_chat_one = |q: &str, after: u64, limit: usize| SearchRequest {
+            scope: SearchScope {
+                app: 1,
+                chat: Some(1),
+            },
+            after: (after > 0).then_some(SearchCursor::Newest((0, 1, after))),
+            ..in_chat(q, None, limit)
+        };
         let numbers = |page: SearchPage| {
             page.messages
                 .into_iter()
@@ -1259,45 +1402,59 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            numbers(search.search(1, 1, "USTAC", 0, 100).await.unwrap()),
-            vec![1, 3]
+            numbers(search.search(&in_chat_one("USTAC", 0, 100)).await.unwrap()),
+            vec![3, 1]
         );
         assert_eq!(
-            numbers(search.search(1, 1, "rust", 0, 100).await.unwrap()),
-            vec![1, 2]
+            numbers(search.search(&in_chat_one("rust", 0, 100)).await.unwrap()),
+            vec![2, 1]
         );
-        let first = search.search(1, 1, "rust", 0, 1).await.unwrap();
-        assert_eq!(first.next_after, Some(1));
+        let first = search.search(&in_chat_one("rust", 0, 1)).await.unwrap();
+        assert_eq!(first.next, Some(SearchCursor::Newest((0, 1, 2))));
         assert_eq!(
-            numbers(search.search(1, 1, "rust", 1, 1).await.unwrap()),
-            vec![2]
-        );
-        assert_eq!(
-            numbers(search.search(1, 1, "A", 0, 100).await.unwrap()),
-            vec![1, 3, 4]
+            numbers(search.search(&in_chat_one("rust", 2, 1)).await.unwrap()),
+            vec![1]
         );
         assert_eq!(
-            numbers(search.search(1, 1, "X", 0, 100).await.unwrap()),
-            vec![4, 5]
+            numbers(search.search(&in_chat_one("A", 0, 100)).await.unwrap()),
+            vec![4, 3, 1]
         );
         assert_eq!(
-            numbers(search.search(1, 1, "xA", 0, 100).await.unwrap()),
+            numbers(search.search(&in_chat_one("X", 0, 100)).await.unwrap()),
+            vec![5, 4]
+        );
+        assert_eq!(
+            numbers(search.search(&in_chat_one("xA", 0, 100)).await.unwrap()),
             vec![4]
         );
         assert_eq!(
-            numbers(search.search(1, 1, "zQ", 0, 100).await.unwrap()),
+            numbers(search.search(&in_chat_one("zQ", 0, 100)).await.unwrap()),
             vec![5]
         );
         assert_eq!(
-            numbers(search.search(1, 1, "nothing", 0, 100).await.unwrap()),
+            numbers(
+                search
+                    .search(&in_chat_one("nothing", 0, 100))
+                    .await
+                    .unwrap()
+            ),
             Vec::<u64>::new()
         );
         assert_eq!(
-            numbers(search.search(1, 1, "t r", 0, 100).await.unwrap()),
+            numbers(
+                search
+                    .search(&in_chat_one("\"t r\"", 0, 100))
+                    .await
+                    .unwrap()
+            ),
             vec![2]
         );
         assert_eq!(
-            search.search(1, 1, "Hello", 0, 100).await.unwrap().messages[0],
+            search
+                .search(&in_chat_one("Hello", 0, 100))
+                .await
+                .unwrap()
+                .messages[0],
             message(1, 1, 1, "Hello Rustaceans", 0)
         );
 

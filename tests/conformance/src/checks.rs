@@ -107,6 +107,23 @@ pub fn assert_message(message: &Value) {
     assert_timestamps(message);
 }
 
+/// A message a search found: a message that names its chat.
+pub fn assert_found_message(message: &Value) {
+    assert_fields(
+        message,
+        &["chat_number", "number", "body", "created_at", "updated_at"],
+    );
+    assert!(
+        message["chat_number"].as_u64().is_some_and(|n| n >= 1),
+        "chat_number is not positive: {message}"
+    );
+    assert!(
+        message["number"].as_u64().is_some_and(|n| n >= 1),
+        "number is not positive: {message}"
+    );
+    assert_timestamps(message);
+}
+
 /// The Location header of a 201 names the created resource.
 pub fn assert_location(reply: &Reply, expected: &str) {
     assert_eq!(

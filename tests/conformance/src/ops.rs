@@ -80,7 +80,7 @@ pub async fn openapi_describes_every_route(target: &Target) {
     let document = reply.json();
     let version = document["openapi"].as_str().unwrap_or_default();
     assert!(version.starts_with("3.1"), "openapi is {version:?}");
-    let routes: [(&str, &str, &[u16]); 16] = [
+    let routes: [(&str, &str, &[u16]); 17] = [
         ("/applications", "post", &[201, 400, 413, 422]),
         ("/applications", "get", &[200, 400, 401]),
         ("/applications/{token}", "get", &[200, 404]),
@@ -110,6 +110,11 @@ pub async fn openapi_describes_every_route(target: &Target) {
         ),
         (
             "/applications/{token}/chats/{number}/messages/search",
+            "get",
+            &[200, 400, 404],
+        ),
+        (
+            "/applications/{token}/messages/search",
             "get",
             &[200, 400, 404],
         ),
@@ -298,6 +303,7 @@ pub async fn the_document_is_the_routes_served(target: &Target) {
         "/applications/{token}/chats/{number}/messages",
         "/applications/{token}/chats/{number}/messages/search",
         "/applications/{token}/chats/{number}/messages/{message}",
+        "/applications/{token}/messages/search",
         "/healthz",
         "/readyz",
         "/metrics",

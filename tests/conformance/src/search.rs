@@ -1,11 +1,14 @@
-//! `GET …/chats/{number}/messages/search?q=…` (and its alias `key`).
+//! `GET …/chats/{number}/messages/search?q=…` (and its alias `key`), and
+//! `GET /applications/{token}/messages/search?q=…` across an application's chats.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::checks::{assert_message, walk};
-use crate::target::{CATCH_UP, Target, eventually, message_path, messages_path, search_path};
+use crate::checks::{assert_found_message, walk};
+use crate::target::{
+    CATCH_UP, Target, encode, eventually, message_path, messages_path, search_path,
+};
 
 fn bodies(messages: &[Value]) -> Vec<String> {
     messages
@@ -23,8 +26,13 @@ async fn search_eventually(target: &Target, path: &str, expected: &[&str]) -> Ve
         reply.expect_status(200);
         let results = reply.items();
         for message in &results {
-            assert_message(message);
+            assert_found_message(message);
         }
+        assert!(
+            matches!(reply.header("search-order"), Some("newest" | "relevance")),
+            "Search-Order: {}",
+            reply.describe()
+        );
         let found = bodies(&results);
         if found.iter().map(String::as_str).collect::<BTreeSet<_>>() == expected
             && found.len() == expected.len()
@@ -137,8 +145,9 @@ pub async fn search_is_scoped_to_the_chat(target: &Target) {
     .await;
 }
 
-/// Matches come in message number order, as lists do, whatever how often a body names the query.
-pub async fn matches_come_in_number_order(target: &Target) {
+/// Matches come newest first, as chats show them, whatever how often a body names the query; with
+/// `order=relevance` the body where the query weighs most comes first. The answer names its order.
+pub async fn matches_come_newest_first_or_by_relevance(target: &Target) {
     let long_body = "a long message about many other things, boats and trains and weather and lunch, \
                      which mentions ferris only once somewhere in the middle of all this text";
     let token = target.create_token().await;
@@ -154,9 +163,34 @@ pub async fn matches_come_in_number_order(target: &Target) {
         &[long_body, "ferris ferris ferris"],
     )
     .await;
-    assert_eq!(bodies(&found), [long_body, "ferris ferris ferris"]);
+    assert_eq!(bodies(&found), ["ferris ferris ferris", long_body]);
     let numbers: Vec<u64> = found.iter().filter_map(|m| m["number"].as_u64()).collect();
-    assert_eq!(numbers, [1, 3]);
+    assert_eq!(numbers, [3, 1]);
+    let newest = target.get(&search_path(&token, chat, "ferris")).await;
+    assert_eq!(newest.header("search-order"), Some("newest"));
+    let path = format!("{}&order=relevance", search_path(&token, chat, "ferris"));
+    let ranked = target.get(&path).await;
+    ranked.expect_status(200);
+    assert_eq!(ranked.header("search-order"), Some("relevance"));
+    assert_eq!(
+        bodies(&ranked.items()),
+        ["ferris ferris ferris", long_body],
+        "{}",
+        ranked.describe()
+    );
+    let walked = walk(target, &format!("{path}&limit=1"), 1).await;
+    assert_eq!(
+        walked,
+        ranked.items(),
+        "relevance pages walk the same order"
+    );
+    target
+        .get(&format!(
+            "{}&order=oldest",
+            search_path(&token, chat, "ferris")
+        ))
+        .await
+        .expect_error(400, "invalid_query");
 }
 
 pub async fn key_is_an_alias_of_q(target: &Target) {
@@ -175,8 +209,8 @@ pub async fn key_is_an_alias_of_q(target: &Target) {
     );
 }
 
-/// Results are paginated by `limit` and `after=<number of the last result>`, like lists; `after=0` is
-/// the start.
+/// Results are paginated by `limit` and the `after` cursor `Link` gives; a cursor this search did not
+/// give is 400.
 pub async fn results_are_paginated(target: &Target) {
     let token = target.create_token().await;
     let chat = chat_with(
@@ -204,10 +238,12 @@ pub async fn results_are_paginated(target: &Target) {
     ];
     let path = search_path(&token, chat, "page");
     let ranked = search_eventually(target, &format!("{path}&limit=1000"), &matching).await;
-    assert_eq!(bodies(&ranked), matching, "number order");
-    let from_zero = target.get(&format!("{path}&limit=1000&after=0")).await;
-    from_zero.expect_status(200);
-    assert_eq!(from_zero.items(), ranked, "after=0 is the start");
+    let newest_first: Vec<&str> = matching.iter().rev().copied().collect();
+    assert_eq!(bodies(&ranked), newest_first, "newest first");
+    target
+        .get(&format!("{path}&after=1.2.3"))
+        .await
+        .expect_error(400, "invalid_query");
     let walked = walk(target, &format!("{path}&limit=2"), 2).await;
     assert_eq!(walked, ranked, "pages of 2 differ from the whole ranking");
     let first_page = target.get(&format!("{path}&limit=4")).await;
@@ -349,16 +385,16 @@ pub async fn a_walk_survives_an_edit_of_a_pages_last_message(target: &Target) {
     search_eventually(target, &path, &["otter one", "otter two", "otter three"]).await;
     let first = target.get(&format!("{path}&limit=1")).await;
     first.expect_status(200);
-    assert_eq!(bodies(&first.items()), ["otter one"]);
+    assert_eq!(bodies(&first.items()), ["otter three"]);
     let next = first.next_link().expect("a next page");
     target
         .put(
-            &message_path(&token, chat, 1),
+            &message_path(&token, chat, 3),
             &json!({ "body": "edited away" }),
         )
         .await
         .expect_status(200);
-    search_eventually(target, &path, &["otter two", "otter three"]).await;
+    search_eventually(target, &path, &["otter one", "otter two"]).await;
     let rest = target.get(&next).await;
     rest.expect_status(200);
     assert_eq!(bodies(&rest.items()), ["otter two"], "{}", rest.describe());
@@ -368,11 +404,142 @@ pub async fn an_empty_query_is_400(target: &Target) {
     let token = target.create_token().await;
     let chat = chat_with(target, &token, &["something"]).await;
     let base = format!("{}/search", messages_path(&token, chat));
-    for query in ["", "?q=", "?key=", "?q", "?limit=10", "?after=1"] {
+    for query in [
+        "",
+        "?q=",
+        "?key=",
+        "?q",
+        "?limit=10",
+        "?after=1",
+        "?q=%22%22",
+        "?q=%20%20",
+    ] {
         target
             .get(&format!("{base}{query}"))
             .await
             .expect_error(400, "invalid_query");
     }
     target.get(&format!("{base}?q=x")).await.expect_status(200);
+}
+
+/// Every word must be found (each still a part of a word), and a quoted phrase is found as written, in
+/// its order.
+pub async fn every_word_must_match_and_phrases_keep_their_order(target: &Target) {
+    let token = target.create_token().await;
+    let chat = chat_with(
+        target,
+        &token,
+        &[
+            "the message race was close",
+            "a race, then a message",
+            "message only",
+            "race only",
+        ],
+    )
+    .await;
+    search_eventually(
+        target,
+        &search_path(&token, chat, "message race"),
+        &["the message race was close", "a race, then a message"],
+    )
+    .await;
+    search_eventually(
+        target,
+        &search_path(&token, chat, "ssag  RAC"),
+        &["the message race was close", "a race, then a message"],
+    )
+    .await;
+    search_eventually(
+        target,
+        &search_path(&token, chat, "\"message race\""),
+        &["the message race was close"],
+    )
+    .await;
+    search_eventually(target, &search_path(&token, chat, "\"race message\""), &[]).await;
+    search_eventually(target, &search_path(&token, chat, "message lost"), &[]).await;
+}
+
+/// Text is compared after Unicode normalisation and full case folding: an accent written as one
+/// character or as a letter and a combining mark is the same, and `İ`, `ß` fold as they should.
+pub async fn normalisation_and_case_folding(target: &Target) {
+    let token = target.create_token().await;
+    let chat = chat_with(
+        target,
+        &token,
+        &[
+            "un caf\u{e9} composed",
+            "un cafe\u{301} decomposed",
+            "MEET IN \u{130}STANBUL",
+            "STRASSE",
+            "plain cafe",
+        ],
+    )
+    .await;
+    let both = ["un caf\u{e9} composed", "un cafe\u{301} decomposed"];
+    search_eventually(target, &search_path(&token, chat, "caf\u{e9}"), &both).await;
+    search_eventually(target, &search_path(&token, chat, "CAFE\u{301}"), &both).await;
+    search_eventually(
+        target,
+        &search_path(&token, chat, "istanbul"),
+        &["MEET IN \u{130}STANBUL"],
+    )
+    .await;
+    search_eventually(
+        target,
+        &search_path(&token, chat, "stra\u{df}e"),
+        &["STRASSE"],
+    )
+    .await;
+}
+
+/// One search across every chat of the application, each hit naming its chat, newest first through
+/// chats; another application's messages never come.
+pub async fn an_application_wide_search_names_each_chat(target: &Target) {
+    let token = target.create_token().await;
+    let other = target.create_token().await;
+    let first = chat_with(target, &token, &["kestrel one", "nothing"]).await;
+    let second = chat_with(target, &token, &["kestrel two", "kestrel three"]).await;
+    chat_with(target, &other, &["kestrel elsewhere"]).await;
+    let path = format!(
+        "/applications/{token}/messages/search?q={}",
+        encode("KESTREL")
+    );
+    let found = search_eventually(
+        target,
+        &path,
+        &["kestrel one", "kestrel two", "kestrel three"],
+    )
+    .await;
+    let places: Vec<(u64, u64)> = found
+        .iter()
+        .map(|m| {
+            (
+                m["chat_number"].as_u64().unwrap(),
+                m["number"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [(second, 2), (second, 1), (first, 1)],
+        "newest first across chats"
+    );
+    let walked = walk(target, &format!("{path}&limit=1"), 1).await;
+    assert_eq!(walked, found, "pages of one walk the same order");
+    let per_chat = target.get(&search_path(&token, second, "kestrel")).await;
+    per_chat.expect_status(200);
+    assert!(
+        per_chat
+            .items()
+            .iter()
+            .all(|m| m["chat_number"].as_u64() == Some(second)),
+        "{}",
+        per_chat.describe()
+    );
+    target
+        .get(&format!(
+            "/applications/{token}/messages/search?q=x&after=7"
+        ))
+        .await
+        .expect_error(400, "invalid_query");
 }
