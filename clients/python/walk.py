@@ -18,14 +18,16 @@ from urllib.parse import parse_qs, urlsplit
 from chatsys_client import AuthenticatedClient, Client
 from chatsys_client.api.applications import (
     applications_create,
+    applications_delete,
     applications_list,
     applications_read,
     applications_rename,
     applications_rotate_token,
 )
-from chatsys_client.api.chats import chats_create, chats_events, chats_list, chats_read
+from chatsys_client.api.chats import chats_create, chats_delete, chats_events, chats_list, chats_read
 from chatsys_client.api.messages import (
     messages_create,
+    messages_delete,
     messages_edit,
     messages_list,
     messages_read,
@@ -230,6 +232,17 @@ with client.get_httpx_client().stream("GET", f"/applications/{token}/chats/1/eve
 assert sorted(m.number for m in streamed) == [1, 2, 3, 4, 5], streamed
 assert {m.number: m.body for m in streamed}[3] == "edited, still a WALKER", "missed changes come as they are now"
 
+# Deletes: a message, then its chat; each answered 202 and gone at once
+doomed_chat = expect(chats_create.sync_detailed(token, client=client), 201, ChatView).number
+doomed = expect(
+    messages_create.sync_detailed(token, doomed_chat, client=client, body=MessageBody(body="short-lived")), 201, MessageView
+).number
+assert messages_delete.sync_detailed(token, doomed_chat, doomed, client=client).status_code == 202
+expect_error(messages_read.sync_detailed(token, doomed_chat, doomed, client=client), 404, ErrorCode.NOT_FOUND)
+expect_error(messages_delete.sync_detailed(token, doomed_chat, doomed, client=client), 404, ErrorCode.NOT_FOUND)
+assert chats_delete.sync_detailed(token, doomed_chat, client=client).status_code == 202
+expect_error(chats_read.sync_detailed(token, doomed_chat, client=client), 404, ErrorCode.NOT_FOUND)
+
 # Every error a client can provoke, parsed into the generated ErrorBody with its ErrorCode
 expect_error(chats_list.sync_detailed(token, client=client, limit=0), 400, ErrorCode.INVALID_QUERY)
 expect_error(messages_search.sync_detailed(token, 1, client=client, q=" "), 400, ErrorCode.INVALID_QUERY)
@@ -260,6 +273,12 @@ expect_error(
     422,
     ErrorCode.INVALID_FIELD,
 )
+
+# An application deleted with the admin key: its token names nothing from then on
+short_lived = expect(applications_create.sync_detailed(client=client, body=ApplicationName(name="short-lived")), 201, ApplicationView).token
+expect_error(applications_delete.sync_detailed(short_lived, client=client), 401, ErrorCode.UNAUTHORIZED)
+assert applications_delete.sync_detailed(short_lived, client=admin).status_code == 202
+expect_error(applications_read.sync_detailed(short_lived, client=client), 404, ErrorCode.NOT_FOUND)
 
 # 408: a body announced and never sent
 host, port = urlsplit(BASE_URL).hostname, urlsplit(BASE_URL).port

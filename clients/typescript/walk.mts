@@ -164,6 +164,22 @@ while (!received.includes("event: message.created")) {
 check(received.includes("event: message.created"), "the stream replays the chat's first message");
 await reader.cancel();
 
+// A delete: 202 at once, then the message answers 404
+const doomed = await client.POST("/applications/{token}/chats/{number}/messages", {
+  params: { path },
+  body: { body: "short-lived" },
+});
+check(doomed.response.status === 201 && doomed.data != null, "a message to delete");
+const messagePath = { ...path, message: doomed.data!.number };
+const deleted = await client.DELETE("/applications/{token}/chats/{number}/messages/{message}", {
+  params: { path: messagePath },
+});
+check(deleted.response.status === 202, "a delete is accepted with 202");
+const gone = await client.GET("/applications/{token}/chats/{number}/messages/{message}", {
+  params: { path: messagePath },
+});
+check(gone.response.status === 404, "a deleted message answers 404 at once");
+
 // Calls the types must refuse: each line below fails to compile if the document lets it through.
 async function refusedByTheTypes() {
   // @ts-expect-error a message is posted with `body`, not an application's `name`
@@ -172,7 +188,7 @@ async function refusedByTheTypes() {
   await client.GET("/applications/{token}/chats/{number}", { params: { path: { token, number: "1" } } });
   // @ts-expect-error search needs q
   await client.GET("/applications/{token}/chats/{number}/messages/search", { params: { path } });
-  // @ts-expect-error no route deletes a message
+  // @ts-expect-error deleting a message needs its path
   await client.DELETE("/applications/{token}/chats/{number}/messages/{message}", {});
   // @ts-expect-error an error code outside the documented list
   expectCode(undefined, "teapot", "never called");

@@ -39,6 +39,26 @@ pub enum Command {
         created_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
+    /// Leaves a tombstone of the message, whatever order this and its other commands are applied in.
+    DeleteMessage {
+        application_id: AppId,
+        chat_number: u64,
+        chat_created_at: DateTime<Utc>,
+        number: u64,
+        version: u64,
+        created_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Leaves a tombstone of the chat, and removes its messages.
+    DeleteChat {
+        application_id: AppId,
+        number: u64,
+        created_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Removes what a deleted application still holds (its chats, messages and their index), then the
+    /// application itself.
+    PurgeApplication { application_id: AppId },
 }
 
 impl Command {
@@ -46,7 +66,17 @@ impl Command {
     /// that state is stored already).
     pub fn restoring(message: &Message) -> Command {
         let m = message;
-        if m.version == 0 {
+        if m.deleted {
+            Command::DeleteMessage {
+                application_id: m.application_id,
+                chat_number: m.chat_number,
+                chat_created_at: m.created_at,
+                number: m.number,
+                version: m.version,
+                created_at: m.created_at,
+                at: m.updated_at,
+            }
+        } else if m.version == 0 {
             Command::CreateMessage {
                 application_id: m.application_id,
                 chat_number: m.chat_number,
@@ -83,6 +113,7 @@ impl Command {
                 created_at: at,
                 updated_at: at,
                 last_event: 0,
+                deleted: false,
             }),
             _ => None,
         }
@@ -107,19 +138,37 @@ impl Command {
                 version: 0,
                 created_at: *at,
                 updated_at: *at,
+                deleted: false,
             }),
             _ => None,
         }
     }
 
-    /// The chat this command creates or writes a message into.
-    pub fn chat_key(&self) -> ChatKey {
+    /// The application the command writes into.
+    pub fn application_id(&self) -> AppId {
+        match self {
+            Command::CreateChat { application_id, .. }
+            | Command::CreateMessage { application_id, .. }
+            | Command::EditMessage { application_id, .. }
+            | Command::DeleteMessage { application_id, .. }
+            | Command::DeleteChat { application_id, .. }
+            | Command::PurgeApplication { application_id } => *application_id,
+        }
+    }
+
+    /// The chat this command creates, deletes or writes a message into (none for a whole application).
+    pub fn chat_key(&self) -> Option<ChatKey> {
         match self {
             Command::CreateChat {
                 application_id,
                 number,
                 ..
-            } => (*application_id, *number),
+            }
+            | Command::DeleteChat {
+                application_id,
+                number,
+                ..
+            } => Some((*application_id, *number)),
             Command::CreateMessage {
                 application_id,
                 chat_number,
@@ -129,14 +178,22 @@ impl Command {
                 application_id,
                 chat_number,
                 ..
-            } => (*application_id, *chat_number),
+            }
+            | Command::DeleteMessage {
+                application_id,
+                chat_number,
+                ..
+            } => Some((*application_id, *chat_number)),
+            Command::PurgeApplication { .. } => None,
         }
     }
 
     /// The message this command writes, if it writes one.
     pub fn message_key(&self) -> Option<MessageKey> {
         match self {
-            Command::CreateChat { .. } => None,
+            Command::CreateChat { .. }
+            | Command::DeleteChat { .. }
+            | Command::PurgeApplication { .. } => None,
             Command::CreateMessage {
                 application_id,
                 chat_number,
@@ -144,6 +201,12 @@ impl Command {
                 ..
             }
             | Command::EditMessage {
+                application_id,
+                chat_number,
+                number,
+                ..
+            }
+            | Command::DeleteMessage {
                 application_id,
                 chat_number,
                 number,
@@ -154,8 +217,8 @@ impl Command {
 
     fn body_mut(&mut self) -> Option<&mut String> {
         match self {
-            Command::CreateChat { .. } => None,
             Command::CreateMessage { body, .. } | Command::EditMessage { body, .. } => Some(body),
+            _ => None,
         }
     }
 
@@ -215,8 +278,28 @@ impl Command {
                 application_id,
                 number,
                 ..
+            }
+            | Command::DeleteChat {
+                application_id,
+                number,
+                ..
             } => {
                 if !in_range(*application_id) || !in_range(*number) {
+                    return reject("number out of range");
+                }
+            }
+            Command::PurgeApplication { application_id } => {
+                if !in_range(*application_id) {
+                    return reject("number out of range");
+                }
+            }
+            Command::DeleteMessage {
+                application_id,
+                chat_number,
+                number,
+                ..
+            } => {
+                if !in_range(*application_id) || !in_range(*chat_number) || !in_range(*number) {
                     return reject("number out of range");
                 }
             }
@@ -242,7 +325,7 @@ impl Command {
                 }
             }
         }
-        if let Command::EditMessage { version, .. } = self
+        if let Command::EditMessage { version, .. } | Command::DeleteMessage { version, .. } = self
             && (*version == 0 || *version > i64::MAX as u64)
         {
             return reject("edit version out of range");

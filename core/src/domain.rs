@@ -25,6 +25,9 @@ pub struct Application {
     pub created_at: DateTime<Utc>,
     #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
+    /// Deleted by its admin, its chats and messages on their way out: it answers nothing any more.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -40,6 +43,9 @@ pub struct Chat {
     /// read the chat opens its event stream.
     #[serde(default)]
     pub last_event: u64,
+    /// A tombstone: the chat was deleted with its messages, and its number is never used again.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -55,13 +61,21 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
+    /// A tombstone: the message was deleted (its body is gone, `version` and `updated_at` are the
+    /// delete's), and its number is never used again.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
-/// What a change did to a message: the first state of it stored, or a newer version of it.
+/// What a change did: to a message, its first state stored, a newer version of it, or its deletion;
+/// or the deletion of the whole chat (the last change a chat has).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChangeKind {
     Created,
     Edited,
+    Deleted,
+    /// The change's message names only the chat (number 0) and when the chat was deleted.
+    ChatDeleted,
 }
 
 /// One change of a chat as stored: the `seq`-th of its chat (1, 2, 3… in the order the store committed
@@ -72,6 +86,53 @@ pub struct ChatEvent {
     pub seq: u64,
     pub kind: ChangeKind,
     pub message: Message,
+}
+
+impl Message {
+    /// Orders two states of the message, the later higher: by version, and at the same version a
+    /// tombstone after the live state (a delete is the last change a message has).
+    pub fn freshness(&self) -> u64 {
+        self.version.saturating_mul(2) + u64::from(self.deleted)
+    }
+
+    /// What a delete leaves of the message: no body, the delete's version and time.
+    pub fn tombstone(&self, version: u64, at: DateTime<Utc>) -> Message {
+        Message {
+            body: String::new(),
+            version,
+            updated_at: at,
+            deleted: true,
+            ..self.clone()
+        }
+    }
+}
+
+impl Chat {
+    /// Orders two states of the chat, the later higher: by its latest change, and at the same change a
+    /// tombstone after the live state.
+    pub fn freshness(&self) -> u64 {
+        self.last_event.saturating_mul(2) + u64::from(self.deleted)
+    }
+}
+
+impl ChatEvent {
+    /// The last change of a deleted chat, the `seq`-th of its changes.
+    pub fn chat_deleted(app: AppId, chat: u64, seq: u64, at: DateTime<Utc>) -> ChatEvent {
+        ChatEvent {
+            seq,
+            kind: ChangeKind::ChatDeleted,
+            message: Message {
+                application_id: app,
+                chat_number: chat,
+                number: 0,
+                body: String::new(),
+                version: 0,
+                created_at: at,
+                updated_at: at,
+                deleted: true,
+            },
+        }
+    }
 }
 
 /// A keyset page: at most `limit` items, shown in `order`, next to a cursor (or from one end of the list).

@@ -157,6 +157,7 @@ mod tests {
             version: 0,
             created_at: at,
             updated_at: at,
+            deleted: false,
         }
     }
 

@@ -10,10 +10,10 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
-use crate::domain::{ChatEvent, Message};
+use crate::domain::{AppId, ChatEvent, Message};
 use crate::error::{CoreError, CoreResult};
 use crate::index_queue::IndexQueue;
-use crate::plan::MessageKey;
+use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{
     Announcer, Applied, BatchLimits, Cache, CommandSource, Delivery, IndexRefusal, ListScope,
     Search, Store,
@@ -220,13 +220,28 @@ async fn index_and_cache_stage(
         };
         let index = async {
             let started = Instant::now();
-            let result = index_until_done(
+            // Deleted chats and applications leave the index before the batches that deleted them
+            // are acknowledged, as their messages were stored before theirs were.
+            let forgotten = forget_until_done(
                 ports.search.as_ref(),
-                &slice.messages,
+                &changed.deleted_chats,
+                &changed.purged_applications,
                 &mut shutdown,
                 &health,
             )
             .await;
+            let result = match forgotten {
+                Some(()) => {
+                    index_until_done(
+                        ports.search.as_ref(),
+                        &slice.messages,
+                        &mut shutdown,
+                        &health,
+                    )
+                    .await
+                }
+                None => None,
+            };
             metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "index")
                 .record(started.elapsed().as_secs_f64());
             result
@@ -273,10 +288,14 @@ fn take(waiting: &mut IndexQueue<Waiting>, changed: &mut Applied, stored: Stored
         applications,
         messages,
         events,
+        deleted_chats,
+        purged_applications,
     } = stored.applied;
     changed.chats.extend(chats);
     changed.stored_chats.extend(stored_chats);
     changed.applications.extend(applications);
+    changed.deleted_chats.extend(deleted_chats);
+    changed.purged_applications.extend(purged_applications);
     waiting.push(
         Waiting {
             deliveries: stored.deliveries,
@@ -316,6 +335,33 @@ async fn index_until_done(
         }
         Err(_) => None,
     }
+}
+
+/// Removes deleted chats and applications from the index, retrying as [`index_until_done`] does.
+async fn forget_until_done(
+    search: &dyn Search,
+    chats: &[ChatKey],
+    applications: &[AppId],
+    shutdown: &mut watch::Receiver<bool>,
+    health: &watch::Sender<IngestHealth>,
+) -> Option<()> {
+    if chats.is_empty() && applications.is_empty() {
+        return Some(());
+    }
+    if *shutdown.borrow() {
+        return None;
+    }
+    (|| search.forget(chats, applications))
+        .retry(backoff())
+        .sleep(pause_unless_stopped(shutdown))
+        .when(|_| !*shutdown.borrow())
+        .notify(|e, delay| {
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "removing deleted chats from the index failed; retrying");
+            metrics::counter!(telemetry::WORKER_INDEX_FAILURES.name).increment(1);
+            health.send_modify(|h| h.search_error = Some(e.to_string()));
+        })
+        .await
+        .ok()
 }
 
 /// Splits off the deliveries whose messages the index refused, each with a command that restores the
@@ -391,6 +437,7 @@ async fn store_batch(
     for (index, reason) in &refused {
         dead_letter(source, &accepted[*index], reason).await?;
     }
+    purge(ports.store.as_ref(), &applied, shutdown).await?;
     // The batch's own time ends here: caching and indexing belong to the publish stage.
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "apply").record(seconds);
@@ -433,6 +480,22 @@ async fn dead_letter(
     );
     metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "dead_lettered").increment(1);
     source.dead_letter(delivery, reason).await
+}
+
+/// Removes what the batch deleted from the store: the messages of its deleted chats, and whatever its
+/// deleted applications hold. Idempotent, so a redelivered batch purges again.
+async fn purge(
+    store: &dyn Store,
+    applied: &Applied,
+    shutdown: &mut watch::Receiver<bool>,
+) -> CoreResult<()> {
+    for (app, chat) in &applied.deleted_chats {
+        retry_transient(shutdown, || store.purge_chat(*app, *chat)).await?;
+    }
+    for app in &applied.purged_applications {
+        retry_transient(shutdown, || store.purge_application(*app)).await?;
+    }
+    Ok(())
 }
 
 /// Applies the batch; when the store refuses it, applies the commands one by one so that only the

@@ -87,26 +87,42 @@ const FEED_INBOX: usize = 1024;
 pub struct Frame {
     pub seq: u64,
     pub bytes: Bytes,
+    /// The chat's last change: its streams end with it.
+    pub ends: bool,
 }
 
 impl Frame {
     /// `id:` the change's number (the cursor to resume after), `event:` what happened, `data:` the message
     /// as `GET …/messages/{number}` shows it. JSON has no raw line breaks, so `data` is one line.
+    /// A deletion's `data` names what was deleted and when: `{"number","deleted_at"}` for a message,
+    /// `{"deleted_at"}` for the chat, which is its stream's last event.
     pub fn of(event: &ChatEvent) -> Frame {
-        let name = match event.kind {
-            ChangeKind::Created => "message.created",
-            ChangeKind::Edited => "message.edited",
+        let m = &event.message;
+        let (name, data) = match event.kind {
+            ChangeKind::Created => ("message.created", view(m)),
+            ChangeKind::Edited => ("message.edited", view(m)),
+            ChangeKind::Deleted => (
+                "message.deleted",
+                serde_json::json!({ "number": m.number, "deleted_at": m.updated_at }).to_string(),
+            ),
+            ChangeKind::ChatDeleted => (
+                "chat.deleted",
+                serde_json::json!({ "deleted_at": m.updated_at }).to_string(),
+            ),
         };
-        let data =
-            serde_json::to_string(&MessageView::from(&event.message)).expect("views serialise");
         Frame {
             seq: event.seq,
             bytes: Bytes::from(format!(
                 "id: {}\nevent: {name}\ndata: {data}\n\n",
                 event.seq
             )),
+            ends: event.kind == ChangeKind::ChatDeleted,
         }
     }
+}
+
+fn view(message: &crate::domain::Message) -> String {
+    serde_json::to_string(&MessageView::from(message)).expect("views serialise")
 }
 
 /// The first bytes of every stream: how long a client waits before it reconnects.
@@ -556,7 +572,9 @@ impl Reader {
                     Ok(events) if events.is_empty() => self.cursor = self.start,
                     Ok(events) => {
                         for event in &events {
-                            self.queued.push_back(Frame::of(event).bytes);
+                            let frame = Frame::of(event);
+                            self.ended |= frame.ends;
+                            self.queued.push_back(frame.bytes);
                         }
                         self.cursor = events.last().map_or(self.cursor, |e| e.seq);
                         self.last_event = Instant::now();
@@ -573,6 +591,7 @@ impl Reader {
                 Taken::Frame(frame) => {
                     self.cursor = frame.seq;
                     self.last_event = Instant::now();
+                    self.ended |= frame.ends;
                     return Some(frame.bytes);
                 }
                 Taken::Missed => {

@@ -1,7 +1,7 @@
 //! Batch planning: turns the commands of one batch into the rows to upsert, merging commands that touch
 //! the same row so each row is written once per batch. Pure, so every rule is tested without a database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -15,6 +15,8 @@ pub type MessageKey = (AppId, u64, u64);
 pub struct ChatRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Deleted by a command of the batch: once deleted, a chat stays deleted.
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub struct MessageRow {
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A tombstone (no body): once deleted, a message stays deleted, whatever version comes later.
+    pub deleted: bool,
 }
 
 /// Rows keyed and sorted by primary key: every transaction locks rows in the same order, which keeps
@@ -31,11 +35,13 @@ pub struct MessageRow {
 pub struct BatchPlan {
     pub chats: BTreeMap<ChatKey, ChatRow>,
     pub messages: BTreeMap<MessageKey, MessageRow>,
+    /// Deleted applications whose chats and messages are to be removed.
+    pub purges: BTreeSet<AppId>,
 }
 
 impl BatchPlan {
     pub fn is_empty(&self) -> bool {
-        self.chats.is_empty() && self.messages.is_empty()
+        self.chats.is_empty() && self.messages.is_empty() && self.purges.is_empty()
     }
 
     /// Splits the plan's messages by what the batch inserted (`inserted`: new rows per chat). In a chat
@@ -62,6 +68,7 @@ impl BatchPlan {
                     version: row.version,
                     created_at: row.created_at,
                     updated_at: row.updated_at,
+                    deleted: row.deleted,
                 });
             } else {
                 to_read.push(key);
@@ -114,7 +121,52 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                 number,
                 at,
             } => {
-                touch_chat(&mut plan, (*application_id, *number), *at, *at);
+                touch_chat(&mut plan, (*application_id, *number), *at, *at, false);
+            }
+            Command::DeleteChat {
+                application_id,
+                number,
+                created_at,
+                at,
+            } => {
+                touch_chat(
+                    &mut plan,
+                    (*application_id, *number),
+                    *created_at,
+                    *at,
+                    true,
+                );
+            }
+            Command::DeleteMessage {
+                application_id,
+                chat_number,
+                chat_created_at,
+                number,
+                version,
+                created_at,
+                at,
+            } => {
+                touch_chat(
+                    &mut plan,
+                    (*application_id, *chat_number),
+                    *chat_created_at,
+                    *created_at,
+                    false,
+                );
+                merge_message(
+                    &mut plan,
+                    (*application_id, *chat_number, *number),
+                    MessageRow {
+                        body: String::new(),
+                        version: *version,
+                        created_at: *created_at,
+                        updated_at: *at,
+                        deleted: true,
+                    },
+                );
+            }
+            Command::PurgeApplication { application_id } => {
+                plan.purges.insert(*application_id);
             }
             Command::CreateMessage {
                 application_id,
@@ -129,6 +181,7 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                     (*application_id, *chat_number),
                     *chat_created_at,
                     *at,
+                    false,
                 );
                 merge_message(
                     &mut plan,
@@ -138,6 +191,7 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                         version: 0,
                         created_at: *at,
                         updated_at: *at,
+                        deleted: false,
                     },
                 );
             }
@@ -156,6 +210,7 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                     (*application_id, *chat_number),
                     *chat_created_at,
                     *created_at,
+                    false,
                 );
                 merge_message(
                     &mut plan,
@@ -165,6 +220,7 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                         version: *version,
                         created_at: *created_at,
                         updated_at: *at,
+                        deleted: false,
                     },
                 );
             }
@@ -178,20 +234,24 @@ fn touch_chat(
     key: ChatKey,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    deleted: bool,
 ) {
     plan.chats
         .entry(key)
         .and_modify(|row| {
             row.created_at = row.created_at.min(created_at);
             row.updated_at = row.updated_at.max(updated_at);
+            row.deleted |= deleted;
         })
         .or_insert(ChatRow {
             created_at,
             updated_at,
+            deleted,
         });
 }
 
-/// The highest version's body wins; the creation time is the earliest seen.
+/// The highest version's body wins, except that a delete stays, whatever its version; the creation
+/// time is the earliest seen.
 fn merge_message(plan: &mut BatchPlan, key: MessageKey, mut incoming: MessageRow) {
     // Stores keep microseconds: a plan holds what they will hold, whatever precision a command carried.
     incoming.created_at = incoming.created_at.trunc_subsecs(6);
@@ -200,10 +260,15 @@ fn merge_message(plan: &mut BatchPlan, key: MessageKey, mut incoming: MessageRow
         .entry(key)
         .and_modify(|row| {
             let created_at = row.created_at.min(incoming.created_at);
+            let deleted = row.deleted || incoming.deleted;
             if incoming.version > row.version {
                 *row = incoming.clone();
             }
             row.created_at = created_at;
+            if deleted {
+                row.deleted = true;
+                row.body.clear();
+            }
         })
         .or_insert(incoming);
 }
@@ -258,6 +323,40 @@ mod tests {
         }
     }
 
+    fn delete(number: u64, version: u64, at: i64) -> Command {
+        Command::DeleteMessage {
+            application_id: 1,
+            chat_number: 1,
+            chat_created_at: t(0),
+            number,
+            version,
+            created_at: t(1),
+            at: t(at),
+        }
+    }
+
+    /// A delete racing an edit ends deleted, in every order and whichever has the higher version.
+    #[test]
+    fn a_delete_stays_whatever_order_and_version_its_edits_come_in() {
+        for (delete_version, edit_version) in [(9, 5), (5, 9)] {
+            let commands = [
+                create(1, "first", 1),
+                edit(1, "edited", edit_version, 3),
+                delete(1, delete_version, 4),
+            ];
+            for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1], [0, 2, 1]] {
+                let plan = plan_batch(order.iter().map(|i| &commands[*i]));
+                let row = &plan.messages[&(1, 1, 1)];
+                assert!(
+                    row.deleted,
+                    "order {order:?}, versions {delete_version}/{edit_version}"
+                );
+                assert_eq!(row.body, "", "a tombstone keeps no body");
+                assert_eq!(row.version, 9);
+            }
+        }
+    }
+
     #[test]
     fn a_redelivered_create_never_reverts_an_edit() {
         let plan = plan_batch(&[edit(1, "edited", 3, 5), create(1, "original", 1)]);
@@ -272,7 +371,8 @@ mod tests {
             plan.chats[&(1, 1)],
             ChatRow {
                 created_at: t(0),
-                updated_at: t(3)
+                updated_at: t(3),
+                deleted: false,
             }
         );
         assert_eq!(plan.messages.len(), 2);

@@ -25,6 +25,11 @@ pub struct Applied {
     pub messages: Vec<Message>,
     /// The changes the batch made, numbered in their chats' order: what live streams announce.
     pub events: Vec<ChatEvent>,
+    /// Chats the batch's commands delete (newly, or again on a redelivery): their messages are to be
+    /// purged from the store and the index.
+    pub deleted_chats: Vec<ChatKey>,
+    /// Deleted applications the batch's commands purge.
+    pub purged_applications: Vec<AppId>,
 }
 
 impl Applied {
@@ -35,6 +40,8 @@ impl Applied {
         self.applications.extend(later.applications);
         self.messages.extend(later.messages);
         self.events.extend(later.events);
+        self.deleted_chats.extend(later.deleted_chats);
+        self.purged_applications.extend(later.purged_applications);
     }
 }
 
@@ -99,8 +106,17 @@ pub trait Store: Send + Sync {
     /// The number of a chat's latest change (0 for none yet, or no such chat).
     async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64>;
 
-    /// Applies a batch in one transaction, idempotently, keeping the counts exact.
+    /// Applies a batch in one transaction, idempotently, keeping the counts exact. Commands of deleted
+    /// applications are left out.
     async fn apply(&self, commands: &[Command]) -> CoreResult<Applied>;
+    /// Marks an application deleted: its token names nothing from then on, and batches leave its
+    /// commands out. Its rows stay until [`Store::purge_application`].
+    async fn delete_application(&self, id: AppId, at: DateTime<Utc>) -> CoreResult<()>;
+    /// Removes a deleted chat's messages and change log, a bounded number of rows per statement; its
+    /// tombstone stays. Idempotent.
+    async fn purge_chat(&self, app: AppId, chat: u64) -> CoreResult<()>;
+    /// Removes a deleted application's chats (each purged) and then the application. Idempotent.
+    async fn purge_application(&self, app: AppId) -> CoreResult<()>;
     /// Recomputes counts that drifted from the rows; returns how many were fixed.
     async fn repair_counts(&self) -> CoreResult<u64>;
 }
@@ -126,19 +142,23 @@ pub trait Numbers: Send + Sync {
     /// [`VERSION_HEAD_LIFETIME`] (`seen`, the newest the caller read, stands in for one not kept).
     /// With `expected`, a version is handed out only while the message's newest is one of them, in
     /// the same atomic step: of edits conditioned on one version, one wins, on every replica.
+    /// A version for a delete (`change`) is the message's last: from then on, while it is kept, no
+    /// version is handed out for the message ([`VersionClaim::Deleted`]).
     async fn next_version(
         &self,
         message: MessageKey,
         seen: u64,
         expected: Option<&[u64]>,
+        change: VersionFor,
     ) -> CoreResult<VersionClaim>;
-    /// Takes back a version handed out for an edit that was never published: the message's newest is
-    /// `previous` again, unless another version was handed out since.
+    /// Takes back a version handed out for a change that was never published: the message's newest
+    /// is `previous` again, unless another version was handed out since.
     async fn withdraw_version(
         &self,
         message: MessageKey,
         version: u64,
         previous: u64,
+        change: VersionFor,
     ) -> CoreResult<()>;
 }
 
@@ -146,13 +166,23 @@ pub trait Numbers: Send + Sync {
 /// stored, after which what the caller read (the store's or the cache's state) is as new.
 pub const VERSION_HEAD_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// What asking for an edit's version found.
+/// What a version is handed out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionFor {
+    Edit,
+    Delete,
+}
+
+/// What asking for a change's version found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionClaim {
-    /// The edit's version, from now on the message's newest, and the newest before it.
+    /// The change's version, from now on the message's newest, and the newest before it.
     Granted { version: u64, previous: u64 },
-    /// The message's newest version, which is none the edit was conditioned on: nothing was handed out.
+    /// The message's newest version, which is none the change was conditioned on: nothing was handed
+    /// out.
     Moved(u64),
+    /// The message was deleted: nothing was handed out.
+    Deleted,
 }
 
 /// Where a lost counter restarts: above every number that may already have been handed out.
@@ -329,10 +359,13 @@ pub struct IndexRefusal {
 #[async_trait]
 pub trait Search: Send + Sync {
     async fn ping(&self) -> CoreResult<()>;
-    /// Indexes the stored state of these messages, replacing older versions; re-indexing is harmless.
+    /// Indexes the stored state of these messages, replacing older versions (a deleted message's state
+    /// removes it); re-indexing is harmless.
     /// A transient failure is an error (nothing is known to be indexed); refusals come back one by one.
     async fn index(&self, messages: &[Message]) -> CoreResult<Vec<IndexRefusal>>;
     /// The messages in the request's scope whose folded body holds every term of its query, in its
     /// order, from after its cursor, at most `limit` of them.
     async fn search(&self, request: &SearchRequest) -> CoreResult<SearchPage>;
+    /// Removes every message of these chats and applications (deleted ones) from the index.
+    async fn forget(&self, chats: &[ChatKey], applications: &[AppId]) -> CoreResult<()>;
 }

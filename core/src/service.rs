@@ -3,6 +3,7 @@
 //! never writes to the store.
 
 use crate::telemetry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope
 use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
 use crate::plan::ChatKey;
-use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim};
+use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim, VersionFor};
 use crate::quota::WriteQuota;
 use crate::search_text::{SearchCursor, SearchOrder, SearchRequest, SearchScope, SearchTerms};
 use crate::view::{ApplicationView, ChatView, FoundMessageView, MessageView};
@@ -96,12 +97,13 @@ type HotPageKey = (ListScope, u64, Page);
 pub struct ChatService {
     ports: Ports,
     /// A token's application id, kept in process in front of Redis for [`TOKEN_RECHECK`] (a token
-    /// can be replaced), and a chat's creation time, which never changes.
+    /// can be replaced), and a chat's creation time, which never changes, for [`CHAT_RECHECK`] (a chat
+    /// can be deleted).
     app_ids: LocalCache<String, (AppId, Instant)>,
     /// Tokens the store named no application, for [`UNKNOWN_TOKEN_RECHECK`]: a client repeating a
     /// guess costs no query. Bounded in entries, like the known ones.
     unknown_tokens: LocalCache<String, Instant>,
-    chat_births: LocalCache<ChatKey, DateTime<Utc>>,
+    chat_births: LocalCache<ChatKey, (DateTime<Utc>, Instant)>,
     /// Each list's generation and when Redis said so.
     list_generations: LocalCache<ListScope, (u64, Instant)>,
     /// Rendered pages held in process, so that a hot page is served without the network; keyed by the
@@ -118,6 +120,10 @@ pub struct ChatService {
 /// How long a token's application is trusted in process: a replaced token stops working on every
 /// replica at most this long after it was replaced.
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
+
+/// How long a chat is trusted to exist in process: a deleted chat's messages answer 404 on every replica
+/// at most this long after the delete (at once on the replica that took it, and for the chat itself).
+pub const CHAT_RECHECK: Duration = Duration::from_secs(1);
 
 /// How long a token the store did not know is answered 404 without asking again. Tokens are generated
 /// by the server, so one unknown now becomes known only if it was guessed before it was created.
@@ -334,9 +340,45 @@ impl ChatService {
             .store
             .application(app)
             .await?
+            .filter(|application| !application.deleted)
             .ok_or(CoreError::NotFound("application"))?;
         soft(self.ports.cache.put_application(&application).await);
         Ok(ApplicationView::from(&application))
+    }
+
+    /// Deletes an application with everything in it: its token names nothing from now on (on every
+    /// replica within [`TOKEN_RECHECK`]), and the worker removes its chats, messages and their index.
+    /// Asked again, it queues the removal again, finishing what a failed attempt left.
+    pub async fn delete_application(&self, token: &str) -> CoreResult<()> {
+        if !domain::plausible_token(token) {
+            return Err(CoreError::NotFound("application"));
+        }
+        let application = self
+            .ports
+            .store
+            .application_by_token(token)
+            .await?
+            .ok_or(CoreError::NotFound("application"))?;
+        // Marked first, so that no replica answers the token from the shared cache once the store
+        // says it is deleted.
+        self.ports.cache.forget_token(token).await?;
+        self.ports
+            .store
+            .delete_application(application.id, domain::now())
+            .await?;
+        self.app_ids.remove(token);
+        soft(
+            self.ports
+                .cache
+                .forget_applications(&[application.id])
+                .await,
+        );
+        self.ports
+            .queue
+            .publish(&Command::PurgeApplication {
+                application_id: application.id,
+            })
+            .await
     }
 
     pub async fn list_applications(&self, after: Option<&str>, limit: u32) -> CoreResult<ListPage> {
@@ -387,7 +429,8 @@ impl ChatService {
             self.publish(&intent).await?;
             if let Some(chat) = intent.command().and_then(Command::created_chat) {
                 soft(self.ports.cache.put_pending_chat(&chat).await);
-                self.chat_births.insert((app, chat.number), chat.created_at);
+                self.chat_births
+                    .insert((app, chat.number), (chat.created_at, Instant::now()));
             }
             Ok(intent)
         };
@@ -407,6 +450,39 @@ impl ChatService {
         self.load_chat(app, number)
             .await
             .map(|chat| ChatView::from(&chat))
+    }
+
+    /// Deletes a chat with its messages (queued; the chat and its messages answer 404 at once on this
+    /// replica, within [`CHAT_RECHECK`] on the others). Its number is never used again.
+    pub async fn delete_chat(&self, token: &str, number: u64) -> CoreResult<()> {
+        let app = self.resolve(token).await?;
+        self.spend(app, 1)?;
+        let chat = self.load_chat(app, number).await?;
+        let at = domain::now().max(chat.created_at);
+        self.ports
+            .queue
+            .publish(&Command::DeleteChat {
+                application_id: app,
+                number,
+                created_at: chat.created_at,
+                at,
+            })
+            .await?;
+        self.chat_births.remove(&(app, number));
+        let tombstone = Chat {
+            messages_count: 0,
+            updated_at: at,
+            last_event: chat.last_event + 1,
+            deleted: true,
+            ..chat
+        };
+        soft(
+            self.ports
+                .cache
+                .put_chats(std::slice::from_ref(&tombstone))
+                .await,
+        );
+        Ok(())
     }
 
     pub async fn list_chats(&self, token: &str, page: Page) -> CoreResult<ListPage> {
@@ -574,45 +650,20 @@ impl ChatService {
         let chat_created_at = self.chat_birth(app, chat).await?;
         self.spend(app, WriteQuota::writes_of(body))?;
         let current = self.load_message(app, chat, number).await?;
-        let claim = self
-            .ports
-            .numbers
-            .next_version((app, chat, number), current.version, expected)
+        let (version, at) = self
+            .change_message(&current, expected, VersionFor::Edit, |version, at| {
+                Command::EditMessage {
+                    application_id: app,
+                    chat_number: chat,
+                    chat_created_at,
+                    number,
+                    body: body.to_string(),
+                    version,
+                    created_at: current.created_at,
+                    at,
+                }
+            })
             .await?;
-        let (version, previous) = match claim {
-            VersionClaim::Granted { version, previous } => (version, previous),
-            VersionClaim::Moved(newest) => return Err(CoreError::VersionMoved { newest }),
-        };
-        // The version is a strictly increasing time in microseconds, taken in the atomic step that
-        // orders the edits, so the edit's time comes from it: of simultaneous edits, the one that wins
-        // (the highest version) is the one whose answer shows the latest `updated_at`.
-        let at = DateTime::from_timestamp_micros(version as i64)
-            .unwrap_or_else(domain::now)
-            .max(current.created_at);
-        let command = Command::EditMessage {
-            application_id: app,
-            chat_number: chat,
-            chat_created_at,
-            number,
-            body: body.to_string(),
-            version,
-            created_at: current.created_at,
-            at,
-        };
-        if let Err(error) = self.ports.queue.publish(&command).await {
-            // Never published, the version is no state of the message: a retry conditioned on the
-            // version before it must still be able to pass.
-            let key = (app, chat, number);
-            if let Err(e) = self
-                .ports
-                .numbers
-                .withdraw_version(key, version, previous)
-                .await
-            {
-                tracing::warn!(error = %e, "a version not published could not be taken back");
-            }
-            return Err(error);
-        }
         let message = Message {
             body: body.to_string(),
             version,
@@ -623,16 +674,88 @@ impl ChatService {
         Ok(MessageView::from(&message))
     }
 
+    /// Deletes a message (queued; a read answers 404 at once). With `expected`, as an edit. A delete
+    /// is a message's last change: an edit after it is not found, and one racing it ends deleted.
+    pub async fn delete_message(
+        &self,
+        token: &str,
+        chat: u64,
+        number: u64,
+        expected: Option<&[u64]>,
+    ) -> CoreResult<()> {
+        let app = self.resolve(token).await?;
+        let chat_created_at = self.chat_birth(app, chat).await?;
+        self.spend(app, 1)?;
+        let current = self.load_message(app, chat, number).await?;
+        let (version, at) = self
+            .change_message(&current, expected, VersionFor::Delete, |version, at| {
+                Command::DeleteMessage {
+                    application_id: app,
+                    chat_number: chat,
+                    chat_created_at,
+                    number,
+                    version,
+                    created_at: current.created_at,
+                    at,
+                }
+            })
+            .await?;
+        soft(
+            self.ports
+                .cache
+                .remember_message(&current.tombstone(version, at))
+                .await,
+        );
+        Ok(())
+    }
+
+    /// Takes the next version of a message for a change, and publishes the command `command` makes of
+    /// it and of the change's time. A change never published gives its version back, so that a retry
+    /// conditioned on the version before it can still pass.
+    async fn change_message(
+        &self,
+        current: &Message,
+        expected: Option<&[u64]>,
+        change: VersionFor,
+        command: impl FnOnce(u64, DateTime<Utc>) -> Command,
+    ) -> CoreResult<(u64, DateTime<Utc>)> {
+        let key = (current.application_id, current.chat_number, current.number);
+        let claim = self
+            .ports
+            .numbers
+            .next_version(key, current.version, expected, change)
+            .await?;
+        let (version, previous) = match claim {
+            VersionClaim::Granted { version, previous } => (version, previous),
+            VersionClaim::Moved(newest) => return Err(CoreError::VersionMoved { newest }),
+            VersionClaim::Deleted => return Err(CoreError::NotFound("message")),
+        };
+        // The version is a strictly increasing time in microseconds, taken in the atomic step that
+        // orders the changes, so the change's time comes from it: of simultaneous edits, the one that
+        // wins (the highest version) is the one whose answer shows the latest `updated_at`.
+        let at = DateTime::from_timestamp_micros(version as i64)
+            .unwrap_or_else(domain::now)
+            .max(current.created_at);
+        if let Err(error) = self.ports.queue.publish(&command(version, at)).await {
+            if let Err(e) = self
+                .ports
+                .numbers
+                .withdraw_version(key, version, previous, change)
+                .await
+            {
+                tracing::warn!(error = %e, "a version not published could not be taken back");
+            }
+            return Err(error);
+        }
+        Ok((version, at))
+    }
+
+    /// A message of a chat that exists (a deleted chat's messages are not found).
     pub async fn message(&self, token: &str, chat: u64, number: u64) -> CoreResult<MessageView> {
         let app = self.resolve(token).await?;
-        match self.load_message(app, chat, number).await {
-            Ok(message) => Ok(MessageView::from(&message)),
-            Err(CoreError::NotFound(_)) => {
-                self.chat_birth(app, chat).await?;
-                Err(CoreError::NotFound("message"))
-            }
-            Err(e) => Err(e),
-        }
+        self.chat_birth(app, chat).await?;
+        let message = self.load_message(app, chat, number).await?;
+        Ok(MessageView::from(&message))
     }
 
     pub async fn list_messages(&self, token: &str, chat: u64, page: Page) -> CoreResult<ListPage> {
@@ -686,8 +809,27 @@ impl ChatService {
                 limit: limit as usize,
             })
             .await?;
-        let views: Vec<FoundMessageView> =
-            found.messages.iter().map(FoundMessageView::from).collect();
+        let mut views: Vec<FoundMessageView> = Vec::with_capacity(found.messages.len());
+        let mut live_chats: HashMap<u64, bool> = HashMap::new();
+        for message in &found.messages {
+            // The index may still hold a message of a chat deleted a moment ago, indexed by another
+            // worker after the chat left the index: a hit is shown only while its chat exists.
+            let live = match live_chats.get(&message.chat_number) {
+                Some(live) => *live,
+                None => {
+                    let live = match self.chat_birth(app, message.chat_number).await {
+                        Ok(_) => true,
+                        Err(CoreError::NotFound(_)) => false,
+                        Err(e) => return Err(e),
+                    };
+                    live_chats.insert(message.chat_number, live);
+                    live
+                }
+            };
+            if live {
+                views.push(FoundMessageView::from(message));
+            }
+        }
         Ok(ListPage {
             json: serde_json::to_vec(&views).expect("views serialise").into(),
             next: found.next.map(|next| PageLink::after(next.render(scope))),
@@ -742,6 +884,9 @@ impl ChatService {
                         .insert(token.to_string(), Instant::now());
                     return Err(CoreError::NotFound("application"));
                 }
+                Ok(Some(application)) if application.deleted => {
+                    return Err(CoreError::NotFound("application"));
+                }
                 Ok(Some(application)) => {
                     soft(
                         self.ports
@@ -764,44 +909,63 @@ impl ChatService {
         Ok(app)
     }
 
+    /// A chat that exists (stored or accepted); a deleted one is not found.
     async fn load_chat(&self, app: AppId, number: u64) -> CoreResult<Chat> {
-        if let Some(chat) = counted("chat", soft(self.ports.cache.chat(app, number).await)) {
-            return Ok(chat);
-        }
-        if let Some(chat) = self.ports.store.chat(app, number).await? {
-            soft(
-                self.ports
-                    .cache
-                    .put_chats(std::slice::from_ref(&chat))
-                    .await,
-            );
-            return Ok(chat);
-        }
-        soft(self.ports.cache.pending_chat(app, number).await).ok_or(CoreError::NotFound("chat"))
+        let found = match counted("chat", soft(self.ports.cache.chat(app, number).await)) {
+            Some(chat) => Some(chat),
+            None => match self.ports.store.chat(app, number).await? {
+                Some(chat) => {
+                    soft(
+                        self.ports
+                            .cache
+                            .put_chats(std::slice::from_ref(&chat))
+                            .await,
+                    );
+                    Some(chat)
+                }
+                None => soft(self.ports.cache.pending_chat(app, number).await),
+            },
+        };
+        found
+            .filter(|chat| !chat.deleted)
+            .ok_or(CoreError::NotFound("chat"))
     }
 
     /// A chat's creation time, which also proves it exists (stored or accepted).
     async fn chat_birth(&self, app: AppId, number: u64) -> CoreResult<DateTime<Utc>> {
-        if let Some(at) = self.chat_births.get(&(app, number)) {
+        if let Some((at, checked)) = self.chat_births.get(&(app, number))
+            && checked.elapsed() < CHAT_RECHECK
+        {
             return Ok(at);
         }
-        let chat = self.load_chat(app, number).await?;
-        self.chat_births.insert((app, number), chat.created_at);
+        let chat = self.load_chat(app, number).await;
+        let chat = chat.inspect_err(|_| {
+            self.chat_births.remove(&(app, number));
+        })?;
+        self.chat_births
+            .insert((app, number), (chat.created_at, Instant::now()));
         Ok(chat.created_at)
     }
 
+    /// A message that exists (stored or accepted); a deleted one is not found.
     async fn load_message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Message> {
         let key = (app, chat, number);
-        if let Some(message) = counted("message", soft(self.ports.cache.message(key).await)) {
-            return Ok(message);
+        let message = match counted("message", soft(self.ports.cache.message(key).await)) {
+            Some(message) => message,
+            None => {
+                let message = self
+                    .ports
+                    .store
+                    .message(app, chat, number)
+                    .await?
+                    .ok_or(CoreError::NotFound("message"))?;
+                soft(self.ports.cache.put_message(&message).await);
+                message
+            }
+        };
+        if message.deleted {
+            return Err(CoreError::NotFound("message"));
         }
-        let message = self
-            .ports
-            .store
-            .message(app, chat, number)
-            .await?
-            .ok_or(CoreError::NotFound("message"))?;
-        soft(self.ports.cache.put_message(&message).await);
         Ok(message)
     }
 

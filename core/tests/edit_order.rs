@@ -13,7 +13,7 @@ use chatsys_core::adapters::{
 };
 use chatsys_core::domain::AppId;
 use chatsys_core::plan::MessageKey;
-use chatsys_core::ports::{Numbers, Store, VersionClaim};
+use chatsys_core::ports::{Numbers, Store, VersionClaim, VersionFor};
 use chatsys_core::service::{ChatService, Ports};
 
 /// In-process numbers whose first version reaches its caller late, as an answer from Redis can when
@@ -48,8 +48,12 @@ impl Numbers for FirstVersionLate {
         message: MessageKey,
         seen: u64,
         expected: Option<&[u64]>,
+        change: VersionFor,
     ) -> CoreResult<VersionClaim> {
-        let version = self.inner.next_version(message, seen, expected).await?;
+        let version = self
+            .inner
+            .next_version(message, seen, expected, change)
+            .await?;
         if self.versions.fetch_add(1, Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -60,9 +64,10 @@ impl Numbers for FirstVersionLate {
         message: MessageKey,
         version: u64,
         previous: u64,
+        change: VersionFor,
     ) -> CoreResult<()> {
         self.inner
-            .withdraw_version(message, version, previous)
+            .withdraw_version(message, version, previous, change)
             .await
     }
 }

@@ -162,6 +162,10 @@ impl Search for ScriptedSearch {
     async fn search(&self, _: &SearchRequest) -> CoreResult<SearchPage> {
         Ok(SearchPage::default())
     }
+
+    async fn forget(&self, _: &[(AppId, u64)], _: &[AppId]) -> CoreResult<()> {
+        Ok(())
+    }
 }
 
 fn create_message(app: AppId, number: u64) -> Command {

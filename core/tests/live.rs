@@ -115,6 +115,19 @@ impl Store for CountingStore {
     async fn repair_counts(&self) -> CoreResult<u64> {
         self.inner.repair_counts().await
     }
+    async fn delete_application(
+        &self,
+        id: AppId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> CoreResult<()> {
+        self.inner.delete_application(id, at).await
+    }
+    async fn purge_chat(&self, app: AppId, chat: u64) -> CoreResult<()> {
+        self.inner.purge_chat(app, chat).await
+    }
+    async fn purge_application(&self, app: AppId) -> CoreResult<()> {
+        self.inner.purge_application(app).await
+    }
 }
 
 struct Setup {

@@ -80,7 +80,7 @@ async fn processes_migrating_one_empty_database_at_once_all_succeed() {
     .unwrap();
     assert_eq!(
         applied,
-        [(1, true), (2, true), (3, true)],
+        [(1, true), (2, true), (3, true), (4, true)],
         "each migration is applied once"
     );
     // A later start finds everything applied.

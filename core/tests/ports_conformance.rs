@@ -12,6 +12,7 @@ use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page, Scan};
 use chatsys_core::idempotency::{Claim, Held, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
 use chatsys_core::ports::{
     Cache, CachedToken, ListScope, MessageRows, NumberFloor, Numbers, Store, VersionClaim,
+    VersionFor,
 };
 use chrono::{DateTime, Utc};
 
@@ -101,6 +102,172 @@ async fn app(store: &dyn Store) -> AppId {
         .await
         .unwrap()
         .id
+}
+
+fn delete_message(app: AppId, chat: u64, number: u64, version: u64) -> Command {
+    Command::DeleteMessage {
+        application_id: app,
+        chat_number: chat,
+        chat_created_at: at(chat as i64),
+        number,
+        version,
+        created_at: at(100 + number as i64),
+        at: at(1000 + version as i64),
+    }
+}
+
+fn delete_chat(app: AppId, chat: u64) -> Command {
+    Command::DeleteChat {
+        application_id: app,
+        number: chat,
+        created_at: at(chat as i64),
+        at: at(5000),
+    }
+}
+
+async fn counts(store: &dyn Store, app: AppId, chat: u64) -> (u64, u64) {
+    let chats = store.application(app).await.unwrap().unwrap().chats_count;
+    let messages = store
+        .chat(app, chat)
+        .await
+        .unwrap()
+        .map_or(0, |c| c.messages_count);
+    (chats, messages)
+}
+
+/// A delete applied before the create it follows, between two edits, or twice, leaves the same
+/// tombstone, and the count drops once: commands stay order-free with deletes among them.
+async fn a_deleted_message_stays_deleted_whatever_the_order(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    let commands = [
+        create_chat(app, 1),
+        create_message(app, 1, 1, "kept"),
+        create_message(app, 1, 2, "doomed"),
+        edit_message(app, 1, 2, "edited", 5),
+        delete_message(app, 1, 2, 7),
+        edit_message(app, 1, 2, "edited after", 9),
+    ];
+    for order in [[0, 1, 2, 3, 4, 5], [4, 5, 3, 2, 1, 0], [2, 4, 0, 1, 5, 3]] {
+        let app = self::app(store.as_ref()).await;
+        let retarget = |c: &Command| {
+            let mut json = serde_json::to_value(c).unwrap();
+            json["application_id"] = app.into();
+            serde_json::from_value::<Command>(json).unwrap()
+        };
+        for i in order {
+            store.apply(&[retarget(&commands[i])]).await.unwrap();
+        }
+        store.apply(&[retarget(&commands[4])]).await.unwrap();
+        let listed: Vec<u64> = messages(store.as_ref(), app, 1)
+            .await
+            .iter()
+            .map(|m| m.number)
+            .collect();
+        assert_eq!(listed, [1], "order {order:?}");
+        let tombstone = store.message(app, 1, 2).await.unwrap().unwrap();
+        assert!(
+            tombstone.deleted && tombstone.body.is_empty(),
+            "{tombstone:?}"
+        );
+        assert_eq!(
+            counts(store.as_ref(), app, 1).await,
+            (1, 1),
+            "order {order:?}"
+        );
+    }
+}
+
+/// A chat's delete takes its messages along (those stored before, and those arriving after it), and
+/// the application's count drops once; its events end with the deletion.
+async fn a_deleted_chat_takes_its_messages_along(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    store
+        .apply(&[
+            create_chat(app, 1),
+            create_chat(app, 2),
+            create_message(app, 1, 1, "one"),
+            create_message(app, 1, 2, "two"),
+        ])
+        .await
+        .unwrap();
+    let last = store.last_chat_event(app, 1).await.unwrap();
+    let applied = store.apply(&[delete_chat(app, 1)]).await.unwrap();
+    assert_eq!(applied.deleted_chats, [(app, 1)]);
+    let ended = applied.events.last().expect("the deletion is a change");
+    assert_eq!((ended.kind, ended.seq), (ChangeKind::ChatDeleted, last + 1));
+    store.purge_chat(app, 1).await.unwrap();
+    // A create queued before the delete, applied after it, stores nothing.
+    let late = store
+        .apply(&[create_message(app, 1, 3, "late")])
+        .await
+        .unwrap();
+    assert!(
+        late.messages.is_empty() && late.events.is_empty(),
+        "{late:?}"
+    );
+    assert!(messages(store.as_ref(), app, 1).await.is_empty());
+    assert!(store.chat(app, 1).await.unwrap().unwrap().deleted);
+    assert_eq!(counts(store.as_ref(), app, 2).await.0, 1);
+    store.apply(&[delete_chat(app, 1)]).await.unwrap();
+    assert_eq!(
+        counts(store.as_ref(), app, 2).await.0,
+        1,
+        "a redelivery counts nothing"
+    );
+    let events = store.chat_events(app, 1, 0, 0, 100, 1 << 20).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.kind, e.seq)).collect::<Vec<_>>(),
+        [(ChangeKind::ChatDeleted, last + 1)]
+    );
+    let chats: Vec<u64> = store
+        .list_chats(app, Page::first(10).scan())
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.number)
+        .collect();
+    assert_eq!(chats, [2]);
+}
+
+/// Once an application is deleted, batches leave its commands out, and its purge removes it whole.
+async fn a_deleted_applications_commands_are_left_out(store: Arc<dyn Store>) {
+    let app = app(store.as_ref()).await;
+    let other = self::app(store.as_ref()).await;
+    store
+        .apply(&[create_chat(app, 1), create_message(app, 1, 1, "before")])
+        .await
+        .unwrap();
+    store.delete_application(app, at(9)).await.unwrap();
+    let applied = store
+        .apply(&[
+            create_message(app, 1, 2, "after"),
+            create_chat(other, 1),
+            create_message(other, 1, 1, "elsewhere"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        applied
+            .messages
+            .iter()
+            .map(|m| (m.application_id, m.number))
+            .collect::<Vec<_>>(),
+        [(other, 1)],
+        "the deleted application's command is left out, the other's applied"
+    );
+    assert_eq!(messages(store.as_ref(), app, 1).await.len(), 1);
+    let purged = store
+        .apply(&[Command::PurgeApplication {
+            application_id: app,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(purged.purged_applications, [app]);
+    store.purge_application(app).await.unwrap();
+    assert!(store.application(app).await.unwrap().is_none());
+    assert!(store.chat(app, 1).await.unwrap().is_none());
+    assert!(messages(store.as_ref(), app, 1).await.is_empty());
+    assert_eq!(messages(store.as_ref(), other, 1).await.len(), 1);
 }
 
 async fn applying_a_batch_twice_changes_nothing(store: Arc<dyn Store>) {
@@ -511,6 +678,9 @@ adapter_suite!(
     concurrent_batches_number_a_chats_changes_without_gaps,
     a_replaced_token_names_nothing,
     lists_walk_either_way_with_the_chats_last_change,
+    a_deleted_message_stays_deleted_whatever_the_order,
+    a_deleted_chat_takes_its_messages_along,
+    a_deleted_applications_commands_are_left_out,
     ]
 );
 
@@ -557,9 +727,13 @@ impl Allocator {
     }
     /// An unconditional edit's version of message 1 of chat 1 of application 1.
     async fn next_version(&self) -> CoreResult<u64> {
-        match self.numbers.next_version((1, 1, 1), 0, None).await? {
+        match self
+            .numbers
+            .next_version((1, 1, 1), 0, None, VersionFor::Edit)
+            .await?
+        {
             VersionClaim::Granted { version, .. } => Ok(version),
-            VersionClaim::Moved(newest) => panic!("an unconditional edit found {newest}"),
+            other => panic!("an unconditional edit of a live message found {other:?}"),
         }
     }
 }
@@ -636,20 +810,29 @@ async fn numbers_local_start_at_1_and_never_repeat() {
 async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     let numbers: Arc<dyn Numbers> = numbers.numbers.clone();
     let message = (3, 1, 1);
-    let VersionClaim::Granted { version: first, .. } =
-        numbers.next_version(message, 0, Some(&[0])).await.unwrap()
+    let VersionClaim::Granted { version: first, .. } = numbers
+        .next_version(message, 0, Some(&[0]), VersionFor::Edit)
+        .await
+        .unwrap()
     else {
         panic!("a message never edited is at version 0");
     };
     assert_eq!(
-        numbers.next_version(message, 0, Some(&[0])).await.unwrap(),
+        numbers
+            .next_version(message, 0, Some(&[0]), VersionFor::Edit)
+            .await
+            .unwrap(),
         VersionClaim::Moved(first),
         "the newest version handed out is kept, whatever the caller read"
     );
     let racing: Vec<_> = (0..8)
         .map(|_| {
             let numbers = numbers.clone();
-            tokio::spawn(async move { numbers.next_version(message, 0, Some(&[first])).await })
+            tokio::spawn(async move {
+                numbers
+                    .next_version(message, 0, Some(&[first]), VersionFor::Edit)
+                    .await
+            })
         })
         .collect();
     let mut granted = Vec::new();
@@ -662,21 +845,24 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     let VersionClaim::Granted {
         version: unconditional,
         ..
-    } = numbers.next_version(message, 0, None).await.unwrap()
+    } = numbers
+        .next_version(message, 0, None, VersionFor::Edit)
+        .await
+        .unwrap()
     else {
         panic!("an unconditional edit is refused");
     };
     assert!(unconditional > granted[0]);
     assert_eq!(
         numbers
-            .next_version(message, 0, Some(&[granted[0], 1]))
+            .next_version(message, 0, Some(&[granted[0], 1]), VersionFor::Edit)
             .await
             .unwrap(),
         VersionClaim::Moved(unconditional)
     );
     assert!(matches!(
         numbers
-            .next_version(message, 0, Some(&[7, unconditional]))
+            .next_version(message, 0, Some(&[7, unconditional]), VersionFor::Edit)
             .await
             .unwrap(),
         VersionClaim::Granted { .. }
@@ -684,7 +870,7 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     assert!(
         matches!(
             numbers
-                .next_version((3, 1, 2), 40, Some(&[40]))
+                .next_version((3, 1, 2), 40, Some(&[40]), VersionFor::Edit)
                 .await
                 .unwrap(),
             VersionClaim::Granted { .. }
@@ -695,7 +881,7 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     // A version taken back (its edit never published) leaves the one before it the newest.
     let withdrawn = (3, 1, 3);
     let VersionClaim::Granted { version, previous } = numbers
-        .next_version(withdrawn, 5, Some(&[5]))
+        .next_version(withdrawn, 5, Some(&[5]), VersionFor::Edit)
         .await
         .unwrap()
     else {
@@ -703,13 +889,13 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     };
     assert_eq!(previous, 5);
     numbers
-        .withdraw_version(withdrawn, version, previous)
+        .withdraw_version(withdrawn, version, previous, VersionFor::Edit)
         .await
         .unwrap();
     assert!(
         matches!(
             numbers
-                .next_version(withdrawn, 5, Some(&[5]))
+                .next_version(withdrawn, 5, Some(&[5]), VersionFor::Edit)
                 .await
                 .unwrap(),
             VersionClaim::Granted { .. }
@@ -719,7 +905,12 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
     // A version read that is newer than the one kept (handed out by a release that kept none) counts.
     assert_eq!(
         numbers
-            .next_version(withdrawn, u64::MAX >> 12, Some(&[version]))
+            .next_version(
+                withdrawn,
+                u64::MAX >> 12,
+                Some(&[version]),
+                VersionFor::Edit
+            )
             .await
             .unwrap(),
         VersionClaim::Moved(u64::MAX >> 12)
@@ -734,6 +925,55 @@ async fn conditional_versions_redis_are_granted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_versions_local_are_granted_once() {
     conditional_versions_are_granted_once(local_numbers(0)).await;
+}
+
+/// A delete's version is a message's last: after it no change gets one, whatever it is conditioned on,
+/// until the delete is taken back (never published), which makes the message editable again.
+async fn a_deletes_version_is_the_last(numbers: Arc<Allocator>) {
+    let numbers: Arc<dyn Numbers> = numbers.numbers.clone();
+    let message = (4, 1, 1);
+    let VersionClaim::Granted { version, previous } = numbers
+        .next_version(message, 0, None, VersionFor::Delete)
+        .await
+        .unwrap()
+    else {
+        panic!("a live message can be deleted");
+    };
+    for (expected, change) in [
+        (None, VersionFor::Edit),
+        (Some(&[version][..]), VersionFor::Edit),
+        (None, VersionFor::Delete),
+    ] {
+        assert_eq!(
+            numbers
+                .next_version(message, version, expected, change)
+                .await
+                .unwrap(),
+            VersionClaim::Deleted,
+            "{change:?} conditioned on {expected:?}"
+        );
+    }
+    numbers
+        .withdraw_version(message, version, previous, VersionFor::Delete)
+        .await
+        .unwrap();
+    assert!(matches!(
+        numbers
+            .next_version(message, 0, Some(&[0]), VersionFor::Edit)
+            .await
+            .unwrap(),
+        VersionClaim::Granted { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletes_version_is_the_last_in_redis() {
+    a_deletes_version_is_the_last(redis_numbers(0).await.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletes_version_is_the_last_locally() {
+    a_deletes_version_is_the_last(local_numbers(0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -900,6 +1140,7 @@ async fn a_full_cache_evicts_pages_and_never_a_counter() {
         version: 0,
         created_at: at(0),
         updated_at: at(0),
+        deleted: false,
     };
     cache.remember_message(&remembered).await.unwrap();
     cache.put_application_id("token", 1).await.unwrap();
@@ -985,6 +1226,7 @@ async fn the_cache_keeps_the_newer_message_and_bumps_lists(cache: Arc<dyn Cache>
         version,
         created_at: at(0),
         updated_at: at(version as i64),
+        deleted: false,
     };
     cache.put_message(&message("edit", 5)).await.unwrap();
     cache.put_message(&message("create", 0)).await.unwrap();
@@ -1035,6 +1277,7 @@ async fn the_cache_keeps_the_chat_at_its_later_change(cache: Arc<dyn Cache>) {
         created_at: at(0),
         updated_at: at(last_event as i64),
         last_event,
+        deleted: false,
     };
     cache.put_chats(&[chat(2, 3)]).await.unwrap();
     cache.put_chats(&[chat(1, 2)]).await.unwrap();
@@ -1069,6 +1312,7 @@ async fn cache_redis_replaces_a_chat_an_earlier_release_kept_as_a_string() {
         created_at: at(0),
         updated_at: at(1),
         last_event: 1,
+        deleted: false,
     };
     cache.put_chats(std::slice::from_ref(&chat)).await.unwrap();
     assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat));
@@ -1153,6 +1397,7 @@ async fn cache_memory_stays_within_its_byte_bound() {
             version: 0,
             created_at: at(0),
             updated_at: at(0),
+            deleted: false,
         };
         cache.put_message(&message).await.unwrap();
         assert!(

@@ -20,7 +20,7 @@ use chatsys_core::domain::Page;
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(read, rename))
+        .routes(routes!(read, rename, delete))
         .routes(routes!(rotate_token))
 }
 
@@ -78,25 +78,7 @@ pub async fn list(
     headers: HeaderMap,
     Query(query): Query<ApplicationsQuery>,
 ) -> ApiResult<Response> {
-    let Some(key) = &state.admin_key else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "listing applications needs an admin key, and this server has none: start it with \
-             CHATSYS_ADMIN_KEY (or --admin-key) and send the key as `Authorization: Bearer <key>`",
-        ));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "listing applications needs the admin key",
-        ));
-    }
+    require_admin(&state, &headers, "listing applications")?;
     let limit = query.limit()?;
     let page = state
         .service
@@ -154,6 +136,54 @@ pub async fn rotate_token(
     PathParams(path): PathParams<ApplicationPath>,
 ) -> ApiResult<Json<ApplicationView>> {
     Ok(Json(state.service.rotate_token(&path.token.0).await?))
+}
+
+/// Delete an application
+///
+/// Deletes the application with all its chats and messages: its token answers 404 from then on (on every
+/// replica within 2 seconds), and the worker removes what it held, from the store and from search. Needs
+/// the admin key as a bearer token. Asked again for a token already deleted, it queues the removal again.
+#[utoipa::path(delete, path = "/applications/{token}", tag = "applications", operation_id = "applications_delete",
+    params(ApplicationPath),
+    security(("admin_key" = [])),
+    responses(
+        (status = 202, description = "Deleted (the worker removes what it held)"),
+        (status = 401, description = "The admin key was missing or wrong (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The server has no admin key, so deleting is off (`forbidden`); or the request came from a web page whose origin the server does not allow (`origin_not_allowed`)", body = ErrorBody)))]
+pub async fn delete(
+    State(state): Shared,
+    headers: HeaderMap,
+    PathParams(path): PathParams<ApplicationPath>,
+) -> ApiResult<StatusCode> {
+    require_admin(&state, &headers, "deleting an application")?;
+    state.service.delete_application(&path.token.0).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Refuses a request without the admin key as its bearer token (`what` names what needs it).
+fn require_admin(state: &AppState, headers: &HeaderMap, what: &str) -> ApiResult<()> {
+    let Some(key) = &state.admin_key else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!(
+                "{what} needs an admin key, and this server has none: start it with \
+                 CHATSYS_ADMIN_KEY (or --admin-key) and send the key as `Authorization: Bearer <key>`"
+            ),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            format!("{what} needs the admin key"),
+        ));
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

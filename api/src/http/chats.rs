@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use chatsys_core::view::ChatView;
 use utoipa_axum::router::OpenApiRouter;
@@ -16,7 +16,7 @@ use super::{AppState, ListLinks, Shared, created, list_response};
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(read))
+        .routes(routes!(read, delete))
 }
 
 /// A chat's creation body: a JSON object whose members are all ignored (a chat has nothing to set yet),
@@ -95,4 +95,24 @@ pub async fn read(
 ) -> ApiResult<Response> {
     let chat = state.service.chat(&path.token.0, path.number.0).await?;
     Ok(if_none_match.answer(chat))
+}
+
+/// Delete a chat
+///
+/// Queues the deletion of the chat with all its messages and answers at once: from then on the chat and
+/// its messages answer 404 (on every replica within a second); the application's `chats_count`, its list
+/// of chats and search forget it once the worker has stored the delete, and the chat's event streams end
+/// with `chat.deleted`. Its number is never used again.
+#[utoipa::path(delete, path = "/applications/{token}/chats/{number}", tag = "chats", operation_id = "chats_delete",
+    params(ChatPath),
+    responses((status = 202, description = "Deleted (the worker removes its messages)")))]
+pub async fn delete(
+    State(state): Shared,
+    PathParams(path): PathParams<ChatPath>,
+) -> ApiResult<StatusCode> {
+    state
+        .service
+        .delete_chat(&path.token.0, path.number.0)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }

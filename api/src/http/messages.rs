@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chatsys_core::domain::Order;
 use chatsys_core::search_text::SearchOrder;
@@ -24,7 +24,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list, create))
         .routes(routes!(search))
         .routes(routes!(search_application))
-        .routes(routes!(read, edit))
+        .routes(routes!(read, edit, delete))
 }
 
 /// A message's text, to post or to replace.
@@ -149,6 +149,36 @@ pub async fn edit(
         )
         .await?;
     Ok(with_etag(message))
+}
+
+/// Delete a message
+///
+/// Queues the message's deletion and answers at once: from then on the message answers 404, and an edit
+/// of it too; lists, counts and search forget it once the worker has stored the delete, and its chat's
+/// event stream sends `message.deleted`. Its number is never used again. With `If-Match`, only if
+/// nobody changed the message since that version. A delete racing an edit ends deleted, whichever
+/// comes first.
+#[utoipa::path(delete, path = "/applications/{token}/chats/{number}/messages/{message}", tag = "messages",
+    operation_id = "messages_delete", params(MessagePath, IfMatch),
+    responses(
+        (status = 202, description = "Deleted (the worker removes what remains of it)"),
+        (status = 412, description = "The message changed since the `If-Match` version (`precondition_failed`); nothing was deleted", body = ErrorBody,
+            headers(("ETag" = String, description = "The message's current version")))))]
+pub async fn delete(
+    State(state): Shared,
+    PathParams(path): PathParams<MessagePath>,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<StatusCode> {
+    state
+        .service
+        .delete_message(
+            &path.token.0,
+            path.number.0,
+            path.message.0,
+            expected.as_deref(),
+        )
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// Search a chat's messages

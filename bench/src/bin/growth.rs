@@ -1,9 +1,9 @@
-//! Growth (issue 27): what a list page and a search cost once the data has grown, on the standalone
-//! server. It fills one chat with `--messages` messages and an application with `--chats` chats (each
-//! other chat with `NOTES_PER_CHAT` messages), then times list pages from the oldest end, the newest end
-//! and the middle, and first pages of searches of the whole application. List pages are never cached
-//! here (`CHATSYS_CACHE_MAX_PAGE_BYTES=0`), so every read is the store's: what a page costs the first
-//! time.
+//! Growth (issue 27): what a list page, a search and a delete cost once the data has grown, on the
+//! standalone server. It fills one chat with `--messages` messages and an application with `--chats`
+//! chats (each other chat with `NOTES_PER_CHAT` messages), then times list pages from the oldest end,
+//! the newest end and the middle, first pages of searches of the whole application, and deletes of
+//! messages. List pages are never cached here (`CHATSYS_CACHE_MAX_PAGE_BYTES=0`), so every read is the
+//! store's: what a page costs the first time.
 
 use std::time::Duration;
 
@@ -178,6 +178,25 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         );
         pages.push((kind.to_owned(), summary));
     }
+    // Deletes of distinct messages of the long chat, one after another: what the API answers (202)
+    // costs; the worker's part follows in the background.
+    let mut samples = Vec::with_capacity(args.reads);
+    for number in 1..=args.reads as u64 {
+        let path = format!("{messages}/{number}");
+        let asked = Instant::now();
+        let deleted = control.send(http::Method::DELETE, &path, None).await?;
+        samples.push(asked.elapsed());
+        if deleted.status != StatusCode::ACCEPTED {
+            bail!("DELETE {path} answered {}", deleted.status);
+        }
+    }
+    let summary = LatencySummary::of(samples);
+    let kind = "delete a message (answered 202)";
+    println!(
+        "{kind:<50} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} deletes)",
+        summary.p50_ms, summary.p99_ms, summary.count
+    );
+    pages.push((kind.to_owned(), summary));
     let report = Report {
         messages: args.messages,
         chats: args.chats,

@@ -140,7 +140,7 @@ impl CommandQueues {
     /// idempotent and order-free, so any queue would be correct; this one is also the same in every
     /// API replica.
     pub fn of(&self, command: &Command) -> usize {
-        let (application, chat) = command.chat_key();
+        let (application, chat) = command.chat_key().unwrap_or((command.application_id(), 0));
         let mixed = (application.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ chat)
             .wrapping_mul(0xBF58_476D_1CE4_E5B9);
         ((mixed >> 32) % self.shards as u64) as usize

@@ -27,6 +27,7 @@ use tantivy::{
 
 use crate::domain::{AppId, Message};
 use crate::error::{Backend, CoreError, CoreResult};
+use crate::plan::ChatKey;
 use crate::ports::{IndexRefusal, Search, SearchPage};
 use crate::search_text::{
     NewestKey, RELEVANCE_WINDOW, SearchCursor, SearchOrder, SearchRequest, SearchScope, fold,
@@ -205,9 +206,35 @@ impl EmbeddedSearch {
         }))
     }
 
-    /// Adds the messages in one commit, with a new writer when the last one failed. On any failure the
-    /// writer is dropped (rolling back what it had not committed), so the retry starts clean.
+    /// Removes the documents these terms name, in one commit.
+    fn forget_blocking(&self, terms: Vec<Term>) -> CoreResult<()> {
+        self.write(|writer| {
+            for term in terms {
+                writer.delete_term(term);
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds the messages in one commit (a deleted message's state removes its document).
     fn index_blocking(&self, messages: &[Message]) -> CoreResult<()> {
+        self.write(|writer| {
+            for m in messages {
+                writer.delete_term(Term::from_field_text(self.fields.id, &document_id(m)));
+                if !m.deleted {
+                    writer.add_document(self.document(m))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `changes` and commits them, with a new writer when the last one failed. On any failure the
+    /// writer is dropped (rolling back what it had not committed), so the retry starts clean.
+    fn write(
+        &self,
+        changes: impl FnOnce(&mut IndexWriter) -> tantivy::Result<()>,
+    ) -> CoreResult<()> {
         let slot = self
             .writer
             .as_ref()
@@ -217,13 +244,7 @@ impl EmbeddedSearch {
             Some(writer) => writer,
             None => slot.insert(open_writer(&self.index)?),
         };
-        let written = (|| {
-            for m in messages {
-                writer.delete_term(Term::from_field_text(self.fields.id, &document_id(m)));
-                writer.add_document(self.document(m))?;
-            }
-            writer.commit()
-        })();
+        let written = changes(writer).and_then(|()| writer.commit().map(drop));
         if let Err(e) = written {
             tracing::warn!(error = %e, "embedded index write failed; a new writer will retry it");
             *slot = None;
@@ -265,6 +286,7 @@ impl EmbeddedSearch {
             version: u(f.version)?,
             created_at: t(f.created_at)?,
             updated_at: t(f.updated_at)?,
+            deleted: false,
         })
     }
 
@@ -458,6 +480,26 @@ impl Search for Arc<EmbeddedSearch> {
         Ok(Vec::new())
     }
 
+    async fn forget(&self, chats: &[ChatKey], applications: &[AppId]) -> CoreResult<()> {
+        let f = self.fields;
+        let mut terms: Vec<Term> = chats
+            .iter()
+            .map(|(app, chat)| Term::from_field_text(f.chat, &chat_key(*app, *chat)))
+            .collect();
+        terms.extend(
+            applications
+                .iter()
+                .map(|app| Term::from_field_text(f.app_key, &app.to_string())),
+        );
+        if terms.is_empty() {
+            return Ok(());
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.forget_blocking(terms))
+            .await
+            .map_err(unavailable)?
+    }
+
     async fn search(&self, request: &SearchRequest) -> CoreResult<SearchPage> {
         if request.limit == 0 {
             return Ok(SearchPage::default());
@@ -484,6 +526,7 @@ mod tests {
             version,
             created_at: at,
             updated_at: at,
+            deleted: false,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::error::CoreResult;
 use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{
     Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers, VERSION_HEAD_LIFETIME,
-    VersionClaim,
+    VersionClaim, VersionFor,
 };
 
 /// Counters in memory. Each is missing until its first use restarts it from the floor (every number
@@ -33,7 +33,8 @@ pub struct LocalNumbers {
 #[derive(Debug)]
 struct Versions {
     last: u64,
-    heads: HashMap<MessageKey, (u64, Instant)>,
+    /// The newest version of each message, whether it was a delete's, and when it was handed out.
+    heads: HashMap<MessageKey, (u64, bool, Instant)>,
     pruned_at: usize,
 }
 
@@ -107,11 +108,15 @@ impl Numbers for LocalNumbers {
         message: MessageKey,
         seen: u64,
         expected: Option<&[u64]>,
+        change: VersionFor,
     ) -> CoreResult<VersionClaim> {
         let mut versions = lock(&self.versions);
         let now = Instant::now();
         let head = match versions.heads.get(&message) {
-            Some(&(head, kept)) if now.duration_since(kept) < VERSION_HEAD_LIFETIME => {
+            Some(&(_, true, kept)) if now.duration_since(kept) < VERSION_HEAD_LIFETIME => {
+                return Ok(VersionClaim::Deleted);
+            }
+            Some(&(head, false, kept)) if now.duration_since(kept) < VERSION_HEAD_LIFETIME => {
                 head.max(seen)
             }
             _ => seen,
@@ -124,11 +129,13 @@ impl Numbers for LocalNumbers {
         let time = chrono::Utc::now().timestamp_micros() as u64;
         versions.last = (versions.last + 1).max(time);
         let version = versions.last;
-        versions.heads.insert(message, (version, now));
+        versions
+            .heads
+            .insert(message, (version, change == VersionFor::Delete, now));
         if versions.heads.len() > versions.pruned_at * 2 {
             versions
                 .heads
-                .retain(|_, (_, kept)| now.duration_since(*kept) < VERSION_HEAD_LIFETIME);
+                .retain(|_, (_, _, kept)| now.duration_since(*kept) < VERSION_HEAD_LIFETIME);
             versions.pruned_at = versions.heads.len().max(VERSION_HEADS_PRUNED_FROM);
         }
         Ok(VersionClaim::Granted {
@@ -142,12 +149,14 @@ impl Numbers for LocalNumbers {
         message: MessageKey,
         version: u64,
         previous: u64,
+        change: VersionFor,
     ) -> CoreResult<()> {
         let mut versions = lock(&self.versions);
-        if let Some((head, kept)) = versions.heads.get_mut(&message)
+        if let Some((head, deleted, kept)) = versions.heads.get_mut(&message)
             && *head == version
+            && *deleted == (change == VersionFor::Delete)
         {
-            (*head, *kept) = (previous, Instant::now());
+            (*head, *deleted, *kept) = (previous, false, Instant::now());
         }
         Ok(())
     }
@@ -310,7 +319,7 @@ impl Cache for MemoryCache {
                 .chats
                 .get(&key)
                 .await
-                .is_none_or(|cached| cached.last_event <= chat.last_event);
+                .is_none_or(|cached| cached.freshness() <= chat.freshness());
             if later {
                 self.chats.insert(key, chat.clone()).await;
             }
@@ -340,7 +349,7 @@ impl Cache for MemoryCache {
             .messages
             .get(&key)
             .await
-            .is_none_or(|cached| cached.version <= message.version);
+            .is_none_or(|cached| cached.freshness() <= message.freshness());
         if newer {
             self.messages.insert(key, message.clone()).await;
         }

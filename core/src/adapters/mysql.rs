@@ -43,18 +43,33 @@ const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(3600);
 #[async_trait]
 impl Dialect for MySql {
     // Assignments run left to right, so `version` is compared before it is raised.
+    // MySQL assigns left to right, each assignment seeing the ones before it: `deleted` goes last, so
+    // every other one still sees whether the row was a tombstone before this batch.
     const MESSAGE_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
-        changed_by = IF(VALUES(version) > version, VALUES(changed_by), changed_by), \
-        body = IF(VALUES(version) > version, VALUES(body), body), \
-        updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+        deleted_by = IF(deleted = 0 AND VALUES(deleted) = 1, VALUES(deleted_by), deleted_by), \
+        changed_by = IF(deleted = 0 AND (VALUES(version) > version OR VALUES(deleted) = 1), VALUES(changed_by), changed_by), \
+        body = IF(deleted = 1 OR VALUES(deleted) = 1, '', IF(VALUES(version) > version, VALUES(body), body)), \
+        updated_at = IF(deleted = 0 AND VALUES(version) > version, VALUES(updated_at), updated_at), \
         created_at = LEAST(created_at, VALUES(created_at)), \
-        version = GREATEST(version, VALUES(version))";
+        version = GREATEST(version, VALUES(version)), \
+        deleted = GREATEST(deleted, VALUES(deleted))";
     const CHAT_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
-        messages_count = messages_count + VALUES(messages_count), \
+        deleted_by = IF(deleted = 0 AND VALUES(deleted) = 1, VALUES(deleted_by), deleted_by), \
+        messages_count = IF(deleted = 1, messages_count, messages_count + VALUES(messages_count)), \
         changed_by = IF(VALUES(last_event) > 0, VALUES(changed_by), changed_by), \
-        last_event = last_event + VALUES(last_event), \
-        updated_at = IF(VALUES(messages_count) > 0, GREATEST(updated_at, VALUES(updated_at)), updated_at)";
+        last_event = IF(deleted = 1, last_event, last_event + VALUES(last_event)), \
+        updated_at = IF(VALUES(messages_count) > 0, GREATEST(updated_at, VALUES(updated_at)), updated_at), \
+        deleted = GREATEST(deleted, VALUES(deleted))";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const PURGE_MESSAGES: &'static str =
+        "DELETE FROM messages WHERE application_id = ? AND chat_number = ? LIMIT ?";
+    const PURGE_EVENTS: &'static str =
+        "DELETE FROM chat_events WHERE application_id = ? AND chat_number = ? LIMIT ?";
     const GREATEST: &'static str = "GREATEST";
+
+    fn affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
     fn inserted_id(result: &MySqlQueryResult) -> u64 {
         result.last_insert_id()
@@ -100,6 +115,11 @@ impl Dialect for MySql {
                 "chat events by message",
                 include_str!("../../migrations/mysql/0003_chat_events_by_message.sql"),
             ),
+            (
+                4,
+                "deletes",
+                include_str!("../../migrations/mysql/0004_deletes.sql"),
+            ),
         ]);
         migrator.set_locking(false);
         let migrated = migrator.run(pool).await.map_err(crate::error::from_migrate);
@@ -110,17 +130,18 @@ impl Dialect for MySql {
     async fn repair_counts(pool: &Pool<MySql>) -> CoreResult<u64> {
         let drifted_chats: Vec<(u64, u64)> = sqlx::query_as(
             "SELECT c.application_id, c.number FROM chats c \
-             LEFT JOIN (SELECT application_id, chat_number, COUNT(*) AS n FROM messages GROUP BY application_id, chat_number) m \
+             LEFT JOIN (SELECT application_id, chat_number, COUNT(*) AS n FROM messages WHERE deleted = 0 \
+             GROUP BY application_id, chat_number) m \
              ON m.application_id = c.application_id AND m.chat_number = c.number \
-             WHERE c.messages_count <> COALESCE(m.n, 0) LIMIT 1000",
+             WHERE c.deleted = 0 AND c.messages_count <> COALESCE(m.n, 0) LIMIT 1000",
         )
         .fetch_all(pool)
         .await
         .map_err(from_sqlx)?;
         let drifted_apps: Vec<(u64,)> = sqlx::query_as(
             "SELECT a.id FROM applications a \
-             LEFT JOIN (SELECT application_id, COUNT(*) AS n FROM chats GROUP BY application_id) c \
-             ON c.application_id = a.id WHERE a.chats_count <> COALESCE(c.n, 0) LIMIT 1000",
+             LEFT JOIN (SELECT application_id, COUNT(*) AS n FROM chats WHERE deleted = 0 GROUP BY application_id) c \
+             ON c.application_id = a.id WHERE a.deleted = 0 AND a.chats_count <> COALESCE(c.n, 0) LIMIT 1000",
         )
         .fetch_all(pool)
         .await
@@ -136,7 +157,7 @@ impl Dialect for MySql {
                 .map_err(from_sqlx)?;
             sqlx::query(
                 "UPDATE chats SET messages_count = \
-                 (SELECT COUNT(*) FROM messages WHERE application_id = ? AND chat_number = ?) \
+                 (SELECT COUNT(*) FROM messages WHERE application_id = ? AND chat_number = ? AND deleted = 0) \
                  WHERE application_id = ? AND number = ?",
             )
             .bind(app)
@@ -155,7 +176,7 @@ impl Dialect for MySql {
                 .execute(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
-            sqlx::query("UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats WHERE application_id = ?) WHERE id = ?")
+            sqlx::query("UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats WHERE application_id = ? AND deleted = 0) WHERE id = ?")
                 .bind(app)
                 .bind(app)
                 .execute(&mut *tx)

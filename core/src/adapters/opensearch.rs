@@ -20,14 +20,17 @@ use opensearch::http::response::Response;
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use opensearch::http::{StatusCode, Url};
 use opensearch::indices::{IndicesCreateParts, IndicesExistsParts};
-use opensearch::params::VersionType;
-use opensearch::{BulkOperation, BulkOperations, BulkParts, OpenSearch, SearchParts};
+use opensearch::params::{Conflicts, VersionType};
+use opensearch::{
+    BulkOperation, BulkOperations, BulkParts, DeleteByQueryParts, OpenSearch, SearchParts,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::domain::{AppId, Message};
 use crate::error::{Backend, CoreError, CoreResult};
+use crate::plan::ChatKey;
 use crate::ports::{IndexRefusal, Search, SearchPage};
 use crate::search_text::{
     RELEVANCE_WINDOW, SearchCursor, SearchOrder, SearchRequest, fold, newest_key,
@@ -241,6 +244,7 @@ impl From<Document<'_>> for Message {
             version: d.version,
             created_at: d.created_at,
             updated_at: d.updated_at,
+            deleted: false,
         }
     }
 }
@@ -295,7 +299,9 @@ fn check_bulk(sent: &[&Message], response: BulkResponse) -> CoreResult<Vec<Index
             ));
         };
         let conflict = item.status == StatusCode::CONFLICT.as_u16();
-        if (200..300).contains(&item.status) || conflict {
+        // A delete of a document not in the index (never indexed, or deleted already) is done.
+        let absent = message.deleted && item.status == StatusCode::NOT_FOUND.as_u16();
+        if (200..300).contains(&item.status) || conflict || absent {
             continue;
         }
         let reason = item
@@ -372,6 +378,25 @@ fn search_request(request: &SearchRequest) -> Value {
         }
     }
     body
+}
+
+/// Every document of these chats and applications. With `conflicts=proceed`, a document indexed
+/// meanwhile is left to the next call rather than failing this one (docs.opensearch.org,
+/// api-reference/document-apis/delete-by-query).
+fn forget_request(chats: &[ChatKey], applications: &[AppId]) -> Value {
+    let mut should: Vec<Value> = chats
+        .iter()
+        .map(|(app, chat)| {
+            json!({ "bool": { "filter": [
+                { "term": { "application_id": app } },
+                { "term": { "chat_number": chat } }
+            ] } })
+        })
+        .collect();
+    if !applications.is_empty() {
+        should.push(json!({ "terms": { "application_id": applications } }));
+    }
+    json!({ "query": { "bool": { "should": should, "minimum_should_match": 1 } } })
 }
 
 #[derive(Deserialize)]
@@ -477,6 +502,21 @@ impl Search for OpenSearchIndex {
         Ok(refused)
     }
 
+    async fn forget(&self, chats: &[ChatKey], applications: &[AppId]) -> CoreResult<()> {
+        if chats.is_empty() && applications.is_empty() {
+            return Ok(());
+        }
+        let action = "removing deleted chats' messages";
+        let sent = self
+            .client
+            .delete_by_query(DeleteByQueryParts::Index(&[&self.index]))
+            .conflicts(Conflicts::Proceed)
+            .body(forget_request(chats, applications))
+            .send()
+            .await;
+        expect_success(action, sent).await.map(drop)
+    }
+
     async fn search(&self, request: &SearchRequest) -> CoreResult<SearchPage> {
         if request.limit == 0 {
             return Ok(SearchPage::default());
@@ -541,13 +581,24 @@ impl OpenSearchIndex {
                     continue;
                 }
             };
-            let operation = BulkOperation::index(Document::from(message))
-                .id(document_id(message))
-                .version(version)
-                .version_type(VersionType::External);
-            operations
-                .push(operation)
-                .map_err(|e| failed_request(action, e))?;
+            // A delete carries the tombstone's version too, so an older state indexed late is refused
+            // (OpenSearch keeps a deleted document's version for `index.gc_deletes`, 60 s by default:
+            // docs.opensearch.org, install-and-configure/configuring-opensearch/index-settings).
+            let pushed = if message.deleted {
+                operations.push(
+                    BulkOperation::<()>::delete(document_id(message))
+                        .version(version)
+                        .version_type(VersionType::External),
+                )
+            } else {
+                operations.push(
+                    BulkOperation::index(Document::from(message))
+                        .id(document_id(message))
+                        .version(version)
+                        .version_type(VersionType::External),
+                )
+            };
+            pushed.map_err(|e| failed_request(action, e))?;
             sent.push(message);
         }
         if sent.is_empty() {
@@ -695,6 +746,7 @@ mod tests {
             version,
             created_at: time("2026-11-28T01:02:03.456789Z"),
             updated_at: time("2026-11-28T04:05:06.000001Z"),
+            deleted: false,
         }
     }
 
@@ -919,6 +971,66 @@ mod tests {
         );
         assert_eq!(lines[3]["body"], "edited\nbody");
         assert_eq!(lines[3]["version"], 41);
+    }
+
+    /// A deleted message's state deletes its document, carrying the tombstone's version, so that an
+    /// older state indexed late is refused; deleting a document the index does not hold is done (the
+    /// bulk API answers it 404 `not_found`: docs.opensearch.org, api-reference/document-apis/bulk).
+    #[tokio::test]
+    async fn a_deleted_message_is_deleted_from_the_index_with_its_version() {
+        let answer = json!({ "took": 1, "errors": false, "items": [
+            { "delete": { "_index": INDEX, "_id": "7:2:5", "status": 200, "result": "deleted" } },
+            { "delete": { "_index": INDEX, "_id": "7:2:6", "status": 404, "result": "not_found" } }
+        ] });
+        let cluster = FakeCluster::with_index(move |_| (200, answer.to_string())).await;
+        let search = cluster.connect().await.unwrap();
+        let tombstone = |number| Message {
+            deleted: true,
+            ..message(7, 2, number, "", 9)
+        };
+        let refused = search.index(&[tombstone(5), tombstone(6)]).await.unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let lines = cluster.requests_after_connect()[0].ndjson();
+        assert_eq!(
+            lines,
+            [
+                json!({ "delete": { "_id": "7:2:5", "version": 10, "version_type": "external" } }),
+                json!({ "delete": { "_id": "7:2:6", "version": 10, "version_type": "external" } })
+            ]
+        );
+    }
+
+    /// Deleted chats and applications leave the index in one delete-by-query, which goes on past a
+    /// document changed meanwhile (`conflicts=proceed`).
+    #[tokio::test]
+    async fn forgetting_deleted_chats_and_applications_is_one_delete_by_query() {
+        let cluster = FakeCluster::with_index(|_| {
+            (
+                200,
+                json!({ "took": 1, "deleted": 3, "failures": [] }).to_string(),
+            )
+        })
+        .await;
+        let search = cluster.connect().await.unwrap();
+        search.forget(&[(7, 2)], &[9]).await.unwrap();
+        search.forget(&[], &[]).await.unwrap();
+        let requests = cluster.requests_after_connect();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert!(
+            requests[0].is(Method::POST, "/test-messages/_delete_by_query"),
+            "{requests:?}"
+        );
+        assert_eq!(requests[0].query.as_deref(), Some("conflicts=proceed"));
+        assert_eq!(
+            requests[0].json(),
+            json!({ "query": { "bool": { "minimum_should_match": 1, "should": [
+                { "bool": { "filter": [
+                    { "term": { "application_id": 7 } },
+                    { "term": { "chat_number": 2 } }
+                ] } },
+                { "terms": { "application_id": [9] } }
+            ] } } })
+        );
     }
 
     #[tokio::test]

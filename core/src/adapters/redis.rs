@@ -19,7 +19,7 @@ use crate::idempotency::{KEY_LIFETIME, KeyCells};
 use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{
     Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers, VERSION_HEAD_LIFETIME,
-    VersionClaim,
+    VersionClaim, VersionFor,
 };
 
 /// Scripts are hashed once and then sent by hash (`EVALSHA`), falling back to the source when Redis
@@ -159,12 +159,14 @@ return redis.call('INCR', KEYS[1])
 ";
 
 /// KEYS: the last version handed out, the message's newest. ARGV: the newest the caller read (it counts
-/// when newer than the one kept, or none is), the versions the edit is conditioned on as `,5,7,` (empty
-/// for none), the newest's lifetime in seconds. A version is a microsecond of Redis' clock, never below the last one handed out,
-/// so it increases even across a flush. Answers `{1, version, the newest before it}`, or `{0, newest}`
-/// when the newest is none of those expected.
+/// when newer than the one kept, or none is), the versions the change is conditioned on as `,5,7,`
+/// (empty for none), the newest's lifetime in seconds, and `delete` for a delete's version. A version is
+/// a microsecond of Redis' clock, never below the last one handed out, so it increases even across a
+/// flush. A delete's version is kept as `d<version>`: the message's last. Answers `{1, version, the
+/// newest before it}`, `{0, newest}` when the newest is none of those expected, or `{2}` once deleted.
 const NEXT_VERSION: &str = r"
 local head = redis.call('GET', KEYS[2])
+if head and string.sub(head, 1, 1) == 'd' then return {2} end
 if not head or tonumber(head) < tonumber(ARGV[1]) then head = ARGV[1] end
 if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. head .. ',', 1, true) then
   return {0, head}
@@ -175,18 +177,29 @@ local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v <= last then v = last + 1 end
 local version = string.format('%.0f', v)
 redis.call('SET', KEYS[1], version)
-redis.call('SET', KEYS[2], version, 'EX', ARGV[3])
+local kept = version
+if ARGV[4] == 'delete' then kept = 'd' .. version end
+redis.call('SET', KEYS[2], kept, 'EX', ARGV[3])
 return {1, version, head}
 ";
 
-/// KEYS: the message's newest version. ARGV: the version taken back, the one before it, the lifetime
-/// in seconds. Only a newest still equal to the version taken back is put back.
+/// KEYS: the message's newest version. ARGV: the version taken back as kept (`d<version>` for a
+/// delete's), the one before it, the lifetime in seconds. Only a newest still equal to the version taken
+/// back is put back.
 const WITHDRAW_VERSION: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 return 0
 ";
+
+/// How a version is kept as a message's newest.
+fn kept_version(version: u64, change: VersionFor) -> String {
+    match change {
+        VersionFor::Edit => version.to_string(),
+        VersionFor::Delete => format!("d{version}"),
+    }
+}
 
 impl RedisNumbers {
     pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
@@ -295,6 +308,7 @@ impl Numbers for RedisNumbers {
         message: MessageKey,
         seen: u64,
         expected: Option<&[u64]>,
+        change: VersionFor,
     ) -> CoreResult<VersionClaim> {
         let mut redis = self.redis.clone();
         let expected = expected.map_or_else(String::new, |versions| {
@@ -307,6 +321,10 @@ impl Numbers for RedisNumbers {
             .arg(seen)
             .arg(expected)
             .arg(VERSION_HEAD_LIFETIME.as_secs())
+            .arg(match change {
+                VersionFor::Edit => "edit",
+                VersionFor::Delete => "delete",
+            })
             .invoke_async(&mut redis)
             .await
             .map_err(unavailable)?;
@@ -317,6 +335,7 @@ impl Numbers for RedisNumbers {
                 previous: *previous,
             }),
             Some([0, newest]) => Ok(VersionClaim::Moved(*newest)),
+            Some([2]) => Ok(VersionClaim::Deleted),
             _ => Err(CoreError::unavailable(
                 Backend::Redis,
                 format!("a version script answered {answer:?}"),
@@ -329,11 +348,12 @@ impl Numbers for RedisNumbers {
         message: MessageKey,
         version: u64,
         previous: u64,
+        change: VersionFor,
     ) -> CoreResult<()> {
         let mut redis = self.redis.clone();
         script(&WITHDRAW_VERSION_SCRIPT, WITHDRAW_VERSION)
             .key(self.keys.version_head(message))
-            .arg(version)
+            .arg(kept_version(version, change))
             .arg(previous)
             .arg(VERSION_HEAD_LIFETIME.as_secs())
             .invoke_async::<i64>(&mut redis)
@@ -439,15 +459,22 @@ pub struct CacheLimits {
     pub max_application_bytes: usize,
 }
 
-/// Keeps whichever of the cached and the given record has the higher version (a message's version, a
-/// chat's latest change), so that a reader putting what it read before a commit cannot hide the
-/// commit's write-through. A record an earlier release kept as a plain string is replaced. KEYS: the
-/// record. ARGV: the version, the JSON, the lifetime in seconds.
+/// Keeps whichever of the cached and the given record is the later ([`Message::freshness`],
+/// [`Chat::freshness`]: a version or latest change, a tombstone after a live state), so that a reader
+/// putting what it read before a commit cannot hide the commit's write-through. A record an earlier
+/// release kept is compared by its version alone (field `v`), and one it kept as a plain string is
+/// replaced. KEYS: the record. ARGV: the freshness, the JSON, the lifetime in seconds, the version.
 const PUT_NEWER: &str = r"
 if redis.call('TYPE', KEYS[1]).ok == 'string' then redis.call('DEL', KEYS[1]) end
-local current = redis.call('HGET', KEYS[1], 'v')
-if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+local current = redis.call('HGET', KEYS[1], 'f')
+if current then
+  if tonumber(current) > tonumber(ARGV[1]) then return 0 end
+else
+  local version = redis.call('HGET', KEYS[1], 'v')
+  if version and tonumber(version) > tonumber(ARGV[4]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'f', ARGV[1], 'd', ARGV[2])
+redis.call('HDEL', KEYS[1], 'v')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
@@ -547,10 +574,17 @@ impl RedisCache {
     ) -> CoreResult<()> {
         let put = script(&PUT_NEWER_SCRIPT, PUT_NEWER);
         let mut pipe = redis::pipe();
-        for (key, version, record) in records {
+        for (key, freshness, record) in records {
             let bytes = serde_json::to_vec(&record).expect("records serialise");
-            pipe.invoke_script(put.key(key).arg(version).arg(bytes).arg(self.ttl_secs))
-                .ignore();
+            let version = freshness >> 1;
+            pipe.invoke_script(
+                put.key(key)
+                    .arg(freshness)
+                    .arg(bytes)
+                    .arg(self.ttl_secs)
+                    .arg(version),
+            )
+            .ignore();
         }
         let mut redis = redis.clone();
         match pipe.query_async::<()>(&mut redis).await {
@@ -568,12 +602,12 @@ impl RedisCache {
 
     fn message_record<'m>(&self, message: &'m Message) -> (String, u64, &'m Message) {
         let key = (message.application_id, message.chat_number, message.number);
-        (self.keys.message(key), message.version, message)
+        (self.keys.message(key), message.freshness(), message)
     }
 
     fn chat_record<'c>(&self, chat: &'c Chat) -> (String, u64, &'c Chat) {
         let key = self.keys.chat(chat.application_id, chat.number);
-        (key, chat.last_event, chat)
+        (key, chat.freshness(), chat)
     }
 }
 

@@ -4,7 +4,7 @@
 //! two databases is the [`Dialect`]: the upsert clauses, the greatest-of function, how a time and an
 //! inserted id come back, migrations and the counts repair.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -27,15 +27,24 @@ use crate::ports::{Applied, MessageRows, Store};
 #[async_trait]
 pub trait Dialect: Database {
     /// Ends the multi-row insert into `messages`: on an existing row the higher version's body and
-    /// `updated_at` win, and the earliest `created_at` stays.
+    /// `updated_at` win, and the earliest `created_at` stays; a tombstone stays one, bodiless, and
+    /// `deleted_by` names the batch that made it one.
     const MESSAGE_UPSERT: &'static str;
     /// Ends the multi-row insert into `chats`: on an existing row the count grows by the new messages
-    /// and `updated_at` moves to the latest of them.
+    /// and `updated_at` moves to the latest of them; a tombstone stays one, its count and last change
+    /// as they were, and `deleted_by` names the batch that made it one.
     const CHAT_UPSERT: &'static str;
     /// The scalar greatest-of function.
     const GREATEST: &'static str;
+    /// Ends a `SELECT` that locks the rows it reads until the transaction ends.
+    const FOR_UPDATE: &'static str;
+    /// Deletes at most `?` (the third parameter) of a chat's messages, then of its change log.
+    const PURGE_MESSAGES: &'static str;
+    const PURGE_EVENTS: &'static str;
     /// The id the last insert generated.
     fn inserted_id(result: &Self::QueryResult) -> u64;
+    /// The rows a statement changed.
+    fn affected(result: &Self::QueryResult) -> u64;
     async fn migrate(pool: &Pool<Self>) -> CoreResult<()>;
     /// Recomputes counts that drifted from the rows; returns how many were fixed.
     async fn repair_counts(pool: &Pool<Self>) -> CoreResult<u64>;
@@ -116,14 +125,14 @@ impl<DB: Database> SqlStore<DB> {
     }
 }
 
-const APPLICATION_COLUMNS: &str = "id, token, name, chats_count, created_at, updated_at";
+const APPLICATION_COLUMNS: &str = "id, token, name, chats_count, created_at, updated_at, deleted";
 const CHAT_COLUMNS: &str =
-    "application_id, number, messages_count, created_at, updated_at, last_event";
+    "application_id, number, messages_count, created_at, updated_at, last_event, deleted";
 const MESSAGE_COLUMNS: &str =
-    "application_id, chat_number, number, body, version, created_at, updated_at";
+    "application_id, chat_number, number, body, version, created_at, updated_at, deleted";
 
-const MESSAGE_COLUMNS_OF_M: &str =
-    "m.application_id, m.chat_number, m.number, m.body, m.version, m.created_at, m.updated_at";
+const MESSAGE_COLUMNS_OF_M: &str = "m.application_id, m.chat_number, m.number, m.body, m.version, \
+     m.created_at, m.updated_at, m.deleted";
 
 /// A row of the change log with the message's present state.
 #[derive(FromRow)]
@@ -138,15 +147,23 @@ impl From<LoggedChange> for ChatEvent {
     fn from(row: LoggedChange) -> Self {
         ChatEvent {
             seq: row.seq,
-            kind: if row.created != 0 {
-                ChangeKind::Created
-            } else {
-                ChangeKind::Edited
-            },
+            kind: change_kind(row.message.deleted, row.created != 0),
             message: row.message,
         }
     }
 }
+
+/// What a change did to a message: deleted it, stored its first state, or a newer one.
+fn change_kind(deleted: bool, created: bool) -> ChangeKind {
+    match (deleted, created) {
+        (true, _) => ChangeKind::Deleted,
+        (false, true) => ChangeKind::Created,
+        (false, false) => ChangeKind::Edited,
+    }
+}
+
+/// Rows a purge deletes per statement: each statement a short transaction of its own.
+const PURGE_ROWS: i64 = 5000;
 
 /// Rows of `chats` per insert: six values each, well within both databases' limit on bound values.
 const CHAT_ROWS_PER_INSERT: usize = 1000;
@@ -194,6 +211,10 @@ where
     (u64,): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, bool): for<'r> FromRow<'r, DB::Row>,
+    (u64, Stamp): for<'r> FromRow<'r, DB::Row>,
     LoggedChange: for<'r> FromRow<'r, DB::Row>,
 {
     async fn migrate(&self) -> CoreResult<()> {
@@ -231,6 +252,7 @@ where
             chats_count: 0,
             created_at: at,
             updated_at: at,
+            deleted: false,
         })
     }
 
@@ -280,7 +302,7 @@ where
         limit: u32,
     ) -> CoreResult<Vec<Application>> {
         let sql = format!(
-            "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? ORDER BY id LIMIT ?"
+            "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? AND deleted = 0 ORDER BY id LIMIT ?"
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(after.unwrap_or(0)))
@@ -304,7 +326,7 @@ where
     async fn list_chats(&self, app: AppId, scan: Scan) -> CoreResult<Vec<Chat>> {
         let (condition, near, far) = keyset(scan);
         let sql = format!(
-            "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND {condition} LIMIT ?"
+            "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND deleted = 0 AND {condition} LIMIT ?"
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
@@ -345,7 +367,7 @@ where
         .map_err(from_sqlx)?;
         let (condition, near, far) = keyset(scan);
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND {condition} LIMIT ?"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND deleted = 0 AND {condition} LIMIT ?"
         );
         let messages = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
@@ -419,7 +441,24 @@ where
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        Ok(rows.into_iter().map(ChatEvent::from).collect())
+        if !rows.is_empty() {
+            return Ok(rows.into_iter().map(ChatEvent::from).collect());
+        }
+        // A deleted chat's log ends with its deletion, whatever of the log its purge has removed.
+        let deleted: Option<(u64, Stamp)> = sqlx::query_as(
+            "SELECT last_event, updated_at FROM chats WHERE application_id = ? AND number = ? AND deleted = 1",
+        )
+        .bind(signed(app))
+        .bind(signed(chat))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(match deleted {
+            Some((last, at)) if last > after => {
+                vec![ChatEvent::chat_deleted(app, chat, last, at.0)]
+            }
+            _ => Vec::new(),
+        })
     }
 
     async fn last_chat_event(&self, app: AppId, chat: u64) -> CoreResult<u64> {
@@ -434,12 +473,84 @@ where
         Ok(last.unwrap_or(0))
     }
 
+    /// Commands of an application deleted (or removed) meanwhile are left out: what a deleted
+    /// application held is removed, never written. Whether one is is read under a lock at the end of
+    /// the batch's transaction, so the delete either waits for the batch (and its purge, queued after
+    /// the delete, removes what the batch wrote) or comes first (and the batch is applied again
+    /// without that application's commands).
     async fn apply(&self, commands: &[Command]) -> CoreResult<Applied> {
-        let plan = plan_batch(commands);
-        if plan.is_empty() {
-            return Ok(Applied::default());
+        let mut gone: BTreeSet<AppId> = BTreeSet::new();
+        loop {
+            let plan = plan_batch(commands.iter().filter(|command| {
+                matches!(command, Command::PurgeApplication { .. })
+                    || !gone.contains(&command.application_id())
+            }));
+            if plan.is_empty() {
+                return Ok(Applied::default());
+            }
+            match self.apply_plan(&plan).await? {
+                Ok(applied) => return Ok(applied),
+                Err(deleted) => gone.extend(deleted),
+            }
         }
-        self.apply_plan(&plan).await
+    }
+
+    async fn delete_application(&self, id: AppId, at: DateTime<Utc>) -> CoreResult<()> {
+        sqlx::query("UPDATE applications SET deleted = 1, updated_at = ? WHERE id = ?")
+            .bind(Stamp(at))
+            .bind(signed(id))
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(from_sqlx)
+    }
+
+    async fn purge_chat(&self, app: AppId, chat: u64) -> CoreResult<()> {
+        for statement in [DB::PURGE_MESSAGES, DB::PURGE_EVENTS] {
+            loop {
+                let deleted = sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .bind(signed(app))
+                    .bind(signed(chat))
+                    .bind(PURGE_ROWS)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                if DB::affected(&deleted) < PURGE_ROWS as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn purge_application(&self, app: AppId) -> CoreResult<()> {
+        loop {
+            let chats: Vec<(u64,)> = sqlx::query_as(
+                "SELECT number FROM chats WHERE application_id = ? ORDER BY number LIMIT 1000",
+            )
+            .bind(signed(app))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+            if chats.is_empty() {
+                break;
+            }
+            for (chat,) in chats {
+                self.purge_chat(app, chat).await?;
+                sqlx::query("DELETE FROM chats WHERE application_id = ? AND number = ?")
+                    .bind(signed(app))
+                    .bind(signed(chat))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+            }
+        }
+        sqlx::query("DELETE FROM applications WHERE id = ? AND deleted = 1")
+            .bind(signed(app))
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(from_sqlx)
     }
 
     async fn repair_counts(&self) -> CoreResult<u64> {
@@ -460,21 +571,28 @@ where
     (u64, i64): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
+    (u64, bool): for<'r> FromRow<'r, DB::Row>,
+    (u64, Stamp): for<'r> FromRow<'r, DB::Row>,
 {
     /// One transaction. Rows are tagged with a random batch id, so the batch counts exactly the rows it
-    /// inserted, whatever another worker or a redelivery wrote meanwhile.
-    async fn apply_plan(&self, plan: &BatchPlan) -> CoreResult<Applied> {
+    /// inserted and turned into tombstones, whatever another worker or a redelivery wrote meanwhile.
+    /// Answers the applications found deleted instead, having written nothing, when the plan has some.
+    async fn apply_plan(&self, plan: &BatchPlan) -> CoreResult<Result<Applied, Vec<AppId>>> {
         let batch = super::batch_id();
         let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
 
-        // Per chat: the messages this batch changed (inserted, or raised to a newer version), in number
-        // order, each with whether it inserted the row; and how many rows it inserted.
-        let mut changed: BTreeMap<ChatKey, Vec<(u64, bool)>> = BTreeMap::new();
-        let mut new_messages: BTreeMap<ChatKey, i64> = BTreeMap::new();
+        // Per chat: the messages this batch changed, in number order, with what it did to each; the
+        // rows it inserted; and the live messages it added and removed.
+        let mut changed: BTreeMap<ChatKey, Vec<(u64, ChangeKind)>> = BTreeMap::new();
+        let mut inserted_rows: BTreeMap<ChatKey, i64> = BTreeMap::new();
+        let mut counts: BTreeMap<ChatKey, (i64, i64)> = BTreeMap::new();
         if !plan.messages.is_empty() {
             for statement in plan.message_statements() {
                 let mut insert = QueryBuilder::<DB>::new(
-                    "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by, changed_by) ",
+                    "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, updated_at, \
+                     inserted_by, changed_by, deleted, deleted_by) ",
                 );
                 insert.push_values(statement, |mut row, ((app, chat, number), message)| {
                     row.push_bind(signed(*app))
@@ -485,33 +603,45 @@ where
                         .push_bind(Stamp(message.created_at))
                         .push_bind(Stamp(message.updated_at))
                         .push_bind(batch)
-                        .push_bind(batch);
+                        .push_bind(batch)
+                        .push_bind(i64::from(message.deleted))
+                        .push_bind(if message.deleted { batch } else { 0 });
                 });
                 insert.push(DB::MESSAGE_UPSERT);
                 insert.build().execute(&mut *tx).await.map_err(from_sqlx)?;
             }
             // Sorted here: an ORDER BY on the primary key could make the database walk the table in
             // key order instead of looking up this batch's rows by `changed_by`.
-            let mut rows: Vec<(u64, u64, u64, u64)> = sqlx::query_as(
-                "SELECT application_id, chat_number, number, inserted_by FROM messages WHERE changed_by = ?",
+            let mut rows: Vec<(u64, u64, u64, u64, bool, u64)> = sqlx::query_as(
+                "SELECT application_id, chat_number, number, inserted_by, deleted, deleted_by FROM messages WHERE changed_by = ?",
             )
             .bind(batch)
             .fetch_all(&mut *tx)
             .await
             .map_err(from_sqlx)?;
             rows.sort_unstable();
-            for (app, chat, number, inserted_by) in rows {
+            for (app, chat, number, inserted_by, deleted, deleted_by) in rows {
                 let inserted = inserted_by == batch as u64;
+                let count = counts.entry((app, chat)).or_default();
                 if inserted {
-                    *new_messages.entry((app, chat)).or_default() += 1;
+                    *inserted_rows.entry((app, chat)).or_default() += 1;
+                    count.0 += i64::from(!deleted);
+                } else if deleted && deleted_by == batch as u64 {
+                    count.1 += 1;
                 }
                 changed
                     .entry((app, chat))
                     .or_default()
-                    .push((number, inserted));
+                    .push((number, change_kind(deleted, inserted)));
             }
         }
 
+        // A chat deleted by this batch logs no message change: its last change is its deletion.
+        for (key, chat) in &plan.chats {
+            if chat.deleted {
+                changed.remove(key);
+            }
+        }
         for chunk in plan
             .chats
             .iter()
@@ -519,34 +649,136 @@ where
             .chunks(CHAT_ROWS_PER_INSERT)
         {
             let mut insert = QueryBuilder::<DB>::new(
-                "INSERT INTO chats (application_id, number, messages_count, last_event, created_at, updated_at, inserted_by, changed_by) ",
+                "INSERT INTO chats (application_id, number, messages_count, last_event, created_at, updated_at, \
+                 inserted_by, changed_by, deleted, deleted_by) ",
             );
             insert.push_values(chunk, |mut row, (key, chat)| {
                 row.push_bind(signed(key.0))
                     .push_bind(signed(key.1))
-                    .push_bind(new_messages.get(key).copied().unwrap_or(0))
+                    .push_bind(counts.get(key).map_or(0, |c| c.0))
                     .push_bind(changed.get(key).map_or(0, |c| c.len() as i64))
                     .push_bind(Stamp(chat.created_at))
                     .push_bind(Stamp(chat.updated_at))
                     .push_bind(batch)
-                    .push_bind(batch);
+                    .push_bind(batch)
+                    .push_bind(i64::from(chat.deleted))
+                    .push_bind(if chat.deleted { batch } else { 0 });
             });
             insert.push(DB::CHAT_UPSERT);
             insert.build().execute(&mut *tx).await.map_err(from_sqlx)?;
         }
+        for (key, (_, removed)) in counts.iter().filter(|(_, c)| c.1 > 0) {
+            sqlx::query(
+                "UPDATE chats SET messages_count = messages_count - ? WHERE application_id = ? AND number = ?",
+            )
+            .bind(*removed)
+            .bind(signed(key.0))
+            .bind(signed(key.1))
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        }
 
-        let new_chats: Vec<(u64, i64)> = sqlx::query_as(
-            "SELECT application_id, COUNT(*) FROM chats WHERE inserted_by = ? GROUP BY application_id",
+        // Chats deleted, by this batch or before it: what the batch wrote into them goes, and a chat
+        // this batch deleted logs its deletion as its last change.
+        let deleted_chats: Vec<(u64, u64, u64, u64)> = sqlx::query_as(
+            "SELECT application_id, number, deleted_by, last_event FROM chats WHERE changed_by = ? AND deleted = 1 \
+             UNION SELECT application_id, number, deleted_by, last_event FROM chats WHERE deleted_by = ?",
         )
+        .bind(batch)
         .bind(batch)
         .fetch_all(&mut *tx)
         .await
         .map_err(from_sqlx)?;
+        let mut chat_events = Vec::new();
+        for (app, chat, deleted_by, last) in &deleted_chats {
+            changed.remove(&(*app, *chat));
+            sqlx::query(
+                "DELETE FROM messages WHERE application_id = ? AND chat_number = ? AND changed_by = ?",
+            )
+            .bind(signed(*app))
+            .bind(signed(*chat))
+            .bind(batch)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            if *deleted_by == batch as u64 {
+                let at = plan
+                    .chats
+                    .get(&(*app, *chat))
+                    .map_or_else(crate::domain::now, |c| c.updated_at);
+                sqlx::query(
+                    "UPDATE chats SET last_event = last_event + 1, changed_by = ?, updated_at = ?, messages_count = 0 \
+                     WHERE application_id = ? AND number = ?",
+                )
+                .bind(batch)
+                .bind(Stamp(at))
+                .bind(signed(*app))
+                .bind(signed(*chat))
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                chat_events.push(ChatEvent::chat_deleted(*app, *chat, last + 1, at));
+            }
+        }
+        let in_deleted_chat = |app: u64, chat: u64| {
+            deleted_chats
+                .iter()
+                .any(|(a, c, _, _)| (*a, *c) == (app, chat))
+        };
+
+        // Each application's chats: those the batch inserted live, and those it turned into tombstones.
+        let chat_rows: Vec<(u64, u64, bool, u64)> = sqlx::query_as(
+            "SELECT application_id, inserted_by, deleted, deleted_by FROM chats WHERE inserted_by = ? \
+             UNION ALL SELECT application_id, inserted_by, deleted, deleted_by FROM chats WHERE deleted_by = ? AND inserted_by <> ?",
+        )
+        .bind(batch)
+        .bind(batch)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let mut chat_counts: BTreeMap<AppId, (i64, i64)> = BTreeMap::new();
+        for (app, inserted_by, deleted, deleted_by) in chat_rows {
+            let count = chat_counts.entry(app).or_default();
+            if inserted_by == batch as u64 {
+                count.0 += i64::from(!deleted);
+            } else if deleted_by == batch as u64 {
+                count.1 += 1;
+            }
+        }
+
+        // The applications written into, locked until commit, in id order: a delete of one waits.
+        let apps = plan.applications();
+        if !apps.is_empty() {
+            let mut select =
+                QueryBuilder::<DB>::new("SELECT id, deleted FROM applications WHERE id IN (");
+            let mut ids = select.separated(", ");
+            for app in &apps {
+                ids.push_bind(signed(*app));
+            }
+            select.push(") ORDER BY id");
+            select.push(DB::FOR_UPDATE);
+            let live: Vec<(u64, bool)> = select
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+            let gone: Vec<AppId> = apps
+                .iter()
+                .copied()
+                .filter(|app| !live.iter().any(|(id, deleted)| id == app && !deleted))
+                .collect();
+            if !gone.is_empty() {
+                tx.rollback().await.map_err(from_sqlx)?;
+                return Ok(Err(gone));
+            }
+        }
         let raise = format!(
-            "UPDATE applications SET chats_count = chats_count + ?, updated_at = {}(updated_at, ?) WHERE id = ?",
+            "UPDATE applications SET chats_count = chats_count + ? - ?, updated_at = {}(updated_at, ?) WHERE id = ?",
             DB::GREATEST
         );
-        for (app, count) in &new_chats {
+        for (app, (added, removed)) in &chat_counts {
             let latest = plan
                 .chats
                 .range((*app, 0)..=(*app, u64::MAX))
@@ -554,7 +786,8 @@ where
                 .max()
                 .unwrap_or_default();
             sqlx::query(sqlx::AssertSqlSafe(raise.as_str()))
-                .bind(*count)
+                .bind(*added)
+                .bind(*removed)
                 .bind(Stamp(latest))
                 .bind(signed(*app))
                 .execute(&mut *tx)
@@ -562,7 +795,7 @@ where
                 .map_err(from_sqlx)?;
         }
 
-        let (mut messages, to_read) = plan.written_or_to_read(&new_messages);
+        let (mut messages, to_read) = plan.written_or_to_read(&inserted_rows);
         if !to_read.is_empty() {
             let mut select =
                 QueryBuilder::<DB>::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
@@ -574,9 +807,11 @@ where
                 .map_err(from_sqlx)?;
             messages.extend(read);
         }
-        let events = self
+        messages.retain(|m| !in_deleted_chat(m.application_id, m.chat_number));
+        let mut events = self
             .log_changes(&mut tx, batch, &changed, &messages)
             .await?;
+        events.extend(chat_events);
         let stored_chats = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CHAT_COLUMNS} FROM chats WHERE changed_by = ?"
         )))
@@ -585,13 +820,20 @@ where
         .await
         .map_err(from_sqlx)?;
         tx.commit().await.map_err(from_sqlx)?;
-        Ok(Applied {
+        Ok(Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
             stored_chats,
-            applications: new_chats.iter().map(|(app, _)| *app).collect(),
+            applications: chat_counts.keys().copied().collect(),
             messages,
             events,
-        })
+            deleted_chats: plan
+                .chats
+                .iter()
+                .filter(|(_, chat)| chat.deleted)
+                .map(|(key, _)| *key)
+                .collect(),
+            purged_applications: plan.purges.iter().copied().collect(),
+        }))
     }
 
     /// Numbers the batch's changes after each chat's last one (its row, raised by the chat upsert and
@@ -606,7 +848,7 @@ where
         &self,
         tx: &mut sqlx::Transaction<'static, DB>,
         batch: i64,
-        changed: &BTreeMap<ChatKey, Vec<(u64, bool)>>,
+        changed: &BTreeMap<ChatKey, Vec<(u64, ChangeKind)>>,
         stored: &[Message],
     ) -> CoreResult<Vec<ChatEvent>> {
         if changed.is_empty() {
@@ -629,17 +871,13 @@ where
         let mut events = Vec::new();
         for (key @ &(app, chat), messages) in changed {
             let first = last.get(key).copied().unwrap_or(0) + 1 - messages.len() as u64;
-            for (offset, (number, inserted)) in messages.iter().enumerate() {
+            for (offset, (number, kind)) in messages.iter().enumerate() {
                 let Some(message) = states.get(&(app, chat, *number)) else {
                     continue;
                 };
                 events.push(ChatEvent {
                     seq: first + offset as u64,
-                    kind: if *inserted {
-                        ChangeKind::Created
-                    } else {
-                        ChangeKind::Edited
-                    },
+                    kind: *kind,
                     message: (*message).clone(),
                 });
             }

@@ -33,18 +33,38 @@ pub async fn open(path: &Path) -> CoreResult<SqlitePool> {
 
 #[async_trait]
 impl Dialect for Sqlite {
+    // SQLite's assignments all see the row as it was before the statement.
     const MESSAGE_UPSERT: &'static str = " ON CONFLICT (application_id, chat_number, number) DO UPDATE SET \
-        changed_by = CASE WHEN excluded.version > messages.version THEN excluded.changed_by ELSE messages.changed_by END, \
-        body = CASE WHEN excluded.version > messages.version THEN excluded.body ELSE messages.body END, \
-        updated_at = CASE WHEN excluded.version > messages.version THEN excluded.updated_at ELSE messages.updated_at END, \
+        deleted_by = CASE WHEN messages.deleted = 0 AND excluded.deleted = 1 THEN excluded.deleted_by ELSE messages.deleted_by END, \
+        changed_by = CASE WHEN messages.deleted = 0 AND (excluded.version > messages.version OR excluded.deleted = 1) \
+            THEN excluded.changed_by ELSE messages.changed_by END, \
+        body = CASE WHEN messages.deleted = 1 OR excluded.deleted = 1 THEN '' \
+            WHEN excluded.version > messages.version THEN excluded.body ELSE messages.body END, \
+        updated_at = CASE WHEN messages.deleted = 0 AND excluded.version > messages.version THEN excluded.updated_at \
+            ELSE messages.updated_at END, \
         created_at = MIN(messages.created_at, excluded.created_at), \
-        version = MAX(messages.version, excluded.version)";
+        version = MAX(messages.version, excluded.version), \
+        deleted = MAX(messages.deleted, excluded.deleted)";
     const CHAT_UPSERT: &'static str = " ON CONFLICT (application_id, number) DO UPDATE SET \
-        messages_count = chats.messages_count + excluded.messages_count, \
+        deleted_by = CASE WHEN chats.deleted = 0 AND excluded.deleted = 1 THEN excluded.deleted_by ELSE chats.deleted_by END, \
+        messages_count = CASE WHEN chats.deleted = 1 THEN chats.messages_count \
+            ELSE chats.messages_count + excluded.messages_count END, \
         changed_by = CASE WHEN excluded.last_event > 0 THEN excluded.changed_by ELSE chats.changed_by END, \
-        last_event = chats.last_event + excluded.last_event, \
-        updated_at = CASE WHEN excluded.messages_count > 0 THEN MAX(chats.updated_at, excluded.updated_at) ELSE chats.updated_at END";
+        last_event = CASE WHEN chats.deleted = 1 THEN chats.last_event ELSE chats.last_event + excluded.last_event END, \
+        updated_at = CASE WHEN excluded.messages_count > 0 THEN MAX(chats.updated_at, excluded.updated_at) ELSE chats.updated_at END, \
+        deleted = MAX(chats.deleted, excluded.deleted)";
+    // One writer at a time: every transaction is serialised already.
+    const FOR_UPDATE: &'static str = "";
+    // SQLite has no DELETE … LIMIT by default (a compile-time option), and these tables have no rowid.
+    const PURGE_MESSAGES: &'static str = "DELETE FROM messages WHERE (application_id, chat_number, number) IN \
+        (SELECT application_id, chat_number, number FROM messages WHERE application_id = ? AND chat_number = ? LIMIT ?)";
+    const PURGE_EVENTS: &'static str = "DELETE FROM chat_events WHERE (application_id, chat_number, seq) IN \
+        (SELECT application_id, chat_number, seq FROM chat_events WHERE application_id = ? AND chat_number = ? LIMIT ?)";
     const GREATEST: &'static str = "MAX";
+
+    fn affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
     fn inserted_id(result: &SqliteQueryResult) -> u64 {
         result.last_insert_rowid() as u64
@@ -72,6 +92,11 @@ impl Dialect for Sqlite {
                 "chat events by message",
                 include_str!("../../migrations/sqlite/0004_chat_events_by_message.sql"),
             ),
+            (
+                5,
+                "deletes",
+                include_str!("../../migrations/sqlite/0005_deletes.sql"),
+            ),
         ])
         .run(pool)
         .await
@@ -82,15 +107,16 @@ impl Dialect for Sqlite {
         let mut tx = pool.begin().await.map_err(from_sqlx)?;
         let chats = sqlx::query(
             "UPDATE chats SET messages_count = (SELECT COUNT(*) FROM messages m WHERE m.application_id = chats.application_id \
-             AND m.chat_number = chats.number) WHERE messages_count <> (SELECT COUNT(*) FROM messages m \
-             WHERE m.application_id = chats.application_id AND m.chat_number = chats.number)",
+             AND m.chat_number = chats.number AND m.deleted = 0) WHERE deleted = 0 AND messages_count <> (SELECT COUNT(*) \
+             FROM messages m WHERE m.application_id = chats.application_id AND m.chat_number = chats.number AND m.deleted = 0)",
         )
         .execute(&mut *tx)
         .await
         .map_err(from_sqlx)?;
         let apps = sqlx::query(
-            "UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id) \
-             WHERE chats_count <> (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id)",
+            "UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id \
+             AND c.deleted = 0) WHERE deleted = 0 AND chats_count <> (SELECT COUNT(*) FROM chats c \
+             WHERE c.application_id = applications.id AND c.deleted = 0)",
         )
         .execute(&mut *tx)
         .await

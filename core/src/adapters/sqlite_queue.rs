@@ -46,7 +46,7 @@ impl SqliteQueue {
 
 fn scope(command: &Command) -> (u64, u64, u64) {
     command.message_key().unwrap_or_else(|| {
-        let (app, chat) = command.chat_key();
+        let (app, chat) = command.chat_key().unwrap_or((command.application_id(), 0));
         (app, chat, 0)
     })
 }

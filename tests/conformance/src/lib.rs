@@ -4,6 +4,7 @@
 pub mod applications;
 pub mod chats;
 pub mod checks;
+pub mod deletes;
 pub mod errors;
 pub mod events;
 pub mod harness;
@@ -92,6 +93,14 @@ macro_rules! conformance_suite {
                 the_stream_continues_where_a_list_page_was_read,
                 reads_carry_an_etag_and_answer_304_when_unchanged,
                 an_edit_conditioned_on_an_old_etag_is_412,
+            ],
+            deletes: [
+                a_deleted_message_is_gone_at_once_and_forgotten_once_stored,
+                a_delete_conditioned_on_an_old_etag_is_412,
+                a_delete_racing_edits_ends_deleted,
+                a_deleted_chat_goes_with_its_messages,
+                streams_say_what_was_deleted_and_end_with_the_chat,
+                deleting_an_application_needs_the_admin_key,
             ],
             events: [
                 events_follow_creates_and_edits_in_order,

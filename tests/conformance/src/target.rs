@@ -156,6 +156,20 @@ impl Target {
         self.send(request).await
     }
 
+    /// A DELETE carrying the admin key when the target has one.
+    pub async fn delete_as_admin(&self, path: &str) -> Reply {
+        let request = self.request(Method::DELETE, path);
+        let request = match &self.admin_key {
+            Some(key) => request.header(AUTHORIZATION, format!("Bearer {key}")),
+            None => request,
+        };
+        self.send(request).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.request(Method::DELETE, path)).await
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send_json(Method::POST, path, body).await
     }

@@ -209,3 +209,50 @@ async fn conditional_edits_from_two_replicas_accept_one_per_version() {
         }
     }
 }
+
+/// A delete on one replica and edits on both, sent together, round after round: the delete is
+/// accepted; each edit answers 200 (accepted before it, and overwritten by it) or 404 (after it); the
+/// message answers 404 on both replicas at once, and once stored the chat lists none and counts none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_racing_edits_on_two_replicas_ends_deleted() {
+    let served = full_stack_replicas(2).await;
+    let replicas = [&served.target, &served.replicas[0]];
+    let token = replicas[0].create_token().await;
+    let chat = replicas[0].create_chat(&token).await;
+    for round in 1..=5u64 {
+        replicas[0].create_message(&token, chat, "doomed").await;
+        let path = message_path(&token, chat, round);
+        let edits = (0..4).map(|client| {
+            let (replica, path) = (replicas[client % 2], path.clone());
+            async move {
+                replica
+                    .put(&path, &json!({ "body": format!("edit {client}") }))
+                    .await
+                    .status
+            }
+        });
+        let deleting = replicas[round as usize % 2].delete(&path);
+        let (edited, deleted) =
+            futures::future::join(futures::future::join_all(edits), deleting).await;
+        deleted.expect_status(202);
+        assert!(
+            edited.iter().all(|status| *status == 200 || *status == 404),
+            "round {round}: {edited:?}"
+        );
+        for replica in replicas {
+            replica.get(&path).await.expect_error(404, "not_found");
+        }
+    }
+    let listed = messages_path(&token, chat);
+    let counted = chatsys_conformance::chat_path(&token, chat);
+    eventually(CATCH_UP, || async {
+        let list = replicas[1].get(&listed).await.items();
+        let count = replicas[0].get(&counted).await.json()["messages_count"].as_u64();
+        if list.is_empty() && count == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("{list:?}, count {count:?}"))
+        }
+    })
+    .await;
+}
