@@ -1286,6 +1286,104 @@ async fn the_cache_keeps_the_chat_at_its_later_change(cache: Arc<dyn Cache>) {
     assert_eq!(cache.chat(1, 4).await.unwrap(), Some(chat(3, 5)));
 }
 
+/// A tombstone is a state's last: a live state of the same change (read before the delete was
+/// remembered, or stored by a batch that crossed it) never replaces it, in either order, nor does an
+/// older message version; a record an earlier release kept (by version alone) is still compared.
+async fn the_cache_keeps_a_tombstone_over_a_live_state_of_the_same_change(cache: Arc<dyn Cache>) {
+    let chat = |last_event, deleted| chatsys_core::domain::Chat {
+        application_id: 1,
+        number: 5,
+        messages_count: 1,
+        created_at: at(0),
+        updated_at: at(1),
+        last_event,
+        deleted,
+    };
+    cache.put_chats(&[chat(4, false)]).await.unwrap();
+    cache.put_chats(&[chat(4, true)]).await.unwrap();
+    cache.put_chats(&[chat(4, false)]).await.unwrap();
+    assert_eq!(cache.chat(1, 5).await.unwrap(), Some(chat(4, true)));
+    let message = |version, deleted| Message {
+        application_id: 1,
+        chat_number: 5,
+        number: 1,
+        body: if deleted {
+            String::new()
+        } else {
+            "live".into()
+        },
+        version,
+        created_at: at(0),
+        updated_at: at(version as i64),
+        deleted,
+    };
+    cache.put_message(&message(7, true)).await.unwrap();
+    cache.put_message(&message(7, false)).await.unwrap();
+    cache.put_message(&message(6, false)).await.unwrap();
+    assert_eq!(
+        cache.message((1, 5, 1)).await.unwrap(),
+        Some(message(7, true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_keeps_a_tombstone_over_a_live_state_of_the_same_change() {
+    the_cache_keeps_a_tombstone_over_a_live_state_of_the_same_change(redis_cache().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_memory_keeps_a_tombstone_over_a_live_state_of_the_same_change() {
+    the_cache_keeps_a_tombstone_over_a_live_state_of_the_same_change(Arc::new(memory_cache(
+        64 << 20,
+    )))
+    .await;
+}
+
+/// A message an earlier release cached (its version in field `v`, no freshness) is compared by
+/// version: an older state put after it does not replace it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() {
+    let url = test_redis_url();
+    let mut cache_redis = connect_redis(&format!("{url}/1")).await;
+    let prefix = format!("chatsys-test-{}", unique());
+    let cache = redis::RedisCache::new(
+        connect_redis(&url).await,
+        Some(cache_redis.clone()),
+        redis::Keys::new(&prefix),
+        cache_limits(64 << 20),
+    );
+    let message = |version: u64, body: &str| Message {
+        application_id: 1,
+        chat_number: 5,
+        number: 2,
+        body: body.into(),
+        version,
+        created_at: at(0),
+        updated_at: at(version as i64),
+        deleted: false,
+    };
+    let kept = serde_json::to_string(&message(9, "kept by an earlier release")).unwrap();
+    ::redis::cmd("HSET")
+        .arg(format!("{prefix}:message:1:5:2"))
+        .arg("v")
+        .arg(9)
+        .arg("d")
+        .arg(&kept)
+        .query_async::<()>(&mut cache_redis)
+        .await
+        .unwrap();
+    cache.put_message(&message(8, "older")).await.unwrap();
+    assert_eq!(
+        cache.message((1, 5, 2)).await.unwrap(),
+        Some(message(9, "kept by an earlier release"))
+    );
+    cache.put_message(&message(10, "newer")).await.unwrap();
+    assert_eq!(
+        cache.message((1, 5, 2)).await.unwrap(),
+        Some(message(10, "newer"))
+    );
+}
+
 /// A chat an earlier release cached as a plain string (`SET`) is replaced by the write-through, not
 /// left to fail it until it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
