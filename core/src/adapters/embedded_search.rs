@@ -813,6 +813,39 @@ mod tests {
         assert!(pages >= 9, "{pages} pages");
     }
 
+    /// A deleted message's state removes its document; deleted chats and applications leave the index
+    /// whole, and nothing else does.
+    #[tokio::test]
+    async fn deleted_messages_chats_and_applications_leave_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = EmbeddedSearch::open(dir.path(), true).unwrap();
+        search
+            .index(&[
+                message(1, 1, 1, "tern one", 0),
+                message(1, 1, 2, "tern two", 0),
+                message(1, 2, 1, "tern elsewhere", 0),
+                message(2, 1, 1, "tern in another app", 0),
+            ])
+            .await
+            .unwrap();
+        let tombstone = Message {
+            deleted: true,
+            ..message(1, 1, 2, "", 5)
+        };
+        search.index(&[tombstone]).await.unwrap();
+        assert_eq!(numbers(&search, 1, 1, "tern").await, vec![1]);
+        search.forget(&[(1, 1)], &[2]).await.unwrap();
+        let across = |app| request(app, None, "tern", None, 10);
+        let places = |page: SearchPage| {
+            page.messages
+                .iter()
+                .map(|m| (m.chat_number, m.number))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(places(search.search(&across(1)).await.unwrap()), [(2, 1)]);
+        assert!(places(search.search(&across(2)).await.unwrap()).is_empty());
+    }
+
     /// Too many open files kills tantivy's writer: the next write opens a new one, and what failed is
     /// indexed when it is retried.
     #[tokio::test]
