@@ -145,26 +145,19 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                 version,
                 created_at,
                 at,
-            } => {
-                touch_chat(
-                    &mut plan,
-                    (*application_id, *chat_number),
-                    *chat_created_at,
-                    *created_at,
-                    false,
-                );
-                merge_message(
-                    &mut plan,
-                    (*application_id, *chat_number, *number),
-                    MessageRow {
-                        body: String::new(),
-                        version: *version,
-                        created_at: *created_at,
-                        updated_at: *at,
-                        deleted: true,
-                    },
-                );
-            }
+            } => plan_message(
+                &mut plan,
+                (*application_id, *chat_number, *number),
+                *chat_created_at,
+                *created_at,
+                MessageRow {
+                    body: String::new(),
+                    version: *version,
+                    created_at: *created_at,
+                    updated_at: *at,
+                    deleted: true,
+                },
+            ),
             Command::PurgeApplication { application_id } => {
                 plan.purges.insert(*application_id);
             }
@@ -175,26 +168,19 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                 number,
                 body,
                 at,
-            } => {
-                touch_chat(
-                    &mut plan,
-                    (*application_id, *chat_number),
-                    *chat_created_at,
-                    *at,
-                    false,
-                );
-                merge_message(
-                    &mut plan,
-                    (*application_id, *chat_number, *number),
-                    MessageRow {
-                        body: body.clone(),
-                        version: 0,
-                        created_at: *at,
-                        updated_at: *at,
-                        deleted: false,
-                    },
-                );
-            }
+            } => plan_message(
+                &mut plan,
+                (*application_id, *chat_number, *number),
+                *chat_created_at,
+                *at,
+                MessageRow {
+                    body: body.clone(),
+                    version: 0,
+                    created_at: *at,
+                    updated_at: *at,
+                    deleted: false,
+                },
+            ),
             Command::EditMessage {
                 application_id,
                 chat_number,
@@ -204,29 +190,35 @@ pub fn plan_batch<'a>(commands: impl IntoIterator<Item = &'a Command>) -> BatchP
                 version,
                 created_at,
                 at,
-            } => {
-                touch_chat(
-                    &mut plan,
-                    (*application_id, *chat_number),
-                    *chat_created_at,
-                    *created_at,
-                    false,
-                );
-                merge_message(
-                    &mut plan,
-                    (*application_id, *chat_number, *number),
-                    MessageRow {
-                        body: body.clone(),
-                        version: *version,
-                        created_at: *created_at,
-                        updated_at: *at,
-                        deleted: false,
-                    },
-                );
-            }
+            } => plan_message(
+                &mut plan,
+                (*application_id, *chat_number, *number),
+                *chat_created_at,
+                *created_at,
+                MessageRow {
+                    body: body.clone(),
+                    version: *version,
+                    created_at: *created_at,
+                    updated_at: *at,
+                    deleted: false,
+                },
+            ),
         }
     }
     plan
+}
+
+/// Plans a message's row and its chat's, so that a chat row exists whichever command lands first;
+/// `touched_at` is the time the chat's `updated_at` may move to.
+fn plan_message(
+    plan: &mut BatchPlan,
+    (app, chat, number): MessageKey,
+    chat_created_at: DateTime<Utc>,
+    touched_at: DateTime<Utc>,
+    row: MessageRow,
+) {
+    touch_chat(plan, (app, chat), chat_created_at, touched_at, false);
+    merge_message(plan, (app, chat, number), row);
 }
 
 fn touch_chat(

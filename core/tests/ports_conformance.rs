@@ -1339,12 +1339,11 @@ async fn cache_memory_keeps_a_tombstone_over_a_live_state_of_the_same_change() {
     .await;
 }
 
-/// A message an earlier release cached (its version in field `v`, no freshness) is compared by
-/// version: an older state put after it does not replace it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() {
+/// A Redis cache whose cache entries live in a database of their own (1), with that database's
+/// connection and the cache's key prefix, to write there what an earlier release left.
+async fn separate_redis_cache() -> (redis::RedisCache, ::redis::aio::ConnectionManager, String) {
     let url = test_redis_url();
-    let mut cache_redis = connect_redis(&format!("{url}/1")).await;
+    let cache_redis = connect_redis(&format!("{url}/1")).await;
     let prefix = format!("chatsys-test-{}", unique());
     let cache = redis::RedisCache::new(
         connect_redis(&url).await,
@@ -1352,6 +1351,14 @@ async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() 
         redis::Keys::new(&prefix),
         cache_limits(64 << 20),
     );
+    (cache, cache_redis, prefix)
+}
+
+/// A message an earlier release cached (its version in field `v`, no freshness) is compared by
+/// version: an older state put after it does not replace it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() {
+    let (cache, mut cache_redis, prefix) = separate_redis_cache().await;
     let message = |version: u64, body: &str| Message {
         application_id: 1,
         chat_number: 5,
@@ -1388,15 +1395,7 @@ async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() 
 /// left to fail it until it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_replaces_a_chat_an_earlier_release_kept_as_a_string() {
-    let url = test_redis_url();
-    let mut cache_redis = connect_redis(&format!("{url}/1")).await;
-    let prefix = format!("chatsys-test-{}", unique());
-    let cache = redis::RedisCache::new(
-        connect_redis(&url).await,
-        Some(cache_redis.clone()),
-        redis::Keys::new(&prefix),
-        cache_limits(64 << 20),
-    );
+    let (cache, mut cache_redis, prefix) = separate_redis_cache().await;
     ::redis::cmd("SET")
         .arg(format!("{prefix}:chat:1:4:stored"))
         .arg(r#"{"application_id":1,"number":4}"#)

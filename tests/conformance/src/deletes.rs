@@ -27,8 +27,8 @@ async fn count_becomes(target: &Target, token: &str, chat: u64, count: u64) {
     .await
 }
 
-/// Waits until a list answers exactly these numbers.
-async fn listed(target: &Target, path: &str, expected: &[u64]) {
+/// Waits until a list or a search answers exactly these numbers, in this order.
+async fn shows(target: &Target, path: &str, expected: &[u64]) {
     eventually(CATCH_UP, || async {
         let reply = target.get(path).await;
         reply.expect_status(200);
@@ -36,22 +36,7 @@ async fn listed(target: &Target, path: &str, expected: &[u64]) {
         if numbers == expected {
             Ok(())
         } else {
-            Err(format!("{path} lists {numbers:?}, want {expected:?}"))
-        }
-    })
-    .await
-}
-
-/// Waits until a search finds exactly these message numbers.
-async fn found(target: &Target, path: &str, expected: &[u64]) {
-    eventually(CATCH_UP, || async {
-        let reply = target.get(path).await;
-        reply.expect_status(200);
-        let numbers = numbers_of(&reply.items());
-        if numbers == expected {
-            Ok(())
-        } else {
-            Err(format!("{path} found {numbers:?}, want {expected:?}"))
+            Err(format!("{path} shows {numbers:?}, want {expected:?}"))
         }
     })
     .await
@@ -66,7 +51,7 @@ pub async fn a_deleted_message_is_gone_at_once_and_forgotten_once_stored(target:
         target.create_message(&token, chat, body).await;
     }
     count_becomes(target, &token, chat, 3).await;
-    found(target, &search_path(&token, chat, "heron"), &[3, 2, 1]).await;
+    shows(target, &search_path(&token, chat, "heron"), &[3, 2, 1]).await;
 
     let path = message_path(&token, chat, 2);
     let deleted = target.delete(&path).await;
@@ -78,9 +63,9 @@ pub async fn a_deleted_message_is_gone_at_once_and_forgotten_once_stored(target:
         .expect_error(404, "not_found");
     target.delete(&path).await.expect_error(404, "not_found");
 
-    listed(target, &messages_path(&token, chat), &[1, 3]).await;
+    shows(target, &messages_path(&token, chat), &[1, 3]).await;
     count_becomes(target, &token, chat, 2).await;
-    found(target, &search_path(&token, chat, "heron"), &[3, 1]).await;
+    shows(target, &search_path(&token, chat, "heron"), &[3, 1]).await;
     assert_eq!(
         target.create_message(&token, chat, "heron four").await,
         4,
@@ -161,7 +146,7 @@ pub async fn a_delete_racing_edits_ends_deleted(target: &Target) {
         assert!(deleted.iter().all(|s| *s == 202 || *s == 404));
         target.get(&path).await.expect_error(404, "not_found");
     }
-    listed(target, &messages_path(&token, chat), &[]).await;
+    shows(target, &messages_path(&token, chat), &[]).await;
     count_becomes(target, &token, chat, 0).await;
 }
 
@@ -179,7 +164,7 @@ pub async fn a_deleted_chat_goes_with_its_messages(target: &Target) {
         "/applications/{token}/messages/search?q={}",
         encode("osprey")
     );
-    found(target, &across, &[2, 1, 1]).await;
+    shows(target, &across, &[2, 1, 1]).await;
 
     target
         .delete(&chat_path(&token, gone))
@@ -209,7 +194,7 @@ pub async fn a_deleted_chat_goes_with_its_messages(target: &Target) {
         .await
         .expect_error(404, "not_found");
 
-    listed(target, &chats_path(&token), &[kept]).await;
+    shows(target, &chats_path(&token), &[kept]).await;
     eventually(CATCH_UP, || async {
         let app = target.get(&application_path(&token)).await;
         match app.json()["chats_count"].as_u64() {
@@ -218,7 +203,7 @@ pub async fn a_deleted_chat_goes_with_its_messages(target: &Target) {
         }
     })
     .await;
-    found(target, &across, &[1]).await;
+    shows(target, &across, &[1]).await;
     assert_eq!(
         target.create_chat(&token).await,
         gone + 1,
