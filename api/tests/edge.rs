@@ -101,7 +101,7 @@ fn post_head(path: &str, length: usize) -> String {
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n";
 
 async fn healthz_answers(server: &Server) {
-    let mut stream = connect(&server).await;
+    let mut stream = connect(server).await;
     stream.write_all(HEALTHZ).await.unwrap();
     let answer = answer_within(&mut stream, MARGIN)
         .await
@@ -312,7 +312,7 @@ async fn stop_closes_idle_connections_and_lets_a_request_in_flight_finish() {
 
 /// An application and a chat in it, made over plain HTTP/1.1; returns the chat's event stream path.
 async fn a_chat(server: &Server) -> String {
-    let mut stream = connect(&server).await;
+    let mut stream = connect(server).await;
     let body = br#"{"name":"streams"}"#;
     stream
         .write_all(post_head("/applications", body.len()).as_bytes())
@@ -334,7 +334,7 @@ async fn a_chat(server: &Server) -> String {
 
 /// Opens an event stream over raw TCP and reads its head.
 async fn open_events(server: &Server, path: &str) -> TcpStream {
-    let mut stream = connect(&server).await;
+    let mut stream = connect(server).await;
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes())
         .await

@@ -159,7 +159,7 @@ impl IfNoneMatch {
             Some(Condition::Any) => true,
             Some(Condition::Tags(tags)) => {
                 let tag = resource.tag();
-                tags.iter().any(|opaque| *opaque == tag)
+                tags.contains(&tag)
             }
         };
         let mut response = if current {
