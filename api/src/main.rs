@@ -12,6 +12,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Openapi => println!("{}", chatsys_api::http::openapi::document()),
+        Command::Reindex(args) => {
+            telemetry::init_logging(&args.log_format);
+            let indexed = wiring::reindex(&args).await?;
+            tracing::info!(indexed, "every stored message is indexed");
+        }
         Command::Migrate(args) => {
             telemetry::init_logging(&args.log_format);
             wiring::migrate(&args).await?;

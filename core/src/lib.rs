@@ -14,6 +14,7 @@ pub mod live;
 pub mod plan;
 pub mod ports;
 pub mod quota;
+pub mod reindex;
 pub mod search_text;
 pub mod service;
 pub mod telemetry;

@@ -1011,7 +1011,10 @@ async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
     let mut seen = vec![cache.list_generation(&scope).await.unwrap()];
     assert_eq!(cache.list_generation(&scope).await.unwrap(), seen[0]);
     for _ in 0..3 {
-        cache.bump_lists(std::slice::from_ref(&scope)).await.unwrap();
+        cache
+            .bump_lists(std::slice::from_ref(&scope))
+            .await
+            .unwrap();
         delete_keys(&mut connection, &format!("{prefix}:generation:*")).await;
         let restarted = cache.list_generation(&scope).await.unwrap();
         assert!(

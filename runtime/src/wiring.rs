@@ -14,7 +14,7 @@ use chatsys_core::error::CoreResult;
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::ports::{self, BatchLimits, Store};
 use chatsys_core::service::{Ports, ReseedFloor};
-use chatsys_settings::{Backends, MigrateArgs, ServeArgs, StandaloneArgs};
+use chatsys_settings::{Backends, MigrateArgs, ReindexArgs, ServeArgs, StandaloneArgs};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -34,6 +34,21 @@ pub async fn open_search(
         // tantivy will not open over an earlier release's index.
         None => Arc::new(EmbeddedSearch::open(&data_dir.join("search-v2"), writable)?),
     })
+}
+
+/// Indexes every message of the database (MySQL, or the standalone one) into the search index
+/// (OpenSearch, or the embedded one); returns how many.
+pub async fn reindex(args: &ReindexArgs) -> anyhow::Result<u64> {
+    let store: Arc<dyn Store> = match &args.database_url {
+        Some(url) => Arc::new(mysql::MySqlStore::connect(url, 2)?),
+        None => {
+            let pool = sqlite::open(&args.data_dir.join("chatsys.db")).await?;
+            Arc::new(sqlite::SqliteStore::new(pool))
+        }
+    };
+    store.migrate().await.context("migrations failed")?;
+    let search = open_search(args.opensearch_url.as_deref(), &args.data_dir, true).await?;
+    Ok(chatsys_core::reindex::reindex(store.as_ref(), search.as_ref()).await?)
 }
 
 /// Applies the migrations (under the store's lock, so concurrent runs are safe), waiting for the

@@ -103,6 +103,9 @@ pub enum Command {
     Standalone(StandaloneArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// Index every message the database holds, and exit: once after an upgrade whose release notes say
+    /// the search index changed, or to rebuild a lost index. Harmless to repeat.
+    Reindex(ReindexArgs),
 }
 
 fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str> {
@@ -264,6 +267,22 @@ impl MigrateArgs {
     pub fn database_url(&self) -> anyhow::Result<&str> {
         required(&self.database_url, "--database-url (DATABASE_URL)")
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReindexArgs {
+    /// MySQL URL; when absent, the standalone database under `--data-dir`.
+    #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// OpenSearch URL; when absent, the embedded index under `--data-dir` (stop the process that writes
+    /// it first: one process at a time may).
+    #[arg(long, env = env::OPENSEARCH_URL, hide_env_values = true)]
+    pub opensearch_url: Option<String>,
+    #[arg(long, env = env::CHATSYS_DATA_DIR, default_value = "./chatsys-data")]
+    pub data_dir: PathBuf,
+    /// json or text.
+    #[arg(long, env = env::CHATSYS_LOG_FORMAT, default_value = "text")]
+    pub log_format: String,
 }
 
 #[derive(Args, Debug, Clone)]
