@@ -2,8 +2,6 @@
 //! embedded index folds bodies and queries with [`fold`], and the OpenSearch adapter indexes the folded
 //! body and sends folded terms, so both give the same answers.
 
-use std::fmt;
-
 use unicode_normalization::UnicodeNormalization;
 
 use crate::domain::AppId;
@@ -201,12 +199,6 @@ pub struct SearchRequest {
     pub order: SearchOrder,
     pub after: Option<SearchCursor>,
     pub limit: usize,
-}
-
-impl fmt::Display for SearchOrder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

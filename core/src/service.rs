@@ -931,20 +931,28 @@ impl ChatService {
             .ok_or(CoreError::NotFound("chat"))
     }
 
-    /// A chat's creation time, which also proves it exists (stored or accepted).
+    /// A chat's creation time, which also proves it exists (stored or accepted). A chat this process
+    /// knew keeps working while the store and the cache cannot say (an outage of the database is no
+    /// reason to refuse creates into a chat that took them a moment ago); one found deleted does not.
     async fn chat_birth(&self, app: AppId, number: u64) -> CoreResult<DateTime<Utc>> {
-        if let Some((at, checked)) = self.chat_births.get(&(app, number))
+        let known = self.chat_births.get(&(app, number));
+        if let Some((at, checked)) = known
             && checked.elapsed() < CHAT_RECHECK
         {
             return Ok(at);
         }
-        let chat = self.load_chat(app, number).await;
-        let chat = chat.inspect_err(|_| {
-            self.chat_births.remove(&(app, number));
-        })?;
-        self.chat_births
-            .insert((app, number), (chat.created_at, Instant::now()));
-        Ok(chat.created_at)
+        match self.load_chat(app, number).await {
+            Ok(chat) => {
+                self.chat_births
+                    .insert((app, number), (chat.created_at, Instant::now()));
+                Ok(chat.created_at)
+            }
+            Err(error) if error.is_transient() => known.map(|(at, _)| at).ok_or(error),
+            Err(error) => {
+                self.chat_births.remove(&(app, number));
+                Err(error)
+            }
+        }
     }
 
     /// A message that exists (stored or accepted); a deleted one is not found.

@@ -100,6 +100,27 @@ async fn a_token_the_shared_cache_lost_keeps_working_on_a_replica_that_knew_it()
         .expect("a token this replica knew keeps working while the store is down");
 }
 
+/// A chat this replica knew keeps taking messages while the store is down, past its recheck, even when
+/// the shared cache lost it (as Redis's entries go after their TTL).
+#[tokio::test]
+async fn a_chat_the_shared_cache_lost_keeps_taking_messages_while_the_store_is_down() {
+    let setup = setup(Duration::from_secs(1)).await;
+    let service = ChatService::new(setup.ports.clone());
+    let token = new_token(&service).await;
+    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    service
+        .create_message(&token, chat, "before", None)
+        .await
+        .unwrap();
+    setup.store_down().await;
+    // `store_down` waited past the tokens' recheck, longer than the chats': the chat is due for one,
+    // and the cache's entry for it is gone.
+    service
+        .create_message(&token, chat, "during the outage", None)
+        .await
+        .expect("a chat this replica knew keeps working while the store is down");
+}
+
 #[tokio::test]
 async fn a_replaced_token_stops_working_even_while_the_store_is_down() {
     let setup = setup(Duration::from_secs(600)).await;
