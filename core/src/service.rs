@@ -809,32 +809,39 @@ impl ChatService {
                 limit: limit as usize,
             })
             .await?;
-        let mut views: Vec<FoundMessageView> = Vec::with_capacity(found.messages.len());
-        let mut live_chats: HashMap<u64, bool> = HashMap::new();
-        for message in &found.messages {
-            // The index may still hold a message of a chat deleted a moment ago, indexed by another
-            // worker after the chat left the index: a hit is shown only while its chat exists.
-            let live = match live_chats.get(&message.chat_number) {
-                Some(live) => *live,
-                None => {
-                    let live = match self.chat_birth(app, message.chat_number).await {
-                        Ok(_) => true,
-                        Err(CoreError::NotFound(_)) => false,
-                        Err(e) => return Err(e),
-                    };
-                    live_chats.insert(message.chat_number, live);
-                    live
-                }
-            };
-            if live {
-                views.push(FoundMessageView::from(message));
-            }
-        }
+        let messages = match chat {
+            // The chat was found above.
+            Some(_) => found.messages,
+            None => self.in_live_chats(app, found.messages).await?,
+        };
+        let views: Vec<FoundMessageView> = messages.iter().map(FoundMessageView::from).collect();
         Ok(ListPage {
             json: serde_json::to_vec(&views).expect("views serialise").into(),
             next: found.next.map(|next| PageLink::after(next.render(scope))),
             ..ListPage::default()
         })
+    }
+
+    /// The messages whose chat exists. The index may still hold a message of a chat deleted a moment
+    /// ago, indexed by another worker after the chat left the index: a hit shows only while its chat
+    /// exists. Each chat is asked once.
+    async fn in_live_chats(&self, app: AppId, messages: Vec<Message>) -> CoreResult<Vec<Message>> {
+        let mut live: HashMap<u64, bool> = HashMap::new();
+        for chat in messages.iter().map(|m| m.chat_number) {
+            if live.contains_key(&chat) {
+                continue;
+            }
+            let exists = match self.chat_birth(app, chat).await {
+                Ok(_) => true,
+                Err(CoreError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            live.insert(chat, exists);
+        }
+        Ok(messages
+            .into_iter()
+            .filter(|m| live[&m.chat_number])
+            .collect())
     }
 
     /// The chat's changes as an event stream, after `after` (or from now on without it).

@@ -56,7 +56,7 @@ impl Dialect for MySql {
     const CHAT_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
         deleted_by = IF(deleted = 0 AND VALUES(deleted) = 1, VALUES(deleted_by), deleted_by), \
         messages_count = IF(deleted = 1, messages_count, messages_count + VALUES(messages_count)), \
-        changed_by = IF(VALUES(last_event) > 0, VALUES(changed_by), changed_by), \
+        changed_by = IF(VALUES(last_event) > 0 OR (deleted = 0 AND VALUES(deleted) = 1), VALUES(changed_by), changed_by), \
         last_event = IF(deleted = 1, last_event, last_event + VALUES(last_event)), \
         updated_at = IF(VALUES(messages_count) > 0, GREATEST(updated_at, VALUES(updated_at)), updated_at), \
         deleted = GREATEST(deleted, VALUES(deleted))";

@@ -32,7 +32,8 @@ pub trait Dialect: Database {
     const MESSAGE_UPSERT: &'static str;
     /// Ends the multi-row insert into `chats`: on an existing row the count grows by the new messages
     /// and `updated_at` moves to the latest of them; a tombstone stays one, its count and last change
-    /// as they were, and `deleted_by` names the batch that made it one.
+    /// as they were, and `deleted_by` names the batch that made it one. `changed_by` names the batch
+    /// that added a change to the chat or made it a tombstone.
     const CHAT_UPSERT: &'static str;
     /// The scalar greatest-of function.
     const GREATEST: &'static str;
@@ -162,6 +163,15 @@ fn change_kind(deleted: bool, created: bool) -> ChangeKind {
     }
 }
 
+/// A chat row a batch changed, read back with the batches that inserted it and made it a tombstone.
+#[derive(FromRow)]
+pub struct StoredChat {
+    #[sqlx(flatten)]
+    chat: Chat,
+    inserted_by: u64,
+    deleted_by: u64,
+}
+
 /// Rows a purge deletes per statement: each statement a short transaction of its own.
 const PURGE_ROWS: i64 = 5000;
 
@@ -206,13 +216,9 @@ where
     Chat: for<'r> FromRow<'r, DB::Row>,
     Message: for<'r> FromRow<'r, DB::Row>,
     (Option<u64>,): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, i64): for<'r> FromRow<'r, DB::Row>,
-    (u64, i64): for<'r> FromRow<'r, DB::Row>,
     (u64,): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
+    StoredChat: for<'r> FromRow<'r, DB::Row>,
     (u64, bool): for<'r> FromRow<'r, DB::Row>,
     (u64, Stamp): for<'r> FromRow<'r, DB::Row>,
     LoggedChange: for<'r> FromRow<'r, DB::Row>,
@@ -567,12 +573,8 @@ where
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
     Message: for<'r> FromRow<'r, DB::Row>,
     Chat: for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, i64): for<'r> FromRow<'r, DB::Row>,
-    (u64, i64): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, u64, u64): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
-    (u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
+    StoredChat: for<'r> FromRow<'r, DB::Row>,
     (u64, bool): for<'r> FromRow<'r, DB::Row>,
     (u64, Stamp): for<'r> FromRow<'r, DB::Row>,
 {
@@ -679,72 +681,62 @@ where
             .map_err(from_sqlx)?;
         }
 
-        // Chats deleted, by this batch or before it: what the batch wrote into them goes, and a chat
-        // this batch deleted logs its deletion as its last change.
-        let deleted_chats: Vec<(u64, u64, u64, u64)> = sqlx::query_as(
-            "SELECT application_id, number, deleted_by, last_event FROM chats WHERE changed_by = ? AND deleted = 1 \
-             UNION SELECT application_id, number, deleted_by, last_event FROM chats WHERE deleted_by = ?",
-        )
-        .bind(batch)
+        // Every chat the batch changed (inserted, added a change to, or made a tombstone), read once:
+        // the application counts, the deleted chats, the change numbers and the cache's states come
+        // from these rows. What the batch wrote into a deleted chat (deleted by it or before it) goes,
+        // and a chat this batch deleted logs its deletion as its last change.
+        let mut stored: Vec<StoredChat> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHAT_COLUMNS}, inserted_by, deleted_by FROM chats WHERE changed_by = ?"
+        )))
         .bind(batch)
         .fetch_all(&mut *tx)
         .await
         .map_err(from_sqlx)?;
+        let by_batch = |tag: u64| tag == batch as u64;
+        let mut chat_counts: BTreeMap<AppId, (i64, i64)> = BTreeMap::new();
+        let mut deleted_chats: BTreeSet<ChatKey> = BTreeSet::new();
         let mut chat_events = Vec::new();
-        for (app, chat, deleted_by, last) in &deleted_chats {
-            changed.remove(&(*app, *chat));
+        for row in &mut stored {
+            let chat = &mut row.chat;
+            let key = (chat.application_id, chat.number);
+            if by_batch(row.inserted_by) && !chat.deleted {
+                chat_counts.entry(key.0).or_default().0 += 1;
+            } else if by_batch(row.deleted_by) && !by_batch(row.inserted_by) {
+                chat_counts.entry(key.0).or_default().1 += 1;
+            }
+            if !chat.deleted {
+                continue;
+            }
+            deleted_chats.insert(key);
+            changed.remove(&key);
             sqlx::query(
                 "DELETE FROM messages WHERE application_id = ? AND chat_number = ? AND changed_by = ?",
             )
-            .bind(signed(*app))
-            .bind(signed(*chat))
+            .bind(signed(key.0))
+            .bind(signed(key.1))
             .bind(batch)
             .execute(&mut *tx)
             .await
             .map_err(from_sqlx)?;
-            if *deleted_by == batch as u64 {
+            if by_batch(row.deleted_by) {
                 let at = plan
                     .chats
-                    .get(&(*app, *chat))
-                    .map_or_else(crate::domain::now, |c| c.updated_at);
+                    .get(&key)
+                    .map_or(chat.updated_at, |c| c.updated_at);
                 sqlx::query(
-                    "UPDATE chats SET last_event = last_event + 1, changed_by = ?, updated_at = ?, messages_count = 0 \
+                    "UPDATE chats SET last_event = last_event + 1, updated_at = ?, messages_count = 0 \
                      WHERE application_id = ? AND number = ?",
                 )
-                .bind(batch)
                 .bind(Stamp(at))
-                .bind(signed(*app))
-                .bind(signed(*chat))
+                .bind(signed(key.0))
+                .bind(signed(key.1))
                 .execute(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
-                chat_events.push(ChatEvent::chat_deleted(*app, *chat, last + 1, at));
-            }
-        }
-        let in_deleted_chat = |app: u64, chat: u64| {
-            deleted_chats
-                .iter()
-                .any(|(a, c, _, _)| (*a, *c) == (app, chat))
-        };
-
-        // Each application's chats: those the batch inserted live, and those it turned into tombstones.
-        let chat_rows: Vec<(u64, u64, bool, u64)> = sqlx::query_as(
-            "SELECT application_id, inserted_by, deleted, deleted_by FROM chats WHERE inserted_by = ? \
-             UNION ALL SELECT application_id, inserted_by, deleted, deleted_by FROM chats WHERE deleted_by = ? AND inserted_by <> ?",
-        )
-        .bind(batch)
-        .bind(batch)
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(from_sqlx)?;
-        let mut chat_counts: BTreeMap<AppId, (i64, i64)> = BTreeMap::new();
-        for (app, inserted_by, deleted, deleted_by) in chat_rows {
-            let count = chat_counts.entry(app).or_default();
-            if inserted_by == batch as u64 {
-                count.0 += i64::from(!deleted);
-            } else if deleted_by == batch as u64 {
-                count.1 += 1;
+                chat.last_event += 1;
+                chat.updated_at = at;
+                chat.messages_count = 0;
+                chat_events.push(ChatEvent::chat_deleted(key.0, key.1, chat.last_event, at));
             }
         }
 
@@ -807,18 +799,12 @@ where
                 .map_err(from_sqlx)?;
             messages.extend(read);
         }
-        messages.retain(|m| !in_deleted_chat(m.application_id, m.chat_number));
+        messages.retain(|m| !deleted_chats.contains(&(m.application_id, m.chat_number)));
+        let stored_chats: Vec<Chat> = stored.into_iter().map(|row| row.chat).collect();
         let mut events = self
-            .log_changes(&mut tx, batch, &changed, &messages)
+            .log_changes(&mut tx, &stored_chats, &changed, &messages)
             .await?;
         events.extend(chat_events);
-        let stored_chats = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {CHAT_COLUMNS} FROM chats WHERE changed_by = ?"
-        )))
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(from_sqlx)?;
         tx.commit().await.map_err(from_sqlx)?;
         Ok(Ok(Applied {
             chats: plan.chats.keys().copied().collect(),
@@ -836,34 +822,29 @@ where
         }))
     }
 
-    /// Numbers the batch's changes after each chat's last one (its row, raised by the chat upsert and
-    /// locked by it until commit, holds the new last number) and appends them to the change log.
+    /// Numbers the batch's changes after each chat's last one (`chats`, read back after the chat
+    /// upsert, which locks them until commit, hold the new last numbers) and appends them to the change
+    /// log.
     ///
-    /// Both statements have the same text whatever the batch: the chats are found by the batch's tag,
-    /// and the log's rows, integers only, are written into the statement's text. A statement whose text
-    /// varies with the batch would be prepared and cached each time, and with MySQL each eviction from
-    /// sqlx's cache of prepared statements is a COM_STMT_CLOSE, which gets no answer: the next statement
-    /// then waits for the server's delayed ACK (40 ms, since sqlx leaves Nagle's algorithm on).
+    /// The log's rows, integers only, are written into the text of a statement sent unprepared. A
+    /// prepared statement whose text varies with the batch would be cached each time, and with MySQL each
+    /// eviction from sqlx's cache of prepared statements is a COM_STMT_CLOSE, which gets no answer: the
+    /// next statement then waits for the server's delayed ACK (40 ms, since sqlx leaves Nagle's
+    /// algorithm on).
     async fn log_changes(
         &self,
         tx: &mut sqlx::Transaction<'static, DB>,
-        batch: i64,
+        chats: &[Chat],
         changed: &BTreeMap<ChatKey, Vec<(u64, ChangeKind)>>,
         stored: &[Message],
     ) -> CoreResult<Vec<ChatEvent>> {
         if changed.is_empty() {
             return Ok(Vec::new());
         }
-        let last: BTreeMap<ChatKey, u64> = sqlx::query_as::<_, (u64, u64, u64)>(
-            "SELECT application_id, number, last_event FROM chats WHERE changed_by = ?",
-        )
-        .bind(batch)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(from_sqlx)?
-        .into_iter()
-        .map(|(app, chat, last)| ((app, chat), last))
-        .collect();
+        let last: BTreeMap<ChatKey, u64> = chats
+            .iter()
+            .map(|chat| ((chat.application_id, chat.number), chat.last_event))
+            .collect();
         let states: std::collections::HashMap<MessageKey, &Message> = stored
             .iter()
             .map(|m| ((m.application_id, m.chat_number, m.number), m))

@@ -49,7 +49,8 @@ impl Dialect for Sqlite {
         deleted_by = CASE WHEN chats.deleted = 0 AND excluded.deleted = 1 THEN excluded.deleted_by ELSE chats.deleted_by END, \
         messages_count = CASE WHEN chats.deleted = 1 THEN chats.messages_count \
             ELSE chats.messages_count + excluded.messages_count END, \
-        changed_by = CASE WHEN excluded.last_event > 0 THEN excluded.changed_by ELSE chats.changed_by END, \
+        changed_by = CASE WHEN excluded.last_event > 0 OR (chats.deleted = 0 AND excluded.deleted = 1) \
+            THEN excluded.changed_by ELSE chats.changed_by END, \
         last_event = CASE WHEN chats.deleted = 1 THEN chats.last_event ELSE chats.last_event + excluded.last_event END, \
         updated_at = CASE WHEN excluded.messages_count > 0 THEN MAX(chats.updated_at, excluded.updated_at) ELSE chats.updated_at END, \
         deleted = MAX(chats.deleted, excluded.deleted)";
