@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::command::Command;
 use crate::domain::{AppId, ChatEvent, Message};
+use crate::envelope;
 use crate::error::{CoreError, CoreResult};
 use crate::index_queue::IndexQueue;
 use crate::plan::{ChatKey, MessageKey};
@@ -156,27 +157,29 @@ const PUBLISH_QUEUE: usize = 8;
 struct Stored {
     applied: Applied,
     deliveries: Vec<Delivery>,
-    /// The message each delivery's command wrote, in the same order (none for a chat's creation).
-    keys: Vec<Option<MessageKey>>,
+    /// The messages the batch's commands wrote, each with the index of the delivery that carried it.
+    keys: Vec<(usize, MessageKey)>,
 }
 
 /// A stored batch waiting for its messages to be indexed: what to acknowledge, and what to announce.
 struct Waiting {
     deliveries: Vec<Delivery>,
-    keys: Vec<Option<MessageKey>>,
+    keys: Vec<(usize, MessageKey)>,
     events: Vec<ChatEvent>,
 }
 
-/// Deliveries whose messages are indexed, and those whose messages the search engine refused for good.
+/// A batch whose messages are indexed, or refused for good by the search engine: those go to the
+/// dead-letter queue (each as a command with the index of its delivery, and the reason), then every
+/// delivery is acknowledged.
 struct Indexed {
     deliveries: Vec<Delivery>,
-    refused: Vec<(Delivery, String)>,
+    refused: Vec<(usize, Vec<u8>, String)>,
 }
 
-/// Dead-letters what the index refused (each acknowledged on its own), then acknowledges the rest.
+/// Sets aside what the index refused, then acknowledges the batch's deliveries.
 async fn settle(source: &mut dyn CommandSource, done: Indexed) {
-    for (delivery, reason) in &done.refused {
-        if let Err(e) = dead_letter(source, delivery, reason).await {
+    for (index, command, reason) in &done.refused {
+        if let Err(e) = set_aside(source, &done.deliveries[*index], command, reason).await {
             tracing::warn!(error = %e, "dead-lettering failed; those commands will be redelivered");
             return;
         }
@@ -364,47 +367,34 @@ async fn forget_until_done(
         .ok()
 }
 
-/// Splits off the deliveries whose messages the index refused, each with a command that restores the
-/// message's stored state (their own payloads were dropped once applied): replaying it from the
-/// dead-letter queue stores nothing new and indexes the message again.
+/// Pairs each message the index refused with a command that restores its stored state (the
+/// deliveries' own payloads were dropped once applied): replaying it from the dead-letter queue stores
+/// nothing new and indexes the message again.
 fn set_aside_refused(
     deliveries: Vec<Delivery>,
-    keys: &[Option<MessageKey>],
+    keys: &[(usize, MessageKey)],
     refused: &[(IndexRefusal, Message)],
 ) -> Indexed {
-    if refused.is_empty() {
-        return Indexed {
-            deliveries,
-            refused: Vec::new(),
-        };
-    }
-    let mut kept = Vec::with_capacity(deliveries.len());
     let mut set_aside = Vec::new();
-    for (delivery, key) in deliveries.into_iter().zip(keys) {
-        // The latest stored state of the message, when several of its states were refused.
-        let refusal = key.and_then(|key| refused.iter().rev().find(|(r, _)| r.key == key));
-        match refusal {
-            Some((refusal, message)) => {
-                let payload = Command::restoring(message).encode();
-                let reason = format!("stored but not searchable: {}", refusal.reason);
-                set_aside.push((
-                    Delivery {
-                        payload,
-                        ..delivery
-                    },
-                    reason,
-                ));
-            }
-            None => kept.push(delivery),
+    let mut seen = std::collections::HashSet::new();
+    for (index, key) in keys {
+        // The latest stored state of the message, once, when several of its states were refused.
+        if let Some((refusal, message)) = refused.iter().rev().find(|(r, _)| r.key == *key)
+            && seen.insert(*key)
+        {
+            let reason = format!("stored but not searchable: {}", refusal.reason);
+            set_aside.push((*index, Command::restoring(message).encode(), reason));
         }
     }
     Indexed {
-        deliveries: kept,
+        deliveries,
         refused: set_aside,
     }
 }
 
-/// Decodes and applies one batch; returns what is left to cache, index and acknowledge.
+/// Opens and decodes one batch's deliveries, setting aside what cannot be a command (a broken envelope
+/// whole, a bad command of a sound one alone), applies the commands, and returns what is left to cache,
+/// index and acknowledge: every delivery, since everything each holds is now stored or set aside.
 async fn store_batch(
     source: &mut dyn CommandSource,
     ports: &IngestPorts,
@@ -412,55 +402,73 @@ async fn store_batch(
     batch: Vec<Delivery>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> CoreResult<Option<Stored>> {
-    let started = Instant::now();
-    let mut commands = Vec::with_capacity(batch.len());
-    let mut accepted = Vec::with_capacity(batch.len());
-    for delivery in batch {
-        match Command::decode(&delivery.payload) {
-            Ok(command) => {
-                commands.push(command);
-                accepted.push(delivery);
-            }
-            Err(e) => dead_letter(source, &delivery, &e.to_string()).await?,
-        }
-    }
-    if commands.is_empty() {
+    if batch.is_empty() {
         return Ok(None);
     }
-    let (applied, refused) = apply(
-        ports.store.as_ref(),
-        &commands,
-        settings.max_attempts,
-        shutdown,
-    )
-    .await?;
+    let started = Instant::now();
+    let mut commands = Vec::with_capacity(batch.len());
+    // The index of the delivery that carried each command.
+    let mut carriers = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match envelope::open(&delivery.payload) {
+            Ok(parts) => {
+                for part in parts {
+                    match Command::decode(part) {
+                        Ok(command) => {
+                            commands.push(command);
+                            carriers.push(index);
+                        }
+                        Err(e) => set_aside(source, delivery, part, &e.to_string()).await?,
+                    }
+                }
+            }
+            Err(reason) => {
+                let reason = format!("undecodable envelope: {reason}");
+                set_aside(source, delivery, &delivery.payload, &reason).await?;
+            }
+        }
+    }
+    let (applied, refused) = if commands.is_empty() {
+        (Applied::default(), Vec::new())
+    } else {
+        apply(
+            ports.store.as_ref(),
+            &commands,
+            settings.max_attempts,
+            shutdown,
+        )
+        .await?
+    };
     for (index, reason) in &refused {
-        dead_letter(source, &accepted[*index], reason).await?;
+        let carrier = &batch[carriers[*index]];
+        set_aside(source, carrier, &commands[*index].encode(), reason).await?;
     }
     purge(ports.store.as_ref(), &applied, shutdown).await?;
     // The batch's own time ends here: caching and indexing belong to the publish stage.
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "apply").record(seconds);
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
-    // Only the tags are needed from here on: dropping the payloads keeps a worker holding `prefetch`
-    // deliveries at one copy of each body, whether it waits to be applied or to be acknowledged.
-    let (deliveries, keys): (Vec<Delivery>, Vec<Option<MessageKey>>) = accepted
-        .into_iter()
-        .zip(&commands)
+    let keys: Vec<(usize, MessageKey)> = commands
+        .iter()
+        .zip(&carriers)
         .enumerate()
         .filter(|(i, _)| !refused.contains(i))
-        .map(|(_, (delivery, command))| {
-            let delivery = Delivery {
-                payload: Vec::new(),
-                ..delivery
-            };
-            (delivery, command.message_key())
+        .filter_map(|(_, (command, carrier))| Some((*carrier, command.message_key()?)))
+        .collect();
+    let applied_count = commands.len() - refused.len();
+    // Only the tags are needed from here on: dropping the payloads keeps a worker holding `prefetch`
+    // deliveries at one copy of each body, whether it waits to be applied or to be acknowledged.
+    let deliveries: Vec<Delivery> = batch
+        .into_iter()
+        .map(|delivery| Delivery {
+            payload: Vec::new(),
+            ..delivery
         })
-        .unzip();
+        .collect();
     metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "applied")
-        .increment(deliveries.len() as u64);
+        .increment(applied_count as u64);
     metrics::histogram!(telemetry::WORKER_BATCH.name).record(seconds);
-    metrics::histogram!(telemetry::WORKER_BATCH_SIZE.name).record(deliveries.len() as f64);
+    metrics::histogram!(telemetry::WORKER_BATCH_SIZE.name).record(applied_count as f64);
     Ok(Some(Stored {
         applied,
         deliveries,
@@ -468,9 +476,10 @@ async fn store_batch(
     }))
 }
 
-async fn dead_letter(
+async fn set_aside(
     source: &mut dyn CommandSource,
     delivery: &Delivery,
+    command: &[u8],
     reason: &str,
 ) -> CoreResult<()> {
     tracing::error!(
@@ -479,7 +488,7 @@ async fn dead_letter(
         "command moved to the dead-letter queue"
     );
     metrics::counter!(telemetry::WORKER_COMMANDS.name, "result" => "dead_lettered").increment(1);
-    source.dead_letter(delivery, reason).await
+    source.set_aside(delivery, command, reason).await
 }
 
 /// Removes what the batch deleted from the store: the messages of its deleted chats, and whatever its

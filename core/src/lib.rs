@@ -5,7 +5,9 @@
 pub mod adapters;
 pub mod command;
 pub mod domain;
+pub mod envelope;
 pub mod error;
+pub mod group_commit;
 pub mod health;
 pub mod idempotency;
 pub mod index_queue;

@@ -198,8 +198,12 @@ pub trait Queue: Send + Sync {
     async fn ping(&self) -> CoreResult<()>;
     /// Returns once the broker has durably stored the command.
     async fn publish(&self, command: &Command) -> CoreResult<()>;
-    /// Commands waiting to be consumed.
+    /// Messages waiting to be consumed.
     async fn backlog(&self) -> CoreResult<u64>;
+    /// Commands waiting to be consumed, at most (a message may carry several).
+    async fn queued_commands_at_most(&self) -> CoreResult<u64> {
+        self.backlog().await
+    }
 }
 
 #[derive(Debug)]
@@ -210,14 +214,18 @@ pub struct Delivery {
     /// Which of the source's queues delivered it, on a channel of its own: a tag is also only valid on
     /// its own channel.
     pub lane: usize,
+    /// One command, or an envelope of several (see [`crate::envelope`]).
     pub payload: Vec<u8>,
     pub redelivered: bool,
+    /// The message's headers that hold text, kept on whatever is set aside from it.
+    pub headers: Vec<(String, String)>,
 }
 
 /// How large a batch of deliveries may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
-    pub deliveries: usize,
+    /// Commands, counting each of an envelope's: a batch holds more only when its one delivery does.
+    pub commands: usize,
     /// Payload bytes: a batch holds more only when its one delivery is larger.
     pub bytes: usize,
     /// How long to wait for more once the first delivery has arrived.
@@ -231,8 +239,15 @@ pub trait CommandSource: Send {
     /// (re)connected.
     async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>>;
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()>;
-    /// Moves one delivery to the dead-letter queue with the reason, then acknowledges it.
-    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()>;
+    /// Sends an encoded command taken from `delivery` (the whole payload, or one command of its
+    /// envelope) to the dead-letter queue with the reason and the delivery's headers. The delivery
+    /// itself is acknowledged with its batch, after everything else it holds is stored or set aside.
+    async fn set_aside(
+        &mut self,
+        delivery: &Delivery,
+        command: &[u8],
+        reason: &str,
+    ) -> CoreResult<()>;
 }
 
 /// What the shared cache holds for a token.

@@ -1175,12 +1175,12 @@ pub struct ReseedFloor {
 impl NumberFloor for ReseedFloor {
     async fn chat_floor(&self, app: AppId) -> CoreResult<u64> {
         let stored = self.store.max_chat_number(app).await?;
-        Ok(stored + self.queue.backlog().await? + self.margin)
+        Ok(stored + self.queue.queued_commands_at_most().await? + self.margin)
     }
 
     async fn message_floor(&self, app: AppId, chat: u64) -> CoreResult<u64> {
         let stored = self.store.max_message_number(app, chat).await?;
-        Ok(stored + self.queue.backlog().await? + self.margin)
+        Ok(stored + self.queue.queued_commands_at_most().await? + self.margin)
     }
 }
 

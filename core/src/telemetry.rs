@@ -127,6 +127,11 @@ pub const WORKER_BATCH: Metric = histogram(
     "Time to store one batch in the database, from its first delivery to its commit.",
     &[],
 );
+pub const QUEUE_ENVELOPE_COMMANDS: Metric = histogram(
+    "chatsys_queue_envelope_commands",
+    "Commands per message published to the command queue (the group commits' sizes).",
+    &[],
+);
 pub const WORKER_BATCH_SIZE: Metric = histogram(
     "chatsys_worker_batch_size",
     "Commands per stored batch.",
@@ -163,6 +168,7 @@ pub const CATALOGUE: &[Metric] = &[
     CACHE_PAGES_TOO_LARGE,
     COUNTER_RESEEDS,
     QUEUE_PUBLISH,
+    QUEUE_ENVELOPE_COMMANDS,
     WORKER_COMMANDS,
     QUEUE_MESSAGES,
     WORKER_BATCH,

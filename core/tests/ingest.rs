@@ -90,6 +90,7 @@ impl CommandSource for ScriptedSource {
                     lane: 0,
                     payload: command.encode(),
                     redelivered: false,
+                    headers: Vec::new(),
                 })
                 .collect()),
             None => {
@@ -109,7 +110,12 @@ impl CommandSource for ScriptedSource {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
+    async fn set_aside(
+        &mut self,
+        delivery: &Delivery,
+        command: &[u8],
+        reason: &str,
+    ) -> CoreResult<()> {
         self.log
             .lock()
             .unwrap()
@@ -117,7 +123,7 @@ impl CommandSource for ScriptedSource {
             .push(Settled::DeadLettered {
                 tag: delivery.tag,
                 reason: reason.to_string(),
-                payload: delivery.payload.clone(),
+                payload: command.to_vec(),
             });
         Ok(())
     }
@@ -217,7 +223,7 @@ async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<Ing
     };
     let settings = IngestSettings {
         batch: BatchLimits {
-            deliveries: 2,
+            commands: 2,
             bytes: 1 << 20,
             wait: Duration::from_millis(5),
         },
@@ -278,7 +284,7 @@ async fn nothing_is_acknowledged_before_the_index_takes_it() {
 }
 
 /// A message the index refuses for good goes to the dead-letter queue with the reason and a command
-/// that restores it, before any acknowledgement covers its tag; the others are acknowledged.
+/// that restores it, before any acknowledgement covers its tag.
 #[tokio::test]
 async fn a_refused_message_is_dead_lettered_with_its_reason() {
     let (log, _) = ingest_two_batches(ScriptedSearch {

@@ -214,7 +214,7 @@ pub struct Standalone {
 /// Standalone's settings of the ingest loop: small batches soon, since one process does everything.
 const STANDALONE_INGEST: IngestSettings = IngestSettings {
     batch: BatchLimits {
-        deliveries: 1000,
+        commands: 1000,
         bytes: 16 << 20,
         wait: Duration::from_millis(5),
     },

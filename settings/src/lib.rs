@@ -212,7 +212,8 @@ pub struct ServeArgs {
     /// MySQL connections.
     #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = connections::API_POOL)]
     pub db_pool_size: u32,
-    /// AMQP channels shared by concurrent requests.
+    /// AMQP channels shared by concurrent requests; each carries one envelope of waiting commands at a
+    /// time.
     #[arg(long, env = env::CHATSYS_PUBLISH_CHANNELS, default_value_t = 4)]
     pub publish_channels: usize,
     /// A publish not confirmed by then answers 503.

@@ -93,7 +93,7 @@ pub async fn start(args: &WorkerArgs) -> anyhow::Result<Running> {
     let store = ports.store.clone();
     let settings = IngestSettings {
         batch: BatchLimits {
-            deliveries: args.batch_size.max(1),
+            commands: args.batch_size.max(1),
             bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
             wait: Duration::from_millis(args.batch_wait_ms),
         },

@@ -621,3 +621,232 @@ async fn an_idle_worker_is_ready_again_once_it_has_reconnected() {
     }
     worker.stop().await;
 }
+
+/// Publishes one message with these properties.
+async fn publish_with(channel: &Channel, queue: &str, payload: &[u8], properties: BasicProperties) {
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            payload,
+            properties,
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
+}
+
+/// A worker stored part of an envelope (its batch was split after a refusal, say) and died before
+/// acknowledging it: the envelope comes back whole, and every command in it is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_a_worker_died_in_is_stored_once_when_redelivered() {
+    use chatsys_core::adapters::mysql::MySqlStore;
+    use chatsys_core::ports::Store;
+
+    let s = setup().await;
+    let app = application_after_migration(&s).await;
+    let commands: Vec<Vec<u8>> = std::iter::once(chat(app))
+        .chain((1..=30).map(|n| message(app, n, &format!("m{n}"))))
+        .collect();
+    let (_connection, channel) = open_channel().await;
+    publish(
+        &channel,
+        &s.queue,
+        &[chatsys_core::envelope::seal(&commands)],
+    )
+    .await;
+    // The worker that died had stored the chat and the first fifteen messages.
+    let store = MySqlStore::connect(&s.database_url, 2).unwrap();
+    let stored_first: Vec<Command> = commands[..16]
+        .iter()
+        .map(|c| Command::decode(c).unwrap())
+        .collect();
+    store.apply(&stored_first).await.unwrap();
+    {
+        let (crashed, channel) = open_channel().await;
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(s.queue.as_str()),
+                ShortString::from("doomed"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        consumer.next().await.unwrap().unwrap();
+        drop(consumer);
+        crashed
+            .close(320, ShortString::from("simulated crash"))
+            .await
+            .unwrap();
+    }
+    let worker = start(&s.args).await;
+    assert_eq!(drained(&s.database_url, app, 30).await, (30, 30, 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        depth(&channel, &s.queue).await,
+        0,
+        "the envelope was acknowledged"
+    );
+}
+
+/// One bad command in an envelope goes to the dead-letter queue alone, as itself, with its reason and
+/// the envelope's headers; the envelope's other commands are stored, and the envelope acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
+    let s = setup().await;
+    let app = application_after_migration(&s).await;
+    let (_connection, channel) = open_channel().await;
+    let invalid = Command::CreateMessage {
+        application_id: app,
+        chat_number: 1,
+        chat_created_at: at(0),
+        number: 0,
+        body: "numbered zero".into(),
+        at: at(0),
+    }
+    .encode();
+    let commands = vec![
+        chat(app),
+        message(app, 1, "before"),
+        invalid.clone(),
+        message(app, 2, "after"),
+    ];
+    // Declares the queue, publishing nothing.
+    publish(&channel, &s.queue, &[]).await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("x-chatsys-commands"),
+        AMQPValue::LongString("4".into()),
+    );
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    publish_with(
+        &channel,
+        &s.queue,
+        &chatsys_core::envelope::seal(&commands),
+        properties,
+    )
+    .await;
+    let worker = start(&s.args).await;
+    assert_eq!(drained(&s.database_url, app, 2).await, (2, 2, 1));
+
+    let dead = format!("{}.dead", s.queue);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let letter = loop {
+        let got = channel
+            .basic_get(
+                ShortString::from(dead.as_str()),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        match got {
+            Some(message) => break message,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => panic!("nothing was dead-lettered"),
+        }
+    };
+    assert_eq!(letter.delivery.data, invalid, "the bad command alone");
+    let headers = letter
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let text = |name: &str| match headers.inner().get(name) {
+        Some(AMQPValue::LongString(value)) => value.to_string(),
+        other => panic!("header {name}: {other:?}"),
+    };
+    assert!(
+        text("x-chatsys-reason").contains("out of range"),
+        "{headers:?}"
+    );
+    assert_eq!(text("x-chatsys-commands"), "4", "the envelope's header");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(depth(&channel, &dead).await, 0, "one dead letter only");
+    assert_eq!(
+        depth(&channel, &s.queue).await,
+        0,
+        "the envelope was acknowledged"
+    );
+}
+
+/// Publishes as the API does: a lone command goes at once, as itself; commands published together
+/// while the channel awaits a confirm share envelopes, each command in exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
+    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_core::ports::Queue;
+    use std::sync::Arc;
+
+    let s = setup().await;
+    let api = Arc::new(AmqpQueue::new(
+        &amqp_url(),
+        CommandQueues::new(&s.queue, 1),
+        1,
+        Duration::from_secs(5),
+    ));
+    let lone = Command::CreateChat {
+        application_id: 1,
+        number: 1,
+        at: at(0),
+    };
+    api.publish(&lone).await.unwrap();
+    let (_connection, channel) = open_channel().await;
+    let get = || async {
+        channel
+            .basic_get(
+                ShortString::from(s.queue.as_str()),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+    };
+    let first = get().await.expect("the lone command is queued");
+    assert_eq!(first.delivery.data, lone.encode());
+
+    let publishes: Vec<_> = (1..=300)
+        .map(|n| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let command = Command::CreateMessage {
+                    application_id: 1,
+                    chat_number: 1,
+                    chat_created_at: at(0),
+                    number: n,
+                    body: format!("m{n}"),
+                    at: at(0),
+                };
+                api.publish(&command).await.map(|()| command)
+            })
+        })
+        .collect();
+    let mut published = Vec::new();
+    for publish in publishes {
+        published.push(publish.await.unwrap().unwrap().encode());
+    }
+    let mut queued = Vec::new();
+    let mut messages = 0;
+    while let Some(message) = get().await {
+        messages += 1;
+        let parts = chatsys_core::envelope::open(&message.delivery.data).unwrap();
+        queued.extend(parts.into_iter().map(<[u8]>::to_vec));
+    }
+    published.sort();
+    queued.sort();
+    assert_eq!(queued, published, "each command in exactly one message");
+    assert!(
+        messages < 300 / 4,
+        "300 concurrent publishes on one channel went out as {messages} messages"
+    );
+    println!("300 concurrent publishes went out as {messages} messages");
+}

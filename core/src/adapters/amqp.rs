@@ -1,9 +1,8 @@
-//! RabbitMQ: the durable command queue. Publishing shares a few confirm-mode channels across all
-//! concurrent requests (a publish waits for its own confirm, never for other requests' ones); consuming
-//! uses manual acknowledgements with a prefetch window.
+//! RabbitMQ: the durable command queue. Publishing carries concurrent requests' commands in group
+//! commits over a few confirm-mode channels (a publish waits for the confirm of the envelope that
+//! carries it); consuming uses manual acknowledgements with a prefetch window.
 
 use crate::telemetry;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,7 +18,9 @@ use tokio::sync::Mutex;
 
 use crate::command::Command;
 use crate::domain::AppId;
+use crate::envelope;
 use crate::error::{Backend, CoreError, CoreResult};
+use crate::group_commit::{Flush, GroupCommit, GroupLimits};
 use crate::ports::{BatchLimits, CommandSource, Delivery, Queue};
 
 fn unavailable(e: impl std::fmt::Display) -> CoreError {
@@ -175,12 +176,33 @@ pub async fn declare(channel: &Channel, queues: &CommandQueues) -> CoreResult<()
     Ok(())
 }
 
-fn persistent() -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
+/// The properties of a message of `commands` commands: one is a command as it always was, more are an
+/// envelope (see [`envelope`]); the header says how many, for whoever reads the queue by hand.
+fn persistent(commands: usize) -> BasicProperties {
+    let (content_type, count) = if commands == 1 {
         // A JSON header line, then the body's bytes (see `Command::encode`).
-        .with_content_type(ShortString::from("application/vnd.chatsys.command"))
+        ("application/vnd.chatsys.command", None)
+    } else {
+        ("application/vnd.chatsys.envelope.v1", Some(commands))
+    };
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from(content_type));
+    match count {
+        Some(count) => {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                ShortString::from(COMMANDS_HEADER),
+                AMQPValue::LongString(LongString::from(count.to_string())),
+            );
+            properties.with_headers(headers)
+        }
+        None => properties,
+    }
 }
+
+/// The header of an envelope that says how many commands it holds.
+const COMMANDS_HEADER: &str = "x-chatsys-commands";
 
 /// Publishes with mandatory routing and waits for the broker's confirm: only then is the command durable.
 async fn publish_confirmed(
@@ -220,35 +242,15 @@ enum LinkState {
     Down { since: Instant, reason: String },
 }
 
-pub struct AmqpQueue {
+/// The publishing connection and its confirm-mode channels, reconnected when they break.
+struct Broker {
     url: String,
     queues: CommandQueues,
     channel_count: usize,
-    publish_timeout: Duration,
     link: Mutex<LinkState>,
-    next_channel: AtomicUsize,
 }
 
-impl AmqpQueue {
-    pub fn new(
-        url: &str,
-        queues: CommandQueues,
-        channel_count: usize,
-        publish_timeout: Duration,
-    ) -> Self {
-        AmqpQueue {
-            url: url.to_string(),
-            queues,
-            channel_count: channel_count.max(1),
-            publish_timeout,
-            link: Mutex::new(LinkState::Down {
-                since: Instant::now() - RECONNECT_PAUSE,
-                reason: "not connected".into(),
-            }),
-            next_channel: AtomicUsize::new(0),
-        }
-    }
-
+impl Broker {
     async fn open(&self) -> CoreResult<Link> {
         let connection = connect(&self.url, "chatsys-api").await?;
         let mut channels = Vec::with_capacity(self.channel_count);
@@ -303,43 +305,121 @@ impl AmqpQueue {
     }
 }
 
+/// Publishes the commands waiting for one queue as one envelope on the lane's own channel, and
+/// answers each of them with the broker's confirm of it.
+struct EnvelopePublisher {
+    broker: std::sync::Arc<Broker>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl Flush for EnvelopePublisher {
+    type Item = Vec<u8>;
+    type Output = Result<(), String>;
+
+    async fn flush(&self, lane: usize, queue: usize, commands: Vec<Vec<u8>>) -> Vec<Self::Output> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, async {
+            let link = self.broker.link().await?;
+            let channel = &link.channels[lane % link.channels.len()];
+            publish_confirmed(
+                channel,
+                &self.broker.queues.name(queue),
+                &envelope::seal(&commands),
+                persistent(commands.len()),
+            )
+            .await
+        })
+        .await
+        .unwrap_or_else(|_| Err(unavailable("RabbitMQ did not confirm in time")));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(telemetry::QUEUE_PUBLISH.name, "result" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::QUEUE_ENVELOPE_COMMANDS.name).record(commands.len() as f64);
+        let result = result.map_err(|e| e.to_string());
+        vec![result; commands.len()]
+    }
+}
+
+/// Publishing side of the command queues. Concurrent publishes are carried in group commits: the
+/// commands waiting for a queue while every channel awaits a confirm go out together as one envelope
+/// (see [`envelope`]) on the next channel free, and each publish returns once the broker confirmed the
+/// envelope that carries it.
+pub struct AmqpQueue {
+    broker: std::sync::Arc<Broker>,
+    publishing: GroupCommit<EnvelopePublisher>,
+}
+
+impl AmqpQueue {
+    /// `channel_count` channels, each carrying one envelope at a time; must be called within a Tokio
+    /// runtime.
+    pub fn new(
+        url: &str,
+        queues: CommandQueues,
+        channel_count: usize,
+        publish_timeout: Duration,
+    ) -> Self {
+        let channel_count = channel_count.max(1);
+        let broker = std::sync::Arc::new(Broker {
+            url: url.to_string(),
+            queues: queues.clone(),
+            channel_count,
+            link: Mutex::new(LinkState::Down {
+                since: Instant::now() - RECONNECT_PAUSE,
+                reason: "not connected".into(),
+            }),
+        });
+        let publisher = EnvelopePublisher {
+            broker: broker.clone(),
+            timeout: publish_timeout,
+        };
+        let limits = GroupLimits {
+            count: envelope::MAX_COMMANDS,
+            bytes: envelope::PARTS_BYTES,
+            lanes: channel_count,
+        };
+        AmqpQueue {
+            publishing: GroupCommit::start(publisher, queues.count(), limits),
+            broker,
+        }
+    }
+
+    async fn link(&self) -> CoreResult<std::sync::Arc<Link>> {
+        self.broker.link().await
+    }
+}
+
 #[async_trait]
 impl Queue for AmqpQueue {
     /// Connected, and no command queue is left without a consumer while another has one.
     async fn ping(&self) -> CoreResult<()> {
         let link = self.link().await?;
-        match stranding(&existing_queues(&link.connection, &self.queues).await?) {
+        match stranding(&existing_queues(&link.connection, &self.broker.queues).await?) {
             Some(reason) => Err(unavailable(reason)),
             None => Ok(()),
         }
     }
 
     async fn publish(&self, command: &Command) -> CoreResult<()> {
-        let started = Instant::now();
-        let link = self.link().await?;
-        let channel =
-            &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
-        let result = tokio::time::timeout(
-            self.publish_timeout,
-            publish_confirmed(
-                channel,
-                &self.queues.name(self.queues.of(command)),
-                &command.encode(),
-                persistent(),
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| Err(unavailable("RabbitMQ did not confirm in time")));
-        metrics::histogram!(telemetry::QUEUE_PUBLISH.name, "result" => if result.is_ok() { "ok" } else { "error" })
-            .record(started.elapsed().as_secs_f64());
-        result
+        let encoded = command.encode();
+        let size = encoded.len() + envelope::PART_OVERHEAD;
+        let queue = self.broker.queues.of(command);
+        match self.publishing.submit(queue, size, encoded).await {
+            Some(result) => result.map_err(unavailable),
+            None => Err(unavailable("the publisher stopped")),
+        }
     }
 
-    /// Commands waiting in every command queue that exists, this process's or not.
+    /// Messages waiting in every command queue that exists, this process's or not.
     async fn backlog(&self) -> CoreResult<u64> {
         let link = self.link().await?;
-        let queues = existing_queues(&link.connection, &self.queues).await?;
+        let queues = existing_queues(&link.connection, &self.broker.queues).await?;
         Ok(queues.iter().map(|queue| queue.messages).sum())
+    }
+
+    /// Each waiting message counted as a full envelope.
+    async fn queued_commands_at_most(&self) -> CoreResult<u64> {
+        Ok(self.backlog().await? * envelope::MAX_COMMANDS as u64)
     }
 }
 
@@ -347,7 +427,7 @@ impl AmqpQueue {
     /// Commands the worker refused for good, waiting in the dead-letter queue.
     pub async fn dead_letters(&self) -> CoreResult<u64> {
         let link = self.link().await?;
-        let queue = queue_state(&link.connection, &self.queues.dead_letters()).await?;
+        let queue = queue_state(&link.connection, &self.broker.queues.dead_letters()).await?;
         Ok(queue.map_or(0, |queue| queue.messages))
     }
 }
@@ -486,22 +566,41 @@ impl AmqpSource {
     }
 
     fn delivery(&self, lane: usize, d: lapin::message::Delivery) -> Pending {
+        let headers = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .iter()
+                    .filter_map(|(name, value)| match value {
+                        AMQPValue::LongString(text) => Some((name.to_string(), text.to_string())),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Pending {
-            application: Command::application_of(&d.data),
+            application: envelope::application_of(&d.data),
+            commands: envelope::commands_in(&d.data),
             delivery: Delivery {
                 tag: d.delivery_tag,
                 connection: self.connection,
                 lane,
                 payload: d.data,
                 redelivered: d.redelivered,
+                headers,
             },
         }
     }
 }
 
-/// A delivery taken from the consumer, with its command's application (read once, to choose batches).
+/// A delivery taken from the consumer, with its (first) command's application and how many commands
+/// it holds (read once, to choose batches).
 struct Pending {
     application: Option<AppId>,
+    commands: usize,
     delivery: Delivery,
 }
 
@@ -545,7 +644,8 @@ impl CommandSource for AmqpSource {
         }
         let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
         let mut bytes: usize = self.pending.iter().map(|p| p.delivery.payload.len()).sum();
-        while self.pending.len() < limits.deliveries && bytes <= limits.bytes {
+        let mut commands: usize = self.pending.iter().map(|p| p.commands).sum();
+        while commands < limits.commands && bytes <= limits.bytes {
             let next = tokio::time::timeout_at(
                 deadline,
                 self.link.as_mut().expect("connected").consumers.next(),
@@ -555,6 +655,7 @@ impl CommandSource for AmqpSource {
                 Ok(Some((lane, Ok(d)))) => {
                     let d = self.delivery(lane, d);
                     bytes += d.delivery.payload.len();
+                    commands += d.commands;
                     self.pending.push(d);
                 }
                 // A broken link after the first delivery: process what arrived; acknowledging will fail
@@ -573,10 +674,14 @@ impl CommandSource for AmqpSource {
             self.pending.push(d);
         }
         // What the batch does not take waits for the next one, in its order.
-        let sizes: Vec<(Option<AppId>, usize)> = self
+        let sizes: Vec<Sized> = self
             .pending
             .iter()
-            .map(|p| (p.application, p.delivery.payload.len()))
+            .map(|p| Sized {
+                application: p.application,
+                commands: p.commands,
+                bytes: p.delivery.payload.len(),
+            })
             .collect();
         let mut chosen = fair_batch(&sizes, limits).into_iter().peekable();
         let mut batch = Vec::new();
@@ -601,7 +706,7 @@ impl CommandSource for AmqpSource {
             .iter()
             .filter(|d| d.connection == self.connection);
         for delivery in current {
-            link.acks[delivery.lane].settle(delivery.tag, false);
+            link.acks[delivery.lane].settle(delivery.tag);
         }
         let mut result = Ok(());
         for (acks, channel) in link.acks.iter_mut().zip(&link.channels) {
@@ -617,7 +722,12 @@ impl CommandSource for AmqpSource {
         result.map_err(|e| self.broken(e))
     }
 
-    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
+    async fn set_aside(
+        &mut self,
+        delivery: &Delivery,
+        command: &[u8],
+        reason: &str,
+    ) -> CoreResult<()> {
         if delivery.connection != self.connection {
             // Delivered on a connection that broke: the broker redelivers it, and it is judged again.
             return Ok(());
@@ -626,6 +736,12 @@ impl CommandSource for AmqpSource {
             return Err(unavailable("not connected"));
         };
         let mut headers = FieldTable::default();
+        for (name, value) in &delivery.headers {
+            headers.insert(
+                ShortString::from(name.clone()),
+                AMQPValue::LongString(LongString::from(value.clone())),
+            );
+        }
         headers.insert(
             ShortString::from("x-chatsys-reason"),
             AMQPValue::LongString(LongString::from(reason.to_string())),
@@ -634,29 +750,10 @@ impl CommandSource for AmqpSource {
             ShortString::from("x-chatsys-queue"),
             AMQPValue::LongString(LongString::from(self.queues.name(delivery.lane))),
         );
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(headers);
+        let properties = persistent(1).with_headers(headers);
         let channel = link.channels[delivery.lane].clone();
-        let result = async {
-            publish_confirmed(
-                &channel,
-                &self.queues.dead_letters(),
-                &delivery.payload,
-                properties,
-            )
-            .await?;
-            channel
-                .basic_ack(delivery.tag, BasicAckOptions { multiple: false })
-                .await
-                .map_err(unavailable)
-        }
-        .await;
-        if result.is_ok()
-            && let Some(link) = self.link.as_mut()
-        {
-            link.acks[delivery.lane].settle(delivery.tag, true);
-        }
+        let result =
+            publish_confirmed(&channel, &self.queues.dead_letters(), command, properties).await;
         result.map_err(|e| self.broken(e))
     }
 }
@@ -669,65 +766,68 @@ impl CommandSource for AmqpSource {
 struct LaneAcks {
     /// Every tag up to this one is settled.
     through: u64,
-    /// Settled tags after a gap, and whether each was acknowledged alone (a dead-lettered delivery).
-    waiting: std::collections::BTreeMap<u64, bool>,
+    /// Settled tags after a gap.
+    waiting: std::collections::BTreeSet<u64>,
 }
 
 impl LaneAcks {
-    /// Notes a settled tag; `alone` when it was acknowledged by itself already.
-    fn settle(&mut self, tag: u64, alone: bool) {
+    fn settle(&mut self, tag: u64) {
         if tag > self.through {
-            self.waiting.insert(tag, alone);
+            self.waiting.insert(tag);
         }
     }
 
-    /// The tag to acknowledge, with every one before it, now that the run from the first grew: the
-    /// last of the run not acknowledged alone (acknowledging a tag twice closes the channel).
+    /// The tag to acknowledge, with every one before it, when the run from the first grew.
     fn advance(&mut self) -> Option<u64> {
-        let mut target = None;
-        while let Some(entry) = self.waiting.first_entry() {
-            if *entry.key() != self.through + 1 {
-                break;
-            }
-            let (tag, alone) = entry.remove_entry();
-            self.through = tag;
-            if !alone {
-                target = Some(tag);
-            }
+        let before = self.through;
+        while self.waiting.first() == Some(&(self.through + 1)) {
+            self.through = self.waiting.pop_first().expect("a first tag");
         }
-        target
+        (self.through > before).then_some(self.through)
     }
+}
+
+/// What choosing a batch needs to know of a delivery.
+#[derive(Debug, Clone, Copy)]
+struct Sized {
+    /// `None` when unreadable.
+    application: Option<AppId>,
+    commands: usize,
+    bytes: usize,
 }
 
 /// The deliveries (their indices, in order) of a batch that takes in turn one of each application's,
 /// in the order each application first appears, within the limits: one application's run of commands
-/// does not fill a batch while another's wait behind it. Each delivery is given as its application
-/// (`None` when unreadable) and its size.
-fn fair_batch(deliveries: &[(Option<AppId>, usize)], limits: &BatchLimits) -> Vec<usize> {
+/// does not fill a batch while another's wait behind it.
+fn fair_batch(deliveries: &[Sized], limits: &BatchLimits) -> Vec<usize> {
     let mut turns: Vec<std::collections::VecDeque<usize>> = Vec::new();
     let mut turn_of: std::collections::HashMap<Option<AppId>, usize> = Default::default();
-    for (index, (app, _)) in deliveries.iter().enumerate() {
-        let turn = *turn_of.entry(*app).or_insert_with(|| {
+    for (index, delivery) in deliveries.iter().enumerate() {
+        let turn = *turn_of.entry(delivery.application).or_insert_with(|| {
             turns.push(Default::default());
             turns.len() - 1
         });
         turns[turn].push_back(index);
     }
     let mut chosen = Vec::new();
-    let mut bytes = 0;
-    'rounds: while chosen.len() < limits.deliveries {
+    let (mut bytes, mut commands) = (0, 0);
+    'rounds: while commands < limits.commands {
         let mut took = false;
         for turn in &mut turns {
             let Some(&index) = turn.front() else { continue };
-            let size = deliveries[index].1;
-            if !chosen.is_empty() && bytes + size > limits.bytes {
+            let delivery = deliveries[index];
+            if !chosen.is_empty()
+                && (bytes + delivery.bytes > limits.bytes
+                    || commands + delivery.commands > limits.commands)
+            {
                 break 'rounds;
             }
             turn.pop_front();
             chosen.push(index);
-            bytes += size;
+            bytes += delivery.bytes;
+            commands += delivery.commands;
             took = true;
-            if chosen.len() == limits.deliveries {
+            if commands >= limits.commands {
                 break 'rounds;
             }
         }
@@ -816,47 +916,82 @@ mod tests {
     fn only_the_settled_run_from_the_first_tag_is_acknowledged() {
         let mut acks = LaneAcks::default();
         // A batch took tags 3 and 4 before 1 and 2: nothing may be acknowledged yet.
-        acks.settle(3, false);
-        acks.settle(4, false);
+        acks.settle(3);
+        acks.settle(4);
         assert_eq!(acks.advance(), None);
-        acks.settle(1, false);
+        acks.settle(1);
         assert_eq!(acks.advance(), Some(1));
-        // Tag 2 was dead-lettered (acknowledged alone): the run goes through 4, acknowledged as one.
-        acks.settle(2, true);
-        assert_eq!(acks.advance(), Some(4));
-        // A run ending on a tag acknowledged alone is acknowledged up to the one before it.
-        acks.settle(5, false);
-        acks.settle(6, true);
-        assert_eq!(acks.advance(), Some(5));
-        acks.settle(7, true);
+        acks.settle(2);
+        assert_eq!(
+            acks.advance(),
+            Some(4),
+            "the run goes through 4, acknowledged as one"
+        );
         assert_eq!(acks.advance(), None, "nothing left to acknowledge");
-        acks.settle(8, false);
-        assert_eq!(acks.advance(), Some(8));
+        acks.settle(4);
+        assert_eq!(
+            acks.advance(),
+            None,
+            "a tag settled twice is acknowledged once"
+        );
+        acks.settle(5);
+        assert_eq!(acks.advance(), Some(5));
+    }
+
+    fn delivery(app: Option<AppId>, commands: usize, bytes: usize) -> Sized {
+        Sized {
+            application: app,
+            commands,
+            bytes,
+        }
+    }
+
+    fn limits(commands: usize, bytes: usize) -> BatchLimits {
+        BatchLimits {
+            commands,
+            bytes,
+            wait: Duration::ZERO,
+        }
     }
 
     #[test]
     fn a_batch_takes_each_applications_commands_in_turn() {
         // Application 1 queued six before application 2's two; each is 300 bytes.
-        let pending: Vec<(Option<AppId>, usize)> = [1, 1, 1, 1, 1, 1, 2, 2]
+        let pending: Vec<Sized> = [1, 1, 1, 1, 1, 1, 2, 2]
             .into_iter()
-            .map(|app| (Some(app), 300))
+            .map(|app| delivery(Some(app), 1, 300))
             .collect();
-        let limits = |deliveries, bytes| BatchLimits {
-            deliveries,
-            bytes,
-            wait: Duration::ZERO,
-        };
         assert_eq!(fair_batch(&pending, &limits(4, 1 << 20)), [0, 1, 6, 7]);
         assert_eq!(fair_batch(&pending, &limits(3, 1 << 20)), [0, 1, 6]);
         // Within the bytes too.
         assert_eq!(fair_batch(&pending, &limits(100, 700)), [0, 6]);
         // A command over the byte limit goes alone.
-        assert_eq!(fair_batch(&[(Some(1), 5000)], &limits(10, 100)), [0]);
-        // Unreadable ones take their own turn, to be dead-lettered.
         assert_eq!(
-            fair_batch(&[(Some(1), 1), (Some(1), 1), (None, 1)], &limits(2, 100)),
-            [0, 2]
+            fair_batch(&[delivery(Some(1), 1, 5000)], &limits(10, 100)),
+            [0]
         );
+        // Unreadable ones take their own turn, to be dead-lettered.
+        let unreadable = [
+            delivery(Some(1), 1, 1),
+            delivery(Some(1), 1, 1),
+            delivery(None, 1, 1),
+        ];
+        assert_eq!(fair_batch(&unreadable, &limits(2, 100)), [0, 2]);
         assert!(fair_batch(&[], &limits(10, 100)).is_empty());
+    }
+
+    #[test]
+    fn a_batch_counts_the_commands_of_envelopes() {
+        let pending = [
+            delivery(Some(1), 40, 100),
+            delivery(Some(2), 40, 100),
+            delivery(Some(3), 1, 100),
+        ];
+        // 40 + 40 is over 60 commands: the batch ends at the first envelope; the next takes the others.
+        assert_eq!(fair_batch(&pending, &limits(60, 1 << 20)), [0]);
+        assert_eq!(fair_batch(&pending[1..], &limits(60, 1 << 20)), [0, 1]);
+        assert_eq!(fair_batch(&pending, &limits(81, 1 << 20)), [0, 1, 2]);
+        // An envelope larger than the whole limit goes alone.
+        assert_eq!(fair_batch(&pending, &limits(10, 1 << 20)), [0]);
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
+use crate::group_commit::{Flush, GroupCommit, GroupLimits};
 use crate::idempotency::{KEY_LIFETIME, KeyCells};
 use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{
@@ -28,8 +29,8 @@ fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
     cell.get_or_init(|| Script::new(source))
 }
 
-static NEXT_CHAT_SCRIPT: OnceLock<Script> = OnceLock::new();
-static NEXT_MESSAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static NEXT_NUMBERS_SCRIPT: OnceLock<Script> = OnceLock::new();
+static RESTART_COUNTER_SCRIPT: OnceLock<Script> = OnceLock::new();
 static NEXT_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static WITHDRAW_VERSION_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PUT_NEWER_SCRIPT: OnceLock<Script> = OnceLock::new();
@@ -131,33 +132,6 @@ impl Keys {
     }
 }
 
-/// Counters live without expiry (an eviction policy of `volatile-*` never evicts them). A counter that
-/// is missing was never started or was lost (Redis restarted or flushed): new applications and chats
-/// start theirs at 0 explicitly, so a missing one is restarted by the caller above a floor instead of
-/// from 1.
-pub struct RedisNumbers {
-    redis: ConnectionManager,
-    keys: Keys,
-}
-
-const NEXT_CHAT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[2] == '' then return -1 end
-  redis.call('SET', KEYS[1], ARGV[2], 'NX')
-end
-local n = redis.call('INCR', KEYS[1])
-redis.call('SET', ARGV[1] .. n .. ':msgs', 0, 'NX')
-return n
-";
-
-const NEXT_MESSAGE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[1] == '' then return -1 end
-  redis.call('SET', KEYS[1], ARGV[1], 'NX')
-end
-return redis.call('INCR', KEYS[1])
-";
-
 /// KEYS: the last version handed out, the message's newest. ARGV: the newest the caller read (it counts
 /// when newer than the one kept, or none is), the versions the change is conditioned on as `,5,7,`
 /// (empty for none), the newest's lifetime in seconds, and `delete` for a delete's version. A version is
@@ -193,6 +167,90 @@ end
 return 0
 ";
 
+/// Counters live without expiry (an eviction policy of `volatile-*` never evicts them). A counter that
+/// is missing was never started or was lost (Redis restarted or flushed): new applications and chats
+/// start theirs at 0 explicitly, so a missing one is restarted by the caller above a floor instead of
+/// from 1. The numbers asked for at the same time are taken in one script call (a group commit): one
+/// round trip and one script run for all, however many.
+pub struct RedisNumbers {
+    redis: ConnectionManager,
+    keys: Keys,
+    allocations: GroupCommit<CounterScript>,
+}
+
+/// KEYS: counters, a counter more than once for several of its numbers. ARGV: for each, the prefix of
+/// its chats' message counters when it is an application's chat counter ('' for a chat's message
+/// counter): a new chat's message counter starts at 0 with it. Answers each counter's next number in
+/// order, or -1 for a counter that is missing.
+const NEXT_NUMBERS: &str = r"
+local numbers = {}
+for i, counter in ipairs(KEYS) do
+  if redis.call('EXISTS', counter) == 0 then
+    numbers[i] = -1
+  else
+    local n = redis.call('INCR', counter)
+    if ARGV[i] ~= '' then redis.call('SET', ARGV[i] .. n .. ':msgs', 0, 'NX') end
+    numbers[i] = n
+  end
+end
+return numbers
+";
+
+/// KEYS[1]: a counter. ARGV: the floor it restarts at when missing, and the prefix as in
+/// [`NEXT_NUMBERS`]. Answers its next number.
+const RESTART_COUNTER: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local n = redis.call('INCR', KEYS[1])
+if ARGV[2] ~= '' then redis.call('SET', ARGV[2] .. n .. ':msgs', 0, 'NX') end
+return n
+";
+
+/// A number to take: its counter, and for an application's chat counter the prefix of its chats'
+/// message counters.
+struct Allocation {
+    counter: String,
+    chats_of: Option<String>,
+}
+
+/// Numbers asked for per script call at most.
+const NUMBERS_PER_CALL: usize = 256;
+
+/// Takes the numbers waiting in one [`NEXT_NUMBERS`] call.
+struct CounterScript {
+    redis: ConnectionManager,
+}
+
+#[async_trait]
+impl Flush for CounterScript {
+    type Item = Allocation;
+    type Output = Result<Option<u64>, String>;
+
+    async fn flush(&self, _: usize, _: usize, allocations: Vec<Allocation>) -> Vec<Self::Output> {
+        let mut invocation = script(&NEXT_NUMBERS_SCRIPT, NEXT_NUMBERS).prepare_invoke();
+        for allocation in &allocations {
+            invocation
+                .key(&allocation.counter)
+                .arg(allocation.chats_of.as_deref().unwrap_or(""));
+        }
+        let numbers: Result<Vec<i64>, _> = invocation.invoke_async(&mut self.redis.clone()).await;
+        match numbers {
+            Ok(numbers) if numbers.len() == allocations.len() => numbers
+                .into_iter()
+                .map(|n| Ok(u64::try_from(n).ok().filter(|n| *n > 0)))
+                .collect(),
+            Ok(numbers) => {
+                let e = format!(
+                    "{} numbers for {} counters",
+                    numbers.len(),
+                    allocations.len()
+                );
+                vec![Err(e); allocations.len()]
+            }
+            Err(e) => vec![Err(unavailable(e).to_string()); allocations.len()],
+        }
+    }
+}
+
 /// How a version is kept as a message's newest.
 fn kept_version(version: u64, change: VersionFor) -> String {
     match change {
@@ -202,42 +260,58 @@ fn kept_version(version: u64, change: VersionFor) -> String {
 }
 
 impl RedisNumbers {
+    /// Must be called within a Tokio runtime (the group commit's lanes start here).
     pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
-        RedisNumbers { redis, keys }
-    }
-
-    /// Runs a counter script: `floor` empty allocates only from an existing counter (`None` when it
-    /// is missing); a floor first starts a missing counter there.
-    async fn allocate(
-        &self,
-        script: &Script,
-        key: &str,
-        prefix: Option<&str>,
-        floor: Option<u64>,
-    ) -> CoreResult<Option<u64>> {
-        let mut redis = self.redis.clone();
-        let mut invocation = script.key(key);
-        if let Some(prefix) = prefix {
-            invocation.arg(prefix);
-        }
-        match floor {
-            Some(floor) => invocation.arg(floor),
-            None => invocation.arg(""),
+        let limits = GroupLimits {
+            count: NUMBERS_PER_CALL,
+            bytes: usize::MAX,
+            lanes: 2,
         };
-        let n: i64 = invocation
-            .invoke_async(&mut redis)
-            .await
-            .map_err(unavailable)?;
-        Ok(u64::try_from(n).ok().filter(|n| *n > 0))
+        let allocations = GroupCommit::start(
+            CounterScript {
+                redis: redis.clone(),
+            },
+            1,
+            limits,
+        );
+        RedisNumbers {
+            redis,
+            keys,
+            allocations,
+        }
     }
 
-    async fn restart(&self, counter: &'static str, number: Option<u64>) -> CoreResult<u64> {
+    async fn allocate(&self, allocation: Allocation) -> CoreResult<Option<u64>> {
+        match self.allocations.submit(0, 1, allocation).await {
+            Some(number) => number.map_err(|e| CoreError::unavailable(Backend::Redis, e)),
+            None => Err(CoreError::unavailable(
+                Backend::Redis,
+                "the number allocator stopped",
+            )),
+        }
+    }
+
+    /// Starts a missing counter at `floor` (one started meanwhile is kept) and takes its next number.
+    async fn restart(
+        &self,
+        counter: &'static str,
+        key: String,
+        chats_of: Option<String>,
+        floor: u64,
+    ) -> CoreResult<u64> {
         metrics::counter!(telemetry::COUNTER_RESEEDS.name, "counter" => counter).increment(1);
         tracing::warn!(
             counter,
             "number counter missing from Redis; restarting it above every number handed out"
         );
-        number.ok_or_else(|| {
+        let n: i64 = script(&RESTART_COUNTER_SCRIPT, RESTART_COUNTER)
+            .key(key)
+            .arg(floor)
+            .arg(chats_of.unwrap_or_default())
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        u64::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
             CoreError::unavailable(Backend::Redis, "a restarted counter answered no number")
         })
     }
@@ -264,43 +338,35 @@ impl Numbers for RedisNumbers {
     }
 
     async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>> {
-        let prefix = self.keys.message_counter_prefix(app);
-        let script = script(&NEXT_CHAT_SCRIPT, NEXT_CHAT);
-        self.allocate(script, &self.keys.chat_counter(app), Some(&prefix), None)
-            .await
+        self.allocate(Allocation {
+            counter: self.keys.chat_counter(app),
+            chats_of: Some(self.keys.message_counter_prefix(app)),
+        })
+        .await
     }
 
     async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>> {
-        let script = script(&NEXT_MESSAGE_SCRIPT, NEXT_MESSAGE);
-        self.allocate(script, &self.keys.message_counter(app, chat), None, None)
-            .await
+        self.allocate(Allocation {
+            counter: self.keys.message_counter(app, chat),
+            chats_of: None,
+        })
+        .await
     }
 
     async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64> {
         let prefix = self.keys.message_counter_prefix(app);
-        let script = script(&NEXT_CHAT_SCRIPT, NEXT_CHAT);
-        let number = self
-            .allocate(
-                script,
-                &self.keys.chat_counter(app),
-                Some(&prefix),
-                Some(floor),
-            )
-            .await?;
-        self.restart("chats", number).await
+        self.restart("chats", self.keys.chat_counter(app), Some(prefix), floor)
+            .await
     }
 
     async fn restart_messages(&self, app: AppId, chat: u64, floor: u64) -> CoreResult<u64> {
-        let script = script(&NEXT_MESSAGE_SCRIPT, NEXT_MESSAGE);
-        let number = self
-            .allocate(
-                script,
-                &self.keys.message_counter(app, chat),
-                None,
-                Some(floor),
-            )
-            .await?;
-        self.restart("messages", number).await
+        self.restart(
+            "messages",
+            self.keys.message_counter(app, chat),
+            None,
+            floor,
+        )
+        .await
     }
 
     async fn next_version(
@@ -448,6 +514,89 @@ pub struct RedisCache {
     ttl_secs: u64,
     max_page_bytes: usize,
     max_application_bytes: usize,
+    /// The messages accepted at the same time, remembered in one script call per server.
+    remembering: GroupCommit<Remembering>,
+}
+
+/// Remembers the messages waiting, in `state` and (when it is another server) in the cache.
+struct Remembering {
+    state: ConnectionManager,
+    cache: Option<ConnectionManager>,
+    keys: Keys,
+    ttl_secs: u64,
+}
+
+/// Messages remembered per script call at most.
+const REMEMBERED_PER_CALL: usize = 128;
+
+#[async_trait]
+impl Flush for Remembering {
+    type Item = Message;
+    type Output = Result<(), String>;
+
+    async fn flush(&self, _: usize, _: usize, messages: Vec<Message>) -> Vec<Self::Output> {
+        let records: Vec<Record> = messages
+            .iter()
+            .map(|m| message_record(&self.keys, m))
+            .collect();
+        let result = match &self.cache {
+            Some(cache) => {
+                let (state, cache) = tokio::join!(
+                    put_newer(&self.state, self.ttl_secs, records.clone()),
+                    put_newer(cache, self.ttl_secs, records)
+                );
+                state.and(cache)
+            }
+            None => put_newer(&self.state, self.ttl_secs, records).await,
+        };
+        vec![result.map_err(|e| e.to_string()); messages.len()]
+    }
+}
+
+/// A record to put by [`PUT_NEWER`]: its key, its freshness and its JSON.
+type Record = (String, u64, Vec<u8>);
+
+fn message_record(keys: &Keys, message: &Message) -> Record {
+    let key = (message.application_id, message.chat_number, message.number);
+    let json = serde_json::to_vec(message).expect("messages serialise");
+    (keys.message(key), message.freshness(), json)
+}
+
+/// Records put by one [`PUT_NEWER`] call at most; more go in several, in one round trip.
+const RECORDS_PER_CALL: usize = 500;
+
+/// Puts records by [`PUT_NEWER`], all in one round trip.
+async fn put_newer(
+    redis: &ConnectionManager,
+    ttl_secs: u64,
+    records: Vec<Record>,
+) -> CoreResult<()> {
+    let put = script(&PUT_NEWER_SCRIPT, PUT_NEWER);
+    let mut pipe = redis::pipe();
+    for chunk in records.chunks(RECORDS_PER_CALL) {
+        let mut invocation = put.prepare_invoke();
+        invocation.arg(ttl_secs);
+        for (key, freshness, json) in chunk {
+            invocation
+                .key(key)
+                .arg(freshness)
+                .arg(json)
+                .arg(freshness >> 1);
+        }
+        pipe.invoke_script(&invocation).ignore();
+    }
+    let mut redis = redis.clone();
+    match pipe.query_async::<()>(&mut redis).await {
+        // A pipeline sends scripts by hash alone: after a restart of Redis, the script is loaded
+        // and the pipeline sent again.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            put.load_async(&mut redis).await.map_err(unavailable)?;
+            pipe.query_async::<()>(&mut redis)
+                .await
+                .map_err(unavailable)
+        }
+        result => result.map_err(unavailable),
+    }
 }
 
 /// What a [`RedisCache`] may hold: each entry's lifetime, the largest list page it keeps, and the bytes
@@ -459,24 +608,32 @@ pub struct CacheLimits {
     pub max_application_bytes: usize,
 }
 
-/// Keeps whichever of the cached and the given record is the later ([`Message::freshness`],
-/// [`Chat::freshness`]: a version or latest change, a tombstone after a live state), so that a reader
-/// putting what it read before a commit cannot hide the commit's write-through. A record an earlier
-/// release kept is compared by its version alone (field `v`), and one it kept as a plain string is
-/// replaced. KEYS: the record. ARGV: the freshness, the JSON, the lifetime in seconds, the version.
+/// Keeps, for each record, whichever of the cached and the given one is the later
+/// ([`Message::freshness`], [`Chat::freshness`]: a version or latest change, a tombstone after a live
+/// state), so that a reader putting what it read before a commit cannot hide the commit's
+/// write-through. A record an earlier release kept is compared by its version alone (field `v`), and
+/// one it kept as a plain string is replaced. KEYS: the records. ARGV: the lifetime in seconds, then for
+/// each record its freshness, its JSON and its version.
 const PUT_NEWER: &str = r"
-if redis.call('TYPE', KEYS[1]).ok == 'string' then redis.call('DEL', KEYS[1]) end
-local current = redis.call('HGET', KEYS[1], 'f')
-if current then
-  if tonumber(current) > tonumber(ARGV[1]) then return 0 end
-else
-  local version = redis.call('HGET', KEYS[1], 'v')
-  if version and tonumber(version) > tonumber(ARGV[4]) then return 0 end
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 3
+  local freshness, record, version = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  if redis.call('TYPE', key).ok == 'string' then redis.call('DEL', key) end
+  local newer = true
+  local current = redis.call('HGET', key, 'f')
+  if current then
+    newer = tonumber(current) <= tonumber(freshness)
+  else
+    local kept = redis.call('HGET', key, 'v')
+    newer = not kept or tonumber(kept) <= tonumber(version)
+  end
+  if newer then
+    redis.call('HSET', key, 'f', freshness, 'd', record)
+    redis.call('HDEL', key, 'v')
+    redis.call('EXPIRE', key, ARGV[1])
+  end
 end
-redis.call('HSET', KEYS[1], 'f', ARGV[1], 'd', ARGV[2])
-redis.call('HDEL', KEYS[1], 'v')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+return 0
 ";
 
 /// A list's generation, starting it at the value given when it is missing (new, or lost with Redis).
@@ -507,21 +664,37 @@ return 1
 impl RedisCache {
     /// `cache` is `state` again when one Redis takes both roles. A list page over `max_page_bytes` is
     /// not cached: one page of a thousand 64 KiB messages is 63 MB, which Redis would hold (and send
-    /// over the network on every hit) for the whole TTL.
+    /// over the network on every hit) for the whole TTL. Must be called within a Tokio runtime.
     pub fn new(
         state: ConnectionManager,
         cache: Option<ConnectionManager>,
         keys: Keys,
         limits: CacheLimits,
     ) -> Self {
+        let ttl_secs = limits.ttl.as_secs().max(1);
+        let remembering = GroupCommit::start(
+            Remembering {
+                state: state.clone(),
+                cache: cache.clone(),
+                keys: keys.clone(),
+                ttl_secs,
+            },
+            1,
+            GroupLimits {
+                count: REMEMBERED_PER_CALL,
+                bytes: usize::MAX,
+                lanes: 2,
+            },
+        );
         RedisCache {
             separate: cache.is_some(),
             cache: cache.unwrap_or_else(|| state.clone()),
             state,
             keys,
-            ttl_secs: limits.ttl.as_secs().max(1),
+            ttl_secs,
             max_page_bytes: limits.max_page_bytes,
             max_application_bytes: limits.max_application_bytes,
+            remembering,
         }
     }
 
@@ -566,48 +739,10 @@ impl RedisCache {
         Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    /// Puts records by [`PUT_NEWER`], all in one round trip: each is a key, a version and the record.
-    async fn put_newer_in<T: serde::Serialize>(
-        &self,
-        redis: &ConnectionManager,
-        records: impl IntoIterator<Item = (String, u64, T)>,
-    ) -> CoreResult<()> {
-        let put = script(&PUT_NEWER_SCRIPT, PUT_NEWER);
-        let mut pipe = redis::pipe();
-        for (key, freshness, record) in records {
-            let bytes = serde_json::to_vec(&record).expect("records serialise");
-            let version = freshness >> 1;
-            pipe.invoke_script(
-                put.key(key)
-                    .arg(freshness)
-                    .arg(bytes)
-                    .arg(self.ttl_secs)
-                    .arg(version),
-            )
-            .ignore();
-        }
-        let mut redis = redis.clone();
-        match pipe.query_async::<()>(&mut redis).await {
-            // A pipeline sends scripts by hash alone: after a restart of Redis, the script is loaded
-            // and the pipeline sent again.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                put.load_async(&mut redis).await.map_err(unavailable)?;
-                pipe.query_async::<()>(&mut redis)
-                    .await
-                    .map_err(unavailable)
-            }
-            result => result.map_err(unavailable),
-        }
-    }
-
-    fn message_record<'m>(&self, message: &'m Message) -> (String, u64, &'m Message) {
-        let key = (message.application_id, message.chat_number, message.number);
-        (self.keys.message(key), message.freshness(), message)
-    }
-
-    fn chat_record<'c>(&self, chat: &'c Chat) -> (String, u64, &'c Chat) {
+    fn chat_record(&self, chat: &Chat) -> Record {
         let key = self.keys.chat(chat.application_id, chat.number);
-        (key, chat.freshness(), chat)
+        let json = serde_json::to_vec(chat).expect("chats serialise");
+        (key, chat.freshness(), json)
     }
 }
 
@@ -671,8 +806,8 @@ impl Cache for RedisCache {
         if chats.is_empty() {
             return Ok(());
         }
-        self.put_newer_in(&self.cache, chats.iter().map(|c| self.chat_record(c)))
-            .await
+        let records = chats.iter().map(|c| self.chat_record(c)).collect();
+        put_newer(&self.cache, self.ttl_secs, records).await
     }
 
     async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
@@ -705,25 +840,27 @@ impl Cache for RedisCache {
     }
 
     /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look
-    /// first (and where an older version would otherwise shadow it). Both at once: one round trip.
+    /// first (and where an older version would otherwise shadow it). The messages accepted at the same
+    /// time go together, in one round trip.
     async fn remember_message(&self, message: &Message) -> CoreResult<()> {
-        if !self.separate {
-            return self.put_message(message).await;
+        match self.remembering.submit(0, 1, message.clone()).await {
+            Some(result) => result.map_err(|e| CoreError::unavailable(Backend::Redis, e)),
+            None => Err(CoreError::unavailable(
+                Backend::Redis,
+                "the cache writer stopped",
+            )),
         }
-        let record = || [self.message_record(message)];
-        let (state, cache) = tokio::join!(
-            self.put_newer_in(&self.state, record()),
-            self.put_newer_in(&self.cache, record())
-        );
-        state.and(cache)
     }
 
     async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {
         if messages.is_empty() {
             return Ok(());
         }
-        self.put_newer_in(&self.cache, messages.iter().map(|m| self.message_record(m)))
-            .await
+        let records = messages
+            .iter()
+            .map(|m| message_record(&self.keys, m))
+            .collect();
+        put_newer(&self.cache, self.ttl_secs, records).await
     }
 
     async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {

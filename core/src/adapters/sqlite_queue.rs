@@ -152,7 +152,7 @@ pub struct SqliteSource {
 #[async_trait]
 impl CommandSource for SqliteSource {
     async fn next_batch(&mut self, limits: &BatchLimits) -> CoreResult<Vec<Delivery>> {
-        let max = limits.deliveries;
+        let max = limits.commands;
         loop {
             // The oldest rows whose bytes, counted from the first, stay within the limit (the first
             // row whatever its size).
@@ -184,6 +184,7 @@ impl CommandSource for SqliteSource {
                     tag: id as u64,
                     payload,
                     redelivered: false,
+                    headers: Vec::new(),
                 })
                 .collect());
         }
@@ -208,20 +209,19 @@ impl CommandSource for SqliteSource {
             .map_err(from_sqlx)
     }
 
-    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> CoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+    async fn set_aside(
+        &mut self,
+        _delivery: &Delivery,
+        command: &[u8],
+        reason: &str,
+    ) -> CoreResult<()> {
         sqlx::query("INSERT INTO dead_letters (payload, reason, failed_at) VALUES (?, ?, ?)")
-            .bind(&delivery.payload)
+            .bind(command)
             .bind(reason)
             .bind(crate::domain::now().timestamp_micros())
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
-            .map_err(from_sqlx)?;
-        sqlx::query("DELETE FROM command_queue WHERE id = ?")
-            .bind(delivery.tag as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-        tx.commit().await.map_err(from_sqlx)
+            .map(|_| ())
+            .map_err(from_sqlx)
     }
 }

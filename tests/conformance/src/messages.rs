@@ -15,7 +15,7 @@ use crate::target::{
 const MAX_BODY_BYTES: usize = 65_536;
 
 /// Polls the message list until `accept` holds for it; returns the list.
-pub(crate) async fn messages_eventually(
+pub async fn messages_eventually(
     target: &Target,
     token: &str,
     chat: u64,
@@ -41,12 +41,7 @@ pub(crate) async fn messages_eventually(
 }
 
 /// Polls the chat until its `messages_count` is `expected`.
-pub(crate) async fn messages_count_eventually(
-    target: &Target,
-    token: &str,
-    chat: u64,
-    expected: u64,
-) {
+pub async fn messages_count_eventually(target: &Target, token: &str, chat: u64, expected: u64) {
     let path = chat_path(token, chat);
     eventually(CATCH_UP, || async {
         let reply = target.get(&path).await;

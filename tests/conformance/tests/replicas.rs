@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chatsys_conformance::harness::full_stack_replicas;
+use chatsys_conformance::messages::{messages_count_eventually, messages_eventually};
 use chatsys_conformance::{
     CATCH_UP, Target, application_path, eventually, message_path, messages_path, number_of,
+    numbers_of,
 };
 use chatsys_core::CoreResult;
 use chatsys_core::command::Command;
@@ -39,6 +41,35 @@ async fn a_retry_on_another_replica_gets_the_first_answer() {
     assert_eq!(retried.json(), answered.json(), "{}", retried.describe());
     assert_eq!(retried.header("idempotent-replayed"), Some("true"));
     assert_eq!(second.create_message(&token, chat, "next").await, 2);
+}
+
+/// Numbers are taken in group commits (one Redis script call for every create waiting): 500 creates
+/// into one chat, at once and spread over two replicas, still get exactly 1..=500, each stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_over_two_replicas_get_every_number_once() {
+    const MESSAGES: u64 = 500;
+    let served = full_stack_replicas(2).await;
+    let replicas = [&served.target, &served.replicas[0]];
+    let token = replicas[0].create_token().await;
+    let chat = replicas[0].create_chat(&token).await;
+    let created = futures::future::join_all((0..MESSAGES).map(|index| {
+        let (token, replica) = (&token, replicas[index as usize % 2]);
+        async move {
+            replica
+                .create_message(token, chat, &format!("m{index}"))
+                .await
+        }
+    }))
+    .await;
+    let mut numbers = created;
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=MESSAGES).collect::<Vec<_>>());
+    let listed = messages_eventually(replicas[1], &token, chat, "all stored", |messages| {
+        messages.len() as u64 >= MESSAGES
+    })
+    .await;
+    assert_eq!(numbers_of(&listed), (1..=MESSAGES).collect::<Vec<_>>());
+    messages_count_eventually(replicas[0], &token, chat, MESSAGES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,6 +122,9 @@ impl Queue for PublishThenDie {
     }
     async fn backlog(&self) -> CoreResult<u64> {
         self.queue.backlog().await
+    }
+    async fn queued_commands_at_most(&self) -> CoreResult<u64> {
+        self.queue.queued_commands_at_most().await
     }
 }
 
