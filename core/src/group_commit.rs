@@ -1,5 +1,5 @@
-//! Group commit: requests that wait at the same time for the same kind of round trip (a confirmed
-//! publish, a Redis script) share one. A fixed number of lanes each carry one round trip at a time;
+//! Group commit: requests that wait at the same time for the same round trip (a confirmed publish to
+//! one queue, a Redis script) share one. A fixed number of lanes each carry one round trip at a time;
 //! a lane that is free takes everything waiting (within the limits) at once, so an idle system sends a
 //! lone request immediately, and under load the next group fills while the lanes are busy. Nothing
 //! waits on a timer.
@@ -15,8 +15,8 @@ use tokio::sync::{Notify, oneshot};
 pub trait Flush: Send + Sync + 'static {
     type Item: Send + 'static;
     type Output: Send + 'static;
-    /// Carries `items`, all of one `group`, on `lane`; answers one output per item, in their order.
-    async fn flush(&self, lane: usize, group: usize, items: Vec<Self::Item>) -> Vec<Self::Output>;
+    /// Carries `items` on `lane`; answers one output per item, in their order.
+    async fn flush(&self, lane: usize, items: Vec<Self::Item>) -> Vec<Self::Output>;
 }
 
 /// How large a group may grow, and how many round trips run at once.
@@ -35,37 +35,25 @@ struct Entry<T, R> {
 }
 
 struct Waiting<T, R> {
-    /// Per group, in arrival order, each entry with its arrival's sequence number.
-    groups: Vec<VecDeque<(u64, Entry<T, R>)>>,
-    arrivals: u64,
+    entries: VecDeque<Entry<T, R>>,
     closed: bool,
 }
 
 impl<T, R> Waiting<T, R> {
-    /// The next round trip's requests: from the group whose oldest request is the oldest of all, as
-    /// many as the limits allow, the first whatever its size.
-    fn take(&mut self, limits: &GroupLimits) -> Option<(usize, Vec<Entry<T, R>>)> {
-        let group = (0..self.groups.len())
-            .filter_map(|g| self.groups[g].front().map(|(seq, _)| (*seq, g)))
-            .min()?
-            .1;
-        let queue = &mut self.groups[group];
+    /// The next round trip's requests: as many as the limits allow, the first whatever its size.
+    fn take(&mut self, limits: &GroupLimits) -> Option<Vec<Entry<T, R>>> {
         let mut taken = Vec::new();
         let mut bytes = 0;
-        while let Some((_, entry)) = queue.front() {
+        while let Some(entry) = self.entries.front() {
             if !taken.is_empty()
                 && (taken.len() == limits.count || bytes + entry.size > limits.bytes)
             {
                 break;
             }
             bytes += entry.size;
-            taken.push(queue.pop_front().expect("a front entry").1);
+            taken.push(self.entries.pop_front().expect("a front entry"));
         }
-        Some((group, taken))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.groups.iter().all(VecDeque::is_empty)
+        (!taken.is_empty()).then_some(taken)
     }
 }
 
@@ -74,19 +62,18 @@ struct Shared<T, R> {
     arrived: Notify,
 }
 
-/// Requests of `groups` kinds (say, one per queue), carried in groups by `lanes` round trips at once.
-/// Dropping it stops the lanes once their round trips end; requests still waiting then get `None`.
+/// Requests carried in groups by `lanes` round trips at once. Dropping it stops the lanes once their
+/// round trips end.
 pub struct GroupCommit<F: Flush> {
     shared: Arc<Shared<F::Item, F::Output>>,
 }
 
 impl<F: Flush> GroupCommit<F> {
     /// Starts the lanes: must be called within a Tokio runtime.
-    pub fn start(flush: F, groups: usize, limits: GroupLimits) -> Self {
+    pub fn start(flush: F, limits: GroupLimits) -> Self {
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting {
-                groups: (0..groups.max(1)).map(|_| VecDeque::new()).collect(),
-                arrivals: 0,
+                entries: VecDeque::new(),
                 closed: false,
             }),
             arrived: Notify::new(),
@@ -105,15 +92,14 @@ impl<F: Flush> GroupCommit<F> {
 
     /// Waits for the round trip that carries `item` and answers its output; `None` when the lanes
     /// stopped first.
-    pub async fn submit(&self, group: usize, size: usize, item: F::Item) -> Option<F::Output> {
+    pub async fn submit(&self, size: usize, item: F::Item) -> Option<F::Output> {
         let (reply, answer) = oneshot::channel();
-        {
-            let mut waiting = self.shared.waiting.lock().expect("group commit lock");
-            let seq = waiting.arrivals;
-            waiting.arrivals += 1;
-            let last = waiting.groups.len() - 1;
-            waiting.groups[group.min(last)].push_back((seq, Entry { item, size, reply }));
-        }
+        self.shared
+            .waiting
+            .lock()
+            .expect("group commit lock")
+            .entries
+            .push_back(Entry { item, size, reply });
         self.shared.arrived.notify_one();
         answer.await.ok()
     }
@@ -137,7 +123,7 @@ async fn run_lane<F: Flush>(
     limits: GroupLimits,
 ) {
     loop {
-        let (group, entries) = loop {
+        let entries = loop {
             // Registered before looking, so that neither a request nor the drop in between is missed.
             let arrived = shared.arrived.notified();
             tokio::pin!(arrived);
@@ -148,8 +134,8 @@ async fn run_lane<F: Flush>(
                     return;
                 }
                 if let Some(taken) = waiting.take(&limits) {
-                    if !waiting.is_empty() {
-                        // More than this group holds: another free lane takes the rest.
+                    if !waiting.entries.is_empty() {
+                        // More than one round trip holds: another free lane takes the rest.
                         shared.arrived.notify_one();
                     }
                     break taken;
@@ -159,7 +145,7 @@ async fn run_lane<F: Flush>(
         };
         let (items, replies): (Vec<_>, Vec<_>) =
             entries.into_iter().map(|e| (e.item, e.reply)).unzip();
-        let outputs = flush.flush(lane, group, items).await;
+        let outputs = flush.flush(lane, items).await;
         debug_assert_eq!(outputs.len(), replies.len(), "one output per item");
         for (reply, output) in replies.into_iter().zip(outputs) {
             let _ = reply.send(output);
@@ -176,7 +162,7 @@ mod tests {
     /// Records each round trip's group and items; each waits for a permit, so a test decides when
     /// round trips end.
     struct Recorded {
-        trips: Mutex<Vec<(usize, Vec<u32>)>>,
+        trips: Mutex<Vec<Vec<u32>>>,
         gate: Semaphore,
     }
 
@@ -184,8 +170,8 @@ mod tests {
     impl Flush for Arc<Recorded> {
         type Item = u32;
         type Output = u32;
-        async fn flush(&self, _: usize, group: usize, items: Vec<u32>) -> Vec<u32> {
-            self.trips.lock().unwrap().push((group, items.clone()));
+        async fn flush(&self, _: usize, items: Vec<u32>) -> Vec<u32> {
+            self.trips.lock().unwrap().push(items.clone());
             self.gate.acquire().await.unwrap().forget();
             items.into_iter().map(|i| i * 10).collect()
         }
@@ -213,71 +199,40 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_request_goes_at_once_without_waiting_for_company() {
         let flush = recorded(1);
-        let commit = GroupCommit::start(flush.clone(), 1, LIMITS);
+        let commit = GroupCommit::start(flush.clone(), LIMITS);
         let started = tokio::time::Instant::now();
-        assert_eq!(commit.submit(0, 1, 4).await, Some(40));
+        assert_eq!(commit.submit(1, 4).await, Some(40));
         // With the clock paused, any timer would have shown as time passed.
         assert_eq!(started.elapsed(), Duration::ZERO);
-        assert_eq!(*flush.trips.lock().unwrap(), [(0, vec![4])]);
+        assert_eq!(*flush.trips.lock().unwrap(), [vec![4]]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn requests_arriving_while_the_lane_is_busy_share_the_next_round_trip() {
         let flush = recorded(0);
-        let commit = Arc::new(GroupCommit::start(flush.clone(), 1, LIMITS));
-        let submit = |item| {
+        let commit = Arc::new(GroupCommit::start(flush.clone(), LIMITS));
+        let submit = |size, item| {
             let commit = commit.clone();
-            tokio::spawn(async move { commit.submit(0, 10, item).await })
+            tokio::spawn(async move { commit.submit(size, item).await })
         };
-        let first = submit(1);
+        let first = submit(10, 1);
         settle().await;
-        let waiting: Vec<_> = (2..=6).map(submit).collect();
+        let sizes = [10, 10, 10, 10, 10, 60, 60, 200];
+        let waiting: Vec<_> = (2..)
+            .zip(sizes)
+            .map(|(item, size)| submit(size, item))
+            .collect();
         settle().await;
         assert_eq!(flush.trips.lock().unwrap().len(), 1, "the lane is busy");
         flush.gate.add_permits(10);
         assert_eq!(first.await.unwrap(), Some(10));
-        for (item, answer) in (2..=6).zip(waiting) {
+        for (item, answer) in (2..).zip(waiting) {
             assert_eq!(answer.await.unwrap(), Some(item * 10));
         }
-        // Five waited: three (the count limit), then two.
+        // In arrival order: three at most (the count), within 100 bytes unless one alone is larger.
         assert_eq!(
             *flush.trips.lock().unwrap(),
-            [(0, vec![1]), (0, vec![2, 3, 4]), (0, vec![5, 6])]
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn groups_stay_apart_and_the_oldest_request_goes_first() {
-        let flush = recorded(0);
-        let commit = Arc::new(GroupCommit::start(flush.clone(), 2, LIMITS));
-        let submit = |group, size, item| {
-            let commit = commit.clone();
-            tokio::spawn(async move { commit.submit(group, size, item).await })
-        };
-        let busy = submit(0, 1, 1);
-        settle().await;
-        let answers = vec![
-            submit(1, 60, 2),
-            submit(0, 1, 3),
-            submit(1, 60, 4),
-            submit(1, 200, 5),
-        ];
-        settle().await;
-        flush.gate.add_permits(10);
-        busy.await.unwrap();
-        for answer in answers {
-            answer.await.unwrap();
-        }
-        // Group 1 waited longest; 60 + 60 is over the byte limit, and a large one goes alone.
-        assert_eq!(
-            *flush.trips.lock().unwrap(),
-            [
-                (0, vec![1]),
-                (1, vec![2]),
-                (0, vec![3]),
-                (1, vec![4]),
-                (1, vec![5])
-            ]
+            [vec![1], vec![2, 3, 4], vec![5, 6, 7], vec![8], vec![9]]
         );
     }
 
@@ -285,10 +240,10 @@ mod tests {
     async fn a_request_goes_at_once_on_a_free_lane_while_another_is_busy() {
         let flush = recorded(0);
         let limits = GroupLimits { lanes: 2, ..LIMITS };
-        let commit = Arc::new(GroupCommit::start(flush.clone(), 1, limits));
+        let commit = Arc::new(GroupCommit::start(flush.clone(), limits));
         let submit = |item| {
             let commit = commit.clone();
-            tokio::spawn(async move { commit.submit(0, 1, item).await })
+            tokio::spawn(async move { commit.submit(1, item).await })
         };
         let first = submit(1);
         settle().await;
@@ -296,7 +251,7 @@ mod tests {
         settle().await;
         assert_eq!(
             *flush.trips.lock().unwrap(),
-            [(0, vec![1]), (0, vec![2])],
+            [vec![1], vec![2]],
             "the second lane took the second request while the first was busy"
         );
         flush.gate.add_permits(2);
@@ -307,8 +262,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn its_lanes_stop_once_it_is_dropped() {
         let flush = recorded(1);
-        let commit = GroupCommit::start(flush.clone(), 1, GroupLimits { lanes: 3, ..LIMITS });
-        assert_eq!(commit.submit(0, 1, 1).await, Some(10));
+        let commit = GroupCommit::start(flush.clone(), GroupLimits { lanes: 3, ..LIMITS });
+        assert_eq!(commit.submit(1, 1).await, Some(10));
         assert_eq!(Arc::strong_count(&flush), 2, "the lanes share one flush");
         drop(commit);
         settle().await;

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod index_queue;
 pub mod ingest;
 pub mod live;
+pub mod message_creates;
 pub mod plan;
 pub mod ports;
 pub mod quota;

@@ -132,6 +132,14 @@ pub trait Numbers: Send + Sync {
     async fn init_application(&self, app: AppId) -> CoreResult<()>;
     async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>>;
     async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>>;
+    /// The next message number of each chat, in order (a chat named twice gets two), at once.
+    async fn next_messages(&self, chats: &[ChatKey]) -> CoreResult<Vec<Option<u64>>> {
+        let mut numbers = Vec::with_capacity(chats.len());
+        for (app, chat) in chats {
+            numbers.push(self.next_message(*app, *chat).await?);
+        }
+        Ok(numbers)
+    }
     /// Starts a missing chat counter at `floor` (one started meanwhile is kept) and allocates from it.
     async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64>;
     /// Starts a missing message counter at `floor` (one started meanwhile is kept) and allocates from it.
@@ -291,6 +299,13 @@ pub trait Cache: Send + Sync {
     /// drop before it is stored; otherwise as `put_message`.
     async fn remember_message(&self, message: &Message) -> CoreResult<()> {
         self.put_message(message).await
+    }
+    /// The same for many messages at once.
+    async fn remember_messages(&self, messages: &[Message]) -> CoreResult<()> {
+        for message in messages {
+            self.remember_message(message).await?;
+        }
+        Ok(())
     }
     /// The same for many messages at once (the worker's write-through after a batch).
     async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {

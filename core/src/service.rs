@@ -18,10 +18,12 @@ use tokio::sync::watch;
 use crate::command::Command;
 use crate::domain::{self, AppId, Chat, Message, Order, Page, Scan};
 use crate::error::{CoreError, CoreResult};
+use crate::group_commit::{GroupCommit, GroupLimits};
 use crate::health::Check;
 use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
 use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
+use crate::message_creates::{MessageCreates, NewMessage};
 use crate::plan::ChatKey;
 use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim, VersionFor};
 use crate::quota::WriteQuota;
@@ -115,7 +117,17 @@ pub struct ChatService {
     keys: Keys,
     /// Each application's writes per second, when limited.
     quota: Option<WriteQuota>,
+    /// Message creates without an idempotency key, in group commits.
+    creates: GroupCommit<MessageCreates>,
 }
+
+/// Message creates taken in one group at most, and how many groups go through at once: while one
+/// waits for its confirm, the next takes its numbers.
+const CREATES_PER_GROUP: GroupLimits = GroupLimits {
+    count: 256,
+    bytes: 4 << 20,
+    lanes: 2,
+};
 
 /// How long a token's application is trusted in process: a replaced token stops working on every
 /// replica at most this long after it was replaced.
@@ -162,7 +174,14 @@ impl ChatService {
             stopped,
         );
         let keys = Keys::new(ports.keys.clone());
+        let creates = MessageCreates {
+            numbers: ports.numbers.clone(),
+            floor: ports.floor.clone(),
+            queue: ports.queue.clone(),
+            cache: ports.cache.clone(),
+        };
         ChatService {
+            creates: GroupCommit::start(creates, CREATES_PER_GROUP),
             ports,
             app_ids: LocalCache::new(100_000),
             unknown_tokens: LocalCache::new(UNKNOWN_TOKENS_HELD),
@@ -513,6 +532,28 @@ impl ChatService {
         let app = self.resolve(token).await?;
         let chat_created_at = self.chat_birth(app, chat).await?;
         self.spend(app, WriteQuota::writes_of(body))?;
+        let Some(key) = key else {
+            let create = NewMessage {
+                app,
+                chat,
+                chat_created_at,
+                body: body.to_string(),
+            };
+            let message = self
+                .creates
+                .submit(body.len(), create)
+                .await
+                .unwrap_or_else(|| {
+                    Err(CoreError::unavailable(
+                        crate::error::Backend::Queue,
+                        "the message creates stopped",
+                    ))
+                })?;
+            return Ok(Created {
+                view: MessageView::from(&message),
+                replayed: false,
+            });
+        };
         let scope = KeyScope::Application { app, token };
         let make = || async {
             let number = match self.ports.numbers.next_message(app, chat).await? {
@@ -545,7 +586,7 @@ impl ChatService {
         };
         let chat_text = chat.to_string();
         let (intent, replayed) = self
-            .once(scope, key, &["message", &chat_text, body], make, act)
+            .once(scope, Some(key), &["message", &chat_text, body], make, act)
             .await?;
         let message = intent
             .command()

@@ -212,9 +212,9 @@ pub struct ServeArgs {
     /// MySQL connections.
     #[arg(long, env = env::CHATSYS_DB_POOL_SIZE, default_value_t = connections::API_POOL)]
     pub db_pool_size: u32,
-    /// AMQP channels shared by concurrent requests; each carries one envelope of waiting commands at a
-    /// time.
-    #[arg(long, env = env::CHATSYS_PUBLISH_CHANNELS, default_value_t = 4)]
+    /// Envelopes awaiting their confirms at once per command queue, each on an AMQP channel of its own:
+    /// the commands waiting meanwhile go out together in the next one.
+    #[arg(long, env = env::CHATSYS_PUBLISH_CHANNELS, default_value_t = 1)]
     pub publish_channels: usize,
     /// A publish not confirmed by then answers 503.
     #[arg(long, env = env::CHATSYS_PUBLISH_TIMEOUT_MS, default_value_t = 5000)]

@@ -309,6 +309,9 @@ impl Broker {
 /// answers each of them with the broker's confirm of it.
 struct EnvelopePublisher {
     broker: std::sync::Arc<Broker>,
+    queue: usize,
+    /// The channels of this queue's lanes start here.
+    first_channel: usize,
     timeout: Duration,
 }
 
@@ -317,14 +320,14 @@ impl Flush for EnvelopePublisher {
     type Item = Vec<u8>;
     type Output = Result<(), String>;
 
-    async fn flush(&self, lane: usize, queue: usize, commands: Vec<Vec<u8>>) -> Vec<Self::Output> {
+    async fn flush(&self, lane: usize, commands: Vec<Vec<u8>>) -> Vec<Self::Output> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, async {
             let link = self.broker.link().await?;
-            let channel = &link.channels[lane % link.channels.len()];
+            let channel = &link.channels[(self.first_channel + lane) % link.channels.len()];
             publish_confirmed(
                 channel,
-                &self.broker.queues.name(queue),
+                &self.broker.queues.name(self.queue),
                 &envelope::seal(&commands),
                 persistent(commands.len()),
             )
@@ -341,47 +344,52 @@ impl Flush for EnvelopePublisher {
     }
 }
 
-/// Publishing side of the command queues. Concurrent publishes are carried in group commits: the
-/// commands waiting for a queue while every channel awaits a confirm go out together as one envelope
-/// (see [`envelope`]) on the next channel free, and each publish returns once the broker confirmed the
-/// envelope that carries it.
+/// Publishing side of the command queues. Concurrent publishes are carried in group commits, per
+/// queue: the commands waiting for a queue while its envelopes in flight await their confirms go out
+/// together as the next envelope (see [`envelope`]), and each publish returns once the broker
+/// confirmed the envelope that carries it.
 pub struct AmqpQueue {
     broker: std::sync::Arc<Broker>,
-    publishing: GroupCommit<EnvelopePublisher>,
+    /// One group commit per command queue.
+    publishing: Vec<GroupCommit<EnvelopePublisher>>,
 }
 
 impl AmqpQueue {
-    /// `channel_count` channels, each carrying one envelope at a time; must be called within a Tokio
-    /// runtime.
+    /// `in_flight` envelopes at most awaiting their confirms per queue, each on a channel of its own;
+    /// must be called within a Tokio runtime.
     pub fn new(
         url: &str,
         queues: CommandQueues,
-        channel_count: usize,
+        in_flight: usize,
         publish_timeout: Duration,
     ) -> Self {
-        let channel_count = channel_count.max(1);
+        let in_flight = in_flight.max(1);
         let broker = std::sync::Arc::new(Broker {
             url: url.to_string(),
             queues: queues.clone(),
-            channel_count,
+            channel_count: in_flight * queues.count(),
             link: Mutex::new(LinkState::Down {
                 since: Instant::now() - RECONNECT_PAUSE,
                 reason: "not connected".into(),
             }),
         });
-        let publisher = EnvelopePublisher {
-            broker: broker.clone(),
-            timeout: publish_timeout,
-        };
         let limits = GroupLimits {
             count: envelope::MAX_COMMANDS,
             bytes: envelope::PARTS_BYTES,
-            lanes: channel_count,
+            lanes: in_flight,
         };
-        AmqpQueue {
-            publishing: GroupCommit::start(publisher, queues.count(), limits),
-            broker,
-        }
+        let publishing = (0..queues.count())
+            .map(|queue| {
+                let publisher = EnvelopePublisher {
+                    broker: broker.clone(),
+                    queue,
+                    first_channel: queue * in_flight,
+                    timeout: publish_timeout,
+                };
+                GroupCommit::start(publisher, limits)
+            })
+            .collect();
+        AmqpQueue { publishing, broker }
     }
 
     async fn link(&self) -> CoreResult<std::sync::Arc<Link>> {
@@ -404,7 +412,7 @@ impl Queue for AmqpQueue {
         let encoded = command.encode();
         let size = encoded.len() + envelope::PART_OVERHEAD;
         let queue = self.broker.queues.of(command);
-        match self.publishing.submit(queue, size, encoded).await {
+        match self.publishing[queue].submit(size, encoded).await {
             Some(result) => result.map_err(unavailable),
             None => Err(unavailable("the publisher stopped")),
         }

@@ -15,7 +15,6 @@ use tokio::sync::broadcast;
 
 use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
 use crate::error::{Backend, CoreError, CoreResult};
-use crate::group_commit::{Flush, GroupCommit, GroupLimits};
 use crate::idempotency::{KEY_LIFETIME, KeyCells};
 use crate::plan::{ChatKey, MessageKey};
 use crate::ports::{
@@ -170,12 +169,10 @@ return 0
 /// Counters live without expiry (an eviction policy of `volatile-*` never evicts them). A counter that
 /// is missing was never started or was lost (Redis restarted or flushed): new applications and chats
 /// start theirs at 0 explicitly, so a missing one is restarted by the caller above a floor instead of
-/// from 1. The numbers asked for at the same time are taken in one script call (a group commit): one
-/// round trip and one script run for all, however many.
+/// from 1. Many numbers are taken in one script call: one round trip and one script run for all.
 pub struct RedisNumbers {
     redis: ConnectionManager,
     keys: Keys,
-    allocations: GroupCommit<CounterScript>,
 }
 
 /// KEYS: counters, a counter more than once for several of its numbers. ARGV: for each, the prefix of
@@ -205,51 +202,8 @@ if ARGV[2] ~= '' then redis.call('SET', ARGV[2] .. n .. ':msgs', 0, 'NX') end
 return n
 ";
 
-/// A number to take: its counter, and for an application's chat counter the prefix of its chats'
-/// message counters.
-struct Allocation {
-    counter: String,
-    chats_of: Option<String>,
-}
-
 /// Numbers asked for per script call at most.
 const NUMBERS_PER_CALL: usize = 256;
-
-/// Takes the numbers waiting in one [`NEXT_NUMBERS`] call.
-struct CounterScript {
-    redis: ConnectionManager,
-}
-
-#[async_trait]
-impl Flush for CounterScript {
-    type Item = Allocation;
-    type Output = Result<Option<u64>, String>;
-
-    async fn flush(&self, _: usize, _: usize, allocations: Vec<Allocation>) -> Vec<Self::Output> {
-        let mut invocation = script(&NEXT_NUMBERS_SCRIPT, NEXT_NUMBERS).prepare_invoke();
-        for allocation in &allocations {
-            invocation
-                .key(&allocation.counter)
-                .arg(allocation.chats_of.as_deref().unwrap_or(""));
-        }
-        let numbers: Result<Vec<i64>, _> = invocation.invoke_async(&mut self.redis.clone()).await;
-        match numbers {
-            Ok(numbers) if numbers.len() == allocations.len() => numbers
-                .into_iter()
-                .map(|n| Ok(u64::try_from(n).ok().filter(|n| *n > 0)))
-                .collect(),
-            Ok(numbers) => {
-                let e = format!(
-                    "{} numbers for {} counters",
-                    numbers.len(),
-                    allocations.len()
-                );
-                vec![Err(e); allocations.len()]
-            }
-            Err(e) => vec![Err(unavailable(e).to_string()); allocations.len()],
-        }
-    }
-}
 
 /// How a version is kept as a message's newest.
 fn kept_version(version: u64, change: VersionFor) -> String {
@@ -260,35 +214,50 @@ fn kept_version(version: u64, change: VersionFor) -> String {
 }
 
 impl RedisNumbers {
-    /// Must be called within a Tokio runtime (the group commit's lanes start here).
     pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
-        let limits = GroupLimits {
-            count: NUMBERS_PER_CALL,
-            bytes: usize::MAX,
-            lanes: 2,
-        };
-        let allocations = GroupCommit::start(
-            CounterScript {
-                redis: redis.clone(),
-            },
-            1,
-            limits,
-        );
-        RedisNumbers {
-            redis,
-            keys,
-            allocations,
-        }
+        RedisNumbers { redis, keys }
     }
 
-    async fn allocate(&self, allocation: Allocation) -> CoreResult<Option<u64>> {
-        match self.allocations.submit(0, 1, allocation).await {
-            Some(number) => number.map_err(|e| CoreError::unavailable(Backend::Redis, e)),
-            None => Err(CoreError::unavailable(
-                Backend::Redis,
-                "the number allocator stopped",
-            )),
+    /// The next number of each counter, in order (a counter named twice gives two); `None` for a
+    /// counter that is missing. `counters` pairs each counter with the prefix of its chats' message
+    /// counters when it is an application's chat counter.
+    async fn allocate(
+        &self,
+        counters: &[(String, Option<String>)],
+    ) -> CoreResult<Vec<Option<u64>>> {
+        let mut numbers = Vec::with_capacity(counters.len());
+        for chunk in counters.chunks(NUMBERS_PER_CALL) {
+            let mut invocation = script(&NEXT_NUMBERS_SCRIPT, NEXT_NUMBERS).prepare_invoke();
+            for (counter, chats_of) in chunk {
+                invocation
+                    .key(counter)
+                    .arg(chats_of.as_deref().unwrap_or(""));
+            }
+            let taken: Vec<i64> = invocation
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(unavailable)?;
+            if taken.len() != chunk.len() {
+                return Err(CoreError::unavailable(
+                    Backend::Redis,
+                    format!("{} numbers for {} counters", taken.len(), chunk.len()),
+                ));
+            }
+            numbers.extend(
+                taken
+                    .into_iter()
+                    .map(|n| u64::try_from(n).ok().filter(|n| *n > 0)),
+            );
         }
+        Ok(numbers)
+    }
+
+    async fn allocate_one(
+        &self,
+        counter: String,
+        chats_of: Option<String>,
+    ) -> CoreResult<Option<u64>> {
+        Ok(self.allocate(&[(counter, chats_of)]).await?.pop().flatten())
     }
 
     /// Starts a missing counter at `floor` (one started meanwhile is kept) and takes its next number.
@@ -338,19 +307,22 @@ impl Numbers for RedisNumbers {
     }
 
     async fn next_chat(&self, app: AppId) -> CoreResult<Option<u64>> {
-        self.allocate(Allocation {
-            counter: self.keys.chat_counter(app),
-            chats_of: Some(self.keys.message_counter_prefix(app)),
-        })
-        .await
+        let prefix = self.keys.message_counter_prefix(app);
+        self.allocate_one(self.keys.chat_counter(app), Some(prefix))
+            .await
     }
 
     async fn next_message(&self, app: AppId, chat: u64) -> CoreResult<Option<u64>> {
-        self.allocate(Allocation {
-            counter: self.keys.message_counter(app, chat),
-            chats_of: None,
-        })
-        .await
+        self.allocate_one(self.keys.message_counter(app, chat), None)
+            .await
+    }
+
+    async fn next_messages(&self, chats: &[ChatKey]) -> CoreResult<Vec<Option<u64>>> {
+        let counters: Vec<(String, Option<String>)> = chats
+            .iter()
+            .map(|(app, chat)| (self.keys.message_counter(*app, *chat), None))
+            .collect();
+        self.allocate(&counters).await
     }
 
     async fn restart_chats(&self, app: AppId, floor: u64) -> CoreResult<u64> {
@@ -514,43 +486,6 @@ pub struct RedisCache {
     ttl_secs: u64,
     max_page_bytes: usize,
     max_application_bytes: usize,
-    /// The messages accepted at the same time, remembered in one script call per server.
-    remembering: GroupCommit<Remembering>,
-}
-
-/// Remembers the messages waiting, in `state` and (when it is another server) in the cache.
-struct Remembering {
-    state: ConnectionManager,
-    cache: Option<ConnectionManager>,
-    keys: Keys,
-    ttl_secs: u64,
-}
-
-/// Messages remembered per script call at most.
-const REMEMBERED_PER_CALL: usize = 128;
-
-#[async_trait]
-impl Flush for Remembering {
-    type Item = Message;
-    type Output = Result<(), String>;
-
-    async fn flush(&self, _: usize, _: usize, messages: Vec<Message>) -> Vec<Self::Output> {
-        let records: Vec<Record> = messages
-            .iter()
-            .map(|m| message_record(&self.keys, m))
-            .collect();
-        let result = match &self.cache {
-            Some(cache) => {
-                let (state, cache) = tokio::join!(
-                    put_newer(&self.state, self.ttl_secs, records.clone()),
-                    put_newer(cache, self.ttl_secs, records)
-                );
-                state.and(cache)
-            }
-            None => put_newer(&self.state, self.ttl_secs, records).await,
-        };
-        vec![result.map_err(|e| e.to_string()); messages.len()]
-    }
 }
 
 /// A record to put by [`PUT_NEWER`]: its key, its freshness and its JSON.
@@ -611,25 +546,30 @@ pub struct CacheLimits {
 /// Keeps, for each record, whichever of the cached and the given one is the later
 /// ([`Message::freshness`], [`Chat::freshness`]: a version or latest change, a tombstone after a live
 /// state), so that a reader putting what it read before a commit cannot hide the commit's
-/// write-through. A record an earlier release kept is compared by its version alone (field `v`), and
-/// one it kept as a plain string is replaced. KEYS: the records. ARGV: the lifetime in seconds, then for
-/// each record its freshness, its JSON and its version.
+/// write-through. A record as fresh as the one kept is the same state, and is not written again (the
+/// worker's write-through of a create the API remembered costs one read). A record an earlier release
+/// kept is compared by its version alone (field `v`), and one it kept as a plain string is replaced.
+/// KEYS: the records. ARGV: the lifetime in seconds, then for each record its freshness, its JSON and
+/// its version.
 const PUT_NEWER: &str = r"
 for i, key in ipairs(KEYS) do
   local at = 2 + (i - 1) * 3
-  local freshness, record, version = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  if redis.call('TYPE', key).ok == 'string' then redis.call('DEL', key) end
-  local newer = true
-  local current = redis.call('HGET', key, 'f')
+  local freshness = tonumber(ARGV[at])
+  local current = redis.pcall('HGET', key, 'f')
+  if type(current) == 'table' then
+    redis.call('DEL', key)
+    current = false
+  end
+  local newer
   if current then
-    newer = tonumber(current) <= tonumber(freshness)
+    newer = tonumber(current) < freshness
   else
     local kept = redis.call('HGET', key, 'v')
-    newer = not kept or tonumber(kept) <= tonumber(version)
+    newer = not kept or tonumber(kept) <= tonumber(ARGV[at + 2])
+    if newer and kept then redis.call('HDEL', key, 'v') end
   end
   if newer then
-    redis.call('HSET', key, 'f', freshness, 'd', record)
-    redis.call('HDEL', key, 'v')
+    redis.call('HSET', key, 'f', ARGV[at], 'd', ARGV[at + 1])
     redis.call('EXPIRE', key, ARGV[1])
   end
 end
@@ -664,7 +604,7 @@ return 1
 impl RedisCache {
     /// `cache` is `state` again when one Redis takes both roles. A list page over `max_page_bytes` is
     /// not cached: one page of a thousand 64 KiB messages is 63 MB, which Redis would hold (and send
-    /// over the network on every hit) for the whole TTL. Must be called within a Tokio runtime.
+    /// over the network on every hit) for the whole TTL.
     pub fn new(
         state: ConnectionManager,
         cache: Option<ConnectionManager>,
@@ -672,20 +612,6 @@ impl RedisCache {
         limits: CacheLimits,
     ) -> Self {
         let ttl_secs = limits.ttl.as_secs().max(1);
-        let remembering = GroupCommit::start(
-            Remembering {
-                state: state.clone(),
-                cache: cache.clone(),
-                keys: keys.clone(),
-                ttl_secs,
-            },
-            1,
-            GroupLimits {
-                count: REMEMBERED_PER_CALL,
-                bytes: usize::MAX,
-                lanes: 2,
-            },
-        );
         RedisCache {
             separate: cache.is_some(),
             cache: cache.unwrap_or_else(|| state.clone()),
@@ -694,7 +620,6 @@ impl RedisCache {
             ttl_secs,
             max_page_bytes: limits.max_page_bytes,
             max_application_bytes: limits.max_application_bytes,
-            remembering,
         }
     }
 
@@ -839,17 +764,28 @@ impl Cache for RedisCache {
         self.put_messages(std::slice::from_ref(message)).await
     }
 
-    /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look
-    /// first (and where an older version would otherwise shadow it). The messages accepted at the same
-    /// time go together, in one round trip.
     async fn remember_message(&self, message: &Message) -> CoreResult<()> {
-        match self.remembering.submit(0, 1, message.clone()).await {
-            Some(result) => result.map_err(|e| CoreError::unavailable(Backend::Redis, e)),
-            None => Err(CoreError::unavailable(
-                Backend::Redis,
-                "the cache writer stopped",
-            )),
+        self.remember_messages(std::slice::from_ref(message)).await
+    }
+
+    /// Kept in `state` until its TTL, whatever the cache drops; in the cache too, where reads look
+    /// first (and where an older version would otherwise shadow it). One round trip to each.
+    async fn remember_messages(&self, messages: &[Message]) -> CoreResult<()> {
+        if messages.is_empty() {
+            return Ok(());
         }
+        let records: Vec<Record> = messages
+            .iter()
+            .map(|m| message_record(&self.keys, m))
+            .collect();
+        if !self.separate {
+            return put_newer(&self.state, self.ttl_secs, records).await;
+        }
+        let (state, cache) = tokio::join!(
+            put_newer(&self.state, self.ttl_secs, records.clone()),
+            put_newer(&self.cache, self.ttl_secs, records)
+        );
+        state.and(cache)
     }
 
     async fn put_messages(&self, messages: &[Message]) -> CoreResult<()> {

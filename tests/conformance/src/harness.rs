@@ -158,7 +158,7 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
         },
         access: access(),
         db_pool_size: 8,
-        publish_channels: 4,
+        publish_channels: 1,
         publish_timeout_ms: 5000,
         max_request_bytes: 1_048_576,
         hot_page_cache_bytes: 33_554_432,
