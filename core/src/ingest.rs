@@ -561,9 +561,16 @@ where
 }
 
 /// Write-through of the chats changed and of the messages about to be indexed (each kept only when
-/// newer than what the cache holds), and invalidation of the applications and lists that changed. A cache failure only costs freshness until the entries expire, so it is logged, not
-/// retried.
+/// fresher than what the cache holds), and invalidation of the applications and lists that changed.
+/// A message as its create left it is not written: the API remembered that very state when it took
+/// the create, and nothing the cache can hold is older. A cache failure only costs freshness until the
+/// entries expire, so it is logged, not retried.
 async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message]) {
+    let changed_since_created: Vec<Message> = messages
+        .iter()
+        .filter(|m| m.version > 0 || m.deleted)
+        .cloned()
+        .collect();
     let mut scopes: Vec<ListScope> = changed
         .chats
         .iter()
@@ -579,7 +586,7 @@ async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message
         cache.put_chats(&changed.stored_chats),
         cache.forget_applications(&changed.applications),
         cache.bump_lists(&scopes),
-        cache.put_messages(messages),
+        cache.put_messages(&changed_since_created),
     );
     for result in [chats, applications, lists, written] {
         if let Err(e) = result {

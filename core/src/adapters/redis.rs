@@ -555,16 +555,16 @@ const PUT_NEWER: &str = r"
 for i, key in ipairs(KEYS) do
   local at = 2 + (i - 1) * 3
   local freshness = tonumber(ARGV[at])
-  local current = redis.pcall('HGET', key, 'f')
-  if type(current) == 'table' then
+  local fields = redis.pcall('HMGET', key, 'f', 'v')
+  if fields.err then
     redis.call('DEL', key)
-    current = false
+    fields = {false, false}
   end
+  local current, kept = fields[1], fields[2]
   local newer
   if current then
     newer = tonumber(current) < freshness
   else
-    local kept = redis.call('HGET', key, 'v')
     newer = not kept or tonumber(kept) <= tonumber(ARGV[at + 2])
     if newer and kept then redis.call('HDEL', key, 'v') end
   end
