@@ -850,3 +850,37 @@ async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
     );
     println!("300 concurrent publishes went out as {messages} messages");
 }
+
+/// A counter lost from Redis restarts above every number still queued: a queued message may be an
+/// envelope of many commands, so each counts as a full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_counter_restarts_above_every_number_an_envelope_in_the_queue_holds() {
+    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_core::adapters::mysql::MySqlStore;
+    use chatsys_core::ports::NumberFloor;
+    use chatsys_core::service::ReseedFloor;
+    use std::sync::Arc;
+
+    let s = setup().await;
+    let app = application_after_migration(&s).await;
+    let queued: Vec<Vec<u8>> = (1..=10)
+        .map(|n| message(app, n, &format!("m{n}")))
+        .collect();
+    let (_connection, channel) = open_channel().await;
+    publish(&channel, &s.queue, &[chatsys_core::envelope::seal(&queued)]).await;
+    let floor = ReseedFloor {
+        store: Arc::new(MySqlStore::connect(&s.database_url, 2).unwrap()),
+        queue: Arc::new(AmqpQueue::new(
+            &amqp_url(),
+            CommandQueues::new(&s.queue, 1),
+            1,
+            Duration::from_secs(5),
+        )),
+        margin: 0,
+    };
+    let restart_at = floor.message_floor(app, 1).await.unwrap();
+    assert!(
+        restart_at >= 10,
+        "a counter restarted at {restart_at} would hand out a number the queue holds"
+    );
+}
