@@ -107,18 +107,24 @@ async fn publish(channel: &Channel, queue: &str, payloads: &[Vec<u8>]) {
         .await
         .unwrap();
     for payload in payloads {
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                BasicPublishOptions::default(),
-                payload,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-        assert!(confirm.await.unwrap().is_ack());
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        publish_with(channel, queue, payload, properties).await;
     }
+}
+
+/// Publishes one message with these properties.
+async fn publish_with(channel: &Channel, queue: &str, payload: &[u8], properties: BasicProperties) {
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            payload,
+            properties,
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
 }
 
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -260,33 +266,37 @@ async fn a_batch_left_unacknowledged_by_a_crash_is_redelivered_and_stored_once()
         .collect();
     publish(&channel, &s.queue, &commands).await;
     // A consumer takes the whole batch and dies without acknowledging it.
-    {
-        let (crashed, channel) = open_channel().await;
-        channel
-            .basic_qos(100, BasicQosOptions::default())
-            .await
-            .unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                ShortString::from(s.queue.as_str()),
-                ShortString::from("doomed"),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        for _ in 0..commands.len() {
-            consumer.next().await.unwrap().unwrap();
-        }
-        drop(consumer);
-        crashed
-            .close(320, ShortString::from("simulated crash"))
-            .await
-            .unwrap();
-    }
+    take_and_die(&s.queue, commands.len()).await;
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, app, 30).await, (30, 30, 1));
     worker.stop().await;
+}
+
+/// A consumer that takes `deliveries` from the queue and dies without acknowledging them, as a worker
+/// that crashes mid-batch: the broker delivers them again.
+async fn take_and_die(queue: &str, deliveries: usize) {
+    let (crashed, channel) = open_channel().await;
+    channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from("doomed"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..deliveries {
+        consumer.next().await.unwrap().unwrap();
+    }
+    drop(consumer);
+    crashed
+        .close(320, ShortString::from("simulated crash"))
+        .await
+        .unwrap();
 }
 
 /// The schema exists before the application row is inserted; the worker is stopped right after.
@@ -363,6 +373,27 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
     );
     assert!(reasons.iter().any(|r| r.contains("body")), "{reasons:?}");
     worker.stop().await;
+}
+
+/// Stops the worker once its last batch had the moment it takes to be acknowledged (a batch is
+/// acknowledged once indexed and cached too, a little after its rows show; a stop before then leaves it
+/// to be redelivered, by design), then finds none of these queues given deliveries back: every one was
+/// acknowledged.
+async fn stop_and_expect_acknowledged(
+    worker: chatsys_runtime::Running,
+    channel: &Channel,
+    queues: &[&str],
+) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for queue in queues {
+        assert_eq!(
+            depth(channel, queue).await,
+            0,
+            "queue {queue} got deliveries back: they were never acknowledged"
+        );
+    }
 }
 
 /// Messages waiting in a queue, by a passive declare.
@@ -448,19 +479,9 @@ async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(stored, (60, 60, 12), "(messages, their count, chats)");
-    // A batch is acknowledged once it is indexed and cached too, a moment after its rows show; a stop
-    // before then leaves it to be redelivered, by design. So the worker gets that moment first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    // Deliveries left unacknowledged on any queue's channel would return to it when the worker goes.
-    worker.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for queue in queues.names() {
-        assert_eq!(
-            depth(&channel, &queue).await,
-            0,
-            "queue {queue} got deliveries back: they were never acknowledged"
-        );
-    }
+    let names = queues.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    stop_and_expect_acknowledged(worker, &channel, &names).await;
     assert_eq!(api.backlog().await.unwrap(), 0);
 }
 
@@ -622,21 +643,6 @@ async fn an_idle_worker_is_ready_again_once_it_has_reconnected() {
     worker.stop().await;
 }
 
-/// Publishes one message with these properties.
-async fn publish_with(channel: &Channel, queue: &str, payload: &[u8], properties: BasicProperties) {
-    let confirm = channel
-        .basic_publish(
-            ShortString::from(""),
-            ShortString::from(queue),
-            BasicPublishOptions::default(),
-            payload,
-            properties,
-        )
-        .await
-        .unwrap();
-    assert!(confirm.await.unwrap().is_ack());
-}
-
 /// A worker stored part of an envelope (its batch was split after a refusal, say) and died before
 /// acknowledging it: the envelope comes back whole, and every command in it is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,34 +669,10 @@ async fn an_envelope_a_worker_died_in_is_stored_once_when_redelivered() {
         .map(|c| Command::decode(c).unwrap())
         .collect();
     store.apply(&stored_first).await.unwrap();
-    {
-        let (crashed, channel) = open_channel().await;
-        let mut consumer = channel
-            .basic_consume(
-                ShortString::from(s.queue.as_str()),
-                ShortString::from("doomed"),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        consumer.next().await.unwrap().unwrap();
-        drop(consumer);
-        crashed
-            .close(320, ShortString::from("simulated crash"))
-            .await
-            .unwrap();
-    }
+    take_and_die(&s.queue, 1).await;
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, app, 30).await, (30, 30, 1));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    worker.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        depth(&channel, &s.queue).await,
-        0,
-        "the envelope was acknowledged"
-    );
+    stop_and_expect_acknowledged(worker, &channel, &[&s.queue]).await;
 }
 
 /// One bad command in an envelope goes to the dead-letter queue alone, as itself, with its reason and
@@ -769,15 +751,8 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
         "{headers:?}"
     );
     assert_eq!(text("x-chatsys-commands"), "4", "the envelope's header");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    worker.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_and_expect_acknowledged(worker, &channel, &[&s.queue]).await;
     assert_eq!(depth(&channel, &dead).await, 0, "one dead letter only");
-    assert_eq!(
-        depth(&channel, &s.queue).await,
-        0,
-        "the envelope was acknowledged"
-    );
 }
 
 /// Publishes as the API does: a lone command goes at once, as itself; commands published together
