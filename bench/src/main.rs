@@ -263,12 +263,21 @@ impl EnvelopeFigures {
                 Some((q.to_string(), metric_sum(&exposition, &series)?))
             })
             .collect();
-        Some(Self {
+        Some(Self::new(messages, commands, quantiles))
+    }
+
+    fn new(messages: f64, commands: f64, quantiles: BTreeMap<String, f64>) -> Self {
+        let mean_commands = if messages > 0.0 {
+            commands / messages
+        } else {
+            0.0
+        };
+        Self {
             messages,
             commands,
-            mean_commands: 0.0,
+            mean_commands,
             quantiles,
-        })
+        }
     }
 
     /// What was published between two scrapes.
@@ -276,17 +285,11 @@ impl EnvelopeFigures {
         let (messages, commands) = before
             .as_ref()
             .map_or((0.0, 0.0), |b| (b.messages, b.commands));
-        let (messages, commands) = (self.messages - messages, self.commands - commands);
-        Self {
-            messages,
-            commands,
-            mean_commands: if messages > 0.0 {
-                commands / messages
-            } else {
-                0.0
-            },
-            quantiles: self.quantiles,
-        }
+        Self::new(
+            self.messages - messages,
+            self.commands - commands,
+            self.quantiles,
+        )
     }
 }
 

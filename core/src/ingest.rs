@@ -406,39 +406,14 @@ async fn store_batch(
         return Ok(None);
     }
     let started = Instant::now();
-    let mut commands = Vec::with_capacity(batch.len());
-    // The index of the delivery that carried each command.
-    let mut carriers = Vec::with_capacity(batch.len());
-    for (index, delivery) in batch.iter().enumerate() {
-        match envelope::open(&delivery.payload) {
-            Ok(parts) => {
-                for part in parts {
-                    match Command::decode(part) {
-                        Ok(command) => {
-                            commands.push(command);
-                            carriers.push(index);
-                        }
-                        Err(e) => set_aside(source, delivery, part, &e.to_string()).await?,
-                    }
-                }
-            }
-            Err(reason) => {
-                let reason = format!("undecodable envelope: {reason}");
-                set_aside(source, delivery, &delivery.payload, &reason).await?;
-            }
-        }
-    }
-    let (applied, refused) = if commands.is_empty() {
-        (Applied::default(), Vec::new())
-    } else {
-        apply(
-            ports.store.as_ref(),
-            &commands,
-            settings.max_attempts,
-            shutdown,
-        )
-        .await?
-    };
+    let (commands, carriers) = open_deliveries(source, &batch).await?;
+    let (applied, refused) = apply(
+        ports.store.as_ref(),
+        &commands,
+        settings.max_attempts,
+        shutdown,
+    )
+    .await?;
     for (index, reason) in &refused {
         let carrier = &batch[carriers[*index]];
         set_aside(source, carrier, &commands[*index].encode(), reason).await?;
@@ -476,6 +451,36 @@ async fn store_batch(
     }))
 }
 
+/// The commands the deliveries hold, each with the index of the delivery that carried it; what cannot
+/// be a command is set aside (a broken envelope whole, a bad command of a sound one alone).
+async fn open_deliveries(
+    source: &mut dyn CommandSource,
+    deliveries: &[Delivery],
+) -> CoreResult<(Vec<Command>, Vec<usize>)> {
+    let mut commands = Vec::with_capacity(deliveries.len());
+    let mut carriers = Vec::with_capacity(deliveries.len());
+    for (index, delivery) in deliveries.iter().enumerate() {
+        let parts = match envelope::open(&delivery.payload) {
+            Ok(parts) => parts,
+            Err(reason) => {
+                let reason = format!("undecodable envelope: {reason}");
+                set_aside(source, delivery, &delivery.payload, &reason).await?;
+                continue;
+            }
+        };
+        for part in parts {
+            match Command::decode(part) {
+                Ok(command) => {
+                    commands.push(command);
+                    carriers.push(index);
+                }
+                Err(e) => set_aside(source, delivery, part, &e.to_string()).await?,
+            }
+        }
+    }
+    Ok((commands, carriers))
+}
+
 async fn set_aside(
     source: &mut dyn CommandSource,
     delivery: &Delivery,
@@ -507,14 +512,17 @@ async fn purge(
     Ok(())
 }
 
-/// Applies the batch; when the store refuses it, applies the commands one by one so that only the
-/// refused ones (returned with their index and reason) are set aside.
+/// Applies the batch (nothing for none); when the store refuses it, applies the commands one by one so
+/// that only the refused ones (returned with their index and reason) are set aside.
 async fn apply(
     store: &dyn Store,
     commands: &[Command],
     max_attempts: u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> CoreResult<(Applied, Vec<(usize, String)>)> {
+    if commands.is_empty() {
+        return Ok((Applied::default(), Vec::new()));
+    }
     match retry_transient(shutdown, || store.apply(commands)).await {
         Ok(applied) => return Ok((applied, Vec::new())),
         Err(CoreError::Rejected(reason)) => {

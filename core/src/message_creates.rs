@@ -34,13 +34,17 @@ pub struct MessageCreates {
     pub cache: Arc<dyn Cache>,
 }
 
-impl MessageCreates {
-    /// The number of a create whose chat's counter is missing: restarted above the floor.
-    async fn restarted(&self, (app, chat): ChatKey) -> CoreResult<u64> {
-        let floor = self.floor.message_floor(app, chat).await?;
-        self.numbers.restart_messages(app, chat, floor).await
-    }
+/// The next number of a chat whose message counter is missing: the counter restarted above the floor.
+pub async fn restart_message_counter(
+    numbers: &dyn Numbers,
+    floor: &dyn NumberFloor,
+    (app, chat): ChatKey,
+) -> CoreResult<u64> {
+    let floor = floor.message_floor(app, chat).await?;
+    numbers.restart_messages(app, chat, floor).await
+}
 
+impl MessageCreates {
     /// Publishes one create, once it has its number.
     async fn publish(&self, create: NewMessage, number: CoreResult<u64>) -> CoreResult<Message> {
         let command = Command::CreateMessage {
@@ -71,7 +75,9 @@ impl Flush for MessageCreates {
         for (chat, number) in chats.iter().zip(numbers) {
             taken.push(match number {
                 Some(number) => Ok(number),
-                None => self.restarted(*chat).await,
+                None => {
+                    restart_message_counter(self.numbers.as_ref(), self.floor.as_ref(), *chat).await
+                }
             });
         }
         let published = futures::future::join_all(
@@ -81,12 +87,30 @@ impl Flush for MessageCreates {
                 .map(|(create, number)| self.publish(create, number)),
         )
         .await;
-        let accepted: Vec<Message> = published.iter().flatten().cloned().collect();
+        // The accepted messages apart, to be remembered in one call, and each failure in its place.
+        let mut accepted = Vec::with_capacity(published.len());
+        let failures: Vec<Option<CoreError>> = published
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(message) => {
+                    accepted.push(message);
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect();
         if let Err(e) = self.cache.remember_messages(&accepted).await {
             metrics::counter!(telemetry::CACHE_ERRORS.name).increment(1);
             tracing::debug!(error = %e, "cache unavailable; reads fall back to the store");
         }
-        published
+        let mut accepted = accepted.into_iter();
+        failures
+            .into_iter()
+            .map(|failure| match failure {
+                None => Ok(accepted.next().expect("a message for each success")),
+                Some(e) => Err(e),
+            })
+            .collect()
     }
 }
 

@@ -17,13 +17,13 @@ use tokio::sync::watch;
 
 use crate::command::Command;
 use crate::domain::{self, AppId, Chat, Message, Order, Page, Scan};
-use crate::error::{CoreError, CoreResult};
+use crate::error::{Backend, CoreError, CoreResult};
 use crate::group_commit::{GroupCommit, GroupLimits};
 use crate::health::Check;
 use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
 use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
-use crate::message_creates::{MessageCreates, NewMessage};
+use crate::message_creates::{MessageCreates, NewMessage, restart_message_counter};
 use crate::plan::ChatKey;
 use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim, VersionFor};
 use crate::quota::WriteQuota;
@@ -545,7 +545,7 @@ impl ChatService {
                 .await
                 .unwrap_or_else(|| {
                     Err(CoreError::unavailable(
-                        crate::error::Backend::Queue,
+                        Backend::Queue,
                         "the message creates stopped",
                     ))
                 })?;
@@ -559,11 +559,8 @@ impl ChatService {
             let number = match self.ports.numbers.next_message(app, chat).await? {
                 Some(number) => number,
                 None => {
-                    let floor = self.ports.floor.message_floor(app, chat).await?;
-                    self.ports
-                        .numbers
-                        .restart_messages(app, chat, floor)
-                        .await?
+                    let (numbers, floor) = (self.ports.numbers.as_ref(), self.ports.floor.as_ref());
+                    restart_message_counter(numbers, floor, (app, chat)).await?
                 }
             };
             Ok(Intent::Command {

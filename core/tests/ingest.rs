@@ -100,6 +100,8 @@ impl CommandSource for ScriptedSource {
         }
     }
 
+    /// As `basic.ack` with `multiple` set: "the delivery tag is treated as 'up to and including'"
+    /// (the AMQP 0-9-1 reference, class basic, method ack, field multiple).
     async fn ack(&mut self, deliveries: &[Delivery]) -> CoreResult<()> {
         if let Some(last) = deliveries.iter().map(|d| d.tag).max() {
             let indexed = self.search.indexed.lock().unwrap().clone();

@@ -391,17 +391,13 @@ impl AmqpQueue {
             .collect();
         AmqpQueue { publishing, broker }
     }
-
-    async fn link(&self) -> CoreResult<std::sync::Arc<Link>> {
-        self.broker.link().await
-    }
 }
 
 #[async_trait]
 impl Queue for AmqpQueue {
     /// Connected, and no command queue is left without a consumer while another has one.
     async fn ping(&self) -> CoreResult<()> {
-        let link = self.link().await?;
+        let link = self.broker.link().await?;
         match stranding(&existing_queues(&link.connection, &self.broker.queues).await?) {
             Some(reason) => Err(unavailable(reason)),
             None => Ok(()),
@@ -420,7 +416,7 @@ impl Queue for AmqpQueue {
 
     /// Messages waiting in every command queue that exists, this process's or not.
     async fn backlog(&self) -> CoreResult<u64> {
-        let link = self.link().await?;
+        let link = self.broker.link().await?;
         let queues = existing_queues(&link.connection, &self.broker.queues).await?;
         Ok(queues.iter().map(|queue| queue.messages).sum())
     }
@@ -434,7 +430,7 @@ impl Queue for AmqpQueue {
 impl AmqpQueue {
     /// Commands the worker refused for good, waiting in the dead-letter queue.
     pub async fn dead_letters(&self) -> CoreResult<u64> {
-        let link = self.link().await?;
+        let link = self.broker.link().await?;
         let queue = queue_state(&link.connection, &self.broker.queues.dead_letters()).await?;
         Ok(queue.map_or(0, |queue| queue.messages))
     }

@@ -491,12 +491,6 @@ pub struct RedisCache {
 /// A record to put by [`PUT_NEWER`]: its key, its freshness and its JSON.
 type Record = (String, u64, Vec<u8>);
 
-fn message_record(keys: &Keys, message: &Message) -> Record {
-    let key = (message.application_id, message.chat_number, message.number);
-    let json = serde_json::to_vec(message).expect("messages serialise");
-    (keys.message(key), message.freshness(), json)
-}
-
 /// Records put by one [`PUT_NEWER`] call at most; more go in several, in one round trip.
 const RECORDS_PER_CALL: usize = 500;
 
@@ -611,13 +605,12 @@ impl RedisCache {
         keys: Keys,
         limits: CacheLimits,
     ) -> Self {
-        let ttl_secs = limits.ttl.as_secs().max(1);
         RedisCache {
             separate: cache.is_some(),
             cache: cache.unwrap_or_else(|| state.clone()),
             state,
             keys,
-            ttl_secs,
+            ttl_secs: limits.ttl.as_secs().max(1),
             max_page_bytes: limits.max_page_bytes,
             max_application_bytes: limits.max_application_bytes,
         }
@@ -662,6 +655,12 @@ impl RedisCache {
     ) -> CoreResult<Option<T>> {
         let raw: Option<Vec<u8>> = redis.clone().hget(key, "d").await.map_err(unavailable)?;
         Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    fn message_record(&self, message: &Message) -> Record {
+        let key = (message.application_id, message.chat_number, message.number);
+        let json = serde_json::to_vec(message).expect("messages serialise");
+        (self.keys.message(key), message.freshness(), json)
     }
 
     fn chat_record(&self, chat: &Chat) -> Record {
@@ -774,10 +773,7 @@ impl Cache for RedisCache {
         if messages.is_empty() {
             return Ok(());
         }
-        let records: Vec<Record> = messages
-            .iter()
-            .map(|m| message_record(&self.keys, m))
-            .collect();
+        let records: Vec<Record> = messages.iter().map(|m| self.message_record(m)).collect();
         if !self.separate {
             return put_newer(&self.state, self.ttl_secs, records).await;
         }
@@ -792,10 +788,7 @@ impl Cache for RedisCache {
         if messages.is_empty() {
             return Ok(());
         }
-        let records = messages
-            .iter()
-            .map(|m| message_record(&self.keys, m))
-            .collect();
+        let records = messages.iter().map(|m| self.message_record(m)).collect();
         put_newer(&self.cache, self.ttl_secs, records).await
     }
 
