@@ -15,29 +15,25 @@ pub const PAGE_MAX: u32 = 1000;
 /// Tokens are 32 URL-safe characters; anything longer cannot be one.
 pub const TOKEN_MAX_LEN: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Application {
     pub id: AppId,
     pub token: String,
     pub name: String,
     pub chats_count: u64,
-    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub created_at: DateTime<Utc>,
-    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
     /// Deleted by its admin, its chats and messages on their way out: it answers nothing any more.
     #[serde(default)]
     pub deleted: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chat {
     pub application_id: AppId,
     pub number: u64,
     pub messages_count: u64,
-    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub created_at: DateTime<Utc>,
-    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
     /// The number of the chat's latest stored change (0 before its first): where a client that has
     /// read the chat opens its event stream.
@@ -48,7 +44,7 @@ pub struct Chat {
     pub deleted: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub application_id: AppId,
     pub chat_number: u64,
@@ -57,9 +53,7 @@ pub struct Message {
     /// 0 for the body given at creation; every edit carries a larger one, so the newest edit wins
     /// whatever order the commands are applied in.
     pub version: u64,
-    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub created_at: DateTime<Utc>,
-    #[sqlx(try_from = "crate::adapters::sql::Stamp")]
     pub updated_at: DateTime<Utc>,
     /// A tombstone: the message was deleted (its body is gone, `version` and `updated_at` are the
     /// delete's), and its number is never used again.

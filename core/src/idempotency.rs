@@ -251,7 +251,7 @@ impl Keys {
 }
 
 /// Now, in milliseconds since the epoch: the clock of key records and their expiry.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 

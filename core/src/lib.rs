@@ -2,7 +2,6 @@
 //! (store, numbers, queue, cache, search) with a real and an embedded adapter each, the service that
 //! answers the API, and the ingest loop that the worker runs.
 
-pub mod adapters;
 pub mod command;
 pub mod domain;
 pub mod envelope;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chatsys_core::adapters::{
+use chatsys_adapters::{
     amqp, embedded_search::EmbeddedSearch, memory, mysql, opensearch, redis, sqlite, sqlite_keys,
     sqlite_queue,
 };

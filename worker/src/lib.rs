@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chatsys_core::adapters::amqp;
+use chatsys_adapters::amqp;
 use chatsys_core::health::Check;
 use chatsys_core::ingest::{self, IngestHealth, IngestSettings};
 use chatsys_core::ports::{BatchLimits, Queue};

@@ -414,7 +414,7 @@ async fn depth(channel: &Channel, queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_on_each() {
-    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
     use chatsys_core::ports::Queue;
 
     let mut s = setup().await;
@@ -489,7 +489,7 @@ async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_
 /// worker finds the queues declared after it connected and consumes them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_consumes_queues_an_api_declared_beyond_its_own_setting() {
-    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
     use chatsys_core::ports::Queue;
 
     let s = setup().await;
@@ -647,7 +647,7 @@ async fn an_idle_worker_is_ready_again_once_it_has_reconnected() {
 /// acknowledging it: the envelope comes back whole, and every command in it is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_a_worker_died_in_is_stored_once_when_redelivered() {
-    use chatsys_core::adapters::mysql::MySqlStore;
+    use chatsys_adapters::mysql::MySqlStore;
     use chatsys_core::ports::Store;
 
     let s = setup().await;
@@ -759,7 +759,7 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
 /// while the channel awaits a confirm share envelopes, each command in exactly one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
-    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
     use chatsys_core::ports::Queue;
     use std::sync::Arc;
 
@@ -830,8 +830,8 @@ async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
 /// envelope of many commands, so each counts as a full one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_counter_restarts_above_every_number_an_envelope_in_the_queue_holds() {
-    use chatsys_core::adapters::amqp::{AmqpQueue, CommandQueues};
-    use chatsys_core::adapters::mysql::MySqlStore;
+    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::mysql::MySqlStore;
     use chatsys_core::ports::NumberFloor;
     use chatsys_core::service::ReseedFloor;
     use std::sync::Arc;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatsys_core::adapters::{memory, sqlite};
+use chatsys_adapters::{memory, sqlite};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, ChatEvent, Message};
 use chatsys_core::error::{CoreError, CoreResult};

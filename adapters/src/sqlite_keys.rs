@@ -4,8 +4,9 @@
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
-use crate::error::{CoreResult, from_sqlx};
-use crate::idempotency::{KEY_LIFETIME, KeyCells, now_ms};
+use crate::database_error::from_sqlx;
+use chatsys_core::error::CoreResult;
+use chatsys_core::idempotency::{KEY_LIFETIME, KeyCells, now_ms};
 
 #[derive(Clone)]
 pub struct SqliteKeyCells {

@@ -1,7 +1,7 @@
 //! Redis: number allocation (atomic across API replicas), the shared cache, and the announcements of
 //! stored changes to the API replicas' live streams (pub/sub).
 
-use crate::telemetry;
+use chatsys_core::telemetry;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,11 +13,11 @@ use redis::aio::PubSubSink;
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
-use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
-use crate::error::{Backend, CoreError, CoreResult};
-use crate::idempotency::{KEY_LIFETIME, KeyCells};
-use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{
+use chatsys_core::domain::{AppId, Application, Chat, ChatEvent, Message};
+use chatsys_core::error::{Backend, CoreError, CoreResult};
+use chatsys_core::idempotency::{KEY_LIFETIME, KeyCells};
+use chatsys_core::plan::{ChatKey, MessageKey};
+use chatsys_core::ports::{
     Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers, VERSION_HEAD_LIFETIME,
     VersionClaim, VersionFor,
 };

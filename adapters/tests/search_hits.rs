@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatsys_core::adapters::{
+use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
 use chatsys_core::domain::Message;

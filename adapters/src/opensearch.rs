@@ -28,11 +28,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::domain::{AppId, Message};
-use crate::error::{Backend, CoreError, CoreResult};
-use crate::plan::ChatKey;
-use crate::ports::{IndexRefusal, Search, SearchPage};
-use crate::search_text::{
+use chatsys_core::domain::{AppId, Message};
+use chatsys_core::error::{Backend, CoreError, CoreResult};
+use chatsys_core::plan::ChatKey;
+use chatsys_core::ports::{IndexRefusal, Search, SearchPage};
+use chatsys_core::search_text::{
     RELEVANCE_WINDOW, SearchCursor, SearchOrder, SearchRequest, fold, newest_key,
 };
 
@@ -628,7 +628,7 @@ mod tests {
     use axum::http::{HeaderMap, Method, StatusCode as HttpStatus, Uri, header};
 
     use super::*;
-    use crate::search_text::SearchScope;
+    use chatsys_core::search_text::SearchScope;
 
     const INDEX: &str = "test-messages";
 
@@ -753,11 +753,11 @@ mod tests {
     /// A newest-first search of chat 2 of application 7, after message `after`.
     fn in_chat(q: &str, after: Option<u64>, limit: usize) -> SearchRequest {
         SearchRequest {
-            scope: crate::search_text::SearchScope {
+            scope: chatsys_core::search_text::SearchScope {
                 app: 7,
                 chat: Some(2),
             },
-            terms: crate::search_text::SearchTerms::parse(q).unwrap(),
+            terms: chatsys_core::search_text::SearchTerms::parse(q).unwrap(),
             order: SearchOrder::Newest,
             after: after.map(|n| SearchCursor::Newest((0, 2, n))),
             limit,

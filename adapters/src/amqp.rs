@@ -2,7 +2,7 @@
 //! commits over a few confirm-mode channels (a publish waits for the confirm of the envelope that
 //! carries it); consuming uses manual acknowledgements with a prefetch window.
 
-use crate::telemetry;
+use chatsys_core::telemetry;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,12 +16,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use tokio::sync::Mutex;
 
-use crate::command::Command;
-use crate::domain::AppId;
-use crate::envelope;
-use crate::error::{Backend, CoreError, CoreResult};
-use crate::group_commit::{Flush, GroupCommit, GroupLimits};
-use crate::ports::{BatchLimits, CommandSource, Delivery, Queue};
+use chatsys_core::command::Command;
+use chatsys_core::domain::AppId;
+use chatsys_core::envelope;
+use chatsys_core::error::{Backend, CoreError, CoreResult};
+use chatsys_core::group_commit::{Flush, GroupCommit, GroupLimits};
+use chatsys_core::ports::{BatchLimits, CommandSource, Delivery, Queue};
 
 fn unavailable(e: impl std::fmt::Display) -> CoreError {
     CoreError::unavailable(Backend::Queue, e)
@@ -846,7 +846,7 @@ fn fair_batch(deliveries: &[Sized], limits: &BatchLimits) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain;
+    use chatsys_core::domain;
 
     fn message(application_id: u64, chat_number: u64) -> Command {
         Command::CreateMessage {

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatsys_core::CoreResult;
-use chatsys_core::adapters::{
+use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_core::CoreResult;
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, Application, Chat, Cursor, Message, Page};
 use chatsys_core::plan::MessageKey;

@@ -25,11 +25,11 @@ use tantivy::{
     TantivyDocument, Term,
 };
 
-use crate::domain::{AppId, Message};
-use crate::error::{Backend, CoreError, CoreResult};
-use crate::plan::ChatKey;
-use crate::ports::{IndexRefusal, Search, SearchPage};
-use crate::search_text::{
+use chatsys_core::domain::{AppId, Message};
+use chatsys_core::error::{Backend, CoreError, CoreResult};
+use chatsys_core::plan::ChatKey;
+use chatsys_core::ports::{IndexRefusal, Search, SearchPage};
+use chatsys_core::search_text::{
     NewestKey, RELEVANCE_WINDOW, SearchCursor, SearchOrder, SearchRequest, SearchScope, fold,
     newest_key,
 };
@@ -162,7 +162,11 @@ fn chat_key(app: AppId, chat: u64) -> String {
     format!("{app}:{chat}")
 }
 
-pub struct EmbeddedSearch {
+/// The embedded index, shared by the tasks that use it: each call runs on a blocking thread.
+#[derive(Clone)]
+pub struct EmbeddedSearch(Arc<SearchIndex>);
+
+struct SearchIndex {
     index: Index,
     reader: IndexReader,
     /// `None` in a read-only process, and after a failure until the next write opens a new writer: an
@@ -180,7 +184,7 @@ enum Walk {
 impl EmbeddedSearch {
     /// Opens (or creates) the index in `dir`. Only one process may write; others open it read-only and
     /// see each commit within about half a second.
-    pub fn open(dir: &Path, writable: bool) -> CoreResult<Arc<Self>> {
+    pub fn open(dir: &Path, writable: bool) -> CoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
         let (schema, fields) = schema();
         let directory = tantivy::directory::MmapDirectory::open(dir).map_err(unavailable)?;
@@ -198,14 +202,16 @@ impl EmbeddedSearch {
         } else {
             None
         };
-        Ok(Arc::new(EmbeddedSearch {
+        Ok(EmbeddedSearch(Arc::new(SearchIndex {
             index,
             reader,
             writer,
             fields,
-        }))
+        })))
     }
+}
 
+impl SearchIndex {
     /// Removes the documents these terms name, in one commit.
     fn forget_blocking(&self, terms: Vec<Term>) -> CoreResult<()> {
         self.write(|writer| {
@@ -463,7 +469,7 @@ fn open_writer(index: &Index) -> CoreResult<IndexWriter> {
 }
 
 #[async_trait]
-impl Search for Arc<EmbeddedSearch> {
+impl Search for EmbeddedSearch {
     async fn ping(&self) -> CoreResult<()> {
         Ok(())
     }
@@ -472,7 +478,7 @@ impl Search for Arc<EmbeddedSearch> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let this = self.clone();
+        let this = self.0.clone();
         let messages = messages.to_vec();
         tokio::task::spawn_blocking(move || this.index_blocking(&messages))
             .await
@@ -481,7 +487,7 @@ impl Search for Arc<EmbeddedSearch> {
     }
 
     async fn forget(&self, chats: &[ChatKey], applications: &[AppId]) -> CoreResult<()> {
-        let f = self.fields;
+        let f = self.0.fields;
         let mut terms: Vec<Term> = chats
             .iter()
             .map(|(app, chat)| Term::from_field_text(f.chat, &chat_key(*app, *chat)))
@@ -494,7 +500,7 @@ impl Search for Arc<EmbeddedSearch> {
         if terms.is_empty() {
             return Ok(());
         }
-        let this = self.clone();
+        let this = self.0.clone();
         tokio::task::spawn_blocking(move || this.forget_blocking(terms))
             .await
             .map_err(unavailable)?
@@ -504,7 +510,7 @@ impl Search for Arc<EmbeddedSearch> {
         if request.limit == 0 {
             return Ok(SearchPage::default());
         }
-        let this = self.clone();
+        let this = self.0.clone();
         let request = request.clone();
         tokio::task::spawn_blocking(move || this.search_blocking(&request))
             .await
@@ -539,7 +545,7 @@ mod tests {
     ) -> SearchRequest {
         SearchRequest {
             scope: SearchScope { app, chat },
-            terms: crate::search_text::SearchTerms::parse(q).unwrap(),
+            terms: chatsys_core::search_text::SearchTerms::parse(q).unwrap(),
             order: SearchOrder::Newest,
             after,
             limit,
@@ -552,7 +558,7 @@ mod tests {
     }
 
     /// The numbers found in the chat, newest first.
-    async fn numbers(search: &Arc<EmbeddedSearch>, app: AppId, chat: u64, q: &str) -> Vec<u64> {
+    async fn numbers(search: &EmbeddedSearch, app: AppId, chat: u64, q: &str) -> Vec<u64> {
         search
             .search(&request(app, Some(chat), q, None, 100))
             .await
@@ -647,7 +653,7 @@ mod tests {
 
     /// Every page of a search, followed to the end: the messages found, and how many pages it took.
     async fn walk_request(
-        search: &Arc<EmbeddedSearch>,
+        search: &EmbeddedSearch,
         mut request: SearchRequest,
     ) -> (Vec<Message>, usize) {
         let (mut found, mut pages) = (Vec::new(), 0);
@@ -666,7 +672,7 @@ mod tests {
     }
 
     /// The numbers of every page of a search in chat 1 of application 1, and how many pages it took.
-    async fn walk(search: &Arc<EmbeddedSearch>, q: &str, limit: usize) -> (Vec<u64>, usize) {
+    async fn walk(search: &EmbeddedSearch, q: &str, limit: usize) -> (Vec<u64>, usize) {
         let (found, pages) = walk_request(search, in_chat(q, 0, limit)).await;
         (found.iter().map(|m| m.number).collect(), pages)
     }

@@ -13,7 +13,8 @@ use sqlx::sqlite::{
 use sqlx::{Pool, Sqlite};
 
 use super::sql::{Dialect, SqlStore};
-use crate::error::{Backend, CoreError, CoreResult, from_sqlx};
+use crate::database_error::from_sqlx;
+use chatsys_core::error::{Backend, CoreError, CoreResult};
 
 pub type SqliteStore = SqlStore<Sqlite>;
 
@@ -72,31 +73,31 @@ impl Dialect for Sqlite {
     }
 
     async fn migrate(pool: &Pool<Sqlite>) -> CoreResult<()> {
-        super::migrator(&[
+        crate::migrations::migrator(&[
             (
                 1,
                 "schema",
-                include_str!("../../migrations/sqlite/0001_schema.sql"),
+                include_str!("../migrations/sqlite/0001_schema.sql"),
             ),
             (
                 2,
                 "chat events",
-                include_str!("../../migrations/sqlite/0002_chat_events.sql"),
+                include_str!("../migrations/sqlite/0002_chat_events.sql"),
             ),
             (
                 3,
                 "idempotency keys",
-                include_str!("../../migrations/sqlite/0003_idempotency_keys.sql"),
+                include_str!("../migrations/sqlite/0003_idempotency_keys.sql"),
             ),
             (
                 4,
                 "chat events by message",
-                include_str!("../../migrations/sqlite/0004_chat_events_by_message.sql"),
+                include_str!("../migrations/sqlite/0004_chat_events_by_message.sql"),
             ),
             (
                 5,
                 "deletes",
-                include_str!("../../migrations/sqlite/0005_deletes.sql"),
+                include_str!("../migrations/sqlite/0005_deletes.sql"),
             ),
         ])
         .run(pool)

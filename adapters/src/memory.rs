@@ -1,6 +1,6 @@
 //! In-process adapters of standalone mode: number allocation, the cache and live announcements.
 
-use crate::telemetry;
+use chatsys_core::telemetry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,10 +10,10 @@ use moka::future::Cache as Moka;
 use moka::policy::EvictionPolicy;
 use tokio::sync::Mutex;
 
-use crate::domain::{AppId, Application, Chat, ChatEvent, Message};
-use crate::error::CoreResult;
-use crate::plan::{ChatKey, MessageKey};
-use crate::ports::{
+use chatsys_core::domain::{AppId, Application, Chat, ChatEvent, Message};
+use chatsys_core::error::CoreResult;
+use chatsys_core::plan::{ChatKey, MessageKey};
+use chatsys_core::ports::{
     Announcements, Announcer, Cache, CachedToken, Heard, ListScope, Numbers, VERSION_HEAD_LIFETIME,
     VersionClaim, VersionFor,
 };

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatsys_core::CoreResult;
-use chatsys_core::adapters::{
+use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_core::CoreResult;
 use chatsys_core::domain::AppId;
 use chatsys_core::plan::MessageKey;
 use chatsys_core::ports::{Numbers, Store, VersionClaim, VersionFor};

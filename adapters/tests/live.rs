@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatsys_adapters::{memory, sqlite};
 use chatsys_core::CoreError;
-use chatsys_core::adapters::{memory, sqlite};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{self, AppId, ChatEvent};
 use chatsys_core::domain::{Application, Chat, Message, Scan};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatsys_adapters::{memory, mysql, redis, sqlite, sqlite_keys};
 use chatsys_core::CoreResult;
-use chatsys_core::adapters::{memory, mysql, redis, sqlite, sqlite_keys};
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, ChangeKind, ChatEvent, Message, Page, Scan};
 use chatsys_core::idempotency::{Claim, Held, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};

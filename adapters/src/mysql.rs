@@ -7,7 +7,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions, MySqlQ
 use sqlx::{Connection, Executor, MySql, Pool};
 
 use super::sql::{Dialect, SqlStore};
-use crate::error::{Backend, CoreError, CoreResult, from_sqlx};
+use crate::database_error::{from_migrate, from_sqlx};
+use chatsys_core::error::{Backend, CoreError, CoreResult};
 
 pub type MySqlStore = SqlStore<MySql>;
 
@@ -99,30 +100,30 @@ impl Dialect for MySql {
                 ),
             ));
         }
-        let mut migrator = super::migrator(&[
+        let mut migrator = crate::migrations::migrator(&[
             (
                 1,
                 "schema",
-                include_str!("../../migrations/mysql/0001_schema.sql"),
+                include_str!("../migrations/mysql/0001_schema.sql"),
             ),
             (
                 2,
                 "chat events",
-                include_str!("../../migrations/mysql/0002_chat_events.sql"),
+                include_str!("../migrations/mysql/0002_chat_events.sql"),
             ),
             (
                 3,
                 "chat events by message",
-                include_str!("../../migrations/mysql/0003_chat_events_by_message.sql"),
+                include_str!("../migrations/mysql/0003_chat_events_by_message.sql"),
             ),
             (
                 4,
                 "deletes",
-                include_str!("../../migrations/mysql/0004_deletes.sql"),
+                include_str!("../migrations/mysql/0004_deletes.sql"),
             ),
         ]);
         migrator.set_locking(false);
-        let migrated = migrator.run(pool).await.map_err(crate::error::from_migrate);
+        let migrated = migrator.run(pool).await.map_err(from_migrate);
         let _ = lock.close().await;
         migrated
     }

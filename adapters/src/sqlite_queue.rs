@@ -9,10 +9,11 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::command::Command;
-use crate::domain::AppId;
-use crate::error::{Backend, CoreError, CoreResult, from_sqlx};
-use crate::ports::{BatchLimits, CommandSource, Delivery, NumberFloor, Queue};
+use crate::database_error::from_sqlx;
+use chatsys_core::command::Command;
+use chatsys_core::domain::AppId;
+use chatsys_core::error::{Backend, CoreError, CoreResult};
+use chatsys_core::ports::{BatchLimits, CommandSource, Delivery, NumberFloor, Queue};
 
 /// The embedded durable queue: commands are rows of `command_queue`, written in group commits (every
 /// request waiting at the same time shares one transaction and one fsync) and deleted on acknowledgement.
@@ -218,7 +219,7 @@ impl CommandSource for SqliteSource {
         sqlx::query("INSERT INTO dead_letters (payload, reason, failed_at) VALUES (?, ?, ?)")
             .bind(command)
             .bind(reason)
-            .bind(crate::domain::now().timestamp_micros())
+            .bind(chatsys_core::domain::now().timestamp_micros())
             .execute(&self.pool)
             .await
             .map(|_| ())

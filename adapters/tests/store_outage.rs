@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatsys_core::CoreError;
-use chatsys_core::adapters::{
+use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_core::CoreError;
 use chatsys_core::ports::Store;
 use chatsys_core::service::{ChatService, Ports, TOKEN_RECHECK};
 use sqlx::SqlitePool;

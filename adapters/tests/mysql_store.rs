@@ -1,8 +1,8 @@
 //! The MySQL store's behaviour around its connection: migrations run by many processes at once, and
 //! how a database that refuses us is reported. MariaDB must be running: a missing one fails the test.
 
+use chatsys_adapters::mysql::MySqlStore;
 use chatsys_core::CoreError;
-use chatsys_core::adapters::mysql::MySqlStore;
 use chatsys_core::ports::Store;
 use sqlx::Connection;
 

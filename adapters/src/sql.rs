@@ -17,11 +17,12 @@ use sqlx::{
     Type,
 };
 
-use crate::command::Command;
-use crate::domain::{AppId, Application, ChangeKind, Chat, ChatEvent, Message, Scan};
-use crate::error::{CoreResult, from_sqlx};
-use crate::plan::{BatchPlan, ChatKey, MessageKey, plan_batch};
-use crate::ports::{Applied, MessageRows, Store};
+use crate::database_error::from_sqlx;
+use chatsys_core::command::Command;
+use chatsys_core::domain::{AppId, Application, ChangeKind, Chat, ChatEvent, Message, Scan};
+use chatsys_core::error::CoreResult;
+use chatsys_core::plan::{BatchPlan, ChatKey, MessageKey, plan_batch};
+use chatsys_core::ports::{Applied, MessageRows, Store};
 
 /// What the shared algorithm needs to know of a database.
 #[async_trait]
@@ -135,13 +136,97 @@ const MESSAGE_COLUMNS: &str =
 const MESSAGE_COLUMNS_OF_M: &str = "m.application_id, m.chat_number, m.number, m.body, m.version, \
      m.created_at, m.updated_at, m.deleted";
 
+/// A row of `applications`, as the database returns it.
+#[derive(FromRow)]
+pub struct ApplicationRow {
+    id: u64,
+    token: String,
+    name: String,
+    chats_count: u64,
+    created_at: Stamp,
+    updated_at: Stamp,
+    deleted: bool,
+}
+
+impl From<ApplicationRow> for Application {
+    fn from(row: ApplicationRow) -> Self {
+        Application {
+            id: row.id,
+            token: row.token,
+            name: row.name,
+            chats_count: row.chats_count,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
+            deleted: row.deleted,
+        }
+    }
+}
+
+/// A row of `chats`.
+#[derive(FromRow)]
+pub struct ChatRow {
+    application_id: u64,
+    number: u64,
+    messages_count: u64,
+    created_at: Stamp,
+    updated_at: Stamp,
+    last_event: u64,
+    deleted: bool,
+}
+
+impl From<ChatRow> for Chat {
+    fn from(row: ChatRow) -> Self {
+        Chat {
+            application_id: row.application_id,
+            number: row.number,
+            messages_count: row.messages_count,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
+            last_event: row.last_event,
+            deleted: row.deleted,
+        }
+    }
+}
+
+/// A row of `messages`.
+#[derive(FromRow)]
+pub struct MessageRow {
+    application_id: u64,
+    chat_number: u64,
+    number: u64,
+    body: String,
+    version: u64,
+    created_at: Stamp,
+    updated_at: Stamp,
+    deleted: bool,
+}
+
+impl From<MessageRow> for Message {
+    fn from(row: MessageRow) -> Self {
+        Message {
+            application_id: row.application_id,
+            chat_number: row.chat_number,
+            number: row.number,
+            body: row.body,
+            version: row.version,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
+            deleted: row.deleted,
+        }
+    }
+}
+
+fn rows_into<Row, T: From<Row>>(rows: Vec<Row>) -> Vec<T> {
+    rows.into_iter().map(T::from).collect()
+}
+
 /// A row of the change log with the message's present state.
 #[derive(FromRow)]
 struct LoggedChange {
     seq: u64,
     created: i64,
     #[sqlx(flatten)]
-    message: Message,
+    message: MessageRow,
 }
 
 impl From<LoggedChange> for ChatEvent {
@@ -149,7 +234,7 @@ impl From<LoggedChange> for ChatEvent {
         ChatEvent {
             seq: row.seq,
             kind: change_kind(row.message.deleted, row.created != 0),
-            message: row.message,
+            message: row.message.into(),
         }
     }
 }
@@ -165,11 +250,27 @@ fn change_kind(deleted: bool, created: bool) -> ChangeKind {
 
 /// A chat row a batch changed, read back with the batches that inserted it and made it a tombstone.
 #[derive(FromRow)]
-pub struct StoredChat {
+pub struct StoredChatRow {
     #[sqlx(flatten)]
+    chat: ChatRow,
+    inserted_by: u64,
+    deleted_by: u64,
+}
+
+struct StoredChat {
     chat: Chat,
     inserted_by: u64,
     deleted_by: u64,
+}
+
+impl From<StoredChatRow> for StoredChat {
+    fn from(row: StoredChatRow) -> Self {
+        StoredChat {
+            chat: row.chat.into(),
+            inserted_by: row.inserted_by,
+            deleted_by: row.deleted_by,
+        }
+    }
 }
 
 /// Rows a purge deletes per statement: each statement a short transaction of its own.
@@ -212,13 +313,13 @@ where
     u64: Type<DB> + for<'r> Decode<'r, DB>,
     Stamp: for<'q> Encode<'q, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
-    Application: for<'r> FromRow<'r, DB::Row>,
-    Chat: for<'r> FromRow<'r, DB::Row>,
-    Message: for<'r> FromRow<'r, DB::Row>,
+    ApplicationRow: for<'r> FromRow<'r, DB::Row>,
+    ChatRow: for<'r> FromRow<'r, DB::Row>,
+    MessageRow: for<'r> FromRow<'r, DB::Row>,
     (Option<u64>,): for<'r> FromRow<'r, DB::Row>,
     (u64,): for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
-    StoredChat: for<'r> FromRow<'r, DB::Row>,
+    StoredChatRow: for<'r> FromRow<'r, DB::Row>,
     (u64, bool): for<'r> FromRow<'r, DB::Row>,
     (u64, Stamp): for<'r> FromRow<'r, DB::Row>,
     LoggedChange: for<'r> FromRow<'r, DB::Row>,
@@ -286,19 +387,21 @@ where
 
     async fn application_by_token(&self, token: &str) -> CoreResult<Option<Application>> {
         let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE token = ?");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, ApplicationRow>(sqlx::AssertSqlSafe(sql))
             .bind(token)
             .fetch_optional(&self.pool)
             .await
+            .map(|row| row.map(Application::from))
             .map_err(from_sqlx)
     }
 
     async fn application(&self, id: AppId) -> CoreResult<Option<Application>> {
         let sql = format!("SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ?");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, ApplicationRow>(sqlx::AssertSqlSafe(sql))
             .bind(signed(id))
             .fetch_optional(&self.pool)
             .await
+            .map(|row| row.map(Application::from))
             .map_err(from_sqlx)
     }
 
@@ -310,22 +413,24 @@ where
         let sql = format!(
             "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id > ? AND deleted = 0 ORDER BY id LIMIT ?"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, ApplicationRow>(sqlx::AssertSqlSafe(sql))
             .bind(signed(after.unwrap_or(0)))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
+            .map(rows_into)
             .map_err(from_sqlx)
     }
 
     async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
         let sql =
             format!("SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND number = ?");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, ChatRow>(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
             .bind(signed(number))
             .fetch_optional(&self.pool)
             .await
+            .map(|row| row.map(Chat::from))
             .map_err(from_sqlx)
     }
 
@@ -334,13 +439,14 @@ where
         let sql = format!(
             "SELECT {CHAT_COLUMNS} FROM chats WHERE application_id = ? AND deleted = 0 AND {condition} LIMIT ?"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, ChatRow>(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
             .bind(near)
             .bind(far)
             .bind(i64::from(scan.limit()))
             .fetch_all(&self.pool)
             .await
+            .map(rows_into)
             .map_err(from_sqlx)
     }
 
@@ -348,12 +454,13 @@ where
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND number = ?"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
             .bind(signed(chat))
             .bind(signed(number))
             .fetch_optional(&self.pool)
             .await
+            .map(|row| row.map(Message::from))
             .map_err(from_sqlx)
     }
 
@@ -375,7 +482,7 @@ where
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE application_id = ? AND chat_number = ? AND deleted = 0 AND {condition} LIMIT ?"
         );
-        let messages = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let messages = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql))
             .bind(signed(app))
             .bind(signed(chat))
             .bind(near)
@@ -383,6 +490,7 @@ where
             .bind(i64::from(scan.limit()))
             .fetch_all(&mut *tx)
             .await
+            .map(rows_into)
             .map_err(from_sqlx)?;
         tx.commit().await.map_err(from_sqlx)?;
         Ok(MessageRows {
@@ -571,10 +679,10 @@ where
     i64: for<'q> Encode<'q, DB> + Type<DB>,
     Stamp: for<'q> Encode<'q, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
-    Message: for<'r> FromRow<'r, DB::Row>,
-    Chat: for<'r> FromRow<'r, DB::Row>,
+    MessageRow: for<'r> FromRow<'r, DB::Row>,
+    ChatRow: for<'r> FromRow<'r, DB::Row>,
     (u64, u64, u64, u64, bool, u64): for<'r> FromRow<'r, DB::Row>,
-    StoredChat: for<'r> FromRow<'r, DB::Row>,
+    StoredChatRow: for<'r> FromRow<'r, DB::Row>,
     (u64, bool): for<'r> FromRow<'r, DB::Row>,
     (u64, Stamp): for<'r> FromRow<'r, DB::Row>,
 {
@@ -582,7 +690,7 @@ where
     /// inserted and turned into tombstones, whatever another worker or a redelivery wrote meanwhile.
     /// Answers the applications found deleted instead, having written nothing, when the plan has some.
     async fn apply_plan(&self, plan: &BatchPlan) -> CoreResult<Result<Applied, Vec<AppId>>> {
-        let batch = super::batch_id();
+        let batch = batch_id();
         let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
 
         // Per chat: the messages this batch changed, in number order, with what it did to each; the
@@ -685,13 +793,15 @@ where
         // the application counts, the deleted chats, the change numbers and the cache's states come
         // from these rows. What the batch wrote into a deleted chat (deleted by it or before it) goes,
         // and a chat this batch deleted logs its deletion as its last change.
-        let mut stored: Vec<StoredChat> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {CHAT_COLUMNS}, inserted_by, deleted_by FROM chats WHERE changed_by = ?"
-        )))
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(from_sqlx)?;
+        let mut stored: Vec<StoredChat> =
+            sqlx::query_as::<_, StoredChatRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {CHAT_COLUMNS}, inserted_by, deleted_by FROM chats WHERE changed_by = ?"
+            )))
+            .bind(batch)
+            .fetch_all(&mut *tx)
+            .await
+            .map(rows_into)
+            .map_err(from_sqlx)?;
         let by_batch = |tag: u64| tag == batch as u64;
         let mut chat_counts: BTreeMap<AppId, (i64, i64)> = BTreeMap::new();
         let mut deleted_chats: BTreeSet<ChatKey> = BTreeSet::new();
@@ -791,11 +901,12 @@ where
         if !to_read.is_empty() {
             let mut select =
                 QueryBuilder::<DB>::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
-            super::push_message_keys(&mut select, to_read);
+            push_message_keys(&mut select, to_read);
             let read: Vec<Message> = select
-                .build_query_as()
+                .build_query_as::<MessageRow>()
                 .fetch_all(&mut *tx)
                 .await
+                .map(rows_into)
                 .map_err(from_sqlx)?;
             messages.extend(read);
         }
@@ -887,5 +998,41 @@ where
                 .map_err(from_sqlx)?;
         }
         Ok(events)
+    }
+}
+
+/// A random id for one attempt at a batch; rows it inserts carry it.
+fn batch_id() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
+}
+
+/// `(application_id = ? AND chat_number = ? AND number IN (…)) OR …`, one group per chat, which both
+/// databases turn into primary-key lookups: one query reads back every message a batch touched.
+fn push_message_keys<'a, DB>(
+    query: &mut QueryBuilder<DB>,
+    keys: impl IntoIterator<Item = &'a MessageKey>,
+) where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    let mut by_chat: BTreeMap<ChatKey, Vec<u64>> = BTreeMap::new();
+    for (app, chat, number) in keys {
+        by_chat.entry((*app, *chat)).or_default().push(*number);
+    }
+    for (i, ((app, chat), numbers)) in by_chat.into_iter().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
+        }
+        query
+            .push("(application_id = ")
+            .push_bind(app as i64)
+            .push(" AND chat_number = ")
+            .push_bind(chat as i64)
+            .push(" AND number IN (");
+        let mut separated = query.separated(", ");
+        for number in numbers {
+            separated.push_bind(number as i64);
+        }
+        query.push("))");
     }
 }
