@@ -97,17 +97,17 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     health: watch::Sender<IngestHealth>,
 ) {
-    let (to_publish, publish_queue) = mpsc::channel::<Stored>(PUBLISH_QUEUE);
+    let (to_index, stored_batches) = mpsc::channel::<Stored>(STORED_AWAITING_INDEX);
     let (indexed_tx, mut indexed) = mpsc::unbounded_channel::<Indexed>();
     let health = std::sync::Arc::new(health);
-    let publisher = tokio::spawn(index_and_cache_stage(
+    let index_stage = tokio::spawn(index_and_cache_stage(
         ports.clone(),
-        publish_queue,
+        stored_batches,
         indexed_tx,
         shutdown.clone(),
         health.clone(),
     ));
-    let mut to_publish = Some(to_publish);
+    let mut to_index = Some(to_index);
     let mut delays = backoff().build();
     loop {
         tokio::select! {
@@ -116,11 +116,11 @@ pub async fn run(
                 Some(done) => settle(source, done).await,
                 None => break,
             },
-            _ = shutdown.changed(), if to_publish.is_some() => {
-                // No new batches; the publish stage finishes what it has, then closes `published`.
-                to_publish = None;
+            _ = shutdown.changed(), if to_index.is_some() => {
+                // No new batches; the index-and-cache stage finishes what it has, then closes `indexed`.
+                to_index = None;
             }
-            batch = source.next_batch(&settings.batch), if to_publish.is_some() => {
+            batch = source.next_batch(&settings.batch), if to_index.is_some() => {
                 let outcome = match batch {
                     Ok(batch) => store_batch(source, ports, settings, batch, &mut shutdown).await,
                     Err(e) => Err(e),
@@ -129,7 +129,7 @@ pub async fn run(
                     Ok(stored) => {
                         delays = backoff().build();
                         health.send_if_modified(|h| h.last_error.take().is_some());
-                        if let (Some(stored), Some(sender)) = (stored, &to_publish) {
+                        if let (Some(stored), Some(sender)) = (stored, &to_index) {
                             let _ = sender.send(stored).await;
                         }
                     }
@@ -139,19 +139,19 @@ pub async fn run(
                         health.send_modify(|h| h.last_error = Some(e.to_string()));
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {},
-                            _ = shutdown.changed() => to_publish = None,
+                            _ = shutdown.changed() => to_index = None,
                         }
                     }
                 }
             }
         }
     }
-    let _ = publisher.await;
+    let _ = index_stage.await;
     tracing::info!("ingest stopped");
 }
 
 /// Batches applied but not yet indexed, at most; beyond that the loop waits for the index stage.
-const PUBLISH_QUEUE: usize = 8;
+const STORED_AWAITING_INDEX: usize = 8;
 
 /// A batch stored in the database, waiting to be cached and indexed, then acknowledged.
 struct Stored {
@@ -419,7 +419,7 @@ async fn store_batch(
         set_aside(source, carrier, &commands[*index].encode(), reason).await?;
     }
     purge(ports.store.as_ref(), &applied, shutdown).await?;
-    // The batch's own time ends here: caching and indexing belong to the publish stage.
+    // The batch's own time ends here: caching and indexing belong to the index-and-cache stage.
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!(telemetry::WORKER_STAGE.name, "stage" => "apply").record(seconds);
     let refused: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
