@@ -9,8 +9,9 @@ use crate::manifests::{
     self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
     GeneratedSecret, HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
+use crate::metrics;
 use crate::scope::Scope;
-use crate::server::{READY_METRIC, WatchHealth};
+use crate::server::WatchHealth;
 use crate::status;
 use crate::unreadable;
 use crate::upgrades::{self, Turn};
@@ -272,7 +273,7 @@ pub fn systems_reading(
 
 pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    metrics::counter!("chatsys_operator_reconciles_total").increment(1);
+    metrics::reconcile_started();
     let result = reconcile_pipeline(&cs, &ctx).await;
     if let Err(error) = &result
         && !matches!(error, Error::Children(_))
@@ -283,8 +284,7 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action>
             warn!(%status_error, "recording the failure in the status");
         }
     }
-    metrics::histogram!("chatsys_operator_reconcile_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
+    metrics::reconcile_finished(started.elapsed());
     if result.is_ok() {
         ctx.failures().remove(&ObjectRef::from_obj(cs.as_ref()));
     }
@@ -293,8 +293,7 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action>
 
 /// Requeues with the resource's backoff (see [`error_backoff`]), and counts the failure.
 pub fn error_policy(cs: Arc<ChatSystem>, error: &Error, ctx: Arc<Context>) -> Action {
-    metrics::counter!("chatsys_operator_reconcile_errors_total", "error" => error.metric_label())
-        .increment(1);
+    metrics::reconcile_failed(error.metric_label());
     let delay = ctx
         .failures()
         .entry(ObjectRef::from_obj(cs.as_ref()))
@@ -390,8 +389,7 @@ fn record_readiness(cs: &ChatSystem, namespace: &str, status: &ChatSystemStatus)
         .conditions
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
-    metrics::gauge!(READY_METRIC, "chatsystem_namespace" => namespace.to_string(), "chatsystem" => cs.name_any())
-        .set(if ready { 1.0 } else { 0.0 });
+    metrics::chatsystem_ready(namespace, cs.name_any(), ready);
 }
 
 /// Reads the Secrets the resource refers to (existing credentials are reused, never regenerated),

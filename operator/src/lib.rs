@@ -7,6 +7,7 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod manifests;
+pub mod metrics;
 pub mod rbac;
 pub mod render;
 pub mod schema;

@@ -97,7 +97,8 @@ fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn run_async(args: RunArgs) -> Result<()> {
-    let metrics = server::install_metrics()?;
+    let metrics =
+        chatsys_operator::metrics::install().map_err(|e| Error::Metrics(e.to_string()))?;
     let watches = Arc::new(server::WatchHealth::default());
     let server = tokio::spawn(server::serve(args.listen, metrics, watches.clone()));
     let config = kube::Config::infer().await?;

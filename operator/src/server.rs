@@ -4,8 +4,7 @@ use crate::error::{Error, Result};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use metrics_util::MetricKindMask;
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,48 +37,6 @@ impl WatchHealth {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// 1 while a ChatSystem's Ready condition is true, 0 while it is not; its alert is `ChatsysNotReady`.
-pub const READY_METRIC: &str = "chatsys_operator_chatsystem_ready";
-/// A deleted ChatSystem's gauge is dropped once it has not been set for this long (its reconcile sets
-/// it at least every 5 minutes while it exists), so no alert fires for a system that is gone.
-const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// Installs the global metrics recorder; its handle renders `/metrics`.
-pub fn install_metrics() -> Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
-        .install_recorder()
-        .map_err(|e| Error::Metrics(e.to_string()))?;
-    describe_metrics();
-    Ok(handle)
-}
-
-/// Help texts, and the reconcile counter at zero so a scrape before the first reconcile sees it.
-fn describe_metrics() {
-    metrics::describe_counter!(
-        "chatsys_operator_reconciles_total",
-        "Reconciles of ChatSystem resources started."
-    );
-    metrics::describe_counter!(
-        "chatsys_operator_reconcile_errors_total",
-        "Reconciles that failed, by kind of error."
-    );
-    metrics::describe_histogram!(
-        "chatsys_operator_reconcile_duration_seconds",
-        metrics::Unit::Seconds,
-        "Duration of each reconcile."
-    );
-    metrics::describe_counter!(
-        "chatsys_operator_unreadable_resources_total",
-        "Versions of ChatSystems the operator could not decode, reported in their status and skipped."
-    );
-    metrics::describe_gauge!(
-        READY_METRIC,
-        "1 while the ChatSystem (labels chatsystem_namespace, chatsystem) is Ready, 0 while it is not."
-    );
-    metrics::counter!("chatsys_operator_reconciles_total").absolute(0);
 }
 
 pub fn router(metrics: PrometheusHandle, watches: Arc<WatchHealth>) -> Router {
@@ -142,8 +99,8 @@ mod tests {
         let watches = Arc::new(WatchHealth::default());
         let app = router(recorder.handle(), watches.clone());
         metrics::with_local_recorder(&recorder, || {
-            super::describe_metrics();
-            metrics::counter!("chatsys_operator_reconciles_total").increment(3);
+            crate::metrics::describe();
+            metrics::counter!(crate::metrics::RECONCILES).increment(3);
         });
         assert_eq!(
             get(app.clone(), "/healthz").await,

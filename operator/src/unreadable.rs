@@ -5,6 +5,7 @@
 
 use crate::crd::ChatSystem;
 use crate::manifests::MANAGER;
+use crate::metrics;
 use crate::status::DEGRADED;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -76,7 +77,7 @@ pub async fn report_all(client: Client, mut unreadable: UnboundedReceiver<Unread
         if !reported.insert(version) {
             continue;
         }
-        metrics::counter!("chatsys_operator_unreadable_resources_total").increment(1);
+        metrics::unreadable_resource();
         warn!(namespace = %object.namespace, name = %object.name, reason = %object.reason, "a ChatSystem the operator cannot read");
         if let Err(error) = report(&client, &object, Timestamp::now()).await {
             warn!(%error, name = %object.name, "recording an unreadable ChatSystem in its status");

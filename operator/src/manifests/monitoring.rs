@@ -9,7 +9,7 @@ use crate::apis::{
     RuleGroup, ScrapeEndpoint, ServiceMonitor, ServiceMonitorSpec,
 };
 use crate::crd::{ChatSystem, ScrapeKind};
-use crate::server::READY_METRIC;
+use crate::metrics::CHATSYSTEM_READY;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
@@ -192,7 +192,7 @@ pub fn alert_rules(cs: &ChatSystem) -> Vec<AlertRule> {
         (
             "ChatsysNotReady",
             format!(
-                r#"max by (chatsystem_namespace, chatsystem) ({READY_METRIC}{{chatsystem_namespace="{namespace}",chatsystem="{name}"}}) == 0"#
+                r#"max by (chatsystem_namespace, chatsystem) ({CHATSYSTEM_READY}{{chatsystem_namespace="{namespace}",chatsystem="{name}"}}) == 0"#
             ),
             "15m",
             "critical",
