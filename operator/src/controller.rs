@@ -4,7 +4,7 @@
 use crate::apis::Discovery;
 use crate::children::{self, Children};
 use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
-use crate::error::{Error, Result};
+use crate::error::{ChildFailure, Error, Result, Retry};
 use crate::manifests::{
     self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
     GeneratedSecret, HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
@@ -97,6 +97,20 @@ impl Context {
     pub fn with_systems(mut self, systems: reflector::Store<ChatSystem>) -> Self {
         self.systems = systems;
         self
+    }
+
+    /// How long a failed resource waits: a transient failure the resource's backoff (see
+    /// [`error_backoff`]), one that waits for a change [`INVALID_RECHECK`].
+    fn retry_delay(&self, cs: &ChatSystem, retry: Retry) -> Duration {
+        match retry {
+            Retry::Soon => self
+                .failures()
+                .entry(ObjectRef::from_obj(cs))
+                .or_insert_with(error_backoff)
+                .next()
+                .expect("a backoff without a maximum of tries never ends"),
+            Retry::AfterChange => INVALID_RECHECK,
+        }
     }
 
     fn failures(
@@ -291,15 +305,10 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action>
     result
 }
 
-/// Requeues with the resource's backoff (see [`error_backoff`]), and counts the failure.
+/// Requeues as the failure's [`Retry`] says, and counts the failure.
 pub fn error_policy(cs: Arc<ChatSystem>, error: &Error, ctx: Arc<Context>) -> Action {
     metrics::reconcile_failed(error.metric_label());
-    let delay = ctx
-        .failures()
-        .entry(ObjectRef::from_obj(cs.as_ref()))
-        .or_insert_with(error_backoff)
-        .next()
-        .expect("a backoff without a maximum of tries never ends");
+    let delay = ctx.retry_delay(&cs, error.retry());
     warn!(name = %cs.name_any(), namespace = ?cs.namespace(), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }
@@ -340,7 +349,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
             let status = status::degraded(cs, &invalid, Timestamp::now());
             publish_transitions(ctx, cs, &status).await;
             write_status(&ctx.client, cs, status).await?;
-            return Ok(Action::requeue(INVALID_RECHECK));
+            return Ok(Action::requeue(ctx.retry_delay(cs, invalid.retry())));
         }
     };
     let plan = manifests::build(&valid);
@@ -564,26 +573,6 @@ fn existing_deployment(deployment: &Deployment) -> ExistingDeployment {
     ExistingDeployment {
         replicas,
         replicas_applied_by_operator,
-    }
-}
-
-/// A child the API server refused or could not be reached for.
-#[derive(Debug)]
-pub struct ChildFailure {
-    pub kind: &'static str,
-    pub name: String,
-    pub error: kube::Error,
-}
-
-impl std::fmt::Display for ChildFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.error {
-            // The API server's message names the object and the field.
-            kube::Error::Api(status) => {
-                write!(f, "{} {}: {}", self.kind, self.name, status.message)
-            }
-            error => write!(f, "{} {}: {error}", self.kind, self.name),
-        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! resource, what was applied, and the current time.
 
 use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus, Phase};
-use crate::manifests::{self, ChildKind, InvalidSpec, MissingApi};
+use crate::error::InvalidSpec;
+use crate::manifests::{self, ChildKind, MissingApi};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;

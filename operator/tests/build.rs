@@ -3,6 +3,7 @@
 mod common;
 
 use chatsys_operator::crd::VERSION;
+use chatsys_operator::error::InvalidSpec;
 use chatsys_operator::manifests::{
     self, BackingService, ChildKind, Credentials, GeneratedSecret, Inputs,
 };
@@ -916,7 +917,7 @@ fn specs_the_schema_cannot_refuse_are_refused_with_a_reason() {
     );
     assert_eq!(
         manifests::validate(&cs, &inputs).map(|_| ()),
-        Err(manifests::InvalidSpec(problems))
+        Err(InvalidSpec(problems))
     );
 
     let mut no_host = fixture("overrides");

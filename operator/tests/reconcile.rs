@@ -9,7 +9,7 @@ use chatsys_operator::apis::Discovery;
 use chatsys_operator::children::Children;
 use chatsys_operator::controller::{self, Context};
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::error::Error;
+use chatsys_operator::error::{Error, InvalidSpec};
 use chatsys_operator::manifests::{self, ChildKind, GeneratedSecret};
 use common::apiserver::{ApiServer, Call};
 use common::{fixture, fresh_inputs};
@@ -514,6 +514,23 @@ async fn one_refused_child_blocks_no_other_and_is_named_in_the_status() {
         condition(&stored_status(&server), "Degraded")["status"],
         "False"
     );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_waits_for_a_change_instead_of_backing_off() {
+    let server = ApiServer::new();
+    let context = Arc::new(Context::new(
+        server.client(),
+        None,
+        Children::new().0,
+        Discovery::new(Duration::ZERO),
+    ));
+    let resource = Arc::new(fixture("defaults"));
+    let error = Error::InvalidSpec(InvalidSpec(vec!["mysql: Secret db not found".into()]));
+    let delays: Vec<Action> = (0..3)
+        .map(|_| controller::error_policy(resource.clone(), &error, context.clone()))
+        .collect();
+    assert_eq!(delays, vec![Action::requeue(Duration::from_secs(60)); 3]);
 }
 
 #[tokio::test]

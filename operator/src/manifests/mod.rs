@@ -13,6 +13,7 @@ use crate::apis::{
     TriggerAuthentication,
 };
 use crate::crd::{ChatSystem, PodSettings};
+use crate::error::InvalidSpec;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -301,11 +302,6 @@ pub struct Inputs {
     /// The optional APIs (KEDA's, prometheus-operator's) the cluster serves.
     pub served: Served,
 }
-
-/// A spec the schema accepted but the operator cannot carry out; reported in status, nothing applied.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("; "))]
-pub struct InvalidSpec(pub Vec<String>);
 
 /// A `ChatSystem` that `validate` accepted with the inputs it was checked against: the only thing the
 /// builders take, so an unchecked spec cannot be built.
