@@ -5,7 +5,8 @@
 use crate::apis::Served;
 use crate::crd::ChatSystem;
 use crate::error::Error;
-use crate::manifests::{ChildKind, MANAGER};
+use crate::kinds::ChildKind;
+use crate::manifests::MANAGER;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::store::Writer;

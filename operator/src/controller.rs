@@ -5,9 +5,10 @@ use crate::apis::Discovery;
 use crate::children::{self, Children};
 use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{ChildFailure, Error, Result, Retry};
+use crate::kinds::ChildKind;
 use crate::manifests::{
-    self, BackingService, ChildKind, ClaimTemplate, Credentials, ExistingDeployment,
-    GeneratedSecret, HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
+    self, BackingService, ClaimTemplate, Credentials, ExistingDeployment, GeneratedSecret,
+    HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
 };
 use crate::metrics;
 use crate::scope::Scope;

@@ -5,6 +5,7 @@ pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod kinds;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;

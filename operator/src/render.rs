@@ -3,7 +3,8 @@
 use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, InvalidSpec, Result};
-use crate::manifests::{self, ChildKind, Credentials, GeneratedSecret, Inputs};
+use crate::kinds::ChildKind;
+use crate::manifests::{self, Credentials, GeneratedSecret, Inputs};
 use crate::schema;
 use kube::{CustomResourceExt, Resource};
 use serde_json::Value;

@@ -3,7 +3,8 @@
 
 use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus, Phase};
 use crate::error::InvalidSpec;
-use crate::manifests::{self, ChildKind, MissingApi};
+use crate::kinds::ChildKind;
+use crate::manifests::{self, MissingApi};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;

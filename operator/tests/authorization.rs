@@ -4,7 +4,8 @@
 mod common;
 
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::manifests::{self, ChildKind};
+use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::manifests;
 use common::apiserver::ApiServer;
 use common::rbac::{Attributes, Authorizer};
 use common::{collection, fixture, fresh_inputs};

@@ -4,9 +4,8 @@ mod common;
 
 use chatsys_operator::crd::VERSION;
 use chatsys_operator::error::InvalidSpec;
-use chatsys_operator::manifests::{
-    self, BackingService, ChildKind, Credentials, GeneratedSecret, Inputs,
-};
+use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::manifests::{self, BackingService, Credentials, GeneratedSecret, Inputs};
 use common::{
     FIXTURES, build_fixture, children, container, containers, env, find, fixture, fresh_inputs,
     has_env, main_container, of_kind,

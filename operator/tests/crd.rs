@@ -3,7 +3,7 @@
 mod common;
 
 use chatsys_operator::crd::{ApiSpec, ChatSystem, ChatSystemSpec, MAX_NAME_LENGTH, WorkerSpec};
-use chatsys_operator::manifests::ChildKind;
+use chatsys_operator::kinds::ChildKind;
 use kube::CustomResourceExt;
 use kube::core::cel::{validate_cel, validate_cel_update};
 use serde_json::{Value, json};

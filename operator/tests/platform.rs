@@ -5,7 +5,8 @@ mod common;
 
 use chatsys_operator::apis::OptionalApi;
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::manifests::{self, ChildKind, Manifest};
+use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::manifests::{self, Manifest};
 use chatsys_operator::render;
 use common::{children, find, fresh_inputs, of_kind};
 use serde_json::{Value, json};

@@ -8,7 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 
-use chatsys_operator::manifests::{ChildKind, Manifest};
+use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::manifests::Manifest;
 use chatsys_settings::{Cli, Command, WorkerArgs};
 use clap::{CommandFactory, Parser};
 use common::{FIXTURES, build_fixture, containers, of_kind};

@@ -4,7 +4,7 @@ mod common;
 
 use chatsys_operator::crd::{ComponentStatus, Phase};
 use chatsys_operator::error::InvalidSpec;
-use chatsys_operator::manifests::ChildKind;
+use chatsys_operator::kinds::ChildKind;
 use chatsys_operator::status;
 use common::fixture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

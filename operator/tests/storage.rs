@@ -4,7 +4,8 @@
 
 mod common;
 
-use chatsys_operator::manifests::{BackingService, ChildKind};
+use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::manifests::BackingService;
 use chatsys_settings::connections;
 use common::{build_fixture, containers, find, main_container, of_kind};
 use serde_json::{Value, json};

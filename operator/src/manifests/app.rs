@@ -5,15 +5,16 @@
 use super::backing::{BackingService, MYSQL_DATABASE, REDIS_CACHE_PORT};
 use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
-    Child, ChildKind, Inputs, Manifest, MissingApi, Plan, child_name, config_hash,
-    container_security_context, http_get, metadata, pod_security_context, probe, secret_env,
-    selector, selector_labels, value_env, with_pod_settings, with_pull_secrets,
+    Inputs, Manifest, MissingApi, Plan, child_name, config_hash, container_security_context,
+    http_get, metadata, pod_security_context, probe, secret_env, selector, selector_labels,
+    value_env, with_pod_settings, with_pull_secrets,
 };
 use crate::apis::{
     AuthenticationRef, OptionalApi, ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSpec,
     SecretTargetRef, TriggerAuthentication, TriggerAuthenticationSpec,
 };
 use crate::crd::{Autoscaling, ChatSystem, PodSettings, ScalingMetric};
+use crate::kinds::{Child, ChildKind};
 use chatsys_settings::env;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,

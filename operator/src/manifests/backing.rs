@@ -3,14 +3,14 @@
 
 use super::generated::{ERLANG_COOKIE_KEY, GeneratedSecret};
 use super::{
-    Child, ClaimTemplate, Expansion, Inputs, Plan, child_name, config_hash,
-    container_security_context, http_get, metadata, parse_bytes, pod_security_context, probe,
-    secret_env, selector, selector_labels, stable_labels, value_env, with_pod_settings,
-    with_pull_secrets,
+    ClaimTemplate, Expansion, Inputs, Plan, child_name, config_hash, container_security_context,
+    http_get, metadata, parse_bytes, pod_security_context, probe, secret_env, selector,
+    selector_labels, stable_labels, value_env, with_pod_settings, with_pull_secrets,
 };
 use crate::crd::{
     BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, PodSettings, ServiceDefaults,
 };
+use crate::kinds::Child;
 use chatsys_settings::connections;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,

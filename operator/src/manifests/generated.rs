@@ -3,8 +3,9 @@
 //! made it.
 
 use super::backing::BackingService;
-use super::{Child, Credentials, Inputs, Plan, child_name, metadata};
+use super::{Credentials, Inputs, Plan, child_name, metadata};
 use crate::crd::ChatSystem;
+use crate::kinds::Child;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;

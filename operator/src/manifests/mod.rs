@@ -8,25 +8,17 @@ mod monitoring;
 mod network;
 mod quantity;
 
-use crate::apis::{
-    OptionalApi, PodMonitor, PrometheusRule, ScaledObject, Served, ServiceMonitor,
-    TriggerAuthentication,
-};
+use crate::apis::{OptionalApi, Served};
 use crate::crd::{ChatSystem, PodSettings};
 use crate::error::InvalidSpec;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
+use crate::kinds::{Child, ChildKind};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    Capabilities, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext,
 };
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,189 +33,6 @@ pub const MANAGER: &str = "chatsys-operator";
 /// The field manager that holds a Deployment's replica count while it passes from the operator to a
 /// HorizontalPodAutoscaler, so the count is never dropped to the default of 1.
 pub const HANDOVER_MANAGER: &str = "chatsys-operator-handover";
-
-/// Every kind of object the operator creates, in the order it applies them: the NetworkPolicies
-/// before the databases they guard, a TriggerAuthentication before the ScaledObject that reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ChildKind {
-    Secret,
-    ConfigMap,
-    NetworkPolicy,
-    Service,
-    StatefulSet,
-    Job,
-    Deployment,
-    HorizontalPodAutoscaler,
-    TriggerAuthentication,
-    ScaledObject,
-    PodDisruptionBudget,
-    Ingress,
-    ServiceMonitor,
-    PodMonitor,
-    PrometheusRule,
-}
-
-impl ChildKind {
-    pub const ALL: [ChildKind; 15] = [
-        ChildKind::Secret,
-        ChildKind::ConfigMap,
-        ChildKind::NetworkPolicy,
-        ChildKind::Service,
-        ChildKind::StatefulSet,
-        ChildKind::Job,
-        ChildKind::Deployment,
-        ChildKind::HorizontalPodAutoscaler,
-        ChildKind::TriggerAuthentication,
-        ChildKind::ScaledObject,
-        ChildKind::PodDisruptionBudget,
-        ChildKind::Ingress,
-        ChildKind::ServiceMonitor,
-        ChildKind::PodMonitor,
-        ChildKind::PrometheusRule,
-    ];
-
-    /// The Kubernetes kind, as `kubectl` shows it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ChildKind::Secret => "Secret",
-            ChildKind::ConfigMap => "ConfigMap",
-            ChildKind::NetworkPolicy => "NetworkPolicy",
-            ChildKind::Service => "Service",
-            ChildKind::StatefulSet => "StatefulSet",
-            ChildKind::Job => "Job",
-            ChildKind::Deployment => "Deployment",
-            ChildKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
-            ChildKind::TriggerAuthentication => "TriggerAuthentication",
-            ChildKind::ScaledObject => "ScaledObject",
-            ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
-            ChildKind::Ingress => "Ingress",
-            ChildKind::ServiceMonitor => "ServiceMonitor",
-            ChildKind::PodMonitor => "PodMonitor",
-            ChildKind::PrometheusRule => "PrometheusRule",
-        }
-    }
-
-    pub fn api_resource(self) -> ApiResource {
-        match self {
-            ChildKind::Secret => ApiResource::erase::<Secret>(&()),
-            ChildKind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
-            ChildKind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
-            ChildKind::Service => ApiResource::erase::<Service>(&()),
-            ChildKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
-            ChildKind::Job => ApiResource::erase::<Job>(&()),
-            ChildKind::Deployment => ApiResource::erase::<Deployment>(&()),
-            ChildKind::HorizontalPodAutoscaler => {
-                ApiResource::erase::<HorizontalPodAutoscaler>(&())
-            }
-            ChildKind::TriggerAuthentication => ApiResource::erase::<TriggerAuthentication>(&()),
-            ChildKind::ScaledObject => ApiResource::erase::<ScaledObject>(&()),
-            ChildKind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
-            ChildKind::Ingress => ApiResource::erase::<Ingress>(&()),
-            ChildKind::ServiceMonitor => ApiResource::erase::<ServiceMonitor>(&()),
-            ChildKind::PodMonitor => ApiResource::erase::<PodMonitor>(&()),
-            ChildKind::PrometheusRule => ApiResource::erase::<PrometheusRule>(&()),
-        }
-    }
-
-    /// The optional API that serves this kind; `None` for Kubernetes' own kinds.
-    pub fn optional_api(self) -> Option<OptionalApi> {
-        match self {
-            ChildKind::TriggerAuthentication | ChildKind::ScaledObject => Some(OptionalApi::Keda),
-            ChildKind::ServiceMonitor | ChildKind::PodMonitor | ChildKind::PrometheusRule => {
-                Some(OptionalApi::PrometheusOperator)
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether the cluster serves this kind.
-    pub fn is_served(self, served: &Served) -> bool {
-        self.optional_api().is_none_or(|api| served.contains(&api))
-    }
-
-    /// Whether an object of this kind that the resource no longer needs is deleted. Credentials are kept:
-    /// the volume they unlock is kept too, so turning a service back to managed finds both again.
-    pub fn deleted_when_orphaned(self) -> bool {
-        self != ChildKind::Secret
-    }
-
-    /// Whether objects of this kind set a workload's replica count.
-    pub fn is_autoscaler(self) -> bool {
-        matches!(
-            self,
-            ChildKind::HorizontalPodAutoscaler | ChildKind::ScaledObject
-        )
-    }
-}
-
-/// One object a ChatSystem owns, typed as Kubernetes defines it.
-#[derive(Clone, Debug, PartialEq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "built and turned into a Manifest at once, never stored or moved around"
-)]
-pub enum Child {
-    Secret(Secret),
-    ConfigMap(ConfigMap),
-    NetworkPolicy(NetworkPolicy),
-    Service(Service),
-    StatefulSet(StatefulSet),
-    Job(Job),
-    Deployment(Deployment),
-    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
-    TriggerAuthentication(TriggerAuthentication),
-    ScaledObject(ScaledObject),
-    PodDisruptionBudget(PodDisruptionBudget),
-    Ingress(Ingress),
-    ServiceMonitor(ServiceMonitor),
-    PodMonitor(PodMonitor),
-    PrometheusRule(PrometheusRule),
-}
-
-impl Child {
-    pub fn kind(&self) -> ChildKind {
-        match self {
-            Child::Secret(_) => ChildKind::Secret,
-            Child::ConfigMap(_) => ChildKind::ConfigMap,
-            Child::NetworkPolicy(_) => ChildKind::NetworkPolicy,
-            Child::Service(_) => ChildKind::Service,
-            Child::StatefulSet(_) => ChildKind::StatefulSet,
-            Child::Job(_) => ChildKind::Job,
-            Child::Deployment(_) => ChildKind::Deployment,
-            Child::HorizontalPodAutoscaler(_) => ChildKind::HorizontalPodAutoscaler,
-            Child::TriggerAuthentication(_) => ChildKind::TriggerAuthentication,
-            Child::ScaledObject(_) => ChildKind::ScaledObject,
-            Child::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
-            Child::Ingress(_) => ChildKind::Ingress,
-            Child::ServiceMonitor(_) => ChildKind::ServiceMonitor,
-            Child::PodMonitor(_) => ChildKind::PodMonitor,
-            Child::PrometheusRule(_) => ChildKind::PrometheusRule,
-        }
-    }
-
-    /// The object as JSON, with its `apiVersion` and `kind`. Kubernetes' own types carry both; the
-    /// other projects' types get them from their API resource.
-    fn to_json(&self) -> Value {
-        let json = match self {
-            Child::Secret(o) => serde_json::to_value(o),
-            Child::ConfigMap(o) => serde_json::to_value(o),
-            Child::NetworkPolicy(o) => serde_json::to_value(o),
-            Child::Service(o) => serde_json::to_value(o),
-            Child::StatefulSet(o) => serde_json::to_value(o),
-            Child::Job(o) => serde_json::to_value(o),
-            Child::Deployment(o) => serde_json::to_value(o),
-            Child::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
-            Child::TriggerAuthentication(o) => serde_json::to_value(o),
-            Child::ScaledObject(o) => serde_json::to_value(o),
-            Child::PodDisruptionBudget(o) => serde_json::to_value(o),
-            Child::Ingress(o) => serde_json::to_value(o),
-            Child::ServiceMonitor(o) => serde_json::to_value(o),
-            Child::PodMonitor(o) => serde_json::to_value(o),
-            Child::PrometheusRule(o) => serde_json::to_value(o),
-        };
-        json.expect("a Kubernetes object serialises")
-    }
-}
 
 /// One object to apply: a [`Child`] as the configuration server-side apply receives, or (for a
 /// replica handover) a partial configuration no typed object can express.

@@ -3,12 +3,13 @@
 //! PrometheusRule with the alerts an on-call person needs. Each alert's runbook is in `docs/runbooks.md`.
 
 use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT};
-use super::{Child, Inputs, MissingApi, Plan, metadata, selector, selector_labels};
+use super::{Inputs, MissingApi, Plan, metadata, selector, selector_labels};
 use crate::apis::{
     AlertRule, OptionalApi, PodMonitor, PodMonitorSpec, PrometheusRule, PrometheusRuleSpec,
     RuleGroup, ScrapeEndpoint, ServiceMonitor, ServiceMonitorSpec,
 };
 use crate::crd::{ChatSystem, ScrapeKind};
+use crate::kinds::Child;
 use crate::metrics::CHATSYSTEM_READY;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

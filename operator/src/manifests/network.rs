@@ -3,8 +3,9 @@
 //! from `metricsFrom`; the worker accepts only scrapes of its metrics port. Egress is left open, and external services are not touched.
 
 use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT, REDIS_CACHE_PORT};
-use super::{Child, Labels, Plan, WORKER_PORT, metadata, selector, selector_labels};
+use super::{Labels, Plan, WORKER_PORT, metadata, selector, selector_labels};
 use crate::crd::{ChatSystem, ScalingMetric};
+use crate::kinds::Child;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,

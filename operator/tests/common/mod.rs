@@ -11,7 +11,8 @@ use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::manifests::{self, ChildKind, Inputs, Manifest};
+use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::manifests::{self, Inputs, Manifest};
 use serde_json::Value;
 
 /// The children `build` plans for a spec, which must be valid, once its migration has run (so the
