@@ -5,54 +5,61 @@
 
 pub mod http;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::live::LiveSettings;
 use chatsys_core::service::ChatService;
-use chatsys_core::telemetry;
-use chatsys_runtime::startup::{self, Connecting};
-use chatsys_runtime::{Running, bind, spawn_server, wiring};
+use chatsys_core::telemetry as metric;
+use chatsys_runtime::Running;
+use chatsys_runtime::boot::{ApiRoutes, Role, Served, boot};
+use chatsys_runtime::telemetry;
 use chatsys_settings::{Access, HttpSettings, ServeArgs, StandaloneArgs};
-use tokio::sync::watch;
 
 use crate::http::error::{ApiError, ErrorCode};
 
-fn app(
-    service: ChatService,
-    access: &Access,
-    max_request_bytes: usize,
-    settings: &HttpSettings,
-    metrics_elsewhere: bool,
-) -> axum::Router {
-    // Installed before the first request so that no metric recorded is lost.
-    let _ = telemetry::metrics_handle();
+/// The API's routes over the wired ports: the chat service with its live streams, limits and caches.
+fn app(served: Served, args: &AppArgs<'_>) -> axum::Router {
     telemetry::count_from_zero(&[
-        telemetry::CACHE_ERRORS,
-        telemetry::CACHE_PAGES_TOO_LARGE,
-        telemetry::LIVE_STREAMS,
-        telemetry::LIVE_REPAIRS,
+        metric::CACHE_ERRORS,
+        metric::CACHE_PAGES_TOO_LARGE,
+        metric::LIVE_STREAMS,
+        metric::LIVE_REPAIRS,
     ]);
+    let service = ChatService::with_live(served.ports, live_settings(args.http), served.stopped)
+        .with_hot_pages(args.hot_page_cache_bytes)
+        .with_write_quota(args.access.rate_limit_per_app);
     http::router(Arc::new(http::AppState {
         service,
-        admin_key: access.admin_key.clone(),
-        max_request_bytes,
-        body_timeout: settings.body_timeout(),
-        body_budget: http::BodyBudget::new(settings.max_inflight_body_bytes),
-        metrics_elsewhere,
+        readiness: served.readiness,
+        admin_key: args.access.admin_key.clone(),
+        max_request_bytes: args.max_request_bytes,
+        body_timeout: args.http.body_timeout(),
+        body_budget: http::BodyBudget::new(args.http.max_inflight_body_bytes),
+        metrics_elsewhere: args.metrics_elsewhere,
         // The settings' parser took only origins, which are valid header values.
-        cors_allowed_origins: access
+        cors_allowed_origins: args
+            .access
             .cors_allowed_origins
             .iter()
             .filter_map(|origin| HeaderValue::from_str(origin).ok())
             .collect(),
         limits: http::RequestLimits {
-            uri_bytes: settings.max_uri_bytes as usize,
-            headers: settings.max_headers as usize,
-            header_bytes: settings.max_header_bytes as usize,
+            uri_bytes: args.http.max_uri_bytes as usize,
+            headers: args.http.max_headers as usize,
+            header_bytes: args.http.max_header_bytes as usize,
         },
     }))
+}
+
+/// The settings the API's routes take, from either way of running.
+struct AppArgs<'a> {
+    access: &'a Access,
+    http: &'a HttpSettings,
+    max_request_bytes: usize,
+    hot_page_cache_bytes: u64,
+    metrics_elsewhere: bool,
 }
 
 fn live_settings(http: &HttpSettings) -> LiveSettings {
@@ -79,61 +86,36 @@ fn starting() -> Response {
 }
 
 /// The API against MySQL, Redis, RabbitMQ and OpenSearch (or the embedded index). It listens at
-/// once and waits for each service (see [`startup`]); it returns once it serves its routes.
+/// once and waits for each service (see [`chatsys_runtime::startup`]); it returns once it serves its
+/// routes.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
-    let listener = bind(args.listen).await?;
-    let addr = listener.local_addr()?;
-    let connecting = Connecting::new(&["database", "redis", "search"]);
-    let routes = Arc::new(OnceLock::new());
-    let (shutdown, stopped) = watch::channel(false);
-    let server = spawn_server(
-        listener,
-        startup::switch(connecting.clone(), routes.clone(), starting),
-        &args.http,
-        stopped,
-    );
-    let mut servers = vec![server];
-    if let Some(metrics_listen) = args.metrics_listen {
-        let metrics = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(|| async { chatsys_runtime::ops::metrics() }),
-        );
-        servers.push(spawn_server(
-            bind(metrics_listen).await?,
-            metrics,
-            &args.http,
-            shutdown.subscribe(),
-        ));
-    }
-    let ports = wiring::serve_ports(args, &connecting).await?;
-    let _ = routes.set(app(
-        ChatService::with_live(ports, live_settings(&args.http), shutdown.subscribe())
-            .with_hot_pages(args.hot_page_cache_bytes)
-            .with_write_quota(args.access.rate_limit_per_app),
-        &args.access,
-        args.max_request_bytes,
-        &args.http,
-        args.metrics_listen.is_some(),
-    ));
-    Ok(Running::new(addr, shutdown, servers))
+    let app_args = AppArgs {
+        access: &args.access,
+        http: &args.http,
+        max_request_bytes: args.max_request_bytes,
+        hot_page_cache_bytes: args.hot_page_cache_bytes,
+        metrics_elsewhere: args.metrics_listen.is_some(),
+    };
+    let api = ApiRoutes {
+        starting,
+        routes: Box::new(|served| app(served, &app_args)),
+    };
+    boot(Role::Api(args, api)).await
 }
 
-/// The whole system in one process: the routes over standalone's ports and ingest loop.
+/// The whole system in one process: the routes over standalone's ports and ingest loop. Its cache is
+/// in process already, so it holds no hot pages in front of it.
 pub async fn start_standalone(args: &StandaloneArgs) -> anyhow::Result<Running> {
-    let (shutdown, stopped) = watch::channel(false);
-    let standalone = wiring::standalone(args, stopped.clone()).await?;
-    let listener = bind(args.listen).await?;
-    let addr = listener.local_addr()?;
-    let routes = app(
-        ChatService::with_live(standalone.ports, live_settings(&args.http), stopped.clone())
-            .with_ingest_health(standalone.ingest_health)
-            .with_write_quota(args.access.rate_limit_per_app),
-        &args.access,
-        args.max_request_bytes,
-        &args.http,
-        false,
-    );
-    let mut tasks = standalone.tasks;
-    tasks.push(spawn_server(listener, routes, &args.http, stopped));
-    Ok(Running::new(addr, shutdown, tasks))
+    let app_args = AppArgs {
+        access: &args.access,
+        http: &args.http,
+        max_request_bytes: args.max_request_bytes,
+        hot_page_cache_bytes: 0,
+        metrics_elsewhere: false,
+    };
+    let api = ApiRoutes {
+        starting,
+        routes: Box::new(|served| app(served, &app_args)),
+    };
+    boot(Role::Standalone(args, api)).await
 }

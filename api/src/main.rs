@@ -2,7 +2,7 @@ use std::io::Write;
 
 use clap::Parser;
 
-use chatsys_core::telemetry;
+use chatsys_runtime::telemetry;
 use chatsys_runtime::{terminated, wiring};
 use chatsys_settings::{Cli, Command};
 

@@ -7,7 +7,6 @@ pub mod domain;
 pub mod envelope;
 pub mod error;
 pub mod group_commit;
-pub mod health;
 pub mod idempotency;
 pub mod index_queue;
 pub mod ingest;

@@ -19,9 +19,7 @@ use crate::command::Command;
 use crate::domain::{self, AppId, Chat, Message, Order, Page, Scan};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::group_commit::{GroupCommit, GroupLimits};
-use crate::health::Check;
 use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
-use crate::ingest::IngestHealth;
 use crate::live::{LiveChats, LiveSettings};
 use crate::message_creates::{MessageCreates, NewMessage, restart_message_counter};
 use crate::plan::ChatKey;
@@ -111,8 +109,6 @@ pub struct ChatService {
     /// Rendered pages held in process, so that a hot page is served without the network; keyed by the
     /// list's generation, they are exactly as fresh as `list_generations`. Bounded in bytes.
     hot_pages: Option<LocalCache<HotPageKey, ListPage, PageWeight>>,
-    /// The ingest loop of this process, when it runs one (standalone mode).
-    ingest: Option<watch::Receiver<IngestHealth>>,
     live: Arc<LiveChats>,
     keys: Keys,
     /// Each application's writes per second, when limited.
@@ -188,7 +184,6 @@ impl ChatService {
             chat_births: LocalCache::new(1_000_000),
             list_generations: LocalCache::new(100_000),
             hot_pages: None,
-            ingest: None,
             live,
             keys,
             quota: None,
@@ -221,33 +216,6 @@ impl ChatService {
 
     pub fn ports(&self) -> &Ports {
         &self.ports
-    }
-
-    /// Each backing service and whether it answers; in standalone mode also the ingest loop's health.
-    pub async fn readiness(&self) -> Vec<Check> {
-        let p = &self.ports;
-        let (store, numbers, queue, search) = tokio::join!(
-            p.store.ping(),
-            p.numbers.ping(),
-            p.queue.ping(),
-            p.search.ping()
-        );
-        let mut checks = vec![
-            Check::ping("database", store),
-            Check::ping("redis", numbers),
-            Check::ping("queue", queue),
-            Check::ping("search", search),
-        ];
-        if let Some(ingest) = &self.ingest {
-            checks.extend(Check::ingest(&ingest.borrow()));
-        }
-        checks
-    }
-
-    /// Lets `/readyz` report the ingest loop running in this process (standalone mode).
-    pub fn with_ingest_health(mut self, ingest: watch::Receiver<IngestHealth>) -> Self {
-        self.ingest = Some(ingest);
-        self
     }
 
     // Applications are rare and small: written straight to the store.

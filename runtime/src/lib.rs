@@ -7,10 +7,13 @@
 //! - [`ops`]: liveness, readiness and metrics answers;
 //! - [`lifecycle`]: a started process and how it stops.
 
+pub mod boot;
+pub mod health;
 pub mod lifecycle;
 pub mod ops;
 pub mod server;
 pub mod startup;
+pub mod telemetry;
 pub mod wiring;
 
 pub use lifecycle::{Running, bind, spawn_server, terminated};

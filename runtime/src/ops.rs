@@ -4,13 +4,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::health::{self, Check};
+use crate::telemetry;
 use axum::Json;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chatsys_core::health::{self, Check};
-use chatsys_core::telemetry;
 
 /// 200 when every check passes (or only lags), 503 otherwise, with the checks' states.
 pub fn readiness(checks: &[Check]) -> Response {

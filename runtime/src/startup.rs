@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::health::{self, Check, CheckState};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -14,7 +15,6 @@ use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backon::{ExponentialBuilder, Retryable};
 use chatsys_core::error::{CoreError, CoreResult};
-use chatsys_core::health::{self, Check, CheckState};
 use tower::ServiceExt;
 
 /// The first retry after this, doubling up to `MAX_DELAY`: a service that starts in seconds is

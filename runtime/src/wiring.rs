@@ -1,5 +1,5 @@
 //! The ports of each way of running, built from the settings: a deployment's real adapters, or
-//! standalone's embedded ones with its in-process ingest loop.
+//! standalone's embedded ones.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,12 +11,10 @@ use chatsys_adapters::{
     sqlite_queue,
 };
 use chatsys_core::error::CoreResult;
-use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
-use chatsys_core::ports::{self, BatchLimits, Store};
+use chatsys_core::ingest::IngestPorts;
+use chatsys_core::ports::{self, Store};
 use chatsys_core::service::{Ports, ReseedFloor};
 use chatsys_settings::{Backends, MigrateArgs, ReindexArgs, ServeArgs, StandaloneArgs};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::startup::Connecting;
 
@@ -203,29 +201,16 @@ pub async fn ingest_ports(
     })
 }
 
-/// The whole system in one process, without the HTTP routes: the ports the API serves from, and the
-/// ingest loop and counts repair running in the background until `stopped`.
+/// The whole system in one process, before it runs: the ports the API serves from, and the ingest
+/// loop's ports and the queue it consumes.
 pub struct Standalone {
     pub ports: Ports,
-    pub ingest_health: watch::Receiver<IngestHealth>,
-    pub tasks: Vec<JoinHandle<()>>,
+    pub ingest: IngestPorts,
+    pub source: sqlite_queue::SqliteSource,
 }
 
-/// Standalone's settings of the ingest loop: small batches soon, since one process does everything.
-const STANDALONE_INGEST: IngestSettings = IngestSettings {
-    batch: BatchLimits {
-        commands: 1000,
-        bytes: 16 << 20,
-        wait: Duration::from_millis(5),
-    },
-    max_attempts: 5,
-};
-
-/// SQLite store and queue, in-process numbers and cache, tantivy; the ingest loop consumes the queue.
-pub async fn standalone(
-    args: &StandaloneArgs,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<Standalone> {
+/// SQLite store and queue, in-process numbers and cache, tantivy.
+pub async fn standalone(args: &StandaloneArgs) -> anyhow::Result<Standalone> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -255,52 +240,15 @@ pub async fn standalone(
         announcements: announcements.clone(),
         keys,
     };
-    let ingest_ports = IngestPorts {
-        store: store.clone(),
+    let ingest = IngestPorts {
+        store,
         search,
         cache,
         announcer: announcements,
     };
-    let mut source = queue.source();
-    let ingest_stop = stopped.clone();
-    let (health, ingest_health) = watch::channel(IngestHealth::default());
-    let ingest_task = tokio::spawn(async move {
-        ingest::run(
-            &mut source,
-            &ingest_ports,
-            &STANDALONE_INGEST,
-            ingest_stop,
-            health,
-        )
-        .await;
-    });
-    let repair_task = tokio::spawn(repair_periodically(
-        store,
-        Duration::from_secs(300),
-        stopped,
-    ));
     Ok(Standalone {
         ports,
-        ingest_health,
-        tasks: vec![ingest_task, repair_task],
+        ingest,
+        source: queue.source(),
     })
-}
-
-/// Recomputes counts from the rows now and then; drift only comes from manual edits or bugs.
-pub async fn repair_periodically(
-    store: Arc<dyn Store>,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        match store.repair_counts().await {
-            Ok(0) => {}
-            Ok(fixed) => tracing::warn!(fixed, "repaired counts that had drifted from the rows"),
-            Err(e) => tracing::warn!(error = %e, "count repair failed; will try again"),
-        }
-    }
 }

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use chatsys_core::telemetry;
+use chatsys_runtime::telemetry;
 use chatsys_runtime::terminated;
 use chatsys_settings::WorkerArgs;
 

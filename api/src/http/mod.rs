@@ -25,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::domain::{Order, Page};
 use chatsys_core::service::{ChatService, Created, ListPage};
+use chatsys_runtime::boot::Readiness;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -36,6 +37,8 @@ pub use extract::BodyBudget;
 
 pub struct AppState {
     pub service: ChatService,
+    /// What `/readyz` checks.
+    pub readiness: Readiness,
     pub admin_key: Option<String>,
     /// Larger request bodies are answered 413.
     pub max_request_bytes: usize,

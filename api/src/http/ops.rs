@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use chatsys_core::health::Readiness;
+use chatsys_runtime::health::Readiness;
 use chatsys_runtime::ops;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -51,7 +51,7 @@ pub async fn healthz() -> Json<Alive> {
         (status = 200, description = "Ready, or degraded", body = Readiness),
         (status = 503, description = "Not ready", body = Readiness)))]
 pub async fn readyz(State(state): Shared) -> Response {
-    ops::readiness(&state.service.readiness().await)
+    ops::readiness(&state.readiness.checks().await)
 }
 
 /// Metrics

@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::CoreResult;
-use crate::ingest::IngestHealth;
+use chatsys_core::error::CoreResult;
+use chatsys_core::ingest::IngestHealth;
 
 /// One check's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -120,7 +120,7 @@ pub fn report(checks: &[Check]) -> (bool, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{Backend, CoreError};
+    use chatsys_core::error::{Backend, CoreError};
     use serde_json::json;
 
     #[test]
