@@ -11,7 +11,8 @@ use chatsys_adapters::{
 };
 use chatsys_core::CoreError;
 use chatsys_core::ports::Store;
-use chatsys_core::service::{ChatService, Ports, TOKEN_RECHECK};
+use chatsys_core::reads::TOKEN_RECHECK;
+use chatsys_core::service::{ChatService, Ports};
 use sqlx::SqlitePool;
 
 struct Setup {

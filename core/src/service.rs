@@ -2,29 +2,26 @@
 //! allocates a number, publishes a durable command and records the new state for read-your-writes; it
 //! never writes to the store.
 
-use crate::telemetry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use quick_cache::Weighter;
-use quick_cache::sync::Cache as LocalCache;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::Command;
-use crate::domain::{self, AppId, Chat, Message, Order, Page, Scan};
+use crate::domain::{self, AppId, Chat, Message, Page};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::group_commit::{GroupCommit, GroupLimits};
 use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
+use crate::list_cache::ListCache;
 use crate::live::{LiveChats, LiveSettings};
 use crate::message_creates::{MessageCreates, NewMessage, restart_message_counter};
-use crate::plan::ChatKey;
-use crate::ports::{self, CachedToken, ListScope, NumberFloor, VersionClaim, VersionFor};
+use crate::pages::{ListPage, PageLink, render_page};
+use crate::ports::{self, ListScope, NumberFloor, VersionClaim, VersionFor};
 use crate::quota::WriteQuota;
+use crate::reads::CachedReads;
 use crate::search_text::{SearchCursor, SearchOrder, SearchRequest, SearchScope, SearchTerms};
 use crate::view::{ApplicationView, ChatView, FoundMessageView, MessageView};
 
@@ -51,64 +48,12 @@ pub struct Created<T> {
     pub replayed: bool,
 }
 
-/// A rendered page of a list: the JSON array, the cursors of its neighbours, and for a chat's messages
-/// the chat's latest change as of the page.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ListPage {
-    pub json: Bytes,
-    pub next: Option<PageLink>,
-    pub prev: Option<PageLink>,
-    pub last_event: Option<u64>,
-}
-
-/// Where a neighbouring page is: the `after` and `before` it is asked with.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageLink {
-    pub after: Option<String>,
-    pub before: Option<String>,
-}
-
-impl PageLink {
-    pub fn after(cursor: String) -> Self {
-        PageLink {
-            after: Some(cursor),
-            before: None,
-        }
-    }
-
-    pub fn before(cursor: String) -> Self {
-        PageLink {
-            after: None,
-            before: Some(cursor),
-        }
-    }
-
-    /// The query parameters naming the page.
-    pub fn params(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [("after", &self.after), ("before", &self.before)]
-            .into_iter()
-            .filter_map(|(name, value)| Some((name, value.as_deref()?)))
-    }
-}
-
-/// A page of a list as rendered at one generation of the list.
-type HotPageKey = (ListScope, u64, Page);
-
+/// The use cases of the REST API. What they read comes through [`CachedReads`] and [`ListCache`], the
+/// cache layers in front of the store; what they write goes to the queue.
 pub struct ChatService {
     ports: Ports,
-    /// A token's application id, kept in process in front of Redis for [`TOKEN_RECHECK`] (a token
-    /// can be replaced), and a chat's creation time, which never changes, for [`CHAT_RECHECK`] (a chat
-    /// can be deleted).
-    app_ids: LocalCache<String, (AppId, Instant)>,
-    /// Tokens the store named no application, for [`UNKNOWN_TOKEN_RECHECK`]: a client repeating a
-    /// guess costs no query. Bounded in entries, like the known ones.
-    unknown_tokens: LocalCache<String, Instant>,
-    chat_births: LocalCache<ChatKey, (DateTime<Utc>, Instant)>,
-    /// Each list's generation and when Redis said so.
-    list_generations: LocalCache<ListScope, (u64, Instant)>,
-    /// Rendered pages held in process, so that a hot page is served without the network; keyed by the
-    /// list's generation, they are exactly as fresh as `list_generations`. Bounded in bytes.
-    hot_pages: Option<LocalCache<HotPageKey, ListPage, PageWeight>>,
+    reads: CachedReads,
+    lists: ListCache,
     live: Arc<LiveChats>,
     keys: Keys,
     /// Each application's writes per second, when limited.
@@ -124,37 +69,6 @@ const CREATES_PER_GROUP: GroupLimits = GroupLimits {
     bytes: 4 << 20,
     lanes: 2,
 };
-
-/// How long a token's application is trusted in process: a replaced token stops working on every
-/// replica at most this long after it was replaced.
-pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
-
-/// How long a chat is trusted to exist in process: a deleted chat's messages answer 404 on every replica
-/// at most this long after the delete (at once on the replica that took it, and for the chat itself).
-pub const CHAT_RECHECK: Duration = Duration::from_secs(1);
-
-/// How long a token the store did not know is answered 404 without asking again. Tokens are generated
-/// by the server, so one unknown now becomes known only if it was guessed before it was created.
-pub const UNKNOWN_TOKEN_RECHECK: Duration = Duration::from_secs(10);
-
-/// Unknown tokens held at most (about 100 bytes each).
-const UNKNOWN_TOKENS_HELD: usize = 100_000;
-
-/// How long a list's generation is trusted in process before Redis is asked again.
-const LIST_GENERATION_TTL: Duration = Duration::from_millis(250);
-
-/// The size the hot-page cache expects of a page (100 messages of 200 bytes), to size its table.
-const HOT_PAGE_TYPICAL_BYTES: u64 = 32 * 1024;
-
-/// What a held page costs: its bytes and a little for its cursors, key and bookkeeping.
-#[derive(Debug, Clone)]
-struct PageWeight;
-
-impl Weighter<HotPageKey, ListPage> for PageWeight {
-    fn weight(&self, _key: &HotPageKey, page: &ListPage) -> u64 {
-        (page.json.len() + 256) as u64
-    }
-}
 
 impl ChatService {
     pub fn new(ports: Ports) -> Self {
@@ -178,12 +92,9 @@ impl ChatService {
         };
         ChatService {
             creates: GroupCommit::start(creates, CREATES_PER_GROUP),
+            reads: CachedReads::new(ports.store.clone(), ports.cache.clone()),
+            lists: ListCache::new(ports.cache.clone()),
             ports,
-            app_ids: LocalCache::new(100_000),
-            unknown_tokens: LocalCache::new(UNKNOWN_TOKENS_HELD),
-            chat_births: LocalCache::new(1_000_000),
-            list_generations: LocalCache::new(100_000),
-            hot_pages: None,
             live,
             keys,
             quota: None,
@@ -204,13 +115,9 @@ impl ChatService {
         }
     }
 
-    /// Keeps up to `max_bytes` of rendered list pages in process (0: none), in front of the shared
-    /// cache. Worth it where that cache is across the network; standalone's is in process already.
+    /// Keeps up to `max_bytes` of rendered list pages in process (see [`ListCache::with_hot_pages`]).
     pub fn with_hot_pages(mut self, max_bytes: u64) -> Self {
-        self.hot_pages = (max_bytes > 0).then(|| {
-            let pages = (max_bytes / HOT_PAGE_TYPICAL_BYTES).max(1) as usize;
-            LocalCache::with_weighter(pages, max_bytes, PageWeight)
-        });
+        self.lists = self.lists.with_hot_pages(max_bytes);
         self
     }
 
@@ -250,15 +157,7 @@ impl ChatService {
                 }
             };
             self.ports.numbers.init_application(application.id).await?;
-            // Every replica rechecks tokens in the shared cache; one it holds needs no store there.
-            soft(
-                self.ports
-                    .cache
-                    .put_application_id(token, application.id)
-                    .await,
-            );
-            self.app_ids
-                .insert(token.clone(), (application.id, Instant::now()));
+            self.reads.token_names(token, application.id).await;
             Ok(intent)
         };
         let (intent, replayed) = self
@@ -287,49 +186,37 @@ impl ChatService {
     /// every replica within [`TOKEN_RECHECK`]. The old token is marked in the shared cache first, so
     /// that a failure leaves it working rather than the client without a token.
     pub async fn rotate_token(&self, token: &str) -> CoreResult<ApplicationView> {
-        let app = self.resolve(token).await?;
-        self.ports.cache.forget_token(token).await?;
+        let app = self.reads.application_id(token).await?;
+        self.reads.token_replaced(token).await?;
         let fresh = domain::generate_token();
         self.ports
             .store
             .replace_token(app, &fresh, domain::now())
             .await?;
-        self.app_ids.remove(token);
-        soft(self.ports.cache.forget_applications(&[app]).await);
+        self.reads.token_gone(token, app).await;
         self.application(&fresh).await
     }
 
     /// Whether the token names an application (now: a replaced token stops working within
     /// [`TOKEN_RECHECK`]).
     pub async fn authorize(&self, token: &str) -> CoreResult<()> {
-        self.resolve(token).await.map(drop)
+        self.reads.application_id(token).await.map(drop)
     }
 
     pub async fn rename_application(&self, token: &str, name: &str) -> CoreResult<ApplicationView> {
         domain::validate_name(name)?;
-        let app = self.resolve(token).await?;
+        let app = self.reads.application_id(token).await?;
         self.ports
             .store
             .rename_application(app, name, domain::now())
             .await?;
-        soft(self.ports.cache.forget_applications(&[app]).await);
+        self.reads.application_changed(app).await;
         self.application(token).await
     }
 
     pub async fn application(&self, token: &str) -> CoreResult<ApplicationView> {
-        let app = self.resolve(token).await?;
-        if let Some(cached) = counted("application", soft(self.ports.cache.application(app).await))
-        {
-            return Ok(ApplicationView::from(&cached));
-        }
-        let application = self
-            .ports
-            .store
-            .application(app)
-            .await?
-            .filter(|application| !application.deleted)
-            .ok_or(CoreError::NotFound("application"))?;
-        soft(self.ports.cache.put_application(&application).await);
+        let app = self.reads.application_id(token).await?;
+        let application = self.reads.application(app).await?;
         Ok(ApplicationView::from(&application))
     }
 
@@ -348,18 +235,12 @@ impl ChatService {
             .ok_or(CoreError::NotFound("application"))?;
         // Marked first, so that no replica answers the token from the shared cache once the store
         // says it is deleted.
-        self.ports.cache.forget_token(token).await?;
+        self.reads.token_replaced(token).await?;
         self.ports
             .store
             .delete_application(application.id, domain::now())
             .await?;
-        self.app_ids.remove(token);
-        soft(
-            self.ports
-                .cache
-                .forget_applications(&[application.id])
-                .await,
-        );
+        self.reads.token_gone(token, application.id).await;
         self.ports
             .queue
             .publish(&Command::PurgeApplication {
@@ -371,7 +252,7 @@ impl ChatService {
     pub async fn list_applications(&self, after: Option<&str>, limit: u32) -> CoreResult<ListPage> {
         let after_id = match after {
             None => None,
-            Some(token) => Some(self.resolve(token).await?),
+            Some(token) => Some(self.reads.application_id(token).await?),
         };
         let rows = self
             .ports
@@ -393,7 +274,7 @@ impl ChatService {
         token: &str,
         key: Option<&IdempotencyKey>,
     ) -> CoreResult<Created<ChatView>> {
-        let app = self.resolve(token).await?;
+        let app = self.reads.application_id(token).await?;
         self.spend(app, 1)?;
         let scope = KeyScope::Application { app, token };
         let make = || async {
@@ -415,9 +296,7 @@ impl ChatService {
         let act = |intent: Intent| async move {
             self.publish(&intent).await?;
             if let Some(chat) = intent.command().and_then(Command::created_chat) {
-                soft(self.ports.cache.put_pending_chat(&chat).await);
-                self.chat_births
-                    .insert((app, chat.number), (chat.created_at, Instant::now()));
+                self.reads.chat_accepted(&chat).await;
             }
             Ok(intent)
         };
@@ -433,8 +312,9 @@ impl ChatService {
     }
 
     pub async fn chat(&self, token: &str, number: u64) -> CoreResult<ChatView> {
-        let app = self.resolve(token).await?;
-        self.load_chat(app, number)
+        let app = self.reads.application_id(token).await?;
+        self.reads
+            .chat(app, number)
             .await
             .map(|chat| ChatView::from(&chat))
     }
@@ -442,9 +322,9 @@ impl ChatService {
     /// Deletes a chat with its messages (queued; the chat and its messages answer 404 at once on this
     /// replica, within [`CHAT_RECHECK`] on the others). Its number is never used again.
     pub async fn delete_chat(&self, token: &str, number: u64) -> CoreResult<()> {
-        let app = self.resolve(token).await?;
+        let app = self.reads.application_id(token).await?;
         self.spend(app, 1)?;
-        let chat = self.load_chat(app, number).await?;
+        let chat = self.reads.chat(app, number).await?;
         let at = domain::now().max(chat.created_at);
         self.ports
             .queue
@@ -455,7 +335,6 @@ impl ChatService {
                 at,
             })
             .await?;
-        self.chat_births.remove(&(app, number));
         let tombstone = Chat {
             messages_count: 0,
             updated_at: at,
@@ -463,28 +342,24 @@ impl ChatService {
             deleted: true,
             ..chat
         };
-        soft(
-            self.ports
-                .cache
-                .put_chats(std::slice::from_ref(&tombstone))
-                .await,
-        );
+        self.reads.chat_deleted(&tombstone).await;
         Ok(())
     }
 
     pub async fn list_chats(&self, token: &str, page: Page) -> CoreResult<ListPage> {
-        let app = self.resolve(token).await?;
+        let app = self.reads.application_id(token).await?;
         let store = self.ports.store.clone();
-        self.cached_list(ListScope::Chats(app), page, || async move {
-            let rows = store.list_chats(app, page.scan()).await?;
-            Ok(render_page(
-                rows,
-                page,
-                |c| c.number.to_string(),
-                |c| ChatView::from(c),
-            ))
-        })
-        .await
+        self.lists
+            .list(ListScope::Chats(app), page, || async move {
+                let rows = store.list_chats(app, page.scan()).await?;
+                Ok(render_page(
+                    rows,
+                    page,
+                    |c| c.number.to_string(),
+                    |c| ChatView::from(c),
+                ))
+            })
+            .await
     }
 
     // Messages.
@@ -497,8 +372,8 @@ impl ChatService {
         key: Option<&IdempotencyKey>,
     ) -> CoreResult<Created<MessageView>> {
         domain::validate_body(body)?;
-        let app = self.resolve(token).await?;
-        let chat_created_at = self.chat_birth(app, chat).await?;
+        let app = self.reads.application_id(token).await?;
+        let chat_created_at = self.reads.chat_birth(app, chat).await?;
         self.spend(app, WriteQuota::writes_of(body))?;
         let Some(key) = key else {
             let create = NewMessage {
@@ -545,7 +420,7 @@ impl ChatService {
         let act = |intent: Intent| async move {
             self.publish(&intent).await?;
             if let Some(message) = intent.command().and_then(Command::created_message) {
-                soft(self.ports.cache.remember_message(&message).await);
+                self.reads.message_changed(&message).await;
             }
             Ok(intent)
         };
@@ -652,10 +527,10 @@ impl ChatService {
         expected: Option<&[u64]>,
     ) -> CoreResult<MessageView> {
         domain::validate_body(body)?;
-        let app = self.resolve(token).await?;
-        let chat_created_at = self.chat_birth(app, chat).await?;
+        let app = self.reads.application_id(token).await?;
+        let chat_created_at = self.reads.chat_birth(app, chat).await?;
         self.spend(app, WriteQuota::writes_of(body))?;
-        let current = self.load_message(app, chat, number).await?;
+        let current = self.reads.message(app, chat, number).await?;
         let (version, at) = self
             .change_message(&current, expected, VersionFor::Edit, |version, at| {
                 Command::EditMessage {
@@ -676,7 +551,7 @@ impl ChatService {
             updated_at: at,
             ..current
         };
-        soft(self.ports.cache.remember_message(&message).await);
+        self.reads.message_changed(&message).await;
         Ok(MessageView::from(&message))
     }
 
@@ -689,10 +564,10 @@ impl ChatService {
         number: u64,
         expected: Option<&[u64]>,
     ) -> CoreResult<()> {
-        let app = self.resolve(token).await?;
-        let chat_created_at = self.chat_birth(app, chat).await?;
+        let app = self.reads.application_id(token).await?;
+        let chat_created_at = self.reads.chat_birth(app, chat).await?;
         self.spend(app, 1)?;
-        let current = self.load_message(app, chat, number).await?;
+        let current = self.reads.message(app, chat, number).await?;
         let (version, at) = self
             .change_message(&current, expected, VersionFor::Delete, |version, at| {
                 Command::DeleteMessage {
@@ -706,12 +581,9 @@ impl ChatService {
                 }
             })
             .await?;
-        soft(
-            self.ports
-                .cache
-                .remember_message(&current.tombstone(version, at))
-                .await,
-        );
+        self.reads
+            .message_changed(&current.tombstone(version, at))
+            .await;
         Ok(())
     }
 
@@ -758,29 +630,30 @@ impl ChatService {
 
     /// A message of a chat that exists (a deleted chat's messages are not found).
     pub async fn message(&self, token: &str, chat: u64, number: u64) -> CoreResult<MessageView> {
-        let app = self.resolve(token).await?;
-        self.chat_birth(app, chat).await?;
-        let message = self.load_message(app, chat, number).await?;
+        let app = self.reads.application_id(token).await?;
+        self.reads.chat_birth(app, chat).await?;
+        let message = self.reads.message(app, chat, number).await?;
         Ok(MessageView::from(&message))
     }
 
     pub async fn list_messages(&self, token: &str, chat: u64, page: Page) -> CoreResult<ListPage> {
-        let app = self.resolve(token).await?;
-        self.chat_birth(app, chat).await?;
+        let app = self.reads.application_id(token).await?;
+        self.reads.chat_birth(app, chat).await?;
         let store = self.ports.store.clone();
-        self.cached_list(ListScope::Messages(app, chat), page, || async move {
-            let rows = store.list_messages(app, chat, page.scan()).await?;
-            Ok(ListPage {
-                last_event: Some(rows.last_event),
-                ..render_page(
-                    rows.messages,
-                    page,
-                    |m| m.number.to_string(),
-                    |m| MessageView::from(m),
-                )
+        self.lists
+            .list(ListScope::Messages(app, chat), page, || async move {
+                let rows = store.list_messages(app, chat, page.scan()).await?;
+                Ok(ListPage {
+                    last_event: Some(rows.last_event),
+                    ..render_page(
+                        rows.messages,
+                        page,
+                        |m| m.number.to_string(),
+                        |m| MessageView::from(m),
+                    )
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// Messages holding every term of `query`, in one chat (`chat`) or in every chat of the
@@ -796,9 +669,9 @@ impl ChatService {
         limit: u32,
     ) -> CoreResult<ListPage> {
         let terms = SearchTerms::parse(query)?;
-        let app = self.resolve(token).await?;
+        let app = self.reads.application_id(token).await?;
         if let Some(chat) = chat {
-            self.chat_birth(app, chat).await?;
+            self.reads.chat_birth(app, chat).await?;
         }
         let scope = SearchScope { app, chat };
         let after = after
@@ -837,7 +710,7 @@ impl ChatService {
             if live.contains_key(&chat) {
                 continue;
             }
-            let exists = match self.chat_birth(app, chat).await {
+            let exists = match self.reads.chat_birth(app, chat).await {
                 Ok(_) => true,
                 Err(CoreError::NotFound(_)) => false,
                 Err(e) => return Err(e),
@@ -857,317 +730,14 @@ impl ChatService {
         chat: u64,
         after: Option<u64>,
     ) -> CoreResult<impl futures::Stream<Item = bytes::Bytes> + Send + use<>> {
-        let app = self.resolve(token).await?;
-        self.chat_birth(app, chat).await?;
+        let app = self.reads.application_id(token).await?;
+        self.reads.chat_birth(app, chat).await?;
         self.live.open((app, chat), after).await
-    }
-
-    // Lookups.
-
-    /// A token's application. A token this process knew keeps working while the shared cache knows
-    /// nothing of it and the store is down (an outage of the store is no reason to refuse a token
-    /// that worked a moment ago); one the cache marks replaced is only ever answered by the store.
-    async fn resolve(&self, token: &str) -> CoreResult<AppId> {
-        if !domain::plausible_token(token) {
-            return Err(CoreError::NotFound("application"));
-        }
-        let known = self.app_ids.get(token);
-        if let Some((app, checked)) = known
-            && checked.elapsed() < TOKEN_RECHECK
-        {
-            return Ok(app);
-        }
-        if self
-            .unknown_tokens
-            .get(token)
-            .is_some_and(|checked| checked.elapsed() < UNKNOWN_TOKEN_RECHECK)
-        {
-            return Err(CoreError::NotFound("application"));
-        }
-        let cached = soft(self.ports.cache.application_id(token).await);
-        let app = match cached {
-            CachedToken::Names(app) => Some(app),
-            CachedToken::Unknown | CachedToken::Replaced => None,
-        };
-        let app = match counted("token", app) {
-            Some(app) => app,
-            None => match self.ports.store.application_by_token(token).await {
-                Ok(None) => {
-                    self.unknown_tokens
-                        .insert(token.to_string(), Instant::now());
-                    return Err(CoreError::NotFound("application"));
-                }
-                Ok(Some(application)) if application.deleted => {
-                    return Err(CoreError::NotFound("application"));
-                }
-                Ok(Some(application)) => {
-                    soft(
-                        self.ports
-                            .cache
-                            .put_application_id(token, application.id)
-                            .await,
-                    );
-                    application.id
-                }
-                // Kept for another TOKEN_RECHECK, so that the store is asked once per period.
-                Err(error) if error.is_transient() && cached == CachedToken::Unknown => {
-                    let (app, _) = known.ok_or(error)?;
-                    app
-                }
-                Err(error) => return Err(error),
-            },
-        };
-        self.app_ids
-            .insert(token.to_string(), (app, Instant::now()));
-        Ok(app)
-    }
-
-    /// A chat that exists (stored or accepted); a deleted one is not found.
-    async fn load_chat(&self, app: AppId, number: u64) -> CoreResult<Chat> {
-        let found = match counted("chat", soft(self.ports.cache.chat(app, number).await)) {
-            Some(chat) => Some(chat),
-            None => match self.ports.store.chat(app, number).await? {
-                Some(chat) => {
-                    soft(
-                        self.ports
-                            .cache
-                            .put_chats(std::slice::from_ref(&chat))
-                            .await,
-                    );
-                    Some(chat)
-                }
-                None => soft(self.ports.cache.pending_chat(app, number).await),
-            },
-        };
-        found
-            .filter(|chat| !chat.deleted)
-            .ok_or(CoreError::NotFound("chat"))
-    }
-
-    /// A chat's creation time, which also proves it exists (stored or accepted). A chat this process
-    /// knew keeps working while the store and the cache cannot say (an outage of the database is no
-    /// reason to refuse creates into a chat that took them a moment ago); one found deleted does not.
-    async fn chat_birth(&self, app: AppId, number: u64) -> CoreResult<DateTime<Utc>> {
-        let known = self.chat_births.get(&(app, number));
-        if let Some((at, checked)) = known
-            && checked.elapsed() < CHAT_RECHECK
-        {
-            return Ok(at);
-        }
-        match self.load_chat(app, number).await {
-            Ok(chat) => {
-                self.chat_births
-                    .insert((app, number), (chat.created_at, Instant::now()));
-                Ok(chat.created_at)
-            }
-            Err(error) if error.is_transient() => known.map(|(at, _)| at).ok_or(error),
-            Err(error) => {
-                self.chat_births.remove(&(app, number));
-                Err(error)
-            }
-        }
-    }
-
-    /// A message that exists (stored or accepted); a deleted one is not found.
-    async fn load_message(&self, app: AppId, chat: u64, number: u64) -> CoreResult<Message> {
-        let key = (app, chat, number);
-        let message = match counted("message", soft(self.ports.cache.message(key).await)) {
-            Some(message) => message,
-            None => {
-                let message = self
-                    .ports
-                    .store
-                    .message(app, chat, number)
-                    .await?
-                    .ok_or(CoreError::NotFound("message"))?;
-                soft(self.ports.cache.put_message(&message).await);
-                message
-            }
-        };
-        if message.deleted {
-            return Err(CoreError::NotFound("message"));
-        }
-        Ok(message)
-    }
-
-    /// The list's current generation, held in process for a moment: a commit shows in lists at most
-    /// `LIST_GENERATION_TTL` later, well within the second the contract allows.
-    async fn list_generation(&self, scope: &ListScope) -> Option<u64> {
-        if let Some((generation, asked)) = self.list_generations.get(scope)
-            && asked.elapsed() < LIST_GENERATION_TTL
-        {
-            return Some(generation);
-        }
-        let asked = Instant::now();
-        let generation = soft(self.ports.cache.list_generation(scope).await.map(Some))?;
-        self.list_generations
-            .insert(scope.clone(), (generation, asked));
-        Some(generation)
-    }
-
-    async fn cached_list<F, Fut>(
-        &self,
-        scope: ListScope,
-        page: Page,
-        load: F,
-    ) -> CoreResult<ListPage>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = CoreResult<ListPage>>,
-    {
-        let Some(generation) = self.list_generation(&scope).await else {
-            return load().await;
-        };
-        let hot_key = (scope, generation, page);
-        if let Some(hot_pages) = &self.hot_pages {
-            let held = hot_pages.get(&hot_key);
-            if let Some(held) = counted("list_in_process", held) {
-                return Ok(held);
-            }
-        }
-        let scope = &hot_key.0;
-        let page_key = cached_page_name(&page);
-        let cached = soft(
-            self.ports
-                .cache
-                .list_page(scope, generation, &page_key)
-                .await,
-        )
-        .and_then(|bytes| decode_cached_page(&bytes));
-        if let Some(cached) = counted("list", cached) {
-            // Found in the shared cache, the page has been read before: only pages read twice take
-            // this process's memory, so a crawl through a long history does not evict the hot ones.
-            if let Some(hot_pages) = &self.hot_pages {
-                hot_pages.insert(hot_key.clone(), cached.clone());
-            }
-            return Ok(cached);
-        }
-        let fresh = load().await?;
-        let encoded = encode_cached_page(&fresh);
-        soft(
-            self.ports
-                .cache
-                .put_list(scope, generation, &page_key, &encoded)
-                .await,
-        );
-        Ok(fresh)
     }
 }
 
 /// How often a request waiting for another that holds its idempotency key looks again.
 const KEY_POLL: Duration = Duration::from_millis(50);
-
-/// Renders the rows of one page, read in the order its scan walked with one row more than the page
-/// holds: that row says whether the list goes on the way the scan walked; the other way, it goes on
-/// when the page was asked for next to a cursor. The rows are shown in the page's order.
-fn render_page<T, V: Serialize>(
-    mut rows: Vec<T>,
-    page: Page,
-    cursor: impl Fn(&T) -> String,
-    view: impl Fn(&T) -> V,
-) -> ListPage {
-    let walked_on = rows.len() > page.limit as usize;
-    rows.truncate(page.limit as usize);
-    // The page the walk would read next keeps its far bound; the one the other way starts afresh.
-    let (above, below) = match page.scan() {
-        Scan::Up { below: far, .. } => (
-            rows.last().filter(|_| walked_on).map(|row| PageLink {
-                after: Some(cursor(row)),
-                before: far.map(|n| n.to_string()),
-            }),
-            rows.first()
-                .filter(|_| page.has_cursor())
-                .map(|row| PageLink::before(cursor(row))),
-        ),
-        Scan::Down { above: far, .. } => (
-            rows.first()
-                .filter(|_| page.has_cursor())
-                .map(|row| PageLink::after(cursor(row))),
-            rows.last().filter(|_| walked_on).map(|row| PageLink {
-                after: (far > 0).then(|| far.to_string()),
-                before: Some(cursor(row)),
-            }),
-        ),
-    };
-    if page.scans_backwards() {
-        rows.reverse();
-    }
-    let (next, prev) = match page.order {
-        Order::Asc => (above, below),
-        Order::Desc => (below, above),
-    };
-    let views: Vec<V> = rows.iter().map(view).collect();
-    ListPage {
-        json: serde_json::to_vec(&views).expect("views serialise").into(),
-        next,
-        prev,
-        last_event: None,
-    }
-}
-
-/// A page's name within its list in the shared cache.
-fn cached_page_name(page: &Page) -> String {
-    let order = match page.order {
-        Order::Asc => "asc",
-        Order::Desc => "desc",
-    };
-    let cursor = match page.cursor {
-        domain::Cursor::Start => String::new(),
-        domain::Cursor::After(n) => format!(">{n}"),
-        domain::Cursor::Before(n) => format!("<{n}"),
-        domain::Cursor::Between(after, before) => format!(">{after}<{before}"),
-    };
-    format!("{order}{cursor}:{}", page.limit)
-}
-
-/// What a cached page holds besides its JSON, on the line before it.
-#[derive(Serialize, Deserialize)]
-struct CachedPageHead {
-    next: Option<PageLink>,
-    prev: Option<PageLink>,
-    last_event: Option<u64>,
-}
-
-fn encode_cached_page(page: &ListPage) -> Vec<u8> {
-    let head = CachedPageHead {
-        next: page.next.clone(),
-        prev: page.prev.clone(),
-        last_event: page.last_event,
-    };
-    let mut out = serde_json::to_vec(&head).expect("a page head serialises");
-    out.push(b'\n');
-    out.extend_from_slice(&page.json);
-    out
-}
-
-/// A page cached by an older release (or otherwise unreadable) is a miss.
-fn decode_cached_page(bytes: &[u8]) -> Option<ListPage> {
-    let split = bytes.iter().position(|b| *b == b'\n')?;
-    let head: CachedPageHead = serde_json::from_slice(&bytes[..split]).ok()?;
-    Some(ListPage {
-        json: Bytes::copy_from_slice(&bytes[split + 1..]),
-        next: head.next,
-        prev: head.prev,
-        last_event: head.last_event,
-    })
-}
-
-/// A cache failure is a miss: the store answers instead.
-/// Counts a cache lookup as a hit or a miss, by kind.
-fn counted<T>(kind: &'static str, found: Option<T>) -> Option<T> {
-    let result = if found.is_some() { "hit" } else { "miss" };
-    metrics::counter!(telemetry::CACHE_LOOKUPS.name, "kind" => kind, "result" => result)
-        .increment(1);
-    found
-}
-
-fn soft<T: Default>(result: CoreResult<T>) -> T {
-    result.unwrap_or_else(|e| {
-        metrics::counter!(telemetry::CACHE_ERRORS.name).increment(1);
-        tracing::debug!(error = %e, "cache unavailable, using the store");
-        T::default()
-    })
-}
 
 /// Where a counter lost from the number allocator restarts: above the stored maximum, every command
 /// still queued, and a margin for deliveries in flight (unacknowledged or being published).
@@ -1187,101 +757,5 @@ impl NumberFloor for ReseedFloor {
     async fn message_floor(&self, app: AppId, chat: u64) -> CoreResult<u64> {
         let stored = self.store.max_message_number(app, chat).await?;
         Ok(stored + self.queue.queued_commands_at_most().await? + self.margin)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn numbers_page(rows: Vec<u64>, page: Page) -> ListPage {
-        render_page(rows, page, |n| n.to_string(), |n| *n)
-    }
-
-    fn after(n: &str) -> Option<PageLink> {
-        Some(PageLink::after(n.to_string()))
-    }
-
-    fn before(n: &str) -> Option<PageLink> {
-        Some(PageLink::before(n.to_string()))
-    }
-
-    #[test]
-    fn a_page_with_one_extra_row_points_at_the_next_page() {
-        let page = numbers_page(vec![1, 2, 3], Page::first(2));
-        assert_eq!(page.json, &b"[1,2]"[..]);
-        assert_eq!((page.next, page.prev), (after("2"), None));
-        let last = numbers_page(vec![1, 2], Page::first(2));
-        assert_eq!(last.next, None);
-        let empty = numbers_page(Vec::new(), Page::first(2));
-        assert_eq!(empty.json, &b"[]"[..]);
-    }
-
-    #[test]
-    fn newest_first_pages_point_at_older_ones_next() {
-        let newest = Page {
-            order: Order::Desc,
-            ..Page::first(2)
-        };
-        let page = numbers_page(vec![9, 8, 7], newest);
-        assert_eq!(page.json, &b"[9,8]"[..]);
-        assert_eq!((page.next, page.prev), (before("8"), None));
-        let older = Page {
-            cursor: domain::Cursor::Before(8),
-            ..newest
-        };
-        let page = numbers_page(vec![7, 6], older);
-        assert_eq!(page.json, &b"[7,6]"[..]);
-        assert_eq!((page.next, page.prev), (None, after("7")));
-    }
-
-    #[test]
-    fn a_page_read_against_its_order_is_shown_in_it() {
-        // `order=desc&after=5`: the two messages right above 5, read upwards, shown newest first.
-        let newer = Page {
-            order: Order::Desc,
-            cursor: domain::Cursor::After(5),
-            ..Page::first(2)
-        };
-        let page = numbers_page(vec![6, 7, 8], newer);
-        assert_eq!(page.json, &b"[7,6]"[..]);
-        assert_eq!((page.next, page.prev), (before("6"), after("7")));
-        // `before=5` in ascending order: the two right below 5, read downwards, shown oldest first.
-        let earlier = Page {
-            cursor: domain::Cursor::Before(5),
-            ..Page::first(2)
-        };
-        let page = numbers_page(vec![4, 3], earlier);
-        assert_eq!(page.json, &b"[3,4]"[..]);
-        assert_eq!((page.next, page.prev), (after("4"), None));
-    }
-
-    #[test]
-    fn a_page_between_two_numbers_keeps_its_far_bound_in_the_next_link() {
-        // `after=2&before=9&limit=2`: 3 and 4, then the page after 4 still stops before 9.
-        let range = Page {
-            cursor: domain::Cursor::Between(2, 9),
-            ..Page::first(2)
-        };
-        let page = numbers_page(vec![3, 4, 5], range);
-        assert_eq!(page.json, &b"[3,4]"[..]);
-        let next = PageLink {
-            after: Some("4".into()),
-            before: Some("9".into()),
-        };
-        assert_eq!((page.next, page.prev), (Some(next), before("3")));
-    }
-
-    #[test]
-    fn cached_pages_round_trip() {
-        for (next, last_event) in [(None, None), (after("42"), Some(7))] {
-            let page = ListPage {
-                json: bytes::Bytes::from_static(b"[{\"a\":\"x\\ny\"}]"),
-                next,
-                prev: before("3"),
-                last_event,
-            };
-            assert_eq!(decode_cached_page(&encode_cached_page(&page)), Some(page));
-        }
     }
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use chatsys_core::CoreError;
 use chatsys_core::domain::canonical_number;
-use chatsys_core::service::TOKEN_RECHECK;
+use chatsys_core::reads::TOKEN_RECHECK;
 use chatsys_runtime::server::LongLived;
 use futures::StreamExt;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
