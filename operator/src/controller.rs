@@ -5,10 +5,10 @@ use crate::apis::Discovery;
 use crate::children::{self, Children};
 use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{ChildFailure, Error, Result, Retry};
-use crate::kinds::ChildKind;
+use crate::kinds::{Child, ChildKind};
 use crate::manifests::{
     self, BackingService, ClaimTemplate, Credentials, ExistingDeployment, GeneratedSecret,
-    HANDOVER_MANAGER, Inputs, MANAGER, Manifest, Plan,
+    HANDOVER_MANAGER, Handover, Inputs, MANAGER, Plan,
 };
 use crate::metrics;
 use crate::scope::Scope;
@@ -601,14 +601,17 @@ async fn carry_out(
         field_manager: Some(MANAGER.to_string()),
         ..PostParams::default()
     };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for secret in &plan.new_credentials {
-        let object: DynamicObject =
-            serde_json::from_value(secret.object.clone()).expect("a manifest is an object");
-        match api(secret.kind).create(&created, &object).await {
+        match secrets.create(&created, secret).await {
             Ok(_) => {}
             // Created since it was read (by another replica): its values are the ones to keep.
             Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => outcome.failures.push(failure(secret, error)),
+            Err(error) => outcome.failures.push(ChildFailure {
+                kind: ChildKind::Secret.name(),
+                name: secret.name_any(),
+                error,
+            }),
         }
     }
     // Replaced autoscalers go first (see `Plan::replaces`).
@@ -620,35 +623,52 @@ async fn carry_out(
         });
     }
     let handover = PatchParams::apply(HANDOVER_MANAGER);
-    for manifest in &plan.handovers {
-        if let Err(error) = api(manifest.kind)
-            .patch(manifest.name(), &handover, &Patch::Apply(&manifest.object))
+    for Handover {
+        deployment,
+        replicas,
+    } in &plan.handovers
+    {
+        let configuration = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": deployment, "namespace": namespace },
+            "spec": { "replicas": replicas },
+        });
+        if let Err(error) = api(ChildKind::Deployment)
+            .patch(deployment, &handover, &Patch::Apply(&configuration))
             .await
         {
-            outcome.failures.push(failure(manifest, error));
+            outcome.failures.push(ChildFailure {
+                kind: ChildKind::Deployment.name(),
+                name: deployment.clone(),
+                error,
+            });
         }
     }
     let params = PatchParams::apply(MANAGER).force();
-    for manifest in &plan.children {
-        if manifest.kind == ChildKind::Secret
-            && outcome.failures.iter().any(|f| f.name == manifest.name())
-        {
+    for child in &plan.children {
+        let (kind, name) = (child.kind(), child.name());
+        if kind == ChildKind::Secret && outcome.failures.iter().any(|f| f.name == name) {
             // Applying the labels of a Secret that could not be created would create it empty.
             continue;
         }
-        if let Some(live) = children.get(manifest.kind, namespace, manifest.name())
-            && children::applied(&live, &manifest.object)
+        let configuration = child.to_json();
+        if let Some(live) = children.get(kind, namespace, name)
+            && children::applied(&live, &configuration)
         {
             // Already as configured: applying it again would be a write that changes nothing.
-            outcome.applied.push((manifest.kind, live.as_ref().clone()));
+            outcome.applied.push((kind, live.as_ref().clone()));
             continue;
         }
-        match api(manifest.kind)
-            .patch(manifest.name(), &params, &Patch::Apply(&manifest.object))
+        match api(kind)
+            .patch(name, &params, &Patch::Apply(&configuration))
             .await
         {
-            Ok(object) => outcome.applied.push((manifest.kind, object)),
-            Err(error) => outcome.failures.push(failure(manifest, error)),
+            Ok(object) => outcome.applied.push((kind, object)),
+            Err(error) => outcome.failures.push(ChildFailure {
+                kind: kind.name(),
+                name: name.to_string(),
+                error,
+            }),
         }
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
@@ -680,14 +700,6 @@ async fn carry_out(
     outcome
 }
 
-fn failure(manifest: &Manifest, error: kube::Error) -> ChildFailure {
-    ChildFailure {
-        kind: manifest.kind.name(),
-        name: manifest.name().to_string(),
-        error,
-    }
-}
-
 /// Deletes what this resource owns but no longer needs: the autoscalers the plan replaces, or all of
 /// it. Credentials Secrets stay, and volumes are never touched (a StatefulSet's claims follow its
 /// retention policy).
@@ -706,8 +718,8 @@ async fn delete_orphans(
         let wanted: BTreeSet<&str> = plan
             .children
             .iter()
-            .filter(|m| m.kind == kind)
-            .map(Manifest::name)
+            .filter(|child| child.kind() == kind)
+            .map(Child::name)
             .chain(
                 plan.held
                     .iter()

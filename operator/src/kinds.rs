@@ -13,6 +13,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use kube::core::ApiResource;
 use serde_json::Value;
 
@@ -78,7 +80,7 @@ macro_rules! owned_kinds {
         #[derive(Clone, Debug, PartialEq)]
         #[expect(
             clippy::large_enum_variant,
-            reason = "built and turned into a Manifest at once, never stored or moved around"
+            reason = "a plan holds a few dozen, most of them of the large kinds: boxing would save little"
         )]
         pub enum Child {
             $($kind($kind),)+
@@ -91,7 +93,14 @@ macro_rules! owned_kinds {
                 }
             }
 
-            /// The object as JSON, with its `apiVersion` and `kind`.
+            pub fn meta(&self) -> &ObjectMeta {
+                match self {
+                    $(Child::$kind(object) => object.meta(),)+
+                }
+            }
+
+            /// The object as JSON, with its `apiVersion` and `kind`: what the apply sends and
+            /// `render` shows.
             pub fn to_json(&self) -> Value {
                 let json = match self {
                     $(Child::$kind(object) => serde_json::to_value(object),)+
@@ -99,12 +108,6 @@ macro_rules! owned_kinds {
                 json.expect("a Kubernetes object serialises")
             }
         }
-
-        $(impl From<$kind> for Child {
-            fn from(object: $kind) -> Child {
-                Child::$kind(object)
-            }
-        })+
     };
 }
 
@@ -149,5 +152,11 @@ impl ChildKind {
     /// Whether objects of this kind set a workload's replica count.
     pub fn is_autoscaler(self) -> bool {
         self.traits().autoscaler
+    }
+}
+
+impl Child {
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
     }
 }

@@ -3,7 +3,7 @@
 use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, InvalidSpec, Result};
-use crate::kinds::ChildKind;
+use crate::kinds::{Child, ChildKind};
 use crate::manifests::{self, Credentials, GeneratedSecret, Inputs};
 use crate::schema;
 use kube::{CustomResourceExt, Resource};
@@ -108,24 +108,24 @@ pub fn render(mut cs: ChatSystem) -> Result<String> {
     let mut inputs = offline_inputs(&cs);
     let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
     // Everything is shown, as it is once the migration Job has run.
-    if let Some(job) = plan.children.iter().find(|m| m.kind == ChildKind::Job) {
+    if let Some(job) = plan.children.iter().find(|c| c.kind() == ChildKind::Job) {
         inputs.completed_migrations.insert(job.name().to_string());
     }
     let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
     let mut stream = String::new();
-    for manifest in plan.children {
-        let mut object = manifest.object;
+    for mut child in plan.children {
         // A credentials Secret is created with its values and then applied for its labels: shown once.
-        if let Some(created) = plan
-            .new_credentials
-            .iter()
-            .find(|c| c.name() == object["metadata"]["name"])
+        if let Child::Secret(secret) = &mut child
+            && let Some(created) = plan
+                .new_credentials
+                .iter()
+                .find(|c| c.metadata.name == secret.metadata.name)
         {
-            object["type"] = created.object["type"].clone();
-            object["stringData"] = created.object["stringData"].clone();
+            secret.type_ = created.type_.clone();
+            secret.string_data = created.string_data.clone();
         }
         stream.push_str("---\n");
-        stream.push_str(&serde_saphyr::to_string(&object)?);
+        stream.push_str(&serde_saphyr::to_string(&child.to_json())?);
     }
     Ok(stream)
 }

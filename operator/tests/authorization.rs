@@ -57,10 +57,10 @@ async fn a_first_reconcile_with_the_charts_permissions_creates_every_child() {
     for child in &plan.children {
         assert!(
             server
-                .get(&collection(child.kind, "team"), child.name())
+                .get(&collection(child.kind(), "team"), child.name())
                 .is_some(),
             "{:?} {} was not created",
-            child.kind,
+            child.kind(),
             child.name()
         );
     }

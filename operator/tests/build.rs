@@ -4,7 +4,7 @@ mod common;
 
 use chatsys_operator::crd::VERSION;
 use chatsys_operator::error::InvalidSpec;
-use chatsys_operator::kinds::ChildKind;
+use chatsys_operator::kinds::{Child, ChildKind};
 use chatsys_operator::manifests::{self, BackingService, Credentials, GeneratedSecret, Inputs};
 use common::{
     FIXTURES, build_fixture, children, container, containers, env, find, fixture, fresh_inputs,
@@ -14,15 +14,15 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
 /// The migration Job among the children.
-fn migration(built: &[manifests::Manifest]) -> &Value {
+fn migration(built: &[Child]) -> Value {
     of_kind(built, ChildKind::Job)
-        .first()
-        .copied()
+        .into_iter()
+        .next()
         .expect("a migration Job")
 }
 
 /// A Deployment by name, or the migration Job for `migrate`.
-fn workload<'a>(built: &'a [manifests::Manifest], name: &str) -> &'a Value {
+fn workload(built: &[Child], name: &str) -> Value {
     if name == "migrate" {
         migration(built)
     } else {
@@ -83,7 +83,7 @@ fn a_new_version_is_migrated_once_by_a_job_before_its_pods_run() {
 #[test]
 fn an_empty_spec_yields_every_component_in_apply_order() {
     let (_, built) = build_fixture("defaults");
-    let listed: Vec<(ChildKind, &str)> = built.iter().map(|m| (m.kind, m.name())).collect();
+    let listed: Vec<(ChildKind, &str)> = built.iter().map(|m| (m.kind(), m.name())).collect();
     assert_eq!(
         listed,
         vec![
@@ -125,14 +125,14 @@ fn an_empty_spec_yields_every_component_in_apply_order() {
 #[test]
 fn defaults_use_the_operator_version_and_the_documented_settings() {
     let (cs, built) = build_fixture("defaults");
-    let api = find(&built, ChildKind::Deployment, "chat-api");
-    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    let api = &find(&built, ChildKind::Deployment, "chat-api");
+    let worker = &find(&built, ChildKind::Deployment, "chat-worker");
     assert_eq!(
         container(api, "api")["image"],
         format!("chatsys/chatsys-api:{VERSION}")
     );
     assert_eq!(
-        container(migration(&built), "migrate")["image"],
+        container(&migration(&built), "migrate")["image"],
         format!("chatsys/chatsys-api:{VERSION}")
     );
     assert_eq!(
@@ -155,7 +155,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
         ("chat-rabbitmq", "rabbitmq:3.13-management"),
         ("chat-opensearch", "opensearchproject/opensearch:2.17.1"),
     ] {
-        let set = find(&built, ChildKind::StatefulSet, name);
+        let set = &find(&built, ChildKind::StatefulSet, name);
         assert_eq!(main_container(set)["image"], image);
         assert_eq!(
             set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
@@ -166,7 +166,7 @@ fn defaults_use_the_operator_version_and_the_documented_settings() {
             Value::Null
         );
     }
-    let hpa = find(&built, ChildKind::HorizontalPodAutoscaler, "chat-api");
+    let hpa = &find(&built, ChildKind::HorizontalPodAutoscaler, "chat-api");
     assert_eq!(hpa["spec"]["minReplicas"], 2);
     assert_eq!(hpa["spec"]["maxReplicas"], 10);
     assert_eq!(
@@ -206,7 +206,7 @@ fn backing_services_are_configured_as_their_images_expect() {
     let (_, built) = build_fixture("defaults");
     // The state's Redis never evicts, the cache's evicts the least recently used, each within three
     // quarters of its 512Mi limit (what Redis counts as data, not the process).
-    let set = find(&built, ChildKind::StatefulSet, "chat-redis");
+    let set = &find(&built, ChildKind::StatefulSet, "chat-redis");
     let redis = main_container(set);
     assert_eq!(
         redis["args"],
@@ -247,15 +247,16 @@ fn backing_services_are_configured_as_their_images_expect() {
         let name = deployment.trim_start_matches("chat-");
         assert_eq!(
             env(
-                container(workload(&built, deployment), name),
+                container(&workload(&built, deployment), name),
                 "REDIS_CACHE_URL"
             )["value"],
             "redis://:$(REDIS_PASSWORD)@chat-redis:6380/0"
         );
     }
-    let service = find(&built, ChildKind::Service, "chat-redis");
+    let service = &find(&built, ChildKind::Service, "chat-redis");
     assert_eq!(service["spec"]["ports"][1]["port"], 6380);
-    let opensearch = main_container(find(&built, ChildKind::StatefulSet, "chat-opensearch"));
+    let opensearch_set = find(&built, ChildKind::StatefulSet, "chat-opensearch");
+    let opensearch = main_container(&opensearch_set);
     assert_eq!(
         env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],
         "-Xms1024m -Xmx1024m",
@@ -264,13 +265,15 @@ fn backing_services_are_configured_as_their_images_expect() {
     assert_eq!(env(opensearch, "discovery.type")["value"], "single-node");
     assert_eq!(env(opensearch, "DISABLE_SECURITY_PLUGIN")["value"], "true");
     assert_eq!(env(opensearch, "node.store.allow_mmap")["value"], "false");
-    let mysql = main_container(find(&built, ChildKind::StatefulSet, "chat-mysql"));
+    let mysql_set = find(&built, ChildKind::StatefulSet, "chat-mysql");
+    let mysql = main_container(&mysql_set);
     assert_eq!(env(mysql, "MYSQL_DATABASE")["value"], "chatsys");
     assert_eq!(
         env(mysql, "MYSQL_ROOT_PASSWORD")["valueFrom"]["secretKeyRef"],
         json!({ "name": "chat-mysql-credentials", "key": "root-password" })
     );
-    let rabbitmq = main_container(find(&built, ChildKind::StatefulSet, "chat-rabbitmq"));
+    let rabbitmq_set = find(&built, ChildKind::StatefulSet, "chat-rabbitmq");
+    let rabbitmq = main_container(&rabbitmq_set);
     assert_eq!(
         env(rabbitmq, "RABBITMQ_DEFAULT_PASS")["valueFrom"]["secretKeyRef"],
         json!({ "name": "chat-rabbitmq-credentials", "key": "password" })
@@ -286,7 +289,7 @@ fn backing_services_are_configured_as_their_images_expect() {
             "data",
         ),
     ] {
-        let set = find(&built, ChildKind::StatefulSet, name);
+        let set = &find(&built, ChildKind::StatefulSet, name);
         assert_eq!(
             set["spec"]["template"]["spec"]["securityContext"]["runAsUser"], uid,
             "{name}"
@@ -322,8 +325,10 @@ fn backing_services_are_configured_as_their_images_expect() {
 fn the_workers_memory_limit_follows_its_byte_budgets() {
     let worker_limit = |cs: &chatsys_operator::crd::ChatSystem| {
         let built = common::children(cs, &common::fresh_inputs(cs));
-        container(find(&built, ChildKind::Deployment, "chat-worker"), "worker")["resources"]
-            ["limits"]["memory"]
+        container(
+            &find(&built, ChildKind::Deployment, "chat-worker"),
+            "worker",
+        )["resources"]["limits"]["memory"]
             .clone()
     };
     let mut cs = common::fixture("defaults");
@@ -336,11 +341,11 @@ fn the_workers_memory_limit_follows_its_byte_budgets() {
 #[test]
 fn every_override_reaches_the_manifests() {
     let (cs, built) = build_fixture("overrides");
-    let api = find(&built, ChildKind::Deployment, "chat-api");
-    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    let api = &find(&built, ChildKind::Deployment, "chat-api");
+    let worker = &find(&built, ChildKind::Deployment, "chat-worker");
     assert_eq!(container(api, "api")["image"], "example.org/api:1.2.3");
     assert_eq!(
-        container(migration(&built), "migrate")["image"],
+        container(&migration(&built), "migrate")["image"],
         "example.org/api:1.2.3"
     );
     assert_eq!(
@@ -356,7 +361,7 @@ fn every_override_reaches_the_manifests() {
         "4Gi"
     );
     for (name, min, max, target) in [("chat-api", 3, 30, 55), ("chat-worker", 2, 9, 65)] {
-        let hpa = find(&built, ChildKind::HorizontalPodAutoscaler, name);
+        let hpa = &find(&built, ChildKind::HorizontalPodAutoscaler, name);
         assert_eq!(hpa["spec"]["minReplicas"], min);
         assert_eq!(hpa["spec"]["maxReplicas"], max);
         assert_eq!(
@@ -400,7 +405,7 @@ fn every_override_reaches_the_manifests() {
             "Retain",
         ),
     ] {
-        let set = find(&built, ChildKind::StatefulSet, name);
+        let set = &find(&built, ChildKind::StatefulSet, name);
         assert_eq!(main_container(set)["image"], image);
         let claim = &set["spec"]["volumeClaimTemplates"][0]["spec"];
         assert_eq!(claim["resources"]["requests"]["storage"], size, "{name}");
@@ -410,16 +415,18 @@ fn every_override_reaches_the_manifests() {
             when_deleted
         );
     }
-    let mysql = main_container(find(&built, ChildKind::StatefulSet, "chat-mysql"));
+    let mysql_set = find(&built, ChildKind::StatefulSet, "chat-mysql");
+    let mysql = main_container(&mysql_set);
     assert_eq!(mysql["resources"]["requests"]["cpu"], "1");
-    let opensearch = main_container(find(&built, ChildKind::StatefulSet, "chat-opensearch"));
+    let opensearch_set = find(&built, ChildKind::StatefulSet, "chat-opensearch");
+    let opensearch = main_container(&opensearch_set);
     assert_eq!(
         env(opensearch, "OPENSEARCH_JAVA_OPTS")["value"],
         "-Xms3072m -Xmx3072m",
         "half of 6Gi"
     );
 
-    let ingress = find(&built, ChildKind::Ingress, "chat-api");
+    let ingress = &find(&built, ChildKind::Ingress, "chat-api");
     assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
     assert_eq!(ingress["spec"]["rules"][0]["host"], "chat.example.org");
     assert_eq!(
@@ -449,21 +456,21 @@ fn every_override_reaches_the_manifests() {
 fn external_services_run_no_workload_and_are_read_from_the_users_secrets() {
     let (_, built) = build_fixture("external");
     assert!(of_kind(&built, ChildKind::StatefulSet).is_empty());
-    let secrets: Vec<&Value> = of_kind(&built, ChildKind::Secret)
+    let secrets: Vec<Value> = of_kind(&built, ChildKind::Secret)
         .into_iter()
-        .map(|s| &s["metadata"]["name"])
+        .map(|s| s["metadata"]["name"].clone())
         .collect();
     assert_eq!(
         secrets,
         ["chat-api-admin-key"],
         "no credentials are generated"
     );
-    let services: Vec<&Value> = of_kind(&built, ChildKind::Service);
+    let services: Vec<Value> = of_kind(&built, ChildKind::Service);
     let names: Vec<&Value> = services.iter().map(|s| &s["metadata"]["name"]).collect();
     assert_eq!(names, ["chat-api", "chat-worker"]);
-    let policies: Vec<&Value> = of_kind(&built, ChildKind::NetworkPolicy)
+    let policies: Vec<Value> = of_kind(&built, ChildKind::NetworkPolicy)
         .into_iter()
-        .map(|p| &p["metadata"]["name"])
+        .map(|p| p["metadata"]["name"].clone())
         .collect();
     assert_eq!(
         policies,
@@ -475,7 +482,8 @@ fn external_services_run_no_workload_and_are_read_from_the_users_secrets() {
         ("migrate", "migrate"),
         ("chat-worker", "worker"),
     ] {
-        let c = container(workload(&built, deployment), name);
+        let workload = workload(&built, deployment);
+        let c = container(&workload, name);
         for (var, secret, key) in [
             ("DATABASE_URL", "db", "url"),
             ("REDIS_URL", "cache", "url"),
@@ -530,9 +538,10 @@ fn a_paused_resource_builds_the_same_as_an_unpaused_one() {
 fn every_object_carries_the_common_labels_and_a_controller_owner_reference_but_kept_credentials() {
     for name in FIXTURES {
         let (cs, built) = build_fixture(name);
-        for manifest in &built {
-            let metadata = &manifest.object["metadata"];
-            let what = format!("{name}: {:?} {}", manifest.kind, manifest.name());
+        for child in &built {
+            let object = child.to_json();
+            let metadata = &object["metadata"];
+            let what = format!("{name}: {:?} {}", child.kind(), child.name());
             assert_eq!(metadata["namespace"], "team", "{what}");
             let labels = &metadata["labels"];
             assert_eq!(labels["app.kubernetes.io/name"], "chatsys", "{what}");
@@ -544,7 +553,7 @@ fn every_object_carries_the_common_labels_and_a_controller_owner_reference_but_k
             assert_eq!(labels["app.kubernetes.io/part-of"], "chatsys", "{what}");
             assert_eq!(labels["app.kubernetes.io/version"], VERSION, "{what}");
             assert!(labels["app.kubernetes.io/component"].is_string(), "{what}");
-            if manifest.kind == ChildKind::Secret {
+            if child.kind() == ChildKind::Secret {
                 // Credentials outlive the resource with the volumes they open (see `day_two`).
                 continue;
             }
@@ -580,7 +589,7 @@ fn every_container_has_probes_resources_and_a_non_root_security_context() {
                 .into_iter()
                 .flatten()
                 .collect();
-            for c in containers(workload) {
+            for c in containers(&workload) {
                 let what = format!("{name}: {} / {}", workload["metadata"]["name"], c["name"]);
                 let requests = &c["resources"]["requests"];
                 assert!(
@@ -624,7 +633,7 @@ fn api_and_worker_probe_their_health_endpoints_and_migrate_before_serving() {
             json!([{ "name": "http", "containerPort": 9090 }]),
         ),
     ] {
-        let workload = find(&built, ChildKind::Deployment, deployment);
+        let workload = &find(&built, ChildKind::Deployment, deployment);
         let c = container(workload, name);
         assert_eq!(c["ports"], ports);
         assert_eq!(
@@ -641,8 +650,8 @@ fn api_and_worker_probe_their_health_endpoints_and_migrate_before_serving() {
             0
         );
     }
-    let api = find(&built, ChildKind::Deployment, "chat-api");
-    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    let api = &find(&built, ChildKind::Deployment, "chat-api");
+    let worker = &find(&built, ChildKind::Deployment, "chat-worker");
     for workload in [api, worker] {
         assert_eq!(
             workload["spec"]["template"]["spec"]["initContainers"],
@@ -657,7 +666,7 @@ fn api_and_worker_probe_their_health_endpoints_and_migrate_before_serving() {
         assert_eq!(c["startupProbe"]["failureThreshold"], 30);
     }
     let job = migration(&built);
-    let migrate = container(job, "migrate");
+    let migrate = container(&job, "migrate");
     assert_eq!(migrate["command"], json!(["/usr/local/bin/chatsys-api"]));
     assert_eq!(migrate["args"], json!(["migrate"]));
     assert_eq!(
@@ -678,9 +687,13 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
     let created =
         manifests::build(&manifests::validate(&cs, &inputs).expect("valid")).new_credentials;
     let secret_keys = |name: &str| -> BTreeSet<String> {
-        let secret = find(&created, ChildKind::Secret, name);
-        secret["stringData"]
-            .as_object()
+        let secret = created
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no Secret {name} created"));
+        secret
+            .string_data
+            .as_ref()
             .expect("stringData")
             .keys()
             .cloned()
@@ -691,7 +704,8 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
         ("migrate", "migrate"),
         ("chat-worker", "worker"),
     ] {
-        let c = container(workload(&built, deployment), name);
+        let workload = workload(&built, deployment);
+        let c = container(&workload, name);
         assert_eq!(
             env(c, "DATABASE_URL")["value"],
             "mysql://$(MYSQL_USERNAME):$(MYSQL_PASSWORD)@chat-mysql:3306/chatsys"
@@ -751,25 +765,25 @@ fn api_and_worker_are_wired_to_the_managed_services_and_their_secrets() {
         ("chat-rabbitmq", 5672),
         ("chat-opensearch", 9200),
     ] {
-        let svc = find(&built, ChildKind::Service, service);
+        let svc = &find(&built, ChildKind::Service, service);
         assert_eq!(svc["spec"]["ports"][0]["port"], port);
-        let set = find(&built, ChildKind::StatefulSet, service);
+        let set = &find(&built, ChildKind::StatefulSet, service);
         assert_eq!(set["spec"]["serviceName"], service);
         assert_selects(&svc["spec"]["selector"], set);
         assert_eq!(main_container(set)["ports"][0]["containerPort"], port);
     }
-    let api_service = find(&built, ChildKind::Service, "chat-api");
+    let api_service = &find(&built, ChildKind::Service, "chat-api");
     assert_eq!(api_service["spec"]["ports"][0]["port"], 8080);
     assert_selects(
         &api_service["spec"]["selector"],
-        find(&built, ChildKind::Deployment, "chat-api"),
+        &find(&built, ChildKind::Deployment, "chat-api"),
     );
     for name in ["chat-api", "chat-worker"] {
-        let deployment = find(&built, ChildKind::Deployment, name);
+        let deployment = &find(&built, ChildKind::Deployment, name);
         assert_selects(&deployment["spec"]["selector"]["matchLabels"], deployment);
-        let pdb = find(&built, ChildKind::PodDisruptionBudget, name);
+        let pdb = &find(&built, ChildKind::PodDisruptionBudget, name);
         assert_selects(&pdb["spec"]["selector"]["matchLabels"], deployment);
-        let hpa = find(&built, ChildKind::HorizontalPodAutoscaler, name);
+        let hpa = &find(&built, ChildKind::HorizontalPodAutoscaler, name);
         assert_eq!(
             hpa["spec"]["scaleTargetRef"],
             json!({ "apiVersion": "apps/v1", "kind": "Deployment", "name": name })
@@ -816,7 +830,7 @@ fn existing_credentials_are_reused_and_never_regenerated() {
         "an existing Secret's values are never rewritten"
     );
     let built = children(&cs, &inputs);
-    for secret in of_kind(&built, ChildKind::Secret) {
+    for secret in &of_kind(&built, ChildKind::Secret) {
         assert_eq!(
             secret
                 .as_object()
@@ -827,7 +841,7 @@ fn existing_credentials_are_reused_and_never_regenerated() {
             "only the labels and owner of a credentials Secret are applied: {secret}"
         );
     }
-    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let api = &find(&built, ChildKind::Deployment, "chat-api");
     assert_eq!(
         env(container(api, "api"), "MYSQL_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
         "chat-mysql-credentials"
@@ -864,7 +878,7 @@ fn a_settings_change_rolls_the_pods() {
     let mut cs = fixture("defaults");
     cs.spec.worker.batch.size = 900;
     let after = children(&cs, &fresh_inputs(&cs));
-    let hash = |built: &[manifests::Manifest], name: &str| {
+    let hash = |built: &[Child], name: &str| {
         find(built, ChildKind::Deployment, name)["spec"]["template"]["metadata"]["annotations"]["chatsys.io/config-hash"]
             .clone()
     };
@@ -950,7 +964,7 @@ fn specs_the_schema_cannot_refuse_are_refused_with_a_reason() {
 #[test]
 fn database_pods_and_volumes_do_not_change_with_the_operator_version() {
     let (_, built) = build_fixture("defaults");
-    for set in of_kind(&built, ChildKind::StatefulSet) {
+    for set in &of_kind(&built, ChildKind::StatefulSet) {
         let template_labels = &set["spec"]["template"]["metadata"]["labels"];
         let claim_labels = &set["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"];
         for labels in [template_labels, claim_labels] {
@@ -969,15 +983,15 @@ fn database_pods_and_volumes_do_not_change_with_the_operator_version() {
 #[test]
 fn the_operators_own_version_reaches_no_pod_template_of_pinned_images() {
     let (_, built) = build_fixture("overrides");
-    let templates: Vec<&Value> = built
+    let templates: Vec<Value> = built
         .iter()
         .filter(|m| {
             matches!(
-                m.kind,
+                m.kind(),
                 ChildKind::Deployment | ChildKind::StatefulSet | ChildKind::Job
             )
         })
-        .map(|m| &m.object["spec"]["template"])
+        .map(|m| m.to_json()["spec"]["template"].clone())
         .collect();
     assert_eq!(
         templates.len(),

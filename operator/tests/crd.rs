@@ -178,12 +178,12 @@ fn every_name_derived_from_the_longest_accepted_name_is_valid() {
     let mut longest_set = 0;
     for manifest in &built {
         let name = manifest.name();
-        match manifest.kind {
+        match manifest.kind() {
             ChildKind::StatefulSet => {
                 assert!(is_label(name, 52), "StatefulSet {name}");
                 longest_set = longest_set.max(name.len());
             }
-            _ => assert!(is_label(name, 63), "{:?} {name}", manifest.kind),
+            _ => assert!(is_label(name, 63), "{:?} {name}", manifest.kind()),
         }
     }
     assert_eq!(longest_set, 52, "the limit is as long as it can be");

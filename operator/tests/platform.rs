@@ -5,13 +5,13 @@ mod common;
 
 use chatsys_operator::apis::OptionalApi;
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::kinds::ChildKind;
-use chatsys_operator::manifests::{self, Manifest};
+use chatsys_operator::kinds::{Child, ChildKind};
+use chatsys_operator::manifests;
 use chatsys_operator::render;
 use common::{children, find, fresh_inputs, of_kind};
 use serde_json::{Value, json};
 
-fn example(name: &str) -> (ChatSystem, Vec<Manifest>) {
+fn example(name: &str) -> (ChatSystem, Vec<Child>) {
     let path = format!("{}/../examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
     let mut cs = render::read(&path).expect("the example parses").remove(0);
     cs.metadata.namespace = Some("team".to_string());
@@ -49,8 +49,8 @@ fn each_database_accepts_only_the_components_that_use_it() {
         ("opensearch", 9200, json!(["api", "worker"])),
     ] {
         let name = format!("chat-{service}");
-        let policy = find(&built, ChildKind::NetworkPolicy, &name);
-        let workload = find(&built, ChildKind::StatefulSet, &name);
+        let policy = &find(&built, ChildKind::NetworkPolicy, &name);
+        let workload = &find(&built, ChildKind::StatefulSet, &name);
         assert!(selects(
             &policy["spec"]["podSelector"],
             &workload["spec"]["template"]["metadata"]["labels"]
@@ -86,9 +86,9 @@ fn each_database_accepts_only_the_components_that_use_it() {
             assert_eq!(pods["app.kubernetes.io/component"], client);
         }
     }
-    let api = find(&built, ChildKind::NetworkPolicy, "chat-api");
+    let api = &find(&built, ChildKind::NetworkPolicy, "chat-api");
     assert!(rule_for_port(api, 8080).get("from").is_none(), "anyone");
-    let worker = find(&built, ChildKind::NetworkPolicy, "chat-worker");
+    let worker = &find(&built, ChildKind::NetworkPolicy, "chat-worker");
     assert_eq!(worker["spec"]["ingress"].as_array().map(Vec::len), Some(1));
     assert!(rule_for_port(worker, 9090).get("from").is_none());
 }
@@ -96,7 +96,7 @@ fn each_database_accepts_only_the_components_that_use_it() {
 #[test]
 fn keda_and_scrapers_get_in_where_the_spec_needs_them() {
     let (_, built) = example("full");
-    let rabbitmq = find(&built, ChildKind::NetworkPolicy, "chat-rabbitmq");
+    let rabbitmq = &find(&built, ChildKind::NetworkPolicy, "chat-rabbitmq");
     let rules = rabbitmq["spec"]["ingress"].as_array().expect("rules");
     assert_eq!(rules.len(), 3);
     assert_eq!(
@@ -105,9 +105,9 @@ fn keda_and_scrapers_get_in_where_the_spec_needs_them() {
     );
     let monitoring = json!([{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } }]);
     assert_eq!(rule_for_port(rabbitmq, 15692)["from"], monitoring);
-    let worker = find(&built, ChildKind::NetworkPolicy, "chat-worker");
+    let worker = &find(&built, ChildKind::NetworkPolicy, "chat-worker");
     assert_eq!(rule_for_port(worker, 9090)["from"], monitoring);
-    let api = find(&built, ChildKind::NetworkPolicy, "chat-api");
+    let api = &find(&built, ChildKind::NetworkPolicy, "chat-api");
     let from = &rule_for_port(api, 8080)["from"];
     assert_eq!(
         from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
@@ -133,7 +133,7 @@ fn every_monitor_scrapes_a_port_that_exists() {
             monitor["metadata"]["labels"]["release"],
             "kube-prometheus-stack"
         );
-        let selected: Vec<&Value> = of_kind(&built, ChildKind::Service)
+        let selected: Vec<Value> = of_kind(&built, ChildKind::Service)
             .into_iter()
             .filter(|service| selects(&monitor["spec"]["selector"], &service["metadata"]["labels"]))
             .collect();
@@ -159,7 +159,7 @@ fn every_monitor_scrapes_a_port_that_exists() {
     let monitors = of_kind(&built, ChildKind::PodMonitor);
     assert_eq!(monitors.len(), 3);
     for monitor in monitors {
-        let workloads: Vec<&Value> = of_kind(&built, ChildKind::Deployment)
+        let workloads: Vec<Value> = of_kind(&built, ChildKind::Deployment)
             .into_iter()
             .chain(of_kind(&built, ChildKind::StatefulSet))
             .filter(|w| {
@@ -172,7 +172,7 @@ fn every_monitor_scrapes_a_port_that_exists() {
         assert_eq!(workloads.len(), 1, "{}", monitor["metadata"]["name"]);
         let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
         let named = endpoint["port"].as_str().is_some_and(|port| {
-            common::containers(workloads[0])
+            common::containers(&workloads[0])
                 .iter()
                 .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
                 .any(|p| p["name"] == port)
@@ -188,7 +188,7 @@ fn every_monitor_scrapes_a_port_that_exists() {
 #[test]
 fn the_backlog_scaler_reads_the_command_queue_with_the_right_credentials() {
     let (_, built) = example("scale-to-zero");
-    let scaled = find(&built, ChildKind::ScaledObject, "chat-worker");
+    let scaled = &find(&built, ChildKind::ScaledObject, "chat-worker");
     assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
     assert_eq!(
         scaled["spec"]["minReplicaCount"], 0,
@@ -204,7 +204,7 @@ fn the_backlog_scaler_reads_the_command_queue_with_the_right_credentials() {
             .iter()
             .all(|hpa| hpa["metadata"]["name"] != "chat-worker")
     );
-    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    let worker = &find(&built, ChildKind::Deployment, "chat-worker");
     assert!(
         worker["spec"].get("replicas").is_none(),
         "KEDA's HPA owns the count"
@@ -213,12 +213,12 @@ fn the_backlog_scaler_reads_the_command_queue_with_the_right_credentials() {
     let mut cs = example("external").0;
     cs.spec.worker.autoscaling.metric = chatsys_operator::crd::ScalingMetric::QueueBacklog;
     let built = children(&cs, &fresh_inputs(&cs));
-    let authentication = find(&built, ChildKind::TriggerAuthentication, "chat-worker");
+    let authentication = &find(&built, ChildKind::TriggerAuthentication, "chat-worker");
     assert_eq!(
         authentication["spec"]["secretTargetRef"],
         json!([{ "parameter": "host", "name": "chat-rabbitmq", "key": "url" }])
     );
-    let scaled = find(&built, ChildKind::ScaledObject, "chat-worker");
+    let scaled = &find(&built, ChildKind::ScaledObject, "chat-worker");
     assert!(
         scaled["spec"]["triggers"][0]["metadata"]
             .get("host")
@@ -237,7 +237,7 @@ fn with_several_command_queues_both_components_know_them_and_the_scaler_watches_
             "{settings}"
         );
     }
-    let scaled = find(&built, ChildKind::ScaledObject, "chat-worker");
+    let scaled = &find(&built, ChildKind::ScaledObject, "chat-worker");
     let triggers = scaled["spec"]["triggers"].as_array().expect("triggers");
     let queues: Vec<&Value> = triggers
         .iter()
@@ -269,7 +269,7 @@ fn without_the_optional_apis_nothing_of_theirs_is_built_and_the_plan_says_what_i
     assert!(
         plan.children
             .iter()
-            .all(|m| m.kind.optional_api().is_none())
+            .all(|m| m.kind().optional_api().is_none())
     );
     let missing: Vec<OptionalApi> = plan.missing.iter().map(|m| m.api).collect();
     assert_eq!(
@@ -279,7 +279,7 @@ fn without_the_optional_apis_nothing_of_theirs_is_built_and_the_plan_says_what_i
     assert!(
         plan.children
             .iter()
-            .any(|m| m.kind == ChildKind::HorizontalPodAutoscaler && m.name() == "chat-worker"),
+            .any(|m| m.kind() == ChildKind::HorizontalPodAutoscaler && m.name() == "chat-worker"),
         "the worker scales on CPU meanwhile"
     );
     assert_eq!(
@@ -291,7 +291,7 @@ fn without_the_optional_apis_nothing_of_theirs_is_built_and_the_plan_says_what_i
 #[test]
 fn a_deployed_api_has_an_admin_key_and_keeps_its_metrics_off_the_clients_port() {
     let (cs, built) = example("full");
-    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let api = &find(&built, ChildKind::Deployment, "chat-api");
     let container = common::container(api, "api");
     assert_eq!(
         common::env(container, "CHATSYS_ADMIN_KEY")["valueFrom"]["secretKeyRef"],
@@ -305,7 +305,7 @@ fn a_deployed_api_has_an_admin_key_and_keeps_its_metrics_off_the_clients_port() 
     );
     let settings = &find(&built, ChildKind::ConfigMap, "chat-api")["data"];
     assert_eq!(settings["CHATSYS_METRICS_LISTEN"], "0.0.0.0:9090");
-    let monitor = find(&built, ChildKind::ServiceMonitor, "chat-api");
+    let monitor = &find(&built, ChildKind::ServiceMonitor, "chat-api");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
     for path in find(&built, ChildKind::Ingress, "chat-api")["spec"]["rules"][0]["http"]["paths"]
         .as_array()
@@ -337,7 +337,7 @@ fn a_deployed_api_has_an_admin_key_and_keeps_its_metrics_off_the_clients_port() 
             .iter()
             .any(|s| s["metadata"]["name"] == "chat-api-admin-key")
     );
-    let api = find(&built, ChildKind::Deployment, "chat-api");
+    let api = &find(&built, ChildKind::Deployment, "chat-api");
     assert_eq!(
         common::env(common::container(api, "api"), "CHATSYS_ADMIN_KEY")["valueFrom"]["secretKeyRef"],
         json!({ "name": "ops-keys", "key": "chat" })
@@ -367,7 +367,7 @@ fn each_components_scheduling_labels_annotations_and_env_reach_its_pods_only() {
         (ChildKind::Deployment, "chat-api", "api"),
         (ChildKind::StatefulSet, "chat-mysql", "mysql"),
     ] {
-        let workload = find(&built, kind, name);
+        let workload = &find(&built, kind, name);
         let pod = &workload["spec"]["template"];
         assert_eq!(
             pod["spec"]["nodeSelector"],
@@ -402,13 +402,13 @@ fn each_components_scheduling_labels_annotations_and_env_reach_its_pods_only() {
             ["chatsys.io/config-hash"],
         "mine"
     );
-    let migration = of_kind(&built, ChildKind::Job)[0];
+    let migration = &of_kind(&built, ChildKind::Job)[0];
     assert_eq!(
         migration["spec"]["template"]["spec"]["nodeSelector"],
         json!({ "pool": "chat" }),
         "the migration runs where the API does"
     );
-    let worker = find(&built, ChildKind::Deployment, "chat-worker");
+    let worker = &find(&built, ChildKind::Deployment, "chat-worker");
     assert!(
         worker["spec"]["template"]["spec"]["nodeSelector"].is_null(),
         "each component's own"

@@ -146,7 +146,7 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
         first
             .children
             .iter()
-            .all(|m| m.kind != ChildKind::Deployment),
+            .all(|m| m.kind() != ChildKind::Deployment),
         "no Deployment before its migration has run"
     );
     let planned = first.children;
@@ -156,7 +156,7 @@ async fn a_new_resource_gets_credentials_created_every_child_applied_then_its_st
         .map(|_| (Method::POST, SECRETS.to_string()))
         .collect();
     for manifest in &planned {
-        let collection = match manifest.kind.name() {
+        let collection = match manifest.kind().name() {
             "Secret" => SECRETS,
             "Service" => SERVICES,
             "StatefulSet" => STATEFULSETS,

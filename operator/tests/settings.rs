@@ -8,8 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 
-use chatsys_operator::kinds::ChildKind;
-use chatsys_operator::manifests::Manifest;
+use chatsys_operator::kinds::{Child, ChildKind};
 use chatsys_settings::{Cli, Command, WorkerArgs};
 use clap::{CommandFactory, Parser};
 use common::{FIXTURES, build_fixture, containers, of_kind};
@@ -17,7 +16,7 @@ use serde_json::Value;
 
 /// The environment a container starts with, as the kubelet builds it: the ConfigMaps of `envFrom`,
 /// then `env` in order with `$(NAME)` references expanded. Values from Secrets are stand-ins.
-fn environment(container: &Value, built: &[Manifest]) -> BTreeMap<String, String> {
+fn environment(container: &Value, built: &[Child]) -> BTreeMap<String, String> {
     let mut environment = BTreeMap::new();
     for source in container["envFrom"].as_array().into_iter().flatten() {
         let name = &source["configMapRef"]["name"];
@@ -86,7 +85,7 @@ enum Parsed {
     Worker(WorkerArgs),
 }
 
-fn parse(container: &Value, built: &[Manifest]) -> Parsed {
+fn parse(container: &Value, built: &[Child]) -> Parsed {
     let program = container["command"][0].as_str().expect("a command");
     let args: Vec<String> = container["args"]
         .as_array()
@@ -141,9 +140,10 @@ fn every_rendered_container_is_accepted_by_its_binarys_own_parser() {
         let (cs, built) = build_fixture(fixture);
         let workloads = of_kind(&built, ChildKind::Deployment)
             .into_iter()
-            .chain(of_kind(&built, ChildKind::Job));
+            .chain(of_kind(&built, ChildKind::Job))
+            .collect::<Vec<_>>();
         let mut parsed = 0;
-        for workload in workloads {
+        for workload in &workloads {
             for container in containers(workload) {
                 match parse(container, &built) {
                     Parsed::Api(Command::Serve(serve)) => {

@@ -26,12 +26,12 @@ fn mounts(container: &Value) -> Vec<&Value> {
 #[test]
 fn rabbitmqs_cookie_comes_from_its_secret_through_a_private_copy_never_the_volume() {
     let (_, built) = build_fixture("defaults");
-    let cookie = find(&built, ChildKind::Secret, "chat-rabbitmq-cookie");
+    let cookie = &find(&built, ChildKind::Secret, "chat-rabbitmq-cookie");
     assert_eq!(
         cookie["metadata"]["labels"]["app.kubernetes.io/component"],
         "rabbitmq"
     );
-    let set = find(&built, ChildKind::StatefulSet, "chat-rabbitmq");
+    let set = &find(&built, ChildKind::StatefulSet, "chat-rabbitmq");
     let volumes = pod(set)["volumes"].as_array().expect("volumes");
     let secret = volumes
         .iter()
@@ -83,14 +83,15 @@ fn every_pod_with_an_fs_group_changes_ownership_only_on_a_mismatch() {
         .iter()
         .filter(|m| {
             matches!(
-                m.kind,
+                m.kind(),
                 ChildKind::Deployment | ChildKind::StatefulSet | ChildKind::Job
             )
         })
         .collect::<Vec<_>>();
     assert_eq!(workloads.len(), 7);
     for workload in workloads {
-        let context = &pod(&workload.object)["securityContext"];
+        let object = workload.to_json();
+        let context = &pod(&object)["securityContext"];
         if context["fsGroup"].is_i64() {
             assert_eq!(
                 context["fsGroupChangePolicy"],
@@ -105,7 +106,7 @@ fn every_pod_with_an_fs_group_changes_ownership_only_on_a_mismatch() {
 #[test]
 fn databases_get_time_to_stop_and_liveness_that_waits_out_slow_storage() {
     let (_, built) = build_fixture("defaults");
-    for set in of_kind(&built, ChildKind::StatefulSet) {
+    for set in &of_kind(&built, ChildKind::StatefulSet) {
         let name = set["metadata"]["name"].as_str().unwrap_or_default();
         let grace = pod(set)["terminationGracePeriodSeconds"]
             .as_i64()
@@ -132,7 +133,7 @@ fn databases_get_time_to_stop_and_liveness_that_waits_out_slow_storage() {
 #[test]
 fn mysqls_connection_limit_fits_every_pool_at_the_autoscalers_maxima() {
     let (cs, built) = build_fixture("defaults");
-    let config = find(&built, ChildKind::ConfigMap, "chat-mysql");
+    let config = &find(&built, ChildKind::ConfigMap, "chat-mysql");
     let file = config["data"]["chatsys.cnf"]
         .as_str()
         .expect("a settings file");
@@ -153,7 +154,7 @@ fn mysqls_connection_limit_fits_every_pool_at_the_autoscalers_maxima() {
         "the defaults alone exceed MySQL's default limit"
     );
 
-    let set = find(&built, ChildKind::StatefulSet, "chat-mysql");
+    let set = &find(&built, ChildKind::StatefulSet, "chat-mysql");
     assert!(
         mounts(main_container(set))
             .iter()
@@ -164,7 +165,7 @@ fn mysqls_connection_limit_fits_every_pool_at_the_autoscalers_maxima() {
     let mut bigger = cs.clone();
     bigger.spec.api.autoscaling.max_replicas = 40;
     let rebuilt = common::children(&bigger, &common::fresh_inputs(&bigger));
-    let hash = |built: &[chatsys_operator::manifests::Manifest]| {
+    let hash = |built: &[chatsys_operator::kinds::Child]| {
         find(built, ChildKind::StatefulSet, "chat-mysql")["spec"]["template"]["metadata"]
             ["annotations"]["chatsys.io/config-hash"]
             .clone()
@@ -179,7 +180,7 @@ fn mysqls_connection_limit_fits_every_pool_at_the_autoscalers_maxima() {
 /// The init container's script, run by a real shell on a directory laid out as a volume is.
 fn adopt(volume: &Path, marker: &str, subdirectory: &str) {
     let (_, built) = build_fixture("defaults");
-    let set = find(&built, ChildKind::StatefulSet, "chat-mysql");
+    let set = &find(&built, ChildKind::StatefulSet, "chat-mysql");
     let init = containers(set)
         .into_iter()
         .find(|c| c["name"] == "adopt-data-layout")
@@ -256,7 +257,7 @@ fn each_service_adopting_its_layout_names_a_file_only_its_data_directory_has() {
         (BackingService::Opensearch, Some("nodes")),
         (BackingService::Rabbitmq, None),
     ] {
-        let set = find(
+        let set = &find(
             &built,
             ChildKind::StatefulSet,
             &format!("chat-{}", service.name()),

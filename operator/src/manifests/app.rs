@@ -5,7 +5,7 @@
 use super::backing::{BackingService, MYSQL_DATABASE, REDIS_CACHE_PORT};
 use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
-    Inputs, Manifest, MissingApi, Plan, child_name, config_hash, container_security_context,
+    Handover, Inputs, MissingApi, Plan, child_name, config_hash, container_security_context,
     http_get, metadata, pod_security_context, probe, secret_env, selector, selector_labels,
     value_env, with_pod_settings, with_pull_secrets,
 };
@@ -36,7 +36,6 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::json;
 use std::collections::BTreeMap;
 
 pub const API_PORT: i32 = 8080;
@@ -101,14 +100,14 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
             plan.waiting_for
                 .push(format!("the schema migration (Job {job_name})"));
         }
-        plan.children.push(Child::Job(migration).into());
+        plan.children.push(Child::Job(migration));
     }
     for component in [&api, &worker] {
         plan.children
-            .push(Child::ConfigMap(component.config_map(cs)).into());
+            .push(Child::ConfigMap(component.config_map(cs)));
         if migrated {
             plan.children
-                .push(Child::Deployment(component.deployment(cs, inputs)).into());
+                .push(Child::Deployment(component.deployment(cs, inputs)));
         } else {
             plan.held
                 .push((ChildKind::Deployment, component.object_name(cs)));
@@ -117,12 +116,11 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
             Scaling::Fixed => {}
             Scaling::Cpu => plan
                 .children
-                .push(Child::HorizontalPodAutoscaler(component.autoscaler(cs)).into()),
+                .push(Child::HorizontalPodAutoscaler(component.autoscaler(cs))),
             Scaling::QueueBacklog => {
                 plan.children
-                    .push(Child::TriggerAuthentication(queue_authentication(cs)).into());
-                plan.children
-                    .push(Child::ScaledObject(backlog_scaler(cs)).into());
+                    .push(Child::TriggerAuthentication(queue_authentication(cs)));
+                plan.children.push(Child::ScaledObject(backlog_scaler(cs)));
             }
         }
         if component.autoscaling.enabled
@@ -133,12 +131,11 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
                 .push(component.replicas_handover(cs, existing.replicas));
         }
         plan.children
-            .push(Child::PodDisruptionBudget(component.disruption_budget(cs)).into());
-        plan.children
-            .push(Child::Service(component.service(cs)).into());
+            .push(Child::PodDisruptionBudget(component.disruption_budget(cs)));
+        plan.children.push(Child::Service(component.service(cs)));
     }
     if cs.spec.api.ingress.enabled {
-        plan.children.push(Child::Ingress(ingress(cs)).into());
+        plan.children.push(Child::Ingress(ingress(cs)));
     }
 }
 
@@ -415,18 +412,10 @@ impl<'a> Component<'a> {
         }
     }
 
-    /// The replica count alone, applied by [`super::HANDOVER_MANAGER`] before the operator's own
-    /// configuration drops it: the count then has an owner until the autoscaler takes it, as
-    /// server-side apply's ownership transfer prescribes. A partial configuration, which a typed
-    /// Deployment (with its required selector and template) cannot express.
-    fn replicas_handover(&self, cs: &ChatSystem, replicas: i32) -> Manifest {
-        Manifest {
-            kind: ChildKind::Deployment,
-            object: json!({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": { "name": self.object_name(cs), "namespace": super::namespace(cs) },
-                "spec": { "replicas": replicas },
-            }),
+    fn replicas_handover(&self, cs: &ChatSystem, replicas: i32) -> Handover {
+        Handover {
+            deployment: self.object_name(cs),
+            replicas,
         }
     }
 

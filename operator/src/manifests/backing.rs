@@ -225,14 +225,13 @@ pub fn build(cs: &ChatSystem, service: BackingService, inputs: &Inputs, plan: &m
         secret.build(cs, inputs, plan);
     }
     if service == BackingService::Mysql {
-        plan.children
-            .push(Child::ConfigMap(mysql_config_map(cs)).into());
+        plan.children.push(Child::ConfigMap(mysql_config_map(cs)));
     }
     plan.children
-        .push(Child::Service(headless_service(cs, service)).into());
+        .push(Child::Service(headless_service(cs, service)));
     let claim = claim_template(cs, service, inputs, plan);
     plan.children
-        .push(Child::StatefulSet(stateful_set(cs, service, &claim)).into());
+        .push(Child::StatefulSet(stateful_set(cs, service, &claim)));
 }
 
 /// The claim template to apply: the existing one where the StatefulSet exists, since Kubernetes

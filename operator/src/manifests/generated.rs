@@ -81,19 +81,16 @@ impl GeneratedSecret {
     pub fn build(self, cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
         let name = self.name(cs);
         if let Some(Credentials::Generated(values)) = inputs.credentials.get(&self) {
-            plan.new_credentials.push(
-                Child::Secret(Secret {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(super::namespace(cs)),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".to_string()),
-                    string_data: Some(values.clone()),
-                    ..Secret::default()
-                })
-                .into(),
-            );
+            plan.new_credentials.push(Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(super::namespace(cs)),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("Opaque".to_string()),
+                string_data: Some(values.clone()),
+                ..Secret::default()
+            });
         }
         if inputs.credentials.contains_key(&self) {
             let mut metadata = metadata(cs, &name, self.component());
@@ -103,13 +100,10 @@ impl GeneratedSecret {
             if kept {
                 metadata.owner_references = None;
             }
-            plan.children.push(
-                Child::Secret(Secret {
-                    metadata,
-                    ..Secret::default()
-                })
-                .into(),
-            );
+            plan.children.push(Child::Secret(Secret {
+                metadata,
+                ..Secret::default()
+            }));
         }
     }
 

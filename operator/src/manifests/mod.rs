@@ -14,13 +14,12 @@ use crate::error::InvalidSpec;
 use crate::kinds::{Child, ChildKind};
 use k8s_openapi::api::core::v1::{
     Capabilities, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use app::WORKER_PORT;
@@ -34,27 +33,14 @@ pub const MANAGER: &str = "chatsys-operator";
 /// HorizontalPodAutoscaler, so the count is never dropped to the default of 1.
 pub const HANDOVER_MANAGER: &str = "chatsys-operator-handover";
 
-/// One object to apply: a [`Child`] as the configuration server-side apply receives, or (for a
-/// replica handover) a partial configuration no typed object can express.
+/// A Deployment's replica count alone, applied by [`HANDOVER_MANAGER`] before the operator's own
+/// configuration drops it: the count then has an owner until the autoscaler takes it, as server-side
+/// apply's ownership transfer prescribes. The apply sends it as a partial configuration, which a typed
+/// Deployment (with its required selector and template) cannot express.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Manifest {
-    pub kind: ChildKind,
-    pub object: Value,
-}
-
-impl From<Child> for Manifest {
-    fn from(child: Child) -> Self {
-        Manifest {
-            kind: child.kind(),
-            object: child.to_json(),
-        }
-    }
-}
-
-impl Manifest {
-    pub fn name(&self) -> &str {
-        self.object["metadata"]["name"].as_str().unwrap_or_default()
-    }
+pub struct Handover {
+    pub deployment: String,
+    pub replicas: i32,
 }
 
 /// A generated Secret (see [`GeneratedSecret`]), as `dereference` found it.
@@ -248,11 +234,11 @@ pub struct Expansion {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     /// Credentials generated now: created once, and never written again.
-    pub new_credentials: Vec<Manifest>,
+    pub new_credentials: Vec<Secret>,
     /// Replica counts handed to [`HANDOVER_MANAGER`] before the operator stops applying them.
-    pub handovers: Vec<Manifest>,
+    pub handovers: Vec<Handover>,
     /// Every object the resource needs, in apply order.
-    pub children: Vec<Manifest>,
+    pub children: Vec<Child>,
     pub expansions: Vec<Expansion>,
     /// Changes of the spec the cluster cannot carry out, reported in status.
     pub refused: Vec<String>,
@@ -275,7 +261,7 @@ impl Plan {
             && self
                 .children
                 .iter()
-                .any(|m| m.kind.is_autoscaler() && m.kind != kind && m.name() == name)
+                .any(|c| c.kind().is_autoscaler() && c.kind() != kind && c.name() == name)
     }
 }
 
@@ -312,7 +298,7 @@ pub fn build(valid: &Valid) -> Plan {
     app::build(cs, inputs, &mut plan);
     network::build(cs, &mut plan);
     monitoring::build(cs, inputs, &mut plan);
-    plan.children.sort_by_key(|m| m.kind);
+    plan.children.sort_by_key(Child::kind);
     plan
 }
 

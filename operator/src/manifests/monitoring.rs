@@ -36,10 +36,10 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
             ScrapeKind::ServiceMonitor => Child::ServiceMonitor(service_monitor(cs, &target)),
             ScrapeKind::PodMonitor => Child::PodMonitor(pod_monitor(cs, &target)),
         };
-        plan.children.push(child.into());
+        plan.children.push(child);
     }
     if monitoring.alerts {
-        plan.children.push(Child::PrometheusRule(rule(cs)).into());
+        plan.children.push(Child::PrometheusRule(rule(cs)));
     }
 }
 

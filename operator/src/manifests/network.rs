@@ -42,27 +42,21 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
             }
         }
         plan.children
-            .push(Child::NetworkPolicy(policy(cs, service.name(), rules)).into());
+            .push(Child::NetworkPolicy(policy(cs, service.name(), rules)));
     }
-    plan.children.push(
-        Child::NetworkPolicy(policy(
-            cs,
-            "api",
-            vec![
-                rule(spec.api_from.clone(), super::app::API_PORT),
-                rule(spec.metrics_from.clone(), super::app::API_METRICS_PORT),
-            ],
-        ))
-        .into(),
-    );
-    plan.children.push(
-        Child::NetworkPolicy(policy(
-            cs,
-            "worker",
-            vec![rule(spec.metrics_from.clone(), WORKER_PORT)],
-        ))
-        .into(),
-    );
+    plan.children.push(Child::NetworkPolicy(policy(
+        cs,
+        "api",
+        vec![
+            rule(spec.api_from.clone(), super::app::API_PORT),
+            rule(spec.metrics_from.clone(), super::app::API_METRICS_PORT),
+        ],
+    )));
+    plan.children.push(Child::NetworkPolicy(policy(
+        cs,
+        "worker",
+        vec![rule(spec.metrics_from.clone(), WORKER_PORT)],
+    )));
 }
 
 /// The components of this system that connect to a backing service: the migration Job only to MySQL.

@@ -11,16 +11,16 @@ use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 
 use chatsys_operator::crd::ChatSystem;
-use chatsys_operator::kinds::ChildKind;
-use chatsys_operator::manifests::{self, Inputs, Manifest};
+use chatsys_operator::kinds::{Child, ChildKind};
+use chatsys_operator::manifests::{self, Inputs};
 use serde_json::Value;
 
 /// The children `build` plans for a spec, which must be valid, once its migration has run (so the
 /// Deployments are among them).
-pub fn children(cs: &ChatSystem, inputs: &Inputs) -> Vec<Manifest> {
+pub fn children(cs: &ChatSystem, inputs: &Inputs) -> Vec<Child> {
     let mut inputs = inputs.clone();
     let plan = manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec"));
-    if let Some(job) = plan.children.iter().find(|m| m.kind == ChildKind::Job) {
+    if let Some(job) = plan.children.iter().find(|c| c.kind() == ChildKind::Job) {
         inputs.completed_migrations.insert(job.name().to_string());
     }
     manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec")).children
@@ -46,25 +46,27 @@ pub fn fresh_inputs(cs: &ChatSystem) -> Inputs {
     chatsys_operator::render::offline_inputs(cs)
 }
 
-pub fn build_fixture(name: &str) -> (ChatSystem, Vec<Manifest>) {
+pub fn build_fixture(name: &str) -> (ChatSystem, Vec<Child>) {
     let cs = fixture(name);
     let built = children(&cs, &fresh_inputs(&cs));
     (cs, built)
 }
 
-pub fn find<'a>(manifests: &'a [Manifest], kind: ChildKind, name: &str) -> &'a Value {
-    &manifests
+/// A child by kind and name, as the JSON the apply sends.
+pub fn find(children: &[Child], kind: ChildKind, name: &str) -> Value {
+    children
         .iter()
-        .find(|m| m.kind == kind && m.name() == name)
+        .find(|c| c.kind() == kind && c.name() == name)
         .unwrap_or_else(|| panic!("no {kind:?} {name}"))
-        .object
+        .to_json()
 }
 
-pub fn of_kind(manifests: &[Manifest], kind: ChildKind) -> Vec<&Value> {
-    manifests
+/// Every child of a kind, as the JSON the apply sends.
+pub fn of_kind(children: &[Child], kind: ChildKind) -> Vec<Value> {
+    children
         .iter()
-        .filter(|m| m.kind == kind)
-        .map(|m| &m.object)
+        .filter(|c| c.kind() == kind)
+        .map(Child::to_json)
         .collect()
 }
 
