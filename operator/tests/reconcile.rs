@@ -397,12 +397,7 @@ async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
     cs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         "2026-02-02T10:00:00Z".parse().expect("timestamp"),
     ));
-    let context = Arc::new(Context::new(
-        server.client(),
-        None,
-        Children::new().0,
-        Discovery::new(Duration::ZERO),
-    ));
+    let context = empty_context(&server);
     let result = controller::reconcile(Arc::new(cs), context).await;
     assert_eq!(result.expect("reconciled"), Action::await_change());
     assert!(server.calls().is_empty());
@@ -517,15 +512,20 @@ async fn one_refused_child_blocks_no_other_and_is_named_in_the_status() {
     );
 }
 
-#[tokio::test]
-async fn an_invalid_spec_waits_for_a_change_instead_of_backing_off() {
-    let server = ApiServer::new();
-    let context = Arc::new(Context::new(
+/// A controller context whose caches hold nothing, for a call that reads none of them.
+fn empty_context(server: &ApiServer) -> Arc<Context> {
+    Arc::new(Context::new(
         server.client(),
         None,
         Children::new().0,
         Discovery::new(Duration::ZERO),
-    ));
+    ))
+}
+
+#[tokio::test]
+async fn an_invalid_spec_waits_for_a_change_instead_of_backing_off() {
+    let server = ApiServer::new();
+    let context = empty_context(&server);
     let resource = Arc::new(fixture("defaults"));
     let error = Error::InvalidSpec(InvalidSpec(vec!["mysql: Secret db not found".into()]));
     let delays: Vec<Action> = (0..3)
@@ -539,12 +539,7 @@ async fn failures_back_off_exponentially_and_are_counted() {
     let server = ApiServer::new();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let context = Arc::new(Context::new(
-        server.client(),
-        None,
-        Children::new().0,
-        Discovery::new(Duration::ZERO),
-    ));
+    let context = empty_context(&server);
     let resource = Arc::new(fixture("defaults"));
     let error = Error::MissingNamespace("chat".to_string());
     let delays: Vec<Action> = metrics::with_local_recorder(&recorder, || {
