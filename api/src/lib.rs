@@ -27,9 +27,14 @@ fn app(served: Served, args: &AppArgs<'_>) -> axum::Router {
         metric::LIVE_STREAMS,
         metric::LIVE_REPAIRS,
     ]);
-    let service = ChatService::with_live(served.ports, live_settings(args.http), served.stopped)
-        .with_hot_pages(args.hot_page_cache_bytes)
-        .with_write_quota(args.access.rate_limit_per_app);
+    let service = ChatService::with_live(
+        served.ports,
+        Arc::new(http::render::ApiRender),
+        live_settings(args.http),
+        served.stopped,
+    )
+    .with_hot_pages(args.hot_page_cache_bytes)
+    .with_write_quota(args.access.rate_limit_per_app);
     http::router(Arc::new(http::AppState {
         service,
         readiness: served.readiness,

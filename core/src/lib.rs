@@ -19,9 +19,9 @@ pub mod ports;
 pub mod quota;
 pub mod reads;
 pub mod reindex;
+pub mod render;
 pub mod search_text;
 pub mod service;
 pub mod telemetry;
-pub mod view;
 
 pub use error::{CoreError, CoreResult};

@@ -30,8 +30,8 @@ use crate::domain::{ChangeKind, ChatEvent};
 use crate::error::CoreResult;
 use crate::plan::ChatKey;
 use crate::ports::{Announcements, Heard, Store};
+use crate::render::Render;
 use crate::telemetry;
-use crate::view::MessageView;
 
 #[derive(Debug, Clone)]
 pub struct LiveSettings {
@@ -92,53 +92,20 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// `id:` the change's number (the cursor to resume after), `event:` what happened, `data:` the message
-    /// as `GET …/messages/{number}` shows it. JSON has no raw line breaks, so `data` is one line.
-    /// A deletion's `data` names what was deleted and when: `{"number","deleted_at"}` for a message,
-    /// `{"deleted_at"}` for the chat, which is its stream's last event.
-    pub fn of(event: &ChatEvent) -> Frame {
-        let m = &event.message;
-        let (name, data) = match event.kind {
-            ChangeKind::Created => ("message.created", view(m)),
-            ChangeKind::Edited => ("message.edited", view(m)),
-            ChangeKind::Deleted => (
-                "message.deleted",
-                serde_json::json!({ "number": m.number, "deleted_at": m.updated_at }).to_string(),
-            ),
-            ChangeKind::ChatDeleted => (
-                "chat.deleted",
-                serde_json::json!({ "deleted_at": m.updated_at }).to_string(),
-            ),
-        };
+    fn of(event: &ChatEvent, render: &dyn Render) -> Frame {
         Frame {
             seq: event.seq,
-            bytes: Bytes::from(format!(
-                "id: {}\nevent: {name}\ndata: {data}\n\n",
-                event.seq
-            )),
+            bytes: render.event(event),
             ends: event.kind == ChangeKind::ChatDeleted,
         }
     }
 }
 
-fn view(message: &crate::domain::Message) -> String {
-    serde_json::to_string(&MessageView::from(message)).expect("views serialise")
-}
-
-/// The first bytes of every stream: how long a client waits before it reconnects.
-const RETRY: &[u8] = b"retry: 1000\n\n";
-const HEARTBEAT: &[u8] = b": heartbeat\n\n";
-
-/// The last event of a stream whose client fell too far behind: it resumes after its last id.
-fn overflow_frame(cursor: u64) -> Bytes {
-    Bytes::from(format!(
-        "event: stream.overflow\ndata: {{\"reason\":\"the client read too slowly; resume after the last id\",\"last_event_id\":\"{cursor}\"}}\n\n"
-    ))
-}
-
 pub struct LiveChats {
     store: Arc<dyn Store>,
     announcements: Arc<dyn Announcements>,
+    /// Each change is rendered once, for every stream of its chat.
+    render: Arc<dyn Render>,
     settings: LiveSettings,
     feeds: Mutex<HashMap<ChatKey, Arc<Feed>>>,
     dispatching: OnceLock<()>,
@@ -178,6 +145,7 @@ fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct Feed {
     inbox: mpsc::Sender<Input>,
+    render: Arc<dyn Render>,
     state: SyncMutex<FeedState>,
     max_behind: usize,
     max_behind_bytes: usize,
@@ -214,12 +182,14 @@ impl LiveChats {
     pub fn new(
         store: Arc<dyn Store>,
         announcements: Arc<dyn Announcements>,
+        render: Arc<dyn Render>,
         settings: LiveSettings,
         stopped: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(LiveChats {
             store,
             announcements,
+            render,
             settings,
             feeds: Mutex::new(HashMap::new()),
             dispatching: OnceLock::new(),
@@ -282,7 +252,7 @@ impl LiveChats {
             start,
             from: after.unwrap_or(start),
             cursor: after.unwrap_or(start),
-            queued: std::collections::VecDeque::from([Bytes::from_static(RETRY)]),
+            queued: std::collections::VecDeque::from([self.render.stream_opened()]),
             ended: false,
             heartbeat: self.settings.heartbeat,
             max_quiet: self.settings.max_quiet,
@@ -321,6 +291,7 @@ impl LiveChats {
                 let (inbox, input) = mpsc::channel(FEED_INBOX);
                 let feed = Arc::new(Feed {
                     inbox,
+                    render: self.render.clone(),
                     state: SyncMutex::new(FeedState {
                         last,
                         recent: VecDeque::new(),
@@ -482,7 +453,7 @@ fn pass_on(feed: &Feed, held: &mut BTreeMap<u64, ChatEvent>) {
             entry.remove();
         } else if seq == state.last + 1 {
             let event = entry.remove();
-            feed.pass(&mut state, Frame::of(&event));
+            feed.pass(&mut state, Frame::of(&event, feed.render.as_ref()));
         } else {
             break;
         }
@@ -503,7 +474,7 @@ async fn read_store(store: &dyn Store, chat: ChatKey, feed: &Feed) -> CoreResult
         let mut state = feed.lock();
         for event in &events {
             if event.seq > state.last {
-                feed.pass(&mut state, Frame::of(event));
+                feed.pass(&mut state, Frame::of(event, feed.render.as_ref()));
             }
         }
     }
@@ -572,7 +543,7 @@ impl Reader {
                     Ok(events) if events.is_empty() => self.cursor = self.start,
                     Ok(events) => {
                         for event in &events {
-                            let frame = Frame::of(event);
+                            let frame = Frame::of(event, self.feed.render.as_ref());
                             self.ended |= frame.ends;
                             self.queued.push_back(frame.bytes);
                         }
@@ -596,7 +567,7 @@ impl Reader {
                 }
                 Taken::Missed => {
                     self.ended = true;
-                    return Some(overflow_frame(self.cursor));
+                    return Some(self.feed.render.overflow(self.cursor));
                 }
                 Taken::Nothing => {}
             }
@@ -604,7 +575,7 @@ impl Reader {
                 moved = self.moved.changed() => if moved.is_err() {
                     return None;
                 },
-                () = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(HEARTBEAT)),
+                () = tokio::time::sleep(self.heartbeat) => return Some(self.feed.render.heartbeat()),
                 () = tokio::time::sleep_until(self.ends_at) => return None,
                 () = tokio::time::sleep_until(self.last_event + self.max_quiet) => return None,
                 _ = self.stopped.wait_for(|stop| *stop) => return None,

@@ -47,12 +47,13 @@ impl PageLink {
 
 /// Renders the rows of one page, read in the order its scan walked with one row more than the page
 /// holds: that row says whether the list goes on the way the scan walked; the other way, it goes on
-/// when the page was asked for next to a cursor. The rows are shown in the page's order.
-pub fn render_page<T, V: Serialize>(
+/// when the page was asked for next to a cursor. The rows are shown in the page's order, rendered by
+/// `render`.
+pub fn render_page<T>(
     mut rows: Vec<T>,
     page: Page,
     cursor: impl Fn(&T) -> String,
-    view: impl Fn(&T) -> V,
+    render: impl FnOnce(&[T]) -> Bytes,
 ) -> ListPage {
     let walked_on = rows.len() > page.limit as usize;
     rows.truncate(page.limit as usize);
@@ -84,9 +85,8 @@ pub fn render_page<T, V: Serialize>(
         Order::Asc => (above, below),
         Order::Desc => (below, above),
     };
-    let views: Vec<V> = rows.iter().map(view).collect();
     ListPage {
-        json: serde_json::to_vec(&views).expect("views serialise").into(),
+        json: render(&rows),
         next,
         prev,
         last_event: None,
@@ -99,7 +99,12 @@ mod tests {
     use crate::domain;
 
     fn numbers_page(rows: Vec<u64>, page: Page) -> ListPage {
-        render_page(rows, page, |n| n.to_string(), |n| *n)
+        render_page(
+            rows,
+            page,
+            |n| n.to_string(),
+            |rows| serde_json::to_vec(rows).unwrap().into(),
+        )
     }
 
     fn after(n: &str) -> Option<PageLink> {

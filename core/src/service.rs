@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::command::Command;
-use crate::domain::{self, AppId, Chat, Message, Page};
+use crate::domain::{self, AppId, Application, Chat, Message, Page};
 use crate::error::{Backend, CoreError, CoreResult};
 use crate::group_commit::{GroupCommit, GroupLimits};
 use crate::idempotency::{self, Claim, IdempotencyKey, Intent, KeyCells, KeyScope, Keys};
@@ -22,8 +22,8 @@ use crate::pages::{ListPage, PageLink, render_page};
 use crate::ports::{self, ListScope, NumberFloor, VersionClaim, VersionFor};
 use crate::quota::WriteQuota;
 use crate::reads::CachedReads;
+use crate::render::Render;
 use crate::search_text::{SearchCursor, SearchOrder, SearchRequest, SearchScope, SearchTerms};
-use crate::view::{ApplicationView, ChatView, FoundMessageView, MessageView};
 
 #[derive(Clone)]
 pub struct Ports {
@@ -44,8 +44,16 @@ pub struct Ports {
 /// answer repeats that request's).
 #[derive(Debug, Clone)]
 pub struct Created<T> {
-    pub view: T,
+    pub resource: T,
     pub replayed: bool,
+}
+
+/// An application as its create answers it: it has no chats yet.
+#[derive(Debug, Clone)]
+pub struct NewApplication {
+    pub token: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The use cases of the REST API. What they read comes through [`CachedReads`] and [`ListCache`], the
@@ -55,6 +63,8 @@ pub struct ChatService {
     reads: CachedReads,
     lists: ListCache,
     live: Arc<LiveChats>,
+    /// How clients see what the use cases read.
+    render: Arc<dyn Render>,
     keys: Keys,
     /// Each application's writes per second, when limited.
     quota: Option<WriteQuota>,
@@ -71,15 +81,27 @@ const CREATES_PER_GROUP: GroupLimits = GroupLimits {
 };
 
 impl ChatService {
-    pub fn new(ports: Ports) -> Self {
-        Self::with_live(ports, LiveSettings::default(), watch::channel(false).1)
+    /// Over `ports`, its lists and events rendered by `render`.
+    pub fn new(ports: Ports, render: Arc<dyn Render>) -> Self {
+        Self::with_live(
+            ports,
+            render,
+            LiveSettings::default(),
+            watch::channel(false).1,
+        )
     }
 
     /// With the live streams' settings, and the signal that ends them (the process shutting down).
-    pub fn with_live(ports: Ports, settings: LiveSettings, stopped: watch::Receiver<bool>) -> Self {
+    pub fn with_live(
+        ports: Ports,
+        render: Arc<dyn Render>,
+        settings: LiveSettings,
+        stopped: watch::Receiver<bool>,
+    ) -> Self {
         let live = LiveChats::new(
             ports.store.clone(),
             ports.announcements.clone(),
+            render.clone(),
             settings,
             stopped,
         );
@@ -96,6 +118,7 @@ impl ChatService {
             lists: ListCache::new(ports.cache.clone()),
             ports,
             live,
+            render,
             keys,
             quota: None,
         }
@@ -131,7 +154,7 @@ impl ChatService {
         &self,
         name: &str,
         key: Option<&IdempotencyKey>,
-    ) -> CoreResult<Created<ApplicationView>> {
+    ) -> CoreResult<Created<NewApplication>> {
         domain::validate_name(name)?;
         let make = || async {
             Ok(Intent::Application {
@@ -172,20 +195,18 @@ impl ChatService {
         let Intent::Application { token, name, at } = intent else {
             return Err(CoreError::KeyReused);
         };
-        let view = ApplicationView {
+        let resource = NewApplication {
             token,
             name,
-            chats_count: 0,
             created_at: at,
-            updated_at: at,
         };
-        Ok(Created { view, replayed })
+        Ok(Created { resource, replayed })
     }
 
     /// Gives the application a new token and returns it; the old token names nothing from then on, on
     /// every replica within [`TOKEN_RECHECK`]. The old token is marked in the shared cache first, so
     /// that a failure leaves it working rather than the client without a token.
-    pub async fn rotate_token(&self, token: &str) -> CoreResult<ApplicationView> {
+    pub async fn rotate_token(&self, token: &str) -> CoreResult<Application> {
         let app = self.reads.application_id(token).await?;
         self.reads.token_replaced(token).await?;
         let fresh = domain::generate_token();
@@ -203,7 +224,7 @@ impl ChatService {
         self.reads.application_id(token).await.map(drop)
     }
 
-    pub async fn rename_application(&self, token: &str, name: &str) -> CoreResult<ApplicationView> {
+    pub async fn rename_application(&self, token: &str, name: &str) -> CoreResult<Application> {
         domain::validate_name(name)?;
         let app = self.reads.application_id(token).await?;
         self.ports
@@ -214,10 +235,9 @@ impl ChatService {
         self.application(token).await
     }
 
-    pub async fn application(&self, token: &str) -> CoreResult<ApplicationView> {
+    pub async fn application(&self, token: &str) -> CoreResult<Application> {
         let app = self.reads.application_id(token).await?;
-        let application = self.reads.application(app).await?;
-        Ok(ApplicationView::from(&application))
+        self.reads.application(app).await
     }
 
     /// Deletes an application with everything in it: its token names nothing from now on (on every
@@ -263,7 +283,7 @@ impl ChatService {
             rows,
             Page::first(limit),
             |a| a.token.clone(),
-            |a| ApplicationView::from(a),
+            |rows| self.render.applications(rows),
         ))
     }
 
@@ -273,7 +293,7 @@ impl ChatService {
         &self,
         token: &str,
         key: Option<&IdempotencyKey>,
-    ) -> CoreResult<Created<ChatView>> {
+    ) -> CoreResult<Created<Chat>> {
         let app = self.reads.application_id(token).await?;
         self.spend(app, 1)?;
         let scope = KeyScope::Application { app, token };
@@ -306,17 +326,14 @@ impl ChatService {
             .and_then(Command::created_chat)
             .ok_or(CoreError::KeyReused)?;
         Ok(Created {
-            view: ChatView::from(&chat),
+            resource: chat,
             replayed,
         })
     }
 
-    pub async fn chat(&self, token: &str, number: u64) -> CoreResult<ChatView> {
+    pub async fn chat(&self, token: &str, number: u64) -> CoreResult<Chat> {
         let app = self.reads.application_id(token).await?;
-        self.reads
-            .chat(app, number)
-            .await
-            .map(|chat| ChatView::from(&chat))
+        self.reads.chat(app, number).await
     }
 
     /// Deletes a chat with its messages (queued; the chat and its messages answer 404 at once on this
@@ -349,6 +366,7 @@ impl ChatService {
     pub async fn list_chats(&self, token: &str, page: Page) -> CoreResult<ListPage> {
         let app = self.reads.application_id(token).await?;
         let store = self.ports.store.clone();
+        let render = self.render.clone();
         self.lists
             .list(ListScope::Chats(app), page, || async move {
                 let rows = store.list_chats(app, page.scan()).await?;
@@ -356,7 +374,7 @@ impl ChatService {
                     rows,
                     page,
                     |c| c.number.to_string(),
-                    |c| ChatView::from(c),
+                    |rows| render.chats(rows),
                 ))
             })
             .await
@@ -370,7 +388,7 @@ impl ChatService {
         chat: u64,
         body: &str,
         key: Option<&IdempotencyKey>,
-    ) -> CoreResult<Created<MessageView>> {
+    ) -> CoreResult<Created<Message>> {
         domain::validate_body(body)?;
         let app = self.reads.application_id(token).await?;
         let chat_created_at = self.reads.chat_birth(app, chat).await?;
@@ -393,7 +411,7 @@ impl ChatService {
                     ))
                 })?;
             return Ok(Created {
-                view: MessageView::from(&message),
+                resource: message,
                 replayed: false,
             });
         };
@@ -433,7 +451,7 @@ impl ChatService {
             .and_then(Command::created_message)
             .ok_or(CoreError::KeyReused)?;
         Ok(Created {
-            view: MessageView::from(&message),
+            resource: message,
             replayed,
         })
     }
@@ -525,7 +543,7 @@ impl ChatService {
         number: u64,
         body: &str,
         expected: Option<&[u64]>,
-    ) -> CoreResult<MessageView> {
+    ) -> CoreResult<Message> {
         domain::validate_body(body)?;
         let app = self.reads.application_id(token).await?;
         let chat_created_at = self.reads.chat_birth(app, chat).await?;
@@ -552,7 +570,7 @@ impl ChatService {
             ..current
         };
         self.reads.message_changed(&message).await;
-        Ok(MessageView::from(&message))
+        Ok(message)
     }
 
     /// Deletes a message (queued; a read answers 404 at once). With `expected`, as an edit. A delete
@@ -629,17 +647,17 @@ impl ChatService {
     }
 
     /// A message of a chat that exists (a deleted chat's messages are not found).
-    pub async fn message(&self, token: &str, chat: u64, number: u64) -> CoreResult<MessageView> {
+    pub async fn message(&self, token: &str, chat: u64, number: u64) -> CoreResult<Message> {
         let app = self.reads.application_id(token).await?;
         self.reads.chat_birth(app, chat).await?;
-        let message = self.reads.message(app, chat, number).await?;
-        Ok(MessageView::from(&message))
+        self.reads.message(app, chat, number).await
     }
 
     pub async fn list_messages(&self, token: &str, chat: u64, page: Page) -> CoreResult<ListPage> {
         let app = self.reads.application_id(token).await?;
         self.reads.chat_birth(app, chat).await?;
         let store = self.ports.store.clone();
+        let render = self.render.clone();
         self.lists
             .list(ListScope::Messages(app, chat), page, || async move {
                 let rows = store.list_messages(app, chat, page.scan()).await?;
@@ -649,7 +667,7 @@ impl ChatService {
                         rows.messages,
                         page,
                         |m| m.number.to_string(),
-                        |m| MessageView::from(m),
+                        |rows| render.messages(rows),
                     )
                 })
             })
@@ -693,9 +711,8 @@ impl ChatService {
             Some(_) => found.messages,
             None => self.in_live_chats(app, found.messages).await?,
         };
-        let views: Vec<FoundMessageView> = messages.iter().map(FoundMessageView::from).collect();
         Ok(ListPage {
-            json: serde_json::to_vec(&views).expect("views serialise").into(),
+            json: self.render.found(&messages),
             next: found.next.map(|next| PageLink::after(next.render(scope))),
             ..ListPage::default()
         })

@@ -1,10 +1,10 @@
 use std::sync::Arc;
 
+use crate::http::views::ApplicationView;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use chatsys_core::view::ApplicationView;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -53,8 +53,8 @@ pub async fn create(
         .service
         .create_application(&body.name, key.as_ref())
         .await?;
-    Ok(created(
-        format!("/applications/{}", application.view.token),
+    Ok(created::<_, ApplicationView>(
+        format!("/applications/{}", application.resource.token),
         application,
     ))
 }
@@ -101,7 +101,8 @@ pub async fn read(
     State(state): Shared,
     PathParams(path): PathParams<ApplicationPath>,
 ) -> ApiResult<Json<ApplicationView>> {
-    Ok(Json(state.service.application(&path.token.0).await?))
+    let application = state.service.application(&path.token.0).await?;
+    Ok(Json(ApplicationView::from(&application)))
 }
 
 /// Rename an application
@@ -115,12 +116,11 @@ pub async fn rename(
     PathParams(path): PathParams<ApplicationPath>,
     JsonBody(body): JsonBody<ApplicationName>,
 ) -> ApiResult<Json<ApplicationView>> {
-    Ok(Json(
-        state
-            .service
-            .rename_application(&path.token.0, &body.name)
-            .await?,
-    ))
+    let application = state
+        .service
+        .rename_application(&path.token.0, &body.name)
+        .await?;
+    Ok(Json(ApplicationView::from(&application)))
 }
 
 /// Replace an application's token
@@ -135,7 +135,8 @@ pub async fn rotate_token(
     State(state): Shared,
     PathParams(path): PathParams<ApplicationPath>,
 ) -> ApiResult<Json<ApplicationView>> {
-    Ok(Json(state.service.rotate_token(&path.token.0).await?))
+    let application = state.service.rotate_token(&path.token.0).await?;
+    Ok(Json(ApplicationView::from(&application)))
 }
 
 /// Delete an application

@@ -1,9 +1,9 @@
 use std::sync::Arc;
 
+use crate::http::views::ChatView;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
-use chatsys_core::view::ChatView;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -44,9 +44,9 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let token = path.token.0;
     let chat = state.service.create_chat(&token, key.as_ref()).await?;
-    let etag = chat.view.etag();
-    let mut response = created(
-        format!("/applications/{token}/chats/{}", chat.view.number),
+    let etag = ChatView::from(&chat.resource).etag();
+    let mut response = created::<_, ChatView>(
+        format!("/applications/{token}/chats/{}", chat.resource.number),
         chat,
     );
     response.headers_mut().insert(header::ETAG, etag);
@@ -94,7 +94,7 @@ pub async fn read(
     if_none_match: IfNoneMatch,
 ) -> ApiResult<Response> {
     let chat = state.service.chat(&path.token.0, path.number.0).await?;
-    Ok(if_none_match.answer(chat))
+    Ok(if_none_match.answer(ChatView::from(&chat)))
 }
 
 /// Delete a chat

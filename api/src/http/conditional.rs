@@ -5,11 +5,11 @@
 //! already carries the tag the stored message will have. A chat's tag is made of what its answer
 //! shows that changes (its count, its latest change and `updated_at`).
 
+use crate::http::views::{ChatView, MessageView};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chatsys_core::view::{ChatView, MessageView};
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{ObjectBuilder, Required, Type};
 

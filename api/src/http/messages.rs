@@ -1,11 +1,11 @@
 use std::sync::Arc;
 
+use crate::http::views::{FoundMessageView, MessageView};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chatsys_core::domain::Order;
 use chatsys_core::search_text::SearchOrder;
-use chatsys_core::view::{FoundMessageView, MessageView};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -59,11 +59,11 @@ pub async fn create(
         .service
         .create_message(&token, chat, &body.body, key.as_ref())
         .await?;
-    let etag = message.view.etag();
-    let mut response = created(
+    let etag = MessageView::from(&message.resource).etag();
+    let mut response = created::<_, MessageView>(
         format!(
             "/applications/{token}/chats/{chat}/messages/{}",
-            message.view.number
+            message.resource.number
         ),
         message,
     );
@@ -118,7 +118,7 @@ pub async fn read(
         .service
         .message(&path.token.0, path.number.0, path.message.0)
         .await?;
-    Ok(if_none_match.answer(message))
+    Ok(if_none_match.answer(MessageView::from(&message)))
 }
 
 /// Edit a message
@@ -148,7 +148,7 @@ pub async fn edit(
             expected.as_deref(),
         )
         .await?;
-    Ok(with_etag(message))
+    Ok(with_etag(MessageView::from(&message)))
 }
 
 /// Delete a message

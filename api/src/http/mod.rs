@@ -12,6 +12,8 @@ mod messages;
 pub mod openapi;
 mod ops;
 mod params;
+pub mod render;
+pub mod views;
 
 use chatsys_core::telemetry;
 use std::sync::Arc;
@@ -299,8 +301,12 @@ fn form_pairs(extra: &[(&str, &str)]) -> Vec<(String, String)> {
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// A 201 with the created resource and its `Location`, marked when it repeats an earlier answer.
-pub fn created<T: serde::Serialize>(location: String, created: Created<T>) -> Response {
-    let mut response = (StatusCode::CREATED, axum::Json(created.view)).into_response();
+pub fn created<T, V>(location: String, created: Created<T>) -> Response
+where
+    V: serde::Serialize + for<'a> From<&'a T>,
+{
+    let view = V::from(&created.resource);
+    let mut response = (StatusCode::CREATED, axum::Json(view)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }

@@ -11,7 +11,7 @@ use chatsys_conformance::harness;
 use chatsys_core::telemetry::{CATALOGUE, Kind};
 use chatsys_operator::crd::{ChatSystem, ChatSystemSpec};
 use chatsys_operator::manifests::alert_rules;
-use chatsys_operator::server::READY_METRIC;
+use chatsys_operator::metrics::CHATSYSTEM_READY;
 use serde_json::Value;
 
 /// Labels the scrape adds (from the pod and the namespace), not the processes.
@@ -153,7 +153,7 @@ async fn the_dashboard_and_the_alerts_read_only_what_metrics_serves() {
     }
     // The operator's readiness gauge is served by the operator, which its own tests scrape.
     assert!(
-        wanted.remove(READY_METRIC).is_some(),
+        wanted.remove(CHATSYSTEM_READY).is_some(),
         "the dashboard and an alert read readiness"
     );
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chatsys_api::http::render::ApiRender;
 use chatsys_conformance::harness::full_stack_replicas;
 use chatsys_conformance::messages::{messages_count_eventually, messages_eventually};
 use chatsys_conformance::{
@@ -146,7 +147,7 @@ async fn a_create_cut_off_after_publishing_is_finished_once_by_a_retry_on_anothe
         .await
         .expect("the replica's ports");
     ports.queue = Arc::new(PublishThenDie { queue: ports.queue });
-    let dying = ChatService::new(ports);
+    let dying = ChatService::new(ports, Arc::new(ApiRender));
     let key = IdempotencyKey::parse(b"cut-off-after-publishing").unwrap();
     let cut_off = tokio::time::timeout(
         Duration::from_secs(5),

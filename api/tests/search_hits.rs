@@ -8,6 +8,7 @@ use std::time::Duration;
 use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_api::http::render::ApiRender;
 use chatsys_core::domain::Message;
 use chatsys_core::ports::Search;
 use chatsys_core::search_text::SearchOrder;
@@ -23,32 +24,35 @@ async fn an_application_wide_search_hides_hits_of_chats_that_do_not_exist() {
         .unwrap();
     let queue = sqlite_queue::SqliteQueue::new(pool.clone());
     let search = EmbeddedSearch::open(&dir.path().join("search"), true).unwrap();
-    let service = ChatService::new(Ports {
-        store: store.clone(),
-        numbers: Arc::new(memory::LocalNumbers::new()),
-        floor: Arc::new(queue.clone()),
-        queue: Arc::new(queue),
-        cache: Arc::new(memory::MemoryCache::new(
-            Duration::from_secs(60),
-            64 << 20,
-            1 << 20,
-        )),
-        search: Arc::new(search.clone()),
-        announcements: Arc::new(memory::LocalAnnouncements::default()),
-        keys: Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
-    });
+    let service = ChatService::new(
+        Ports {
+            store: store.clone(),
+            numbers: Arc::new(memory::LocalNumbers::new()),
+            floor: Arc::new(queue.clone()),
+            queue: Arc::new(queue),
+            cache: Arc::new(memory::MemoryCache::new(
+                Duration::from_secs(60),
+                64 << 20,
+                1 << 20,
+            )),
+            search: Arc::new(search.clone()),
+            announcements: Arc::new(memory::LocalAnnouncements::default()),
+            keys: Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
+        },
+        Arc::new(ApiRender),
+    );
     let token = service
         .create_application("hits", None)
         .await
         .unwrap()
-        .view
+        .resource
         .token;
     let app = chatsys_core::ports::Store::application_by_token(store.as_ref(), &token)
         .await
         .unwrap()
         .unwrap()
         .id;
-    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
     let at = chatsys_core::domain::now();
     let indexed = |chat_number, body: &str| Message {
         application_id: app,

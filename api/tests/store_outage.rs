@@ -9,6 +9,7 @@ use std::time::Duration;
 use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_api::http::render::ApiRender;
 use chatsys_core::CoreError;
 use chatsys_core::ports::Store;
 use chatsys_core::reads::TOKEN_RECHECK;
@@ -62,13 +63,13 @@ async fn new_token(service: &ChatService) -> String {
         .create_application("outage", None)
         .await
         .unwrap()
-        .view
+        .resource
         .token
 }
 
 /// Creates a chat and a message in it with `token`.
 async fn create_chat_and_message(service: &ChatService, token: &str) -> Result<(), CoreError> {
-    let chat = service.create_chat(token, None).await?.view.number;
+    let chat = service.create_chat(token, None).await?.resource.number;
     service.create_message(token, chat, "hello", None).await?;
     Ok(())
 }
@@ -76,14 +77,14 @@ async fn create_chat_and_message(service: &ChatService, token: &str) -> Result<(
 #[tokio::test]
 async fn a_token_created_before_the_store_went_down_keeps_working() {
     let setup = setup(Duration::from_secs(600)).await;
-    let service = ChatService::new(setup.ports.clone());
+    let service = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     let token = new_token(&service).await;
     setup.store_down().await;
     create_chat_and_message(&service, &token)
         .await
         .expect("a known token is served from the cache while the store is down");
     // Another replica, which never saw the token, finds it in the shared cache.
-    let replica = ChatService::new(setup.ports.clone());
+    let replica = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     create_chat_and_message(&replica, &token)
         .await
         .expect("the shared cache holds a created token");
@@ -93,7 +94,7 @@ async fn a_token_created_before_the_store_went_down_keeps_working() {
 async fn a_token_the_shared_cache_lost_keeps_working_on_a_replica_that_knew_it() {
     // The cache's entries expire before the recheck, as Redis's do after their TTL or a restart.
     let setup = setup(Duration::from_secs(1)).await;
-    let service = ChatService::new(setup.ports.clone());
+    let service = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     let token = new_token(&service).await;
     setup.store_down().await;
     create_chat_and_message(&service, &token)
@@ -106,9 +107,9 @@ async fn a_token_the_shared_cache_lost_keeps_working_on_a_replica_that_knew_it()
 #[tokio::test]
 async fn a_chat_the_shared_cache_lost_keeps_taking_messages_while_the_store_is_down() {
     let setup = setup(Duration::from_secs(1)).await;
-    let service = ChatService::new(setup.ports.clone());
+    let service = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     let token = new_token(&service).await;
-    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
     service
         .create_message(&token, chat, "before", None)
         .await
@@ -125,8 +126,8 @@ async fn a_chat_the_shared_cache_lost_keeps_taking_messages_while_the_store_is_d
 #[tokio::test]
 async fn a_replaced_token_stops_working_even_while_the_store_is_down() {
     let setup = setup(Duration::from_secs(600)).await;
-    let rotating = ChatService::new(setup.ports.clone());
-    let other = ChatService::new(setup.ports.clone());
+    let rotating = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
+    let other = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     let old = new_token(&rotating).await;
     // The other replica knows the old token before it is replaced.
     other.authorize(&old).await.unwrap();
@@ -147,7 +148,7 @@ async fn a_replaced_token_stops_working_even_while_the_store_is_down() {
 #[tokio::test]
 async fn a_repeated_unknown_token_is_refused_without_asking_the_store() {
     let setup = setup(Duration::from_secs(600)).await;
-    let service = ChatService::new(setup.ports.clone());
+    let service = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     let guess = chatsys_core::domain::generate_token();
     for _ in 0..2 {
         assert!(matches!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chatsys_adapters::{memory, sqlite};
+use chatsys_api::http::render::ApiRender;
 use chatsys_core::CoreError;
 use chatsys_core::command::Command;
 use chatsys_core::domain::{self, AppId, ChatEvent};
@@ -155,7 +156,13 @@ async fn setup(settings: LiveSettings) -> Setup {
         .id;
     let announcements = Arc::new(memory::LocalAnnouncements::default());
     let (stop, stopped) = watch::channel(false);
-    let live = LiveChats::new(store.clone(), announcements.clone(), settings, stopped);
+    let live = LiveChats::new(
+        store.clone(),
+        announcements.clone(),
+        Arc::new(ApiRender),
+        settings,
+        stopped,
+    );
     Setup {
         store,
         announcements,

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_api::http::render::ApiRender;
 use chatsys_core::CoreResult;
 use chatsys_core::command::Command;
 use chatsys_core::domain::{AppId, Application, Chat, Cursor, Message, Page};
@@ -106,16 +107,19 @@ async fn setup(hot_page_bytes: u64) -> Setup {
         inner: memory::MemoryCache::new(Duration::from_secs(60), 64 << 20, 1 << 20),
         page_reads: AtomicUsize::new(0),
     });
-    let service = ChatService::new(Ports {
-        store: store.clone(),
-        numbers: Arc::new(memory::LocalNumbers::new()),
-        floor: Arc::new(queue.clone()),
-        queue: Arc::new(queue),
-        cache: cache.clone(),
-        search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
-        announcements: Arc::new(memory::LocalAnnouncements::default()),
-        keys,
-    })
+    let service = ChatService::new(
+        Ports {
+            store: store.clone(),
+            numbers: Arc::new(memory::LocalNumbers::new()),
+            floor: Arc::new(queue.clone()),
+            queue: Arc::new(queue),
+            cache: cache.clone(),
+            search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+            announcements: Arc::new(memory::LocalAnnouncements::default()),
+            keys,
+        },
+        Arc::new(ApiRender),
+    )
     .with_hot_pages(hot_page_bytes);
     Setup {
         service,
@@ -133,7 +137,7 @@ impl Setup {
             .create_application("hot", None)
             .await
             .unwrap()
-            .view
+            .resource
             .token;
         let app = self
             .store

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chatsys_adapters::{
     embedded_search::EmbeddedSearch, memory, sqlite, sqlite_keys, sqlite_queue,
 };
+use chatsys_api::http::render::ApiRender;
 use chatsys_core::CoreResult;
 use chatsys_core::domain::AppId;
 use chatsys_core::plan::MessageKey;
@@ -85,32 +86,35 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
         64 << 20,
         1 << 20,
     ));
-    let service = Arc::new(ChatService::new(Ports {
-        store: store.clone(),
-        numbers: Arc::new(FirstVersionLate {
-            inner: memory::LocalNumbers::new(),
-            versions: AtomicUsize::new(0),
-        }),
-        floor: Arc::new(queue.clone()),
-        queue: Arc::new(queue),
-        cache: cache.clone(),
-        search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
-        announcements: Arc::new(memory::LocalAnnouncements::default()),
-        keys,
-    }));
+    let service = Arc::new(ChatService::new(
+        Ports {
+            store: store.clone(),
+            numbers: Arc::new(FirstVersionLate {
+                inner: memory::LocalNumbers::new(),
+                versions: AtomicUsize::new(0),
+            }),
+            floor: Arc::new(queue.clone()),
+            queue: Arc::new(queue),
+            cache: cache.clone(),
+            search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+            announcements: Arc::new(memory::LocalAnnouncements::default()),
+            keys,
+        },
+        Arc::new(ApiRender),
+    ));
 
     let application = service
         .create_application("edits", None)
         .await
         .unwrap()
-        .view;
+        .resource;
     let token = application.token.clone();
-    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
     let number = service
         .create_message(&token, chat, "original", None)
         .await
         .unwrap()
-        .view
+        .resource
         .number;
 
     let edit = |body: &'static str| {
@@ -194,32 +198,35 @@ async fn a_conditional_edit_that_was_never_published_can_be_retried() {
         inner: inner.clone(),
         down: std::sync::atomic::AtomicBool::new(false),
     });
-    let service = ChatService::new(Ports {
-        store,
-        numbers: Arc::new(memory::LocalNumbers::new()),
-        floor: Arc::new(inner),
-        queue: queue.clone(),
-        cache: Arc::new(memory::MemoryCache::new(
-            Duration::from_secs(60),
-            64 << 20,
-            1 << 20,
-        )),
-        search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
-        announcements: Arc::new(memory::LocalAnnouncements::default()),
-        keys: Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
-    });
+    let service = ChatService::new(
+        Ports {
+            store,
+            numbers: Arc::new(memory::LocalNumbers::new()),
+            floor: Arc::new(inner),
+            queue: queue.clone(),
+            cache: Arc::new(memory::MemoryCache::new(
+                Duration::from_secs(60),
+                64 << 20,
+                1 << 20,
+            )),
+            search: Arc::new(EmbeddedSearch::open(&dir.path().join("search"), true).unwrap()),
+            announcements: Arc::new(memory::LocalAnnouncements::default()),
+            keys: Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
+        },
+        Arc::new(ApiRender),
+    );
     let token = service
         .create_application("retried edits", None)
         .await
         .unwrap()
-        .view
+        .resource
         .token;
-    let chat = service.create_chat(&token, None).await.unwrap().view.number;
+    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
     let created = service
         .create_message(&token, chat, "original", None)
         .await
         .unwrap()
-        .view;
+        .resource;
     let read = [created.version];
 
     queue.down.store(true, Ordering::SeqCst);

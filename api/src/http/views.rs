@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::{Application, Chat, Message};
+use chatsys_core::domain::{Application, Chat, Message};
+use chatsys_core::service::NewApplication;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApplicationView {
@@ -100,6 +101,18 @@ impl From<&Message> for MessageView {
             created_at: m.created_at,
             updated_at: m.updated_at,
             version: m.version,
+        }
+    }
+}
+
+impl From<&NewApplication> for ApplicationView {
+    fn from(a: &NewApplication) -> Self {
+        ApplicationView {
+            token: a.token.clone(),
+            name: a.name.clone(),
+            chats_count: 0,
+            created_at: a.created_at,
+            updated_at: a.created_at,
         }
     }
 }
