@@ -53,6 +53,20 @@ if broken:
     sys.exit("broken links:\n" + "\n".join(broken))
 print(f"links: every relative link of {len(PAGES)} pages resolves")
 
+# The README's walk of one message names the files it runs in, at most eight, each once, each there.
+ROUTE = re.compile(r"^## One message, route to count\n(.*?)^## ", re.S | re.M)
+STEP = re.compile(r"^\d+\. `([^`]+)`", re.M)
+route = ROUTE.search(Path("README.md").read_text())
+if not route:
+    sys.exit("the README has no section 'One message, route to count'")
+steps = STEP.findall(route.group(1))
+if not 0 < len(steps) <= 8 or len(set(steps)) != len(steps):
+    sys.exit(f"the route names {len(steps)} files, {len(set(steps))} of them distinct: at most 8, each once")
+missing = [step for step in steps if not Path(step).is_file()]
+if missing:
+    sys.exit(f"the route names files that do not exist: {missing}")
+print(f"route: one message runs in {len(steps)} files, each named once")
+
 blocks = [block for page in PAGES for block in RUN.findall(page.read_text())]
 if not blocks:
     sys.exit("no block marked `<!-- ci: run -->`: the documentation shows no command CI can run")
