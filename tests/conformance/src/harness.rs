@@ -1,6 +1,7 @@
 //! Starts the system under test in this process, on port 0, with its own storage: the standalone server
 //! on a fresh data directory, or the API and the worker on a fresh MySQL database, queue and Redis
-//! prefix. The backing services must be running: when one is missing, setup fails loudly.
+//! prefix, all removed when the test ends. The backing services must be running: when one is missing,
+//! setup fails loudly.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +10,7 @@ use chatsys_runtime::Running;
 use chatsys_settings::WorkerArgs;
 use chatsys_settings::{Access, Backends, HttpSettings, ServeArgs, StandaloneArgs};
 
+use crate::scratch::{Scratch, off_runtime};
 use crate::target::{HoldsTarget, Target};
 
 pub const ADMIN_KEY: &str = "conformance-admin-key";
@@ -39,17 +41,34 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A system started for one test; stopped when the test's process ends.
+/// A system started for one test; stopped, and its storage removed, when dropped.
 pub struct Served {
     pub target: Target,
     /// The other API replicas, on the same backing services, when more than one was started.
     pub replicas: Vec<Target>,
     /// What the full stack's API replicas were started with.
     pub serve_args: Option<ServeArgs>,
-    _apis: Vec<Running>,
-    _worker: Option<Running>,
+    apis: Vec<Running>,
+    worker: Option<Running>,
     _data: tempfile::TempDir,
-    _database: Option<TestDatabase>,
+    _scratch: Scratch,
+}
+
+impl Drop for Served {
+    /// Stops the processes before the scratch goes (a field, dropped after this): a worker or an API
+    /// still running would declare its queues again once they were deleted.
+    fn drop(&mut self) {
+        let apis = std::mem::take(&mut self.apis);
+        let worker = self.worker.take();
+        off_runtime(async move {
+            for api in apis {
+                api.stop().await;
+            }
+            if let Some(worker) = worker {
+                worker.stop().await;
+            }
+        });
+    }
 }
 
 impl HoldsTarget for Served {
@@ -95,10 +114,10 @@ pub async fn standalone() -> Served {
             .with_allowed_origin(ALLOWED_ORIGIN),
         replicas: Vec::new(),
         serve_args: None,
-        _apis: vec![api],
-        _worker: None,
+        apis: vec![api],
+        worker: None,
         _data: data,
-        _database: None,
+        _scratch: Scratch::default(),
     }
 }
 
@@ -112,20 +131,27 @@ pub async fn full_stack() -> Served {
 /// The full stack with `replicas` API processes on the same backing services (and one worker).
 pub async fn full_stack_replicas(replicas: usize) -> Served {
     let run = unique_name();
-    let database = TestDatabase::create(&run).await;
+    let queue = format!("chatsys.test.{run}");
+    let redis_prefix = format!("chatsys-test-{run}");
+    let redis_cache_url = format!("{}/1", redis_url().trim_end_matches('/'));
+    let mut scratch = Scratch::default();
+    scratch.owns_command_queues(&amqp_url(), &queue);
+    scratch.owns_redis_keys(&redis_url(), &redis_prefix);
+    scratch.owns_redis_keys(&redis_cache_url, &redis_prefix);
+    let database = TestDatabase::create(&run, &mut scratch).await;
     let data = tempfile::tempdir().expect("temporary data directory");
     let backends = Backends {
-        database_url: Some(database.url.clone()),
+        database_url: Some(database.url),
         redis_url: Some(redis_url()),
         // The cache's role in a logical database of its own, so the contract runs over both roles.
-        redis_cache_url: Some(format!("{}/1", redis_url().trim_end_matches('/'))),
+        redis_cache_url: Some(redis_cache_url),
         amqp_url: Some(amqp_url()),
         opensearch_url: None,
         data_dir: data.path().to_path_buf(),
-        queue: format!("chatsys.test.{run}"),
+        queue,
         // Two queues, so that the whole contract also runs with commands spread over queues.
         queue_shards: 2,
-        redis_prefix: run,
+        redis_prefix,
         migrate: true,
         cache_ttl_secs: 300,
         cache_max_page_bytes: 1 << 20,
@@ -180,10 +206,10 @@ pub async fn full_stack_replicas(replicas: usize) -> Served {
         target: targets.next().expect("one replica at least"),
         replicas: targets.collect(),
         serve_args: Some(api_args),
-        _apis: apis,
-        _worker: Some(worker),
+        apis,
+        worker: Some(worker),
         _data: data,
-        _database: Some(database),
+        _scratch: scratch,
     }
 }
 
@@ -196,13 +222,14 @@ pub fn unique_name() -> String {
     format!("t{now}_{:08x}", rand::random::<u32>())
 }
 
-/// A MySQL database for one run. Databases left by runs over an hour old are dropped on creation.
+/// A MySQL database for one run, dropped with the scratch that owns it. Databases left by runs over an
+/// hour old (a test killed before it could drop its own) are dropped on creation.
 pub struct TestDatabase {
     pub url: String,
 }
 
 impl TestDatabase {
-    pub async fn create(run: &str) -> TestDatabase {
+    pub async fn create(run: &str, scratch: &mut Scratch) -> TestDatabase {
         use sqlx::Connection;
         let server = mysql_server_url();
         let mut conn = sqlx::MySqlConnection::connect(&server)
@@ -232,6 +259,7 @@ impl TestDatabase {
                 .await;
             }
         }
+        scratch.owns_database(&server, &name);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
         )))

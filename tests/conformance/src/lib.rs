@@ -11,6 +11,7 @@ pub mod harness;
 pub mod history;
 pub mod messages;
 pub mod ops;
+pub mod scratch;
 pub mod search;
 pub mod security;
 mod target;
