@@ -1,6 +1,7 @@
 //! The worker against real MariaDB, Redis and RabbitMQ, driven at the queue: redelivery, commands out of
 //! order, a crash with a batch unacknowledged, poison commands, and commands spread over several
-//! queues. A missing service fails the test.
+//! queues. A missing service fails the test. Each test removes the database, queues and Redis keys it
+//! made, passed or failed.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::{Connection as _, MySqlConnection};
 
+// The conformance crate's, which this crate's tests cannot depend on (it depends on the worker).
+#[path = "../../tests/conformance/src/scratch.rs"]
+mod scratch;
+use scratch::{Scratch, off_runtime};
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -26,12 +32,20 @@ struct Setup {
     queue: String,
     args: WorkerArgs,
     _data: tempfile::TempDir,
+    _scratch: Scratch,
 }
 
 async fn setup() -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = env_or("CHATSYS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306");
     let run = format!("t{}_{:08x}", Utc::now().timestamp(), rand::random::<u32>());
+    let queue = format!("chatsys.test.{run}");
+    let redis_url = env_or("CHATSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+    let redis_prefix = format!("chatsys-test-{run}");
+    let mut scratch = Scratch::default();
+    scratch.owns_command_queues(&amqp_url(), &queue);
+    scratch.owns_redis_keys(&redis_url, &redis_prefix);
+    scratch.owns_database(&server, &format!("chatsys_{run}"));
     let mut conn = MySqlConnection::connect(&server)
         .await
         .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
@@ -43,18 +57,17 @@ async fn setup() -> Setup {
     .unwrap();
     let database_url = format!("{server}/chatsys_{run}");
     let data = tempfile::tempdir().unwrap();
-    let queue = format!("chatsys.test.{run}");
     let args = WorkerArgs {
         backends: Backends {
             database_url: Some(database_url.clone()),
-            redis_url: Some(env_or("CHATSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379")),
+            redis_url: Some(redis_url),
             redis_cache_url: None,
             amqp_url: Some(amqp_url()),
             opensearch_url: None,
             data_dir: data.path().to_path_buf(),
             queue: queue.clone(),
             queue_shards: 1,
-            redis_prefix: run,
+            redis_prefix,
             migrate: true,
             cache_ttl_secs: 60,
             cache_max_page_bytes: 1 << 20,
@@ -75,6 +88,7 @@ async fn setup() -> Setup {
         queue,
         args,
         _data: data,
+        _scratch: scratch,
     }
 }
 
@@ -221,16 +235,43 @@ async fn body_of(database_url: &str, app: u64, number: u64) -> String {
     body
 }
 
+/// A started worker, stopped when dropped too: a test that fails drops it before its [`Setup`] (declared
+/// first), and a worker still running would declare its queues again once they were deleted.
+struct Worker {
+    addr: std::net::SocketAddr,
+    running: Option<chatsys_runtime::Running>,
+}
+
+impl Worker {
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            off_runtime(running.stop());
+        }
+    }
+}
+
 /// The worker waits for a missing service rather than fail: the wait is bounded, so a missing service
 /// fails the test instead of hanging it.
-async fn start(args: &WorkerArgs) -> chatsys_runtime::Running {
-    tokio::time::timeout(
+async fn start(args: &WorkerArgs) -> Worker {
+    let running = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         chatsys_worker::start(args),
     )
     .await
     .expect("the worker started within 30 s (are MariaDB, Redis and RabbitMQ running?)")
-    .expect("the worker starts")
+    .expect("the worker starts");
+    Worker {
+        addr: running.addr,
+        running: Some(running),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,11 +420,7 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
 /// acknowledged once indexed and cached too, a little after its rows show; a stop before then leaves it
 /// to be redelivered, by design), then finds none of these queues given deliveries back: every one was
 /// acknowledged.
-async fn stop_and_expect_acknowledged(
-    worker: chatsys_runtime::Running,
-    channel: &Channel,
-    queues: &[&str],
-) {
+async fn stop_and_expect_acknowledged(worker: Worker, channel: &Channel, queues: &[&str]) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     worker.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -603,7 +640,7 @@ fn worker_connection(queue: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn readyz(worker: &chatsys_runtime::Running) -> u16 {
+async fn readyz(worker: &Worker) -> u16 {
     reqwest::get(format!("http://{}/readyz", worker.addr))
         .await
         .map_or(0, |answer| answer.status().as_u16())
