@@ -1,10 +1,18 @@
 //! The MySQL store's behaviour around its connection: migrations run by many processes at once, and
 //! how a database that refuses us is reported. MariaDB must be running: a missing one fails the test.
+//! Each test drops the databases it made, passed or failed.
 
 use chatsys_adapters::mysql::MySqlStore;
 use chatsys_core::CoreError;
 use chatsys_core::ports::Store;
 use sqlx::Connection;
+
+// The conformance crate's, which this crate's tests cannot depend on (it depends on the adapters); these
+// tests make only databases, so the rest of it goes unused here.
+#[allow(dead_code)]
+#[path = "../../tests/conformance/src/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
 
 fn server() -> String {
     std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
@@ -17,31 +25,27 @@ async fn admin() -> sqlx::MySqlConnection {
         .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"))
 }
 
-/// An empty database named like the other suites' (`chatsys_t<seconds>_<random>`), so their sweep of
-/// databases over an hour old removes it if this test fails before dropping it.
-async fn empty_database() -> String {
+/// An empty database, dropped with the scratch returned. Named like the other suites'
+/// (`chatsys_t<seconds>_<random>`), so that their sweep of databases over an hour old removes it if the
+/// test's process is killed before the scratch can.
+async fn empty_database() -> (String, Scratch) {
     let name = format!(
         "chatsys_t{}_{:08x}",
         chrono::Utc::now().timestamp(),
         rand::random::<u32>()
     );
+    let mut scratch = Scratch::default();
+    scratch.owns_database(&server(), &name);
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
         .execute(&mut admin().await)
         .await
         .unwrap();
-    name
-}
-
-async fn drop_database(name: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
-        .execute(&mut admin().await)
-        .await
-        .unwrap();
+    (name, scratch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_migrating_one_empty_database_at_once_all_succeed() {
-    let name = empty_database().await;
+    let (name, _scratch) = empty_database().await;
     let url = format!("{}/{name}", server());
     let mut runs = Vec::new();
     for _ in 0..8 {
@@ -89,7 +93,6 @@ async fn processes_migrating_one_empty_database_at_once_all_succeed() {
         .migrate()
         .await
         .unwrap();
-    drop_database(&name).await;
 }
 
 fn assert_unavailable(what: &str, result: Result<(), CoreError>) {
@@ -120,11 +123,10 @@ async fn a_database_that_does_not_exist_or_has_no_schema_is_unavailable() {
 
     // Not migrated yet (an operator's migration job still running): the worker must retry, not
     // dead-letter the commands.
-    let name = empty_database().await;
+    let (name, _scratch) = empty_database().await;
     let store = MySqlStore::connect(&format!("{}/{name}", server()), 1).unwrap();
     store.ping().await.unwrap();
     assert_unavailable("read", store.application(1).await.map(|_| ()));
-    drop_database(&name).await;
 }
 
 fn assert_schema_refused(what: &str, result: Result<(), CoreError>) {
@@ -136,7 +138,7 @@ fn assert_schema_refused(what: &str, result: Result<(), CoreError>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_this_version_cannot_migrate_fails_at_once_rather_than_waiting() {
-    let name = empty_database().await;
+    let (name, _scratch) = empty_database().await;
     let url = format!("{}/{name}", server());
     let store = MySqlStore::connect(&url, 1).unwrap();
     store.migrate().await.expect("a fresh database migrates");
@@ -170,7 +172,6 @@ async fn a_schema_this_version_cannot_migrate_fails_at_once_rather_than_waiting(
     .await
     .unwrap();
     assert_schema_refused("changed checksum", store.migrate().await);
-    drop_database(&name).await;
 }
 
 /// The rows the one connection of `store` has read from indexes and sorted so far (its session's
@@ -206,7 +207,7 @@ async fn rows_read_and_sorted(store: &MySqlStore) -> (u64, u64) {
 async fn a_newest_first_page_walks_the_index_backwards_without_a_sort() {
     use chatsys_core::command::Command;
     use chatsys_core::domain::{Order, Page};
-    let name = empty_database().await;
+    let (name, _scratch) = empty_database().await;
     let store = MySqlStore::connect(&format!("{}/{name}", server()), 1).unwrap();
     store.migrate().await.unwrap();
     let at = chrono::Utc::now();
@@ -256,5 +257,4 @@ async fn a_newest_first_page_walks_the_index_backwards_without_a_sort() {
         costs.iter().all(|read| *read <= 20),
         "rows read per page: {costs:?}"
     );
-    drop_database(&name).await;
 }

@@ -1,5 +1,6 @@
 //! One conformance suite per port, run against the real adapter (MariaDB, Redis) and the embedded one
-//! (SQLite, in process). The real services must be running: a missing one fails the test.
+//! (SQLite, in process). The real services must be running: a missing one fails the test. Each test
+//! removes the database and the Redis keys it made, passed or failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,13 @@ use chatsys_core::ports::{
 };
 use chrono::{DateTime, Utc};
 
+// The conformance crate's, which this crate's tests cannot depend on (it depends on the adapters); these
+// tests make no queue, so its queues' part goes unused here.
+#[allow(dead_code)]
+#[path = "../../tests/conformance/src/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
+
 fn at(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
 }
@@ -28,7 +36,7 @@ fn unique() -> String {
     )
 }
 
-async fn mysql_store() -> Arc<dyn Store> {
+async fn mysql_store() -> (Arc<dyn Store>, Scratch) {
     use sqlx::Connection;
     let server = std::env::var("CHATSYS_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
@@ -36,20 +44,22 @@ async fn mysql_store() -> Arc<dyn Store> {
         .await
         .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"));
     let name = format!("chatsys_t{}", unique());
+    let mut scratch = Scratch::default();
+    scratch.owns_database(&server, &name);
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
         .execute(&mut conn)
         .await
         .unwrap();
     let store = mysql::MySqlStore::connect(&format!("{server}/{name}"), 8).unwrap();
     store.migrate().await.unwrap();
-    Arc::new(store)
+    (Arc::new(store), scratch)
 }
 
-async fn sqlite_store() -> Arc<dyn Store> {
+async fn sqlite_store() -> (Arc<dyn Store>, Scratch) {
     let dir = tempfile::tempdir().unwrap().keep();
     let store = sqlite::SqliteStore::new(sqlite::open(&dir.join("chatsys.db")).await.unwrap());
     store.migrate().await.unwrap();
-    Arc::new(store)
+    (Arc::new(store), Scratch::default())
 }
 
 fn create_chat(app: AppId, number: u64) -> Command {
@@ -653,7 +663,7 @@ async fn lists_walk_either_way_with_the_chats_last_change(store: Arc<dyn Store>)
 }
 
 /// One test per case and adapter: `[module => setup, …] [case, …]` runs every case in each module, on
-/// what its setup returns.
+/// what its setup returns with the scratch that the test removes once the case has run.
 macro_rules! adapter_suite {
     ([$($module:ident => $setup:ident),+ $(,)?] $cases:tt) => {
         $(adapter_suite!(@module $module $setup $cases);)+
@@ -661,7 +671,10 @@ macro_rules! adapter_suite {
     (@module $module:ident $setup:ident [$($case:ident),* $(,)?]) => {
         mod $module {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::$setup().await).await; })*
+            async fn $case() {
+                let (subject, _scratch) = super::$setup().await;
+                super::$case(subject).await;
+            })*
         }
     };
 }
@@ -738,15 +751,27 @@ impl Allocator {
     }
 }
 
-async fn redis_numbers(floor: u64) -> (Arc<Allocator>, ::redis::aio::ConnectionManager, String) {
-    let connection = connect_redis(&test_redis_url()).await;
+/// A key prefix no other test uses, with the scratch that removes its keys (in the test Redis and in
+/// its database 1, the cache's).
+fn redis_prefix() -> (String, Scratch) {
     let prefix = format!("chatsys-test-{}", unique());
-    let numbers = redis::RedisNumbers::new(connection.clone(), redis::Keys::new(&prefix));
+    let mut scratch = Scratch::default();
+    scratch.owns_redis_keys(&test_redis_url(), &prefix);
+    scratch.owns_redis_keys(&format!("{}/1", test_redis_url()), &prefix);
+    (prefix, scratch)
+}
+
+async fn redis_numbers(
+    prefix: &str,
+    floor: u64,
+) -> (Arc<Allocator>, ::redis::aio::ConnectionManager) {
+    let connection = connect_redis(&test_redis_url()).await;
+    let numbers = redis::RedisNumbers::new(connection.clone(), redis::Keys::new(prefix));
     let allocator = Allocator {
         numbers: Arc::new(numbers),
         floor: FixedFloor(floor),
     };
-    (Arc::new(allocator), connection, prefix)
+    (Arc::new(allocator), connection)
 }
 
 fn local_numbers(floor: u64) -> Arc<Allocator> {
@@ -797,7 +822,8 @@ async fn numbers_start_at_1_and_never_repeat(numbers: Arc<Allocator>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_redis_start_at_1_and_never_repeat() {
-    numbers_start_at_1_and_never_repeat(redis_numbers(0).await.0).await;
+    let (prefix, _scratch) = redis_prefix();
+    numbers_start_at_1_and_never_repeat(redis_numbers(&prefix, 0).await.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -919,7 +945,8 @@ async fn conditional_versions_are_granted_once(numbers: Arc<Allocator>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_versions_redis_are_granted_once() {
-    conditional_versions_are_granted_once(redis_numbers(0).await.0).await;
+    let (prefix, _scratch) = redis_prefix();
+    conditional_versions_are_granted_once(redis_numbers(&prefix, 0).await.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,7 +995,8 @@ async fn a_deletes_version_is_the_last(numbers: Arc<Allocator>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletes_version_is_the_last_in_redis() {
-    a_deletes_version_is_the_last(redis_numbers(0).await.0).await;
+    let (prefix, _scratch) = redis_prefix();
+    a_deletes_version_is_the_last(redis_numbers(&prefix, 0).await.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,7 +1006,8 @@ async fn a_deletes_version_is_the_last_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_lost_from_redis_restarts_above_the_floor_and_versions_keep_rising() {
-    let (numbers, mut connection, prefix) = redis_numbers(500).await;
+    let (prefix, _scratch) = redis_prefix();
+    let (numbers, mut connection) = redis_numbers(&prefix, 500).await;
     numbers.init_application(7).await.unwrap();
     assert_eq!(numbers.next_chat(7).await.unwrap(), 1);
     assert_eq!(numbers.next_message(7, 1).await.unwrap(), 1);
@@ -1000,7 +1029,7 @@ async fn a_counter_lost_from_redis_restarts_above_the_floor_and_versions_keep_ri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_generation_lost_from_redis_never_matches_an_earlier_one() {
     let mut connection = connect_redis(&test_redis_url()).await;
-    let prefix = format!("chatsys-test-{}", unique());
+    let (prefix, _scratch) = redis_prefix();
     let cache = redis::RedisCache::new(
         connection.clone(),
         None,
@@ -1058,12 +1087,12 @@ fn cache_limits(max_application_bytes: usize) -> redis::CacheLimits {
 }
 
 /// The cache over both its roles: the state in the test Redis, the cache in its logical database 1.
-async fn redis_cache() -> Arc<dyn Cache> {
+async fn redis_cache(prefix: &str) -> Arc<dyn Cache> {
     let url = test_redis_url();
     Arc::new(redis::RedisCache::new(
         connect_redis(&url).await,
         Some(connect_redis(&format!("{url}/1")).await),
-        redis::Keys::new(&format!("chatsys-test-{}", unique())),
+        redis::Keys::new(prefix),
         cache_limits(64 << 20),
     ))
 }
@@ -1125,7 +1154,7 @@ async fn a_full_cache_evicts_pages_and_never_a_counter() {
     let server = CacheServer::start("8mb");
     let cache_connection = server.connect().await;
     let state = connect_redis(&test_redis_url()).await;
-    let prefix = format!("chatsys-test-{}", unique());
+    let (prefix, _scratch) = redis_prefix();
     let cache = redis::RedisCache::new(
         state.clone(),
         Some(cache_connection.clone()),
@@ -1184,11 +1213,11 @@ async fn a_full_cache_evicts_pages_and_never_a_counter() {
 /// reads the database), and another application's still are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_past_its_share_of_page_bytes_is_not_cached() {
-    let url = test_redis_url();
+    let (prefix, _scratch) = redis_prefix();
     let cache = redis::RedisCache::new(
-        connect_redis(&url).await,
+        connect_redis(&test_redis_url()).await,
         None,
-        redis::Keys::new(&format!("chatsys-test-{}", unique())),
+        redis::Keys::new(&prefix),
         cache_limits(100 * 1024),
     );
     let page = vec![b'p'; 40 * 1024];
@@ -1331,7 +1360,9 @@ async fn the_cache_keeps_a_tombstone_over_a_live_state_of_the_same_change(cache:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_keeps_a_tombstone_over_a_live_state_of_the_same_change() {
-    the_cache_keeps_a_tombstone_over_a_live_state_of_the_same_change(redis_cache().await).await;
+    let (prefix, _scratch) = redis_prefix();
+    the_cache_keeps_a_tombstone_over_a_live_state_of_the_same_change(redis_cache(&prefix).await)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1344,24 +1375,29 @@ async fn cache_memory_keeps_a_tombstone_over_a_live_state_of_the_same_change() {
 
 /// A Redis cache whose cache entries live in a database of their own (1), with that database's
 /// connection and the cache's key prefix, to write there what an earlier release left.
-async fn separate_redis_cache() -> (redis::RedisCache, ::redis::aio::ConnectionManager, String) {
+async fn separate_redis_cache() -> (
+    redis::RedisCache,
+    ::redis::aio::ConnectionManager,
+    String,
+    Scratch,
+) {
     let url = test_redis_url();
     let cache_redis = connect_redis(&format!("{url}/1")).await;
-    let prefix = format!("chatsys-test-{}", unique());
+    let (prefix, scratch) = redis_prefix();
     let cache = redis::RedisCache::new(
         connect_redis(&url).await,
         Some(cache_redis.clone()),
         redis::Keys::new(&prefix),
         cache_limits(64 << 20),
     );
-    (cache, cache_redis, prefix)
+    (cache, cache_redis, prefix, scratch)
 }
 
 /// A message an earlier release cached (its version in field `v`, no freshness) is compared by
 /// version: an older state put after it does not replace it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() {
-    let (cache, mut cache_redis, prefix) = separate_redis_cache().await;
+    let (cache, mut cache_redis, prefix, _scratch) = separate_redis_cache().await;
     let message = |version: u64, body: &str| Message {
         application_id: 1,
         chat_number: 5,
@@ -1398,7 +1434,7 @@ async fn cache_redis_compares_a_record_an_earlier_release_kept_by_its_version() 
 /// left to fail it until it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_replaces_a_chat_an_earlier_release_kept_as_a_string() {
-    let (cache, mut cache_redis, prefix) = separate_redis_cache().await;
+    let (cache, mut cache_redis, prefix, _scratch) = separate_redis_cache().await;
     ::redis::cmd("SET")
         .arg(format!("{prefix}:chat:1:4:stored"))
         .arg(r#"{"application_id":1,"number":4}"#)
@@ -1420,7 +1456,8 @@ async fn cache_redis_replaces_a_chat_an_earlier_release_kept_as_a_string() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_keeps_the_chat_at_its_later_change() {
-    the_cache_keeps_the_chat_at_its_later_change(redis_cache().await).await;
+    let (prefix, _scratch) = redis_prefix();
+    the_cache_keeps_the_chat_at_its_later_change(redis_cache(&prefix).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1430,7 +1467,8 @@ async fn cache_memory_keeps_the_chat_at_its_later_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_keeps_the_newer_message_and_bumps_lists() {
-    the_cache_keeps_the_newer_message_and_bumps_lists(redis_cache().await).await;
+    let (prefix, _scratch) = redis_prefix();
+    the_cache_keeps_the_newer_message_and_bumps_lists(redis_cache(&prefix).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1472,7 +1510,8 @@ async fn a_page_over_the_size_limit_is_not_cached(cache: Arc<dyn Cache>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_does_not_keep_a_page_over_the_size_limit() {
-    a_page_over_the_size_limit_is_not_cached(redis_cache().await).await;
+    let (prefix, _scratch) = redis_prefix();
+    a_page_over_the_size_limit_is_not_cached(redis_cache(&prefix).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1559,7 +1598,8 @@ async fn a_forgotten_token_is_not_cached_again(cache: Arc<dyn Cache>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_redis_does_not_cache_a_forgotten_token_again() {
-    a_forgotten_token_is_not_cached_again(redis_cache().await).await;
+    let (prefix, _scratch) = redis_prefix();
+    a_forgotten_token_is_not_cached_again(redis_cache(&prefix).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1567,21 +1607,26 @@ async fn cache_memory_does_not_cache_a_forgotten_token_again() {
     a_forgotten_token_is_not_cached_again(Arc::new(memory_cache(1 << 20))).await;
 }
 
-async fn redis_key_cells() -> Arc<dyn KeyCells> {
-    Arc::new(redis::RedisKeyCells::new(
+async fn redis_key_cells() -> (Arc<dyn KeyCells>, Scratch) {
+    let (prefix, scratch) = redis_prefix();
+    let cells = redis::RedisKeyCells::new(
         connect_redis(&test_redis_url()).await,
-        redis::Keys::new(&format!("chatsys-test-{}", unique())),
-    ))
+        redis::Keys::new(&prefix),
+    );
+    (Arc::new(cells), scratch)
 }
 
-async fn sqlite_key_cells() -> Arc<dyn KeyCells> {
+async fn sqlite_key_cells() -> (Arc<dyn KeyCells>, Scratch) {
     let dir = tempfile::tempdir().unwrap().keep();
     let pool = sqlite::open(&dir.join("chatsys.db")).await.unwrap();
     sqlite::SqliteStore::new(pool.clone())
         .migrate()
         .await
         .unwrap();
-    Arc::new(sqlite_keys::SqliteKeyCells::new(pool))
+    (
+        Arc::new(sqlite_keys::SqliteKeyCells::new(pool)),
+        Scratch::default(),
+    )
 }
 
 /// A cell changes only from the value the caller expects: written where there is none, replaced or
