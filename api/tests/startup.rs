@@ -1,6 +1,7 @@
 //! Start-up against a backing service that is not there yet: the API listens at once, says in
 //! `/readyz` what it waits for, refuses requests with a 503 that says to retry, and serves once the
-//! service appears; it does not exit. Needs MariaDB and Redis (`make services`).
+//! service appears; it does not exit. Needs MariaDB, Redis and RabbitMQ (`make services`). Each test
+//! deletes the command queues its API declared, passed or failed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +10,15 @@ use chatsys_settings::{Cli, Command};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+
+// The conformance crate's, which this crate's tests cannot depend on (it depends on the API); these
+// tests make only queues, so the rest of it goes unused here.
+#[allow(dead_code)]
+#[path = "../../tests/conformance/src/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn mysql_url() -> String {
     std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
@@ -42,11 +52,25 @@ async fn forward(listen: SocketAddr, target: String) {
     }
 }
 
+/// Command queues no other test uses, deleted with the scratch returned: the API declares its queues
+/// once it reaches RabbitMQ.
+fn test_queue() -> (String, Scratch) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let queue = format!("chatsys.test.startup-{}-{nanos:x}", std::process::id());
+    let mut scratch = Scratch::default();
+    scratch.owns_command_queues(AMQP_URL, &queue);
+    (queue, scratch)
+}
+
 /// `serve` on `listen` against the test MariaDB's `mysql` database (left unmigrated), `redis_url`
-/// and the local RabbitMQ, with `extra` flags.
+/// and `queue` on the local RabbitMQ, with `extra` flags.
 fn serve_args(
     listen: SocketAddr,
     redis_url: &str,
+    queue: &str,
     data: &std::path::Path,
     extra: &[&str],
 ) -> chatsys_settings::ServeArgs {
@@ -62,7 +86,9 @@ fn serve_args(
         "--redis-url",
         redis_url,
         "--amqp-url",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        AMQP_URL,
+        "--queue",
+        queue,
         "--data-dir",
         data.to_str().expect("UTF-8"),
         "--migrate",
@@ -87,11 +113,12 @@ async fn get(url: &str) -> Option<(u16, Value)> {
 #[tokio::test]
 async fn the_api_waits_for_redis_saying_so_then_serves() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let (queue, _scratch) = test_queue();
     let data = tempfile::tempdir().expect("a data directory");
     let listen = free_port().await;
     let redis = free_port().await;
     let redis_url = format!("redis://{redis}");
-    let args = serve_args(listen, &redis_url, data.path(), &[]);
+    let args = serve_args(listen, &redis_url, &queue, data.path(), &[]);
     let starting = tokio::spawn(async move { chatsys_api::start(&args).await });
 
     let base = format!("http://{listen}");
@@ -141,12 +168,14 @@ async fn the_api_waits_for_redis_saying_so_then_serves() {
 #[tokio::test]
 async fn with_a_metrics_port_the_metrics_are_served_there_from_the_start_and_not_on_the_api_port() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let (queue, _scratch) = test_queue();
     let data = tempfile::tempdir().expect("a data directory");
     let (listen, metrics) = (free_port().await, free_port().await);
     let redis_url = format!("redis://{}", redis_address());
     let args = serve_args(
         listen,
         &redis_url,
+        &queue,
         data.path(),
         &["--metrics-listen", &metrics.to_string()],
     );
