@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chatsys_core::ports::Store;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::options::{
@@ -365,22 +366,10 @@ pub struct DatabaseLimits {
     pub seed_design: Rate,
 }
 
-/// The `messages` table of the chatsys schema, so that the raw figures are for the rows the worker writes.
-const MESSAGES_TABLE: &str = "CREATE TABLE messages (
-    application_id BIGINT UNSIGNED NOT NULL,
-    chat_number BIGINT UNSIGNED NOT NULL,
-    number BIGINT UNSIGNED NOT NULL,
-    body MEDIUMTEXT NOT NULL,
-    version BIGINT UNSIGNED NOT NULL,
-    created_at DATETIME(6) NOT NULL,
-    updated_at DATETIME(6) NOT NULL,
-    inserted_by BIGINT UNSIGNED NOT NULL,
-    PRIMARY KEY (application_id, chat_number, number),
-    KEY messages_inserted_by (inserted_by)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
-
-/// On one connection to a scratch database with a `messages` table: multi-row inserts of `rows_per_insert`,
-/// then the seed design's one transaction per message.
+/// On one connection to a scratch database with the chatsys schema, migrated as the worker migrates it
+/// (so that the raw figures are for the rows the worker writes, whatever the migrations make of the
+/// `messages` table): multi-row inserts of `rows_per_insert`, then the seed design's one transaction
+/// per message.
 pub async fn mysql_limits(
     endpoints: &Endpoints,
     rows_per_insert: usize,
@@ -415,11 +404,13 @@ async fn measure_mysql(
     within: Duration,
     max_rows: u64,
 ) -> anyhow::Result<DatabaseLimits> {
+    chatsys_adapters::mysql::MySqlStore::connect(&endpoints.database(database), 1)?
+        .migrate()
+        .await?;
     let pool = MySqlPoolOptions::new()
         .max_connections(1)
         .connect(&endpoints.database(database))
         .await?;
-    sqlx::query(MESSAGES_TABLE).execute(&pool).await?;
     let body = filler(body_len);
     const CHATS: u64 = 10;
 
@@ -429,9 +420,10 @@ async fn measure_mysql(
     let mut insert = QueryBuilder::<MySql>::new("");
     while inserted < max_rows && started.elapsed() < within {
         insert.reset();
+        // The batch in both columns the worker writes it to, `changed_by` indexed.
         insert.push(
-            "INSERT INTO messages \
-             (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) ",
+            "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, \
+             updated_at, inserted_by, changed_by) ",
         );
         let batch = inserted / rows_per_insert as u64 + 1;
         let first = inserted;
@@ -443,6 +435,7 @@ async fn measure_mysql(
                 .push_bind(1u64)
                 .push("NOW(6)")
                 .push("NOW(6)")
+                .push_bind(batch)
                 .push_bind(batch);
         });
         insert.build().execute(&pool).await?;
@@ -464,13 +457,13 @@ async fn measure_mysql(
         .fetch_one(&mut *transaction)
         .await?;
         sqlx::query(
-            "INSERT INTO messages \
-             (application_id, chat_number, number, body, version, created_at, updated_at, inserted_by) \
-             VALUES (2, ?, ?, ?, 1, NOW(6), NOW(6), ?)",
+            "INSERT INTO messages (application_id, chat_number, number, body, version, created_at, \
+             updated_at, inserted_by, changed_by) VALUES (2, ?, ?, ?, 1, NOW(6), NOW(6), ?, ?)",
         )
         .bind(chat)
         .bind(highest + 1)
         .bind(body.as_str())
+        .bind(stored + 1)
         .bind(stored + 1)
         .execute(&mut *transaction)
         .await?;
