@@ -10,8 +10,18 @@ bin=${CHATSYS_BIN:-$(bash scripts/target-dir.sh)/debug}
 examples=${FUZZ_MAX_EXAMPLES:-50}
 work=$(mktemp -d)
 pids=()
+run=
+# Stops the servers, then removes what the full-stack run made on the shared services, passed or failed.
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n $run ]]; then
+    mysql -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS chatsys_$run" || true
+    for queue in "chatsys.$run" "chatsys.$run.dead"; do
+      rabbitmqctl --quiet delete_queue "$queue" >/dev/null 2>&1 || true
+    done
+    redis-cli --scan --pattern "$run:*" | xargs -r redis-cli unlink >/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -48,4 +58,3 @@ CHATSYS_LISTEN="127.0.0.1:$api_port" CHATSYS_MIGRATE=false "$bin/chatsys-api" se
 pids+=($!)
 wait_ready "http://127.0.0.1:$api_port"
 fuzz "full stack" "http://127.0.0.1:$api_port"
-mysql -uroot -h127.0.0.1 -e "DROP DATABASE chatsys_$run"
