@@ -109,7 +109,12 @@ async fn the_edit_answered_with_the_latest_updated_at_is_the_one_that_wins() {
         .unwrap()
         .resource;
     let token = application.token.clone();
-    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
+    let chat = service
+        .create_chat(&token, None)
+        .await
+        .unwrap()
+        .resource
+        .number;
     let number = service
         .create_message(&token, chat, "original", None)
         .await
@@ -221,7 +226,12 @@ async fn a_conditional_edit_that_was_never_published_can_be_retried() {
         .unwrap()
         .resource
         .token;
-    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
+    let chat = service
+        .create_chat(&token, None)
+        .await
+        .unwrap()
+        .resource
+        .number;
     let created = service
         .create_message(&token, chat, "original", None)
         .await

@@ -52,7 +52,12 @@ async fn an_application_wide_search_hides_hits_of_chats_that_do_not_exist() {
         .unwrap()
         .unwrap()
         .id;
-    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
+    let chat = service
+        .create_chat(&token, None)
+        .await
+        .unwrap()
+        .resource
+        .number;
     let at = chatsys_core::domain::now();
     let indexed = |chat_number, body: &str| Message {
         application_id: app,

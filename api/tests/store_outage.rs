@@ -109,7 +109,12 @@ async fn a_chat_the_shared_cache_lost_keeps_taking_messages_while_the_store_is_d
     let setup = setup(Duration::from_secs(1)).await;
     let service = ChatService::new(setup.ports.clone(), Arc::new(ApiRender));
     let token = new_token(&service).await;
-    let chat = service.create_chat(&token, None).await.unwrap().resource.number;
+    let chat = service
+        .create_chat(&token, None)
+        .await
+        .unwrap()
+        .resource
+        .number;
     service
         .create_message(&token, chat, "before", None)
         .await
