@@ -144,10 +144,6 @@ impl ChatService {
         self
     }
 
-    pub fn ports(&self) -> &Ports {
-        &self.ports
-    }
-
     // Applications are rare and small: written straight to the store.
 
     pub async fn create_application(

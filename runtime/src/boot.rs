@@ -157,8 +157,7 @@ async fn wire(
             // Ready when the database answers and the last batch went through; `degraded` while
             // indexing fails.
             let readiness = Readiness {
-                ports: None,
-                store: Some(store),
+                backends: Backends::Database(store),
                 ingest: Some(ingest_health),
             };
             Ok(ops::router(move || {
@@ -200,40 +199,46 @@ fn worker_starting() -> Response {
 /// one, the ingest loop stores and indexes.
 #[derive(Clone)]
 pub struct Readiness {
-    ports: Option<Ports>,
-    store: Option<Arc<dyn Store>>,
+    backends: Backends,
     ingest: Option<watch::Receiver<IngestHealth>>,
+}
+
+/// The backing services a process uses.
+#[derive(Clone)]
+enum Backends {
+    /// The API's: the database, Redis, the queue and search.
+    Api(Ports),
+    /// The worker's own check: the database (its ingest loop reports the rest).
+    Database(Arc<dyn Store>),
 }
 
 impl Readiness {
     /// Every port the API uses, and standalone's ingest loop.
     fn of_ports(ports: &Ports, ingest: Option<watch::Receiver<IngestHealth>>) -> Self {
         Readiness {
-            ports: Some(ports.clone()),
-            store: None,
+            backends: Backends::Api(ports.clone()),
             ingest,
         }
     }
 
     pub async fn checks(&self) -> Vec<Check> {
-        let mut checks = Vec::new();
-        if let Some(p) = &self.ports {
-            let (store, numbers, queue, search) = tokio::join!(
-                p.store.ping(),
-                p.numbers.ping(),
-                p.queue.ping(),
-                p.search.ping()
-            );
-            checks.extend([
-                Check::ping("database", store),
-                Check::ping("redis", numbers),
-                Check::ping("queue", queue),
-                Check::ping("search", search),
-            ]);
-        }
-        if let Some(store) = &self.store {
-            checks.push(Check::ping("database", store.ping().await));
-        }
+        let mut checks = match &self.backends {
+            Backends::Api(p) => {
+                let (store, numbers, queue, search) = tokio::join!(
+                    p.store.ping(),
+                    p.numbers.ping(),
+                    p.queue.ping(),
+                    p.search.ping()
+                );
+                vec![
+                    Check::ping("database", store),
+                    Check::ping("redis", numbers),
+                    Check::ping("queue", queue),
+                    Check::ping("search", search),
+                ]
+            }
+            Backends::Database(store) => vec![Check::ping("database", store.ping().await)],
+        };
         if let Some(ingest) = &self.ingest {
             checks.extend(Check::ingest(&ingest.borrow()));
         }

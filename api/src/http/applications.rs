@@ -53,9 +53,10 @@ pub async fn create(
         .service
         .create_application(&body.name, key.as_ref())
         .await?;
-    Ok(created::<_, ApplicationView>(
+    Ok(created(
         format!("/applications/{}", application.resource.token),
-        application,
+        ApplicationView::from(&application.resource),
+        application.replayed,
     ))
 }
 

@@ -44,10 +44,12 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let token = path.token.0;
     let chat = state.service.create_chat(&token, key.as_ref()).await?;
-    let etag = ChatView::from(&chat.resource).etag();
-    let mut response = created::<_, ChatView>(
-        format!("/applications/{token}/chats/{}", chat.resource.number),
-        chat,
+    let view = ChatView::from(&chat.resource);
+    let etag = view.etag();
+    let mut response = created(
+        format!("/applications/{token}/chats/{}", view.number),
+        view,
+        chat.replayed,
     );
     response.headers_mut().insert(header::ETAG, etag);
     Ok(response)

@@ -59,13 +59,15 @@ pub async fn create(
         .service
         .create_message(&token, chat, &body.body, key.as_ref())
         .await?;
-    let etag = MessageView::from(&message.resource).etag();
-    let mut response = created::<_, MessageView>(
+    let view = MessageView::from(&message.resource);
+    let etag = view.etag();
+    let mut response = created(
         format!(
             "/applications/{token}/chats/{chat}/messages/{}",
-            message.resource.number
+            view.number
         ),
-        message,
+        view,
+        message.replayed,
     );
     response.headers_mut().insert(header::ETAG, etag);
     Ok(response)

@@ -27,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chatsys_core::domain::{Order, Page};
 use chatsys_core::pages::ListPage;
-use chatsys_core::service::{ChatService, Created};
+use chatsys_core::service::ChatService;
 use chatsys_runtime::boot::Readiness;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -301,16 +301,12 @@ fn form_pairs(extra: &[(&str, &str)]) -> Vec<(String, String)> {
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// A 201 with the created resource and its `Location`, marked when it repeats an earlier answer.
-pub fn created<T, V>(location: String, created: Created<T>) -> Response
-where
-    V: serde::Serialize + for<'a> From<&'a T>,
-{
-    let view = V::from(&created.resource);
+pub fn created(location: String, view: impl serde::Serialize, replayed: bool) -> Response {
     let mut response = (StatusCode::CREATED, axum::Json(view)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    if created.replayed {
+    if replayed {
         response
             .headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
