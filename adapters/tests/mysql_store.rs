@@ -10,8 +10,7 @@ use sqlx::Connection;
 // The conformance crate's, which this crate's tests cannot depend on (it depends on the adapters); these
 // tests make only databases, so the rest of it goes unused here.
 #[allow(dead_code)]
-#[path = "../../tests/conformance/src/scratch.rs"]
-mod scratch;
+use chatsys_scratch as scratch;
 use scratch::Scratch;
 
 fn server() -> String {

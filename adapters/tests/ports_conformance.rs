@@ -20,8 +20,7 @@ use chrono::{DateTime, Utc};
 // The conformance crate's, which this crate's tests cannot depend on (it depends on the adapters); these
 // tests make no queue, so its queues' part goes unused here.
 #[allow(dead_code)]
-#[path = "../../tests/conformance/src/scratch.rs"]
-mod scratch;
+use chatsys_scratch as scratch;
 use scratch::Scratch;
 
 fn at(seconds: i64) -> DateTime<Utc> {

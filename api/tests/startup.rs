@@ -14,8 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 // The conformance crate's, which this crate's tests cannot depend on (it depends on the API); these
 // tests make only queues, so the rest of it goes unused here.
 #[allow(dead_code)]
-#[path = "../../tests/conformance/src/scratch.rs"]
-mod scratch;
+use chatsys_scratch as scratch;
 use scratch::Scratch;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

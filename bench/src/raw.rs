@@ -18,7 +18,8 @@ use sqlx::{AssertSqlSafe, MySql, QueryBuilder};
 
 use crate::cpu::{CpuSnapshot, CpuUse, services};
 use crate::stats::Rate;
-use crate::system::{Endpoints, delete_queues, drop_database, unique_name};
+use crate::system::{Endpoints, drop_database, unique_name};
+use chatsys_scratch::delete_queues;
 
 pub async fn amqp_connect(url: &str) -> anyhow::Result<Connection> {
     Connection::connect(url, ConnectionProperties::default())

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use lapin::options::QueueDeleteOptions;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
 use tokio::process::{Child, Command};
@@ -378,17 +377,13 @@ impl Drop for System {
             self.redis_prefix.clone(),
             self.data_dir.clone(),
         );
-        // A thread of its own: this may run inside the runtime, which cannot be blocked on.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(remove_resources(
-                &endpoints, &database, &queue, &prefix, &data_dir,
-            ))
+        let removed = chatsys_scratch::off_runtime(async move {
+            remove_resources(&endpoints, &database, &queue, &prefix, &data_dir).await
         });
-        if let Ok(Err(error)) = cleanup.join() {
-            eprintln!("cleanup of {} incomplete: {error:#}", self.database);
+        match removed {
+            Some(Ok(())) => {}
+            Some(Err(error)) => eprintln!("cleanup of {} incomplete: {error:#}", self.database),
+            None => eprintln!("cleanup of {} did not finish", self.database),
         }
     }
 }
@@ -405,14 +400,11 @@ async fn remove_resources(
         failures.push(format!("database: {error:#}"));
     }
     // Every queue a run may have used, with `--env CHATSYS_QUEUE_SHARDS=…` up to its largest value.
-    let queues: Vec<String> = (0..64)
-        .map(|shard| chatsys_settings::command_queue_name(queue, shard))
-        .chain([format!("{queue}.dead")])
-        .collect();
-    if let Err(error) = delete_queues(&endpoints.amqp_url, &queues).await {
+    let queues = chatsys_scratch::command_queue_names(queue);
+    if let Err(error) = chatsys_scratch::delete_queues(&endpoints.amqp_url, &queues).await {
         failures.push(format!("queues: {error:#}"));
     }
-    if let Err(error) = delete_keys(&endpoints.redis_url, redis_prefix).await {
+    if let Err(error) = chatsys_scratch::unlink_keys(&endpoints.redis_url, redis_prefix).await {
         failures.push(format!("redis keys: {error:#}"));
     }
     let _ = std::fs::remove_dir_all(data_dir);
@@ -423,55 +415,9 @@ async fn remove_resources(
     }
 }
 
+/// Drops `database` on the endpoints' server, if it exists.
 pub async fn drop_database(endpoints: &Endpoints, database: &str) -> anyhow::Result<()> {
-    let server = endpoints.server_pool().await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS `{database}`"
-    )))
-    .execute(&server)
-    .await?;
-    server.close().await;
-    Ok(())
-}
-
-pub async fn delete_queues(amqp_url: &str, queues: &[String]) -> anyhow::Result<()> {
-    let connection = crate::raw::amqp_connect(amqp_url).await?;
-    for queue in queues {
-        // A fresh channel each time: deleting a queue that does not exist closes the channel on some brokers.
-        let channel = connection.create_channel().await?;
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "bench done".into()).await;
-    Ok(())
-}
-
-/// Deletes every key that starts with `prefix`.
-pub async fn delete_keys(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(redis_url)?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<()>(&mut connection)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+    Ok(chatsys_scratch::drop_database(&endpoints.database(""), database).await?)
 }
 
 /// `chatsys-api` or `chatsys-worker` next to the running executable.

@@ -19,8 +19,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::{Connection as _, MySqlConnection};
 
 // The conformance crate's, which this crate's tests cannot depend on (it depends on the worker).
-#[path = "../../tests/conformance/src/scratch.rs"]
-mod scratch;
+use chatsys_scratch as scratch;
 use scratch::{Scratch, off_runtime};
 
 fn env_or(name: &str, default: &str) -> String {

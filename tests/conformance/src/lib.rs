@@ -11,7 +11,7 @@ pub mod harness;
 pub mod history;
 pub mod messages;
 pub mod ops;
-pub mod scratch;
+pub use chatsys_scratch as scratch;
 pub mod search;
 pub mod security;
 mod target;

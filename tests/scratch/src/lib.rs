@@ -1,10 +1,10 @@
-//! What a test makes on the shared MariaDB, Redis and RabbitMQ (a database, command queues, keys under a
-//! prefix), removed when the test ends, passed or failed: a [`Scratch`] removes what it owns when it is
-//! dropped, and a failed assertion drops it too. Runs otherwise pile their queues, databases and keys up
-//! on services that every run and every developer shares.
+//! What a test or a bench run makes on the shared MariaDB, Redis and RabbitMQ (a database, command
+//! queues, keys under a prefix), removed when it ends, passed or failed: a [`Scratch`] removes what it
+//! owns when it is dropped, and a failed assertion drops it too. Runs otherwise pile their queues,
+//! databases and keys up on services that every run and every developer shares.
 //!
-//! The worker's and the adapters' tests include this file by its path: they cannot depend on this crate,
-//! which depends on them.
+//! A crate of its own, with no chatsys crate but the settings below it, so that the tests of every crate
+//! and the bench can use it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,8 +34,7 @@ impl Scratch {
         self.databases.push((server_url.into(), name.into()));
     }
 
-    /// Every queue the command queues named `base` can be: each shard the settings allow (a worker
-    /// consumes, and an API declares, more than a test may have set) and the dead-letter queue.
+    /// The command queues named `base` (see [`command_queue_names`]).
     pub fn owns_command_queues(&mut self, amqp_url: &str, base: &str) {
         self.command_queues.push((amqp_url.into(), base.into()));
     }
@@ -62,7 +61,7 @@ impl Drop for Scratch {
                 }
             }
             for (url, base) in &command_queues {
-                if let Err(error) = delete_command_queues(url, base).await {
+                if let Err(error) = delete_queues(url, &command_queue_names(base)).await {
                     failures.push(format!("queues {base}: {error}"));
                 }
             }
@@ -104,7 +103,8 @@ where
     .flatten()
 }
 
-async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> {
+/// Drops database `name` on the MySQL server at `server` (a URL without a database), if it exists.
+pub async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> {
     let mut connection = sqlx::MySqlConnection::connect(server).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS `{name}`"
@@ -114,13 +114,21 @@ async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> {
     connection.close().await
 }
 
-async fn delete_command_queues(url: &str, base: &str) -> Result<(), lapin::Error> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-    let names = (0..usize::from(chatsys_settings::MAX_QUEUE_SHARDS))
+/// Every queue the command queues named `base` can be: each shard the settings allow (a worker consumes,
+/// and an API declares, more than a run may have set) and the dead-letter queue.
+pub fn command_queue_names(base: &str) -> Vec<String> {
+    (0..usize::from(chatsys_settings::MAX_QUEUE_SHARDS))
         .map(|shard| chatsys_settings::command_queue_name(base, shard))
-        .chain([format!("{base}.dead")]);
+        .chain([format!("{base}.dead")])
+        .collect()
+}
+
+/// Deletes the queues named, those that exist.
+pub async fn delete_queues(url: &str, names: &[String]) -> Result<(), lapin::Error> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let mut channel = connection.create_channel().await?;
     for name in names {
+        let name = name.as_str();
         // RabbitMQ deletes a queue that is not there as a no-op; a broker that refuses it closes the
         // channel instead, so the next queue gets a new one.
         if channel
@@ -131,11 +139,12 @@ async fn delete_command_queues(url: &str, base: &str) -> Result<(), lapin::Error
             channel = connection.create_channel().await?;
         }
     }
-    connection.close(200, "test done".into()).await
+    connection.close(200, "scratch removed".into()).await
 }
 
-/// SCAN and UNLINK, not KEYS: the Redis is shared, and KEYS blocks it for the whole keyspace.
-async fn unlink_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
+/// Deletes every key under `prefix` (`<prefix>:…`). SCAN and UNLINK, not KEYS: the Redis is shared, and
+/// KEYS blocks it for the whole keyspace.
+pub async fn unlink_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
     let mut connection = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;
