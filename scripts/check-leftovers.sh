@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command (CI gives it the test suite), then fails, naming them, if it left behind RabbitMQ
 # queues, MySQL databases or Redis key prefixes that were not there before it ran: every test removes
-# what it made, passed or failed (tests/conformance/src/scratch.rs). Only chatsys names are compared,
+# what it made, passed or failed (tests/scratch/src/lib.rs). Only chatsys names are compared,
 # and only those new after the run, so whatever else the services hold does not count.
 # Usage: bash scripts/check-leftovers.sh COMMAND [ARGUMENTS...]
 set -euo pipefail
