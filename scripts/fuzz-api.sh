@@ -20,7 +20,13 @@ cleanup() {
     for queue in "chatsys.$run" "chatsys.$run.dead"; do
       rabbitmqctl --quiet delete_queue "$queue" >/dev/null 2>&1 || true
     done
-    redis-cli --scan --pattern "$run:*" | xargs -r redis-cli unlink >/dev/null || true
+    # In Redis itself: the fuzzer's keys hold quotes and spaces, which no pipe of names survives.
+    redis-cli EVAL "local cursor = '0'
+      repeat
+        local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+        cursor = page[1]
+        for _, key in ipairs(page[2]) do redis.call('UNLINK', key) end
+      until cursor == '0'" 0 "chatsys_$run:*" >/dev/null || true
   fi
   rm -rf "$work"
 }
@@ -46,7 +52,7 @@ fuzz standalone "http://127.0.0.1:$port"
 run="fuzz_$(date +%s)_$RANDOM"
 mysql -uroot -h127.0.0.1 -e "CREATE DATABASE chatsys_$run CHARACTER SET utf8mb4"
 export DATABASE_URL="mysql://root@127.0.0.1:3306/chatsys_$run" REDIS_URL=redis://127.0.0.1:6379 \
-  AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" CHATSYS_QUEUE="chatsys.$run" CHATSYS_REDIS_PREFIX="$run" \
+  AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" CHATSYS_QUEUE="chatsys.$run" CHATSYS_REDIS_PREFIX="chatsys_$run" \
   CHATSYS_DATA_DIR="$work/full" CHATSYS_ADMIN_KEY=fuzz-admin-key CHATSYS_LOG_FORMAT=text RUST_LOG=warn \
   CHATSYS_EVENT_MAX_LIFETIME_SECS=1
 worker_port=$(free_port)
