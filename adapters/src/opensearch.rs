@@ -138,7 +138,10 @@ impl OpenSearchIndex {
             .text()
             .await
             .map_err(|e| failed_request(&action, e))?;
-        // Another replica starting at the same moment created it first.
+        // Another replica starting at the same moment created it first: OpenSearch answers 400 with
+        // the error type `resource_already_exists_exception` (server/src/main/java/org/opensearch/
+        // ResourceAlreadyExistsException.java, status BAD_REQUEST; the type is the class's name in
+        // snake case, OpenSearchException#getExceptionName).
         if status == StatusCode::BAD_REQUEST
             && error_type(&body).as_deref() == Some("resource_already_exists_exception")
         {
@@ -651,6 +654,9 @@ mod tests {
 
         fn ndjson(&self) -> Vec<Value> {
             let text = std::str::from_utf8(&self.body).expect("a UTF-8 request body");
+            // OpenSearch refuses a bulk body whose last line has no newline ("The bulk request must
+            // be terminated by a newline"): server/src/main/java/org/opensearch/action/bulk/
+            // BulkRequestParser.java, and the Bulk API's page of docs.opensearch.org.
             assert!(
                 text.ends_with('\n'),
                 "a bulk body must end with a newline: {text:?}"
