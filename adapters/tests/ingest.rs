@@ -9,12 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatsys_adapters::{memory, sqlite};
 use chatsys_core::command::Command;
-use chatsys_core::domain::{AppId, ChatEvent, Message};
+use chatsys_core::domain::{AppId, Application, Chat, ChatEvent, Message};
 use chatsys_core::error::{CoreError, CoreResult};
 use chatsys_core::ingest::{self, IngestHealth, IngestPorts, IngestSettings};
 use chatsys_core::plan::MessageKey;
 use chatsys_core::ports::{
-    Announcer, BatchLimits, CommandSource, Delivery, IndexRefusal, Search, SearchPage, Store,
+    Announcer, BatchLimits, Cache, CachedToken, CommandSource, Delivery, IndexRefusal, ListScope,
+    Search, SearchPage, Store,
 };
 use chatsys_core::search_text::SearchRequest;
 use tokio::sync::watch;
@@ -190,7 +191,18 @@ fn create_message(app: AppId, number: u64) -> Command {
 
 /// Runs the loop over two batches (tags 1–2 and 3–4, messages 1–4 of chat 1) until every tag is
 /// settled, and returns the log and the last health the loop reported.
-async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<IngestHealth>) {
+fn memory_cache() -> Arc<dyn Cache> {
+    Arc::new(memory::MemoryCache::new(
+        Duration::from_secs(60),
+        1 << 20,
+        1 << 16,
+    ))
+}
+
+async fn ingest_two_batches(
+    search: ScriptedSearch,
+    cache: Arc<dyn Cache>,
+) -> (Log, watch::Receiver<IngestHealth>) {
     let dir = tempfile::tempdir().unwrap();
     let pool = sqlite::open(&dir.path().join("chatsys.db")).await.unwrap();
     let store = Arc::new(sqlite::SqliteStore::new(pool));
@@ -217,11 +229,7 @@ async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<Ing
             search: search.clone(),
         }),
         search,
-        cache: Arc::new(memory::MemoryCache::new(
-            Duration::from_secs(60),
-            1 << 20,
-            1 << 16,
-        )),
+        cache,
     };
     let settings = IngestSettings {
         batch: BatchLimits {
@@ -264,11 +272,14 @@ async fn ingest_two_batches(search: ScriptedSearch) -> (Log, watch::Receiver<Ing
 /// (which covers every earlier tag) is made before the messages it covers are indexed.
 #[tokio::test]
 async fn nothing_is_acknowledged_before_the_index_takes_it() {
-    let (log, health) = ingest_two_batches(ScriptedSearch {
-        failures: Mutex::new(2),
-        refuse: Vec::new(),
-        indexed: Mutex::new(BTreeSet::new()),
-    })
+    let (log, health) = ingest_two_batches(
+        ScriptedSearch {
+            failures: Mutex::new(2),
+            refuse: Vec::new(),
+            indexed: Mutex::new(BTreeSet::new()),
+        },
+        memory_cache(),
+    )
     .await;
     for (settled, indexed) in log.settled.iter().zip(&log.indexed_at_ack) {
         let Settled::AckedUpTo(last) = settled else {
@@ -289,11 +300,14 @@ async fn nothing_is_acknowledged_before_the_index_takes_it() {
 /// that restores it, before any acknowledgement covers its tag.
 #[tokio::test]
 async fn a_refused_message_is_dead_lettered_with_its_reason() {
-    let (log, _) = ingest_two_batches(ScriptedSearch {
-        failures: Mutex::new(0),
-        refuse: vec![(1, 1, 2)],
-        indexed: Mutex::new(BTreeSet::new()),
-    })
+    let (log, _) = ingest_two_batches(
+        ScriptedSearch {
+            failures: Mutex::new(0),
+            refuse: vec![(1, 1, 2)],
+            indexed: Mutex::new(BTreeSet::new()),
+        },
+        memory_cache(),
+    )
     .await;
     let dead: Vec<&Settled> = log
         .settled
@@ -332,11 +346,14 @@ async fn a_refused_message_is_dead_lettered_with_its_reason() {
 /// the streams read the store).
 #[tokio::test]
 async fn changes_are_announced_in_order_once_indexed_and_before_they_are_acknowledged() {
-    let (log, _) = ingest_two_batches(ScriptedSearch {
-        failures: Mutex::new(1),
-        refuse: Vec::new(),
-        indexed: Mutex::new(BTreeSet::new()),
-    })
+    let (log, _) = ingest_two_batches(
+        ScriptedSearch {
+            failures: Mutex::new(1),
+            refuse: Vec::new(),
+            indexed: Mutex::new(BTreeSet::new()),
+        },
+        memory_cache(),
+    )
     .await;
     let changes: Vec<(u64, u64)> = log
         .announced
@@ -370,4 +387,108 @@ async fn changes_are_announced_in_order_once_indexed_and_before_they_are_acknowl
             log.settled
         );
     }
+}
+
+/// The in-process cache, with a slow write of chats, that notes the chat each bump of the lists finds.
+struct SlowChatsCache {
+    inner: Arc<dyn Cache>,
+    /// For each bump of a chat's list of messages: the chat's count the cache held as it began.
+    counts_at_bump: Mutex<Vec<Option<u64>>>,
+}
+
+#[async_trait]
+impl Cache for SlowChatsCache {
+    async fn application_id(&self, token: &str) -> CoreResult<CachedToken> {
+        self.inner.application_id(token).await
+    }
+    async fn put_application_id(&self, token: &str, app: AppId) -> CoreResult<()> {
+        self.inner.put_application_id(token, app).await
+    }
+    async fn forget_token(&self, token: &str) -> CoreResult<()> {
+        self.inner.forget_token(token).await
+    }
+    async fn application(&self, app: AppId) -> CoreResult<Option<Application>> {
+        self.inner.application(app).await
+    }
+    async fn put_application(&self, application: &Application) -> CoreResult<()> {
+        self.inner.put_application(application).await
+    }
+    async fn forget_applications(&self, apps: &[AppId]) -> CoreResult<()> {
+        self.inner.forget_applications(apps).await
+    }
+    async fn chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
+        self.inner.chat(app, number).await
+    }
+    async fn put_chats(&self, chats: &[Chat]) -> CoreResult<()> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.inner.put_chats(chats).await
+    }
+    async fn pending_chat(&self, app: AppId, number: u64) -> CoreResult<Option<Chat>> {
+        self.inner.pending_chat(app, number).await
+    }
+    async fn put_pending_chat(&self, chat: &Chat) -> CoreResult<()> {
+        self.inner.put_pending_chat(chat).await
+    }
+    async fn message(&self, key: MessageKey) -> CoreResult<Option<Message>> {
+        self.inner.message(key).await
+    }
+    async fn put_message(&self, message: &Message) -> CoreResult<()> {
+        self.inner.put_message(message).await
+    }
+    async fn list_generation(&self, scope: &ListScope) -> CoreResult<u64> {
+        self.inner.list_generation(scope).await
+    }
+    async fn list_page(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+    ) -> CoreResult<Option<Vec<u8>>> {
+        self.inner.list_page(scope, generation, page).await
+    }
+    async fn put_list(
+        &self,
+        scope: &ListScope,
+        generation: u64,
+        page: &str,
+        body: &[u8],
+    ) -> CoreResult<()> {
+        self.inner.put_list(scope, generation, page, body).await
+    }
+    async fn bump_lists(&self, scopes: &[ListScope]) -> CoreResult<()> {
+        for scope in scopes {
+            if let ListScope::Messages(app, chat) = scope {
+                let cached = self.inner.chat(*app, *chat).await?;
+                let count = cached.map(|chat| chat.messages_count);
+                self.counts_at_bump.lock().unwrap().push(count);
+            }
+        }
+        self.inner.bump_lists(scopes).await
+    }
+}
+
+/// A client that finds a new page of messages (its list's generation moved) and then reads the chat
+/// must find the chat's count as of that page: the chats are written to the cache before the lists
+/// they are in move on.
+#[tokio::test]
+async fn a_chat_is_cached_before_its_lists_move_on() {
+    let cache = Arc::new(SlowChatsCache {
+        inner: memory_cache(),
+        counts_at_bump: Mutex::default(),
+    });
+    let search = ScriptedSearch {
+        failures: Mutex::new(0),
+        refuse: Vec::new(),
+        indexed: Mutex::new(BTreeSet::new()),
+    };
+    ingest_two_batches(search, cache.clone()).await;
+    let counts = cache.counts_at_bump.lock().unwrap().clone();
+    assert!(!counts.is_empty(), "no list was bumped");
+    assert!(
+        counts
+            .iter()
+            .all(|count| matches!(count, Some(n) if *n > 0)),
+        "a list moved on before its chat was cached: {counts:?}"
+    );
+    assert_eq!(counts.last(), Some(&Some(4)), "{counts:?}");
 }
