@@ -589,11 +589,15 @@ async fn refresh_cache(cache: &dyn Cache, changed: &Applied, messages: &[Message
     scopes.sort();
     scopes.dedup();
     // Each step on its own: one failing (say, on an entry an earlier release wrote) does not keep the
-    // others from freshening what they can.
-    let (chats, applications, lists, written) = tokio::join!(
-        cache.put_chats(&changed.stored_chats),
+    // others from freshening what they can. The chats are written before their lists move on, so that
+    // a client who reads a new page of a chat's messages then finds the chat as of that page.
+    let chats_then_lists = async {
+        let chats = cache.put_chats(&changed.stored_chats).await;
+        (chats, cache.bump_lists(&scopes).await)
+    };
+    let ((chats, lists), applications, written) = tokio::join!(
+        chats_then_lists,
         cache.forget_applications(&changed.applications),
-        cache.bump_lists(&scopes),
         cache.put_messages(&changed_since_created),
     );
     for result in [chats, applications, lists, written] {
