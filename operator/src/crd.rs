@@ -50,10 +50,10 @@ pub struct ChatSystemSpec {
     pub paused: bool,
     pub api: ApiSpec,
     pub worker: WorkerSpec,
-    pub mysql: BackingServiceSpec<MysqlDefaults>,
+    pub mysql: MysqlSpec,
     pub redis: BackingServiceSpec<RedisDefaults>,
-    pub rabbitmq: BackingServiceSpec<RabbitmqDefaults>,
-    pub opensearch: BackingServiceSpec<OpensearchDefaults>,
+    pub rabbitmq: ProvidedServiceSpec<RabbitmqDefaults, RabbitmqProvider>,
+    pub opensearch: ProvidedServiceSpec<OpensearchDefaults, OpensearchProvider>,
     /// Secrets every pod pulls its images with, such as a private registry's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
@@ -604,6 +604,227 @@ impl<D: ServiceDefaults> Default for BackingServiceSpec<D> {
     }
 }
 
+/// The CEL rules of a service another operator may run, with `more` of its own: `provider` and
+/// `external` exclude each other, and the provider stays what it was (its data lives in the service
+/// it chose). Its struct is flattened into `MysqlSpec`, whose schema would otherwise lose them.
+fn provider_rules(more: &[(&str, &str)]) -> serde_json::Value {
+    let rules = [
+        (
+            "!has(self.external) || self.provider == 'builtin'",
+            "external and provider exclude each other: an external service is run by nobody here",
+        ),
+        (
+            "self.provider == oldSelf.provider",
+            "provider cannot change: the data stays in the service that holds it (move MySQL's with a backup and mysql.restoreFrom)",
+        ),
+    ];
+    rules
+        .iter()
+        .chain(more)
+        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
+        .collect()
+}
+
+/// How many replicas a provider runs by default: a majority survives the loss of one.
+const PROVIDER_REPLICAS: i32 = 3;
+
+/// A backing service that an operator the cluster already runs may run instead of chatsys-operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default, bound = "P: Serialize + serde::de::DeserializeOwned + Default")]
+#[schemars(bound = "D: ServiceDefaults, P: JsonSchema + Default + Serialize")]
+#[schemars(extend("x-kubernetes-validations" = provider_rules(&[])))]
+pub struct ProvidedServiceSpec<D: ServiceDefaults, P> {
+    #[serde(flatten)]
+    pub service: BackingServiceSpec<D>,
+    /// Who runs the service: `builtin` (this operator, one pod) or the operator named, which must be
+    /// installed in the cluster; it then runs `replicas` pods and fails over between them.
+    pub provider: P,
+    /// Pods the provider runs; unused with `builtin`.
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+}
+
+impl<D: ServiceDefaults, P: Default> Default for ProvidedServiceSpec<D, P> {
+    fn default() -> Self {
+        ProvidedServiceSpec {
+            service: BackingServiceSpec::default(),
+            provider: P::default(),
+            replicas: PROVIDER_REPLICAS,
+        }
+    }
+}
+
+impl<D: ServiceDefaults, P> std::ops::Deref for ProvidedServiceSpec<D, P> {
+    type Target = BackingServiceSpec<D>;
+    fn deref(&self) -> &Self::Target {
+        &self.service
+    }
+}
+
+impl<D: ServiceDefaults, P> std::ops::DerefMut for ProvidedServiceSpec<D, P> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.service
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MysqlProvider {
+    #[default]
+    Builtin,
+    /// A `MariaDB` of mariadb-operator (k8s.mariadb.com), replicated, with its `Backup`.
+    MariadbOperator,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RabbitmqProvider {
+    #[default]
+    Builtin,
+    /// A `RabbitmqCluster` of RabbitMQ's cluster-operator (rabbitmq.com).
+    RabbitmqClusterOperator,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpensearchProvider {
+    #[default]
+    Builtin,
+    /// An `OpenSearchCluster` of the OpenSearch operator (opensearch.opster.io).
+    OpensearchOperator,
+}
+
+/// MySQL, with its backups and the backup a new system starts from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(extend("x-kubernetes-validations" = provider_rules(&[
+    (
+        "!has(self.backup) || !has(self.external)",
+        "mysql.backup needs a MySQL run here (builtin or mariadb-operator); back up an external one where it runs",
+    ),
+    (
+        "!has(self.restoreFrom) || !has(self.external)",
+        "mysql.restoreFrom needs a MySQL run here (builtin or mariadb-operator)",
+    ),
+])))]
+pub struct MysqlSpec {
+    #[serde(flatten)]
+    pub service: ProvidedServiceSpec<MysqlDefaults, MysqlProvider>,
+    /// Scheduled logical backups of the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<MysqlBackupSpec>,
+    /// The backup a new ChatSystem starts from: restored before the schema migration, then the search
+    /// index is rebuilt from it. Ignored once the system has run (data is never restored over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreSpec>,
+}
+
+impl std::ops::Deref for MysqlSpec {
+    type Target = ProvidedServiceSpec<MysqlDefaults, MysqlProvider>;
+    fn deref(&self) -> &Self::Target {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for MysqlSpec {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.service
+    }
+}
+
+/// A CronJob's consistent dump of the database (or mariadb-operator's `Backup`), checksummed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MysqlBackupSpec {
+    /// When to back up, as a CronJob's schedule in UTC (`0 3 * * *`: every day at 03:00).
+    #[schemars(length(min = 9))]
+    pub schedule: String,
+    /// How many backups to keep: older ones are removed after each new one.
+    #[serde(default = "default_backups_kept")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: i32,
+    pub target: BackupTarget,
+}
+
+fn default_backups_kept() -> i32 {
+    7
+}
+
+/// Where backups are written: a volume claim, or an S3-compatible bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.volumeClaim) != has(self.s3)",
+    "message": "name one backup target: volumeClaim or s3",
+}]))]
+pub struct BackupTarget {
+    /// A volume claim `<name>-mysql-backups`, kept when the ChatSystem is deleted so that a new one
+    /// can start from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim: Option<BackupClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Bucket>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupClaim {
+    /// Requested size, a quantity such as `20Gi`.
+    #[schemars(schema_with = "size_schema")]
+    pub size: Quantity,
+    /// Storage class of the volume; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// A bucket of S3 or of a store that speaks its API (MinIO, Ceph, GCS's interoperability).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Bucket {
+    /// The endpoint's URL (`https://s3.eu-west-1.amazonaws.com`, `http://minio.storage:9000`).
+    #[schemars(pattern(r"^https?://"))]
+    pub endpoint: String,
+    /// The bucket's name.
+    #[schemars(length(min = 3))]
+    pub bucket: String,
+    /// Key prefix of the backups in the bucket (`chatsys/prod/`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// The bucket's region, for stores that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Secret in the ChatSystem's namespace with keys `access-key-id` and `secret-access-key`.
+    #[schemars(length(min = 1))]
+    pub credentials_secret: String,
+}
+
+/// A backup to start from: on the backup volume claim (this system's, or the one named), or in a
+/// bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.claimName) || !has(self.s3)",
+        "message": "restoreFrom names one place: claimName or s3",
+    },
+    {
+        "rule": "self == oldSelf",
+        "message": "restoreFrom cannot change: it is what the system started from",
+    },
+]))]
+pub struct RestoreSpec {
+    /// The backup's name, as `status.lastBackup.name` showed it.
+    #[schemars(length(min = 1), pattern(r"^[a-z0-9][-a-z0-9.]*$"))]
+    pub backup: String,
+    /// The volume claim that holds it; by default `<name>-mysql-backups` (the backup claim of a
+    /// system of the same name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+    /// The bucket that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Bucket>,
+}
+
 /// The persistent volume of a backing service. Its class and size are fixed in the StatefulSet's
 /// volume claim template, which Kubernetes does not let change: a class stays, and a size only grows
 /// (the operator then expands the existing volume).
@@ -750,6 +971,18 @@ pub struct ChatSystemStatus {
     /// operator upgrade moves the systems behind it one at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The newest backup of MySQL that completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// What `mysql.restoreFrom.backup` names to start from it.
+    pub name: String,
+    /// When it completed.
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// One word for `kubectl get`: the conditions say the rest.

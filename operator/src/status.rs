@@ -131,6 +131,7 @@ pub fn observed(
         components,
         api_url: Some(manifests::api_url(cs)),
         version: cs.status.as_ref().and_then(|s| s.version.clone()),
+        last_backup: cs.status.as_ref().and_then(|s| s.last_backup.clone()),
     }
 }
 
@@ -183,6 +184,7 @@ pub fn degraded(cs: &ChatSystem, invalid: &InvalidSpec, now: Timestamp) -> ChatS
         components: previous.components,
         api_url: previous.api_url,
         version: previous.version,
+        last_backup: previous.last_backup,
     }
 }
 
@@ -210,6 +212,7 @@ pub fn failed(cs: &ChatSystem, message: &str, now: Timestamp) -> ChatSystemStatu
         components: previous.components,
         api_url: previous.api_url,
         version: previous.version,
+        last_backup: previous.last_backup,
     }
 }
 
@@ -236,6 +239,7 @@ pub fn paused(cs: &ChatSystem, now: Timestamp) -> ChatSystemStatus {
         components: previous.components,
         api_url: previous.api_url,
         version: previous.version,
+        last_backup: previous.last_backup,
     }
 }
 

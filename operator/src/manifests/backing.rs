@@ -63,10 +63,10 @@ impl BackingService {
     /// This service's part of the spec, whatever its defaults type.
     pub fn spec(self, spec: &ChatSystemSpec) -> ServiceSettings<'_> {
         match self {
-            BackingService::Mysql => ServiceSettings::of(&spec.mysql),
+            BackingService::Mysql => ServiceSettings::of(&spec.mysql.service.service),
             BackingService::Redis => ServiceSettings::of(&spec.redis),
-            BackingService::Rabbitmq => ServiceSettings::of(&spec.rabbitmq),
-            BackingService::Opensearch => ServiceSettings::of(&spec.opensearch),
+            BackingService::Rabbitmq => ServiceSettings::of(&spec.rabbitmq.service),
+            BackingService::Opensearch => ServiceSettings::of(&spec.opensearch.service),
         }
     }
 
