@@ -17,7 +17,7 @@ cleanup() {
   wait 2>/dev/null || true
   if [[ -n $run ]]; then
     mysql -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS chatsys_$run" || true
-    for queue in "chatsys.$run" "chatsys.$run.dead"; do
+    for queue in "chatsys.$run.quorum" "chatsys.$run.quorum.dead"; do
       rabbitmqctl --quiet delete_queue "$queue" >/dev/null 2>&1 || true
     done
     # In Redis itself: the fuzzer's keys hold quotes and spaces, which no pipe of names survives.

@@ -3,6 +3,8 @@
 //! carries it); consuming uses manual acknowledgements with a prefetch window.
 
 use chatsys_core::telemetry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -10,7 +12,7 @@ use futures::stream::SelectAll;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
@@ -25,11 +27,6 @@ use chatsys_core::ports::{BatchLimits, CommandSource, Delivery, Queue};
 
 fn unavailable(e: impl std::fmt::Display) -> CoreError {
     CoreError::unavailable(Backend::Queue, e)
-}
-
-/// The dead-letter queue of a command queue.
-pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dead")
 }
 
 /// A command queue as the broker reports it.
@@ -63,23 +60,26 @@ async fn queue_state(connection: &Connection, name: &str) -> CoreResult<Option<Q
                 consumers: queue.consumer_count(),
             }))
         }
-        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(error) if error.get_id() == 404) => {
-            Ok(None)
-        }
+        Err(e) if protocol_error(&e, 404) => Ok(None),
         Err(e) => Err(unavailable(e)),
     }
 }
 
-/// Every command queue that exists, whichever process declared it: `<base>`, `<base>.1` … up to the
-/// first missing one (each process declares its queues from the base up, so they have no holes). This,
-/// not any one process's setting, is how many queues hold commands.
-async fn existing_queues(
+/// Whether the broker refused an operation with this AMQP reply code.
+fn protocol_error(e: &lapin::Error, code: u16) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(error) if error.get_id() == code)
+}
+
+/// The queues named `name(0)`, `name(1)` … that exist, up to the first missing one: both kinds of
+/// command queue have no holes (each process declares its queues from the first up, and the workers
+/// delete classic queues from the last down).
+async fn existing(
     connection: &Connection,
-    queues: &CommandQueues,
+    name: impl Fn(usize) -> String,
 ) -> CoreResult<Vec<QueueState>> {
     let mut found = Vec::new();
     for shard in 0..usize::from(chatsys_settings::MAX_QUEUE_SHARDS) {
-        match queue_state(connection, &queues.name(shard)).await? {
+        match queue_state(connection, &name(shard)).await? {
             Some(queue) => found.push(queue),
             None => break,
         }
@@ -87,24 +87,52 @@ async fn existing_queues(
     Ok(found)
 }
 
+/// Every command queue that exists, whichever process declared it. This, not any one process's
+/// setting, is how many queues hold commands.
+async fn existing_queues(
+    connection: &Connection,
+    queues: &CommandQueues,
+) -> CoreResult<Vec<QueueState>> {
+    existing(connection, |shard| queues.name(shard)).await
+}
+
+/// The classic command queues of an earlier release that still exist (see [`CommandQueues`]).
+async fn existing_classic_queues(
+    connection: &Connection,
+    queues: &CommandQueues,
+) -> CoreResult<Vec<QueueState>> {
+    existing(connection, |shard| queues.classic_name(shard)).await
+}
+
 /// Why the workers leave commands stranded, if they do: a command queue nobody consumes while another
-/// has consumers (workers run, but consume fewer queues than exist). No consumer anywhere is workers
-/// being down, which the queue rides out.
-pub fn stranding(queues: &[QueueState]) -> Option<String> {
-    let consumed = queues.iter().find(|q| q.consumers > 0)?;
-    let stranded = queues.iter().find(|q| q.consumers == 0)?;
+/// has consumers (workers run, but consume fewer queues than exist), or a classic queue of an earlier
+/// release that holds commands nobody consumes. An empty classic queue without consumers strands
+/// nothing: the workers stop consuming a drained one that they could not delete yet. No consumer
+/// anywhere is workers being down, which the queue rides out.
+pub fn stranding(queues: &[QueueState], classic: &[QueueState]) -> Option<String> {
+    let consumed = queues.iter().chain(classic).find(|q| q.consumers > 0)?;
+    let stranded = queues
+        .iter()
+        .find(|q| q.consumers == 0)
+        .or_else(|| classic.iter().find(|q| q.consumers == 0 && q.messages > 0))?;
     Some(format!(
         "command queue {} has no consumer while {} has {}: the workers consume fewer queues than exist",
         stranded.name, consumed.name, consumed.consumers
     ))
 }
 
-/// The queues commands are spread over. A RabbitMQ queue is one Erlang process, so one queue has a
-/// ceiling of its own (BENCHMARKS.md, "capacity model"); with `shards` above 1 the commands go to
-/// `<base>`, `<base>.1` … `<base>.<shards - 1>`. Every worker consumes every command queue that
-/// exists, whatever its own setting says (see [`existing_queues`]), so an API replica with more queues
-/// than a worker, or a number lowered later, strands nothing. Refused commands of every shard go to
-/// the one dead-letter queue `<base>.dead`.
+/// The queues commands are spread over, quorum queues (replicated over a cluster's nodes). A RabbitMQ
+/// queue is one Erlang process, so one queue has a ceiling of its own (BENCHMARKS.md, "capacity
+/// model"); with `shards` above 1 the commands go to `<base>.quorum`, `<base>.quorum.1` …
+/// `<base>.quorum.<shards - 1>`. Every worker consumes every command queue that exists, whatever its
+/// own setting says (see [`existing_queues`]), so an API replica with more queues than a worker, or a
+/// number lowered later, strands nothing. Refused commands of every shard go to the one dead-letter
+/// queue `<base>.quorum.dead`.
+///
+/// Earlier releases used classic queues named `<base>`, `<base>.1` … and `<base>.dead`: a queue's type
+/// cannot change, so the quorum queues have names of their own, and the workers also consume the
+/// classic command queues that still exist until they are drained, then delete them (see
+/// [`AmqpSource`]). The classic dead-letter queue is left to the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandQueues {
     base: String,
@@ -123,7 +151,7 @@ impl CommandQueues {
         self.shards
     }
 
-    /// The name of queue `shard` (0 is the base queue).
+    /// The name of queue `shard` (0 is the first).
     pub fn name(&self, shard: usize) -> String {
         chatsys_settings::command_queue_name(&self.base, shard)
     }
@@ -133,7 +161,17 @@ impl CommandQueues {
     }
 
     pub fn dead_letters(&self) -> String {
-        dead_letter_queue(&self.base)
+        chatsys_settings::dead_letter_queue_name(&self.base)
+    }
+
+    /// The name of an earlier release's classic queue `shard`.
+    pub fn classic_name(&self, shard: usize) -> String {
+        chatsys_settings::classic_command_queue_name(&self.base, shard)
+    }
+
+    /// An earlier release's classic dead-letter queue.
+    pub fn classic_dead_letters(&self) -> String {
+        chatsys_settings::classic_dead_letter_queue_name(&self.base)
     }
 
     /// The queue of a command: its chat's, so that a chat's commands meet in the same batches (their
@@ -161,14 +199,62 @@ async fn connect(url: &str, name: &str) -> CoreResult<Connection> {
         .map_err(unavailable)
 }
 
-/// Declares the durable command queues and their dead-letter queue (idempotent).
+/// How many times a command may go back to its queue unacknowledged (the channel it was delivered on
+/// closed: a worker that crashed, a broker restart) before RabbitMQ moves it to the dead-letter queue,
+/// so that a command that kills every worker it reaches stops there instead of crashing them forever.
+/// 20 is RabbitMQ 4's default for quorum queues: each crash or restart counts once against every
+/// delivery in flight, a whole prefetch window, so a small limit would also dead-letter the good
+/// commands that shared a few windows with a poison one. A constant, not the worker's `max_attempts`
+/// (tries at a refused command within one delivery, and each worker's own setting): every process
+/// declares the queues, and a declare whose arguments differ from the queue's fails.
+pub const DELIVERY_LIMIT: i32 = 20;
+
+/// The arguments of a command queue: a quorum queue (RabbitMQ 3.10 or later) whose commands delivered
+/// more than [`DELIVERY_LIMIT`] times go to `dead_letters` through the default exchange. At-least-once
+/// dead-lettering, so that the move survives a broker restart or a missing majority: RabbitMQ
+/// falls back to at-most-once unless the overflow is `reject-publish` ("dlh" in rabbit_quorum_queue.erl;
+/// https://www.rabbitmq.com/blog/2022/03/29/at-least-once-dead-lettering). With no length limit set, no
+/// publish is ever refused for overflow.
+fn command_queue_arguments(dead_letters: &str) -> FieldTable {
+    let mut arguments = quorum_arguments();
+    for (name, value) in [
+        ("x-delivery-limit", AMQPValue::LongInt(DELIVERY_LIMIT)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text(dead_letters)),
+        ("x-dead-letter-strategy", text("at-least-once")),
+        ("x-overflow", text("reject-publish")),
+    ] {
+        arguments.insert(ShortString::from(name), value);
+    }
+    arguments
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-queue-type"), text("quorum"));
+    arguments
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.to_string()))
+}
+
+/// Declares the command queues and their dead-letter queue, all quorum queues (idempotent). The
+/// dead-letter queue first: commands dead-lettered at least once wait for their target to exist.
 pub async fn declare(channel: &Channel, queues: &CommandQueues) -> CoreResult<()> {
-    for name in queues.names().into_iter().chain([queues.dead_letters()]) {
+    let dead_letters = queues.dead_letters();
+    let declarations = std::iter::once((dead_letters.clone(), quorum_arguments())).chain(
+        queues
+            .names()
+            .into_iter()
+            .map(|name| (name, command_queue_arguments(&dead_letters))),
+    );
+    for (name, arguments) in declarations {
         channel
             .queue_declare(
                 ShortString::from(name),
                 QueueDeclareOptions::durable(),
-                FieldTable::default(),
+                arguments,
             )
             .await
             .map_err(unavailable)?;
@@ -398,7 +484,10 @@ impl Queue for AmqpQueue {
     /// Connected, and no command queue is left without a consumer while another has one.
     async fn ping(&self) -> CoreResult<()> {
         let link = self.broker.link().await?;
-        match stranding(&existing_queues(&link.connection, &self.broker.queues).await?) {
+        let queues = &self.broker.queues;
+        let current = existing_queues(&link.connection, queues).await?;
+        let classic = existing_classic_queues(&link.connection, queues).await?;
+        match stranding(&current, &classic) {
             Some(reason) => Err(unavailable(reason)),
             None => Ok(()),
         }
@@ -414,11 +503,18 @@ impl Queue for AmqpQueue {
         }
     }
 
-    /// Messages waiting in every command queue that exists, this process's or not.
+    /// Messages waiting in every command queue that exists, this process's or not, and in the classic
+    /// queues of an earlier release not yet drained.
     async fn backlog(&self) -> CoreResult<u64> {
         let link = self.broker.link().await?;
-        let queues = existing_queues(&link.connection, &self.broker.queues).await?;
-        Ok(queues.iter().map(|queue| queue.messages).sum())
+        let queues = &self.broker.queues;
+        let current = existing_queues(&link.connection, queues).await?;
+        let classic = existing_classic_queues(&link.connection, queues).await?;
+        Ok(current
+            .iter()
+            .chain(&classic)
+            .map(|queue| queue.messages)
+            .sum())
     }
 
     /// Each waiting message counted as a full envelope.
@@ -428,17 +524,24 @@ impl Queue for AmqpQueue {
 }
 
 impl AmqpQueue {
-    /// Commands the worker refused for good, waiting in the dead-letter queue.
+    /// Commands refused for good, waiting in the dead-letter queue, and in an earlier release's classic
+    /// one while it exists (nobody but an operator empties it).
     pub async fn dead_letters(&self) -> CoreResult<u64> {
         let link = self.broker.link().await?;
-        let queue = queue_state(&link.connection, &self.broker.queues.dead_letters()).await?;
-        Ok(queue.map_or(0, |queue| queue.messages))
+        let queues = &self.broker.queues;
+        let mut waiting = 0;
+        for name in [queues.dead_letters(), queues.classic_dead_letters()] {
+            let queue = queue_state(&link.connection, &name).await?;
+            waiting += queue.map_or(0, |queue| queue.messages);
+        }
+        Ok(waiting)
     }
 }
 
 /// The consuming side of the command queues, reconnecting after a broker restart: one channel and one
 /// consumer per queue, since a delivery tag, and so an acknowledgement of all tags up to one, is the
-/// channel's.
+/// channel's. It also drains the classic queues of an earlier release (see
+/// [`SourceLink::drain_classic`]).
 pub struct AmqpSource {
     url: String,
     queues: CommandQueues,
@@ -450,29 +553,46 @@ pub struct AmqpSource {
     /// it waits for more, and must not lose what it already took.
     pending: Vec<Pending>,
     deadline: Option<tokio::time::Instant>,
-    /// When to look next for a command queue this source does not consume (declared since it connected).
+    /// When to look next for a command queue this source does not consume (declared since it connected)
+    /// and at the classic queues.
     next_look: tokio::time::Instant,
 }
 
 /// How often a worker looks for command queues declared since it connected (an API replica with more
-/// queues than the worker's setting): at most this long, their commands wait.
+/// queues than the worker's setting), and at the classic queues of an earlier release: at most this
+/// long, their commands wait.
 const LOOK_FOR_QUEUES_EVERY: Duration = Duration::from_secs(5);
 
 struct SourceLink {
     connection: Connection,
-    /// The queues consumed: at least the setting's, and every one that existed when connecting.
+    /// The command queues consumed: at least the setting's, and every one that existed when connecting.
     consumed: CommandQueues,
-    /// One per queue, in the queues' order: a delivery's `lane` is its index here.
-    channels: Vec<Channel>,
-    /// What was settled on each channel, in the same order.
-    acks: Vec<LaneAcks>,
+    /// A delivery's `lane` is its index here: the command queues', in their order, then one for each
+    /// time this link started consuming a classic queue.
+    lanes: Vec<Consumed>,
     consumers: SelectAll<Lane>,
+    /// Each lane's share of the prefetch window.
+    prefetch: u16,
+}
+
+/// One queue consumed on a channel of its own.
+struct Consumed {
+    queue: String,
+    channel: Channel,
+    /// What was settled on the channel.
+    acks: LaneAcks,
+    /// The last tag delivered on the channel: every delivery is settled once `acks` went through it.
+    delivered: u64,
+    /// Set when the channel is closed on purpose (a drained classic queue): what its consumer still
+    /// holds went back to the queue, and the lane's stream ends.
+    closed: Arc<AtomicBool>,
 }
 
 /// One queue's consumer, its deliveries tagged with its lane.
 struct Lane {
     index: usize,
     consumer: Consumer,
+    closed: Arc<AtomicBool>,
 }
 
 impl futures::Stream for Lane {
@@ -482,10 +602,135 @@ impl futures::Stream for Lane {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return std::task::Poll::Ready(None);
+        }
         let index = self.index;
         self.consumer
             .poll_next_unpin(cx)
             .map(|delivery| delivery.map(|delivery| (index, delivery)))
+    }
+}
+
+impl SourceLink {
+    /// Consumes `queue` on a new channel, as a new lane.
+    async fn consume(&mut self, queue: String) -> CoreResult<()> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(queue.clone()),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        self.consumers.push(Lane {
+            index: self.lanes.len(),
+            consumer,
+            closed: closed.clone(),
+        });
+        self.lanes.push(Consumed {
+            queue,
+            channel,
+            acks: LaneAcks::default(),
+            delivered: 0,
+            closed,
+        });
+        Ok(())
+    }
+
+    fn consuming(&self, queue: &str) -> impl Iterator<Item = &Consumed> {
+        self.lanes
+            .iter()
+            .filter(move |lane| lane.queue == queue && !lane.closed.load(Ordering::Relaxed))
+    }
+
+    /// Whether every delivery of `queue` to this link is settled.
+    fn settled(&self, queue: &str) -> bool {
+        self.consuming(queue)
+            .all(|lane| lane.acks.through >= lane.delivered)
+    }
+
+    /// Closes the channels that consume `queue`: the broker takes back whatever they hold unsettled.
+    async fn stop_consuming(&self, queue: &str) {
+        for lane in self.consuming(queue) {
+            lane.closed.store(true, Ordering::Relaxed);
+            let _ = lane.channel.close(200, ShortString::from("drained")).await;
+        }
+    }
+
+    /// Drains the classic queues of an earlier release. Each is deleted once drained, from the last one
+    /// down so that they keep no holes: when it has no command ready and every delivery of it to this
+    /// link is settled, its consumer goes (its channel closed: a delivery that crossed the close goes
+    /// back to the queue), then the queue is deleted if it is still empty and nobody consumes it. Both
+    /// conditions matter, since a delete discards the deliveries its consumers hold unacknowledged.
+    /// A queue another worker still consumes is left to that one; a queue not consumed here that
+    /// holds commands (an API of the earlier release still publishing, a delete that found one
+    /// come back) is consumed again.
+    async fn drain_classic(&mut self, queues: &CommandQueues) -> CoreResult<()> {
+        let mut classic = existing_classic_queues(&self.connection, queues).await?;
+        while let Some(last) = classic.last() {
+            if last.messages > 0 || !self.settled(&last.name) {
+                break;
+            }
+            self.stop_consuming(&last.name).await;
+            if !delete_drained(&self.connection, &last.name).await? {
+                break;
+            }
+            classic.pop();
+        }
+        for queue in classic {
+            if self.consuming(&queue.name).next().is_some() {
+                continue;
+            }
+            // Read again: a delete that failed may have found commands the read before it did not.
+            let waiting = queue_state(&self.connection, &queue.name).await?;
+            if waiting.is_some_and(|queue| queue.messages > 0) {
+                tracing::info!(
+                    queue = queue.name,
+                    "consuming a classic command queue again"
+                );
+                self.consume(queue.name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes a drained classic queue unless it has a message ready or a consumer: `false` when it had (the
+/// broker's 406, which closes the channel, hence one of its own).
+async fn delete_drained(connection: &Connection, queue: &str) -> CoreResult<bool> {
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    let options = QueueDeleteOptions {
+        if_unused: true,
+        if_empty: true,
+        ..QueueDeleteOptions::default()
+    };
+    match channel
+        .queue_delete(ShortString::from(queue.to_string()), options)
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, ShortString::from("done")).await;
+            tracing::info!(queue, "deleted a drained classic command queue");
+            Ok(true)
+        }
+        Err(e) if protocol_error(&e, 406) => Ok(false),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
@@ -513,52 +758,36 @@ impl AmqpSource {
         let _ = declaring.close(200, ShortString::from("done")).await;
         let existing = existing_queues(&connection, &self.queues).await?.len();
         let consumed = CommandQueues::new(&self.queues.base, existing.max(self.queues.count()));
-        let per_queue = self.prefetch.div_ceil(consumed.count() as u16).max(1);
-        let mut channels = Vec::with_capacity(consumed.count());
-        let mut consumers = SelectAll::new();
-        for (lane, queue) in consumed.names().into_iter().enumerate() {
-            let channel = connection.create_channel().await.map_err(unavailable)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(unavailable)?;
-            channel
-                .basic_qos(per_queue, BasicQosOptions::default())
-                .await
-                .map_err(unavailable)?;
-            let consumer = channel
-                .basic_consume(
-                    ShortString::from(queue),
-                    ShortString::from(""),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-            consumers.push(Lane {
-                index: lane,
-                consumer,
-            });
-            channels.push(channel);
-        }
-        Ok(SourceLink {
+        let classic = existing_classic_queues(&connection, &self.queues).await?;
+        let lanes = (consumed.count() + classic.len()) as u16;
+        let mut link = SourceLink {
             connection,
-            consumed,
-            acks: channels.iter().map(|_| LaneAcks::default()).collect(),
-            channels,
-            consumers,
-        })
+            consumed: consumed.clone(),
+            lanes: Vec::new(),
+            consumers: SelectAll::new(),
+            prefetch: self.prefetch.div_ceil(lanes).max(1),
+        };
+        for queue in consumed.names() {
+            link.consume(queue).await?;
+        }
+        for queue in classic {
+            link.consume(queue.name).await?;
+        }
+        Ok(link)
     }
 
-    /// Whether a command queue exists past those consumed (its commands would wait for nobody).
-    async fn unconsumed_queue(&self) -> CoreResult<Option<String>> {
-        let Some(link) = &self.link else {
+    /// Every few seconds: whether a command queue exists past those consumed (its commands would wait
+    /// for nobody), and the classic queues' drain.
+    async fn look_after_queues(&mut self) -> CoreResult<Option<String>> {
+        let Some(link) = &mut self.link else {
             return Ok(None);
         };
         let next = link.consumed.name(link.consumed.count());
-        Ok(queue_state(&link.connection, &next)
-            .await?
-            .map(|queue| queue.name))
+        if let Some(queue) = queue_state(&link.connection, &next).await? {
+            return Ok(Some(queue.name));
+        }
+        link.drain_classic(&self.queues).await?;
+        Ok(None)
     }
 
     /// Forgets the connection; everything it delivered and nobody acknowledged comes back from the broker.
@@ -569,7 +798,11 @@ impl AmqpSource {
         unavailable(e)
     }
 
-    fn delivery(&self, lane: usize, d: lapin::message::Delivery) -> Pending {
+    fn delivery(&mut self, lane: usize, d: lapin::message::Delivery) -> Pending {
+        if let Some(link) = &mut self.link {
+            let consumed = &mut link.lanes[lane];
+            consumed.delivered = consumed.delivered.max(d.delivery_tag);
+        }
         let headers = d
             .properties
             .headers()
@@ -622,8 +855,8 @@ impl CommandSource for AmqpSource {
             let next = loop {
                 if tokio::time::Instant::now() >= self.next_look {
                     self.next_look = tokio::time::Instant::now() + LOOK_FOR_QUEUES_EVERY;
-                    let unconsumed = self.unconsumed_queue().await;
-                    if let Some(queue) = unconsumed.map_err(|e| self.broken(e))? {
+                    let looked = self.look_after_queues().await;
+                    if let Some(queue) = looked.map_err(|e| self.broken(e))? {
                         // Said through the worker's readiness while it reconnects to consume them all.
                         return Err(self.broken(format!(
                             "command queue {queue} exists but was not consumed; reconnecting to consume every command queue"
@@ -710,12 +943,13 @@ impl CommandSource for AmqpSource {
             .iter()
             .filter(|d| d.connection == self.connection);
         for delivery in current {
-            link.acks[delivery.lane].settle(delivery.tag);
+            link.lanes[delivery.lane].acks.settle(delivery.tag);
         }
         let mut result = Ok(());
-        for (acks, channel) in link.acks.iter_mut().zip(&link.channels) {
-            if let Some(through) = acks.advance() {
-                result = channel
+        for lane in &mut link.lanes {
+            if let Some(through) = lane.acks.advance() {
+                result = lane
+                    .channel
                     .basic_ack(through, BasicAckOptions { multiple: true })
                     .await;
                 if result.is_err() {
@@ -750,12 +984,10 @@ impl CommandSource for AmqpSource {
             ShortString::from("x-chatsys-reason"),
             AMQPValue::LongString(LongString::from(reason.to_string())),
         );
-        headers.insert(
-            ShortString::from("x-chatsys-queue"),
-            AMQPValue::LongString(LongString::from(self.queues.name(delivery.lane))),
-        );
+        let lane = &link.lanes[delivery.lane];
+        headers.insert(ShortString::from("x-chatsys-queue"), text(&lane.queue));
         let properties = persistent(1).with_headers(headers);
-        let channel = link.channels[delivery.lane].clone();
+        let channel = lane.channel.clone();
         let result =
             publish_confirmed(&channel, &self.queues.dead_letters(), command, properties).await;
         result.map_err(|e| self.broken(e))
@@ -860,25 +1092,28 @@ mod tests {
     }
 
     #[test]
-    fn one_queue_keeps_the_base_name() {
+    fn one_quorum_queue_is_named_after_the_base_apart_from_the_classic_ones() {
         let queues = CommandQueues::new("chatsys.commands", 1);
-        assert_eq!(queues.names(), ["chatsys.commands"]);
+        assert_eq!(queues.names(), ["chatsys.commands.quorum"]);
         assert_eq!(queues.of(&message(7, 3)), 0);
-        assert_eq!(queues.dead_letters(), "chatsys.commands.dead");
+        assert_eq!(queues.dead_letters(), "chatsys.commands.quorum.dead");
+        assert_eq!(queues.classic_name(0), "chatsys.commands");
+        assert_eq!(queues.classic_dead_letters(), "chatsys.commands.dead");
     }
 
     #[test]
-    fn more_queues_keep_the_base_as_the_first_and_share_one_dead_letter_queue() {
+    fn more_queues_keep_the_first_name_and_share_one_dead_letter_queue() {
         let queues = CommandQueues::new("chatsys.commands", 3);
         assert_eq!(
             queues.names(),
             [
-                "chatsys.commands",
-                "chatsys.commands.1",
-                "chatsys.commands.2"
+                "chatsys.commands.quorum",
+                "chatsys.commands.quorum.1",
+                "chatsys.commands.quorum.2"
             ]
         );
-        assert_eq!(queues.dead_letters(), "chatsys.commands.dead");
+        assert_eq!(queues.dead_letters(), "chatsys.commands.quorum.dead");
+        assert_eq!(queues.classic_name(2), "chatsys.commands.2");
     }
 
     #[test]
@@ -903,17 +1138,40 @@ mod tests {
         );
     }
 
+    fn queue(name: &str, messages: u64, consumers: u32) -> QueueState {
+        QueueState {
+            name: name.into(),
+            messages,
+            consumers,
+        }
+    }
+
     #[test]
     fn a_queue_without_consumers_strands_commands_only_while_another_has_some() {
-        let queue = |name: &str, consumers| QueueState {
-            name: name.into(),
-            messages: 5,
-            consumers,
-        };
-        assert_eq!(stranding(&[queue("q", 0), queue("q.1", 0)]), None);
-        assert_eq!(stranding(&[queue("q", 2), queue("q.1", 2)]), None);
-        let reason = stranding(&[queue("q", 1), queue("q.1", 1), queue("q.2", 0)]).unwrap();
-        assert!(reason.contains("q.2 has no consumer"), "{reason}");
+        assert_eq!(
+            stranding(&[queue("q", 5, 0), queue("q.1", 5, 0)], &[]),
+            None
+        );
+        assert_eq!(
+            stranding(&[queue("q", 5, 2), queue("q.1", 5, 2)], &[]),
+            None
+        );
+        let reason = stranding(
+            &[queue("q", 5, 1), queue("q.1", 5, 1), queue("q.2", 0, 0)],
+            &[],
+        );
+        assert!(reason.unwrap().contains("q.2 has no consumer"));
+    }
+
+    #[test]
+    fn a_classic_queue_without_consumers_strands_commands_only_while_it_holds_some() {
+        let consumed = [queue("q.quorum", 0, 1)];
+        assert_eq!(stranding(&consumed, &[queue("q", 0, 0)]), None);
+        let reason = stranding(&consumed, &[queue("q", 0, 0), queue("q.1", 3, 0)]);
+        assert!(reason.unwrap().contains("q.1 has no consumer"));
+        // Workers of the earlier release still consume it while none consumes the quorum queues.
+        let reason = stranding(&[queue("q.quorum", 3, 0)], &[queue("q", 3, 2)]);
+        assert!(reason.unwrap().contains("q.quorum has no consumer"));
     }
 
     #[test]

@@ -246,10 +246,10 @@ fn with_several_command_queues_both_components_know_them_and_the_scaler_watches_
     assert_eq!(
         queues,
         [
-            "chatsys.commands",
-            "chatsys.commands.1",
-            "chatsys.commands.2",
-            "chatsys.commands.3"
+            "chatsys.commands.quorum",
+            "chatsys.commands.quorum.1",
+            "chatsys.commands.quorum.2",
+            "chatsys.commands.quorum.3"
         ]
     );
     // 2,000 messages per replica over the whole backlog, spread over four queues.

@@ -1020,7 +1020,7 @@ async fn with_keda_the_worker_scales_on_the_backlog_and_kedas_own_autoscaler_is_
     assert_eq!(scaled["spec"]["minReplicaCount"], 2);
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "rabbitmq");
-    assert_eq!(trigger["metadata"]["queueName"], "chatsys.commands");
+    assert_eq!(trigger["metadata"]["queueName"], "chatsys.commands.quorum");
     assert_eq!(trigger["metadata"]["value"], "2000");
     assert_eq!(trigger["authenticationRef"]["name"], "chat-worker");
     let authentication = server

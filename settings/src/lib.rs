@@ -61,9 +61,6 @@ pub mod env {
     pub const CHATSYS_REPAIR_INTERVAL_SECS: &str = "CHATSYS_REPAIR_INTERVAL_SECS";
 }
 
-/// Queue `shard` of the command queues that `--queue` and `--queue-shards` name: `queue` itself for
-/// shard 0, so raising the count keeps what is queued, and `<queue>.<shard>` for the others. The API
-/// publishes to them, the workers consume them, and the operator's autoscaler watches them.
 /// The worker's defaults for the bytes of a batch and of its prefetch; the operator sizes the worker's
 /// memory limit from the values it sets.
 pub const DEFAULT_BATCH_BYTES: u64 = 16 << 20;
@@ -72,10 +69,37 @@ pub const DEFAULT_PREFETCH_BYTES: u64 = 256 << 20;
 /// The most queues commands may be spread over.
 pub const MAX_QUEUE_SHARDS: u16 = 64;
 
+/// Queue `shard` of the command queues that `--queue` and `--queue-shards` name, all quorum queues:
+/// `<queue>.quorum` for shard 0, so raising the count keeps what is queued, and `<queue>.quorum.<shard>`
+/// for the others. The API publishes to them, the workers consume them, and the operator's autoscaler
+/// watches them. Names of their own: a queue's type cannot change, and the classic queues of earlier
+/// releases (see [`classic_command_queue_name`]) keep theirs while they drain.
 pub fn command_queue_name(queue: &str, shard: usize) -> String {
+    shard_name(&format!("{queue}.quorum"), shard)
+}
+
+/// The quorum dead-letter queue of the command queues named `queue`: `<queue>.quorum.dead`.
+pub fn dead_letter_queue_name(queue: &str) -> String {
+    format!("{queue}.quorum.dead")
+}
+
+/// Classic queue `shard` of the releases before quorum queues: `<queue>`, then `<queue>.<shard>`. The
+/// workers drain them and delete them once empty; nothing publishes to them but an API of an earlier
+/// release.
+pub fn classic_command_queue_name(queue: &str, shard: usize) -> String {
+    shard_name(queue, shard)
+}
+
+/// The classic dead-letter queue of the releases before quorum queues, `<queue>.dead`: kept, with
+/// whatever commands it holds, until an operator empties and deletes it.
+pub fn classic_dead_letter_queue_name(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+fn shard_name(first: &str, shard: usize) -> String {
     match shard {
-        0 => queue.to_string(),
-        shard => format!("{queue}.{shard}"),
+        0 => first.to_string(),
+        shard => format!("{first}.{shard}"),
     }
 }
 
@@ -139,10 +163,11 @@ pub struct Backends {
     /// Where the embedded search index lives.
     #[arg(long, env = env::CHATSYS_DATA_DIR, default_value = "./chatsys-data")]
     pub data_dir: PathBuf,
-    /// The durable command queue; refused commands go to `<queue>.dead`.
+    /// The base name of the command queues (quorum queues `<queue>.quorum`, `<queue>.quorum.1` …);
+    /// refused commands go to `<queue>.quorum.dead`.
     #[arg(long, env = env::CHATSYS_QUEUE, default_value = "chatsys.commands")]
     pub queue: String,
-    /// Queues the API spreads commands over (by chat): `<queue>`, `<queue>.1` … Past one queue's
+    /// Queues the API spreads commands over (by chat): `<queue>.quorum`, `<queue>.quorum.1` … Past one queue's
     /// ceiling (one Erlang process in RabbitMQ), more queues carry more. A worker consumes at least
     /// this many, and every command queue it finds besides, so none is stranded whatever the API's.
     #[arg(long, env = env::CHATSYS_QUEUE_SHARDS, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUE_SHARDS as i64))]

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use chatsys_adapters::amqp::CommandQueues;
 use chatsys_core::command::Command;
 use chatsys_settings::Backends;
 use chatsys_settings::WorkerArgs;
@@ -15,7 +16,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use sqlx::{Connection as _, MySqlConnection};
 
 // The conformance crate's, which this crate's tests cannot depend on (it depends on the worker).
@@ -28,7 +29,11 @@ fn env_or(name: &str, default: &str) -> String {
 
 struct Setup {
     database_url: String,
+    /// The base name of the command queues.
     queue: String,
+    /// The first command queue, declared as the release declares it.
+    commands: String,
+    dead: String,
     args: WorkerArgs,
     _data: tempfile::TempDir,
     _scratch: Scratch,
@@ -82,8 +87,11 @@ async fn setup() -> Setup {
         max_attempts: 2,
         repair_interval_secs: 300,
     };
+    declare_queues(&queue).await;
     Setup {
         database_url,
+        commands: chatsys_settings::command_queue_name(&queue, 0),
+        dead: chatsys_settings::dead_letter_queue_name(&queue),
         queue,
         args,
         _data: data,
@@ -110,15 +118,21 @@ async fn open_channel() -> (Connection, Channel) {
     (connection, channel)
 }
 
-async fn publish(channel: &Channel, queue: &str, payloads: &[Vec<u8>]) {
-    channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
+/// Declares the command queues named `base` as the worker and the API do, so that a test can publish
+/// before either has.
+async fn declare_queues(base: &str) {
+    let (connection, channel) = open_channel().await;
+    chatsys_adapters::amqp::declare(&channel, &CommandQueues::new(base, 1))
         .await
         .unwrap();
+    connection
+        .close(200, ShortString::from("declared"))
+        .await
+        .unwrap();
+}
+
+/// Publishes to a queue that exists: mandatory, so that a message no queue took fails the test.
+async fn publish(channel: &Channel, queue: &str, payloads: &[Vec<u8>]) {
     for payload in payloads {
         let properties = BasicProperties::default().with_delivery_mode(2);
         publish_with(channel, queue, payload, properties).await;
@@ -131,13 +145,20 @@ async fn publish_with(channel: &Channel, queue: &str, payload: &[u8], properties
         .basic_publish(
             ShortString::from(""),
             ShortString::from(queue),
-            BasicPublishOptions::default(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             payload,
             properties,
         )
         .await
         .unwrap();
-    assert!(confirm.await.unwrap().is_ack());
+    let confirmation = confirm.await.unwrap();
+    assert!(
+        matches!(confirmation, Confirmation::Ack(None)),
+        "{queue} took the message: {confirmation:?}"
+    );
 }
 
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -290,7 +311,7 @@ async fn redelivered_and_reordered_commands_are_applied_once_and_never_revert() 
     let mut twice = commands.clone();
     twice.extend(commands);
     twice.push(message(app, 1, "original"));
-    publish(&channel, &s.queue, &twice).await;
+    publish(&channel, &s.commands, &twice).await;
     assert_eq!(drained(&s.database_url, app, 50).await, (50, 50, 1));
     assert_eq!(body_of(&s.database_url, app, 1).await, "edited");
     worker.stop().await;
@@ -304,9 +325,9 @@ async fn a_batch_left_unacknowledged_by_a_crash_is_redelivered_and_stored_once()
     let commands: Vec<Vec<u8>> = std::iter::once(chat(app))
         .chain((1..=30).map(|n| message(app, n, &format!("m{n}"))))
         .collect();
-    publish(&channel, &s.queue, &commands).await;
+    publish(&channel, &s.commands, &commands).await;
     // A consumer takes the whole batch and dies without acknowledging it.
-    take_and_die(&s.queue, commands.len()).await;
+    take_and_die(&s.commands, commands.len()).await;
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, app, 30).await, (30, 30, 1));
     worker.stop().await;
@@ -363,7 +384,7 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
     .encode();
     publish(
         &channel,
-        &s.queue,
+        &s.commands,
         &[
             chat(app),
             message(app, 1, "before"),
@@ -375,7 +396,7 @@ async fn poison_commands_go_to_the_dead_letter_queue_with_the_reason_and_the_res
     .await;
     assert_eq!(drained(&s.database_url, app, 2).await, (2, 2, 1));
 
-    let dead = format!("{}.dead", s.queue);
+    let dead = &s.dead;
     let mut reasons = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while reasons.len() < 2 && Instant::now() < deadline {
@@ -450,7 +471,7 @@ async fn depth(channel: &Channel, queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_on_each() {
-    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::AmqpQueue;
     use chatsys_core::ports::Queue;
 
     let mut s = setup().await;
@@ -525,7 +546,7 @@ async fn commands_spread_over_three_queues_are_all_stored_once_and_acknowledged_
 /// worker finds the queues declared after it connected and consumes them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_consumes_queues_an_api_declared_beyond_its_own_setting() {
-    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::AmqpQueue;
     use chatsys_core::ports::Queue;
 
     let s = setup().await;
@@ -591,7 +612,7 @@ async fn an_application_behind_anothers_long_run_is_stored_early() {
     let mut commands = vec![chat(heavy), chat(light)];
     commands.extend((1..=400).map(|n| message(heavy, n, &format!("h{n}"))));
     commands.extend((1..=5).map(|n| message(light, n, &format!("l{n}"))));
-    publish(&channel, &s.queue, &commands).await;
+    publish(&channel, &s.commands, &commands).await;
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, light, 5).await.0, 5);
     assert_eq!(drained(&s.database_url, heavy, 400).await.0, 400);
@@ -694,7 +715,7 @@ async fn an_envelope_a_worker_died_in_is_stored_once_when_redelivered() {
     let (_connection, channel) = open_channel().await;
     publish(
         &channel,
-        &s.queue,
+        &s.commands,
         &[chatsys_core::envelope::seal(&commands)],
     )
     .await;
@@ -705,10 +726,10 @@ async fn an_envelope_a_worker_died_in_is_stored_once_when_redelivered() {
         .map(|c| Command::decode(c).unwrap())
         .collect();
     store.apply(&stored_first).await.unwrap();
-    take_and_die(&s.queue, 1).await;
+    take_and_die(&s.commands, 1).await;
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, app, 30).await, (30, 30, 1));
-    stop_and_expect_acknowledged(worker, &channel, &[&s.queue]).await;
+    stop_and_expect_acknowledged(worker, &channel, &[&s.commands]).await;
 }
 
 /// One bad command in an envelope goes to the dead-letter queue alone, as itself, with its reason and
@@ -733,8 +754,6 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
         invalid.clone(),
         message(app, 2, "after"),
     ];
-    // Declares the queue, publishing nothing.
-    publish(&channel, &s.queue, &[]).await;
     let mut headers = FieldTable::default();
     headers.insert(
         ShortString::from("x-chatsys-commands"),
@@ -745,7 +764,7 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
         .with_headers(headers);
     publish_with(
         &channel,
-        &s.queue,
+        &s.commands,
         &chatsys_core::envelope::seal(&commands),
         properties,
     )
@@ -753,7 +772,7 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
     let worker = start(&s.args).await;
     assert_eq!(drained(&s.database_url, app, 2).await, (2, 2, 1));
 
-    let dead = format!("{}.dead", s.queue);
+    let dead = &s.dead;
     let deadline = Instant::now() + Duration::from_secs(10);
     let letter = loop {
         let got = channel
@@ -787,7 +806,7 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
         "{headers:?}"
     );
     assert_eq!(text("x-chatsys-commands"), "4", "the envelope's header");
-    stop_and_expect_acknowledged(worker, &channel, &[&s.queue]).await;
+    stop_and_expect_acknowledged(worker, &channel, &[&s.commands]).await;
     assert_eq!(depth(&channel, &dead).await, 0, "one dead letter only");
 }
 
@@ -795,7 +814,7 @@ async fn a_poison_command_in_an_envelope_is_dead_lettered_alone() {
 /// while the channel awaits a confirm share envelopes, each command in exactly one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
-    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::AmqpQueue;
     use chatsys_core::ports::Queue;
     use std::sync::Arc;
 
@@ -816,7 +835,7 @@ async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
     let get = || async {
         channel
             .basic_get(
-                ShortString::from(s.queue.as_str()),
+                ShortString::from(s.commands.as_str()),
                 BasicGetOptions { no_ack: true },
             )
             .await
@@ -866,7 +885,7 @@ async fn concurrent_publishes_share_envelopes_and_a_lone_one_goes_as_itself() {
 /// envelope of many commands, so each counts as a full one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_counter_restarts_above_every_number_an_envelope_in_the_queue_holds() {
-    use chatsys_adapters::amqp::{AmqpQueue, CommandQueues};
+    use chatsys_adapters::amqp::AmqpQueue;
     use chatsys_adapters::mysql::MySqlStore;
     use chatsys_core::ports::NumberFloor;
     use chatsys_core::service::ReseedFloor;
@@ -878,7 +897,12 @@ async fn a_lost_counter_restarts_above_every_number_an_envelope_in_the_queue_hol
         .map(|n| message(app, n, &format!("m{n}")))
         .collect();
     let (_connection, channel) = open_channel().await;
-    publish(&channel, &s.queue, &[chatsys_core::envelope::seal(&queued)]).await;
+    publish(
+        &channel,
+        &s.commands,
+        &[chatsys_core::envelope::seal(&queued)],
+    )
+    .await;
     let floor = ReseedFloor {
         store: Arc::new(MySqlStore::connect(&s.database_url, 2).unwrap()),
         queue: Arc::new(AmqpQueue::new(
@@ -894,4 +918,197 @@ async fn a_lost_counter_restarts_above_every_number_an_envelope_in_the_queue_hol
         restart_at >= 10,
         "a counter restarted at {restart_at} would hand out a number the queue holds"
     );
+}
+
+/// The type and arguments of every queue, as `rabbitmqctl` lists them (a passive declare says neither).
+fn declared_queues() -> Vec<serde_json::Value> {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--formatter", "json"])
+        .args(["name", "type", "arguments"])
+        .output()
+        .expect("rabbitmqctl runs (the tests run where RabbitMQ is installed)");
+    assert!(listed.status.success(), "rabbitmqctl list_queues failed");
+    serde_json::from_slice(&listed.stdout).expect("rabbitmqctl's JSON")
+}
+
+fn declared(queues: &[serde_json::Value], name: &str) -> serde_json::Value {
+    queues
+        .iter()
+        .find(|queue| queue["name"] == name)
+        .unwrap_or_else(|| panic!("queue {name} is not declared"))
+        .clone()
+}
+
+/// The value of a queue's argument; `rabbitmqctl` lists each as `[name, type, value]`.
+fn argument(queue: &serde_json::Value, name: &str) -> serde_json::Value {
+    queue["arguments"]
+        .as_array()
+        .and_then(|arguments| arguments.iter().find(|argument| argument[0] == name))
+        .map(|argument| argument[2].clone())
+        .unwrap_or_default()
+}
+
+/// The worker and the API declare the command queues as quorum queues (replicated on a cluster) that
+/// move a command delivered too often to the dead-letter queue, a quorum queue too, at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_queues_are_quorum_queues_that_dead_letter_a_command_delivered_too_often() {
+    use chatsys_adapters::amqp::{AmqpQueue, DELIVERY_LIMIT};
+    use chatsys_core::ports::Queue;
+
+    let mut s = setup().await;
+    s.args.backends.queue_shards = 2;
+    let app = application_after_migration(&s).await;
+    let worker = start(&s.args).await;
+    let api = AmqpQueue::new(
+        &amqp_url(),
+        CommandQueues::new(&s.queue, 2),
+        1,
+        Duration::from_secs(5),
+    );
+    api.publish(&Command::decode(&chat(app)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(drained(&s.database_url, app, 0).await, (0, 0, 1));
+    let queues = declared_queues();
+    for name in CommandQueues::new(&s.queue, 2).names() {
+        let queue = declared(&queues, &name);
+        assert_eq!(queue["type"], "quorum", "{queue}");
+        let argument = |name: &str| argument(&queue, name);
+        assert_eq!(argument("x-delivery-limit"), DELIVERY_LIMIT, "{queue}");
+        assert_eq!(argument("x-dead-letter-exchange"), "", "{queue}");
+        assert_eq!(argument("x-dead-letter-routing-key"), s.dead, "{queue}");
+        assert_eq!(argument("x-dead-letter-strategy"), "at-least-once");
+        assert_eq!(argument("x-overflow"), "reject-publish", "{queue}");
+    }
+    assert_eq!(declared(&queues, &s.dead)["type"], "quorum");
+    worker.stop().await;
+}
+
+/// A command whose deliveries keep coming back unacknowledged (every worker it reaches dies) goes to the
+/// dead-letter queue once it was delivered `DELIVERY_LIMIT` times more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_delivered_past_the_limit_goes_to_the_dead_letter_queue() {
+    use chatsys_adapters::amqp::DELIVERY_LIMIT;
+
+    let s = setup().await;
+    let (_connection, channel) = open_channel().await;
+    let command = chat(1);
+    publish(&channel, &s.commands, std::slice::from_ref(&command)).await;
+    for delivery in 0..=DELIVERY_LIMIT {
+        let (crashed, channel) = open_channel().await;
+        let got = channel
+            .basic_get(
+                ShortString::from(s.commands.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap();
+        assert!(got.is_some(), "delivery {delivery} of the command");
+        crashed
+            .close(320, ShortString::from("simulated crash"))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while depth(&channel, &s.dead).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the command never reached the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depth(&channel, &s.commands).await, 0);
+    let letter = channel
+        .basic_get(
+            ShortString::from(s.dead.as_str()),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(letter.delivery.data, command);
+}
+
+/// Declares a classic queue as the releases before quorum queues did.
+async fn declare_classic(channel: &Channel, queue: &str) {
+    channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Whether a queue exists, by a passive declare on a channel of its own (a missing queue closes it).
+async fn exists(connection: &Connection, queue: &str) -> bool {
+    let channel = connection.create_channel().await.unwrap();
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::durable()
+    };
+    channel
+        .queue_declare(ShortString::from(queue), options, FieldTable::default())
+        .await
+        .is_ok()
+}
+
+/// The migration from classic queues: an earlier release's two classic queues hold commands when the
+/// new release starts. Its API publishes to the quorum queues only, its worker drains the classic ones
+/// too: every command is stored once, then the drained classic queues are deleted; the classic
+/// dead-letter queue, which may hold commands nobody replayed yet, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_in_the_classic_queues_of_an_earlier_release_are_stored_once_and_the_queues_deleted()
+ {
+    use chatsys_adapters::amqp::AmqpQueue;
+    use chatsys_core::ports::Queue;
+
+    let s = setup().await;
+    let app = application_after_migration(&s).await;
+    let (connection, channel) = open_channel().await;
+    let classic = [
+        chatsys_settings::classic_command_queue_name(&s.queue, 0),
+        chatsys_settings::classic_command_queue_name(&s.queue, 1),
+    ];
+    let classic_dead = chatsys_settings::classic_dead_letter_queue_name(&s.queue);
+    for queue in classic.iter().chain([&classic_dead]) {
+        declare_classic(&channel, queue).await;
+    }
+    publish(&channel, &classic[0], &[chat(app)]).await;
+    let queued: Vec<Vec<u8>> = (1..=40)
+        .map(|n| message(app, n, &format!("m{n}")))
+        .collect();
+    publish(&channel, &classic[0], &queued[..20]).await;
+    publish(&channel, &classic[1], &queued[20..30]).await;
+    let api = AmqpQueue::new(
+        &amqp_url(),
+        CommandQueues::new(&s.queue, 1),
+        1,
+        Duration::from_secs(5),
+    );
+    for command in &queued[30..] {
+        api.publish(&Command::decode(command).unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(api.backlog().await.unwrap(), 41, "every command waits");
+    assert_eq!(depth(&channel, &classic[0]).await, 21);
+
+    let worker = start(&s.args).await;
+    assert_eq!(drained(&s.database_url, app, 40).await, (40, 40, 1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for queue in &classic {
+        while exists(&connection, queue).await {
+            assert!(
+                Instant::now() < deadline,
+                "the drained classic queue {queue} is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(exists(&connection, &classic_dead).await);
+    api.ping().await.expect("no queue strands commands");
+    stop_and_expect_acknowledged(worker, &channel, &[&s.commands]).await;
+    assert_eq!(drained(&s.database_url, app, 40).await, (40, 40, 1));
 }

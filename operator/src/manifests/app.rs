@@ -607,8 +607,9 @@ pub fn admin_key(cs: &ChatSystem) -> (String, String) {
     }
 }
 
-/// The command queue the API publishes to and the worker consumes: the settings' default, since the
-/// operator sets no other.
+/// The base name of the command queues the API publishes to and the worker consumes, the quorum queues
+/// that `chatsys_settings::command_queue_name` names: the settings' default, since the operator sets
+/// no other.
 const COMMAND_QUEUE: &str = "chatsys.commands";
 
 /// Where KEDA's RabbitMQ scaler reads its connection: the user's URL for an external RabbitMQ, or

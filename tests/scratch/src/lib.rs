@@ -115,11 +115,20 @@ pub async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> 
 }
 
 /// Every queue the command queues named `base` can be: each shard the settings allow (a worker consumes,
-/// and an API declares, more than a run may have set) and the dead-letter queue.
+/// and an API declares, more than a run may have set), quorum and classic (a test of the migration
+/// from classic queues makes those), and both dead-letter queues.
 pub fn command_queue_names(base: &str) -> Vec<String> {
     (0..usize::from(chatsys_settings::MAX_QUEUE_SHARDS))
-        .map(|shard| chatsys_settings::command_queue_name(base, shard))
-        .chain([format!("{base}.dead")])
+        .flat_map(|shard| {
+            [
+                chatsys_settings::command_queue_name(base, shard),
+                chatsys_settings::classic_command_queue_name(base, shard),
+            ]
+        })
+        .chain([
+            chatsys_settings::dead_letter_queue_name(base),
+            chatsys_settings::classic_dead_letter_queue_name(base),
+        ])
         .collect()
 }
 
