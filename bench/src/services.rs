@@ -143,7 +143,35 @@ impl Service {
     }
 }
 
+/// The type of every queue of the shared RabbitMQ (`quorum`, `classic` …) with its name, from
+/// `rabbitmqctl`: a passive declare does not tell the type.
+pub async fn queue_types() -> anyhow::Result<Vec<(String, String)>> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        name: String,
+        r#type: String,
+    }
+    let listed = output(&[
+        "rabbitmqctl",
+        "list_queues",
+        "-q",
+        "--formatter",
+        "json",
+        "name",
+        "type",
+    ])
+    .await?;
+    let queues: Vec<Listed> =
+        serde_json::from_slice(&listed).context("reading rabbitmqctl's list of queues")?;
+    Ok(queues.into_iter().map(|q| (q.name, q.r#type)).collect())
+}
+
 async fn run(command: &[&str]) -> anyhow::Result<()> {
+    output(command).await.map(drop)
+}
+
+/// What the command printed, once it succeeded.
+async fn output(command: &[&str]) -> anyhow::Result<Vec<u8>> {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         Command::new(command[0])
@@ -163,7 +191,7 @@ async fn run(command: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    Ok(output.stdout)
 }
 
 /// Starts every service that does not answer when dropped, so that a scenario that fails or panics never

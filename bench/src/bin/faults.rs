@@ -11,7 +11,7 @@ use chatsys_bench::client::{self, Connection, create_application, create_chat_nu
 use chatsys_bench::events::{Event, EventStream};
 use chatsys_bench::ledger::{self, AckedMessage, Ledger};
 use chatsys_bench::raw::amqp_connect;
-use chatsys_bench::services::{RestoreOnDrop, Service};
+use chatsys_bench::services::{RestoreOnDrop, Service, queue_types};
 use chatsys_bench::system::{Endpoints, Options, Role, System, parse_env};
 use clap::{Parser, ValueEnum};
 use http::StatusCode;
@@ -55,7 +55,8 @@ struct Args {
 enum Scenario {
     /// The worker killed with SIGKILL twice mid-load, restarted each time.
     WorkerKill,
-    /// RabbitMQ stopped for a few seconds: 503 with Retry-After meanwhile, then recovery without restarts.
+    /// RabbitMQ stopped for a few seconds with the command queues quorum queues (checked): 503 with
+    /// Retry-After meanwhile, then recovery without restarts.
     RabbitmqRestart,
     /// MariaDB stopped for a few seconds: creations still accepted, the worker catches up.
     MariadbRestart,
@@ -402,6 +403,7 @@ async fn inject(
         }
         Scenario::RabbitmqRestart | Scenario::RedisRestart => {
             let service = if scenario == Scenario::RabbitmqRestart {
+                problems.extend(not_quorum_queues(&system.queue).await?);
                 Service::RabbitMq
             } else {
                 Service::Redis
@@ -473,9 +475,10 @@ async fn inject(
         }
         Scenario::Poison => {
             let poisons = 3;
-            publish_random_commands(&args.endpoints.amqp_url, &system.queue, poisons).await?;
+            let queue = chatsys_settings::command_queue_name(&system.queue, 0);
+            publish_random_commands(&args.endpoints.amqp_url, &queue, poisons).await?;
             let published = Instant::now();
-            let dead = format!("{}.dead", system.queue);
+            let dead = chatsys_settings::dead_letter_queue_name(&system.queue);
             let dead_lettered = wait_for_queue_depth(
                 &args.endpoints.amqp_url,
                 &dead,
@@ -759,6 +762,31 @@ async fn kill_a_streaming_replica(system: &mut System, load: &Load) -> anyhow::R
     }
     if received.windows(2).any(|w| w[0].id >= w[1].id) {
         problems.push("event ids did not grow along the stream".to_owned());
+    }
+    Ok(problems)
+}
+
+/// The system's queues (named after `base`) that are not quorum queues, and the command queue and
+/// dead-letter queue if they are missing: a restart of RabbitMQ loses nothing only with quorum queues,
+/// so the scenario must not pass on classic ones.
+async fn not_quorum_queues(base: &str) -> anyhow::Result<Vec<String>> {
+    let types: std::collections::BTreeMap<String, String> = queue_types()
+        .await?
+        .into_iter()
+        .filter(|(name, _)| name == base || name.starts_with(&format!("{base}.")))
+        .collect();
+    let mut problems: Vec<String> = types
+        .iter()
+        .filter(|(_, kind)| *kind != "quorum")
+        .map(|(name, kind)| format!("queue {name} is a {kind} queue, not a quorum queue"))
+        .collect();
+    for needed in [
+        chatsys_settings::command_queue_name(base, 0),
+        chatsys_settings::dead_letter_queue_name(base),
+    ] {
+        if !types.contains_key(&needed) {
+            problems.push(format!("queue {needed} was not declared"));
+        }
     }
     Ok(problems)
 }
