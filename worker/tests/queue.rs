@@ -1027,6 +1027,13 @@ async fn a_command_delivered_past_the_limit_goes_to_the_dead_letter_queue() {
         .unwrap()
         .expect("the dead letter");
     assert_eq!(letter.delivery.data, command);
+    let headers = letter.delivery.properties.headers().clone();
+    let reason = headers
+        .unwrap_or_default()
+        .inner()
+        .get("x-first-death-reason")
+        .cloned();
+    assert_eq!(reason, Some(AMQPValue::LongString("delivery_limit".into())));
 }
 
 /// Declares a classic queue as the releases before quorum queues did.
