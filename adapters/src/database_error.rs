@@ -7,7 +7,8 @@ use chatsys_core::error::{Backend, CoreError};
 /// (the API answers 503, the worker retries): deadlocks, lock waits, lost or refused connections,
 /// wrong credentials or privileges, a database or table that does not exist (yet), a server shutting
 /// down or read-only. Only a statement the database refuses for its data is a rejected command (the
-/// worker dead-letters it), so a misconfigured deployment never sends good commands to `<queue>.dead`.
+/// worker dead-letters it), so a misconfigured deployment never sends good commands to
+/// `<queue>.quorum.dead`.
 pub fn from_sqlx(err: sqlx::Error) -> CoreError {
     use sqlx::mysql::MySqlDatabaseError;
     let transient = match &err {
