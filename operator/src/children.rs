@@ -63,7 +63,15 @@ impl Children {
 
     /// Every object of this kind the resource owns (its labels and its uid in the owner references).
     pub fn owned_by(&self, kind: ChildKind, cs: &ChatSystem) -> Vec<Arc<DynamicObject>> {
-        let uid = cs.uid();
+        match cs.uid() {
+            Some(uid) => self.of(kind, cs, &uid),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every object of this kind with the resource's labels that the object of `owner_uid` owns: the
+    /// resource itself, or one of its children (a CronJob's Jobs).
+    pub fn of(&self, kind: ChildKind, cs: &ChatSystem, owner_uid: &str) -> Vec<Arc<DynamicObject>> {
         let Some(store) = self.stores.get(&kind) else {
             return Vec::new();
         };
@@ -83,7 +91,7 @@ impl Children {
                 object
                     .owner_references()
                     .iter()
-                    .any(|owner| Some(&owner.uid) == uid.as_ref())
+                    .any(|owner| owner.uid == owner_uid)
             })
             .collect()
     }

@@ -3,12 +3,12 @@
 
 use crate::apis::Discovery;
 use crate::children::{self, Children};
-use crate::crd::{ChatSystem, ChatSystemStatus, Phase};
+use crate::crd::{BackupRecord, ChatSystem, ChatSystemStatus, Phase};
 use crate::error::{ChildFailure, Error, Result, Retry};
 use crate::kinds::{Child, ChildKind};
 use crate::manifests::{
     self, BackingService, ClaimTemplate, Credentials, ExistingDeployment, GeneratedSecret,
-    HANDOVER_MANAGER, Handover, Inputs, MANAGER, Plan,
+    HANDOVER_MANAGER, Handover, Inputs, MANAGER, Plan, backup,
 };
 use crate::metrics;
 use crate::scope::Scope;
@@ -22,6 +22,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
@@ -357,12 +358,24 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
     let outcome = carry_out(&ctx.client, &ctx.children, cs, &namespace, &plan).await;
     let mut failures: Vec<String> = plan.refused.clone();
     failures.extend(outcome.failures.iter().map(ToString::to_string));
+    let scheduled_since = ctx
+        .children
+        .get(ChildKind::CronJob, &namespace, &backup::cron_job_name(cs))
+        .and_then(|cron_job| cron_job.metadata.creation_timestamp.clone());
+    let backups = status::Backups::of(
+        cs,
+        inputs.last_backup.clone(),
+        scheduled_since.as_ref(),
+        Timestamp::now(),
+    );
+    record_backups(cs, &namespace, &backups, scheduled_since.as_ref());
     let mut status = status::observed(
         cs,
         &outcome.applied,
         &failures,
         &plan.missing,
         &plan.waiting_for,
+        backups,
         Timestamp::now(),
     );
     let held = matches!(turn, Turn::Wait { .. });
@@ -400,6 +413,28 @@ fn record_readiness(cs: &ChatSystem, namespace: &str, status: &ChatSystemStatus)
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
     metrics::chatsystem_ready(namespace, cs.name_any(), ready);
+}
+
+/// The gauges of the `ChatsysBackupOverdue` alert: when the newest backup completed (or the schedule
+/// began), and the age past which it is overdue.
+fn record_backups(
+    cs: &ChatSystem,
+    namespace: &str,
+    backups: &status::Backups,
+    scheduled_since: Option<&Time>,
+) {
+    let Some(schedule) = cs.spec.mysql.backup.as_ref().map(|b| &b.schedule) else {
+        return;
+    };
+    let newest = backups.last.as_ref().map(|b| &b.time).or(scheduled_since);
+    if let (Some(newest), Ok(interval)) = (newest, backup::longest_interval(schedule)) {
+        metrics::mysql_backup(
+            namespace,
+            cs.name_any(),
+            newest.0.as_second() as f64,
+            (interval * 2).as_secs_f64(),
+        );
+    }
 }
 
 /// Reads the Secrets the resource refers to (existing credentials are reused, never regenerated),
@@ -477,30 +512,75 @@ pub async fn dereference(
             }
         }
     }
-    let migrations = children
+    let jobs = children
         .owned_by(ChildKind::Job, cs)
         .into_iter()
         .filter_map(|job| typed::<Job>(&job));
-    for job in migrations {
+    for job in jobs {
         let name = job.metadata.name.clone().unwrap_or_default();
-        let status = job.status.unwrap_or_default();
-        if status.succeeded.unwrap_or(0) > 0 {
-            inputs.completed_migrations.insert(name);
-        } else if let Some(failed) = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "Failed" && c.status == "True")
-        {
-            let reason = match (failed.reason.as_deref(), failed.message.as_deref()) {
+        match job_outcome(&job) {
+            JobOutcome::Succeeded(_) => {
+                inputs.completed_jobs.insert(name);
+            }
+            JobOutcome::Failed(reason) => {
+                inputs.failed_jobs.insert(name, reason);
+            }
+            JobOutcome::Running => {
+                inputs.running_jobs.insert(name);
+            }
+        }
+    }
+    inputs.last_backup = last_backup(children, cs, namespace);
+    Ok(inputs)
+}
+
+enum JobOutcome {
+    /// With the time it completed.
+    Succeeded(Option<Time>),
+    /// With the Job controller's reason and message.
+    Failed(String),
+    Running,
+}
+
+fn job_outcome(job: &Job) -> JobOutcome {
+    let status = job.status.clone().unwrap_or_default();
+    if status.succeeded.unwrap_or(0) > 0 {
+        return JobOutcome::Succeeded(status.completion_time);
+    }
+    match status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+    {
+        Some(failed) => JobOutcome::Failed(
+            match (failed.reason.as_deref(), failed.message.as_deref()) {
                 (Some(reason), Some(message)) => format!("{reason}: {message}"),
                 (Some(text), None) | (None, Some(text)) => text.to_string(),
                 (None, None) => "Failed".to_string(),
-            };
-            inputs.failed_migrations.insert(name, reason);
-        }
+            },
+        ),
+        None => JobOutcome::Running,
     }
-    Ok(inputs)
+}
+
+/// The newest Job of the backup CronJob that succeeded: the backup it wrote is named after it. The
+/// CronJob owns them; they carry the system's labels, so the Jobs' watch caches them.
+fn last_backup(children: &Children, cs: &ChatSystem, namespace: &str) -> Option<BackupRecord> {
+    let cron_job = children.get(ChildKind::CronJob, namespace, &backup::cron_job_name(cs))?;
+    let uid = cron_job.metadata.uid.clone()?;
+    children
+        .of(ChildKind::Job, cs, &uid)
+        .into_iter()
+        .filter_map(|job| typed::<Job>(&job))
+        .filter_map(|job| match job_outcome(&job) {
+            JobOutcome::Succeeded(Some(time)) => Some(BackupRecord {
+                name: job.metadata.name.clone().unwrap_or_default(),
+                time,
+            }),
+            _ => None,
+        })
+        .max_by(|a, b| a.time.0.cmp(&b.time.0))
 }
 
 /// A cached object as its typed self; `None` for one the API server would not have sent.

@@ -630,7 +630,11 @@ const PROVIDER_REPLICAS: i32 = 3;
 
 /// A backing service that an operator the cluster already runs may run instead of chatsys-operator.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", default, bound = "P: Serialize + serde::de::DeserializeOwned + Default")]
+#[serde(
+    rename_all = "camelCase",
+    default,
+    bound = "P: Serialize + serde::de::DeserializeOwned + Default"
+)]
 #[schemars(bound = "D: ServiceDefaults, P: JsonSchema + Default + Serialize")]
 #[schemars(extend("x-kubernetes-validations" = provider_rules(&[])))]
 pub struct ProvidedServiceSpec<D: ServiceDefaults, P> {

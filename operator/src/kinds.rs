@@ -9,8 +9,8 @@ use crate::apis::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -118,10 +118,13 @@ owned_kinds! {
     // finds both again.
     Secret: Traits { kept_when_orphaned: true, ..KUBERNETES },
     ConfigMap: KUBERNETES,
+    // The backups' claim outlives the need for it, and the ChatSystem: a new one starts from it.
+    PersistentVolumeClaim: Traits { kept_when_orphaned: true, ..KUBERNETES },
     NetworkPolicy: KUBERNETES,
     Service: KUBERNETES,
     StatefulSet: KUBERNETES,
     Job: KUBERNETES,
+    CronJob: KUBERNETES,
     Deployment: KUBERNETES,
     HorizontalPodAutoscaler: Traits { autoscaler: true, ..KUBERNETES },
     TriggerAuthentication: KEDA,

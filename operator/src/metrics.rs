@@ -13,6 +13,12 @@ pub const UNREADABLE_RESOURCES: &str = "chatsys_operator_unreadable_resources_to
 /// 1 while a ChatSystem's Ready condition is true, 0 while it is not; its alert is `ChatsysNotReady`.
 pub const CHATSYSTEM_READY: &str = "chatsys_operator_chatsystem_ready";
 
+/// When the newest MySQL backup of a ChatSystem completed (or its schedule began, before the first),
+/// in seconds since the epoch; with [`MYSQL_BACKUP_MAX_AGE`], the `ChatsysBackupOverdue` alert.
+pub const MYSQL_BACKUP_LAST: &str = "chatsys_operator_mysql_backup_last_timestamp_seconds";
+/// The age past which a ChatSystem's newest MySQL backup is overdue: twice its schedule's interval.
+pub const MYSQL_BACKUP_MAX_AGE: &str = "chatsys_operator_mysql_backup_max_age_seconds";
+
 /// A deleted ChatSystem's gauge is dropped once it has not been set for this long (its reconcile sets
 /// it at least every 5 minutes while it exists), so no alert fires for a system that is gone.
 const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -46,6 +52,16 @@ pub fn describe() {
         CHATSYSTEM_READY,
         "1 while the ChatSystem (labels chatsystem_namespace, chatsystem) is Ready, 0 while it is not."
     );
+    ::metrics::describe_gauge!(
+        MYSQL_BACKUP_LAST,
+        ::metrics::Unit::Seconds,
+        "When the newest MySQL backup of the ChatSystem completed (or its schedule began, before the first), since the epoch."
+    );
+    ::metrics::describe_gauge!(
+        MYSQL_BACKUP_MAX_AGE,
+        ::metrics::Unit::Seconds,
+        "The age past which the ChatSystem's newest MySQL backup is overdue: twice its schedule's interval."
+    );
     ::metrics::counter!(RECONCILES).absolute(0);
 }
 
@@ -70,4 +86,14 @@ pub fn unreadable_resource() {
 pub fn chatsystem_ready(namespace: &str, name: String, ready: bool) {
     ::metrics::gauge!(CHATSYSTEM_READY, "chatsystem_namespace" => namespace.to_string(), "chatsystem" => name)
         .set(if ready { 1.0 } else { 0.0 });
+}
+
+/// The gauges of the `ChatsysBackupOverdue` alert for one ChatSystem.
+pub fn mysql_backup(namespace: &str, name: String, newest: f64, max_age: f64) {
+    let labels = [
+        ("chatsystem_namespace", namespace.to_string()),
+        ("chatsystem", name),
+    ];
+    ::metrics::gauge!(MYSQL_BACKUP_LAST, &labels).set(newest);
+    ::metrics::gauge!(MYSQL_BACKUP_MAX_AGE, &labels).set(max_age);
 }

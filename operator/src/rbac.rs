@@ -16,9 +16,9 @@ pub struct Rule {
 /// server-side applied and deleted when orphaned. An apply is a `patch`, and the one that creates the
 /// object is authorized as a `create` as well (kubernetes
 /// `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go`), so every applied kind needs both; StatefulSets and
-/// Deployments are also read (`get`) for their claim templates and replica owners, and migration Jobs
-/// listed for their outcome. Credentials are created once (`create`) and never deleted; claims are
-/// read and grown; events are written through `events.k8s.io`, as kube's recorder does. KEDA's and
+/// Deployments are also read (`get`) for their claim templates and replica owners, and Jobs (migrations, a restore, the backups
+/// a CronJob starts) listed for their outcome. Credentials are created once (`create`) and never deleted; claims are
+/// read, grown and (the backups' claim) applied, never deleted; events are written through `events.k8s.io`, as kube's recorder does. KEDA's and
 /// prometheus-operator's kinds are used only where the cluster serves them (discovery needs no rule).
 pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
@@ -44,7 +44,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &[""],
         resources: &["persistentvolumeclaims"],
-        verbs: &["get", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
     },
     Rule {
         api_groups: &["apps"],
@@ -53,7 +53,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
     Rule {
         api_groups: &["batch"],
-        resources: &["jobs"],
+        resources: &["jobs", "cronjobs"],
         verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {

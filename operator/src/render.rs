@@ -3,7 +3,7 @@
 use crate::apis::OptionalApi;
 use crate::crd::ChatSystem;
 use crate::error::{Error, InvalidSpec, Result};
-use crate::kinds::{Child, ChildKind};
+use crate::kinds::Child;
 use crate::manifests::{self, Credentials, GeneratedSecret, Inputs};
 use crate::schema;
 use kube::{CustomResourceExt, Resource};
@@ -105,13 +105,8 @@ pub fn render(mut cs: ChatSystem) -> Result<String> {
     cs.metadata
         .uid
         .get_or_insert_with(|| PLACEHOLDER_UID.to_string());
-    let mut inputs = offline_inputs(&cs);
-    let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
-    // Everything is shown, as it is once the migration Job has run.
-    if let Some(job) = plan.children.iter().find(|c| c.kind() == ChildKind::Job) {
-        inputs.completed_migrations.insert(job.name().to_string());
-    }
-    let plan = manifests::build(&manifests::validate(&cs, &inputs)?);
+    // Everything is shown, as it is once its Jobs (a restore, the migration, a reindex) have run.
+    let plan = manifests::build_settled(&cs, &offline_inputs(&cs))?;
     let mut stream = String::new();
     for mut child in plan.children {
         // A credentials Secret is created with its values and then applied for its labels: shown once.

@@ -1,12 +1,12 @@
 //! Status: what the operator observed, as conditions `kubectl wait` understands. Pure functions of the
 //! resource, what was applied, and the current time.
 
-use crate::crd::{ChatSystem, ChatSystemStatus, ComponentStatus, Phase};
+use crate::crd::{BackupRecord, ChatSystem, ChatSystemStatus, ComponentStatus, Phase};
 use crate::error::InvalidSpec;
 use crate::kinds::ChildKind;
-use crate::manifests::{self, MissingApi};
+use crate::manifests::{self, MissingApi, backup};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use serde_json::Value;
@@ -26,6 +26,7 @@ pub fn observed(
     failures: &[String],
     missing: &[MissingApi],
     waiting_for: &[String],
+    backups: Backups,
     now: Timestamp,
 ) -> ChatSystemStatus {
     let mut components = BTreeMap::new();
@@ -87,8 +88,17 @@ pub fn observed(
         .iter()
         .cloned()
         .chain(missing.iter().map(ToString::to_string))
+        .chain(backups.overdue.clone())
         .collect();
     let degraded = match (failures.is_empty(), missing.first()) {
+        (true, None) if backups.overdue.is_some() => condition(
+            cs,
+            now,
+            DEGRADED,
+            true,
+            "BackupOverdue",
+            &problems.join("; "),
+        ),
         (true, None) => condition(
             cs,
             now,
@@ -131,7 +141,65 @@ pub fn observed(
         components,
         api_url: Some(manifests::api_url(cs)),
         version: cs.status.as_ref().and_then(|s| s.version.clone()),
-        last_backup: cs.status.as_ref().and_then(|s| s.last_backup.clone()),
+        last_backup: backups.last,
+    }
+}
+
+/// MySQL's backups, as the status reports them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Backups {
+    pub last: Option<BackupRecord>,
+    /// Why they are overdue, if they are.
+    pub overdue: Option<String>,
+}
+
+impl Backups {
+    /// `last` is the newest backup that completed; `scheduled_since` when the schedule began (the
+    /// backup CronJob's creation), the reference before the first backup. Overdue when the newer of
+    /// the two is older than twice the schedule's longest interval: one run may fail and be retried
+    /// at the next before anyone is told.
+    pub fn of(
+        cs: &ChatSystem,
+        last: Option<BackupRecord>,
+        scheduled_since: Option<&Time>,
+        now: Timestamp,
+    ) -> Backups {
+        let overdue = cs
+            .spec
+            .mysql
+            .backup
+            .as_ref()
+            .and_then(|backup| {
+                let interval = backup::longest_interval(&backup.schedule).ok()?;
+                let newest = last.as_ref().map(|b| &b.time).or(scheduled_since)?;
+                let age = now.duration_since(newest.0);
+                (age > interval * 2).then(|| match &last {
+                    Some(last) => format!(
+                        "the newest MySQL backup, {}, completed {} ago: over twice the schedule's interval ({}); kubectl get jobs -l app.kubernetes.io/component={}",
+                        last.name,
+                        rounded(age),
+                        rounded(interval),
+                        backup::BACKUP_COMPONENT
+                    ),
+                    None => format!(
+                        "no MySQL backup has completed in the {} since the schedule began: over twice its interval ({}); kubectl get jobs -l app.kubernetes.io/component={}",
+                        rounded(age),
+                        rounded(interval),
+                        backup::BACKUP_COMPONENT
+                    ),
+                })
+            });
+        Backups { last, overdue }
+    }
+}
+
+/// A duration to the minute, as people read it (`26h 5m`).
+fn rounded(duration: SignedDuration) -> String {
+    let minutes = duration.as_secs() / 60;
+    match (minutes / 60, minutes % 60) {
+        (0, minutes) => format!("{minutes}m"),
+        (hours, 0) => format!("{hours}h"),
+        (hours, minutes) => format!("{hours}h {minutes}m"),
     }
 }
 

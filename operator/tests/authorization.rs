@@ -49,7 +49,7 @@ async fn a_first_reconcile_with_the_charts_permissions_creates_every_child() {
     let cs: ChatSystem =
         serde_json::from_value(server.get(CHATSYSTEMS, "chat").expect("stored")).expect("parses");
     let mut inputs = fresh_inputs(&cs);
-    inputs.completed_migrations = server
+    inputs.completed_jobs = server
         .names(&collection(ChildKind::Job, "team"))
         .into_iter()
         .collect();

@@ -51,7 +51,7 @@ fn a_new_version_is_migrated_once_by_a_job_before_its_pods_run() {
         plan.waiting_for,
         [format!("the schema migration (Job {job})")]
     );
-    inputs.completed_migrations.insert(job.clone());
+    inputs.completed_jobs.insert(job.clone());
     let migrated = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
     assert_eq!(of_kind(&migrated.children, ChildKind::Deployment).len(), 2);
     assert!(migrated.held.is_empty() && migrated.waiting_for.is_empty());
@@ -66,11 +66,11 @@ fn a_new_version_is_migrated_once_by_a_job_before_its_pods_run() {
     );
     assert!(of_kind(&next.children, ChildKind::Deployment).is_empty());
 
-    inputs.failed_migrations.insert(
+    inputs.failed_jobs.insert(
         job.clone(),
         "BackoffLimitExceeded: Job has reached the specified backoff limit".to_string(),
     );
-    inputs.completed_migrations.clear();
+    inputs.completed_jobs.clear();
     let failed = manifests::build(&manifests::validate(&cs, &inputs).expect("valid"));
     assert_eq!(
         failed.refused,

@@ -5,7 +5,7 @@ mod common;
 use chatsys_operator::crd::{ComponentStatus, Phase};
 use chatsys_operator::error::InvalidSpec;
 use chatsys_operator::kinds::ChildKind;
-use chatsys_operator::status;
+use chatsys_operator::status::{self, Backups};
 use common::fixture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
@@ -45,7 +45,7 @@ fn all_components_ready_means_ready_and_not_progressing() {
             workload("StatefulSet", "mysql", 1, 1),
         ),
     ];
-    let observed = status::observed(&cs, &applied, &[], &[], &[], now());
+    let observed = status::observed(&cs, &applied, &[], &[], &[], Backups::default(), now());
     assert_eq!(observed.phase, Some(Phase::Ready));
     assert_eq!(observed.observed_generation, Some(1));
     assert_eq!(find(&observed.conditions, status::READY).status, "True");
@@ -78,7 +78,7 @@ fn a_component_short_of_replicas_is_named_while_progressing() {
             workload("StatefulSet", "mysql", 1, 1),
         ),
     ];
-    let observed = status::observed(&cs, &applied, &[], &[], &[], now());
+    let observed = status::observed(&cs, &applied, &[], &[], &[], Backups::default(), now());
     assert_eq!(observed.phase, Some(Phase::Progressing));
     let ready = find(&observed.conditions, status::READY);
     assert_eq!(
@@ -102,9 +102,17 @@ fn a_component_short_of_replicas_is_named_while_progressing() {
 fn a_transition_time_moves_only_when_the_condition_changes() {
     let mut cs = fixture("defaults");
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
-    cs.status = Some(status::observed(&cs, &applied, &[], &[], &[], now()));
+    cs.status = Some(status::observed(
+        &cs,
+        &applied,
+        &[],
+        &[],
+        &[],
+        Backups::default(),
+        now(),
+    ));
     let later: Timestamp = "2026-02-02T11:00:00Z".parse().expect("timestamp");
-    let again = status::observed(&cs, &applied, &[], &[], &[], later);
+    let again = status::observed(&cs, &applied, &[], &[], &[], Backups::default(), later);
     assert_eq!(
         again,
         cs.status.clone().expect("status"),
@@ -179,7 +187,15 @@ fn a_paused_resource_keeps_what_was_observed_and_says_it_is_paused() {
 fn a_failed_reconcile_is_degraded_but_keeps_the_last_readiness() {
     let mut cs = fixture("defaults");
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
-    cs.status = Some(status::observed(&cs, &applied, &[], &[], &[], now()));
+    cs.status = Some(status::observed(
+        &cs,
+        &applied,
+        &[],
+        &[],
+        &[],
+        Backups::default(),
+        now(),
+    ));
     let failed = status::failed(&cs, "Kubernetes API: connection refused", now());
     assert_eq!(failed.phase, Some(Phase::Degraded));
     let degraded = find(&failed.conditions, status::DEGRADED);
@@ -216,7 +232,15 @@ fn a_failed_apply_degrades_the_status_naming_each_object() {
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
     let failure =
         "StatefulSet chat-mysql: StatefulSet.apps \"chat-mysql\" is invalid: spec: Forbidden";
-    let observed = status::observed(&cs, &applied, &[failure.to_string()], &[], &[], now());
+    let observed = status::observed(
+        &cs,
+        &applied,
+        &[failure.to_string()],
+        &[],
+        &[],
+        Backups::default(),
+        now(),
+    );
     assert_eq!(observed.phase, Some(Phase::Degraded));
     let degraded = find(&observed.conditions, status::DEGRADED);
     assert_eq!(
@@ -239,16 +263,16 @@ fn events_mark_the_first_apply_readiness_degradation_and_pausing() {
         notices.into_iter().map(|n| n.reason).collect()
     };
 
-    let first = status::observed(&cs, &waiting, &[], &[], &[], now());
+    let first = status::observed(&cs, &waiting, &[], &[], &[], Backups::default(), now());
     assert_eq!(reasons(status::transitions(None, &first)), ["Created"]);
     cs.status = Some(first.clone());
-    let again = status::observed(&cs, &waiting, &[], &[], &[], now());
+    let again = status::observed(&cs, &waiting, &[], &[], &[], Backups::default(), now());
     assert!(
         status::transitions(Some(&first), &again).is_empty(),
         "nothing changed, nothing said"
     );
 
-    let became_ready = status::observed(&cs, &ready, &[], &[], &[], now());
+    let became_ready = status::observed(&cs, &ready, &[], &[], &[], Backups::default(), now());
     assert_eq!(
         reasons(status::transitions(Some(&again), &became_ready)),
         ["Ready"]
@@ -261,6 +285,7 @@ fn events_mark_the_first_apply_readiness_degradation_and_pausing() {
         &["Ingress chat-api: refused".to_string()],
         &[],
         &[],
+        Backups::default(),
         now(),
     );
     let notices = status::transitions(Some(&became_ready), &failed);

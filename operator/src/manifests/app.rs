@@ -3,6 +3,7 @@
 //! optional Ingress.
 
 use super::backing::{BackingService, MYSQL_DATABASE, REDIS_CACHE_PORT};
+use super::backup::{BACKUP_COMPONENT, Restore};
 use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
     Handover, Inputs, MissingApi, Plan, child_name, config_hash, container_security_context,
@@ -50,6 +51,8 @@ const PUBLIC_PATHS: [(&str, &str); 2] = [("/applications", "Prefix"), ("/openapi
 const MIGRATION_RETRIES: i32 = 2;
 /// How long a migration may wait for MySQL, whose first start on a new volume takes a minute or two.
 const MIGRATION_DEADLINE_SECS: i64 = 900;
+/// A reindex reads every message of the store: hours for a large one.
+const REINDEX_DEADLINE_SECS: i64 = 6 * 3600;
 /// The user of the chatsys images.
 const APP_UID: i64 = 65532;
 
@@ -69,38 +72,55 @@ enum Scaling {
     QueueBacklog,
 }
 
-pub fn build(cs: &ChatSystem, inputs: &Inputs, plan: &mut Plan) {
+pub fn build(cs: &ChatSystem, inputs: &Inputs, restore: &Restore, plan: &mut Plan) {
     if cs.spec.api.admin_key_secret.is_none() {
         GeneratedSecret::AdminKey.build(cs, inputs, plan);
     }
     let api = Component::api(cs, inputs);
     let worker = Component::worker(cs, inputs);
-    let migration = api.migration_job(cs);
+    let migration = api.job(cs, "migrate");
     let job_name = migration.metadata.name.clone().unwrap_or_default();
     // A new version's API and worker start only on a migrated schema: until the migration Job of this
     // version has succeeded, their Deployments stay as they are (or are not created yet).
-    let mut migrated = inputs.completed_migrations.contains(&job_name);
+    let mut migrated = inputs.completed_jobs.contains(&job_name);
     if !inputs.held_images.is_empty() {
         // An upgrade waiting for its turn touches nothing of the running version: its schema is
         // migrated already, and its Jobs stay as they are.
         migrated = true;
         for job in inputs
-            .completed_migrations
+            .completed_jobs
             .iter()
-            .chain(inputs.failed_migrations.keys())
+            .chain(inputs.failed_jobs.keys())
         {
             plan.held.push((ChildKind::Job, job.clone()));
         }
     } else {
-        if let Some(reason) = inputs.failed_migrations.get(&job_name) {
-            plan.refused.push(format!(
-                "Job {job_name}: the schema migration failed ({reason}; kubectl logs job/{job_name}); the running version stays"
-            ));
-        } else if !migrated {
-            plan.waiting_for
-                .push(format!("the schema migration (Job {job_name})"));
+        match restore {
+            // The schema is migrated once the backup is in: its own schema may be older.
+            Restore::Running { job } => {
+                plan.waiting_for
+                    .push(format!("the restore of mysql.restoreFrom (Job {job})"));
+            }
+            Restore::Failed { job, reason } => plan.refused.push(format!(
+                "Job {job}: the restore of mysql.restoreFrom failed ({reason}; kubectl logs job/{job}); nothing else starts until it succeeds"
+            )),
+            Restore::None | Restore::Done { .. } => {
+                if let Some(reason) = inputs.failed_jobs.get(&job_name) {
+                    plan.refused.push(format!(
+                        "Job {job_name}: the schema migration failed ({reason}; kubectl logs job/{job_name}); the running version stays"
+                    ));
+                } else if !migrated {
+                    plan.waiting_for
+                        .push(format!("the schema migration (Job {job_name})"));
+                }
+                plan.children.push(Child::Job(migration));
+            }
         }
-        plan.children.push(Child::Job(migration));
+        // The search index of a restored store is rebuilt from it; the API serves meanwhile, with
+        // search results filling in.
+        if migrated && let Restore::Done { .. } = restore {
+            plan.children.push(Child::Job(api.job(cs, "reindex")));
+        }
     }
     for component in [&api, &worker] {
         plan.children
@@ -325,10 +345,14 @@ impl<'a> Component<'a> {
             "chatsys.io/config-hash".to_string(),
             config_hash(&self.settings),
         )]);
-        // A backing service's Secret is read by both; the API's own by the API alone.
+        // A backing service's Secret is read by both; the API's own by the API alone; a bucket's by
+        // the backup's pods, which read it afresh at every run.
         let external: BTreeMap<&str, &str> = super::referenced_secrets(cs)
             .into_iter()
-            .filter(|reference| reference.component != "api" || self.name == "api")
+            .filter(|reference| match reference.component {
+                "api" => self.name == "api",
+                component => component != BACKUP_COMPONENT,
+            })
             .filter_map(|reference| {
                 let version = inputs.external_secret_versions.get(reference.name)?;
                 Some((reference.name, version.as_str()))
@@ -419,16 +443,17 @@ impl<'a> Component<'a> {
         }
     }
 
-    /// `chatsys-api migrate` once per version: a Job named after a hash of its pod template, since a
-    /// Job's template cannot change. The migration takes a MySQL lock and waits for MySQL to answer,
-    /// so it neither races another run nor fails on a database still starting; a schema it cannot
-    /// migrate (a rollback to an older release, a changed migration, an SQL error) exits non-zero at
-    /// once, and the Job fails after [`MIGRATION_RETRIES`] restarts or [`MIGRATION_DEADLINE_SECS`].
-    fn migration_job(&self, cs: &ChatSystem) -> Job {
+    /// `chatsys-api <subcommand>` once per version: `migrate`, and `reindex` after a restore. A Job
+    /// is named after a hash of its pod template, since a Job's template cannot change. The migration
+    /// takes a MySQL lock and waits for MySQL to answer, so it neither races another run nor fails on
+    /// a database still starting; a schema it cannot migrate (a rollback to an older release, a
+    /// changed migration, an SQL error) exits non-zero at once, and the Job fails after
+    /// [`MIGRATION_RETRIES`] restarts or its deadline.
+    fn job(&self, cs: &ChatSystem, subcommand: &str) -> Job {
         let template = with_pod_settings(
             PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(super::stable_labels(cs, "migrate")),
+                    labels: Some(super::stable_labels(cs, subcommand)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(with_pull_secrets(
@@ -436,20 +461,26 @@ impl<'a> Component<'a> {
                     PodSpec {
                         security_context: Some(pod_security_context(APP_UID)),
                         restart_policy: Some("OnFailure".to_string()),
-                        containers: vec![self.container(cs, "migrate", Some("migrate"))],
+                        containers: vec![self.container(cs, subcommand, Some(subcommand))],
                         ..PodSpec::default()
                     },
                 )),
             },
             self.pod,
-            "migrate",
+            subcommand,
         );
-        let name = child_name(cs, &format!("migrate-{}", &config_hash(&template)[..8]));
+        let name = child_name(
+            cs,
+            &format!("{subcommand}-{}", &config_hash(&template)[..8]),
+        );
         Job {
-            metadata: metadata(cs, &name, "migrate"),
+            metadata: metadata(cs, &name, subcommand),
             spec: Some(JobSpec {
                 backoff_limit: Some(MIGRATION_RETRIES),
-                active_deadline_seconds: Some(MIGRATION_DEADLINE_SECS),
+                active_deadline_seconds: Some(match subcommand {
+                    "reindex" => REINDEX_DEADLINE_SECS,
+                    _ => MIGRATION_DEADLINE_SECS,
+                }),
                 template,
                 ..JobSpec::default()
             }),

@@ -3,13 +3,14 @@
 
 mod app;
 mod backing;
+pub mod backup;
 mod generated;
 mod monitoring;
 mod network;
 mod quantity;
 
 use crate::apis::{OptionalApi, Served};
-use crate::crd::{ChatSystem, PodSettings};
+use crate::crd::{BackupRecord, ChatSystem, PodSettings};
 use crate::error::InvalidSpec;
 use crate::kinds::{Child, ChildKind};
 use k8s_openapi::api::core::v1::{
@@ -89,11 +90,15 @@ pub struct Inputs {
     /// Components whose running image stays instead of this version's default (an upgrade waiting
     /// for its turn, see [`crate::upgrades`]).
     pub held_images: BTreeSet<&'static str>,
-    /// Names of the resource's migration Jobs that have succeeded.
-    pub completed_migrations: BTreeSet<String>,
-    /// The resource's migration Jobs that have failed for good, with the Job controller's reason
-    /// and message (a deadline or the backoff limit reached).
-    pub failed_migrations: BTreeMap<String, String>,
+    /// Names of the resource's Jobs (migrations, a restore, a reindex) that have succeeded.
+    pub completed_jobs: BTreeSet<String>,
+    /// The resource's Jobs that have failed for good, with the Job controller's reason and message
+    /// (a deadline or the backoff limit reached).
+    pub failed_jobs: BTreeMap<String, String>,
+    /// The resource's Jobs that have neither succeeded nor failed yet.
+    pub running_jobs: BTreeSet<String>,
+    /// The newest backup Job that succeeded.
+    pub last_backup: Option<BackupRecord>,
     /// The optional APIs (KEDA's, prometheus-operator's) the cluster serves.
     pub served: Served,
 }
@@ -144,6 +149,7 @@ pub fn referenced_secrets(cs: &ChatSystem) -> Vec<SecretReference<'_>> {
                     key: &reference.key,
                 }),
         )
+        .chain(backup::bucket_secrets(cs))
         .collect()
 }
 
@@ -210,6 +216,11 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
                 "{component}: autoscaling needs resources.requests.cpu"
             ));
         }
+    }
+    if let Some(backup) = &cs.spec.mysql.backup
+        && let Err(problem) = backup::longest_interval(&backup.schedule)
+    {
+        problems.push(format!("mysql: backup.schedule {problem}"));
     }
     let ingress = &cs.spec.api.ingress;
     if ingress.enabled && ingress.host.as_deref().is_none_or(str::is_empty) {
@@ -295,11 +306,32 @@ pub fn build(valid: &Valid) -> Plan {
             backing::build(cs, service, inputs, &mut plan);
         }
     }
-    app::build(cs, inputs, &mut plan);
+    backup::build(cs, &mut plan);
+    let restore = backup::restore(cs, inputs, &mut plan);
+    app::build(cs, inputs, &restore, &mut plan);
     network::build(cs, &mut plan);
     monitoring::build(cs, inputs, &mut plan);
     plan.children.sort_by_key(Child::kind);
     plan
+}
+
+/// The plan as it is once every Job it starts has succeeded (a restore, the migration, a reindex),
+/// each run in turn: what `render` shows.
+pub fn build_settled(cs: &ChatSystem, inputs: &Inputs) -> Result<Plan, InvalidSpec> {
+    let mut inputs = inputs.clone();
+    loop {
+        let plan = build(&validate(cs, &inputs)?);
+        let started: Vec<String> = plan
+            .children
+            .iter()
+            .filter(|c| c.kind() == ChildKind::Job && !inputs.completed_jobs.contains(c.name()))
+            .map(|c| c.name().to_string())
+            .collect();
+        if started.is_empty() {
+            return Ok(plan);
+        }
+        inputs.completed_jobs.extend(started);
+    }
 }
 
 /// Where clients reach the API.

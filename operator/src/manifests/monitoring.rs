@@ -10,7 +10,7 @@ use crate::apis::{
 };
 use crate::crd::{ChatSystem, ScrapeKind};
 use crate::kinds::Child;
-use crate::metrics::CHATSYSTEM_READY;
+use crate::metrics::{CHATSYSTEM_READY, MYSQL_BACKUP_LAST, MYSQL_BACKUP_MAX_AGE};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
@@ -153,7 +153,7 @@ pub fn alert_rules(cs: &ChatSystem) -> Vec<AlertRule> {
     let api = of("api");
     let by = "by (namespace, app_kubernetes_io_instance)";
     let commands = format!(r#"chatsys_queue_messages{{{worker},queue="commands"}}"#);
-    let alerts = [
+    let mut alerts = vec![
         (
             "ChatsysQueueBacklogGrowing",
             format!("min {by} (deriv({commands}[10m])) > 0"),
@@ -201,6 +201,20 @@ pub fn alert_rules(cs: &ChatSystem) -> Vec<AlertRule> {
             "A component lacks ready replicas, or the operator cannot apply the spec: kubectl describe chatsystem says which.",
         ),
     ];
+    if cs.spec.mysql.backup.is_some() {
+        let of_system = format!(r#"chatsystem_namespace="{namespace}",chatsystem="{name}""#);
+        let by_system = "by (chatsystem_namespace, chatsystem)";
+        alerts.push((
+            "ChatsysBackupOverdue",
+            format!(
+                "max {by_system} (time() - {MYSQL_BACKUP_LAST}{{{of_system}}}) > max {by_system} ({MYSQL_BACKUP_MAX_AGE}{{{of_system}}})"
+            ),
+            "10m",
+            "critical",
+            "No MySQL backup has completed for twice the schedule's interval",
+            "The backup CronJob's runs fail or do not start: the data written since the newest backup would be lost with the database's volume. kubectl get jobs -l app.kubernetes.io/component=mysql-backup.",
+        ));
+    }
     let runbooks = cs.spec.monitoring.runbook_base_url.as_deref();
     alerts
         .into_iter()

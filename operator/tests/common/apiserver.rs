@@ -101,6 +101,7 @@ const KINDS: &[Kind] = &[
     kind("apps/v1", "Deployment", "deployments", true, true),
     kind("apps/v1", "StatefulSet", "statefulsets", true, true),
     kind("batch/v1", "Job", "jobs", true, true),
+    kind("batch/v1", "CronJob", "cronjobs", true, true),
     kind(
         "autoscaling/v2",
         "HorizontalPodAutoscaler",
@@ -475,6 +476,50 @@ impl ApiServer {
             &format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
             |_| json!({ "succeeded": 1, "conditions": [{ "type": "Complete", "status": "True" }] }),
         );
+    }
+
+    /// The CronJob controller starting `cron_job`'s run scheduled `minutes` after the epoch, and the
+    /// Job controller completing it at `completed`. The Job is the CronJob's `jobTemplate` named
+    /// `<cronjob>-<minutes>` (pkg/controller/cronjob/utils.go, `getJobName`), with the template's
+    /// labels and the CronJob as its controlling owner (`getJobFromTemplate2`); the Job controller
+    /// writes `succeeded`, the `Complete` condition and `completionTime`
+    /// (pkg/controller/job/job_controller.go, `syncJob`). Returns the Job's name.
+    pub fn run_cron_job(
+        &self,
+        namespace: &str,
+        cron_job: &str,
+        minutes: u64,
+        completed: &str,
+    ) -> String {
+        let cron_jobs = format!("/apis/batch/v1/namespaces/{namespace}/cronjobs");
+        let template = self.get(&cron_jobs, cron_job).expect("the CronJob exists");
+        let name = format!("{cron_job}-{minutes}");
+        let job = json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": template["spec"]["jobTemplate"]["metadata"]["labels"],
+                "ownerReferences": [{
+                    "apiVersion": "batch/v1", "kind": "CronJob", "name": cron_job,
+                    "uid": template["metadata"]["uid"], "controller": true,
+                    "blockOwnerDeletion": true,
+                }],
+            },
+            "spec": template["spec"]["jobTemplate"]["spec"],
+        });
+        let jobs = format!("/apis/batch/v1/namespaces/{namespace}/jobs");
+        self.create(&jobs, job);
+        self.set_status(&jobs, |job| {
+            if job["metadata"]["name"] == name.as_str() {
+                json!({ "succeeded": 1, "completionTime": completed,
+                        "conditions": [{ "type": "Complete", "status": "True" }] })
+            } else {
+                job["status"].clone()
+            }
+        });
+        name
     }
 
     /// The Job controller giving up on every Job of a namespace: its backoff limit reached

@@ -15,15 +15,12 @@ use chatsys_operator::kinds::{Child, ChildKind};
 use chatsys_operator::manifests::{self, Inputs};
 use serde_json::Value;
 
-/// The children `build` plans for a spec, which must be valid, once its migration has run (so the
+/// The children `build` plans for a spec, which must be valid, once its Jobs have run (so the
 /// Deployments are among them).
 pub fn children(cs: &ChatSystem, inputs: &Inputs) -> Vec<Child> {
-    let mut inputs = inputs.clone();
-    let plan = manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec"));
-    if let Some(job) = plan.children.iter().find(|c| c.kind() == ChildKind::Job) {
-        inputs.completed_migrations.insert(job.name().to_string());
-    }
-    manifests::build(&manifests::validate(cs, &inputs).expect("a valid spec")).children
+    manifests::build_settled(cs, inputs)
+        .expect("a valid spec")
+        .children
 }
 
 /// Every fixture of `tests/fixtures`.
