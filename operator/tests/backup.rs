@@ -489,3 +489,52 @@ async fn the_status_names_the_newest_backup_the_cron_jobs_runs_completed() {
         "the CronJob's Jobs are its, never deleted as the system's orphans"
     );
 }
+
+/// The components a backing service's NetworkPolicy lets in.
+fn admitted(built: &[Child], service: &str) -> Vec<String> {
+    let policy = find(built, ChildKind::NetworkPolicy, &format!("chat-{service}"));
+    policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .map(|v| v.as_str().expect("a name").to_string())
+        .collect()
+}
+
+#[test]
+fn the_backup_restore_and_reindex_pods_may_reach_the_databases_they_read() {
+    let mut cs = with_backups(on_claim());
+    cs.spec.mysql.restore_from = Some(from_claim());
+    let built = children(&cs, &fresh_inputs(&cs));
+    let mysql = admitted(&built, "mysql");
+    for component in ["mysql-backup", "mysql-restore", "reindex"] {
+        assert!(
+            mysql.contains(&component.to_string()),
+            "{component}: {mysql:?}"
+        );
+    }
+    assert!(admitted(&built, "opensearch").contains(&"reindex".to_string()));
+    for (kind, prefix) in [
+        (ChildKind::CronJob, "chat-mysql-backup"),
+        (ChildKind::Job, "chat-restore-"),
+        (ChildKind::Job, "chat-reindex-"),
+    ] {
+        let object = of_kind(&built, kind)
+            .into_iter()
+            .find(|o| {
+                o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .expect("built");
+        let template = match kind {
+            ChildKind::CronJob => &object["spec"]["jobTemplate"]["spec"]["template"],
+            _ => &object["spec"]["template"],
+        };
+        let component = &template["metadata"]["labels"]["app.kubernetes.io/component"];
+        assert!(
+            mysql.iter().any(|c| c == component),
+            "{prefix}'s pods are labelled {component}, which the policy admits"
+        );
+    }
+}

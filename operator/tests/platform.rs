@@ -43,10 +43,21 @@ fn rule_for_port(policy: &Value, port: i64) -> &Value {
 fn each_database_accepts_only_the_components_that_use_it() {
     let (_, built) = example("minimal");
     for (service, port, clients) in [
-        ("mysql", 3306, json!(["api", "worker", "migrate"])),
+        (
+            "mysql",
+            3306,
+            json!([
+                "api",
+                "worker",
+                "migrate",
+                "mysql-backup",
+                "mysql-restore",
+                "reindex"
+            ]),
+        ),
         ("redis", 6379, json!(["api", "worker"])),
         ("rabbitmq", 5672, json!(["api", "worker"])),
-        ("opensearch", 9200, json!(["api", "worker"])),
+        ("opensearch", 9200, json!(["api", "worker", "reindex"])),
     ] {
         let name = format!("chat-{service}");
         let policy = &find(&built, ChildKind::NetworkPolicy, &name);

@@ -53,6 +53,8 @@ const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 /// The component label of the backup CronJob and of the Jobs it starts.
 pub const BACKUP_COMPONENT: &str = "mysql-backup";
+/// The component label of the restore Job.
+pub const RESTORE_COMPONENT: &str = "mysql-restore";
 
 pub fn cron_job_name(cs: &ChatSystem) -> String {
     child_name(cs, BACKUP_COMPONENT)
@@ -284,11 +286,11 @@ fn restore_job(cs: &ChatSystem, from: &RestoreSpec) -> Job {
     };
     let name = child_name(cs, &format!("restore-{}", &super::config_hash(from)[..8]));
     Job {
-        metadata: metadata(cs, &name, "mysql-restore"),
+        metadata: metadata(cs, &name, RESTORE_COMPONENT),
         spec: Some(JobSpec {
             backoff_limit: Some(RESTORE_RETRIES),
             active_deadline_seconds: Some(RESTORE_DEADLINE_SECS),
-            template: pod_template(cs, "mysql-restore", init_containers, vec![load], volume),
+            template: pod_template(cs, RESTORE_COMPONENT, init_containers, vec![load], volume),
             ..JobSpec::default()
         }),
         ..Job::default()

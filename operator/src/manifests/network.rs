@@ -3,6 +3,7 @@
 //! from `metricsFrom`; the worker accepts only scrapes of its metrics port. Egress is left open, and external services are not touched.
 
 use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT, REDIS_CACHE_PORT};
+use super::backup::{BACKUP_COMPONENT, RESTORE_COMPONENT};
 use super::{Labels, Plan, WORKER_PORT, metadata, selector, selector_labels};
 use crate::crd::{ChatSystem, ScalingMetric};
 use crate::kinds::Child;
@@ -59,11 +60,20 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
     )));
 }
 
-/// The components of this system that connect to a backing service: the migration Job only to MySQL.
+/// The components of this system that connect to a backing service: the migration Job, the backups
+/// and a restore only to MySQL; the reindex after a restore to MySQL and OpenSearch.
 fn clients(service: BackingService) -> &'static [&'static str] {
     match service {
-        BackingService::Mysql => &["api", "worker", "migrate"],
-        _ => &["api", "worker"],
+        BackingService::Mysql => &[
+            "api",
+            "worker",
+            "migrate",
+            BACKUP_COMPONENT,
+            RESTORE_COMPONENT,
+            "reindex",
+        ],
+        BackingService::Opensearch => &["api", "worker", "reindex"],
+        BackingService::Redis | BackingService::Rabbitmq => &["api", "worker"],
     }
 }
 
