@@ -23,7 +23,9 @@
 #      the queue's backlog before KEDA exists (Degraded, scaling on CPU), then KEDA installed, the worker
 #      growing while a backlog is queued and shrinking after it drains;
 #  10. delete the ChatSystem: everything goes but MySQL's retained volume and its credentials; apply it
-#      again and find the data written before; delete it and what was kept, and check nothing is left.
+#      again and find the data written before; the backup drill (backups on, one taken, a new
+#      ChatSystem restored from it holding the data, its search index rebuilt); delete it and what was
+#      kept, and check nothing is left.
 # It needs docker with a running engine, kind, kubectl, helm, cargo with cargo-nextest, and curl, and
 # the host's ports 80 and 443 free. Without them it fails at once and says what is missing: it never
 # reports success without having run every step.
@@ -687,7 +689,64 @@ check_delete_and_reapply() {
     curl -fsS --max-time 5 "$base_url/applications/$token"
 }
 
-owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,pods,networkpolicies,scaledobjects,triggerauthentications,servicemonitors,podmonitors,prometheusrules
+# The backup drill: backups turned on, a backup taken, a new ChatSystem started from it, and there
+# the application, chat and message written before it, with the message found by search (the store
+# restored before the migration, the index rebuilt from it after).
+check_backup_and_restore() {
+  local token chat backup restored="$chatsystem-restored"
+  log "turning MySQL's backups on for chatsystem/$chatsystem"
+  kubectl_ns patch "chatsystem/$chatsystem" --type merge -p \
+    '{"spec":{"mysql":{"backup":{"schedule":"0 3 * * *","keep":3,"target":{"volumeClaim":{"size":"1Gi"}}}}}}'
+  wait_until "$reconcile_timeout" "the backup CronJob exists" kubectl_ns get "cronjob/$chatsystem-mysql-backup"
+  token=$(create_application "backed-up")
+  chat=$(curl -fsS --max-time 10 -X POST "$base_url/applications/$token/chats" |
+    sed -nE 's/.*"number"[[:space:]]*:[[:space:]]*([0-9]+).*/\1/p')
+  [[ -n "$chat" ]] || die "no chat number"
+  curl -fsS --max-time 10 -H 'content-type: application/json' -d '{"body": "kept by the backup drill"}' \
+    "$base_url/applications/$token/chats/$chat/messages" >/dev/null
+  wait_until "$rollout_timeout" "the message is stored" \
+    curl -fsS --max-time 5 "$base_url/applications/$token/chats/$chat/messages/1"
+  # Named as the CronJob names its runs (<cronjob>-<minutes since the epoch>), so backups sort in time.
+  backup="$chatsystem-mysql-backup-$(($(date +%s) / 60))"
+  kubectl_ns create job "$backup" --from="cronjob/$chatsystem-mysql-backup"
+  kubectl_ns wait --for=condition=Complete "job/$backup" --timeout="${rollout_timeout}s"
+  wait_until "$reconcile_timeout" "status.lastBackup names $backup" \
+    test "$(kubectl_ns get "chatsystem/$chatsystem" -o jsonpath='{.status.lastBackup.name}')" = "$backup"
+
+  log "starting chatsystem/$restored from backup $backup"
+  kubectl_ns apply -f - <<YAML
+apiVersion: chatsys.io/v1alpha1
+kind: ChatSystem
+metadata:
+  name: $restored
+spec:
+  api: { autoscaling: { enabled: false }, replicas: 1 }
+  worker: { autoscaling: { enabled: false }, replicas: 1 }
+  mysql:
+    storage: { size: 2Gi, deleteClaimsOnRemoval: true }
+    restoreFrom: { backup: $backup, claimName: $chatsystem-mysql-backups }
+  redis: { storage: { deleteClaimsOnRemoval: true } }
+  rabbitmq: { storage: { size: 1Gi, deleteClaimsOnRemoval: true } }
+  opensearch: { storage: { size: 2Gi, deleteClaimsOnRemoval: true } }
+YAML
+  kubectl_ns wait --for=condition=Ready "chatsystem/$restored" --timeout="${ready_timeout}s"
+  kubectl_ns port-forward "service/$restored-api" 18081:8080 >/dev/null 2>&1 &
+  local forward=$! restored_url=http://127.0.0.1:18081
+  wait_until 60 "the restored API is forwarded" curl -fsS --max-time 5 "$restored_url/healthz"
+  local status=0
+  curl -fsS --max-time 5 "$restored_url/applications/$token/chats/$chat/messages/1" | grep -q 'kept by the backup drill' ||
+    status=1
+  wait_until "$rollout_timeout" "the restored message is found by search (the index rebuilt)" \
+    bash -c "curl -fsS --max-time 5 '$restored_url/applications/$token/chats/$chat/messages/search?q=drill' | grep -q 'kept by the backup drill'" ||
+    status=1
+  kill "$forward" 2>/dev/null || true
+  ((status == 0)) || die "chatsystem/$restored does not hold what the backup held"
+  kubectl_ns delete "chatsystem/$restored" --wait=true --timeout="${deletion_timeout}s"
+  kubectl_ns delete persistentvolumeclaims,secrets -l "app.kubernetes.io/instance=$restored" --wait=true
+  log "backup $backup restored into chatsystem/$restored with its data and its search index"
+}
+
+owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,cronjobs,pods,networkpolicies,scaledobjects,triggerauthentications,servicemonitors,podmonitors,prometheusrules
 
 owned_objects() {
   kubectl get "$owned_kinds" --all-namespaces -l "app.kubernetes.io/instance=$chatsystem" -o name
@@ -737,6 +796,7 @@ main() {
   check_backlog_scaling
   check_operator_upgrade "$version"
   check_delete_and_reapply
+  check_backup_and_restore
   check_volume_growth_is_reported
   check_deletion
 }
