@@ -434,6 +434,9 @@ fn weekday_backups_are_not_overdue_over_a_weekend() {
 
 #[tokio::test]
 async fn the_status_names_the_newest_backup_the_cron_jobs_runs_completed() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let server = common::apiserver::ApiServer::new();
     let mut object = serde_json::to_value(with_backups(on_claim())).expect("serialises");
     object["metadata"] = serde_json::json!({ "name": "chat", "namespace": "team" });
@@ -488,6 +491,19 @@ async fn the_status_names_the_newest_backup_the_cron_jobs_runs_completed() {
             .is_some(),
         "the CronJob's Jobs are its, never deleted as the system's orphans"
     );
+    // What the ChatsysBackupOverdue alert reads: the newest backup's time, and twice a day.
+    let exposition = handle.render();
+    let of_system = r#"{chatsystem_namespace="team",chatsystem="chat"}"#;
+    let completed = "2026-12-05T03:04:00Z".parse::<Timestamp>().expect("a time");
+    for series in [
+        format!(
+            "chatsys_operator_mysql_backup_last_timestamp_seconds{of_system} {}",
+            completed.as_second()
+        ),
+        format!("chatsys_operator_mysql_backup_max_age_seconds{of_system} 172800"),
+    ] {
+        assert!(exposition.contains(&series), "{series} in\n{exposition}");
+    }
 }
 
 /// The components a backing service's NetworkPolicy lets in.
