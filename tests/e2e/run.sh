@@ -25,7 +25,9 @@
 #  10. delete the ChatSystem: everything goes but MySQL's retained volume and its credentials; apply it
 #      again and find the data written before; the backup drill (backups on, one taken, a new
 #      ChatSystem restored from it holding the data, its search index rebuilt); delete it and what was
-#      kept, and check nothing is left.
+#      kept, and check nothing is left;
+#  11. delegated mode: mariadb-operator, RabbitMQ's cluster-operator and the OpenSearch operator
+#      installed, a ChatSystem handing all three databases to them Ready, storing and finding a message.
 # It needs docker with a running engine, kind, kubectl, helm, cargo with cargo-nextest, and curl, and
 # the host's ports 80 and 443 free. Without them it fails at once and says what is missing: it never
 # reports success without having run every step.
@@ -47,6 +49,10 @@ ingress_nginx_manifest=https://raw.githubusercontent.com/kubernetes/ingress-ngin
 metrics_server_manifest=https://github.com/kubernetes-sigs/metrics-server/releases/download/v0.8.0/components.yaml
 keda_manifest=https://github.com/kedacore/keda/releases/download/v2.16.1/keda-2.16.1.yaml
 prometheus_operator_crds=https://github.com/prometheus-operator/prometheus-operator/releases/download/v0.80.1/stripped-down-crds.yaml
+# The operators a delegated ChatSystem hands its databases to (the versions of the schemas in
+# ../shared/crds that CI validates against; the OpenSearch operator's chart needs cert-manager).
+mariadb_operator_chart_version=26.6.0
+rabbitmq_cluster_operator_manifest=https://github.com/rabbitmq/cluster-operator/releases/download/v2.22.3/cluster-operator.yml
 # kindnet enforces NetworkPolicies from kind v0.24.0 on.
 kind_with_network_policies=0.24.0
 
@@ -746,6 +752,73 @@ YAML
   log "backup $backup restored into chatsystem/$restored with its data and its search index"
 }
 
+# Delegated mode: with mariadb-operator, RabbitMQ's cluster-operator and the OpenSearch operator
+# installed, a ChatSystem that hands MySQL, RabbitMQ and OpenSearch to them comes Ready on their
+# resources, stores a message and finds it by search.
+check_delegated_mode() {
+  local delegated=chat-ha
+  log "installing mariadb-operator, RabbitMQ's cluster-operator, cert-manager and the OpenSearch operator"
+  helm repo add mariadb-operator https://helm.mariadb.com/mariadb-operator >/dev/null
+  helm repo add jetstack https://charts.jetstack.io >/dev/null
+  helm repo add opensearch-operator https://opensearch-project.github.io/opensearch-k8s-operator/ >/dev/null
+  helm repo update >/dev/null
+  helm install mariadb-operator-crds mariadb-operator/mariadb-operator-crds \
+    --version "$mariadb_operator_chart_version" --wait --timeout "${rollout_timeout}s"
+  helm install mariadb-operator mariadb-operator/mariadb-operator --namespace mariadb-system \
+    --create-namespace --version "$mariadb_operator_chart_version" --wait --timeout "${rollout_timeout}s"
+  kubectl apply -f "$rabbitmq_cluster_operator_manifest"
+  kubectl -n rabbitmq-system rollout status deployment/rabbitmq-cluster-operator --timeout="${rollout_timeout}s"
+  helm install cert-manager jetstack/cert-manager --namespace cert-manager --create-namespace \
+    --set crds.enabled=true --wait --timeout "${rollout_timeout}s"
+  helm install opensearch-operator opensearch-operator/opensearch-operator --namespace opensearch-system \
+    --create-namespace --wait --timeout "${rollout_timeout}s"
+  kubectl get crd mariadbs.k8s.mariadb.com rabbitmqclusters.rabbitmq.com opensearchclusters.opensearch.opster.io \
+    >/dev/null || die "an operator did not serve the API chatsys renders for it"
+
+  log "applying chatsystem/$delegated with every database delegated"
+  kubectl_ns apply -f - <<YAML
+apiVersion: chatsys.io/v1alpha1
+kind: ChatSystem
+metadata:
+  name: $delegated
+spec:
+  api: { autoscaling: { enabled: false }, replicas: 1 }
+  worker: { autoscaling: { enabled: false }, replicas: 1 }
+  mysql:
+    provider: mariadb-operator
+    image: mariadb:11.4
+    replicas: 3
+    storage: { size: 1Gi }
+  redis: { storage: { deleteClaimsOnRemoval: true } }
+  rabbitmq: { provider: rabbitmq-cluster-operator, replicas: 3, storage: { size: 1Gi } }
+  opensearch:
+    provider: opensearch-operator
+    replicas: 3
+    storage: { size: 1Gi }
+    resources: { requests: { cpu: 200m, memory: 1Gi }, limits: { memory: 1Gi } }
+YAML
+  kubectl_ns wait --for=condition=Ready "chatsystem/$delegated" --timeout="${ready_timeout}s"
+  kubectl_ns port-forward "service/$delegated-api" 18082:8080 >/dev/null 2>&1 &
+  local forward=$! url=http://127.0.0.1:18082 token status=0
+  wait_until 60 "the delegated system's API is forwarded" curl -fsS --max-time 5 "$url/healthz"
+  token=$(curl -fsS --max-time 10 -H 'content-type: application/json' -d '{"name": "ha"}' "$url/applications" |
+    sed -nE 's/.*"token"[[:space:]]*:[[:space:]]*"([^"]+)".*/\1/p')
+  if [[ -n "$token" ]] && curl -fsS --max-time 10 -X POST "$url/applications/$token/chats" >/dev/null &&
+    curl -fsS --max-time 10 -H 'content-type: application/json' -d '{"body": "replicated everywhere"}' \
+      "$url/applications/$token/chats/1/messages" >/dev/null; then
+    wait_until "$rollout_timeout" "the message is found by search on the delegated OpenSearch" \
+      bash -c "curl -fsS --max-time 5 '$url/applications/$token/chats/1/messages/search?q=replicated' | grep -q 'replicated everywhere'" ||
+      status=1
+  else
+    status=1
+  fi
+  kill "$forward" 2>/dev/null || true
+  ((status == 0)) || die "chatsystem/$delegated did not store and find a message on its delegated services"
+  kubectl_ns delete "chatsystem/$delegated" --wait=true --timeout="${deletion_timeout}s"
+  kubectl_ns delete persistentvolumeclaims -l "app.kubernetes.io/instance=$delegated" --wait=true
+  log "chatsystem/$delegated was Ready on mariadb-operator's, cluster-operator's and the OpenSearch operator's resources"
+}
+
 owned_kinds=deployments,statefulsets,services,configmaps,secrets,horizontalpodautoscalers,poddisruptionbudgets,ingresses,jobs,cronjobs,pods,networkpolicies,scaledobjects,triggerauthentications,servicemonitors,podmonitors,prometheusrules
 
 owned_objects() {
@@ -799,6 +872,7 @@ main() {
   check_backup_and_restore
   check_volume_growth_is_reported
   check_deletion
+  check_delegated_mode
 }
 
 main "$@"
