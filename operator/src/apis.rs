@@ -1,12 +1,20 @@
-//! The APIs other projects add to a cluster with their CustomResourceDefinitions (KEDA's and
-//! prometheus-operator's), which the operator uses when they are served and reports when they are not.
-//! Their types are written here as the project writes its own CRD's: the fields the operator sets.
+//! The APIs other projects add to a cluster with their CustomResourceDefinitions (KEDA's,
+//! prometheus-operator's, and those of the operators a backing service may be delegated to:
+//! mariadb-operator, RabbitMQ's cluster-operator, the OpenSearch operator), which the operator uses when
+//! they are served and reports when they are not. Their types are written here as the project writes
+//! its own CRD's: the fields the operator sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, NodeAffinity, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Client, CustomResource};
@@ -18,16 +26,28 @@ use tokio::sync::watch;
 pub enum OptionalApi {
     Keda,
     PrometheusOperator,
+    MariadbOperator,
+    RabbitmqClusterOperator,
+    OpensearchOperator,
 }
 
 impl OptionalApi {
-    pub const ALL: [OptionalApi; 2] = [OptionalApi::Keda, OptionalApi::PrometheusOperator];
+    pub const ALL: [OptionalApi; 5] = [
+        OptionalApi::Keda,
+        OptionalApi::PrometheusOperator,
+        OptionalApi::MariadbOperator,
+        OptionalApi::RabbitmqClusterOperator,
+        OptionalApi::OpensearchOperator,
+    ];
 
     /// The project that installs it, as users know it.
     pub fn project(self) -> &'static str {
         match self {
             OptionalApi::Keda => "KEDA",
             OptionalApi::PrometheusOperator => "prometheus-operator",
+            OptionalApi::MariadbOperator => "mariadb-operator",
+            OptionalApi::RabbitmqClusterOperator => "RabbitMQ's cluster-operator",
+            OptionalApi::OpensearchOperator => "the OpenSearch operator",
         }
     }
 
@@ -35,6 +55,9 @@ impl OptionalApi {
         match self {
             OptionalApi::Keda => "keda.sh/v1alpha1",
             OptionalApi::PrometheusOperator => "monitoring.coreos.com/v1",
+            OptionalApi::MariadbOperator => "k8s.mariadb.com/v1alpha1",
+            OptionalApi::RabbitmqClusterOperator => "rabbitmq.com/v1beta1",
+            OptionalApi::OpensearchOperator => "opensearch.opster.io/v1",
         }
     }
 
@@ -45,6 +68,9 @@ impl OptionalApi {
             OptionalApi::PrometheusOperator => {
                 &["servicemonitors", "podmonitors", "prometheusrules"]
             }
+            OptionalApi::MariadbOperator => &["mariadbs", "backups"],
+            OptionalApi::RabbitmqClusterOperator => &["rabbitmqclusters"],
+            OptionalApi::OpensearchOperator => &["opensearchclusters"],
         }
     }
 
@@ -60,11 +86,24 @@ impl OptionalApi {
             .collect()
     }
 
+    /// Whether it runs a backing service chatsys may delegate to it.
+    pub fn runs_a_backing_service(self) -> bool {
+        matches!(
+            self,
+            OptionalApi::MariadbOperator
+                | OptionalApi::RabbitmqClusterOperator
+                | OptionalApi::OpensearchOperator
+        )
+    }
+
     /// The condition reason when it is needed and not served.
     pub fn missing_reason(self) -> &'static str {
         match self {
             OptionalApi::Keda => "KedaCRDsNotFound",
             OptionalApi::PrometheusOperator => "PrometheusOperatorCRDsNotFound",
+            OptionalApi::MariadbOperator => "MariadbOperatorCRDsNotFound",
+            OptionalApi::RabbitmqClusterOperator => "RabbitmqClusterOperatorCRDsNotFound",
+            OptionalApi::OpensearchOperator => "OpensearchOperatorCRDsNotFound",
         }
     }
 }
@@ -72,8 +111,8 @@ impl OptionalApi {
 /// The optional APIs a cluster serves.
 pub type Served = BTreeSet<OptionalApi>;
 
-/// What the cluster serves, asked again when older than `max_age`, so installing KEDA or
-/// prometheus-operator is noticed without a restart. Watches of the optional kinds wait on
+/// What the cluster serves, asked again when older than `max_age`, so installing KEDA, an operator
+/// chatsys delegates to, or prometheus-operator is noticed without a restart. Watches of the optional kinds wait on
 /// [`Discovery::subscribe`] until their API is served: a watch of an absent API would fail forever.
 pub struct Discovery {
     served: watch::Sender<Served>,
@@ -300,4 +339,277 @@ pub struct AlertRule {
     pub for_: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+}
+
+/// A reference to one key of a Secret, as mariadb-operator writes it; `generate: false` since the
+/// Secret is chatsys's own (see `manifests::delegated`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GeneratedSecretKeyRef {
+    pub name: String,
+    pub key: String,
+    pub generate: bool,
+}
+
+/// A reference to one key of a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// mariadb-operator's MariaDB: a StatefulSet of MariaDB servers, here replicated (a primary and
+/// replicas, with automatic failover), and the database and user chatsys uses.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "k8s.mariadb.com",
+    version = "v1alpha1",
+    kind = "MariaDB",
+    plural = "mariadbs",
+    namespaced,
+    schema = "disabled",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MariaDBSpec {
+    /// Unset: mariadb-operator's own default MariaDB image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    pub replicas: i32,
+    pub replication: MariaDbReplication,
+    pub root_password_secret_key_ref: GeneratedSecretKeyRef,
+    pub username: String,
+    pub password_secret_key_ref: GeneratedSecretKeyRef,
+    pub database: String,
+    pub my_cnf: String,
+    pub storage: MariaDbStorage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_metadata: Option<PodMetadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    pub affinity: MariaDbAffinity,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MariaDbReplication {
+    pub enabled: bool,
+    pub primary: MariaDbPrimary,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MariaDbPrimary {
+    /// The operator promotes a replica when the primary fails.
+    pub auto_failover: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MariaDbStorage {
+    pub size: Quantity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    pub pvc_retention_policy: StatefulSetPersistentVolumeClaimRetentionPolicy,
+}
+
+/// mariadb-operator's own affinity: its anti-affinity switch spreads the servers over nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MariaDbAffinity {
+    pub anti_affinity_enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<NodeAffinity>,
+}
+
+/// Labels and annotations of a project's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PodMetadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// mariadb-operator's Backup: logical backups of a MariaDB on a schedule, kept for `maxRetention`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "k8s.mariadb.com",
+    version = "v1alpha1",
+    kind = "Backup",
+    plural = "backups",
+    namespaced,
+    schema = "disabled",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    pub maria_db_ref: NameRef,
+    pub schedule: BackupSchedule,
+    /// A duration (`168h`): backups older than it are removed.
+    pub max_retention: String,
+    pub compression: String,
+    pub storage: BackupStorage,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct NameRef {
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct BackupSchedule {
+    pub cron: String,
+}
+
+/// Where the backups go: exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct BackupStorage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<BackupVolume>,
+}
+
+/// A bucket, as mariadb-operator addresses it: `endpoint` is a host and port, TLS is said apart.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    pub bucket: String,
+    pub endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub access_key_id_secret_key_ref: SecretKeyRef,
+    pub secret_access_key_secret_key_ref: SecretKeyRef,
+    pub tls: S3Tls,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct S3Tls {
+    pub enabled: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupVolume {
+    pub persistent_volume_claim: ClaimRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRef {
+    pub claim_name: String,
+}
+
+/// RabbitMQ's cluster-operator's RabbitmqCluster: a StatefulSet of clustered brokers, with the
+/// default user's credentials in a Secret it creates.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "rabbitmq.com",
+    version = "v1beta1",
+    kind = "RabbitmqCluster",
+    plural = "rabbitmqclusters",
+    namespaced,
+    schema = "disabled",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitmqClusterSpec {
+    pub replicas: i32,
+    pub image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    pub resources: ResourceRequirements,
+    pub persistence: RabbitmqPersistence,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitmqPersistence {
+    pub storage: Quantity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// The OpenSearch operator's OpenSearchCluster: node pools, each a StatefulSet, behind one Service.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "opensearch.opster.io",
+    version = "v1",
+    kind = "OpenSearchCluster",
+    plural = "opensearchclusters",
+    namespaced,
+    schema = "disabled",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenSearchClusterSpec {
+    pub general: OpenSearchGeneral,
+    pub node_pools: Vec<OpenSearchNodePool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenSearchGeneral {
+    pub service_name: String,
+    pub version: String,
+    pub image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    pub http_port: i32,
+    #[serde(rename = "setVMMaxMapCount")]
+    pub set_vm_max_map_count: bool,
+    /// Entries of `opensearch.yml`.
+    pub additional_config: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenSearchNodePool {
+    pub component: String,
+    pub replicas: i32,
+    pub roles: Vec<String>,
+    pub disk_size: Quantity,
+    pub persistence: OpenSearchPersistence,
+    /// The JVM's options, where the heap is sized.
+    pub jvm: String,
+    pub resources: ResourceRequirements,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct OpenSearchPersistence {
+    pub pvc: OpenSearchClaim,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenSearchClaim {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    pub access_modes: Vec<String>,
 }

@@ -4,8 +4,8 @@
 //! [`Child`], the apply, orphan deletion) is derived from that one line.
 
 use crate::apis::{
-    OptionalApi, PodMonitor, PrometheusRule, ScaledObject, Served, ServiceMonitor,
-    TriggerAuthentication,
+    Backup, MariaDB, OpenSearchCluster, OptionalApi, PodMonitor, PrometheusRule, RabbitmqCluster,
+    ScaledObject, Served, ServiceMonitor, TriggerAuthentication,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -41,6 +41,16 @@ const PROMETHEUS_OPERATOR: Traits = Traits {
     optional_api: Some(OptionalApi::PrometheusOperator),
     ..KUBERNETES
 };
+/// A backing service another operator runs holds the data: the operator never deletes one it no
+/// longer needs (a provider cannot change, so only a deleted ChatSystem lets it go, through the
+/// garbage collector).
+const fn holding_data(api: OptionalApi) -> Traits {
+    Traits {
+        optional_api: Some(api),
+        kept_when_orphaned: true,
+        ..KUBERNETES
+    }
+}
 
 /// Declares every owned kind, named as its type is: [`ChildKind`] with its variants in the order
 /// given, and [`Child`], which holds an object of any of them.
@@ -113,7 +123,8 @@ macro_rules! owned_kinds {
 
 owned_kinds! {
     /// Every kind of object the operator creates, in the order it applies them: the NetworkPolicies
-    /// before the databases they guard, a TriggerAuthentication before the ScaledObject that reads it.
+    /// before the databases they guard, the databases (its own or another operator's) before the
+    /// migration that waits for them, a TriggerAuthentication before the ScaledObject that reads it.
     // Credentials are kept: the volume they unlock is kept too, so turning a service back to managed
     // finds both again.
     Secret: Traits { kept_when_orphaned: true, ..KUBERNETES },
@@ -123,6 +134,10 @@ owned_kinds! {
     NetworkPolicy: KUBERNETES,
     Service: KUBERNETES,
     StatefulSet: KUBERNETES,
+    MariaDB: holding_data(OptionalApi::MariadbOperator),
+    Backup: Traits { optional_api: Some(OptionalApi::MariadbOperator), ..KUBERNETES },
+    RabbitmqCluster: holding_data(OptionalApi::RabbitmqClusterOperator),
+    OpenSearchCluster: holding_data(OptionalApi::OpensearchOperator),
     Job: KUBERNETES,
     CronJob: KUBERNETES,
     Deployment: KUBERNETES,

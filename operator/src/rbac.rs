@@ -18,8 +18,9 @@ pub struct Rule {
 /// `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go`), so every applied kind needs both; StatefulSets and
 /// Deployments are also read (`get`) for their claim templates and replica owners, and Jobs (migrations, a restore, the backups
 /// a CronJob starts) listed for their outcome. Credentials are created once (`create`) and never deleted; claims are
-/// read, grown and (the backups' claim) applied, never deleted; events are written through `events.k8s.io`, as kube's recorder does. KEDA's and
-/// prometheus-operator's kinds are used only where the cluster serves them (discovery needs no rule).
+/// read, grown and (the backups' claim) applied, never deleted; events are written through `events.k8s.io`, as kube's recorder does. KEDA's,
+/// prometheus-operator's and the delegated services' operators' kinds are used only where the cluster
+/// serves them (discovery needs no rule).
 pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &["chatsys.io"],
@@ -79,6 +80,21 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_groups: &["monitoring.coreos.com"],
         resources: &["servicemonitors", "podmonitors", "prometheusrules"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["k8s.mariadb.com"],
+        resources: &["mariadbs", "backups"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["rabbitmq.com"],
+        resources: &["rabbitmqclusters"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
+    Rule {
+        api_groups: &["opensearch.opster.io"],
+        resources: &["opensearchclusters"],
         verbs: &["list", "watch", "create", "patch", "delete"],
     },
     Rule {
