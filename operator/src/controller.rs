@@ -462,7 +462,7 @@ pub async fn dereference(
         }
     }
     for service in BackingService::ALL {
-        if service.external(&cs.spec).is_some() {
+        if !service.runs_here(&cs.spec) {
             continue;
         }
         let workload = service.workload_name(cs);

@@ -17,7 +17,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "ReconciliationPaused";
 
-/// Readiness of every Deployment and StatefulSet, from the objects the apply calls returned, whatever
+/// Readiness of every Deployment and StatefulSet, and of every backing service another operator runs,
+/// from the objects the apply calls returned, whatever
 /// could not be applied (each failure names its object and the field the API server refused), and
 /// the optional APIs the spec needs that the cluster does not serve.
 pub fn observed(
@@ -32,15 +33,18 @@ pub fn observed(
     let mut components = BTreeMap::new();
     let mut rolled_out = waiting_for.is_empty();
     for (kind, object) in applied {
-        if !matches!(kind, ChildKind::Deployment | ChildKind::StatefulSet) {
-            continue;
-        }
+        let (component_status, done) = match kind {
+            ChildKind::Deployment | ChildKind::StatefulSet => workload_status(object),
+            ChildKind::MariaDB | ChildKind::RabbitmqCluster | ChildKind::OpenSearchCluster => {
+                delegated_status(*kind, object)
+            }
+            _ => continue,
+        };
         let component = object
             .labels()
             .get("app.kubernetes.io/component")
             .cloned()
             .unwrap_or_else(|| object.name_any());
-        let (component_status, done) = workload_status(object);
         rolled_out &= done;
         components.insert(component, component_status);
     }
@@ -220,6 +224,53 @@ fn workload_status(object: &DynamicObject) -> (ComponentStatus, bool) {
             desired_replicas: desired,
         },
         done,
+    )
+}
+
+/// `(ready/desired replicas, whether it is ready)` of a service another operator runs, from the
+/// status that operator writes. Their statuses say whether the whole is ready, not how many pods are:
+/// the count is all or none.
+/// - MariaDB: the `Ready` condition (mariadb-operator `api/v1alpha1/condition_types.go`,
+///   `ConditionTypeReady`), true once the primary and replicas are ready and replicating.
+/// - RabbitmqCluster: the `AllReplicasReady` condition (rabbitmq/cluster-operator
+///   `internal/status/all_replicas_ready.go`), of the generation it last reconciled
+///   (`status.observedGeneration`, controllers/rabbitmqcluster_controller.go).
+/// - OpenSearchCluster: `status.phase` `RUNNING` and `status.health` `green`
+///   (opensearch-k8s-operator `api/opensearch.org/v1/opensearch_types.go`, `PhaseRunning` and
+///   `OpenSearchGreenHealth`): every shard and its replicas allocated.
+fn delegated_status(kind: ChildKind, object: &DynamicObject) -> (ComponentStatus, bool) {
+    let spec = &object.data["spec"];
+    let status = &object.data["status"];
+    let desired = match kind {
+        ChildKind::OpenSearchCluster => spec["nodePools"]
+            .as_array()
+            .map(|pools| pools.iter().filter_map(|p| p["replicas"].as_i64()).sum())
+            .unwrap_or(0),
+        _ => spec["replicas"].as_i64().unwrap_or(1),
+    };
+    let condition_true = |type_: &str| {
+        status["conditions"].as_array().is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        })
+    };
+    let ready = match kind {
+        ChildKind::MariaDB => condition_true("Ready"),
+        ChildKind::RabbitmqCluster => {
+            let observed = status["observedGeneration"].as_i64().unwrap_or(0);
+            condition_true("AllReplicasReady")
+                && observed >= object.metadata.generation.unwrap_or(0)
+        }
+        _ => status["phase"] == "RUNNING" && status["health"] == "green",
+    };
+    let desired = i32::try_from(desired).unwrap_or(0);
+    (
+        ComponentStatus {
+            ready_replicas: if ready { desired } else { 0 },
+            desired_replicas: desired,
+        },
+        ready,
     )
 }
 

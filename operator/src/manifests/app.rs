@@ -2,8 +2,9 @@
 //! (HorizontalPodAutoscalers, or KEDA's ScaledObject for the worker), PodDisruptionBudgets and the
 //! optional Ingress.
 
-use super::backing::{BackingService, MYSQL_DATABASE, REDIS_CACHE_PORT};
+use super::backing::{BackingService, MYSQL_DATABASE, REDIS_CACHE_PORT, Runner};
 use super::backup::{BACKUP_COMPONENT, Restore};
+use super::delegated::MARIADB_USER;
 use super::generated::{ADMIN_KEY_KEY, GeneratedSecret};
 use super::{
     Handover, Inputs, MissingApi, Plan, child_name, config_hash, container_security_context,
@@ -83,7 +84,12 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, restore: &Restore, plan: &mut Pla
     // A new version's API and worker start only on a migrated schema: until the migration Job of this
     // version has succeeded, their Deployments stay as they are (or are not created yet).
     let mut migrated = inputs.completed_jobs.contains(&job_name);
-    if !inputs.held_images.is_empty() {
+    if super::delegated::waits_for_an_operator(plan) {
+        // A database another operator is to run is not there: a migration would wait for it past its
+        // deadline and fail for good. Nothing starts until the operator is installed.
+        migrated = false;
+        plan.held.push((ChildKind::Job, job_name));
+    } else if !inputs.held_images.is_empty() {
         // An upgrade waiting for its turn touches nothing of the running version: its schema is
         // migrated already, and its Jobs stay as they are.
         migrated = true;
@@ -567,13 +573,25 @@ fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
         (BackingService::Rabbitmq, env::AMQP_URL),
         (BackingService::Opensearch, env::OPENSEARCH_URL),
     ] {
-        if let Some(external) = service.external(&cs.spec) {
-            env.push(secret_env(url_var, &external.secret_name, &external.key));
-            continue;
-        }
-        let secret = service.credentials_secret(cs);
-        let host = format!("{}:{}", service.workload_name(cs), service.port());
+        let delegated = match service.runner(&cs.spec) {
+            Runner::External(external) => {
+                env.push(secret_env(url_var, &external.secret_name, &external.key));
+                continue;
+            }
+            Runner::Delegated(_) => true,
+            Runner::Here => false,
+        };
+        let (secret, host) = connection(cs, service, delegated);
         match service {
+            // mariadb-operator creates the user by name, with the password of the generated Secret.
+            BackingService::Mysql if delegated => {
+                env.push(value_env("MYSQL_USERNAME", MARIADB_USER));
+                env.push(secret_env("MYSQL_PASSWORD", &secret, "password"));
+                env.push(value_env(
+                    url_var,
+                    &format!("mysql://$(MYSQL_USERNAME):$(MYSQL_PASSWORD)@{host}/{MYSQL_DATABASE}"),
+                ));
+            }
             BackingService::Mysql => {
                 env.push(secret_env("MYSQL_USERNAME", &secret, "username"));
                 env.push(secret_env("MYSQL_PASSWORD", &secret, "password"));
@@ -597,11 +615,32 @@ fn connection_env(cs: &ChatSystem) -> Vec<EnvVar> {
                     &format!("amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@{host}/%2f"),
                 ));
             }
-            // Managed OpenSearch has no credentials; its URL is in the ConfigMap.
+            // OpenSearch, run here or by its operator, has no credentials; its URL is in the ConfigMap.
             BackingService::Opensearch => {}
         }
     }
     env
+}
+
+/// The Secret holding a service's credentials and the host and port the API and the worker reach it
+/// at: the generated Secret and the StatefulSet's Service of a service run here; the Secret and the
+/// Service its operator makes (for writes: the MariaDB's primary) of a delegated one.
+fn connection(cs: &ChatSystem, service: BackingService, delegated: bool) -> (String, String) {
+    let port = service.port();
+    match service {
+        BackingService::Mysql if delegated => (
+            service.credentials_secret(cs),
+            format!("{}:{port}", super::mysql_primary_service(cs)),
+        ),
+        BackingService::Rabbitmq if delegated => (
+            super::rabbitmq_default_user_secret(cs),
+            format!("{}:{port}", super::rabbitmq_service(cs)),
+        ),
+        _ => (
+            service.credentials_secret(cs),
+            format!("{}:{port}", service.workload_name(cs)),
+        ),
+    }
 }
 
 /// The cache's Redis, beside a managed Redis (its password declared before, with the state's URL).
@@ -643,8 +682,18 @@ pub fn admin_key(cs: &ChatSystem) -> (String, String) {
 /// no other.
 const COMMAND_QUEUE: &str = "chatsys.commands";
 
+/// The credentials Secret and the host and port of a RabbitMQ run here or by its operator.
+fn queue_connection(cs: &ChatSystem) -> (String, String) {
+    let service = BackingService::Rabbitmq;
+    connection(
+        cs,
+        service,
+        matches!(service.runner(&cs.spec), Runner::Delegated(_)),
+    )
+}
+
 /// Where KEDA's RabbitMQ scaler reads its connection: the user's URL for an external RabbitMQ, or
-/// the managed one's generated credentials (the scaler puts them into the URL it is given).
+/// the credentials of one run here or by its operator (the scaler puts them into the URL it is given).
 fn queue_authentication(cs: &ChatSystem) -> TriggerAuthentication {
     let service = BackingService::Rabbitmq;
     let secret_target_ref = match service.external(&cs.spec) {
@@ -657,7 +706,7 @@ fn queue_authentication(cs: &ChatSystem) -> TriggerAuthentication {
             .into_iter()
             .map(|key| SecretTargetRef {
                 parameter: key.to_string(),
-                name: service.credentials_secret(cs),
+                name: queue_connection(cs).0,
                 key: key.to_string(),
             })
             .collect(),
@@ -688,14 +737,11 @@ fn backlog_scaler(cs: &ChatSystem) -> ScaledObject {
                 ("value".to_string(), per_queue.max(1).to_string()),
             ]);
             if service.external(&cs.spec).is_none() {
+                let (_, host) = queue_connection(cs);
+                let (name, port) = host.split_once(':').unwrap_or((&host, ""));
                 metadata.insert(
                     "host".to_string(),
-                    format!(
-                        "amqp://{}.{}.svc:{}/%2f",
-                        service.workload_name(cs),
-                        super::namespace(cs),
-                        service.port()
-                    ),
+                    format!("amqp://{name}.{}.svc:{port}/%2f", super::namespace(cs)),
                 );
             }
             ScaleTrigger {

@@ -7,8 +7,10 @@ use super::{
     http_get, metadata, parse_bytes, pod_security_context, probe, secret_env, selector,
     selector_labels, stable_labels, value_env, with_pod_settings, with_pull_secrets,
 };
+use crate::apis::OptionalApi;
 use crate::crd::{
-    BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, PodSettings, ServiceDefaults,
+    BackingServiceSpec, ChatSystem, ChatSystemSpec, ExternalService, MysqlProvider,
+    OpensearchProvider, PodSettings, RabbitmqProvider, ServiceDefaults,
 };
 use crate::kinds::Child;
 use chatsys_settings::connections;
@@ -33,7 +35,7 @@ const RABBITMQ_MANAGEMENT_PORT: i32 = 15672;
 pub const RABBITMQ_PROMETHEUS_PORT: i32 = 15692;
 const MIB: f64 = 1024.0 * 1024.0;
 /// OpenSearch refuses to start usefully below this heap.
-const MIN_OPENSEARCH_MEMORY_MIB: u64 = 512;
+pub const MIN_OPENSEARCH_MEMORY_MIB: u64 = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackingService {
@@ -72,6 +74,42 @@ impl BackingService {
 
     pub fn external(self, spec: &ChatSystemSpec) -> Option<&ExternalService> {
         self.spec(spec).external
+    }
+
+    /// Who runs the service: the user elsewhere, this operator, or another operator of the cluster.
+    pub fn runner(self, spec: &ChatSystemSpec) -> Runner<'_> {
+        if let Some(external) = self.external(spec) {
+            return Runner::External(external);
+        }
+        let delegated = match self {
+            BackingService::Mysql => (spec.mysql.provider == MysqlProvider::MariadbOperator)
+                .then_some(OptionalApi::MariadbOperator),
+            BackingService::Rabbitmq => (spec.rabbitmq.provider
+                == RabbitmqProvider::RabbitmqClusterOperator)
+                .then_some(OptionalApi::RabbitmqClusterOperator),
+            BackingService::Opensearch => (spec.opensearch.provider
+                == OpensearchProvider::OpensearchOperator)
+                .then_some(OptionalApi::OpensearchOperator),
+            BackingService::Redis => None,
+        };
+        delegated.map_or(Runner::Here, Runner::Delegated)
+    }
+
+    /// Whether this operator runs the service, as its own StatefulSet.
+    pub fn runs_here(self, spec: &ChatSystemSpec) -> bool {
+        matches!(self.runner(spec), Runner::Here)
+    }
+
+    /// Whether its credentials are a Secret this operator generates: for the services it runs, and for
+    /// a MariaDB, whose users mariadb-operator creates from that Secret. RabbitMQ's cluster-operator
+    /// makes its own default user.
+    pub fn has_generated_credentials(self, spec: &ChatSystemSpec) -> bool {
+        !self.credential_keys().is_empty()
+            && match self.runner(spec) {
+                Runner::Here => true,
+                Runner::Delegated(api) => api == OptionalApi::MariadbOperator,
+                Runner::External(_) => false,
+            }
     }
 
     /// Keys of its credentials Secret; empty for a service without credentials.
@@ -143,6 +181,17 @@ impl BackingService {
             _ => 120,
         }
     }
+}
+
+/// Who runs a backing service.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Runner<'a> {
+    /// This operator, as a StatefulSet of one pod.
+    Here,
+    /// The user, elsewhere: the API and the worker read its URL from the user's Secret.
+    External(&'a ExternalService),
+    /// Another operator of the cluster, through its custom resource (see `delegated`).
+    Delegated(OptionalApi),
 }
 
 /// Moves a data directory an earlier release kept at the volume's root into the subdirectory now

@@ -106,11 +106,15 @@ pub fn longest_interval(schedule: &str) -> Result<SignedDuration, String> {
 /// monthly runs.
 const INTERVALS_READ: usize = 24;
 
-/// The backup claim and CronJob, when the spec asks for backups.
+/// The backup claim and CronJob, when the spec asks for backups. With mariadb-operator its `Backup`
+/// replaces the CronJob (see `delegated`), and writes to the same claim.
 pub fn build(cs: &ChatSystem, plan: &mut Plan) {
-    let Some(backup) = cs.spec.mysql.backup.as_ref().filter(|_| builtin(cs)) else {
+    let Some(backup) = cs.spec.mysql.backup.as_ref() else {
         return;
     };
+    if cs.spec.mysql.external.is_some() {
+        return;
+    }
     if backup.target.volume_claim.is_some() {
         plan.children
             .push(Child::PersistentVolumeClaim(backup_claim(
@@ -118,7 +122,9 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
                 &backup.target,
             )));
     }
-    plan.children.push(Child::CronJob(cron_job(cs)));
+    if builtin(cs) {
+        plan.children.push(Child::CronJob(cron_job(cs)));
+    }
 }
 
 /// How far the restore a new system starts from has come.

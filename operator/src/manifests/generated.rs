@@ -23,14 +23,15 @@ pub enum GeneratedSecret {
 }
 
 impl GeneratedSecret {
-    /// Every generated Secret a spec needs: none for a service that is external.
+    /// Every generated Secret a spec needs: none for a service that is external, nor for one whose
+    /// operator makes its own (see [`BackingService::has_generated_credentials`]).
     pub fn needed(cs: &ChatSystem) -> Vec<GeneratedSecret> {
         let mut needed: Vec<GeneratedSecret> = BackingService::ALL
             .into_iter()
-            .filter(|s| s.external(&cs.spec).is_none() && !s.credential_keys().is_empty())
+            .filter(|s| s.has_generated_credentials(&cs.spec))
             .map(GeneratedSecret::Credentials)
             .collect();
-        if BackingService::Rabbitmq.external(&cs.spec).is_none() {
+        if BackingService::Rabbitmq.runs_here(&cs.spec) {
             needed.push(GeneratedSecret::ErlangCookie);
         }
         if cs.spec.api.admin_key_secret.is_none() {

@@ -4,6 +4,7 @@
 mod app;
 mod backing;
 pub mod backup;
+mod delegated;
 mod generated;
 mod monitoring;
 mod network;
@@ -24,7 +25,10 @@ use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use app::WORKER_PORT;
-pub use backing::BackingService;
+pub use backing::{BackingService, Runner};
+pub use delegated::{
+    mysql_primary_service, rabbitmq_default_user_secret, rabbitmq_service, resource_name,
+};
 pub use generated::GeneratedSecret;
 pub use monitoring::alert_rules;
 pub use quantity::parse_bytes;
@@ -99,7 +103,8 @@ pub struct Inputs {
     pub running_jobs: BTreeSet<String>,
     /// The newest backup Job that succeeded.
     pub last_backup: Option<BackupRecord>,
-    /// The optional APIs (KEDA's, prometheus-operator's) the cluster serves.
+    /// The optional APIs (KEDA's, prometheus-operator's, the delegated services' operators') the
+    /// cluster serves.
     pub served: Served,
 }
 
@@ -192,6 +197,7 @@ pub fn validate<'a>(cs: &'a ChatSystem, inputs: &'a Inputs) -> Result<Valid<'a>,
             ));
         }
     }
+    problems.extend(delegated::problems(cs));
     if cs.spec.opensearch.external.is_none()
         && let Err(problem) = backing::opensearch_heap_mib(&cs.spec.opensearch.resources)
     {
@@ -302,11 +308,12 @@ pub fn build(valid: &Valid) -> Plan {
     let (cs, inputs) = (valid.cs, valid.inputs);
     let mut plan = Plan::default();
     for service in BackingService::ALL {
-        if service.external(&cs.spec).is_none() {
+        if service.runs_here(&cs.spec) {
             backing::build(cs, service, inputs, &mut plan);
         }
     }
     backup::build(cs, &mut plan);
+    delegated::build(cs, inputs, &mut plan);
     let restore = backup::restore(cs, inputs, &mut plan);
     app::build(cs, inputs, &restore, &mut plan);
     network::build(cs, &mut plan);

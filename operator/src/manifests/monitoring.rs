@@ -65,7 +65,7 @@ fn targets(cs: &ChatSystem) -> Vec<Target> {
             pod_port_number: None,
         },
     ];
-    if BackingService::Rabbitmq.external(&cs.spec).is_none() {
+    if BackingService::Rabbitmq.runs_here(&cs.spec) {
         targets.push(Target {
             component: "rabbitmq",
             port: "prometheus",

@@ -1,6 +1,6 @@
 //! NetworkPolicies: each database the operator runs accepts connections only from this system's pods
 //! that use it; the API accepts on its port from `apiFrom` (anyone by default) and on its metrics port
-//! from `metricsFrom`; the worker accepts only scrapes of its metrics port. Egress is left open, and external services are not touched.
+//! from `metricsFrom`; the worker accepts only scrapes of its metrics port. Egress is left open, and neither external services nor those another operator runs are touched.
 
 use super::backing::{BackingService, RABBITMQ_PROMETHEUS_PORT, REDIS_CACHE_PORT};
 use super::backup::{BACKUP_COMPONENT, RESTORE_COMPONENT};
@@ -22,8 +22,11 @@ pub fn build(cs: &ChatSystem, plan: &mut Plan) {
     if !spec.enabled {
         return;
     }
+    // Only the databases this operator runs: another operator's pods carry that operator's labels
+    // (which change between its releases), and need ingress of their own (replication between them,
+    // their operator's health checks) that a policy written here could not know.
     for service in BackingService::ALL {
-        if service.external(&cs.spec).is_some() {
+        if !service.runs_here(&cs.spec) {
             continue;
         }
         let mut rules = vec![rule(vec![components(cs, clients(service))], service.port())];
