@@ -3,8 +3,9 @@
 #  0. the CustomResourceDefinition that `chatsys-operator crd` prints, against the Kubernetes 1.33 schemas;
 #  1. every manifest that `chatsys-operator render` prints for each example, with validate-kinds.sh:
 #     Kubernetes' own kinds against the Kubernetes 1.33 schemas (strict), KEDA's and prometheus-operator's
-#     against their projects' typed models; render itself refuses an example that breaks the CRD's CEL
-#     rules;
+#     against their projects' typed models, and those of the operators a backing service is delegated to
+#     against the CustomResourceDefinitions those projects publish (../shared/crds); render itself
+#     refuses an example that breaks the CRD's CEL rules;
 #  2. each example itself, against the openAPIV3Schema of the CRD that `chatsys-operator crd` prints,
 #     with unknown fields under `spec` refused, as the API server's strict field validation does.
 # Needs the `kubernetes-validate` and `jsonschema` Python packages, node, and scripts/crd-kinds installed
