@@ -1260,3 +1260,138 @@ async fn readiness_is_a_gauge_the_not_ready_alert_reads() {
         not_ready.expr
     );
 }
+
+const MARIADBS: &str = "/apis/k8s.mariadb.com/v1alpha1/namespaces/team/mariadbs";
+const BACKUPS: &str = "/apis/k8s.mariadb.com/v1alpha1/namespaces/team/backups";
+const RABBITMQ_CLUSTERS: &str = "/apis/rabbitmq.com/v1beta1/namespaces/team/rabbitmqclusters";
+const OPENSEARCH_CLUSTERS: &str =
+    "/apis/opensearch.opster.io/v1/namespaces/team/opensearchclusters";
+const DELEGATED_GROUPS: [&str; 3] = ["k8s.mariadb.com", "rabbitmq.com", "opensearch.opster.io"];
+
+/// Every backing service but Redis run by the operator the platform team runs, MySQL backed up nightly.
+fn delegated() -> Value {
+    json!({
+        "mysql": { "provider": "mariadb-operator", "backup": {
+            "schedule": "0 3 * * *", "keep": 7,
+            "target": { "volumeClaim": { "size": "20Gi" } },
+        } },
+        "rabbitmq": { "provider": "rabbitmq-cluster-operator" },
+        "opensearch": { "provider": "opensearch-operator" },
+    })
+}
+
+#[tokio::test]
+async fn with_the_operators_installed_their_resources_are_applied_and_their_status_makes_ready() {
+    let server = ApiServer::new();
+    for group in DELEGATED_GROUPS {
+        server.install_crds(group);
+    }
+    create(&server, "defaults", delegated());
+    settle(&server).await.expect("reconciled");
+    assert_eq!(server.names(MARIADBS), ["chat-mysql"]);
+    assert_eq!(server.names(BACKUPS), ["chat-mysql"]);
+    assert_eq!(server.names(RABBITMQ_CLUSTERS), ["chat-mq"]);
+    assert_eq!(server.names(OPENSEARCH_CLUSTERS), ["chat-os"]);
+    assert_eq!(server.names(STATEFULSETS), ["chat-redis"]);
+    assert_eq!(
+        server.names(NETWORK_POLICIES),
+        ["chat-api", "chat-redis", "chat-worker"]
+    );
+    let mariadb = server.get(MARIADBS, "chat-mysql").expect("the MariaDB");
+    assert_eq!(mariadb["spec"]["replicas"], 3);
+    assert!(server.get(DEPLOYMENTS, "chat-api").is_some());
+
+    server.make_workloads_ready("team");
+    reconcile(&server).await.expect("reconciled");
+    let status = stored_status(&server);
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    let message = condition(&status, "Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for component in ["mysql", "rabbitmq", "opensearch"] {
+        assert_eq!(
+            status["components"][component],
+            json!({ "readyReplicas": 0, "desiredReplicas": 3 }),
+            "{component}"
+        );
+        assert!(message.contains(component), "{message}");
+    }
+
+    server.run_backing_operators("team");
+    reconcile(&server).await.expect("reconciled");
+    let status = stored_status(&server);
+    assert_eq!(condition(&status, "Ready")["status"], "True", "{status}");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+    for component in ["mysql", "rabbitmq", "opensearch"] {
+        assert_eq!(
+            status["components"][component],
+            json!({ "readyReplicas": 3, "desiredReplicas": 3 }),
+            "{component}"
+        );
+    }
+
+    edit(&server, json!({ "mysql": { "backup": null } }));
+    reconcile(&server).await.expect("reconciled");
+    assert!(server.names(BACKUPS).is_empty(), "the Backup goes with it");
+    assert_eq!(server.names(MARIADBS), ["chat-mysql"]);
+}
+
+#[tokio::test]
+async fn without_its_operator_a_delegated_service_is_degraded_and_nothing_of_its_is_applied() {
+    for (group, provider, reason, crd) in [
+        (
+            "k8s.mariadb.com",
+            json!({ "mysql": { "provider": "mariadb-operator" } }),
+            "MariadbOperatorCRDsNotFound",
+            "mariadbs.k8s.mariadb.com",
+        ),
+        (
+            "rabbitmq.com",
+            json!({ "rabbitmq": { "provider": "rabbitmq-cluster-operator" } }),
+            "RabbitmqClusterOperatorCRDsNotFound",
+            "rabbitmqclusters.rabbitmq.com",
+        ),
+        (
+            "opensearch.opster.io",
+            json!({ "opensearch": { "provider": "opensearch-operator" } }),
+            "OpensearchOperatorCRDsNotFound",
+            "opensearchclusters.opensearch.opster.io",
+        ),
+    ] {
+        let server = ApiServer::new();
+        create(&server, "defaults", provider);
+        let action = settle(&server).await.expect("no crash loop");
+        assert_eq!(action, Action::requeue(Duration::from_secs(60)), "{group}");
+        assert!(
+            server
+                .calls()
+                .iter()
+                .all(|c| !c.path.contains(group) || is_discovery(c)),
+            "{group}: no call to an API the cluster does not serve"
+        );
+        let degraded = condition(&stored_status(&server), "Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], reason);
+        assert!(
+            degraded["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(crd)),
+            "{degraded}"
+        );
+        assert!(
+            server.names(JOBS).is_empty() && server.names(DEPLOYMENTS).is_empty(),
+            "{group}: nothing starts without its database"
+        );
+        assert!(event_reasons(&server.calls()).contains(&reason.to_string()));
+
+        server.install_crds(group);
+        settle(&server).await.expect("reconciled");
+        assert_eq!(
+            condition(&stored_status(&server), "Degraded")["status"],
+            "False",
+            "{group}"
+        );
+        assert!(server.get(DEPLOYMENTS, "chat-worker").is_some(), "{group}");
+    }
+}

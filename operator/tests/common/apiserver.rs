@@ -12,7 +12,8 @@
 //! Every request through `client()` is authorized as the operator's ServiceAccount with the RBAC the
 //! Helm chart renders (`rbac.rs` beside this file); `admin_client()` plays a cluster administrator.
 //!
-//! The APIs other projects add (KEDA's `keda.sh`, prometheus-operator's `monitoring.coreos.com`) are
+//! The APIs other projects add (KEDA's `keda.sh`, prometheus-operator's `monitoring.coreos.com`, and
+//! those of the operators a backing service may be delegated to) are
 //! served only once a test installs them, as their CustomResourceDefinitions would be: before that,
 //! their paths and their discovery answer 404, as the real server does. KEDA's admission webhook
 //! refuses a ScaledObject for a workload an HPA already scales, and KEDA's controller (a method) makes
@@ -159,6 +160,32 @@ const KINDS: &[Kind] = &[
         false,
         true,
     ),
+    // The kinds of the operators a backing service is delegated to: each CRD has a status subresource
+    // (their config/crd/bases, `subresources: status`), and a custom resource's generation moves on a
+    // change of anything but metadata and status (staging/src/k8s.io/apiextensions-apiserver/pkg/
+    // registry/customresource/strategy.go, `PrepareForUpdate`).
+    kind(
+        "k8s.mariadb.com/v1alpha1",
+        "MariaDB",
+        "mariadbs",
+        true,
+        true,
+    ),
+    kind("k8s.mariadb.com/v1alpha1", "Backup", "backups", true, true),
+    kind(
+        "rabbitmq.com/v1beta1",
+        "RabbitmqCluster",
+        "rabbitmqclusters",
+        true,
+        true,
+    ),
+    kind(
+        "opensearch.opster.io/v1",
+        "OpenSearchCluster",
+        "opensearchclusters",
+        true,
+        true,
+    ),
     kind("events.k8s.io/v1", "Event", "events", false, false),
     kind("coordination.k8s.io/v1", "Lease", "leases", false, false),
     kind(
@@ -195,7 +222,13 @@ const fn kind(
 
 /// API groups served only once their CustomResourceDefinitions are installed (staging/src/k8s.io/
 /// apiextensions-apiserver serves a CRD's group from its establishment; before it, 404).
-const OPTIONAL_GROUPS: [&str; 2] = ["keda.sh", "monitoring.coreos.com"];
+const OPTIONAL_GROUPS: [&str; 5] = [
+    "keda.sh",
+    "monitoring.coreos.com",
+    "k8s.mariadb.com",
+    "rabbitmq.com",
+    "opensearch.opster.io",
+];
 
 fn group_of(api_version: &str) -> &str {
     api_version.split_once('/').map_or("", |(group, _)| group)
@@ -354,7 +387,7 @@ impl ApiServer {
     }
 
     /// Installs the CustomResourceDefinitions of an optional API group (`keda.sh`,
-    /// `monitoring.coreos.com`): from now on the server serves its kinds and its discovery.
+    /// `monitoring.coreos.com`, `k8s.mariadb.com`, `rabbitmq.com`, `opensearch.opster.io`): from now on the server serves its kinds and its discovery.
     pub fn install_crds(&self, group: &str) {
         assert!(OPTIONAL_GROUPS.contains(&group), "{group} is not optional");
         self.state().installed.insert(group.to_string());
@@ -467,6 +500,43 @@ impl ApiServer {
                 },
             );
         }
+    }
+
+    /// The operators a backing service is delegated to, once their pods are ready: each writes the
+    /// status chatsys reads.
+    /// - mariadb-operator: the `Ready` condition (api/v1alpha1/condition_types.go,
+    ///   `ConditionTypeReady`, set by its MariaDB controller's status patch), with `status.replicas`.
+    /// - RabbitMQ's cluster-operator: `AllReplicasReady` among its conditions
+    ///   (internal/status/all_replicas_ready.go) and the generation observed
+    ///   (controllers/rabbitmqcluster_controller.go, `Reconcile`, sets `observedGeneration` once a
+    ///   reconcile has finished).
+    /// - The OpenSearch operator: phase `RUNNING` and health `green`
+    ///   (api/opensearch.org/v1/opensearch_types.go, `PhaseRunning`, `OpenSearchGreenHealth`), and
+    ///   `availableNodes`.
+    pub fn run_backing_operators(&self, namespace: &str) {
+        self.set_status(
+            &format!("/apis/k8s.mariadb.com/v1alpha1/namespaces/{namespace}/mariadbs"),
+            |object| {
+                json!({ "replicas": object["spec"]["replicas"],
+                        "conditions": [{ "type": "Ready", "status": "True", "reason": "StatefulSetReady",
+                                         "message": "Running" }] })
+            },
+        );
+        self.set_status(
+            &format!("/apis/rabbitmq.com/v1beta1/namespaces/{namespace}/rabbitmqclusters"),
+            |object| {
+                json!({ "observedGeneration": object["metadata"]["generation"],
+                        "conditions": [{ "type": "AllReplicasReady", "status": "True" },
+                                       { "type": "ClusterAvailable", "status": "True" }] })
+            },
+        );
+        self.set_status(
+            &format!("/apis/opensearch.opster.io/v1/namespaces/{namespace}/opensearchclusters"),
+            |object| {
+                json!({ "phase": "RUNNING", "health": "green", "componentsStatus": [],
+                        "availableNodes": object["spec"]["nodePools"][0]["replicas"] })
+            },
+        );
     }
 
     /// The Job controller: every Job has run its pod to success (pkg/controller/job/job_controller.go
