@@ -253,7 +253,7 @@ fn mariadb_backup(cs: &ChatSystem, backup: &MysqlBackupSpec) -> Backup {
 
 /// Minutes as a Go duration, as mariadb-operator reads `maxRetention`.
 fn duration(minutes: u64) -> String {
-    if minutes % 60 == 0 {
+    if minutes.is_multiple_of(60) {
         format!("{}h", minutes / 60)
     } else {
         format!("{minutes}m")

@@ -25,10 +25,9 @@ use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use app::WORKER_PORT;
-pub use backing::{BackingService, Runner};
-pub use delegated::{
-    mysql_primary_service, rabbitmq_default_user_secret, rabbitmq_service, resource_name,
-};
+pub use backing::BackingService;
+pub use delegated::resource_name;
+use delegated::{mysql_primary_service, rabbitmq_default_user_secret, rabbitmq_service};
 pub use generated::GeneratedSecret;
 pub use monitoring::alert_rules;
 pub use quantity::parse_bytes;
