@@ -22,9 +22,31 @@ use crate::system::{Endpoints, drop_database, unique_name};
 use chatsys_scratch::delete_queues;
 
 pub async fn amqp_connect(url: &str) -> anyhow::Result<Connection> {
-    Connection::connect(url, ConnectionProperties::default())
+    tokio::time::timeout(
+        AMQP_WITHIN,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .with_context(|| format!("connecting to {url}: no answer"))?
+    .with_context(|| format!("connecting to {url}"))
+}
+
+/// How long a connection's opening or closing may take. Once, in CI, a close after a raw measure
+/// never returned (no socket left open, nothing more in the broker's log, the bench idle): every
+/// connect and close of the bench is bounded, so a run fails or goes on rather than hangs.
+const AMQP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Closes `connection`, waiting at most [`AMQP_WITHIN`]: what a bench closes it has finished with.
+pub async fn amqp_close(connection: Connection, reason: &str) {
+    let _ = tokio::time::timeout(AMQP_WITHIN, connection.close(200, reason.into())).await;
+}
+
+/// Deletes the bench's scratch queues, within [`AMQP_WITHIN`].
+pub async fn remove_queues(amqp_url: &str, names: &[String]) -> anyhow::Result<()> {
+    tokio::time::timeout(AMQP_WITHIN, delete_queues(amqp_url, names))
         .await
-        .with_context(|| format!("connecting to {url}"))
+        .context("removing the scratch queues: no answer")??;
+    Ok(())
 }
 
 const PERSISTENT: u8 = 2;
@@ -76,8 +98,8 @@ pub async fn amqp_publish_consume(
     let connection = amqp_connect(amqp_url).await?;
     let queue = unique_name("chatsys_bench_raw");
     let result = publish_then_consume(&connection, &queue, count, load).await;
-    let _ = connection.close(200, "bench done".into()).await;
-    delete_queues(amqp_url, &[queue]).await?;
+    amqp_close(connection, "bench done").await;
+    remove_queues(amqp_url, &[queue]).await?;
     result
 }
 
@@ -198,8 +220,8 @@ pub async fn amqp_flow(
         .map(|_| unique_name("chatsys_bench_flow"))
         .collect();
     let result = flow(&connection, &names, publishers.max(1), load).await;
-    let _ = connection.close(200, "bench done".into()).await;
-    delete_queues(amqp_url, &names).await?;
+    amqp_close(connection, "bench done").await;
+    remove_queues(amqp_url, &names).await?;
     result
 }
 

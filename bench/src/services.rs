@@ -47,7 +47,7 @@ impl Service {
                 }
                 Service::RabbitMq => {
                     let connection = crate::raw::amqp_connect(&endpoints.amqp_url).await?;
-                    let _ = connection.close(200, "probe".into()).await;
+                    crate::raw::amqp_close(connection, "probe").await;
                 }
             }
             anyhow::Ok(())

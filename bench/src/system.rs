@@ -401,7 +401,7 @@ async fn remove_resources(
     }
     // Every queue a run may have used, with `--env CHATSYS_QUEUE_SHARDS=…` up to its largest value.
     let queues = chatsys_scratch::command_queue_names(queue);
-    if let Err(error) = chatsys_scratch::delete_queues(&endpoints.amqp_url, &queues).await {
+    if let Err(error) = crate::raw::remove_queues(&endpoints.amqp_url, &queues).await {
         failures.push(format!("queues: {error:#}"));
     }
     if let Err(error) = chatsys_scratch::unlink_keys(&endpoints.redis_url, redis_prefix).await {

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use chatsys_bench::client::{self, Connection, create_application, create_chat_number};
 use chatsys_bench::events::{Event, EventStream};
 use chatsys_bench::ledger::{self, AckedMessage, Ledger};
-use chatsys_bench::raw::amqp_connect;
+use chatsys_bench::raw::{amqp_close, amqp_connect};
 use chatsys_bench::services::{RestoreOnDrop, Service, queue_types};
 use chatsys_bench::system::{Endpoints, Options, Role, System, parse_env};
 use clap::{Parser, ValueEnum};
@@ -830,7 +830,7 @@ async fn publish_random_commands(amqp_url: &str, queue: &str, count: u32) -> any
             .await?
             .await?;
     }
-    let _ = connection.close(200, "faults done".into()).await;
+    amqp_close(connection, "faults done").await;
     Ok(())
 }
 
@@ -863,7 +863,7 @@ async fn wait_for_queue_depth(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let _ = connection.close(200, "faults done".into()).await;
+    amqp_close(connection, "faults done").await;
     Ok(depth)
 }
 
