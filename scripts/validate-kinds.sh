@@ -70,7 +70,7 @@ if ((delegated > 0)); then
     echo "validate-kinds: $delegated objects for other operators, and no CustomResourceDefinitions to check them against: $delegated_crds is missing (set CHATSYS_DELEGATED_CRDS)" >&2
     exit 1
   fi
-  if python3 - "$delegated_crds" "$work/delegated.jsonl" <<'PYTHON'
+  if PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")" python3 - "$delegated_crds" "$work/delegated.jsonl" <<'PYTHON'
 import copy
 import glob
 import json
@@ -80,19 +80,7 @@ import sys
 import jsonschema
 import yaml
 
-
-def refuse_unknown_fields(schema):
-    """Makes every object with declared properties refuse undeclared ones, except where the schema
-    keeps unknown fields (x-kubernetes-preserve-unknown-fields), as the API server's pruning does."""
-    if isinstance(schema, dict):
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema["additionalProperties"] = False
-        for value in schema.values():
-            refuse_unknown_fields(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            refuse_unknown_fields(value)
+from crd_schema import refuse_unknown_fields
 
 
 crds_dir, objects_path = sys.argv[1:]

@@ -46,24 +46,13 @@ fi
 for example in "$root"/examples/*.yaml; do
   name="$(basename "$example" .yaml)"
   examples=$((examples + 1))
-  if python3 - "$work/crd.yaml" "$example" <<'PYTHON'
+  if PYTHONPATH="$root/scripts" python3 - "$work/crd.yaml" "$example" <<'PYTHON'
 import sys
 
 import jsonschema
 import yaml
 
-
-def refuse_unknown_fields(schema):
-    """Makes every object with declared properties refuse undeclared ones."""
-    if isinstance(schema, dict):
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema["additionalProperties"] = False
-        for value in schema.values():
-            refuse_unknown_fields(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            refuse_unknown_fields(value)
+from crd_schema import refuse_unknown_fields
 
 
 crd_path, example_path = sys.argv[1], sys.argv[2]

@@ -19,16 +19,7 @@ use sqlx::Connection;
 use chatsys_scratch as scratch;
 use scratch::Scratch;
 
-fn server() -> String {
-    std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
-}
-
-async fn admin() -> sqlx::MySqlConnection {
-    let server = server();
-    sqlx::MySqlConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"))
-}
+use scratch::{mysql_admin as admin, mysql_server as server};
 
 /// A database name like the other suites' (`chatsys_t<seconds>_<random>`), which their sweep of
 /// databases over an hour old removes if the process dies before the scratch can. Registered with

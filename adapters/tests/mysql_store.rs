@@ -5,7 +5,6 @@
 use chatsys_adapters::mysql::MySqlStore;
 use chatsys_core::CoreError;
 use chatsys_core::ports::Store;
-use sqlx::Connection;
 
 // The conformance crate's, which this crate's tests cannot depend on (it depends on the adapters); these
 // tests make only databases, so the rest of it goes unused here.
@@ -13,16 +12,7 @@ use sqlx::Connection;
 use chatsys_scratch as scratch;
 use scratch::Scratch;
 
-fn server() -> String {
-    std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
-}
-
-async fn admin() -> sqlx::MySqlConnection {
-    let server = server();
-    sqlx::MySqlConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"))
-}
+use scratch::{mysql_admin as admin, mysql_server as server};
 
 /// An empty database, dropped with the scratch returned. Named like the other suites'
 /// (`chatsys_t<seconds>_<random>`), so that their sweep of databases over an hour old removes it if the

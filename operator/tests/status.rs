@@ -45,7 +45,7 @@ fn all_components_ready_means_ready_and_not_progressing() {
             workload("StatefulSet", "mysql", 1, 1),
         ),
     ];
-    let observed = status::observed(&cs, &applied, &[], &[], &[], Backups::default(), now());
+    let observed = observed(&cs, &applied, now());
     assert_eq!(observed.phase, Some(Phase::Ready));
     assert_eq!(observed.observed_generation, Some(1));
     assert_eq!(find(&observed.conditions, status::READY).status, "True");
@@ -78,7 +78,7 @@ fn a_component_short_of_replicas_is_named_while_progressing() {
             workload("StatefulSet", "mysql", 1, 1),
         ),
     ];
-    let observed = status::observed(&cs, &applied, &[], &[], &[], Backups::default(), now());
+    let observed = observed(&cs, &applied, now());
     assert_eq!(observed.phase, Some(Phase::Progressing));
     let ready = find(&observed.conditions, status::READY);
     assert_eq!(
@@ -98,21 +98,22 @@ fn a_component_short_of_replicas_is_named_while_progressing() {
     );
 }
 
+/// The status observed from what was applied, with nothing refused, missing or waited for.
+fn observed(
+    cs: &chatsys_operator::crd::ChatSystem,
+    applied: &[(ChildKind, DynamicObject)],
+    at: Timestamp,
+) -> chatsys_operator::crd::ChatSystemStatus {
+    status::observed(cs, applied, &[], &[], &[], Backups::default(), at)
+}
+
 #[test]
 fn a_transition_time_moves_only_when_the_condition_changes() {
     let mut cs = fixture("defaults");
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
-    cs.status = Some(status::observed(
-        &cs,
-        &applied,
-        &[],
-        &[],
-        &[],
-        Backups::default(),
-        now(),
-    ));
+    cs.status = Some(observed(&cs, &applied, now()));
     let later: Timestamp = "2026-02-02T11:00:00Z".parse().expect("timestamp");
-    let again = status::observed(&cs, &applied, &[], &[], &[], Backups::default(), later);
+    let again = observed(&cs, &applied, later);
     assert_eq!(
         again,
         cs.status.clone().expect("status"),
@@ -187,15 +188,7 @@ fn a_paused_resource_keeps_what_was_observed_and_says_it_is_paused() {
 fn a_failed_reconcile_is_degraded_but_keeps_the_last_readiness() {
     let mut cs = fixture("defaults");
     let applied = vec![(ChildKind::Deployment, workload("Deployment", "api", 2, 2))];
-    cs.status = Some(status::observed(
-        &cs,
-        &applied,
-        &[],
-        &[],
-        &[],
-        Backups::default(),
-        now(),
-    ));
+    cs.status = Some(observed(&cs, &applied, now()));
     let failed = status::failed(&cs, "Kubernetes API: connection refused", now());
     assert_eq!(failed.phase, Some(Phase::Degraded));
     let degraded = find(&failed.conditions, status::DEGRADED);
@@ -263,16 +256,16 @@ fn events_mark_the_first_apply_readiness_degradation_and_pausing() {
         notices.into_iter().map(|n| n.reason).collect()
     };
 
-    let first = status::observed(&cs, &waiting, &[], &[], &[], Backups::default(), now());
+    let first = observed(&cs, &waiting, now());
     assert_eq!(reasons(status::transitions(None, &first)), ["Created"]);
     cs.status = Some(first.clone());
-    let again = status::observed(&cs, &waiting, &[], &[], &[], Backups::default(), now());
+    let again = observed(&cs, &waiting, now());
     assert!(
         status::transitions(Some(&first), &again).is_empty(),
         "nothing changed, nothing said"
     );
 
-    let became_ready = status::observed(&cs, &ready, &[], &[], &[], Backups::default(), now());
+    let became_ready = observed(&cs, &ready, now());
     assert_eq!(
         reasons(status::transitions(Some(&again), &became_ready)),
         ["Ready"]

@@ -20,9 +20,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaim, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -600,18 +599,10 @@ fn stateful_set(cs: &ChatSystem, service: BackingService, claim: &ClaimTemplate)
                     labels: Some(stable_labels(cs, service.name())),
                     ..ObjectMeta::default()
                 },
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".to_string(),
-                            claim.size.clone(),
-                        )])),
-                        ..VolumeResourceRequirements::default()
-                    }),
-                    storage_class_name: claim.storage_class_name.clone(),
-                    ..PersistentVolumeClaimSpec::default()
-                }),
+                spec: Some(super::claim_spec(
+                    &claim.size,
+                    claim.storage_class_name.clone(),
+                )),
                 ..PersistentVolumeClaim::default()
             }]),
             ..StatefulSetSpec::default()

@@ -4,8 +4,8 @@
 
 use super::backing::{BackingService, MYSQL_DATABASE};
 use super::{
-    Inputs, Plan, SecretReference, child_name, container_security_context, labels, metadata,
-    pod_security_context, secret_env, stable_labels, value_env, with_pull_secrets,
+    Inputs, Plan, SecretReference, child_name, claim_spec, container_security_context, labels,
+    metadata, pod_security_context, secret_env, stable_labels, value_env, with_pull_secrets,
 };
 use crate::crd::{BackupTarget, ChatSystem, MysqlProvider, RestoreSpec, S3Bucket};
 use crate::kinds::Child;
@@ -13,14 +13,13 @@ use croner::Cron;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::tz::TimeZone;
 use k8s_openapi::jiff::{SignedDuration, Timestamp, Zoned};
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
 /// The scripts the Jobs run, as files so that a test runs exactly these against a real database.
@@ -182,18 +181,7 @@ fn backup_claim(cs: &ChatSystem, target: &BackupTarget) -> PersistentVolumeClaim
             owner_references: None,
             ..metadata(cs, &backup_claim_name(cs), BACKUP_COMPONENT)
         },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    claim.size.clone(),
-                )])),
-                ..VolumeResourceRequirements::default()
-            }),
-            storage_class_name: claim.storage_class_name.clone(),
-            ..PersistentVolumeClaimSpec::default()
-        }),
+        spec: Some(claim_spec(&claim.size, claim.storage_class_name.clone())),
         ..PersistentVolumeClaim::default()
     }
 }

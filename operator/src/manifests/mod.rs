@@ -15,8 +15,9 @@ use crate::crd::{BackupRecord, ChatSystem, PodSettings};
 use crate::error::InvalidSpec;
 use crate::kinds::{Child, ChildKind};
 use k8s_openapi::api::core::v1::{
-    Capabilities, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    Capabilities, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -427,6 +428,19 @@ fn metadata(cs: &ChatSystem, name: &str, component: &str) -> ObjectMeta {
         labels: Some(labels(cs, component)),
         owner_references: Some(cs.controller_owner_ref(&()).into_iter().collect()),
         ..ObjectMeta::default()
+    }
+}
+
+/// A claim of one node (`ReadWriteOnce`) for `size` of the class named, or the cluster's default.
+fn claim_spec(size: &Quantity, storage_class_name: Option<String>) -> PersistentVolumeClaimSpec {
+    PersistentVolumeClaimSpec {
+        access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(BTreeMap::from([("storage".to_string(), size.clone())])),
+            ..VolumeResourceRequirements::default()
+        }),
+        storage_class_name,
+        ..PersistentVolumeClaimSpec::default()
     }
 }
 

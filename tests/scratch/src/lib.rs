@@ -103,6 +103,20 @@ where
     .flatten()
 }
 
+/// The MySQL server the tests use, as a URL without a database: `CHATSYS_TEST_MYSQL_URL`, or the
+/// local MariaDB.
+pub fn mysql_server() -> String {
+    std::env::var("CHATSYS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A connection to [`mysql_server`] as its administrator; a server that is not there fails the test.
+pub async fn mysql_admin() -> sqlx::MySqlConnection {
+    let server = mysql_server();
+    sqlx::MySqlConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {server}: {e}"))
+}
+
 /// Drops database `name` on the MySQL server at `server` (a URL without a database), if it exists.
 pub async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> {
     let mut connection = sqlx::MySqlConnection::connect(server).await?;
