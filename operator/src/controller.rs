@@ -368,7 +368,7 @@ async fn reconcile_pipeline(cs: &ChatSystem, ctx: &Context) -> Result<Action> {
         scheduled_since.as_ref(),
         Timestamp::now(),
     );
-    record_backups(cs, &namespace, &backups, scheduled_since.as_ref());
+    record_backups(cs, &namespace, &backups);
     let mut status = status::observed(
         cs,
         &outcome.applied,
@@ -417,22 +417,13 @@ fn record_readiness(cs: &ChatSystem, namespace: &str, status: &ChatSystemStatus)
 
 /// The gauges of the `ChatsysBackupOverdue` alert: when the newest backup completed (or the schedule
 /// began), and the age past which it is overdue.
-fn record_backups(
-    cs: &ChatSystem,
-    namespace: &str,
-    backups: &status::Backups,
-    scheduled_since: Option<&Time>,
-) {
-    let Some(schedule) = cs.spec.mysql.backup.as_ref().map(|b| &b.schedule) else {
-        return;
-    };
-    let newest = backups.last.as_ref().map(|b| &b.time).or(scheduled_since);
-    if let (Some(newest), Ok(interval)) = (newest, backup::longest_interval(schedule)) {
+fn record_backups(cs: &ChatSystem, namespace: &str, backups: &status::Backups) {
+    if let Some(clock) = backups.clock {
         metrics::mysql_backup(
             namespace,
             cs.name_any(),
-            newest.0.as_second() as f64,
-            (interval * 2).as_secs_f64(),
+            clock.newest.as_second() as f64,
+            clock.max_age.as_secs_f64(),
         );
     }
 }

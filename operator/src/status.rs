@@ -153,8 +153,18 @@ pub fn observed(
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Backups {
     pub last: Option<BackupRecord>,
+    /// What the age of the backups is measured by, while backups are asked for.
+    pub clock: Option<BackupClock>,
     /// Why they are overdue, if they are.
     pub overdue: Option<String>,
+}
+
+/// The newest backup's time (or the schedule's start, before the first) and the age past which it is
+/// overdue: what the status judges and the `ChatsysBackupOverdue` alert's gauges carry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackupClock {
+    pub newest: Timestamp,
+    pub max_age: SignedDuration,
 }
 
 impl Backups {
@@ -168,32 +178,35 @@ impl Backups {
         scheduled_since: Option<&Time>,
         now: Timestamp,
     ) -> Backups {
-        let overdue = cs
-            .spec
-            .mysql
-            .backup
-            .as_ref()
-            .and_then(|backup| {
-                let interval = backup::longest_interval(&backup.schedule).ok()?;
-                let newest = last.as_ref().map(|b| &b.time).or(scheduled_since)?;
-                let age = now.duration_since(newest.0);
-                (age > interval * 2).then(|| match &last {
-                    Some(last) => format!(
-                        "the newest MySQL backup, {}, completed {} ago: over twice the schedule's interval ({}); kubectl get jobs -l app.kubernetes.io/component={}",
-                        last.name,
-                        rounded(age),
-                        rounded(interval),
-                        backup::BACKUP_COMPONENT
-                    ),
-                    None => format!(
-                        "no MySQL backup has completed in the {} since the schedule began: over twice its interval ({}); kubectl get jobs -l app.kubernetes.io/component={}",
-                        rounded(age),
-                        rounded(interval),
-                        backup::BACKUP_COMPONENT
-                    ),
-                })
-            });
-        Backups { last, overdue }
+        let clock = cs.spec.mysql.backup.as_ref().and_then(|backup| {
+            let interval = backup::longest_interval(&backup.schedule).ok()?;
+            let newest = last.as_ref().map(|b| &b.time).or(scheduled_since)?;
+            Some(BackupClock {
+                newest: newest.0,
+                max_age: interval * 2,
+            })
+        });
+        let overdue = clock.and_then(|clock| {
+            let age = now.duration_since(clock.newest);
+            let interval = rounded(clock.max_age / 2);
+            let runs = backup::BACKUP_COMPONENT;
+            (age > clock.max_age).then(|| match &last {
+                Some(last) => format!(
+                    "the newest MySQL backup, {}, completed {} ago: over twice the schedule's interval ({interval}); kubectl get jobs -l app.kubernetes.io/component={runs}",
+                    last.name,
+                    rounded(age),
+                ),
+                None => format!(
+                    "no MySQL backup has completed in the {} since the schedule began: over twice its interval ({interval}); kubectl get jobs -l app.kubernetes.io/component={runs}",
+                    rounded(age),
+                ),
+            })
+        });
+        Backups {
+            last,
+            clock,
+            overdue,
+        }
     }
 }
 
