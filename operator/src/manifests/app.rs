@@ -79,7 +79,7 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, restore: &Restore, plan: &mut Pla
     }
     let api = Component::api(cs, inputs);
     let worker = Component::worker(cs, inputs);
-    let migration = api.job(cs, "migrate");
+    let migration = api.job(cs, "migrate", MIGRATION_DEADLINE_SECS);
     let job_name = migration.metadata.name.clone().unwrap_or_default();
     // A new version's API and worker start only on a migrated schema: until the migration Job of this
     // version has succeeded, their Deployments stay as they are (or are not created yet).
@@ -125,7 +125,8 @@ pub fn build(cs: &ChatSystem, inputs: &Inputs, restore: &Restore, plan: &mut Pla
         // The search index of a restored store is rebuilt from it; the API serves meanwhile, with
         // search results filling in.
         if migrated && let Restore::Done { .. } = restore {
-            plan.children.push(Child::Job(api.job(cs, "reindex")));
+            plan.children
+                .push(Child::Job(api.job(cs, "reindex", REINDEX_DEADLINE_SECS)));
         }
     }
     for component in [&api, &worker] {
@@ -454,8 +455,8 @@ impl<'a> Component<'a> {
     /// takes a MySQL lock and waits for MySQL to answer, so it neither races another run nor fails on
     /// a database still starting; a schema it cannot migrate (a rollback to an older release, a
     /// changed migration, an SQL error) exits non-zero at once, and the Job fails after
-    /// [`MIGRATION_RETRIES`] restarts or its deadline.
-    fn job(&self, cs: &ChatSystem, subcommand: &str) -> Job {
+    /// [`MIGRATION_RETRIES`] restarts or `deadline_secs`.
+    fn job(&self, cs: &ChatSystem, subcommand: &str, deadline_secs: i64) -> Job {
         let template = with_pod_settings(
             PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -483,10 +484,7 @@ impl<'a> Component<'a> {
             metadata: metadata(cs, &name, subcommand),
             spec: Some(JobSpec {
                 backoff_limit: Some(MIGRATION_RETRIES),
-                active_deadline_seconds: Some(match subcommand {
-                    "reindex" => REINDEX_DEADLINE_SECS,
-                    _ => MIGRATION_DEADLINE_SECS,
-                }),
+                active_deadline_seconds: Some(deadline_secs),
                 template,
                 ..JobSpec::default()
             }),
