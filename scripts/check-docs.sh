@@ -11,7 +11,7 @@ bin=${CHATSYS_BIN:-$(bash scripts/target-dir.sh)/debug}
 work=$(mktemp -d)
 server=
 cleanup() {
-  if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; fi
+  stop_standalone
   rm -rf "$work"
 }
 trap cleanup EXIT

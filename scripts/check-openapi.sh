@@ -18,7 +18,7 @@ admin_key=openapi-check-admin-key
 work=$(mktemp -d)
 server=
 cleanup() {
-  if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; fi
+  stop_standalone
   rm -rf "$work"
 }
 trap cleanup EXIT

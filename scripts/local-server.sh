@@ -28,3 +28,13 @@ start_standalone() { # bin_dir, work_dir, arguments...
   server=$!
   wait_ready "$base" || { cat "$work_dir/server.log" >&2; return 1; }
 }
+
+# Stops the server `start_standalone` started, if it did, and waits for it to exit: it flushes its
+# search index on SIGTERM, so its data directory is still written until then (a removal racing it
+# once failed with "Directory not empty").
+stop_standalone() {
+  if [[ -n ${server:-} ]]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+}
